@@ -1,0 +1,204 @@
+//! `sluice-bench`: a Kafka-protocol load generator (through librdkafka, so it is a real client)
+//! and a disk probe that measures the fdatasync floor of the machine it runs on.
+
+mod consumer_worker;
+mod disk_probe;
+mod kafka_load;
+mod payload_header;
+mod producer_worker;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::disk_probe::DiskProbeConfig;
+use crate::kafka_load::KafkaLoadConfig;
+
+#[derive(Parser)]
+#[command(name = "sluice-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Append + fdatasync latency and sequential write throughput of a directory's disk.
+    DiskProbe {
+        #[command(flatten)]
+        probe: DiskProbeArgs,
+        /// Print the result as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce and consume through a Kafka-protocol broker and report throughput and latency.
+    Kafka(Box<KafkaArgs>),
+}
+
+#[derive(Args)]
+struct DiskProbeArgs {
+    /// Directory to probe (use the broker's data directory).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of append + fdatasync operations.
+    #[arg(long = "count", default_value_t = 2000)]
+    append_count: u64,
+    /// Bytes per append.
+    #[arg(long = "bytes", default_value_t = 4096)]
+    append_bytes: usize,
+    /// Total MiB for the sequential write test; 0 skips it.
+    #[arg(long = "seq-mib", default_value_t = 512)]
+    sequential_mib: u64,
+    /// KiB per write in the sequential write test.
+    #[arg(long = "seq-write-kib", default_value_t = 1024)]
+    sequential_write_kib: usize,
+}
+
+impl DiskProbeArgs {
+    fn to_config(&self) -> DiskProbeConfig {
+        DiskProbeConfig {
+            dir: self.dir.clone(),
+            append_count: self.append_count,
+            append_bytes: self.append_bytes,
+            sequential_bytes: self.sequential_mib << 20,
+            sequential_write_bytes: self.sequential_write_kib << 10,
+        }
+    }
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "sluice-bench")]
+    topic: String,
+    /// Producer threads, each with its own client and connection.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Consumer threads; partition p goes to consumer p mod consumers.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Payload size; the first 16 bytes carry the send timestamp and run id.
+    #[arg(long, default_value_t = 100)]
+    message_bytes: usize,
+    /// Partitions for --create-topic; an existing topic's own count is used for sending.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Producer acks: 0 (none), 1 (leader), all (every in-sync replica).
+    #[arg(long, default_value = "1", value_parser = ["0", "1", "all", "-1"])]
+    acks: String,
+    /// How long producers send.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Total messages per second across producers; 0 is as fast as possible.
+    #[arg(long = "rate", default_value_t = 0)]
+    rate_msgs_per_sec: u64,
+    /// Create the topic first with --partitions partitions (an existing topic is fine).
+    #[arg(long)]
+    create_topic: bool,
+    /// Producer linger.ms: how long a batch waits for more messages.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Producer batch.size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_bytes: u64,
+    /// Messages each producer may have queued or in flight (queue.buffering.max.messages).
+    #[arg(long, default_value_t = 1_000_000)]
+    queue_msgs_max: u64,
+    /// Producer compression.codec (zstd is not built in).
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4"])]
+    compression: String,
+    /// Consumer fetch.wait.max.ms: how long the broker may hold an empty fetch.
+    #[arg(long, default_value_t = 100)]
+    fetch_wait_max_ms: u64,
+    /// Consume through a consumer group (subscribe) instead of assigning partitions directly.
+    #[arg(long)]
+    consumer_group: bool,
+    /// How long producers may take to get outstanding messages acknowledged after the run.
+    #[arg(long, default_value_t = 10)]
+    flush_timeout_secs: u64,
+    /// How long consumers may take to catch up after producers finish.
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_secs: u64,
+    /// Run the disk probe in this directory first and include it in the report.
+    #[arg(long)]
+    disk_probe_dir: Option<PathBuf>,
+    #[command(flatten)]
+    disk_probe: KafkaDiskProbeArgs,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Hide the progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Disk probe sizes when run before a Kafka load (the directory comes from --disk-probe-dir).
+#[derive(Args)]
+struct KafkaDiskProbeArgs {
+    /// Append + fdatasync operations in the disk probe.
+    #[arg(long = "disk-probe-count", default_value_t = 2000)]
+    append_count: u64,
+    /// MiB written in the disk probe's sequential test; 0 skips it.
+    #[arg(long = "disk-probe-seq-mib", default_value_t = 512)]
+    sequential_mib: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DiskProbe { probe, json } => {
+            let report = disk_probe::run(&probe.to_config())?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_text();
+            }
+        }
+        Command::Kafka(args) => {
+            let disk_probe = args.disk_probe_dir.clone().map(|dir| {
+                DiskProbeArgs {
+                    dir,
+                    append_count: args.disk_probe.append_count,
+                    append_bytes: 4096,
+                    sequential_mib: args.disk_probe.sequential_mib,
+                    sequential_write_kib: 1024,
+                }
+                .to_config()
+            });
+            let config = KafkaLoadConfig {
+                bootstrap: args.bootstrap,
+                topic: args.topic,
+                producers: args.producers,
+                consumers: args.consumers,
+                message_bytes: args.message_bytes,
+                partitions: args.partitions,
+                acks: args.acks,
+                duration: Duration::from_secs(args.duration_secs),
+                rate_msgs_per_sec: args.rate_msgs_per_sec,
+                create_topic: args.create_topic,
+                linger_ms: args.linger_ms,
+                batch_bytes: args.batch_bytes,
+                queue_msgs_max: args.queue_msgs_max,
+                compression: args.compression,
+                fetch_wait_max_ms: args.fetch_wait_max_ms,
+                consumer_group: args.consumer_group,
+                flush_timeout: Duration::from_secs(args.flush_timeout_secs),
+                drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+                disk_probe,
+                show_progress: !args.no_progress,
+            };
+            let report = kafka_load::run(&config)?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_text();
+            }
+        }
+    }
+    Ok(())
+}

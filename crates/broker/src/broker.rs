@@ -1,0 +1,348 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::producer_id::ProducerIdAllocator;
+use crate::topic::{validate_topic_name, ConfigEntry, TopicConfig};
+use crate::topic_store::{self, TopicRecord};
+use crate::{now_ms, BrokerConfig, BrokerError, GroupCoordinator, Partition, Topic};
+
+/// A change to one topic config, as IncrementalAlterConfigs expresses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    Set(String, String),
+    Delete(String),
+}
+
+/// The whole single-node broker: every topic, the group coordinator and producer ids.
+pub struct Broker {
+    config: BrokerConfig,
+    cluster_id: String,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic creation, deletion and reconfiguration (rare, and they touch disk).
+    admin: Mutex<()>,
+    /// Woken whenever any partition has new readable data; long-polling fetches wait on it.
+    data_ready: Arc<Notify>,
+    producer_ids: ProducerIdAllocator,
+    groups: Arc<GroupCoordinator>,
+    /// Held for the broker's life: a second broker on the same data directory is refused.
+    _data_dir_lock: fs::File,
+}
+
+fn storage_error(context: &str, error: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(format!("{context}: {error}"))
+}
+
+impl Broker {
+    /// Opens the data directory, recovers every topic's logs and the offsets log, and starts
+    /// background work (retention). Must be called inside a tokio runtime.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        let data_dir = config.data_dir.clone();
+        fs::create_dir_all(data_dir.join("meta")).map_err(|e| storage_error("creating the data directory", e))?;
+        let lock_path = data_dir.join("meta").join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| storage_error("opening the data directory lock", e))?;
+        lock.try_lock().map_err(|_| {
+            BrokerError::Storage(format!("data directory {} is in use by another process", data_dir.display()))
+        })?;
+        topic_store::clear_deleted(&data_dir);
+
+        let cluster_id_path = data_dir.join("meta").join("cluster_id");
+        let cluster_id = match fs::read_to_string(&cluster_id_path) {
+            Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+            _ => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                topic_store::write_atomically(&cluster_id_path, id.as_bytes())?;
+                id
+            }
+        };
+
+        let data_ready = Arc::new(Notify::new());
+        let mut topics = BTreeMap::new();
+        for record in topic_store::load_all(&data_dir)? {
+            let topic = Self::open_topic(&config, &record, &data_ready)?;
+            tracing::info!(topic = %record.name, partitions = record.partition_count, "recovered topic");
+            topics.insert(record.name.clone(), topic);
+        }
+        let producer_ids = ProducerIdAllocator::open(data_dir.join("meta").join("producer_id_block"))?;
+        let groups = GroupCoordinator::open(
+            &data_dir.join("internal").join("consumer_offsets"),
+            config.group.clone(),
+            config.log_defaults.clone(),
+        )?;
+        let broker = Arc::new(Broker {
+            config,
+            cluster_id,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+            data_ready,
+            producer_ids,
+            groups,
+            _data_dir_lock: lock,
+        });
+        broker.start_retention();
+        Ok(broker)
+    }
+
+    fn open_topic(config: &BrokerConfig, record: &TopicRecord, data_ready: &Arc<Notify>) -> Result<Arc<Topic>, BrokerError> {
+        let topic_config = TopicConfig::new(record.configs.clone(), &config.log_defaults)?;
+        let log_config = topic_config.log_config(&config.log_defaults)?;
+        let mut partitions = Vec::with_capacity(record.partition_count as usize);
+        for index in 0..record.partition_count {
+            partitions.push(Partition::open(
+                &record.name,
+                index,
+                &topic_store::partition_dir(&config.data_dir, &record.name, index),
+                log_config.clone(),
+                topic_config.log_append_time(),
+                Arc::clone(data_ready),
+            )?);
+        }
+        Ok(Arc::new(Topic::new(record.name.clone(), record.id, partitions, topic_config)))
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+    pub fn group_coordinator(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
+    }
+    /// Notified (notify_waiters) whenever new data becomes readable in any partition.
+    pub fn data_ready(&self) -> &Arc<Notify> {
+        &self.data_ready
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
+        self.topic(topic)
+            .and_then(|t| t.partition(index))
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(format!("{topic}-{index}")))
+    }
+
+    /// The topic, auto-created with the default partition count when the broker allows it.
+    pub fn topic_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.config.auto_create_topics || name.starts_with("__") {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()));
+        }
+        match self.create_topic(name, -1, BTreeMap::new(), false) {
+            Ok(topic) => Ok(topic),
+            // Raced with another creator: fine.
+            Err(BrokerError::TopicAlreadyExists(_)) => {
+                self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates a topic (`partition_count` -1 = the default). With `validate_only` nothing is
+    /// written, but every check runs.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partition_count: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name)?;
+        let partition_count = if partition_count == -1 { self.config.default_partitions } else { partition_count };
+        if !(1..=10_000).contains(&partition_count) {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "partition count must be between 1 and 10000, got {partition_count}"
+            )));
+        }
+        let topic_config = TopicConfig::new(configs.clone(), &self.config.log_defaults)?;
+        let _admin = self.admin.lock();
+        if self.topics.read().contains_key(name) {
+            return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+        }
+        let record = TopicRecord { name: name.to_string(), id: uuid::Uuid::new_v4(), partition_count, configs };
+        if validate_only {
+            return Ok(Arc::new(Topic::new(name.to_string(), record.id, Vec::new(), topic_config)));
+        }
+        topic_store::save(&self.config.data_dir, &record)?;
+        let topic = Self::open_topic(&self.config, &record, &self.data_ready)?;
+        self.topics.write().insert(name.to_string(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions = partition_count, "created topic");
+        Ok(topic)
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock();
+        if self.topics.write().remove(name).is_none() {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()));
+        }
+        topic_store::remove(&self.config.data_dir, name)?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `partition_count` partitions (Kafka never shrinks them).
+    pub fn create_partitions(&self, name: &str, partition_count: i32, validate_only: bool) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock();
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let current = topic.partition_count();
+        if partition_count <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} has {current} partitions; the new count {partition_count} must be larger"
+            )));
+        }
+        if partition_count > 10_000 {
+            return Err(BrokerError::InvalidPartitions(format!("partition count {partition_count} is over 10000")));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let topic_config = topic.config();
+        let log_config = topic_config.log_config(&self.config.log_defaults)?;
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: topic.id(),
+            partition_count,
+            configs: topic_config.overrides().clone(),
+        };
+        let mut added = Vec::new();
+        for index in current..partition_count {
+            added.push(Partition::open(
+                name,
+                index,
+                &topic_store::partition_dir(&self.config.data_dir, name, index),
+                log_config.clone(),
+                topic_config.log_append_time(),
+                Arc::clone(&self.data_ready),
+            )?);
+        }
+        topic_store::save(&self.config.data_dir, &record)?;
+        topic.partitions.write().extend(added);
+        Ok(())
+    }
+
+    pub fn describe_topic_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        Ok(topic.config().describe(&self.config.log_defaults))
+    }
+
+    /// AlterConfigs: the topic's overrides become exactly `configs`.
+    pub fn replace_topic_configs(&self, name: &str, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), BrokerError> {
+        self.update_topic_configs(name, validate_only, |_| configs)
+    }
+
+    /// IncrementalAlterConfigs: set or delete single keys.
+    pub fn change_topic_configs(&self, name: &str, changes: Vec<ConfigChange>, validate_only: bool) -> Result<(), BrokerError> {
+        self.update_topic_configs(name, validate_only, |current| {
+            let mut next = current.clone();
+            for change in changes {
+                match change {
+                    ConfigChange::Set(key, value) => {
+                        next.insert(key, value);
+                    }
+                    ConfigChange::Delete(key) => {
+                        next.remove(&key);
+                    }
+                }
+            }
+            next
+        })
+    }
+
+    fn update_topic_configs(
+        &self,
+        name: &str,
+        validate_only: bool,
+        update: impl FnOnce(&BTreeMap<String, String>) -> BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock();
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let overrides = update(topic.config().overrides());
+        let topic_config = TopicConfig::new(overrides.clone(), &self.config.log_defaults)?;
+        let log_config = topic_config.log_config(&self.config.log_defaults)?;
+        if validate_only {
+            return Ok(());
+        }
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: topic.id(),
+            partition_count: topic.partition_count(),
+            configs: overrides,
+        };
+        topic_store::save(&self.config.data_dir, &record)?;
+        for partition in topic.partitions() {
+            partition.set_config(log_config.clone(), topic_config.log_append_time());
+        }
+        *topic.config.write() = topic_config;
+        Ok(())
+    }
+
+    /// InitProducerId: a new idempotent producer id (or, for a transactional id, its next epoch).
+    pub fn init_producer_id(&self, transactional_id: Option<&str>) -> Result<(i64, i16), BrokerError> {
+        self.producer_ids.allocate(transactional_id)
+    }
+
+    /// Enforces retention on every partition now; returns segments deleted per topic.
+    pub fn enforce_retention(&self) -> HashMap<String, usize> {
+        let now = now_ms();
+        let mut deleted = HashMap::new();
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                match partition.log().enforce_retention(now) {
+                    Ok(0) => {}
+                    Ok(count) => *deleted.entry(topic.name().to_string()).or_insert(0) += count,
+                    Err(error) => tracing::error!(topic = topic.name(), partition = partition.index(), %error, "retention failed"),
+                }
+            }
+        }
+        deleted
+    }
+
+    fn start_retention(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(broker) = weak.upgrade() else { return };
+                let result = tokio::task::spawn_blocking(move || broker.enforce_retention()).await;
+                if let Ok(deleted) = result {
+                    for (topic, count) in deleted {
+                        tracing::info!(topic, segments = count, "retention deleted segments");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Clean shutdown: everything written is fsynced.
+    pub fn shutdown(&self) {
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                if let Err(error) = partition.log().flush() {
+                    tracing::error!(topic = topic.name(), partition = partition.index(), %error, "flush on shutdown failed");
+                }
+            }
+        }
+        self.groups.shutdown();
+        tracing::info!("broker flushed and stopped");
+    }
+}

@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+
+use sluice_log::LogConfig;
+
+/// Consumer-group timing, as Kafka's `group.*` broker settings.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Delay before the first rebalance of an empty group completes, so that members starting
+    /// together join one generation (`group.initial.rebalance.delay.ms`, Kafka default 3000).
+    pub initial_rebalance_delay_ms: u64,
+    pub session_timeout_ms_min: i32,
+    pub session_timeout_ms_max: i32,
+    /// How long committed offsets of an empty group are kept (`offsets.retention.minutes`).
+    pub offsets_retention_ms: i64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            initial_rebalance_delay_ms: 3000,
+            session_timeout_ms_min: 6000,
+            session_timeout_ms_max: 1_800_000,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Everything the broker core needs to know; the server fills it from flags, env and TOML.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// Create topics on first produce/fetch/metadata request (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partition count of auto-created topics (`num.partitions`).
+    pub default_partitions: i32,
+    /// Defaults for every topic's log; topics override them with their own configs.
+    pub log_defaults: LogConfig,
+    pub group: GroupConfig,
+    /// How often retention is enforced (`log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        BrokerConfig {
+            data_dir,
+            node_id: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            log_defaults: LogConfig::default(),
+            group: GroupConfig::default(),
+            retention_check_interval_ms: 300_000,
+        }
+    }
+}

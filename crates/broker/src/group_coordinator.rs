@@ -1,0 +1,503 @@
+//! Consumer groups: Kafka's classic rebalance protocol (JoinGroup/SyncGroup/Heartbeat/LeaveGroup)
+//! and committed offsets (stored through [`crate::offset_store`]).
+//!
+//! Protocol-neutral: plain Rust types in, [`GroupError`] out. Group membership lives in memory
+//! only (after a restart members get UNKNOWN_MEMBER_ID and rejoin, as with a moved Kafka
+//! coordinator); committed offsets are durable. One mutex guards every group: each operation is
+//! a short, non-blocking state change, and waiting (JoinGroup, SyncGroup) happens on oneshot
+//! channels outside it.
+
+mod group;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sluice_log::LogConfig;
+use tokio::time::Instant;
+
+use self::group::{Group, JoinStep, SyncStep};
+pub use self::group::GroupState;
+use crate::offset_store::OffsetStore;
+use crate::{now_ms, BrokerError, GroupConfig, GroupError};
+
+/// Members (joined or holding a MEMBER_ID_REQUIRED id) per group (`group.max.size`).
+pub const GROUP_SIZE_MAX: usize = 1000;
+/// Longest commit metadata string (`offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Protocols one member may offer, and their total metadata bytes: far above what any client
+/// sends, low enough that 1000 members cannot exhaust memory.
+pub const MEMBER_PROTOCOLS_MAX: usize = 64;
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
+/// How often member sessions are checked.
+const SESSION_SWEEP_MS_MAX: u64 = 250;
+/// How often offsets of empty groups are checked for expiry.
+const OFFSET_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// A committed offset as OffsetCommit stores it and OffsetFetch returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetAndMetadata {
+    pub offset: i64,
+    /// -1 when the client did not send one.
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// One assignment protocol a member supports (e.g. "range", "cooperative-sticky").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinGroupParams {
+    pub group_id: String,
+    /// Empty for a member joining for the first time.
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<GroupProtocol>,
+    /// JoinGroup v4+: a new member first gets MEMBER_ID_REQUIRED with its id (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    /// The member's metadata for the selected protocol.
+    pub metadata: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinGroupResult {
+    pub generation_id: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader_id: String,
+    pub member_id: String,
+    /// Every member for the leader (which computes the assignment); empty for the others.
+    pub members: Vec<JoinedMember>,
+}
+
+/// A failed JoinGroup still carries a member id: the generated one for MEMBER_ID_REQUIRED,
+/// otherwise the one the request sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinGroupError {
+    pub error: GroupError,
+    pub member_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncGroupParams {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub generation_id: i32,
+    /// SyncGroup v5 checks them against the group's when present.
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    /// The leader's assignment per member id; empty from followers.
+    pub assignments: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncGroupResult {
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberIdentity {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOverview {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: GroupState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: GroupState,
+    pub protocol_type: String,
+    /// The selected protocol while Stable, else empty.
+    pub protocol_name: String,
+    pub members: Vec<MemberDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    offsets: OffsetStore,
+    /// For the timer tasks it spawns; they stop once the coordinator is gone.
+    this: Weak<GroupCoordinator>,
+    closed: AtomicBool,
+}
+
+impl GroupCoordinator {
+    /// Opens the offsets log in `dir`, replays it and starts the session sweeper. Must be
+    /// called inside a tokio runtime.
+    pub fn open(dir: &Path, config: GroupConfig, log_config: LogConfig) -> Result<Arc<GroupCoordinator>, BrokerError> {
+        let offsets = OffsetStore::open(dir, log_config)?;
+        let coordinator = Arc::new_cyclic(|this| GroupCoordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            offsets,
+            this: this.clone(),
+            closed: AtomicBool::new(false),
+        });
+        coordinator.start_sweeper();
+        Ok(coordinator)
+    }
+
+    /// Stops background work and fsyncs the offsets log.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Err(error) = self.offsets.flush() {
+            tracing::error!(%error, "flushing the consumer offsets log failed");
+        }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// JoinGroup: waits until the rebalance completes (all members rejoined, or the rebalance
+    /// timeout passed) and returns this member's view of the new generation.
+    pub async fn join_group(&self, params: JoinGroupParams) -> Result<JoinGroupResult, JoinGroupError> {
+        let fail = |error: GroupError| JoinGroupError { error, member_id: params.member_id.clone() };
+        if params.group_id.is_empty() {
+            return Err(fail(GroupError::InvalidGroupId));
+        }
+        if params.session_timeout_ms < self.config.session_timeout_ms_min
+            || params.session_timeout_ms > self.config.session_timeout_ms_max
+        {
+            return Err(fail(GroupError::InvalidSessionTimeout));
+        }
+        let metadata_bytes: usize = params.protocols.iter().map(|p| p.name.len() + p.metadata.len()).sum();
+        if params.protocols.len() > MEMBER_PROTOCOLS_MAX || metadata_bytes > MEMBER_METADATA_BYTES_MAX {
+            // Kafka has no dedicated code; no real client comes near these bounds.
+            return Err(fail(GroupError::InconsistentGroupProtocol));
+        }
+        let step = {
+            let mut groups = self.groups.lock();
+            let group = match groups.get_mut(&params.group_id) {
+                Some(group) => group,
+                // Only a new member may create a group.
+                None if !params.member_id.is_empty() => return Err(fail(GroupError::UnknownMemberId)),
+                None => groups.entry(params.group_id.clone()).or_insert_with(|| Group::new(params.group_id.clone())),
+            };
+            let step = group.join(params, Instant::now(), &self.config);
+            self.schedule_timer(group);
+            step
+        };
+        match step {
+            JoinStep::Done(result) => result,
+            JoinStep::Wait(member_id, receiver) => match receiver.await {
+                Ok(result) => result.map_err(|error| JoinGroupError { error, member_id }),
+                // Replaced by a retried JoinGroup of the same member.
+                Err(_) => Err(JoinGroupError { error: GroupError::RebalanceInProgress, member_id }),
+            },
+        }
+    }
+
+    /// SyncGroup: the leader's call stores the assignments; every member's call (the leader's
+    /// included) returns its own assignment once the leader's has arrived.
+    pub async fn sync_group(&self, params: SyncGroupParams) -> Result<SyncGroupResult, GroupError> {
+        if params.group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let step = {
+            let mut groups = self.groups.lock();
+            let Some(group) = groups.get_mut(&params.group_id) else {
+                return Err(GroupError::UnknownMemberId);
+            };
+            let step = group.sync(params, Instant::now());
+            self.schedule_timer(group);
+            step
+        };
+        match step {
+            SyncStep::Done(result) => result,
+            SyncStep::Wait(receiver) => receiver.await.unwrap_or(Err(GroupError::RebalanceInProgress)),
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(), GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let mut groups = self.groups.lock();
+        let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        group.heartbeat(member_id, group_instance_id, generation_id, Instant::now())
+    }
+
+    /// LeaveGroup: one result per identity, in order; the outer error is for the whole group.
+    pub fn leave_group(
+        &self,
+        group_id: &str,
+        members: &[MemberIdentity],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Ok(members.iter().map(|_| Err(GroupError::UnknownMemberId)).collect());
+        };
+        let results = group.leave(members, Instant::now(), &self.config);
+        self.schedule_timer(group);
+        Ok(results)
+    }
+
+    /// OffsetCommit: validates the committer against the group, then stores the offsets
+    /// durably. Returns one result per offset, in order (OFFSET_METADATA_TOO_LARGE is per
+    /// partition); the outer error applies to every partition. The caller checks that topics
+    /// and partitions exist.
+    pub async fn commit_offsets(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+        offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        {
+            let mut groups = self.groups.lock();
+            match groups.get_mut(group_id) {
+                Some(group) => group.validate_offset_commit(member_id, group_instance_id, generation_id, Instant::now())?,
+                // No live group: a standalone consumer or admin tool commits (generation -1).
+                None if generation_id < 0 => {}
+                // A member of a generation this coordinator does not know (e.g. before a restart).
+                None => return Err(GroupError::IllegalGeneration),
+            }
+        }
+        let results: Vec<Result<(), GroupError>> = offsets
+            .iter()
+            .map(|(_, offset)| {
+                if offset.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                    Err(GroupError::OffsetMetadataTooLarge)
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let accepted: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(offset, _)| offset)
+            .collect();
+        if !accepted.is_empty() {
+            self.offsets.commit(group_id, &accepted).await?;
+        }
+        Ok(results)
+    }
+
+    /// OffsetFetch: the committed offset of each partition (`None` if never committed), or of
+    /// every partition the group committed when `partitions` is `None`.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<Vec<(TopicPartition, Option<OffsetAndMetadata>)>, GroupError> {
+        Ok(match partitions {
+            Some(partitions) => {
+                partitions.iter().map(|p| (p.clone(), self.offsets.fetch(group_id, p))).collect()
+            }
+            None => self.offsets.group_offsets(group_id).into_iter().map(|(p, o)| (p, Some(o))).collect(),
+        })
+    }
+
+    /// Every group with members or committed offsets, sorted by id.
+    pub fn list_groups(&self) -> Vec<GroupOverview> {
+        let mut overviews: HashMap<String, GroupOverview> = HashMap::new();
+        for group_id in self.offsets.groups() {
+            overviews.insert(
+                group_id.clone(),
+                GroupOverview { group_id, protocol_type: String::new(), state: GroupState::Empty },
+            );
+        }
+        for (group_id, group) in self.groups.lock().iter() {
+            if group.is_idle() && !overviews.contains_key(group_id) {
+                continue; // created by a failed join, holds nothing
+            }
+            overviews.insert(
+                group_id.clone(),
+                GroupOverview {
+                    group_id: group_id.clone(),
+                    protocol_type: group.protocol_type().to_string(),
+                    state: group.state(),
+                },
+            );
+        }
+        let mut overviews: Vec<GroupOverview> = overviews.into_values().collect();
+        overviews.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        overviews
+    }
+
+    /// DescribeGroups: an unknown group is reported as Dead, as Kafka does.
+    pub fn describe_group(&self, group_id: &str) -> GroupDescription {
+        if let Some(group) = self.groups.lock().get(group_id) {
+            return group.describe();
+        }
+        let state = if self.offsets.has_offsets(group_id) { GroupState::Empty } else { GroupState::Dead };
+        GroupDescription {
+            group_id: group_id.to_string(),
+            state,
+            protocol_type: String::new(),
+            protocol_name: String::new(),
+            members: Vec::new(),
+        }
+    }
+
+    /// DeleteGroups: only a group without members; its committed offsets are removed durably.
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let had_group = {
+            let mut groups = self.groups.lock();
+            match groups.get_mut(group_id) {
+                Some(group) if group.state() == GroupState::Dead => return Err(GroupError::GroupIdNotFound),
+                Some(group) if group.state() != GroupState::Empty => return Err(GroupError::NonEmptyGroup),
+                Some(group) => {
+                    // Dead first, so a join racing with the offset deletion is refused.
+                    group.mark_dead();
+                    true
+                }
+                None => false,
+            }
+        };
+        let deleted = self.offsets.delete_group(group_id).await;
+        if had_group {
+            let mut groups = self.groups.lock();
+            if groups.get(group_id).is_some_and(|g| g.state() == GroupState::Dead) {
+                groups.remove(group_id);
+            }
+        }
+        match deleted? {
+            0 if !had_group => Err(GroupError::GroupIdNotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a tokio task for the rebalance timer the last operation on `group` asked for.
+    fn schedule_timer(&self, group: &mut Group) {
+        let Some(mut timer) = group.take_rebalance_timer() else { return };
+        let weak = self.this.clone();
+        let group_id = group.group_id().to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
+                let Some(coordinator) = weak.upgrade() else { return };
+                if coordinator.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let next = {
+                    let mut groups = coordinator.groups.lock();
+                    let Some(group) = groups.get_mut(&group_id) else { return };
+                    group.on_rebalance_timer(timer, Instant::now(), &coordinator.config);
+                    group.take_rebalance_timer()
+                };
+                match next {
+                    Some(next) => timer = next,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    fn start_sweeper(&self) {
+        let weak = self.this.clone();
+        let interval_ms = (self.config.session_timeout_ms_min.max(1) as u64 / 4).clamp(10, SESSION_SWEEP_MS_MAX);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_offset_expiry = Instant::now();
+            loop {
+                ticker.tick().await;
+                let Some(coordinator) = weak.upgrade() else { return };
+                if coordinator.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                coordinator.expire_sessions();
+                if last_offset_expiry.elapsed() >= OFFSET_EXPIRY_INTERVAL {
+                    last_offset_expiry = Instant::now();
+                    coordinator.expire_offsets().await;
+                }
+            }
+        });
+    }
+
+    /// Removes members whose session timed out (which starts a rebalance) and drops group
+    /// objects that hold nothing.
+    fn expire_sessions(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        for group in groups.values_mut() {
+            group.expire_sessions(now, &self.config);
+            self.schedule_timer(group);
+        }
+        groups.retain(|group_id, group| !group.is_idle() || self.offsets.has_offsets(group_id));
+    }
+
+    /// Deletes offsets of groups without members once older than `offsets_retention_ms`.
+    async fn expire_offsets(&self) {
+        if self.config.offsets_retention_ms < 0 {
+            return;
+        }
+        let commit_before_ms = now_ms().saturating_sub(self.config.offsets_retention_ms);
+        let expired = {
+            let groups = self.groups.lock();
+            self.offsets.expired(commit_before_ms, |group_id| {
+                groups.get(group_id).is_none_or(|g| g.state() == GroupState::Empty)
+            })
+        };
+        for (group_id, partitions) in expired {
+            tracing::info!(group = %group_id, partitions = partitions.len(), "expiring committed offsets");
+            if let Err(error) = self.offsets.delete(&group_id, &partitions).await {
+                tracing::warn!(group = %group_id, %error, "expiring committed offsets failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The broker core: topics and partitions over the log, idempotent-producer state, consumer
+//! groups and committed offsets. Protocol-neutral: front ends (kafka, later amqp/http) translate
+//! their requests into calls on [`Broker`] and map [`BrokerError`] / [`GroupError`] to their codes.
+
+mod broker;
+mod config;
+mod error;
+pub mod group_coordinator;
+mod offset_store;
+mod partition;
+mod producer_id;
+mod producer_state;
+mod topic;
+mod topic_store;
+
+pub use broker::{Broker, ConfigChange};
+pub use config::{BrokerConfig, GroupConfig};
+pub use error::{BrokerError, GroupError};
+pub use group_coordinator::GroupCoordinator;
+pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
+pub use topic::{ConfigEntry, ConfigSource, Topic, TopicConfig};
+
+/// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

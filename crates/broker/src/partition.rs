@@ -1,0 +1,246 @@
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use sluice_log::{validate_batches, Durability, LogConfig, PartitionLog};
+use tokio::sync::Notify;
+
+use crate::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::{now_ms, BrokerError};
+
+/// How much durability a producer waits for before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Fire and forget (acks=0): no response is awaited.
+    None,
+    /// acks=1: the leader stored it (with `fsync=batch`, synced to disk).
+    Leader,
+    /// acks=all: every in-sync replica stored it. On one node this equals `Leader`.
+    All,
+}
+
+/// The answer to a produce on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceOutcome {
+    pub base_offset: i64,
+    /// The broker's timestamp for LogAppendTime topics, -1 otherwise (Kafka's convention).
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+/// The answer to a fetch on one partition.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedPartition {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+// Positions inside a v2 batch header (see sluice_log::batch).
+const ATTRIBUTES_AT: usize = 21;
+const CRC_AT: usize = 17;
+const MAX_TIMESTAMP_AT: usize = 35;
+const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
+
+/// One partition of a topic: its log, the idempotent-producer state guarding appends, and the
+/// notification that wakes long-polling fetchers when new data becomes readable.
+pub struct Partition {
+    topic: String,
+    index: i32,
+    log: Arc<PartitionLog>,
+    /// Held across check-and-append so that sequence checks and offsets agree.
+    producers: Mutex<ProducerStateTable>,
+    data_ready: Arc<Notify>,
+    log_append_time: AtomicBool,
+}
+
+impl Partition {
+    pub(crate) fn open(
+        topic: &str,
+        index: i32,
+        dir: &Path,
+        config: LogConfig,
+        log_append_time: bool,
+        data_ready: Arc<Notify>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let log = Arc::new(PartitionLog::open(dir, config)?);
+        let mut producers = ProducerStateTable::default();
+        for header in log.batch_headers_from(log.log_start_offset())? {
+            producers.record(&header);
+        }
+        let partition = Arc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            log,
+            producers: Mutex::new(producers),
+            data_ready,
+            log_append_time: AtomicBool::new(log_append_time),
+        });
+        partition.start_interval_flusher();
+        Ok(partition)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    pub fn index(&self) -> i32 {
+        self.index
+    }
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+    pub fn high_watermark(&self) -> i64 {
+        self.log.high_watermark()
+    }
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.log_start_offset()
+    }
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+
+    pub(crate) fn set_config(&self, config: LogConfig, log_append_time: bool) {
+        self.log.set_config(config);
+        self.log_append_time.store(log_append_time, Ordering::Relaxed);
+    }
+
+    /// Appends the producer's record batches and, as `acks` asks, waits until they are durable.
+    pub async fn produce(&self, mut records: BytesMut, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
+        let headers = validate_batches(&records)?;
+        if headers.is_empty() {
+            return Err(BrokerError::InvalidRecord("produce request without record batches".into()));
+        }
+        let now = now_ms();
+        let log_append_time = self.log_append_time.load(Ordering::Relaxed);
+        if log_append_time {
+            stamp_log_append_time(&mut records, now);
+        }
+        let (offset_first, offset_end) = {
+            let mut producers = self.producers.lock();
+            let mut duplicate = None;
+            for header in &headers {
+                match producers.check(header)? {
+                    SequenceCheck::Append => {}
+                    SequenceCheck::Duplicate { offset_first } => duplicate = Some(offset_first),
+                }
+            }
+            match duplicate {
+                // Clients send one batch per partition; a retried one is answered, not stored.
+                Some(offset_first) if headers.len() == 1 => {
+                    (offset_first, offset_first + headers[0].last_offset_delta as i64 + 1)
+                }
+                Some(_) => {
+                    return Err(BrokerError::InvalidRecord(
+                        "a retried idempotent batch must be sent alone".into(),
+                    ))
+                }
+                None => {
+                    let info = self.log.append(&mut records, 0, now)?;
+                    for batch in &info.batches {
+                        producers.record(batch);
+                    }
+                    (info.base_offset, info.last_offset + 1)
+                }
+            }
+        };
+        self.make_durable(offset_end, acks).await?;
+        Ok(ProduceOutcome {
+            base_offset: offset_first,
+            log_append_time_ms: if log_append_time { now } else { -1 },
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always started;
+    /// the producer waits for it unless acks=0.
+    async fn make_durable(&self, offset_end: i64, acks: Acks) -> Result<(), BrokerError> {
+        if self.log.config().durability != Durability::Batch {
+            self.data_ready.notify_waiters();
+            return Ok(());
+        }
+        let log = Arc::clone(&self.log);
+        let data_ready = Arc::clone(&self.data_ready);
+        let sync = tokio::task::spawn_blocking(move || {
+            let result = log.sync(offset_end);
+            data_ready.notify_waiters();
+            result
+        });
+        if acks == Acks::None {
+            return Ok(());
+        }
+        match sync.await {
+            Ok(result) => result.map_err(BrokerError::from),
+            Err(error) => Err(BrokerError::Storage(format!("sync task failed: {error}"))),
+        }
+    }
+
+    /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).
+    pub fn fetch(&self, offset: i64, bytes_max: usize) -> Result<FetchedPartition, BrokerError> {
+        let read = self.log.read(offset, bytes_max)?;
+        Ok(FetchedPartition {
+            records: read.records,
+            high_watermark: read.high_watermark,
+            log_start_offset: read.log_start_offset,
+            log_end_offset: read.log_end_offset,
+        })
+    }
+
+    /// For `fsync=interval:<ms>` topics a task syncs the log on that period; it ends when the
+    /// partition is dropped.
+    fn start_interval_flusher(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Partition> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let period = match weak.upgrade() {
+                    Some(p) => match p.log.config().durability {
+                        Durability::Interval(period) => period,
+                        _ => std::time::Duration::from_millis(1000),
+                    },
+                    None => return,
+                };
+                tokio::time::sleep(period).await;
+                let Some(partition) = weak.upgrade() else { return };
+                if !matches!(partition.log.config().durability, Durability::Interval(_)) {
+                    continue;
+                }
+                let log = Arc::clone(&partition.log);
+                drop(partition);
+                let offset_end = log.log_end_offset();
+                let result = tokio::task::spawn_blocking(move || log.sync(offset_end)).await;
+                if let Ok(Err(error)) = result {
+                    tracing::error!(%error, "interval flush failed");
+                }
+            }
+        });
+    }
+}
+
+/// Marks every batch as LogAppendTime with the broker's clock (inside the CRC, so recomputed).
+fn stamp_log_append_time(records: &mut BytesMut, now_ms: i64) {
+    let mut position = 0;
+    while position + 61 <= records.len() {
+        let length = i32::from_be_bytes([
+            records[position + 8],
+            records[position + 9],
+            records[position + 10],
+            records[position + 11],
+        ]) as usize;
+        let end = position + 12 + length;
+        if end > records.len() {
+            return;
+        }
+        let batch = &mut records[position..end];
+        let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]) | TIMESTAMP_TYPE_LOG_APPEND;
+        batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+        batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        position = end;
+    }
+}

@@ -1,0 +1,181 @@
+//! Idempotent-producer state of one partition: for each producer id, its epoch and the last few
+//! batches it wrote, so a retried batch is acknowledged with its original offset instead of being
+//! written twice, and a gap in sequence numbers is refused. Rebuilt from the log on start.
+
+use std::collections::{HashMap, VecDeque};
+
+use sluice_log::BatchHeader;
+
+use crate::BrokerError;
+
+/// Kafka clients keep at most 5 requests in flight with idempotence on, so 5 batches suffice.
+const BATCHES_REMEMBERED: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchMetadata {
+    sequence_first: i32,
+    sequence_last: i32,
+    offset_first: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<BatchMetadata>,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Not idempotent, or the next expected sequence: append it.
+    Append,
+    /// Already stored: acknowledge with this base offset, write nothing.
+    Duplicate { offset_first: i64 },
+}
+
+#[derive(Debug, Default)]
+pub struct ProducerStateTable {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+impl ProducerStateTable {
+    /// Decides whether `batch` (as sent, before offsets are assigned) may be appended.
+    pub fn check(&self, batch: &BatchHeader) -> Result<SequenceCheck, BrokerError> {
+        if batch.producer_id < 0 || batch.base_sequence < 0 {
+            return Ok(SequenceCheck::Append);
+        }
+        let Some(entry) = self.producers.get(&batch.producer_id) else {
+            if batch.base_sequence == 0 {
+                return Ok(SequenceCheck::Append);
+            }
+            return Err(BrokerError::OutOfOrderSequence(format!(
+                "producer {} is unknown here and its first batch has sequence {} (expected 0)",
+                batch.producer_id, batch.base_sequence
+            )));
+        };
+        if batch.producer_epoch < entry.epoch {
+            return Err(BrokerError::InvalidProducerEpoch(format!(
+                "producer {} epoch {} is older than the current epoch {}",
+                batch.producer_id, batch.producer_epoch, entry.epoch
+            )));
+        }
+        if batch.producer_epoch > entry.epoch {
+            if batch.base_sequence == 0 {
+                return Ok(SequenceCheck::Append);
+            }
+            return Err(BrokerError::OutOfOrderSequence(format!(
+                "producer {} new epoch {} must start at sequence 0, got {}",
+                batch.producer_id, batch.producer_epoch, batch.base_sequence
+            )));
+        }
+        let last_sequence = batch.last_sequence();
+        if let Some(duplicate) = entry
+            .batches
+            .iter()
+            .find(|b| b.sequence_first == batch.base_sequence && b.sequence_last == last_sequence)
+        {
+            return Ok(SequenceCheck::Duplicate { offset_first: duplicate.offset_first });
+        }
+        let expected = entry.batches.back().map(|b| next_sequence(b.sequence_last)).unwrap_or(0);
+        if batch.base_sequence == expected {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(BrokerError::OutOfOrderSequence(format!(
+                "producer {} epoch {}: expected sequence {expected}, got {}",
+                batch.producer_id, batch.producer_epoch, batch.base_sequence
+            )))
+        }
+    }
+
+    /// Records a batch that was appended (with its assigned base offset), or replayed from the log.
+    pub fn record(&mut self, batch: &BatchHeader) {
+        if batch.producer_id < 0 || batch.base_sequence < 0 {
+            return;
+        }
+        let entry = self.producers.entry(batch.producer_id).or_default();
+        if batch.producer_epoch != entry.epoch {
+            entry.epoch = batch.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(BatchMetadata {
+            sequence_first: batch.base_sequence,
+            sequence_last: batch.last_sequence(),
+            offset_first: batch.base_offset,
+        });
+        while entry.batches.len() > BATCHES_REMEMBERED {
+            entry.batches.pop_front();
+        }
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(producer_id: i64, epoch: i16, sequence: i32, count: i32, offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: offset,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch: epoch,
+            base_sequence: sequence,
+            record_count: count,
+        }
+    }
+
+    #[test]
+    fn retried_batch_is_a_duplicate_with_its_original_offset() {
+        let mut table = ProducerStateTable::default();
+        let first = batch(7, 0, 0, 10, 100);
+        assert_eq!(table.check(&first).ok(), Some(SequenceCheck::Append));
+        table.record(&first);
+        assert_eq!(table.check(&batch(7, 0, 0, 10, -1)).ok(), Some(SequenceCheck::Duplicate { offset_first: 100 }));
+        assert_eq!(table.check(&batch(7, 0, 10, 5, -1)).ok(), Some(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn sequence_gap_is_out_of_order() {
+        let mut table = ProducerStateTable::default();
+        table.record(&batch(7, 0, 0, 10, 0));
+        assert!(matches!(table.check(&batch(7, 0, 11, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
+        assert!(matches!(table.check(&batch(8, 0, 3, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
+    }
+
+    #[test]
+    fn older_epoch_is_fenced_and_new_epoch_restarts_at_zero() {
+        let mut table = ProducerStateTable::default();
+        table.record(&batch(7, 2, 0, 1, 0));
+        assert!(matches!(table.check(&batch(7, 1, 1, 1, -1)), Err(BrokerError::InvalidProducerEpoch(_))));
+        assert_eq!(table.check(&batch(7, 3, 0, 1, -1)).ok(), Some(SequenceCheck::Append));
+        assert!(matches!(table.check(&batch(7, 3, 5, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut table = ProducerStateTable::default();
+        for i in 0..7 {
+            table.record(&batch(1, 0, i, 1, i as i64));
+        }
+        assert!(table.check(&batch(1, 0, 0, 1, -1)).is_err());
+        assert_eq!(table.check(&batch(1, 0, 6, 1, -1)).ok(), Some(SequenceCheck::Duplicate { offset_first: 6 }));
+    }
+}

@@ -1,0 +1,45 @@
+//! Broker errors as Kafka error codes.
+
+use kafka_protocol::ResponseError;
+use sluice_broker::{BrokerError, GroupError};
+
+pub fn broker_error_code(error: &BrokerError) -> i16 {
+    match error {
+        BrokerError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+        BrokerError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        BrokerError::CorruptMessage(_) => ResponseError::CorruptMessage,
+        BrokerError::MessageTooLarge(_) => ResponseError::MessageTooLarge,
+        BrokerError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        BrokerError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
+        BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
+        BrokerError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
+        BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+    }
+    .code()
+}
+
+pub fn group_error_code(error: &GroupError) -> i16 {
+    match error {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::Storage(_) => ResponseError::KafkaStorageError,
+    }
+    .code()
+}

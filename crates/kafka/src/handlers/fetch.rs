@@ -1,0 +1,123 @@
+//! Fetch with long polling: answer as soon as `min_bytes` are readable, or when `max_wait_ms`
+//! passes. Readable means below the high watermark, i.e. durable under `fsync=batch`.
+//! Sessions (KIP-227) are not kept: session id 0 tells clients to send full fetches.
+
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+use sluice_broker::{BrokerError, Partition};
+
+use crate::error_codes::broker_error_code;
+use crate::RequestContext;
+
+/// Upper bound on how long one fetch may park the connection.
+const WAIT_MS_MAX: i32 = 30_000;
+
+pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -> FetchResponse {
+    // Resolve partitions once; unknown ones are answered with an error on every pass.
+    let targets: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, i64, i32, Option<std::sync::Arc<Partition>>)>)> =
+        request
+            .topics
+            .iter()
+            .map(|topic| {
+                let found = ctx.broker.topic(topic.topic.as_str());
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let partition = found.as_ref().and_then(|t| t.partition(p.partition));
+                        (p.partition, p.fetch_offset, p.partition_max_bytes, partition)
+                    })
+                    .collect();
+                (topic.topic.clone(), partitions)
+            })
+            .collect();
+
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, WAIT_MS_MAX) as u64);
+    let response_bytes_max = if request.max_bytes <= 0 { i32::MAX as usize } else { request.max_bytes as usize };
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        // Register interest before reading, so an append landing in between still wakes us.
+        let data_ready = ctx.broker.data_ready().notified();
+        tokio::pin!(data_ready);
+        data_ready.as_mut().enable();
+
+        let mut bytes_total = 0usize;
+        let mut any_error = false;
+        let mut responses = Vec::with_capacity(targets.len());
+        for (topic_name, partitions) in &targets {
+            let mut partition_responses = Vec::with_capacity(partitions.len());
+            for (index, fetch_offset, partition_bytes_max, partition) in partitions {
+                let Some(partition) = partition else {
+                    any_error = true;
+                    partition_responses.push(error_data(*index, ResponseError::UnknownTopicOrPartition.code()));
+                    continue;
+                };
+                // KIP-74: the first partition may exceed the budget so consumers always progress.
+                let budget = response_bytes_max.saturating_sub(bytes_total);
+                let bytes_max = (*partition_bytes_max).max(0) as usize;
+                let bytes_max = if bytes_total == 0 { bytes_max } else { bytes_max.min(budget) };
+                if bytes_max == 0 && bytes_total > 0 {
+                    partition_responses.push(partition_data(*index, partition, None));
+                    continue;
+                }
+                match partition.fetch(*fetch_offset, bytes_max) {
+                    Ok(fetched) => {
+                        bytes_total += fetched.records.len();
+                        partition_responses.push(
+                            PartitionData::default()
+                                .with_partition_index(*index)
+                                .with_high_watermark(fetched.high_watermark)
+                                .with_last_stable_offset(fetched.high_watermark)
+                                .with_log_start_offset(fetched.log_start_offset)
+                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_records(Some(fetched.records)),
+                        );
+                    }
+                    Err(error) => {
+                        any_error = true;
+                        if !matches!(error, BrokerError::OffsetOutOfRange(_)) {
+                            tracing::warn!(topic = topic_name.as_str(), partition = index, %error, "fetch failed");
+                        }
+                        let mut data = partition_data(*index, partition, None);
+                        data.error_code = broker_error_code(&error);
+                        partition_responses.push(data);
+                    }
+                }
+            }
+            responses.push(
+                FetchableTopicResponse::default().with_topic(topic_name.clone()).with_partitions(partition_responses),
+            );
+        }
+
+        let now = Instant::now();
+        if bytes_total >= min_bytes || any_error || now >= deadline || targets.is_empty() {
+            return FetchResponse::default().with_responses(responses);
+        }
+        if tokio::time::timeout(deadline - now, data_ready).await.is_err() {
+            // Timed out: one last pass picks up anything that arrived without a wake-up.
+            continue;
+        }
+    }
+}
+
+fn partition_data(index: i32, partition: &Partition, records: Option<bytes::Bytes>) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_high_watermark(partition.high_watermark())
+        .with_last_stable_offset(partition.high_watermark())
+        .with_log_start_offset(partition.log_start_offset())
+        .with_aborted_transactions(Some(Vec::new()))
+        .with_records(records)
+}
+
+fn error_data(index: i32, error_code: i16) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(error_code)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+}

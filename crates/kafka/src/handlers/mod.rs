@@ -1,0 +1,11 @@
+//! One module per family of Kafka APIs. Each handler takes the decoded request and its version
+//! and returns the response; the connection encodes it at the same version.
+
+pub mod configs;
+pub mod fetch;
+pub mod groups;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod producer_id;
+pub mod topics;

@@ -1,0 +1,14 @@
+//! Kafka wire-protocol front end. Frames and codecs come from the `kafka-protocol` crate; this
+//! crate owns the connections and translates each request into calls on the protocol-neutral
+//! [`sluice_broker::Broker`]. It holds no storage logic.
+
+mod api_versions;
+mod connection;
+mod context;
+mod error_codes;
+mod handlers;
+mod server;
+
+pub use api_versions::supported_api_versions;
+pub use context::{KafkaConfig, RequestContext};
+pub use server::KafkaServer;

@@ -1,0 +1,685 @@
+//! Kafka record-batch v2 ("magic 2"): the one on-disk format for every protocol.
+//!
+//! Layout (big endian): baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 |
+//! crc u32 (CRC-32C of everything after it) | attributes i16 | lastOffsetDelta i32 |
+//! baseTimestamp i64 | maxTimestamp i64 | producerId i64 | producerEpoch i16 | baseSequence i32 |
+//! recordCount i32 | records...
+//! baseOffset and partitionLeaderEpoch are outside the CRC, so the broker may rewrite them.
+//!
+//! Everything here parses untrusted bytes: every length is checked against the buffer before it
+//! is used, arithmetic on decoded values never overflows, and nothing panics.
+
+use crate::LogError;
+
+/// Size of the fixed batch header (61 bytes).
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// Smallest legal `batchLength`: the header after the batchLength field, with no records.
+pub const BATCH_LENGTH_MIN: i32 = (BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES) as i32;
+
+/// Largest batch we ever accept from disk or the wire (`batchLength + 12`). A larger length field
+/// means a torn or corrupt batch, not data.
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// baseOffset + batchLength: the bytes not counted by batchLength.
+pub(crate) const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
+
+/// Byte offset of partitionLeaderEpoch within a batch.
+pub(crate) const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
+
+/// The CRC covers everything from the attributes field to the end of the batch.
+pub(crate) const CRC_START_OFFSET: usize = 21;
+
+const MAGIC_V2: i8 = 2;
+
+/// The parsed fixed header of one record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// Bytes after the batchLength field (so the whole batch is `batch_length + 12`).
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Parses the header at the start of `buf` (no CRC check).
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, LogError> {
+        let Some(header) = buf.get(..BATCH_HEADER_BYTES) else {
+            return Err(LogError::InvalidBatch(format!(
+                "batch header needs {BATCH_HEADER_BYTES} bytes, have {}",
+                buf.len()
+            )));
+        };
+        let mut reader = FieldReader { buf: header };
+        Ok(BatchHeader {
+            base_offset: reader.i64(),
+            batch_length: reader.i32(),
+            partition_leader_epoch: reader.i32(),
+            magic: reader.i8(),
+            crc: reader.i32() as u32,
+            attributes: reader.i16(),
+            last_offset_delta: reader.i32(),
+            base_timestamp: reader.i64(),
+            max_timestamp: reader.i64(),
+            producer_id: reader.i64(),
+            producer_epoch: reader.i16(),
+            base_sequence: reader.i32(),
+            record_count: reader.i32(),
+        })
+    }
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset.wrapping_add(self.last_offset_delta as i64)
+    }
+    pub fn total_bytes(&self) -> usize {
+        // A negative length never passes validation; saturate rather than wrap if asked anyway.
+        (self.batch_length.max(0) as usize).saturating_add(BATCH_LENGTH_PREFIX_BYTES)
+    }
+    /// 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub fn compression(&self) -> u8 {
+        (self.attributes & 0x07) as u8
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+    /// timestampType bit: LogAppendTime.
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & 0x08 != 0
+    }
+    pub fn last_sequence(&self) -> i32 {
+        if self.base_sequence < 0 {
+            return -1;
+        }
+        // Sequences wrap at i32::MAX like Kafka's.
+        ((self.base_sequence as i64 + self.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32
+    }
+
+    /// Offsets this batch occupies (`lastOffsetDelta + 1`).
+    pub fn offset_count(&self) -> i64 {
+        self.last_offset_delta as i64 + 1
+    }
+
+    /// Checks the header fields that do not need the batch body: length bounds, magic, counts.
+    /// `available` is how many bytes of the batch (from its first byte) exist.
+    pub(crate) fn check_shape(&self, available: usize) -> Result<(), LogError> {
+        if self.batch_length < BATCH_LENGTH_MIN {
+            return Err(invalid(format!(
+                "batchLength {} below minimum",
+                self.batch_length
+            )));
+        }
+        let total = self.total_bytes();
+        if total > BATCH_BYTES_MAX {
+            return Err(invalid(format!(
+                "batch of {total} bytes exceeds {BATCH_BYTES_MAX}"
+            )));
+        }
+        if total > available {
+            return Err(invalid(format!(
+                "batch of {total} bytes truncated to {available}"
+            )));
+        }
+        if self.magic != MAGIC_V2 {
+            return Err(invalid(format!("unsupported magic {}", self.magic)));
+        }
+        if self.last_offset_delta < 0 {
+            return Err(invalid(format!(
+                "negative lastOffsetDelta {}",
+                self.last_offset_delta
+            )));
+        }
+        // Compaction can leave fewer records than offsets, never more.
+        if self.record_count < 0 || self.record_count as i64 > self.offset_count() {
+            return Err(invalid(format!(
+                "recordCount {} inconsistent with lastOffsetDelta {}",
+                self.record_count, self.last_offset_delta
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Validates a buffer of one or more concatenated batches as a producer sent them: complete
+/// lengths, magic 2, CRC-32C, record count consistent with lastOffsetDelta. Returns each header.
+pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchHeader>, LogError> {
+    validate_batches_with_limit(buf, usize::MAX)
+}
+
+/// [`validate_batches`] that also rejects any single batch bigger than `batch_bytes_max`
+/// (checked before the CRC so an oversized batch costs no checksum work).
+pub(crate) fn validate_batches_with_limit(
+    buf: &[u8],
+    batch_bytes_max: usize,
+) -> Result<Vec<BatchHeader>, LogError> {
+    let mut headers = Vec::new();
+    let mut position = 0;
+    while position < buf.len() {
+        let rest = &buf[position..];
+        let header = BatchHeader::parse(rest)?;
+        if header.batch_length >= BATCH_LENGTH_MIN && header.total_bytes() > batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size: header.total_bytes(),
+                limit: batch_bytes_max,
+            });
+        }
+        header.check_shape(rest.len())?;
+        let total = header.total_bytes();
+        verify_crc(&header, &rest[..total])?;
+        headers.push(header);
+        position += total;
+    }
+    Ok(headers)
+}
+
+/// Compares the stored CRC with CRC-32C over `batch[21..]` (`batch` is exactly one whole batch).
+pub(crate) fn verify_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), LogError> {
+    let computed = crc32c::crc32c(batch.get(CRC_START_OFFSET..).unwrap_or_default());
+    if computed != header.crc {
+        return Err(LogError::CorruptBatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Rewrites the two fields outside the CRC that the log owns.
+pub(crate) fn assign_base_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    if batch.len() >= BATCH_HEADER_BYTES {
+        batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        batch[PARTITION_LEADER_EPOCH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET + 4]
+            .copy_from_slice(&leader_epoch.to_be_bytes());
+    }
+}
+
+fn invalid(message: String) -> LogError {
+    LogError::InvalidBatch(message)
+}
+
+/// Big-endian reader over a slice whose length the caller already checked.
+struct FieldReader<'a> {
+    buf: &'a [u8],
+}
+
+impl FieldReader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        // The caller sized the buffer for the whole header, so this never comes up short; if it
+        // ever did, zeros are returned rather than panicking.
+        if let Some(bytes) = self.buf.get(..N) {
+            out.copy_from_slice(bytes);
+            self.buf = &self.buf[N..];
+        }
+        out
+    }
+    fn i8(&mut self) -> i8 {
+        i8::from_be_bytes(self.take())
+    }
+    fn i16(&mut self) -> i16 {
+        i16::from_be_bytes(self.take())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_be_bytes(self.take())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_be_bytes(self.take())
+    }
+}
+
+/// One decoded record (uncompressed batches only; used for internal logs and queries).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Builds one uncompressed v2 batch (base offset 0; the log assigns the real one on append).
+#[derive(Debug, Default)]
+pub struct RecordBatchBuilder {
+    records: Vec<Record>,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl RecordBatchBuilder {
+    pub fn new() -> Self {
+        RecordBatchBuilder {
+            records: Vec::new(),
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+    /// Record `offset` fields are ignored: records get consecutive offset deltas.
+    pub fn push(&mut self, record: Record) -> &mut Self {
+        self.records.push(record);
+        self
+    }
+    pub fn producer(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> &mut Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    /// Encodes the batch with a valid CRC-32C. An empty builder gives a batch with no records
+    /// that still occupies one offset (lastOffsetDelta 0), since Kafka batches cannot be empty.
+    pub fn build(&self) -> Vec<u8> {
+        let base_timestamp = self.records.first().map_or(-1, |r| r.timestamp);
+        let max_timestamp = self.records.iter().map(|r| r.timestamp).max().unwrap_or(-1);
+        let last_offset_delta = self.records.len().saturating_sub(1) as i32;
+
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len() * 32);
+        out.extend_from_slice(&0i64.to_be_bytes()); // baseOffset
+        out.extend_from_slice(&0i32.to_be_bytes()); // batchLength, patched below
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+        out.push(MAGIC_V2 as u8);
+        out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
+        out.extend_from_slice(&0i16.to_be_bytes()); // attributes: uncompressed, CreateTime
+        out.extend_from_slice(&last_offset_delta.to_be_bytes());
+        out.extend_from_slice(&base_timestamp.to_be_bytes());
+        out.extend_from_slice(&max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&(self.records.len() as i32).to_be_bytes());
+
+        let mut body = Vec::new();
+        for (index, record) in self.records.iter().enumerate() {
+            body.clear();
+            body.push(0); // record attributes
+            put_varlong(&mut body, record.timestamp.wrapping_sub(base_timestamp));
+            put_varint(&mut body, index as i32);
+            put_bytes(&mut body, record.key.as_deref());
+            put_bytes(&mut body, record.value.as_deref());
+            put_varint(&mut body, record.headers.len() as i32);
+            for (key, value) in &record.headers {
+                put_bytes(&mut body, Some(key.as_bytes()));
+                put_bytes(&mut body, value.as_deref());
+            }
+            put_varint(&mut out, body.len() as i32);
+            out.extend_from_slice(&body);
+        }
+
+        let batch_length = (out.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+/// Decodes every record of every (uncompressed) batch in `buf`; compressed batches give
+/// `LogError::InvalidBatch`.
+pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
+    let mut records = Vec::new();
+    let mut position = 0;
+    while position < buf.len() {
+        let rest = &buf[position..];
+        let header = BatchHeader::parse(rest)?;
+        header.check_shape(rest.len())?;
+        let total = header.total_bytes();
+        decode_batch_records(&header, &rest[..total], &mut records)?;
+        position += total;
+    }
+    Ok(records)
+}
+
+/// Decodes the records of one whole batch (`batch` is exactly the batch bytes).
+pub(crate) fn decode_batch_records(
+    header: &BatchHeader,
+    batch: &[u8],
+    records: &mut Vec<Record>,
+) -> Result<(), LogError> {
+    if header.compression() != 0 {
+        return Err(invalid(format!(
+            "compressed batch (codec {}) cannot be decoded",
+            header.compression()
+        )));
+    }
+    let mut body = VarReader {
+        buf: batch.get(BATCH_HEADER_BYTES..).unwrap_or_default(),
+    };
+    for _ in 0..header.record_count {
+        let length = body.varint()?;
+        let mut record = VarReader {
+            buf: body
+                .bytes(length)?
+                .ok_or_else(|| invalid("null record".into()))?,
+        };
+        let _attributes = record.bytes(1)?;
+        let timestamp_delta = record.varlong()?;
+        let offset_delta = record.varint()?;
+        let key = record.length_prefixed()?.map(<[u8]>::to_vec);
+        let value = record.length_prefixed()?.map(<[u8]>::to_vec);
+        let header_count = record.varint()?;
+        if header_count < 0 {
+            return Err(invalid(format!("negative header count {header_count}")));
+        }
+        // Each header takes at least two bytes, so the remaining bytes bound the allocation.
+        let mut headers = Vec::with_capacity((header_count as usize).min(record.buf.len() / 2));
+        for _ in 0..header_count {
+            let key_len = record.varint()?;
+            let key_bytes = record
+                .bytes(key_len)?
+                .ok_or_else(|| invalid("null header key".into()))?;
+            let key = String::from_utf8(key_bytes.to_vec())
+                .map_err(|_| invalid("header key is not UTF-8".into()))?;
+            let value = record.length_prefixed()?.map(<[u8]>::to_vec);
+            headers.push((key, value));
+        }
+        records.push(Record {
+            offset: header.base_offset.wrapping_add(offset_delta as i64),
+            timestamp: if header.is_log_append_time() {
+                header.max_timestamp
+            } else {
+                header.base_timestamp.wrapping_add(timestamp_delta)
+            },
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(())
+}
+
+/// Reads Kafka varints (zigzag) and length-prefixed byte strings, bounds-checked.
+struct VarReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> VarReader<'a> {
+    fn unsigned(&mut self, max_bytes: usize) -> Result<u64, LogError> {
+        let mut value: u64 = 0;
+        for index in 0..max_bytes {
+            let Some((&byte, rest)) = self.buf.split_first() else {
+                return Err(invalid("truncated varint".into()));
+            };
+            self.buf = rest;
+            value |= ((byte & 0x7f) as u64) << (7 * index);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(invalid("varint too long".into()))
+    }
+    fn varint(&mut self) -> Result<i32, LogError> {
+        let raw = self.unsigned(5)? as u32;
+        Ok(((raw >> 1) as i32) ^ -((raw & 1) as i32))
+    }
+    fn varlong(&mut self) -> Result<i64, LogError> {
+        let raw = self.unsigned(10)?;
+        Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+    /// A varint length followed by that many bytes (-1: null).
+    fn length_prefixed(&mut self) -> Result<Option<&'a [u8]>, LogError> {
+        let length = self.varint()?;
+        self.bytes(length)
+    }
+    /// `length` -1 means null; other negative lengths are invalid.
+    fn bytes(&mut self, length: i32) -> Result<Option<&'a [u8]>, LogError> {
+        if length == -1 {
+            return Ok(None);
+        }
+        let length =
+            usize::try_from(length).map_err(|_| invalid(format!("negative length {length}")))?;
+        if length > self.buf.len() {
+            return Err(invalid(format!(
+                "length {length} exceeds the {} bytes left",
+                self.buf.len()
+            )));
+        }
+        let (bytes, rest) = self.buf.split_at(length);
+        self.buf = rest;
+        Ok(Some(bytes))
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i32) {
+    put_unsigned(out, ((value << 1) ^ (value >> 31)) as u32 as u64);
+}
+
+fn put_varlong(out: &mut Vec<u8>, value: i64) {
+    put_unsigned(out, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+fn put_unsigned(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(bytes) => {
+            put_varint(out, bytes.len() as i32);
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_batch() -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new();
+        builder.producer(7, 1, 42);
+        builder.push(Record {
+            timestamp: 1_000,
+            key: Some(b"k1".to_vec()),
+            value: Some(b"v1".to_vec()),
+            ..Default::default()
+        });
+        builder.push(Record {
+            timestamp: 900,
+            key: None,
+            value: Some(vec![9; 300]),
+            headers: vec![("h".into(), Some(b"x".to_vec())), ("n".into(), None)],
+            ..Default::default()
+        });
+        builder.push(Record {
+            timestamp: 1_500,
+            key: Some(Vec::new()),
+            value: None,
+            ..Default::default()
+        });
+        builder.build()
+    }
+
+    #[test]
+    fn build_validate_decode_roundtrip() {
+        let batch = sample_batch();
+        let headers = validate_batches(&batch).unwrap();
+        assert_eq!(headers.len(), 1);
+        let header = headers[0];
+        assert_eq!(header.total_bytes(), batch.len());
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.base_timestamp, 1_000);
+        assert_eq!(header.max_timestamp, 1_500);
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (7, 1, 42)
+        );
+        assert_eq!(header.last_sequence(), 44);
+
+        let records = decode_records(&batch).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].offset, 0);
+        assert_eq!(records[1].offset, 1);
+        assert_eq!(records[1].timestamp, 900);
+        assert_eq!(records[1].value.as_deref(), Some(&[9u8; 300][..]));
+        assert_eq!(records[1].headers[1], ("n".to_string(), None));
+        assert_eq!(records[2].key, Some(Vec::new()));
+        assert_eq!(records[2].value, None);
+    }
+
+    #[test]
+    fn concatenated_batches_validate() {
+        let mut buf = sample_batch();
+        buf.extend_from_slice(&sample_batch());
+        assert_eq!(validate_batches(&buf).unwrap().len(), 2);
+        assert_eq!(decode_records(&buf).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn crc_flip_is_detected_anywhere_under_the_crc() {
+        let batch = sample_batch();
+        for position in CRC_START_OFFSET..batch.len() {
+            let mut corrupt = batch.clone();
+            corrupt[position] ^= 0x01;
+            match validate_batches(&corrupt) {
+                Err(LogError::CorruptBatch { .. }) | Err(LogError::InvalidBatch(_)) => {}
+                other => panic!("flip at {position} not detected: {other:?}"),
+            }
+        }
+        // The CRC field itself.
+        let mut corrupt = batch.clone();
+        corrupt[18] ^= 0x80;
+        assert!(matches!(
+            validate_batches(&corrupt),
+            Err(LogError::CorruptBatch { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_buffers_are_rejected_without_panic() {
+        let batch = sample_batch();
+        for length in 1..batch.len() {
+            assert!(
+                validate_batches(&batch[..length]).is_err(),
+                "length {length}"
+            );
+            assert!(decode_records(&batch[..length]).is_err(), "length {length}");
+        }
+        assert!(validate_batches(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn oversized_batch_is_rejected_before_crc() {
+        let batch = sample_batch();
+        assert!(matches!(
+            validate_batches_with_limit(&batch, batch.len() - 1),
+            Err(LogError::BatchTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_magic_and_negative_counts_are_invalid() {
+        let mut batch = sample_batch();
+        batch[16] = 1;
+        assert!(matches!(
+            validate_batches(&batch),
+            Err(LogError::InvalidBatch(_))
+        ));
+        let mut batch = sample_batch();
+        batch[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(
+            validate_batches(&batch),
+            Err(LogError::InvalidBatch(_))
+        ));
+    }
+
+    #[test]
+    fn compressed_batch_cannot_be_decoded() {
+        let mut batch = sample_batch();
+        batch[22] |= 0x02; // attributes low byte: snappy
+        let crc = crc32c::crc32c(&batch[CRC_START_OFFSET..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate_batches(&batch).is_ok());
+        assert!(matches!(
+            decode_records(&batch),
+            Err(LogError::InvalidBatch(_))
+        ));
+    }
+
+    fn arbitrary_record() -> impl Strategy<Value = Record> {
+        (
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+            proptest::collection::vec(
+                (
+                    "[a-z]{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                ),
+                0..4,
+            ),
+        )
+            .prop_map(|(timestamp, key, value, headers)| Record {
+                offset: 0,
+                timestamp,
+                key,
+                value,
+                headers,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip_arbitrary_records(records in proptest::collection::vec(arbitrary_record(), 1..20)) {
+            let mut builder = RecordBatchBuilder::new();
+            for record in &records {
+                builder.push(record.clone());
+            }
+            let batch = builder.build();
+            let headers = validate_batches(&batch).unwrap();
+            prop_assert_eq!(headers[0].record_count as usize, records.len());
+            let decoded = decode_records(&batch).unwrap();
+            for (index, (decoded, original)) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(decoded.offset, index as i64);
+                prop_assert_eq!(decoded.timestamp, original.timestamp);
+                prop_assert_eq!(&decoded.key, &original.key);
+                prop_assert_eq!(&decoded.value, &original.value);
+                prop_assert_eq!(&decoded.headers, &original.headers);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = validate_batches(&bytes);
+            let _ = decode_records(&bytes);
+        }
+
+        #[test]
+        fn mutated_batch_never_panics(position in 0usize..400, value in any::<u8>()) {
+            let mut batch = sample_batch();
+            let position = position % batch.len();
+            batch[position] = value;
+            let _ = validate_batches(&batch);
+            let _ = decode_records(&batch);
+        }
+    }
+}

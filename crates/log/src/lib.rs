@@ -1,0 +1,36 @@
+//! Storage layer: one [`PartitionLog`] per partition, a directory of segments holding Kafka
+//! record-batch v2 bytes. Knows nothing of sockets or protocols beyond the on-disk batch format.
+//!
+//! CONTRACT (the broker is written against exactly this API; keep the signatures):
+//!
+//! ```text
+//! Durability::parse("batch" | "never" | "interval:<ms>") -> Result<Durability, LogError>
+//! LogConfig::default()
+//! PartitionLog::open(dir, LogConfig) -> Result<PartitionLog, LogError>   // creates dir, recovers
+//! PartitionLog::append(&self, batches: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, LogError>
+//! PartitionLog::sync(&self, offset_end: i64) -> Result<(), LogError>     // blocking group commit
+//! PartitionLog::read(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError>
+//! PartitionLog::offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, LogError>
+//! PartitionLog::{log_start_offset, log_end_offset, high_watermark, size_bytes}(&self) -> i64/u64
+//! PartitionLog::enforce_retention(&self, now_ms: i64) -> Result<usize, LogError>
+//! PartitionLog::truncate_to(&self, offset: i64) -> Result<(), LogError>
+//! PartitionLog::set_config(&self, LogConfig)
+//! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
+//! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown)
+//! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
+//! batch::{BatchHeader, validate_batches, RecordBatchBuilder, decode_records, Record}
+//! ```
+
+pub mod batch;
+mod config;
+mod error;
+mod offset_index;
+mod partition_log;
+mod recovery;
+mod segment;
+mod time_index;
+
+pub use batch::{decode_records, validate_batches, BatchHeader, Record, RecordBatchBuilder};
+pub use config::{Durability, LogConfig};
+pub use error::LogError;
+pub use partition_log::{AppendInfo, PartitionLog, ReadResult};

@@ -1,0 +1,720 @@
+//! The partition log (Kafka's UnifiedLog): segments, offsets, the high watermark and group commit.
+//!
+//! Locking, outermost first:
+//! - `sync_lock` serialises fsyncs. A caller that finds its offsets already durable returns at
+//!   once, so one fdatasync covers every append that landed before it started (group commit).
+//! - `append_lock` serialises appends, rolls, truncation and retention. It is held for the one
+//!   positional write of an append, never during the group-commit fdatasync.
+//! - `segments` (RwLock) guards the segment list; readers hold it only to snapshot handles.
+//!
+//! Readers do positional I/O on shared file handles without any lock, bounded by the high
+//! watermark and sizes they loaded (which only grow, except under truncation).
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::batch::{
+    assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
+    BATCH_LENGTH_MIN,
+};
+use crate::recovery::{recover, sync_dir};
+use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
+use crate::{BatchHeader, Durability, LogConfig, LogError};
+
+/// What an append stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub record_count: i64,
+    /// Largest record timestamp in the appended batches (or `now_ms` for LogAppendTime).
+    pub max_timestamp: i64,
+    /// `now_ms` as passed to append (Kafka's log_append_time).
+    pub log_append_time_ms: i64,
+    /// Headers of the appended batches, with their assigned base offsets.
+    pub batches: Vec<BatchHeader>,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole batches, starting with the batch that contains the requested offset. Never extends
+    /// past the high watermark. Holds at least one whole batch when any is readable, even if that
+    /// batch is bigger than `bytes_max` (as Kafka does, so a consumer can always make progress).
+    pub records: bytes::Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// One partition's log: a directory of segments named by base offset
+/// (`00000000000000000000.log`, `.index`, `.timeindex`). Thread-safe: appends are serialised
+/// internally, reads run concurrently with appends, `sync` is a group commit.
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: RwLock<LogConfig>,
+    /// Sorted by base offset; the last is the active segment. Changed only under `append_lock`.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    append_lock: Mutex<AppendState>,
+    sync_lock: Mutex<()>,
+    log_start_offset: AtomicI64,
+    log_end_offset: AtomicI64,
+    high_watermark: AtomicI64,
+    /// Everything below this has been fdatasynced.
+    durable_offset: AtomicI64,
+    sync_count: AtomicU64,
+}
+
+#[derive(Default)]
+struct AppendState {
+    /// Bumped by `truncate_to`, so a group commit that raced a truncation does not mark
+    /// re-appended (unsynced) offsets durable.
+    truncations: u64,
+}
+
+/// How a read of one segment ended.
+enum SegmentReadEnd {
+    /// Reached the segment's end with budget left: continue in the next segment.
+    Continue,
+    Done,
+}
+
+/// Segments a read looks at beyond the first, at most: the rest can be fetched next time.
+const READ_SEGMENTS_MAX: usize = 32;
+
+impl PartitionLog {
+    /// Opens (creating if missing) the partition directory and recovers it: validates the tail
+    /// of the active segment, truncates a torn or corrupt batch, rebuilds missing/bad indexes.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
+        validate_config(&config)?;
+        let segments: Vec<Arc<Segment>> =
+            recover(dir, &config)?.into_iter().map(Arc::new).collect();
+        let log_start_offset = segments.first().map_or(0, |s| s.base_offset);
+        let log_end_offset = segments.last().map_or(0, |s| s.offset_end());
+        tracing::debug!(dir = %dir.display(), segments = segments.len(), log_start_offset, log_end_offset, "opened partition log");
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            segments: RwLock::new(segments),
+            append_lock: Mutex::new(AppendState::default()),
+            sync_lock: Mutex::new(()),
+            log_start_offset: AtomicI64::new(log_start_offset),
+            log_end_offset: AtomicI64::new(log_end_offset),
+            // Whatever survived on disk is durable.
+            high_watermark: AtomicI64::new(log_end_offset),
+            durable_offset: AtomicI64::new(log_end_offset),
+            sync_count: AtomicU64::new(0),
+        })
+    }
+
+    /// Validates (CRC, sizes), assigns offsets (rewrites baseOffset, sets partitionLeaderEpoch)
+    /// and writes the batches (one write). Rolls the segment first when size/age demand it.
+    /// With `Durability::Batch` the data is not yet durable nor visible to readers: call `sync`.
+    pub fn append(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let (batch_bytes_max, segment_bytes_max, segment_ms_max, interval_bytes, durability) = {
+            let config = self.config.read();
+            (
+                config.batch_bytes_max as usize,
+                config.segment_bytes_max,
+                config.segment_ms_max,
+                config.index_interval_bytes as u64,
+                config.durability,
+            )
+        };
+        if batches.is_empty() {
+            return Err(LogError::InvalidBatch("append of no batches".into()));
+        }
+        if batches.len() > u32::MAX as usize {
+            return Err(LogError::BatchTooLarge {
+                size: batches.len(),
+                limit: u32::MAX as usize,
+            });
+        }
+        // CRC work happens before taking the lock so concurrent producers checksum in parallel.
+        let mut headers = validate_batches_with_limit(batches, batch_bytes_max)?;
+
+        let state = self.append_lock.lock();
+        let base_offset = self.log_end_offset.load(Ordering::Acquire);
+        let mut next_offset = base_offset;
+        let mut position = 0;
+        for header in &mut headers {
+            assign_base_offset(&mut batches[position..], next_offset, leader_epoch);
+            header.base_offset = next_offset;
+            header.partition_leader_epoch = leader_epoch;
+            next_offset = next_offset
+                .checked_add(header.offset_count())
+                .ok_or_else(|| LogError::InvalidBatch("offsets overflow i64".into()))?;
+            position += header.total_bytes();
+        }
+        let last_offset = next_offset - 1;
+
+        let active = self.roll_if_needed(
+            batches.len() as u64,
+            last_offset,
+            segment_bytes_max,
+            segment_ms_max,
+            now_ms,
+        )?;
+        let write_position = active.write(batches)?;
+        active.on_written(write_position, &headers, interval_bytes, now_ms);
+        debug_assert_eq!(active.offset_end(), next_offset);
+        self.log_end_offset.store(next_offset, Ordering::Release);
+        if durability != Durability::Batch {
+            self.high_watermark.store(next_offset, Ordering::Release);
+        }
+        drop(state);
+
+        let record_count = headers.iter().map(|h| h.record_count as i64).sum();
+        let max_timestamp = headers
+            .iter()
+            .map(|h| {
+                if h.is_log_append_time() {
+                    now_ms
+                } else {
+                    h.max_timestamp
+                }
+            })
+            .max()
+            .unwrap_or(-1);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            record_count,
+            max_timestamp,
+            log_append_time_ms: now_ms,
+            batches: headers,
+        })
+    }
+
+    /// Returns the segment to append to, rolling a new one when the active segment would grow
+    /// past its size limit, is too old, or the offsets would not fit its u32 relative offsets.
+    /// Caller holds `append_lock`.
+    fn roll_if_needed(
+        &self,
+        append_bytes: u64,
+        last_offset: i64,
+        segment_bytes_max: u64,
+        segment_ms_max: i64,
+        now_ms: i64,
+    ) -> Result<Arc<Segment>, LogError> {
+        let active = self.active_segment();
+        if active.is_empty() {
+            return Ok(active);
+        }
+        // Index positions are u32, so a segment never passes 4 GiB.
+        let too_big = active.size_bytes() + append_bytes > segment_bytes_max.min(u32::MAX as u64);
+        let too_old = active.roll_base_ms() >= 0
+            && now_ms.saturating_sub(active.roll_base_ms()) > segment_ms_max;
+        let offsets_overflow = last_offset - active.base_offset > u32::MAX as i64;
+        if !(too_big || too_old || offsets_overflow) {
+            return Ok(active);
+        }
+        // The rolled segment is made durable now, so it never needs syncing again.
+        active.sync_data()?;
+        active.write_index_files(true)?;
+        let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
+        let segment = Arc::new(Segment::create(&self.dir, log_end_offset)?);
+        sync_dir(&self.dir)?;
+        tracing::debug!(segment = %segment.log_path.display(), too_big, too_old, "rolled segment");
+        self.segments.write().push(Arc::clone(&segment));
+        self.mark_durable(log_end_offset);
+        Ok(segment)
+    }
+
+    fn active_segment(&self) -> Arc<Segment> {
+        let segments = self.segments.read();
+        // The list is never empty: recovery creates a segment and nothing removes the last one.
+        Arc::clone(&segments[segments.len() - 1])
+    }
+
+    /// Everything below `offset` is on disk. Caller holds `append_lock` (or is the only user).
+    fn mark_durable(&self, offset: i64) {
+        let offset = offset.min(self.log_end_offset.load(Ordering::Acquire));
+        self.durable_offset.fetch_max(offset, Ordering::AcqRel);
+        if self.config.read().durability == Durability::Batch {
+            self.high_watermark.fetch_max(offset, Ordering::AcqRel);
+        }
+    }
+
+    /// Blocks until everything below `offset_end` (exclusive) is fdatasync'ed. Group commit:
+    /// concurrent callers share one fdatasync. Advances the high watermark under `Batch`.
+    pub fn sync(&self, offset_end: i64) -> Result<(), LogError> {
+        let _sync = self.sync_lock.lock();
+        loop {
+            let durable = self.durable_offset.load(Ordering::Acquire);
+            if durable >= offset_end {
+                return Ok(());
+            }
+            // Read the end and the active segment together: anything below the end lives in
+            // this segment or in older ones, which were synced when they were rolled.
+            let (target, active, truncations) = {
+                let state = self.append_lock.lock();
+                (
+                    self.log_end_offset.load(Ordering::Acquire),
+                    self.active_segment(),
+                    state.truncations,
+                )
+            };
+            if target <= durable {
+                return Ok(()); // asked past the log end: all there is is durable
+            }
+            active.sync_data()?;
+            self.sync_count.fetch_add(1, Ordering::Relaxed);
+            let state = self.append_lock.lock();
+            if state.truncations == truncations {
+                self.mark_durable(target);
+            }
+        }
+    }
+
+    /// How many group-commit fdatasyncs `sync` has issued (for tests and metrics).
+    pub fn sync_count(&self) -> u64 {
+        self.sync_count.load(Ordering::Relaxed)
+    }
+
+    /// Offsets below this are fdatasynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset.load(Ordering::Acquire)
+    }
+
+    /// Number of segments (for metrics and tests).
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads whole batches from the one containing `offset`, up to `bytes_max` (see ReadResult).
+    /// `offset` outside [log_start_offset, log_end_offset] gives `OffsetOutOfRange`; an offset at
+    /// or past the high watermark gives empty records.
+    pub fn read(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError> {
+        let (mut result, views, start_position) = {
+            let segments = self.segments.read();
+            // High watermark before sizes: sizes published before it cover every batch below it.
+            let high_watermark = self.high_watermark.load(Ordering::Acquire);
+            let result = ReadResult {
+                records: bytes::Bytes::new(),
+                high_watermark,
+                log_start_offset: self.log_start_offset.load(Ordering::Acquire),
+                log_end_offset: self.log_end_offset.load(Ordering::Acquire),
+            };
+            if offset < result.log_start_offset || offset > result.log_end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    start: result.log_start_offset,
+                    end: result.log_end_offset,
+                });
+            }
+            if offset >= high_watermark {
+                return Ok(result);
+            }
+            let first = segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            let start_position = segments[first].position_for_offset(offset);
+            let mut views = Vec::new();
+            let mut bytes_seen = 0u64;
+            for segment in segments[first..].iter().take(READ_SEGMENTS_MAX) {
+                let size_bytes = segment.size_bytes();
+                bytes_seen += size_bytes;
+                views.push((Arc::clone(segment), size_bytes));
+                if segment.offset_end() >= high_watermark
+                    || bytes_seen >= (bytes_max as u64).saturating_add(start_position)
+                {
+                    break;
+                }
+            }
+            (result, views, start_position)
+        };
+
+        let mut records = Vec::new();
+        for (index, (segment, size_bytes)) in views.iter().enumerate() {
+            let from = if index == 0 { start_position } else { 0 };
+            let end = read_segment(
+                segment,
+                *size_bytes,
+                from,
+                offset,
+                result.high_watermark,
+                bytes_max,
+                &mut records,
+            )?;
+            if let SegmentReadEnd::Done = end {
+                break;
+            }
+        }
+        result.records = bytes::Bytes::from(records);
+        Ok(result)
+    }
+
+    /// The first offset whose batch max timestamp is >= `timestamp_ms`, with that timestamp;
+    /// `None` if there is none below the high watermark.
+    ///
+    /// For uncompressed CreateTime batches the records are decoded and the first record with a
+    /// timestamp >= `timestamp_ms` is returned (as Kafka does); otherwise the batch's base offset
+    /// with its max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let high_watermark = self.high_watermark.load(Ordering::Acquire);
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        for segment in segments {
+            if segment.base_offset >= high_watermark {
+                break;
+            }
+            // The time index lets whole segments be skipped.
+            if segment.timestamp_max() < timestamp_ms {
+                continue;
+            }
+            let from = segment.position_for_timestamp(timestamp_ms);
+            let mut reader = BatchReader::new(
+                &segment.file,
+                &segment.log_path,
+                from,
+                segment.size_bytes(),
+                false,
+            );
+            while let Some((position, header)) = next_stored_batch(&segment, &mut reader)? {
+                if header.base_offset >= high_watermark {
+                    return Ok(None);
+                }
+                if header.max_timestamp >= timestamp_ms {
+                    return first_record_at_or_after(
+                        &segment,
+                        position,
+                        &header,
+                        timestamp_ms,
+                        high_watermark,
+                    )
+                    .map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+    /// Next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.load(Ordering::Acquire)
+    }
+    /// Readers never see offsets at or past this.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.read().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Deletes whole segments past retention (never the active one). Returns how many.
+    ///
+    /// Oldest first, as Kafka: a segment goes while the log would still hold at least
+    /// `retention_bytes` without it, or when its newest batch is older than `retention_ms`.
+    /// Segments holding offsets at or past the high watermark are kept.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let (retention_bytes, retention_ms) = {
+            let config = self.config.read();
+            (config.retention_bytes, config.retention_ms)
+        };
+        let _state = self.append_lock.lock();
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let high_watermark = self.high_watermark();
+        let mut total_bytes: u64 = segments.iter().map(|s| s.size_bytes()).sum();
+        let mut delete_count = 0;
+        for segment in &segments[..segments.len() - 1] {
+            if segment.offset_end() > high_watermark {
+                break;
+            }
+            let over_size = retention_bytes >= 0
+                && total_bytes - segment.size_bytes() >= retention_bytes as u64;
+            let too_old =
+                retention_ms >= 0 && segment.timestamp_max() < now_ms.saturating_sub(retention_ms);
+            if !(over_size || too_old) {
+                break;
+            }
+            total_bytes -= segment.size_bytes();
+            delete_count += 1;
+        }
+        if delete_count == 0 {
+            return Ok(0);
+        }
+        let removed: Vec<Arc<Segment>> = {
+            let mut segments = self.segments.write();
+            let removed = segments.drain(..delete_count).collect();
+            self.log_start_offset
+                .fetch_max(segments[0].base_offset, Ordering::AcqRel);
+            removed
+        };
+        for segment in &removed {
+            tracing::info!(segment = %segment.log_path.display(), offset_end = segment.offset_end(), "retention deletes segment");
+            segment.remove_files()?;
+        }
+        Ok(delete_count)
+    }
+
+    /// Removes every batch at or after `offset` (for replication; also used by tests).
+    ///
+    /// The cut falls on a batch boundary: a batch containing `offset` is removed whole, so the
+    /// new log end may be below `offset`. An offset below the log start empties the log (the
+    /// log start stays).
+    pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        let interval_bytes = self.config.read().index_interval_bytes as u64;
+        let mut state = self.append_lock.lock();
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        let offset = offset.max(self.log_start_offset());
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let keep = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let segment = Arc::clone(&segments[keep]);
+
+        let size_bytes = segment.size_bytes();
+        let mut reader = BatchReader::new(
+            &segment.file,
+            &segment.log_path,
+            segment.position_for_offset(offset),
+            size_bytes,
+            false,
+        );
+        let (cut_position, cut_offset) = loop {
+            match reader.next_batch() {
+                Ok(None) => break (size_bytes, offset),
+                Ok(Some((position, header))) if header.last_offset() >= offset => {
+                    break (position, header.base_offset.min(offset))
+                }
+                Ok(Some(_)) => {}
+                Err(BatchReadError::Invalid { position, .. }) => break (position, offset),
+                Err(BatchReadError::Log(error)) => return Err(error),
+            }
+        };
+        // Readers must stop seeing the removed offsets before their bytes go.
+        state.truncations += 1;
+        self.high_watermark.fetch_min(cut_offset, Ordering::AcqRel);
+        self.durable_offset.fetch_min(cut_offset, Ordering::AcqRel);
+        self.log_end_offset.fetch_min(cut_offset, Ordering::AcqRel);
+
+        let removed: Vec<Arc<Segment>> = self.segments.write().drain(keep + 1..).collect();
+        for removed in &removed {
+            removed.remove_files()?;
+        }
+        segment.truncate_to(cut_position, interval_bytes)?;
+        segment.write_index_files(false)?;
+        sync_dir(&self.dir)?;
+
+        let log_end_offset = segment.offset_end();
+        self.log_end_offset.store(log_end_offset, Ordering::Release);
+        self.high_watermark
+            .fetch_min(log_end_offset, Ordering::AcqRel);
+        self.durable_offset
+            .fetch_min(log_end_offset, Ordering::AcqRel);
+        tracing::info!(dir = %self.dir.display(), offset, log_end_offset, removed_segments = removed.len(), "truncated log");
+        Ok(())
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        if let Err(error) = validate_config(&config) {
+            tracing::warn!(%error, "ignoring invalid log config");
+            return;
+        }
+        let _state = self.append_lock.lock();
+        let durability = config.durability;
+        *self.config.write() = config;
+        if durability != Durability::Batch {
+            // Unsynced data is visible under the new policy.
+            self.high_watermark
+                .fetch_max(self.log_end_offset(), Ordering::AcqRel);
+        }
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config.read().clone()
+    }
+
+    /// Headers of every batch from the one containing `offset` to the log end (used to rebuild
+    /// producer state on start).
+    pub fn batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError> {
+        let segments: Vec<Arc<Segment>> = {
+            let segments = self.segments.read();
+            let first = segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            segments[first..].to_vec()
+        };
+        let mut headers = Vec::new();
+        for (index, segment) in segments.iter().enumerate() {
+            let from = if index == 0 {
+                segment.position_for_offset(offset)
+            } else {
+                0
+            };
+            let mut reader = BatchReader::new(
+                &segment.file,
+                &segment.log_path,
+                from,
+                segment.size_bytes(),
+                false,
+            );
+            while let Some((_, header)) = next_stored_batch(segment, &mut reader)? {
+                if header.last_offset() >= offset {
+                    headers.push(header);
+                }
+            }
+        }
+        Ok(headers)
+    }
+
+    /// fsyncs all segments and indexes (clean shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        let _sync = self.sync_lock.lock();
+        let _state = self.append_lock.lock();
+        // Rolled segments were synced with their indexes written when they were rolled.
+        let active = self.active_segment();
+        active.sync_data()?;
+        active.write_index_files(true)?;
+        sync_dir(&self.dir)?;
+        self.mark_durable(self.log_end_offset());
+        Ok(())
+    }
+
+    /// Deletes the partition directory.
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))
+    }
+}
+
+fn validate_config(config: &LogConfig) -> Result<(), LogError> {
+    if config.segment_bytes_max < BATCH_HEADER_BYTES as u64 {
+        return Err(LogError::InvalidConfig(format!(
+            "segment_bytes_max {} is too small",
+            config.segment_bytes_max
+        )));
+    }
+    if config.batch_bytes_max < BATCH_HEADER_BYTES as u32 {
+        return Err(LogError::InvalidConfig(format!(
+            "batch_bytes_max {} is too small",
+            config.batch_bytes_max
+        )));
+    }
+    if config.segment_ms_max <= 0 {
+        return Err(LogError::InvalidConfig(format!(
+            "segment_ms_max {} must be positive",
+            config.segment_ms_max
+        )));
+    }
+    Ok(())
+}
+
+/// Next batch of a segment whose bytes were validated when written or recovered: a bad header
+/// now means the file changed under us, which is reported rather than served.
+fn next_stored_batch(
+    segment: &Segment,
+    reader: &mut BatchReader<'_>,
+) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    match reader.next_batch() {
+        Ok(found) => Ok(found),
+        Err(BatchReadError::Invalid { position, reason }) => Err(LogError::InvalidBatch(format!(
+            "{} at byte {position}: {reason}",
+            segment.log_path.display()
+        ))),
+        Err(BatchReadError::Log(error)) => Err(error),
+    }
+}
+
+/// Appends to `records` whole batches of `segment` from the one containing `offset`, below the
+/// high watermark, within `bytes_max` (but at least one batch when `records` is empty).
+fn read_segment(
+    segment: &Segment,
+    size_bytes: u64,
+    from: u64,
+    offset: i64,
+    high_watermark: i64,
+    bytes_max: usize,
+    records: &mut Vec<u8>,
+) -> Result<SegmentReadEnd, LogError> {
+    // Walk headers from the index entry to the batch holding `offset` (a few KiB at most).
+    let mut reader = BatchReader::new(&segment.file, &segment.log_path, from, size_bytes, false);
+    let (position, first) = loop {
+        match next_stored_batch(segment, &mut reader)? {
+            None => return Ok(SegmentReadEnd::Continue),
+            Some((position, header)) if header.last_offset() >= offset => break (position, header),
+            Some(_) => {}
+        }
+    };
+    if first.base_offset >= high_watermark {
+        return Ok(SegmentReadEnd::Done);
+    }
+    let budget = if records.is_empty() {
+        bytes_max.max(first.total_bytes())
+    } else {
+        bytes_max.saturating_sub(records.len())
+    };
+    if first.total_bytes() > budget {
+        return Ok(SegmentReadEnd::Done);
+    }
+    // One read for everything that can fit; the tail past the last whole batch is dropped.
+    let read_bytes = (budget as u64).min(size_bytes - position) as usize;
+    let start = records.len();
+    records.resize(start + read_bytes, 0);
+    if let Err(error) = segment.file.read_exact_at(&mut records[start..], position) {
+        records.truncate(start);
+        return Err(io_error(&segment.log_path, error));
+    }
+    let mut kept = 0;
+    while let Ok(header) = BatchHeader::parse(&records[start + kept..]) {
+        let total = header.total_bytes();
+        if header.base_offset >= high_watermark
+            || header.batch_length < BATCH_LENGTH_MIN
+            || kept + total > read_bytes
+        {
+            break;
+        }
+        kept += total;
+    }
+    records.truncate(start + kept);
+    let exhausted = position + kept as u64 == size_bytes;
+    Ok(if exhausted && records.len() < bytes_max {
+        SegmentReadEnd::Continue
+    } else {
+        SegmentReadEnd::Done
+    })
+}
+
+/// The first record at or after `timestamp_ms` in a batch whose max timestamp reaches it.
+fn first_record_at_or_after(
+    segment: &Segment,
+    position: u64,
+    header: &BatchHeader,
+    timestamp_ms: i64,
+    high_watermark: i64,
+) -> Result<(i64, i64), LogError> {
+    let batch_answer = (header.base_offset, header.max_timestamp);
+    if header.compression() != 0 || header.is_log_append_time() {
+        return Ok(batch_answer);
+    }
+    // The header passed check_shape, so the length is bounded.
+    let mut batch = vec![0u8; header.total_bytes()];
+    segment
+        .file
+        .read_exact_at(&mut batch, position)
+        .map_err(|e| io_error(&segment.log_path, e))?;
+    let mut records = Vec::new();
+    decode_batch_records(header, &batch, &mut records)?;
+    Ok(records
+        .iter()
+        .find(|r| r.timestamp >= timestamp_ms && r.offset < high_watermark)
+        .map_or(batch_answer, |r| (r.offset, r.timestamp)))
+}

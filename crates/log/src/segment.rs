@@ -1,0 +1,469 @@
+//! One segment of a partition log: `N.log` (record batches starting at base offset N) plus its
+//! in-memory offset and time indexes, persisted to `N.index` and `N.timeindex`.
+//!
+//! The log file handle is shared: appends write at the end with positional writes (serialised by
+//! the partition's append lock), readers use positional reads and only trust bytes below the
+//! published `size_bytes`, so neither needs the other's lock for I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::batch::{verify_crc, BATCH_HEADER_BYTES};
+use crate::offset_index::{OffsetIndex, OffsetIndexEntry};
+use crate::time_index::{TimeIndex, TimeIndexEntry};
+use crate::{BatchHeader, LogError};
+
+pub(crate) const LOG_SUFFIX: &str = "log";
+pub(crate) const INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Index files being rewritten; leftovers from a crash are removed on open.
+pub(crate) const TEMPORARY_SUFFIX: &str = "tmp";
+
+/// `00000000000000000042.log`: 20 digits so names sort like offsets.
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+pub(crate) fn io_error(path: &Path, source: io::Error) -> LogError {
+    LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the indexes need to know about the batches written so far.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentIndexes {
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    /// Log bytes appended since the last index entry (Kafka's bytesSinceLastIndexEntry).
+    pub bytes_since_entry: u64,
+    pub timestamp_max: i64,
+    pub relative_offset_of_timestamp_max: u32,
+}
+
+impl SegmentIndexes {
+    pub fn new() -> SegmentIndexes {
+        SegmentIndexes {
+            timestamp_max: -1,
+            ..Default::default()
+        }
+    }
+
+    /// Accounts for one batch written at `position`; adds index entries every `interval_bytes`.
+    pub fn on_batch(
+        &mut self,
+        segment_base: i64,
+        position: u64,
+        header: &BatchHeader,
+        interval_bytes: u64,
+    ) {
+        let relative_offset = u32::try_from(header.base_offset.wrapping_sub(segment_base)).ok();
+        let position_u32 = u32::try_from(position).ok();
+        if header.max_timestamp > self.timestamp_max {
+            self.timestamp_max = header.max_timestamp;
+            self.relative_offset_of_timestamp_max = relative_offset.unwrap_or(u32::MAX);
+        }
+        if self.bytes_since_entry > interval_bytes {
+            if let (Some(relative_offset), Some(position)) = (relative_offset, position_u32) {
+                self.offset_index.push(OffsetIndexEntry {
+                    relative_offset,
+                    position,
+                });
+                self.time_index.maybe_push(TimeIndexEntry {
+                    timestamp: self.timestamp_max,
+                    relative_offset: self.relative_offset_of_timestamp_max,
+                });
+            }
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += header.total_bytes() as u64;
+    }
+}
+
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub log_path: PathBuf,
+    pub file: File,
+    /// Bytes of whole batches in the file; readers never look past it.
+    size_bytes: AtomicU64,
+    /// Last offset + 1 (the base offset while empty).
+    offset_end: AtomicI64,
+    /// Largest batch max timestamp (-1 while empty).
+    timestamp_max: AtomicI64,
+    /// Start of the segment's age for `segment_ms_max` (-1 until the first append).
+    roll_base_ms: AtomicI64,
+    pub indexes: Mutex<SegmentIndexes>,
+}
+
+impl Segment {
+    /// Creates a new empty segment file (replacing any stray file of that name).
+    pub fn create(dir: &Path, base_offset: i64) -> Result<Segment, LogError> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(|e| io_error(&log_path, e))?;
+        Ok(Segment::from_parts(
+            base_offset,
+            log_path,
+            file,
+            0,
+            base_offset,
+            SegmentIndexes::new(),
+            -1,
+        ))
+    }
+
+    pub fn from_parts(
+        base_offset: i64,
+        log_path: PathBuf,
+        file: File,
+        size_bytes: u64,
+        offset_end: i64,
+        indexes: SegmentIndexes,
+        roll_base_ms: i64,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            log_path,
+            file,
+            size_bytes: AtomicU64::new(size_bytes),
+            offset_end: AtomicI64::new(offset_end.max(base_offset)),
+            timestamp_max: AtomicI64::new(indexes.timestamp_max),
+            roll_base_ms: AtomicI64::new(roll_base_ms),
+            indexes: Mutex::new(indexes),
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
+    pub fn offset_end(&self) -> i64 {
+        self.offset_end.load(Ordering::Acquire)
+    }
+    pub fn timestamp_max(&self) -> i64 {
+        self.timestamp_max.load(Ordering::Acquire)
+    }
+    pub fn roll_base_ms(&self) -> i64 {
+        self.roll_base_ms.load(Ordering::Relaxed)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes() == 0
+    }
+
+    /// Writes `batches` (whole, validated, offsets assigned) at the end of the file in one
+    /// positional write. On failure the file is cut back so it never ends in a partial batch.
+    /// Caller holds the partition's append lock.
+    pub fn write(&self, batches: &[u8]) -> Result<u64, LogError> {
+        let position = self.size_bytes();
+        if let Err(source) = self.file.write_all_at(batches, position) {
+            if let Err(truncate_error) = self.file.set_len(position) {
+                tracing::error!(path = %self.log_path.display(), %truncate_error, "cannot cut back a failed write");
+            }
+            return Err(io_error(&self.log_path, source));
+        }
+        Ok(position)
+    }
+
+    /// Publishes batches written at `position` by [`Segment::write`]: indexes, then size and
+    /// offsets, so a reader that sees the new size finds whole batches.
+    pub fn on_written(
+        &self,
+        position: u64,
+        headers: &[BatchHeader],
+        interval_bytes: u64,
+        now_ms: i64,
+    ) {
+        let mut indexes = self.indexes.lock();
+        let mut batch_position = position;
+        for header in headers {
+            indexes.on_batch(self.base_offset, batch_position, header, interval_bytes);
+            batch_position += header.total_bytes() as u64;
+        }
+        self.timestamp_max
+            .store(indexes.timestamp_max, Ordering::Release);
+        drop(indexes);
+        if self.roll_base_ms() < 0 {
+            self.roll_base_ms.store(now_ms, Ordering::Relaxed);
+        }
+        if let Some(last) = headers.last() {
+            self.offset_end
+                .store(last.last_offset() + 1, Ordering::Release);
+        }
+        self.size_bytes.store(batch_position, Ordering::Release);
+    }
+
+    /// Cuts the segment to `position` (a batch boundary) and rebuilds its indexes from the log.
+    pub fn truncate_to(&self, position: u64, interval_bytes: u64) -> Result<(), LogError> {
+        self.file
+            .set_len(position)
+            .map_err(|e| io_error(&self.log_path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| io_error(&self.log_path, e))?;
+        let scan = scan_segment(self, 0, position, false, interval_bytes)?;
+        self.size_bytes.store(position, Ordering::Release);
+        self.offset_end
+            .store(scan.offset_end.max(self.base_offset), Ordering::Release);
+        self.timestamp_max
+            .store(scan.indexes.timestamp_max, Ordering::Release);
+        *self.indexes.lock() = scan.indexes;
+        Ok(())
+    }
+
+    /// File position to start scanning from for `offset` (nearest index entry at or below).
+    pub fn position_for_offset(&self, offset: i64) -> u64 {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .clamp(0, u32::MAX as i64) as u32;
+        self.indexes.lock().offset_index.lookup(relative).position as u64
+    }
+
+    /// File position to start searching for the first batch with max timestamp >= `timestamp`.
+    pub fn position_for_timestamp(&self, timestamp: i64) -> u64 {
+        let indexes = self.indexes.lock();
+        match indexes.time_index.lookup_below(timestamp) {
+            Some(entry) => indexes.offset_index.lookup(entry.relative_offset).position as u64,
+            None => 0,
+        }
+    }
+
+    pub fn sync_data(&self) -> Result<(), LogError> {
+        self.file
+            .sync_data()
+            .map_err(|e| io_error(&self.log_path, e))
+    }
+
+    /// Writes `N.index` and `N.timeindex` from memory. Each file is written to a temporary
+    /// name and renamed, so an index file that exists is whole. `durable` (used when a segment
+    /// is rolled, after which recovery trusts its indexes) fsyncs each file before the rename;
+    /// the active segment's indexes are never trusted by recovery, so they need no fsync.
+    pub fn write_index_files(&self, durable: bool) -> Result<(), LogError> {
+        let (offset_bytes, time_bytes) = {
+            let indexes = self.indexes.lock();
+            (
+                indexes.offset_index.to_bytes(),
+                indexes.time_index.to_bytes(),
+            )
+        };
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        for (suffix, bytes) in [
+            (INDEX_SUFFIX, offset_bytes),
+            (TIME_INDEX_SUFFIX, time_bytes),
+        ] {
+            let path = segment_path(dir, self.base_offset, suffix);
+            let temporary = path.with_extension(format!("{suffix}.{TEMPORARY_SUFFIX}"));
+            let file = File::create(&temporary).map_err(|e| io_error(&temporary, e))?;
+            file.write_all_at(&bytes, 0)
+                .map_err(|e| io_error(&temporary, e))?;
+            if durable {
+                file.sync_data().map_err(|e| io_error(&temporary, e))?;
+            }
+            std::fs::rename(&temporary, &path).map_err(|e| io_error(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the segment's files (open handles stay readable until dropped).
+    pub fn remove_files(&self) -> Result<(), LogError> {
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let path = segment_path(dir, self.base_offset, suffix);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a scan stopped before the end of the file: a torn, short or corrupt batch.
+#[derive(Debug)]
+pub(crate) struct ScanStop {
+    pub position: u64,
+    pub reason: String,
+}
+
+/// Result of scanning a segment's batches from some position.
+pub(crate) struct SegmentScan {
+    /// End of the last whole valid batch.
+    pub valid_bytes: u64,
+    /// Last offset + 1 of the last valid batch (the scan's start offset if none).
+    pub offset_end: i64,
+    pub first_batch: Option<BatchHeader>,
+    pub indexes: SegmentIndexes,
+    pub stop: Option<ScanStop>,
+}
+
+/// Scans batches of `segment` in [`from`, `end`), checking headers (and CRCs if `verify_crc`)
+/// and offsets growing; builds indexes from `from` (pass 0 for a full rebuild). Stops at the
+/// first invalid batch rather than failing; I/O errors fail.
+pub(crate) fn scan_segment(
+    segment: &Segment,
+    from: u64,
+    end: u64,
+    verify_crc: bool,
+    interval_bytes: u64,
+) -> Result<SegmentScan, LogError> {
+    scan_file(
+        &segment.file,
+        &segment.log_path,
+        segment.base_offset,
+        from,
+        end,
+        verify_crc,
+        interval_bytes,
+        SegmentIndexes::new(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_file(
+    file: &File,
+    path: &Path,
+    segment_base: i64,
+    from: u64,
+    end: u64,
+    verify_crc: bool,
+    interval_bytes: u64,
+    indexes: SegmentIndexes,
+) -> Result<SegmentScan, LogError> {
+    let mut scan = SegmentScan {
+        valid_bytes: from,
+        offset_end: segment_base,
+        first_batch: None,
+        indexes,
+        stop: None,
+    };
+    let mut reader = BatchReader::new(file, path, from, end, verify_crc);
+    loop {
+        match reader.next_batch() {
+            Ok(None) => break,
+            Ok(Some((position, header))) => {
+                if header.base_offset < scan.offset_end {
+                    scan.stop = Some(ScanStop {
+                        position,
+                        reason: format!(
+                            "base offset {} below expected {}",
+                            header.base_offset, scan.offset_end
+                        ),
+                    });
+                    break;
+                }
+                scan.indexes
+                    .on_batch(segment_base, position, &header, interval_bytes);
+                scan.first_batch.get_or_insert(header);
+                scan.offset_end = header.last_offset() + 1;
+                scan.valid_bytes = position + header.total_bytes() as u64;
+            }
+            Err(BatchReadError::Invalid { position, reason }) => {
+                scan.stop = Some(ScanStop { position, reason });
+                break;
+            }
+            Err(BatchReadError::Log(error)) => return Err(error),
+        }
+    }
+    Ok(scan)
+}
+
+pub(crate) enum BatchReadError {
+    Invalid { position: u64, reason: String },
+    Log(LogError),
+}
+
+/// Walks batch headers of a log file with positional reads through a bounded buffer, so it can
+/// share the file handle with concurrent appends and readers.
+pub(crate) struct BatchReader<'a> {
+    file: &'a File,
+    path: &'a Path,
+    position: u64,
+    end: u64,
+    verify_crc: bool,
+    buffer: Vec<u8>,
+    buffer_start: u64,
+    chunk_bytes: usize,
+}
+
+impl<'a> BatchReader<'a> {
+    pub fn new(
+        file: &'a File,
+        path: &'a Path,
+        from: u64,
+        end: u64,
+        verify_crc: bool,
+    ) -> BatchReader<'a> {
+        BatchReader {
+            file,
+            path,
+            position: from,
+            end,
+            verify_crc,
+            buffer: Vec::new(),
+            buffer_start: from,
+            chunk_bytes: if verify_crc { 1 << 20 } else { 16 << 10 },
+        }
+    }
+
+    /// The next batch's position and header, `None` at `end`.
+    pub fn next_batch(&mut self) -> Result<Option<(u64, BatchHeader)>, BatchReadError> {
+        let position = self.position;
+        if position >= self.end {
+            return Ok(None);
+        }
+        let available = self.end - position;
+        let invalid = |reason: String| BatchReadError::Invalid { position, reason };
+        if available < BATCH_HEADER_BYTES as u64 {
+            return Err(invalid(format!(
+                "{available} trailing bytes, shorter than a batch header"
+            )));
+        }
+        let header_bytes = self.fill(position, BATCH_HEADER_BYTES)?;
+        let header = BatchHeader::parse(header_bytes).map_err(|e| invalid(e.to_string()))?;
+        header
+            .check_shape(usize::try_from(available).unwrap_or(usize::MAX))
+            .map_err(|e| invalid(e.to_string()))?;
+        let total = header.total_bytes();
+        if self.verify_crc {
+            let batch = self.fill(position, total)?;
+            verify_crc(&header, batch).map_err(|e| invalid(e.to_string()))?;
+        }
+        self.position = position + total as u64;
+        Ok(Some((position, header)))
+    }
+
+    /// Returns `length` bytes at `position`, reading a new chunk when they are not buffered.
+    /// `length` is bounded by the caller (a header, or a batch that passed `check_shape`).
+    fn fill(&mut self, position: u64, length: usize) -> Result<&[u8], BatchReadError> {
+        let buffer_end = self.buffer_start + self.buffer.len() as u64;
+        if position < self.buffer_start || position + length as u64 > buffer_end {
+            let read_length =
+                (length.max(self.chunk_bytes) as u64).min(self.end - position) as usize;
+            self.buffer.resize(read_length, 0);
+            self.buffer_start = position;
+            if let Err(e) = self.file.read_exact_at(&mut self.buffer, position) {
+                self.buffer.clear();
+                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    BatchReadError::Invalid {
+                        position,
+                        reason: "file shorter than expected".into(),
+                    }
+                } else {
+                    BatchReadError::Log(io_error(self.path, e))
+                });
+            }
+        }
+        let start = (position - self.buffer_start) as usize;
+        Ok(&self.buffer[start..start + length])
+    }
+}

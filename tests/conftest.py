@@ -1,0 +1,193 @@
+"""Start the real `sluice` binary for integration tests.
+
+`broker` is a broker on a free port with a fresh data directory; `broker_factory(*flags)` starts
+more, with extra `sluice serve` flags. Each broker logs to a file under the test's tmp_path, whose
+tail is attached to the report of a failing test, and is always killed at teardown.
+"""
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 30
+SHUTDOWN_TIMEOUT_S = 20
+LOG_TAIL_LINES = 60
+
+
+def sluice_bin() -> Path:
+    path = Path(os.environ.get("SLUICE_BIN", REPO_ROOT / "target" / "release" / "sluice"))
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+try:
+    # Resolved here, not in the child: after fork only this one call runs (no dlopen, no locks).
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent():
+    # If pytest itself is killed (hard timeout, ^C twice), take the broker down with it rather
+    # than leave it holding a port. PR_SET_PDEATHSIG = 1. It fires when the thread that forked
+    # exits, so brokers are started from the test's main thread only.
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)
+
+
+class Broker:
+    """One `sluice serve` process; keeps its port and data directory across restarts."""
+
+    def __init__(self, data_dir: Path, log_path: Path, extra_args=()):
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra_args = [str(a) for a in extra_args]
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.process = None
+        self.starts = 0
+
+    @property
+    def pid(self):
+        return self.process.pid if self.process else None
+
+    def command(self):
+        args = [
+            str(sluice_bin()),
+            "serve",
+            "--data-dir", str(self.data_dir),
+            "--kafka-listen", self.bootstrap,
+        ]
+        if "--group-initial-rebalance-delay-ms" not in self.extra_args:
+            args += ["--group-initial-rebalance-delay-ms", "0"]
+        return args + self.extra_args
+
+    def start(self):
+        assert not self.running(), "broker already running"
+        binary = sluice_bin()
+        if not binary.exists():
+            pytest.fail(f"sluice binary not found at {binary}: build it (cargo build --release "
+                        f"-p sluice-server) or point SLUICE_BIN at it")
+        # The broker reads SLUICE_<FLAG> variables; never let the caller's environment (for
+        # example SLUICE_BIN itself, or a developer's SLUICE_DATA_DIR) change what a test runs.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        env.setdefault("RUST_BACKTRACE", "1")
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n---- start #{self.starts}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                cwd=self.data_dir.parent, preexec_fn=_die_with_parent)
+        self.wait_until_listening()
+        return self
+
+    def wait_until_listening(self):
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                pytest.fail(f"sluice exited with {code} during startup:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.kill9()
+        pytest.fail(f"sluice did not accept connections on {self.bootstrap} within "
+                    f"{STARTUP_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> int:
+        """SIGTERM and wait: a clean shutdown must finish in time and exit 0."""
+        assert self.running(), "broker is not running"
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            pytest.fail(f"sluice did not exit within {SHUTDOWN_TIMEOUT_S}s of SIGTERM:\n"
+                        f"{self.log_tail()}")
+        assert code == 0, f"sluice exited with {code} after SIGTERM:\n{self.log_tail()}"
+        return code
+
+    def kill9(self):
+        if self.running():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+
+    def restart(self):
+        self.terminate()
+        return self.start()
+
+    def memory_bytes(self, field: str = "VmRSS") -> int:
+        """A memory figure of the broker process from /proc (VmRSS, VmPeak, VmHWM, ...)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def log_tail(self, lines=LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def broker_factory(tmp_path, request):
+    brokers = []
+
+    def start(*extra_args) -> Broker:
+        index = len(brokers)
+        data_dir = tmp_path / f"broker{index}" / "data"
+        data_dir.mkdir(parents=True)
+        broker = Broker(data_dir, tmp_path / f"broker{index}" / "sluice.log", extra_args)
+        brokers.append(broker)
+        request.node._sluice_brokers = brokers
+        return broker.start()
+
+    yield start
+    for broker in brokers:
+        broker.kill9()
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    return broker_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for index, broker in enumerate(getattr(item, "_sluice_brokers", [])):
+            report.sections.append(
+                (f"sluice broker{index} log tail ({broker.log_path})", broker.log_tail()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SLUICE_TEST_FAST") == "1":
+        skip = pytest.mark.skip(reason="SLUICE_TEST_FAST=1")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)

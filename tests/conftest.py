@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30
 SHUTDOWN_TIMEOUT_S = 20
 LOG_TAIL_LINES = 60
+# Lines a dying Rust process leaves in its stderr.
+FATAL_MARKERS = ("memory allocation of", "fatal runtime error", "Aborted", "SIGSEGV")
 
 
 def sluice_bin() -> Path:
@@ -85,7 +87,7 @@ class Broker:
         # The broker reads SLUICE_<FLAG> variables; never let the caller's environment (for
         # example SLUICE_BIN itself, or a developer's SLUICE_DATA_DIR) change what a test runs.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-        env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")  # plain log lines in the captured log file
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n---- start #{self.starts}: {' '.join(self.command())}\n".encode())
@@ -145,11 +147,24 @@ class Broker:
         raise KeyError(field)
 
     def log_tail(self, lines=LOG_TAIL_LINES) -> str:
+        """The log's last lines, preceded by its first panics and errors (which a backtrace or
+        a chatty shutdown would push out of the tail)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no broker log)"
-        return "\n".join(text.splitlines()[-lines:])
+        all_lines = text.splitlines()
+        notable = []
+        for i, line in enumerate(all_lines):
+            if "panicked at" in line:  # the panic message is on the next line
+                notable.append(line + " " + (all_lines[i + 1] if i + 1 < len(all_lines) else ""))
+            elif " ERROR " in line or any(m in line for m in FATAL_MARKERS):
+                notable.append(line)
+        tail = "\n".join(all_lines[-lines:])
+        if not notable:
+            return tail
+        return ("panics and errors (first 10):\n" + "\n".join(notable[:10])
+                + f"\n\nlast {lines} lines:\n" + tail)
 
 
 @pytest.fixture

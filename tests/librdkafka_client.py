@@ -17,7 +17,8 @@ def admin(bootstrap: str) -> AdminClient:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1, config=None, timeout_s=30):
-    futures = admin(bootstrap).create_topics(
+    client = admin(bootstrap)  # must outlive its futures, or they fail with _DESTROY
+    futures = client.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
         operation_timeout=timeout_s, request_timeout=timeout_s)
     futures[topic].result(timeout=timeout_s)

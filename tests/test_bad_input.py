@@ -37,10 +37,14 @@ from librdkafka_client import (
 CLOSE_TIMEOUT_S = 10
 
 
+def assert_alive(broker, after):
+    assert broker.running(), f"broker died after {after}:\n{broker.log_tail()}"
+
+
 def assert_still_serving(broker, bystander=None):
     """The process is alive, a connection opened before the bad input still answers, and a
     fresh librdkafka client can list topics, produce and consume."""
-    assert broker.running(), f"broker died:\n{broker.log_tail()}"
+    assert_alive(broker, "the bad input")
     if bystander is not None:
         bystander.negotiate()
     metadata = admin(broker.bootstrap).list_topics(timeout=10)
@@ -62,11 +66,13 @@ def test_malformed_request_body_closes_only_that_connection(broker, bystander):
         # Metadata v1 whose topic array claims 2^31-1 entries but the frame ends right there.
         bad.send_raw(frame(API_KEY_METADATA, 1, 1, struct.pack(">i", 0x7FFFFFFF)))
         assert bad.wait_closed(CLOSE_TIMEOUT_S), "malformed request did not close the connection"
+    assert_alive(broker, "a Metadata request with an array length beyond its frame")
     with KafkaWire(broker.bootstrap) as bad:
         # ApiVersions v3 whose client_software_name claims 50 bytes and carries 3.
         body = bytes([51]) + b"abc"
         bad.send_raw(frame(API_KEY_API_VERSIONS, 3, 1, body, flexible_header=True))
         assert bad.wait_closed(CLOSE_TIMEOUT_S), "truncated body did not close the connection"
+    assert_alive(broker, "an ApiVersions request with a string length beyond its frame")
     assert_still_serving(broker, bystander)
 
 

@@ -22,8 +22,8 @@ use parking_lot::Mutex;
 use sluice_log::LogConfig;
 use tokio::time::Instant;
 
-use self::group::{Group, JoinStep, SyncStep};
 pub use self::group::GroupState;
+use self::group::{Group, JoinStep, SyncStep};
 use crate::offset_store::OffsetStore;
 use crate::{now_ms, BrokerError, GroupConfig, GroupError};
 
@@ -171,7 +171,11 @@ pub struct GroupCoordinator {
 impl GroupCoordinator {
     /// Opens the offsets log in `dir`, replays it and starts the session sweeper. Must be
     /// called inside a tokio runtime.
-    pub fn open(dir: &Path, config: GroupConfig, log_config: LogConfig) -> Result<Arc<GroupCoordinator>, BrokerError> {
+    pub fn open(
+        dir: &Path,
+        config: GroupConfig,
+        log_config: LogConfig,
+    ) -> Result<Arc<GroupCoordinator>, BrokerError> {
         let offsets = OffsetStore::open(dir, log_config)?;
         let coordinator = Arc::new_cyclic(|this| GroupCoordinator {
             config,
@@ -198,8 +202,14 @@ impl GroupCoordinator {
 
     /// JoinGroup: waits until the rebalance completes (all members rejoined, or the rebalance
     /// timeout passed) and returns this member's view of the new generation.
-    pub async fn join_group(&self, params: JoinGroupParams) -> Result<JoinGroupResult, JoinGroupError> {
-        let fail = |error: GroupError| JoinGroupError { error, member_id: params.member_id.clone() };
+    pub async fn join_group(
+        &self,
+        params: JoinGroupParams,
+    ) -> Result<JoinGroupResult, JoinGroupError> {
+        let fail = |error: GroupError| JoinGroupError {
+            error,
+            member_id: params.member_id.clone(),
+        };
         if params.group_id.is_empty() {
             return Err(fail(GroupError::InvalidGroupId));
         }
@@ -208,8 +218,14 @@ impl GroupCoordinator {
         {
             return Err(fail(GroupError::InvalidSessionTimeout));
         }
-        let metadata_bytes: usize = params.protocols.iter().map(|p| p.name.len() + p.metadata.len()).sum();
-        if params.protocols.len() > MEMBER_PROTOCOLS_MAX || metadata_bytes > MEMBER_METADATA_BYTES_MAX {
+        let metadata_bytes: usize = params
+            .protocols
+            .iter()
+            .map(|p| p.name.len() + p.metadata.len())
+            .sum();
+        if params.protocols.len() > MEMBER_PROTOCOLS_MAX
+            || metadata_bytes > MEMBER_METADATA_BYTES_MAX
+        {
             // Kafka has no dedicated code; no real client comes near these bounds.
             return Err(fail(GroupError::InconsistentGroupProtocol));
         }
@@ -218,8 +234,12 @@ impl GroupCoordinator {
             let group = match groups.get_mut(&params.group_id) {
                 Some(group) => group,
                 // Only a new member may create a group.
-                None if !params.member_id.is_empty() => return Err(fail(GroupError::UnknownMemberId)),
-                None => groups.entry(params.group_id.clone()).or_insert_with(|| Group::new(params.group_id.clone())),
+                None if !params.member_id.is_empty() => {
+                    return Err(fail(GroupError::UnknownMemberId))
+                }
+                None => groups
+                    .entry(params.group_id.clone())
+                    .or_insert_with(|| Group::new(params.group_id.clone())),
             };
             let step = group.join(params, Instant::now(), &self.config);
             self.schedule_timer(group);
@@ -230,7 +250,10 @@ impl GroupCoordinator {
             JoinStep::Wait(member_id, receiver) => match receiver.await {
                 Ok(result) => result.map_err(|error| JoinGroupError { error, member_id }),
                 // Replaced by a retried JoinGroup of the same member.
-                Err(_) => Err(JoinGroupError { error: GroupError::RebalanceInProgress, member_id }),
+                Err(_) => Err(JoinGroupError {
+                    error: GroupError::RebalanceInProgress,
+                    member_id,
+                }),
             },
         }
     }
@@ -252,7 +275,9 @@ impl GroupCoordinator {
         };
         match step {
             SyncStep::Done(result) => result,
-            SyncStep::Wait(receiver) => receiver.await.unwrap_or(Err(GroupError::RebalanceInProgress)),
+            SyncStep::Wait(receiver) => receiver
+                .await
+                .unwrap_or(Err(GroupError::RebalanceInProgress)),
         }
     }
 
@@ -267,7 +292,9 @@ impl GroupCoordinator {
             return Err(GroupError::InvalidGroupId);
         }
         let mut groups = self.groups.lock();
-        let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let group = groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         group.heartbeat(member_id, group_instance_id, generation_id, Instant::now())
     }
 
@@ -282,7 +309,10 @@ impl GroupCoordinator {
         }
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return Ok(members.iter().map(|_| Err(GroupError::UnknownMemberId)).collect());
+            return Ok(members
+                .iter()
+                .map(|_| Err(GroupError::UnknownMemberId))
+                .collect());
         };
         let results = group.leave(members, Instant::now(), &self.config);
         self.schedule_timer(group);
@@ -304,7 +334,12 @@ impl GroupCoordinator {
         {
             let mut groups = self.groups.lock();
             match groups.get_mut(group_id) {
-                Some(group) => group.validate_offset_commit(member_id, group_instance_id, generation_id, Instant::now())?,
+                Some(group) => group.validate_offset_commit(
+                    member_id,
+                    group_instance_id,
+                    generation_id,
+                    Instant::now(),
+                )?,
                 // No live group: a standalone consumer or admin tool commits (generation -1).
                 None if generation_id < 0 => {}
                 // A member of a generation this coordinator does not know (e.g. before a restart).
@@ -334,18 +369,25 @@ impl GroupCoordinator {
     }
 
     /// OffsetFetch: the committed offset of each partition (`None` if never committed), or of
-    /// every partition the group committed when `partitions` is `None`.
+    /// every partition the group committed when `partitions` is `None`. An unknown group has
+    /// no offsets (not an error, as in Kafka).
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: Option<&[TopicPartition]>,
-    ) -> Result<Vec<(TopicPartition, Option<OffsetAndMetadata>)>, GroupError> {
-        Ok(match partitions {
-            Some(partitions) => {
-                partitions.iter().map(|p| (p.clone(), self.offsets.fetch(group_id, p))).collect()
-            }
-            None => self.offsets.group_offsets(group_id).into_iter().map(|(p, o)| (p, Some(o))).collect(),
-        })
+    ) -> Vec<(TopicPartition, Option<OffsetAndMetadata>)> {
+        match partitions {
+            Some(partitions) => partitions
+                .iter()
+                .map(|p| (p.clone(), self.offsets.fetch(group_id, p)))
+                .collect(),
+            None => self
+                .offsets
+                .group_offsets(group_id)
+                .into_iter()
+                .map(|(p, o)| (p, Some(o)))
+                .collect(),
+        }
     }
 
     /// Every group with members or committed offsets, sorted by id.
@@ -354,7 +396,11 @@ impl GroupCoordinator {
         for group_id in self.offsets.groups() {
             overviews.insert(
                 group_id.clone(),
-                GroupOverview { group_id, protocol_type: String::new(), state: GroupState::Empty },
+                GroupOverview {
+                    group_id,
+                    protocol_type: String::new(),
+                    state: GroupState::Empty,
+                },
             );
         }
         for (group_id, group) in self.groups.lock().iter() {
@@ -380,7 +426,11 @@ impl GroupCoordinator {
         if let Some(group) = self.groups.lock().get(group_id) {
             return group.describe();
         }
-        let state = if self.offsets.has_offsets(group_id) { GroupState::Empty } else { GroupState::Dead };
+        let state = if self.offsets.has_offsets(group_id) {
+            GroupState::Empty
+        } else {
+            GroupState::Dead
+        };
         GroupDescription {
             group_id: group_id.to_string(),
             state,
@@ -398,8 +448,12 @@ impl GroupCoordinator {
         let had_group = {
             let mut groups = self.groups.lock();
             match groups.get_mut(group_id) {
-                Some(group) if group.state() == GroupState::Dead => return Err(GroupError::GroupIdNotFound),
-                Some(group) if group.state() != GroupState::Empty => return Err(GroupError::NonEmptyGroup),
+                Some(group) if group.state() == GroupState::Dead => {
+                    return Err(GroupError::GroupIdNotFound)
+                }
+                Some(group) if group.state() != GroupState::Empty => {
+                    return Err(GroupError::NonEmptyGroup)
+                }
                 Some(group) => {
                     // Dead first, so a join racing with the offset deletion is refused.
                     group.mark_dead();
@@ -411,7 +465,10 @@ impl GroupCoordinator {
         let deleted = self.offsets.delete_group(group_id).await;
         if had_group {
             let mut groups = self.groups.lock();
-            if groups.get(group_id).is_some_and(|g| g.state() == GroupState::Dead) {
+            if groups
+                .get(group_id)
+                .is_some_and(|g| g.state() == GroupState::Dead)
+            {
                 groups.remove(group_id);
             }
         }
@@ -423,19 +480,25 @@ impl GroupCoordinator {
 
     /// Starts a tokio task for the rebalance timer the last operation on `group` asked for.
     fn schedule_timer(&self, group: &mut Group) {
-        let Some(mut timer) = group.take_rebalance_timer() else { return };
+        let Some(mut timer) = group.take_rebalance_timer() else {
+            return;
+        };
         let weak = self.this.clone();
         let group_id = group.group_id().to_string();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
-                let Some(coordinator) = weak.upgrade() else { return };
+                let Some(coordinator) = weak.upgrade() else {
+                    return;
+                };
                 if coordinator.closed.load(Ordering::Acquire) {
                     return;
                 }
                 let next = {
                     let mut groups = coordinator.groups.lock();
-                    let Some(group) = groups.get_mut(&group_id) else { return };
+                    let Some(group) = groups.get_mut(&group_id) else {
+                        return;
+                    };
                     group.on_rebalance_timer(timer, Instant::now(), &coordinator.config);
                     group.take_rebalance_timer()
                 };
@@ -449,14 +512,17 @@ impl GroupCoordinator {
 
     fn start_sweeper(&self) {
         let weak = self.this.clone();
-        let interval_ms = (self.config.session_timeout_ms_min.max(1) as u64 / 4).clamp(10, SESSION_SWEEP_MS_MAX);
+        let interval_ms =
+            (self.config.session_timeout_ms_min.max(1) as u64 / 4).clamp(10, SESSION_SWEEP_MS_MAX);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_offset_expiry = Instant::now();
             loop {
                 ticker.tick().await;
-                let Some(coordinator) = weak.upgrade() else { return };
+                let Some(coordinator) = weak.upgrade() else {
+                    return;
+                };
                 if coordinator.closed.load(Ordering::Acquire) {
                     return;
                 }
@@ -490,7 +556,9 @@ impl GroupCoordinator {
         let expired = {
             let groups = self.groups.lock();
             self.offsets.expired(commit_before_ms, |group_id| {
-                groups.get(group_id).is_none_or(|g| g.state() == GroupState::Empty)
+                groups
+                    .get(group_id)
+                    .is_none_or(|g| g.state() == GroupState::Empty)
             })
         };
         for (group_id, partitions) in expired {

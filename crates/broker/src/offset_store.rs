@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 use parking_lot::Mutex;
-use sluice_log::{decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder};
+use sluice_log::{
+    decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
+};
 
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use crate::{now_ms, BrokerError, GroupError};
@@ -53,19 +55,35 @@ impl OffsetStore {
     pub(crate) fn open(dir: &Path, log_config: LogConfig) -> Result<OffsetStore, BrokerError> {
         recover_interrupted_compaction(dir)?;
         // Retention must never delete committed offsets: expiry is done with tombstones.
-        let config = LogConfig { retention_ms: -1, retention_bytes: -1, ..log_config };
+        let config = LogConfig {
+            retention_ms: -1,
+            retention_bytes: -1,
+            ..log_config
+        };
         let sync_on_commit = config.durability == Durability::Batch;
         let mut log = PartitionLog::open(dir, config.clone())?;
         let (mut offsets, record_count) = replay(&log)?;
         let live_count: usize = offsets.values().map(HashMap::len).sum();
         if log.size_bytes() >= COMPACTION_BYTES_MIN && record_count > 2 * live_count as u64 {
-            tracing::info!(record_count, live_count, "compacting the consumer offsets log");
+            tracing::info!(
+                record_count,
+                live_count,
+                "compacting the consumer offsets log"
+            );
             drop(log);
             log = compact(dir, &config, &offsets)?;
             (offsets, _) = replay(&log)?;
         }
-        tracing::info!(groups = offsets.len(), offsets = live_count, "loaded committed offsets");
-        Ok(OffsetStore { log: Arc::new(log), sync_on_commit, offsets: Mutex::new(offsets) })
+        tracing::info!(
+            groups = offsets.len(),
+            offsets = live_count,
+            "loaded committed offsets"
+        );
+        Ok(OffsetStore {
+            log: Arc::new(log),
+            sync_on_commit,
+            offsets: Mutex::new(offsets),
+        })
     }
 
     /// Durably stores `offsets` for `group_id`; returns once they survive a crash.
@@ -77,7 +95,10 @@ impl OffsetStore {
         let records = offsets
             .iter()
             .map(|(partition, offset)| {
-                Ok((encode_key(group_id, partition)?, Some(encode_value(offset)?)))
+                Ok((
+                    encode_key(group_id, partition)?,
+                    Some(encode_value(offset)?),
+                ))
             })
             .collect::<Result<Vec<_>, GroupError>>()?;
         let log_offsets = self.append_durably(records).await?;
@@ -90,7 +111,11 @@ impl OffsetStore {
     }
 
     /// Durably removes the given committed offsets of `group_id` (tombstones).
-    pub(crate) async fn delete(&self, group_id: &str, partitions: &[TopicPartition]) -> Result<(), GroupError> {
+    pub(crate) async fn delete(
+        &self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<(), GroupError> {
         if partitions.is_empty() {
             return Ok(());
         }
@@ -110,13 +135,26 @@ impl OffsetStore {
 
     /// Durably removes every committed offset of `group_id`; returns how many there were.
     pub(crate) async fn delete_group(&self, group_id: &str) -> Result<usize, GroupError> {
-        let partitions: Vec<TopicPartition> = self.group_offsets(group_id).into_iter().map(|(p, _)| p).collect();
+        let partitions: Vec<TopicPartition> = self
+            .group_offsets(group_id)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         self.delete(group_id, &partitions).await?;
         Ok(partitions.len())
     }
 
-    pub(crate) fn fetch(&self, group_id: &str, partition: &TopicPartition) -> Option<OffsetAndMetadata> {
-        self.offsets.lock().get(group_id)?.get(partition)?.value.clone()
+    pub(crate) fn fetch(
+        &self,
+        group_id: &str,
+        partition: &TopicPartition,
+    ) -> Option<OffsetAndMetadata> {
+        self.offsets
+            .lock()
+            .get(group_id)?
+            .get(partition)?
+            .value
+            .clone()
     }
 
     /// Every committed offset of `group_id`, sorted by topic and partition.
@@ -127,7 +165,9 @@ impl OffsetStore {
             .map(|group| {
                 group
                     .iter()
-                    .filter_map(|(partition, cached)| Some((partition.clone(), cached.value.clone()?)))
+                    .filter_map(|(partition, cached)| {
+                        Some((partition.clone(), cached.value.clone()?))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -166,7 +206,10 @@ impl OffsetStore {
                 let partitions: Vec<TopicPartition> = group
                     .iter()
                     .filter(|(_, cached)| {
-                        cached.value.as_ref().is_some_and(|v| v.commit_timestamp_ms < commit_before_ms)
+                        cached
+                            .value
+                            .as_ref()
+                            .is_some_and(|v| v.commit_timestamp_ms < commit_before_ms)
                     })
                     .map(|(partition, _)| partition.clone())
                     .collect();
@@ -182,7 +225,10 @@ impl OffsetStore {
 
     /// Appends the records in as few batches as fit, waits for them to be durable and returns
     /// each record's log offset, in order.
-    async fn append_durably(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Vec<i64>, GroupError> {
+    async fn append_durably(
+        &self,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<Vec<i64>, GroupError> {
         let now = now_ms();
         let mut log_offsets = Vec::with_capacity(records.len());
         let mut builder = RecordBatchBuilder::new();
@@ -191,7 +237,12 @@ impl OffsetStore {
         let count = records.len();
         for (index, (key, value)) in records.into_iter().enumerate() {
             builder_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 16;
-            builder.push(Record { key: Some(key), value, timestamp: now, ..Record::default() });
+            builder.push(Record {
+                key: Some(key),
+                value,
+                timestamp: now,
+                ..Record::default()
+            });
             if builder_bytes >= BATCH_BYTES_TARGET || index + 1 == count {
                 let mut batch = builder.build();
                 let info = self.log.append(&mut batch, 0, now).map_err(storage_error)?;
@@ -216,7 +267,12 @@ fn storage_error(error: LogError) -> GroupError {
     GroupError::Storage(format!("consumer offsets log: {error}"))
 }
 
-fn apply(group: &mut GroupOffsets, partition: TopicPartition, log_offset: i64, value: Option<OffsetAndMetadata>) {
+fn apply(
+    group: &mut GroupOffsets,
+    partition: TopicPartition,
+    log_offset: i64,
+    value: Option<OffsetAndMetadata>,
+) {
     match group.get_mut(&partition) {
         Some(cached) if cached.log_offset > log_offset => {}
         Some(cached) => *cached = CachedOffset { log_offset, value },
@@ -246,7 +302,10 @@ fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), Br
             next = record.offset + 1;
             record_count += 1;
             let Some((group_id, partition)) = record.key.as_deref().and_then(decode_key) else {
-                tracing::warn!(offset = record.offset, "skipping undecodable offsets-log key");
+                tracing::warn!(
+                    offset = record.offset,
+                    "skipping undecodable offsets-log key"
+                );
                 continue;
             };
             match record.value.as_deref() {
@@ -260,10 +319,19 @@ fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), Br
                 }
                 Some(bytes) => match decode_value(bytes) {
                     Some(value) => {
-                        let cached = CachedOffset { log_offset: record.offset, value: Some(value) };
-                        offsets.entry(group_id).or_default().insert(partition, cached);
+                        let cached = CachedOffset {
+                            log_offset: record.offset,
+                            value: Some(value),
+                        };
+                        offsets
+                            .entry(group_id)
+                            .or_default()
+                            .insert(partition, cached);
                     }
-                    None => tracing::warn!(offset = record.offset, "skipping undecodable offsets-log value"),
+                    None => tracing::warn!(
+                        offset = record.offset,
+                        "skipping undecodable offsets-log value"
+                    ),
                 },
             }
         }
@@ -276,8 +344,14 @@ fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), Br
 }
 
 fn compaction_dirs(dir: &Path) -> (PathBuf, PathBuf) {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    (dir.with_file_name(format!("{name}.compacting")), dir.with_file_name(format!("{name}.old")))
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (
+        dir.with_file_name(format!("{name}.compacting")),
+        dir.with_file_name(format!("{name}.old")),
+    )
 }
 
 /// Finishes or rolls back a compaction that a crash interrupted. The steps are: write
@@ -295,13 +369,18 @@ fn recover_interrupted_compaction(dir: &Path) -> Result<(), BrokerError> {
         }
     }
     if compacting.exists() {
-        fs::remove_dir_all(&compacting).map_err(|e| io("removing a partial offsets compaction", e))?;
+        fs::remove_dir_all(&compacting)
+            .map_err(|e| io("removing a partial offsets compaction", e))?;
     }
     Ok(())
 }
 
 /// Writes the live offsets to a fresh log and swaps it in for the one in `dir`.
-fn compact(dir: &Path, config: &LogConfig, offsets: &HashMap<String, GroupOffsets>) -> Result<PartitionLog, BrokerError> {
+fn compact(
+    dir: &Path,
+    config: &LogConfig,
+    offsets: &HashMap<String, GroupOffsets>,
+) -> Result<PartitionLog, BrokerError> {
     let (compacting, old) = compaction_dirs(dir);
     let io = |context: &str, e: std::io::Error| BrokerError::Storage(format!("{context}: {e}"));
     {
@@ -312,9 +391,17 @@ fn compact(dir: &Path, config: &LogConfig, offsets: &HashMap<String, GroupOffset
         for (group_id, group) in offsets {
             for (partition, cached) in group {
                 let Some(value) = &cached.value else { continue };
-                let (Ok(key), Ok(value)) = (encode_key(group_id, partition), encode_value(value)) else { continue };
+                let (Ok(key), Ok(value)) = (encode_key(group_id, partition), encode_value(value))
+                else {
+                    continue;
+                };
                 builder_bytes += key.len() + value.len() + 16;
-                builder.push(Record { key: Some(key), value: Some(value), timestamp: now, ..Record::default() });
+                builder.push(Record {
+                    key: Some(key),
+                    value: Some(value),
+                    timestamp: now,
+                    ..Record::default()
+                });
                 if builder_bytes >= BATCH_BYTES_TARGET {
                     fresh.append(&mut builder.build(), 0, now)?;
                     builder = RecordBatchBuilder::new();
@@ -330,7 +417,9 @@ fn compact(dir: &Path, config: &LogConfig, offsets: &HashMap<String, GroupOffset
     fs::rename(dir, &old).map_err(|e| io("moving the old offsets log aside", e))?;
     fs::rename(&compacting, dir).map_err(|e| io("installing the compacted offsets log", e))?;
     if let Some(parent) = dir.parent() {
-        fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io("syncing the internal directory", e))?;
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the internal directory", e))?;
     }
     fs::remove_dir_all(&old).map_err(|e| io("removing the old offsets log", e))?;
     Ok(PartitionLog::open(dir, config.clone())?)
@@ -375,7 +464,13 @@ fn decode_key(mut buf: &[u8]) -> Option<(String, TopicPartition)> {
     if buf.remaining() != 4 {
         return None;
     }
-    Some((group_id, TopicPartition { topic, partition: buf.get_i32() }))
+    Some((
+        group_id,
+        TopicPartition {
+            topic,
+            partition: buf.get_i32(),
+        },
+    ))
 }
 
 /// Value: version u16, offset i64, leader epoch i32, commit time i64, metadata (u16 length).
@@ -397,7 +492,12 @@ fn decode_value(mut buf: &[u8]) -> Option<OffsetAndMetadata> {
     let leader_epoch = buf.get_i32();
     let commit_timestamp_ms = buf.get_i64();
     let metadata = get_str(&mut buf)?;
-    Some(OffsetAndMetadata { offset, leader_epoch, metadata, commit_timestamp_ms })
+    Some(OffsetAndMetadata {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp_ms,
+    })
 }
 
 #[cfg(test)]
@@ -405,17 +505,28 @@ mod tests {
     use super::*;
 
     fn tp(topic: &str, partition: i32) -> TopicPartition {
-        TopicPartition { topic: topic.to_string(), partition }
+        TopicPartition {
+            topic: topic.to_string(),
+            partition,
+        }
     }
 
     fn committed(offset: i64) -> OffsetAndMetadata {
-        OffsetAndMetadata { offset, leader_epoch: 3, metadata: "m".into(), commit_timestamp_ms: 1000 }
+        OffsetAndMetadata {
+            offset,
+            leader_epoch: 3,
+            metadata: "m".into(),
+            commit_timestamp_ms: 1000,
+        }
     }
 
     #[test]
     fn key_and_value_round_trip() {
         let key = encode_key("group", &tp("topic", 7)).unwrap();
-        assert_eq!(decode_key(&key), Some(("group".to_string(), tp("topic", 7))));
+        assert_eq!(
+            decode_key(&key),
+            Some(("group".to_string(), tp("topic", 7)))
+        );
         let value = encode_value(&committed(42)).unwrap();
         assert_eq!(decode_value(&value), Some(committed(42)));
         assert_eq!(decode_key(&key[..key.len() - 1]), None);
@@ -428,9 +539,21 @@ mod tests {
         let path = dir.path().join("consumer_offsets");
         {
             let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
-            store.commit("g1", &[(tp("a", 0), committed(5)), (tp("a", 1), committed(6))]).await.unwrap();
-            store.commit("g1", &[(tp("a", 0), committed(9))]).await.unwrap();
-            store.commit("g2", &[(tp("b", 0), committed(1))]).await.unwrap();
+            store
+                .commit(
+                    "g1",
+                    &[(tp("a", 0), committed(5)), (tp("a", 1), committed(6))],
+                )
+                .await
+                .unwrap();
+            store
+                .commit("g1", &[(tp("a", 0), committed(9))])
+                .await
+                .unwrap();
+            store
+                .commit("g2", &[(tp("b", 0), committed(1))])
+                .await
+                .unwrap();
             store.delete_group("g2").await.unwrap();
         }
         let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
@@ -451,7 +574,15 @@ mod tests {
             // ~20 MiB of overwrites of 8 keys: past the compaction threshold.
             for round in 0..650 {
                 let offsets: Vec<_> = (0..8)
-                    .map(|p| (tp("t", p), OffsetAndMetadata { metadata: metadata.clone(), ..committed(round) }))
+                    .map(|p| {
+                        (
+                            tp("t", p),
+                            OffsetAndMetadata {
+                                metadata: metadata.clone(),
+                                ..committed(round)
+                            },
+                        )
+                    })
                     .collect();
                 store.commit("g", &offsets).await.unwrap();
             }
@@ -473,7 +604,10 @@ mod tests {
         let path = dir.path().join("consumer_offsets");
         {
             let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
-            store.commit("g", &[(tp("t", 0), committed(11))]).await.unwrap();
+            store
+                .commit("g", &[(tp("t", 0), committed(11))])
+                .await
+                .unwrap();
         }
         // Crash between the renames: the old log moved aside, a partial new one present.
         let (compacting, old) = compaction_dirs(&path);

@@ -80,7 +80,7 @@ async fn handle_frame(context: &mut RequestContext, mut frame: Bytes) -> Result<
             let response = ResponseKind::ApiVersions(api_versions_response(ResponseError::UnsupportedVersion.code()));
             return encode_response(correlation_id, ApiKey::ApiVersions, 0, &response).map(Some);
         }
-        return Err(ConnectionError::Unsupported { api_key: api_key_code, api_version });
+        return unsupported_version(context, api_key_code, api_version, correlation_id, frame).map(Some);
     }
     // Supported implies the key is known to the codec.
     let api_key = ApiKey::try_from(api_key_code)
@@ -101,6 +101,30 @@ async fn handle_frame(context: &mut RequestContext, mut frame: Bytes) -> Result<
         return Ok(None);
     };
     encode_response(correlation_id, api_key, api_version, &response).map(Some)
+}
+
+/// A known API at a version we don't speak gets UNSUPPORTED_VERSION in its own response shape
+/// when the codec can decode that version; anything else closes the connection (as Kafka does).
+fn unsupported_version(
+    context: &RequestContext,
+    api_key_code: i16,
+    api_version: i16,
+    correlation_id: i32,
+    mut frame: Bytes,
+) -> Result<Bytes, ConnectionError> {
+    let unsupported = || ConnectionError::Unsupported { api_key: api_key_code, api_version };
+    let api_key = ApiKey::try_from(api_key_code).map_err(|_| unsupported())?;
+    let codec = api_key.valid_versions();
+    if !(codec.min..=codec.max).contains(&api_version) {
+        return Err(unsupported());
+    }
+    RequestHeader::decode(&mut frame, api_key.request_header_version(api_version))
+        .map_err(|e| ConnectionError::Malformed(e.to_string()))?;
+    let request = RequestKind::decode(api_key, &mut frame, api_version)
+        .map_err(|e| ConnectionError::Malformed(format!("{api_key:?} v{api_version}: {e}")))?;
+    let response = crate::unsupported_version::unsupported_version_response(request, api_version).ok_or_else(unsupported)?;
+    tracing::debug!(client = %context.client_id, ?api_key, api_version, "answered UNSUPPORTED_VERSION");
+    encode_response(correlation_id, api_key, api_version, &response)
 }
 
 fn encode_response(
@@ -177,4 +201,212 @@ async fn dispatch(context: &RequestContext, version: i16, request: RequestKind) 
         _ => return None,
     };
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use sluice_broker::{Broker, BrokerConfig};
+    use sluice_log::{Record, RecordBatchBuilder};
+
+    use super::*;
+    use crate::{KafkaConfig, RequestContext};
+
+    fn context(dir: &std::path::Path) -> RequestContext {
+        let mut config = BrokerConfig::new(dir.to_path_buf());
+        config.group.initial_rebalance_delay_ms = 0;
+        RequestContext {
+            broker: Broker::open(config).expect("broker opens"),
+            config: Arc::new(KafkaConfig {
+                advertised_host: "127.0.0.1".into(),
+                advertised_port: 9092,
+                request_bytes_max: 1 << 20,
+            }),
+            client_id: String::new(),
+            client_host: "127.0.0.1".into(),
+        }
+    }
+
+    fn sample_request(api_key: ApiKey, version: i16) -> RequestKind {
+        let topic = TopicName(StrBytes::from_static_str("sample"));
+        match api_key {
+            ApiKey::Produce => {
+                let mut builder = RecordBatchBuilder::new();
+                builder.push(Record { value: Some(b"hello".to_vec()), timestamp: 1, ..Record::default() });
+                RequestKind::Produce(
+                    ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
+                        produce_request::TopicProduceData::default().with_name(topic).with_partition_data(vec![
+                            produce_request::PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(builder.build().into())),
+                        ]),
+                    ]),
+                )
+            }
+            ApiKey::Fetch => RequestKind::Fetch(
+                FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+                    fetch_request::FetchTopic::default().with_topic(topic).with_partitions(vec![
+                        fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20),
+                    ]),
+                ]),
+            ),
+            ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default().with_topics(if version == 0 {
+                Some(vec![])
+            } else {
+                None
+            })),
+            ApiKey::ListOffsets => RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default().with_name(topic).with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default().with_timestamp(-2),
+                ]),
+            ])),
+            ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("sample")),
+            ])),
+            ApiKey::OffsetCommit => RequestKind::OffsetCommit(
+                OffsetCommitRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(topic)
+                        .with_partitions(vec![offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_committed_offset(1)])]),
+            ),
+            ApiKey::FindCoordinator if version >= 4 => RequestKind::FindCoordinator(
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")]),
+            ),
+            ApiKey::DescribeGroups => RequestKind::DescribeGroups(
+                DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_static_str("g"))]),
+            ),
+            ApiKey::OffsetFetch if version >= 8 => RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(
+                vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("g")))],
+            )),
+            ApiKey::JoinGroup => RequestKind::JoinGroup(
+                // One group per version: a second member joining one group would wait for a rebalance.
+                JoinGroupRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_string(format!("join-{version}"))))
+                    .with_session_timeout_ms(10_000)
+                    .with_rebalance_timeout_ms(10_000)
+                    .with_protocol_type(StrBytes::from_static_str("consumer"))
+                    .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))]),
+            ),
+            _ => RequestKind::decode(api_key, &mut bytes::Bytes::new(), version)
+                .unwrap_or_else(|_| default_request(api_key)),
+        }
+    }
+
+    fn default_request(api_key: ApiKey) -> RequestKind {
+        match api_key {
+            ApiKey::OffsetCommit => RequestKind::OffsetCommit(Default::default()),
+            ApiKey::OffsetFetch => RequestKind::OffsetFetch(Default::default()),
+            ApiKey::FindCoordinator => RequestKind::FindCoordinator(Default::default()),
+            ApiKey::Heartbeat => RequestKind::Heartbeat(Default::default()),
+            ApiKey::LeaveGroup => RequestKind::LeaveGroup(Default::default()),
+            ApiKey::SyncGroup => RequestKind::SyncGroup(Default::default()),
+            ApiKey::DescribeGroups => RequestKind::DescribeGroups(Default::default()),
+            ApiKey::ListGroups => RequestKind::ListGroups(Default::default()),
+            ApiKey::ApiVersions => RequestKind::ApiVersions(Default::default()),
+            ApiKey::CreateTopics => RequestKind::CreateTopics(Default::default()),
+            ApiKey::DeleteTopics => RequestKind::DeleteTopics(Default::default()),
+            ApiKey::InitProducerId => RequestKind::InitProducerId(Default::default()),
+            ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
+            ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
+            ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
+            ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(Default::default()),
+            other => panic!("no sample request for {other:?}"),
+        }
+    }
+
+    fn frame(api_key: ApiKey, version: i16, request: &RequestKind) -> Option<Bytes> {
+        let mut buffer = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .with_client_id(Some(StrBytes::from_static_str("test")));
+        header.encode(&mut buffer, api_key.request_header_version(version)).ok()?;
+        request.encode(&mut buffer, version).ok()?;
+        Some(buffer.freeze())
+    }
+
+    /// Every advertised (api, version) answers a plausible request with a response that the
+    /// client-side codec decodes at the same version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_advertised_version_answers_with_a_decodable_response() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let mut answered = 0;
+        for (api_key_code, min, max) in crate::supported_api_versions() {
+            let api_key = ApiKey::try_from(api_key_code).expect("known api");
+            for version in min..=max {
+                let request = sample_request(api_key, version);
+                let Some(frame) = frame(api_key, version, &request) else { continue };
+                let response = handle_frame(&mut context, frame)
+                    .await
+                    .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"))
+                    .unwrap_or_else(|| panic!("{api_key:?} v{version}: no response"));
+                let mut body = response.slice(4..);
+                let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
+                    .unwrap_or_else(|e| panic!("{api_key:?} v{version} header: {e}"));
+                assert_eq!(header.correlation_id, 42);
+                ResponseKind::decode(api_key, &mut body, version)
+                    .unwrap_or_else(|e| panic!("{api_key:?} v{version} body: {e}"));
+                answered += 1;
+            }
+        }
+        assert!(answered > 100, "only {answered} version samples were encodable");
+    }
+
+    /// Versions the codec knows but we don't advertise are refused in the API's own shape.
+    #[tokio::test]
+    async fn a_version_we_do_not_speak_gets_unsupported_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let mut refused = 0;
+        for (api_key_code, _, max) in crate::supported_api_versions() {
+            let api_key = ApiKey::try_from(api_key_code).expect("known api");
+            for version in max + 1..=api_key.valid_versions().max {
+                if api_key == ApiKey::ApiVersions {
+                    continue;
+                }
+                let request = sample_request(api_key, version);
+                let Some(frame) = frame(api_key, version, &request) else { continue };
+                let response = handle_frame(&mut context, frame)
+                    .await
+                    .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"))
+                    .unwrap_or_else(|| panic!("{api_key:?} v{version}: no response"));
+                let mut body = response.slice(4..);
+                ResponseHeader::decode(&mut body, api_key.response_header_version(version)).expect("header");
+                let decoded = ResponseKind::decode(api_key, &mut body, version).expect("body");
+                assert!(format!("{decoded:?}").contains("error_code: 35"), "{api_key:?} v{version}: {decoded:?}");
+                refused += 1;
+            }
+        }
+        assert!(refused >= 10, "only {refused} refusals were checked");
+    }
+
+    #[tokio::test]
+    async fn api_versions_at_an_unknown_version_gets_a_v0_unsupported_version_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::ApiVersions as i16);
+        frame.put_i16(99);
+        frame.put_i32(7);
+        frame.put_i16(-1);
+        let response = handle_frame(&mut context, frame.freeze()).await.expect("answered").expect("response");
+        let mut body = response.slice(4..);
+        assert_eq!(body.get_i32(), 7);
+        let decoded = ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
+        assert_eq!(decoded.error_code, ResponseError::UnsupportedVersion.code());
+        assert!(decoded.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+    }
 }

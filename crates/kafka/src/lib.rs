@@ -8,6 +8,7 @@ mod context;
 mod error_codes;
 mod handlers;
 mod server;
+mod unsupported_version;
 
 pub use api_versions::supported_api_versions;
 pub use context::{KafkaConfig, RequestContext};

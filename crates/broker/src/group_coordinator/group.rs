@@ -11,8 +11,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    GroupDescription, GroupProtocol, JoinGroupError, JoinGroupParams, JoinGroupResult, JoinedMember,
-    MemberDescription, MemberIdentity, SyncGroupParams, SyncGroupResult, GROUP_SIZE_MAX,
+    GroupDescription, GroupProtocol, JoinGroupError, JoinGroupParams, JoinGroupResult,
+    JoinedMember, MemberDescription, MemberIdentity, SyncGroupParams, SyncGroupResult,
+    GROUP_SIZE_MAX,
 };
 use crate::{GroupConfig, GroupError};
 
@@ -48,7 +49,10 @@ type SyncSender = oneshot::Sender<Result<SyncGroupResult, GroupError>>;
 /// What a JoinGroup gets: an answer now, or a receiver completed when the rebalance completes.
 pub(super) enum JoinStep {
     Done(Result<JoinGroupResult, JoinGroupError>),
-    Wait(String, oneshot::Receiver<Result<JoinGroupResult, GroupError>>),
+    Wait(
+        String,
+        oneshot::Receiver<Result<JoinGroupResult, GroupError>>,
+    ),
 }
 
 pub(super) enum SyncStep {
@@ -154,16 +158,26 @@ impl Group {
 
     /// No members and nobody about to join: the group object can be dropped.
     pub(super) fn is_idle(&self) -> bool {
-        self.state == GroupState::Empty && self.members.is_empty() && self.pending_members.is_empty()
+        self.state == GroupState::Empty
+            && self.members.is_empty()
+            && self.pending_members.is_empty()
     }
 
     pub(super) fn take_rebalance_timer(&mut self) -> Option<RebalanceTimer> {
         self.rebalance_timer.take()
     }
 
-    pub(super) fn join(&mut self, params: JoinGroupParams, now: Instant, config: &GroupConfig) -> JoinStep {
+    pub(super) fn join(
+        &mut self,
+        params: JoinGroupParams,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> JoinStep {
         let fail = |error: GroupError, member_id: &str| {
-            JoinStep::Done(Err(JoinGroupError { error, member_id: member_id.to_string() }))
+            JoinStep::Done(Err(JoinGroupError {
+                error,
+                member_id: member_id.to_string(),
+            }))
         };
         if self.state == GroupState::Dead {
             return fail(GroupError::CoordinatorNotAvailable, &params.member_id);
@@ -175,7 +189,11 @@ impl Group {
             return self.join_unknown_member(params, now, config);
         }
         if let Some(instance_id) = &params.group_instance_id {
-            if self.static_members.get(instance_id).is_some_and(|id| *id != params.member_id) {
+            if self
+                .static_members
+                .get(instance_id)
+                .is_some_and(|id| *id != params.member_id)
+            {
                 return fail(GroupError::FencedInstanceId, &params.member_id);
             }
         }
@@ -191,7 +209,9 @@ impl Group {
         match self.state {
             GroupState::PreparingRebalance => self.update_member_and_rebalance(params, now, config),
             // The member lost the JoinGroup response of this generation: send it again.
-            GroupState::CompletingRebalance if unchanged => JoinStep::Done(Ok(self.join_result(&params.member_id))),
+            GroupState::CompletingRebalance if unchanged => {
+                JoinStep::Done(Ok(self.join_result(&params.member_id)))
+            }
             // A follower rejoining with unchanged metadata gets the current generation.
             GroupState::Stable if !is_leader && unchanged => {
                 JoinStep::Done(Ok(self.join_result(&params.member_id)))
@@ -199,11 +219,18 @@ impl Group {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 self.update_member_and_rebalance(params, now, config)
             }
-            GroupState::Empty | GroupState::Dead => fail(GroupError::UnknownMemberId, &params.member_id),
+            GroupState::Empty | GroupState::Dead => {
+                fail(GroupError::UnknownMemberId, &params.member_id)
+            }
         }
     }
 
-    fn join_unknown_member(&mut self, params: JoinGroupParams, now: Instant, config: &GroupConfig) -> JoinStep {
+    fn join_unknown_member(
+        &mut self,
+        params: JoinGroupParams,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> JoinStep {
         let new_member_id = format!("{}-{}", params.client_id, uuid::Uuid::new_v4());
         if let Some(instance_id) = params.group_instance_id.clone() {
             if let Some(old_member_id) = self.static_members.get(&instance_id).cloned() {
@@ -223,13 +250,19 @@ impl Group {
             return self.add_member_and_rebalance(new_member_id, params, now, config);
         }
         if self.is_full() {
-            return JoinStep::Done(Err(JoinGroupError { error: GroupError::GroupMaxSizeReached, member_id: String::new() }));
+            return JoinStep::Done(Err(JoinGroupError {
+                error: GroupError::GroupMaxSizeReached,
+                member_id: String::new(),
+            }));
         }
         if params.require_known_member_id {
             // The client must come back with this id; until then it is only reserved.
             let deadline = now + Duration::from_millis(params.session_timeout_ms.max(0) as u64);
             self.pending_members.insert(new_member_id.clone(), deadline);
-            return JoinStep::Done(Err(JoinGroupError { error: GroupError::MemberIdRequired, member_id: new_member_id }));
+            return JoinStep::Done(Err(JoinGroupError {
+                error: GroupError::MemberIdRequired,
+                member_id: new_member_id,
+            }));
         }
         self.add_member_and_rebalance(new_member_id, params, now, config)
     }
@@ -279,7 +312,12 @@ impl Group {
         JoinStep::Wait(member_id, receiver)
     }
 
-    fn update_member_and_rebalance(&mut self, params: JoinGroupParams, now: Instant, config: &GroupConfig) -> JoinStep {
+    fn update_member_and_rebalance(
+        &mut self,
+        params: JoinGroupParams,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> JoinStep {
         let (sender, receiver) = oneshot::channel();
         let member_id = params.member_id.clone();
         if let Some(member) = self.members.get_mut(&member_id) {
@@ -309,7 +347,9 @@ impl Group {
         if self.protocol_type.as_deref() != Some(protocol_type) {
             return false;
         }
-        self.candidate_protocols().iter().any(|name| protocols.iter().any(|p| &p.name == name))
+        self.candidate_protocols()
+            .iter()
+            .any(|name| protocols.iter().any(|p| &p.name == name))
     }
 
     /// Protocols every current member supports, in the order of the leader's preference.
@@ -321,7 +361,11 @@ impl Group {
             .protocols
             .iter()
             .map(|p| p.name.clone())
-            .filter(|name| self.members.values().all(|m| m.protocols.iter().any(|p| &p.name == name)))
+            .filter(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|p| &p.name == name))
+            })
             .collect()
     }
 
@@ -331,12 +375,20 @@ impl Group {
         let candidates = self.candidate_protocols();
         let mut votes = vec![0usize; candidates.len()];
         for member in self.members.values() {
-            if let Some(choice) = member.protocols.iter().find_map(|p| candidates.iter().position(|c| *c == p.name)) {
+            if let Some(choice) = member
+                .protocols
+                .iter()
+                .find_map(|p| candidates.iter().position(|c| *c == p.name))
+            {
                 votes[choice] += 1;
             }
         }
         let best = votes.iter().copied().max()?;
-        candidates.into_iter().zip(votes).find(|(_, v)| *v == best).map(|(name, _)| name)
+        candidates
+            .into_iter()
+            .zip(votes)
+            .find(|(_, v)| *v == best)
+            .map(|(name, _)| name)
     }
 
     fn leader(&self) -> Option<&MemberMetadata> {
@@ -344,7 +396,10 @@ impl Group {
     }
 
     fn maybe_prepare_rebalance(&mut self, now: Instant, config: &GroupConfig) {
-        if matches!(self.state, GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance) {
+        if matches!(
+            self.state,
+            GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance
+        ) {
             self.prepare_rebalance(now, config);
         }
     }
@@ -359,9 +414,14 @@ impl Group {
                 }
             }
         }
-        let rebalance_timeout_ms =
-            self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0);
-        self.initial_delay = self.state == GroupState::Empty && config.initial_rebalance_delay_ms > 0;
+        let rebalance_timeout_ms = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout_ms.max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        self.initial_delay =
+            self.state == GroupState::Empty && config.initial_rebalance_delay_ms > 0;
         self.new_member_added = false;
         self.rebalance_id += 1;
         self.state = GroupState::PreparingRebalance;
@@ -369,10 +429,15 @@ impl Group {
             RebalanceTimer {
                 rebalance_id: self.rebalance_id,
                 delay_ms: config.initial_rebalance_delay_ms,
-                remaining_ms: rebalance_timeout_ms.saturating_sub(config.initial_rebalance_delay_ms),
+                remaining_ms: rebalance_timeout_ms
+                    .saturating_sub(config.initial_rebalance_delay_ms),
             }
         } else {
-            RebalanceTimer { rebalance_id: self.rebalance_id, delay_ms: rebalance_timeout_ms, remaining_ms: 0 }
+            RebalanceTimer {
+                rebalance_id: self.rebalance_id,
+                delay_ms: rebalance_timeout_ms,
+                remaining_ms: 0,
+            }
         });
     }
 
@@ -381,13 +446,21 @@ impl Group {
     }
 
     fn try_complete_join(&mut self, now: Instant) {
-        if self.state == GroupState::PreparingRebalance && !self.initial_delay && self.all_members_joined() {
+        if self.state == GroupState::PreparingRebalance
+            && !self.initial_delay
+            && self.all_members_joined()
+        {
             self.complete_join(now);
         }
     }
 
     /// A rebalance timer fired. Returns a follow-up timer when the initial delay is extended.
-    pub(super) fn on_rebalance_timer(&mut self, timer: RebalanceTimer, now: Instant, config: &GroupConfig) {
+    pub(super) fn on_rebalance_timer(
+        &mut self,
+        timer: RebalanceTimer,
+        now: Instant,
+        config: &GroupConfig,
+    ) {
         if self.state != GroupState::PreparingRebalance || self.rebalance_id != timer.rebalance_id {
             return;
         }
@@ -408,8 +481,12 @@ impl Group {
     /// Forms the next generation from the members that rejoined (Kafka's `onCompleteJoin`).
     fn complete_join(&mut self, now: Instant) {
         // Members that did not rejoin within the rebalance timeout are out.
-        let missing: Vec<String> =
-            self.members.values().filter(|m| m.awaiting_join.is_none()).map(|m| m.member_id.clone()).collect();
+        let missing: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none())
+            .map(|m| m.member_id.clone())
+            .collect();
         for member_id in missing {
             tracing::info!(group = %self.group_id, member = %member_id, "member did not rejoin in time");
             self.remove_member(&member_id, GroupError::UnknownMemberId);
@@ -470,7 +547,11 @@ impl Group {
     }
 
     /// Checks that `member_id` is a current member, not fenced by its static instance id.
-    fn validate_member(&self, member_id: &str, group_instance_id: Option<&str>) -> Result<(), GroupError> {
+    fn validate_member(
+        &self,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
         if let Some(instance_id) = group_instance_id {
             if let Some(current) = self.static_members.get(instance_id) {
                 if current != member_id {
@@ -491,14 +572,17 @@ impl Group {
             GroupState::Empty => return error(GroupError::UnknownMemberId),
             _ => {}
         }
-        if let Err(e) = self.validate_member(&params.member_id, params.group_instance_id.as_deref()) {
+        if let Err(e) = self.validate_member(&params.member_id, params.group_instance_id.as_deref())
+        {
             return error(e);
         }
         if params.generation_id != self.generation_id {
             return error(GroupError::IllegalGeneration);
         }
         let mismatched = |requested: &Option<String>, actual: &Option<String>| {
-            requested.as_ref().is_some_and(|r| actual.as_ref() != Some(r))
+            requested
+                .as_ref()
+                .is_some_and(|r| actual.as_ref() != Some(r))
         };
         if mismatched(&params.protocol_type, &self.protocol_type)
             || mismatched(&params.protocol_name, &self.protocol_name)
@@ -519,7 +603,11 @@ impl Group {
                 SyncStep::Wait(receiver)
             }
             GroupState::Stable => {
-                let assignment = self.members.get(&params.member_id).map(|m| m.assignment.clone()).unwrap_or_default();
+                let assignment = self
+                    .members
+                    .get(&params.member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
                 SyncStep::Done(Ok(self.sync_result(assignment)))
             }
             GroupState::Empty | GroupState::Dead => error(GroupError::UnknownMemberId),
@@ -534,7 +622,10 @@ impl Group {
         for member in self.members.values_mut() {
             member.assignment = by_member.remove(&member.member_id).unwrap_or_default();
             if let Some(sender) = member.awaiting_sync.take() {
-                let _ = sender.send(Ok(SyncGroupResult { assignment: member.assignment.clone(), ..result.clone() }));
+                let _ = sender.send(Ok(SyncGroupResult {
+                    assignment: member.assignment.clone(),
+                    ..result.clone()
+                }));
             }
         }
         self.state = GroupState::Stable;
@@ -613,17 +704,27 @@ impl Group {
         now: Instant,
         config: &GroupConfig,
     ) -> Vec<Result<(), GroupError>> {
-        members.iter().map(|identity| self.leave_one(identity, now, config)).collect()
+        members
+            .iter()
+            .map(|identity| self.leave_one(identity, now, config))
+            .collect()
     }
 
-    fn leave_one(&mut self, identity: &MemberIdentity, now: Instant, config: &GroupConfig) -> Result<(), GroupError> {
+    fn leave_one(
+        &mut self,
+        identity: &MemberIdentity,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> Result<(), GroupError> {
         if self.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
         let member_id = match (&identity.group_instance_id, identity.member_id.is_empty()) {
-            (Some(instance_id), true) => {
-                self.static_members.get(instance_id).cloned().ok_or(GroupError::UnknownMemberId)?
-            }
+            (Some(instance_id), true) => self
+                .static_members
+                .get(instance_id)
+                .cloned()
+                .ok_or(GroupError::UnknownMemberId)?,
             _ => identity.member_id.clone(),
         };
         if self.pending_members.remove(&member_id).is_some() {
@@ -642,7 +743,9 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.session_deadline <= now && m.awaiting_join.is_none() && m.awaiting_sync.is_none())
+            .filter(|m| {
+                m.session_deadline <= now && m.awaiting_join.is_none() && m.awaiting_sync.is_none()
+            })
             .map(|m| m.member_id.clone())
             .collect();
         for member_id in expired {
@@ -656,7 +759,12 @@ impl Group {
         }
     }
 
-    fn remove_member_and_update_group(&mut self, member_id: &str, now: Instant, config: &GroupConfig) {
+    fn remove_member_and_update_group(
+        &mut self,
+        member_id: &str,
+        now: Instant,
+        config: &GroupConfig,
+    ) {
         self.remove_member(member_id, GroupError::UnknownMemberId);
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
@@ -670,7 +778,9 @@ impl Group {
 
     /// Drops a member, answering its waiting requests with `error`; picks a new leader if needed.
     fn remove_member(&mut self, member_id: &str, error: GroupError) {
-        let Some(mut member) = self.members.remove(member_id) else { return };
+        let Some(mut member) = self.members.remove(member_id) else {
+            return;
+        };
         if let Some(sender) = member.awaiting_join.take() {
             let _ = sender.send(Err(error.clone()));
         }
@@ -699,7 +809,11 @@ impl Group {
     pub(super) fn describe(&self) -> GroupDescription {
         // As Kafka: member metadata and assignments are only meaningful once Stable.
         let stable = self.state == GroupState::Stable;
-        let protocol_name = if stable { self.protocol_name.clone().unwrap_or_default() } else { String::new() };
+        let protocol_name = if stable {
+            self.protocol_name.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         GroupDescription {
             group_id: self.group_id.clone(),
             state: self.state,
@@ -713,8 +827,16 @@ impl Group {
                     group_instance_id: m.group_instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: if stable { m.metadata_for(&protocol_name) } else { Bytes::new() },
-                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                    metadata: if stable {
+                        m.metadata_for(&protocol_name)
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
                 })
                 .collect(),
         }

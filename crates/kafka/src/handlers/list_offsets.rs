@@ -13,7 +13,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn list_offsets(ctx: &RequestContext, _version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(ctx: &RequestContext, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -31,7 +31,11 @@ pub async fn list_offsets(ctx: &RequestContext, _version: i16, request: ListOffs
                             .with_timestamp(-1);
                     };
                     match offset_for(&partition, p.timestamp) {
-                        Ok((offset, timestamp)) => response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(0),
+                        Ok((offset, timestamp)) => {
+                            // The leader epoch field exists from v4 on.
+                            let leader_epoch = if version >= 4 { 0 } else { -1 };
+                            response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)
+                        }
                         Err(error) => response
                             .with_error_code(broker_error_code(&error))
                             .with_offset(-1)

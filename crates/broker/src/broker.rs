@@ -41,7 +41,8 @@ impl Broker {
     /// background work (retention). Must be called inside a tokio runtime.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
         let data_dir = config.data_dir.clone();
-        fs::create_dir_all(data_dir.join("meta")).map_err(|e| storage_error("creating the data directory", e))?;
+        fs::create_dir_all(data_dir.join("meta"))
+            .map_err(|e| storage_error("creating the data directory", e))?;
         let lock_path = data_dir.join("meta").join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -50,7 +51,10 @@ impl Broker {
             .open(&lock_path)
             .map_err(|e| storage_error("opening the data directory lock", e))?;
         lock.try_lock().map_err(|_| {
-            BrokerError::Storage(format!("data directory {} is in use by another process", data_dir.display()))
+            BrokerError::Storage(format!(
+                "data directory {} is in use by another process",
+                data_dir.display()
+            ))
         })?;
         topic_store::clear_deleted(&data_dir);
 
@@ -71,7 +75,8 @@ impl Broker {
             tracing::info!(topic = %record.name, partitions = record.partition_count, "recovered topic");
             topics.insert(record.name.clone(), topic);
         }
-        let producer_ids = ProducerIdAllocator::open(data_dir.join("meta").join("producer_id_block"))?;
+        let producer_ids =
+            ProducerIdAllocator::open(data_dir.join("meta").join("producer_id_block"))?;
         let groups = GroupCoordinator::open(
             &data_dir.join("internal").join("consumer_offsets"),
             config.group.clone(),
@@ -91,7 +96,11 @@ impl Broker {
         Ok(broker)
     }
 
-    fn open_topic(config: &BrokerConfig, record: &TopicRecord, data_ready: &Arc<Notify>) -> Result<Arc<Topic>, BrokerError> {
+    fn open_topic(
+        config: &BrokerConfig,
+        record: &TopicRecord,
+        data_ready: &Arc<Notify>,
+    ) -> Result<Arc<Topic>, BrokerError> {
         let topic_config = TopicConfig::new(record.configs.clone(), &config.log_defaults)?;
         let log_config = topic_config.log_config(&config.log_defaults)?;
         let mut partitions = Vec::with_capacity(record.partition_count as usize);
@@ -105,7 +114,12 @@ impl Broker {
                 Arc::clone(data_ready),
             )?);
         }
-        Ok(Arc::new(Topic::new(record.name.clone(), record.id, partitions, topic_config)))
+        Ok(Arc::new(Topic::new(
+            record.name.clone(),
+            record.id,
+            partitions,
+            topic_config,
+        )))
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -150,9 +164,9 @@ impl Broker {
         match self.create_topic(name, -1, BTreeMap::new(), false) {
             Ok(topic) => Ok(topic),
             // Raced with another creator: fine.
-            Err(BrokerError::TopicAlreadyExists(_)) => {
-                self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))
-            }
+            Err(BrokerError::TopicAlreadyExists(_)) => self
+                .topic(name)
+                .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string())),
             Err(error) => Err(error),
         }
     }
@@ -167,7 +181,11 @@ impl Broker {
         validate_only: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
         validate_topic_name(name)?;
-        let partition_count = if partition_count == -1 { self.config.default_partitions } else { partition_count };
+        let partition_count = if partition_count == -1 {
+            self.config.default_partitions
+        } else {
+            partition_count
+        };
         if !(1..=10_000).contains(&partition_count) {
             return Err(BrokerError::InvalidPartitions(format!(
                 "partition count must be between 1 and 10000, got {partition_count}"
@@ -178,13 +196,25 @@ impl Broker {
         if self.topics.read().contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists(name.to_string()));
         }
-        let record = TopicRecord { name: name.to_string(), id: uuid::Uuid::new_v4(), partition_count, configs };
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: uuid::Uuid::new_v4(),
+            partition_count,
+            configs,
+        };
         if validate_only {
-            return Ok(Arc::new(Topic::new(name.to_string(), record.id, Vec::new(), topic_config)));
+            return Ok(Arc::new(Topic::new(
+                name.to_string(),
+                record.id,
+                Vec::new(),
+                topic_config,
+            )));
         }
         topic_store::save(&self.config.data_dir, &record)?;
         let topic = Self::open_topic(&self.config, &record, &self.data_ready)?;
-        self.topics.write().insert(name.to_string(), Arc::clone(&topic));
+        self.topics
+            .write()
+            .insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions = partition_count, "created topic");
         Ok(topic)
     }
@@ -200,9 +230,16 @@ impl Broker {
     }
 
     /// Grows a topic to `partition_count` partitions (Kafka never shrinks them).
-    pub fn create_partitions(&self, name: &str, partition_count: i32, validate_only: bool) -> Result<(), BrokerError> {
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        partition_count: i32,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
         let _admin = self.admin.lock();
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
         let current = topic.partition_count();
         if partition_count <= current {
             return Err(BrokerError::InvalidPartitions(format!(
@@ -210,7 +247,9 @@ impl Broker {
             )));
         }
         if partition_count > 10_000 {
-            return Err(BrokerError::InvalidPartitions(format!("partition count {partition_count} is over 10000")));
+            return Err(BrokerError::InvalidPartitions(format!(
+                "partition count {partition_count} is over 10000"
+            )));
         }
         if validate_only {
             return Ok(());
@@ -240,17 +279,29 @@ impl Broker {
     }
 
     pub fn describe_topic_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
         Ok(topic.config().describe(&self.config.log_defaults))
     }
 
     /// AlterConfigs: the topic's overrides become exactly `configs`.
-    pub fn replace_topic_configs(&self, name: &str, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), BrokerError> {
+    pub fn replace_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
         self.update_topic_configs(name, validate_only, |_| configs)
     }
 
     /// IncrementalAlterConfigs: set or delete single keys.
-    pub fn change_topic_configs(&self, name: &str, changes: Vec<ConfigChange>, validate_only: bool) -> Result<(), BrokerError> {
+    pub fn change_topic_configs(
+        &self,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
         self.update_topic_configs(name, validate_only, |current| {
             let mut next = current.clone();
             for change in changes {
@@ -274,7 +325,9 @@ impl Broker {
         update: impl FnOnce(&BTreeMap<String, String>) -> BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
         let _admin = self.admin.lock();
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
         let overrides = update(topic.config().overrides());
         let topic_config = TopicConfig::new(overrides.clone(), &self.config.log_defaults)?;
         let log_config = topic_config.log_config(&self.config.log_defaults)?;
@@ -296,7 +349,10 @@ impl Broker {
     }
 
     /// InitProducerId: a new idempotent producer id (or, for a transactional id, its next epoch).
-    pub fn init_producer_id(&self, transactional_id: Option<&str>) -> Result<(i64, i16), BrokerError> {
+    pub fn init_producer_id(
+        &self,
+        transactional_id: Option<&str>,
+    ) -> Result<(i64, i16), BrokerError> {
         self.producer_ids.allocate(transactional_id)
     }
 
@@ -309,7 +365,9 @@ impl Broker {
                 match partition.log().enforce_retention(now) {
                     Ok(0) => {}
                     Ok(count) => *deleted.entry(topic.name().to_string()).or_insert(0) += count,
-                    Err(error) => tracing::error!(topic = topic.name(), partition = partition.index(), %error, "retention failed"),
+                    Err(error) => {
+                        tracing::error!(topic = topic.name(), partition = partition.index(), %error, "retention failed")
+                    }
                 }
             }
         }
@@ -318,7 +376,8 @@ impl Broker {
 
     fn start_retention(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period = std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        let period =
+            std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;

@@ -104,14 +104,21 @@ impl Partition {
 
     pub(crate) fn set_config(&self, config: LogConfig, log_append_time: bool) {
         self.log.set_config(config);
-        self.log_append_time.store(log_append_time, Ordering::Relaxed);
+        self.log_append_time
+            .store(log_append_time, Ordering::Relaxed);
     }
 
     /// Appends the producer's record batches and, as `acks` asks, waits until they are durable.
-    pub async fn produce(&self, mut records: BytesMut, acks: Acks) -> Result<ProduceOutcome, BrokerError> {
+    pub async fn produce(
+        &self,
+        mut records: BytesMut,
+        acks: Acks,
+    ) -> Result<ProduceOutcome, BrokerError> {
         let headers = validate_batches(&records)?;
         if headers.is_empty() {
-            return Err(BrokerError::InvalidRecord("produce request without record batches".into()));
+            return Err(BrokerError::InvalidRecord(
+                "produce request without record batches".into(),
+            ));
         }
         let now = now_ms();
         let log_append_time = self.log_append_time.load(Ordering::Relaxed);
@@ -129,9 +136,10 @@ impl Partition {
             }
             match duplicate {
                 // Clients send one batch per partition; a retried one is answered, not stored.
-                Some(offset_first) if headers.len() == 1 => {
-                    (offset_first, offset_first + headers[0].last_offset_delta as i64 + 1)
-                }
+                Some(offset_first) if headers.len() == 1 => (
+                    offset_first,
+                    offset_first + headers[0].last_offset_delta as i64 + 1,
+                ),
                 Some(_) => {
                     return Err(BrokerError::InvalidRecord(
                         "a retried idempotent batch must be sent alone".into(),
@@ -205,7 +213,9 @@ impl Partition {
                     None => return,
                 };
                 tokio::time::sleep(period).await;
-                let Some(partition) = weak.upgrade() else { return };
+                let Some(partition) = weak.upgrade() else {
+                    return;
+                };
                 if !matches!(partition.log.config().durability, Durability::Interval(_)) {
                     continue;
                 }
@@ -236,7 +246,8 @@ fn stamp_log_append_time(records: &mut BytesMut, now_ms: i64) {
             return;
         }
         let batch = &mut records[position..end];
-        let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]) | TIMESTAMP_TYPE_LOG_APPEND;
+        let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]])
+            | TIMESTAMP_TYPE_LOG_APPEND;
         batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
         batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
         let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);

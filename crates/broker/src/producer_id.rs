@@ -35,7 +35,11 @@ impl ProducerIdAllocator {
         };
         Ok(ProducerIdAllocator {
             path,
-            state: Mutex::new(AllocatorState { next_id: block_end, block_end, transactional: HashMap::new() }),
+            state: Mutex::new(AllocatorState {
+                next_id: block_end,
+                block_end,
+                transactional: HashMap::new(),
+            }),
         })
     }
 
@@ -44,7 +48,11 @@ impl ProducerIdAllocator {
         let mut state = self.state.lock();
         if let Some(tid) = transactional_id {
             if let Some((id, epoch)) = state.transactional.get(tid).copied() {
-                let next = if epoch >= i16::MAX - 1 { None } else { Some((id, epoch + 1)) };
+                let next = if epoch >= i16::MAX - 1 {
+                    None
+                } else {
+                    Some((id, epoch + 1))
+                };
                 if let Some(next) = next {
                     state.transactional.insert(tid.to_string(), next);
                     return Ok(next);

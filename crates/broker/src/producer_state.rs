@@ -82,9 +82,15 @@ impl ProducerStateTable {
             .iter()
             .find(|b| b.sequence_first == batch.base_sequence && b.sequence_last == last_sequence)
         {
-            return Ok(SequenceCheck::Duplicate { offset_first: duplicate.offset_first });
+            return Ok(SequenceCheck::Duplicate {
+                offset_first: duplicate.offset_first,
+            });
         }
-        let expected = entry.batches.back().map(|b| next_sequence(b.sequence_last)).unwrap_or(0);
+        let expected = entry
+            .batches
+            .back()
+            .map(|b| next_sequence(b.sequence_last))
+            .unwrap_or(0);
         if batch.base_sequence == expected {
             Ok(SequenceCheck::Append)
         } else {
@@ -113,10 +119,6 @@ impl ProducerStateTable {
         while entry.batches.len() > BATCHES_REMEMBERED {
             entry.batches.pop_front();
         }
-    }
-
-    pub fn producer_count(&self) -> usize {
-        self.producers.len()
     }
 }
 
@@ -148,25 +150,46 @@ mod tests {
         let first = batch(7, 0, 0, 10, 100);
         assert_eq!(table.check(&first).ok(), Some(SequenceCheck::Append));
         table.record(&first);
-        assert_eq!(table.check(&batch(7, 0, 0, 10, -1)).ok(), Some(SequenceCheck::Duplicate { offset_first: 100 }));
-        assert_eq!(table.check(&batch(7, 0, 10, 5, -1)).ok(), Some(SequenceCheck::Append));
+        assert_eq!(
+            table.check(&batch(7, 0, 0, 10, -1)).ok(),
+            Some(SequenceCheck::Duplicate { offset_first: 100 })
+        );
+        assert_eq!(
+            table.check(&batch(7, 0, 10, 5, -1)).ok(),
+            Some(SequenceCheck::Append)
+        );
     }
 
     #[test]
     fn sequence_gap_is_out_of_order() {
         let mut table = ProducerStateTable::default();
         table.record(&batch(7, 0, 0, 10, 0));
-        assert!(matches!(table.check(&batch(7, 0, 11, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
-        assert!(matches!(table.check(&batch(8, 0, 3, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
+        assert!(matches!(
+            table.check(&batch(7, 0, 11, 1, -1)),
+            Err(BrokerError::OutOfOrderSequence(_))
+        ));
+        assert!(matches!(
+            table.check(&batch(8, 0, 3, 1, -1)),
+            Err(BrokerError::OutOfOrderSequence(_))
+        ));
     }
 
     #[test]
     fn older_epoch_is_fenced_and_new_epoch_restarts_at_zero() {
         let mut table = ProducerStateTable::default();
         table.record(&batch(7, 2, 0, 1, 0));
-        assert!(matches!(table.check(&batch(7, 1, 1, 1, -1)), Err(BrokerError::InvalidProducerEpoch(_))));
-        assert_eq!(table.check(&batch(7, 3, 0, 1, -1)).ok(), Some(SequenceCheck::Append));
-        assert!(matches!(table.check(&batch(7, 3, 5, 1, -1)), Err(BrokerError::OutOfOrderSequence(_))));
+        assert!(matches!(
+            table.check(&batch(7, 1, 1, 1, -1)),
+            Err(BrokerError::InvalidProducerEpoch(_))
+        ));
+        assert_eq!(
+            table.check(&batch(7, 3, 0, 1, -1)).ok(),
+            Some(SequenceCheck::Append)
+        );
+        assert!(matches!(
+            table.check(&batch(7, 3, 5, 1, -1)),
+            Err(BrokerError::OutOfOrderSequence(_))
+        ));
     }
 
     #[test]
@@ -176,6 +199,9 @@ mod tests {
             table.record(&batch(1, 0, i, 1, i as i64));
         }
         assert!(table.check(&batch(1, 0, 0, 1, -1)).is_err());
-        assert_eq!(table.check(&batch(1, 0, 6, 1, -1)).ok(), Some(SequenceCheck::Duplicate { offset_first: 6 }));
+        assert_eq!(
+            table.check(&batch(1, 0, 6, 1, -1)).ok(),
+            Some(SequenceCheck::Duplicate { offset_first: 6 })
+        );
     }
 }

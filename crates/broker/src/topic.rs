@@ -44,12 +44,17 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    pub fn new(overrides: BTreeMap<String, String>, defaults: &LogConfig) -> Result<Self, BrokerError> {
+    pub fn new(
+        overrides: BTreeMap<String, String>,
+        defaults: &LogConfig,
+    ) -> Result<Self, BrokerError> {
         let config = TopicConfig { overrides };
         config.log_config(defaults)?;
         for key in config.overrides.keys() {
             if !SUPPORTED_TOPIC_CONFIGS.contains(&key.as_str()) {
-                return Err(BrokerError::InvalidConfig(format!("unknown or unsupported topic config '{key}'")));
+                return Err(BrokerError::InvalidConfig(format!(
+                    "unknown or unsupported topic config '{key}'"
+                )));
             }
         }
         Ok(config)
@@ -61,17 +66,23 @@ impl TopicConfig {
 
     /// `message.timestamp.type=LogAppendTime`: the broker stamps batches with its own clock.
     pub fn log_append_time(&self) -> bool {
-        self.overrides.get("message.timestamp.type").map(|v| v == "LogAppendTime").unwrap_or(false)
+        self.overrides
+            .get("message.timestamp.type")
+            .map(|v| v == "LogAppendTime")
+            .unwrap_or(false)
     }
 
     /// The topic's log settings: defaults with this topic's overrides applied.
     pub fn log_config(&self, defaults: &LogConfig) -> Result<LogConfig, BrokerError> {
         let mut config = defaults.clone();
         for (key, value) in &self.overrides {
-            let invalid = || BrokerError::InvalidConfig(format!("invalid value '{value}' for '{key}'"));
+            let invalid =
+                || BrokerError::InvalidConfig(format!("invalid value '{value}' for '{key}'"));
             match key.as_str() {
                 "retention.ms" => config.retention_ms = value.parse().map_err(|_| invalid())?,
-                "retention.bytes" => config.retention_bytes = value.parse().map_err(|_| invalid())?,
+                "retention.bytes" => {
+                    config.retention_bytes = value.parse().map_err(|_| invalid())?
+                }
                 "segment.bytes" => {
                     config.segment_bytes_max = value.parse().map_err(|_| invalid())?;
                     if config.segment_bytes_max < 14 {
@@ -91,17 +102,13 @@ impl TopicConfig {
                     config.index_interval_bytes = value.parse().map_err(|_| invalid())?;
                 }
                 "fsync" => config.durability = Durability::parse(value).map_err(|_| invalid())?,
-                "cleanup.policy" => {
-                    if value != "delete" {
-                        return Err(BrokerError::InvalidConfig(format!(
-                            "cleanup.policy '{value}' is not supported (only 'delete')"
-                        )));
-                    }
+                "cleanup.policy" if value != "delete" => {
+                    return Err(BrokerError::InvalidConfig(format!(
+                        "cleanup.policy '{value}' is not supported (only 'delete')"
+                    )));
                 }
-                "message.timestamp.type" => {
-                    if value != "CreateTime" && value != "LogAppendTime" {
-                        return Err(invalid());
-                    }
+                "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => {
+                    return Err(invalid());
                 }
                 "min.insync.replicas" => {
                     let replicas: i32 = value.parse().map_err(|_| invalid())?;
@@ -117,7 +124,9 @@ impl TopicConfig {
 
     /// Every supported config with its effective value.
     pub fn describe(&self, defaults: &LogConfig) -> Vec<ConfigEntry> {
-        let effective = self.log_config(defaults).unwrap_or_else(|_| defaults.clone());
+        let effective = self
+            .log_config(defaults)
+            .unwrap_or_else(|_| defaults.clone());
         SUPPORTED_TOPIC_CONFIGS
             .iter()
             .map(|&name| {
@@ -162,8 +171,18 @@ pub struct Topic {
 }
 
 impl Topic {
-    pub(crate) fn new(name: String, id: uuid::Uuid, partitions: Vec<Arc<Partition>>, config: TopicConfig) -> Self {
-        Topic { name, id, partitions: RwLock::new(partitions), config: RwLock::new(config) }
+    pub(crate) fn new(
+        name: String,
+        id: uuid::Uuid,
+        partitions: Vec<Arc<Partition>>,
+        config: TopicConfig,
+    ) -> Self {
+        Topic {
+            name,
+            id,
+            partitions: RwLock::new(partitions),
+            config: RwLock::new(config),
+        }
     }
     pub fn name(&self) -> &str {
         &self.name
@@ -195,9 +214,14 @@ impl Topic {
 /// Kafka's topic-name rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
 pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
-        return Err(BrokerError::InvalidTopic(format!("invalid topic name '{name}'")));
+        return Err(BrokerError::InvalidTopic(format!(
+            "invalid topic name '{name}'"
+        )));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
         return Err(BrokerError::InvalidTopic(format!(
             "topic name '{name}' has characters other than ASCII alphanumerics, '.', '_' and '-'"
         )));

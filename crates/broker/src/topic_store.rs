@@ -40,14 +40,19 @@ fn storage_error(path: &Path, error: impl std::fmt::Display) -> BrokerError {
 
 /// Writes `contents` to `path` atomically and durably.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), BrokerError> {
-    let dir = path.parent().ok_or_else(|| storage_error(path, "no parent directory"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| storage_error(path, "no parent directory"))?;
     fs::create_dir_all(dir).map_err(|e| storage_error(dir, e))?;
     let temp = path.with_extension("tmp");
     let mut file = fs::File::create(&temp).map_err(|e| storage_error(&temp, e))?;
-    file.write_all(contents).map_err(|e| storage_error(&temp, e))?;
+    file.write_all(contents)
+        .map_err(|e| storage_error(&temp, e))?;
     file.sync_all().map_err(|e| storage_error(&temp, e))?;
     fs::rename(&temp, path).map_err(|e| storage_error(path, e))?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| storage_error(dir, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| storage_error(dir, e))?;
     Ok(())
 }
 
@@ -69,9 +74,13 @@ pub fn load_all(data_dir: &Path) -> Result<Vec<TopicRecord>, BrokerError> {
         match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<TopicRecord>(&bytes) {
                 Ok(record) => records.push(record),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "skipping unreadable topic metadata"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "skipping unreadable topic metadata")
+                }
             },
-            Err(error) => tracing::warn!(path = %path.display(), %error, "skipping directory without topic metadata"),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "skipping directory without topic metadata")
+            }
         }
     }
     records.sort_by(|a, b| a.name.cmp(&b.name));

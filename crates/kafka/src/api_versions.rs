@@ -9,15 +9,15 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -31,12 +31,17 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 
 /// Every supported API as (api key, min version, max version).
 pub fn supported_api_versions() -> impl Iterator<Item = (i16, i16, i16)> {
-    SUPPORTED.iter().map(|&(key, min, max)| (key as i16, min, max))
+    SUPPORTED
+        .iter()
+        .map(|&(key, min, max)| (key as i16, min, max))
 }
 
 /// The supported version range of `api_key`, if the API is implemented at all.
 pub fn version_range(api_key: i16) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(key, _, _)| *key as i16 == api_key).map(|&(_, min, max)| (min, max))
+    SUPPORTED
+        .iter()
+        .find(|(key, _, _)| *key as i16 == api_key)
+        .map(|&(_, min, max)| (min, max))
 }
 
 pub fn is_supported(api_key: i16, version: i16) -> bool {
@@ -51,7 +56,10 @@ mod tests {
     fn every_advertised_range_is_one_the_codec_can_decode() {
         for &(key, min, max) in SUPPORTED {
             let codec = key.valid_versions();
-            assert!(min >= codec.min && max <= codec.max, "{key:?} {min}..={max} vs {codec:?}");
+            assert!(
+                min >= codec.min && max <= codec.max,
+                "{key:?} {min}..={max} vs {codec:?}"
+            );
         }
     }
 }

@@ -49,7 +49,9 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: 
                 Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(error) => return Err(ConnectionError::Io(error)),
             };
-            if size < REQUEST_HEADER_BYTES_MIN as i32 || size as usize > context.config.request_bytes_max {
+            if size < REQUEST_HEADER_BYTES_MIN as i32
+                || size as usize > context.config.request_bytes_max
+            {
                 return Err(ConnectionError::FrameSize(size as i64));
             }
             let mut frame = BytesMut::zeroed(size as usize);
@@ -63,13 +65,18 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: 
     .await;
     match result {
         Ok(()) => tracing::debug!(%peer, "kafka connection closed by client"),
-        Err(ConnectionError::Io(error)) => tracing::debug!(%peer, %error, "kafka connection I/O error"),
+        Err(ConnectionError::Io(error)) => {
+            tracing::debug!(%peer, %error, "kafka connection I/O error")
+        }
         Err(error) => tracing::warn!(%peer, %error, "closing kafka connection"),
     }
 }
 
 /// Decodes one request, runs it and encodes the framed response (`None` for acks=0 produce).
-async fn handle_frame(context: &mut RequestContext, mut frame: Bytes) -> Result<Option<Bytes>, ConnectionError> {
+async fn handle_frame(
+    context: &mut RequestContext,
+    mut frame: Bytes,
+) -> Result<Option<Bytes>, ConnectionError> {
     let api_key_code = (&frame[0..2]).get_i16();
     let api_version = (&frame[2..4]).get_i16();
     let correlation_id = (&frame[4..8]).get_i32();
@@ -77,14 +84,19 @@ async fn handle_frame(context: &mut RequestContext, mut frame: Bytes) -> Result<
     if !is_supported(api_key_code, api_version) {
         if api_key_code == ApiKey::ApiVersions as i16 {
             // KIP-511: answer in v0 format so the client can retry at a version we speak.
-            let response = ResponseKind::ApiVersions(api_versions_response(ResponseError::UnsupportedVersion.code()));
+            let response = ResponseKind::ApiVersions(api_versions_response(
+                ResponseError::UnsupportedVersion.code(),
+            ));
             return encode_response(correlation_id, ApiKey::ApiVersions, 0, &response).map(Some);
         }
-        return unsupported_version(context, api_key_code, api_version, correlation_id, frame).map(Some);
+        return unsupported_version(context, api_key_code, api_version, correlation_id, frame)
+            .map(Some);
     }
     // Supported implies the key is known to the codec.
-    let api_key = ApiKey::try_from(api_key_code)
-        .map_err(|_| ConnectionError::Unsupported { api_key: api_key_code, api_version })?;
+    let api_key = ApiKey::try_from(api_key_code).map_err(|_| ConnectionError::Unsupported {
+        api_key: api_key_code,
+        api_version,
+    })?;
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(api_version))
         .map_err(|e| ConnectionError::Malformed(e.to_string()))?;
     if let Some(client_id) = &header.client_id {
@@ -95,7 +107,12 @@ async fn handle_frame(context: &mut RequestContext, mut frame: Bytes) -> Result<
     let request = RequestKind::decode(api_key, &mut frame, api_version)
         .map_err(|e| ConnectionError::Malformed(format!("{api_key:?} v{api_version}: {e}")))?;
     if frame.has_remaining() {
-        tracing::debug!(?api_key, api_version, trailing = frame.remaining(), "request has trailing bytes");
+        tracing::debug!(
+            ?api_key,
+            api_version,
+            trailing = frame.remaining(),
+            "request has trailing bytes"
+        );
     }
     let Some(response) = dispatch(context, api_version, request).await else {
         return Ok(None);
@@ -112,7 +129,10 @@ fn unsupported_version(
     correlation_id: i32,
     mut frame: Bytes,
 ) -> Result<Bytes, ConnectionError> {
-    let unsupported = || ConnectionError::Unsupported { api_key: api_key_code, api_version };
+    let unsupported = || ConnectionError::Unsupported {
+        api_key: api_key_code,
+        api_version,
+    };
     let api_key = ApiKey::try_from(api_key_code).map_err(|_| unsupported())?;
     let codec = api_key.valid_versions();
     if !(codec.min..=codec.max).contains(&api_version) {
@@ -122,7 +142,8 @@ fn unsupported_version(
         .map_err(|e| ConnectionError::Malformed(e.to_string()))?;
     let request = RequestKind::decode(api_key, &mut frame, api_version)
         .map_err(|e| ConnectionError::Malformed(format!("{api_key:?} v{api_version}: {e}")))?;
-    let response = crate::unsupported_version::unsupported_version_response(request, api_version).ok_or_else(unsupported)?;
+    let response = crate::unsupported_version::unsupported_version_response(request, api_version)
+        .ok_or_else(unsupported)?;
     tracing::debug!(client = %context.client_id, ?api_key, api_version, "answered UNSUPPORTED_VERSION");
     encode_response(correlation_id, api_key, api_version, &response)
 }
@@ -156,47 +177,83 @@ pub(crate) fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
                 .with_max_version(max_version)
         })
         .collect();
-    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
 }
 
 /// Routes a decoded request to its handler. `None` means "send no response" (acks=0 produce).
-async fn dispatch(context: &RequestContext, version: i16, request: RequestKind) -> Option<ResponseKind> {
+async fn dispatch(
+    context: &RequestContext,
+    version: i16,
+    request: RequestKind,
+) -> Option<ResponseKind> {
     use handlers::*;
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(context, version, r).await),
-        RequestKind::Produce(r) => return produce::produce(context, version, r).await.map(ResponseKind::Produce),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::metadata(context, version, r).await)
+        }
+        RequestKind::Produce(r) => {
+            return produce::produce(context, version, r)
+                .await
+                .map(ResponseKind::Produce)
+        }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(context, version, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::list_offsets(context, version, r).await),
-        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(context, version, r).await),
-        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(context, version, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::list_offsets(context, version, r).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(topics::create_topics(context, version, r).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(topics::delete_topics(context, version, r).await)
+        }
         RequestKind::CreatePartitions(r) => {
             ResponseKind::CreatePartitions(topics::create_partitions(context, version, r).await)
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(configs::describe_configs(context, version, r).await)
         }
-        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter_configs(context, version, r).await),
-        RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(context, version, r).await)
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(configs::alter_configs(context, version, r).await)
         }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(context, version, r).await,
+        ),
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producer_id::init_producer_id(context, version, r).await)
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(context, version, r).await)
         }
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join_group(context, version, r).await),
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(context, version, r).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(context, version, r).await),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave_group(context, version, r).await),
-        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(context, version, r).await),
-        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(context, version, r).await),
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(context, version, r).await),
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(groups::join_group(context, version, r).await)
+        }
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(groups::sync_group(context, version, r).await)
+        }
+        RequestKind::Heartbeat(r) => {
+            ResponseKind::Heartbeat(groups::heartbeat(context, version, r).await)
+        }
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(context, version, r).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(context, version, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(context, version, r).await)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(context, version, r).await)
+        }
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(groups::describe_groups(context, version, r).await)
         }
-        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete_groups(context, version, r).await),
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(context, version, r).await)
+        }
         // is_supported() admitted only the APIs above.
         _ => return None,
     };
@@ -236,58 +293,84 @@ mod tests {
         match api_key {
             ApiKey::Produce => {
                 let mut builder = RecordBatchBuilder::new();
-                builder.push(Record { value: Some(b"hello".to_vec()), timestamp: 1, ..Record::default() });
+                builder.push(Record {
+                    value: Some(b"hello".to_vec()),
+                    timestamp: 1,
+                    ..Record::default()
+                });
                 RequestKind::Produce(
-                    ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
-                        produce_request::TopicProduceData::default().with_name(topic).with_partition_data(vec![
-                            produce_request::PartitionProduceData::default()
-                                .with_index(0)
-                                .with_records(Some(builder.build().into())),
-                        ]),
-                    ]),
+                    ProduceRequest::default()
+                        .with_acks(-1)
+                        .with_timeout_ms(1000)
+                        .with_topic_data(vec![produce_request::TopicProduceData::default()
+                            .with_name(topic)
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_index(0)
+                                    .with_records(Some(builder.build().into())),
+                            ])]),
                 )
             }
             ApiKey::Fetch => RequestKind::Fetch(
-                FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
-                    fetch_request::FetchTopic::default().with_topic(topic).with_partitions(vec![
-                        fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20),
-                    ]),
+                FetchRequest::default()
+                    .with_max_wait_ms(0)
+                    .with_max_bytes(1 << 20)
+                    .with_topics(vec![fetch_request::FetchTopic::default()
+                        .with_topic(topic)
+                        .with_partitions(vec![fetch_request::FetchPartition::default()
+                            .with_partition_max_bytes(1 << 20)])]),
+            ),
+            ApiKey::Metadata => {
+                RequestKind::Metadata(MetadataRequest::default().with_topics(if version == 0 {
+                    Some(vec![])
+                } else {
+                    None
+                }))
+            }
+            ApiKey::ListOffsets => {
+                RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                    list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(topic)
+                        .with_partitions(vec![
+                            list_offsets_request::ListOffsetsPartition::default()
+                                .with_timestamp(-2),
+                        ]),
+                ]))
+            }
+            ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(
+                DescribeConfigsRequest::default().with_resources(vec![
+                    describe_configs_request::DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_static_str("sample")),
                 ]),
             ),
-            ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default().with_topics(if version == 0 {
-                Some(vec![])
-            } else {
-                None
-            })),
-            ApiKey::ListOffsets => RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
-                list_offsets_request::ListOffsetsTopic::default().with_name(topic).with_partitions(vec![
-                    list_offsets_request::ListOffsetsPartition::default().with_timestamp(-2),
-                ]),
-            ])),
-            ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
-                describe_configs_request::DescribeConfigsResource::default()
-                    .with_resource_type(2)
-                    .with_resource_name(StrBytes::from_static_str("sample")),
-            ])),
             ApiKey::OffsetCommit => RequestKind::OffsetCommit(
                 OffsetCommitRequest::default()
                     .with_group_id(GroupId(StrBytes::from_static_str("g")))
                     .with_generation_id_or_member_epoch(-1)
-                    .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(topic)
-                        .with_partitions(vec![offset_commit_request::OffsetCommitRequestPartition::default()
-                            .with_committed_offset(1)])]),
+                    .with_topics(vec![
+                        offset_commit_request::OffsetCommitRequestTopic::default()
+                            .with_name(topic)
+                            .with_partitions(vec![
+                                offset_commit_request::OffsetCommitRequestPartition::default()
+                                    .with_committed_offset(1),
+                            ]),
+                    ]),
             ),
             ApiKey::FindCoordinator if version >= 4 => RequestKind::FindCoordinator(
-                FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")]),
+                FindCoordinatorRequest::default()
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("g")]),
             ),
             ApiKey::DescribeGroups => RequestKind::DescribeGroups(
-                DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_static_str("g"))]),
+                DescribeGroupsRequest::default()
+                    .with_groups(vec![GroupId(StrBytes::from_static_str("g"))]),
             ),
-            ApiKey::OffsetFetch if version >= 8 => RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(
-                vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+            ApiKey::OffsetFetch if version >= 8 => {
+                RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(
+                    vec![offset_fetch_request::OffsetFetchRequestGroup::default()
                     .with_group_id(GroupId(StrBytes::from_static_str("g")))],
-            )),
+                ))
+            }
             ApiKey::JoinGroup => RequestKind::JoinGroup(
                 // One group per version: a second member joining one group would wait for a rebalance.
                 JoinGroupRequest::default()
@@ -295,8 +378,9 @@ mod tests {
                     .with_session_timeout_ms(10_000)
                     .with_rebalance_timeout_ms(10_000)
                     .with_protocol_type(StrBytes::from_static_str("consumer"))
-                    .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-                        .with_name(StrBytes::from_static_str("range"))]),
+                    .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+                    )
+                    .with_name(StrBytes::from_static_str("range"))]),
             ),
             _ => RequestKind::decode(api_key, &mut bytes::Bytes::new(), version)
                 .unwrap_or_else(|_| default_request(api_key)),
@@ -320,7 +404,9 @@ mod tests {
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
             ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
             ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
-            ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(Default::default()),
+            ApiKey::IncrementalAlterConfigs => {
+                RequestKind::IncrementalAlterConfigs(Default::default())
+            }
             other => panic!("no sample request for {other:?}"),
         }
     }
@@ -332,7 +418,9 @@ mod tests {
             .with_request_api_version(version)
             .with_correlation_id(42)
             .with_client_id(Some(StrBytes::from_static_str("test")));
-        header.encode(&mut buffer, api_key.request_header_version(version)).ok()?;
+        header
+            .encode(&mut buffer, api_key.request_header_version(version))
+            .ok()?;
         request.encode(&mut buffer, version).ok()?;
         Some(buffer.freeze())
     }
@@ -348,21 +436,27 @@ mod tests {
             let api_key = ApiKey::try_from(api_key_code).expect("known api");
             for version in min..=max {
                 let request = sample_request(api_key, version);
-                let Some(frame) = frame(api_key, version, &request) else { continue };
+                let Some(frame) = frame(api_key, version, &request) else {
+                    continue;
+                };
                 let response = handle_frame(&mut context, frame)
                     .await
                     .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"))
                     .unwrap_or_else(|| panic!("{api_key:?} v{version}: no response"));
                 let mut body = response.slice(4..);
-                let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
-                    .unwrap_or_else(|e| panic!("{api_key:?} v{version} header: {e}"));
+                let header =
+                    ResponseHeader::decode(&mut body, api_key.response_header_version(version))
+                        .unwrap_or_else(|e| panic!("{api_key:?} v{version} header: {e}"));
                 assert_eq!(header.correlation_id, 42);
                 ResponseKind::decode(api_key, &mut body, version)
                     .unwrap_or_else(|e| panic!("{api_key:?} v{version} body: {e}"));
                 answered += 1;
             }
         }
-        assert!(answered > 100, "only {answered} version samples were encodable");
+        assert!(
+            answered > 100,
+            "only {answered} version samples were encodable"
+        );
     }
 
     /// Versions the codec knows but we don't advertise are refused in the API's own shape.
@@ -378,15 +472,21 @@ mod tests {
                     continue;
                 }
                 let request = sample_request(api_key, version);
-                let Some(frame) = frame(api_key, version, &request) else { continue };
+                let Some(frame) = frame(api_key, version, &request) else {
+                    continue;
+                };
                 let response = handle_frame(&mut context, frame)
                     .await
                     .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"))
                     .unwrap_or_else(|| panic!("{api_key:?} v{version}: no response"));
                 let mut body = response.slice(4..);
-                ResponseHeader::decode(&mut body, api_key.response_header_version(version)).expect("header");
+                ResponseHeader::decode(&mut body, api_key.response_header_version(version))
+                    .expect("header");
                 let decoded = ResponseKind::decode(api_key, &mut body, version).expect("body");
-                assert!(format!("{decoded:?}").contains("error_code: 35"), "{api_key:?} v{version}: {decoded:?}");
+                assert!(
+                    format!("{decoded:?}").contains("error_code: 35"),
+                    "{api_key:?} v{version}: {decoded:?}"
+                );
                 refused += 1;
             }
         }
@@ -402,11 +502,17 @@ mod tests {
         frame.put_i16(99);
         frame.put_i32(7);
         frame.put_i16(-1);
-        let response = handle_frame(&mut context, frame.freeze()).await.expect("answered").expect("response");
+        let response = handle_frame(&mut context, frame.freeze())
+            .await
+            .expect("answered")
+            .expect("response");
         let mut body = response.slice(4..);
         assert_eq!(body.get_i32(), 7);
         let decoded = ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
         assert_eq!(decoded.error_code, ResponseError::UnsupportedVersion.code());
-        assert!(decoded.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+        assert!(decoded
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::Produce as i16));
     }
 }

@@ -16,9 +16,17 @@ pub struct KafkaServer {
 }
 
 impl KafkaServer {
-    pub async fn bind(address: SocketAddr, broker: Arc<Broker>, config: KafkaConfig) -> std::io::Result<KafkaServer> {
+    pub async fn bind(
+        address: SocketAddr,
+        broker: Arc<Broker>,
+        config: KafkaConfig,
+    ) -> std::io::Result<KafkaServer> {
         let listener = TcpListener::bind(address).await?;
-        Ok(KafkaServer { listener, broker, config: Arc::new(config) })
+        Ok(KafkaServer {
+            listener,
+            broker,
+            config: Arc::new(config),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -12,7 +12,11 @@ use sluice_kafka::KafkaConfig;
 use sluice_log::{Durability, LogConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "Sluice: a durable message broker speaking the Kafka protocol")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a durable message broker speaking the Kafka protocol"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -88,7 +92,11 @@ pub struct ServeArgs {
     pub retention_check_interval_ms: Option<u64>,
 
     /// Wait before the first rebalance of a new group completes [default: 3000]
-    #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS", value_name = "MS")]
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS"
+    )]
     pub group_initial_rebalance_delay_ms: Option<u64>,
 
     /// Smallest consumer session timeout accepted [default: 6000]
@@ -147,7 +155,9 @@ impl ServeArgs {
         }
         let defaults = LogConfig::default();
         let durability = match &self.fsync {
-            Some(text) => Durability::parse(text).with_context(|| format!("invalid --fsync '{text}'"))?,
+            Some(text) => {
+                Durability::parse(text).with_context(|| format!("invalid --fsync '{text}'"))?
+            }
             None => Durability::Batch,
         };
         let log_defaults = LogConfig {
@@ -164,13 +174,21 @@ impl ServeArgs {
             initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .unwrap_or(group_defaults.initial_rebalance_delay_ms),
-            session_timeout_ms_min: self.group_min_session_timeout_ms.unwrap_or(group_defaults.session_timeout_ms_min),
-            session_timeout_ms_max: self.group_max_session_timeout_ms.unwrap_or(group_defaults.session_timeout_ms_max),
+            session_timeout_ms_min: self
+                .group_min_session_timeout_ms
+                .unwrap_or(group_defaults.session_timeout_ms_min),
+            session_timeout_ms_max: self
+                .group_max_session_timeout_ms
+                .unwrap_or(group_defaults.session_timeout_ms_max),
             ..group_defaults
         };
         let default_partitions = self.default_partitions.unwrap_or(1);
-        anyhow::ensure!(default_partitions >= 1, "--default-partitions must be at least 1");
-        let mut broker = BrokerConfig::new(self.data_dir.unwrap_or_else(|| PathBuf::from("./data")));
+        anyhow::ensure!(
+            default_partitions >= 1,
+            "--default-partitions must be at least 1"
+        );
+        let mut broker =
+            BrokerConfig::new(self.data_dir.unwrap_or_else(|| PathBuf::from("./data")));
         broker.auto_create_topics = self.auto_create_topics.unwrap_or(true);
         broker.default_partitions = default_partitions;
         broker.log_defaults = log_defaults;
@@ -178,7 +196,9 @@ impl ServeArgs {
         if let Some(interval) = self.retention_check_interval_ms {
             broker.retention_check_interval_ms = interval;
         }
-        let kafka_listen = self.kafka_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
+        let kafka_listen = self
+            .kafka_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
         let advertised_host = self.advertised_host.unwrap_or_else(|| {
             if kafka_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
@@ -191,11 +211,17 @@ impl ServeArgs {
             advertised_port: kafka_listen.port() as i32,
             request_bytes_max: self.request_max_bytes.unwrap_or(100 * 1024 * 1024),
         };
-        Ok(ServeConfig { broker, kafka, kafka_listen, log_filter: self.log.unwrap_or_else(|| "info".into()) })
+        Ok(ServeConfig {
+            broker,
+            kafka,
+            kafka_listen,
+            log_filter: self.log.unwrap_or_else(|| "info".into()),
+        })
     }
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }

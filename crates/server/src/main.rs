@@ -35,7 +35,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let data_dir = config.broker.data_dir.clone();
-    let broker = Broker::open(config.broker).with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let broker = Broker::open(config.broker)
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let kafka = KafkaServer::bind(config.kafka_listen, broker.clone(), config.kafka)
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
@@ -45,7 +46,8 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
 
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let kafka_task = tokio::spawn(kafka.run(shutdown));
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -53,6 +55,8 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     }
     let _ = shutdown_sender.send(true);
     let _ = kafka_task.await;
-    tokio::task::spawn_blocking(move || broker.shutdown()).await.context("flushing on shutdown")?;
+    tokio::task::spawn_blocking(move || broker.shutdown())
+        .await
+        .context("flushing on shutdown")?;
     Ok(())
 }

@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
-    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -24,7 +27,11 @@ const SOURCE_DEFAULT_CONFIG: i8 = 5;
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
-pub async fn describe_configs(ctx: &RequestContext, version: i16, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub async fn describe_configs(
+    ctx: &RequestContext,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let results = request
         .resources
         .into_iter()
@@ -33,10 +40,14 @@ pub async fn describe_configs(ctx: &RequestContext, version: i16, request: Descr
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let entries = match resource.resource_type {
-                RESOURCE_TOPIC => ctx.broker.describe_topic_configs(resource.resource_name.as_str()),
+                RESOURCE_TOPIC => ctx
+                    .broker
+                    .describe_topic_configs(resource.resource_name.as_str()),
                 RESOURCE_BROKER => {
                     let own_name = ctx.broker.node_id().to_string();
-                    if resource.resource_name.is_empty() || resource.resource_name.as_str() == own_name {
+                    if resource.resource_name.is_empty()
+                        || resource.resource_name.as_str() == own_name
+                    {
                         Ok(broker_configs(ctx))
                     } else {
                         return result
@@ -50,7 +61,9 @@ pub async fn describe_configs(ctx: &RequestContext, version: i16, request: Descr
                 other => {
                     return result
                         .with_error_code(ResponseError::InvalidRequest.code())
-                        .with_error_message(Some(StrBytes::from_string(format!("unsupported resource type {other}"))))
+                        .with_error_message(Some(StrBytes::from_string(format!(
+                            "unsupported resource type {other}"
+                        ))))
                 }
             };
             match entries {
@@ -58,7 +71,9 @@ pub async fn describe_configs(ctx: &RequestContext, version: i16, request: Descr
                     let wanted = resource.configuration_keys.as_ref();
                     let configs = entries
                         .into_iter()
-                        .filter(|entry| wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == entry.name)))
+                        .filter(|entry| {
+                            wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == entry.name))
+                        })
                         .map(|entry| {
                             let source = match (resource.resource_type, entry.source) {
                                 (RESOURCE_BROKER, _) => SOURCE_STATIC_BROKER_CONFIG,
@@ -99,18 +114,40 @@ fn broker_configs(ctx: &RequestContext) -> Vec<ConfigEntry> {
     };
     vec![
         entry("broker.id", config.node_id.to_string()),
-        entry("auto.create.topics.enable", config.auto_create_topics.to_string()),
+        entry(
+            "auto.create.topics.enable",
+            config.auto_create_topics.to_string(),
+        ),
         entry("num.partitions", config.default_partitions.to_string()),
-        entry("message.max.bytes", config.log_defaults.batch_bytes_max.to_string()),
-        entry("log.retention.ms", config.log_defaults.retention_ms.to_string()),
-        entry("log.retention.bytes", config.log_defaults.retention_bytes.to_string()),
-        entry("log.segment.bytes", config.log_defaults.segment_bytes_max.to_string()),
-        entry("group.initial.rebalance.delay.ms", config.group.initial_rebalance_delay_ms.to_string()),
+        entry(
+            "message.max.bytes",
+            config.log_defaults.batch_bytes_max.to_string(),
+        ),
+        entry(
+            "log.retention.ms",
+            config.log_defaults.retention_ms.to_string(),
+        ),
+        entry(
+            "log.retention.bytes",
+            config.log_defaults.retention_bytes.to_string(),
+        ),
+        entry(
+            "log.segment.bytes",
+            config.log_defaults.segment_bytes_max.to_string(),
+        ),
+        entry(
+            "group.initial.rebalance.delay.ms",
+            config.group.initial_rebalance_delay_ms.to_string(),
+        ),
         entry("fsync", config.log_defaults.durability.to_string()),
     ]
 }
 
-fn alter_result(resource_type: i8, resource_name: StrBytes, outcome: Result<(), BrokerError>) -> AlterConfigsResourceResponse {
+fn alter_result(
+    resource_type: i8,
+    resource_name: StrBytes,
+    outcome: Result<(), BrokerError>,
+) -> AlterConfigsResourceResponse {
     let response = AlterConfigsResourceResponse::default()
         .with_resource_type(resource_type)
         .with_resource_name(resource_name);
@@ -132,7 +169,11 @@ fn only_topics(resource_type: i8) -> Result<(), BrokerError> {
     }
 }
 
-pub async fn alter_configs(ctx: &RequestContext, _version: i16, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter_configs(
+    ctx: &RequestContext,
+    _version: i16,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
@@ -141,9 +182,17 @@ pub async fn alter_configs(ctx: &RequestContext, _version: i16, request: AlterCo
                 let configs: BTreeMap<String, String> = resource
                     .configs
                     .iter()
-                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
                     .collect();
-                ctx.broker.replace_topic_configs(resource.resource_name.as_str(), configs, request.validate_only)
+                ctx.broker.replace_topic_configs(
+                    resource.resource_name.as_str(),
+                    configs,
+                    request.validate_only,
+                )
             });
             alter_result(resource.resource_type, resource.resource_name, outcome)
         })
@@ -165,7 +214,9 @@ pub async fn incremental_alter_configs(
                     .configs
                     .iter()
                     .map(|c| match (c.config_operation, &c.value) {
-                        (OPERATION_SET, Some(value)) => Ok(ConfigChange::Set(c.name.to_string(), value.to_string())),
+                        (OPERATION_SET, Some(value)) => {
+                            Ok(ConfigChange::Set(c.name.to_string(), value.to_string()))
+                        }
                         (OPERATION_DELETE, _) => Ok(ConfigChange::Delete(c.name.to_string())),
                         (operation, _) => Err(BrokerError::InvalidConfig(format!(
                             "operation {operation} on '{}' is not supported (only SET and DELETE)",
@@ -173,7 +224,11 @@ pub async fn incremental_alter_configs(
                         ))),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                ctx.broker.change_topic_configs(resource.resource_name.as_str(), changes, request.validate_only)
+                ctx.broker.change_topic_configs(
+                    resource.resource_name.as_str(),
+                    changes,
+                    request.validate_only,
+                )
             });
             let response = alter_result(resource.resource_type, resource.resource_name, outcome);
             incremental_alter_configs_response::AlterConfigsResourceResponse::default()

@@ -2,10 +2,11 @@
 //! passes. Readable means below the high watermark, i.e. durable under `fsync=batch`.
 //! Sessions (KIP-227) are not kept: session id 0 tells clients to send full fetches.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use sluice_broker::{BrokerError, Partition};
 
@@ -15,28 +16,40 @@ use crate::RequestContext;
 /// Upper bound on how long one fetch may park the connection.
 const WAIT_MS_MAX: i32 = 30_000;
 
+/// (partition index, fetch offset, partition max bytes, the partition if it exists)
+type FetchTarget = (i32, i64, i32, Option<Arc<Partition>>);
+
 pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -> FetchResponse {
     // Resolve partitions once; unknown ones are answered with an error on every pass.
-    let targets: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, i64, i32, Option<std::sync::Arc<Partition>>)>)> =
-        request
-            .topics
-            .iter()
-            .map(|topic| {
-                let found = ctx.broker.topic(topic.topic.as_str());
-                let partitions = topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let partition = found.as_ref().and_then(|t| t.partition(p.partition));
-                        (p.partition, p.fetch_offset, p.partition_max_bytes, partition)
-                    })
-                    .collect();
-                (topic.topic.clone(), partitions)
-            })
-            .collect();
+    let targets: Vec<(TopicName, Vec<FetchTarget>)> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let found = ctx.broker.topic(topic.topic.as_str());
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let partition = found.as_ref().and_then(|t| t.partition(p.partition));
+                    (
+                        p.partition,
+                        p.fetch_offset,
+                        p.partition_max_bytes,
+                        partition,
+                    )
+                })
+                .collect();
+            (topic.topic.clone(), partitions)
+        })
+        .collect();
 
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, WAIT_MS_MAX) as u64);
-    let response_bytes_max = if request.max_bytes <= 0 { i32::MAX as usize } else { request.max_bytes as usize };
+    let deadline =
+        Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, WAIT_MS_MAX) as u64);
+    let response_bytes_max = if request.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        request.max_bytes as usize
+    };
     let min_bytes = request.min_bytes.max(0) as usize;
     loop {
         // Register interest before reading, so an append landing in between still wakes us.
@@ -52,13 +65,20 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
             for (index, fetch_offset, partition_bytes_max, partition) in partitions {
                 let Some(partition) = partition else {
                     any_error = true;
-                    partition_responses.push(error_data(*index, ResponseError::UnknownTopicOrPartition.code()));
+                    partition_responses.push(error_data(
+                        *index,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    ));
                     continue;
                 };
                 // KIP-74: the first partition may exceed the budget so consumers always progress.
                 let budget = response_bytes_max.saturating_sub(bytes_total);
                 let bytes_max = (*partition_bytes_max).max(0) as usize;
-                let bytes_max = if bytes_total == 0 { bytes_max } else { bytes_max.min(budget) };
+                let bytes_max = if bytes_total == 0 {
+                    bytes_max
+                } else {
+                    bytes_max.min(budget)
+                };
                 if bytes_max == 0 && bytes_total > 0 {
                     partition_responses.push(partition_data(*index, partition, None));
                     continue;
@@ -88,7 +108,9 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
                 }
             }
             responses.push(
-                FetchableTopicResponse::default().with_topic(topic_name.clone()).with_partitions(partition_responses),
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name.clone())
+                    .with_partitions(partition_responses),
             );
         }
 
@@ -96,14 +118,21 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
         if bytes_total >= min_bytes || any_error || now >= deadline || targets.is_empty() {
             return FetchResponse::default().with_responses(responses);
         }
-        if tokio::time::timeout(deadline - now, data_ready).await.is_err() {
+        if tokio::time::timeout(deadline - now, data_ready)
+            .await
+            .is_err()
+        {
             // Timed out: one last pass picks up anything that arrived without a wake-up.
             continue;
         }
     }
 }
 
-fn partition_data(index: i32, partition: &Partition, records: Option<bytes::Bytes>) -> PartitionData {
+fn partition_data(
+    index: i32,
+    partition: &Partition,
+    records: Option<bytes::Bytes>,
+) -> PartitionData {
     PartitionData::default()
         .with_partition_index(index)
         .with_high_watermark(partition.high_watermark())

@@ -1,7 +1,9 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3) or the first offset at or after a
 //! timestamp, which is how consumers replay from a point in time.
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 use sluice_broker::{BrokerError, Partition};
@@ -13,7 +15,11 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn list_offsets(ctx: &RequestContext, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(
+    ctx: &RequestContext,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -23,8 +29,11 @@ pub async fn list_offsets(ctx: &RequestContext, version: i16, request: ListOffse
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let Some(partition) = found.as_ref().and_then(|t| t.partition(p.partition_index)) else {
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
+                    let Some(partition) =
+                        found.as_ref().and_then(|t| t.partition(p.partition_index))
+                    else {
                         return response
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_offset(-1)
@@ -34,7 +43,10 @@ pub async fn list_offsets(ctx: &RequestContext, version: i16, request: ListOffse
                         Ok((offset, timestamp)) => {
                             // The leader epoch field exists from v4 on.
                             let leader_epoch = if version >= 4 { 0 } else { -1 };
-                            response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)
+                            response
+                                .with_offset(offset)
+                                .with_timestamp(timestamp)
+                                .with_leader_epoch(leader_epoch)
                         }
                         Err(error) => response
                             .with_error_code(broker_error_code(&error))
@@ -43,7 +55,9 @@ pub async fn list_offsets(ctx: &RequestContext, version: i16, request: ListOffse
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
@@ -68,7 +82,9 @@ fn offset_for(partition: &Partition, timestamp: i64) -> Result<(i64, i64), Broke
             }
             Ok(best.unwrap_or((-1, -1)))
         }
-        timestamp if timestamp < 0 => Err(BrokerError::InvalidRecord(format!("unsupported timestamp {timestamp}"))),
+        timestamp if timestamp < 0 => Err(BrokerError::InvalidRecord(format!(
+            "unsupported timestamp {timestamp}"
+        ))),
         timestamp => Ok(log.offset_for_timestamp(timestamp)?.unwrap_or((-1, -1))),
     }
 }

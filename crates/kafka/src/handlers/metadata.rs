@@ -12,7 +12,11 @@ use sluice_broker::{BrokerError, Topic};
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
-pub async fn metadata(ctx: &RequestContext, version: i16, request: MetadataRequest) -> MetadataResponse {
+pub async fn metadata(
+    ctx: &RequestContext,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let broker = &ctx.broker;
     let node_id = BrokerId(broker.node_id());
     // v0: an empty list means all topics; v1+: null means all, empty means none.
@@ -34,7 +38,11 @@ pub async fn metadata(ctx: &RequestContext, version: i16, request: MetadataReque
         for requested in request.topics.unwrap_or_default() {
             let name = match (&requested.name, requested.topic_id.is_nil()) {
                 (Some(name), _) => name.to_string(),
-                (None, false) => match broker.topics().into_iter().find(|t| t.id() == requested.topic_id) {
+                (None, false) => match broker
+                    .topics()
+                    .into_iter()
+                    .find(|t| t.id() == requested.topic_id)
+                {
                     Some(topic) => topic.name().to_string(),
                     None => {
                         topics.push(
@@ -47,7 +55,8 @@ pub async fn metadata(ctx: &RequestContext, version: i16, request: MetadataReque
                 },
                 (None, true) => {
                     topics.push(
-                        MetadataResponseTopic::default().with_error_code(ResponseError::InvalidTopicException.code()),
+                        MetadataResponseTopic::default()
+                            .with_error_code(ResponseError::InvalidTopicException.code()),
                     );
                     continue;
                 }
@@ -55,7 +64,9 @@ pub async fn metadata(ctx: &RequestContext, version: i16, request: MetadataReque
             let found = if allow_auto_create {
                 broker.topic_or_auto_create(&name)
             } else {
-                broker.topic(&name).ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.clone()))
+                broker
+                    .topic(&name)
+                    .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.clone()))
             };
             match found {
                 Ok(topic) => topics.push(describe_topic(&topic, node_id)),
@@ -90,7 +101,9 @@ fn describe_topic(topic: &Topic, node_id: BrokerId) -> MetadataResponseTopic {
         })
         .collect();
     MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(topic.name().to_string()))))
+        .with_name(Some(TopicName(StrBytes::from_string(
+            topic.name().to_string(),
+        ))))
         .with_topic_id(topic.id())
         .with_is_internal(topic.is_internal())
         .with_partitions(partitions)

@@ -13,7 +13,11 @@ use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
 /// `None` for acks=0: the client expects no response.
-pub async fn produce(ctx: &RequestContext, version: i16, request: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn produce(
+    ctx: &RequestContext,
+    version: i16,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
     let acks = match request.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
@@ -27,7 +31,7 @@ pub async fn produce(ctx: &RequestContext, version: i16, request: ProduceRequest
         let mut partition_futures = Vec::with_capacity(topic_data.partition_data.len());
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
-            let topic = topic.as_ref().map_err(|e| broker_error_code(e)).cloned();
+            let topic = topic.as_ref().map_err(broker_error_code).cloned();
             partition_futures.push(async move {
                 let Some(acks) = acks else {
                     return error_response(index, ResponseError::InvalidRequiredAcks.code(), None);
@@ -37,10 +41,18 @@ pub async fn produce(ctx: &RequestContext, version: i16, request: ProduceRequest
                     Err(code) => return error_response(index, code, None),
                 };
                 let Some(partition) = topic.partition(index) else {
-                    return error_response(index, ResponseError::UnknownTopicOrPartition.code(), None);
+                    return error_response(
+                        index,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        None,
+                    );
                 };
                 let Some(records) = partition_data.records else {
-                    return error_response(index, ResponseError::CorruptMessage.code(), Some("no records".into()));
+                    return error_response(
+                        index,
+                        ResponseError::CorruptMessage.code(),
+                        Some("no records".into()),
+                    );
                 };
                 match partition.produce(BytesMut::from(records), acks).await {
                     Ok(outcome) => PartitionProduceResponse::default()
@@ -76,7 +88,11 @@ pub async fn produce(ctx: &RequestContext, version: i16, request: ProduceRequest
     Some(response)
 }
 
-fn error_response(index: i32, error_code: i16, message: Option<String>) -> PartitionProduceResponse {
+fn error_response(
+    index: i32,
+    error_code: i16,
+    message: Option<String>,
+) -> PartitionProduceResponse {
     PartitionProduceResponse::default()
         .with_index(index)
         .with_error_code(error_code)

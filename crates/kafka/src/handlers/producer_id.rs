@@ -14,7 +14,11 @@ pub async fn init_producer_id(
     let transactional_id = request.transactional_id.as_ref().map(|t| t.to_string());
     // KIP-360: a producer that lost its sequence state re-initialises with its id and epoch and
     // continues with a bumped epoch.
-    if transactional_id.is_none() && request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+    if transactional_id.is_none()
+        && request.producer_id.0 >= 0
+        && request.producer_epoch >= 0
+        && request.producer_epoch < i16::MAX - 1
+    {
         return InitProducerIdResponse::default()
             .with_producer_id(request.producer_id)
             .with_producer_epoch(request.producer_epoch + 1);

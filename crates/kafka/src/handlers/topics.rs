@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
@@ -16,7 +18,11 @@ use sluice_broker::{BrokerError, ConfigSource};
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
-pub async fn create_topics(ctx: &RequestContext, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create_topics(
+    ctx: &RequestContext,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let broker = &ctx.broker;
     let node_id = broker.node_id();
     let topics = request
@@ -33,7 +39,11 @@ pub async fn create_topics(ctx: &RequestContext, version: i16, request: CreateTo
                 }
                 let mut partition_count = topic.num_partitions;
                 if !topic.assignments.is_empty() {
-                    if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|id| id.0 != node_id)) {
+                    if topic
+                        .assignments
+                        .iter()
+                        .any(|a| a.broker_ids.iter().any(|id| id.0 != node_id))
+                    {
                         return Err(BrokerError::InvalidReplicationFactor(
                             "assignments may only name this broker".into(),
                         ));
@@ -46,14 +56,23 @@ pub async fn create_topics(ctx: &RequestContext, version: i16, request: CreateTo
                         configs.insert(config.name.to_string(), value.to_string());
                     }
                 }
-                broker.create_topic(topic.name.as_str(), partition_count, configs, request.validate_only)
+                broker.create_topic(
+                    topic.name.as_str(),
+                    partition_count,
+                    configs,
+                    request.validate_only,
+                )
             })();
             match outcome {
                 Ok(created) => {
                     let mut result = result
                         .with_topic_id(created.id())
                         .with_num_partitions(if request.validate_only {
-                            if topic.num_partitions == -1 { broker.config().default_partitions } else { topic.num_partitions }
+                            if topic.num_partitions == -1 {
+                                broker.config().default_partitions
+                            } else {
+                                topic.num_partitions
+                            }
                         } else {
                             created.partition_count()
                         })
@@ -88,17 +107,33 @@ pub async fn create_topics(ctx: &RequestContext, version: i16, request: CreateTo
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-pub async fn delete_topics(ctx: &RequestContext, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    ctx: &RequestContext,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let broker = &ctx.broker;
     // v0-5 name topics in `topic_names`; v6 uses `topics` with a name or a topic id.
-    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
-        request.topic_names.iter().map(|n| (Some(n.to_string()), uuid::Uuid::nil())).collect();
-    targets.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id)));
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id)),
+    );
     let responses = targets
         .into_iter()
         .map(|(name, topic_id)| {
             let name = name.or_else(|| {
-                broker.topics().into_iter().find(|t| t.id() == topic_id).map(|t| t.name().to_string())
+                broker
+                    .topics()
+                    .into_iter()
+                    .find(|t| t.id() == topic_id)
+                    .map(|t| t.name().to_string())
             });
             let Some(name) = name else {
                 return DeletableTopicResult::default()
@@ -135,7 +170,11 @@ pub async fn create_partitions(
         .into_iter()
         .map(|topic| {
             let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
-            match ctx.broker.create_partitions(topic.name.as_str(), topic.count, request.validate_only) {
+            match ctx.broker.create_partitions(
+                topic.name.as_str(),
+                topic.count,
+                request.validate_only,
+            ) {
                 Ok(()) => result,
                 Err(error) => result
                     .with_error_code(broker_error_code(&error))

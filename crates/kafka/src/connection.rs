@@ -493,6 +493,21 @@ mod tests {
         assert!(refused >= 10, "only {refused} refusals were checked");
     }
 
+    /// A length field claiming billions of elements must not be trusted for pre-allocation.
+    #[tokio::test]
+    async fn an_array_length_beyond_the_frame_is_malformed_not_an_allocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(1);
+        frame.put_i32(9);
+        frame.put_i16(-1);
+        frame.put_i32(i32::MAX); // topics array length
+        let outcome = handle_frame(&mut context, frame.freeze()).await;
+        assert!(matches!(outcome, Err(ConnectionError::Malformed(_))), "{outcome:?}");
+    }
+
     #[tokio::test]
     async fn api_versions_at_an_unknown_version_gets_a_v0_unsupported_version_answer() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -92,8 +92,11 @@ PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 # The broker reads SLUICE_* variables as flags: start it with none of the caller's.
 unset_sluice_env=()
 while IFS= read -r name; do unset_sluice_env+=(-u "$name"); done < <(compgen -e | grep '^SLUICE_' || true)
+# Group settings as in the broker config kafka-python's own test fixtures run Kafka with: no
+# initial rebalance delay, and consumer session timeouts down to 1 s (test_group uses 3 s).
 env "${unset_sluice_env[@]}" "$SLUICE_BIN" serve --data-dir "$WORK/data" \
     --kafka-listen "127.0.0.1:$PORT" --group-initial-rebalance-delay-ms 0 \
+    --group-min-session-timeout-ms 1000 \
     >"$BROKER_LOG" 2>&1 &
 BROKER_PID=$!
 for _ in $(seq 1 300); do

@@ -143,6 +143,14 @@ impl Broker {
         self.topics.read().get(name).cloned()
     }
 
+    /// The topic with this id (Fetch v13+ and Metadata name topics by id).
+    pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
+        if id.is_nil() {
+            return None;
+        }
+        self.topics.read().values().find(|t| t.id() == id).cloned()
+    }
+
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.topics.read().values().cloned().collect()
     }

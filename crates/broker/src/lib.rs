@@ -6,6 +6,7 @@ mod broker;
 mod config;
 mod error;
 pub mod group_coordinator;
+mod log_dir;
 mod offset_store;
 mod partition;
 mod producer_id;
@@ -17,8 +18,9 @@ pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};
 pub use error::{BrokerError, GroupError};
 pub use group_coordinator::GroupCoordinator;
+pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
-pub use topic::{ConfigEntry, ConfigSource, Topic, TopicConfig};
+pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
 pub fn now_ms() -> i64 {

@@ -45,6 +45,9 @@ const CRC_AT: usize = 17;
 const MAX_TIMESTAMP_AT: usize = 35;
 const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
 
+/// DeleteRecords' offset for "everything below the high watermark".
+const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+
 /// One partition of a topic: its log, the idempotent-producer state guarding appends, and the
 /// notification that wakes long-polling fetchers when new data becomes readable.
 pub struct Partition {
@@ -185,6 +188,25 @@ impl Partition {
         }
     }
 
+    /// Deletes every record below `offset` (Kafka's DeleteRecords; -1 means the high
+    /// watermark) by advancing the log start durably. Returns the new log start (Kafka's low
+    /// watermark). Offsets past the high watermark, or negative, are out of range.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, BrokerError> {
+        let offset = if offset == DELETE_TO_HIGH_WATERMARK {
+            self.log.high_watermark()
+        } else {
+            offset
+        };
+        // The checkpoint is fsynced: keep it off the async workers.
+        let log = Arc::clone(&self.log);
+        match tokio::task::spawn_blocking(move || log.advance_log_start(offset)).await {
+            Ok(result) => result.map_err(BrokerError::from),
+            Err(error) => Err(BrokerError::Storage(format!(
+                "delete records task failed: {error}"
+            ))),
+        }
+    }
+
     /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).
     pub fn fetch(&self, offset: i64, bytes_max: usize) -> Result<FetchedPartition, BrokerError> {
         let read = self.log.read(offset, bytes_max)?;
@@ -253,5 +275,63 @@ fn stamp_log_append_time(records: &mut BytesMut, now_ms: i64) {
         let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
         batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         position = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_log::{Record, RecordBatchBuilder};
+
+    use super::*;
+    use crate::{Broker, BrokerConfig};
+
+    fn records(count: usize) -> BytesMut {
+        let mut builder = RecordBatchBuilder::new();
+        for i in 0..count {
+            builder.push(Record {
+                timestamp: 1_000 + i as i64,
+                value: Some(format!("v{i}").into_bytes()),
+                ..Record::default()
+            });
+        }
+        BytesMut::from(&builder.build()[..])
+    }
+
+    #[tokio::test]
+    async fn delete_records_moves_the_log_start_and_refuses_offsets_past_the_high_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");
+        let topic = broker
+            .create_topic("t", 1, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        partition
+            .produce(records(5), Acks::All)
+            .await
+            .expect("produce");
+
+        assert_eq!(partition.delete_records(2).await.expect("delete"), 2);
+        assert!(matches!(
+            partition.fetch(1, 1 << 20),
+            Err(BrokerError::OffsetOutOfRange(_))
+        ));
+        assert!(matches!(
+            partition.delete_records(6).await,
+            Err(BrokerError::OffsetOutOfRange(_))
+        ));
+        assert!(matches!(
+            partition.delete_records(-2).await,
+            Err(BrokerError::OffsetOutOfRange(_))
+        ));
+        // -1: up to the high watermark.
+        assert_eq!(partition.delete_records(-1).await.expect("delete all"), 5);
+        assert_eq!(partition.log_start_offset(), 5);
+        let outcome = partition
+            .produce(records(1), Acks::All)
+            .await
+            .expect("produce");
+        assert_eq!((outcome.base_offset, outcome.log_start_offset), (5, 5));
     }
 }

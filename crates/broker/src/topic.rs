@@ -10,7 +10,23 @@ use crate::{BrokerError, Partition};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
     TopicOverride,
+    /// A broker setting fixed when the process started (flag, environment or config file).
+    StaticBroker,
     Default,
+}
+
+/// The type of a config's value (Kafka's `ConfigDef.Type`, which DescribeConfigs reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Short,
+    Long,
+    Double,
+    List,
+    Class,
+    Password,
 }
 
 /// One topic config as DescribeConfigs shows it.
@@ -20,6 +36,8 @@ pub struct ConfigEntry {
     pub value: String,
     pub source: ConfigSource,
     pub read_only: bool,
+    pub config_type: ConfigType,
+    pub documentation: &'static str,
 }
 
 /// The topic-level settings Sluice supports, with Kafka's names. `fsync` is Sluice's own:
@@ -36,6 +54,54 @@ pub const SUPPORTED_TOPIC_CONFIGS: &[&str] = &[
     "segment.bytes",
     "segment.ms",
 ];
+
+/// Type and one-line documentation of each of `SUPPORTED_TOPIC_CONFIGS`.
+fn topic_config_schema(name: &str) -> (ConfigType, &'static str) {
+    match name {
+        "cleanup.policy" => (
+            ConfigType::List,
+            "Retention policy for old segments; only 'delete' is supported.",
+        ),
+        "fsync" => (
+            ConfigType::String,
+            "Sluice durability: 'batch' (group-committed fdatasync before acknowledging), \
+             'interval:<ms>' or 'never'.",
+        ),
+        "index.interval.bytes" => (
+            ConfigType::Int,
+            "Bytes of log between two offset index entries.",
+        ),
+        "max.message.bytes" => (
+            ConfigType::Int,
+            "Largest record batch accepted for this topic.",
+        ),
+        "message.timestamp.type" => (
+            ConfigType::String,
+            "CreateTime (the producer's timestamp) or LogAppendTime (the broker's clock).",
+        ),
+        "min.insync.replicas" => (
+            ConfigType::Int,
+            "Replicas that must acknowledge an acks=all write; a single node always has one.",
+        ),
+        "retention.bytes" => (
+            ConfigType::Long,
+            "Largest size of a partition before old segments are deleted; -1 for no limit.",
+        ),
+        "retention.ms" => (
+            ConfigType::Long,
+            "Age after which a segment is deleted; -1 keeps segments forever.",
+        ),
+        "segment.bytes" => (
+            ConfigType::Int,
+            "Segment size at which a new segment is rolled.",
+        ),
+        "segment.ms" => (
+            ConfigType::Long,
+            "Segment age at which a new segment is rolled.",
+        ),
+        _ => (ConfigType::String, ""),
+    }
+}
 
 /// A topic's overrides of the broker defaults, validated on every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,19 +209,18 @@ impl TopicConfig {
                     "segment.ms" => effective.segment_ms_max.to_string(),
                     _ => String::new(),
                 };
-                match self.overrides.get(name) {
-                    Some(value) => ConfigEntry {
-                        name: name.to_string(),
-                        value: value.clone(),
-                        source: ConfigSource::TopicOverride,
-                        read_only: false,
-                    },
-                    None => ConfigEntry {
-                        name: name.to_string(),
-                        value: default_value,
-                        source: ConfigSource::Default,
-                        read_only: false,
-                    },
+                let (config_type, documentation) = topic_config_schema(name);
+                let (value, source) = match self.overrides.get(name) {
+                    Some(value) => (value.clone(), ConfigSource::TopicOverride),
+                    None => (default_value, ConfigSource::Default),
+                };
+                ConfigEntry {
+                    name: name.to_string(),
+                    value,
+                    source,
+                    read_only: false,
+                    config_type,
+                    documentation,
                 }
             })
             .collect()

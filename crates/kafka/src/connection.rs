@@ -254,6 +254,24 @@ async fn dispatch(
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(groups::delete_groups(context, version, r).await)
         }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(delete_records::delete_records(context, version, r).await)
+        }
+        RequestKind::DescribeLogDirs(r) => ResponseKind::DescribeLogDirs(
+            cluster_admin::describe_log_dirs(context, version, r).await,
+        ),
+        RequestKind::AlterReplicaLogDirs(r) => ResponseKind::AlterReplicaLogDirs(
+            cluster_admin::alter_replica_log_dirs(context, version, r).await,
+        ),
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(cluster_admin::elect_leaders(context, version, r).await)
+        }
+        RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
+            cluster_admin::alter_partition_reassignments(context, version, r).await,
+        ),
+        RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+            cluster_admin::list_partition_reassignments(context, version, r).await,
+        ),
         // is_supported() admitted only the APIs above.
         _ => return None,
     };
@@ -382,6 +400,44 @@ mod tests {
                     )
                     .with_name(StrBytes::from_static_str("range"))]),
             ),
+            ApiKey::DeleteRecords => {
+                RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default()
+                        .with_name(topic)
+                        .with_partitions(vec![
+                            delete_records_request::DeleteRecordsPartition::default()
+                                .with_offset(-1),
+                        ]),
+                ]))
+            }
+            ApiKey::AlterReplicaLogDirs => RequestKind::AlterReplicaLogDirs(
+                AlterReplicaLogDirsRequest::default().with_dirs(vec![
+                    alter_replica_log_dirs_request::AlterReplicaLogDir::default()
+                        .with_path(StrBytes::from_static_str("/no/such/dir"))
+                        .with_topics(vec![
+                            alter_replica_log_dirs_request::AlterReplicaLogDirTopic::default()
+                                .with_name(topic)
+                                .with_partitions(vec![0]),
+                        ]),
+                ]),
+            ),
+            ApiKey::ElectLeaders => RequestKind::ElectLeaders(
+                ElectLeadersRequest::default().with_topic_partitions(Some(vec![
+                    elect_leaders_request::TopicPartitions::default()
+                        .with_topic(topic)
+                        .with_partitions(vec![0, 7]),
+                ])),
+            ),
+            ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
+                AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                    alter_partition_reassignments_request::ReassignableTopic::default()
+                        .with_name(topic)
+                        .with_partitions(vec![
+                            alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_replicas(Some(vec![BrokerId(0)])),
+                        ]),
+                ]),
+            ),
             _ => RequestKind::decode(api_key, &mut bytes::Bytes::new(), version)
                 .unwrap_or_else(|_| default_request(api_key)),
         }
@@ -406,6 +462,10 @@ mod tests {
             ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
             ApiKey::IncrementalAlterConfigs => {
                 RequestKind::IncrementalAlterConfigs(Default::default())
+            }
+            ApiKey::DescribeLogDirs => RequestKind::DescribeLogDirs(Default::default()),
+            ApiKey::ListPartitionReassignments => {
+                RequestKind::ListPartitionReassignments(Default::default())
             }
             other => panic!("no sample request for {other:?}"),
         }
@@ -505,7 +565,10 @@ mod tests {
         frame.put_i16(-1);
         frame.put_i32(i32::MAX); // topics array length
         let outcome = handle_frame(&mut context, frame.freeze()).await;
-        assert!(matches!(outcome, Err(ConnectionError::Malformed(_))), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(ConnectionError::Malformed(_))),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]

@@ -129,6 +129,9 @@ pub fn unsupported_version_response(request: RequestKind, version: i16) -> Optio
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         ),
+        RequestKind::AlterPartitionReassignments(_) => ResponseKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsResponse::default().with_error_code(code),
+        ),
         _ => return None,
     };
     Some(response)

@@ -14,6 +14,7 @@
 //! PartitionLog::{log_start_offset, log_end_offset, high_watermark, size_bytes}(&self) -> i64/u64
 //! PartitionLog::enforce_retention(&self, now_ms: i64) -> Result<usize, LogError>
 //! PartitionLog::truncate_to(&self, offset: i64) -> Result<(), LogError>
+//! PartitionLog::advance_log_start(&self, offset: i64) -> Result<i64, LogError>  // DeleteRecords; durable
 //! PartitionLog::set_config(&self, LogConfig)
 //! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
 //! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown)

@@ -20,7 +20,7 @@ use crate::batch::{
     assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MIN,
 };
-use crate::recovery::{recover, sync_dir};
+use crate::recovery::{read_log_start_checkpoint, recover, sync_dir, write_log_start_checkpoint};
 use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
 use crate::{BatchHeader, Durability, LogConfig, LogError};
 
@@ -92,8 +92,13 @@ impl PartitionLog {
         validate_config(&config)?;
         let segments: Vec<Arc<Segment>> =
             recover(dir, &config)?.into_iter().map(Arc::new).collect();
-        let log_start_offset = segments.first().map_or(0, |s| s.base_offset);
+        let first_base_offset = segments.first().map_or(0, |s| s.base_offset);
         let log_end_offset = segments.last().map_or(0, |s| s.offset_end());
+        // The checkpoint may lag retention (segments deleted since) or lead a tail that
+        // recovery cut: clamp it to what the segments hold.
+        let log_start_offset = read_log_start_checkpoint(dir).map_or(first_base_offset, |c| {
+            c.min(log_end_offset).max(first_base_offset)
+        });
         tracing::debug!(dir = %dir.display(), segments = segments.len(), log_start_offset, log_end_offset, "opened partition log");
         Ok(PartitionLog {
             dir: dir.to_path_buf(),
@@ -362,13 +367,17 @@ impl PartitionLog {
     ///
     /// For uncompressed CreateTime batches the records are decoded and the first record with a
     /// timestamp >= `timestamp_ms` is returned (as Kafka does); otherwise the batch's base offset
-    /// with its max timestamp.
+    /// with its max timestamp. An answer below the log start is raised to it (as Kafka does).
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
         let high_watermark = self.high_watermark.load(Ordering::Acquire);
+        let log_start_offset = self.log_start_offset();
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
         for segment in segments {
             if segment.base_offset >= high_watermark {
                 break;
+            }
+            if segment.offset_end() <= log_start_offset {
+                continue;
             }
             // The time index lets whole segments be skipped.
             if segment.timestamp_max() < timestamp_ms {
@@ -386,6 +395,9 @@ impl PartitionLog {
                 if header.base_offset >= high_watermark {
                     return Ok(None);
                 }
+                if header.last_offset() < log_start_offset {
+                    continue;
+                }
                 if header.max_timestamp >= timestamp_ms {
                     return first_record_at_or_after(
                         &segment,
@@ -394,15 +406,42 @@ impl PartitionLog {
                         timestamp_ms,
                         high_watermark,
                     )
-                    .map(Some);
+                    .map(|(offset, timestamp)| Some((offset.max(log_start_offset), timestamp)));
                 }
             }
         }
         Ok(None)
     }
 
+    /// Offsets below this are gone for readers: deleted by retention or by `advance_log_start`.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Moves the log start forward to `offset` (Kafka's DeleteRecords) and returns the log start
+    /// afterwards, unchanged when `offset` is not past it. Reads below the new start fail with
+    /// `OffsetOutOfRange`; retention deletes segments that lie wholly below it. The new start is
+    /// durable (checkpointed) before it is visible, so a restart never brings the records back.
+    /// `offset` must lie in `[0, high watermark]`, else `OffsetOutOfRange`.
+    pub fn advance_log_start(&self, offset: i64) -> Result<i64, LogError> {
+        // Serialised with truncation and retention, which also move these offsets.
+        let _state = self.append_lock.lock();
+        let log_start_offset = self.log_start_offset();
+        let high_watermark = self.high_watermark();
+        if offset < 0 || offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: log_start_offset,
+                end: high_watermark,
+            });
+        }
+        if offset <= log_start_offset {
+            return Ok(log_start_offset);
+        }
+        write_log_start_checkpoint(&self.dir, offset)?;
+        self.log_start_offset.store(offset, Ordering::Release);
+        tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "advanced log start");
+        Ok(offset)
     }
     /// Next offset to be assigned.
     pub fn log_end_offset(&self) -> i64 {
@@ -420,7 +459,8 @@ impl PartitionLog {
     ///
     /// Oldest first, as Kafka: a segment goes while the log would still hold at least
     /// `retention_bytes` without it, or when its newest batch is older than `retention_ms`.
-    /// Segments holding offsets at or past the high watermark are kept.
+    /// Segments wholly below the log start (see `advance_log_start`) go regardless. Segments
+    /// holding offsets at or past the high watermark are kept.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let (retention_bytes, retention_ms) = {
             let config = self.config.read();
@@ -429,6 +469,7 @@ impl PartitionLog {
         let _state = self.append_lock.lock();
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
         let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
         let mut total_bytes: u64 = segments.iter().map(|s| s.size_bytes()).sum();
         let mut delete_count = 0;
         for segment in &segments[..segments.len() - 1] {
@@ -439,7 +480,8 @@ impl PartitionLog {
                 && total_bytes - segment.size_bytes() >= retention_bytes as u64;
             let too_old =
                 retention_ms >= 0 && segment.timestamp_max() < now_ms.saturating_sub(retention_ms);
-            if !(over_size || too_old) {
+            let below_log_start = segment.offset_end() <= log_start_offset;
+            if !(over_size || too_old || below_log_start) {
                 break;
             }
             total_bytes -= segment.size_bytes();

@@ -72,6 +72,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
             fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
             continue;
         }
+        if name == LOG_START_CHECKPOINT {
+            continue;
+        }
         let Some((base_offset, suffix)) = name.to_str().and_then(parse_segment_file_name) else {
             tracing::debug!(file = ?name, dir = %dir.display(), "ignoring stray file in partition directory");
             continue;
@@ -335,4 +338,45 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error(dir, e))
+}
+
+/// The partition's log start offset as last advanced by `PartitionLog::advance_log_start`
+/// (Kafka's log-start-offset checkpoint, kept per partition). Segments alone cannot say it: the
+/// start may fall inside the first segment.
+const LOG_START_CHECKPOINT: &str = "log-start-offset";
+const LOG_START_CHECKPOINT_VERSION: &str = "0";
+
+/// Reads the log start checkpoint; `None` when there is none or it cannot be parsed (then the
+/// start falls back to the first segment, which only ever exposes more, never loses data).
+pub(crate) fn read_log_start_checkpoint(dir: &Path) -> Option<i64> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    // Version line and one offset: a few dozen bytes; anything bigger is not ours.
+    let bytes = read_small_file(&path, 64)?;
+    let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| {
+        let mut lines = text.lines();
+        if lines.next()? != LOG_START_CHECKPOINT_VERSION {
+            return None;
+        }
+        let offset: i64 = lines.next()?.trim().parse().ok()?;
+        (offset >= 0).then_some(offset)
+    });
+    if parsed.is_none() {
+        tracing::warn!(path = %path.display(), "ignoring unreadable log start checkpoint");
+    }
+    parsed
+}
+
+/// Writes the log start checkpoint atomically and durably: temporary file, fsync, rename,
+/// directory fsync. A crash leaves the old or the new value, never a torn one (a leftover
+/// temporary file is removed by the next recovery).
+pub(crate) fn write_log_start_checkpoint(dir: &Path, offset: i64) -> Result<(), LogError> {
+    use std::io::Write;
+    let path = dir.join(LOG_START_CHECKPOINT);
+    let temporary = dir.join(format!("{LOG_START_CHECKPOINT}.{TEMPORARY_SUFFIX}"));
+    let mut file = File::create(&temporary).map_err(|e| io_error(&temporary, e))?;
+    file.write_all(format!("{LOG_START_CHECKPOINT_VERSION}\n{offset}\n").as_bytes())
+        .map_err(|e| io_error(&temporary, e))?;
+    file.sync_all().map_err(|e| io_error(&temporary, e))?;
+    fs::rename(&temporary, &path).map_err(|e| io_error(&path, e))?;
+    sync_dir(dir)
 }

@@ -803,3 +803,124 @@ mod model {
         }
     }
 }
+
+#[test]
+fn advance_log_start_hides_records_below_it_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config(Durability::Never)).unwrap();
+    for b in 0..10 {
+        append(&log, &format!("b{b}"), 4, 1_000 + b);
+    }
+    // Mid-batch, as DeleteRecords may ask: the start is exact even though reads are whole batches.
+    assert_eq!(log.advance_log_start(10).unwrap(), 10);
+    assert_eq!(log.log_start_offset(), 10);
+    assert!(matches!(
+        log.read(9, 1 << 20),
+        Err(LogError::OffsetOutOfRange {
+            offset: 9,
+            start: 10,
+            ..
+        })
+    ));
+    let records = read_all(&log, 10, 1 << 20);
+    assert_eq!(records.first().map(|r| r.offset), Some(10));
+    assert_eq!(records.len(), 30);
+    // A lower offset never moves the start back.
+    assert_eq!(log.advance_log_start(5).unwrap(), 10);
+    assert_eq!(log.log_start_offset(), 10);
+    // Timestamp lookups never answer below the start.
+    assert_eq!(
+        log.offset_for_timestamp(0).unwrap().map(|(o, _)| o),
+        Some(10)
+    );
+
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config(Durability::Never)).unwrap();
+    assert_eq!(log.log_start_offset(), 10, "the start is durable");
+    assert!(matches!(
+        log.read(9, 1 << 20),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(read_all(&log, 10, 1 << 20).len(), 30);
+    assert_eq!(append(&log, "after", 1, 2_000).base_offset, 40);
+}
+
+#[test]
+fn advance_log_start_past_the_high_watermark_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config(Durability::Batch)).unwrap();
+    append(&log, "a", 4, 1_000);
+    // Appended but not yet synced: the high watermark is still 0.
+    assert_eq!(log.high_watermark(), 0);
+    assert!(matches!(
+        log.advance_log_start(1),
+        Err(LogError::OffsetOutOfRange { offset: 1, .. })
+    ));
+    assert!(matches!(
+        log.advance_log_start(-1),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(log.log_start_offset(), 0);
+    log.sync(4).unwrap();
+    // Up to the high watermark itself: the log is then empty for readers.
+    assert_eq!(log.advance_log_start(4).unwrap(), 4);
+    assert!(log.read(4, 1 << 20).unwrap().records.is_empty());
+    append(&log, "b", 2, 1_001);
+    log.sync(6).unwrap();
+    assert_eq!(values(&read_all(&log, 4, 1 << 20)), ["b-0", "b-1"]);
+}
+
+#[test]
+fn retention_deletes_segments_wholly_below_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention_off = LogConfig {
+        retention_ms: -1,
+        retention_bytes: -1,
+        ..small_segments(Durability::Never)
+    };
+    let log = PartitionLog::open(dir.path(), retention_off.clone()).unwrap();
+    for b in 0..60 {
+        append(&log, &format!("b{b}"), 4, 1_000);
+    }
+    let segments = log.segment_count();
+    assert!(segments > 2);
+    assert_eq!(log.enforce_retention(2_000).unwrap(), 0, "retention off");
+
+    assert_eq!(log.advance_log_start(122).unwrap(), 122);
+    let deleted = log.enforce_retention(2_000).unwrap();
+    assert!(deleted > 0);
+    assert_eq!(log.segment_count(), segments - deleted);
+    // The segment holding the start is kept, and the start is not lowered to its base.
+    assert_eq!(log.log_start_offset(), 122);
+    assert_eq!(read_all(&log, 122, 1 << 20).len(), 240 - 122);
+
+    drop(log);
+    let log = PartitionLog::open(dir.path(), retention_off).unwrap();
+    assert_eq!(log.log_start_offset(), 122);
+    assert_eq!(read_all(&log, 122, 1 << 20).len(), 240 - 122);
+}
+
+#[test]
+fn recovery_clamps_the_log_start_checkpoint_to_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config(Durability::Never)).unwrap();
+    for b in 0..5 {
+        append(&log, &format!("b{b}"), 4, 1_000);
+    }
+    assert_eq!(log.advance_log_start(8).unwrap(), 8);
+    drop(log);
+
+    // A checkpoint past the log end (its tail lost) is clamped to the end.
+    fs::write(dir.path().join("log-start-offset"), "0\n1000\n").unwrap();
+    let log = PartitionLog::open(dir.path(), config(Durability::Never)).unwrap();
+    assert_eq!(log.log_start_offset(), 20);
+    drop(log);
+
+    // An unreadable checkpoint falls back to the first segment; an unfinished one is removed.
+    fs::write(dir.path().join("log-start-offset"), "garbage").unwrap();
+    fs::write(dir.path().join("log-start-offset.tmp"), "0\n3\n").unwrap();
+    let log = PartitionLog::open(dir.path(), config(Durability::Never)).unwrap();
+    assert_eq!(log.log_start_offset(), 0);
+    assert!(!dir.path().join("log-start-offset.tmp").exists());
+    assert_eq!(read_all(&log, 0, 1 << 20).len(), 20);
+}

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_broker::{BrokerError, ConfigChange, ConfigEntry, ConfigSource};
+use sluice_broker::{BrokerError, ConfigChange, ConfigEntry, ConfigSource, ConfigType};
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
@@ -75,10 +75,10 @@ pub async fn describe_configs(
                             wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == entry.name))
                         })
                         .map(|entry| {
-                            let source = match (resource.resource_type, entry.source) {
-                                (RESOURCE_BROKER, _) => SOURCE_STATIC_BROKER_CONFIG,
-                                (_, ConfigSource::TopicOverride) => SOURCE_TOPIC_CONFIG,
-                                (_, ConfigSource::Default) => SOURCE_DEFAULT_CONFIG,
+                            let source = match entry.source {
+                                ConfigSource::TopicOverride => SOURCE_TOPIC_CONFIG,
+                                ConfigSource::StaticBroker => SOURCE_STATIC_BROKER_CONFIG,
+                                ConfigSource::Default => SOURCE_DEFAULT_CONFIG,
                             };
                             let config = DescribeConfigsResourceResult::default()
                                 .with_name(StrBytes::from_string(entry.name))
@@ -86,7 +86,12 @@ pub async fn describe_configs(
                                 .with_read_only(entry.read_only)
                                 .with_config_source(source);
                             if version >= 3 {
-                                config.with_documentation(None)
+                                let documentation = (request.include_documentation
+                                    && !entry.documentation.is_empty())
+                                .then(|| StrBytes::from_static_str(entry.documentation));
+                                config
+                                    .with_config_type(config_type_code(entry.config_type))
+                                    .with_documentation(documentation)
                             } else {
                                 config
                             }
@@ -103,43 +108,109 @@ pub async fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-/// The broker settings a client may want to read (all static: set by flags or the config file).
+/// Kafka's `ConfigType` codes (DescribeConfigs v3+).
+fn config_type_code(config_type: ConfigType) -> i8 {
+    match config_type {
+        ConfigType::Boolean => 1,
+        ConfigType::String => 2,
+        ConfigType::Int => 3,
+        ConfigType::Short => 4,
+        ConfigType::Long => 5,
+        ConfigType::Double => 6,
+        ConfigType::List => 7,
+        ConfigType::Class => 8,
+        ConfigType::Password => 9,
+    }
+}
+
+/// The broker settings a client may want to read, all fixed when the process started.
 fn broker_configs(ctx: &RequestContext) -> Vec<ConfigEntry> {
     let config = ctx.broker.config();
-    let entry = |name: &str, value: String| ConfigEntry {
+    let entry = |name: &str, value: String, config_type: ConfigType, documentation| ConfigEntry {
         name: name.to_string(),
         value,
-        source: ConfigSource::Default,
+        source: ConfigSource::StaticBroker,
         read_only: true,
+        config_type,
+        documentation,
     };
+    let log_dir = sluice_broker::absolute_log_dir(&config.data_dir);
     vec![
-        entry("broker.id", config.node_id.to_string()),
+        entry(
+            "broker.id",
+            config.node_id.to_string(),
+            ConfigType::Int,
+            "The broker's node id.",
+        ),
+        // Reported as Kafka 3.x reports an unset advertised.listeners (a per-broker dynamic
+        // config there), which clients such as kafka-python check for.
+        ConfigEntry {
+            source: ConfigSource::Default,
+            read_only: false,
+            ..entry(
+                "advertised.listeners",
+                format!(
+                    "PLAINTEXT://{}:{}",
+                    ctx.config.advertised_host, ctx.config.advertised_port
+                ),
+                ConfigType::String,
+                "The listener given to clients in Metadata.",
+            )
+        },
+        entry(
+            "log.dirs",
+            log_dir.display().to_string(),
+            ConfigType::String,
+            "The directory holding all topics, offsets and metadata.",
+        ),
         entry(
             "auto.create.topics.enable",
             config.auto_create_topics.to_string(),
+            ConfigType::Boolean,
+            "Create topics on first use.",
         ),
-        entry("num.partitions", config.default_partitions.to_string()),
+        entry(
+            "num.partitions",
+            config.default_partitions.to_string(),
+            ConfigType::Int,
+            "Partition count of auto-created topics.",
+        ),
         entry(
             "message.max.bytes",
             config.log_defaults.batch_bytes_max.to_string(),
+            ConfigType::Int,
+            "Largest record batch accepted.",
         ),
         entry(
             "log.retention.ms",
             config.log_defaults.retention_ms.to_string(),
+            ConfigType::Long,
+            "Default age after which a segment is deleted; -1 keeps segments forever.",
         ),
         entry(
             "log.retention.bytes",
             config.log_defaults.retention_bytes.to_string(),
+            ConfigType::Long,
+            "Default partition size above which old segments are deleted; -1 for no limit.",
         ),
         entry(
             "log.segment.bytes",
             config.log_defaults.segment_bytes_max.to_string(),
+            ConfigType::Int,
+            "Default segment size at which a new segment is rolled.",
         ),
         entry(
             "group.initial.rebalance.delay.ms",
             config.group.initial_rebalance_delay_ms.to_string(),
+            ConfigType::Int,
+            "Wait before the first rebalance of a new group completes.",
         ),
-        entry("fsync", config.log_defaults.durability.to_string()),
+        entry(
+            "fsync",
+            config.log_defaults.durability.to_string(),
+            ConfigType::String,
+            "Default durability: 'batch', 'interval:<ms>' or 'never'.",
+        ),
     ]
 }
 

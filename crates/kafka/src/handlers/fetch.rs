@@ -19,13 +19,26 @@ const WAIT_MS_MAX: i32 = 30_000;
 /// (partition index, fetch offset, partition max bytes, the partition if it exists)
 type FetchTarget = (i32, i64, i32, Option<Arc<Partition>>);
 
-pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -> FetchResponse {
+/// A requested topic: its name (v0-12) or id (v13+), and whether it exists here.
+struct FetchTopicTarget {
+    name: TopicName,
+    id: uuid::Uuid,
+    exists: bool,
+    partitions: Vec<FetchTarget>,
+}
+
+pub async fn fetch(ctx: &RequestContext, version: i16, request: FetchRequest) -> FetchResponse {
     // Resolve partitions once; unknown ones are answered with an error on every pass.
-    let targets: Vec<(TopicName, Vec<FetchTarget>)> = request
+    let targets: Vec<FetchTopicTarget> = request
         .topics
         .iter()
         .map(|topic| {
-            let found = ctx.broker.topic(topic.topic.as_str());
+            // From v13 on topics are named by id.
+            let found = if version >= 13 {
+                ctx.broker.topic_by_id(topic.topic_id)
+            } else {
+                ctx.broker.topic(topic.topic.as_str())
+            };
             let partitions = topic
                 .partitions
                 .iter()
@@ -39,7 +52,12 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
                     )
                 })
                 .collect();
-            (topic.topic.clone(), partitions)
+            FetchTopicTarget {
+                name: topic.topic.clone(),
+                id: topic.topic_id,
+                exists: found.is_some(),
+                partitions,
+            }
         })
         .collect();
 
@@ -60,15 +78,19 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
         let mut bytes_total = 0usize;
         let mut any_error = false;
         let mut responses = Vec::with_capacity(targets.len());
-        for (topic_name, partitions) in &targets {
+        for target in &targets {
+            let topic_name = &target.name;
+            let partitions = &target.partitions;
             let mut partition_responses = Vec::with_capacity(partitions.len());
             for (index, fetch_offset, partition_bytes_max, partition) in partitions {
                 let Some(partition) = partition else {
                     any_error = true;
-                    partition_responses.push(error_data(
-                        *index,
-                        ResponseError::UnknownTopicOrPartition.code(),
-                    ));
+                    let code = if version >= 13 && !target.exists {
+                        ResponseError::UnknownTopicId.code()
+                    } else {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    };
+                    partition_responses.push(error_data(*index, code));
                     continue;
                 };
                 // KIP-74: the first partition may exceed the budget so consumers always progress.
@@ -80,7 +102,7 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
                     bytes_max.min(budget)
                 };
                 if bytes_max == 0 && bytes_total > 0 {
-                    partition_responses.push(partition_data(*index, partition, None));
+                    partition_responses.push(partition_data(*index, partition));
                     continue;
                 }
                 match partition.fetch(*fetch_offset, bytes_max) {
@@ -101,7 +123,7 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
                         if !matches!(error, BrokerError::OffsetOutOfRange(_)) {
                             tracing::warn!(topic = topic_name.as_str(), partition = index, %error, "fetch failed");
                         }
-                        let mut data = partition_data(*index, partition, None);
+                        let mut data = partition_data(*index, partition);
                         data.error_code = broker_error_code(&error);
                         partition_responses.push(data);
                     }
@@ -110,6 +132,7 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
             responses.push(
                 FetchableTopicResponse::default()
                     .with_topic(topic_name.clone())
+                    .with_topic_id(target.id)
                     .with_partitions(partition_responses),
             );
         }
@@ -128,18 +151,16 @@ pub async fn fetch(ctx: &RequestContext, _version: i16, request: FetchRequest) -
     }
 }
 
-fn partition_data(
-    index: i32,
-    partition: &Partition,
-    records: Option<bytes::Bytes>,
-) -> PartitionData {
+/// A partition answered without data. Records are empty, never null: clients such as
+/// kafka-python take the length of whatever they get.
+fn partition_data(index: i32, partition: &Partition) -> PartitionData {
     PartitionData::default()
         .with_partition_index(index)
         .with_high_watermark(partition.high_watermark())
         .with_last_stable_offset(partition.high_watermark())
         .with_log_start_offset(partition.log_start_offset())
         .with_aborted_transactions(Some(Vec::new()))
-        .with_records(records)
+        .with_records(Some(bytes::Bytes::new()))
 }
 
 fn error_data(index: i32, error_code: i16) -> PartitionData {
@@ -149,4 +170,5 @@ fn error_data(index: i32, error_code: i16) -> PartitionData {
         .with_high_watermark(-1)
         .with_last_stable_offset(-1)
         .with_log_start_offset(-1)
+        .with_records(Some(bytes::Bytes::new()))
 }

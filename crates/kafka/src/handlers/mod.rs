@@ -1,7 +1,9 @@
 //! One module per family of Kafka APIs. Each handler takes the decoded request and its version
 //! and returns the response; the connection encodes it at the same version.
 
+pub mod cluster_admin;
 pub mod configs;
+pub mod delete_records;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;

@@ -1,7 +1,17 @@
-//! One client connection: length-prefixed frames in, responses out, in request order (Kafka
-//! processes one request per connection at a time, and clients rely on that ordering).
+//! One client connection: length-prefixed frames in, responses out, in request order.
+//!
+//! Requests are pipelined. The reader decodes each request and starts it at once: everything
+//! a handler does before its first wait (a produce's appends included) runs in request order.
+//! What remains (the fsync a produce waits for, a fetch's long poll) finishes concurrently with
+//! later requests, and the writer sends the responses strictly in request order. So one
+//! producer connection with many requests in flight shares group commits instead of paying
+//! one fdatasync per request.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -9,8 +19,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::api_versions::is_supported;
 use crate::handlers;
@@ -18,6 +30,10 @@ use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
 const REQUEST_HEADER_BYTES_MIN: usize = 8;
+
+/// Requests of one connection that may be in progress at once; the reader stops reading
+/// (TCP backpressure) while this many await their responses.
+const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +50,20 @@ pub enum ConnectionError {
     Io(#[from] std::io::Error),
 }
 
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: RequestContext) {
+/// A started request: resolves to its framed response (`None` for acks=0 produce).
+type PendingResponse = Pin<Box<dyn Future<Output = Result<Option<Bytes>, ConnectionError>> + Send>>;
+
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: RequestContext) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
-    let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
+    let (pending_sender, pending_receiver) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
+    let writer = tokio::spawn(write_responses(write_half, pending_receiver));
     tracing::debug!(%peer, "kafka connection opened");
-    let result = async {
+    let mut context = Arc::new(context);
+    let read_result = async {
         loop {
             let size = match reader.read_i32().await {
                 Ok(size) => size,
@@ -56,14 +77,23 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: 
             }
             let mut frame = BytesMut::zeroed(size as usize);
             reader.read_exact(&mut frame).await?;
-            if let Some(response) = handle_frame(&mut context, frame.freeze()).await? {
-                writer.write_all(&response).await?;
-                writer.flush().await?;
+            let pending = start_request(&mut context, frame.freeze())?;
+            if pending_sender.send(pending).await.is_err() {
+                // The writer stopped (the client went away): nothing more to answer.
+                return Ok(());
             }
         }
     }
     .await;
-    match result {
+    // Let the writer answer what was already started, then close.
+    drop(pending_sender);
+    let write_result = match writer.await {
+        Ok(result) => result,
+        Err(error) => Err(ConnectionError::Encode(format!(
+            "writer task failed: {error}"
+        ))),
+    };
+    match read_result.and(write_result) {
         Ok(()) => tracing::debug!(%peer, "kafka connection closed by client"),
         Err(ConnectionError::Io(error)) => {
             tracing::debug!(%peer, %error, "kafka connection I/O error")
@@ -72,25 +102,40 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut context: 
     }
 }
 
-/// Decodes one request, runs it and encodes the framed response (`None` for acks=0 produce).
-async fn handle_frame(
-    context: &mut RequestContext,
+/// Sends responses in request order as each started request completes.
+async fn write_responses(
+    mut writer: OwnedWriteHalf,
+    mut pending: mpsc::Receiver<PendingResponse>,
+) -> Result<(), ConnectionError> {
+    while let Some(response) = pending.recv().await {
+        if let Some(bytes) = response.await? {
+            writer.write_all(&bytes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one request and starts it: the handler runs up to its first wait right here, so
+/// side effects happen in request order. Decoding errors close the connection.
+fn start_request(
+    context: &mut Arc<RequestContext>,
     mut frame: Bytes,
-) -> Result<Option<Bytes>, ConnectionError> {
+) -> Result<PendingResponse, ConnectionError> {
     let api_key_code = (&frame[0..2]).get_i16();
     let api_version = (&frame[2..4]).get_i16();
     let correlation_id = (&frame[4..8]).get_i32();
 
     if !is_supported(api_key_code, api_version) {
-        if api_key_code == ApiKey::ApiVersions as i16 {
+        let response = if api_key_code == ApiKey::ApiVersions as i16 {
             // KIP-511: answer in v0 format so the client can retry at a version we speak.
             let response = ResponseKind::ApiVersions(api_versions_response(
                 ResponseError::UnsupportedVersion.code(),
             ));
-            return encode_response(correlation_id, ApiKey::ApiVersions, 0, &response).map(Some);
-        }
-        return unsupported_version(context, api_key_code, api_version, correlation_id, frame)
-            .map(Some);
+            encode_response(correlation_id, ApiKey::ApiVersions, 0, &response)?
+        } else {
+            unsupported_version(context, api_key_code, api_version, correlation_id, frame)?
+        };
+        return Ok(Box::pin(std::future::ready(Ok(Some(response)))));
     }
     // Supported implies the key is known to the codec.
     let api_key = ApiKey::try_from(api_key_code).map_err(|_| ConnectionError::Unsupported {
@@ -101,7 +146,12 @@ async fn handle_frame(
         .map_err(|e| ConnectionError::Malformed(e.to_string()))?;
     if let Some(client_id) = &header.client_id {
         if context.client_id.as_str() != client_id.as_str() {
-            context.client_id = client_id.to_string();
+            *context = Arc::new(RequestContext {
+                broker: Arc::clone(&context.broker),
+                config: Arc::clone(&context.config),
+                client_id: client_id.to_string(),
+                client_host: context.client_host.clone(),
+            });
         }
     }
     let request = RequestKind::decode(api_key, &mut frame, api_version)
@@ -114,10 +164,20 @@ async fn handle_frame(
             "request has trailing bytes"
         );
     }
-    let Some(response) = dispatch(context, api_version, request).await else {
-        return Ok(None);
-    };
-    encode_response(correlation_id, api_key, api_version, &response).map(Some)
+    let context = Arc::clone(context);
+    let mut response: PendingResponse = Box::pin(async move {
+        let Some(response) = dispatch(&context, api_version, request).await else {
+            return Ok(None);
+        };
+        encode_response(correlation_id, api_key, api_version, &response).map(Some)
+    });
+    // The first poll runs the handler's synchronous part now, in request order. Polling with a
+    // no-op waker is fine: the writer polls again with its own, which every future re-registers.
+    let mut first_poll = Context::from_waker(futures::task::noop_waker_ref());
+    match response.as_mut().poll(&mut first_poll) {
+        Poll::Ready(result) => Ok(Box::pin(std::future::ready(result))),
+        Poll::Pending => Ok(response),
+    }
 }
 
 /// A known API at a version we don't speak gets UNSUPPORTED_VERSION in its own response shape
@@ -291,10 +351,18 @@ mod tests {
     use super::*;
     use crate::{KafkaConfig, RequestContext};
 
-    fn context(dir: &std::path::Path) -> RequestContext {
+    /// Starts a request and waits for its response, as the connection's writer would.
+    async fn handle_frame(
+        context: &mut Arc<RequestContext>,
+        frame: Bytes,
+    ) -> Result<Option<Bytes>, ConnectionError> {
+        start_request(context, frame)?.await
+    }
+
+    fn context(dir: &std::path::Path) -> Arc<RequestContext> {
         let mut config = BrokerConfig::new(dir.to_path_buf());
         config.group.initial_rebalance_delay_ms = 0;
-        RequestContext {
+        Arc::new(RequestContext {
             broker: Broker::open(config).expect("broker opens"),
             config: Arc::new(KafkaConfig {
                 advertised_host: "127.0.0.1".into(),
@@ -303,7 +371,7 @@ mod tests {
             }),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
-        }
+        })
     }
 
     fn sample_request(api_key: ApiKey, version: i16) -> RequestKind {

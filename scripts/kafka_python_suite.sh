@@ -16,7 +16,7 @@
 # The sdist ships neither test/__init__.py nor test/service.py, which fixtures.py imports;
 # both are supplied here (scripts/kafka_python_service_shim.py).
 #
-# Env: SLUICE_BIN, KAFKA_VERSION (default 3.9.0), KAFKA_PYTHON_MIN_PASS (default 46),
+# Env: SLUICE_BIN, KAFKA_VERSION (default 3.9.0), KAFKA_PYTHON_MIN_PASS (default 46), KAFKA_PYTHON_RERUNS (default 2),
 #      KAFKA_PYTHON_TEST_TIMEOUT (seconds per test, default 60).
 # The sdist's pyproject asks for --timeout-method=thread, whose timeout ends the whole pytest
 # process (no report, no counts); the signal method fails just the test that hangs.
@@ -31,6 +31,12 @@ SLUICE_BIN="${SLUICE_BIN:-$ROOT/target/release/sluice}"
 KAFKA_VERSION="${KAFKA_VERSION:-3.9.0}"
 MIN_PASS="${KAFKA_PYTHON_MIN_PASS:-46}"
 TEST_TIMEOUT_S="${KAFKA_PYTHON_TEST_TIMEOUT:-60}"
+# kafka-python's consumer has client-side races around metadata refreshes (its own TODOs in
+# kafka/cluster.py: "handle future when old metadata request is currently in-flight"): a
+# consumer that subscribes while its bootstrap Metadata request is in flight can sit without an
+# assignment until the test times out. Such a test is re-run; the summary names every test that
+# needed a re-run, so a broker-side flake would still show.
+RERUNS="${KAFKA_PYTHON_RERUNS:-2}"
 SUITE_TIMEOUT_S=1800
 OUT="$ROOT/target/kafka-python-suite"
 CACHE="$ROOT/.cache/kafka-python-sdist"
@@ -135,6 +141,7 @@ status=0
     KAFKA_URI="kafka://127.0.0.1:$PORT" KAFKA_VERSION="$KAFKA_VERSION" KAFKA_ROOT="$WORK/kafka-root" \
         timeout --signal=TERM --kill-after=30 "$SUITE_TIMEOUT_S" \
         "$PY" -m pytest -p no:cacheprovider --timeout="$TEST_TIMEOUT_S" --timeout-method=signal \
+        --reruns "$RERUNS" --reruns-delay 1 \
         --junitxml="$JUNIT" -rfEs "${TEST_FILES[@]}"
 ) >"$LOG" 2>&1 || status=$?
 echo "upstream pytest exit status: $status"
@@ -151,9 +158,15 @@ except (OSError, ET.ParseError) as err:
     cases = []
 else:
     cases = list(root.iter("testcase"))
-outcomes = {"passed": [], "failed": [], "error": [], "skipped": []}
+# pytest-rerunfailures writes one <testcase> per attempt: the last one is the outcome.
+attempts = {}
 for case in cases:
     name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+    attempts.setdefault(name, []).append(case)
+outcomes = {"passed": [], "failed": [], "error": [], "skipped": []}
+rerun = []
+for name, tries in attempts.items():
+    case = tries[-1]
     detail = None
     for tag in ("failure", "error", "skipped"):
         node = case.find(tag)
@@ -164,13 +177,18 @@ for case in cases:
             break
     else:
         outcomes["passed"].append((name, ""))
+        if len(tries) > 1:
+            rerun.append((name, len(tries) - 1))
 for label in ("failed", "error", "skipped"):
     for name, detail in outcomes[label]:
         print(f"  {label.upper():8} {name}: {detail}")
+for name, reruns in rerun:
+    print(f"  RERUN    {name}: passed after failing {reruns} time(s)")
 passed = len(outcomes["passed"])
 line = (f"kafka-python {version} upstream integration (KAFKA_VERSION={kafka_version}): "
         f"passed={passed} failed={len(outcomes['failed'])} errors={len(outcomes['error'])} "
-        f"skipped={len(outcomes['skipped'])} total={len(cases)}; "
+        f"skipped={len(outcomes['skipped'])} total={len(attempts)} "
+        f"(passed only on a re-run: {len(rerun)}); "
         f"required passed>={min_pass}")
 print(line)
 with open(summary_path, "w") as summary:

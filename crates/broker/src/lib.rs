@@ -5,6 +5,7 @@
 mod broker;
 mod config;
 mod error;
+mod group_commit;
 pub mod group_coordinator;
 mod log_dir;
 mod offset_store;

@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use sluice_log::{validate_batches, Durability, LogConfig, PartitionLog};
 use tokio::sync::Notify;
 
+use crate::group_commit::GroupCommit;
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::{now_ms, BrokerError};
 
@@ -57,6 +58,7 @@ pub struct Partition {
     /// Held across check-and-append so that sequence checks and offsets agree.
     producers: Mutex<ProducerStateTable>,
     data_ready: Arc<Notify>,
+    group_commit: Arc<GroupCommit>,
     log_append_time: AtomicBool,
 }
 
@@ -74,12 +76,14 @@ impl Partition {
         for header in log.batch_headers_from(log.log_start_offset())? {
             producers.record(&header);
         }
+        let group_commit = GroupCommit::new(Arc::clone(&log), Arc::clone(&data_ready));
         let partition = Arc::new(Partition {
             topic: topic.to_string(),
             index,
             log,
             producers: Mutex::new(producers),
             data_ready,
+            group_commit,
             log_append_time: AtomicBool::new(log_append_time),
         });
         partition.start_interval_flusher();
@@ -165,26 +169,20 @@ impl Partition {
         })
     }
 
-    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always started;
+    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued;
     /// the producer waits for it unless acks=0.
     async fn make_durable(&self, offset_end: i64, acks: Acks) -> Result<(), BrokerError> {
         if self.log.config().durability != Durability::Batch {
             self.data_ready.notify_waiters();
             return Ok(());
         }
-        let log = Arc::clone(&self.log);
-        let data_ready = Arc::clone(&self.data_ready);
-        let sync = tokio::task::spawn_blocking(move || {
-            let result = log.sync(offset_end);
-            data_ready.notify_waiters();
-            result
-        });
+        let durable = self.group_commit.durable(offset_end);
         if acks == Acks::None {
             return Ok(());
         }
-        match sync.await {
-            Ok(result) => result.map_err(BrokerError::from),
-            Err(error) => Err(BrokerError::Storage(format!("sync task failed: {error}"))),
+        match durable.await {
+            Ok(result) => result.map_err(BrokerError::Storage),
+            Err(_) => Err(BrokerError::Storage("the group commit stopped".into())),
         }
     }
 

@@ -1,0 +1,148 @@
+//! Group commit for one partition under `fsync=batch`: producers waiting for durability queue
+//! here, and a single flusher (a blocking thread that lives while there is work) syncs the log
+//! once for everyone queued, then answers all of them. This replaces one blocking task and one
+//! mutex hand-off per produce request with one wake-up per waiter and one fdatasync per round.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sluice_log::PartitionLog;
+use tokio::sync::{oneshot, Notify};
+
+use crate::BrokerError;
+
+type Waiter = (i64, oneshot::Sender<Result<(), String>>);
+
+#[derive(Default)]
+struct Queue {
+    waiters: Vec<Waiter>,
+    /// A flusher thread is running (and will look at the queue again before it stops).
+    flushing: bool,
+}
+
+pub struct GroupCommit {
+    log: Arc<PartitionLog>,
+    data_ready: Arc<Notify>,
+    queue: Mutex<Queue>,
+}
+
+impl GroupCommit {
+    pub fn new(log: Arc<PartitionLog>, data_ready: Arc<Notify>) -> Arc<GroupCommit> {
+        Arc::new(GroupCommit {
+            log,
+            data_ready,
+            queue: Mutex::new(Queue::default()),
+        })
+    }
+
+    /// Resolves once every offset below `offset_end` is fdatasynced. Dropping the returned
+    /// future (acks=0) still gets the data synced: the flusher does not need the waiter.
+    pub fn durable(self: &Arc<Self>, offset_end: i64) -> oneshot::Receiver<Result<(), String>> {
+        let (sender, receiver) = oneshot::channel();
+        if self.log.durable_offset() >= offset_end {
+            let _ = sender.send(Ok(()));
+            return receiver;
+        }
+        let start_flusher = {
+            let mut queue = self.queue.lock();
+            queue.waiters.push((offset_end, sender));
+            !std::mem::replace(&mut queue.flushing, true)
+        };
+        if start_flusher {
+            let this = Arc::clone(self);
+            tokio::task::spawn_blocking(move || this.flush_while_waited_for());
+        }
+        receiver
+    }
+
+    /// One fdatasync per round covers everything appended before it started; waiters for data
+    /// appended during it stay queued for the next round.
+    fn flush_while_waited_for(&self) {
+        loop {
+            let waiters = {
+                let mut queue = self.queue.lock();
+                if queue.waiters.is_empty() {
+                    queue.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiters)
+            };
+            let offset_end = self.log.log_end_offset();
+            let result = self
+                .log
+                .sync(offset_end)
+                .map_err(|e| BrokerError::from(e).to_string());
+            self.data_ready.notify_waiters();
+            let durable = self.log.durable_offset();
+            let mut still_waiting = Vec::new();
+            for (wanted, sender) in waiters {
+                match &result {
+                    Err(error) => {
+                        let _ = sender.send(Err(error.clone()));
+                    }
+                    Ok(()) if wanted <= durable => {
+                        let _ = sender.send(Ok(()));
+                    }
+                    Ok(()) => still_waiting.push((wanted, sender)),
+                }
+            }
+            if !still_waiting.is_empty() {
+                self.queue.lock().waiters.extend(still_waiting);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_log::{LogConfig, Record, RecordBatchBuilder};
+
+    use super::*;
+
+    fn batch() -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new();
+        builder.push(Record {
+            value: Some(b"v".to_vec()),
+            ..Record::default()
+        });
+        builder.build()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waiters_share_fdatasyncs_and_all_become_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(PartitionLog::open(dir.path(), LogConfig::default()).expect("open"));
+        let commit = GroupCommit::new(Arc::clone(&log), Arc::new(Notify::new()));
+        let mut waits = Vec::new();
+        for _ in 0..200 {
+            let info = log.append(&mut batch(), 0, 0).expect("append");
+            waits.push(commit.durable(info.last_offset + 1));
+        }
+        for wait in waits {
+            wait.await.expect("answered").expect("synced");
+        }
+        assert_eq!(log.durable_offset(), 200);
+        assert_eq!(log.high_watermark(), 200);
+        assert!(
+            log.sync_count() < 200,
+            "{} fdatasyncs for 200 waiters",
+            log.sync_count()
+        );
+    }
+
+    #[tokio::test]
+    async fn already_durable_data_is_answered_without_a_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(PartitionLog::open(dir.path(), LogConfig::default()).expect("open"));
+        let commit = GroupCommit::new(Arc::clone(&log), Arc::new(Notify::new()));
+        let info = log.append(&mut batch(), 0, 0).expect("append");
+        log.sync(info.last_offset + 1).expect("sync");
+        let syncs = log.sync_count();
+        commit
+            .durable(info.last_offset + 1)
+            .await
+            .expect("answered")
+            .expect("synced");
+        assert_eq!(log.sync_count(), syncs);
+    }
+}

@@ -22,7 +22,7 @@ use kafka_protocol::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::api_versions::is_supported;
 use crate::handlers;
@@ -50,10 +50,45 @@ pub enum ConnectionError {
     Io(#[from] std::io::Error),
 }
 
+/// The memory budget for request frames shared by every connection (see
+/// `KafkaConfig::queued_request_bytes_max`), counted in KiB so that one permit count fits a
+/// frame of any accepted size.
+pub struct RequestMemory {
+    kib: Arc<Semaphore>,
+    kib_total: usize,
+}
+
+impl RequestMemory {
+    pub fn new(bytes_max: usize) -> RequestMemory {
+        let kib_total = bytes_max.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS);
+        RequestMemory {
+            kib: Arc::new(Semaphore::new(kib_total)),
+            kib_total,
+        }
+    }
+
+    /// Waits until `bytes` fit in the budget; the returned permit gives them back when dropped.
+    async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.kib_total);
+        let kib = u32::try_from(kib).ok()?;
+        Arc::clone(&self.kib).acquire_many_owned(kib).await.ok()
+    }
+
+    #[cfg(test)]
+    fn kib_available(&self) -> usize {
+        self.kib.available_permits()
+    }
+}
+
 /// A started request: resolves to its framed response (`None` for acks=0 produce).
 type PendingResponse = Pin<Box<dyn Future<Output = Result<Option<Bytes>, ConnectionError>> + Send>>;
 
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: RequestContext) {
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: RequestContext,
+    request_memory: Arc<RequestMemory>,
+) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
     }
@@ -75,9 +110,18 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: Requ
             {
                 return Err(ConnectionError::FrameSize(size as i64));
             }
+            // Reserve the frame's memory before reading it; held until its response is built.
+            let Some(reserved) = request_memory.reserve(size as usize).await else {
+                return Ok(());
+            };
             let mut frame = BytesMut::zeroed(size as usize);
             reader.read_exact(&mut frame).await?;
-            let pending = start_request(&mut context, frame.freeze())?;
+            let started = start_request(&mut context, frame.freeze())?;
+            let pending: PendingResponse = Box::pin(async move {
+                let response = started.await;
+                drop(reserved);
+                response
+            });
             if pending_sender.send(pending).await.is_err() {
                 // The writer stopped (the client went away): nothing more to answer.
                 return Ok(());
@@ -368,6 +412,7 @@ mod tests {
                 advertised_host: "127.0.0.1".into(),
                 advertised_port: 9092,
                 request_bytes_max: 1 << 20,
+                queued_request_bytes_max: 64 << 20,
             }),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
@@ -619,6 +664,57 @@ mod tests {
             }
         }
         assert!(refused >= 10, "only {refused} refusals were checked");
+    }
+
+    /// Every request holds its frame's share of the shared memory budget only until its response
+    /// is built; a connection that sends more than the budget at once is slowed, not refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_memory_is_given_back_after_every_response() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let context = context(dir.path());
+        let memory = Arc::new(RequestMemory::new(4 * 1024));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server_context = RequestContext {
+            broker: Arc::clone(&context.broker),
+            config: Arc::clone(&context.config),
+            client_id: String::new(),
+            client_host: "127.0.0.1".into(),
+        };
+        let server_memory = Arc::clone(&memory);
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            serve_connection(stream, peer, server_context, server_memory).await;
+        });
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let request = frame(
+            ApiKey::ApiVersions,
+            0,
+            &default_request(ApiKey::ApiVersions),
+        )
+        .expect("encodable");
+        // 50 requests of ~1 KiB budget each against a 4 KiB budget: all must still be answered.
+        for _ in 0..50 {
+            let mut framed = BytesMut::new();
+            framed.put_i32(request.len() as i32);
+            framed.extend_from_slice(&request);
+            client.write_all(&framed).await.expect("send");
+        }
+        for _ in 0..50 {
+            let size = client.read_i32().await.expect("response size");
+            let mut body = vec![0u8; size as usize];
+            client.read_exact(&mut body).await.expect("response body");
+            assert_eq!(i32::from_be_bytes([body[0], body[1], body[2], body[3]]), 42);
+        }
+        assert_eq!(
+            memory.kib_available(),
+            4,
+            "every reservation was given back"
+        );
     }
 
     /// A length field claiming billions of elements must not be trusted for pre-allocation.

@@ -10,6 +10,9 @@ pub struct KafkaConfig {
     pub advertised_port: i32,
     /// Largest request frame accepted (`socket.request.max.bytes`); larger closes the connection.
     pub request_bytes_max: usize,
+    /// Bytes of request frames all connections together may hold while their requests are in
+    /// progress (Kafka's `queued.max.request.bytes`); readers wait when it is spent.
+    pub queued_request_bytes_max: usize,
 }
 
 /// What every request handler gets: the broker, the listener config and who is asking.

@@ -5,7 +5,7 @@ use sluice_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::connection::serve_connection;
+use crate::connection::{serve_connection, RequestMemory};
 use crate::{KafkaConfig, RequestContext};
 
 /// The Kafka listener: accepts connections and serves each on its own task.
@@ -13,6 +13,7 @@ pub struct KafkaServer {
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
+    request_memory: Arc<RequestMemory>,
 }
 
 impl KafkaServer {
@@ -22,10 +23,12 @@ impl KafkaServer {
         config: KafkaConfig,
     ) -> std::io::Result<KafkaServer> {
         let listener = TcpListener::bind(address).await?;
+        let request_memory = Arc::new(RequestMemory::new(config.queued_request_bytes_max));
         Ok(KafkaServer {
             listener,
             broker,
             config: Arc::new(config),
+            request_memory,
         })
     }
 
@@ -45,7 +48,12 @@ impl KafkaServer {
                             client_id: String::new(),
                             client_host: peer.ip().to_string(),
                         };
-                        tokio::spawn(serve_connection(stream, peer, context));
+                        tokio::spawn(serve_connection(
+                            stream,
+                            peer,
+                            context,
+                            Arc::clone(&self.request_memory),
+                        ));
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.

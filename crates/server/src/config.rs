@@ -66,6 +66,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_REQUEST_MAX_BYTES", value_name = "BYTES")]
     pub request_max_bytes: Option<usize>,
 
+    /// Bytes of requests all connections may hold in progress at once; reading waits beyond
+    /// it (queued.max.request.bytes) [default: 536870912]
+    #[arg(long, env = "SLUICE_QUEUED_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub queued_max_request_bytes: Option<usize>,
+
     /// Default durability: `batch` (group-committed fdatasync before acknowledging),
     /// `interval:<ms>` or `never`; topics override it with their `fsync` config [default: batch]
     #[arg(long, env = "SLUICE_FSYNC", value_name = "POLICY")]
@@ -141,6 +146,7 @@ impl ServeArgs {
                 default_partitions,
                 message_max_bytes,
                 request_max_bytes,
+                queued_max_request_bytes,
                 fsync,
                 segment_bytes,
                 segment_ms,
@@ -206,10 +212,18 @@ impl ServeArgs {
                 kafka_listen.ip().to_string()
             }
         });
+        let request_bytes_max = self.request_max_bytes.unwrap_or(100 * 1024 * 1024);
+        let queued_request_bytes_max = self.queued_max_request_bytes.unwrap_or(512 * 1024 * 1024);
+        anyhow::ensure!(
+            queued_request_bytes_max >= request_bytes_max,
+            "--queued-max-request-bytes ({queued_request_bytes_max}) must be at least \
+             --request-max-bytes ({request_bytes_max}), or a largest request could never be read"
+        );
         let kafka = KafkaConfig {
             advertised_host,
             advertised_port: kafka_listen.port() as i32,
-            request_bytes_max: self.request_max_bytes.unwrap_or(100 * 1024 * 1024),
+            request_bytes_max,
+            queued_request_bytes_max,
         };
         Ok(ServeConfig {
             broker,

@@ -649,6 +649,7 @@ mod tests {
                 advertised_host: "localhost".into(),
                 advertised_port: 9092,
                 request_bytes_max: 100 << 20,
+                queued_request_bytes_max: 512 << 20,
             }),
             client_id: "rdkafka".into(),
             client_host: "/127.0.0.1".into(),

@@ -16,7 +16,7 @@
 # The sdist ships neither test/__init__.py nor test/service.py, which fixtures.py imports;
 # both are supplied here (scripts/kafka_python_service_shim.py).
 #
-# Env: SLUICE_BIN, KAFKA_VERSION (default 3.9.0), KAFKA_PYTHON_MIN_PASS (default 46), KAFKA_PYTHON_RERUNS (default 2),
+# Env: SLUICE_BIN, KAFKA_VERSION (default 3.9.0), KAFKA_PYTHON_MIN_PASS (default 46), KAFKA_PYTHON_RERUNS (default 3),
 #      KAFKA_PYTHON_TEST_TIMEOUT (seconds per test, default 60).
 # The sdist's pyproject asks for --timeout-method=thread, whose timeout ends the whole pytest
 # process (no report, no counts); the signal method fails just the test that hangs.
@@ -36,7 +36,7 @@ TEST_TIMEOUT_S="${KAFKA_PYTHON_TEST_TIMEOUT:-60}"
 # consumer that subscribes while its bootstrap Metadata request is in flight can sit without an
 # assignment until the test times out. Such a test is re-run; the summary names every test that
 # needed a re-run, so a broker-side flake would still show.
-RERUNS="${KAFKA_PYTHON_RERUNS:-2}"
+RERUNS="${KAFKA_PYTHON_RERUNS:-3}"
 SUITE_TIMEOUT_S=1800
 OUT="$ROOT/target/kafka-python-suite"
 CACHE="$ROOT/.cache/kafka-python-sdist"

@@ -17,11 +17,31 @@ pub enum ConfigChange {
     Delete(String),
 }
 
+/// Every topic, by name and by id (Fetch v13+ names topics by id on every request).
+#[derive(Default)]
+struct TopicRegistry {
+    by_name: BTreeMap<String, Arc<Topic>>,
+    by_id: HashMap<uuid::Uuid, Arc<Topic>>,
+}
+
+impl TopicRegistry {
+    fn insert(&mut self, topic: Arc<Topic>) {
+        self.by_id.insert(topic.id(), Arc::clone(&topic));
+        self.by_name.insert(topic.name().to_string(), topic);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.by_name.remove(name)?;
+        self.by_id.remove(&topic.id());
+        Some(topic)
+    }
+}
+
 /// The whole single-node broker: every topic, the group coordinator and producer ids.
 pub struct Broker {
     config: BrokerConfig,
     cluster_id: String,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    topics: RwLock<TopicRegistry>,
     /// Serialises topic creation, deletion and reconfiguration (rare, and they touch disk).
     admin: Mutex<()>,
     /// Woken whenever any partition has new readable data; long-polling fetches wait on it.
@@ -69,11 +89,11 @@ impl Broker {
         };
 
         let data_ready = Arc::new(Notify::new());
-        let mut topics = BTreeMap::new();
+        let mut topics = TopicRegistry::default();
         for record in topic_store::load_all(&data_dir)? {
             let topic = Self::open_topic(&config, &record, &data_ready)?;
             tracing::info!(topic = %record.name, partitions = record.partition_count, "recovered topic");
-            topics.insert(record.name.clone(), topic);
+            topics.insert(topic);
         }
         let producer_ids =
             ProducerIdAllocator::open(data_dir.join("meta").join("producer_id_block"))?;
@@ -140,7 +160,7 @@ impl Broker {
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().get(name).cloned()
+        self.topics.read().by_name.get(name).cloned()
     }
 
     /// The topic with this id (Fetch v13+ and Metadata name topics by id).
@@ -148,11 +168,11 @@ impl Broker {
         if id.is_nil() {
             return None;
         }
-        self.topics.read().values().find(|t| t.id() == id).cloned()
+        self.topics.read().by_id.get(&id).cloned()
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().values().cloned().collect()
+        self.topics.read().by_name.values().cloned().collect()
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
@@ -201,7 +221,7 @@ impl Broker {
         }
         let topic_config = TopicConfig::new(configs.clone(), &self.config.log_defaults)?;
         let _admin = self.admin.lock();
-        if self.topics.read().contains_key(name) {
+        if self.topics.read().by_name.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists(name.to_string()));
         }
         let record = TopicRecord {
@@ -220,9 +240,7 @@ impl Broker {
         }
         topic_store::save(&self.config.data_dir, &record)?;
         let topic = Self::open_topic(&self.config, &record, &self.data_ready)?;
-        self.topics
-            .write()
-            .insert(name.to_string(), Arc::clone(&topic));
+        self.topics.write().insert(Arc::clone(&topic));
         tracing::info!(topic = name, partitions = partition_count, "created topic");
         Ok(topic)
     }

@@ -90,3 +90,21 @@ def test_retention_by_bytes_deletes_old_segments_and_moves_the_low_watermark(bro
     finally:
         consumer.close()
     assert seen == [(offset, values[offset]) for offset in range(low, high)]
+
+
+def test_log_append_time_topic_stamps_records_with_the_broker_clock(broker):
+    from confluent_kafka import Producer
+
+    topic = unique_name("append-time")
+    create_topic(broker.bootstrap, topic, 1, config={"message.timestamp.type": "LogAppendTime"})
+    before_ms = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    for value in (b"a", b"b"):
+        # A client timestamp from 1970: the broker must replace it with its own clock.
+        producer.produce(topic, value=value, partition=0, timestamp=1_000)
+    assert producer.flush(30) == 0
+    records = read_all(broker.bootstrap, topic, 1)
+    assert [record[3] for record in records] == [b"a", b"b"]
+    after_ms = int(time.time() * 1000)
+    for record in records:
+        assert before_ms - 1000 <= record[4] <= after_ms + 1000, record

@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use sluice_log::{validate_batches, Durability, LogConfig, PartitionLog};
+use sluice_log::{stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog};
 use tokio::sync::Notify;
 
 use crate::group_commit::GroupCommit;
@@ -39,12 +39,6 @@ pub struct FetchedPartition {
     pub log_start_offset: i64,
     pub log_end_offset: i64,
 }
-
-// Positions inside a v2 batch header (see sluice_log::batch).
-const ATTRIBUTES_AT: usize = 21;
-const CRC_AT: usize = 17;
-const MAX_TIMESTAMP_AT: usize = 35;
-const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
 
 /// DeleteRecords' offset for "everything below the high watermark".
 const DELETE_TO_HIGH_WATERMARK: i64 = -1;
@@ -130,7 +124,7 @@ impl Partition {
         let now = now_ms();
         let log_append_time = self.log_append_time.load(Ordering::Relaxed);
         if log_append_time {
-            stamp_log_append_time(&mut records, now);
+            stamp_log_append_time(&mut records, now)?;
         }
         let (offset_first, offset_end) = {
             let mut producers = self.producers.lock();
@@ -248,31 +242,6 @@ impl Partition {
                 }
             }
         });
-    }
-}
-
-/// Marks every batch as LogAppendTime with the broker's clock (inside the CRC, so recomputed).
-fn stamp_log_append_time(records: &mut BytesMut, now_ms: i64) {
-    let mut position = 0;
-    while position + 61 <= records.len() {
-        let length = i32::from_be_bytes([
-            records[position + 8],
-            records[position + 9],
-            records[position + 10],
-            records[position + 11],
-        ]) as usize;
-        let end = position + 12 + length;
-        if end > records.len() {
-            return;
-        }
-        let batch = &mut records[position..end];
-        let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]])
-            | TIMESTAMP_TYPE_LOG_APPEND;
-        batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
-        batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
-        let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
-        batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        position = end;
     }
 }
 

@@ -30,6 +30,13 @@ pub(crate) const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
 /// The CRC covers everything from the attributes field to the end of the batch.
 pub(crate) const CRC_START_OFFSET: usize = 21;
 
+/// Byte offsets of the crc and maxTimestamp fields within a batch.
+const CRC_OFFSET: usize = 17;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
+
+/// The timestampType bit of the attributes: set means LogAppendTime.
+const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+
 const MAGIC_V2: i8 = 2;
 
 /// The parsed fixed header of one record batch.
@@ -96,7 +103,7 @@ impl BatchHeader {
     }
     /// timestampType bit: LogAppendTime.
     pub fn is_log_append_time(&self) -> bool {
-        self.attributes & 0x08 != 0
+        self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
     }
     pub fn last_sequence(&self) -> i32 {
         if self.base_sequence < 0 {
@@ -236,6 +243,31 @@ impl FieldReader<'_> {
     fn i64(&mut self) -> i64 {
         i64::from_be_bytes(self.take())
     }
+}
+
+/// Marks every batch in `buf` as LogAppendTime stamped with `now_ms` (Kafka's
+/// `message.timestamp.type=LogAppendTime`). Both fields lie inside the CRC, so each batch's CRC
+/// is recomputed: validate the batches first, or corruption would be sealed in.
+pub fn stamp_log_append_time(buf: &mut [u8], now_ms: i64) -> Result<(), LogError> {
+    let mut position = 0;
+    while position < buf.len() {
+        let header = BatchHeader::parse(&buf[position..])?;
+        let end = position
+            .checked_add(header.total_bytes())
+            .filter(|&end| end <= buf.len())
+            .ok_or_else(|| {
+                LogError::InvalidBatch("batch runs past the end of the buffer".into())
+            })?;
+        let batch = &mut buf[position..end];
+        let attributes = header.attributes | ATTRIBUTE_LOG_APPEND_TIME;
+        batch[CRC_START_OFFSET..CRC_START_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+        batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+            .copy_from_slice(&now_ms.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[CRC_START_OFFSET..]);
+        batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        position = end;
+    }
+    Ok(())
 }
 
 /// One decoded record (uncompressed batches only; used for internal logs and queries).
@@ -512,6 +544,23 @@ mod tests {
             ..Default::default()
         });
         builder.build()
+    }
+
+    #[test]
+    fn stamping_log_append_time_keeps_every_batch_valid() {
+        let mut two_batches = sample_batch();
+        two_batches.extend_from_slice(&sample_batch());
+        stamp_log_append_time(&mut two_batches, 77_000).unwrap();
+        let headers = validate_batches(&two_batches).unwrap();
+        assert_eq!(headers.len(), 2);
+        for header in headers {
+            assert!(header.is_log_append_time());
+            assert_eq!(header.max_timestamp, 77_000);
+            assert_eq!(header.producer_id, 7, "nothing else in the header changes");
+        }
+        let records = decode_records(&two_batches).unwrap();
+        assert!(records.iter().all(|r| r.timestamp == 77_000));
+        assert!(stamp_log_append_time(&mut two_batches[..100], 1).is_err());
     }
 
     #[test]

@@ -31,7 +31,10 @@ mod recovery;
 mod segment;
 mod time_index;
 
-pub use batch::{decode_records, validate_batches, BatchHeader, Record, RecordBatchBuilder};
+pub use batch::{
+    decode_records, stamp_log_append_time, validate_batches, BatchHeader, Record,
+    RecordBatchBuilder,
+};
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
 pub use partition_log::{AppendInfo, PartitionLog, ReadResult};

@@ -14,6 +14,7 @@ mod producer_id;
 mod producer_state;
 mod topic;
 mod topic_store;
+pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use sluice_amqp::{AmqpConfig, AmqpUser};
+use sluice_broker::vhost::VhostConfig;
 use sluice_broker::{BrokerConfig, GroupConfig};
 use sluice_kafka::KafkaConfig;
 use sluice_log::{Durability, LogConfig};
@@ -15,7 +17,7 @@ use sluice_log::{Durability, LogConfig};
 #[command(
     name = "sluice",
     version,
-    about = "Sluice: a durable message broker speaking the Kafka protocol"
+    about = "Sluice: a durable message broker speaking Kafka and AMQP 0-9-1"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -112,6 +114,38 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
     pub group_max_session_timeout_ms: Option<i32>,
 
+    /// AMQP 0-9-1 listeners, comma-separated, or `off`
+    /// [default: 127.0.0.1:5672,[::1]:5672]
+    #[arg(long, env = "SLUICE_AMQP_LISTEN", value_name = "HOST:PORT,...")]
+    pub amqp_listen: Option<String>,
+
+    /// AMQP users as `name:password`, comma-separated; they may connect from anywhere
+    /// [default: guest:guest, from loopback only, as in RabbitMQ]
+    #[arg(long, env = "SLUICE_AMQP_USERS", value_name = "USER:PASSWORD,...")]
+    pub amqp_users: Option<String>,
+
+    /// Heartbeat interval proposed to AMQP clients, seconds; 0 turns it off [default: 60]
+    #[arg(long, env = "SLUICE_AMQP_HEARTBEAT", value_name = "SECONDS")]
+    pub amqp_heartbeat: Option<u16>,
+
+    /// Largest AMQP frame (connection.tune frame_max) [default: 131072]
+    #[arg(long, env = "SLUICE_AMQP_FRAME_MAX", value_name = "BYTES")]
+    pub amqp_frame_max: Option<u32>,
+
+    /// Largest AMQP message body [default: 16777216]
+    #[arg(long, env = "SLUICE_AMQP_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub amqp_max_message_bytes: Option<u32>,
+
+    /// AMQP publishers are blocked (connection.blocked) while queued messages hold more memory
+    /// than this [default: 40% of the machine's memory, as RabbitMQ's watermark]
+    #[arg(long, env = "SLUICE_MEMORY_HIGH_WATERMARK_BYTES", value_name = "BYTES")]
+    pub memory_high_watermark_bytes: Option<u64>,
+
+    /// AMQP publishers are blocked while the data directory's disk has less free space
+    /// [default: 52428800, RabbitMQ's 50 MB]
+    #[arg(long, env = "SLUICE_DISK_FREE_LIMIT_BYTES", value_name = "BYTES")]
+    pub disk_free_limit_bytes: Option<u64>,
+
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -120,6 +154,12 @@ pub struct ServeArgs {
 /// The resolved settings of one broker process.
 pub struct ServeConfig {
     pub broker: BrokerConfig,
+    pub amqp: AmqpConfig,
+    /// Empty: AMQP is off.
+    pub amqp_listen: Vec<SocketAddr>,
+    /// The listeners are the built-in default: one that cannot bind (no IPv6) is skipped.
+    pub amqp_listen_is_default: bool,
+    pub vhost: VhostConfig,
     pub kafka: KafkaConfig,
     pub kafka_listen: SocketAddr,
     pub log_filter: String,
@@ -156,6 +196,13 @@ impl ServeArgs {
                 group_initial_rebalance_delay_ms,
                 group_min_session_timeout_ms,
                 group_max_session_timeout_ms,
+                amqp_listen,
+                amqp_users,
+                amqp_heartbeat,
+                amqp_frame_max,
+                amqp_max_message_bytes,
+                memory_high_watermark_bytes,
+                disk_free_limit_bytes,
                 log
             );
         }
@@ -225,13 +272,85 @@ impl ServeArgs {
             request_bytes_max,
             queued_request_bytes_max,
         };
+        let (amqp_listen, amqp_listen_is_default) = match self.amqp_listen.as_deref().map(str::trim)
+        {
+            None => (
+                vec![
+                    SocketAddr::from(([127, 0, 0, 1], 5672)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5672)),
+                ],
+                true,
+            ),
+            Some("off") | Some("") => (Vec::new(), false),
+            Some(list) => (
+                list.split(',')
+                    .map(|a| {
+                        a.trim()
+                            .parse::<SocketAddr>()
+                            .with_context(|| format!("invalid --amqp-listen address '{a}'"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                false,
+            ),
+        };
+        let mut amqp = AmqpConfig::default();
+        if let Some(users) = &self.amqp_users {
+            amqp.users = users
+                .split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| {
+                    let (name, password) = u.trim().split_once(':').with_context(|| {
+                        format!("--amqp-users entry '{u}' is not name:password")
+                    })?;
+                    Ok(AmqpUser {
+                        name: name.to_string(),
+                        password: password.to_string(),
+                        loopback_only: name == "guest",
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+        }
+        if let Some(heartbeat) = self.amqp_heartbeat {
+            amqp.heartbeat_s = heartbeat;
+        }
+        if let Some(frame_max) = self.amqp_frame_max {
+            anyhow::ensure!(frame_max >= 4096, "--amqp-frame-max must be at least 4096");
+            amqp.frame_max = frame_max;
+        }
+        if let Some(bytes) = self.amqp_max_message_bytes {
+            amqp.message_bytes_max = u64::from(bytes);
+        }
+        let vhost = VhostConfig {
+            data_dir: broker.data_dir.clone(),
+            message_bytes_max: amqp.message_bytes_max.min(u64::from(u32::MAX)) as u32,
+            memory_high_watermark_bytes: self
+                .memory_high_watermark_bytes
+                .unwrap_or_else(|| total_memory_bytes() / 10 * 4),
+            disk_free_limit_bytes: self.disk_free_limit_bytes.unwrap_or(50_000_000),
+        };
         Ok(ServeConfig {
+            amqp,
+            amqp_listen,
+            amqp_listen_is_default,
+            vhost,
             broker,
             kafka,
             kafka_listen,
             log_filter: self.log.unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// Physical memory, from /proc/meminfo (4 GiB when it cannot be read).
+fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4 << 30)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {

@@ -5,6 +5,8 @@ mod config;
 
 use anyhow::Context;
 use clap::Parser;
+use sluice_amqp::{AmqpConfig, AmqpServer};
+use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
 use sluice_kafka::KafkaServer;
 use tokio::signal::unix::{signal, SignalKind};
@@ -41,10 +43,29 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
     let kafka_address = kafka.local_addr()?;
+    let vhost = VirtualHost::open(config.vhost).context("opening the AMQP virtual host")?;
+    vhost.start_housekeeping();
+    let amqp = bind_amqp(
+        &config.amqp_listen,
+        config.amqp_listen_is_default,
+        &vhost,
+        config.amqp,
+    )
+    .await?;
+    let amqp_addresses: Vec<String> = amqp
+        .as_ref()
+        .map(|a| a.local_addrs().iter().map(|a| a.to_string()).collect())
+        .unwrap_or_default();
     let data_dir_shown = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
-    tracing::info!(kafka = %kafka_address, data_dir = %data_dir_shown.display(), "sluice is serving");
+    tracing::info!(
+        kafka = %kafka_address,
+        amqp = %if amqp_addresses.is_empty() { "off".to_string() } else { amqp_addresses.join(",") },
+        data_dir = %data_dir_shown.display(),
+        "sluice is serving"
+    );
 
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
+    let amqp_task = amqp.map(|amqp| tokio::spawn(amqp.run(shutdown.clone())));
     let kafka_task = tokio::spawn(kafka.run(shutdown));
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -55,8 +76,47 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     }
     let _ = shutdown_sender.send(true);
     let _ = kafka_task.await;
-    tokio::task::spawn_blocking(move || broker.shutdown())
-        .await
-        .context("flushing on shutdown")?;
+    if let Some(task) = amqp_task {
+        let _ = task.await;
+    }
+    tokio::task::spawn_blocking(move || {
+        vhost.shutdown();
+        broker.shutdown()
+    })
+    .await
+    .context("flushing on shutdown")?;
     Ok(())
+}
+
+/// Binds the AMQP listeners. Of the default pair, one that cannot bind (a machine without IPv6)
+/// is skipped with a warning; an address the user gave must bind.
+async fn bind_amqp(
+    addresses: &[std::net::SocketAddr],
+    is_default: bool,
+    vhost: &std::sync::Arc<VirtualHost>,
+    config: AmqpConfig,
+) -> anyhow::Result<Option<AmqpServer>> {
+    if addresses.is_empty() {
+        return Ok(None);
+    }
+    let mut usable = Vec::new();
+    for address in addresses {
+        match std::net::TcpListener::bind(address) {
+            Ok(probe) => {
+                drop(probe);
+                usable.push(*address);
+            }
+            Err(error) if is_default && address.is_ipv6() => {
+                tracing::warn!(%address, %error, "AMQP listener skipped");
+            }
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("binding the AMQP listener on {address}"))
+            }
+        }
+    }
+    let server = AmqpServer::bind(&usable, vhost.clone(), config)
+        .await
+        .with_context(|| format!("binding the AMQP listeners on {usable:?}"))?;
+    Ok(Some(server))
 }

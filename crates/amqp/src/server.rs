@@ -1,0 +1,119 @@
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use sluice_broker::vhost::VirtualHost;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::connection::serve_connection;
+
+/// A user allowed to log in (PLAIN / AMQPLAIN).
+#[derive(Debug, Clone)]
+pub struct AmqpUser {
+    pub name: String,
+    pub password: String,
+    /// Only from 127.0.0.0/8 or ::1 (RabbitMQ's rule for guest).
+    pub loopback_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    pub users: Vec<AmqpUser>,
+    /// Largest frame we accept and propose in connection.tune.
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Heartbeat interval proposed in connection.tune, seconds (0 = off).
+    pub heartbeat_s: u16,
+    /// Largest message body accepted (406 PRECONDITION_FAILED beyond).
+    pub message_bytes_max: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            users: vec![AmqpUser {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }],
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            message_bytes_max: 16 << 20,
+        }
+    }
+}
+
+pub(crate) struct ServerContext {
+    pub vhost: Arc<VirtualHost>,
+    pub config: AmqpConfig,
+    pub next_connection_id: AtomicU64,
+}
+
+/// The AMQP listeners: accept connections and serve each on its own task.
+pub struct AmqpServer {
+    listeners: Vec<TcpListener>,
+    context: Arc<ServerContext>,
+}
+
+impl AmqpServer {
+    pub async fn bind(
+        addresses: &[SocketAddr],
+        vhost: Arc<VirtualHost>,
+        config: AmqpConfig,
+    ) -> std::io::Result<AmqpServer> {
+        let mut listeners = Vec::new();
+        for address in addresses {
+            listeners.push(TcpListener::bind(address).await?);
+        }
+        Ok(AmqpServer {
+            listeners,
+            context: Arc::new(ServerContext {
+                vhost,
+                config,
+                next_connection_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for listener in self.listeners {
+            let context = Arc::clone(&self.context);
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
+                                tokio::spawn(serve_connection(stream, peer, Arc::clone(&context)));
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "AMQP accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = shutdown.changed() => {
+                            if *shutdown.borrow() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,941 @@
+//! The queueing model behind AMQP: one virtual host (`/`) of exchanges, queues and bindings.
+//! Durable definitions are saved in `amqp/definitions.json`; each durable queue keeps its
+//! persistent messages in its own logs under `amqp/queues/`.
+
+mod dead_letter;
+mod definitions;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+mod queue_store;
+pub mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amq_protocol_types::FieldTable;
+use parking_lot::RwLock;
+use tokio::sync::{oneshot, watch};
+
+pub use dead_letter::DeadLetterReason;
+pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
+pub use message::{Message, MessageProperties};
+pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
+pub use session::{Delivery, DeliverySink, Session, Settle};
+
+use definitions::{Definitions, QueueDefinition};
+use queue_store::QueueStore;
+
+pub type ConnectionId = u64;
+
+/// What went wrong, in the terms AMQP's reply codes distinguish.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VhostError {
+    #[error("NOT_FOUND - {0}")]
+    NotFound(String),
+    #[error("ACCESS_REFUSED - {0}")]
+    AccessRefused(String),
+    #[error("RESOURCE_LOCKED - {0}")]
+    ResourceLocked(String),
+    #[error("PRECONDITION_FAILED - {0}")]
+    PreconditionFailed(String),
+    #[error("NOT_ALLOWED - {0}")]
+    NotAllowed(String),
+    /// A connection-level error in AMQP (503).
+    #[error("COMMAND_INVALID - {0}")]
+    CommandInvalid(String),
+    #[error("INTERNAL_ERROR - {0}")]
+    Storage(String),
+}
+
+impl From<crate::BrokerError> for VhostError {
+    fn from(error: crate::BrokerError) -> Self {
+        VhostError::Storage(error.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VhostConfig {
+    pub data_dir: PathBuf,
+    /// Largest message body accepted.
+    pub message_bytes_max: u32,
+    /// Publishers are blocked while messages held in memory exceed this.
+    pub memory_high_watermark_bytes: u64,
+    /// Publishers are blocked while the data directory's disk has less free space than this.
+    pub disk_free_limit_bytes: u64,
+}
+
+/// What a publish did.
+pub struct PublishOutcome {
+    /// At least one queue took the message.
+    pub routed: bool,
+    /// A queue refused it (x-overflow reject-publish): a confirm-mode publisher gets a nack.
+    pub rejected: bool,
+    /// Resolve when the message is on disk in every durable queue it went to.
+    pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
+}
+
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    /// By source exchange.
+    bindings: HashMap<String, Vec<Binding>>,
+    queues: HashMap<String, Arc<Queue>>,
+    /// Durable queues' store directories.
+    queue_dirs: HashMap<String, String>,
+}
+
+pub struct VirtualHost {
+    config: VhostConfig,
+    topology: RwLock<Topology>,
+    memory_bytes: AtomicI64,
+    blocked: watch::Sender<Option<String>>,
+    memory_blocked: AtomicBool,
+    weak_self: Weak<VirtualHost>,
+}
+
+const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+impl VirtualHost {
+    /// Opens the virtual host: loads durable definitions and recovers durable queues.
+    pub fn open(config: VhostConfig) -> Result<Arc<VirtualHost>, VhostError> {
+        let dir = amqp_dir(&config.data_dir);
+        std::fs::create_dir_all(dir.join("queues"))
+            .map_err(|e| VhostError::Storage(format!("{}: {e}", dir.display())))?;
+        let definitions = Definitions::load(&dir)?;
+        let (blocked, _) = watch::channel(None);
+        let vhost = Arc::new_cyclic(|weak| VirtualHost {
+            config,
+            topology: RwLock::new(Topology {
+                exchanges: HashMap::new(),
+                bindings: HashMap::new(),
+                queues: HashMap::new(),
+                queue_dirs: HashMap::new(),
+            }),
+            memory_bytes: AtomicI64::new(0),
+            blocked,
+            memory_blocked: AtomicBool::new(false),
+            weak_self: weak.clone(),
+        });
+        {
+            let mut topology = vhost.topology.write();
+            for (name, kind) in BUILTIN_EXCHANGES {
+                topology.exchanges.insert(
+                    name.to_string(),
+                    Exchange {
+                        name: name.to_string(),
+                        kind: *kind,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        arguments: FieldTable::default(),
+                    },
+                );
+            }
+            for exchange in definitions.exchanges {
+                topology.exchanges.insert(exchange.name.clone(), exchange);
+            }
+            for q in definitions.queues {
+                let options =
+                    QueueOptions::from_arguments(&q.name, &q.arguments).unwrap_or_default();
+                let store = QueueStore::open(
+                    &dir.join("queues").join(&q.dir),
+                    vhost.config.message_bytes_max,
+                )?;
+                tracing::info!(queue = %q.name, messages = store.1.len(), "recovered queue");
+                let queue = Queue::new(
+                    q.name.clone(),
+                    true,
+                    None,
+                    q.auto_delete,
+                    q.arguments,
+                    options,
+                    Some(store),
+                    Weak::clone(&vhost.weak_self),
+                );
+                topology.queue_dirs.insert(q.name.clone(), q.dir);
+                topology.queues.insert(q.name, queue);
+            }
+            for binding in definitions.bindings {
+                topology
+                    .bindings
+                    .entry(binding.source.clone())
+                    .or_default()
+                    .push(binding);
+            }
+        }
+        remove_orphan_queue_dirs(&dir, &vhost.topology.read().queue_dirs);
+        Ok(vhost)
+    }
+
+    /// Starts the housekeeping task (TTL expiry, settle-log snapshots, resource alarms).
+    pub fn start_housekeeping(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = 0u64;
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                interval.tick().await;
+                let Some(vhost) = weak.upgrade() else { return };
+                ticks += 1;
+                let now = crate::now_ms();
+                for queue in vhost.all_queues() {
+                    queue.expire(now);
+                    if ticks % 50 == 0 {
+                        queue.maybe_snapshot();
+                    }
+                }
+                if ticks % 25 == 0 {
+                    vhost.check_disk();
+                }
+            }
+        });
+    }
+
+    fn all_queues(&self) -> Vec<Arc<Queue>> {
+        self.topology.read().queues.values().cloned().collect()
+    }
+
+    /// Flushes every queue's logs (clean shutdown).
+    pub fn shutdown(&self) {
+        for queue in self.all_queues() {
+            queue.flush();
+        }
+    }
+
+    // ---- resource alarms (connection.blocked) ----
+
+    pub(crate) fn memory_add(&self, bytes: i64) {
+        let now = self.memory_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let over = now > self.config.memory_high_watermark_bytes as i64;
+        if over != self.memory_blocked.load(Ordering::Acquire) {
+            self.memory_blocked.store(over, Ordering::Release);
+            self.update_alarm();
+        }
+    }
+
+    pub fn memory_bytes(&self) -> i64 {
+        self.memory_bytes.load(Ordering::Acquire)
+    }
+
+    fn check_disk(&self) {
+        self.update_alarm();
+    }
+
+    fn update_alarm(&self) {
+        let disk_low = crate::disk_space(&self.config.data_dir)
+            .is_some_and(|space| space.usable_bytes < self.config.disk_free_limit_bytes);
+        let reason = if self.memory_blocked.load(Ordering::Acquire) {
+            Some("low on memory".to_string())
+        } else if disk_low {
+            Some("low on disk".to_string())
+        } else {
+            None
+        };
+        self.blocked.send_if_modified(|current| {
+            if *current != reason {
+                if let Some(why) = &reason {
+                    tracing::warn!(reason = %why, "resource alarm: blocking publishers");
+                } else {
+                    tracing::info!("resource alarm cleared: unblocking publishers");
+                }
+                *current = reason;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why publishers are blocked now (None: they are not); changes are signalled.
+    pub fn blocked(&self) -> watch::Receiver<Option<String>> {
+        self.blocked.subscribe()
+    }
+
+    // ---- exchanges ----
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Result<(), VhostError> {
+        let mut topology = self.topology.write();
+        if let Some(existing) = topology.exchanges.get(name) {
+            if passive {
+                return Ok(());
+            }
+            if existing.kind.as_str() != kind
+                || existing.durable != durable
+                || existing.auto_delete != auto_delete
+                || existing.internal != internal
+            {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{kind}' but current is '{}'",
+                    existing.kind.as_str()
+                )));
+            }
+            return Ok(());
+        }
+        if passive {
+            return Err(VhostError::NotFound(format!(
+                "no exchange '{name}' in vhost '/'"
+            )));
+        }
+        if name.starts_with("amq.") {
+            return Err(VhostError::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let Some(kind) = ExchangeKind::parse(kind) else {
+            return Err(VhostError::CommandInvalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
+        };
+        let exchange = Exchange {
+            name: name.to_string(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        };
+        topology.exchanges.insert(name.to_string(), exchange);
+        if durable {
+            self.save(&topology)?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), VhostError> {
+        let mut topology = self.topology.write();
+        if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == name) {
+            return Err(VhostError::AccessRefused(format!(
+                "operation not permitted on the default exchange or amq.* exchanges ('{name}')"
+            )));
+        }
+        let Some(exchange) = topology.exchanges.get(name) else {
+            return Err(VhostError::NotFound(format!(
+                "no exchange '{name}' in vhost '/'"
+            )));
+        };
+        let durable = exchange.durable;
+        let used = topology.bindings.get(name).is_some_and(|b| !b.is_empty());
+        if if_unused && used {
+            return Err(VhostError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '/' in use"
+            )));
+        }
+        topology.exchanges.remove(name);
+        topology.bindings.remove(name);
+        for bindings in topology.bindings.values_mut() {
+            bindings.retain(|b| b.destination != Destination::Exchange(name.to_string()));
+        }
+        if durable {
+            self.save(&topology)?;
+        }
+        Ok(())
+    }
+
+    // ---- queues ----
+
+    /// queue.declare; returns (name, message count, consumer count). An empty name gets a
+    /// server-named queue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        connection: ConnectionId,
+    ) -> Result<(String, u32, u32), VhostError> {
+        let mut topology = self.topology.write();
+        if let Some(existing) = topology.queues.get(name) {
+            check_exclusive(existing, connection)?;
+            if !passive {
+                if existing.durable != durable {
+                    return Err(VhostError::PreconditionFailed(format!(
+                        "inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{durable}' but current is '{}'",
+                        existing.durable
+                    )));
+                }
+                if existing.auto_delete != auto_delete {
+                    return Err(VhostError::PreconditionFailed(format!(
+                        "inequivalent arg 'auto_delete' for queue '{name}' in vhost '/': received '{auto_delete}' but current is '{}'",
+                        existing.auto_delete
+                    )));
+                }
+                if existing.exclusive_owner.is_some() != exclusive {
+                    return Err(VhostError::PreconditionFailed(format!(
+                        "inequivalent arg 'exclusive' for queue '{name}' in vhost '/': received '{exclusive}' but current is '{}'",
+                        existing.exclusive_owner.is_some()
+                    )));
+                }
+                for arg in queue::EQUIVALENT_ARGUMENTS {
+                    let ours = existing.arguments.inner().get(*arg);
+                    let theirs = arguments.inner().get(*arg);
+                    let same = match (ours, theirs) {
+                        (Some(a), Some(b)) => values_equivalent(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(VhostError::PreconditionFailed(format!(
+                            "inequivalent arg '{arg}' for queue '{name}' in vhost '/': received {} but current is {}",
+                            describe(theirs),
+                            describe(ours)
+                        )));
+                    }
+                }
+            }
+            return Ok((
+                name.to_string(),
+                existing.message_count(),
+                existing.consumer_count(),
+            ));
+        }
+        if passive {
+            return Err(VhostError::NotFound(format!(
+                "no queue '{name}' in vhost '/'"
+            )));
+        }
+        if name.starts_with("amq.") {
+            return Err(VhostError::AccessRefused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let name = if name.is_empty() {
+            format!("amq.gen-{}", server_name_suffix())
+        } else {
+            name.to_string()
+        };
+        let options = QueueOptions::from_arguments(&name, &arguments)?;
+        if let Some(kind) = arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(message::value_as_str)
+        {
+            if kind != "classic" {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "invalid arg 'x-queue-type' for queue '{name}' in vhost '/': queue type '{kind}' is not supported"
+                )));
+            }
+        }
+        // Exclusive queues die with their connection, so they are never stored.
+        let persistent = durable && !exclusive;
+        let store = if persistent {
+            let dir = format!("q-{}", uuid::Uuid::new_v4().simple());
+            let store = QueueStore::open(
+                &amqp_dir(&self.config.data_dir).join("queues").join(&dir),
+                self.config.message_bytes_max,
+            )?;
+            topology.queue_dirs.insert(name.clone(), dir);
+            Some(store)
+        } else {
+            None
+        };
+        let queue = Queue::new(
+            name.clone(),
+            durable,
+            exclusive.then_some(connection),
+            auto_delete,
+            arguments,
+            options,
+            store,
+            Weak::clone(&self.weak_self),
+        );
+        topology.queues.insert(name.clone(), queue);
+        // Every queue is bound to the default exchange by its name (implicitly: see route()).
+        if persistent {
+            self.save(&topology)?;
+        }
+        Ok((name, 0, 0))
+    }
+
+    /// The queue `name`, if `connection` may use it.
+    pub fn queue_for(
+        &self,
+        name: &str,
+        connection: ConnectionId,
+    ) -> Result<Arc<Queue>, VhostError> {
+        let topology = self.topology.read();
+        let queue = topology
+            .queues
+            .get(name)
+            .ok_or_else(|| VhostError::NotFound(format!("no queue '{name}' in vhost '/'")))?;
+        check_exclusive(queue, connection)?;
+        Ok(Arc::clone(queue))
+    }
+
+    pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> Result<u32, VhostError> {
+        Ok(self.queue_for(name, connection)?.purge())
+    }
+
+    /// queue.delete; returns the number of messages deleted.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> Result<u32, VhostError> {
+        let queue = {
+            let topology = self.topology.read();
+            let Some(queue) = topology.queues.get(name) else {
+                // RabbitMQ answers delete-ok for a queue that is already gone.
+                return Ok(0);
+            };
+            check_exclusive(queue, connection)?;
+            if if_unused && queue.consumer_count() > 0 {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '/' in use"
+                )));
+            }
+            if if_empty && (queue.message_count() > 0 || queue.unacked_count() > 0) {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '/' is not empty"
+                )));
+            }
+            Arc::clone(queue)
+        };
+        Ok(self.remove_queue(&queue))
+    }
+
+    fn remove_queue(&self, queue: &Arc<Queue>) -> u32 {
+        let dir = {
+            let mut topology = self.topology.write();
+            match topology.queues.get(&queue.name) {
+                Some(q) if Arc::ptr_eq(q, queue) => {}
+                _ => return 0,
+            }
+            topology.queues.remove(&queue.name);
+            let target = Destination::Queue(queue.name.clone());
+            let mut emptied = Vec::new();
+            for (source, bindings) in topology.bindings.iter_mut() {
+                let before = bindings.len();
+                bindings.retain(|b| b.destination != target);
+                if before != bindings.len() && bindings.is_empty() {
+                    emptied.push(source.clone());
+                }
+            }
+            remove_auto_delete_exchanges(&mut topology, emptied);
+            let dir = topology.queue_dirs.remove(&queue.name);
+            if dir.is_some() {
+                if let Err(error) = self.save(&topology) {
+                    tracing::warn!(queue = %queue.name, %error, "could not save definitions");
+                }
+            }
+            dir
+        };
+        let (consumers, count) = queue.mark_deleted();
+        for consumer in consumers {
+            consumer.session.consumer_gone(&consumer);
+        }
+        if let Some(dir) = dir {
+            let path = amqp_dir(&self.config.data_dir).join("queues").join(dir);
+            if let Err(error) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), %error, "could not remove queue directory");
+            }
+        }
+        count
+    }
+
+    pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        self.remove_queue(queue);
+    }
+
+    /// The connection is gone: its exclusive queues go with it.
+    pub fn connection_closed(&self, connection: ConnectionId) {
+        let exclusive: Vec<Arc<Queue>> = self
+            .topology
+            .read()
+            .queues
+            .values()
+            .filter(|q| q.exclusive_owner == Some(connection))
+            .cloned()
+            .collect();
+        for queue in exclusive {
+            self.remove_queue(&queue);
+        }
+    }
+
+    // ---- bindings ----
+
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        connection: ConnectionId,
+    ) -> Result<(), VhostError> {
+        let mut topology = self.topology.write();
+        let durable = self.check_binding(&topology, source, &destination, connection)?;
+        let binding = Binding {
+            source: source.to_string(),
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        let bindings = topology.bindings.entry(source.to_string()).or_default();
+        if !bindings.contains(&binding) {
+            bindings.push(binding);
+            if durable {
+                self.save(&topology)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        connection: ConnectionId,
+    ) -> Result<(), VhostError> {
+        let mut topology = self.topology.write();
+        let durable = self.check_binding(&topology, source, &destination, connection)?;
+        let Some(bindings) = topology.bindings.get_mut(source) else {
+            return Ok(());
+        };
+        let before = bindings.len();
+        bindings.retain(|b| {
+            !(b.destination == destination
+                && b.routing_key == routing_key
+                && b.arguments == arguments)
+        });
+        let changed = before != bindings.len();
+        if changed && bindings.is_empty() {
+            remove_auto_delete_exchanges(&mut topology, vec![source.to_string()]);
+        }
+        if changed && durable {
+            self.save(&topology)?;
+        }
+        Ok(())
+    }
+
+    /// Checks both ends exist (and may be used); returns whether the binding is durable.
+    fn check_binding(
+        &self,
+        topology: &Topology,
+        source: &str,
+        destination: &Destination,
+        connection: ConnectionId,
+    ) -> Result<bool, VhostError> {
+        let destination_durable = match destination {
+            Destination::Queue(name) => {
+                let queue = topology.queues.get(name).ok_or_else(|| {
+                    VhostError::NotFound(format!("no queue '{name}' in vhost '/'"))
+                })?;
+                check_exclusive(queue, connection)?;
+                queue.durable && queue.exclusive_owner.is_none()
+            }
+            Destination::Exchange(name) => {
+                topology
+                    .exchanges
+                    .get(name)
+                    .ok_or_else(|| {
+                        VhostError::NotFound(format!("no exchange '{name}' in vhost '/'"))
+                    })?
+                    .durable
+            }
+        };
+        if source.is_empty() {
+            return Err(VhostError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        let source_exchange = topology
+            .exchanges
+            .get(source)
+            .ok_or_else(|| VhostError::NotFound(format!("no exchange '{source}' in vhost '/'")))?;
+        Ok(destination_durable && source_exchange.durable)
+    }
+
+    // ---- publishing ----
+
+    /// Refuses a publish to an exchange that does not exist (or is internal).
+    pub fn check_publishable(&self, exchange: &str) -> Result<(), VhostError> {
+        let topology = self.topology.read();
+        match topology.exchanges.get(exchange) {
+            None => Err(VhostError::NotFound(format!(
+                "no exchange '{exchange}' in vhost '/'"
+            ))),
+            Some(e) if e.internal => Err(VhostError::AccessRefused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The queues a message published to `exchange` with these routing key and headers reaches
+    /// (following exchange-to-exchange bindings).
+    fn route(
+        &self,
+        topology: &Topology,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        let mut queues: BTreeMap<String, Arc<Queue>> = BTreeMap::new();
+        if exchange.is_empty() {
+            if let Some(queue) = topology.queues.get(routing_key) {
+                queues.insert(routing_key.to_string(), Arc::clone(queue));
+            }
+            return queues.into_values().collect();
+        }
+        let mut pending = vec![exchange.to_string()];
+        let mut seen = vec![exchange.to_string()];
+        while let Some(source) = pending.pop() {
+            let Some(kind) = topology.exchanges.get(&source).map(|e| e.kind) else {
+                continue;
+            };
+            for binding in topology.bindings.get(&source).into_iter().flatten() {
+                if !binding.matches(kind, routing_key, headers) {
+                    continue;
+                }
+                match &binding.destination {
+                    Destination::Queue(name) => {
+                        if let Some(queue) = topology.queues.get(name) {
+                            queues.insert(name.clone(), Arc::clone(queue));
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if !seen.contains(name) {
+                            seen.push(name.clone());
+                            pending.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        queues.into_values().collect()
+    }
+
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        _mandatory: bool,
+        message: Message,
+    ) -> Result<PublishOutcome, VhostError> {
+        let queues = {
+            let topology = self.topology.read();
+            match topology.exchanges.get(exchange) {
+                None => {
+                    return Err(VhostError::NotFound(format!(
+                        "no exchange '{exchange}' in vhost '/'"
+                    )))
+                }
+                Some(e) if e.internal => {
+                    return Err(VhostError::AccessRefused(format!(
+                        "cannot publish to internal exchange '{exchange}' in vhost '/'"
+                    )))
+                }
+                Some(_) => {}
+            }
+            self.route(
+                &topology,
+                exchange,
+                routing_key,
+                message.properties.headers.as_ref(),
+            )
+        };
+        Ok(self.deliver_to(queues, message))
+    }
+
+    fn deliver_to(&self, queues: Vec<Arc<Queue>>, message: Message) -> PublishOutcome {
+        let mut outcome = PublishOutcome {
+            routed: !queues.is_empty(),
+            rejected: false,
+            durable: Vec::new(),
+        };
+        let message = Arc::new(message);
+        for queue in queues {
+            match queue.enqueue(Arc::clone(&message)) {
+                Ok(Enqueued::Accepted(Some(durable))) => outcome.durable.push(durable),
+                Ok(Enqueued::Accepted(None)) => {}
+                Ok(Enqueued::Rejected) => outcome.rejected = true,
+                Err(error) => {
+                    tracing::warn!(queue = %queue.name, %error, "could not store a message");
+                    let (sender, receiver) = oneshot::channel();
+                    let _ = sender.send(Err(error.to_string()));
+                    outcome.durable.push(receiver);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Republishes a message that died in `queue` to the queue's dead-letter exchange, if it
+    /// has one (else the message is dropped, as in RabbitMQ).
+    pub(crate) fn dead_letter(
+        &self,
+        queue: &Queue,
+        mut message: Message,
+        reason: DeadLetterReason,
+    ) {
+        let Some(dlx) = queue.options.dead_letter_exchange.clone() else {
+            return;
+        };
+        dead_letter::record_death(
+            &mut message,
+            &queue.name,
+            reason,
+            (crate::now_ms() / 1000) as u64,
+        );
+        let routing_key = queue
+            .options
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| message.routing_key.clone());
+        message.exchange = dlx.clone();
+        message.routing_key = routing_key.clone();
+        let queues = {
+            let topology = self.topology.read();
+            if !topology.exchanges.contains_key(&dlx) {
+                return;
+            }
+            let mut queues = self.route(
+                &topology,
+                &dlx,
+                &routing_key,
+                message.properties.headers.as_ref(),
+            );
+            // A message expiring around a cycle back into its own queue is dropped, as in RabbitMQ.
+            if reason != DeadLetterReason::Rejected {
+                queues.retain(|q| q.name != queue.name);
+            }
+            queues
+        };
+        // Durability of dead-lettered copies is the group commit's, not awaited by anyone.
+        drop(self.deliver_to(queues, message));
+    }
+
+    fn save(&self, topology: &Topology) -> Result<(), VhostError> {
+        let definitions = Definitions {
+            exchanges: topology
+                .exchanges
+                .values()
+                .filter(|e| e.durable && !BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == e.name))
+                .cloned()
+                .collect(),
+            queues: topology
+                .queues
+                .values()
+                .filter_map(|q| {
+                    topology.queue_dirs.get(&q.name).map(|dir| QueueDefinition {
+                        name: q.name.clone(),
+                        auto_delete: q.auto_delete,
+                        arguments: q.arguments.clone(),
+                        dir: dir.clone(),
+                    })
+                })
+                .collect(),
+            bindings: topology
+                .bindings
+                .values()
+                .flatten()
+                .filter(|b| {
+                    let source_durable =
+                        topology.exchanges.get(&b.source).is_some_and(|e| e.durable);
+                    let destination_durable = match &b.destination {
+                        Destination::Queue(q) => topology.queue_dirs.contains_key(q),
+                        Destination::Exchange(e) => {
+                            topology.exchanges.get(e).is_some_and(|e| e.durable)
+                        }
+                    };
+                    source_durable && destination_durable
+                })
+                .cloned()
+                .collect(),
+        };
+        definitions.save(&amqp_dir(&self.config.data_dir))
+    }
+}
+
+fn amqp_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("amqp")
+}
+
+fn check_exclusive(queue: &Queue, connection: ConnectionId) -> Result<(), VhostError> {
+    match queue.exclusive_owner {
+        Some(owner) if owner != connection => Err(VhostError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            queue.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn remove_auto_delete_exchanges(topology: &mut Topology, emptied: Vec<String>) {
+    for source in emptied {
+        if topology
+            .exchanges
+            .get(&source)
+            .is_some_and(|e| e.auto_delete)
+        {
+            topology.exchanges.remove(&source);
+            topology.bindings.remove(&source);
+        }
+    }
+}
+
+fn values_equivalent(a: &amq_protocol_types::AMQPValue, b: &amq_protocol_types::AMQPValue) -> bool {
+    if let (Some(x), Some(y)) = (message::value_as_i64(a), message::value_as_i64(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (message::value_as_str(a), message::value_as_str(b)) {
+        return x == y;
+    }
+    a == b
+}
+
+fn describe(value: Option<&amq_protocol_types::AMQPValue>) -> String {
+    match value {
+        None => "none".into(),
+        Some(v) => match (message::value_as_i64(v), message::value_as_str(v)) {
+            (Some(n), _) => format!("the value '{n}' of type 'long'"),
+            (_, Some(s)) => format!("the value '{s}' of type 'longstr'"),
+            _ => format!("{v:?}"),
+        },
+    }
+}
+
+fn server_name_suffix() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn remove_orphan_queue_dirs(dir: &Path, known: &HashMap<String, String>) {
+    let Ok(entries) = std::fs::read_dir(dir.join("queues")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !known.values().any(|d| *d == name) {
+            // A queue deleted (or declared) around a crash: its definition is what counts.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

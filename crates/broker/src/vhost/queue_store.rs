@@ -1,0 +1,244 @@
+//! A durable queue on disk: its persistent messages in one partition log, and what happened to
+//! them in a second, the settle log. A message is in the queue until a settle record (ack,
+//! reject, expiry, dead-lettering, purge...) names its offset. Settle records are written, not
+//! fsynced: as in RabbitMQ, a settle lost to a power cut means a redelivery, never a loss.
+//!
+//! Settle-log records (the value of one record each):
+//! - `A` + offsets (u64 BE...): these messages left the queue;
+//! - `D` + u64: every message below this offset may have been delivered (redelivered on restart);
+//! - `S` + upto (u64) + pairs (start, end): a snapshot: below `upto`, exactly these offset
+//!   ranges were still in the queue. The settle log's start is moved to its latest snapshot.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_log::{decode_records, Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder};
+use tokio::sync::Notify;
+
+use super::message::Message;
+use crate::group_commit::GroupCommit;
+use crate::{now_ms, BrokerError};
+
+const MESSAGES_DIR: &str = "messages";
+const SETTLES_DIR: &str = "settles";
+const READ_CHUNK_BYTES: usize = 4 << 20;
+/// Snapshot the settle log when it has grown this much since the last snapshot.
+const SETTLE_LOG_SNAPSHOT_BYTES: u64 = 16 << 20;
+
+pub struct QueueStore {
+    messages: Arc<PartitionLog>,
+    settles: PartitionLog,
+    group_commit: Arc<GroupCommit>,
+    settle_bytes_at_snapshot: parking_lot::Mutex<u64>,
+}
+
+/// A message found in the store when the queue was opened.
+pub struct RecoveredMessage {
+    pub offset: u64,
+    pub message: Message,
+    pub maybe_delivered: bool,
+    pub timestamp_ms: i64,
+}
+
+impl QueueStore {
+    pub fn open(
+        dir: &Path,
+        message_bytes_max: u32,
+    ) -> Result<(QueueStore, Vec<RecoveredMessage>), BrokerError> {
+        let messages_config = LogConfig {
+            segment_bytes_max: 64 << 20,
+            retention_bytes: -1,
+            retention_ms: -1,
+            batch_bytes_max: message_bytes_max.saturating_add(64 << 10),
+            durability: Durability::Batch,
+            ..LogConfig::default()
+        };
+        let settles_config = LogConfig {
+            segment_bytes_max: 8 << 20,
+            retention_bytes: -1,
+            retention_ms: -1,
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        let messages = Arc::new(PartitionLog::open(
+            &dir.join(MESSAGES_DIR),
+            messages_config,
+        )?);
+        let settles = PartitionLog::open(&dir.join(SETTLES_DIR), settles_config)?;
+        let group_commit = GroupCommit::new(Arc::clone(&messages), Arc::new(Notify::new()));
+        let store = QueueStore {
+            messages,
+            settles,
+            group_commit,
+            settle_bytes_at_snapshot: parking_lot::Mutex::new(0),
+        };
+        let recovered = store.recover()?;
+        *store.settle_bytes_at_snapshot.lock() = store.settles.size_bytes();
+        Ok((store, recovered))
+    }
+
+    fn recover(&self) -> Result<Vec<RecoveredMessage>, BrokerError> {
+        let mut snapshot: Option<(u64, Vec<(u64, u64)>)> = None;
+        let mut settled = std::collections::HashSet::new();
+        let mut delivered_below = 0u64;
+        for record in read_all(&self.settles)? {
+            let Some(value) = record.value else { continue };
+            let Some((&kind, body)) = value.split_first() else {
+                continue;
+            };
+            let words: Vec<u64> = body
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+            match kind {
+                b'A' => settled.extend(words),
+                b'D' => delivered_below = delivered_below.max(words.first().copied().unwrap_or(0)),
+                b'S' => {
+                    let upto = words.first().copied().unwrap_or(0);
+                    let ranges = words[1.min(words.len())..]
+                        .chunks_exact(2)
+                        .map(|r| (r[0], r[1]))
+                        .collect();
+                    snapshot = Some((upto, ranges));
+                    settled.clear();
+                }
+                _ => {}
+            }
+        }
+        let mut recovered = Vec::new();
+        for record in read_all(&self.messages)? {
+            let offset = record.offset as u64;
+            let in_snapshot = match &snapshot {
+                Some((upto, ranges)) if offset < *upto => {
+                    ranges.iter().any(|(s, e)| (*s..*e).contains(&offset))
+                }
+                _ => true,
+            };
+            if !in_snapshot || settled.contains(&offset) {
+                continue;
+            }
+            let timestamp_ms = record.timestamp;
+            recovered.push(RecoveredMessage {
+                offset,
+                maybe_delivered: offset < delivered_below,
+                timestamp_ms,
+                message: Message::from_record(record),
+            });
+        }
+        Ok(recovered)
+    }
+
+    /// Writes a persistent message; the receiver resolves once it is fsynced.
+    pub fn append(
+        &self,
+        message: &Message,
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), String>>), BrokerError> {
+        let mut batch = RecordBatchBuilder::new();
+        batch.push(message.to_record(false));
+        let mut bytes = batch.build();
+        let info = self.messages.append(&mut bytes, 0, now_ms())?;
+        let durable = self.group_commit.durable(info.last_offset + 1);
+        Ok((info.base_offset as u64, durable))
+    }
+
+    pub fn settle(&self, offsets: &[u64]) -> Result<(), BrokerError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut value = Vec::with_capacity(1 + offsets.len() * 8);
+        value.push(b'A');
+        for offset in offsets {
+            value.extend_from_slice(&offset.to_be_bytes());
+        }
+        self.write_settle_record(value)
+    }
+
+    pub fn mark_delivered_below(&self, offset: u64) -> Result<(), BrokerError> {
+        let mut value = vec![b'D'];
+        value.extend_from_slice(&offset.to_be_bytes());
+        self.write_settle_record(value)
+    }
+
+    fn write_settle_record(&self, value: Vec<u8>) -> Result<(), BrokerError> {
+        let mut batch = RecordBatchBuilder::new();
+        batch.push(Record {
+            value: Some(value),
+            timestamp: now_ms(),
+            ..Record::default()
+        });
+        self.settles.append(&mut batch.build(), 0, now_ms())?;
+        Ok(())
+    }
+
+    /// Whether the settle log has grown enough to be worth a snapshot.
+    pub fn wants_snapshot(&self) -> bool {
+        self.settles.size_bytes()
+            > *self.settle_bytes_at_snapshot.lock() + SETTLE_LOG_SNAPSHOT_BYTES
+    }
+
+    /// Records which offsets are still in the queue (sorted `live` offsets, which must include
+    /// every message still ready or unacked), drops the settle records before it and the
+    /// message segments below the oldest live message.
+    pub fn snapshot(&self, live: &[u64], delivered_below: u64) -> Result<(), BrokerError> {
+        let upto = self.messages.log_end_offset() as u64;
+        let mut value = vec![b'S'];
+        value.extend_from_slice(&upto.to_be_bytes());
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &offset in live {
+            match ranges.last_mut() {
+                Some((_, end)) if *end == offset => *end += 1,
+                _ => ranges.push((offset, offset + 1)),
+            }
+        }
+        for (start, end) in &ranges {
+            value.extend_from_slice(&start.to_be_bytes());
+            value.extend_from_slice(&end.to_be_bytes());
+        }
+        let mut batch = RecordBatchBuilder::new();
+        batch.push(Record {
+            value: Some(value),
+            timestamp: now_ms(),
+            ..Record::default()
+        });
+        let info = self.settles.append(&mut batch.build(), 0, now_ms())?;
+        self.mark_delivered_below(delivered_below)?;
+        self.settles.flush()?;
+        self.settles.advance_log_start(info.base_offset)?;
+        self.settles.enforce_retention(now_ms())?;
+        let oldest_live = live.first().copied().unwrap_or(upto) as i64;
+        let start = oldest_live.min(self.messages.high_watermark());
+        self.messages.advance_log_start(start)?;
+        self.messages.enforce_retention(now_ms())?;
+        *self.settle_bytes_at_snapshot.lock() = self.settles.size_bytes();
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        self.settles.flush()?;
+        self.messages.flush()?;
+        Ok(())
+    }
+}
+
+fn read_all(log: &PartitionLog) -> Result<Vec<Record>, BrokerError> {
+    let mut records = Vec::new();
+    let mut offset = log.log_start_offset();
+    let end = log.high_watermark();
+    while offset < end {
+        let read = log.read(offset, READ_CHUNK_BYTES)?;
+        if read.records.is_empty() {
+            break;
+        }
+        let batch_records = decode_records(&read.records)?;
+        let Some(last) = batch_records.last() else {
+            break;
+        };
+        let next = last.offset + 1;
+        records.extend(batch_records.into_iter().filter(|r| r.offset >= offset));
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(records)
+}

@@ -1,0 +1,451 @@
+//! One AMQP channel's view of the broker: its consumers, the deliveries it has not settled
+//! (by delivery tag), its prefetch limits and its transaction. The protocol front end owns the
+//! socket; it gives the session a [`DeliverySink`] and forwards the client's methods.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::dead_letter::DeadLetterReason;
+use super::message::Message;
+use super::queue::{Consumer, Entry, Queue};
+use super::{ConnectionId, PublishOutcome, VhostError, VirtualHost};
+
+/// A delivery on its way to the client.
+pub struct Delivery<'a> {
+    pub consumer_tag: &'a str,
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub message: &'a Message,
+}
+
+/// Where a session's deliveries go: the connection's outgoing frames. Called with queue and
+/// session locks held, so it must only queue the frames, never block or call back in.
+pub trait DeliverySink: Send + Sync {
+    fn deliver(&self, channel: u16, delivery: Delivery<'_>);
+    /// The broker ended a consumer (its queue was deleted): basic.cancel to the client.
+    fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
+}
+
+struct Unacked {
+    queue: Arc<Queue>,
+    entry: Entry,
+    consumer: Option<Arc<Consumer>>,
+}
+
+/// What happens to a settled delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// nack/reject with requeue.
+    Requeue,
+    /// nack/reject without requeue: dead-lettered if the queue says so, else dropped.
+    Discard,
+}
+
+/// Buffered work of a transaction (tx.select), applied at tx.commit.
+#[derive(Default)]
+struct Transaction {
+    publishes: Vec<(String, String, bool, Message)>,
+    settles: Vec<(u64, bool, Settle)>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<String, Arc<Consumer>>,
+    transaction: Option<Transaction>,
+    closed: bool,
+}
+
+pub struct Session {
+    pub connection: ConnectionId,
+    pub channel: u16,
+    pub user: String,
+    vhost: Arc<VirtualHost>,
+    sink: Arc<dyn DeliverySink>,
+    /// basic.qos global=true: unacked deliveries across the channel's consumers (0 = no limit).
+    global_prefetch: AtomicU32,
+    global_unacked: AtomicU32,
+    /// basic.qos global=false: the limit each consumer started afterwards gets.
+    consumer_prefetch: AtomicU32,
+    flow_active: AtomicBool,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    pub fn new(
+        vhost: Arc<VirtualHost>,
+        connection: ConnectionId,
+        channel: u16,
+        user: String,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            connection,
+            channel,
+            user,
+            vhost,
+            sink,
+            global_prefetch: AtomicU32::new(0),
+            global_unacked: AtomicU32::new(0),
+            consumer_prefetch: AtomicU32::new(0),
+            flow_active: AtomicBool::new(true),
+            state: Mutex::new(SessionState {
+                next_tag: 1,
+                ..SessionState::default()
+            }),
+        })
+    }
+
+    pub fn vhost(&self) -> &Arc<VirtualHost> {
+        &self.vhost
+    }
+
+    pub(super) fn has_credit(&self) -> bool {
+        let limit = self.global_prefetch.load(Ordering::Acquire);
+        self.flow_active.load(Ordering::Acquire)
+            && (limit == 0 || self.global_unacked.load(Ordering::Acquire) < limit)
+    }
+
+    /// basic.qos. As RabbitMQ reads it: global=false limits each consumer started from now on,
+    /// global=true limits the channel's consumers together.
+    pub fn qos(&self, prefetch_count: u16, global: bool) {
+        if global {
+            self.global_prefetch
+                .store(u32::from(prefetch_count), Ordering::Release);
+        } else {
+            self.consumer_prefetch
+                .store(u32::from(prefetch_count), Ordering::Release);
+        }
+        self.redispatch();
+    }
+
+    /// channel.flow: the client pauses (false) or resumes (true) deliveries.
+    pub fn flow(&self, active: bool) {
+        self.flow_active.store(active, Ordering::Release);
+        if active {
+            self.redispatch();
+        }
+    }
+
+    /// Called by a queue's dispatch (queue lock held): assigns the delivery tag and hands the
+    /// delivery to the sink in one step, so tags reach the client in order.
+    pub(super) fn deliver(&self, consumer: &Arc<Consumer>, entry: Entry, track: bool) {
+        let mut state = self.state.lock();
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        self.sink.deliver(
+            self.channel,
+            Delivery {
+                consumer_tag: &consumer.tag,
+                delivery_tag: tag,
+                redelivered: entry.redelivered,
+                message: &entry.message,
+            },
+        );
+        if track {
+            self.global_unacked.fetch_add(1, Ordering::AcqRel);
+            state.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Arc::clone(&consumer.queue),
+                    entry,
+                    consumer: Some(Arc::clone(consumer)),
+                },
+            );
+        }
+    }
+
+    /// basic.consume. The caller sends consume-ok and then calls [`Session::start_consumer`],
+    /// so the client sees consume-ok before the first delivery.
+    pub fn consume(
+        self: &Arc<Self>,
+        queue: &str,
+        tag: String,
+        no_ack: bool,
+        exclusive: bool,
+    ) -> Result<Arc<Consumer>, VhostError> {
+        let queue = self.vhost.queue_for(queue, self.connection)?;
+        let mut state = self.state.lock();
+        if state.consumers.contains_key(&tag) {
+            return Err(VhostError::NotAllowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            queue: Arc::clone(&queue),
+            session: Arc::clone(self),
+            no_ack,
+            exclusive,
+            prefetch: self.consumer_prefetch.load(Ordering::Acquire),
+            unacked: AtomicU32::new(0),
+            cancelled: AtomicBool::new(false),
+        });
+        queue.add_consumer(Arc::clone(&consumer))?;
+        state.consumers.insert(tag, Arc::clone(&consumer));
+        Ok(consumer)
+    }
+
+    pub fn start_consumer(&self, consumer: &Arc<Consumer>) {
+        consumer.queue.dispatch();
+    }
+
+    /// basic.cancel; false when there is no such consumer.
+    pub fn cancel(&self, tag: &str) -> bool {
+        let consumer = self.state.lock().consumers.remove(tag);
+        match consumer {
+            Some(consumer) => {
+                if consumer.queue.remove_consumer(&consumer) {
+                    self.vhost.auto_delete_queue(&consumer.queue);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The broker deleted the queue under this consumer.
+    pub(super) fn consumer_gone(&self, consumer: &Arc<Consumer>) {
+        let removed = self.state.lock().consumers.remove(&consumer.tag);
+        if removed.is_some() {
+            self.sink.consumer_cancelled(self.channel, &consumer.tag);
+        }
+    }
+
+    /// basic.get: the next message of `queue` with its delivery tag and the remaining count.
+    pub fn get(
+        &self,
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<Option<(u64, bool, Arc<Message>, u32)>, VhostError> {
+        let queue = self.vhost.queue_for(queue, self.connection)?;
+        let Some((entry, remaining)) = queue.get(!no_ack) else {
+            return Ok(None);
+        };
+        let mut state = self.state.lock();
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        let result = (
+            tag,
+            entry.redelivered,
+            Arc::clone(&entry.message),
+            remaining,
+        );
+        if !no_ack {
+            state.unacked.insert(
+                tag,
+                Unacked {
+                    queue,
+                    entry,
+                    consumer: None,
+                },
+            );
+        }
+        Ok(Some(result))
+    }
+
+    /// basic.ack / nack / reject. `delivery_tag` 0 with `multiple` means every outstanding one.
+    /// An unknown tag is a channel error (PRECONDITION_FAILED), as in RabbitMQ.
+    pub fn settle(&self, delivery_tag: u64, multiple: bool, how: Settle) -> Result<(), VhostError> {
+        {
+            let mut state = self.state.lock();
+            if let Some(tx) = state.transaction.as_mut() {
+                tx.settles.push((delivery_tag, multiple, how));
+                // Unknown tags are still an error now, not at commit.
+                if !multiple && delivery_tag != 0 && !state.unacked.contains_key(&delivery_tag) {
+                    return Err(unknown_tag(delivery_tag));
+                }
+                return Ok(());
+            }
+        }
+        self.settle_now(delivery_tag, multiple, how)
+    }
+
+    fn settle_now(&self, delivery_tag: u64, multiple: bool, how: Settle) -> Result<(), VhostError> {
+        let taken: Vec<Unacked> = {
+            let mut state = self.state.lock();
+            if multiple {
+                let keep = if delivery_tag == 0 {
+                    BTreeMap::new()
+                } else {
+                    state.unacked.split_off(&(delivery_tag + 1))
+                };
+                let taken = std::mem::replace(&mut state.unacked, keep);
+                if taken.is_empty() && delivery_tag != 0 {
+                    return Err(unknown_tag(delivery_tag));
+                }
+                taken.into_values().collect()
+            } else {
+                match state.unacked.remove(&delivery_tag) {
+                    Some(u) => vec![u],
+                    None => return Err(unknown_tag(delivery_tag)),
+                }
+            }
+        };
+        self.release(taken, how);
+        Ok(())
+    }
+
+    /// Returns credit for settled deliveries and applies `how` to them, queue by queue.
+    fn release(&self, taken: Vec<Unacked>, how: Settle) {
+        let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+        for unacked in taken {
+            if let Some(consumer) = &unacked.consumer {
+                consumer.unacked.fetch_sub(1, Ordering::AcqRel);
+                self.global_unacked.fetch_sub(1, Ordering::AcqRel);
+            }
+            match by_queue
+                .iter_mut()
+                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+            {
+                Some((_, entries)) => entries.push(unacked.entry),
+                None => by_queue.push((unacked.queue, vec![unacked.entry])),
+            }
+        }
+        for (queue, entries) in by_queue {
+            match how {
+                Settle::Ack => queue.settle(entries, None),
+                Settle::Discard => queue.settle(entries, Some(DeadLetterReason::Rejected)),
+                Settle::Requeue => queue.requeue(entries),
+            }
+            queue.dispatch();
+        }
+        self.redispatch();
+    }
+
+    /// basic.recover: every unacked delivery of this channel is redelivered.
+    pub fn recover(&self) {
+        let taken: Vec<Unacked> = std::mem::take(&mut self.state.lock().unacked)
+            .into_values()
+            .collect();
+        self.release(taken, Settle::Requeue);
+    }
+
+    /// After credit is freed anywhere on the channel, every queue it consumes may deliver.
+    fn redispatch(&self) {
+        let queues: Vec<Arc<Queue>> = self
+            .state
+            .lock()
+            .consumers
+            .values()
+            .map(|c| Arc::clone(&c.queue))
+            .collect();
+        for queue in queues {
+            queue.dispatch();
+        }
+    }
+
+    pub fn tx_select(&self) {
+        let mut state = self.state.lock();
+        if state.transaction.is_none() {
+            state.transaction = Some(Transaction::default());
+        }
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.state.lock().transaction.is_some()
+    }
+
+    /// Publishes (outside a transaction) or buffers the publish (inside one).
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        message: Message,
+    ) -> Result<Option<PublishOutcome>, VhostError> {
+        {
+            let mut state = self.state.lock();
+            if let Some(tx) = state.transaction.as_mut() {
+                // Unknown exchanges are refused at publish time, as RabbitMQ does.
+                self.vhost.check_publishable(exchange)?;
+                tx.publishes.push((
+                    exchange.to_string(),
+                    routing_key.to_string(),
+                    mandatory,
+                    message,
+                ));
+                return Ok(None);
+            }
+        }
+        self.vhost
+            .publish(exchange, routing_key, mandatory, message)
+            .map(Some)
+    }
+
+    /// tx.commit: the buffered publishes (whose outcomes are returned, for basic.return and to
+    /// wait for durability) and then the buffered settles.
+    pub fn tx_commit(&self) -> Result<Vec<(String, String, Message, PublishOutcome)>, VhostError> {
+        let tx = {
+            let mut state = self.state.lock();
+            match state.transaction.as_mut() {
+                Some(tx) => std::mem::take(tx),
+                None => {
+                    return Err(VhostError::PreconditionFailed(
+                        "channel is not transactional".into(),
+                    ))
+                }
+            }
+        };
+        let mut outcomes = Vec::new();
+        for (exchange, routing_key, mandatory, message) in tx.publishes {
+            let outcome =
+                self.vhost
+                    .publish(&exchange, &routing_key, mandatory, message.clone())?;
+            outcomes.push((exchange, routing_key, message, outcome));
+        }
+        for (tag, multiple, how) in tx.settles {
+            // A tag settled twice in one transaction is already gone: not an error at commit.
+            let _ = self.settle_now(tag, multiple, how);
+        }
+        Ok(outcomes)
+    }
+
+    pub fn tx_rollback(&self) -> Result<(), VhostError> {
+        let mut state = self.state.lock();
+        match state.transaction.as_mut() {
+            Some(tx) => {
+                *tx = Transaction::default();
+                Ok(())
+            }
+            None => Err(VhostError::PreconditionFailed(
+                "channel is not transactional".into(),
+            )),
+        }
+    }
+
+    /// The channel (or its connection) closed: consumers end and every unacked delivery goes
+    /// back to its queue, marked redelivered.
+    pub fn close(&self) {
+        let (consumers, unacked) = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.transaction = None;
+            (
+                std::mem::take(&mut state.consumers),
+                std::mem::take(&mut state.unacked),
+            )
+        };
+        for consumer in consumers.values() {
+            consumer.cancelled.store(true, Ordering::Release);
+        }
+        self.release(unacked.into_values().collect(), Settle::Requeue);
+        for consumer in consumers.into_values() {
+            if consumer.queue.remove_consumer(&consumer) {
+                self.vhost.auto_delete_queue(&consumer.queue);
+            }
+        }
+    }
+}
+
+fn unknown_tag(tag: u64) -> VhostError {
+    VhostError::PreconditionFailed(format!("unknown delivery tag {tag}"))
+}

@@ -188,9 +188,7 @@ impl Channel {
         if self.pending.is_some() {
             return Err(AmqpError::connection(
                 UNEXPECTED_FRAME,
-                format!(
-                    "expected content header for class 60, got non content header frame instead"
-                ),
+                "expected content header for class 60, got non content header frame instead",
             )
             .on(class_id, method_id));
         }
@@ -227,7 +225,10 @@ impl Channel {
                 ));
             }
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
-                self.session.flow(flow.active);
+                // As RabbitMQ: a client pauses deliveries with basic.qos, not channel.flow.
+                if !flow.active {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "active=false"));
+                }
                 self.reply(
                     connection,
                     AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
@@ -471,14 +472,22 @@ impl Channel {
                 };
                 self.session.settle(r.delivery_tag, false, how)?;
             }
-            AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => {
+            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => {
+                if !r.requeue {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+                }
                 self.session.recover();
                 self.reply(
                     connection,
                     AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                 );
             }
-            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => self.session.recover(),
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => {
+                if !r.requeue {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+                }
+                self.session.recover();
+            }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 if self.session.in_transaction() {
                     return Err(AmqpError::channel(
@@ -549,14 +558,10 @@ impl Channel {
                 );
             }
             other => {
-                return Err(AmqpError::connection(
-                    COMMAND_INVALID,
-                    format!(
-                        "method {}.{} is not one a client sends",
-                        other.get_amqp_class_id(),
-                        other.get_amqp_method_id()
-                    ),
-                ));
+                return Err(
+                    AmqpError::connection(COMMAND_INVALID, "unimplemented method")
+                        .on(other.get_amqp_class_id(), other.get_amqp_method_id()),
+                );
             }
         }
         Ok(())
@@ -583,8 +588,20 @@ impl Channel {
             ));
         }
         let Some(header) = decode_content_header(payload) else {
-            return Err(AmqpError::connection(SYNTAX_ERROR, "malformed content header").on(60, 40));
+            return Err(
+                AmqpError::connection(FRAME_ERROR, "cannot decode the content header").on(60, 40),
+            );
         };
+        if header.class_id != 60 {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                format!(
+                    "expected content header for class 60, got one for class {}",
+                    header.class_id
+                ),
+            )
+            .on(60, 40));
+        }
         let max = connection.context.config.message_bytes_max;
         if header.body_size > max {
             self.pending = None;

@@ -53,11 +53,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         kind,
         FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
     ) {
-        return Err(FrameError::Frame(format!("unknown frame type {kind}")));
+        return Err(FrameError::Frame(format!("type {kind}: unknown_frame")));
     }
     if size as u64 + FRAME_OVERHEAD as u64 > frame_max as u64 {
         return Err(FrameError::Frame(format!(
-            "frame size {size} larger than negotiated maximum {frame_max}"
+            "frame_too_large: payload of {size} bytes, the negotiated limit is {}",
+            frame_max.saturating_sub(FRAME_OVERHEAD as u32)
         )));
     }
     let mut payload = BytesMut::zeroed(size as usize + 1);
@@ -70,7 +71,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         })?;
     if payload[size as usize] != FRAME_END {
         return Err(FrameError::Frame(format!(
-            "bad frame end marker {:#04x}",
+            "type {kind}: frame end octet {:#04x} is not 0xce",
             payload[size as usize]
         )));
     }

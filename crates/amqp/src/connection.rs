@@ -236,8 +236,8 @@ impl Connection {
                 }
                 _ => {
                     return Err(Some(AmqpError::connection(
-                        COMMAND_INVALID,
-                        "expected a connection method during the handshake",
+                        UNEXPECTED_FRAME,
+                        format!("type {}, channel {}: only connection methods are expected during the handshake", frame.kind, frame.channel),
                     )))
                 }
             }
@@ -425,7 +425,7 @@ impl Connection {
         if frame.kind == FRAME_HEARTBEAT {
             if frame.channel != 0 {
                 return Err(AmqpError::connection(
-                    FRAME_ERROR,
+                    UNEXPECTED_FRAME,
                     "heartbeat frame on a non-zero channel",
                 ));
             }
@@ -439,13 +439,20 @@ impl Connection {
                 ));
             }
             let method = decode_method(&frame.payload).map_err(method_error)?;
+            if !matches!(method, AMQPClass::Connection(_)) {
+                return Err(AmqpError::connection(
+                    CHANNEL_ERROR,
+                    "expected a connection method on channel 0",
+                )
+                .on(method.get_amqp_class_id(), method.get_amqp_method_id()));
+            }
             return self.handle_connection_method(method);
         }
         if frame.channel > self.channel_max {
             return Err(AmqpError::connection(
-                CHANNEL_ERROR,
+                NOT_ALLOWED,
                 format!(
-                    "channel {} is above channel_max {}",
+                    "channel {} is above the negotiated channel_max ({})",
                     frame.channel, self.channel_max
                 ),
             ));
@@ -524,7 +531,7 @@ impl Connection {
                 Ok(true)
             }
             other => Err(
-                AmqpError::connection(COMMAND_INVALID, "unexpected method on channel 0")
+                AmqpError::connection(COMMAND_INVALID, "unimplemented method")
                     .on(other.get_amqp_class_id(), other.get_amqp_method_id()),
             ),
         }
@@ -613,8 +620,8 @@ pub(crate) fn method_error(error: MethodError) -> AmqpError {
         )
         .on(class_id, method_id),
         MethodError::Syntax(class_id, method_id) => AmqpError::connection(
-            SYNTAX_ERROR,
-            format!("malformed arguments for method {class_id}.{method_id}"),
+            FRAME_ERROR,
+            format!("cannot decode the arguments of method {class_id}.{method_id}"),
         )
         .on(class_id, method_id),
     }

@@ -2,12 +2,11 @@
 //! runs paced or unpaced producers for a fixed time, drains, and reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -19,14 +18,15 @@ use crate::consumer_worker::{self, ConsumerSettings};
 use crate::disk_probe::{self, DiskProbeConfig};
 use crate::payload_header::PAYLOAD_HEADER_BYTES;
 use crate::producer_worker::{self, ProducerSettings};
+use crate::progress::{self, ProgressCounts};
 use crate::report::{
     latency_histogram_us, ErrorCounts, KafkaReport, KafkaRunSettings, LatencySummary,
 };
+use crate::run_state::{new_run_id, FirstError, RunClock};
 
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(15);
 const CONSUMERS_READY_TIMEOUT: Duration = Duration::from_secs(45);
 const PRODUCERS_READY_TIMEOUT: Duration = Duration::from_secs(15);
-const PROGRESS_TICK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct KafkaLoadConfig {
@@ -53,18 +53,6 @@ pub struct KafkaLoadConfig {
     pub show_progress: bool,
 }
 
-/// A monotonic clock shared by producers and consumers in this process, so end-to-end latency
-/// needs no clock synchronisation.
-pub struct RunClock {
-    epoch: Instant,
-}
-
-impl RunClock {
-    pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-}
-
 /// Counters and flags shared by every worker thread.
 pub struct RunShared {
     pub clock: RunClock,
@@ -86,15 +74,13 @@ pub struct RunShared {
     pub delivery_errors: AtomicU64,
     pub consume_errors: AtomicU64,
     pub client_errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    first_error: FirstError,
 }
 
 impl RunShared {
     fn new() -> Self {
         Self {
-            clock: RunClock {
-                epoch: Instant::now(),
-            },
+            clock: RunClock::start(),
             run_id: new_run_id(),
             start_producing: AtomicBool::new(false),
             stop_producing: AtomicBool::new(false),
@@ -111,15 +97,12 @@ impl RunShared {
             delivery_errors: AtomicU64::new(0),
             consume_errors: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
-            first_error: Mutex::new(None),
+            first_error: FirstError::default(),
         }
     }
 
     pub fn record_first_error(&self, message: String) {
-        let mut first_error = self.first_error.lock().expect("error lock poisoned");
-        if first_error.is_none() {
-            *first_error = Some(message);
-        }
+        self.first_error.record(message);
     }
 
     pub fn record_client_error(&self, error: &KafkaError, reason: &str) {
@@ -133,11 +116,7 @@ impl RunShared {
             delivery_errors: self.delivery_errors.load(Ordering::Relaxed),
             consume_errors: self.consume_errors.load(Ordering::Relaxed),
             client_errors: self.client_errors.load(Ordering::Relaxed),
-            first_error: self
-                .first_error
-                .lock()
-                .expect("error lock poisoned")
-                .clone(),
+            first_error: self.first_error.get(),
         }
     }
 }
@@ -180,7 +159,17 @@ pub fn run(config: &KafkaLoadConfig) -> Result<KafkaReport> {
     let produce_started = Instant::now();
     let produce_started_ns = shared.clock.now_ns();
     shared.start_producing.store(true, Ordering::SeqCst);
-    show_progress(config, &shared, produce_started);
+    progress::show_rates(
+        config.duration,
+        produce_started,
+        config.show_progress,
+        "produced",
+        || ProgressCounts {
+            acked_msgs: shared.acked_msgs.load(Ordering::Relaxed),
+            consumed_msgs: shared.consumed_msgs.load(Ordering::Relaxed),
+            errors: shared.error_counts().total(),
+        },
+    );
     shared.stop_producing.store(true, Ordering::SeqCst);
 
     let mut ack_latency_us = latency_histogram_us();
@@ -247,15 +236,6 @@ pub fn run(config: &KafkaLoadConfig) -> Result<KafkaReport> {
         },
         errors: shared.error_counts(),
     })
-}
-
-/// Unique enough to tell runs apart: wall-clock nanoseconds mixed with the process id.
-fn new_run_id() -> u64 {
-    let unix_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    unix_ns ^ (u64::from(std::process::id()) << 48)
 }
 
 fn base_client_config(config: &KafkaLoadConfig) -> ClientConfig {
@@ -450,41 +430,6 @@ fn start_producers(
                 .context("spawning producer thread")
         })
         .collect()
-}
-
-/// Shows produce and consume rates until the run's duration has passed.
-fn show_progress(config: &KafkaLoadConfig, shared: &RunShared, produce_started: Instant) {
-    let duration_ms = config.duration.as_millis() as u64;
-    let progress = if config.show_progress {
-        ProgressBar::new(duration_ms)
-    } else {
-        ProgressBar::hidden()
-    };
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
-            .expect("static progress template is valid"),
-    );
-    let mut last_tick = Instant::now();
-    let mut last_acked_msgs = 0;
-    let mut last_consumed_msgs = 0;
-    while produce_started.elapsed() < config.duration {
-        let remaining = config.duration.saturating_sub(produce_started.elapsed());
-        thread::sleep(PROGRESS_TICK.min(remaining));
-        let tick_secs = last_tick.elapsed().as_secs_f64();
-        last_tick = Instant::now();
-        let acked_msgs = shared.acked_msgs.load(Ordering::Relaxed);
-        let consumed_msgs = shared.consumed_msgs.load(Ordering::Relaxed);
-        let produce_msgs_per_sec = (acked_msgs - last_acked_msgs) as f64 / tick_secs;
-        let consume_msgs_per_sec = (consumed_msgs - last_consumed_msgs) as f64 / tick_secs;
-        last_acked_msgs = acked_msgs;
-        last_consumed_msgs = consumed_msgs;
-        progress.set_position(produce_started.elapsed().as_millis() as u64);
-        progress.set_message(format!(
-            "produced {produce_msgs_per_sec:>10.0} msgs/s  consumed {consume_msgs_per_sec:>10.0} msgs/s  errors {}",
-            shared.error_counts().total()
-        ));
-    }
-    progress.finish_and_clear();
 }
 
 fn join_worker<T>(handle: JoinHandle<Result<T>>) -> Result<T> {

@@ -1,19 +1,27 @@
-//! `sluice-bench`: a Kafka-protocol load generator (through librdkafka, so it is a real client)
-//! and a disk probe that measures the fdatasync floor of the machine it runs on.
+//! `sluice-bench`: load generators for the Kafka protocol (through librdkafka) and AMQP 0-9-1
+//! (through lapin), so they are real clients, and a disk probe that measures the fdatasync floor
+//! of the machine it runs on.
 
+mod amqp_consumer;
+mod amqp_load;
+mod amqp_publisher;
 mod consumer_worker;
 mod disk_probe;
 mod kafka_load;
 mod payload_header;
 mod producer_worker;
+mod progress;
 mod report;
+mod run_state;
+mod seq_set;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::amqp_load::AmqpLoadConfig;
 use crate::disk_probe::DiskProbeConfig;
 use crate::kafka_load::KafkaLoadConfig;
 
@@ -36,6 +44,9 @@ enum Command {
     },
     /// Produce and consume through a Kafka-protocol broker and report throughput and latency.
     Kafka(Box<KafkaArgs>),
+    /// Publish (with confirms) and consume (with manual acks) through an AMQP 0-9-1 broker and
+    /// report throughput, confirm latency and end-to-end latency.
+    Amqp(Box<AmqpArgs>),
 }
 
 #[derive(Args)]
@@ -55,6 +66,21 @@ struct DiskProbeArgs {
     /// KiB per write in the sequential write test.
     #[arg(long = "seq-write-kib", default_value_t = 1024)]
     sequential_write_kib: usize,
+}
+
+impl LoadDiskProbeArgs {
+    fn to_config(&self, dir: Option<PathBuf>) -> Option<DiskProbeConfig> {
+        dir.map(|dir| {
+            DiskProbeArgs {
+                dir,
+                append_count: self.append_count,
+                append_bytes: 4096,
+                sequential_mib: self.sequential_mib,
+                sequential_write_kib: 1024,
+            }
+            .to_config()
+        })
+    }
 }
 
 impl DiskProbeArgs {
@@ -128,7 +154,7 @@ struct KafkaArgs {
     #[arg(long)]
     disk_probe_dir: Option<PathBuf>,
     #[command(flatten)]
-    disk_probe: KafkaDiskProbeArgs,
+    disk_probe: LoadDiskProbeArgs,
     /// Print the summary as one JSON line.
     #[arg(long)]
     json: bool,
@@ -137,9 +163,70 @@ struct KafkaArgs {
     no_progress: bool,
 }
 
-/// Disk probe sizes when run before a Kafka load (the directory comes from --disk-probe-dir).
 #[derive(Args)]
-struct KafkaDiskProbeArgs {
+struct AmqpArgs {
+    /// Broker URL; the vhost is URL-encoded (%2f is "/").
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    url: String,
+    /// Durable queue, deleted and declared again at the start of the run.
+    #[arg(long, default_value = "sluice-bench")]
+    queue: String,
+    /// Publishers, each with its own connection and channel in confirm mode.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Consumers, each with its own connection and channel; 0 only publishes.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Body size; the first 28 bytes carry the publish time, run id, publisher and sequence.
+    #[arg(long = "size", visible_alias = "message-bytes", default_value_t = 100)]
+    message_bytes: usize,
+    /// Publish with delivery_mode 1 instead of 2 (persistent).
+    #[arg(long)]
+    transient: bool,
+    /// How long publishers publish.
+    #[arg(long = "secs", visible_alias = "duration-secs", default_value_t = 10)]
+    duration_secs: u64,
+    /// Total messages per second across publishers, for latency runs; unset is as fast as the
+    /// in-flight window allows.
+    #[arg(long = "rate")]
+    rate_msgs_per_sec: Option<u64>,
+    /// Unconfirmed publishes each publisher may have outstanding.
+    #[arg(long, default_value_t = 1000)]
+    max_in_flight: usize,
+    /// basic.qos prefetch count of each consumer (0 is unlimited).
+    #[arg(long, default_value_t = 100)]
+    prefetch: u16,
+    /// Acknowledge every message (1) or every Nth delivery with multiple=true.
+    #[arg(long, default_value_t = 1)]
+    ack_every: u16,
+    /// How long publishers may wait for outstanding confirms after the run.
+    #[arg(long, default_value_t = 10)]
+    confirm_timeout_secs: u64,
+    /// How long consumers may take to receive every confirmed message after the run.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_secs: u64,
+    /// Run the disk probe in this directory first and include it in the report.
+    #[arg(long)]
+    disk_probe_dir: Option<PathBuf>,
+    #[command(flatten)]
+    disk_probe: LoadDiskProbeArgs,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Also append the summary as one JSON line to this file.
+    #[arg(long)]
+    json_append: Option<PathBuf>,
+    /// Free text recorded in the JSON summary, to tell runs apart.
+    #[arg(long)]
+    label: Option<String>,
+    /// Hide the progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Disk probe sizes when run before a load (the directory comes from --disk-probe-dir).
+#[derive(Args)]
+struct LoadDiskProbeArgs {
     /// Append + fdatasync operations in the disk probe.
     #[arg(long = "disk-probe-count", default_value_t = 2000)]
     append_count: u64,
@@ -160,16 +247,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Kafka(args) => {
-            let disk_probe = args.disk_probe_dir.clone().map(|dir| {
-                DiskProbeArgs {
-                    dir,
-                    append_count: args.disk_probe.append_count,
-                    append_bytes: 4096,
-                    sequential_mib: args.disk_probe.sequential_mib,
-                    sequential_write_kib: 1024,
-                }
-                .to_config()
-            });
+            let disk_probe = args.disk_probe.to_config(args.disk_probe_dir.clone());
             let config = KafkaLoadConfig {
                 bootstrap: args.bootstrap,
                 topic: args.topic,
@@ -199,6 +277,45 @@ fn main() -> Result<()> {
                 report.print_text();
             }
         }
+        Command::Amqp(args) => {
+            let config = AmqpLoadConfig {
+                url: args.url,
+                queue: args.queue,
+                publishers: args.publishers,
+                consumers: args.consumers,
+                message_bytes: args.message_bytes,
+                persistent: !args.transient,
+                duration: Duration::from_secs(args.duration_secs),
+                rate_msgs_per_sec: args.rate_msgs_per_sec.unwrap_or(0),
+                max_in_flight: args.max_in_flight,
+                prefetch: args.prefetch,
+                ack_every: args.ack_every,
+                confirm_timeout: Duration::from_secs(args.confirm_timeout_secs),
+                drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+                disk_probe: args.disk_probe.to_config(args.disk_probe_dir),
+                show_progress: !args.no_progress,
+                label: args.label,
+            };
+            let report = amqp_load::run(&config)?;
+            if let Some(path) = &args.json_append {
+                append_line(path, &report.to_json().to_string())?;
+            }
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_text();
+            }
+        }
     }
     Ok(())
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("appending to {}", path.display()))
 }

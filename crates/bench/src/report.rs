@@ -160,7 +160,16 @@ pub struct ErrorCounts {
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.send_errors + self.delivery_errors + self.consume_errors + self.client_errors
+        self.by_source().iter().map(|(_, count)| count).sum()
+    }
+
+    fn by_source(&self) -> [(&'static str, u64); 4] {
+        [
+            ("send", self.send_errors),
+            ("delivery", self.delivery_errors),
+            ("consume", self.consume_errors),
+            ("client", self.client_errors),
+        ]
     }
 }
 
@@ -230,42 +239,34 @@ impl KafkaReport {
             s.compression
         );
         println!(
-            "  produced   {:>12} msgs in {:.2} s: {:>12.0} msgs/s {:>9.1} MB/s",
-            self.produced_msgs,
-            self.produce_secs,
-            self.produce_msgs_per_sec(),
-            self.produce_mb_per_sec()
+            "{}",
+            rate_line(
+                "produced",
+                self.produced_msgs,
+                self.produce_secs,
+                self.produce_mb_per_sec()
+            )
         );
         println!("  produce->ack   {}", self.produce_ack.to_ms_line());
         if s.consumers > 0 {
             println!(
-                "  consumed   {:>12} msgs in {:.2} s: {:>12.0} msgs/s {:>9.1} MB/s  (missing {}, foreign {})",
-                self.consumed_msgs,
-                self.consume_secs,
-                self.consume_msgs_per_sec(),
-                self.consume_mb_per_sec(),
+                "{}  (missing {}, foreign {})",
+                rate_line(
+                    "consumed",
+                    self.consumed_msgs,
+                    self.consume_secs,
+                    self.consume_mb_per_sec()
+                ),
                 self.missing_msgs,
                 self.foreign_msgs
             );
             println!("  end-to-end     {}", self.end_to_end.to_ms_line());
         }
-        let e = &self.errors;
-        println!(
-            "  errors {} (send {}, delivery {}, consume {}, client {})",
-            e.total(),
-            e.send_errors,
-            e.delivery_errors,
-            e.consume_errors,
-            e.client_errors
-        );
-        if let Some(first_error) = &e.first_error {
-            println!("  first error: {first_error}");
-        }
+        print_errors(&self.errors.by_source(), self.errors.first_error.as_deref());
     }
 
     pub fn to_json(&self) -> Value {
         let s = &self.settings;
-        let e = &self.errors;
         json!({
             "bootstrap": s.bootstrap,
             "topic": s.topic,
@@ -292,17 +293,41 @@ impl KafkaReport {
             "end_to_end": self.end_to_end.to_json(),
             "missing_msgs": self.missing_msgs,
             "foreign_msgs": self.foreign_msgs,
-            "errors": {
-                "total": e.total(),
-                "send": e.send_errors,
-                "delivery": e.delivery_errors,
-                "consume": e.consume_errors,
-                "client": e.client_errors,
-                "first": e.first_error,
-            },
+            "errors": errors_json(&self.errors.by_source(), self.errors.first_error.as_deref()),
             "disk_probe": self.disk_probe.as_ref().map(DiskProbeReport::to_json),
         })
     }
+}
+
+/// `  label   N msgs in S s: R msgs/s M MB/s`, the throughput line of every load report.
+fn rate_line(label: &str, msgs: u64, secs: f64, mb_per_sec: f64) -> String {
+    format!(
+        "  {label:<10} {msgs:>12} msgs in {secs:.2} s: {:>12.0} msgs/s {mb_per_sec:>9.1} MB/s",
+        per_sec(msgs as f64, secs)
+    )
+}
+
+fn print_errors(by_source: &[(&str, u64)], first_error: Option<&str>) {
+    let total: u64 = by_source.iter().map(|(_, count)| count).sum();
+    let sources: Vec<String> = by_source
+        .iter()
+        .map(|(source, count)| format!("{source} {count}"))
+        .collect();
+    println!("  errors {total} ({})", sources.join(", "));
+    if let Some(first_error) = first_error {
+        println!("  first error: {first_error}");
+    }
+}
+
+fn errors_json(by_source: &[(&str, u64)], first_error: Option<&str>) -> Value {
+    let mut errors = serde_json::Map::new();
+    let total: u64 = by_source.iter().map(|(_, count)| count).sum();
+    errors.insert("total".to_string(), json!(total));
+    for (source, count) in by_source {
+        errors.insert((*source).to_string(), json!(count));
+    }
+    errors.insert("first".to_string(), json!(first_error));
+    Value::Object(errors)
 }
 
 fn per_sec(amount: f64, secs: f64) -> f64 {
@@ -310,5 +335,229 @@ fn per_sec(amount: f64, secs: f64) -> f64 {
         amount / secs
     } else {
         0.0
+    }
+}
+
+/// Settings echoed into the AMQP report so a JSON line is self-describing.
+#[derive(Debug, Clone)]
+pub struct AmqpRunSettings {
+    /// The broker URL with any password masked.
+    pub url: String,
+    pub queue: String,
+    pub publishers: usize,
+    pub consumers: usize,
+    pub message_bytes: usize,
+    /// delivery_mode 2 (persistent) or 1 (transient).
+    pub persistent: bool,
+    pub max_in_flight: usize,
+    pub prefetch: u16,
+    pub ack_every: u16,
+    pub rate_msgs_per_sec: u64,
+    pub duration_secs: u64,
+    /// Free text from --label, to tell runs apart in collected JSON lines.
+    pub label: Option<String>,
+}
+
+/// Error counts of an AMQP run by source; `first_error` keeps one example.
+#[derive(Debug, Clone, Default)]
+pub struct AmqpErrorCounts {
+    /// basic.publish could not be sent (channel or connection closed).
+    pub publish_errors: u64,
+    /// The confirm never came: the channel closed first.
+    pub confirm_errors: u64,
+    pub consume_errors: u64,
+    pub ack_errors: u64,
+    /// Connection, channel or setup failures of a worker.
+    pub client_errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl AmqpErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.by_source().iter().map(|(_, count)| count).sum()
+    }
+
+    fn by_source(&self) -> [(&'static str, u64); 5] {
+        [
+            ("publish", self.publish_errors),
+            ("confirm", self.confirm_errors),
+            ("consume", self.consume_errors),
+            ("ack", self.ack_errors),
+            ("client", self.client_errors),
+        ]
+    }
+}
+
+/// Result of `amqp`.
+#[derive(Debug, Clone)]
+pub struct AmqpReport {
+    pub settings: AmqpRunSettings,
+    pub disk_probe: Option<DiskProbeReport>,
+    /// basic.publish calls handed to the client library.
+    pub published_msgs: u64,
+    /// From the first publish until publishers stopped.
+    pub publish_secs: f64,
+    /// Publishes the broker confirmed with basic.ack.
+    pub confirmed_msgs: u64,
+    /// From the first publish until the last confirm.
+    pub confirm_secs: f64,
+    /// Publishes the broker refused with basic.nack.
+    pub nacked_msgs: u64,
+    /// Publishes neither confirmed nor nacked by the end of the confirm timeout.
+    pub unconfirmed_msgs: u64,
+    pub confirm: LatencySummary,
+    /// Deliveries of this run's messages, duplicates included.
+    pub consumed_msgs: u64,
+    pub consumed_bytes: u64,
+    /// From the first publish until the last delivery.
+    pub consume_secs: f64,
+    pub end_to_end: LatencySummary,
+    /// Deliveries of a sequence number already delivered (to any consumer).
+    pub duplicate_msgs: u64,
+    /// Confirmed messages no consumer received before the drain timeout.
+    pub missing_msgs: u64,
+    /// Delivered messages whose publish was not confirmed (nacked or still unconfirmed).
+    pub unconfirmed_delivered_msgs: u64,
+    /// Deliveries that were not this run's messages (acked and otherwise ignored).
+    pub foreign_msgs: u64,
+    /// Ready messages in the queue after the consumers closed, if the broker said.
+    pub left_in_queue: Option<u32>,
+    pub errors: AmqpErrorCounts,
+}
+
+impl AmqpReport {
+    fn bytes(&self, msgs: u64) -> f64 {
+        msgs as f64 * self.settings.message_bytes as f64
+    }
+
+    fn publish_msgs_per_sec(&self) -> f64 {
+        per_sec(self.published_msgs as f64, self.publish_secs)
+    }
+
+    fn publish_mb_per_sec(&self) -> f64 {
+        per_sec(self.bytes(self.published_msgs), self.publish_secs) / 1e6
+    }
+
+    fn confirm_msgs_per_sec(&self) -> f64 {
+        per_sec(self.confirmed_msgs as f64, self.confirm_secs)
+    }
+
+    fn confirm_mb_per_sec(&self) -> f64 {
+        per_sec(self.bytes(self.confirmed_msgs), self.confirm_secs) / 1e6
+    }
+
+    fn consume_msgs_per_sec(&self) -> f64 {
+        per_sec(self.consumed_msgs as f64, self.consume_secs)
+    }
+
+    fn consume_mb_per_sec(&self) -> f64 {
+        per_sec(self.consumed_bytes as f64, self.consume_secs) / 1e6
+    }
+
+    pub fn print_text(&self) {
+        let s = &self.settings;
+        if let Some(disk_probe) = &self.disk_probe {
+            disk_probe.print_text();
+        }
+        println!(
+            "amqp {} queue {}: {} publishers (confirms, max {} in flight each), {} consumers (prefetch {}, ack every {}), {} B {} messages, rate {}, {} s",
+            s.url,
+            s.queue,
+            s.publishers,
+            s.max_in_flight,
+            s.consumers,
+            s.prefetch,
+            s.ack_every,
+            s.message_bytes,
+            if s.persistent { "persistent" } else { "transient" },
+            if s.rate_msgs_per_sec == 0 {
+                "unlimited".to_string()
+            } else {
+                format!("{} msgs/s", s.rate_msgs_per_sec)
+            },
+            s.duration_secs,
+        );
+        println!(
+            "{}",
+            rate_line(
+                "published",
+                self.published_msgs,
+                self.publish_secs,
+                self.publish_mb_per_sec()
+            )
+        );
+        println!(
+            "{}  (nacked {}, unconfirmed {})",
+            rate_line(
+                "confirmed",
+                self.confirmed_msgs,
+                self.confirm_secs,
+                self.confirm_mb_per_sec()
+            ),
+            self.nacked_msgs,
+            self.unconfirmed_msgs
+        );
+        println!("  publish->confirm {}", self.confirm.to_ms_line());
+        if s.consumers > 0 {
+            println!(
+                "{}  (missing {}, duplicates {}, unconfirmed delivered {}, foreign {})",
+                rate_line(
+                    "consumed",
+                    self.consumed_msgs,
+                    self.consume_secs,
+                    self.consume_mb_per_sec()
+                ),
+                self.missing_msgs,
+                self.duplicate_msgs,
+                self.unconfirmed_delivered_msgs,
+                self.foreign_msgs
+            );
+            println!("  end-to-end       {}", self.end_to_end.to_ms_line());
+        }
+        if let Some(left_in_queue) = self.left_in_queue {
+            println!("  left in queue {left_in_queue}");
+        }
+        print_errors(&self.errors.by_source(), self.errors.first_error.as_deref());
+    }
+
+    pub fn to_json(&self) -> Value {
+        let s = &self.settings;
+        json!({
+            "label": s.label,
+            "url": s.url,
+            "queue": s.queue,
+            "publishers": s.publishers,
+            "consumers": s.consumers,
+            "message_bytes": s.message_bytes,
+            "persistent": s.persistent,
+            "max_in_flight": s.max_in_flight,
+            "prefetch": s.prefetch,
+            "ack_every": s.ack_every,
+            "rate_msgs_per_sec": s.rate_msgs_per_sec,
+            "duration_secs": s.duration_secs,
+            "published_msgs": self.published_msgs,
+            "publish_secs": round3(self.publish_secs),
+            "publish_msgs_per_sec": round1(self.publish_msgs_per_sec()),
+            "publish_mb_per_sec": round1(self.publish_mb_per_sec()),
+            "confirmed_msgs": self.confirmed_msgs,
+            "confirm_secs": round3(self.confirm_secs),
+            "confirm_msgs_per_sec": round1(self.confirm_msgs_per_sec()),
+            "confirm_mb_per_sec": round1(self.confirm_mb_per_sec()),
+            "nacked_msgs": self.nacked_msgs,
+            "unconfirmed_msgs": self.unconfirmed_msgs,
+            "confirm": self.confirm.to_json(),
+            "consumed_msgs": self.consumed_msgs,
+            "consume_secs": round3(self.consume_secs),
+            "consume_msgs_per_sec": round1(self.consume_msgs_per_sec()),
+            "consume_mb_per_sec": round1(self.consume_mb_per_sec()),
+            "end_to_end": self.end_to_end.to_json(),
+            "duplicate_msgs": self.duplicate_msgs,
+            "missing_msgs": self.missing_msgs,
+            "unconfirmed_delivered_msgs": self.unconfirmed_delivered_msgs,
+            "foreign_msgs": self.foreign_msgs,
+            "left_in_queue": self.left_in_queue,
+            "errors": errors_json(&self.errors.by_source(), self.errors.first_error.as_deref()),
+            "disk_probe": self.disk_probe.as_ref().map(DiskProbeReport::to_json),
+        })
     }
 }

@@ -119,8 +119,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQP_LISTEN", value_name = "HOST:PORT,...")]
     pub amqp_listen: Option<String>,
 
-    /// AMQP users as `name:password`, comma-separated; they may connect from anywhere
-    /// [default: guest:guest, from loopback only, as in RabbitMQ]
+    /// More AMQP users as `name:password`, comma-separated; they may connect from anywhere.
+    /// guest:guest always exists and may connect from loopback only, as in RabbitMQ; naming
+    /// guest here changes its password
     #[arg(long, env = "SLUICE_AMQP_USERS", value_name = "USER:PASSWORD,...")]
     pub amqp_users: Option<String>,
 
@@ -295,20 +296,18 @@ impl ServeArgs {
         };
         let mut amqp = AmqpConfig::default();
         if let Some(users) = &self.amqp_users {
-            amqp.users = users
-                .split(',')
-                .filter(|u| !u.trim().is_empty())
-                .map(|u| {
-                    let (name, password) = u.trim().split_once(':').with_context(|| {
-                        format!("--amqp-users entry '{u}' is not name:password")
-                    })?;
-                    Ok(AmqpUser {
-                        name: name.to_string(),
-                        password: password.to_string(),
-                        loopback_only: name == "guest",
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            for entry in users.split(',').filter(|u| !u.trim().is_empty()) {
+                let (name, password) = entry.trim().split_once(':').with_context(|| {
+                    format!("--amqp-users entry '{entry}' is not name:password")
+                })?;
+                // Naming guest changes its password; it stays limited to loopback.
+                amqp.users.retain(|u| u.name != name);
+                amqp.users.push(AmqpUser {
+                    name: name.to_string(),
+                    password: password.to_string(),
+                    loopback_only: name == "guest",
+                });
+            }
         }
         if let Some(heartbeat) = self.amqp_heartbeat {
             amqp.heartbeat_s = heartbeat;

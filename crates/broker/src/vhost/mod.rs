@@ -279,15 +279,24 @@ impl VirtualHost {
             if passive {
                 return Ok(());
             }
-            if existing.kind.as_str() != kind
-                || existing.durable != durable
-                || existing.auto_delete != auto_delete
-                || existing.internal != internal
-            {
-                return Err(VhostError::PreconditionFailed(format!(
-                    "inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{kind}' but current is '{}'",
-                    existing.kind.as_str()
-                )));
+            let mismatch = |arg: &str,
+                            received: &dyn std::fmt::Display,
+                            current: &dyn std::fmt::Display| {
+                VhostError::PreconditionFailed(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                ))
+            };
+            if existing.kind.as_str() != kind {
+                return Err(mismatch("type", &kind, &existing.kind.as_str()));
+            }
+            if existing.durable != durable {
+                return Err(mismatch("durable", &durable, &existing.durable));
+            }
+            if existing.auto_delete != auto_delete {
+                return Err(mismatch("auto_delete", &auto_delete, &existing.auto_delete));
+            }
+            if existing.internal != internal {
+                return Err(mismatch("internal", &internal, &existing.internal));
             }
             return Ok(());
         }
@@ -329,9 +338,8 @@ impl VirtualHost {
             )));
         }
         let Some(exchange) = topology.exchanges.get(name) else {
-            return Err(VhostError::NotFound(format!(
-                "no exchange '{name}' in vhost '/'"
-            )));
+            // Deleting what is not there succeeds, as in RabbitMQ.
+            return Ok(());
         };
         let durable = exchange.durable;
         let used = topology.bindings.get(name).is_some_and(|b| !b.is_empty());
@@ -510,7 +518,7 @@ impl VirtualHost {
             }
             if if_empty && (queue.message_count() > 0 || queue.unacked_count() > 0) {
                 return Err(VhostError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '/' is not empty"
+                    "queue '{name}' in vhost '/' not empty"
                 )));
             }
             Arc::clone(queue)

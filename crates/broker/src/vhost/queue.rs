@@ -331,7 +331,7 @@ impl Queue {
                 let Some(head) = state.ready.front() else {
                     break;
                 };
-                if head.expires_at_ms.is_some_and(|t| t <= now) {
+                if head.expires_at_ms.is_some_and(|t| t < now) {
                     if let Some(entry) = self.take_front(&mut state) {
                         self.settle_stored(&[&entry]);
                         dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
@@ -394,7 +394,7 @@ impl Queue {
             let now = now_ms();
             loop {
                 let entry = self.take_front(&mut state)?;
-                if entry.expires_at_ms.is_some_and(|t| t <= now) {
+                if entry.expires_at_ms.is_some_and(|t| t < now) {
                     self.settle_stored(&[&entry]);
                     dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
                     continue;
@@ -538,7 +538,7 @@ impl Queue {
             while state
                 .ready
                 .front()
-                .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t <= now))
+                .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t < now))
             {
                 if let Some(entry) = self.take_front(&mut state) {
                     self.settle_stored(&[&entry]);

@@ -118,8 +118,10 @@ impl Session {
             self.global_prefetch
                 .store(u32::from(prefetch_count), Ordering::Release);
         } else {
+            // RabbitMQ's reading: a per-consumer limit replaces a channel-wide one.
             self.consumer_prefetch
                 .store(u32::from(prefetch_count), Ordering::Release);
+            self.global_prefetch.store(0, Ordering::Release);
         }
         self.redispatch();
     }

@@ -393,9 +393,13 @@ impl Channel {
                 } else {
                     c.consumer_tag.as_str().to_string()
                 };
-                let consumer = self
-                    .session
-                    .consume(&name, tag.clone(), c.no_ack, c.exclusive)?;
+                let consumer = self.session.consume(
+                    &name,
+                    tag.clone(),
+                    c.no_ack,
+                    c.exclusive,
+                    &c.arguments,
+                )?;
                 if !c.nowait {
                     self.reply(
                         connection,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use sluice_log::{stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::group_commit::GroupCommit;
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
@@ -163,14 +163,35 @@ impl Partition {
         })
     }
 
-    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued;
-    /// the producer waits for it unless acks=0.
-    async fn make_durable(&self, offset_end: i64, acks: Acks) -> Result<(), BrokerError> {
+    /// Appends batches the broker built itself (AMQP publishes crossing into a topic: no
+    /// producer id, so no sequence checks). Synchronous, so publishes keep their order; the
+    /// receiver resolves once the batches are durable and readable.
+    pub fn append_unsequenced(
+        &self,
+        mut records: BytesMut,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, BrokerError> {
+        let now = now_ms();
+        if self.log_append_time.load(Ordering::Relaxed) {
+            stamp_log_append_time(&mut records, now)?;
+        }
+        let info = self.log.append(&mut records, 0, now)?;
+        Ok(self.durable(info.last_offset + 1))
+    }
+
+    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued.
+    fn durable(&self, offset_end: i64) -> oneshot::Receiver<Result<(), String>> {
         if self.log.config().durability != Durability::Batch {
             self.data_ready.notify_waiters();
-            return Ok(());
+            let (sender, receiver) = oneshot::channel();
+            let _ = sender.send(Ok(()));
+            return receiver;
         }
-        let durable = self.group_commit.durable(offset_end);
+        self.group_commit.durable(offset_end)
+    }
+
+    /// The producer waits for durability unless acks=0.
+    async fn make_durable(&self, offset_end: i64, acks: Acks) -> Result<(), BrokerError> {
+        let durable = self.durable(offset_end);
         if acks == Acks::None {
             return Ok(());
         }

@@ -43,7 +43,8 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
     let kafka_address = kafka.local_addr()?;
-    let vhost = VirtualHost::open(config.vhost).context("opening the AMQP virtual host")?;
+    let vhost =
+        VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
     vhost.start_housekeeping();
     let amqp = bind_amqp(
         &config.amqp_listen,

@@ -17,6 +17,9 @@ const DEFINITIONS_FILE: &str = "definitions.json";
 pub struct Definitions {
     pub exchanges: Vec<Exchange>,
     pub queues: Vec<QueueDefinition>,
+    /// Stream queues (Kafka topics declared over AMQP).
+    #[serde(default)]
+    pub streams: Vec<String>,
     pub bindings: Vec<Binding>,
 }
 

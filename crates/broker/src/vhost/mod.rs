@@ -9,8 +9,9 @@ pub mod message;
 pub mod queue;
 mod queue_store;
 pub mod session;
+mod stream;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,6 +26,7 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
 pub use session::{Delivery, DeliverySink, Session, Settle};
+pub use stream::{StreamQueue, StreamStart};
 
 use definitions::{Definitions, QueueDefinition};
 use queue_store::QueueStore;
@@ -78,17 +80,27 @@ pub struct PublishOutcome {
     pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
 }
 
+/// Where a publish goes.
+#[derive(Default)]
+struct Targets {
+    queues: Vec<Arc<Queue>>,
+    streams: Vec<Arc<StreamQueue>>,
+}
+
 struct Topology {
     exchanges: HashMap<String, Exchange>,
     /// By source exchange.
     bindings: HashMap<String, Vec<Binding>>,
     queues: HashMap<String, Arc<Queue>>,
+    /// Stream queues: Kafka topics bound into the AMQP topology.
+    streams: HashMap<String, Arc<StreamQueue>>,
     /// Durable queues' store directories.
     queue_dirs: HashMap<String, String>,
 }
 
 pub struct VirtualHost {
     config: VhostConfig,
+    broker: Arc<crate::Broker>,
     topology: RwLock<Topology>,
     memory_bytes: AtomicI64,
     blocked: watch::Sender<Option<String>>,
@@ -107,7 +119,10 @@ const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
 
 impl VirtualHost {
     /// Opens the virtual host: loads durable definitions and recovers durable queues.
-    pub fn open(config: VhostConfig) -> Result<Arc<VirtualHost>, VhostError> {
+    pub fn open(
+        config: VhostConfig,
+        broker: Arc<crate::Broker>,
+    ) -> Result<Arc<VirtualHost>, VhostError> {
         let dir = amqp_dir(&config.data_dir);
         std::fs::create_dir_all(dir.join("queues"))
             .map_err(|e| VhostError::Storage(format!("{}: {e}", dir.display())))?;
@@ -115,10 +130,12 @@ impl VirtualHost {
         let (blocked, _) = watch::channel(None);
         let vhost = Arc::new_cyclic(|weak| VirtualHost {
             config,
+            broker,
             topology: RwLock::new(Topology {
                 exchanges: HashMap::new(),
                 bindings: HashMap::new(),
                 queues: HashMap::new(),
+                streams: HashMap::new(),
                 queue_dirs: HashMap::new(),
             }),
             memory_bytes: AtomicI64::new(0),
@@ -143,6 +160,14 @@ impl VirtualHost {
             }
             for exchange in definitions.exchanges {
                 topology.exchanges.insert(exchange.name.clone(), exchange);
+            }
+            for name in definitions.streams {
+                match StreamQueue::open(Arc::clone(&vhost.broker), &name) {
+                    Ok(stream) => {
+                        topology.streams.insert(name, stream);
+                    }
+                    Err(error) => tracing::warn!(stream = %name, %error, "stream queue dropped"),
+                }
             }
             for q in definitions.queues {
                 let options =
@@ -375,6 +400,19 @@ impl VirtualHost {
         connection: ConnectionId,
     ) -> Result<(String, u32, u32), VhostError> {
         let mut topology = self.topology.write();
+        let wants_stream = arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(message::value_as_str)
+            == Some("stream");
+        if topology.streams.contains_key(name) {
+            if !passive && !wants_stream {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "inequivalent arg 'x-queue-type' for queue '{name}' in vhost '/': received none but current is the value 'stream' of type 'longstr'"
+                )));
+            }
+            return Ok((name.to_string(), 0, 0));
+        }
         if let Some(existing) = topology.queues.get(name) {
             check_exclusive(existing, connection)?;
             if !passive {
@@ -435,6 +473,25 @@ impl VirtualHost {
             name.to_string()
         };
         let options = QueueOptions::from_arguments(&name, &arguments)?;
+        if wants_stream {
+            // RabbitMQ's rules for streams: durable, shared, never auto-deleted.
+            if !durable || exclusive || auto_delete {
+                let property = if !durable {
+                    "non-durable"
+                } else if exclusive {
+                    "exclusive"
+                } else {
+                    "auto-delete"
+                };
+                return Err(VhostError::PreconditionFailed(format!(
+                    "invalid property '{property}' for queue '{name}' in vhost '/'"
+                )));
+            }
+            let stream = StreamQueue::open(Arc::clone(&self.broker), &name)?;
+            topology.streams.insert(name.clone(), stream);
+            self.save(&topology)?;
+            return Ok((name, 0, 0));
+        }
         if let Some(kind) = arguments
             .inner()
             .get("x-queue-type")
@@ -478,12 +535,22 @@ impl VirtualHost {
     }
 
     /// The queue `name`, if `connection` may use it.
+    /// The stream queue `name`, if it is one.
+    pub fn stream(&self, name: &str) -> Option<Arc<StreamQueue>> {
+        self.topology.read().streams.get(name).cloned()
+    }
+
     pub fn queue_for(
         &self,
         name: &str,
         connection: ConnectionId,
     ) -> Result<Arc<Queue>, VhostError> {
         let topology = self.topology.read();
+        if topology.streams.contains_key(name) {
+            return Err(VhostError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '/' is a stream: consume it with basic.consume"
+            )));
+        }
         let queue = topology
             .queues
             .get(name)
@@ -504,6 +571,18 @@ impl VirtualHost {
         if_empty: bool,
         connection: ConnectionId,
     ) -> Result<u32, VhostError> {
+        {
+            // A stream queue goes from the AMQP topology; its Kafka topic and data stay.
+            let mut topology = self.topology.write();
+            if topology.streams.remove(name).is_some() {
+                let target = Destination::Queue(name.to_string());
+                for bindings in topology.bindings.values_mut() {
+                    bindings.retain(|b| b.destination != target);
+                }
+                self.save(&topology)?;
+                return Ok(0);
+            }
+        }
         let queue = {
             let topology = self.topology.read();
             let Some(queue) = topology.queues.get(name) else {
@@ -650,6 +729,7 @@ impl VirtualHost {
         connection: ConnectionId,
     ) -> Result<bool, VhostError> {
         let destination_durable = match destination {
+            Destination::Queue(name) if topology.streams.contains_key(name) => true,
             Destination::Queue(name) => {
                 let queue = topology.queues.get(name).ok_or_else(|| {
                     VhostError::NotFound(format!("no queue '{name}' in vhost '/'"))
@@ -695,21 +775,30 @@ impl VirtualHost {
         }
     }
 
-    /// The queues a message published to `exchange` with these routing key and headers reaches
-    /// (following exchange-to-exchange bindings).
+    /// The queues and streams a message published to `exchange` with these routing key and
+    /// headers reaches (following exchange-to-exchange bindings).
     fn route(
         &self,
         topology: &Topology,
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
-    ) -> Vec<Arc<Queue>> {
-        let mut queues: BTreeMap<String, Arc<Queue>> = BTreeMap::new();
-        if exchange.is_empty() {
-            if let Some(queue) = topology.queues.get(routing_key) {
-                queues.insert(routing_key.to_string(), Arc::clone(queue));
+    ) -> Targets {
+        let mut targets = Targets::default();
+        let add = |name: &str, targets: &mut Targets| {
+            if let Some(queue) = topology.queues.get(name) {
+                if !targets.queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                    targets.queues.push(Arc::clone(queue));
+                }
+            } else if let Some(stream) = topology.streams.get(name) {
+                if !targets.streams.iter().any(|s| Arc::ptr_eq(s, stream)) {
+                    targets.streams.push(Arc::clone(stream));
+                }
             }
-            return queues.into_values().collect();
+        };
+        if exchange.is_empty() {
+            add(routing_key, &mut targets);
+            return targets;
         }
         let mut pending = vec![exchange.to_string()];
         let mut seen = vec![exchange.to_string()];
@@ -722,11 +811,7 @@ impl VirtualHost {
                     continue;
                 }
                 match &binding.destination {
-                    Destination::Queue(name) => {
-                        if let Some(queue) = topology.queues.get(name) {
-                            queues.insert(name.clone(), Arc::clone(queue));
-                        }
-                    }
+                    Destination::Queue(name) => add(name, &mut targets),
                     Destination::Exchange(name) => {
                         if !seen.contains(name) {
                             seen.push(name.clone());
@@ -736,7 +821,7 @@ impl VirtualHost {
                 }
             }
         }
-        queues.into_values().collect()
+        targets
     }
 
     pub fn publish(
@@ -746,7 +831,7 @@ impl VirtualHost {
         _mandatory: bool,
         message: Message,
     ) -> Result<PublishOutcome, VhostError> {
-        let queues = {
+        let targets = {
             let topology = self.topology.read();
             match topology.exchanges.get(exchange) {
                 None => {
@@ -768,26 +853,38 @@ impl VirtualHost {
                 message.properties.headers.as_ref(),
             )
         };
-        Ok(self.deliver_to(queues, message))
+        Ok(self.deliver_to(targets, message))
     }
 
-    fn deliver_to(&self, queues: Vec<Arc<Queue>>, message: Message) -> PublishOutcome {
+    fn deliver_to(&self, targets: Targets, message: Message) -> PublishOutcome {
         let mut outcome = PublishOutcome {
-            routed: !queues.is_empty(),
+            routed: !targets.queues.is_empty() || !targets.streams.is_empty(),
             rejected: false,
             durable: Vec::new(),
         };
+        let failed = |error: &VhostError| {
+            let (sender, receiver) = oneshot::channel();
+            let _ = sender.send(Err(error.to_string()));
+            receiver
+        };
+        for stream in &targets.streams {
+            match stream.publish(&message) {
+                Ok(durable) => outcome.durable.push(durable),
+                Err(error) => {
+                    tracing::warn!(stream = %stream.name, %error, "could not append a message to a stream");
+                    outcome.durable.push(failed(&error));
+                }
+            }
+        }
         let message = Arc::new(message);
-        for queue in queues {
+        for queue in targets.queues {
             match queue.enqueue(Arc::clone(&message)) {
                 Ok(Enqueued::Accepted(Some(durable))) => outcome.durable.push(durable),
                 Ok(Enqueued::Accepted(None)) => {}
                 Ok(Enqueued::Rejected) => outcome.rejected = true,
                 Err(error) => {
                     tracing::warn!(queue = %queue.name, %error, "could not store a message");
-                    let (sender, receiver) = oneshot::channel();
-                    let _ = sender.send(Err(error.to_string()));
-                    outcome.durable.push(receiver);
+                    outcome.durable.push(failed(&error));
                 }
             }
         }
@@ -818,12 +915,12 @@ impl VirtualHost {
             .unwrap_or_else(|| message.routing_key.clone());
         message.exchange = dlx.clone();
         message.routing_key = routing_key.clone();
-        let queues = {
+        let targets = {
             let topology = self.topology.read();
             if !topology.exchanges.contains_key(&dlx) {
                 return;
             }
-            let mut queues = self.route(
+            let mut targets = self.route(
                 &topology,
                 &dlx,
                 &routing_key,
@@ -831,12 +928,12 @@ impl VirtualHost {
             );
             // A message expiring around a cycle back into its own queue is dropped, as in RabbitMQ.
             if reason != DeadLetterReason::Rejected {
-                queues.retain(|q| q.name != queue.name);
+                targets.queues.retain(|q| q.name != queue.name);
             }
-            queues
+            targets
         };
         // Durability of dead-lettered copies is the group commit's, not awaited by anyone.
-        drop(self.deliver_to(queues, message));
+        drop(self.deliver_to(targets, message));
     }
 
     fn save(&self, topology: &Topology) -> Result<(), VhostError> {
@@ -859,6 +956,7 @@ impl VirtualHost {
                     })
                 })
                 .collect(),
+            streams: topology.streams.keys().cloned().collect(),
             bindings: topology
                 .bindings
                 .values()
@@ -867,7 +965,9 @@ impl VirtualHost {
                     let source_durable =
                         topology.exchanges.get(&b.source).is_some_and(|e| e.durable);
                     let destination_durable = match &b.destination {
-                        Destination::Queue(q) => topology.queue_dirs.contains_key(q),
+                        Destination::Queue(q) => {
+                            topology.queue_dirs.contains_key(q) || topology.streams.contains_key(q)
+                        }
                         Destination::Exchange(e) => {
                             topology.exchanges.get(e).is_some_and(|e| e.durable)
                         }

@@ -9,12 +9,13 @@ use std::sync::{Arc, Weak};
 
 use amq_protocol_types::FieldTable;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::dead_letter::DeadLetterReason;
 use super::message::{value_as_i64, value_as_str, Message};
 use super::queue_store::QueueStore;
 use super::session::Session;
+use super::stream::{StreamQueue, StreamStart};
 use super::{ConnectionId, VhostError, VirtualHost};
 use crate::now_ms;
 
@@ -111,10 +112,16 @@ pub struct Entry {
     pub expires_at_ms: Option<i64>,
 }
 
+/// What a consumer reads: a queue, or a Kafka topic through a stream queue.
+pub enum ConsumerSource {
+    Queue(Arc<Queue>),
+    Stream(Arc<StreamQueue>, StreamStart),
+}
+
 /// A basic.consume on a queue.
 pub struct Consumer {
     pub tag: String,
-    pub queue: Arc<Queue>,
+    pub source: ConsumerSource,
     pub session: Arc<Session>,
     pub no_ack: bool,
     pub exclusive: bool,
@@ -122,10 +129,12 @@ pub struct Consumer {
     pub prefetch: u32,
     pub unacked: AtomicU32,
     pub cancelled: AtomicBool,
+    /// Wakes a stream consumer's reader when credit comes back or the consumer ends.
+    pub credit: Notify,
 }
 
 impl Consumer {
-    fn has_credit(&self) -> bool {
+    pub(super) fn has_credit(&self) -> bool {
         !self.cancelled.load(Ordering::Acquire)
             && (self.no_ack
                 || ((self.prefetch == 0 || self.unacked.load(Ordering::Acquire) < self.prefetch)
@@ -363,14 +372,14 @@ impl Queue {
                 }
                 if consumer.no_ack {
                     self.settle_stored(&[&entry]);
-                    consumer.session.deliver(&consumer, entry, false);
+                    consumer.session.deliver(&consumer, self, entry, false);
                 } else {
                     state.unacked_count += 1;
                     if let Some(offset) = entry.log_offset {
                         state.unacked_offsets.insert(offset);
                     }
                     consumer.unacked.fetch_add(1, Ordering::AcqRel);
-                    consumer.session.deliver(&consumer, entry, true);
+                    consumer.session.deliver(&consumer, self, entry, true);
                 }
             }
             state.delivered_below = mark_below;

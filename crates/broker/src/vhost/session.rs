@@ -10,8 +10,11 @@ use parking_lot::Mutex;
 
 use super::dead_letter::DeadLetterReason;
 use super::message::Message;
-use super::queue::{Consumer, Entry, Queue};
+use super::queue::{Consumer, ConsumerSource, Entry, Queue};
+use super::stream::StreamStart;
 use super::{ConnectionId, PublishOutcome, VhostError, VirtualHost};
+use amq_protocol_types::FieldTable;
+use tokio::sync::Notify;
 
 /// A delivery on its way to the client.
 pub struct Delivery<'a> {
@@ -30,8 +33,8 @@ pub trait DeliverySink: Send + Sync {
 }
 
 struct Unacked {
-    queue: Arc<Queue>,
-    entry: Entry,
+    /// The queue message; None for a stream delivery, whose ack only returns credit.
+    source: Option<(Arc<Queue>, Entry)>,
     consumer: Option<Arc<Consumer>>,
 }
 
@@ -136,7 +139,13 @@ impl Session {
 
     /// Called by a queue's dispatch (queue lock held): assigns the delivery tag and hands the
     /// delivery to the sink in one step, so tags reach the client in order.
-    pub(super) fn deliver(&self, consumer: &Arc<Consumer>, entry: Entry, track: bool) {
+    pub(super) fn deliver(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        entry: Entry,
+        track: bool,
+    ) {
         let mut state = self.state.lock();
         let tag = state.next_tag;
         state.next_tag += 1;
@@ -154,8 +163,34 @@ impl Session {
             state.unacked.insert(
                 tag,
                 Unacked {
-                    queue: Arc::clone(&consumer.queue),
-                    entry,
+                    source: Some((Arc::clone(queue), entry)),
+                    consumer: Some(Arc::clone(consumer)),
+                },
+            );
+        }
+    }
+
+    /// A record of a stream (Kafka topic) for a stream consumer.
+    pub(super) fn deliver_stream(&self, consumer: &Arc<Consumer>, message: Message) {
+        let mut state = self.state.lock();
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        self.sink.deliver(
+            self.channel,
+            Delivery {
+                consumer_tag: &consumer.tag,
+                delivery_tag: tag,
+                redelivered: false,
+                message: &message,
+            },
+        );
+        if !consumer.no_ack {
+            consumer.unacked.fetch_add(1, Ordering::AcqRel);
+            self.global_unacked.fetch_add(1, Ordering::AcqRel);
+            state.unacked.insert(
+                tag,
+                Unacked {
+                    source: None,
                     consumer: Some(Arc::clone(consumer)),
                 },
             );
@@ -170,8 +205,12 @@ impl Session {
         tag: String,
         no_ack: bool,
         exclusive: bool,
+        arguments: &FieldTable,
     ) -> Result<Arc<Consumer>, VhostError> {
-        let queue = self.vhost.queue_for(queue, self.connection)?;
+        let source = match self.vhost.stream(queue) {
+            Some(stream) => ConsumerSource::Stream(stream, StreamStart::from_arguments(arguments)?),
+            None => ConsumerSource::Queue(self.vhost.queue_for(queue, self.connection)?),
+        };
         let mut state = self.state.lock();
         if state.consumers.contains_key(&tag) {
             return Err(VhostError::NotAllowed(format!(
@@ -180,21 +219,29 @@ impl Session {
         }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
-            queue: Arc::clone(&queue),
+            source,
             session: Arc::clone(self),
             no_ack,
             exclusive,
             prefetch: self.consumer_prefetch.load(Ordering::Acquire),
             unacked: AtomicU32::new(0),
             cancelled: AtomicBool::new(false),
+            credit: Notify::new(),
         });
-        queue.add_consumer(Arc::clone(&consumer))?;
+        if let ConsumerSource::Queue(queue) = &consumer.source {
+            queue.add_consumer(Arc::clone(&consumer))?;
+        }
         state.consumers.insert(tag, Arc::clone(&consumer));
         Ok(consumer)
     }
 
     pub fn start_consumer(&self, consumer: &Arc<Consumer>) {
-        consumer.queue.dispatch();
+        match &consumer.source {
+            ConsumerSource::Queue(queue) => queue.dispatch(),
+            ConsumerSource::Stream(stream, start) => {
+                stream.start_consumer(Arc::clone(consumer), *start)
+            }
+        }
     }
 
     /// basic.cancel; false when there is no such consumer.
@@ -202,17 +249,28 @@ impl Session {
         let consumer = self.state.lock().consumers.remove(tag);
         match consumer {
             Some(consumer) => {
-                if consumer.queue.remove_consumer(&consumer) {
-                    self.vhost.auto_delete_queue(&consumer.queue);
-                }
+                self.stop_consumer(&consumer);
                 true
             }
             None => false,
         }
     }
 
-    /// The broker deleted the queue under this consumer.
+    fn stop_consumer(&self, consumer: &Arc<Consumer>) {
+        consumer.cancelled.store(true, Ordering::Release);
+        match &consumer.source {
+            ConsumerSource::Queue(queue) => {
+                if queue.remove_consumer(consumer) {
+                    self.vhost.auto_delete_queue(queue);
+                }
+            }
+            ConsumerSource::Stream(..) => consumer.credit.notify_one(),
+        }
+    }
+
+    /// The broker ended this consumer (its queue was deleted, its stream failed).
     pub(super) fn consumer_gone(&self, consumer: &Arc<Consumer>) {
+        consumer.cancelled.store(true, Ordering::Release);
         let removed = self.state.lock().consumers.remove(&consumer.tag);
         if removed.is_some() {
             self.sink.consumer_cancelled(self.channel, &consumer.tag);
@@ -242,8 +300,7 @@ impl Session {
             state.unacked.insert(
                 tag,
                 Unacked {
-                    queue,
-                    entry,
+                    source: Some((queue, entry)),
                     consumer: None,
                 },
             );
@@ -301,12 +358,12 @@ impl Session {
                 consumer.unacked.fetch_sub(1, Ordering::AcqRel);
                 self.global_unacked.fetch_sub(1, Ordering::AcqRel);
             }
-            match by_queue
-                .iter_mut()
-                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
-            {
-                Some((_, entries)) => entries.push(unacked.entry),
-                None => by_queue.push((unacked.queue, vec![unacked.entry])),
+            let Some((queue, entry)) = unacked.source else {
+                continue;
+            };
+            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                Some((_, entries)) => entries.push(entry),
+                None => by_queue.push((queue, vec![entry])),
             }
         }
         for (queue, entries) in by_queue {
@@ -330,15 +387,12 @@ impl Session {
 
     /// After credit is freed anywhere on the channel, every queue it consumes may deliver.
     fn redispatch(&self) {
-        let queues: Vec<Arc<Queue>> = self
-            .state
-            .lock()
-            .consumers
-            .values()
-            .map(|c| Arc::clone(&c.queue))
-            .collect();
-        for queue in queues {
-            queue.dispatch();
+        let consumers: Vec<Arc<Consumer>> = self.state.lock().consumers.values().cloned().collect();
+        for consumer in consumers {
+            match &consumer.source {
+                ConsumerSource::Queue(queue) => queue.dispatch(),
+                ConsumerSource::Stream(..) => consumer.credit.notify_one(),
+            }
         }
     }
 
@@ -441,9 +495,7 @@ impl Session {
         }
         self.release(unacked.into_values().collect(), Settle::Requeue);
         for consumer in consumers.into_values() {
-            if consumer.queue.remove_consumer(&consumer) {
-                self.vhost.auto_delete_queue(&consumer.queue);
-            }
+            self.stop_consumer(&consumer);
         }
     }
 }

@@ -1,0 +1,166 @@
+"""A message crosses between AMQP and Kafka with its body, headers and key intact.
+
+A queue declared with `x-queue-type: stream` is the Kafka topic of the same name: whatever an
+exchange routes to it is appended to the topic, and AMQP consumers of it read the topic (from
+`x-stream-offset`), as RabbitMQ stream consumers do. See the README's "Kafka and AMQP".
+Sluice-only: RabbitMQ has no Kafka side to compare with.
+"""
+
+import time
+
+import pika
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from librdkafka_client import unique_name
+
+
+def amqp_connect(broker):
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.amqp_port))
+
+
+def declare_stream(channel, name):
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
+
+
+def kafka_read_all(bootstrap, topic, count, partitions=1, timeout_s=30):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("g"),
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    records = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            records.append(message)
+    finally:
+        consumer.close()
+    assert len(records) == count, f"read {len(records)} of {count} records from {topic}"
+    return records
+
+
+def amqp_read_stream(channel, stream, count, offset="first", timeout_s=30):
+    channel.basic_qos(prefetch_count=50)
+    received = []
+
+    def on_message(ch, method, properties, body):
+        received.append((method, properties, body))
+        ch.basic_ack(method.delivery_tag)
+
+    tag = channel.basic_consume(stream, on_message, arguments={"x-stream-offset": offset})
+    deadline = time.monotonic() + timeout_s
+    while len(received) < count and time.monotonic() < deadline:
+        channel.connection.process_data_events(time_limit=0.2)
+    channel.basic_cancel(tag)
+    assert len(received) == count, f"got {len(received)} of {count} messages from {stream}"
+    return received
+
+
+def test_published_over_amqp_consumed_over_kafka(broker):
+    topic = unique_name("orders")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.exchange_declare("orders-x", "topic", durable=True)
+    declare_stream(channel, topic)
+    channel.queue_bind(topic, "orders-x", "order.#")
+    for i in range(50):
+        channel.basic_publish(
+            "orders-x", "order.created", f'{{"n": {i}}}'.encode(),
+            pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                 message_id=f"m-{i}", headers={"trace": f"t-{i}", "n": i}),
+            mandatory=True)  # confirmed: on disk in the topic
+    connection.close()
+
+    records = kafka_read_all(broker.bootstrap, topic, 50)
+    for i, record in enumerate(records):
+        assert record.value() == f'{{"n": {i}}}'.encode()
+        assert record.key() == b"order.created"
+        headers = dict(record.headers())
+        assert headers["trace"] == f"t-{i}".encode()
+        assert headers["n"] == str(i).encode()
+        assert headers["content-type"] == b"application/json"
+        assert headers["message-id"] == f"m-{i}".encode()
+        assert headers["amqp.exchange"] == b"orders-x"
+
+
+def test_produced_over_kafka_consumed_over_amqp(broker):
+    topic = unique_name("events")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, topic)  # creates the topic, as a Kafka admin would
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    for i in range(20):
+        producer.produce(topic, value=f"event-{i}".encode(), key=b"user-7",
+                         headers=[("trace", f"k-{i}".encode()), ("content-type", b"text/plain")])
+    assert producer.flush(30) == 0
+
+    received = amqp_read_stream(channel, topic, 20)
+    for i, (method, properties, body) in enumerate(received):
+        assert body == f"event-{i}".encode()
+        assert method.routing_key == "user-7"
+        assert method.redelivered is False
+        assert properties.content_type == "text/plain"
+        assert properties.headers["trace"] in (f"k-{i}", f"k-{i}".encode())
+        assert properties.headers["x-kafka-key"] in ("user-7", b"user-7")
+        assert properties.headers["x-stream-offset"] == i
+    connection.close()
+
+
+def test_amqp_to_stream_to_amqp_keeps_header_types(broker):
+    stream = unique_name("roundtrip")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, stream)
+    headers = {"int": 42, "bool": True, "nested": {"k": "v"}, "list": [1, "two"]}
+    channel.basic_publish("", stream, b"body", pika.BasicProperties(
+        delivery_mode=2, headers=headers, correlation_id="c-1", priority=3))
+    [(method, properties, body)] = amqp_read_stream(channel, stream, 1)
+    assert body == b"body"
+    assert properties.correlation_id == "c-1"
+    assert properties.priority == 3
+    assert properties.delivery_mode == 2
+    for key, value in headers.items():
+        assert properties.headers[key] == value
+    connection.close()
+
+
+def test_stream_offset_next_sees_only_new_messages(broker):
+    stream = unique_name("next")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, stream)
+    channel.confirm_delivery()  # "old" is in the topic before the consumer starts
+    channel.basic_publish("", stream, b"old")
+    channel.basic_qos(prefetch_count=10)
+    received = []
+    channel.basic_consume(stream, lambda ch, m, p, b: (received.append(b), ch.basic_ack(m.delivery_tag)),
+                          arguments={"x-stream-offset": "next"})
+    connection.process_data_events(time_limit=0.5)
+    channel.basic_publish("", stream, b"new")
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.2)
+    assert received == [b"new"]
+    connection.close()
+
+
+def test_stream_queue_and_its_binding_survive_a_restart(broker):
+    stream = unique_name("kept")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    channel.exchange_declare("kept-x", "direct", durable=True)
+    declare_stream(channel, stream)
+    channel.queue_bind(stream, "kept-x", "k")
+    channel.basic_publish("kept-x", "k", b"before")
+    connection.close()
+    broker.restart()
+
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish("kept-x", "k", b"after", mandatory=True)
+    bodies = [body for _, _, body in amqp_read_stream(channel, stream, 2)]
+    assert bodies == [b"before", b"after"]
+    connection.close()

@@ -215,6 +215,7 @@ impl VirtualHost {
                 let now = crate::now_ms();
                 for queue in vhost.all_queues() {
                     queue.expire(now);
+                    queue.write_pending_settles();
                     if ticks % 50 == 0 {
                         queue.maybe_snapshot();
                     }

@@ -19,6 +19,9 @@ use super::stream::{StreamQueue, StreamStart};
 use super::{ConnectionId, VhostError, VirtualHost};
 use crate::now_ms;
 
+/// Delivery marks are written this many offsets ahead of the delivery that needed one.
+const DELIVERY_MARK_WINDOW: u64 = 1024;
+
 /// What a full queue (x-max-length / x-max-length-bytes) does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -361,7 +364,9 @@ impl Queue {
                 };
                 if let Some(offset) = entry.log_offset {
                     if offset >= mark_below {
-                        mark_below = offset + 1;
+                        // A window ahead, so a mark is written once per many deliveries; the
+                        // redelivered flag is a "may have been delivered", as in RabbitMQ.
+                        mark_below = offset + DELIVERY_MARK_WINDOW;
                         // Before the delivery leaves: a restart then knows it may have.
                         if let Some(store) = &self.store {
                             if let Err(error) = store.mark_delivered_below(mark_below) {
@@ -410,9 +415,11 @@ impl Queue {
                 }
                 if let Some(offset) = entry.log_offset {
                     if offset >= state.delivered_below {
-                        state.delivered_below = offset + 1;
+                        state.delivered_below = offset + DELIVERY_MARK_WINDOW;
                         if let Some(store) = &self.store {
-                            let _ = store.mark_delivered_below(offset + 1);
+                            if let Err(error) = store.mark_delivered_below(state.delivered_below) {
+                                tracing::warn!(queue = %self.name, %error, "could not record a delivery mark");
+                            }
                         }
                     }
                 }
@@ -587,6 +594,15 @@ impl Queue {
         };
         if let Err(error) = store.snapshot(&live, delivered_below) {
             tracing::warn!(queue = %self.name, %error, "could not snapshot the settle log");
+        }
+    }
+
+    /// Writes settles gathered since the last housekeeping tick.
+    pub(super) fn write_pending_settles(&self) {
+        if let Some(store) = &self.store {
+            if let Err(error) = store.write_pending_settles() {
+                tracing::warn!(queue = %self.name, %error, "could not record settled messages");
+            }
         }
     }
 

@@ -24,10 +24,15 @@ const SETTLES_DIR: &str = "settles";
 const READ_CHUNK_BYTES: usize = 4 << 20;
 /// Snapshot the settle log when it has grown this much since the last snapshot.
 const SETTLE_LOG_SNAPSHOT_BYTES: u64 = 16 << 20;
+/// Settled offsets gathered before they are written without waiting for housekeeping.
+const SETTLES_PER_RECORD: usize = 4096;
 
 pub struct QueueStore {
     messages: Arc<PartitionLog>,
     settles: PartitionLog,
+    /// Settled offsets not yet written: written when many gather, and by the vhost's
+    /// housekeeping every few milliseconds. One write per ack would cost a syscall each.
+    pending_settles: parking_lot::Mutex<Vec<u64>>,
     group_commit: Arc<GroupCommit>,
     settle_bytes_at_snapshot: parking_lot::Mutex<u64>,
 }
@@ -69,6 +74,7 @@ impl QueueStore {
         let store = QueueStore {
             messages,
             settles,
+            pending_settles: parking_lot::Mutex::new(Vec::new()),
             group_commit,
             settle_bytes_at_snapshot: parking_lot::Mutex::new(0),
         };
@@ -141,7 +147,24 @@ impl QueueStore {
         Ok((info.base_offset as u64, durable))
     }
 
+    /// Records that these messages left the queue (written within a housekeeping tick).
     pub fn settle(&self, offsets: &[u64]) -> Result<(), BrokerError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let full = {
+            let mut pending = self.pending_settles.lock();
+            pending.extend_from_slice(offsets);
+            pending.len() >= SETTLES_PER_RECORD
+        };
+        if full {
+            self.write_pending_settles()?;
+        }
+        Ok(())
+    }
+
+    pub fn write_pending_settles(&self) -> Result<(), BrokerError> {
+        let offsets = std::mem::take(&mut *self.pending_settles.lock());
         if offsets.is_empty() {
             return Ok(());
         }
@@ -180,6 +203,7 @@ impl QueueStore {
     /// every message still ready or unacked), drops the settle records before it and the
     /// message segments below the oldest live message.
     pub fn snapshot(&self, live: &[u64], delivered_below: u64) -> Result<(), BrokerError> {
+        self.write_pending_settles()?;
         let upto = self.messages.log_end_offset() as u64;
         let mut value = vec![b'S'];
         value.extend_from_slice(&upto.to_be_bytes());
@@ -214,6 +238,7 @@ impl QueueStore {
     }
 
     pub fn flush(&self) -> Result<(), BrokerError> {
+        self.write_pending_settles()?;
         self.settles.flush()?;
         self.messages.flush()?;
         Ok(())

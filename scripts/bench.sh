@@ -3,6 +3,7 @@
 # 1 KiB messages with acks=1 and acks=all on 1 and 8 partitions (fsync=batch), the end-to-end
 # latency at a fixed 20,000 msgs/s (fsync=batch), and the same with fsync=never.
 # Prints the bench tool's summaries; `BENCH_SECS` sets each run's length (default 10).
+# BENCH_AMQP=1 also runs scripts/bench_amqp.sh (AMQP: RabbitMQ and Sluice) at the end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,7 +20,7 @@ trap 'stop_broker; rm -rf "$WORK"' EXIT
 start_broker() { # $1: fsync policy
     stop_broker
     rm -rf "$WORK/data"
-    "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" \
+    "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off \
         >"$WORK/broker-$1.log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 1 100); do
@@ -54,3 +55,8 @@ run "fsync=batch latency at 20,000 msgs/s, 100 B acks=all" --topic latency-batch
 start_broker never
 run "fsync=never latency at 20,000 msgs/s, 100 B acks=1" --topic latency-never \
     --message-bytes 100 --acks 1 --partitions 1 --rate 20000 --linger-ms 0 --fetch-wait-max-ms 100
+
+if [ "${BENCH_AMQP:-0}" = 1 ]; then
+    stop_broker
+    BENCH_BUILD=0 SLUICE_BIN="$SLUICE" SLUICE_BENCH_BIN="$BENCH" "$ROOT/scripts/bench_amqp.sh"
+fi

@@ -8,7 +8,7 @@ use amq_protocol::protocol::{access, basic, channel, confirm, exchange, queue, t
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use sluice_broker::vhost::{
-    Delivery, DeliverySink, Destination, Message, PublishOutcome, Session, Settle,
+    Delivery, DeliverySink, Destination, Got, Message, PublishOutcome, Session, Settle,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -432,7 +432,12 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
                 let name = self.queue_name(&g.queue)?;
                 match self.session.get(&name, g.no_ack)? {
-                    Some((tag, redelivered, message, remaining)) => {
+                    Some(Got {
+                        delivery_tag: tag,
+                        redelivered,
+                        message,
+                        remaining,
+                    }) => {
                         let mut frames = Vec::with_capacity(message.body.len() + 128);
                         encode_content(
                             &mut frames,

@@ -103,8 +103,7 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
         }
     };
     match parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(class),
-        // Trailing bytes after a known method: tolerate, as RabbitMQ does for extensions.
+        // Trailing bytes after a whole method are tolerated, as RabbitMQ does.
         Ok((_, class)) => Ok(class),
         Err(_) => {
             let (class_id, method_id) = ids(payload);

@@ -232,10 +232,7 @@ fn value_as_bytes(value: &AMQPValue) -> Option<Vec<u8>> {
 
 pub fn encode_field_table(table: &FieldTable) -> Vec<u8> {
     let gen = amq_protocol_types::generation::gen_field_table(table);
-    match cookie_factory::gen_simple(gen, Vec::new()) {
-        Ok(bytes) => bytes,
-        Err(_) => Vec::new(),
-    }
+    cookie_factory::gen_simple(gen, Vec::new()).unwrap_or_default()
 }
 
 pub fn decode_field_table(bytes: &[u8]) -> Option<FieldTable> {

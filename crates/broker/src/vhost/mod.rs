@@ -25,7 +25,7 @@ pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
-pub use session::{Delivery, DeliverySink, Session, Settle};
+pub use session::{Delivery, DeliverySink, Got, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::{Definitions, QueueDefinition};
@@ -216,11 +216,11 @@ impl VirtualHost {
                 for queue in vhost.all_queues() {
                     queue.expire(now);
                     queue.write_pending_settles();
-                    if ticks % 50 == 0 {
+                    if ticks.is_multiple_of(50) {
                         queue.maybe_snapshot();
                     }
                 }
-                if ticks % 25 == 0 {
+                if ticks.is_multiple_of(25) {
                     vhost.check_disk();
                 }
             }

@@ -339,10 +339,7 @@ impl Queue {
             }
             let now = now_ms();
             let mut mark_below = state.delivered_below;
-            loop {
-                let Some(head) = state.ready.front() else {
-                    break;
-                };
+            while let Some(head) = state.ready.front() {
                 if head.expires_at_ms.is_some_and(|t| t < now) {
                     if let Some(entry) = self.take_front(&mut state) {
                         self.settle_stored(&[&entry]);

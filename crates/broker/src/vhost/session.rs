@@ -32,6 +32,15 @@ pub trait DeliverySink: Send + Sync {
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
 }
 
+/// A message taken with basic.get.
+pub struct Got {
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub message: Arc<Message>,
+    /// Messages left ready in the queue.
+    pub remaining: u32,
+}
+
 struct Unacked {
     /// The queue message; None for a stream delivery, whose ack only returns credit.
     source: Option<(Arc<Queue>, Entry)>,
@@ -278,11 +287,7 @@ impl Session {
     }
 
     /// basic.get: the next message of `queue` with its delivery tag and the remaining count.
-    pub fn get(
-        &self,
-        queue: &str,
-        no_ack: bool,
-    ) -> Result<Option<(u64, bool, Arc<Message>, u32)>, VhostError> {
+    pub fn get(&self, queue: &str, no_ack: bool) -> Result<Option<Got>, VhostError> {
         let queue = self.vhost.queue_for(queue, self.connection)?;
         let Some((entry, remaining)) = queue.get(!no_ack) else {
             return Ok(None);
@@ -290,12 +295,12 @@ impl Session {
         let mut state = self.state.lock();
         let tag = state.next_tag;
         state.next_tag += 1;
-        let result = (
-            tag,
-            entry.redelivered,
-            Arc::clone(&entry.message),
+        let result = Got {
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            message: Arc::clone(&entry.message),
             remaining,
-        );
+        };
         if !no_ack {
             state.unacked.insert(
                 tag,

@@ -60,6 +60,9 @@ class Broker:
         self.extra_args = [str(a) for a in extra_args]
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        # Every broker gets its own AMQP port too, so that test brokers never race for the
+        # default 5672 (or for each other's ports) unless a test picks the listener itself.
+        self.amqp_port = free_port()
         self.process = None
         self.starts = 0
 
@@ -76,6 +79,8 @@ class Broker:
         ]
         if "--group-initial-rebalance-delay-ms" not in self.extra_args:
             args += ["--group-initial-rebalance-delay-ms", "0"]
+        if "--amqp-listen" not in self.extra_args:
+            args += ["--amqp-listen", f"127.0.0.1:{self.amqp_port}"]
         return args + self.extra_args
 
     def start(self):

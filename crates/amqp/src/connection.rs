@@ -410,6 +410,10 @@ impl Connection {
         if !self.blocked_capable || alarm.is_some() == self.notified_blocked {
             return;
         }
+        // As RabbitMQ: only a connection that publishes is blocked, and told so.
+        if alarm.is_some() && !self.has_published {
+            return;
+        }
         self.notified_blocked = alarm.is_some();
         let method = match alarm {
             Some(reason) => connection::AMQPMethod::Blocked(connection::Blocked {

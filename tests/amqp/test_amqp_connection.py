@@ -243,3 +243,21 @@ def test_connection_blocked_when_queued_messages_pass_the_memory_watermark(amqp)
     channel.basic_publish("", queue, b"after")
     other.close()
     connection.close()
+
+
+def test_connection_blocked_when_the_data_disk_is_low(amqp):
+    # Sluice's disk alarm: a free-space limit above what any disk has blocks publishers.
+    if amqp.kind != "sluice":
+        pytest.skip("Sluice's trigger (--disk-free-limit-bytes); RabbitMQ's alarms are "
+                    "covered by the memory test above")
+    amqp.broker.extra_args += ["--disk-free-limit-bytes", str(2 ** 62)]
+    amqp.restart()
+    blocked = []
+    connection = amqp.connect()
+    connection.add_on_connection_blocked_callback(lambda _c, frame: blocked.append(frame))
+    channel = connection.channel()
+    queue = amqp.name("disk")
+    channel.queue_declare(queue, auto_delete=True)
+    channel.basic_publish("", queue, b"x")
+    wait_until(connection, lambda: blocked, 3, "connection.blocked")
+    assert blocked[0].method.reason == "low on disk"

@@ -327,3 +327,26 @@ def test_unroutable_mandatory_publish_in_confirm_mode_is_returned_then_acked(amq
     # An unroutable publish that is not mandatory is simply acked.
     channel.basic_publish("amq.direct", amqp.name("unbound"), b"dropped")
     roundtrip(channel)
+
+
+def test_exchange_to_exchange_binding_routes_through_both(amqp):
+    channel = amqp.connect().channel()
+    upstream, downstream = amqp.name("up"), amqp.name("down")
+    queue = amqp.name("e2e")
+    channel.exchange_declare(upstream, "topic", auto_delete=False)
+    channel.exchange_declare(downstream, "direct", auto_delete=False)
+    channel.queue_declare(queue, auto_delete=True)
+    channel.exchange_bind(destination=downstream, source=upstream, routing_key="orders.#")
+    channel.queue_bind(queue, downstream, "orders.eu")
+    channel.basic_publish(upstream, "orders.eu", b"through both")
+    channel.basic_publish(upstream, "orders.us", b"stops at the direct exchange")
+    channel.basic_publish(upstream, "invoices.eu", b"stops at the topic exchange")
+    method, _properties, body = channel.basic_get(queue, auto_ack=True)
+    assert body == b"through both"
+    assert method.exchange == upstream
+    assert channel.basic_get(queue, auto_ack=True)[0] is None
+    channel.exchange_unbind(destination=downstream, source=upstream, routing_key="orders.#")
+    channel.basic_publish(upstream, "orders.eu", b"unbound")
+    assert channel.basic_get(queue, auto_ack=True)[0] is None
+    channel.exchange_delete(upstream)
+    channel.exchange_delete(downstream)

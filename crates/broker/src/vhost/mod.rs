@@ -1,6 +1,10 @@
 //! The queueing model behind AMQP: one virtual host (`/`) of exchanges, queues and bindings.
 //! Durable definitions are saved in `amqp/definitions.json`; each durable queue keeps its
 //! persistent messages in its own logs under `amqp/queues/`.
+//!
+//! Lock order: topology, then a queue's state, then a session's state (a queue's dispatch
+//! delivers into sessions), then the delivery sink. Nothing takes a lock to the left of one it
+//! holds: sessions release theirs before calling into queues, queues before dead-lettering.
 
 mod dead_letter;
 mod definitions;

@@ -220,8 +220,10 @@ impl Session {
             Some(stream) => ConsumerSource::Stream(stream, StreamStart::from_arguments(arguments)?),
             None => ConsumerSource::Queue(self.vhost.queue_for(queue, self.connection)?),
         };
-        let mut state = self.state.lock();
-        if state.consumers.contains_key(&tag) {
+        // Lock order is queue before session (a queue's dispatch delivers into sessions), so
+        // the session lock is not held while the consumer joins its queue. Methods of one
+        // channel arrive one at a time, so the tag cannot be taken in between.
+        if self.state.lock().consumers.contains_key(&tag) {
             return Err(VhostError::NotAllowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -240,7 +242,10 @@ impl Session {
         if let ConsumerSource::Queue(queue) = &consumer.source {
             queue.add_consumer(Arc::clone(&consumer))?;
         }
-        state.consumers.insert(tag, Arc::clone(&consumer));
+        self.state
+            .lock()
+            .consumers
+            .insert(tag, Arc::clone(&consumer));
         Ok(consumer)
     }
 
@@ -420,11 +425,11 @@ impl Session {
         mandatory: bool,
         message: Message,
     ) -> Result<Option<PublishOutcome>, VhostError> {
-        {
-            let mut state = self.state.lock();
-            if let Some(tx) = state.transaction.as_mut() {
-                // Unknown exchanges are refused at publish time, as RabbitMQ does.
-                self.vhost.check_publishable(exchange)?;
+        if self.in_transaction() {
+            // Unknown exchanges are refused at publish time, as RabbitMQ does (checked before
+            // the session lock: the topology lock is never taken under it).
+            self.vhost.check_publishable(exchange)?;
+            if let Some(tx) = self.state.lock().transaction.as_mut() {
                 tx.publishes.push((
                     exchange.to_string(),
                     routing_key.to_string(),

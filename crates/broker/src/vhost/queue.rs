@@ -155,8 +155,10 @@ struct QueueState {
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     next_seq: u64,
-    /// Every stored message below this offset may have been delivered (persisted as a mark).
+    /// Every stored message below this offset may have been delivered (the mark on disk).
     delivered_below: u64,
+    /// One past the highest stored offset actually delivered.
+    delivered_exact: u64,
     /// auto-delete queues go when the last of their consumers does, once they had one.
     had_consumer: bool,
     deleted: bool,
@@ -213,6 +215,7 @@ impl Queue {
                         .delivered_below
                         .max(if m.maybe_delivered { m.offset + 1 } else { 0 });
             }
+            state.delivered_exact = state.delivered_below;
             store
         });
         let queue = Arc::new(Queue {
@@ -338,7 +341,6 @@ impl Queue {
                 return;
             }
             let now = now_ms();
-            let mut mark_below = state.delivered_below;
             while let Some(head) = state.ready.front() {
                 if head.expires_at_ms.is_some_and(|t| t < now) {
                     if let Some(entry) = self.take_front(&mut state) {
@@ -360,17 +362,7 @@ impl Queue {
                     break;
                 };
                 if let Some(offset) = entry.log_offset {
-                    if offset >= mark_below {
-                        // A window ahead, so a mark is written once per many deliveries; the
-                        // redelivered flag is a "may have been delivered", as in RabbitMQ.
-                        mark_below = offset + DELIVERY_MARK_WINDOW;
-                        // Before the delivery leaves: a restart then knows it may have.
-                        if let Some(store) = &self.store {
-                            if let Err(error) = store.mark_delivered_below(mark_below) {
-                                tracing::warn!(queue = %self.name, %error, "could not record a delivery mark");
-                            }
-                        }
-                    }
+                    self.note_delivered(&mut state, offset);
                 }
                 if consumer.no_ack {
                     self.settle_stored(&[&entry]);
@@ -384,9 +376,24 @@ impl Queue {
                     consumer.session.deliver(&consumer, self, entry, true);
                 }
             }
-            state.delivered_below = mark_below;
         }
         self.dead_letter_all(dead);
+    }
+
+    /// Records that the stored message at `offset` is being delivered. The mark on disk is
+    /// written before the delivery leaves (so a crash brings it back redelivered) and a window
+    /// ahead, so one write covers many deliveries; a clean shutdown writes the exact mark.
+    fn note_delivered(&self, state: &mut QueueState, offset: u64) {
+        state.delivered_exact = state.delivered_exact.max(offset + 1);
+        if offset < state.delivered_below {
+            return;
+        }
+        state.delivered_below = offset + DELIVERY_MARK_WINDOW;
+        if let Some(store) = &self.store {
+            if let Err(error) = store.mark_delivered_below(state.delivered_below) {
+                tracing::warn!(queue = %self.name, %error, "could not record a delivery mark");
+            }
+        }
     }
 
     fn take_front(&self, state: &mut QueueState) -> Option<Entry> {
@@ -411,14 +418,7 @@ impl Queue {
                     continue;
                 }
                 if let Some(offset) = entry.log_offset {
-                    if offset >= state.delivered_below {
-                        state.delivered_below = offset + DELIVERY_MARK_WINDOW;
-                        if let Some(store) = &self.store {
-                            if let Err(error) = store.mark_delivered_below(state.delivered_below) {
-                                tracing::warn!(queue = %self.name, %error, "could not record a delivery mark");
-                            }
-                        }
-                    }
+                    self.note_delivered(&mut state, offset);
                 }
                 if track_unacked {
                     state.unacked_count += 1;
@@ -605,7 +605,11 @@ impl Queue {
 
     pub(super) fn flush(&self) {
         if let Some(store) = &self.store {
-            if let Err(error) = store.flush() {
+            let exact = self.state.lock().delivered_exact;
+            if let Err(error) = store
+                .mark_delivered_below(exact)
+                .and_then(|()| store.flush())
+            {
                 tracing::warn!(queue = %self.name, %error, "could not flush the queue store");
             }
         }

@@ -98,7 +98,8 @@ impl QueueStore {
                 .collect();
             match kind {
                 b'A' => settled.extend(words),
-                b'D' => delivered_below = delivered_below.max(words.first().copied().unwrap_or(0)),
+                // The last mark wins: a clean shutdown replaces the window marks with the exact one.
+                b'D' => delivered_below = words.first().copied().unwrap_or(0),
                 b'S' => {
                     let upto = words.first().copied().unwrap_or(0);
                     let ranges = words[1.min(words.len())..]

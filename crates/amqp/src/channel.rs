@@ -700,10 +700,12 @@ impl Channel {
             routed,
             rejected,
             durable,
+            congested,
         }) = outcome
         else {
             return Ok(()); // buffered in the transaction
         };
+        connection.congested.extend(congested);
         if !routed {
             if let Some(message) = &returned {
                 self.send_return(connection, &exchange, &routing_key, message);

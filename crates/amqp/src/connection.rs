@@ -1,7 +1,7 @@
 //! One AMQP connection: the handshake (start / tune / open with PLAIN or AMQPLAIN auth), then
-//! frames routed to channels. Three tasks: a reader that turns bytes into frames (so that
-//! pausing for a resource alarm never cuts a frame in half), this one that acts on them, and
-//! a writer that owns the socket's write half and sends heartbeats when idle.
+//! frames routed to channels. Two tasks: this one reads frames and acts on them in order (it
+//! pauses between frames, never inside one, under a resource alarm), and a writer that owns
+//! the socket's write half and sends heartbeats when idle.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +32,8 @@ pub(crate) type Outbound = mpsc::UnboundedSender<Bytes>;
 const HANDSHAKE_FRAME_MAX: u32 = 131_072;
 /// How long we wait for connection.close-ok after closing with an error.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
+/// The longest a publisher waits for one congested queue before it goes on.
+const FLOW_WAIT_MAX: Duration = Duration::from_millis(500);
 
 pub(crate) async fn serve_connection(
     stream: TcpStream,
@@ -62,20 +64,13 @@ pub(crate) async fn serve_connection(
         Arc::clone(&heartbeat_s),
     ));
     let frame_max = Arc::new(AtomicU32::new(HANDSHAKE_FRAME_MAX));
-    let (frames_sender, frames) = mpsc::channel::<Result<RawFrame, FrameError>>(64);
-    let reader_task = tokio::spawn(read_loop(
-        reader,
-        frames_sender,
-        Arc::clone(&frame_max),
-        Arc::clone(&heartbeat_s),
-    ));
 
     let mut connection = Connection {
         id,
         peer,
         context: Arc::clone(&context),
         out: out.clone(),
-        frames,
+        reader,
         frame_max,
         heartbeat_s,
         channel_max: context.config.channel_max,
@@ -85,6 +80,7 @@ pub(crate) async fn serve_connection(
         cancel_notify: false,
         has_published: false,
         notified_blocked: false,
+        congested: Vec::new(),
     };
     match connection.handshake().await {
         Ok(()) => {
@@ -98,36 +94,10 @@ pub(crate) async fn serve_connection(
         }
     }
     connection.cleanup();
-    reader_task.abort();
     let _ = out.send(Bytes::new());
     drop(connection);
     drop(out);
     let _ = writer.await;
-}
-
-async fn read_loop(
-    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    frames: mpsc::Sender<Result<RawFrame, FrameError>>,
-    frame_max: Arc<AtomicU32>,
-    heartbeat_s: Arc<AtomicU32>,
-) {
-    loop {
-        let heartbeat = heartbeat_s.load(Ordering::Acquire);
-        let read = read_frame(&mut reader, frame_max.load(Ordering::Acquire));
-        let frame = if heartbeat > 0 {
-            // Two missed heartbeats and the peer is gone (the spec's rule).
-            match tokio::time::timeout(Duration::from_secs(2 * u64::from(heartbeat)), read).await {
-                Ok(frame) => frame,
-                Err(_) => Err(FrameError::Closed),
-            }
-        } else {
-            read.await
-        };
-        let stop = frame.is_err();
-        if frames.send(frame).await.is_err() || stop {
-            return;
-        }
-    }
 }
 
 async fn write_loop(
@@ -195,7 +165,7 @@ pub(crate) struct Connection {
     peer: SocketAddr,
     pub context: Arc<ServerContext>,
     pub out: Outbound,
-    frames: mpsc::Receiver<Result<RawFrame, FrameError>>,
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     frame_max: Arc<AtomicU32>,
     heartbeat_s: Arc<AtomicU32>,
     channel_max: u16,
@@ -206,6 +176,9 @@ pub(crate) struct Connection {
     pub cancel_notify: bool,
     pub has_published: bool,
     notified_blocked: bool,
+    /// Queues this connection just published into whose consumers are behind: it waits for
+    /// them before reading on (flow control, as RabbitMQ's credit flow slows publishers).
+    pub congested: Vec<Arc<sluice_broker::vhost::Queue>>,
 }
 
 /// Outcome of the handshake: Err(None) means the peer went away; Err(Some) is a close to send.
@@ -220,14 +193,28 @@ impl Connection {
         let _ = self.out.send(frame);
     }
 
+    /// The next frame; a silent peer (two heartbeat intervals without a frame) is gone.
+    async fn read_frame(&mut self) -> Result<RawFrame, FrameError> {
+        let frame_max = self.frame_max.load(Ordering::Acquire);
+        let heartbeat = self.heartbeat_s.load(Ordering::Acquire);
+        let read = read_frame(&mut self.reader, frame_max);
+        if heartbeat == 0 {
+            return read.await;
+        }
+        match tokio::time::timeout(Duration::from_secs(2 * u64::from(heartbeat)), read).await {
+            Ok(frame) => frame,
+            Err(_) => Err(FrameError::Closed),
+        }
+    }
+
     async fn next_method(&mut self) -> Result<AMQPClass, Option<AmqpError>> {
         loop {
-            let frame = match self.frames.recv().await {
-                Some(Ok(frame)) => frame,
-                Some(Err(FrameError::Frame(text))) => {
+            let frame = match self.read_frame().await {
+                Ok(frame) => frame,
+                Err(FrameError::Frame(text)) => {
                     return Err(Some(AmqpError::connection(FRAME_ERROR, text)))
                 }
-                _ => return Err(None),
+                Err(_) => return Err(None),
             };
             match frame.kind {
                 FRAME_HEARTBEAT => continue,
@@ -376,26 +363,27 @@ impl Connection {
             self.notify_blocked(alarm.as_deref());
             // Under a resource alarm, a connection that publishes is not read from (TCP
             // back-pressure does the rest), as RabbitMQ does.
-            let paused = alarm.is_some() && self.has_published;
-            let frame = tokio::select! {
-                frame = self.frames.recv(), if !paused => frame,
-                changed = blocked.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue;
+            if alarm.is_some() && self.has_published {
+                if blocked.changed().await.is_err() {
+                    return;
                 }
-            };
-            let frame = match frame {
-                Some(Ok(frame)) => frame,
-                Some(Err(FrameError::Frame(text))) => {
+                continue;
+            }
+            let frame = match self.read_frame().await {
+                Ok(frame) => frame,
+                Err(FrameError::Frame(text)) => {
                     self.close_with(AmqpError::connection(FRAME_ERROR, text))
                         .await;
                     return;
                 }
-                Some(Err(FrameError::Closed)) | Some(Err(FrameError::Io(_))) | None => return,
+                Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
             };
-            match self.handle_frame(frame).await {
+            let result = self.handle_frame(frame).await;
+            for queue in std::mem::take(&mut self.congested) {
+                // Bounded, so a stuck consumer slows a publisher without stopping it.
+                let _ = tokio::time::timeout(FLOW_WAIT_MAX, queue.until_uncongested()).await;
+            }
+            match result {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
@@ -556,8 +544,7 @@ impl Connection {
         ));
         let deadline = tokio::time::Instant::now() + CLOSE_OK_WAIT;
         // Everything but close-ok is ignored now (AMQP 0-9-1 §2.2.4).
-        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.frames.recv()).await
-        {
+        while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, self.read_frame()).await {
             if frame.kind == FRAME_METHOD && frame.channel == 0 {
                 if let Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) =
                     decode_method(&frame.payload)

@@ -20,10 +20,14 @@ struct Queue {
     flushing: bool,
 }
 
+/// Work a flusher does before each fdatasync (writing appends that were gathered in memory).
+pub type BeforeSync = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 pub struct GroupCommit {
     log: Arc<PartitionLog>,
     data_ready: Arc<Notify>,
     queue: Mutex<Queue>,
+    before_sync: Option<BeforeSync>,
 }
 
 impl GroupCommit {
@@ -32,6 +36,22 @@ impl GroupCommit {
             log,
             data_ready,
             queue: Mutex::new(Queue::default()),
+            before_sync: None,
+        })
+    }
+
+    /// A group commit whose flusher first runs `before_sync` each round, so that appends
+    /// gathered meanwhile reach the log in one write and are covered by the same fdatasync.
+    pub fn with_before_sync(
+        log: Arc<PartitionLog>,
+        data_ready: Arc<Notify>,
+        before_sync: BeforeSync,
+    ) -> Arc<GroupCommit> {
+        Arc::new(GroupCommit {
+            log,
+            data_ready,
+            queue: Mutex::new(Queue::default()),
+            before_sync: Some(before_sync),
         })
     }
 
@@ -67,11 +87,16 @@ impl GroupCommit {
                 }
                 std::mem::take(&mut queue.waiters)
             };
+            let prepared = match &self.before_sync {
+                Some(before_sync) => before_sync(),
+                None => Ok(()),
+            };
             let offset_end = self.log.log_end_offset();
-            let result = self
-                .log
-                .sync(offset_end)
-                .map_err(|e| BrokerError::from(e).to_string());
+            let result = prepared.and_then(|()| {
+                self.log
+                    .sync(offset_end)
+                    .map_err(|e| BrokerError::from(e).to_string())
+            });
             self.data_ready.notify_waiters();
             let durable = self.log.durable_offset();
             let mut still_waiting = Vec::new();

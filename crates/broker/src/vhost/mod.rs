@@ -82,6 +82,9 @@ pub struct PublishOutcome {
     pub rejected: bool,
     /// Resolve when the message is on disk in every durable queue it went to.
     pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
+    /// Queues whose consumers are falling behind: the publisher should wait for them
+    /// (`Queue::until_uncongested`) before it publishes more.
+    pub congested: Vec<Arc<Queue>>,
 }
 
 /// Where a publish goes.
@@ -208,6 +211,8 @@ impl VirtualHost {
 
     /// Starts the housekeeping task (TTL expiry, settle-log snapshots, resource alarms).
     pub fn start_housekeeping(self: &Arc<Self>) {
+        // A disk already short of space blocks publishers from the start.
+        self.update_alarm();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticks = 0u64;
@@ -866,6 +871,7 @@ impl VirtualHost {
             routed: !targets.queues.is_empty() || !targets.streams.is_empty(),
             rejected: false,
             durable: Vec::new(),
+            congested: Vec::new(),
         };
         let failed = |error: &VhostError| {
             let (sender, receiver) = oneshot::channel();
@@ -891,6 +897,9 @@ impl VirtualHost {
                     tracing::warn!(queue = %queue.name, %error, "could not store a message");
                     outcome.durable.push(failed(&error));
                 }
+            }
+            if queue.is_congested() {
+                outcome.congested.push(queue);
             }
         }
         outcome

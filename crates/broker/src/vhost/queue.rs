@@ -21,6 +21,12 @@ use crate::now_ms;
 
 /// Delivery marks are written this many offsets ahead of the delivery that needed one.
 const DELIVERY_MARK_WINDOW: u64 = 1024;
+/// Flow control: a queue with consumers and more ready messages than this slows its
+/// publishers (they wait before their next frame) until it is back under `FLOW_LOW`. Without
+/// it publishers outrun consumers and the backlog, and with it the latency, grows without
+/// bound; a queue nobody consumes takes bursts at full speed (peak shaving).
+const FLOW_HIGH: usize = 2000;
+const FLOW_LOW: usize = 500;
 
 /// What a full queue (x-max-length / x-max-length-bytes) does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +180,8 @@ pub struct Queue {
     store: Option<QueueStore>,
     state: Mutex<QueueState>,
     vhost: Weak<VirtualHost>,
+    /// Woken when the ready backlog falls to `FLOW_LOW` (or the queue stops being consumed).
+    drained: Notify,
 }
 
 /// What publishing into one queue gave.
@@ -228,6 +236,7 @@ impl Queue {
             store,
             state: Mutex::new(state),
             vhost,
+            drained: Notify::new(),
         });
         if let Some(vhost) = queue.vhost.upgrade() {
             vhost.memory_add(queue.state.lock().ready_bytes as i64);
@@ -396,8 +405,30 @@ impl Queue {
         }
     }
 
+    /// Whether publishers should wait (see `FLOW_HIGH`).
+    pub fn is_congested(&self) -> bool {
+        let state = self.state.lock();
+        state.ready.len() > FLOW_HIGH && !state.consumers.is_empty() && !state.deleted
+    }
+
+    /// Returns once the queue is no longer congested.
+    pub async fn until_uncongested(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.is_congested() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     fn take_front(&self, state: &mut QueueState) -> Option<Entry> {
         let entry = state.ready.pop_front()?;
+        if state.ready.len() == FLOW_LOW {
+            self.drained.notify_waiters();
+        }
         let bytes = entry.message.body.len() as u64;
         state.ready_bytes -= bytes;
         self.memory_add(-(bytes as i64));
@@ -459,7 +490,6 @@ impl Queue {
                     .collect(),
             );
         }
-        self.maybe_snapshot();
     }
 
     /// Unacked deliveries go back to where they were, marked redelivered.
@@ -515,6 +545,7 @@ impl Queue {
         consumer.cancelled.store(true, Ordering::Release);
         let mut state = self.state.lock();
         state.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        self.drained.notify_waiters();
         self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
     }
 
@@ -522,6 +553,7 @@ impl Queue {
     pub(super) fn purge(&self) -> u32 {
         let mut state = self.state.lock();
         let purged: Vec<Entry> = state.ready.drain(..).collect();
+        self.drained.notify_waiters();
         self.memory_add(-(state.ready_bytes as i64));
         state.ready_bytes = 0;
         self.settle_stored(&purged.iter().collect::<Vec<_>>());
@@ -532,6 +564,7 @@ impl Queue {
     pub(super) fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, u32) {
         let mut state = self.state.lock();
         state.deleted = true;
+        self.drained.notify_waiters();
         let count = state.ready.len() as u32;
         self.memory_add(-(state.ready_bytes as i64));
         state.ready.clear();

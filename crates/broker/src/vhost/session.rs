@@ -382,8 +382,9 @@ impl Session {
                 Settle::Discard => queue.settle(entries, Some(DeadLetterReason::Rejected)),
                 Settle::Requeue => queue.requeue(entries),
             }
-            queue.dispatch();
         }
+        // Credit came back: this channel's consumers may take more (a requeue has already
+        // dispatched to every consumer of its queue).
         self.redispatch();
     }
 

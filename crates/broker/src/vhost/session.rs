@@ -146,8 +146,30 @@ impl Session {
         }
     }
 
-    /// Called by a queue's dispatch (queue lock held): assigns the delivery tag and hands the
-    /// delivery to the sink in one step, so tags reach the client in order.
+    /// Assigns the next delivery tag and hands the delivery to the sink in one step (state lock
+    /// held), so tags reach the client in order.
+    fn hand_over(
+        &self,
+        state: &mut SessionState,
+        consumer: &Consumer,
+        message: &Message,
+        redelivered: bool,
+    ) -> u64 {
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        self.sink.deliver(
+            self.channel,
+            Delivery {
+                consumer_tag: &consumer.tag,
+                delivery_tag: tag,
+                redelivered,
+                message,
+            },
+        );
+        tag
+    }
+
+    /// Called by a queue's dispatch (queue lock held); `track` keeps the delivery unacked.
     pub(super) fn deliver(
         &self,
         consumer: &Arc<Consumer>,
@@ -156,17 +178,7 @@ impl Session {
         track: bool,
     ) {
         let mut state = self.state.lock();
-        let tag = state.next_tag;
-        state.next_tag += 1;
-        self.sink.deliver(
-            self.channel,
-            Delivery {
-                consumer_tag: &consumer.tag,
-                delivery_tag: tag,
-                redelivered: entry.redelivered,
-                message: &entry.message,
-            },
-        );
+        let tag = self.hand_over(&mut state, consumer, &entry.message, entry.redelivered);
         if track {
             self.global_unacked.fetch_add(1, Ordering::AcqRel);
             state.unacked.insert(
@@ -182,17 +194,7 @@ impl Session {
     /// A record of a stream (Kafka topic) for a stream consumer.
     pub(super) fn deliver_stream(&self, consumer: &Arc<Consumer>, message: Message) {
         let mut state = self.state.lock();
-        let tag = state.next_tag;
-        state.next_tag += 1;
-        self.sink.deliver(
-            self.channel,
-            Delivery {
-                consumer_tag: &consumer.tag,
-                delivery_tag: tag,
-                redelivered: false,
-                message: &message,
-            },
-        );
+        let tag = self.hand_over(&mut state, consumer, &message, false);
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::AcqRel);
             self.global_unacked.fetch_add(1, Ordering::AcqRel);

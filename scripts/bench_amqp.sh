@@ -10,7 +10,7 @@
 #
 # Environment: BENCH_SECS (each run's length, default 10), BENCH_REPEAT (runs of each
 # throughput case, default 1), BENCH_AMQP_RATE (msgs/s of the latency run, default 5000),
-# BENCH_BROKERS (default "rabbitmq sluice"), BENCH_BUILD=0 (use the binaries as they are),
+# BENCH_BROKERS (default "rabbitmq sluice"), BENCH_CONSUMERS (consumer counts, default "1 2"), BENCH_BUILD=0 (use the binaries as they are),
 # BENCH_WARMUP_SECS (an unreported first run per broker, default 3; 0 skips it),
 # BENCH_RABBITMQ_PORT (default 5699; its Erlang distribution port is this + 20000),
 # BENCH_RABBITMQ_NODENAME (default sluicebench@localhost), SLUICE_BIN, SLUICE_BENCH_BIN,
@@ -25,6 +25,7 @@ REPEAT="${BENCH_REPEAT:-1}"
 RATE="${BENCH_AMQP_RATE:-5000}"
 WARMUP_SECS="${BENCH_WARMUP_SECS:-3}"
 BROKERS="${BENCH_BROKERS:-rabbitmq sluice}"
+CONSUMERS="${BENCH_CONSUMERS:-1 2}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BENCH="${SLUICE_BENCH_BIN:-$TARGET_DIR/release/sluice-bench}"
 SLUICE="${SLUICE_BIN:-$TARGET_DIR/release/sluice}"
@@ -121,7 +122,7 @@ bench_one() { # url label, then sluice-bench amqp flags; returns the bench's sta
     printf '\n### %s  [load average %s]\n' "$label" "$(cut -d' ' -f1-3 /proc/loadavg)"
     local json_args=()
     if [ -n "$JSON_OUT" ]; then json_args=(--json-append "$JSON_OUT" --label "$label"); fi
-    if "$BENCH" amqp --url "$url" --secs "$SECS" --size 100 --prefetch 100 --consumers 1 \
+    if "$BENCH" amqp --url "$url" --secs "$SECS" --size 100 --prefetch 100 \
         --no-progress "${json_args[@]}" "$@"; then
         return 0
     fi
@@ -153,16 +154,19 @@ run_matrix() { # url label
         rm -f "$warmup_log"
     fi
     for run in $(seq 1 "$REPEAT"); do
-        for publishers in 1 4; do
-            if ! bench_one "$url" "$label: 100 B persistent, confirms, ${publishers} publisher(s), 1 consumer (run $run)" \
-                --queue "bench-p${publishers}" --publishers "$publishers"; then
-                printf '### %s: the run failed (see the error above); skipping the rest of %s\n' "$label" "$label"
-                return 0
-            fi
+        for consumers in $CONSUMERS; do
+            for publishers in 1 4; do
+                if ! bench_one "$url" "$label: 100 B persistent, confirms, ${publishers} publisher(s), ${consumers} consumer(s) (run $run)" \
+                    --queue "bench-p${publishers}-c${consumers}" --publishers "$publishers" \
+                    --consumers "$consumers"; then
+                    printf '### %s: the run failed (see the error above); skipping the rest of %s\n' "$label" "$label"
+                    return 0
+                fi
+            done
         done
     done
     bench_one "$url" "$label: latency at $RATE msgs/s, 100 B persistent, 1 publisher, 1 consumer" \
-        --queue bench-latency --publishers 1 --rate "$RATE" || true
+        --queue bench-latency --publishers 1 --consumers 1 --rate "$RATE" || true
 }
 
 summary() { # json lines file

@@ -89,6 +89,8 @@ pub(crate) struct Channel {
     pending: Option<PendingPublish>,
     confirms: Option<Confirms>,
     last_queue: String,
+    /// Single basic.acks read in one burst, applied together (`flush_acks`).
+    pending_acks: Vec<u64>,
 }
 
 impl Channel {
@@ -118,6 +120,7 @@ impl Channel {
             pending: None,
             confirms: None,
             last_queue: String::new(),
+            pending_acks: Vec::new(),
         }
     }
 
@@ -131,6 +134,8 @@ impl Channel {
 
     /// Ends the channel's consumers and requeues its unacked deliveries.
     pub fn release(&mut self) {
+        // Acks the client sent before it closed still count.
+        let _ = self.flush_acks();
         self.closed_flag.store(true, Ordering::Release);
         self.confirms = None;
         self.pending = None;
@@ -185,6 +190,11 @@ impl Channel {
             }
             return Ok(());
         }
+        // Anything but another single ack applies the gathered acks first, keeping the order.
+        let single_ack = matches!(&method, AMQPClass::Basic(basic::AMQPMethod::Ack(a)) if !a.multiple && a.delivery_tag != 0);
+        if !single_ack {
+            self.flush_acks()?;
+        }
         if self.pending.is_some() {
             return Err(AmqpError::connection(
                 UNEXPECTED_FRAME,
@@ -199,6 +209,17 @@ impl Channel {
                 e
             }
         })
+    }
+
+    /// Applies the single acks gathered from one burst of frames, in one call.
+    pub fn flush_acks(&mut self) -> Result<(), AmqpError> {
+        if self.pending_acks.is_empty() {
+            return Ok(());
+        }
+        let tags = std::mem::take(&mut self.pending_acks);
+        self.session
+            .ack_each(&tags)
+            .map_err(|e| AmqpError::from(e).on(60, 80))
     }
 
     async fn dispatch_method(
@@ -459,6 +480,13 @@ impl Channel {
                         connection,
                         AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                     ),
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) if !a.multiple && a.delivery_tag != 0 => {
+                // Gathered while more frames are already buffered; see `flush_acks`.
+                self.pending_acks.push(a.delivery_tag);
+                if !connection.frame_buffered() {
+                    self.flush_acks()?;
                 }
             }
             AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {

@@ -32,6 +32,8 @@ pub(crate) type Outbound = mpsc::UnboundedSender<Bytes>;
 const HANDSHAKE_FRAME_MAX: u32 = 131_072;
 /// How long we wait for connection.close-ok after closing with an error.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
+/// Type, channel and size: what must be buffered for a frame to be under way.
+const FRAME_HEADER_BYTES: usize = 7;
 /// The longest a publisher waits for one congested queue before it goes on.
 const FLOW_WAIT_MAX: Duration = Duration::from_millis(500);
 
@@ -193,12 +195,19 @@ impl Connection {
         let _ = self.out.send(frame);
     }
 
+    /// Whether another frame is already (at least partly) read: the client is mid-burst.
+    pub fn frame_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// The next frame; a silent peer (two heartbeat intervals without a frame) is gone.
     async fn read_frame(&mut self) -> Result<RawFrame, FrameError> {
         let frame_max = self.frame_max.load(Ordering::Acquire);
         let heartbeat = self.heartbeat_s.load(Ordering::Acquire);
+        // A frame already buffered needs no timer (one per frame showed up under load).
+        let buffered = self.reader.buffer().len() >= FRAME_HEADER_BYTES;
         let read = read_frame(&mut self.reader, frame_max);
-        if heartbeat == 0 {
+        if heartbeat == 0 || buffered {
             return read.await;
         }
         match tokio::time::timeout(Duration::from_secs(2 * u64::from(heartbeat)), read).await {
@@ -378,7 +387,11 @@ impl Connection {
                 }
                 Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
             };
-            let result = self.handle_frame(frame).await;
+            let mut result = self.handle_frame(frame).await;
+            if !self.frame_buffered() {
+                // The burst is over: acks gathered on any channel are applied now.
+                result = result.and_then(|open| self.flush_acks().map(|()| open));
+            }
             for queue in std::mem::take(&mut self.congested) {
                 // Bounded, so a stuck consumer slows a publisher without stopping it.
                 let _ = tokio::time::timeout(FLOW_WAIT_MAX, queue.until_uncongested()).await;
@@ -527,6 +540,25 @@ impl Connection {
                     .on(other.get_amqp_class_id(), other.get_amqp_method_id()),
             ),
         }
+    }
+
+    fn flush_acks(&mut self) -> Result<(), AmqpError> {
+        let mut failed = Vec::new();
+        for (id, channel) in self.channels.iter_mut() {
+            if let Err(error) = channel.flush_acks() {
+                failed.push((*id, error));
+            }
+        }
+        for (id, error) in failed {
+            if error.hard {
+                return Err(error);
+            }
+            if let Some(mut channel) = self.channels.remove(&id) {
+                channel.close_with(self, &error);
+                self.channels.insert(id, channel);
+            }
+        }
+        Ok(())
     }
 
     /// connection.close with the error, then wait (briefly) for close-ok.

@@ -21,12 +21,11 @@ use crate::now_ms;
 
 /// Delivery marks are written this many offsets ahead of the delivery that needed one.
 const DELIVERY_MARK_WINDOW: u64 = 1024;
-/// Flow control: a queue with consumers and more ready messages than this slows its
-/// publishers (they wait before their next frame) until it is back under `FLOW_LOW`. Without
-/// it publishers outrun consumers and the backlog, and with it the latency, grows without
-/// bound; a queue nobody consumes takes bursts at full speed (peak shaving).
-const FLOW_HIGH: usize = 2000;
-const FLOW_LOW: usize = 500;
+/// Flow control: a queue with consumers and more ready messages than this makes its
+/// publishers wait before their next frame, and lets one through per message its consumers
+/// take. Without it publishers outrun consumers and the backlog, and with it the latency,
+/// grows without bound; a queue nobody consumes takes bursts at full speed (peak shaving).
+const FLOW_HIGH: usize = 1000;
 
 /// What a full queue (x-max-length / x-max-length-bytes) does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +179,7 @@ pub struct Queue {
     store: Option<QueueStore>,
     state: Mutex<QueueState>,
     vhost: Weak<VirtualHost>,
-    /// Woken when the ready backlog falls to `FLOW_LOW` (or the queue stops being consumed).
+    /// One permit per message taken while the backlog is at or under `FLOW_HIGH`.
     drained: Notify,
 }
 
@@ -411,23 +410,19 @@ impl Queue {
         state.ready.len() > FLOW_HIGH && !state.consumers.is_empty() && !state.deleted
     }
 
-    /// Returns once the queue is no longer congested.
+    /// Returns once the queue has room again. Waiting publishers are let through one per
+    /// message the consumers take, in the order they started waiting, so no publisher is
+    /// starved while the others refill the queue (the fairness RabbitMQ's credit flow gives).
     pub async fn until_uncongested(&self) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if !self.is_congested() {
-                return;
-            }
-            drained.await;
+        if self.is_congested() {
+            self.drained.notified().await;
         }
     }
 
     fn take_front(&self, state: &mut QueueState) -> Option<Entry> {
         let entry = state.ready.pop_front()?;
-        if state.ready.len() == FLOW_LOW {
-            self.drained.notify_waiters();
+        if state.ready.len() <= FLOW_HIGH {
+            self.drained.notify_one();
         }
         let bytes = entry.message.body.len() as u64;
         state.ready_bytes -= bytes;

@@ -84,7 +84,7 @@ pub struct Session {
     global_unacked: AtomicU32,
     /// basic.qos global=false: the limit each consumer started afterwards gets.
     consumer_prefetch: AtomicU32,
-    flow_active: AtomicBool,
+
     state: Mutex<SessionState>,
 }
 
@@ -105,7 +105,7 @@ impl Session {
             global_prefetch: AtomicU32::new(0),
             global_unacked: AtomicU32::new(0),
             consumer_prefetch: AtomicU32::new(0),
-            flow_active: AtomicBool::new(true),
+
             state: Mutex::new(SessionState {
                 next_tag: 1,
                 ..SessionState::default()
@@ -119,8 +119,7 @@ impl Session {
 
     pub(super) fn has_credit(&self) -> bool {
         let limit = self.global_prefetch.load(Ordering::Acquire);
-        self.flow_active.load(Ordering::Acquire)
-            && (limit == 0 || self.global_unacked.load(Ordering::Acquire) < limit)
+        limit == 0 || self.global_unacked.load(Ordering::Acquire) < limit
     }
 
     /// basic.qos. As RabbitMQ reads it: global=false limits each consumer started from now on,
@@ -136,14 +135,6 @@ impl Session {
             self.global_prefetch.store(0, Ordering::Release);
         }
         self.redispatch();
-    }
-
-    /// channel.flow: the client pauses (false) or resumes (true) deliveries.
-    pub fn flow(&self, active: bool) {
-        self.flow_active.store(active, Ordering::Release);
-        if active {
-            self.redispatch();
-        }
     }
 
     /// Assigns the next delivery tag and hands the delivery to the sink in one step (state lock

@@ -22,6 +22,8 @@ struct FrameSink {
     out: Outbound,
     frame_max: u32,
     cancel_notify: bool,
+    /// The session this sink serves (set once it exists), for write back-pressure wake-ups.
+    session: std::sync::OnceLock<std::sync::Weak<Session>>,
 }
 
 impl DeliverySink for FrameSink {
@@ -42,12 +44,19 @@ impl DeliverySink for FrameSink {
             &message.body,
             self.frame_max,
         );
-        let _ = self.out.send(Bytes::from(frames));
+        self.out.send(Bytes::from(frames));
+    }
+
+    fn writable(&self) -> bool {
+        match self.session.get() {
+            Some(session) => self.out.backlog.has_room(session),
+            None => true,
+        }
     }
 
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str) {
         if self.cancel_notify {
-            let _ = self.out.send(method_frame(
+            self.out.send(method_frame(
                 channel,
                 AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                     consumer_tag: consumer_tag.into(),
@@ -99,14 +108,16 @@ impl Channel {
             out: connection.out.clone(),
             frame_max: connection.frame_max(),
             cancel_notify: connection.cancel_notify,
+            session: std::sync::OnceLock::new(),
         });
         let session = Session::new(
             Arc::clone(&connection.context.vhost),
             connection.id,
             id,
             connection.user.clone(),
-            sink,
+            Arc::clone(&sink) as Arc<dyn DeliverySink>,
         );
+        let _ = sink.session.set(Arc::downgrade(&session));
         connection.send(method_frame(
             id,
             AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -808,7 +819,7 @@ async fn confirm_loop(
 ) {
     let send = |method: basic::AMQPMethod| {
         if !closed.load(Ordering::Acquire) {
-            let _ = out.send(method_frame(channel, AMQPClass::Basic(method)));
+            out.send(method_frame(channel, AMQPClass::Basic(method)));
         }
     };
     let mut carried: Option<ConfirmItem> = None;

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
+use sluice_broker::vhost::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -24,8 +25,66 @@ use crate::codec::{
 use crate::reply::*;
 use crate::server::ServerContext;
 
-/// Frames for the writer; an empty chunk asks it to flush and close the socket.
-pub(crate) type Outbound = mpsc::UnboundedSender<Bytes>;
+/// Frames for the writer; an empty chunk asks it to flush and close the socket. Counts the bytes
+/// waiting, so that deliveries pause while the client (or its network) does not keep up.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    sender: mpsc::UnboundedSender<Bytes>,
+    pub backlog: Arc<WriteBacklog>,
+}
+
+impl Outbound {
+    pub fn send(&self, frame: Bytes) {
+        self.backlog.queued.fetch_add(frame.len(), Ordering::AcqRel);
+        let _ = self.sender.send(frame);
+    }
+}
+
+/// Deliveries stop (consumers get no credit) while more than this waits for the socket...
+const BACKLOG_HIGH: usize = 4 << 20;
+/// ...and resume once the writer has brought it under this.
+const BACKLOG_LOW: usize = 1 << 20;
+
+/// Bytes queued for one connection's socket, and the sessions that found it full.
+#[derive(Default)]
+pub(crate) struct WriteBacklog {
+    queued: AtomicUsize,
+    waiting: parking_lot::Mutex<Vec<Weak<Session>>>,
+}
+
+impl WriteBacklog {
+    /// Whether `session` may hand over more deliveries. If not, it is woken (redispatched)
+    /// when the writer catches up. Registered before the second look, so no wake-up is lost.
+    pub fn has_room(&self, session: &Weak<Session>) -> bool {
+        if self.queued.load(Ordering::Acquire) <= BACKLOG_HIGH {
+            return true;
+        }
+        {
+            let mut waiting = self.waiting.lock();
+            if !waiting.iter().any(|w| w.ptr_eq(session)) {
+                waiting.push(Weak::clone(session));
+            }
+        }
+        self.queued.load(Ordering::Acquire) <= BACKLOG_HIGH
+    }
+
+    fn written(&self, bytes: usize) {
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(bytes))
+            })
+            .unwrap_or(0);
+        let left = before.saturating_sub(bytes);
+        if left > BACKLOG_LOW {
+            return;
+        }
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        for session in waiting.iter().filter_map(Weak::upgrade) {
+            session.redispatch();
+        }
+    }
+}
 
 /// Frame size limit before connection.tune-ok (the spec's frame-min-size is 4096; we allow more
 /// so large client-properties tables pass).
@@ -58,12 +117,17 @@ pub(crate) async fn serve_connection(
         return;
     }
 
-    let (out, out_receiver) = mpsc::unbounded_channel::<Bytes>();
+    let (sender, out_receiver) = mpsc::unbounded_channel::<Bytes>();
+    let out = Outbound {
+        sender,
+        backlog: Arc::new(WriteBacklog::default()),
+    };
     let heartbeat_s = Arc::new(AtomicU32::new(0));
     let writer = tokio::spawn(write_loop(
         write_half,
         out_receiver,
         Arc::clone(&heartbeat_s),
+        Arc::clone(&out.backlog),
     ));
     let frame_max = Arc::new(AtomicU32::new(HANDSHAKE_FRAME_MAX));
 
@@ -96,7 +160,7 @@ pub(crate) async fn serve_connection(
         }
     }
     connection.cleanup();
-    let _ = out.send(Bytes::new());
+    out.send(Bytes::new());
     drop(connection);
     drop(out);
     let _ = writer.await;
@@ -106,6 +170,7 @@ async fn write_loop(
     mut socket: tokio::net::tcp::OwnedWriteHalf,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     heartbeat_s: Arc<AtomicU32>,
+    backlog: Arc<WriteBacklog>,
 ) {
     let mut batch = Vec::with_capacity(64);
     loop {
@@ -140,6 +205,7 @@ async fn write_loop(
         if write_all_vectored(&mut socket, &mut bufs).await.is_err() {
             return;
         }
+        backlog.written(batch.iter().map(Bytes::len).sum());
         batch.clear();
         if close {
             let _ = socket.shutdown().await;
@@ -192,7 +258,7 @@ impl Connection {
     }
 
     pub fn send(&self, frame: Bytes) {
-        let _ = self.out.send(frame);
+        self.out.send(frame);
     }
 
     /// Whether another frame is already (at least partly) read: the client is mid-burst.

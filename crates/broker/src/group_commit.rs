@@ -108,6 +108,14 @@ impl GroupCommit {
                     Ok(()) if wanted <= durable => {
                         let _ = sender.send(Ok(()));
                     }
+                    // Everything appended before the waiter registered was written by now, so
+                    // offsets past the log's end will never come (the queue behind the log was
+                    // deleted, or the log truncated): waiting again would spin this thread.
+                    Ok(()) if wanted > offset_end => {
+                        let _ = sender.send(Err(
+                            "the data was not written: its log was closed or truncated".into(),
+                        ));
+                    }
                     Ok(()) => still_waiting.push((wanted, sender)),
                 }
             }
@@ -169,5 +177,21 @@ mod tests {
             .expect("answered")
             .expect("synced");
         assert_eq!(log.sync_count(), syncs);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_for_data_that_never_comes_gets_an_error_not_a_spinning_flusher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(PartitionLog::open(dir.path(), LogConfig::default()).expect("open"));
+        log.append(&mut batch(), 0, 0).expect("append");
+        let commit = GroupCommit::new(Arc::clone(&log), Arc::new(Notify::new()));
+        // Offset 5 was promised (as pending queue appends are) but is never written.
+        let never = commit.durable(5);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), never)
+            .await
+            .expect("answered, not left to spin")
+            .expect("sender kept");
+        assert!(result.is_err());
+        assert_eq!(log.durable_offset(), 1);
     }
 }

@@ -143,10 +143,13 @@ pub struct Consumer {
 
 impl Consumer {
     pub(super) fn has_credit(&self) -> bool {
+        // No prefetch limits a no-ack consumer, but every consumer stops while its
+        // connection's socket is backed up.
         !self.cancelled.load(Ordering::Acquire)
             && (self.no_ack
                 || ((self.prefetch == 0 || self.unacked.load(Ordering::Acquire) < self.prefetch)
                     && self.session.has_credit()))
+            && self.session.can_write()
     }
 }
 

@@ -28,6 +28,11 @@ pub struct Delivery<'a> {
 /// session locks held, so it must only queue the frames, never block or call back in.
 pub trait DeliverySink: Send + Sync {
     fn deliver(&self, channel: u16, delivery: Delivery<'_>);
+    /// Whether more deliveries may be handed over now. A sink that says no must have the
+    /// session's consumers redispatched (`Session::redispatch`) once it has room again.
+    fn writable(&self) -> bool {
+        true
+    }
     /// The broker ended a consumer (its queue was deleted): basic.cancel to the client.
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
 }
@@ -120,6 +125,11 @@ impl Session {
     pub(super) fn has_credit(&self) -> bool {
         let limit = self.global_prefetch.load(Ordering::Acquire);
         limit == 0 || self.global_unacked.load(Ordering::Acquire) < limit
+    }
+
+    /// Whether the connection's socket can take more deliveries now (see `DeliverySink`).
+    pub(super) fn can_write(&self) -> bool {
+        self.sink.writable()
     }
 
     /// basic.qos. As RabbitMQ reads it: global=false limits each consumer started from now on,
@@ -422,7 +432,7 @@ impl Session {
     }
 
     /// After credit is freed anywhere on the channel, every queue it consumes may deliver.
-    fn redispatch(&self) {
+    pub fn redispatch(&self) {
         let consumers: Vec<Arc<Consumer>> = self.state.lock().consumers.values().cloned().collect();
         for consumer in consumers {
             match &consumer.source {

@@ -202,3 +202,18 @@ def test_transaction_left_open_is_rolled_back_when_the_channel_closes(amqp):
     channel.basic_publish("", queue, b"never committed")
     channel.close()
     assert queue_depth(observer, queue) == 0
+
+
+def test_tx_commit_returns_only_mandatory_publishes_that_routed_nowhere(amqp):
+    connection = amqp.connect()
+    channel = connection.channel()
+    returned = []
+    channel.add_on_return_callback(lambda _ch, method, _props, body: returned.append(
+        (method.reply_code, method.routing_key, body)))
+    channel.tx_select()
+    nowhere = amqp.name("nowhere")
+    channel.basic_publish("", nowhere, b"dropped", mandatory=False)
+    channel.basic_publish("", nowhere, b"returned", mandatory=True)
+    channel.tx_commit()
+    connection.process_data_events(time_limit=0.3)
+    assert returned == [(312, nowhere, b"returned")]

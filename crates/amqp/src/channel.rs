@@ -577,15 +577,11 @@ impl Channel {
                 );
             }
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
-                let outcomes = self.session.tx_commit()?;
-                let mut waits = Vec::new();
-                for (exchange, routing_key, message, outcome) in outcomes {
-                    if !outcome.routed {
-                        self.send_return(connection, &exchange, &routing_key, &message);
-                    }
-                    waits.extend(outcome.durable);
+                let committed = self.session.tx_commit()?;
+                for message in &committed.returned {
+                    self.send_return(connection, message);
                 }
-                for wait in waits {
+                for wait in committed.durable {
                     if !matches!(wait.await, Ok(Ok(()))) {
                         return Err(AmqpError::connection(
                             INTERNAL_ERROR,
@@ -722,18 +718,16 @@ impl Channel {
             }
         }
         connection.has_published = true;
-        let exchange = pending.publish.exchange.as_str().to_string();
-        let routing_key = pending.publish.routing_key.as_str().to_string();
         let message = Message {
-            exchange: exchange.clone(),
-            routing_key: routing_key.clone(),
+            exchange: pending.publish.exchange.as_str().to_string(),
+            routing_key: pending.publish.routing_key.as_str().to_string(),
             properties,
             body: pending.body.freeze(),
         };
         let returned = pending.publish.mandatory.then(|| message.clone());
         let outcome = self
             .session
-            .publish(&exchange, &routing_key, pending.publish.mandatory, message)
+            .publish(pending.publish.mandatory, message)
             .map_err(|e| AmqpError::from(e).on(60, 40))?;
         let Some(PublishOutcome {
             routed,
@@ -747,7 +741,7 @@ impl Channel {
         connection.congested.extend(congested);
         if !routed {
             if let Some(message) = &returned {
-                self.send_return(connection, &exchange, &routing_key, message);
+                self.send_return(connection, message);
             }
         }
         if let Some(confirms) = self.confirms.as_mut() {
@@ -762,13 +756,9 @@ impl Channel {
         Ok(())
     }
 
-    fn send_return(
-        &self,
-        connection: &Connection,
-        exchange: &str,
-        routing_key: &str,
-        message: &Message,
-    ) {
+    /// basic.return of a mandatory publish that reached no queue, under the exchange and
+    /// routing key it was published with.
+    fn send_return(&self, connection: &Connection, message: &Message) {
         let mut frames = Vec::with_capacity(message.body.len() + 128);
         encode_content(
             &mut frames,
@@ -776,8 +766,8 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
             })),
             to_amqp(&message.properties),
             &message.body,

@@ -67,7 +67,11 @@ fn session(vhost: &Arc<VirtualHost>, connection: u64) -> (Arc<Session>, Arc<Reco
 }
 
 async fn publish_confirmed(vhost: &VirtualHost, queue: &str, body: &str) {
-    let outcome = vhost.publish("", queue, false, persistent(body)).unwrap();
+    let message = Message {
+        routing_key: queue.to_string(),
+        ..persistent(body)
+    };
+    let outcome = vhost.publish(message).unwrap();
     assert!(outcome.routed);
     for durable in outcome.durable {
         durable.await.unwrap().unwrap();
@@ -173,12 +177,13 @@ async fn a_consumed_queue_past_its_backlog_limit_is_congested() {
         .declare_queue("q", false, false, false, false, FieldTable::default(), 1)
         .unwrap();
     let transient = |n: usize| Message {
+        routing_key: "q".into(),
         body: Bytes::from(format!("m{n}")),
         ..persistent("")
     };
     // Nobody consumes: a burst is absorbed at full speed (peak shaving).
     for n in 0..3000 {
-        let outcome = vhost.publish("", "q", false, transient(n)).unwrap();
+        let outcome = vhost.publish(transient(n)).unwrap();
         assert!(outcome.congested.is_empty());
     }
     // A consumer that takes nothing more (prefetch 1, never acks): publishers must wait.
@@ -188,7 +193,7 @@ async fn a_consumed_queue_past_its_backlog_limit_is_congested() {
         .consume("q", "c".into(), false, false, &FieldTable::default())
         .unwrap();
     session.start_consumer(&consumer);
-    let outcome = vhost.publish("", "q", false, transient(0)).unwrap();
+    let outcome = vhost.publish(transient(0)).unwrap();
     assert_eq!(outcome.congested.len(), 1);
     let queue = Arc::clone(&outcome.congested[0]);
     let waiting = tokio::spawn(async move { queue.until_uncongested().await });
@@ -236,4 +241,53 @@ async fn durable_queue_recovers_its_unsettled_persistent_messages() {
             ("m3".into(), false)
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_get_dead_letters_the_expired_messages_it_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = open(dir.path()); // no housekeeping: only basic.get meets the expiry
+    vhost
+        .declare_exchange(
+            "dlx",
+            "fanout",
+            false,
+            false,
+            false,
+            false,
+            FieldTable::default(),
+        )
+        .unwrap();
+    vhost
+        .declare_queue("dead", false, false, false, false, FieldTable::default(), 1)
+        .unwrap();
+    vhost
+        .bind(
+            "dlx",
+            Destination::Queue("dead".into()),
+            "",
+            FieldTable::default(),
+            1,
+        )
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("dlx".into()),
+    );
+    vhost
+        .declare_queue("short", false, false, false, false, args, 1)
+        .unwrap();
+    vhost
+        .publish(Message {
+            routing_key: "short".into(),
+            ..persistent("stale")
+        })
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (session, _sink) = session(&vhost, 1);
+    assert!(session.get("short", true).unwrap().is_none());
+    let dead = session.get("dead", true).unwrap().expect("dead-lettered");
+    assert_eq!(&dead.message.body[..], b"stale");
 }

@@ -29,7 +29,7 @@ pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
-pub use session::{Delivery, DeliverySink, Got, Session, Settle};
+pub use session::{Committed, Delivery, DeliverySink, Got, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::{Definitions, QueueDefinition};
@@ -103,6 +103,21 @@ struct Topology {
     streams: HashMap<String, Arc<StreamQueue>>,
     /// Durable queues' store directories.
     queue_dirs: HashMap<String, String>,
+}
+
+impl Topology {
+    /// Refuses a publish to an exchange that does not exist or is internal.
+    fn publishable(&self, exchange: &str) -> Result<(), VhostError> {
+        match self.exchanges.get(exchange) {
+            None => Err(VhostError::NotFound(format!(
+                "no exchange '{exchange}' in vhost '/'"
+            ))),
+            Some(e) if e.internal => Err(VhostError::AccessRefused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 pub struct VirtualHost {
@@ -230,7 +245,7 @@ impl VirtualHost {
                     }
                 }
                 if ticks.is_multiple_of(25) {
-                    vhost.check_disk();
+                    vhost.update_alarm();
                 }
             }
         });
@@ -260,10 +275,6 @@ impl VirtualHost {
 
     pub fn memory_bytes(&self) -> i64 {
         self.memory_bytes.load(Ordering::Acquire)
-    }
-
-    fn check_disk(&self) {
-        self.update_alarm();
     }
 
     fn update_alarm(&self) {
@@ -773,16 +784,7 @@ impl VirtualHost {
 
     /// Refuses a publish to an exchange that does not exist (or is internal).
     pub fn check_publishable(&self, exchange: &str) -> Result<(), VhostError> {
-        let topology = self.topology.read();
-        match topology.exchanges.get(exchange) {
-            None => Err(VhostError::NotFound(format!(
-                "no exchange '{exchange}' in vhost '/'"
-            ))),
-            Some(e) if e.internal => Err(VhostError::AccessRefused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '/'"
-            ))),
-            Some(_) => Ok(()),
-        }
+        self.topology.read().publishable(exchange)
     }
 
     /// The queues and streams a message published to `exchange` with these routing key and
@@ -834,32 +836,16 @@ impl VirtualHost {
         targets
     }
 
-    pub fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        _mandatory: bool,
-        message: Message,
-    ) -> Result<PublishOutcome, VhostError> {
+    /// Routes the message from its exchange by its routing key (and headers) and stores it in
+    /// every queue and stream it reaches.
+    pub fn publish(&self, message: Message) -> Result<PublishOutcome, VhostError> {
         let targets = {
             let topology = self.topology.read();
-            match topology.exchanges.get(exchange) {
-                None => {
-                    return Err(VhostError::NotFound(format!(
-                        "no exchange '{exchange}' in vhost '/'"
-                    )))
-                }
-                Some(e) if e.internal => {
-                    return Err(VhostError::AccessRefused(format!(
-                        "cannot publish to internal exchange '{exchange}' in vhost '/'"
-                    )))
-                }
-                Some(_) => {}
-            }
+            topology.publishable(&message.exchange)?;
             self.route(
                 &topology,
-                exchange,
-                routing_key,
+                &message.exchange,
+                &message.routing_key,
                 message.properties.headers.as_ref(),
             )
         };

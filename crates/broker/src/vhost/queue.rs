@@ -352,13 +352,10 @@ impl Queue {
                 return;
             }
             let now = now_ms();
-            while let Some(head) = state.ready.front() {
-                if head.expires_at_ms.is_some_and(|t| t < now) {
-                    if let Some(entry) = self.take_front(&mut state) {
-                        self.settle_stored(&[&entry]);
-                        dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
-                    }
-                    continue;
+            loop {
+                self.take_expired_head(&mut state, now, &mut dead);
+                if state.ready.is_empty() {
+                    break;
                 }
                 let count = state.consumers.len();
                 let Some(index) = (0..count)
@@ -438,14 +435,8 @@ impl Queue {
         let mut dead = Vec::new();
         let result = {
             let mut state = self.state.lock();
-            let now = now_ms();
-            loop {
-                let entry = self.take_front(&mut state)?;
-                if entry.expires_at_ms.is_some_and(|t| t < now) {
-                    self.settle_stored(&[&entry]);
-                    dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
-                    continue;
-                }
+            self.take_expired_head(&mut state, now_ms(), &mut dead);
+            self.take_front(&mut state).map(|entry| {
                 if let Some(offset) = entry.log_offset {
                     self.note_delivered(&mut state, offset);
                 }
@@ -457,8 +448,8 @@ impl Queue {
                 } else {
                     self.settle_stored(&[&entry]);
                 }
-                break Some((entry, state.ready.len() as u32));
-            }
+                (entry, state.ready.len() as u32)
+            })
         };
         self.dead_letter_all(dead);
         result
@@ -577,21 +568,27 @@ impl Queue {
     /// message behind a longer-lived one waits for it.
     pub(super) fn expire(self: &Arc<Self>, now: i64) {
         let mut dead = Vec::new();
+        self.take_expired_head(&mut self.state.lock(), now, &mut dead);
+        self.dead_letter_all(dead);
+    }
+
+    /// Takes the expired messages off the head of the queue, settled, for dead-lettering.
+    /// Only the head: as in RabbitMQ, a message behind a longer-lived one waits for it.
+    fn take_expired_head(
+        &self,
+        state: &mut QueueState,
+        now: i64,
+        dead: &mut Vec<(Message, DeadLetterReason)>,
+    ) {
+        while state
+            .ready
+            .front()
+            .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t < now))
         {
-            let mut state = self.state.lock();
-            while state
-                .ready
-                .front()
-                .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t < now))
-            {
-                if let Some(entry) = self.take_front(&mut state) {
-                    self.settle_stored(&[&entry]);
-                    dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
-                }
+            if let Some(entry) = self.take_front(state) {
+                self.settle_stored(&[&entry]);
+                dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
             }
-        }
-        if !dead.is_empty() {
-            self.dead_letter_all(dead);
         }
     }
 

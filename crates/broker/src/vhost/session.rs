@@ -14,7 +14,7 @@ use super::queue::{Consumer, ConsumerSource, Entry, Queue};
 use super::stream::StreamStart;
 use super::{ConnectionId, PublishOutcome, VhostError, VirtualHost};
 use amq_protocol_types::FieldTable;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 /// A delivery on its way to the client.
 pub struct Delivery<'a> {
@@ -35,6 +35,15 @@ pub trait DeliverySink: Send + Sync {
     }
     /// The broker ended a consumer (its queue was deleted): basic.cancel to the client.
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
+}
+
+/// What a tx.commit did.
+#[derive(Default)]
+pub struct Committed {
+    /// Mandatory publishes that reached no queue: they go back with basic.return.
+    pub returned: Vec<Message>,
+    /// Resolve when the committed messages are on disk.
+    pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
 }
 
 /// A message taken with basic.get.
@@ -65,7 +74,8 @@ pub enum Settle {
 /// Buffered work of a transaction (tx.select), applied at tx.commit.
 #[derive(Default)]
 struct Transaction {
-    publishes: Vec<(String, String, bool, Message)>,
+    /// (mandatory, message); the message names its exchange and routing key.
+    publishes: Vec<(bool, Message)>,
     settles: Vec<(u64, bool, Settle)>,
 }
 
@@ -456,33 +466,24 @@ impl Session {
     /// Publishes (outside a transaction) or buffers the publish (inside one).
     pub fn publish(
         &self,
-        exchange: &str,
-        routing_key: &str,
         mandatory: bool,
         message: Message,
     ) -> Result<Option<PublishOutcome>, VhostError> {
         if self.in_transaction() {
             // Unknown exchanges are refused at publish time, as RabbitMQ does (checked before
             // the session lock: the topology lock is never taken under it).
-            self.vhost.check_publishable(exchange)?;
+            self.vhost.check_publishable(&message.exchange)?;
             if let Some(tx) = self.state.lock().transaction.as_mut() {
-                tx.publishes.push((
-                    exchange.to_string(),
-                    routing_key.to_string(),
-                    mandatory,
-                    message,
-                ));
+                tx.publishes.push((mandatory, message));
                 return Ok(None);
             }
         }
-        self.vhost
-            .publish(exchange, routing_key, mandatory, message)
-            .map(Some)
+        self.vhost.publish(message).map(Some)
     }
 
-    /// tx.commit: the buffered publishes (whose outcomes are returned, for basic.return and to
-    /// wait for durability) and then the buffered settles.
-    pub fn tx_commit(&self) -> Result<Vec<(String, String, Message, PublishOutcome)>, VhostError> {
+    /// tx.commit: the buffered publishes, then the buffered settles. Returns the mandatory
+    /// publishes that routed nowhere (for basic.return) and the waits for durability.
+    pub fn tx_commit(&self) -> Result<Committed, VhostError> {
         let tx = {
             let mut state = self.state.lock();
             match state.transaction.as_mut() {
@@ -494,18 +495,20 @@ impl Session {
                 }
             }
         };
-        let mut outcomes = Vec::new();
-        for (exchange, routing_key, mandatory, message) in tx.publishes {
-            let outcome =
-                self.vhost
-                    .publish(&exchange, &routing_key, mandatory, message.clone())?;
-            outcomes.push((exchange, routing_key, message, outcome));
+        let mut committed = Committed::default();
+        for (mandatory, message) in tx.publishes {
+            let returned = mandatory.then(|| message.clone());
+            let outcome = self.vhost.publish(message)?;
+            if !outcome.routed {
+                committed.returned.extend(returned);
+            }
+            committed.durable.extend(outcome.durable);
         }
         for (tag, multiple, how) in tx.settles {
             // A tag settled twice in one transaction is already gone: not an error at commit.
             let _ = self.settle_now(tag, multiple, how);
         }
-        Ok(outcomes)
+        Ok(committed)
     }
 
     pub fn tx_rollback(&self) -> Result<(), VhostError> {

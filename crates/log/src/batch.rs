@@ -317,6 +317,10 @@ impl RecordBatchBuilder {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+    /// The records pushed, given back (to keep them when an append of the batch failed).
+    pub fn into_records(self) -> Vec<Record> {
+        self.records
+    }
     /// Encodes the batch with a valid CRC-32C. An empty builder gives a batch with no records
     /// that still occupies one offset (lastOffsetDelta 0), since Kafka batches cannot be empty.
     pub fn build(&self) -> Vec<u8> {

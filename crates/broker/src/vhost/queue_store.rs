@@ -45,24 +45,32 @@ fn write_pending_appends(
 ) -> Result<(), BrokerError> {
     let mut pending = pending.lock();
     while !pending.records.is_empty() {
-        let mut batch = RecordBatchBuilder::new();
         let mut bytes = 0;
-        let mut count = 0;
-        for record in &pending.records {
-            let size = record_bytes(record);
-            if count > 0 && bytes + size > APPEND_BATCH_BYTES {
-                break;
-            }
-            batch.push(record.clone());
-            bytes += size;
-            count += 1;
+        let count = pending
+            .records
+            .iter()
+            .take_while(|record| {
+                let size = record_bytes(record);
+                let fits = bytes == 0 || bytes + size <= APPEND_BATCH_BYTES;
+                if fits {
+                    bytes += size;
+                }
+                fits
+            })
+            .count();
+        let mut batch = RecordBatchBuilder::new();
+        for record in pending.records.drain(..count) {
+            batch.push(record);
         }
-        log.append(&mut batch.build(), 0, now_ms())?;
-        pending.records.drain(..count);
+        if let Err(error) = log.append(&mut batch.build(), 0, now_ms()) {
+            pending.records.splice(0..0, batch.into_records());
+            return Err(error.into());
+        }
         pending.bytes = pending.bytes.saturating_sub(bytes);
     }
     Ok(())
 }
+
 const SETTLES_DIR: &str = "settles";
 const READ_CHUNK_BYTES: usize = 4 << 20;
 /// Snapshot the settle log when it has grown this much since the last snapshot.

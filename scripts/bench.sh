@@ -4,12 +4,14 @@
 # latency at a fixed 20,000 msgs/s (fsync=batch), and the same with fsync=never.
 # Prints the bench tool's summaries; `BENCH_SECS` sets each run's length (default 10).
 # BENCH_AMQP=1 also runs scripts/bench_amqp.sh (AMQP: RabbitMQ and Sluice) at the end.
+# BENCH_CASES=latency runs only the disk probe and the two latency runs; SLUICE_BIN benchmarks
+# another broker binary (for before/after comparisons), BENCH_BUILD=0 skips the build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SECS="${BENCH_SECS:-10}"
-cargo build --release -p sluice-server -p sluice-bench
-SLUICE="$ROOT/target/release/sluice"
+if [ "${BENCH_BUILD:-1}" != 0 ]; then cargo build --release -p sluice-server -p sluice-bench; fi
+SLUICE="${SLUICE_BIN:-$ROOT/target/release/sluice}"
 BENCH="$ROOT/target/release/sluice-bench"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -39,7 +41,9 @@ run() { # label, then sluice-bench kafka flags
 start_broker batch
 printf '### disk probe (same disk as the broker data)\n'
 "$BENCH" disk-probe --dir "$WORK"
-for bytes in 100 1024; do
+THROUGHPUT_SIZES="100 1024"
+if [ "${BENCH_CASES:-all}" = latency ]; then THROUGHPUT_SIZES=""; fi
+for bytes in $THROUGHPUT_SIZES; do
     for acks in 1 all; do
         for partitions in 1 8; do
             run "fsync=batch ${bytes} B acks=${acks} partitions=${partitions}" \

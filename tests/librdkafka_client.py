@@ -80,10 +80,12 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int):
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, timeout_s=60, extra_config=None):
-    """Every record of the topic, from offset 0 up to the high watermark of each partition as it
-    is now, as (partition, offset, key, value, timestamp) sorted by partition and offset.
-    Any consumer error fails the caller: nothing corrupt may be served."""
+def read_all(bootstrap: str, topic: str, partitions: int, timeout_s=60, extra_config=None,
+             start_offsets=None):
+    """Every record of the topic, from offset 0 (or `start_offsets[partition]`) up to the high
+    watermark of each partition as it is now, as (partition, offset, key, value, timestamp)
+    sorted by partition and offset. Any consumer error fails the caller: nothing corrupt may be
+    served."""
     ends = {p: hw for p, (_, hw) in high_watermarks(bootstrap, topic, partitions).items()}
     config = {"bootstrap.servers": bootstrap, "group.id": unique_name("read-all"),
               "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -91,9 +93,11 @@ def read_all(bootstrap: str, topic: str, partitions: int, timeout_s=60, extra_co
     config.update(extra_config or {})
     consumer = Consumer(config)
     records = []
-    positions = {p: 0 for p in range(partitions)}
+    starts = start_offsets or {}
+    positions = {p: starts.get(p, 0) for p in range(partitions)}
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        consumer.assign([TopicPartition(topic, p, starts.get(p, OFFSET_BEGINNING))
+                         for p in range(partitions)])
         deadline = time.monotonic() + timeout_s
         while any(positions[p] < ends[p] for p in positions):
             assert time.monotonic() < deadline, (

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import Broker
+from required import missing
 from kafka_wire import KafkaWire, record_batch
 from librdkafka_client import create_topic, read_all, unique_name
 
@@ -20,13 +21,13 @@ BATCH_VALUE_BYTES = 16 << 10
 @pytest.fixture
 def small_disk(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        missing("mounting a small tmpfs needs root")
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs",
                               str(mount_point)], capture_output=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+        missing(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
     try:
         yield mount_point
     finally:

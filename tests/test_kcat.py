@@ -7,9 +7,15 @@ import subprocess
 import pytest
 
 from librdkafka_client import unique_name
+from required import missing
 
 KCAT = shutil.which("kcat")
-pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat is not installed (scripts/test installs it)")
+
+
+@pytest.fixture(autouse=True)
+def kcat_installed():
+    if KCAT is None:
+        missing("kcat is not installed (scripts/test installs it)")
 
 
 def kcat(*args, stdin=None, timeout_s=60):

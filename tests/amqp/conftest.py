@@ -27,6 +27,8 @@ from pathlib import Path
 import pika
 import pytest
 
+from required import missing
+
 ALL_TARGETS = ("rabbitmq", "sluice")
 RABBITMQ_SCRIPTS = Path(os.environ.get("RABBITMQ_SCRIPTS_DIR", "/usr/lib/rabbitmq/bin"))
 RABBITMQ_START_TIMEOUT_S = 60
@@ -168,10 +170,10 @@ class RabbitMQNode:
 
 @pytest.fixture(scope="session")
 def rabbitmq_node():
-    """The session's RabbitMQ node, started on first use; every rabbitmq test skips (with the
-    reason) when the package is missing or the node does not come up."""
+    """The session's RabbitMQ node, started on first use. When the package is missing or the node
+    does not come up, every rabbitmq test skips with the reason, or fails in CI (`required`)."""
     if not (RABBITMQ_SCRIPTS / "rabbitmq-server").exists():
-        pytest.skip(f"rabbitmq-server is not installed ({RABBITMQ_SCRIPTS}/rabbitmq-server "
+        missing(f"rabbitmq-server is not installed ({RABBITMQ_SCRIPTS}/rabbitmq-server "
                     f"missing; Debian: apt-get install rabbitmq-server)")
     base_dir = Path(tempfile.mkdtemp(prefix="sluice-rabbitmq-"))
     node = RabbitMQNode(base_dir)
@@ -179,7 +181,7 @@ def rabbitmq_node():
         node.start()
     except Exception as exc:
         node.kill()
-        pytest.skip(f"RabbitMQ node did not start: {exc}")
+        missing(f"RabbitMQ node did not start: {exc}")
     yield node
     node.stop()
     shutil.rmtree(base_dir, ignore_errors=True)
@@ -295,6 +297,28 @@ class SluiceTarget(AmqpTarget):
         else:
             args += ["--amqp-users", f"{user}:{password}"]
         self.restart()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "only(target): a one-sided test (a trigger or a check only one broker has); "
+        "it runs against that target alone instead of skipping on the other")
+
+
+def pytest_collection_modifyitems(config, items):
+    # A one-sided test is deselected for the other broker rather than skipped, so the skip
+    # count means only what is missing.
+    keep, drop = [], []
+    for item in items:
+        only = item.get_closest_marker("only")
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("amqp")
+        if only is not None and param is not None and param not in only.args:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=selected_targets())

@@ -197,10 +197,10 @@ def test_opening_more_channels_than_negotiated_channel_max_is_refused(amqp):
     assert "channel_max" in text, text
 
 
+@pytest.mark.only("rabbitmq")
 def test_connection_blocked_is_sent_while_the_broker_is_out_of_memory(amqp):
-    if amqp.kind != "rabbitmq":
-        pytest.skip("RabbitMQ's trigger (a memory alarm through rabbitmqctl); Sluice's is "
-                    "--memory-high-watermark-bytes, tested below")
+    # RabbitMQ's trigger (a memory alarm through rabbitmqctl); Sluice's is
+    # --memory-high-watermark-bytes, tested below.
     blocked, unblocked = [], []
     connection = amqp.connect()
     connection.add_on_connection_blocked_callback(lambda _c, frame: blocked.append(frame))
@@ -219,11 +219,10 @@ def test_connection_blocked_is_sent_while_the_broker_is_out_of_memory(amqp):
     assert blocked[0].method.reason == "low on memory"
 
 
+@pytest.mark.only("sluice")
 def test_connection_blocked_when_queued_messages_pass_the_memory_watermark(amqp):
     # The same client-visible behaviour as the RabbitMQ test above, with Sluice's own trigger:
     # --memory-high-watermark-bytes (RabbitMQ's is a VM-wide memory alarm set by rabbitmqctl).
-    if amqp.kind != "sluice":
-        pytest.skip("Sluice's trigger; RabbitMQ's alarm is covered by the test above")
     amqp.broker.extra_args += ["--memory-high-watermark-bytes", "100000"]
     amqp.restart()
     blocked, unblocked = [], []
@@ -245,11 +244,10 @@ def test_connection_blocked_when_queued_messages_pass_the_memory_watermark(amqp)
     connection.close()
 
 
+@pytest.mark.only("sluice")
 def test_connection_blocked_when_the_data_disk_is_low(amqp):
-    # Sluice's disk alarm: a free-space limit above what any disk has blocks publishers.
-    if amqp.kind != "sluice":
-        pytest.skip("Sluice's trigger (--disk-free-limit-bytes); RabbitMQ's alarms are "
-                    "covered by the memory test above")
+    # Sluice's disk alarm: a free-space limit above what any disk has blocks publishers
+    # (RabbitMQ's alarms are covered by the memory test above).
     amqp.broker.extra_args += ["--disk-free-limit-bytes", str(2 ** 62)]
     amqp.restart()
     blocked = []

@@ -71,10 +71,9 @@ def test_transient_queues_exchanges_and_messages_are_gone_after_restart(amqp):
     assert [body for _m, _p, body in get_all(channel, durable_queue)] == [b"persistent message"]
 
 
+@pytest.mark.only("sluice")
 def test_confirmed_persistent_messages_survive_kill_9(amqp):
-    if amqp.kind != "sluice":
-        pytest.skip("kill -9 recovery is a Sluice durability test; the shared RabbitMQ node "
-                    "is only restarted cleanly")
+    # A Sluice durability test: the shared RabbitMQ node is only restarted cleanly.
     connection = amqp.connect()
     channel = confirmed_channel(connection)
     exchange, queue = declare_durable_topology(amqp, channel)

@@ -5,6 +5,7 @@
 mod channel;
 mod codec;
 mod connection;
+pub mod fuzzing;
 mod properties;
 mod reply;
 mod server;

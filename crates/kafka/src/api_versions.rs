@@ -4,7 +4,7 @@
 use kafka_protocol::messages::ApiKey;
 
 /// (api, min version, max version) for every implemented Kafka API.
-const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 7),

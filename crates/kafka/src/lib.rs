@@ -6,6 +6,7 @@ mod api_versions;
 mod connection;
 mod context;
 mod error_codes;
+pub mod fuzzing;
 mod handlers;
 mod server;
 mod unsupported_version;

@@ -25,6 +25,7 @@
 pub mod batch;
 mod config;
 mod error;
+pub mod fuzzing;
 mod offset_index;
 mod partition_log;
 mod recovery;

@@ -41,7 +41,11 @@ impl From<LogError> for BrokerError {
             LogError::InvalidBatch(_) => BrokerError::InvalidRecord(error.to_string()),
             LogError::OffsetOutOfRange { .. } => BrokerError::OffsetOutOfRange(error.to_string()),
             LogError::InvalidConfig(_) => BrokerError::InvalidConfig(error.to_string()),
-            LogError::Io { .. } => BrokerError::Storage(error.to_string()),
+            LogError::Io { .. } | LogError::Offline { .. } => {
+                BrokerError::Storage(error.to_string())
+            }
+            // Damaged on disk: the reader gets an error for that partition, never the bytes.
+            LogError::CorruptStored { .. } => BrokerError::CorruptMessage(error.to_string()),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! Readers do positional I/O on shared file handles without any lock, bounded by the high
 //! watermark and sizes they loaded (which only grow, except under truncation).
 //!
-//! A failed write, fsync or roll takes the log offline for good ("fsyncgate": after a failed
+//! A failed write, fsync, roll or directory change takes the log offline for good ("fsyncgate": after a failed
 //! fsync Linux may drop the dirty pages and report success next time, so a later successful
 //! sync proves nothing about earlier bytes). Offline, every append, sync and other change fails
 //! with `LogError::Offline`, and the durable offset and high watermark never move again; reads
@@ -215,7 +215,8 @@ impl PartitionLog {
 
         let mut state = self.append_lock.lock();
         self.check_online()?;
-        self.clear_clean_shutdown_marker(&mut state)?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let base_offset = self.log_end_offset.load(Ordering::Acquire);
         let mut next_offset = base_offset;
         let mut position = 0;
@@ -507,7 +508,8 @@ impl PartitionLog {
         // Serialised with truncation and retention, which also move these offsets.
         let mut state = self.append_lock.lock();
         self.check_online()?;
-        self.clear_clean_shutdown_marker(&mut state)?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let log_start_offset = self.log_start_offset();
         let high_watermark = self.high_watermark();
         if offset < 0 || offset > high_watermark {
@@ -520,7 +522,8 @@ impl PartitionLog {
         if offset <= log_start_offset {
             return Ok(log_start_offset);
         }
-        write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)?;
+        write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)
+            .map_err(|e| self.go_offline(e))?;
         self.log_start_offset.store(offset, Ordering::Release);
         tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "advanced log start");
         Ok(offset)
@@ -574,7 +577,8 @@ impl PartitionLog {
         if delete_count == 0 {
             return Ok(0);
         }
-        self.clear_clean_shutdown_marker(&mut state)?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write();
             let removed = segments.drain(..delete_count).collect();
@@ -582,12 +586,15 @@ impl PartitionLog {
                 .fetch_max(segments[0].base_offset, Ordering::AcqRel);
             removed
         };
-        for segment in &removed {
-            tracing::info!(segment = %segment.log_path.display(), offset_end = segment.offset_end(), "retention deletes segment");
-            segment.remove_files()?;
-        }
-        // Deleted segments coming back after a crash would move the log start backwards.
-        sync_dir(self.storage.as_ref(), &self.dir)?;
+        let delete = || -> Result<(), LogError> {
+            for segment in &removed {
+                tracing::info!(segment = %segment.log_path.display(), offset_end = segment.offset_end(), "retention deletes segment");
+                segment.remove_files()?;
+            }
+            // Deleted segments coming back after a crash would move the log start backwards.
+            sync_dir(self.storage.as_ref(), &self.dir)
+        };
+        delete().map_err(|e| self.go_offline(e))?;
         Ok(delete_count)
     }
 
@@ -603,7 +610,8 @@ impl PartitionLog {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
-        self.clear_clean_shutdown_marker(&mut state)?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let offset = offset.max(self.log_start_offset());
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
         let keep = segments

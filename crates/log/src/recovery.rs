@@ -189,8 +189,10 @@ fn recover_active_segment(
         );
         file.set_len(scan.valid_bytes)
             .map_err(|e| io_error(&path, e))?;
-        file.sync_all().map_err(|e| io_error(&path, e))?;
     }
+    // The open log calls everything it found durable, but after a process crash the tail may
+    // still be only in the page cache: make it so before serving it.
+    file.sync_all().map_err(|e| io_error(&path, e))?;
     let roll_base = roll_base_ms(scan.first_batch.as_ref(), modified_ms);
     let segment = Segment::from_parts(
         Arc::clone(storage),

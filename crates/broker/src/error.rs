@@ -84,3 +84,31 @@ pub enum GroupError {
     #[error("storage error: {0}")]
     Storage(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn offline_log_is_a_storage_error_and_corrupt_stored_data_a_corrupt_message() {
+        let offline = LogError::Offline {
+            dir: PathBuf::from("/data/t-0"),
+            cause: "fsync failed".into(),
+        };
+        assert!(matches!(
+            BrokerError::from(offline),
+            BrokerError::Storage(_)
+        ));
+        let corrupt = LogError::CorruptStored {
+            path: PathBuf::from("/data/t-0/00000000000000000000.log"),
+            position: 4096,
+            reason: "crc mismatch".into(),
+        };
+        assert!(matches!(
+            BrokerError::from(corrupt),
+            BrokerError::CorruptMessage(_)
+        ));
+    }
+}

@@ -40,11 +40,15 @@ pub(crate) fn recover(
     config: &LogConfig,
 ) -> Result<Vec<Segment>, LogError> {
     let created = storage.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    if created {
-        // The new partition directory's own entry.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(storage.as_ref(), parent)?;
-        }
+    // The entries of the directories just created (the partition directory and any missing
+    // parents), innermost first.
+    for parent in dir
+        .ancestors()
+        .skip(1)
+        .take(created)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        sync_dir(storage.as_ref(), parent)?;
     }
     let (base_offsets, clean_shutdown) = list_segments(storage.as_ref(), dir)?;
     if clean_shutdown {

@@ -2,11 +2,11 @@
 //! log offline, directory entries are synced, power cuts keep exactly the synced data, and a
 //! corrupt stored batch is never served.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sluice_log::{
     decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
-    SimDisk, Storage,
+    SimDisk,
 };
 
 fn dir() -> PathBuf {
@@ -216,9 +216,8 @@ fn rolled_segments_survive_power_cut_because_their_directory_entries_are_synced(
 #[test]
 fn new_partition_directory_survives_power_cut() {
     let disk = SimDisk::new(22);
-    let nested = PathBuf::from("/topics/t-0");
-    disk.create_dir_all(Path::new("/topics")).unwrap();
-    disk.sync_dir(Path::new("/")).unwrap();
+    // Neither the topic directory nor the data directory exists yet.
+    let nested = PathBuf::from("/data/topics/t-0");
     let log = PartitionLog::open_with(disk.storage(), &nested, config()).unwrap();
     append_synced(&log, "acked", 2);
     drop(log);

@@ -18,6 +18,7 @@ pub use real::RealDisk;
 pub use sim::SimDisk;
 
 /// An open file, shared by readers and the appender (all I/O is positional).
+#[allow(clippy::len_without_is_empty)] // a file's length is a size, not a collection's
 pub trait StorageFile: Send + Sync {
     /// Reads up to `buf.len()` bytes at `position`; 0 at the end of the file.
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
@@ -56,8 +57,9 @@ pub trait StorageFile: Send + Sync {
 
 /// A file system: where partition directories, segments, indexes and checkpoints live.
 pub trait Storage: Send + Sync {
-    /// Creates `dir` and missing parents; `true` when `dir` itself was created.
-    fn create_dir_all(&self, dir: &Path) -> io::Result<bool>;
+    /// Creates `dir` and missing parents; returns how many directories it created (0: `dir`
+    /// existed; n: `dir` and its n-1 nearest ancestors), so the caller can sync their parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<usize>;
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Creates a file for reading and writing, truncating it if it exists.

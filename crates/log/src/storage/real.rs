@@ -47,12 +47,15 @@ impl StorageFile for File {
 }
 
 impl Storage for RealDisk {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<bool> {
-        if dir.is_dir() {
-            return Ok(false);
+    fn create_dir_all(&self, dir: &Path) -> io::Result<usize> {
+        let missing = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            .count();
+        if missing > 0 {
+            fs::create_dir_all(dir)?;
         }
-        fs::create_dir_all(dir)?;
-        Ok(true)
+        Ok(missing)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;

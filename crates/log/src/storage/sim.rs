@@ -186,8 +186,7 @@ impl SimState {
 
     fn inode(&mut self, inode: u64, generation: u64) -> io::Result<&mut Inode> {
         if generation != self.generation {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
+            return Err(io::Error::other(
                 "stale handle: the disk lost power since it was opened",
             ));
         }
@@ -417,16 +416,17 @@ impl StorageFile for SimFile {
 }
 
 impl Storage for SimDisk {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<bool> {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<usize> {
         let mut state = self.state.lock();
         if state.dir_exists(dir) {
-            return Ok(false);
+            return Ok(0);
         }
         let mut missing: Vec<&Path> = dir
             .ancestors()
             .take_while(|d| !state.dir_exists(d))
             .collect();
         missing.reverse();
+        let created = missing.len();
         for path in missing {
             if state.live.contains_key(path) {
                 return Err(io::Error::new(
@@ -436,7 +436,7 @@ impl Storage for SimDisk {
             }
             state.live.insert(path.to_path_buf(), Node::Dir);
         }
-        Ok(true)
+        Ok(created)
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
@@ -624,7 +624,7 @@ mod tests {
             disk.power_cut();
             let bytes = contents(&disk, "/f").unwrap();
             let len = bytes.len() as u64;
-            assert!(len == 0 || len == 2100 || len % SECTOR_BYTES == 0, "{len}");
+            assert!(len == 0 || len == 2100 || len.is_multiple_of(SECTOR_BYTES), "{len}");
         }
     }
 

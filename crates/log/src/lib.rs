@@ -26,8 +26,9 @@
 //! ```
 //!
 //! Failure contract:
-//! - A failed write, fdatasync or roll takes that log offline: every later append, sync (of
-//!   offsets not yet durable), flush, truncation, retention and log-start change returns
+//! - A failed write, fdatasync, roll or directory change takes that log offline: every later
+//!   append, sync (of offsets not yet durable), flush, truncation, retention and log-start
+//!   change returns
 //!   `LogError::Offline`; the durable offset and high watermark never move again. Reads keep
 //!   serving what was durable. Reopening (a restart) recovers from what is really on disk.
 //! - Reads CRC-check every batch they return: a corrupt first batch is

@@ -624,7 +624,10 @@ mod tests {
             disk.power_cut();
             let bytes = contents(&disk, "/f").unwrap();
             let len = bytes.len() as u64;
-            assert!(len == 0 || len == 2100 || len.is_multiple_of(SECTOR_BYTES), "{len}");
+            assert!(
+                len == 0 || len == 2100 || len.is_multiple_of(SECTOR_BYTES),
+                "{len}"
+            );
         }
     }
 

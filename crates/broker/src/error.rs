@@ -41,7 +41,11 @@ impl From<LogError> for BrokerError {
             LogError::InvalidBatch(_) => BrokerError::InvalidRecord(error.to_string()),
             LogError::OffsetOutOfRange { .. } => BrokerError::OffsetOutOfRange(error.to_string()),
             LogError::InvalidConfig(_) => BrokerError::InvalidConfig(error.to_string()),
-            LogError::Io { .. } => BrokerError::Storage(error.to_string()),
+            LogError::Io { .. } | LogError::Offline { .. } => {
+                BrokerError::Storage(error.to_string())
+            }
+            // Damaged on disk: the reader gets an error for that partition, never the bytes.
+            LogError::CorruptStored { .. } => BrokerError::CorruptMessage(error.to_string()),
         }
     }
 }
@@ -79,4 +83,32 @@ pub enum GroupError {
     GroupMaxSizeReached,
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn offline_log_is_a_storage_error_and_corrupt_stored_data_a_corrupt_message() {
+        let offline = LogError::Offline {
+            dir: PathBuf::from("/data/t-0"),
+            cause: "fsync failed".into(),
+        };
+        assert!(matches!(
+            BrokerError::from(offline),
+            BrokerError::Storage(_)
+        ));
+        let corrupt = LogError::CorruptStored {
+            path: PathBuf::from("/data/t-0/00000000000000000000.log"),
+            position: 4096,
+            reason: "crc mismatch".into(),
+        };
+        assert!(matches!(
+            BrokerError::from(corrupt),
+            BrokerError::CorruptMessage(_)
+        ));
+    }
 }

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 /// Errors from the storage layer. Client-caused ones (`CorruptBatch`, `BatchTooLarge`,
-/// `InvalidBatch`) are mapped by the protocol layer to the protocol's own error codes.
+/// `InvalidBatch`) are mapped by the protocol layer to the protocol's own error codes;
+/// `Io` and `Offline` are storage failures (Kafka: KAFKA_STORAGE_ERROR); `CorruptStored` is
+/// data damaged on disk (Kafka: CORRUPT_MESSAGE for that partition).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("I/O error on {path}: {source}")]
@@ -20,4 +22,14 @@ pub enum LogError {
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// An earlier write, fsync or roll failed: the log refuses changes until it is reopened.
+    #[error("log directory {dir} is offline after a storage failure ({cause}); restart to recover it from disk")]
+    Offline { dir: PathBuf, cause: String },
+    /// A stored batch failed its CRC or header checks when read: it is never served.
+    #[error("corrupt batch on disk in {path} at byte {position}: {reason}")]
+    CorruptStored {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
 }

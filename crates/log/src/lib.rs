@@ -7,6 +7,7 @@
 //! Durability::parse("batch" | "never" | "interval:<ms>") -> Result<Durability, LogError>
 //! LogConfig::default()
 //! PartitionLog::open(dir, LogConfig) -> Result<PartitionLog, LogError>   // creates dir, recovers
+//! PartitionLog::open_with(Arc<dyn Storage>, dir, LogConfig) -> Result<PartitionLog, LogError>  // same, on given storage
 //! PartitionLog::append(&self, batches: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, LogError>
 //! PartitionLog::sync(&self, offset_end: i64) -> Result<(), LogError>     // blocking group commit
 //! PartitionLog::read(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError>
@@ -17,10 +18,24 @@
 //! PartitionLog::advance_log_start(&self, offset: i64) -> Result<i64, LogError>  // DeleteRecords; durable
 //! PartitionLog::set_config(&self, LogConfig)
 //! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
-//! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown)
+//! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown marker)
 //! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
+//! PartitionLog::is_offline(&self) -> bool
 //! batch::{BatchHeader, validate_batches, RecordBatchBuilder, decode_records, Record}
+//! storage::{Storage, StorageFile, RealDisk, SimDisk}   // the disk interface; SimDisk for tests
 //! ```
+//!
+//! Failure contract:
+//! - A failed write, fdatasync, roll or directory change takes that log offline: every later
+//!   append, sync (of offsets not yet durable), flush, truncation, retention and log-start
+//!   change returns
+//!   `LogError::Offline`; the durable offset and high watermark never move again. Reads keep
+//!   serving what was durable. Reopening (a restart) recovers from what is really on disk.
+//! - Reads CRC-check every batch they return: a corrupt first batch is
+//!   `LogError::CorruptStored { path, position, .. }` (logged with file and position), a corrupt
+//!   later batch ends the read before it.
+//! - Every created, removed or renamed file is made durable with a directory fsync (a new
+//!   partition directory: its parent too) before the log relies on it.
 
 pub mod batch;
 mod config;
@@ -30,6 +45,7 @@ mod offset_index;
 mod partition_log;
 mod recovery;
 mod segment;
+pub mod storage;
 mod time_index;
 
 pub use batch::{
@@ -39,3 +55,4 @@ pub use batch::{
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
 pub use partition_log::{AppendInfo, PartitionLog, ReadResult};
+pub use storage::{RealDisk, SimDisk, Storage, StorageFile};

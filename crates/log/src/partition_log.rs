@@ -9,19 +9,30 @@
 //!
 //! Readers do positional I/O on shared file handles without any lock, bounded by the high
 //! watermark and sizes they loaded (which only grow, except under truncation).
-use std::os::unix::fs::FileExt;
+//!
+//! A failed write, fsync, roll or directory change takes the log offline for good ("fsyncgate": after a failed
+//! fsync Linux may drop the dirty pages and report success next time, so a later successful
+//! sync proves nothing about earlier bytes). Offline, every append, sync and other change fails
+//! with `LogError::Offline`, and the durable offset and high watermark never move again; reads
+//! still serve what was durable before. Reopening the log (a restart) recovers it from what is
+//! really on disk.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::batch::verify_crc;
 use crate::batch::{
     assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MIN,
 };
-use crate::recovery::{read_log_start_checkpoint, recover, sync_dir, write_log_start_checkpoint};
+use crate::recovery::{
+    read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
+    write_clean_shutdown_marker, write_log_start_checkpoint,
+};
 use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
+use crate::storage::{RealDisk, Storage};
 use crate::{BatchHeader, Durability, LogConfig, LogError};
 
 /// What an append stored.
@@ -55,6 +66,7 @@ pub struct ReadResult {
 /// internally, reads run concurrently with appends, `sync` is a group commit.
 pub struct PartitionLog {
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
     config: RwLock<LogConfig>,
     /// Sorted by base offset; the last is the active segment. Changed only under `append_lock`.
     segments: RwLock<Vec<Arc<Segment>>>,
@@ -66,6 +78,8 @@ pub struct PartitionLog {
     /// Everything below this has been fdatasynced.
     durable_offset: AtomicI64,
     sync_count: AtomicU64,
+    /// Set once, by the first failed write, fsync or roll: why the log is offline.
+    offline_cause: OnceLock<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +87,8 @@ struct AppendState {
     /// Bumped by `truncate_to`, so a group commit that raced a truncation does not mark
     /// re-appended (unsynced) offsets durable.
     truncations: u64,
+    /// `flush` left the clean shutdown marker; the next change removes it.
+    clean_shutdown_marker: bool,
 }
 
 /// How a read of one segment ended.
@@ -89,19 +105,32 @@ impl PartitionLog {
     /// Opens (creating if missing) the partition directory and recovers it: validates the tail
     /// of the active segment, truncates a torn or corrupt batch, rebuilds missing/bad indexes.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
+        PartitionLog::open_with(Arc::new(RealDisk), dir, config)
+    }
+
+    /// [`PartitionLog::open`] on the given storage (the simulated disk in tests).
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<PartitionLog, LogError> {
         validate_config(&config)?;
-        let segments: Vec<Arc<Segment>> =
-            recover(dir, &config)?.into_iter().map(Arc::new).collect();
+        let segments: Vec<Arc<Segment>> = recover(&storage, dir, &config)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let first_base_offset = segments.first().map_or(0, |s| s.base_offset);
         let log_end_offset = segments.last().map_or(0, |s| s.offset_end());
         // The checkpoint may lag retention (segments deleted since) or lead a tail that
         // recovery cut: clamp it to what the segments hold.
-        let log_start_offset = read_log_start_checkpoint(dir).map_or(first_base_offset, |c| {
-            c.min(log_end_offset).max(first_base_offset)
-        });
+        let log_start_offset = read_log_start_checkpoint(storage.as_ref(), dir)
+            .map_or(first_base_offset, |c| {
+                c.min(log_end_offset).max(first_base_offset)
+            });
         tracing::debug!(dir = %dir.display(), segments = segments.len(), log_start_offset, log_end_offset, "opened partition log");
         Ok(PartitionLog {
             dir: dir.to_path_buf(),
+            storage,
             config: RwLock::new(config),
             segments: RwLock::new(segments),
             append_lock: Mutex::new(AppendState::default()),
@@ -112,7 +141,45 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(log_end_offset),
             durable_offset: AtomicI64::new(log_end_offset),
             sync_count: AtomicU64::new(0),
+            offline_cause: OnceLock::new(),
         })
+    }
+
+    /// Whether a storage failure took the log offline (see the module documentation).
+    pub fn is_offline(&self) -> bool {
+        self.offline_cause.get().is_some()
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        match self.offline_cause.get() {
+            None => Ok(()),
+            Some(cause) => Err(LogError::Offline {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    /// Takes the log offline after `error` from a write, fsync or roll, and returns it.
+    fn go_offline(&self, error: LogError) -> LogError {
+        if self.offline_cause.set(error.to_string()).is_ok() {
+            tracing::error!(
+                dir = %self.dir.display(),
+                %error,
+                durable_offset = self.durable_offset(),
+                "storage failure: the partition log is offline and refuses writes until it is reopened (restart the broker once the disk is fixed)"
+            );
+        }
+        error
+    }
+
+    /// Before the first change after `flush`: the directory no longer matches a clean shutdown.
+    fn clear_clean_shutdown_marker(&self, state: &mut AppendState) -> Result<(), LogError> {
+        if state.clean_shutdown_marker {
+            remove_clean_shutdown_marker(self.storage.as_ref(), &self.dir)?;
+            state.clean_shutdown_marker = false;
+        }
+        Ok(())
     }
 
     /// Validates (CRC, sizes), assigns offsets (rewrites baseOffset, sets partitionLeaderEpoch)
@@ -146,7 +213,10 @@ impl PartitionLog {
         // CRC work happens before taking the lock so concurrent producers checksum in parallel.
         let mut headers = validate_batches_with_limit(batches, batch_bytes_max)?;
 
-        let state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
+        self.check_online()?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let base_offset = self.log_end_offset.load(Ordering::Acquire);
         let mut next_offset = base_offset;
         let mut position = 0;
@@ -161,14 +231,16 @@ impl PartitionLog {
         }
         let last_offset = next_offset - 1;
 
-        let active = self.roll_if_needed(
-            batches.len() as u64,
-            last_offset,
-            segment_bytes_max,
-            segment_ms_max,
-            now_ms,
-        )?;
-        let write_position = active.write(batches)?;
+        let active = self
+            .roll_if_needed(
+                batches.len() as u64,
+                last_offset,
+                segment_bytes_max,
+                segment_ms_max,
+                now_ms,
+            )
+            .map_err(|e| self.go_offline(e))?;
+        let write_position = active.write(batches).map_err(|e| self.go_offline(e))?;
         active.on_written(write_position, &headers, interval_bytes, now_ms);
         debug_assert_eq!(active.offset_end(), next_offset);
         self.log_end_offset.store(next_offset, Ordering::Release);
@@ -226,8 +298,9 @@ impl PartitionLog {
         active.sync_data()?;
         active.write_index_files(true)?;
         let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
-        let segment = Arc::new(Segment::create(&self.dir, log_end_offset)?);
-        sync_dir(&self.dir)?;
+        let segment = Arc::new(Segment::create(&self.storage, &self.dir, log_end_offset)?);
+        // One directory fsync covers the new segment and the rolled one's index renames.
+        sync_dir(self.storage.as_ref(), &self.dir)?;
         tracing::debug!(segment = %segment.log_path.display(), too_big, too_old, "rolled segment");
         self.segments.write().push(Arc::clone(&segment));
         self.mark_durable(log_end_offset);
@@ -240,7 +313,8 @@ impl PartitionLog {
         Arc::clone(&segments[segments.len() - 1])
     }
 
-    /// Everything below `offset` is on disk. Caller holds `append_lock` (or is the only user).
+    /// Everything below `offset` is on disk. Caller holds `append_lock` (or is the only user)
+    /// and has checked the log is online since the fsync it relies on.
     fn mark_durable(&self, offset: i64) {
         let offset = offset.min(self.log_end_offset.load(Ordering::Acquire));
         self.durable_offset.fetch_max(offset, Ordering::AcqRel);
@@ -251,6 +325,8 @@ impl PartitionLog {
 
     /// Blocks until everything below `offset_end` (exclusive) is fdatasync'ed. Group commit:
     /// concurrent callers share one fdatasync. Advances the high watermark under `Batch`.
+    /// Offsets that were already durable succeed even offline; others then fail with
+    /// `Offline`, and a failed fdatasync takes the log offline.
     pub fn sync(&self, offset_end: i64) -> Result<(), LogError> {
         let _sync = self.sync_lock.lock();
         loop {
@@ -258,6 +334,7 @@ impl PartitionLog {
             if durable >= offset_end {
                 return Ok(());
             }
+            self.check_online()?;
             // Read the end and the active segment together: anything below the end lives in
             // this segment or in older ones, which were synced when they were rolled.
             let (target, active, truncations) = {
@@ -271,9 +348,13 @@ impl PartitionLog {
             if target <= durable {
                 return Ok(()); // asked past the log end: all there is is durable
             }
-            active.sync_data()?;
+            let synced = active.sync_data();
             self.sync_count.fetch_add(1, Ordering::Relaxed);
+            // A roll's failed fsync of this same segment (under the append lock) may have
+            // dropped pages that this fsync then reported clean: check after taking the lock.
             let state = self.append_lock.lock();
+            synced.map_err(|e| self.go_offline(e))?;
+            self.check_online()?;
             if state.truncations == truncations {
                 self.mark_durable(target);
             }
@@ -385,7 +466,7 @@ impl PartitionLog {
             }
             let from = segment.position_for_timestamp(timestamp_ms);
             let mut reader = BatchReader::new(
-                &segment.file,
+                segment.file.as_ref(),
                 &segment.log_path,
                 from,
                 segment.size_bytes(),
@@ -425,7 +506,10 @@ impl PartitionLog {
     /// `offset` must lie in `[0, high watermark]`, else `OffsetOutOfRange`.
     pub fn advance_log_start(&self, offset: i64) -> Result<i64, LogError> {
         // Serialised with truncation and retention, which also move these offsets.
-        let _state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
+        self.check_online()?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let log_start_offset = self.log_start_offset();
         let high_watermark = self.high_watermark();
         if offset < 0 || offset > high_watermark {
@@ -438,7 +522,8 @@ impl PartitionLog {
         if offset <= log_start_offset {
             return Ok(log_start_offset);
         }
-        write_log_start_checkpoint(&self.dir, offset)?;
+        write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)
+            .map_err(|e| self.go_offline(e))?;
         self.log_start_offset.store(offset, Ordering::Release);
         tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "advanced log start");
         Ok(offset)
@@ -466,7 +551,9 @@ impl PartitionLog {
             let config = self.config.read();
             (config.retention_bytes, config.retention_ms)
         };
-        let _state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
+        // Offline, the directory is left as it is for recovery.
+        self.check_online()?;
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
@@ -490,6 +577,8 @@ impl PartitionLog {
         if delete_count == 0 {
             return Ok(0);
         }
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write();
             let removed = segments.drain(..delete_count).collect();
@@ -497,10 +586,15 @@ impl PartitionLog {
                 .fetch_max(segments[0].base_offset, Ordering::AcqRel);
             removed
         };
-        for segment in &removed {
-            tracing::info!(segment = %segment.log_path.display(), offset_end = segment.offset_end(), "retention deletes segment");
-            segment.remove_files()?;
-        }
+        let delete = || -> Result<(), LogError> {
+            for segment in &removed {
+                tracing::info!(segment = %segment.log_path.display(), offset_end = segment.offset_end(), "retention deletes segment");
+                segment.remove_files()?;
+            }
+            // Deleted segments coming back after a crash would move the log start backwards.
+            sync_dir(self.storage.as_ref(), &self.dir)
+        };
+        delete().map_err(|e| self.go_offline(e))?;
         Ok(delete_count)
     }
 
@@ -512,9 +606,12 @@ impl PartitionLog {
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let interval_bytes = self.config.read().index_interval_bytes as u64;
         let mut state = self.append_lock.lock();
+        self.check_online()?;
         if offset >= self.log_end_offset() {
             return Ok(());
         }
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
         let offset = offset.max(self.log_start_offset());
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
         let keep = segments
@@ -524,7 +621,7 @@ impl PartitionLog {
 
         let size_bytes = segment.size_bytes();
         let mut reader = BatchReader::new(
-            &segment.file,
+            segment.file.as_ref(),
             &segment.log_path,
             segment.position_for_offset(offset),
             size_bytes,
@@ -537,7 +634,10 @@ impl PartitionLog {
                     break (position, header.base_offset.min(offset))
                 }
                 Ok(Some(_)) => {}
-                Err(BatchReadError::Invalid { position, .. }) => break (position, offset),
+                Err(
+                    BatchReadError::Invalid { position, .. }
+                    | BatchReadError::Checksum { position, .. },
+                ) => break (position, offset),
                 Err(BatchReadError::Log(error)) => return Err(error),
             }
         };
@@ -548,12 +648,19 @@ impl PartitionLog {
         self.log_end_offset.fetch_min(cut_offset, Ordering::AcqRel);
 
         let removed: Vec<Arc<Segment>> = self.segments.write().drain(keep + 1..).collect();
-        for removed in &removed {
-            removed.remove_files()?;
-        }
-        segment.truncate_to(cut_position, interval_bytes)?;
-        segment.write_index_files(false)?;
-        sync_dir(&self.dir)?;
+        // Half done, memory and disk disagree: offline until recovery reads the disk again.
+        let cut = || -> Result<(), LogError> {
+            for removed in &removed {
+                removed.remove_files()?;
+            }
+            // The later segments must be gone for good before the kept one is cut, or a crash
+            // could bring them back after a gap.
+            sync_dir(self.storage.as_ref(), &self.dir)?;
+            segment.truncate_to(cut_position, interval_bytes)?;
+            segment.write_index_files(false)?;
+            sync_dir(self.storage.as_ref(), &self.dir)
+        };
+        cut().map_err(|e| self.go_offline(e))?;
 
         let log_end_offset = segment.offset_end();
         self.log_end_offset.store(log_end_offset, Ordering::Release);
@@ -602,7 +709,7 @@ impl PartitionLog {
                 0
             };
             let mut reader = BatchReader::new(
-                &segment.file,
+                segment.file.as_ref(),
                 &segment.log_path,
                 from,
                 segment.size_bytes(),
@@ -617,24 +724,37 @@ impl PartitionLog {
         Ok(headers)
     }
 
-    /// fsyncs all segments and indexes (clean shutdown).
+    /// fsyncs all segments and indexes and leaves the clean shutdown marker, which the next
+    /// change (or open) removes. Also used while running (a flush is a sync of everything).
     pub fn flush(&self) -> Result<(), LogError> {
         let _sync = self.sync_lock.lock();
-        let _state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
+        self.check_online()?;
         // Rolled segments were synced with their indexes written when they were rolled.
         let active = self.active_segment();
-        active.sync_data()?;
-        active.write_index_files(true)?;
-        sync_dir(&self.dir)?;
+        let flushed = active
+            .sync_data()
+            .and_then(|()| active.write_index_files(true))
+            .and_then(|()| write_clean_shutdown_marker(self.storage.as_ref(), &self.dir))
+            .and_then(|()| sync_dir(self.storage.as_ref(), &self.dir));
+        flushed.map_err(|e| self.go_offline(e))?;
+        state.clean_shutdown_marker = true;
         self.mark_durable(self.log_end_offset());
         Ok(())
     }
 
-    /// Deletes the partition directory.
+    /// Deletes the partition directory (and makes its removal durable).
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
+        let storage = Arc::clone(&self.storage);
         drop(self);
-        std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))
+        storage
+            .remove_dir_all(&dir)
+            .map_err(|e| io_error(&dir, e))?;
+        match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync_dir(storage.as_ref(), parent),
+            None => Ok(()),
+        }
     }
 }
 
@@ -668,11 +788,28 @@ fn next_stored_batch(
 ) -> Result<Option<(u64, BatchHeader)>, LogError> {
     match reader.next_batch() {
         Ok(found) => Ok(found),
-        Err(BatchReadError::Invalid { position, reason }) => Err(LogError::InvalidBatch(format!(
-            "{} at byte {position}: {reason}",
-            segment.log_path.display()
-        ))),
+        Err(
+            BatchReadError::Invalid { position, reason }
+            | BatchReadError::Checksum {
+                position, reason, ..
+            },
+        ) => Err(corrupt_stored(segment, position, reason)),
         Err(BatchReadError::Log(error)) => Err(error),
+    }
+}
+
+/// A stored batch failed its checks: logged loudly (media corruption) and never served.
+fn corrupt_stored(segment: &Segment, position: u64, reason: String) -> LogError {
+    tracing::error!(
+        segment = %segment.log_path.display(),
+        position,
+        %reason,
+        "corrupt batch on disk: not served"
+    );
+    LogError::CorruptStored {
+        path: segment.log_path.clone(),
+        position,
+        reason,
     }
 }
 
@@ -688,7 +825,13 @@ fn read_segment(
     records: &mut Vec<u8>,
 ) -> Result<SegmentReadEnd, LogError> {
     // Walk headers from the index entry to the batch holding `offset` (a few KiB at most).
-    let mut reader = BatchReader::new(&segment.file, &segment.log_path, from, size_bytes, false);
+    let mut reader = BatchReader::new(
+        segment.file.as_ref(),
+        &segment.log_path,
+        from,
+        size_bytes,
+        false,
+    );
     let (position, first) = loop {
         match next_stored_batch(segment, &mut reader)? {
             None => return Ok(SegmentReadEnd::Continue),
@@ -715,13 +858,45 @@ fn read_segment(
         records.truncate(start);
         return Err(io_error(&segment.log_path, error));
     }
+    // Every batch served is CRC-checked (hardware CRC-32C: far cheaper than the copy). A bad
+    // first batch is an error for the reader; a bad later one ends the read before it, so the
+    // next read starts there and reports it.
     let mut kept = 0;
-    while let Ok(header) = BatchHeader::parse(&records[start + kept..]) {
+    loop {
+        let batch_position = position + kept as u64;
+        let header = match BatchHeader::parse(&records[start + kept..]) {
+            Ok(header) => header,
+            Err(_) if kept == 0 && start == 0 => {
+                records.truncate(start);
+                return Err(corrupt_stored(
+                    segment,
+                    batch_position,
+                    "unreadable batch header".into(),
+                ));
+            }
+            Err(_) => break,
+        };
         let total = header.total_bytes();
-        if header.base_offset >= high_watermark
-            || header.batch_length < BATCH_LENGTH_MIN
-            || kept + total > read_bytes
-        {
+        if header.base_offset >= high_watermark {
+            break;
+        }
+        if header.batch_length < BATCH_LENGTH_MIN || kept + total > read_bytes {
+            if kept == 0 && start == 0 {
+                records.truncate(start);
+                return Err(corrupt_stored(
+                    segment,
+                    batch_position,
+                    format!("batch length {} does not fit", header.batch_length),
+                ));
+            }
+            break;
+        }
+        if let Err(error) = verify_crc(&header, &records[start + kept..start + kept + total]) {
+            if start == 0 && kept == 0 {
+                records.truncate(start);
+                return Err(corrupt_stored(segment, batch_position, error.to_string()));
+            }
+            tracing::error!(segment = %segment.log_path.display(), position = batch_position, %error, "corrupt batch on disk: read stops before it");
             break;
         }
         kept += total;
@@ -753,6 +928,8 @@ fn first_record_at_or_after(
         .file
         .read_exact_at(&mut batch, position)
         .map_err(|e| io_error(&segment.log_path, e))?;
+    verify_crc(header, &batch)
+        .map_err(|error| corrupt_stored(segment, position, error.to_string()))?;
     let mut records = Vec::new();
     decode_batch_records(header, &batch, &mut records)?;
     Ok(records

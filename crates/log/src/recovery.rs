@@ -2,38 +2,69 @@
 //!
 //! The last (active) segment is scanned batch by batch with CRC checks and cut at the first torn,
 //! short or corrupt batch: its tail may hold a write that was in flight. Older segments were
-//! fsynced when they were rolled, so they are trusted; only their indexes are checked and
-//! rebuilt from the log when missing or inconsistent. Stray files are ignored.
+//! fsynced when they were rolled (before the next segment existed), so a crash cannot tear
+//! them; their indexes are checked and rebuilt from the log when missing or inconsistent.
+//!
+//! Clean shutdown marker: `PartitionLog::flush` leaves a `clean-shutdown` file; recovery removes
+//! it. Without one (a crash), every rolled segment is also CRC-checked and each corrupt batch is
+//! logged with its file and position. Rolled segments are never cut for a bad CRC (that would
+//! drop the good batches after it): reads verify CRCs and refuse to serve a corrupt batch. The
+//! marker only saves that diagnostic scan; correctness never depends on it.
+//!
+//! Every directory change recovery makes (removed leftovers, rewritten indexes, a created first
+//! segment, the removed marker) is made durable with one directory fsync before the log opens.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::Read;
 use std::path::Path;
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
 
 use crate::batch::BATCH_HEADER_BYTES;
 use crate::offset_index::OffsetIndex;
 use crate::segment::TEMPORARY_SUFFIX;
 use crate::segment::{
-    io_error, scan_file, segment_path, BatchReader, Segment, SegmentIndexes, SegmentScan,
-    INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+    io_error, scan_file, segment_path, BatchReadError, BatchReader, Segment, SegmentIndexes,
+    SegmentScan, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
+use crate::storage::{Storage, StorageFile};
 use crate::time_index::TimeIndex;
 use crate::{BatchHeader, LogConfig, LogError};
 
+/// Marks a partition directory whose log was flushed and not written since.
+pub(crate) const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+
 /// Loads every segment of `dir` (creating the directory and a first empty segment if needed).
 /// Returned segments are sorted by base offset; the last is the active one.
-pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Vec<Segment>, LogError> {
-    fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let base_offsets = list_segments(dir)?;
+pub(crate) fn recover(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<Vec<Segment>, LogError> {
+    let created = storage.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    // The entries of the directories just created (the partition directory and any missing
+    // parents), innermost first.
+    for parent in dir
+        .ancestors()
+        .skip(1)
+        .take(created)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        sync_dir(storage.as_ref(), parent)?;
+    }
+    let (base_offsets, clean_shutdown) = list_segments(storage.as_ref(), dir)?;
+    if clean_shutdown {
+        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+        storage
+            .remove_file(&marker)
+            .map_err(|e| io_error(&marker, e))?;
+    }
     let interval_bytes = config.index_interval_bytes as u64;
     let mut segments = Vec::with_capacity(base_offsets.len());
     let last_base = base_offsets.last().copied();
     for base_offset in base_offsets {
         let segment = if Some(base_offset) == last_base {
-            recover_active_segment(dir, base_offset, interval_bytes)?
+            recover_active_segment(storage, dir, base_offset, interval_bytes)?
         } else {
-            load_rolled_segment(dir, base_offset, interval_bytes)?
+            load_rolled_segment(storage, dir, base_offset, interval_bytes, !clean_shutdown)?
         };
         if let Some(previous) = segments.last() {
             let previous: &Segment = previous;
@@ -48,31 +79,35 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Vec<Segment>, Lo
         segments.push(segment);
     }
     if segments.is_empty() {
-        let segment = Segment::create(dir, 0)?;
+        let segment = Segment::create(storage, dir, 0)?;
         segment.write_index_files(false)?;
         segments.push(segment);
-        sync_dir(dir)?;
     }
+    sync_dir(storage.as_ref(), dir)?;
     Ok(segments)
 }
 
-/// Base offsets of every `N.log`; removes index files whose log is gone.
-fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
+/// Base offsets of every `N.log`, and whether the clean shutdown marker is there; removes
+/// index files whose log is gone and unfinished temporary files.
+fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<(Vec<i64>, bool), LogError> {
     let mut logs = BTreeSet::new();
     let mut indexes = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        let entry = entry.map_err(|e| io_error(dir, e))?;
-        let name = entry.file_name();
+    let mut clean_shutdown = false;
+    for name in storage.read_dir(dir).map_err(|e| io_error(dir, e))? {
         if name
             .to_str()
             .is_some_and(|n| n.ends_with(&format!(".{TEMPORARY_SUFFIX}")))
         {
-            let path = entry.path();
+            let path = dir.join(&name);
             tracing::debug!(path = %path.display(), "removing unfinished index file");
-            fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            storage.remove_file(&path).map_err(|e| io_error(&path, e))?;
             continue;
         }
         if name == LOG_START_CHECKPOINT {
+            continue;
+        }
+        if name == CLEAN_SHUTDOWN_MARKER {
+            clean_shutdown = true;
             continue;
         }
         let Some((base_offset, suffix)) = name.to_str().and_then(parse_segment_file_name) else {
@@ -89,10 +124,10 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
         if !logs.contains(&base_offset) {
             let path = segment_path(dir, base_offset, suffix);
             tracing::warn!(path = %path.display(), "removing index without a log segment");
-            fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            storage.remove_file(&path).map_err(|e| io_error(&path, e))?;
         }
     }
-    Ok(logs.into_iter().collect())
+    Ok((logs.into_iter().collect(), clean_shutdown))
 }
 
 fn parse_segment_file_name(name: &str) -> Option<(i64, &'static str)> {
@@ -106,23 +141,14 @@ fn parse_segment_file_name(name: &str) -> Option<(i64, &'static str)> {
     Some((stem.parse().ok()?, suffix))
 }
 
-fn open_log(
-    dir: &Path,
-    base_offset: i64,
-) -> Result<(File, u64, i64, std::path::PathBuf), LogError> {
+type OpenedLog = (Box<dyn StorageFile>, u64, i64, std::path::PathBuf);
+
+fn open_log(storage: &dyn Storage, dir: &Path, base_offset: i64) -> Result<OpenedLog, LogError> {
     let path = segment_path(dir, base_offset, LOG_SUFFIX);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
-    let metadata = file.metadata().map_err(|e| io_error(&path, e))?;
-    let modified_ms = metadata
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(-1, |d| d.as_millis() as i64);
-    Ok((file, metadata.len(), modified_ms, path))
+    let file = storage.open(&path).map_err(|e| io_error(&path, e))?;
+    let len = file.len().map_err(|e| io_error(&path, e))?;
+    let modified_ms = file.modified_ms().unwrap_or(-1);
+    Ok((file, len, modified_ms, path))
 }
 
 /// Segment age for `segment_ms_max`: the first batch's timestamp like Kafka, but never later
@@ -139,13 +165,14 @@ fn roll_base_ms(first_batch: Option<&BatchHeader>, modified_ms: i64) -> i64 {
 
 /// Scans the whole active segment with CRC checks and cuts it at the first bad batch.
 fn recover_active_segment(
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     base_offset: i64,
     interval_bytes: u64,
 ) -> Result<Segment, LogError> {
-    let (file, file_bytes, modified_ms, path) = open_log(dir, base_offset)?;
+    let (file, file_bytes, modified_ms, path) = open_log(storage.as_ref(), dir, base_offset)?;
     let scan = scan_file(
-        &file,
+        file.as_ref(),
         &path,
         base_offset,
         0,
@@ -166,10 +193,13 @@ fn recover_active_segment(
         );
         file.set_len(scan.valid_bytes)
             .map_err(|e| io_error(&path, e))?;
-        file.sync_all().map_err(|e| io_error(&path, e))?;
     }
+    // The open log calls everything it found durable, but after a process crash the tail may
+    // still be only in the page cache: make it so before serving it.
+    file.sync_all().map_err(|e| io_error(&path, e))?;
     let roll_base = roll_base_ms(scan.first_batch.as_ref(), modified_ms);
     let segment = Segment::from_parts(
+        Arc::clone(storage),
         base_offset,
         path,
         file,
@@ -183,44 +213,60 @@ fn recover_active_segment(
 }
 
 /// Loads a rolled segment, trusting its log and reusing its index files when they check out.
+/// `check_crcs` (after an unclean shutdown) also reports every batch whose CRC fails.
 fn load_rolled_segment(
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     base_offset: i64,
     interval_bytes: u64,
+    check_crcs: bool,
 ) -> Result<Segment, LogError> {
-    let (file, file_bytes, modified_ms, path) = open_log(dir, base_offset)?;
-    let (scan, rebuilt) =
-        match load_indexes(dir, base_offset, &file, &path, file_bytes, interval_bytes)? {
-            Some(scan) => (scan, false),
-            None => {
-                tracing::info!(segment = %path.display(), "rebuilding indexes from the log");
-                (
-                    scan_file(
-                        &file,
-                        &path,
-                        base_offset,
-                        0,
-                        file_bytes,
-                        false,
-                        interval_bytes,
-                        SegmentIndexes::new(),
-                    )?,
-                    true,
-                )
-            }
-        };
+    let (file, file_bytes, modified_ms, path) = open_log(storage.as_ref(), dir, base_offset)?;
+    let file_ref = file.as_ref();
+    let loaded = load_indexes(
+        storage.as_ref(),
+        dir,
+        base_offset,
+        file_ref,
+        &path,
+        file_bytes,
+        interval_bytes,
+    )?;
+    let (scan, rebuilt) = match loaded {
+        Some(scan) => (scan, false),
+        None => {
+            tracing::info!(segment = %path.display(), "rebuilding indexes from the log");
+            (
+                scan_file(
+                    file_ref,
+                    &path,
+                    base_offset,
+                    0,
+                    file_bytes,
+                    false,
+                    interval_bytes,
+                    SegmentIndexes::new(),
+                )?,
+                true,
+            )
+        }
+    };
     if let Some(stop) = &scan.stop {
-        // A rolled segment was fsynced whole, so a bad batch here is corruption rather than a
-        // torn write. Never serve it: cut the segment there.
-        tracing::warn!(segment = %path.display(), position = stop.position, reason = %stop.reason, valid_bytes = scan.valid_bytes, "truncating corrupt rolled segment");
-        file.set_len(scan.valid_bytes)
-            .map_err(|e| io_error(&path, e))?;
+        // A rolled segment was fsynced whole, so a bad header here is corruption rather than a
+        // torn write, and it hides where the batches after it start. Serve the segment up to
+        // it, but leave the bytes on disk for the operator: cutting them would make the loss
+        // permanent.
+        tracing::error!(segment = %path.display(), position = stop.position, reason = %stop.reason, valid_bytes = scan.valid_bytes, file_bytes, "corrupt batch header in a rolled segment: the batches after it are not served");
+    }
+    if check_crcs {
+        report_corrupt_batches(file_ref, &path, scan.valid_bytes)?;
     }
     // The segment's age only matters if truncation makes it active again.
-    let first_batch = first_batch_header(&file, &path, scan.valid_bytes);
+    let first_batch = first_batch_header(file_ref, &path, scan.valid_bytes);
     let roll_base = roll_base_ms(first_batch.as_ref(), modified_ms);
     let must_write_indexes = rebuilt || scan.stop.is_some();
     let segment = Segment::from_parts(
+        Arc::clone(storage),
         base_offset,
         path,
         file,
@@ -235,7 +281,34 @@ fn load_rolled_segment(
     Ok(segment)
 }
 
-fn first_batch_header(file: &File, path: &Path, end: u64) -> Option<BatchHeader> {
+/// Logs every batch of a rolled segment whose CRC fails (reads refuse to serve them); keeps
+/// going past them, since their headers still say where the next batch starts.
+fn report_corrupt_batches(file: &dyn StorageFile, path: &Path, end: u64) -> Result<(), LogError> {
+    let mut reader = BatchReader::new(file, path, 0, end, true);
+    loop {
+        match reader.next_batch() {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(BatchReadError::Invalid { .. }) => return Ok(()),
+            Err(BatchReadError::Checksum {
+                position,
+                header,
+                reason,
+            }) => {
+                tracing::error!(
+                    segment = %path.display(),
+                    position,
+                    base_offset = header.base_offset,
+                    last_offset = header.last_offset(),
+                    %reason,
+                    "corrupt batch in a rolled segment: reads of it will fail"
+                );
+            }
+            Err(BatchReadError::Log(error)) => return Err(error),
+        }
+    }
+}
+
+fn first_batch_header(file: &dyn StorageFile, path: &Path, end: u64) -> Option<BatchHeader> {
     BatchReader::new(file, path, 0, end, false)
         .next_batch()
         .ok()
@@ -247,9 +320,10 @@ fn first_batch_header(file: &File, path: &Path, end: u64) -> Option<BatchHeader>
 /// the end to find the segment's end (extending the indexes over that tail). `None` means the
 /// index files cannot be trusted and must be rebuilt.
 fn load_indexes(
+    storage: &dyn Storage,
     dir: &Path,
     base_offset: i64,
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     file_bytes: u64,
     interval_bytes: u64,
@@ -257,12 +331,14 @@ fn load_indexes(
     // Bounds on the index files: one entry per batch at most.
     let batches_max = file_bytes / BATCH_HEADER_BYTES as u64 + 1;
     let Some(offset_bytes) = read_small_file(
+        storage,
         &segment_path(dir, base_offset, INDEX_SUFFIX),
         batches_max * 8,
     ) else {
         return Ok(None);
     };
     let Some(time_bytes) = read_small_file(
+        storage,
         &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
         batches_max * 12,
     ) else {
@@ -322,22 +398,20 @@ fn load_indexes(
 }
 
 /// Reads a whole file if it exists and is no bigger than `bytes_max`.
-fn read_small_file(path: &Path, bytes_max: u64) -> Option<Vec<u8>> {
-    let file = File::open(path).ok()?;
-    let length = file.metadata().ok()?.len();
+fn read_small_file(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Option<Vec<u8>> {
+    let file = storage.open(path).ok()?;
+    let length = file.len().ok()?;
     if length > bytes_max {
         return None;
     }
-    let mut bytes = Vec::with_capacity(length as usize);
-    file.take(bytes_max).read_to_end(&mut bytes).ok()?;
+    let mut bytes = vec![0; length as usize];
+    file.read_exact_at(&mut bytes, 0).ok()?;
     Some(bytes)
 }
 
-/// Makes created/removed segment files durable (their directory entries).
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
+/// Makes created, removed and renamed files of `dir` durable (their directory entries).
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+    storage.sync_dir(dir).map_err(|e| io_error(dir, e))
 }
 
 /// The partition's log start offset as last advanced by `PartitionLog::advance_log_start`
@@ -348,10 +422,10 @@ const LOG_START_CHECKPOINT_VERSION: &str = "0";
 
 /// Reads the log start checkpoint; `None` when there is none or it cannot be parsed (then the
 /// start falls back to the first segment, which only ever exposes more, never loses data).
-pub(crate) fn read_log_start_checkpoint(dir: &Path) -> Option<i64> {
+pub(crate) fn read_log_start_checkpoint(storage: &dyn Storage, dir: &Path) -> Option<i64> {
     let path = dir.join(LOG_START_CHECKPOINT);
     // Version line and one offset: a few dozen bytes; anything bigger is not ours.
-    let bytes = read_small_file(&path, 64)?;
+    let bytes = read_small_file(storage, &path, 64)?;
     let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| {
         let mut lines = text.lines();
         if lines.next()? != LOG_START_CHECKPOINT_VERSION {
@@ -369,14 +443,50 @@ pub(crate) fn read_log_start_checkpoint(dir: &Path) -> Option<i64> {
 /// Writes the log start checkpoint atomically and durably: temporary file, fsync, rename,
 /// directory fsync. A crash leaves the old or the new value, never a torn one (a leftover
 /// temporary file is removed by the next recovery).
-pub(crate) fn write_log_start_checkpoint(dir: &Path, offset: i64) -> Result<(), LogError> {
-    use std::io::Write;
+pub(crate) fn write_log_start_checkpoint(
+    storage: &dyn Storage,
+    dir: &Path,
+    offset: i64,
+) -> Result<(), LogError> {
     let path = dir.join(LOG_START_CHECKPOINT);
     let temporary = dir.join(format!("{LOG_START_CHECKPOINT}.{TEMPORARY_SUFFIX}"));
-    let mut file = File::create(&temporary).map_err(|e| io_error(&temporary, e))?;
-    file.write_all(format!("{LOG_START_CHECKPOINT_VERSION}\n{offset}\n").as_bytes())
+    let file = storage
+        .create(&temporary)
         .map_err(|e| io_error(&temporary, e))?;
+    file.write_all_at(
+        format!("{LOG_START_CHECKPOINT_VERSION}\n{offset}\n").as_bytes(),
+        0,
+    )
+    .map_err(|e| io_error(&temporary, e))?;
     file.sync_all().map_err(|e| io_error(&temporary, e))?;
-    fs::rename(&temporary, &path).map_err(|e| io_error(&path, e))?;
-    sync_dir(dir)
+    storage
+        .rename(&temporary, &path)
+        .map_err(|e| io_error(&path, e))?;
+    sync_dir(storage, dir)
+}
+
+/// Leaves the clean shutdown marker; the caller syncs the directory. Empty, so it needs no
+/// fsync of its own.
+pub(crate) fn write_clean_shutdown_marker(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(), LogError> {
+    let path = dir.join(CLEAN_SHUTDOWN_MARKER);
+    storage.create(&path).map_err(|e| io_error(&path, e))?;
+    Ok(())
+}
+
+/// Removes the clean shutdown marker (after a flush, before the log changes again). Not made
+/// durable: a marker that survives a crash only skips the diagnostic CRC scan of rolled
+/// segments, which reads check anyway.
+pub(crate) fn remove_clean_shutdown_marker(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(), LogError> {
+    let path = dir.join(CLEAN_SHUTDOWN_MARKER);
+    match storage.remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(&path, e)),
+    }
 }

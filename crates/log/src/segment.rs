@@ -5,16 +5,16 @@
 //! the partition's append lock), readers use positional reads and only trust bytes below the
 //! published `size_bytes`, so neither needs the other's lock for I/O.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::batch::{verify_crc, BATCH_HEADER_BYTES};
 use crate::offset_index::{OffsetIndex, OffsetIndexEntry};
+use crate::storage::{Storage, StorageFile};
 use crate::time_index::{TimeIndex, TimeIndexEntry};
 use crate::{BatchHeader, LogError};
 
@@ -89,7 +89,8 @@ impl SegmentIndexes {
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub log_path: PathBuf,
-    pub file: File,
+    pub storage: Arc<dyn Storage>,
+    pub file: Box<dyn StorageFile>,
     /// Bytes of whole batches in the file; readers never look past it.
     size_bytes: AtomicU64,
     /// Last offset + 1 (the base offset while empty).
@@ -103,16 +104,18 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates a new empty segment file (replacing any stray file of that name).
-    pub fn create(dir: &Path, base_offset: i64) -> Result<Segment, LogError> {
+    /// The caller makes the new directory entry durable (`sync_dir`).
+    pub fn create(
+        storage: &Arc<dyn Storage>,
+        dir: &Path,
+        base_offset: i64,
+    ) -> Result<Segment, LogError> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&log_path)
+        let file = storage
+            .create(&log_path)
             .map_err(|e| io_error(&log_path, e))?;
         Ok(Segment::from_parts(
+            Arc::clone(storage),
             base_offset,
             log_path,
             file,
@@ -123,10 +126,12 @@ impl Segment {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
+        storage: Arc<dyn Storage>,
         base_offset: i64,
         log_path: PathBuf,
-        file: File,
+        file: Box<dyn StorageFile>,
         size_bytes: u64,
         offset_end: i64,
         indexes: SegmentIndexes,
@@ -135,6 +140,7 @@ impl Segment {
         Segment {
             base_offset,
             log_path,
+            storage,
             file,
             size_bytes: AtomicU64::new(size_bytes),
             offset_end: AtomicI64::new(offset_end.max(base_offset)),
@@ -210,7 +216,7 @@ impl Segment {
         self.file
             .sync_all()
             .map_err(|e| io_error(&self.log_path, e))?;
-        let scan = scan_segment(self, 0, position, false, interval_bytes)?;
+        let scan = scan_segment(self, 0, position, interval_bytes)?;
         self.size_bytes.store(position, Ordering::Release);
         self.offset_end
             .store(scan.offset_end.max(self.base_offset), Ordering::Release);
@@ -246,7 +252,8 @@ impl Segment {
     /// Writes `N.index` and `N.timeindex` from memory. Each file is written to a temporary
     /// name and renamed, so an index file that exists is whole. `durable` (used when a segment
     /// is rolled, after which recovery trusts its indexes) fsyncs each file before the rename;
-    /// the active segment's indexes are never trusted by recovery, so they need no fsync.
+    /// the active segment's indexes are never trusted by recovery, so they need no fsync. The
+    /// caller makes the renames durable (`sync_dir`), together with its other entries.
     pub fn write_index_files(&self, durable: bool) -> Result<(), LogError> {
         let (offset_bytes, time_bytes) = {
             let indexes = self.indexes.lock();
@@ -262,23 +269,29 @@ impl Segment {
         ] {
             let path = segment_path(dir, self.base_offset, suffix);
             let temporary = path.with_extension(format!("{suffix}.{TEMPORARY_SUFFIX}"));
-            let file = File::create(&temporary).map_err(|e| io_error(&temporary, e))?;
+            let file = self
+                .storage
+                .create(&temporary)
+                .map_err(|e| io_error(&temporary, e))?;
             file.write_all_at(&bytes, 0)
                 .map_err(|e| io_error(&temporary, e))?;
             if durable {
                 file.sync_data().map_err(|e| io_error(&temporary, e))?;
             }
-            std::fs::rename(&temporary, &path).map_err(|e| io_error(&path, e))?;
+            self.storage
+                .rename(&temporary, &path)
+                .map_err(|e| io_error(&path, e))?;
         }
         Ok(())
     }
 
-    /// Removes the segment's files (open handles stay readable until dropped).
+    /// Removes the segment's files (open handles stay readable until dropped). The caller makes
+    /// the removal durable (`sync_dir`).
     pub fn remove_files(&self) -> Result<(), LogError> {
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             let path = segment_path(dir, self.base_offset, suffix);
-            match std::fs::remove_file(&path) {
+            match self.storage.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(&path, e)),
@@ -306,23 +319,22 @@ pub(crate) struct SegmentScan {
     pub stop: Option<ScanStop>,
 }
 
-/// Scans batches of `segment` in [`from`, `end`), checking headers (and CRCs if `verify_crc`)
-/// and offsets growing; builds indexes from `from` (pass 0 for a full rebuild). Stops at the
-/// first invalid batch rather than failing; I/O errors fail.
+/// Scans batches of `segment` in [`from`, `end`), checking headers and offsets growing;
+/// builds indexes from `from` (pass 0 for a full rebuild). Stops at the first invalid batch
+/// rather than failing; I/O errors fail.
 pub(crate) fn scan_segment(
     segment: &Segment,
     from: u64,
     end: u64,
-    verify_crc: bool,
     interval_bytes: u64,
 ) -> Result<SegmentScan, LogError> {
     scan_file(
-        &segment.file,
+        segment.file.as_ref(),
         &segment.log_path,
         segment.base_offset,
         from,
         end,
-        verify_crc,
+        false,
         interval_bytes,
         SegmentIndexes::new(),
     )
@@ -330,7 +342,7 @@ pub(crate) fn scan_segment(
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_file(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     segment_base: i64,
     from: u64,
@@ -367,7 +379,12 @@ pub(crate) fn scan_file(
                 scan.offset_end = header.last_offset() + 1;
                 scan.valid_bytes = position + header.total_bytes() as u64;
             }
-            Err(BatchReadError::Invalid { position, reason }) => {
+            Err(
+                BatchReadError::Invalid { position, reason }
+                | BatchReadError::Checksum {
+                    position, reason, ..
+                },
+            ) => {
                 scan.stop = Some(ScanStop { position, reason });
                 break;
             }
@@ -378,14 +395,25 @@ pub(crate) fn scan_file(
 }
 
 pub(crate) enum BatchReadError {
-    Invalid { position: u64, reason: String },
+    /// The bytes at `position` are not a whole batch: torn, short or garbled header.
+    Invalid {
+        position: u64,
+        reason: String,
+    },
+    /// A well-formed batch whose CRC does not match (only when verifying CRCs). The reader has
+    /// moved past it, so a caller may go on to the next batch.
+    Checksum {
+        position: u64,
+        header: BatchHeader,
+        reason: String,
+    },
     Log(LogError),
 }
 
 /// Walks batch headers of a log file with positional reads through a bounded buffer, so it can
 /// share the file handle with concurrent appends and readers.
 pub(crate) struct BatchReader<'a> {
-    file: &'a File,
+    file: &'a dyn StorageFile,
     path: &'a Path,
     position: u64,
     end: u64,
@@ -397,7 +425,7 @@ pub(crate) struct BatchReader<'a> {
 
 impl<'a> BatchReader<'a> {
     pub fn new(
-        file: &'a File,
+        file: &'a dyn StorageFile,
         path: &'a Path,
         from: u64,
         end: u64,
@@ -436,7 +464,14 @@ impl<'a> BatchReader<'a> {
         let total = header.total_bytes();
         if self.verify_crc {
             let batch = self.fill(position, total)?;
-            verify_crc(&header, batch).map_err(|e| invalid(e.to_string()))?;
+            if let Err(error) = verify_crc(&header, batch) {
+                self.position = position + total as u64;
+                return Err(BatchReadError::Checksum {
+                    position,
+                    header,
+                    reason: error.to_string(),
+                });
+            }
         }
         self.position = position + total as u64;
         Ok(Some((position, header)))

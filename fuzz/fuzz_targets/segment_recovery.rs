@@ -1,4 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    sluice_log::fuzzing::recovery(data, &std::env::temp_dir().join("sluice-fuzz"))
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_log::fuzzing::recovery(data));

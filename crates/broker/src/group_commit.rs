@@ -156,9 +156,11 @@ mod tests {
         }
         assert_eq!(log.durable_offset(), 200);
         assert_eq!(log.high_watermark(), 200);
+        // 200 appends made while the first sync runs are covered by a handful of syncs, not
+        // one each.
         assert!(
-            log.sync_count() < 200,
-            "{} fdatasyncs for 200 waiters",
+            log.sync_count() <= 20,
+            "{} fdatasyncs for 200 waiters: group commit is not sharing them",
             log.sync_count()
         );
     }

@@ -3,9 +3,8 @@
 //! panic nor allocate beyond what the bytes justify; errors are the expected outcome.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{decode_records, validate_batches, BatchHeader, LogConfig, PartitionLog};
+use crate::{decode_records, validate_batches, BatchHeader, LogConfig, PartitionLog, SimDisk};
 
 /// Record-batch parsing as a produce request meets it: header, shape, CRC, then the records.
 pub fn record_batches(data: &[u8]) {
@@ -22,35 +21,35 @@ pub fn record_batches(data: &[u8]) {
     }
 }
 
-/// Recovery over arbitrary bytes as the active segment: opening must cut whatever is not whole,
-/// valid batches, and everything it then serves must be valid.
-pub fn recovery(data: &[u8], scratch: &Path) {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    let dir = scratch.join(format!(
-        "recovery-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
-    if std::fs::create_dir_all(&dir).is_err()
-        || std::fs::write(dir.join("00000000000000000000.log"), data).is_err()
-    {
+/// Recovery over arbitrary bytes as the active segment (on the simulated disk, so a run costs
+/// no file system calls): opening must cut whatever is not whole, valid batches, and everything
+/// it then serves must be valid.
+pub fn recovery(data: &[u8]) {
+    let disk = SimDisk::new(0);
+    let storage = disk.storage();
+    let dir = Path::new("/fuzz/partition-0");
+    let written = storage.create_dir_all(dir).and_then(|_| {
+        let file = storage.create(&dir.join("00000000000000000000.log"))?;
+        file.write_all_at(data, 0)?;
+        file.sync_data()
+    });
+    if written.is_err() {
         return;
     }
-    if let Ok(log) = PartitionLog::open(&dir, LogConfig::default()) {
-        let mut offset = log.log_start_offset();
-        while offset < log.high_watermark() {
-            let Ok(read) = log.read(offset, 1 << 20) else {
-                break;
-            };
-            if read.records.is_empty() {
-                break;
-            }
-            let headers =
-                validate_batches(&read.records).expect("recovery served an invalid batch");
-            let last = headers.last().map_or(offset, |h| h.last_offset() + 1);
-            assert!(last > offset, "reads make progress");
-            offset = last;
+    let Ok(log) = PartitionLog::open_with(storage, dir, LogConfig::default()) else {
+        return;
+    };
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let Ok(read) = log.read(offset, 1 << 20) else {
+            break;
+        };
+        if read.records.is_empty() {
+            break;
         }
+        let headers = validate_batches(&read.records).expect("recovery served an invalid batch");
+        let next = headers.last().map_or(offset, |h| h.last_offset() + 1);
+        assert!(next > offset, "reads make progress");
+        offset = next;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -250,10 +250,14 @@ fn group_commit_shares_fdatasyncs_and_offsets_stay_unique() {
         log.segment_count() > 1,
         "syncs must stay correct across rolls"
     );
+    // Each sync covers every append that landed before it started. Writers that loop straight
+    // from their sync to the next append give it only about two each here (the broker's
+    // GroupCommit, which queues waiters for one flusher, is where far fewer syncs than appends
+    // is asserted); a sync per append would mean no sharing at all.
     let syncs = log.sync_count();
     assert!(
-        syncs < (threads * appends) as u64,
-        "{syncs} fdatasyncs for {} appends",
+        syncs * 4 <= (threads * appends * 3) as u64,
+        "{syncs} fdatasyncs for {} appends: group commit is not sharing them",
         threads * appends
     );
     assert_eq!(read_all(&log, 0, 64 << 10).len(), threads * appends * 2);

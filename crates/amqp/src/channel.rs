@@ -631,10 +631,11 @@ impl Channel {
                 "second content header for one publish",
             ));
         }
-        let Some(header) = decode_content_header(payload) else {
-            return Err(
-                AmqpError::connection(FRAME_ERROR, "cannot decode the content header").on(60, 40),
-            );
+        let header = match decode_content_header(payload) {
+            Ok(header) => header,
+            Err(error) => {
+                return Err(AmqpError::connection(FRAME_ERROR, error.to_string()).on(60, 40))
+            }
         };
         if header.class_id != 60 {
             return Err(AmqpError::connection(

@@ -687,6 +687,12 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
         "AMQPLAIN" => {
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // The response is the client's to shape: bound its nesting before the recursive parser.
+            sluice_broker::vhost::field_table::scan_field_table(
+                &framed,
+                sluice_broker::vhost::field_table::FIELD_TABLE_DEPTH_MAX,
+            )
+            .ok()?;
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let get = |key: &str| match table.inner().get(key)? {
                 AMQPValue::LongString(s) => {
@@ -706,6 +712,14 @@ pub(crate) fn method_error(error: MethodError) -> AmqpError {
         MethodError::Unknown(class_id, method_id) => AmqpError::connection(
             NOT_IMPLEMENTED,
             format!("unknown method {class_id}.{method_id}"),
+        )
+        .on(class_id, method_id),
+        MethodError::TooDeep(class_id, method_id) => AmqpError::connection(
+            FRAME_ERROR,
+            format!(
+                "method {class_id}.{method_id}: field table nested deeper than {} levels",
+                sluice_broker::vhost::field_table::FIELD_TABLE_DEPTH_MAX
+            ),
         )
         .on(class_id, method_id),
         MethodError::Syntax(class_id, method_id) => AmqpError::connection(

@@ -235,7 +235,10 @@ pub fn encode_field_table(table: &FieldTable) -> Vec<u8> {
     cookie_factory::gen_simple(gen, Vec::new()).unwrap_or_default()
 }
 
+/// The field table `bytes` start with; None if it is malformed or nested too deep (see
+/// [`super::field_table`]: amq-protocol's parser would recurse into a stack overflow).
 pub fn decode_field_table(bytes: &[u8]) -> Option<FieldTable> {
+    super::field_table::scan_field_table(bytes, super::field_table::FIELD_TABLE_DEPTH_MAX).ok()?;
     amq_protocol_types::parsing::parse_field_table(bytes)
         .ok()
         .map(|(_, table)| table)

@@ -9,6 +9,7 @@
 mod dead_letter;
 mod definitions;
 pub mod exchange;
+pub mod field_table;
 pub mod message;
 pub mod queue;
 mod queue_store;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{decode_content_header, encode_content, method_frame};
 use crate::connection::{Connection, Outbound};
-use crate::properties::{from_amqp, to_amqp};
+use crate::properties::{fit_short_string, from_amqp, to_amqp};
 use crate::reply::*;
 
 /// Writes a channel's deliveries as frames onto the connection's outgoing queue.
@@ -34,11 +34,11 @@ impl DeliverySink for FrameSink {
             &mut frames,
             channel,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: delivery.consumer_tag.into(),
+                consumer_tag: fit_short_string(delivery.consumer_tag, "consumer-tag"),
                 delivery_tag: delivery.delivery_tag,
                 redelivered: delivery.redelivered,
-                exchange: message.exchange.as_str().into(),
-                routing_key: message.routing_key.as_str().into(),
+                exchange: fit_short_string(&message.exchange, "exchange"),
+                routing_key: fit_short_string(&message.routing_key, "routing-key"),
             })),
             to_amqp(&message.properties),
             &message.body,
@@ -477,8 +477,8 @@ impl Channel {
                             AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                                 delivery_tag: tag,
                                 redelivered,
-                                exchange: message.exchange.as_str().into(),
-                                routing_key: message.routing_key.as_str().into(),
+                                exchange: fit_short_string(&message.exchange, "exchange"),
+                                routing_key: fit_short_string(&message.routing_key, "routing-key"),
                                 message_count: remaining,
                             })),
                             to_amqp(&message.properties),
@@ -767,8 +767,8 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
-                exchange: message.exchange.as_str().into(),
-                routing_key: message.routing_key.as_str().into(),
+                exchange: fit_short_string(&message.exchange, "exchange"),
+                routing_key: fit_short_string(&message.routing_key, "routing-key"),
             })),
             to_amqp(&message.properties),
             &message.body,

@@ -9,6 +9,8 @@ import time
 import pika
 import pytest
 
+from amqp.conftest import wait_for_amqp
+
 ROUNDS = 3
 PUBLISHERS = 4
 
@@ -82,6 +84,8 @@ def test_confirmed_messages_survive_sigkill_exactly_once(broker):
             thread.join(timeout=30)
         assert confirmed, "no publish was confirmed before the kill"
         broker.start()
+        # start() waits for the Kafka listener; the AMQP one binds after the queues recover.
+        assert wait_for_amqp("127.0.0.1", broker.amqp_port, 30, alive=broker.running) is None
 
         messages = drain(broker, queue)
         bodies = [body for body, _ in messages]

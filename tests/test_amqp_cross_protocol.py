@@ -108,6 +108,50 @@ def test_produced_over_kafka_consumed_over_amqp(broker):
     connection.close()
 
 
+def test_kafka_names_and_values_too_long_for_amqp_short_strings_still_deliver(broker):
+    """Kafka bounds neither header names nor values; AMQP carries names, the routing key and
+    most properties in short strings of at most 255 bytes. A header with a longer name is left
+    out, a property header with a longer value stays a long-string header of its name, a longer
+    key gives an empty routing key (the key stays in x-kafka-key): well-formed frames, and the
+    records after it arrive too."""
+    topic = unique_name("long-names")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, topic)
+    long_key = b"k" * 300
+    long_value = b"v" * 300
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    producer.produce(topic, value=b"oversized", key=long_key,
+                     headers=[("n" * 300, b"name too long"),
+                              ("content-type", long_value),
+                              ("message-id", long_value),
+                              ("amqp.type", long_value),
+                              ("reply-to", b"short-reply"),
+                              ("trace", b"kept")])
+    producer.produce(topic, value=b"after", key=b"user-1")
+    assert producer.flush(30) == 0
+
+    received = amqp_read_stream(channel, topic, 2, timeout_s=10)
+    (method, properties, body), (after_method, _, after_body) = received
+    assert body == b"oversized"
+    assert method.routing_key == ""
+    assert method.exchange == ""
+    assert properties.content_type is None
+    assert properties.message_id is None
+    assert properties.type is None
+    assert properties.reply_to == "short-reply"
+    headers = properties.headers
+    assert all(len(name.encode()) <= 255 for name in headers), list(headers)
+    for name in ("content-type", "message-id", "amqp.type"):
+        assert headers[name] in (long_value, long_value.decode()), name
+    assert headers["trace"] in (b"kept", "kept")
+    assert headers["x-kafka-key"] in (long_key, long_key.decode())
+    assert (after_body, after_method.routing_key) == (b"after", "user-1")
+    # The connection is still sound.
+    assert channel.queue_declare(topic, passive=True)
+    connection.close()
+
+
 def test_amqp_to_stream_to_amqp_keeps_header_types(broker):
     stream = unique_name("roundtrip")
     connection = amqp_connect(broker)

@@ -6,6 +6,7 @@
 use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, parse_class, AMQPClass};
 use bytes::{BufMut, Bytes, BytesMut};
+use sluice_broker::vhost::field_table::{scan_field_table, FieldTableError, FIELD_TABLE_DEPTH_MAX};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const FRAME_METHOD: u8 = 1;
@@ -89,6 +90,67 @@ pub enum MethodError {
     Unknown(u16, u16),
     /// Known method, bad arguments: 502 SYNTAX_ERROR.
     Syntax(u16, u16),
+    /// A field table nested deeper than `FIELD_TABLE_DEPTH_MAX`, refused before parsing.
+    TooDeep(u16, u16),
+}
+
+/// The fields before the arguments table of a method that carries one (client to server).
+#[derive(Clone, Copy)]
+enum Field {
+    Short,
+    ShortString,
+    Bits,
+}
+
+fn fields_before_table(class_id: u16, method_id: u16) -> Option<&'static [Field]> {
+    use Field::*;
+    Some(match (class_id, method_id) {
+        // connection.start-ok: client-properties come first.
+        (10, 11) => &[],
+        // exchange.declare: ticket, exchange, type, flags.
+        (40, 10) => &[Short, ShortString, ShortString, Bits],
+        // exchange.bind / unbind: ticket, destination, source, routing key, no-wait.
+        (40, 30) | (40, 40) => &[Short, ShortString, ShortString, ShortString, Bits],
+        // queue.declare: ticket, queue, flags.
+        (50, 10) => &[Short, ShortString, Bits],
+        // queue.bind: ticket, queue, exchange, routing key, no-wait.
+        (50, 20) => &[Short, ShortString, ShortString, ShortString, Bits],
+        // queue.unbind: ticket, queue, exchange, routing key.
+        (50, 50) => &[Short, ShortString, ShortString, ShortString],
+        // basic.consume: ticket, queue, consumer tag, flags.
+        (60, 20) => &[Short, ShortString, ShortString, Bits],
+        _ => return None,
+    })
+}
+
+/// Whether the field table at `at` in `payload` is nested too deep. Anything malformed is left
+/// for amq-protocol's parser to refuse.
+fn table_too_deep(payload: &[u8], at: usize) -> bool {
+    payload.get(at..).is_some_and(|table| {
+        scan_field_table(table, FIELD_TABLE_DEPTH_MAX) == Err(FieldTableError::TooDeep)
+    })
+}
+
+/// Checks the nesting of the method's arguments table, if it has one, before it is parsed.
+fn check_method_table(payload: &[u8], class_id: u16, method_id: u16) -> Result<(), MethodError> {
+    let Some(fields) = fields_before_table(class_id, method_id) else {
+        return Ok(());
+    };
+    let mut at = 4;
+    for field in fields {
+        at += match field {
+            Field::Short => 2,
+            Field::Bits => 1,
+            Field::ShortString => match payload.get(at) {
+                Some(&length) => 1 + usize::from(length),
+                None => return Ok(()),
+            },
+        };
+    }
+    if table_too_deep(payload, at) {
+        return Err(MethodError::TooDeep(class_id, method_id));
+    }
+    Ok(())
 }
 
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
@@ -102,11 +164,12 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
             (0, 0)
         }
     };
+    let (class_id, method_id) = ids(payload);
+    check_method_table(payload, class_id, method_id)?;
     match parse_class(payload) {
         // Trailing bytes after a whole method are tolerated, as RabbitMQ does.
         Ok((_, class)) => Ok(class),
         Err(_) => {
-            let (class_id, method_id) = ids(payload);
             if known_method(class_id, method_id) {
                 Err(MethodError::Syntax(class_id, method_id))
             } else {
@@ -152,10 +215,54 @@ fn known_method(class_id: u16, method_id: u16) -> bool {
     }
 }
 
-pub fn decode_content_header(payload: &[u8]) -> Option<AMQPContentHeader> {
+/// Why a content header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentHeaderError {
+    #[error("cannot decode the content header")]
+    Malformed,
+    #[error("the headers property is a {0}")]
+    TooDeep(FieldTableError),
+}
+
+pub fn decode_content_header(payload: &[u8]) -> Result<AMQPContentHeader, ContentHeaderError> {
+    if headers_too_deep(payload) {
+        return Err(ContentHeaderError::TooDeep(FieldTableError::TooDeep));
+    }
     amq_protocol::frame::parsing::parse_content_header(payload)
-        .ok()
         .map(|(_, header)| header)
+        .map_err(|_| ContentHeaderError::Malformed)
+}
+
+/// Whether a content header's `headers` property is nested too deep: class, weight and body
+/// size (12 bytes), the property flags (bit 15 content-type, 14 content-encoding, 13 headers),
+/// then the two short strings that precede the table when present.
+fn headers_too_deep(payload: &[u8]) -> bool {
+    let Some(&[high, low]) = payload.get(12..14) else {
+        return false;
+    };
+    let flags = u16::from_be_bytes([high, low]);
+    if flags & (1 << 13) == 0 {
+        return false;
+    }
+    let mut at = 14;
+    if flags & 1 != 0 {
+        // More flag words follow (none are defined for class 60); skip them.
+        while let Some(&[high, low]) = payload.get(at..at + 2) {
+            at += 2;
+            if u16::from_be_bytes([high, low]) & 1 == 0 {
+                break;
+            }
+        }
+    }
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            match payload.get(at) {
+                Some(&length) => at += 1 + usize::from(length),
+                None => return false,
+            }
+        }
+    }
+    table_too_deep(payload, at)
 }
 
 /// Appends an encoded frame to `out`.
@@ -209,4 +316,128 @@ pub fn encode_content(
 
 pub fn heartbeat_frame() -> Bytes {
     Bytes::from_static(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::{connection, exchange, queue};
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    fn nested(depth: usize) -> FieldTable {
+        let mut table = FieldTable::default();
+        table.insert("leaf".into(), AMQPValue::Boolean(true));
+        for _ in 1..depth {
+            let mut outer = FieldTable::default();
+            outer.insert("t".into(), AMQPValue::FieldTable(table));
+            table = outer;
+        }
+        table
+    }
+
+    fn payload(method: AMQPClass) -> Vec<u8> {
+        let frame = method_frame(1, method);
+        frame[7..frame.len() - 1].to_vec()
+    }
+
+    fn methods(table: FieldTable) -> Vec<AMQPClass> {
+        vec![
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: table.clone(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: "ex".into(),
+                kind: "topic".into(),
+                durable: true,
+                arguments: table.clone(),
+                ..Default::default()
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: "d".into(),
+                source: "s".into(),
+                routing_key: "rk".into(),
+                arguments: table.clone(),
+                ..Default::default()
+            })),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+                destination: "d".into(),
+                source: "s".into(),
+                routing_key: "rk".into(),
+                arguments: table.clone(),
+                ..Default::default()
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "q".into(),
+                arguments: table.clone(),
+                ..Default::default()
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                queue: "q".into(),
+                exchange: "ex".into(),
+                routing_key: "rk".into(),
+                arguments: table.clone(),
+                ..Default::default()
+            })),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+                queue: "q".into(),
+                exchange: "ex".into(),
+                routing_key: "rk".into(),
+                arguments: table.clone(),
+            })),
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "q".into(),
+                consumer_tag: "tag".into(),
+                arguments: table,
+                ..Default::default()
+            })),
+        ]
+    }
+
+    #[test]
+    fn every_method_with_a_table_is_refused_when_nested_too_deep() {
+        for method in methods(nested(FIELD_TABLE_DEPTH_MAX)) {
+            let bytes = payload(method.clone());
+            assert!(decode_method(&bytes).ok() == Some(method));
+        }
+        for method in methods(nested(FIELD_TABLE_DEPTH_MAX + 1)) {
+            let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+            let bytes = payload(method);
+            assert!(
+                matches!(decode_method(&bytes), Err(MethodError::TooDeep(c, m)) if (c, m) == (class_id, method_id)),
+                "{class_id}.{method_id}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_headers_nested_too_deep_are_refused() {
+        let header = |depth: usize| {
+            let properties = basic::AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("gzip".into())
+                .with_headers(nested(depth))
+                .with_message_id("id".into());
+            let mut out = Vec::new();
+            encode_frame(
+                &mut out,
+                &AMQPFrame::Header(
+                    1,
+                    AMQPContentHeader {
+                        class_id: 60,
+                        body_size: 3,
+                        properties,
+                    },
+                ),
+            );
+            out[7..out.len() - 1].to_vec()
+        };
+        assert!(decode_content_header(&header(FIELD_TABLE_DEPTH_MAX)).is_ok());
+        assert!(matches!(
+            decode_content_header(&header(FIELD_TABLE_DEPTH_MAX + 1)),
+            Err(ContentHeaderError::TooDeep(_))
+        ));
+    }
 }

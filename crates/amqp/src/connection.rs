@@ -89,8 +89,13 @@ impl WriteBacklog {
 /// Frame size limit before connection.tune-ok (the spec's frame-min-size is 4096; we allow more
 /// so large client-properties tables pass).
 const HANDSHAKE_FRAME_MAX: u32 = 131_072;
-/// How long we wait for connection.close-ok after closing with an error.
-const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
+/// How long a closing connection keeps reading, and discarding, what the peer still sends: for
+/// its close-ok after we sent connection.close, then until it closes the socket. Closing
+/// while the peer is still writing (a burst of publishes in flight when it sent
+/// connection.close) would reset the connection, and the peer would get EPIPE instead of its
+/// close-ok. RabbitMQ waits for the socket's end too, up to its heartbeat timeout (at most
+/// 30 s); a few seconds is plenty for what was already in flight.
+const CLOSE_LINGER_MAX: Duration = Duration::from_secs(5);
 /// Type, channel and size: what must be buffered for a frame to be under way.
 const FRAME_HEADER_BYTES: usize = 7;
 /// The longest a publisher waits for one congested queue before it goes on.
@@ -104,11 +109,20 @@ pub(crate) async fn serve_connection(
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
+    // From the protocol header to connection.open: a socket that connects and never gets
+    // there is closed, rather than holding a task and a socket forever (RabbitMQ's
+    // handshake_timeout).
+    let handshake_deadline = tokio::time::Instant::now() + context.config.handshake_timeout;
 
     // Protocol header: anything else gets ours back and the socket closed (AMQP 0-9-1 §4.2.2).
     let mut header = [0u8; 8];
-    if reader.read_exact(&mut header).await.is_err() {
-        return;
+    match tokio::time::timeout_at(handshake_deadline, reader.read_exact(&mut header)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::info!(%peer, "AMQP handshake timeout: no protocol header, closing");
+            return;
+        }
     }
     if &header != PROTOCOL_HEADER {
         tracing::debug!(%peer, ?header, "AMQP: bad protocol header");
@@ -147,20 +161,25 @@ pub(crate) async fn serve_connection(
         has_published: false,
         notified_blocked: false,
         congested: Vec::new(),
+        linger_until: None,
     };
-    match connection.handshake().await {
-        Ok(()) => {
+    match tokio::time::timeout_at(handshake_deadline, connection.handshake()).await {
+        Ok(Ok(())) => {
             tracing::debug!(%peer, id, user = %connection.user, "AMQP connection open");
             connection.run().await;
         }
-        Err(error) => {
-            if let Some(error) = error {
-                connection.close_with(error).await;
-            }
+        Ok(Err(Some(error))) => connection.close_with(error).await,
+        Ok(Err(None)) => {}
+        Err(_) => {
+            tracing::info!(%peer, "AMQP handshake timeout: closing");
         }
     }
     connection.cleanup();
+    // The writer sends what is queued (a close-ok, say), then shuts its half of the socket.
     out.send(Bytes::new());
+    if let Some(deadline) = connection.linger_until {
+        connection.discard_until_eof(deadline).await;
+    }
     drop(connection);
     drop(out);
     let _ = writer.await;
@@ -247,6 +266,9 @@ pub(crate) struct Connection {
     /// Queues this connection just published into whose consumers are behind: it waits for
     /// them before reading on (flow control, as RabbitMQ's credit flow slows publishers).
     pub congested: Vec<Arc<sluice_broker::vhost::Queue>>,
+    /// Set once connection.close or close-ok was sent: what the peer still sends is read and
+    /// discarded until it closes the socket, or until then (see `CLOSE_LINGER_MAX`).
+    linger_until: Option<tokio::time::Instant>,
 }
 
 /// Outcome of the handshake: Err(None) means the peer went away; Err(Some) is a close to send.
@@ -589,6 +611,7 @@ impl Connection {
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 ));
+                self.linger_until = Some(tokio::time::Instant::now() + CLOSE_LINGER_MAX);
                 Ok(false)
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
@@ -640,7 +663,8 @@ impl Connection {
                 method_id: error.method_id,
             })),
         ));
-        let deadline = tokio::time::Instant::now() + CLOSE_OK_WAIT;
+        let deadline = tokio::time::Instant::now() + CLOSE_LINGER_MAX;
+        self.linger_until = Some(deadline);
         // Everything but close-ok is ignored now (AMQP 0-9-1 §2.2.4).
         while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, self.read_frame()).await {
             if frame.kind == FRAME_METHOD && frame.channel == 0 {
@@ -651,6 +675,20 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Reads and drops whatever the peer still sends until it closes the socket (or the
+    /// deadline passes), so that closing does not reset a connection it is still writing to.
+    async fn discard_until_eof(&mut self, deadline: tokio::time::Instant) {
+        let mut sink = vec![0u8; 16 << 10];
+        while let Ok(Ok(read)) =
+            tokio::time::timeout_at(deadline, self.reader.read(&mut sink)).await
+        {
+            if read == 0 {
+                return;
+            }
+        }
+        tracing::debug!(peer = %self.peer, "AMQP peer did not close its end after connection.close");
     }
 
     /// Channels close (unacked deliveries requeued), exclusive queues go.
@@ -687,6 +725,12 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
         "AMQPLAIN" => {
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // The response is the client's to shape: bound its nesting before the recursive parser.
+            sluice_broker::vhost::field_table::scan_field_table(
+                &framed,
+                sluice_broker::vhost::field_table::FIELD_TABLE_DEPTH_MAX,
+            )
+            .ok()?;
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let get = |key: &str| match table.inner().get(key)? {
                 AMQPValue::LongString(s) => {
@@ -706,6 +750,14 @@ pub(crate) fn method_error(error: MethodError) -> AmqpError {
         MethodError::Unknown(class_id, method_id) => AmqpError::connection(
             NOT_IMPLEMENTED,
             format!("unknown method {class_id}.{method_id}"),
+        )
+        .on(class_id, method_id),
+        MethodError::TooDeep(class_id, method_id) => AmqpError::connection(
+            FRAME_ERROR,
+            format!(
+                "method {class_id}.{method_id}: field table nested deeper than {} levels",
+                sluice_broker::vhost::field_table::FIELD_TABLE_DEPTH_MAX
+            ),
         )
         .on(class_id, method_id),
         MethodError::Syntax(class_id, method_id) => AmqpError::connection(

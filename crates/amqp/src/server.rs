@@ -27,6 +27,9 @@ pub struct AmqpConfig {
     pub heartbeat_s: u16,
     /// Largest message body accepted (406 PRECONDITION_FAILED beyond).
     pub message_bytes_max: u64,
+    /// A connection that has not completed its handshake (protocol header to connection.open)
+    /// this long after connecting is closed (RabbitMQ's `handshake_timeout`, also 10 s).
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for AmqpConfig {
@@ -41,6 +44,7 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             heartbeat_s: 60,
             message_bytes_max: 16 << 20,
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -137,6 +137,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQP_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub amqp_max_message_bytes: Option<u32>,
 
+    /// An AMQP connection that has not completed its handshake (protocol header to
+    /// connection.open) this long after connecting is closed, as RabbitMQ's
+    /// `handshake_timeout` [default: 10000]
+    #[arg(long, env = "SLUICE_AMQP_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub amqp_handshake_timeout_ms: Option<u64>,
+
     /// AMQP publishers are blocked (connection.blocked) while queued messages hold more memory
     /// than this [default: 40% of the machine's memory, as RabbitMQ's watermark]
     #[arg(long, env = "SLUICE_MEMORY_HIGH_WATERMARK_BYTES", value_name = "BYTES")]
@@ -202,6 +208,7 @@ impl ServeArgs {
                 amqp_heartbeat,
                 amqp_frame_max,
                 amqp_max_message_bytes,
+                amqp_handshake_timeout_ms,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
                 log
@@ -318,6 +325,9 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.amqp_max_message_bytes {
             amqp.message_bytes_max = u64::from(bytes);
+        }
+        if let Some(ms) = self.amqp_handshake_timeout_ms {
+            amqp.handshake_timeout = std::time::Duration::from_millis(ms);
         }
         let vhost = VhostConfig {
             data_dir: broker.data_dir.clone(),

@@ -87,19 +87,64 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     match_words(pattern, key)
 }
 
+/// Dynamic programming over (pattern word, key word), as bit sets: bit `j` of `reachable` says
+/// whether the pattern words seen so far can consume exactly the first `j` key words. A `#`
+/// sets every bit from the lowest one up; any other word shifts the set by one and keeps the
+/// positions whose key word it matches. O(pattern x key / 64) word operations plus one string
+/// comparison per distinct pattern word and key word, so an adversarial binding such as
+/// `#.a.#.a.#...` cannot make routing exponential (backtracking at every `#` did).
 fn match_words(pattern: &[&str], key: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((&"#", rest)) => {
-            // `#` takes 0..=all remaining words; collapse runs of `#` first.
-            if rest.first() == Some(&"#") {
-                return match_words(rest, key);
+    let positions = key.len() + 1;
+    let blocks = positions.div_ceil(64);
+    let mut reachable = vec![0u64; blocks];
+    reachable[0] = 1;
+    // Masks of the key positions each pattern word can end at, one per distinct word.
+    let mut masks: Vec<(&str, Vec<u64>)> = Vec::new();
+    for &word in pattern {
+        if word == "#" {
+            let Some(first) = lowest_bit(&reachable) else {
+                return false;
+            };
+            for bit in first..positions {
+                reachable[bit / 64] |= 1 << (bit % 64);
             }
-            (0..=key.len()).any(|taken| match_words(rest, &key[taken..]))
+            continue;
         }
-        Some((&"*", rest)) => !key.is_empty() && match_words(rest, &key[1..]),
-        Some((word, rest)) => key.first() == Some(word) && match_words(rest, &key[1..]),
+        let mask = match masks.iter().position(|(w, _)| *w == word) {
+            Some(index) => &masks[index].1,
+            None => {
+                let mut mask = vec![0u64; blocks];
+                for (index, key_word) in key.iter().enumerate() {
+                    if word == "*" || word == *key_word {
+                        let bit = index + 1;
+                        mask[bit / 64] |= 1 << (bit % 64);
+                    }
+                }
+                masks.push((word, mask));
+                &masks[masks.len() - 1].1
+            }
+        };
+        let mut carry = 0;
+        let mut any = false;
+        for (block, mask) in reachable.iter_mut().zip(mask) {
+            let shifted = (*block << 1) | carry;
+            carry = *block >> 63;
+            *block = shifted & mask;
+            any |= *block != 0;
+        }
+        if !any {
+            return false;
+        }
     }
+    let last = positions - 1;
+    reachable[last / 64] & (1 << (last % 64)) != 0
+}
+
+fn lowest_bit(bits: &[u64]) -> Option<usize> {
+    bits.iter()
+        .enumerate()
+        .find(|(_, block)| **block != 0)
+        .map(|(index, block)| index * 64 + block.trailing_zeros() as usize)
 }
 
 /// Headers-exchange matching: `x-match` = all (default) or any (also `all-with-x` /
@@ -171,6 +216,88 @@ mod tests {
         assert!(!topic_matches("*", "two.words"));
         assert!(topic_matches("a.b", "a.b"));
         assert!(topic_matches("#.#", "a"));
+        assert!(topic_matches("#.*", "a"));
+        assert!(!topic_matches("#.*", ""));
+        assert!(topic_matches("*.#", "a"));
+        assert!(!topic_matches("a.*.#.c", "a.c"));
+        assert!(topic_matches("a.*.#.c", "a.b.x.y.c"));
+        assert!(!topic_matches("", "a"));
+        assert!(topic_matches("", ""));
+        assert!(!topic_matches("a", ""));
+        assert!(topic_matches("#.a.#", "b.a.c"));
+        assert!(!topic_matches("#.a.#", "b.c"));
+    }
+
+    /// The backtracking matcher this replaced (correct, exponential): the reference.
+    fn match_words_backtracking(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => {
+                (0..=key.len()).any(|taken| match_words_backtracking(rest, &key[taken..]))
+            }
+            Some((&"*", rest)) => !key.is_empty() && match_words_backtracking(rest, &key[1..]),
+            Some((word, rest)) => {
+                key.first() == Some(word) && match_words_backtracking(rest, &key[1..])
+            }
+        }
+    }
+
+    fn sequences<'a>(alphabet: &[&'a str], length_max: usize) -> Vec<Vec<&'a str>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..length_max {
+            last = last
+                .iter()
+                .flat_map(|s: &Vec<&str>| {
+                    alphabet.iter().map(move |w| {
+                        let mut next = s.clone();
+                        next.push(w);
+                        next
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn topic_matching_agrees_with_backtracking_on_every_small_case() {
+        let patterns = sequences(&["a", "b", "*", "#"], 5);
+        let keys = sequences(&["a", "b", "c"], 5);
+        for pattern in &patterns {
+            for key in &keys {
+                assert_eq!(
+                    match_words(pattern, key),
+                    match_words_backtracking(pattern, key),
+                    "{pattern:?} against {key:?}"
+                );
+            }
+        }
+    }
+
+    /// The worst bindings the 255-byte limits allow: `#.a.#.a....c` (127 words) against a
+    /// 255-byte key of `a.a...` that fails on its last word. Backtracking took exponential time.
+    #[test]
+    fn adversarial_topic_patterns_route_in_polynomial_time() {
+        let pattern = (0..63).map(|_| "#.a").collect::<Vec<_>>().join(".") + ".c";
+        assert!(pattern.len() <= 255, "{}", pattern.len());
+        let key = (0..126).map(|_| "a").collect::<Vec<_>>().join(".") + ".b.b";
+        assert!(key.len() <= 255, "{}", key.len());
+        let pattern_stars = (0..63).map(|_| "#.*").collect::<Vec<_>>().join(".") + ".b.a";
+        assert!(pattern_stars.len() <= 255);
+        let iterations = 1_000;
+        let started = std::time::Instant::now();
+        for _ in 0..iterations {
+            assert!(!topic_matches(&pattern, &key));
+            assert!(!topic_matches(&pattern_stars, &key));
+        }
+        let average = started.elapsed() / (2 * iterations);
+        // Generous for a debug build on a busy machine; microseconds in practice.
+        assert!(
+            average < std::time::Duration::from_millis(1),
+            "{average:?} per route"
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ const H_USER_ID: &str = "amqp.user-id";
 const H_APP_ID: &str = "amqp.app-id";
 const H_CLUSTER_ID: &str = "amqp.cluster-id";
 
+/// The longest AMQP short string (names, exchange, routing key, most properties).
+pub const SHORT_STRING_BYTES_MAX: usize = 255;
+
 /// A header a Kafka producer can set to choose the AMQP routing key of a record it writes
 /// (otherwise the record key is used); also added to AMQP deliveries of Kafka records.
 pub const HEADER_KAFKA_KEY: &str = "x-kafka-key";
@@ -138,14 +141,51 @@ impl Message {
 
     /// The message a record holds: ours (written by `to_record`) or a Kafka producer's. For the
     /// latter the routing key is the record key and every header becomes a long-string header.
+    ///
+    /// AMQP carries names, the exchange, the routing key and most properties as short strings
+    /// of at most 255 bytes, which Kafka does not bound. So that no delivery is a malformed
+    /// frame: a header whose name is longer is left out (a debug line says so); a property
+    /// header (`content-type`, `message-id`, `amqp.type`, ...) or `amqp.exchange` whose value is
+    /// longer does not become the property but stays an ordinary long-string header of the
+    /// same name; a longer key gives an empty routing key (the key stays in `x-kafka-key`).
     pub fn from_record(record: Record) -> Message {
         let mut p = MessageProperties::default();
         let mut exchange = String::new();
         let mut plain_headers = FieldTable::default();
+        // Property values too long for their short string, kept as long-string headers.
+        let mut oversized = Vec::new();
         let mut amqp_headers = None;
         let text =
             |v: &Option<Vec<u8>>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
         for (name, value) in &record.headers {
+            if name.len() > SHORT_STRING_BYTES_MAX {
+                tracing::debug!(
+                    header_bytes = name.len(),
+                    "a record header's name is longer than an AMQP short string: left out of the AMQP headers"
+                );
+                continue;
+            }
+            let is_property = matches!(
+                name.as_str(),
+                H_EXCHANGE
+                    | H_CONTENT_TYPE
+                    | H_CONTENT_ENCODING
+                    | H_CORRELATION_ID
+                    | H_REPLY_TO
+                    | H_EXPIRATION
+                    | H_MESSAGE_ID
+                    | H_TYPE
+                    | H_USER_ID
+                    | H_APP_ID
+                    | H_CLUSTER_ID
+            );
+            if is_property && text(value).is_some_and(|t| t.len() > SHORT_STRING_BYTES_MAX) {
+                let value =
+                    AMQPValue::LongString(LongString::from(value.clone().unwrap_or_default()));
+                oversized.push((name.as_str().into(), value.clone()));
+                plain_headers.insert(name.as_str().into(), value);
+                continue;
+            }
             match name.as_str() {
                 H_EXCHANGE => exchange = text(value).unwrap_or_default(),
                 H_HEADERS => {
@@ -191,12 +231,17 @@ impl Message {
             }
         }
         p.headers = match amqp_headers {
-            Some(table) => Some(table),
+            Some(mut table) => {
+                for (name, value) in oversized {
+                    table.insert(name, value);
+                }
+                Some(table)
+            }
             None if !plain_headers.inner().is_empty() => Some(plain_headers),
             None => None,
         };
         let mut routing_key = String::from_utf8_lossy(&key).into_owned();
-        if routing_key.len() > 255 {
+        if routing_key.len() > SHORT_STRING_BYTES_MAX {
             routing_key.clear();
         }
         Message {
@@ -235,7 +280,10 @@ pub fn encode_field_table(table: &FieldTable) -> Vec<u8> {
     cookie_factory::gen_simple(gen, Vec::new()).unwrap_or_default()
 }
 
+/// The field table `bytes` start with; None if it is malformed or nested too deep (see
+/// [`super::field_table`]: amq-protocol's parser would recurse into a stack overflow).
 pub fn decode_field_table(bytes: &[u8]) -> Option<FieldTable> {
+    super::field_table::scan_field_table(bytes, super::field_table::FIELD_TABLE_DEPTH_MAX).ok()?;
     amq_protocol_types::parsing::parse_field_table(bytes)
         .ok()
         .map(|(_, table)| table)
@@ -299,6 +347,47 @@ mod tests {
             .iter()
             .any(|(n, v)| n == "s" && v.as_deref() == Some(&b"text"[..])));
         assert_eq!(Message::from_record(record), message);
+    }
+
+    /// Kafka bounds none of what AMQP carries in 255-byte short strings.
+    #[test]
+    fn kafka_record_with_oversized_names_and_values_fits_amqp_short_strings() {
+        let long = "v".repeat(300);
+        let record = Record {
+            offset: 0,
+            timestamp: 1_700_000_000_123,
+            key: Some("k".repeat(300).into_bytes()),
+            value: Some(b"body".to_vec()),
+            headers: vec![
+                ("n".repeat(300), Some(b"dropped".to_vec())),
+                ("content-type".into(), Some(long.clone().into_bytes())),
+                ("message-id".into(), Some(b"short-id".to_vec())),
+                ("amqp.exchange".into(), Some(long.clone().into_bytes())),
+                ("amqp.type".into(), Some(long.clone().into_bytes())),
+                // 100 invalid bytes become 300 bytes of replacement characters.
+                ("reply-to".into(), Some(vec![0xff; 100])),
+            ],
+        };
+        let message = Message::from_record(record);
+        assert_eq!(message.routing_key, "");
+        assert_eq!(message.exchange, "");
+        let p = &message.properties;
+        assert_eq!(p.content_type, None);
+        assert_eq!(p.kind, None);
+        assert_eq!(p.reply_to, None);
+        assert_eq!(p.message_id.as_deref(), Some("short-id"));
+        let headers = p.headers.as_ref().unwrap().inner();
+        assert!(headers
+            .keys()
+            .all(|k| k.as_str().len() <= SHORT_STRING_BYTES_MAX));
+        for name in ["content-type", "amqp.exchange", "amqp.type"] {
+            assert_eq!(
+                headers.get(name),
+                Some(&AMQPValue::LongString(long.clone().into())),
+                "{name}"
+            );
+        }
+        assert!(headers.contains_key("reply-to"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod dead_letter;
 mod definitions;
 pub mod exchange;
+pub mod field_table;
 pub mod message;
 pub mod queue;
 mod queue_store;
@@ -494,6 +495,18 @@ impl VirtualHost {
             name.to_string()
         };
         let options = QueueOptions::from_arguments(&name, &arguments)?;
+        // Dead-lettered messages carry it as their routing key, an AMQP short string. Checked
+        // here, not in `from_arguments`, so a queue declared before the check still recovers.
+        if options
+            .dead_letter_routing_key
+            .as_ref()
+            .is_some_and(|key| key.len() > message::SHORT_STRING_BYTES_MAX)
+        {
+            return Err(VhostError::PreconditionFailed(format!(
+                "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '/': longer than {} bytes",
+                message::SHORT_STRING_BYTES_MAX
+            )));
+        }
         if wants_stream {
             // RabbitMQ's rules for streams: durable, shared, never auto-deleted.
             if !durable || exclusive || auto_delete {

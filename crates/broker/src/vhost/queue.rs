@@ -610,14 +610,18 @@ impl Queue {
         if !store.wants_snapshot() {
             return;
         }
-        let (live, delivered_below) = {
+        // `upto` is read under the same lock as the live set: offsets are assigned under this
+        // lock (`enqueue`), so every offset below it is either live here or already settled.
+        // Read after the lock, a message enqueued in between would fall below `upto` without
+        // being live, and recovery would drop it.
+        let (live, delivered_below, upto) = {
             let state = self.state.lock();
             let mut live: Vec<u64> = state.ready.iter().filter_map(|e| e.log_offset).collect();
             live.extend(state.unacked_offsets.iter().copied());
             live.sort_unstable();
-            (live, state.delivered_below)
+            (live, state.delivered_below, store.snapshot_upto())
         };
-        if let Err(error) = store.snapshot(&live, delivered_below) {
+        if let Err(error) = store.snapshot(&live, delivered_below, upto) {
             tracing::warn!(queue = %self.name, %error, "could not snapshot the settle log");
         }
     }

@@ -282,12 +282,29 @@ impl QueueStore {
             > *self.settle_bytes_at_snapshot.lock() + SETTLE_LOG_SNAPSHOT_BYTES
     }
 
-    /// Records which offsets are still in the queue (sorted `live` offsets, which must include
-    /// every message still ready or unacked), drops the settle records before it and the
-    /// message segments below the oldest live message.
-    pub fn snapshot(&self, live: &[u64], delivered_below: u64) -> Result<(), BrokerError> {
+    /// The `upto` of a snapshot taken now: the durable end of the message log. Call it under
+    /// the lock that orders `append`s and collect the live set under the same lock, so every
+    /// offset below it is live or settled (see [`QueueStore::snapshot`]). The durable end, not
+    /// the written or assigned one: an offset that a power cut can take back may be given to
+    /// another message after the restart, which the snapshot would then wrongly cover.
+    pub fn snapshot_upto(&self) -> u64 {
+        self.messages.high_watermark().max(0) as u64
+    }
+
+    /// Records which offsets below `upto` are still in the queue (sorted `live` offsets, which
+    /// must include every message below `upto` still ready or unacked, with `upto` from
+    /// [`QueueStore::snapshot_upto`] taken together with them), drops the settle records before
+    /// it and the message segments below the oldest live message. Offsets at or above `upto`
+    /// are left to the settle records that follow.
+    pub fn snapshot(
+        &self,
+        live: &[u64],
+        delivered_below: u64,
+        upto: u64,
+    ) -> Result<(), BrokerError> {
         self.write_pending_settles()?;
-        let upto = self.messages.log_end_offset() as u64;
+        let live: Vec<u64> = live.iter().copied().filter(|&o| o < upto).collect();
+        let live = &live[..];
         let mut value = vec![b'S'];
         value.extend_from_slice(&upto.to_be_bytes());
         let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -407,7 +424,9 @@ mod tests {
             ]
         );
         // A snapshot keeps exactly the live set; settles after it still count.
-        store.snapshot(&[3, 4, 5], 4).unwrap();
+        store
+            .snapshot(&[3, 4, 5], 4, store.snapshot_upto())
+            .unwrap();
         store.settle(&[4]).unwrap();
         store.write_pending_settles().unwrap();
         drop(store);
@@ -415,6 +434,33 @@ mod tests {
         assert_eq!(
             bodies(&recovered),
             vec![("m3".into(), true), ("m5".into(), false)]
+        );
+    }
+
+    /// The queue collects its live set and the snapshot's `upto` together; a message that
+    /// becomes durable after that (the gap before `snapshot` runs) is above `upto` and must
+    /// survive. Reading `upto` from the log end inside `snapshot` lost it.
+    #[tokio::test]
+    async fn message_made_durable_while_a_snapshot_is_taken_survives_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+            let (_, durable) = store.append(&message(0)).unwrap();
+            durable.await.unwrap().unwrap();
+            // Under the queue lock: the live set and `upto`.
+            let live = [0];
+            let upto = store.snapshot_upto();
+            // The gap: another publish is appended and made durable.
+            let (offset, durable) = store.append(&message(1)).unwrap();
+            assert_eq!(offset, 1);
+            durable.await.unwrap().unwrap();
+            store.snapshot(&live, 0, upto).unwrap();
+            store.flush().unwrap();
+        }
+        let (_store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            bodies(&recovered),
+            vec![("m0".into(), false), ("m1".into(), false)]
         );
     }
 

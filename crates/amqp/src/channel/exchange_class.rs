@@ -1,0 +1,85 @@
+//! The exchange class: declare, delete, bind, unbind (exchange-to-exchange bindings).
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{exchange, AMQPClass};
+use sluice_broker::vhost::Destination;
+
+use super::{unimplemented, Channel};
+use crate::connection::Connection;
+use crate::reply::*;
+
+impl Channel {
+    pub(super) fn exchange_method(
+        &mut self,
+        connection: &mut Connection,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        let vhost = Arc::clone(self.session.vhost());
+        let conn_id = connection.id;
+        match method {
+            exchange::AMQPMethod::Declare(d) => {
+                vhost.declare_exchange(
+                    d.exchange.as_str(),
+                    d.kind.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments,
+                )?;
+                if !d.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                if !d.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let destination = Destination::Exchange(b.destination.as_str().to_string());
+                vhost.bind(
+                    b.source.as_str(),
+                    destination,
+                    b.routing_key.as_str(),
+                    b.arguments,
+                    conn_id,
+                )?;
+                if !b.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let destination = Destination::Exchange(b.destination.as_str().to_string());
+                vhost.unbind(
+                    b.source.as_str(),
+                    destination,
+                    b.routing_key.as_str(),
+                    b.arguments,
+                    conn_id,
+                )?;
+                if !b.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            _ => return Err(unimplemented()),
+        }
+        Ok(())
+    }
+}

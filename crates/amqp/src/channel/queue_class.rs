@@ -1,0 +1,101 @@
+//! The queue class: declare, bind, unbind, purge, delete.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{queue, AMQPClass};
+use sluice_broker::vhost::Destination;
+
+use super::{unimplemented, Channel};
+use crate::connection::Connection;
+use crate::reply::*;
+
+impl Channel {
+    pub(super) fn queue_method(
+        &mut self,
+        connection: &mut Connection,
+        method: queue::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        let vhost = Arc::clone(self.session.vhost());
+        let conn_id = connection.id;
+        match method {
+            queue::AMQPMethod::Declare(d) => {
+                let (name, messages, consumers) = vhost.declare_queue(
+                    d.queue.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    d.arguments,
+                    conn_id,
+                )?;
+                self.last_queue = name.clone();
+                if !d.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: name.into(),
+                            message_count: messages,
+                            consumer_count: consumers,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let name = self.queue_name(&b.queue)?;
+                vhost.bind(
+                    b.exchange.as_str(),
+                    Destination::Queue(name),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                    conn_id,
+                )?;
+                if !b.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let name = self.queue_name(&b.queue)?;
+                vhost.unbind(
+                    b.exchange.as_str(),
+                    Destination::Queue(name),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                    conn_id,
+                )?;
+                self.reply(
+                    connection,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let name = self.queue_name(&p.queue)?;
+                let count = vhost.purge_queue(&name, conn_id)?;
+                if !p.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(&d.queue)?;
+                let count = vhost.delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;
+                if !d.nowait {
+                    self.reply(
+                        connection,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            _ => return Err(unimplemented()),
+        }
+        Ok(())
+    }
+}

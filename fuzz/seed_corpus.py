@@ -65,3 +65,15 @@ write("amqp_frame", start_ok)
 write("amqp_frame", publish)
 write("amqp_frame", declare + publish)
 print("seed corpus written to", ROOT / "corpus")
+
+# Regression inputs for findings (kept here so a fresh seed run still has them):
+# client properties nested 15,000 tables deep (amq-protocol's parser recursed once per level
+# and overflowed the stack of an unauthenticated connection's task).
+nested = b""
+for _ in range(15_000):
+    entry = raw_amqp.shortstr("a") + b"F" + len(nested).to_bytes(4, "big") + nested
+    nested = entry
+deep_table = len(nested).to_bytes(4, "big") + nested
+write("amqp_frame", raw_amqp.method_frame(0, (10, 11), deep_table + raw_amqp.shortstr("PLAIN")
+                                         + raw_amqp.longstr(b"\x00guest\x00guest")
+                                         + raw_amqp.shortstr("en_US")))

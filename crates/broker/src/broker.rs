@@ -374,12 +374,15 @@ impl Broker {
         Ok(())
     }
 
-    /// InitProducerId: a new idempotent producer id (or, for a transactional id, its next epoch).
+    /// InitProducerId: a new idempotent producer id, or for a transactional id its next epoch
+    /// (only from the current one when the client claims an id and epoch: see
+    /// `ProducerIdAllocator::allocate`).
     pub fn init_producer_id(
         &self,
         transactional_id: Option<&str>,
+        claimed: Option<(i64, i16)>,
     ) -> Result<(i64, i16), BrokerError> {
-        self.producer_ids.allocate(transactional_id)
+        self.producer_ids.allocate(transactional_id, claimed)
     }
 
     /// Enforces retention on every partition now, and forgets idempotent producers idle for

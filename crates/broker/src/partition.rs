@@ -230,7 +230,7 @@ impl Partition {
 
     /// Idempotent producers this partition remembers.
     pub fn producer_count(&self) -> usize {
-        self.producers.lock().len()
+        self.producers.lock().producer_count()
     }
 
     /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).

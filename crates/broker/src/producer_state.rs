@@ -135,12 +135,8 @@ impl ProducerStateTable {
         count_before - self.producers.len()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn producer_count(&self) -> usize {
         self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
     }
 }
 
@@ -241,7 +237,7 @@ mod tests {
         table.record(&batch(2, 0, 0, 1, 1), 5_000);
         assert_eq!(table.expire(10_999, 10_000), 0);
         assert_eq!(table.expire(11_000, 10_000), 1);
-        assert_eq!(table.len(), 1);
+        assert_eq!(table.producer_count(), 1);
         // The forgotten producer is a new one again: any sequence is accepted, no duplicate
         // is found; the remembered one still gets its duplicate.
         assert_eq!(
@@ -256,6 +252,6 @@ mod tests {
         table.record(&batch(2, 0, 1, 1, 2), 20_000);
         assert_eq!(table.expire(29_999, 10_000), 0);
         assert_eq!(table.expire(30_000, 10_000), 1);
-        assert!(table.is_empty());
+        assert_eq!(table.producer_count(), 0);
     }
 }

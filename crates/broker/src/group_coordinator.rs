@@ -483,7 +483,7 @@ impl GroupCoordinator {
         };
         // Removed however this ends, also when the request is abandoned while the tombstones
         // are synced: a Dead group left behind would refuse every join until a restart.
-        let _remove_dead = had_group.then_some(RemoveDeadGroup {
+        let _remove_dead = had_group.then(|| RemoveDeadGroup {
             groups: &self.groups,
             group_id,
         });

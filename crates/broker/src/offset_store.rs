@@ -101,9 +101,12 @@ impl OffsetStore {
             unapplied: Mutex::new(BTreeMap::new()),
         };
         store.compact_if_needed()?;
+        // Not inside the macro: the two locks would be taken at once (and only when logging).
+        let group_count = store.offsets.lock().len();
+        let live_count = store.live_count();
         tracing::info!(
-            groups = store.offsets.lock().len(),
-            offsets = store.live_count(),
+            groups = group_count,
+            offsets = live_count,
             "loaded committed offsets"
         );
         Ok(store)

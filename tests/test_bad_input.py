@@ -6,6 +6,7 @@ import struct
 
 import pytest
 from confluent_kafka import KafkaError, Producer
+from kafka.protocol.consumer import FetchRequest
 from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse
 
 from kafka_wire import (
@@ -234,4 +235,45 @@ def test_unknown_topic_with_auto_create_off_gets_unknown_topic_or_partition(
         [topic_metadata] = metadata.topics
         assert topic_metadata.error_code == ERROR_UNKNOWN_TOPIC_OR_PARTITION, metadata
     assert topic not in admin(broker.bootstrap).list_topics(timeout=10).topics
+    assert_still_serving(broker)
+
+
+FETCH_MAX_BYTES = 100_000
+I32_MAX = 2**31 - 1
+
+
+@pytest.fixture
+def fetch_capped_broker(broker_factory):
+    return broker_factory("--fetch-max-bytes", str(FETCH_MAX_BYTES))
+
+
+@pytest.mark.timeout(90)
+def test_fetch_asking_for_everything_gets_at_most_fetch_max_bytes(fetch_capped_broker):
+    """max_bytes and partition_max_bytes of i32::MAX over partitions holding far more than
+    --fetch-max-bytes: the response carries at most that many record bytes (the first batch,
+    smaller than the cap, needs no KIP-74 exception)."""
+    broker = fetch_capped_broker
+    topic = unique_name("fetch-cap")
+    partitions = 3
+    create_topic(broker.bootstrap, topic, partitions)
+    with KafkaWire(broker.bootstrap) as wire:
+        for partition in range(partitions):
+            for _ in range(20):  # 20 batches of ~20 KB: ~400 KB per partition
+                batch = record_batch([b"v" * 1000] * 20)
+                assert wire.produce(topic, partition, batch).error_code == ERROR_NONE
+        request = FetchRequest(
+            replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=I32_MAX, isolation_level=0,
+            topics=[FetchRequest.FetchTopic(
+                topic=topic,
+                partitions=[FetchRequest.FetchTopic.FetchPartition(
+                    partition=p, fetch_offset=0, partition_max_bytes=I32_MAX)
+                    for p in range(partitions)])])
+        response = wire.request(request)
+        sizes = []
+        for topic_response in response.responses:
+            for partition in topic_response.partitions:
+                assert partition.error_code == ERROR_NONE, partition
+                sizes.append(len(partition.records or b""))
+        assert 0 < sum(sizes) <= FETCH_MAX_BYTES, sizes
+        assert sum(sizes) > FETCH_MAX_BYTES // 2, sizes
     assert_still_serving(broker)

@@ -374,20 +374,27 @@ impl Broker {
         Ok(())
     }
 
-    /// InitProducerId: a new idempotent producer id (or, for a transactional id, its next epoch).
+    /// InitProducerId: a new idempotent producer id, or for a transactional id its next epoch
+    /// (only from the current one when the client claims an id and epoch: see
+    /// `ProducerIdAllocator::allocate`).
     pub fn init_producer_id(
         &self,
         transactional_id: Option<&str>,
+        claimed: Option<(i64, i16)>,
     ) -> Result<(i64, i16), BrokerError> {
-        self.producer_ids.allocate(transactional_id)
+        self.producer_ids.allocate(transactional_id, claimed)
     }
 
-    /// Enforces retention on every partition now; returns segments deleted per topic.
+    /// Enforces retention on every partition now, and forgets idempotent producers idle for
+    /// `producer_id_expiration_ms`; returns segments deleted per topic.
     pub fn enforce_retention(&self) -> HashMap<String, usize> {
         let now = now_ms();
         let mut deleted = HashMap::new();
+        let mut producers_expired = 0;
         for topic in self.topics() {
             for partition in topic.partitions() {
+                producers_expired +=
+                    partition.expire_producers(now, self.config.producer_id_expiration_ms);
                 match partition.log().enforce_retention(now) {
                     Ok(0) => {}
                     Ok(count) => *deleted.entry(topic.name().to_string()).or_insert(0) += count,
@@ -396,6 +403,9 @@ impl Broker {
                     }
                 }
             }
+        }
+        if producers_expired > 0 {
+            tracing::info!(producers = producers_expired, "expired idle producer ids");
         }
         deleted
     }

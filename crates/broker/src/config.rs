@@ -37,8 +37,12 @@ pub struct BrokerConfig {
     /// Defaults for every topic's log; topics override them with their own configs.
     pub log_defaults: LogConfig,
     pub group: GroupConfig,
-    /// How often retention is enforced (`log.retention.check.interval.ms`).
+    /// How often retention is enforced (`log.retention.check.interval.ms`); idle producer ids
+    /// are expired on the same tick.
     pub retention_check_interval_ms: u64,
+    /// Idempotent-producer state of a producer that has not appended for this long is dropped
+    /// (`producer.id.expiration.ms`, Kafka default one day).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl BrokerConfig {
@@ -51,6 +55,7 @@ impl BrokerConfig {
             log_defaults: LogConfig::default(),
             group: GroupConfig::default(),
             retention_check_interval_ms: 300_000,
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }

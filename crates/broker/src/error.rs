@@ -29,6 +29,9 @@ pub enum BrokerError {
     InvalidProducerEpoch(String),
     #[error("unknown producer id: {0}")]
     UnknownProducerId(String),
+    /// A newer instance holds this transactional id (Kafka's PRODUCER_FENCED).
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

@@ -27,6 +27,24 @@ use self::group::{Group, JoinStep, SyncStep};
 use crate::offset_store::OffsetStore;
 use crate::{now_ms, BrokerError, GroupConfig, GroupError};
 
+/// Removes a group from the table when dropped, if it is still Dead (see `delete_group`).
+struct RemoveDeadGroup<'a> {
+    groups: &'a Mutex<HashMap<String, Group>>,
+    group_id: &'a str,
+}
+
+impl Drop for RemoveDeadGroup<'_> {
+    fn drop(&mut self) {
+        let mut groups = self.groups.lock();
+        if groups
+            .get(self.group_id)
+            .is_some_and(|g| g.state() == GroupState::Dead)
+        {
+            groups.remove(self.group_id);
+        }
+    }
+}
+
 /// Members (joined or holding a MEMBER_ID_REQUIRED id) per group (`group.max.size`).
 pub const GROUP_SIZE_MAX: usize = 1000;
 /// Longest commit metadata string (`offset.metadata.max.bytes`).
@@ -37,7 +55,8 @@ pub const MEMBER_PROTOCOLS_MAX: usize = 64;
 pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
 /// How often member sessions are checked.
 const SESSION_SWEEP_MS_MAX: u64 = 250;
-/// How often offsets of empty groups are checked for expiry.
+/// How often offsets of empty groups are checked for expiry, and the offsets log for
+/// compaction.
 const OFFSET_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -462,16 +481,13 @@ impl GroupCoordinator {
                 None => false,
             }
         };
+        // Removed however this ends, also when the request is abandoned while the tombstones
+        // are synced: a Dead group left behind would refuse every join until a restart.
+        let _remove_dead = had_group.then(|| RemoveDeadGroup {
+            groups: &self.groups,
+            group_id,
+        });
         let deleted = self.offsets.delete_group(group_id).await;
-        if had_group {
-            let mut groups = self.groups.lock();
-            if groups
-                .get(group_id)
-                .is_some_and(|g| g.state() == GroupState::Dead)
-            {
-                groups.remove(group_id);
-            }
-        }
         match deleted? {
             0 if !had_group => Err(GroupError::GroupIdNotFound),
             _ => Ok(()),
@@ -530,6 +546,7 @@ impl GroupCoordinator {
                 if last_offset_expiry.elapsed() >= OFFSET_EXPIRY_INTERVAL {
                     last_offset_expiry = Instant::now();
                     coordinator.expire_offsets().await;
+                    coordinator.compact_offsets().await;
                 }
             }
         });
@@ -545,6 +562,21 @@ impl GroupCoordinator {
             self.schedule_timer(group);
         }
         groups.retain(|group_id, group| !group.is_idle() || self.offsets.has_offsets(group_id));
+    }
+
+    /// The offsets log's housekeeping: drops tombstones from memory and compacts the log when
+    /// superseded records dominate it (off the async workers: it reads and writes the log).
+    async fn compact_offsets(self: Arc<Self>) {
+        let pruned = self.offsets.prune_tombstones();
+        if pruned > 0 {
+            tracing::debug!(pruned, "dropped deleted offsets from memory");
+        }
+        let result = tokio::task::spawn_blocking(move || self.offsets.compact_if_needed()).await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "compacting the consumer offsets log failed"),
+            Err(error) => tracing::error!(%error, "consumer offsets compaction task failed"),
+        }
     }
 
     /// Deletes offsets of groups without members once older than `offsets_retention_ms`.

@@ -5,10 +5,12 @@
 //! offset expiry). On open the whole log is replayed into memory, last write winning. A commit is
 //! acknowledged only after the group-commit `sync`, so an acknowledged offset survives a crash.
 //!
-//! Compaction is a rewrite on open: when the log holds far more records than live offsets, the
-//! live ones are written to a fresh log that replaces the old directory (crash-safe renames).
-
-use std::collections::HashMap;
+//! Compaction runs while serving (and on open): when dead records outnumber live offsets in a
+//! big enough log, the live offsets are appended again at the head and the log start moves past
+//! the old records, so whole old segments are deleted (the offsets log uses small segments for
+//! that). Commits wait only while the live set is appended. Tombstones in memory are dropped
+//! once no commit older than them can still land, so deleted groups give their memory back.
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +30,11 @@ const RECORD_VERSION: u16 = 1;
 const BATCH_BYTES_TARGET: usize = 256 * 1024;
 /// Bytes read per step while replaying.
 const REPLAY_READ_BYTES: usize = 1 << 20;
-/// Below this size the log is never rewritten: replaying it is cheap anyway.
+/// Below this size the log is never compacted: replaying it is cheap anyway.
 const COMPACTION_BYTES_MIN: u64 = 16 << 20;
+/// Segment size of the offsets log: compaction frees whole segments, so they stay small
+/// (Kafka's `offsets.topic.segment.bytes` is 100 MiB for the same reason).
+const SEGMENT_BYTES_MAX: u64 = 4 << 20;
 
 /// One cached offset with the log offset of the record that set it, so that commits whose
 /// syncs finish out of order still leave the newest value in memory.
@@ -48,42 +53,63 @@ pub(crate) struct OffsetStore {
     /// write visible on append and flush on their own schedule.
     sync_on_commit: bool,
     offsets: Mutex<HashMap<String, GroupOffsets>>,
+    /// Held while appending, so compaction can fix a log end no commit writes past.
+    append_gate: Mutex<()>,
+    /// First log offset (with a count) of every append not yet applied to `offsets`. A
+    /// tombstone is needed in memory only while an older append may still be applied.
+    unapplied: Mutex<BTreeMap<i64, usize>>,
+}
+
+/// An append registered in `unapplied` until dropped (after it was applied, or abandoned).
+struct Unapplied<'a> {
+    store: &'a OffsetStore,
+    offset_first: i64,
+}
+
+impl Drop for Unapplied<'_> {
+    fn drop(&mut self) {
+        let mut unapplied = self.store.unapplied.lock();
+        if let Some(count) = unapplied.get_mut(&self.offset_first) {
+            *count -= 1;
+            if *count == 0 {
+                unapplied.remove(&self.offset_first);
+            }
+        }
+    }
 }
 
 impl OffsetStore {
     /// Opens (creating) the offsets log in `dir` and replays it.
     pub(crate) fn open(dir: &Path, log_config: LogConfig) -> Result<OffsetStore, BrokerError> {
+        // Compaction used to rewrite the log into a fresh directory; finish an interrupted one.
         recover_interrupted_compaction(dir)?;
         // Retention must never delete committed offsets: expiry is done with tombstones.
         let config = LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
+            segment_bytes_max: log_config.segment_bytes_max.min(SEGMENT_BYTES_MAX),
             ..log_config
         };
         let sync_on_commit = config.durability == Durability::Batch;
-        let mut log = PartitionLog::open(dir, config.clone())?;
-        let (mut offsets, record_count) = replay(&log)?;
-        let live_count: usize = offsets.values().map(HashMap::len).sum();
-        if log.size_bytes() >= COMPACTION_BYTES_MIN && record_count > 2 * live_count as u64 {
-            tracing::info!(
-                record_count,
-                live_count,
-                "compacting the consumer offsets log"
-            );
-            drop(log);
-            log = compact(dir, &config, &offsets)?;
-            (offsets, _) = replay(&log)?;
-        }
-        tracing::info!(
-            groups = offsets.len(),
-            offsets = live_count,
-            "loaded committed offsets"
-        );
-        Ok(OffsetStore {
+        let log = PartitionLog::open(dir, config)?;
+        let (offsets, _) = replay(&log)?;
+        let store = OffsetStore {
             log: Arc::new(log),
             sync_on_commit,
             offsets: Mutex::new(offsets),
-        })
+            append_gate: Mutex::new(()),
+            unapplied: Mutex::new(BTreeMap::new()),
+        };
+        store.compact_if_needed()?;
+        // Not inside the macro: the two locks would be taken at once (and only when logging).
+        let group_count = store.offsets.lock().len();
+        let live_count = store.live_count();
+        tracing::info!(
+            groups = group_count,
+            offsets = live_count,
+            "loaded committed offsets"
+        );
+        Ok(store)
     }
 
     /// Durably stores `offsets` for `group_id`; returns once they survive a crash.
@@ -101,7 +127,7 @@ impl OffsetStore {
                 ))
             })
             .collect::<Result<Vec<_>, GroupError>>()?;
-        let log_offsets = self.append_durably(records).await?;
+        let (log_offsets, _unapplied) = self.append_durably(records).await?;
         let mut cache = self.offsets.lock();
         let group = cache.entry(group_id.to_string()).or_default();
         for ((partition, offset), log_offset) in offsets.iter().zip(log_offsets) {
@@ -123,7 +149,7 @@ impl OffsetStore {
             .iter()
             .map(|partition| Ok((encode_key(group_id, partition)?, None)))
             .collect::<Result<Vec<_>, GroupError>>()?;
-        let log_offsets = self.append_durably(records).await?;
+        let (log_offsets, _unapplied) = self.append_durably(records).await?;
         let mut cache = self.offsets.lock();
         if let Some(group) = cache.get_mut(group_id) {
             for (partition, log_offset) in partitions.iter().zip(log_offsets) {
@@ -224,16 +250,15 @@ impl OffsetStore {
     }
 
     /// Appends the records in as few batches as fit, waits for them to be durable and returns
-    /// each record's log offset, in order.
+    /// each record's log offset, in order, with the registration to drop once applied.
     async fn append_durably(
         &self,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<Vec<i64>, GroupError> {
+    ) -> Result<(Vec<i64>, Option<Unapplied<'_>>), GroupError> {
         let now = now_ms();
-        let mut log_offsets = Vec::with_capacity(records.len());
+        let mut batches = Vec::new();
         let mut builder = RecordBatchBuilder::new();
         let mut builder_bytes = 0;
-        let mut offset_end = 0;
         let count = records.len();
         for (index, (key, value)) in records.into_iter().enumerate() {
             builder_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 16;
@@ -244,14 +269,28 @@ impl OffsetStore {
                 ..Record::default()
             });
             if builder_bytes >= BATCH_BYTES_TARGET || index + 1 == count {
-                let mut batch = builder.build();
-                let info = self.log.append(&mut batch, 0, now).map_err(storage_error)?;
-                log_offsets.extend(info.base_offset..=info.last_offset);
-                offset_end = info.last_offset + 1;
+                batches.push(builder.build());
                 builder = RecordBatchBuilder::new();
                 builder_bytes = 0;
             }
         }
+        let mut log_offsets = Vec::with_capacity(count);
+        let mut unapplied = None;
+        {
+            let _gate = self.append_gate.lock();
+            for mut batch in batches {
+                let info = self.log.append(&mut batch, 0, now).map_err(storage_error)?;
+                if unapplied.is_none() {
+                    *self.unapplied.lock().entry(info.base_offset).or_insert(0) += 1;
+                    unapplied = Some(Unapplied {
+                        store: self,
+                        offset_first: info.base_offset,
+                    });
+                }
+                log_offsets.extend(info.base_offset..=info.last_offset);
+            }
+        }
+        let offset_end = log_offsets.last().map_or(0, |last| last + 1);
         if self.sync_on_commit && offset_end > 0 {
             let log = Arc::clone(&self.log);
             tokio::task::spawn_blocking(move || log.sync(offset_end))
@@ -259,8 +298,121 @@ impl OffsetStore {
                 .map_err(|e| GroupError::Storage(format!("offsets sync task failed: {e}")))?
                 .map_err(storage_error)?;
         }
-        Ok(log_offsets)
+        Ok((log_offsets, unapplied))
     }
+
+    fn live_count(&self) -> usize {
+        self.offsets
+            .lock()
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|cached| cached.value.is_some())
+            .count()
+    }
+
+    /// Compacts when the log is past `COMPACTION_BYTES_MIN` and dead records outnumber the
+    /// live offsets. Blocking (reads and writes the log): run it off the async workers.
+    /// Returns whether it compacted.
+    pub(crate) fn compact_if_needed(&self) -> Result<bool, BrokerError> {
+        let record_count = self.log.log_end_offset() - self.log.log_start_offset();
+        let live_count = self.live_count() as i64;
+        if self.log.size_bytes() < COMPACTION_BYTES_MIN || record_count <= 2 * live_count {
+            return Ok(false);
+        }
+        tracing::info!(
+            record_count,
+            live_count,
+            bytes = self.log.size_bytes(),
+            "compacting the consumer offsets log"
+        );
+        self.compact()?;
+        tracing::info!(
+            bytes = self.log.size_bytes(),
+            log_start_offset = self.log.log_start_offset(),
+            "compacted the consumer offsets log"
+        );
+        Ok(true)
+    }
+
+    /// Appends the newest value of every live key at the log's head, then moves the log start
+    /// to it: everything before is superseded and whole segments of it are deleted.
+    fn compact(&self) -> Result<(), BrokerError> {
+        // Most of the log is replayed without holding up commits.
+        let mut latest = HashMap::new();
+        let (replayed_to, _) = replay_range(&self.log, self.log.log_start_offset(), &mut latest)?;
+        let live_from = {
+            // From here no commit appends: make what was appended readable, replay the rest,
+            // and write the live set after it. Commits appended before the gate are in the
+            // replay whether or not they have been applied to memory yet.
+            let _gate = self.append_gate.lock();
+            let log_end = self.log.log_end_offset();
+            self.log.sync(log_end)?;
+            replay_range(&self.log, replayed_to, &mut latest)?;
+            append_live(&self.log, &latest)?;
+            log_end
+        };
+        self.log.sync(self.log.log_end_offset())?;
+        self.log.advance_log_start(live_from)?;
+        self.log.enforce_retention(now_ms())?;
+        Ok(())
+    }
+
+    /// Drops tombstones that no unapplied append is older than, and groups left without
+    /// entries: deleted groups and expired offsets give their memory back. Returns how many.
+    pub(crate) fn prune_tombstones(&self) -> usize {
+        let oldest_unapplied = self
+            .unapplied
+            .lock()
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(i64::MAX);
+        let mut pruned = 0;
+        self.offsets.lock().retain(|_, group| {
+            group.retain(|_, cached| {
+                let keep = cached.value.is_some() || cached.log_offset >= oldest_unapplied;
+                pruned += usize::from(!keep);
+                keep
+            });
+            !group.is_empty()
+        });
+        pruned
+    }
+}
+
+/// Appends every live offset of `offsets` to `log` (not synced).
+fn append_live(
+    log: &PartitionLog,
+    offsets: &HashMap<String, GroupOffsets>,
+) -> Result<(), BrokerError> {
+    let now = now_ms();
+    let mut builder = RecordBatchBuilder::new();
+    let mut builder_bytes = 0;
+    for (group_id, group) in offsets {
+        for (partition, cached) in group {
+            let Some(value) = &cached.value else { continue };
+            let (Ok(key), Ok(value)) = (encode_key(group_id, partition), encode_value(value))
+            else {
+                continue;
+            };
+            builder_bytes += key.len() + value.len() + 16;
+            builder.push(Record {
+                key: Some(key),
+                value: Some(value),
+                timestamp: now,
+                ..Record::default()
+            });
+            if builder_bytes >= BATCH_BYTES_TARGET {
+                log.append(&mut builder.build(), 0, now)?;
+                builder = RecordBatchBuilder::new();
+                builder_bytes = 0;
+            }
+        }
+    }
+    if !builder.is_empty() {
+        log.append(&mut builder.build(), 0, now)?;
+    }
+    Ok(())
 }
 
 fn storage_error(error: LogError) -> GroupError {
@@ -284,9 +436,20 @@ fn apply(
 
 /// Reads the whole log into memory; returns the live offsets and how many records were read.
 fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), BrokerError> {
-    let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
+    let mut offsets = HashMap::new();
+    let (_, record_count) = replay_range(log, log.log_start_offset(), &mut offsets)?;
+    Ok((offsets, record_count))
+}
+
+/// Applies the records from `from` to the high watermark onto `offsets`; returns the offset
+/// it stopped at and how many records it read.
+fn replay_range(
+    log: &PartitionLog,
+    from: i64,
+    offsets: &mut HashMap<String, GroupOffsets>,
+) -> Result<(i64, u64), BrokerError> {
     let mut record_count = 0u64;
-    let mut position = log.log_start_offset();
+    let mut position = from;
     let end = log.high_watermark();
     while position < end {
         let read = log.read(position, REPLAY_READ_BYTES)?;
@@ -340,7 +503,7 @@ fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), Br
         }
         position = next;
     }
-    Ok((offsets, record_count))
+    Ok((position, record_count))
 }
 
 fn compaction_dirs(dir: &Path) -> (PathBuf, PathBuf) {
@@ -373,56 +536,6 @@ fn recover_interrupted_compaction(dir: &Path) -> Result<(), BrokerError> {
             .map_err(|e| io("removing a partial offsets compaction", e))?;
     }
     Ok(())
-}
-
-/// Writes the live offsets to a fresh log and swaps it in for the one in `dir`.
-fn compact(
-    dir: &Path,
-    config: &LogConfig,
-    offsets: &HashMap<String, GroupOffsets>,
-) -> Result<PartitionLog, BrokerError> {
-    let (compacting, old) = compaction_dirs(dir);
-    let io = |context: &str, e: std::io::Error| BrokerError::Storage(format!("{context}: {e}"));
-    {
-        let fresh = PartitionLog::open(&compacting, config.clone())?;
-        let now = now_ms();
-        let mut builder = RecordBatchBuilder::new();
-        let mut builder_bytes = 0;
-        for (group_id, group) in offsets {
-            for (partition, cached) in group {
-                let Some(value) = &cached.value else { continue };
-                let (Ok(key), Ok(value)) = (encode_key(group_id, partition), encode_value(value))
-                else {
-                    continue;
-                };
-                builder_bytes += key.len() + value.len() + 16;
-                builder.push(Record {
-                    key: Some(key),
-                    value: Some(value),
-                    timestamp: now,
-                    ..Record::default()
-                });
-                if builder_bytes >= BATCH_BYTES_TARGET {
-                    fresh.append(&mut builder.build(), 0, now)?;
-                    builder = RecordBatchBuilder::new();
-                    builder_bytes = 0;
-                }
-            }
-        }
-        if !builder.is_empty() {
-            fresh.append(&mut builder.build(), 0, now)?;
-        }
-        fresh.flush()?;
-    }
-    fs::rename(dir, &old).map_err(|e| io("moving the old offsets log aside", e))?;
-    fs::rename(&compacting, dir).map_err(|e| io("installing the compacted offsets log", e))?;
-    if let Some(parent) = dir.parent() {
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the internal directory", e))?;
-    }
-    fs::remove_dir_all(&old).map_err(|e| io("removing the old offsets log", e))?;
-    Ok(PartitionLog::open(dir, config.clone())?)
 }
 
 fn put_str(buf: &mut Vec<u8>, text: &str) -> Result<(), GroupError> {
@@ -589,7 +702,12 @@ mod tests {
             assert!(store.log.size_bytes() >= COMPACTION_BYTES_MIN);
         }
         let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
-        assert!(store.log.size_bytes() < 1 << 20, "log was not compacted");
+        // What is left: at most the segment the live copies start in, and the copies.
+        assert!(
+            store.log.size_bytes() < SEGMENT_BYTES_MAX + (1 << 20),
+            "log was not compacted: {} bytes",
+            store.log.size_bytes()
+        );
         for p in 0..8 {
             assert_eq!(store.fetch("g", &tp("t", p)).map(|o| o.offset), Some(649));
         }
@@ -616,5 +734,136 @@ mod tests {
         let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
         assert_eq!(store.fetch("g", &tp("t", 0)), Some(committed(11)));
         assert!(!old.exists() && !compacting.exists());
+    }
+
+    /// Overwrites of 8 keys with 4 KB of metadata each: `rounds` x 32 KB of log.
+    async fn overwrite(store: &OffsetStore, group_id: &str, rounds: i64) {
+        let metadata = "x".repeat(4000);
+        for round in 0..rounds {
+            let offsets: Vec<_> = (0..8)
+                .map(|p| {
+                    (
+                        tp("t", p),
+                        OffsetAndMetadata {
+                            metadata: metadata.clone(),
+                            ..committed(round)
+                        },
+                    )
+                })
+                .collect();
+            store.commit(group_id, &offsets).await.unwrap();
+        }
+    }
+
+    /// Compaction while commits keep arriving: the log shrinks, and every acknowledged offset
+    /// (the live ones, and those committed during the compaction) survives it and a reopen,
+    /// while a deleted group stays deleted. Before, the log only shrank on open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_while_serving_keeps_every_acknowledged_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consumer_offsets");
+        let store = Arc::new(OffsetStore::open(&path, LogConfig::default()).unwrap());
+        store
+            .commit("deleted", &[(tp("d", 0), committed(1))])
+            .await
+            .unwrap();
+        store.delete_group("deleted").await.unwrap();
+        overwrite(&store, "g", 650).await;
+        let size_before = store.log.size_bytes();
+        assert!(size_before >= COMPACTION_BYTES_MIN);
+
+        let committer = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    store
+                        .commit("live", &[(tp("l", i % 4), committed(i as i64))])
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let compactor = Arc::clone(&store);
+        let compacted = tokio::task::spawn_blocking(move || compactor.compact_if_needed())
+            .await
+            .unwrap()
+            .unwrap();
+        committer.await.unwrap();
+        assert!(compacted);
+        assert!(
+            store.log.size_bytes() < SEGMENT_BYTES_MAX + (2 << 20),
+            "{} bytes left of {size_before}",
+            store.log.size_bytes()
+        );
+        // Nothing is left to compact.
+        assert!(!store.compact_if_needed().unwrap());
+
+        let check = |store: &OffsetStore| {
+            for p in 0..8 {
+                assert_eq!(store.fetch("g", &tp("t", p)).map(|o| o.offset), Some(649));
+            }
+            for p in 0..4 {
+                assert_eq!(
+                    store.fetch("live", &tp("l", p)).map(|o| o.offset),
+                    Some(196 + p as i64)
+                );
+            }
+            assert_eq!(store.fetch("deleted", &tp("d", 0)), None);
+        };
+        check(&store);
+        drop(store);
+        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        check(&store);
+        let mut groups = store.groups();
+        groups.sort();
+        assert_eq!(groups, vec!["g".to_string(), "live".to_string()]);
+    }
+
+    /// A deleted group's tombstones leave memory once no older commit can still land (before,
+    /// every group ever deleted kept an entry per partition for the broker's life).
+    #[tokio::test]
+    async fn deleted_groups_free_their_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            OffsetStore::open(&dir.path().join("consumer_offsets"), LogConfig::default()).unwrap();
+        for group in 0..100 {
+            let group_id = format!("g{group}");
+            store
+                .commit(
+                    &group_id,
+                    &[(tp("t", 0), committed(1)), (tp("t", 1), committed(2))],
+                )
+                .await
+                .unwrap();
+            store.delete_group(&group_id).await.unwrap();
+        }
+        store
+            .commit("kept", &[(tp("t", 0), committed(3))])
+            .await
+            .unwrap();
+        assert_eq!(store.offsets.lock().len(), 101);
+        assert_eq!(store.prune_tombstones(), 200);
+        assert_eq!(store.offsets.lock().len(), 1);
+        assert_eq!(store.fetch("kept", &tp("t", 0)), Some(committed(3)));
+    }
+
+    /// A tombstone stays while an older commit is appended but not yet applied: that commit
+    /// must not bring the deleted offset back into memory when it lands.
+    #[test]
+    fn a_tombstone_outlives_older_unapplied_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            OffsetStore::open(&dir.path().join("consumer_offsets"), LogConfig::default()).unwrap();
+        let mut cache = HashMap::new();
+        apply(&mut cache, tp("t", 0), 10, None);
+        store.offsets.lock().insert("g".into(), cache);
+        let older = Unapplied {
+            store: &store,
+            offset_first: 9,
+        };
+        *store.unapplied.lock().entry(9).or_insert(0) += 1;
+        assert_eq!(store.prune_tombstones(), 0);
+        drop(older);
+        assert_eq!(store.prune_tombstones(), 1);
     }
 }

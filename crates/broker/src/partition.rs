@@ -67,8 +67,10 @@ impl Partition {
     ) -> Result<Arc<Partition>, BrokerError> {
         let log = Arc::new(PartitionLog::open(dir, config)?);
         let mut producers = ProducerStateTable::default();
+        let now = now_ms();
         for header in log.batch_headers_from(log.log_start_offset())? {
-            producers.record(&header);
+            // The batch's timestamp stands in for its append time (Kafka does the same).
+            producers.record(&header, header.max_timestamp.min(now));
         }
         let group_commit = GroupCommit::new(Arc::clone(&log), Arc::clone(&data_ready));
         let partition = Arc::new(Partition {
@@ -149,7 +151,7 @@ impl Partition {
                 None => {
                     let info = self.log.append(&mut records, 0, now)?;
                     for batch in &info.batches {
-                        producers.record(batch);
+                        producers.record(batch, now);
                     }
                     (info.base_offset, info.last_offset + 1)
                 }
@@ -218,6 +220,17 @@ impl Partition {
                 "delete records task failed: {error}"
             ))),
         }
+    }
+
+    /// Forgets idempotent producers that have not appended for `expiration_ms`
+    /// (`producer.id.expiration.ms`); returns how many.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producers.lock().expire(now_ms, expiration_ms)
+    }
+
+    /// Idempotent producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.producers.lock().producer_count()
     }
 
     /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).
@@ -321,5 +334,54 @@ mod tests {
             .await
             .expect("produce");
         assert_eq!((outcome.base_offset, outcome.log_start_offset), (5, 5));
+    }
+
+    fn idempotent_records(producer_id: i64, base_sequence: i32) -> BytesMut {
+        let mut builder = RecordBatchBuilder::new();
+        builder
+            .producer(producer_id, 0, base_sequence)
+            .push(Record {
+                timestamp: 1_000,
+                value: Some(b"v".to_vec()),
+                ..Record::default()
+            });
+        BytesMut::from(&builder.build()[..])
+    }
+
+    /// `producer.id.expiration.ms`: an idle producer's state is dropped on the housekeeping
+    /// tick, and the producer is then accepted as a new one (any sequence, as Kafka).
+    #[tokio::test]
+    async fn idle_producer_ids_expire_and_are_then_accepted_as_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = BrokerConfig::new(dir.path().to_path_buf());
+        config.producer_id_expiration_ms = 60_000;
+        let broker = Broker::open(config).expect("broker");
+        let topic = broker
+            .create_topic("t", 1, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        for producer_id in 0..3 {
+            partition
+                .produce(idempotent_records(producer_id, 0), Acks::All)
+                .await
+                .expect("produce");
+        }
+        assert_eq!(partition.producer_count(), 3);
+        // Not idle long enough: the sequence is still checked.
+        broker.enforce_retention();
+        assert_eq!(partition.producer_count(), 3);
+        assert!(matches!(
+            partition.produce(idempotent_records(0, 7), Acks::All).await,
+            Err(BrokerError::OutOfOrderSequence(_))
+        ));
+
+        assert_eq!(partition.expire_producers(now_ms() + 60_000, 60_000), 3);
+        assert_eq!(partition.producer_count(), 0);
+        let outcome = partition
+            .produce(idempotent_records(0, 7), Acks::All)
+            .await
+            .expect("an expired producer is accepted as a new one");
+        assert_eq!(outcome.base_offset, 3);
+        assert_eq!(partition.producer_count(), 1);
     }
 }

@@ -1,6 +1,11 @@
 //! Idempotent-producer state of one partition: for each producer id, its epoch and the last few
 //! batches it wrote, so a retried batch is acknowledged with its original offset instead of being
 //! written twice, and a gap in sequence numbers is refused. Rebuilt from the log on start.
+//!
+//! A producer that has not appended for `producer.id.expiration.ms` is forgotten (`expire`), so
+//! the table stays bounded however many producers come and go. A producer the table does not
+//! know (new, expired, or whose batches retention deleted) is accepted at any sequence, as Kafka
+//! does since KIP-360: only a known producer's sequence can be checked.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,6 +27,8 @@ struct BatchMetadata {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchMetadata>,
+    /// When this producer last appended (broker clock; the batch timestamp when replayed).
+    last_append_ms: i64,
 }
 
 /// What to do with an incoming batch.
@@ -53,13 +60,7 @@ impl ProducerStateTable {
             return Ok(SequenceCheck::Append);
         }
         let Some(entry) = self.producers.get(&batch.producer_id) else {
-            if batch.base_sequence == 0 {
-                return Ok(SequenceCheck::Append);
-            }
-            return Err(BrokerError::OutOfOrderSequence(format!(
-                "producer {} is unknown here and its first batch has sequence {} (expected 0)",
-                batch.producer_id, batch.base_sequence
-            )));
+            return Ok(SequenceCheck::Append);
         };
         if batch.producer_epoch < entry.epoch {
             return Err(BrokerError::InvalidProducerEpoch(format!(
@@ -101,12 +102,14 @@ impl ProducerStateTable {
         }
     }
 
-    /// Records a batch that was appended (with its assigned base offset), or replayed from the log.
-    pub fn record(&mut self, batch: &BatchHeader) {
+    /// Records a batch that was appended at `now_ms` (with its assigned base offset), or
+    /// replayed from the log (then `now_ms` is the batch's own timestamp).
+    pub fn record(&mut self, batch: &BatchHeader, now_ms: i64) {
         if batch.producer_id < 0 || batch.base_sequence < 0 {
             return;
         }
         let entry = self.producers.entry(batch.producer_id).or_default();
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
             entry.batches.clear();
@@ -119,6 +122,21 @@ impl ProducerStateTable {
         while entry.batches.len() > BATCHES_REMEMBERED {
             entry.batches.pop_front();
         }
+    }
+}
+
+impl ProducerStateTable {
+    /// Forgets producers whose last append is `expiration_ms` or more before `now_ms`
+    /// (`producer.id.expiration.ms`); returns how many.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let count_before = self.producers.len();
+        self.producers
+            .retain(|_, entry| now_ms.saturating_sub(entry.last_append_ms) < expiration_ms);
+        count_before - self.producers.len()
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
     }
 }
 
@@ -149,7 +167,7 @@ mod tests {
         let mut table = ProducerStateTable::default();
         let first = batch(7, 0, 0, 10, 100);
         assert_eq!(table.check(&first).ok(), Some(SequenceCheck::Append));
-        table.record(&first);
+        table.record(&first, 0);
         assert_eq!(
             table.check(&batch(7, 0, 0, 10, -1)).ok(),
             Some(SequenceCheck::Duplicate { offset_first: 100 })
@@ -163,13 +181,9 @@ mod tests {
     #[test]
     fn sequence_gap_is_out_of_order() {
         let mut table = ProducerStateTable::default();
-        table.record(&batch(7, 0, 0, 10, 0));
+        table.record(&batch(7, 0, 0, 10, 0), 0);
         assert!(matches!(
             table.check(&batch(7, 0, 11, 1, -1)),
-            Err(BrokerError::OutOfOrderSequence(_))
-        ));
-        assert!(matches!(
-            table.check(&batch(8, 0, 3, 1, -1)),
             Err(BrokerError::OutOfOrderSequence(_))
         ));
     }
@@ -177,7 +191,7 @@ mod tests {
     #[test]
     fn older_epoch_is_fenced_and_new_epoch_restarts_at_zero() {
         let mut table = ProducerStateTable::default();
-        table.record(&batch(7, 2, 0, 1, 0));
+        table.record(&batch(7, 2, 0, 1, 0), 0);
         assert!(matches!(
             table.check(&batch(7, 1, 1, 1, -1)),
             Err(BrokerError::InvalidProducerEpoch(_))
@@ -196,12 +210,48 @@ mod tests {
     fn only_the_last_five_batches_are_remembered() {
         let mut table = ProducerStateTable::default();
         for i in 0..7 {
-            table.record(&batch(1, 0, i, 1, i as i64));
+            table.record(&batch(1, 0, i, 1, i as i64), 0);
         }
         assert!(table.check(&batch(1, 0, 0, 1, -1)).is_err());
         assert_eq!(
             table.check(&batch(1, 0, 6, 1, -1)).ok(),
             Some(SequenceCheck::Duplicate { offset_first: 6 })
         );
+    }
+
+    /// Kafka (KIP-360): a producer the partition does not know may start at any sequence, so
+    /// a producer whose state expired or was deleted with its batches is not stuck.
+    #[test]
+    fn unknown_producer_is_accepted_at_any_sequence() {
+        let table = ProducerStateTable::default();
+        assert_eq!(
+            table.check(&batch(8, 0, 3, 1, -1)).ok(),
+            Some(SequenceCheck::Append)
+        );
+    }
+
+    #[test]
+    fn producers_idle_past_the_expiration_are_forgotten() {
+        let mut table = ProducerStateTable::default();
+        table.record(&batch(1, 0, 0, 1, 0), 1_000);
+        table.record(&batch(2, 0, 0, 1, 1), 5_000);
+        assert_eq!(table.expire(10_999, 10_000), 0);
+        assert_eq!(table.expire(11_000, 10_000), 1);
+        assert_eq!(table.producer_count(), 1);
+        // The forgotten producer is a new one again: any sequence is accepted, no duplicate
+        // is found; the remembered one still gets its duplicate.
+        assert_eq!(
+            table.check(&batch(1, 0, 0, 1, -1)).ok(),
+            Some(SequenceCheck::Append)
+        );
+        assert_eq!(
+            table.check(&batch(2, 0, 0, 1, -1)).ok(),
+            Some(SequenceCheck::Duplicate { offset_first: 1 })
+        );
+        // An append refreshes the clock.
+        table.record(&batch(2, 0, 1, 1, 2), 20_000);
+        assert_eq!(table.expire(29_999, 10_000), 0);
+        assert_eq!(table.expire(30_000, 10_000), 1);
+        assert_eq!(table.producer_count(), 0);
     }
 }

@@ -6,12 +6,19 @@
 //! later requests, and the writer sends the responses strictly in request order. So one
 //! producer connection with many requests in flight shares group commits instead of paying
 //! one fdatasync per request.
+//!
+//! Memory: a frame's size is checked against `request_bytes_max` and its bytes reserved in the
+//! shared budget before it is read; a fetch response's records stay charged to the same budget
+//! until the response is written. A connection that sends nothing for
+//! `connection_idle_ms_max` while no request of it is in progress is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -19,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -44,6 +51,8 @@ pub enum ConnectionError {
     Unsupported { api_key: i16, api_version: i16 },
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("no request for {0} ms")]
+    Idle(u64),
     #[error("could not encode the response: {0}")]
     Encode(String),
     #[error(transparent)]
@@ -74,19 +83,124 @@ impl RequestMemory {
         Arc::clone(&self.kib).acquire_many_owned(kib).await.ok()
     }
 
+    /// Up to `bytes` of the budget without waiting (at least 1 KiB, or `None` when nothing
+    /// is free), with how many bytes it covers. Never waiting keeps a response from blocking on
+    /// memory that only responses queued behind it would give back.
+    fn try_reserve_up_to(&self, bytes: usize) -> Option<(OwnedSemaphorePermit, usize)> {
+        let kib_wanted = bytes.div_ceil(1024).clamp(1, self.kib_total);
+        let kib = kib_wanted.min(self.kib.available_permits());
+        let permit = Arc::clone(&self.kib)
+            .try_acquire_many_owned(u32::try_from(kib).ok()?)
+            .ok()?;
+        Some((permit, kib * 1024))
+    }
+
+    /// Resizes `permit` to cover `bytes`: the unused part goes back; a shortfall (a first batch
+    /// larger than what was reserved) is taken if free, else the response runs over by it.
+    fn fit(&self, mut permit: OwnedSemaphorePermit, bytes: usize) -> OwnedSemaphorePermit {
+        let kib_needed = bytes.div_ceil(1024).max(1);
+        let kib_held = permit.num_permits();
+        if kib_needed < kib_held {
+            drop(permit.split(kib_held - kib_needed));
+        } else if kib_needed > kib_held {
+            if let Some(extra) = u32::try_from(kib_needed - kib_held)
+                .ok()
+                .and_then(|kib| Arc::clone(&self.kib).try_acquire_many_owned(kib).ok())
+            {
+                permit.merge(extra);
+            }
+        }
+        permit
+    }
+
     #[cfg(test)]
     fn kib_available(&self) -> usize {
         self.kib.available_permits()
     }
 }
 
+/// One connection's access to the memory budget for its responses.
+#[derive(Clone)]
+pub(crate) struct ResponseMemory {
+    budget: Arc<RequestMemory>,
+    /// Held by the fetch whose response is not yet written.
+    fetch_slot: Arc<Semaphore>,
+}
+
+impl ResponseMemory {
+    fn new(budget: Arc<RequestMemory>) -> ResponseMemory {
+        ResponseMemory {
+            budget,
+            fetch_slot: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Waits until this connection's previous fetch response has been written. Requests start
+    /// in order, so fetches take the slot in request order and never wait on a later one.
+    pub(crate) async fn fetch_slot(&self) -> ResponseHold {
+        ResponseHold {
+            _fetch_slot: Arc::clone(&self.fetch_slot).acquire_owned().await.ok(),
+            memory: None,
+        }
+    }
+
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<(OwnedSemaphorePermit, usize)> {
+        self.budget.try_reserve_up_to(bytes)
+    }
+
+    pub(crate) fn fit(&self, permit: OwnedSemaphorePermit, bytes: usize) -> OwnedSemaphorePermit {
+        self.budget.fit(permit, bytes)
+    }
+}
+
+/// What a response holds until it has been written: its fetch slot and its memory.
+#[derive(Default)]
+pub(crate) struct ResponseHold {
+    _fetch_slot: Option<OwnedSemaphorePermit>,
+    pub(crate) memory: Option<OwnedSemaphorePermit>,
+}
+
+/// A framed response, with what it holds until written.
+struct Response {
+    bytes: Bytes,
+    hold: ResponseHold,
+    _in_flight: Option<InFlight>,
+}
+
+impl Response {
+    fn new(bytes: Bytes, hold: ResponseHold) -> Response {
+        Response {
+            bytes,
+            hold,
+            _in_flight: None,
+        }
+    }
+}
+
 /// A started request: resolves to its framed response (`None` for acks=0 produce).
-type PendingResponse = Pin<Box<dyn Future<Output = Result<Option<Bytes>, ConnectionError>> + Send>>;
+type PendingResponse =
+    Pin<Box<dyn Future<Output = Result<Option<Response>, ConnectionError>> + Send>>;
+
+/// Counts a connection's requests from start until their response is written (or dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    context: RequestContext,
+    mut context: RequestContext,
     request_memory: Arc<RequestMemory>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
@@ -97,13 +211,30 @@ pub async fn serve_connection(
     let (pending_sender, pending_receiver) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
     let writer = tokio::spawn(write_responses(write_half, pending_receiver));
     tracing::debug!(%peer, "kafka connection opened");
+    context.response_memory = Some(ResponseMemory::new(Arc::clone(&request_memory)));
     let mut context = Arc::new(context);
+    let idle_ms_max = context.config.connection_idle_ms_max;
+    let idle_max = Duration::from_millis(idle_ms_max);
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let read_result = async {
         loop {
-            let size = match reader.read_i32().await {
-                Ok(size) => size,
-                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(error) => return Err(ConnectionError::Io(error)),
+            // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
+            // so waiting on again after a timeout loses no bytes.
+            match tokio::time::timeout(idle_max, reader.fill_buf()).await {
+                Ok(Ok([])) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(ConnectionError::Io(error)),
+                Err(_) if in_flight.load(Ordering::Acquire) > 0 => continue,
+                Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
+            }
+            // A frame that starts must arrive within the idle time too (no slow drip of bytes).
+            let size = match tokio::time::timeout(idle_max, reader.read_i32()).await {
+                Ok(Ok(size)) => size,
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
+                Ok(Err(error)) => return Err(ConnectionError::Io(error)),
+                Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
             };
             if size < REQUEST_HEADER_BYTES_MIN as i32
                 || size as usize > context.config.request_bytes_max
@@ -115,12 +246,19 @@ pub async fn serve_connection(
                 return Ok(());
             };
             let mut frame = BytesMut::zeroed(size as usize);
-            reader.read_exact(&mut frame).await?;
-            let started = start_request(&mut context, frame.freeze())?;
+            match tokio::time::timeout(idle_max, reader.read_exact(&mut frame)).await {
+                Ok(read) => read?,
+                Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
+            };
+            let started = InFlight::start(&in_flight);
+            let response = start_request(&mut context, frame.freeze())?;
             let pending: PendingResponse = Box::pin(async move {
-                let response = started.await;
+                let response = response.await;
                 drop(reserved);
-                response
+                Ok(response?.map(|response| Response {
+                    _in_flight: Some(started),
+                    ..response
+                }))
             });
             if pending_sender.send(pending).await.is_err() {
                 // The writer stopped (the client went away): nothing more to answer.
@@ -139,6 +277,9 @@ pub async fn serve_connection(
     };
     match read_result.and(write_result) {
         Ok(()) => tracing::debug!(%peer, "kafka connection closed by client"),
+        Err(ConnectionError::Idle(idle_ms)) => {
+            tracing::debug!(%peer, idle_ms, "closing idle kafka connection")
+        }
         Err(ConnectionError::Io(error)) => {
             tracing::debug!(%peer, %error, "kafka connection I/O error")
         }
@@ -152,8 +293,10 @@ async fn write_responses(
     mut pending: mpsc::Receiver<PendingResponse>,
 ) -> Result<(), ConnectionError> {
     while let Some(response) = pending.recv().await {
-        if let Some(bytes) = response.await? {
-            writer.write_all(&bytes).await?;
+        if let Some(response) = response.await? {
+            writer.write_all(&response.bytes).await?;
+            // Its memory and fetch slot are given back only now that it is written.
+            drop(response.hold);
         }
     }
     Ok(())
@@ -179,6 +322,7 @@ fn start_request(
         } else {
             unsupported_version(context, api_key_code, api_version, correlation_id, frame)?
         };
+        let response = Response::new(response, ResponseHold::default());
         return Ok(Box::pin(std::future::ready(Ok(Some(response)))));
     }
     // Supported implies the key is known to the codec.
@@ -195,6 +339,7 @@ fn start_request(
                 config: Arc::clone(&context.config),
                 client_id: client_id.to_string(),
                 client_host: context.client_host.clone(),
+                response_memory: context.response_memory.clone(),
             });
         }
     }
@@ -210,10 +355,12 @@ fn start_request(
     }
     let context = Arc::clone(context);
     let mut response: PendingResponse = Box::pin(async move {
-        let Some(response) = dispatch(&context, api_version, request).await else {
+        let mut hold = ResponseHold::default();
+        let Some(response) = dispatch(&context, api_version, request, &mut hold).await else {
             return Ok(None);
         };
-        encode_response(correlation_id, api_key, api_version, &response).map(Some)
+        let bytes = encode_response(correlation_id, api_key, api_version, &response)?;
+        Ok(Some(Response::new(bytes, hold)))
     });
     // The first poll runs the handler's synchronous part now, in request order. Polling with a
     // no-op waker is fine: the writer polls again with its own, which every future re-registers.
@@ -287,10 +434,12 @@ pub(crate) fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
 }
 
 /// Routes a decoded request to its handler. `None` means "send no response" (acks=0 produce).
+/// `hold` receives what the response must keep until it is written.
 async fn dispatch(
     context: &RequestContext,
     version: i16,
     request: RequestKind,
+    hold: &mut ResponseHold,
 ) -> Option<ResponseKind> {
     use handlers::*;
     let response = match request {
@@ -303,7 +452,11 @@ async fn dispatch(
                 .await
                 .map(ResponseKind::Produce)
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(context, version, r).await),
+        RequestKind::Fetch(r) => {
+            let (response, fetch_hold) = fetch::fetch(context, version, r).await;
+            *hold = fetch_hold;
+            ResponseKind::Fetch(response)
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::list_offsets(context, version, r).await)
         }
@@ -383,6 +536,9 @@ async fn dispatch(
 }
 
 #[cfg(test)]
+mod limit_tests;
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -400,7 +556,7 @@ mod tests {
         context: &mut Arc<RequestContext>,
         frame: Bytes,
     ) -> Result<Option<Bytes>, ConnectionError> {
-        start_request(context, frame)?.await
+        Ok(start_request(context, frame)?.await?.map(|r| r.bytes))
     }
 
     fn context(dir: &std::path::Path) -> Arc<RequestContext> {
@@ -409,13 +565,13 @@ mod tests {
         Arc::new(RequestContext {
             broker: Broker::open(config).expect("broker opens"),
             config: Arc::new(KafkaConfig {
-                advertised_host: "127.0.0.1".into(),
-                advertised_port: 9092,
                 request_bytes_max: 1 << 20,
                 queued_request_bytes_max: 64 << 20,
+                ..KafkaConfig::new("127.0.0.1".into(), 9092)
             }),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
+            response_memory: None,
         })
     }
 
@@ -684,6 +840,7 @@ mod tests {
             config: Arc::clone(&context.config),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
+            response_memory: None,
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

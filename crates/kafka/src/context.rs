@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use sluice_broker::Broker;
 
+use crate::connection::ResponseMemory;
+
 /// Listener-level settings of the Kafka front end.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -10,9 +12,44 @@ pub struct KafkaConfig {
     pub advertised_port: i32,
     /// Largest request frame accepted (`socket.request.max.bytes`); larger closes the connection.
     pub request_bytes_max: usize,
-    /// Bytes of request frames all connections together may hold while their requests are in
-    /// progress (Kafka's `queued.max.request.bytes`); readers wait when it is spent.
+    /// Bytes of request frames and of fetch responses waiting to be written that all
+    /// connections together may hold (Kafka's `queued.max.request.bytes` for requests): readers
+    /// wait when it is spent, fetches answer with less data.
     pub queued_request_bytes_max: usize,
+    /// Most record bytes one Fetch response carries, whatever the request asks (Kafka's
+    /// `fetch.max.bytes`); only a first batch larger than this is sent whole (KIP-74).
+    pub fetch_bytes_max: usize,
+    /// A connection that sends no request for this long is closed (`connections.max.idle.ms`).
+    pub connection_idle_ms_max: u64,
+    /// Connections the listener serves at once (Kafka's `max.connections`); one more is
+    /// accepted and closed at once.
+    pub connections_max: usize,
+}
+
+impl KafkaConfig {
+    /// Kafka's `socket.request.max.bytes`.
+    pub const REQUEST_BYTES_MAX_DEFAULT: usize = 100 << 20;
+    /// Kafka's `queued.max.request.bytes` is unbounded by default; 512 MiB is ours.
+    pub const QUEUED_REQUEST_BYTES_MAX_DEFAULT: usize = 512 << 20;
+    /// Kafka's `fetch.max.bytes`: 55 MiB.
+    pub const FETCH_BYTES_MAX_DEFAULT: usize = 57_671_680;
+    /// Kafka's `connections.max.idle.ms`: 10 minutes.
+    pub const CONNECTION_IDLE_MS_MAX_DEFAULT: u64 = 600_000;
+    /// Kafka's `max.connections` is unlimited by default; ours is generous but finite.
+    pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+    /// Defaults for everything but where clients are told to connect.
+    pub fn new(advertised_host: String, advertised_port: i32) -> KafkaConfig {
+        KafkaConfig {
+            advertised_host,
+            advertised_port,
+            request_bytes_max: Self::REQUEST_BYTES_MAX_DEFAULT,
+            queued_request_bytes_max: Self::QUEUED_REQUEST_BYTES_MAX_DEFAULT,
+            fetch_bytes_max: Self::FETCH_BYTES_MAX_DEFAULT,
+            connection_idle_ms_max: Self::CONNECTION_IDLE_MS_MAX_DEFAULT,
+            connections_max: Self::CONNECTIONS_MAX_DEFAULT,
+        }
+    }
 }
 
 /// What every request handler gets: the broker, the listener config and who is asking.
@@ -21,4 +58,7 @@ pub struct RequestContext {
     pub config: Arc<KafkaConfig>,
     pub client_id: String,
     pub client_host: String,
+    /// The connection's share of the memory budget for responses (`None`: not accounted, for
+    /// handlers called without a connection).
+    pub(crate) response_memory: Option<ResponseMemory>,
 }

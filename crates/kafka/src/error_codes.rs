@@ -18,6 +18,7 @@ pub fn broker_error_code(error: &BrokerError) -> i16 {
         BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         BrokerError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
+        BrokerError::ProducerFenced(_) => ResponseError::ProducerFenced,
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

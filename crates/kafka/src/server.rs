@@ -1,12 +1,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sluice_broker::Broker;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::connection::{serve_connection, RequestMemory};
 use crate::{KafkaConfig, RequestContext};
+
+/// At most one warning per this period about connections refused over the limit.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The Kafka listener: accepts connections and serves each on its own task.
 pub struct KafkaServer {
@@ -14,6 +18,8 @@ pub struct KafkaServer {
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
     request_memory: Arc<RequestMemory>,
+    /// One permit per connection being served (`connections_max`).
+    connections: Arc<Semaphore>,
 }
 
 impl KafkaServer {
@@ -24,11 +30,15 @@ impl KafkaServer {
     ) -> std::io::Result<KafkaServer> {
         let listener = TcpListener::bind(address).await?;
         let request_memory = Arc::new(RequestMemory::new(config.queued_request_bytes_max));
+        let connections = Arc::new(Semaphore::new(
+            config.connections_max.min(Semaphore::MAX_PERMITS),
+        ));
         Ok(KafkaServer {
             listener,
             broker,
             config: Arc::new(config),
             request_memory,
+            connections,
         })
     }
 
@@ -37,23 +47,44 @@ impl KafkaServer {
     }
 
     /// Serves until `shutdown` turns true; open connections are dropped with the runtime.
+    ///
+    /// A connection over `connections_max` is accepted and closed at once, with a warning
+    /// (Kafka instead stops accepting until one closes; closing lets the client see it now).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut refused_since_warning = 0u64;
+        let mut last_warning: Option<Instant> = None;
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(connection) = Arc::clone(&self.connections).try_acquire_owned()
+                        else {
+                            drop(stream);
+                            refused_since_warning += 1;
+                            if last_warning.is_none_or(|at| at.elapsed() >= REFUSED_WARN_INTERVAL) {
+                                tracing::warn!(
+                                    %peer,
+                                    refused = refused_since_warning,
+                                    connections_max = self.config.connections_max,
+                                    "kafka connection limit reached: closing new connections"
+                                );
+                                refused_since_warning = 0;
+                                last_warning = Some(Instant::now());
+                            }
+                            continue;
+                        };
                         let context = RequestContext {
                             broker: Arc::clone(&self.broker),
                             config: Arc::clone(&self.config),
                             client_id: String::new(),
                             client_host: peer.ip().to_string(),
+                            response_memory: None,
                         };
-                        tokio::spawn(serve_connection(
-                            stream,
-                            peer,
-                            context,
-                            Arc::clone(&self.request_memory),
-                        ));
+                        let request_memory = Arc::clone(&self.request_memory);
+                        tokio::spawn(async move {
+                            serve_connection(stream, peer, context, request_memory).await;
+                            drop(connection);
+                        });
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.

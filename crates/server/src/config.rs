@@ -73,6 +73,26 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_QUEUED_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub queued_max_request_bytes: Option<usize>,
 
+    /// Most record bytes in one Fetch response, whatever the client asks; a first batch
+    /// larger than this is still sent (fetch.max.bytes) [default: 57671680]
+    #[arg(long, env = "SLUICE_FETCH_MAX_BYTES", value_name = "BYTES")]
+    pub fetch_max_bytes: Option<usize>,
+
+    /// Close a Kafka connection that sends no request for this long (connections.max.idle.ms)
+    /// [default: 600000]
+    #[arg(long, env = "SLUICE_CONNECTIONS_MAX_IDLE_MS", value_name = "MS")]
+    pub connections_max_idle_ms: Option<u64>,
+
+    /// Kafka connections served at once; one more is accepted and closed at once with a
+    /// warning (max.connections) [default: 10000]
+    #[arg(long, env = "SLUICE_KAFKA_MAX_CONNECTIONS", value_name = "N")]
+    pub kafka_max_connections: Option<usize>,
+
+    /// Forget an idempotent producer's sequence state after this long without a write
+    /// (producer.id.expiration.ms) [default: 86400000]
+    #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS", value_name = "MS")]
+    pub producer_id_expiration_ms: Option<i64>,
+
     /// Default durability: `batch` (group-committed fdatasync before acknowledging),
     /// `interval:<ms>` or `never`; topics override it with their `fsync` config [default: batch]
     #[arg(long, env = "SLUICE_FSYNC", value_name = "POLICY")]
@@ -194,6 +214,10 @@ impl ServeArgs {
                 message_max_bytes,
                 request_max_bytes,
                 queued_max_request_bytes,
+                fetch_max_bytes,
+                connections_max_idle_ms,
+                kafka_max_connections,
+                producer_id_expiration_ms,
                 fsync,
                 segment_bytes,
                 segment_ms,
@@ -257,6 +281,13 @@ impl ServeArgs {
         if let Some(interval) = self.retention_check_interval_ms {
             broker.retention_check_interval_ms = interval;
         }
+        if let Some(expiration_ms) = self.producer_id_expiration_ms {
+            anyhow::ensure!(
+                expiration_ms >= 1,
+                "--producer-id-expiration-ms must be at least 1"
+            );
+            broker.producer_id_expiration_ms = expiration_ms;
+        }
         let kafka_listen = self
             .kafka_listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
@@ -267,18 +298,39 @@ impl ServeArgs {
                 kafka_listen.ip().to_string()
             }
         });
-        let request_bytes_max = self.request_max_bytes.unwrap_or(100 * 1024 * 1024);
-        let queued_request_bytes_max = self.queued_max_request_bytes.unwrap_or(512 * 1024 * 1024);
+        let request_bytes_max = self
+            .request_max_bytes
+            .unwrap_or(KafkaConfig::REQUEST_BYTES_MAX_DEFAULT);
+        let queued_request_bytes_max = self
+            .queued_max_request_bytes
+            .unwrap_or(KafkaConfig::QUEUED_REQUEST_BYTES_MAX_DEFAULT);
         anyhow::ensure!(
             queued_request_bytes_max >= request_bytes_max,
             "--queued-max-request-bytes ({queued_request_bytes_max}) must be at least \
              --request-max-bytes ({request_bytes_max}), or a largest request could never be read"
         );
+        let fetch_bytes_max = self
+            .fetch_max_bytes
+            .unwrap_or(KafkaConfig::FETCH_BYTES_MAX_DEFAULT);
+        anyhow::ensure!(
+            fetch_bytes_max >= 1024,
+            "--fetch-max-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.connections_max_idle_ms != Some(0) && self.kafka_max_connections != Some(0),
+            "--connections-max-idle-ms and --kafka-max-connections must be at least 1"
+        );
         let kafka = KafkaConfig {
-            advertised_host,
-            advertised_port: kafka_listen.port() as i32,
             request_bytes_max,
             queued_request_bytes_max,
+            fetch_bytes_max,
+            connection_idle_ms_max: self
+                .connections_max_idle_ms
+                .unwrap_or(KafkaConfig::CONNECTION_IDLE_MS_MAX_DEFAULT),
+            connections_max: self
+                .kafka_max_connections
+                .unwrap_or(KafkaConfig::CONNECTIONS_MAX_DEFAULT),
+            ..KafkaConfig::new(advertised_host, kafka_listen.port() as i32)
         };
         let (amqp_listen, amqp_listen_is_default) = match self.amqp_listen.as_deref().map(str::trim)
         {

@@ -956,3 +956,54 @@ async fn list_and_describe_report_states_and_members() {
         .iter()
         .all(|m| m.client_id == "client" && m.client_host == "/127.0.0.1"));
 }
+
+/// A DeleteGroups abandoned while its tombstones are being synced (the client went away) must
+/// not leave a Dead group behind: before, every later join got COORDINATOR_NOT_AVAILABLE
+/// until a restart, and the group's memory was never freed.
+#[test]
+fn an_abandoned_delete_group_leaves_no_dead_group() {
+    // One blocking thread, which the test occupies, so the delete's sync cannot finish before
+    // the delete is abandoned.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = open(&dir, config());
+        let (members, generation) = stable_group(&coordinator, 1).await;
+        coordinator
+            .commit_offsets(
+                GROUP,
+                &members[0],
+                None,
+                generation,
+                vec![(tp("t", 0), offset(5, ""))],
+            )
+            .await
+            .unwrap();
+        coordinator
+            .leave_group(
+                GROUP,
+                &[MemberIdentity {
+                    member_id: members[0].clone(),
+                    group_instance_id: None,
+                }],
+            )
+            .unwrap();
+        assert!(coordinator.groups.lock().get(GROUP).is_some());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || {
+            let _ = released.recv();
+        });
+        // Polled once (the tombstones are appended, their sync is queued), then dropped.
+        let abandoned = tokio::time::timeout(Duration::ZERO, coordinator.delete_group(GROUP)).await;
+        assert!(abandoned.is_err(), "the delete finished in its first poll");
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        assert!(coordinator.groups.lock().get(GROUP).is_none());
+        let (members, _) = stable_group(&coordinator, 1).await;
+        assert_eq!(members.len(), 1);
+    });
+}

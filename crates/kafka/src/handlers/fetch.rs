@@ -1,6 +1,13 @@
 //! Fetch with long polling: answer as soon as `min_bytes` are readable, or when `max_wait_ms`
 //! passes. Readable means below the high watermark, i.e. durable under `fsync=batch`.
 //! Sessions (KIP-227) are not kept: session id 0 tells clients to send full fetches.
+//!
+//! Bounds: a response carries at most min(request `max_bytes`, broker `fetch.max.bytes`) of
+//! records and each partition at most its `partition_max_bytes`, except that the first
+//! partition with data always gets its first batch whole so consumers progress (KIP-74). The
+//! records read are charged to the shared memory budget until the response is written; a fetch
+//! reads only what the budget has room for, and one fetch per connection holds a response at a
+//! time (as Kafka, which reads one request of a connection at a time).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +17,14 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use sluice_broker::{BrokerError, Partition};
 
+use crate::connection::ResponseHold;
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
 /// Upper bound on how long one fetch may park the connection.
 const WAIT_MS_MAX: i32 = 30_000;
+/// How long a fetch that found no room in the memory budget waits before looking again.
+const MEMORY_RETRY_MS: u64 = 10;
 
 /// (partition index, fetch offset, partition max bytes, the partition if it exists)
 type FetchTarget = (i32, i64, i32, Option<Arc<Partition>>);
@@ -27,7 +37,17 @@ struct FetchTopicTarget {
     partitions: Vec<FetchTarget>,
 }
 
-pub async fn fetch(ctx: &RequestContext, version: i16, request: FetchRequest) -> FetchResponse {
+/// The response, and what it holds of the memory budget until it is written.
+pub async fn fetch(
+    ctx: &RequestContext,
+    version: i16,
+    request: FetchRequest,
+) -> (FetchResponse, ResponseHold) {
+    // Waits for this connection's previous fetch response to be written.
+    let mut hold = match &ctx.response_memory {
+        Some(memory) => memory.fetch_slot().await,
+        None => ResponseHold::default(),
+    };
     // Resolve partitions once; unknown ones are answered with an error on every pass.
     let targets: Vec<FetchTopicTarget> = request
         .topics
@@ -63,17 +83,28 @@ pub async fn fetch(ctx: &RequestContext, version: i16, request: FetchRequest) ->
 
     let deadline =
         Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, WAIT_MS_MAX) as u64);
-    let response_bytes_max = if request.max_bytes <= 0 {
-        i32::MAX as usize
+    let requested_bytes_max = if request.max_bytes <= 0 {
+        usize::MAX
     } else {
         request.max_bytes as usize
     };
+    let response_bytes_max = requested_bytes_max.min(ctx.config.fetch_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
     loop {
         // Register interest before reading, so an append landing in between still wakes us.
         let data_ready = ctx.broker.data_ready().notified();
         tokio::pin!(data_ready);
         data_ready.as_mut().enable();
+
+        // What this pass may read: the response bound, or less when the budget is short.
+        let (reserved, response_bytes_max) = match &ctx.response_memory {
+            Some(memory) => match memory.try_reserve(response_bytes_max) {
+                Some((permit, bytes)) => (Some(permit), bytes.min(response_bytes_max)),
+                None => (None, 0),
+            },
+            None => (None, response_bytes_max),
+        };
+        let memory_short = response_bytes_max == 0;
 
         let mut bytes_total = 0usize;
         let mut any_error = false;
@@ -93,19 +124,18 @@ pub async fn fetch(ctx: &RequestContext, version: i16, request: FetchRequest) ->
                     partition_responses.push(error_data(*index, code));
                     continue;
                 };
-                // KIP-74: the first partition may exceed the budget so consumers always progress.
                 let budget = response_bytes_max.saturating_sub(bytes_total);
-                let bytes_max = (*partition_bytes_max).max(0) as usize;
-                let bytes_max = if bytes_total == 0 {
-                    bytes_max
-                } else {
-                    bytes_max.min(budget)
-                };
-                if bytes_max == 0 && bytes_total > 0 {
+                let bytes_max = ((*partition_bytes_max).max(0) as usize).min(budget);
+                if memory_short || (bytes_max == 0 && bytes_total > 0) {
                     partition_responses.push(partition_data(*index, partition));
                     continue;
                 }
                 match partition.fetch(*fetch_offset, bytes_max) {
+                    // The log returns at least one batch, which only the first partition with
+                    // data may send past its limit (KIP-74).
+                    Ok(fetched) if bytes_total > 0 && fetched.records.len() > bytes_max => {
+                        partition_responses.push(partition_data(*index, partition));
+                    }
                     Ok(fetched) => {
                         bytes_total += fetched.records.len();
                         partition_responses.push(
@@ -139,7 +169,17 @@ pub async fn fetch(ctx: &RequestContext, version: i16, request: FetchRequest) ->
 
         let now = Instant::now();
         if bytes_total >= min_bytes || any_error || now >= deadline || targets.is_empty() {
-            return FetchResponse::default().with_responses(responses);
+            if let (Some(memory), Some(reserved)) = (&ctx.response_memory, reserved) {
+                hold.memory = Some(memory.fit(reserved, bytes_total));
+            }
+            return (FetchResponse::default().with_responses(responses), hold);
+        }
+        drop(reserved);
+        if memory_short {
+            // Memory is given back as responses are written, which wakes nothing here.
+            let retry = Duration::from_millis(MEMORY_RETRY_MS).min(deadline - now);
+            tokio::time::sleep(retry).await;
+            continue;
         }
         if tokio::time::timeout(deadline - now, data_ready)
             .await

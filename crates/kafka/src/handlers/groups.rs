@@ -645,14 +645,10 @@ mod tests {
             .unwrap();
         RequestContext {
             broker,
-            config: Arc::new(KafkaConfig {
-                advertised_host: "localhost".into(),
-                advertised_port: 9092,
-                request_bytes_max: 100 << 20,
-                queued_request_bytes_max: 512 << 20,
-            }),
+            config: Arc::new(KafkaConfig::new("localhost".into(), 9092)),
             client_id: "rdkafka".into(),
             client_host: "/127.0.0.1".into(),
+            response_memory: None,
         }
     }
 

@@ -2,34 +2,44 @@
 //! transactional id gets the same id back with a bumped epoch, which fences the old instance).
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use kafka_protocol::ResponseError;
+use sluice_broker::BrokerError;
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
+/// PRODUCER_FENCED exists from InitProducerId v4 on (KIP-588); older clients get
+/// INVALID_PRODUCER_EPOCH for it, as Kafka answers them.
+const PRODUCER_FENCED_VERSION_MIN: i16 = 4;
+
 pub async fn init_producer_id(
     ctx: &RequestContext,
-    _version: i16,
+    version: i16,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
+    let failed = |code: i16| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
     let transactional_id = request.transactional_id.as_ref().map(|t| t.to_string());
-    // KIP-360: a producer that lost its sequence state re-initialises with its id and epoch and
-    // continues with a bumped epoch.
-    if transactional_id.is_none()
-        && request.producer_id.0 >= 0
-        && request.producer_epoch >= 0
-        && request.producer_epoch < i16::MAX - 1
+    // KIP-360 (v3+): a client re-initialising names the id and epoch it holds; both or neither.
+    let claimed = match (request.producer_id.0, request.producer_epoch) {
+        (-1, -1) => None,
+        (-1, _) | (_, -1) => return failed(ResponseError::InvalidRequest.code()),
+        (producer_id, epoch) => Some((producer_id, epoch)),
+    };
+    match ctx
+        .broker
+        .init_producer_id(transactional_id.as_deref(), claimed)
     {
-        return InitProducerIdResponse::default()
-            .with_producer_id(request.producer_id)
-            .with_producer_epoch(request.producer_epoch + 1);
-    }
-    match ctx.broker.init_producer_id(transactional_id.as_deref()) {
         Ok((producer_id, producer_epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(producer_epoch),
-        Err(error) => InitProducerIdResponse::default()
-            .with_error_code(broker_error_code(&error))
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+        Err(BrokerError::ProducerFenced(_)) if version < PRODUCER_FENCED_VERSION_MIN => {
+            failed(ResponseError::InvalidProducerEpoch.code())
+        }
+        Err(error) => failed(broker_error_code(&error)),
     }
 }

@@ -34,7 +34,7 @@ use sluice_broker::{Acks, Broker, BrokerConfig, BrokerError};
 use sluice_log::{decode_records, Record, RecordBatchBuilder, SimDisk};
 
 const SEEDS_DEFAULT: u64 = 12;
-const STEPS_PER_SEED: usize = 300;
+const STEPS_PER_SEED: usize = 600;
 const TOPIC: &str = "t";
 const PARTITIONS: i32 = 2;
 const QUEUE: &str = "q";
@@ -221,15 +221,15 @@ impl Simulation {
         self.setup();
         for _ in 0..STEPS_PER_SEED {
             match self.rng.gen_range(0..100) {
-                0..=29 => self.produce(),
-                30..=34 => self.retry_last_acked(),
-                35..=54 => self.publish(),
-                55..=69 => self.get(),
-                70..=81 => self.ack(),
-                82..=84 => self.enforce_retention(),
-                85..=87 => self.inject_fault(),
-                88..=93 => self.restart(Restart::PowerCut),
-                94..=96 => self.restart(Restart::Crash),
+                0..=39 => self.produce(),
+                40..=44 => self.retry_last_acked(),
+                45..=64 => self.publish(),
+                65..=76 => self.get(),
+                77..=88 => self.ack(),
+                89..=91 => self.enforce_retention(),
+                92..=94 => self.inject_fault(),
+                95..=97 => self.restart(Restart::PowerCut),
+                98 => self.restart(Restart::Crash),
                 _ => self.restart(Restart::Clean),
             }
         }

@@ -88,7 +88,8 @@ impl From<VhostError> for AmqpError {
             VhostError::PreconditionFailed(t) => AmqpError::channel(PRECONDITION_FAILED, t),
             VhostError::NotAllowed(t) => AmqpError::connection(NOT_ALLOWED, t),
             VhostError::CommandInvalid(t) => AmqpError::connection(COMMAND_INVALID, t),
-            VhostError::Storage(t) => AmqpError::connection(INTERNAL_ERROR, t),
+            VhostError::Storage(failure) => AmqpError::connection(INTERNAL_ERROR, failure.detail),
+            VhostError::Internal(t) => AmqpError::connection(INTERNAL_ERROR, t),
         }
     }
 }

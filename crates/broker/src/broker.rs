@@ -5,6 +5,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::durable_fs;
 use crate::producer_id::ProducerIdAllocator;
 use crate::topic::{validate_topic_name, ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
@@ -53,7 +54,7 @@ pub struct Broker {
 }
 
 fn storage_error(context: &str, error: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Storage(format!("{context}: {error}"))
+    BrokerError::storage_io(format!("{context}: {error}"))
 }
 
 impl Broker {
@@ -61,8 +62,14 @@ impl Broker {
     /// background work (retention). Must be called inside a tokio runtime.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
         let data_dir = config.data_dir.clone();
-        fs::create_dir_all(data_dir.join("meta"))
+        let storage = Arc::clone(&config.storage);
+        let meta_dir = data_dir.join("meta");
+        durable_fs::create_dir_all(storage.as_ref(), &meta_dir)
             .map_err(|e| storage_error("creating the data directory", e))?;
+        // The lock guards the process, not data: it is on the real disk whatever the storage
+        // (there the directory exists by now; on a simulated disk it is made here).
+        fs::create_dir_all(&meta_dir)
+            .map_err(|e| storage_error("creating the data directory lock's directory", e))?;
         let lock_path = data_dir.join("meta").join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -71,33 +78,36 @@ impl Broker {
             .open(&lock_path)
             .map_err(|e| storage_error("opening the data directory lock", e))?;
         lock.try_lock().map_err(|_| {
-            BrokerError::Storage(format!(
+            BrokerError::storage_io(format!(
                 "data directory {} is in use by another process",
                 data_dir.display()
             ))
         })?;
-        topic_store::clear_deleted(&data_dir);
+        topic_store::clear_deleted(storage.as_ref(), &data_dir);
 
         let cluster_id_path = data_dir.join("meta").join("cluster_id");
-        let cluster_id = match fs::read_to_string(&cluster_id_path) {
-            Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        let stored_cluster_id = durable_fs::read(storage.as_ref(), &cluster_id_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string());
+        let cluster_id = match stored_cluster_id {
+            Ok(id) if !id.is_empty() => id,
             _ => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                topic_store::write_atomically(&cluster_id_path, id.as_bytes())?;
+                durable_fs::write_atomically(storage.as_ref(), &cluster_id_path, id.as_bytes())?;
                 id
             }
         };
 
         let data_ready = Arc::new(Notify::new());
         let mut topics = TopicRegistry::default();
-        for record in topic_store::load_all(&data_dir)? {
+        for record in topic_store::load_all(storage.as_ref(), &data_dir)? {
             let topic = Self::open_topic(&config, &record, &data_ready)?;
             tracing::info!(topic = %record.name, partitions = record.partition_count, "recovered topic");
             topics.insert(topic);
         }
         let producer_ids =
-            ProducerIdAllocator::open(data_dir.join("meta").join("producer_id_block"))?;
+            ProducerIdAllocator::open(Arc::clone(&storage), meta_dir.join("producer_id_block"))?;
         let groups = GroupCoordinator::open(
+            Arc::clone(&storage),
             &data_dir.join("internal").join("consumer_offsets"),
             config.group.clone(),
             config.log_defaults.clone(),
@@ -126,6 +136,7 @@ impl Broker {
         let mut partitions = Vec::with_capacity(record.partition_count as usize);
         for index in 0..record.partition_count {
             partitions.push(Partition::open(
+                Arc::clone(&config.storage),
                 &record.name,
                 index,
                 &topic_store::partition_dir(&config.data_dir, &record.name, index),
@@ -238,7 +249,7 @@ impl Broker {
                 topic_config,
             )));
         }
-        topic_store::save(&self.config.data_dir, &record)?;
+        topic_store::save(self.config.storage.as_ref(), &self.config.data_dir, &record)?;
         let topic = Self::open_topic(&self.config, &record, &self.data_ready)?;
         self.topics.write().insert(Arc::clone(&topic));
         tracing::info!(topic = name, partitions = partition_count, "created topic");
@@ -250,7 +261,7 @@ impl Broker {
         if self.topics.write().remove(name).is_none() {
             return Err(BrokerError::UnknownTopicOrPartition(name.to_string()));
         }
-        topic_store::remove(&self.config.data_dir, name)?;
+        topic_store::remove(self.config.storage.as_ref(), &self.config.data_dir, name)?;
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -291,6 +302,7 @@ impl Broker {
         let mut added = Vec::new();
         for index in current..partition_count {
             added.push(Partition::open(
+                Arc::clone(&self.config.storage),
                 name,
                 index,
                 &topic_store::partition_dir(&self.config.data_dir, name, index),
@@ -299,7 +311,7 @@ impl Broker {
                 Arc::clone(&self.data_ready),
             )?);
         }
-        topic_store::save(&self.config.data_dir, &record)?;
+        topic_store::save(self.config.storage.as_ref(), &self.config.data_dir, &record)?;
         topic.partitions.write().extend(added);
         Ok(())
     }
@@ -366,7 +378,7 @@ impl Broker {
             partition_count: topic.partition_count(),
             configs: overrides,
         };
-        topic_store::save(&self.config.data_dir, &record)?;
+        topic_store::save(self.config.storage.as_ref(), &self.config.data_dir, &record)?;
         for partition in topic.partitions() {
             partition.set_config(log_config.clone(), topic_config.log_append_time());
         }

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use sluice_log::LogConfig;
+use sluice_log::{LogConfig, RealDisk, Storage};
 
 /// Consumer-group timing, as Kafka's `group.*` broker settings.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ impl Default for GroupConfig {
 }
 
 /// Everything the broker core needs to know; the server fills it from flags, env and TOML.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub node_id: i32,
@@ -43,6 +44,28 @@ pub struct BrokerConfig {
     /// Idempotent-producer state of a producer that has not appended for this long is dropped
     /// (`producer.id.expiration.ms`, Kafka default one day).
     pub producer_id_expiration_ms: i64,
+    /// Where every log and metadata file of the broker lives: the real disk, or in tests a
+    /// simulated one (`sluice_log::SimDisk`). The data directory's lock file is always on the
+    /// real disk (it guards the process, not data).
+    pub storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("node_id", &self.node_id)
+            .field("auto_create_topics", &self.auto_create_topics)
+            .field("default_partitions", &self.default_partitions)
+            .field("log_defaults", &self.log_defaults)
+            .field("group", &self.group)
+            .field(
+                "retention_check_interval_ms",
+                &self.retention_check_interval_ms,
+            )
+            .field("producer_id_expiration_ms", &self.producer_id_expiration_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrokerConfig {
@@ -56,6 +79,7 @@ impl BrokerConfig {
             group: GroupConfig::default(),
             retention_check_interval_ms: 300_000,
             producer_id_expiration_ms: 86_400_000,
+            storage: Arc::new(RealDisk),
         }
     }
 }

@@ -1,7 +1,53 @@
 use sluice_log::LogError;
 
+/// What kind of storage failure a [`StorageFailure`] is, for callers that react differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFailureKind {
+    /// One file operation failed (open, read, write, fsync, rename...).
+    Io,
+    /// The log is offline after an earlier failed write or fsync: it refuses writes until a
+    /// restart recovers it from what is really on disk.
+    Offline,
+    /// The data waited for was never written: its log was closed, deleted or truncated.
+    Unwritten,
+}
+
+/// A storage failure, typed so front ends map it without reading the text (Kafka:
+/// KAFKA_STORAGE_ERROR; AMQP: basic.nack of the affected publishes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct StorageFailure {
+    pub kind: StorageFailureKind,
+    pub detail: String,
+}
+
+impl StorageFailure {
+    pub fn io(detail: impl Into<String>) -> Self {
+        StorageFailure {
+            kind: StorageFailureKind::Io,
+            detail: detail.into(),
+        }
+    }
+    pub fn offline(detail: impl Into<String>) -> Self {
+        StorageFailure {
+            kind: StorageFailureKind::Offline,
+            detail: detail.into(),
+        }
+    }
+    pub fn unwritten(detail: impl Into<String>) -> Self {
+        StorageFailure {
+            kind: StorageFailureKind::Unwritten,
+            detail: detail.into(),
+        }
+    }
+    pub fn is_offline(&self) -> bool {
+        self.kind == StorageFailureKind::Offline
+    }
+}
+
 /// Errors of topic/partition operations. Each maps to one protocol error code in the front ends.
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so one failed fsync can answer every producer waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     #[error("unknown topic or partition: {0}")]
     UnknownTopicOrPartition(String),
@@ -33,7 +79,19 @@ pub enum BrokerError {
     #[error("producer fenced: {0}")]
     ProducerFenced(String),
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(StorageFailure),
+}
+
+impl BrokerError {
+    /// A failed file operation, described by `detail`.
+    pub fn storage_io(detail: impl Into<String>) -> Self {
+        BrokerError::Storage(StorageFailure::io(detail))
+    }
+
+    /// Whether this is a log refusing writes after a storage failure.
+    pub fn is_offline(&self) -> bool {
+        matches!(self, BrokerError::Storage(failure) if failure.is_offline())
+    }
 }
 
 impl From<LogError> for BrokerError {
@@ -44,8 +102,9 @@ impl From<LogError> for BrokerError {
             LogError::InvalidBatch(_) => BrokerError::InvalidRecord(error.to_string()),
             LogError::OffsetOutOfRange { .. } => BrokerError::OffsetOutOfRange(error.to_string()),
             LogError::InvalidConfig(_) => BrokerError::InvalidConfig(error.to_string()),
-            LogError::Io { .. } | LogError::Offline { .. } => {
-                BrokerError::Storage(error.to_string())
+            LogError::Io { .. } => BrokerError::storage_io(error.to_string()),
+            LogError::Offline { .. } => {
+                BrokerError::Storage(StorageFailure::offline(error.to_string()))
             }
             // Damaged on disk: the reader gets an error for that partition, never the bytes.
             LogError::CorruptStored { .. } => BrokerError::CorruptMessage(error.to_string()),
@@ -100,10 +159,8 @@ mod tests {
             dir: PathBuf::from("/data/t-0"),
             cause: "fsync failed".into(),
         };
-        assert!(matches!(
-            BrokerError::from(offline),
-            BrokerError::Storage(_)
-        ));
+        let error = BrokerError::from(offline);
+        assert!(error.is_offline(), "{error:?}");
         let corrupt = LogError::CorruptStored {
             path: PathBuf::from("/data/t-0/00000000000000000000.log"),
             position: 4096,

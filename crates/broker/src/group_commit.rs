@@ -9,9 +9,13 @@ use parking_lot::Mutex;
 use sluice_log::PartitionLog;
 use tokio::sync::{oneshot, Notify};
 
-use crate::BrokerError;
+use crate::{BrokerError, StorageFailure};
 
-type Waiter = (i64, oneshot::Sender<Result<(), String>>);
+/// Resolves once the data it waits for is durable, or with the storage failure that stopped
+/// it (typed, so the front ends answer KAFKA_STORAGE_ERROR / basic.nack by matching).
+pub type DurableWait = oneshot::Receiver<Result<(), BrokerError>>;
+
+type Waiter = (i64, oneshot::Sender<Result<(), BrokerError>>);
 
 #[derive(Default)]
 struct Queue {
@@ -21,7 +25,7 @@ struct Queue {
 }
 
 /// Work a flusher does before each fdatasync (writing appends that were gathered in memory).
-pub type BeforeSync = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type BeforeSync = Box<dyn Fn() -> Result<(), BrokerError> + Send + Sync>;
 
 pub struct GroupCommit {
     log: Arc<PartitionLog>,
@@ -57,7 +61,7 @@ impl GroupCommit {
 
     /// Resolves once every offset below `offset_end` is fdatasynced. Dropping the returned
     /// future (acks=0) still gets the data synced: the flusher does not need the waiter.
-    pub fn durable(self: &Arc<Self>, offset_end: i64) -> oneshot::Receiver<Result<(), String>> {
+    pub fn durable(self: &Arc<Self>, offset_end: i64) -> DurableWait {
         let (sender, receiver) = oneshot::channel();
         if self.log.durable_offset() >= offset_end {
             let _ = sender.send(Ok(()));
@@ -92,11 +96,8 @@ impl GroupCommit {
                 None => Ok(()),
             };
             let offset_end = self.log.log_end_offset();
-            let result = prepared.and_then(|()| {
-                self.log
-                    .sync(offset_end)
-                    .map_err(|e| BrokerError::from(e).to_string())
-            });
+            let result =
+                prepared.and_then(|()| self.log.sync(offset_end).map_err(BrokerError::from));
             self.data_ready.notify_waiters();
             let durable = self.log.durable_offset();
             let mut still_waiting = Vec::new();
@@ -112,9 +113,9 @@ impl GroupCommit {
                     // offsets past the log's end will never come (the queue behind the log was
                     // deleted, or the log truncated): waiting again would spin this thread.
                     Ok(()) if wanted > offset_end => {
-                        let _ = sender.send(Err(
-                            "the data was not written: its log was closed or truncated".into(),
-                        ));
+                        let _ = sender.send(Err(BrokerError::Storage(StorageFailure::unwritten(
+                            "the data was not written: its log was closed or truncated",
+                        ))));
                     }
                     Ok(()) => still_waiting.push((wanted, sender)),
                 }
@@ -193,7 +194,10 @@ mod tests {
             .await
             .expect("answered, not left to spin")
             .expect("sender kept");
-        assert!(result.is_err());
+        assert!(
+            matches!(&result, Err(BrokerError::Storage(failure)) if failure.kind == crate::StorageFailureKind::Unwritten),
+            "{result:?}"
+        );
         assert_eq!(log.durable_offset(), 1);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_log::LogConfig;
+use sluice_log::{LogConfig, Storage};
 use tokio::time::Instant;
 
 pub use self::group::GroupState;
@@ -191,11 +191,12 @@ impl GroupCoordinator {
     /// Opens the offsets log in `dir`, replays it and starts the session sweeper. Must be
     /// called inside a tokio runtime.
     pub fn open(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         config: GroupConfig,
         log_config: LogConfig,
     ) -> Result<Arc<GroupCoordinator>, BrokerError> {
-        let offsets = OffsetStore::open(dir, log_config)?;
+        let offsets = OffsetStore::open(storage, dir, log_config)?;
         let coordinator = Arc::new_cyclic(|this| GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),

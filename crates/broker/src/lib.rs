@@ -4,6 +4,7 @@
 
 mod broker;
 mod config;
+mod durable_fs;
 mod error;
 mod group_commit;
 pub mod group_coordinator;
@@ -18,7 +19,8 @@ pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};
-pub use error::{BrokerError, GroupError};
+pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
+pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};

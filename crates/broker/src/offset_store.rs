@@ -11,7 +11,7 @@
 //! that). Commits wait only while the live set is appended. Tombstones in memory are dropped
 //! once no commit older than them can still land, so deleted groups give their memory back.
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,10 +19,11 @@ use bytes::{Buf, BufMut};
 use parking_lot::Mutex;
 use sluice_log::{
     decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
+    Storage,
 };
 
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
-use crate::{now_ms, BrokerError, GroupError};
+use crate::{durable_fs, now_ms, BrokerError, GroupError};
 
 /// Version of the binary key and value layouts below.
 const RECORD_VERSION: u16 = 1;
@@ -80,9 +81,13 @@ impl Drop for Unapplied<'_> {
 
 impl OffsetStore {
     /// Opens (creating) the offsets log in `dir` and replays it.
-    pub(crate) fn open(dir: &Path, log_config: LogConfig) -> Result<OffsetStore, BrokerError> {
+    pub(crate) fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        log_config: LogConfig,
+    ) -> Result<OffsetStore, BrokerError> {
         // Compaction used to rewrite the log into a fresh directory; finish an interrupted one.
-        recover_interrupted_compaction(dir)?;
+        recover_interrupted_compaction(storage.as_ref(), dir)?;
         // Retention must never delete committed offsets: expiry is done with tombstones.
         let config = LogConfig {
             retention_ms: -1,
@@ -91,7 +96,7 @@ impl OffsetStore {
             ..log_config
         };
         let sync_on_commit = config.durability == Durability::Batch;
-        let log = PartitionLog::open(dir, config)?;
+        let log = PartitionLog::open_with(storage, dir, config)?;
         let (offsets, _) = replay(&log)?;
         let store = OffsetStore {
             log: Arc::new(log),
@@ -519,20 +524,23 @@ fn compaction_dirs(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Finishes or rolls back a compaction that a crash interrupted. The steps are: write
 /// `<dir>.compacting`, rename `<dir>` to `<dir>.old`, rename `.compacting` to `<dir>`, remove `.old`.
-fn recover_interrupted_compaction(dir: &Path) -> Result<(), BrokerError> {
+/// Each step's directory change is fsynced, so a second crash does not undo it.
+fn recover_interrupted_compaction(storage: &dyn Storage, dir: &Path) -> Result<(), BrokerError> {
     let (compacting, old) = compaction_dirs(dir);
-    let io = |context: &str, e: std::io::Error| BrokerError::Storage(format!("{context}: {e}"));
-    if old.exists() {
-        if dir.exists() {
+    let io = |context: &str, e: std::io::Error| BrokerError::storage_io(format!("{context}: {e}"));
+    if durable_fs::exists(storage, &old) {
+        if durable_fs::exists(storage, dir) {
             // Crashed after the swap: the new log is complete.
-            fs::remove_dir_all(&old).map_err(|e| io("removing the old offsets log", e))?;
+            durable_fs::remove_dir_all(storage, &old)
+                .map_err(|e| io("removing the old offsets log", e))?;
         } else {
             // Crashed between the two renames: the old log is still the truth.
-            fs::rename(&old, dir).map_err(|e| io("restoring the offsets log", e))?;
+            durable_fs::rename(storage, &old, dir)
+                .map_err(|e| io("restoring the offsets log", e))?;
         }
     }
-    if compacting.exists() {
-        fs::remove_dir_all(&compacting)
+    if durable_fs::exists(storage, &compacting) {
+        durable_fs::remove_dir_all(storage, &compacting)
             .map_err(|e| io("removing a partial offsets compaction", e))?;
     }
     Ok(())
@@ -617,6 +625,10 @@ fn decode_value(mut buf: &[u8]) -> Option<OffsetAndMetadata> {
 mod tests {
     use super::*;
 
+    fn real_disk() -> Arc<dyn Storage> {
+        Arc::new(sluice_log::RealDisk)
+    }
+
     fn tp(topic: &str, partition: i32) -> TopicPartition {
         TopicPartition {
             topic: topic.to_string(),
@@ -651,7 +663,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consumer_offsets");
         {
-            let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+            let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
             store
                 .commit(
                     "g1",
@@ -669,7 +681,7 @@ mod tests {
                 .unwrap();
             store.delete_group("g2").await.unwrap();
         }
-        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
         assert_eq!(store.fetch("g1", &tp("a", 0)), Some(committed(9)));
         assert_eq!(store.fetch("g1", &tp("a", 1)), Some(committed(6)));
         assert_eq!(store.fetch("g2", &tp("b", 0)), None);
@@ -683,7 +695,7 @@ mod tests {
         let path = dir.path().join("consumer_offsets");
         let metadata = "x".repeat(4000);
         {
-            let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+            let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
             // ~20 MiB of overwrites of 8 keys: past the compaction threshold.
             for round in 0..650 {
                 let offsets: Vec<_> = (0..8)
@@ -701,7 +713,7 @@ mod tests {
             }
             assert!(store.log.size_bytes() >= COMPACTION_BYTES_MIN);
         }
-        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
         // What is left: at most the segment the live copies start in, and the copies.
         assert!(
             store.log.size_bytes() < SEGMENT_BYTES_MAX + (1 << 20),
@@ -712,7 +724,7 @@ mod tests {
             assert_eq!(store.fetch("g", &tp("t", p)).map(|o| o.offset), Some(649));
         }
         drop(store);
-        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
         assert_eq!(store.group_offsets("g").len(), 8);
     }
 
@@ -721,7 +733,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consumer_offsets");
         {
-            let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+            let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
             store
                 .commit("g", &[(tp("t", 0), committed(11))])
                 .await
@@ -729,9 +741,9 @@ mod tests {
         }
         // Crash between the renames: the old log moved aside, a partial new one present.
         let (compacting, old) = compaction_dirs(&path);
-        fs::rename(&path, &old).unwrap();
-        fs::create_dir_all(&compacting).unwrap();
-        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        std::fs::rename(&path, &old).unwrap();
+        std::fs::create_dir_all(&compacting).unwrap();
+        let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
         assert_eq!(store.fetch("g", &tp("t", 0)), Some(committed(11)));
         assert!(!old.exists() && !compacting.exists());
     }
@@ -762,7 +774,7 @@ mod tests {
     async fn compaction_while_serving_keeps_every_acknowledged_offset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consumer_offsets");
-        let store = Arc::new(OffsetStore::open(&path, LogConfig::default()).unwrap());
+        let store = Arc::new(OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap());
         store
             .commit("deleted", &[(tp("d", 0), committed(1))])
             .await
@@ -812,7 +824,7 @@ mod tests {
         };
         check(&store);
         drop(store);
-        let store = OffsetStore::open(&path, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(real_disk(), &path, LogConfig::default()).unwrap();
         check(&store);
         let mut groups = store.groups();
         groups.sort();
@@ -824,8 +836,12 @@ mod tests {
     #[tokio::test]
     async fn deleted_groups_free_their_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            OffsetStore::open(&dir.path().join("consumer_offsets"), LogConfig::default()).unwrap();
+        let store = OffsetStore::open(
+            real_disk(),
+            &dir.path().join("consumer_offsets"),
+            LogConfig::default(),
+        )
+        .unwrap();
         for group in 0..100 {
             let group_id = format!("g{group}");
             store
@@ -852,8 +868,12 @@ mod tests {
     #[test]
     fn a_tombstone_outlives_older_unapplied_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            OffsetStore::open(&dir.path().join("consumer_offsets"), LogConfig::default()).unwrap();
+        let store = OffsetStore::open(
+            real_disk(),
+            &dir.path().join("consumer_offsets"),
+            LogConfig::default(),
+        )
+        .unwrap();
         let mut cache = HashMap::new();
         apply(&mut cache, tp("t", 0), 10, None);
         store.offsets.lock().insert("g".into(), cache);

@@ -4,12 +4,14 @@ use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use sluice_log::{stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog};
+use sluice_log::{
+    stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog, Storage,
+};
 use tokio::sync::{oneshot, Notify};
 
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{DurableWait, GroupCommit};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
-use crate::{now_ms, BrokerError};
+use crate::{now_ms, BrokerError, StorageFailure};
 
 /// How much durability a producer waits for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,7 @@ pub struct Partition {
 
 impl Partition {
     pub(crate) fn open(
+        storage: Arc<dyn Storage>,
         topic: &str,
         index: i32,
         dir: &Path,
@@ -65,7 +68,7 @@ impl Partition {
         log_append_time: bool,
         data_ready: Arc<Notify>,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let log = Arc::new(PartitionLog::open(dir, config)?);
+        let log = Arc::new(PartitionLog::open_with(storage, dir, config)?);
         let mut producers = ProducerStateTable::default();
         let now = now_ms();
         for header in log.batch_headers_from(log.log_start_offset())? {
@@ -168,10 +171,7 @@ impl Partition {
     /// Appends batches the broker built itself (AMQP publishes crossing into a topic: no
     /// producer id, so no sequence checks). Synchronous, so publishes keep their order; the
     /// receiver resolves once the batches are durable and readable.
-    pub fn append_unsequenced(
-        &self,
-        mut records: BytesMut,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, BrokerError> {
+    pub fn append_unsequenced(&self, mut records: BytesMut) -> Result<DurableWait, BrokerError> {
         let now = now_ms();
         if self.log_append_time.load(Ordering::Relaxed) {
             stamp_log_append_time(&mut records, now)?;
@@ -181,7 +181,7 @@ impl Partition {
     }
 
     /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued.
-    fn durable(&self, offset_end: i64) -> oneshot::Receiver<Result<(), String>> {
+    fn durable(&self, offset_end: i64) -> DurableWait {
         if self.log.config().durability != Durability::Batch {
             self.data_ready.notify_waiters();
             let (sender, receiver) = oneshot::channel();
@@ -198,8 +198,10 @@ impl Partition {
             return Ok(());
         }
         match durable.await {
-            Ok(result) => result.map_err(BrokerError::Storage),
-            Err(_) => Err(BrokerError::Storage("the group commit stopped".into())),
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Storage(StorageFailure::unwritten(
+                "the group commit stopped",
+            ))),
         }
     }
 
@@ -216,7 +218,7 @@ impl Partition {
         let log = Arc::clone(&self.log);
         match tokio::task::spawn_blocking(move || log.advance_log_start(offset)).await {
             Ok(result) => result.map_err(BrokerError::from),
-            Err(error) => Err(BrokerError::Storage(format!(
+            Err(error) => Err(BrokerError::storage_io(format!(
                 "delete records task failed: {error}"
             ))),
         }

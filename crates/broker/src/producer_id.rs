@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
+use sluice_log::Storage;
 
-use crate::topic_store::write_atomically;
-use crate::BrokerError;
+use crate::{durable_fs, BrokerError};
 
 const BLOCK_SIZE: i64 = 1000;
 
@@ -34,21 +35,23 @@ struct AllocatorState {
 }
 
 pub struct ProducerIdAllocator {
+    storage: Arc<dyn Storage>,
     path: PathBuf,
     state: Mutex<AllocatorState>,
 }
 
 impl ProducerIdAllocator {
-    pub fn open(path: PathBuf) -> Result<Self, BrokerError> {
-        let block_end = match std::fs::read_to_string(&path) {
-            Ok(text) => text
+    pub fn open(storage: Arc<dyn Storage>, path: PathBuf) -> Result<Self, BrokerError> {
+        let block_end = match durable_fs::read(storage.as_ref(), &path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes)
                 .trim()
                 .parse::<i64>()
-                .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?,
+                .map_err(|e| durable_fs::error(&path, e))?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(BrokerError::Storage(format!("{}: {error}", path.display()))),
+            Err(error) => return Err(durable_fs::error(&path, error)),
         };
         Ok(ProducerIdAllocator {
+            storage,
             path,
             state: Mutex::new(AllocatorState {
                 next_id: block_end,
@@ -123,7 +126,11 @@ impl ProducerIdAllocator {
     fn next_id(&self, state: &mut AllocatorState) -> Result<i64, BrokerError> {
         if state.next_id >= state.block_end {
             let block_end = state.block_end + BLOCK_SIZE;
-            write_atomically(&self.path, block_end.to_string().as_bytes())?;
+            durable_fs::write_atomically(
+                self.storage.as_ref(),
+                &self.path,
+                block_end.to_string().as_bytes(),
+            )?;
             state.block_end = block_end;
         }
         let id = state.next_id;
@@ -137,7 +144,11 @@ mod tests {
     use super::*;
 
     fn allocator(dir: &tempfile::TempDir) -> ProducerIdAllocator {
-        ProducerIdAllocator::open(dir.path().join("producer_id_block")).expect("open")
+        ProducerIdAllocator::open(
+            Arc::new(sluice_log::RealDisk),
+            dir.path().join("producer_id_block"),
+        )
+        .expect("open")
     }
 
     /// Claiming someone else's id and epoch gets a fresh id, never a bump of theirs (on the

@@ -44,3 +44,24 @@ pub fn group_error_code(error: &GroupError) -> i16 {
     }
     .code()
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_broker::StorageFailure;
+
+    use super::*;
+
+    /// A failed fsync (and the offline log after it) is KAFKA_STORAGE_ERROR, matched on the
+    /// variant: the detail text plays no part.
+    #[test]
+    fn storage_failures_are_kafka_storage_errors_whatever_their_text() {
+        let code = ResponseError::KafkaStorageError.code();
+        for failure in [
+            StorageFailure::io("fdatasync failed: EIO"),
+            StorageFailure::offline(""),
+            StorageFailure::unwritten("message too large"),
+        ] {
+            assert_eq!(broker_error_code(&BrokerError::Storage(failure)), code);
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, confirm, AMQPClass};
+use sluice_broker::DurableWait;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{unimplemented, Channel};
@@ -15,7 +16,9 @@ use crate::reply::*;
 /// One published message waiting for its confirm.
 pub(super) struct ConfirmItem {
     pub tag: u64,
-    pub waits: Vec<oneshot::Receiver<Result<(), String>>>,
+    /// Each resolves once the message is stored in one durable queue or stream; any storage
+    /// failure (typed `BrokerError::Storage`) or a dropped sender makes the confirm a nack.
+    pub waits: Vec<DurableWait>,
     pub nack: bool,
 }
 

@@ -6,10 +6,11 @@ use std::path::Path;
 
 use amq_protocol_types::FieldTable;
 use serde::{Deserialize, Serialize};
+use sluice_log::Storage;
 
 use super::exchange::{Binding, Exchange};
 use super::VhostError;
-use crate::topic_store::write_atomically;
+use crate::durable_fs;
 
 const DEFINITIONS_FILE: &str = "definitions.json";
 
@@ -33,20 +34,21 @@ pub struct QueueDefinition {
 }
 
 impl Definitions {
-    pub fn load(amqp_dir: &Path) -> Result<Definitions, VhostError> {
+    pub fn load(storage: &dyn Storage, amqp_dir: &Path) -> Result<Definitions, VhostError> {
         let path = amqp_dir.join(DEFINITIONS_FILE);
-        match std::fs::read(&path) {
+        match durable_fs::read(storage, &path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| VhostError::Storage(format!("{}: {e}", path.display()))),
+                .map_err(|e| VhostError::from(durable_fs::error(&path, e))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
-            Err(e) => Err(VhostError::Storage(format!("{}: {e}", path.display()))),
+            Err(e) => Err(VhostError::from(durable_fs::error(&path, e))),
         }
     }
 
-    pub fn save(&self, amqp_dir: &Path) -> Result<(), VhostError> {
+    /// Replaces the file atomically and durably (the rename is fsynced in its directory).
+    pub fn save(&self, storage: &dyn Storage, amqp_dir: &Path) -> Result<(), VhostError> {
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| VhostError::Storage(format!("definitions: {e}")))?;
-        write_atomically(&amqp_dir.join(DEFINITIONS_FILE), &json)?;
+            .map_err(|e| VhostError::Internal(format!("definitions: {e}")))?;
+        durable_fs::write_atomically(storage, &amqp_dir.join(DEFINITIONS_FILE), &json)?;
         Ok(())
     }
 }

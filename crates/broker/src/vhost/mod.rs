@@ -36,6 +36,8 @@ pub use stream::{StreamQueue, StreamStart};
 use definitions::{Definitions, QueueDefinition};
 use queue_store::QueueStore;
 
+use crate::{DurableWait, StorageFailure};
+
 pub type ConnectionId = u64;
 
 /// What went wrong, in the terms AMQP's reply codes distinguish.
@@ -54,13 +56,31 @@ pub enum VhostError {
     /// A connection-level error in AMQP (503).
     #[error("COMMAND_INVALID - {0}")]
     CommandInvalid(String),
+    /// The disk failed, or a queue's log is offline after a storage failure.
     #[error("INTERNAL_ERROR - {0}")]
-    Storage(String),
+    Storage(StorageFailure),
+    /// Any other failure of the broker core underneath (AMQP has no finer code for it).
+    #[error("INTERNAL_ERROR - {0}")]
+    Internal(String),
 }
 
 impl From<crate::BrokerError> for VhostError {
     fn from(error: crate::BrokerError) -> Self {
-        VhostError::Storage(error.to_string())
+        match error {
+            crate::BrokerError::Storage(failure) => VhostError::Storage(failure),
+            other => VhostError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl VhostError {
+    /// This error as the answer to a publisher waiting for its message to be stored (which
+    /// gets basic.nack for any of them).
+    fn as_store_failure(&self) -> crate::BrokerError {
+        match self {
+            VhostError::Storage(failure) => crate::BrokerError::Storage(failure.clone()),
+            other => crate::BrokerError::Storage(StorageFailure::unwritten(other.to_string())),
+        }
     }
 }
 
@@ -82,7 +102,7 @@ pub struct PublishOutcome {
     /// A queue refused it (x-overflow reject-publish): a confirm-mode publisher gets a nack.
     pub rejected: bool,
     /// Resolve when the message is on disk in every durable queue it went to.
-    pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
+    pub durable: Vec<DurableWait>,
     /// Queues whose consumers are falling behind: the publisher should wait for them
     /// (`Queue::until_uncongested`) before it publishes more.
     pub congested: Vec<Arc<Queue>>,
@@ -147,9 +167,10 @@ impl VirtualHost {
         broker: Arc<crate::Broker>,
     ) -> Result<Arc<VirtualHost>, VhostError> {
         let dir = amqp_dir(&config.data_dir);
-        std::fs::create_dir_all(dir.join("queues"))
-            .map_err(|e| VhostError::Storage(format!("{}: {e}", dir.display())))?;
-        let definitions = Definitions::load(&dir)?;
+        let storage = Arc::clone(&broker.config().storage);
+        crate::durable_fs::create_dir_all(storage.as_ref(), &dir.join("queues"))
+            .map_err(|e| VhostError::from(crate::durable_fs::error(&dir, e)))?;
+        let definitions = Definitions::load(storage.as_ref(), &dir)?;
         let (blocked, _) = watch::channel(None);
         let vhost = Arc::new_cyclic(|weak| VirtualHost {
             config,
@@ -196,6 +217,7 @@ impl VirtualHost {
                 let options =
                     QueueOptions::from_arguments(&q.name, &q.arguments).unwrap_or_default();
                 let store = QueueStore::open(
+                    Arc::clone(&storage),
                     &dir.join("queues").join(&q.dir),
                     vhost.config.message_bytes_max,
                 )?;
@@ -221,7 +243,7 @@ impl VirtualHost {
                     .push(binding);
             }
         }
-        remove_orphan_queue_dirs(&dir, &vhost.topology.read().queue_dirs);
+        remove_orphan_queue_dirs(storage.as_ref(), &dir, &vhost.topology.read().queue_dirs);
         Ok(vhost)
     }
 
@@ -542,6 +564,7 @@ impl VirtualHost {
         let store = if persistent {
             let dir = format!("q-{}", uuid::Uuid::new_v4().simple());
             let store = QueueStore::open(
+                Arc::clone(&self.broker.config().storage),
                 &amqp_dir(&self.config.data_dir).join("queues").join(&dir),
                 self.config.message_bytes_max,
             )?;
@@ -671,7 +694,8 @@ impl VirtualHost {
         }
         if let Some(dir) = dir {
             let path = amqp_dir(&self.config.data_dir).join("queues").join(dir);
-            if let Err(error) = std::fs::remove_dir_all(&path) {
+            let storage = self.broker.config().storage.as_ref();
+            if let Err(error) = crate::durable_fs::remove_dir_all(storage, &path) {
                 tracing::warn!(path = %path.display(), %error, "could not remove queue directory");
             }
         }
@@ -874,7 +898,7 @@ impl VirtualHost {
         };
         let failed = |error: &VhostError| {
             let (sender, receiver) = oneshot::channel();
-            let _ = sender.send(Err(error.to_string()));
+            let _ = sender.send(Err(error.as_store_failure()));
             receiver
         };
         for stream in &targets.streams {
@@ -990,7 +1014,10 @@ impl VirtualHost {
                 .cloned()
                 .collect(),
         };
-        definitions.save(&amqp_dir(&self.config.data_dir))
+        definitions.save(
+            self.broker.config().storage.as_ref(),
+            &amqp_dir(&self.config.data_dir),
+        )
     }
 }
 
@@ -1048,15 +1075,20 @@ fn server_name_suffix() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn remove_orphan_queue_dirs(dir: &Path, known: &HashMap<String, String>) {
-    let Ok(entries) = std::fs::read_dir(dir.join("queues")) else {
+fn remove_orphan_queue_dirs(
+    storage: &dyn sluice_log::Storage,
+    dir: &Path,
+    known: &HashMap<String, String>,
+) {
+    let queues = dir.join("queues");
+    let Ok(entries) = storage.read_dir(&queues) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for entry in entries {
+        let name = entry.to_string_lossy().into_owned();
         if !known.values().any(|d| *d == name) {
             // A queue deleted (or declared) around a crash: its definition is what counts.
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = crate::durable_fs::remove_dir_all(storage, &queues.join(entry));
         }
     }
 }

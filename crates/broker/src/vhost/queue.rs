@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 
 use amq_protocol_types::FieldTable;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use super::dead_letter::DeadLetterReason;
 use super::message::{value_as_i64, value_as_str, Message};
@@ -190,7 +190,7 @@ pub struct Queue {
 pub enum Enqueued {
     /// In the queue; for a persistent message in a durable queue, the receiver says when it is
     /// on disk.
-    Accepted(Option<oneshot::Receiver<Result<(), String>>>),
+    Accepted(Option<crate::DurableWait>),
     /// The queue is full and refuses publishes (x-overflow reject-publish).
     Rejected,
 }

@@ -12,12 +12,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sluice_log::{decode_records, Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder};
+use sluice_log::{
+    decode_records, Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder, Storage,
+};
 use tokio::sync::Notify;
 
 use super::message::Message;
-use crate::group_commit::GroupCommit;
-use crate::{now_ms, BrokerError};
+use crate::group_commit::{DurableWait, GroupCommit};
+use crate::{now_ms, BrokerError, StorageFailure};
 
 const MESSAGES_DIR: &str = "messages";
 /// Pending appends are written without waiting for the flusher beyond this many bytes.
@@ -102,6 +104,7 @@ pub struct RecoveredMessage {
 
 impl QueueStore {
     pub fn open(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         message_bytes_max: u32,
     ) -> Result<(QueueStore, Vec<RecoveredMessage>), BrokerError> {
@@ -120,11 +123,12 @@ impl QueueStore {
             durability: Durability::Never,
             ..LogConfig::default()
         };
-        let messages = Arc::new(PartitionLog::open(
+        let messages = Arc::new(PartitionLog::open_with(
+            Arc::clone(&storage),
             &dir.join(MESSAGES_DIR),
             messages_config,
         )?);
-        let settles = PartitionLog::open(&dir.join(SETTLES_DIR), settles_config)?;
+        let settles = PartitionLog::open_with(storage, &dir.join(SETTLES_DIR), settles_config)?;
         let pending = Arc::new(parking_lot::Mutex::new(PendingAppends {
             next_offset: messages.log_end_offset() as u64,
             ..PendingAppends::default()
@@ -136,9 +140,7 @@ impl QueueStore {
                 Arc::clone(&messages),
                 Arc::new(Notify::new()),
                 Box::new(move || match (pending.upgrade(), log.upgrade()) {
-                    (Some(pending), Some(log)) => {
-                        write_pending_appends(&pending, &log).map_err(|e| e.to_string())
-                    }
+                    (Some(pending), Some(log)) => write_pending_appends(&pending, &log),
                     _ => Ok(()),
                 }),
             )
@@ -209,10 +211,15 @@ impl QueueStore {
     }
 
     /// Writes a persistent message; the receiver resolves once it is fsynced.
-    pub fn append(
-        &self,
-        message: &Message,
-    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), String>>), BrokerError> {
+    pub fn append(&self, message: &Message) -> Result<(u64, DurableWait), BrokerError> {
+        // An offline log never writes again until a restart: refuse now (the publisher gets a
+        // nack) rather than hold the message in memory and in pending appends for ever.
+        if self.messages.is_offline() {
+            return Err(BrokerError::Storage(StorageFailure::offline(format!(
+                "queue log {} is offline after a storage failure; restart to recover it",
+                self.messages.dir().display()
+            ))));
+        }
         let record = message.to_record(false);
         let size = record_bytes(&record);
         let (offset, full) = {
@@ -402,7 +409,8 @@ mod tests {
     async fn reopen_recovers_unsettled_messages_with_delivery_marks() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+            let (store, recovered) =
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
             assert!(recovered.is_empty());
             for n in 0..6 {
                 let (offset, durable) = store.append(&message(n)).unwrap();
@@ -413,7 +421,8 @@ mod tests {
             store.mark_delivered_below(4).unwrap();
             store.flush().unwrap();
         }
-        let (store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+        let (store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
         assert_eq!(
             bodies(&recovered),
             vec![
@@ -430,7 +439,8 @@ mod tests {
         store.settle(&[4]).unwrap();
         store.write_pending_settles().unwrap();
         drop(store);
-        let (_store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+        let (_store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
         assert_eq!(
             bodies(&recovered),
             vec![("m3".into(), true), ("m5".into(), false)]
@@ -444,7 +454,8 @@ mod tests {
     async fn message_made_durable_while_a_snapshot_is_taken_survives_recovery() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+            let (store, _) =
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
             let (_, durable) = store.append(&message(0)).unwrap();
             durable.await.unwrap().unwrap();
             // Under the queue lock: the live set and `upto`.
@@ -457,7 +468,8 @@ mod tests {
             store.snapshot(&live, 0, upto).unwrap();
             store.flush().unwrap();
         }
-        let (_store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+        let (_store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
         assert_eq!(
             bodies(&recovered),
             vec![("m0".into(), false), ("m1".into(), false)]
@@ -468,14 +480,16 @@ mod tests {
     async fn settles_not_yet_written_are_undone_by_a_crash_never_losing_a_message() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+            let (store, _) =
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
             let (_, durable) = store.append(&message(0)).unwrap();
             durable.await.unwrap().unwrap();
             store.settle(&[0]).unwrap();
             // Dropped without a housekeeping tick or flush: as if killed.
             std::mem::forget(store);
         }
-        let (_store, recovered) = QueueStore::open(dir.path(), 1 << 20).unwrap();
+        let (_store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
         assert_eq!(bodies(&recovered), vec![("m0".into(), false)]);
     }
 }

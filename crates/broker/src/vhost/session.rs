@@ -14,7 +14,7 @@ use super::queue::{Consumer, ConsumerSource, Entry, Queue};
 use super::stream::StreamStart;
 use super::{ConnectionId, PublishOutcome, VhostError, VirtualHost};
 use amq_protocol_types::FieldTable;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// A delivery on its way to the client.
 pub struct Delivery<'a> {
@@ -43,7 +43,7 @@ pub struct Committed {
     /// Mandatory publishes that reached no queue: they go back with basic.return.
     pub returned: Vec<Message>,
     /// Resolve when the committed messages are on disk.
-    pub durable: Vec<oneshot::Receiver<Result<(), String>>>,
+    pub durable: Vec<crate::DurableWait>,
 }
 
 /// A message taken with basic.get.

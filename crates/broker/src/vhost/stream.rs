@@ -11,7 +11,6 @@ use std::time::Duration;
 use amq_protocol_types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 use sluice_log::{decode_records, RecordBatchBuilder};
-use tokio::sync::oneshot;
 
 use super::message::{value_as_str, Message};
 use super::queue::Consumer;
@@ -88,10 +87,7 @@ impl StreamQueue {
 
     /// Appends the message to its partition (chosen from the routing key as Kafka's default
     /// partitioner chooses from a record key); the receiver says when it is durable.
-    pub fn publish(
-        &self,
-        message: &Message,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, VhostError> {
+    pub fn publish(&self, message: &Message) -> Result<crate::DurableWait, VhostError> {
         let topic = self.topic()?;
         let count = topic.partition_count().max(1) as u32;
         let key = message.routing_key.as_bytes();

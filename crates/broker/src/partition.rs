@@ -481,8 +481,7 @@ mod tests {
                     .produce(idempotent_records(7, sequence), Acks::All)
                     .await
             });
-            let mut first_poll =
-                std::task::Context::from_waker(std::task::Waker::noop());
+            let mut first_poll = std::task::Context::from_waker(std::task::Waker::noop());
             let _ = std::future::Future::poll(produce.as_mut(), &mut first_poll);
             started.push(produce);
         }

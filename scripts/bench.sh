@@ -5,14 +5,16 @@
 # Prints the bench tool's summaries; `BENCH_SECS` sets each run's length (default 10).
 # BENCH_AMQP=1 also runs scripts/bench_amqp.sh (AMQP: RabbitMQ and Sluice) at the end.
 # BENCH_CASES=latency runs only the disk probe and the two latency runs; SLUICE_BIN benchmarks
-# another broker binary (for before/after comparisons), BENCH_BUILD=0 skips the build.
+# another broker binary (for before/after comparisons), BENCH_BUILD=0 skips the build. Binaries
+# come from $CARGO_TARGET_DIR (default target/); BENCH_BIN names another sluice-bench.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SECS="${BENCH_SECS:-10}"
 if [ "${BENCH_BUILD:-1}" != 0 ]; then cargo build --release -p sluice-server -p sluice-bench; fi
-SLUICE="${SLUICE_BIN:-$ROOT/target/release/sluice}"
-BENCH="$ROOT/target/release/sluice-bench"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SLUICE="${SLUICE_BIN:-$TARGET_DIR/release/sluice}"
+BENCH="${BENCH_BIN:-$TARGET_DIR/release/sluice-bench}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 BROKER_PID=""

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sluice_broker::vhost::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::channel::Channel;
 use crate::codec::{
@@ -96,15 +96,24 @@ const HANDSHAKE_FRAME_MAX: u32 = 131_072;
 /// close-ok. RabbitMQ waits for the socket's end too, up to its heartbeat timeout (at most
 /// 30 s); a few seconds is plenty for what was already in flight.
 const CLOSE_LINGER_MAX: Duration = Duration::from_secs(5);
+/// Graceful shutdown: how long a connection waits for the confirms of publishes it already
+/// read (their group commit), then for the client's close-ok. Together under the server's
+/// drain bound, so a shutdown always finishes.
+const SHUTDOWN_CONFIRMS_MAX: Duration = Duration::from_secs(3);
+const SHUTDOWN_CLOSE_OK_MAX: Duration = Duration::from_secs(2);
 /// Type, channel and size: what must be buffered for a frame to be under way.
 const FRAME_HEADER_BYTES: usize = 7;
 /// The longest a publisher waits for one congested queue before it goes on.
 const FLOW_WAIT_MAX: Duration = Duration::from_millis(500);
 
+/// Serves one connection until it closes, or until `shutdown` turns true: then it reads no
+/// further frame, answers the confirms of publishes already read, and closes the connection
+/// with 320 CONNECTION_FORCED as RabbitMQ does on shutdown.
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     context: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (read_half, mut write_half) = stream.into_split();
@@ -146,6 +155,7 @@ pub(crate) async fn serve_connection(
     let frame_max = Arc::new(AtomicU32::new(HANDSHAKE_FRAME_MAX));
 
     let mut connection = Connection {
+        shutdown: shutdown.clone(),
         id,
         peer,
         context: Arc::clone(&context),
@@ -163,7 +173,12 @@ pub(crate) async fn serve_connection(
         congested: Vec::new(),
         linger_until: None,
     };
-    match tokio::time::timeout_at(handshake_deadline, connection.handshake()).await {
+    let handshake = tokio::select! {
+        biased;
+        () = shutdown_requested(&mut shutdown) => Ok(Err(None)),
+        handshake = tokio::time::timeout_at(handshake_deadline, connection.handshake()) => handshake,
+    };
+    match handshake {
         Ok(Ok(())) => {
             tracing::debug!(%peer, id, user = %connection.user, "AMQP connection open");
             connection.run().await;
@@ -269,6 +284,8 @@ pub(crate) struct Connection {
     /// Set once connection.close or close-ok was sent: what the peer still sends is read and
     /// discarded until it closes the socket, or until then (see `CLOSE_LINGER_MAX`).
     linger_until: Option<tokio::time::Instant>,
+    /// Turns true when the broker shuts down.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Outcome of the handshake: Err(None) means the peer went away; Err(Some) is a close to send.
@@ -461,12 +478,31 @@ impl Connection {
             // Under a resource alarm, a connection that publishes is not read from (TCP
             // back-pressure does the rest), as RabbitMQ does.
             if alarm.is_some() && self.has_published {
-                if blocked.changed().await.is_err() {
-                    return;
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    () = shutdown_requested(&mut shutdown) => {
+                        self.close_for_shutdown().await;
+                        return;
+                    }
+                    changed = blocked.changed() => if changed.is_err() {
+                        return;
+                    },
                 }
                 continue;
             }
-            let frame = match self.read_frame().await {
+            // Shutdown is looked at between frames; a frame under way is cut off (the
+            // connection is closing anyway, and a publish without its body is not confirmed).
+            let mut shutdown = self.shutdown.clone();
+            let read = tokio::select! {
+                biased;
+                () = shutdown_requested(&mut shutdown) => None,
+                read = self.read_frame() => Some(read),
+            };
+            let Some(read) = read else {
+                self.close_for_shutdown().await;
+                return;
+            };
+            let frame = match read {
                 Ok(frame) => frame,
                 Err(FrameError::Frame(text)) => {
                     self.close_with(AmqpError::connection(FRAME_ERROR, text))
@@ -650,8 +686,39 @@ impl Connection {
         Ok(())
     }
 
+    /// Graceful shutdown: every publish already read gets its confirm (basic.ack once durable,
+    /// basic.nack if its store failed; bounded), then connection.close 320 CONNECTION_FORCED
+    /// and a bounded wait for close-ok.
+    async fn close_for_shutdown(&mut self) {
+        let confirm_loops: Vec<_> = self
+            .channels
+            .values_mut()
+            .filter_map(Channel::finish_confirms)
+            .collect();
+        let answered = async {
+            for confirm_loop in confirm_loops {
+                let _ = confirm_loop.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_CONFIRMS_MAX, answered)
+            .await
+            .is_err()
+        {
+            tracing::warn!(peer = %self.peer, "shutdown: confirms still pending after {SHUTDOWN_CONFIRMS_MAX:?}; closing anyway");
+        }
+        let error = AmqpError::connection(
+            CONNECTION_FORCED,
+            "broker forced connection closure with reason 'shutdown'",
+        );
+        self.close_within(error, SHUTDOWN_CLOSE_OK_MAX).await;
+    }
+
     /// connection.close with the error, then wait (briefly) for close-ok.
     pub(crate) async fn close_with(&mut self, error: AmqpError) {
+        self.close_within(error, CLOSE_LINGER_MAX).await;
+    }
+
+    async fn close_within(&mut self, error: AmqpError, close_ok_wait_max: Duration) {
         tracing::debug!(peer = %self.peer, code = error.code, text = %error.text, "AMQP connection error");
         self.cleanup();
         self.send(method_frame(
@@ -663,7 +730,7 @@ impl Connection {
                 method_id: error.method_id,
             })),
         ));
-        let deadline = tokio::time::Instant::now() + CLOSE_LINGER_MAX;
+        let deadline = tokio::time::Instant::now() + close_ok_wait_max;
         self.linger_until = Some(deadline);
         // Everything but close-ok is ignored now (AMQP 0-9-1 §2.2.4).
         while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, self.read_frame()).await {
@@ -697,6 +764,13 @@ impl Connection {
             channel.release();
         }
         self.context.vhost.connection_closed(self.id);
+    }
+}
+
+/// Resolves once `shutdown` turns true; never, if its sender is gone without turning it.
+pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -3,6 +3,7 @@
 
 use sluice_broker::vhost::VhostError;
 
+pub const CONNECTION_FORCED: u16 = 320;
 pub const NO_ROUTE: u16 = 312;
 pub const ACCESS_REFUSED: u16 = 403;
 pub const NOT_FOUND: u16 = 404;
@@ -52,6 +53,7 @@ impl AmqpError {
     /// The reply text as RabbitMQ words it: the code's name, a dash, the detail.
     pub fn reply_text(&self) -> String {
         let name = match self.code {
+            CONNECTION_FORCED => "CONNECTION_FORCED",
             ACCESS_REFUSED => "ACCESS_REFUSED",
             NOT_FOUND => "NOT_FOUND",
             RESOURCE_LOCKED => "RESOURCE_LOCKED",

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use sluice_broker::vhost::VirtualHost;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::connection::serve_connection;
+use crate::connection::{serve_connection, shutdown_requested};
 
 /// A user allowed to log in (PLAIN / AMQPLAIN).
 #[derive(Debug, Clone)]
@@ -88,36 +88,50 @@ impl AmqpServer {
             .collect()
     }
 
-    /// Serves until `shutdown` turns true.
+    /// Serves until `shutdown` turns true, then drains: the listeners close, each connection
+    /// answers its pending confirms and is closed with 320 CONNECTION_FORCED, and this returns
+    /// once every connection is gone. The caller bounds how long it waits.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        // Every connection task holds a clone; `recv` gives None once the last one ended.
+        let (alive, mut all_closed) = mpsc::channel::<()>(1);
         let mut tasks = Vec::new();
         for listener in self.listeners {
             let context = Arc::clone(&self.context);
             let mut shutdown = shutdown.clone();
+            let alive = alive.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
-                                tokio::spawn(serve_connection(stream, peer, Arc::clone(&context)));
+                                let connection = serve_connection(
+                                    stream,
+                                    peer,
+                                    Arc::clone(&context),
+                                    shutdown.clone(),
+                                );
+                                let alive = alive.clone();
+                                tokio::spawn(async move {
+                                    connection.await;
+                                    drop(alive);
+                                });
                             }
                             Err(error) => {
                                 tracing::warn!(%error, "AMQP accept failed");
                                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                             }
                         },
-                        _ = shutdown.changed() => {
-                            if *shutdown.borrow() {
-                                return;
-                            }
-                        }
+                        () = shutdown_requested(&mut shutdown) => return,
                     }
                 }
             }));
         }
+        drop(alive);
         for task in tasks {
             let _ = task.await;
         }
+        let _ = all_closed.recv().await;
+        tracing::info!("AMQP listeners drained: every connection is closed");
     }
 }

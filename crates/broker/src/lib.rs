@@ -11,6 +11,7 @@ pub mod group_coordinator;
 mod log_dir;
 mod offset_store;
 mod partition;
+mod partition_appender;
 mod producer_id;
 mod producer_state;
 mod topic;

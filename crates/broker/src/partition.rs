@@ -10,7 +10,8 @@ use sluice_log::{
 use tokio::sync::{oneshot, Notify};
 
 use crate::group_commit::{DurableWait, GroupCommit};
-use crate::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::partition_appender::PartitionAppender;
+use crate::producer_state::ProducerStateTable;
 use crate::{now_ms, BrokerError, StorageFailure};
 
 /// How much durability a producer waits for before it is answered.
@@ -46,13 +47,16 @@ pub struct FetchedPartition {
 const DELETE_TO_HIGH_WATERMARK: i64 = -1;
 
 /// One partition of a topic: its log, the idempotent-producer state guarding appends, and the
-/// notification that wakes long-polling fetchers when new data becomes readable.
+/// notification that wakes long-polling fetchers when new data becomes readable. Produces are
+/// written by the partition's appender thread (see `partition_appender`), so no async worker
+/// blocks on a write or a segment roll.
 pub struct Partition {
     topic: String,
     index: i32,
     log: Arc<PartitionLog>,
-    /// Held across check-and-append so that sequence checks and offsets agree.
-    producers: Mutex<ProducerStateTable>,
+    /// Checked and recorded by the appender, which alone appends sequenced batches.
+    producers: Arc<Mutex<ProducerStateTable>>,
+    appender: Arc<PartitionAppender>,
     data_ready: Arc<Notify>,
     group_commit: Arc<GroupCommit>,
     log_append_time: AtomicBool,
@@ -68,7 +72,18 @@ impl Partition {
         log_append_time: bool,
         data_ready: Arc<Notify>,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let log = Arc::new(PartitionLog::open_with(storage, dir, config)?);
+        let log = PartitionLog::open_with(storage, dir, config)?;
+        Partition::with_log(topic, index, log, log_append_time, data_ready)
+    }
+
+    fn with_log(
+        topic: &str,
+        index: i32,
+        log: PartitionLog,
+        log_append_time: bool,
+        data_ready: Arc<Notify>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let log = Arc::new(log);
         let mut producers = ProducerStateTable::default();
         let now = now_ms();
         for header in log.batch_headers_from(log.log_start_offset())? {
@@ -76,11 +91,14 @@ impl Partition {
             producers.record(&header, header.max_timestamp.min(now));
         }
         let group_commit = GroupCommit::new(Arc::clone(&log), Arc::clone(&data_ready));
+        let producers = Arc::new(Mutex::new(producers));
+        let appender = PartitionAppender::new(Arc::clone(&log), Arc::clone(&producers));
         let partition = Arc::new(Partition {
             topic: topic.to_string(),
             index,
             log,
-            producers: Mutex::new(producers),
+            producers,
+            appender,
             data_ready,
             group_commit,
             log_append_time: AtomicBool::new(log_append_time),
@@ -131,33 +149,15 @@ impl Partition {
         if log_append_time {
             stamp_log_append_time(&mut records, now)?;
         }
-        let (offset_first, offset_end) = {
-            let mut producers = self.producers.lock();
-            let mut duplicate = None;
-            for header in &headers {
-                match producers.check(header)? {
-                    SequenceCheck::Append => {}
-                    SequenceCheck::Duplicate { offset_first } => duplicate = Some(offset_first),
-                }
-            }
-            match duplicate {
-                // Clients send one batch per partition; a retried one is answered, not stored.
-                Some(offset_first) if headers.len() == 1 => (
-                    offset_first,
-                    offset_first + headers[0].last_offset_delta as i64 + 1,
-                ),
-                Some(_) => {
-                    return Err(BrokerError::InvalidRecord(
-                        "a retried idempotent batch must be sent alone".into(),
-                    ))
-                }
-                None => {
-                    let info = self.log.append(&mut records, 0, now)?;
-                    for batch in &info.batches {
-                        producers.record(batch, now);
-                    }
-                    (info.base_offset, info.last_offset + 1)
-                }
+        // Queued now, in the caller's first poll, so appends keep request order; the blocking
+        // write (and a roll's fsyncs) happens on the partition's appender thread.
+        let appended = self.appender.submit(records, headers, now);
+        let (offset_first, offset_end) = match appended.await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(BrokerError::Storage(StorageFailure::unwritten(
+                    "the partition appender stopped",
+                )))
             }
         };
         self.make_durable(offset_end, acks).await?;
@@ -348,6 +348,149 @@ mod tests {
                 ..Record::default()
             });
         BytesMut::from(&builder.build()[..])
+    }
+
+    /// A disk whose writes block until the test opens the gate (or 5 s pass).
+    struct GatedDisk {
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        timed_out: Arc<AtomicBool>,
+    }
+
+    struct GatedFile {
+        file: Box<dyn sluice_log::StorageFile>,
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        timed_out: Arc<AtomicBool>,
+    }
+
+    impl sluice_log::StorageFile for GatedFile {
+        fn read_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
+            self.file.read_at(buf, position)
+        }
+        fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
+            let (open, changed) = &*self.gate;
+            let guard = open.lock().expect("gate lock");
+            let (guard, timeout) = changed
+                .wait_timeout_while(guard, std::time::Duration::from_secs(5), |open| !*open)
+                .expect("gate lock");
+            drop(guard);
+            if timeout.timed_out() {
+                self.timed_out.store(true, Ordering::SeqCst);
+            }
+            self.file.write_all_at(buf, position)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+        fn sync_all(&self) -> std::io::Result<()> {
+            self.file.sync_all()
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn modified_ms(&self) -> Option<i64> {
+            self.file.modified_ms()
+        }
+    }
+
+    impl sluice_log::Storage for GatedDisk {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<usize> {
+            sluice_log::RealDisk.create_dir_all(dir)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Box<dyn sluice_log::StorageFile>> {
+            Ok(Box::new(GatedFile {
+                file: sluice_log::RealDisk.open(path)?,
+                gate: Arc::clone(&self.gate),
+                timed_out: Arc::clone(&self.timed_out),
+            }))
+        }
+        fn create(&self, path: &Path) -> std::io::Result<Box<dyn sluice_log::StorageFile>> {
+            Ok(Box::new(GatedFile {
+                file: sluice_log::RealDisk.create(path)?,
+                gate: Arc::clone(&self.gate),
+                timed_out: Arc::clone(&self.timed_out),
+            }))
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            sluice_log::RealDisk.remove_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            sluice_log::RealDisk.rename(from, to)
+        }
+        fn read_dir(&self, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+            sluice_log::RealDisk.read_dir(dir)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            sluice_log::RealDisk.sync_dir(dir)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            sluice_log::RealDisk.remove_dir_all(dir)
+        }
+    }
+
+    /// A produce's write runs on the appender thread: while the disk holds it, the async
+    /// worker (the only one here) keeps running other tasks, which is what opens the gate.
+    /// With the write on the worker, the gate would only open by its 5 s timeout.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_blocked_log_write_does_not_block_the_async_worker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let disk = Arc::new(GatedDisk {
+            gate: Arc::clone(&gate),
+            timed_out: Arc::clone(&timed_out),
+        });
+        let log = PartitionLog::open_with(disk, dir.path(), LogConfig::default()).expect("log");
+        let partition =
+            Partition::with_log("t", 0, log, false, Arc::new(Notify::new())).expect("partition");
+        *gate.0.lock().expect("gate lock") = false;
+        let opener = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move {
+                *gate.0.lock().expect("gate lock") = true;
+                gate.1.notify_all();
+            }
+        });
+        let outcome = partition
+            .produce(records(3), Acks::All)
+            .await
+            .expect("produce");
+        opener.await.expect("opener");
+        assert_eq!(outcome.base_offset, 0);
+        assert!(
+            !timed_out.load(Ordering::SeqCst),
+            "the write blocked the async worker until the gate timed out"
+        );
+    }
+
+    /// Produces started in order (as a connection starts pipelined requests: one first poll
+    /// each) are appended in that order, so consecutive idempotent sequences all succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_idempotent_produces_are_appended_in_start_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");
+        let topic = broker
+            .create_topic("t", 1, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        let mut started = Vec::new();
+        for sequence in 0..200 {
+            let partition = Arc::clone(&partition);
+            let mut produce = Box::pin(async move {
+                partition
+                    .produce(idempotent_records(7, sequence), Acks::All)
+                    .await
+            });
+            let mut first_poll = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = std::future::Future::poll(produce.as_mut(), &mut first_poll);
+            started.push(produce);
+        }
+        for (sequence, produce) in started.into_iter().enumerate() {
+            let outcome = produce.await.expect("in-order sequence accepted");
+            assert_eq!(outcome.base_offset, sequence as i64);
+        }
     }
 
     /// `producer.id.expiration.ms`: an idle producer's state is dropped on the housekeeping

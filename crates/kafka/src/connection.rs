@@ -29,7 +29,7 @@ use kafka_protocol::ResponseError;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api_versions::is_supported;
 use crate::handlers;
@@ -197,11 +197,40 @@ impl Drop for InFlight {
     }
 }
 
+/// Serves a connection until the client closes it (or it fails).
+#[cfg(test)]
 pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: RequestContext,
+    request_memory: Arc<RequestMemory>,
+) {
+    serve_connection_until(
+        stream,
+        peer,
+        context,
+        request_memory,
+        watch::channel(false).1,
+    )
+    .await
+}
+
+/// Resolves once `shutdown` turns true; never, if its sender is gone without turning it.
+pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves a connection until the client closes it, or until `shutdown` turns true: then it
+/// reads no further request, answers every request already read (a produce's ack once its
+/// data is durable), and closes.
+pub async fn serve_connection_until(
     stream: TcpStream,
     peer: SocketAddr,
     mut context: RequestContext,
     request_memory: Arc<RequestMemory>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
@@ -219,8 +248,17 @@ pub async fn serve_connection(
     let read_result = async {
         loop {
             // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
-            // so waiting on again after a timeout loses no bytes.
-            match tokio::time::timeout(idle_max, reader.fill_buf()).await {
+            // so waiting on again after a timeout loses no bytes. Shutdown is only looked at
+            // here, between requests: a request whose frame has begun is read and answered.
+            let filled = tokio::select! {
+                biased;
+                () = shutdown_requested(&mut shutdown) => {
+                    tracing::debug!(%peer, "shutdown: answering the requests in progress, then closing");
+                    return Ok(());
+                }
+                filled = tokio::time::timeout(idle_max, reader.fill_buf()) => filled,
+            };
+            match filled {
                 Ok(Ok([])) => return Ok(()),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(ConnectionError::Io(error)),

@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use sluice_broker::Broker;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::connection::{serve_connection, RequestMemory};
+use crate::connection::{serve_connection_until, shutdown_requested, RequestMemory};
 use crate::{KafkaConfig, RequestContext};
 
 /// At most one warning per this period about connections refused over the limit.
@@ -46,11 +46,15 @@ impl KafkaServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` turns true; open connections are dropped with the runtime.
+    /// Serves until `shutdown` turns true, then drains: the listener closes (new connections
+    /// are refused), each connection answers the requests it already read and closes, and
+    /// this returns once every connection is closed. The caller bounds how long it waits.
     ///
     /// A connection over `connections_max` is accepted and closed at once, with a warning
     /// (Kafka instead stops accepting until one closes; closing lets the client see it now).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        // Every connection task holds a clone; `recv` gives None once the last one ended.
+        let (alive, mut all_closed) = mpsc::channel::<()>(1);
         let mut refused_since_warning = 0u64;
         let mut last_warning: Option<Instant> = None;
         loop {
@@ -81,9 +85,13 @@ impl KafkaServer {
                             response_memory: None,
                         };
                         let request_memory = Arc::clone(&self.request_memory);
+                        let shutdown = shutdown.clone();
+                        let alive = alive.clone();
                         tokio::spawn(async move {
-                            serve_connection(stream, peer, context, request_memory).await;
+                            serve_connection_until(stream, peer, context, request_memory, shutdown)
+                                .await;
                             drop(connection);
+                            drop(alive);
                         });
                     }
                     Err(error) => {
@@ -92,12 +100,12 @@ impl KafkaServer {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                }
+                () = shutdown_requested(&mut shutdown) => break,
             }
         }
+        drop(self.listener);
+        drop(alive);
+        let _ = all_closed.recv().await;
+        tracing::info!("kafka listener drained: every connection is closed");
     }
 }

@@ -1,5 +1,11 @@
 //! The `sluice` binary: parses configuration, opens the broker, serves the Kafka protocol and
-//! shuts down cleanly (everything flushed) on SIGTERM or Ctrl-C.
+//! shuts down cleanly on SIGTERM or Ctrl-C.
+//!
+//! Graceful shutdown, bounded so that it always finishes: the listeners stop accepting; Kafka
+//! connections answer the requests they already read (acks once durable) and close; AMQP
+//! connections answer their pending confirms and get connection.close 320 CONNECTION_FORCED
+//! (`DRAIN_MAX` for all of that); then the virtual host and the broker flush and close their
+//! logs, which writes the clean-shutdown markers.
 
 mod config;
 
@@ -18,6 +24,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Cli, Command};
 
+/// How long connections get to drain on shutdown before the logs are closed regardless.
+const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+/// Blocking tasks (appenders, group commits) still running when the runtime stops are waited
+/// for this long at most.
+const RUNTIME_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -30,12 +42,14 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("sluice")
                 .build()
-                .context("starting the async runtime")?
-                .block_on(serve(config))
+                .context("starting the async runtime")?;
+            let served = runtime.block_on(serve(config));
+            runtime.shutdown_timeout(RUNTIME_STOP_MAX);
+            served
         }
     }
 }
@@ -81,9 +95,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
     let _ = shutdown_sender.send(true);
-    let _ = kafka_task.await;
-    if let Some(task) = amqp_task {
-        let _ = task.await;
+    let drained = async {
+        let _ = kafka_task.await;
+        if let Some(task) = amqp_task {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_MAX, drained).await.is_err() {
+        tracing::warn!(
+            "connections still open {DRAIN_MAX:?} after the shutdown signal: closing the logs anyway"
+        );
     }
     tokio::task::spawn_blocking(move || {
         vhost.shutdown();

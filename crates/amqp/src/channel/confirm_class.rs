@@ -25,6 +25,8 @@ pub(super) struct ConfirmItem {
 pub(super) struct Confirms {
     pub next_tag: u64,
     pub sender: mpsc::UnboundedSender<ConfirmItem>,
+    /// The confirm loop; it ends once `sender` is dropped and every item is answered.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Channel {
@@ -43,7 +45,7 @@ impl Channel {
                 }
                 if self.confirms.is_none() {
                     let (sender, items) = mpsc::unbounded_channel();
-                    tokio::spawn(confirm_loop(
+                    let task = tokio::spawn(confirm_loop(
                         self.id,
                         items,
                         connection.out.clone(),
@@ -52,6 +54,7 @@ impl Channel {
                     self.confirms = Some(Confirms {
                         next_tag: 1,
                         sender,
+                        task,
                     });
                 }
                 if !s.nowait {
@@ -64,6 +67,15 @@ impl Channel {
             _ => return Err(unimplemented()),
         }
         Ok(())
+    }
+}
+
+impl Channel {
+    /// Takes no more publishes to confirm and returns the confirm loop, which ends once it
+    /// has answered every publish already read: basic.ack for those that became durable,
+    /// basic.nack for the others (graceful shutdown).
+    pub fn finish_confirms(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.confirms.take().map(|confirms| confirms.task)
     }
 }
 

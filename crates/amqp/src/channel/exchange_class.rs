@@ -10,7 +10,7 @@ use crate::connection::Connection;
 use crate::reply::*;
 
 impl Channel {
-    pub(super) fn exchange_method(
+    pub(super) async fn exchange_method(
         &mut self,
         connection: &mut Connection,
         method: exchange::AMQPMethod,
@@ -28,6 +28,7 @@ impl Channel {
                     d.internal,
                     d.arguments,
                 )?;
+                vhost.definitions_saved().await?;
                 if !d.nowait {
                     self.reply(
                         connection,
@@ -39,6 +40,7 @@ impl Channel {
             }
             exchange::AMQPMethod::Delete(d) => {
                 vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                vhost.definitions_saved().await?;
                 if !d.nowait {
                     self.reply(
                         connection,
@@ -55,6 +57,7 @@ impl Channel {
                     b.arguments,
                     conn_id,
                 )?;
+                vhost.definitions_saved().await?;
                 if !b.nowait {
                     self.reply(
                         connection,
@@ -71,6 +74,7 @@ impl Channel {
                     b.arguments,
                     conn_id,
                 )?;
+                vhost.definitions_saved().await?;
                 if !b.nowait {
                     self.reply(
                         connection,

@@ -236,8 +236,8 @@ impl Channel {
         match method {
             AMQPClass::Channel(method) => self.channel_method(connection, method),
             AMQPClass::Access(method) => self.access_method(connection, method),
-            AMQPClass::Exchange(method) => self.exchange_method(connection, method),
-            AMQPClass::Queue(method) => self.queue_method(connection, method),
+            AMQPClass::Exchange(method) => self.exchange_method(connection, method).await,
+            AMQPClass::Queue(method) => self.queue_method(connection, method).await,
             AMQPClass::Basic(method) => self.basic_method(connection, method),
             AMQPClass::Confirm(method) => self.confirm_method(connection, method),
             AMQPClass::Tx(method) => self.tx_method(connection, method).await,

@@ -10,7 +10,7 @@ use crate::connection::Connection;
 use crate::reply::*;
 
 impl Channel {
-    pub(super) fn queue_method(
+    pub(super) async fn queue_method(
         &mut self,
         connection: &mut Connection,
         method: queue::AMQPMethod,
@@ -28,6 +28,7 @@ impl Channel {
                     d.arguments,
                     conn_id,
                 )?;
+                vhost.definitions_saved().await?;
                 self.last_queue = name.clone();
                 if !d.nowait {
                     self.reply(
@@ -49,6 +50,7 @@ impl Channel {
                     b.arguments,
                     conn_id,
                 )?;
+                vhost.definitions_saved().await?;
                 if !b.nowait {
                     self.reply(
                         connection,
@@ -65,6 +67,7 @@ impl Channel {
                     b.arguments,
                     conn_id,
                 )?;
+                vhost.definitions_saved().await?;
                 self.reply(
                     connection,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
@@ -85,6 +88,7 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&d.queue)?;
                 let count = vhost.delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;
+                vhost.definitions_saved().await?;
                 if !d.nowait {
                     self.reply(
                         connection,

@@ -8,6 +8,7 @@
 
 mod dead_letter;
 mod definitions;
+mod definitions_saver;
 pub mod exchange;
 pub mod field_table;
 pub mod message;
@@ -34,6 +35,7 @@ pub use session::{Committed, Delivery, DeliverySink, Got, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::{Definitions, QueueDefinition};
+use definitions_saver::DefinitionsSaver;
 use queue_store::QueueStore;
 
 use crate::{DurableWait, StorageFailure};
@@ -148,6 +150,7 @@ pub struct VirtualHost {
     memory_bytes: AtomicI64,
     blocked: watch::Sender<Option<String>>,
     memory_blocked: AtomicBool,
+    definitions: Arc<DefinitionsSaver>,
     weak_self: Weak<VirtualHost>,
 }
 
@@ -185,6 +188,7 @@ impl VirtualHost {
             memory_bytes: AtomicI64::new(0),
             blocked,
             memory_blocked: AtomicBool::new(false),
+            definitions: DefinitionsSaver::new(Arc::clone(&storage), dir.clone()),
             weak_self: weak.clone(),
         });
         {
@@ -278,8 +282,10 @@ impl VirtualHost {
         self.topology.read().queues.values().cloned().collect()
     }
 
-    /// Flushes every queue's logs (clean shutdown).
+    /// Finishes the definitions write in progress and flushes every queue's logs (clean
+    /// shutdown).
     pub fn shutdown(&self) {
+        self.definitions.wait_idle();
         for queue in self.all_queues() {
             queue.flush();
         }
@@ -394,7 +400,7 @@ impl VirtualHost {
         };
         topology.exchanges.insert(name.to_string(), exchange);
         if durable {
-            self.save(&topology)?;
+            self.save(&topology);
         }
         Ok(())
     }
@@ -423,7 +429,7 @@ impl VirtualHost {
             bindings.retain(|b| b.destination != Destination::Exchange(name.to_string()));
         }
         if durable {
-            self.save(&topology)?;
+            self.save(&topology);
         }
         Ok(())
     }
@@ -545,7 +551,7 @@ impl VirtualHost {
             }
             let stream = StreamQueue::open(Arc::clone(&self.broker), &name)?;
             topology.streams.insert(name.clone(), stream);
-            self.save(&topology)?;
+            self.save(&topology);
             return Ok((name, 0, 0));
         }
         if let Some(kind) = arguments
@@ -586,7 +592,7 @@ impl VirtualHost {
         topology.queues.insert(name.clone(), queue);
         // Every queue is bound to the default exchange by its name (implicitly: see route()).
         if persistent {
-            self.save(&topology)?;
+            self.save(&topology);
         }
         Ok((name, 0, 0))
     }
@@ -636,7 +642,7 @@ impl VirtualHost {
                 for bindings in topology.bindings.values_mut() {
                     bindings.retain(|b| b.destination != target);
                 }
-                self.save(&topology)?;
+                self.save(&topology);
                 return Ok(0);
             }
         }
@@ -663,7 +669,7 @@ impl VirtualHost {
     }
 
     fn remove_queue(&self, queue: &Arc<Queue>) -> u32 {
-        let dir = {
+        {
             let mut topology = self.topology.write();
             match topology.queues.get(&queue.name) {
                 Some(q) if Arc::ptr_eq(q, queue) => {}
@@ -680,24 +686,22 @@ impl VirtualHost {
                 }
             }
             remove_auto_delete_exchanges(&mut topology, emptied);
-            let dir = topology.queue_dirs.remove(&queue.name);
-            if dir.is_some() {
-                if let Err(error) = self.save(&topology) {
-                    tracing::warn!(queue = %queue.name, %error, "could not save definitions");
-                }
+            // The queue's files go only once the definitions without it are on disk.
+            if let Some(dir) = topology.queue_dirs.remove(&queue.name) {
+                let path = amqp_dir(&self.config.data_dir).join("queues").join(dir);
+                let storage = Arc::clone(&self.broker.config().storage);
+                let remove_files: definitions_saver::AfterSaved = Box::new(move || {
+                    if let Err(error) = crate::durable_fs::remove_dir_all(storage.as_ref(), &path) {
+                        tracing::warn!(path = %path.display(), %error, "could not remove queue directory");
+                    }
+                });
+                self.definitions
+                    .submit_then(self.definitions_snapshot(&topology), Some(remove_files));
             }
-            dir
-        };
+        }
         let (consumers, count) = queue.mark_deleted();
         for consumer in consumers {
             consumer.session.consumer_gone(&consumer);
-        }
-        if let Some(dir) = dir {
-            let path = amqp_dir(&self.config.data_dir).join("queues").join(dir);
-            let storage = self.broker.config().storage.as_ref();
-            if let Err(error) = crate::durable_fs::remove_dir_all(storage, &path) {
-                tracing::warn!(path = %path.display(), %error, "could not remove queue directory");
-            }
         }
         count
     }
@@ -743,7 +747,7 @@ impl VirtualHost {
         if !bindings.contains(&binding) {
             bindings.push(binding);
             if durable {
-                self.save(&topology)?;
+                self.save(&topology);
             }
         }
         Ok(())
@@ -773,7 +777,7 @@ impl VirtualHost {
             remove_auto_delete_exchanges(&mut topology, vec![source.to_string()]);
         }
         if changed && durable {
-            self.save(&topology)?;
+            self.save(&topology);
         }
         Ok(())
     }
@@ -973,8 +977,14 @@ impl VirtualHost {
         drop(self.deliver_to(targets, message));
     }
 
-    fn save(&self, topology: &Topology) -> Result<(), VhostError> {
-        let definitions = Definitions {
+    /// Snapshots the durable definitions (under the topology lock the caller holds) and
+    /// queues them for the definitions saver, which writes them outside the lock.
+    fn save(&self, topology: &Topology) {
+        self.definitions.submit(self.definitions_snapshot(topology));
+    }
+
+    fn definitions_snapshot(&self, topology: &Topology) -> Definitions {
+        Definitions {
             exchanges: topology
                 .exchanges
                 .values()
@@ -1013,11 +1023,18 @@ impl VirtualHost {
                 })
                 .cloned()
                 .collect(),
-        };
-        definitions.save(
-            self.broker.config().storage.as_ref(),
-            &amqp_dir(&self.config.data_dir),
-        )
+        }
+    }
+
+    /// Resolves once every definitions change made before the call is on disk: a client is
+    /// answered (declare-ok, bind-ok, ...) only after this.
+    pub async fn definitions_saved(&self) -> Result<(), VhostError> {
+        match self.definitions.saved().await {
+            Ok(result) => result,
+            Err(_) => Err(VhostError::Storage(StorageFailure::unwritten(
+                "the definitions saver stopped",
+            ))),
+        }
     }
 }
 

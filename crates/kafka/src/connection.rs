@@ -205,7 +205,14 @@ pub async fn serve_connection(
     context: RequestContext,
     request_memory: Arc<RequestMemory>,
 ) {
-    serve_connection_until(stream, peer, context, request_memory, watch::channel(false).1).await
+    serve_connection_until(
+        stream,
+        peer,
+        context,
+        request_memory,
+        watch::channel(false).1,
+    )
+    .await
 }
 
 /// Resolves once `shutdown` turns true; never, if its sender is gone without turning it.

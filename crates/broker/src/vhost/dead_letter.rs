@@ -5,6 +5,7 @@
 use amq_protocol_types::{AMQPValue, FieldArray, FieldTable, LongString};
 
 use super::message::{value_as_str, Message};
+use super::{Queue, VirtualHost};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterReason {
@@ -84,6 +85,49 @@ pub fn record_death(message: &mut Message, queue: &str, reason: DeadLetterReason
         AMQPValue::FieldArray(FieldArray::from(deaths)),
     );
     message.properties.headers = Some(headers);
+}
+
+impl VirtualHost {
+    /// Republishes a message that died in `queue` to the queue's dead-letter exchange, if it
+    /// has one (else the message is dropped, as in RabbitMQ).
+    pub(crate) fn dead_letter(
+        &self,
+        queue: &Queue,
+        mut message: Message,
+        reason: DeadLetterReason,
+    ) {
+        let Some(dlx) = queue.options.dead_letter_exchange.clone() else {
+            return;
+        };
+        record_death(
+            &mut message,
+            &queue.name,
+            reason,
+            (crate::now_ms() / 1000) as u64,
+        );
+        let routing_key = queue
+            .options
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| message.routing_key.clone());
+        message.exchange = dlx.clone();
+        message.routing_key = routing_key.clone();
+        let targets = {
+            let topology = self.topology.read();
+            if !topology.exchanges.contains_key(&dlx) {
+                return;
+            }
+            let mut targets =
+                topology.route(&dlx, &routing_key, message.properties.headers.as_ref());
+            // A message expiring around a cycle back into its own queue is dropped, as in RabbitMQ.
+            if reason != DeadLetterReason::Rejected {
+                targets.queues.retain(|q| q.name != queue.name);
+            }
+            targets
+        };
+        // Durability of dead-lettered copies is the group commit's, not awaited by anyone.
+        drop(self.deliver_to(targets, message));
+    }
 }
 
 #[cfg(test)]

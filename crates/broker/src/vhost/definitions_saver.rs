@@ -17,7 +17,8 @@ use sluice_log::Storage;
 use tokio::sync::oneshot;
 
 use super::definitions::Definitions;
-use super::VhostError;
+use super::topology::Topology;
+use super::{VhostError, VirtualHost};
 
 type Waiter = (u64, oneshot::Sender<Result<(), VhostError>>);
 /// Work that may only happen once a snapshot is on disk (removing a deleted queue's files).
@@ -155,6 +156,25 @@ impl DefinitionsSaver {
             for (_, sender) in answered {
                 let _ = sender.send(result.clone());
             }
+        }
+    }
+}
+
+impl VirtualHost {
+    /// Snapshots the durable definitions (under the topology lock the caller holds) and
+    /// queues them for the definitions saver, which writes them outside the lock.
+    pub(super) fn save(&self, topology: &Topology) {
+        self.definitions.submit(topology.durable_definitions());
+    }
+
+    /// Resolves once every definitions change made before the call is on disk: a client is
+    /// answered (declare-ok, bind-ok, ...) only after this.
+    pub async fn definitions_saved(&self) -> Result<(), VhostError> {
+        match self.definitions.saved().await {
+            Ok(result) => result,
+            Err(_) => Err(VhostError::Storage(crate::StorageFailure::unwritten(
+                "the definitions saver stopped",
+            ))),
         }
     }
 }

@@ -2,26 +2,33 @@
 //! Durable definitions are saved in `amqp/definitions.json`; each durable queue keeps its
 //! persistent messages in its own logs under `amqp/queues/`.
 //!
+//! Modules: `topology` (exchanges, bindings, queues; routing), declarations and publishing
+//! here, `definitions` + `definitions_saver` (durable definitions, written outside the
+//! topology lock), `alarms` (connection.blocked), `housekeeping` (the periodic task),
+//! `dead_letter`, and the queue, store, session and stream modules.
+//!
 //! Lock order: topology, then a queue's state, then a session's state (a queue's dispatch
 //! delivers into sessions), then the delivery sink. Nothing takes a lock to the left of one it
 //! holds: sessions release theirs before calling into queues, queues before dead-lettering.
 
+mod alarms;
 mod dead_letter;
 mod definitions;
 mod definitions_saver;
 pub mod exchange;
 pub mod field_table;
+mod housekeeping;
 pub mod message;
 pub mod queue;
 mod queue_store;
 pub mod session;
 mod stream;
+mod topology;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use amq_protocol_types::FieldTable;
 use parking_lot::RwLock;
@@ -34,9 +41,10 @@ pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
 pub use session::{Committed, Delivery, DeliverySink, Got, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
-use definitions::{Definitions, QueueDefinition};
+use definitions::Definitions;
 use definitions_saver::DefinitionsSaver;
 use queue_store::QueueStore;
+use topology::{remove_auto_delete_exchanges, Targets, Topology, BUILTIN_EXCHANGES};
 
 use crate::{DurableWait, StorageFailure};
 
@@ -110,39 +118,6 @@ pub struct PublishOutcome {
     pub congested: Vec<Arc<Queue>>,
 }
 
-/// Where a publish goes.
-#[derive(Default)]
-struct Targets {
-    queues: Vec<Arc<Queue>>,
-    streams: Vec<Arc<StreamQueue>>,
-}
-
-struct Topology {
-    exchanges: HashMap<String, Exchange>,
-    /// By source exchange.
-    bindings: HashMap<String, Vec<Binding>>,
-    queues: HashMap<String, Arc<Queue>>,
-    /// Stream queues: Kafka topics bound into the AMQP topology.
-    streams: HashMap<String, Arc<StreamQueue>>,
-    /// Durable queues' store directories.
-    queue_dirs: HashMap<String, String>,
-}
-
-impl Topology {
-    /// Refuses a publish to an exchange that does not exist or is internal.
-    fn publishable(&self, exchange: &str) -> Result<(), VhostError> {
-        match self.exchanges.get(exchange) {
-            None => Err(VhostError::NotFound(format!(
-                "no exchange '{exchange}' in vhost '/'"
-            ))),
-            Some(e) if e.internal => Err(VhostError::AccessRefused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '/'"
-            ))),
-            Some(_) => Ok(()),
-        }
-    }
-}
-
 pub struct VirtualHost {
     config: VhostConfig,
     broker: Arc<crate::Broker>,
@@ -153,15 +128,6 @@ pub struct VirtualHost {
     definitions: Arc<DefinitionsSaver>,
     weak_self: Weak<VirtualHost>,
 }
-
-const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
-    ("", ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
-];
 
 impl VirtualHost {
     /// Opens the virtual host: loads durable definitions and recovers durable queues.
@@ -251,33 +217,6 @@ impl VirtualHost {
         Ok(vhost)
     }
 
-    /// Starts the housekeeping task (TTL expiry, settle-log snapshots, resource alarms).
-    pub fn start_housekeeping(self: &Arc<Self>) {
-        // A disk already short of space blocks publishers from the start.
-        self.update_alarm();
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = 0u64;
-            let mut interval = tokio::time::interval(Duration::from_millis(20));
-            loop {
-                interval.tick().await;
-                let Some(vhost) = weak.upgrade() else { return };
-                ticks += 1;
-                let now = crate::now_ms();
-                for queue in vhost.all_queues() {
-                    queue.expire(now);
-                    queue.write_pending_settles();
-                    if ticks.is_multiple_of(50) {
-                        queue.maybe_snapshot();
-                    }
-                }
-                if ticks.is_multiple_of(25) {
-                    vhost.update_alarm();
-                }
-            }
-        });
-    }
-
     fn all_queues(&self) -> Vec<Arc<Queue>> {
         self.topology.read().queues.values().cloned().collect()
     }
@@ -289,51 +228,6 @@ impl VirtualHost {
         for queue in self.all_queues() {
             queue.flush();
         }
-    }
-
-    // ---- resource alarms (connection.blocked) ----
-
-    pub(crate) fn memory_add(&self, bytes: i64) {
-        let now = self.memory_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let over = now > self.config.memory_high_watermark_bytes as i64;
-        if over != self.memory_blocked.load(Ordering::Acquire) {
-            self.memory_blocked.store(over, Ordering::Release);
-            self.update_alarm();
-        }
-    }
-
-    pub fn memory_bytes(&self) -> i64 {
-        self.memory_bytes.load(Ordering::Acquire)
-    }
-
-    fn update_alarm(&self) {
-        let disk_low = crate::disk_space(&self.config.data_dir)
-            .is_some_and(|space| space.usable_bytes < self.config.disk_free_limit_bytes);
-        let reason = if self.memory_blocked.load(Ordering::Acquire) {
-            Some("low on memory".to_string())
-        } else if disk_low {
-            Some("low on disk".to_string())
-        } else {
-            None
-        };
-        self.blocked.send_if_modified(|current| {
-            if *current != reason {
-                if let Some(why) = &reason {
-                    tracing::warn!(reason = %why, "resource alarm: blocking publishers");
-                } else {
-                    tracing::info!("resource alarm cleared: unblocking publishers");
-                }
-                *current = reason;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Why publishers are blocked now (None: they are not); changes are signalled.
-    pub fn blocked(&self) -> watch::Receiver<Option<String>> {
-        self.blocked.subscribe()
     }
 
     // ---- exchanges ----
@@ -696,7 +590,7 @@ impl VirtualHost {
                     }
                 });
                 self.definitions
-                    .submit_then(self.definitions_snapshot(&topology), Some(remove_files));
+                    .submit_then(topology.durable_definitions(), Some(remove_files));
             }
         }
         let (consumers, count) = queue.mark_deleted();
@@ -828,63 +722,13 @@ impl VirtualHost {
         self.topology.read().publishable(exchange)
     }
 
-    /// The queues and streams a message published to `exchange` with these routing key and
-    /// headers reaches (following exchange-to-exchange bindings).
-    fn route(
-        &self,
-        topology: &Topology,
-        exchange: &str,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
-    ) -> Targets {
-        let mut targets = Targets::default();
-        let add = |name: &str, targets: &mut Targets| {
-            if let Some(queue) = topology.queues.get(name) {
-                if !targets.queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
-                    targets.queues.push(Arc::clone(queue));
-                }
-            } else if let Some(stream) = topology.streams.get(name) {
-                if !targets.streams.iter().any(|s| Arc::ptr_eq(s, stream)) {
-                    targets.streams.push(Arc::clone(stream));
-                }
-            }
-        };
-        if exchange.is_empty() {
-            add(routing_key, &mut targets);
-            return targets;
-        }
-        let mut pending = vec![exchange.to_string()];
-        let mut seen = vec![exchange.to_string()];
-        while let Some(source) = pending.pop() {
-            let Some(kind) = topology.exchanges.get(&source).map(|e| e.kind) else {
-                continue;
-            };
-            for binding in topology.bindings.get(&source).into_iter().flatten() {
-                if !binding.matches(kind, routing_key, headers) {
-                    continue;
-                }
-                match &binding.destination {
-                    Destination::Queue(name) => add(name, &mut targets),
-                    Destination::Exchange(name) => {
-                        if !seen.contains(name) {
-                            seen.push(name.clone());
-                            pending.push(name.clone());
-                        }
-                    }
-                }
-            }
-        }
-        targets
-    }
-
     /// Routes the message from its exchange by its routing key (and headers) and stores it in
     /// every queue and stream it reaches.
     pub fn publish(&self, message: Message) -> Result<PublishOutcome, VhostError> {
         let targets = {
             let topology = self.topology.read();
             topology.publishable(&message.exchange)?;
-            self.route(
-                &topology,
+            topology.route(
                 &message.exchange,
                 &message.routing_key,
                 message.properties.headers.as_ref(),
@@ -931,111 +775,6 @@ impl VirtualHost {
         }
         outcome
     }
-
-    /// Republishes a message that died in `queue` to the queue's dead-letter exchange, if it
-    /// has one (else the message is dropped, as in RabbitMQ).
-    pub(crate) fn dead_letter(
-        &self,
-        queue: &Queue,
-        mut message: Message,
-        reason: DeadLetterReason,
-    ) {
-        let Some(dlx) = queue.options.dead_letter_exchange.clone() else {
-            return;
-        };
-        dead_letter::record_death(
-            &mut message,
-            &queue.name,
-            reason,
-            (crate::now_ms() / 1000) as u64,
-        );
-        let routing_key = queue
-            .options
-            .dead_letter_routing_key
-            .clone()
-            .unwrap_or_else(|| message.routing_key.clone());
-        message.exchange = dlx.clone();
-        message.routing_key = routing_key.clone();
-        let targets = {
-            let topology = self.topology.read();
-            if !topology.exchanges.contains_key(&dlx) {
-                return;
-            }
-            let mut targets = self.route(
-                &topology,
-                &dlx,
-                &routing_key,
-                message.properties.headers.as_ref(),
-            );
-            // A message expiring around a cycle back into its own queue is dropped, as in RabbitMQ.
-            if reason != DeadLetterReason::Rejected {
-                targets.queues.retain(|q| q.name != queue.name);
-            }
-            targets
-        };
-        // Durability of dead-lettered copies is the group commit's, not awaited by anyone.
-        drop(self.deliver_to(targets, message));
-    }
-
-    /// Snapshots the durable definitions (under the topology lock the caller holds) and
-    /// queues them for the definitions saver, which writes them outside the lock.
-    fn save(&self, topology: &Topology) {
-        self.definitions.submit(self.definitions_snapshot(topology));
-    }
-
-    fn definitions_snapshot(&self, topology: &Topology) -> Definitions {
-        Definitions {
-            exchanges: topology
-                .exchanges
-                .values()
-                .filter(|e| e.durable && !BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == e.name))
-                .cloned()
-                .collect(),
-            queues: topology
-                .queues
-                .values()
-                .filter_map(|q| {
-                    topology.queue_dirs.get(&q.name).map(|dir| QueueDefinition {
-                        name: q.name.clone(),
-                        auto_delete: q.auto_delete,
-                        arguments: q.arguments.clone(),
-                        dir: dir.clone(),
-                    })
-                })
-                .collect(),
-            streams: topology.streams.keys().cloned().collect(),
-            bindings: topology
-                .bindings
-                .values()
-                .flatten()
-                .filter(|b| {
-                    let source_durable =
-                        topology.exchanges.get(&b.source).is_some_and(|e| e.durable);
-                    let destination_durable = match &b.destination {
-                        Destination::Queue(q) => {
-                            topology.queue_dirs.contains_key(q) || topology.streams.contains_key(q)
-                        }
-                        Destination::Exchange(e) => {
-                            topology.exchanges.get(e).is_some_and(|e| e.durable)
-                        }
-                    };
-                    source_durable && destination_durable
-                })
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Resolves once every definitions change made before the call is on disk: a client is
-    /// answered (declare-ok, bind-ok, ...) only after this.
-    pub async fn definitions_saved(&self) -> Result<(), VhostError> {
-        match self.definitions.saved().await {
-            Ok(result) => result,
-            Err(_) => Err(VhostError::Storage(StorageFailure::unwritten(
-                "the definitions saver stopped",
-            ))),
-        }
-    }
 }
 
 fn amqp_dir(data_dir: &Path) -> PathBuf {
@@ -1049,19 +788,6 @@ fn check_exclusive(queue: &Queue, connection: ConnectionId) -> Result<(), VhostE
             queue.name
         ))),
         _ => Ok(()),
-    }
-}
-
-fn remove_auto_delete_exchanges(topology: &mut Topology, emptied: Vec<String>) {
-    for source in emptied {
-        if topology
-            .exchanges
-            .get(&source)
-            .is_some_and(|e| e.auto_delete)
-        {
-            topology.exchanges.remove(&source);
-            topology.bindings.remove(&source);
-        }
     }
 }
 

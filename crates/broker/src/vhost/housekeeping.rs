@@ -1,0 +1,35 @@
+//! The housekeeping task: TTL expiry, settle-log writes and snapshots, resource alarms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::VirtualHost;
+
+impl VirtualHost {
+    /// Starts the housekeeping task (TTL expiry, settle-log snapshots, resource alarms).
+    pub fn start_housekeeping(self: &Arc<Self>) {
+        // A disk already short of space blocks publishers from the start.
+        self.update_alarm();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = 0u64;
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                interval.tick().await;
+                let Some(vhost) = weak.upgrade() else { return };
+                ticks += 1;
+                let now = crate::now_ms();
+                for queue in vhost.all_queues() {
+                    queue.expire(now);
+                    queue.write_pending_settles();
+                    if ticks.is_multiple_of(50) {
+                        queue.maybe_snapshot();
+                    }
+                }
+                if ticks.is_multiple_of(25) {
+                    vhost.update_alarm();
+                }
+            }
+        });
+    }
+}

@@ -198,8 +198,10 @@ impl VirtualHost {
                 let store = QueueStore::open(
                     &dir.join("queues").join(&q.dir),
                     vhost.config.message_bytes_max,
+                    options.max_length_bytes.is_some(),
                 )?;
-                tracing::info!(queue = %q.name, messages = store.1.len(), "recovered queue");
+                let messages: u64 = store.1.iter().map(|run| run.count).sum();
+                tracing::info!(queue = %q.name, messages, "recovered queue");
                 let queue = Queue::new(
                     q.name.clone(),
                     true,
@@ -544,6 +546,7 @@ impl VirtualHost {
             let store = QueueStore::open(
                 &amqp_dir(&self.config.data_dir).join("queues").join(&dir),
                 self.config.message_bytes_max,
+                false,
             )?;
             topology.queue_dirs.insert(name.clone(), dir);
             Some(store)

@@ -76,6 +76,8 @@ pub enum Settle {
 struct Transaction {
     /// (mandatory, message); the message names its exchange and routing key.
     publishes: Vec<(bool, Message)>,
+    /// Bodies of `publishes`, in the vhost's memory count until commit or rollback.
+    publish_bytes: u64,
     settles: Vec<(u64, bool, Settle)>,
 }
 
@@ -474,7 +476,10 @@ impl Session {
             // the session lock: the topology lock is never taken under it).
             self.vhost.check_publishable(&message.exchange)?;
             if let Some(tx) = self.state.lock().transaction.as_mut() {
+                let bytes = message.body.len() as u64;
                 tx.publishes.push((mandatory, message));
+                tx.publish_bytes += bytes;
+                self.vhost.memory_add(bytes as i64);
                 return Ok(None);
             }
         }
@@ -495,6 +500,8 @@ impl Session {
                 }
             }
         };
+        // From here the publishes are the queues' to count.
+        self.vhost.memory_add(-(tx.publish_bytes as i64));
         let mut committed = Committed::default();
         for (mandatory, message) in tx.publishes {
             let returned = mandatory.then(|| message.clone());
@@ -515,6 +522,7 @@ impl Session {
         let mut state = self.state.lock();
         match state.transaction.as_mut() {
             Some(tx) => {
+                self.vhost.memory_add(-(tx.publish_bytes as i64));
                 *tx = Transaction::default();
                 Ok(())
             }
@@ -533,7 +541,9 @@ impl Session {
                 return;
             }
             state.closed = true;
-            state.transaction = None;
+            if let Some(tx) = state.transaction.take() {
+                self.vhost.memory_add(-(tx.publish_bytes as i64));
+            }
             (
                 std::mem::take(&mut state.consumers),
                 std::mem::take(&mut state.unacked),

@@ -344,7 +344,7 @@ impl Queue {
             state.delivered_exact = state.delivered_below;
             store
         });
-        let queue = Arc::new(Queue {
+        Arc::new(Queue {
             name,
             durable,
             exclusive_owner,
@@ -355,8 +355,7 @@ impl Queue {
             state: Mutex::new(state),
             vhost,
             drained: Notify::new(),
-        });
-        queue
+        })
     }
 
     pub fn message_count(&self) -> u32 {

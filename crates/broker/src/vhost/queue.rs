@@ -40,6 +40,9 @@ const FLOW_HIGH: u64 = 1000;
 pub const READY_MEMORY_BYTES_MAX: u64 = 8 << 20;
 /// Bytes of log read (and decoded) ahead of a queue's consumers in one go.
 const READ_AHEAD_BYTES: usize = 1 << 20;
+/// The message log's start is moved (a checkpoint write) once the oldest live message is this
+/// many offsets past it, or the queue is empty: a segment holds tens of thousands of messages.
+const RECLAIM_OFFSETS_MIN: u64 = 10_000;
 /// Bytes read to learn the expiry of a queue's head when nobody consumes (one batch at least).
 const HEAD_PEEK_BYTES: usize = 16 << 10;
 
@@ -904,7 +907,7 @@ impl Queue {
         };
         let live = normalize_ranges(live);
         let oldest_live = live.first().map_or(upto, |(start, _)| *start);
-        if let Err(error) = store.reclaim(oldest_live) {
+        if let Err(error) = store.reclaim(oldest_live, RECLAIM_OFFSETS_MIN) {
             tracing::warn!(queue = %self.name, %error, "could not free the disk of settled messages");
         }
         if store.wants_snapshot() {

@@ -11,9 +11,9 @@
 //! - `S` + upto (u64) + pairs (start, end): a snapshot: below `upto`, exactly these offset
 //!   ranges were still in the queue. The settle log's start is moved to its latest snapshot.
 //!
-//! Start-up reads the index, not the data: the live offsets come from the message log's batch
-//! headers and the settle log, so a backlog of millions of messages is recovered without
-//! reading a body (only a queue with `x-max-length-bytes`, which needs exact body sizes, reads
+//! Start-up reads the index, not the data: the live offsets are the message log's offset range
+//! (it has no gaps: one message per offset) minus what the settle log names, so a backlog of
+//! millions of messages is recovered without reading the log at all (only a queue with `x-max-length-bytes`, which needs exact body sizes, reads
 //! its records once). Bodies are read on delivery, in batches ([`QueueStore::read_messages`]).
 //!
 //! Disk is reclaimed as messages are settled: the queue moves the message log's start to its
@@ -295,17 +295,11 @@ impl QueueStore {
                 _ => {}
             }
         }
-        // Every offset in the log, from batch headers only.
+        // Every offset in the log: only `write_pending_appends` writes to it, a message per
+        // offset, so its offsets have no gaps and nothing needs to be read to list them.
         let log_start = self.messages.log_start_offset().max(0) as u64;
         let end = self.messages.high_watermark().max(0) as u64;
-        let mut stored: Ranges = Vec::new();
-        for header in self.messages.batch_headers_from(log_start as i64)? {
-            let start = (header.base_offset.max(0) as u64).max(log_start);
-            let batch_end = ((header.last_offset() + 1).max(0) as u64).min(end);
-            if start < batch_end {
-                stored.push((start, batch_end));
-            }
-        }
+        let stored: Ranges = vec![(log_start, end)];
         let mut live = normalize_ranges(stored);
         if let Some((upto, ranges)) = snapshot {
             // Below `upto` only what the snapshot names is live; above it, everything stored.
@@ -525,9 +519,14 @@ impl QueueStore {
     /// (the oldest message still ready or unacked, or [`QueueStore::snapshot_upto`] taken
     /// together with the live set when there is none) and deletes the segments wholly below
     /// it. Recovery never looks below the log start, so no settle record is needed for them.
-    pub fn reclaim(&self, oldest_live: u64) -> Result<(), BrokerError> {
-        let start = (oldest_live as i64).min(self.messages.high_watermark());
-        if start <= self.messages.log_start_offset() {
+    /// Does nothing unless that frees at least `offsets_min` offsets or empties the log.
+    pub fn reclaim(&self, oldest_live: u64, offsets_min: u64) -> Result<(), BrokerError> {
+        let high_watermark = self.messages.high_watermark();
+        let start = (oldest_live as i64).min(high_watermark);
+        let log_start = self.messages.log_start_offset();
+        if start <= log_start
+            || (start < high_watermark && ((start - log_start) as u64) < offsets_min)
+        {
             return Ok(());
         }
         self.messages.advance_log_start(start)?;
@@ -760,7 +759,7 @@ mod tests {
             }
             let before = store.message_log_bytes();
             assert!(before > 800 << 10, "{before}");
-            store.reclaim(150).unwrap();
+            store.reclaim(150, 1).unwrap();
             let after = store.message_log_bytes();
             assert!(after < 300 << 10, "{before} -> {after}");
             assert!(!store.wants_snapshot());

@@ -503,3 +503,47 @@ async fn purged_stored_backlog_stays_purged_after_a_restart() {
     assert_eq!(number(&got.message.body), 1500);
     assert!(session(&vhost, 3).0.get("q", true).unwrap().is_none());
 }
+
+/// The memory alarm counts what publishers make the broker hold outside queues: uncommitted
+/// transaction publishes and a body being received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_buffers_and_bodies_being_received_count_in_the_memory_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = open(dir.path());
+    vhost
+        .declare_queue("q", false, false, false, false, FieldTable::default(), 1)
+        .unwrap();
+    let (session, _sink) = session(&vhost, 1);
+    session.tx_select();
+    let body = "b".repeat(100_000);
+    for _ in 0..3 {
+        session
+            .publish(
+                false,
+                Message {
+                    routing_key: "q".into(),
+                    ..persistent(&body)
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(vhost.memory_bytes(), 300_000);
+    session.tx_rollback().unwrap();
+    assert_eq!(vhost.memory_bytes(), 0);
+    session
+        .publish(
+            false,
+            Message {
+                routing_key: "q".into(),
+                ..persistent(&body)
+            },
+        )
+        .unwrap();
+    session.tx_commit().unwrap();
+    // Now the queue's (a non-durable queue keeps bodies in memory).
+    assert_eq!(vhost.memory_bytes(), 100_000);
+    let receiving = session.charge_memory(5_000_000);
+    assert_eq!(vhost.memory_bytes(), 5_100_000);
+    drop(receiving);
+    assert_eq!(vhost.memory_bytes(), 100_000);
+}

@@ -30,7 +30,7 @@ pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
-pub use session::{Committed, Delivery, DeliverySink, Got, Session, Settle};
+pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::{Definitions, QueueDefinition};

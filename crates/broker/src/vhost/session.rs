@@ -37,6 +37,19 @@ pub trait DeliverySink: Send + Sync {
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
 }
 
+/// Bytes held for the broker outside any queue (a message body being received), counted in the
+/// vhost's memory alarm until dropped.
+pub struct MemoryCharge {
+    vhost: Arc<VirtualHost>,
+    bytes: u64,
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        self.vhost.memory_add(-(self.bytes as i64));
+    }
+}
+
 /// What a tx.commit did.
 #[derive(Default)]
 pub struct Committed {
@@ -132,6 +145,16 @@ impl Session {
 
     pub fn vhost(&self) -> &Arc<VirtualHost> {
         &self.vhost
+    }
+
+    /// Counts `bytes` in the memory alarm until the returned charge is dropped: a body being
+    /// assembled from content frames (its size is announced, and reserved, up front).
+    pub fn charge_memory(&self, bytes: u64) -> MemoryCharge {
+        self.vhost.memory_add(bytes as i64);
+        MemoryCharge {
+            vhost: Arc::clone(&self.vhost),
+            bytes,
+        }
     }
 
     pub(super) fn has_credit(&self) -> bool {

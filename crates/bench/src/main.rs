@@ -3,6 +3,7 @@
 //! of the machine it runs on.
 
 mod amqp_consumer;
+mod amqp_drain;
 mod amqp_load;
 mod amqp_publisher;
 mod consumer_worker;
@@ -47,6 +48,28 @@ enum Command {
     /// Publish (with confirms) and consume (with manual acks) through an AMQP 0-9-1 broker and
     /// report throughput, confirm latency and end-to-end latency.
     Amqp(Box<AmqpArgs>),
+    /// Consume an existing AMQP queue until it is empty (a backlog published before, e.g.
+    /// before a broker restart) and report the rate. Declares and deletes nothing.
+    AmqpDrain(Box<AmqpDrainArgs>),
+}
+
+#[derive(Args)]
+struct AmqpDrainArgs {
+    /// Broker URL; the vhost is URL-encoded (%2f is "/").
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    url: String,
+    /// The queue to drain (it must exist).
+    #[arg(long, default_value = "sluice-bench")]
+    queue: String,
+    /// basic.qos prefetch count (0 is unlimited).
+    #[arg(long, default_value_t = 1000)]
+    prefetch: u16,
+    /// Acknowledge every Nth delivery with multiple=true.
+    #[arg(long, default_value_t = 100)]
+    ack_every: u16,
+    /// The queue counts as drained once no delivery came for this many seconds.
+    #[arg(long, default_value_t = 3)]
+    idle_secs: u64,
 }
 
 #[derive(Args)]
@@ -276,6 +299,16 @@ fn main() -> Result<()> {
             } else {
                 report.print_text();
             }
+        }
+        Command::AmqpDrain(args) => {
+            amqp_drain::run(&amqp_drain::AmqpDrainConfig {
+                url: args.url,
+                queue: args.queue,
+                prefetch: args.prefetch,
+                ack_every: args.ack_every,
+                idle_timeout: Duration::from_secs(args.idle_secs),
+            })?
+            .print_text();
         }
         Command::Amqp(args) => {
             let config = AmqpLoadConfig {

@@ -291,3 +291,259 @@ async fn basic_get_dead_letters_the_expired_messages_it_passes() {
     let dead = session.get("dead", true).unwrap().expect("dead-lettered");
     assert_eq!(&dead.message.body[..], b"stale");
 }
+
+const BIG_BODY_BYTES: usize = 8 << 10;
+
+/// A body of `BIG_BODY_BYTES` that starts with its number.
+fn big_body(n: usize) -> String {
+    format!("{n:06}{}", "x".repeat(BIG_BODY_BYTES - 6))
+}
+
+/// Publishes `count` persistent big bodies to `queue` and waits until all are on disk.
+async fn publish_many(vhost: &VirtualHost, queue: &str, first: usize, count: usize) {
+    let mut durable = Vec::new();
+    for n in first..first + count {
+        let outcome = vhost
+            .publish(Message {
+                routing_key: queue.to_string(),
+                ..persistent(&big_body(n))
+            })
+            .unwrap();
+        durable.extend(outcome.durable);
+    }
+    for d in durable {
+        d.await.unwrap().unwrap();
+    }
+}
+
+fn number(body: &[u8]) -> usize {
+    String::from_utf8_lossy(&body[..6]).parse().unwrap()
+}
+
+/// Peak shaving: a durable queue given more persistent messages than its in-memory budget
+/// keeps only their positions in memory (the memory alarm's count stays under the budget),
+/// and after a restart holds none of their bodies until they are delivered, in order, with
+/// requeued ones back at their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queue_backlog_larger_than_its_memory_budget_stays_on_disk() {
+    let budget = sluice_broker::vhost::queue::READY_MEMORY_BYTES_MAX as i64;
+    let total = 3000; // 24 MiB of bodies
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vhost = open(dir.path());
+        vhost
+            .declare_queue("q", false, true, false, false, FieldTable::default(), 1)
+            .unwrap();
+        publish_many(&vhost, "q", 0, total).await;
+        assert!(
+            vhost.memory_bytes() <= budget,
+            "{} bytes held for a {budget}-byte budget",
+            vhost.memory_bytes()
+        );
+        // The head is served from memory, the rest read back from the log, in order.
+        let (session, _sink) = session(&vhost, 1);
+        for n in 0..1500 {
+            let got = session.get("q", true).unwrap().unwrap();
+            assert_eq!(number(&got.message.body), n);
+        }
+        vhost.shutdown();
+    }
+    let vhost = open(dir.path());
+    assert_eq!(vhost.memory_bytes(), 0, "recovery must not load bodies");
+    let (session, _sink) = session(&vhost, 2);
+    let first: Vec<_> = (0..3)
+        .map(|_| session.get("q", false).unwrap().unwrap())
+        .collect();
+    let numbers: Vec<usize> = first.iter().map(|g| number(&g.message.body)).collect();
+    assert_eq!(numbers, [1500, 1501, 1502]);
+    // Unacked bodies are held, and counted, until settled.
+    assert!(vhost.memory_bytes() >= 3 * BIG_BODY_BYTES as i64);
+    session
+        .settle(first[1].delivery_tag, false, Settle::Requeue)
+        .unwrap();
+    let again = session.get("q", true).unwrap().unwrap();
+    assert_eq!(
+        (number(&again.message.body), again.redelivered),
+        (1501, true)
+    );
+    for n in 1503..total {
+        let got = session.get("q", true).unwrap().unwrap();
+        assert_eq!((number(&got.message.body), got.redelivered), (n, false));
+    }
+    assert!(session.get("q", true).unwrap().is_none());
+    session.close(); // 1500 and 1502 go back
+    let back: Vec<(usize, bool)> = (0..2)
+        .map(|_| {
+            let got = session_get(&vhost, "q");
+            (number(&got.message.body), got.redelivered)
+        })
+        .collect();
+    assert_eq!(back, [(1500, true), (1502, true)]);
+    assert_eq!(vhost.memory_bytes(), 0, "every held body was let go");
+}
+
+fn session_get(vhost: &Arc<VirtualHost>, queue: &str) -> sluice_broker::vhost::Got {
+    let (session, _sink) = session(vhost, 9);
+    session.get(queue, true).unwrap().unwrap()
+}
+
+/// Expiry of messages whose bodies are on disk: known at publish (x-message-ttl), and after a
+/// restart, where it is learned from the record when the message reaches the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_backlog_expires_and_is_dead_lettered_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let declare = |vhost: &VirtualHost| {
+        vhost
+            .declare_exchange(
+                "dlx",
+                "fanout",
+                false,
+                true,
+                false,
+                false,
+                FieldTable::default(),
+            )
+            .unwrap();
+        vhost
+            .declare_queue("dead", false, true, false, false, FieldTable::default(), 1)
+            .unwrap();
+        vhost
+            .bind(
+                "dlx",
+                Destination::Queue("dead".into()),
+                "",
+                FieldTable::default(),
+                1,
+            )
+            .unwrap();
+        for name in ["ttl-live", "ttl-restart"] {
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongInt(300));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("dlx".into()),
+            );
+            vhost
+                .declare_queue(name, false, true, false, false, args, 1)
+                .unwrap();
+        }
+    };
+    let count = 1500; // 12 MiB: past the in-memory budget
+    {
+        let vhost = open(dir.path());
+        declare(&vhost);
+        publish_many(&vhost, "ttl-live", 0, count).await;
+        publish_many(&vhost, "ttl-restart", 0, count).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (session, _sink) = session(&vhost, 1);
+        assert!(session.get("ttl-live", true).unwrap().is_none());
+        vhost.shutdown();
+        // "ttl-restart" is left to expire while the broker is down.
+    }
+    let vhost = open(dir.path());
+    let (session, _sink) = session(&vhost, 2);
+    assert!(session.get("ttl-restart", true).unwrap().is_none());
+    let mut dead = Vec::new();
+    while let Some(got) = session.get("dead", true).unwrap() {
+        dead.push(number(&got.message.body));
+    }
+    let expected: Vec<usize> = (0..count).chain(0..count).collect();
+    assert_eq!(dead, expected);
+}
+
+/// x-max-length-bytes needs exact body sizes of a stored backlog, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_length_bytes_counts_a_recovered_stored_backlog_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 2560 * BIG_BODY_BYTES; // 20 MiB
+    let declare = |vhost: &VirtualHost| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(limit as i64),
+        );
+        vhost
+            .declare_queue("capped", false, true, false, false, args, 1)
+            .unwrap();
+    };
+    {
+        let vhost = open(dir.path());
+        declare(&vhost);
+        publish_many(&vhost, "capped", 0, 3000).await;
+        vhost.shutdown();
+    }
+    let vhost = open(dir.path());
+    declare(&vhost);
+    publish_many(&vhost, "capped", 3000, 1).await;
+    let (session, _sink) = session(&vhost, 2);
+    let mut numbers = Vec::new();
+    while let Some(got) = session.get("capped", true).unwrap() {
+        numbers.push(number(&got.message.body));
+    }
+    assert_eq!(numbers, (441..3001).collect::<Vec<_>>());
+}
+
+/// A purge of a stored backlog is one range settle record, and it holds after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_stored_backlog_stays_purged_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vhost = open(dir.path());
+        vhost
+            .declare_queue("q", false, true, false, false, FieldTable::default(), 1)
+            .unwrap();
+        publish_many(&vhost, "q", 0, 1500).await;
+        assert_eq!(vhost.purge_queue("q", 1).unwrap(), 1500);
+        assert_eq!(vhost.memory_bytes(), 0);
+        publish_many(&vhost, "q", 1500, 1).await;
+        vhost.shutdown();
+    }
+    let vhost = open(dir.path());
+    let got = session_get(&vhost, "q");
+    assert_eq!(number(&got.message.body), 1500);
+    assert!(session(&vhost, 3).0.get("q", true).unwrap().is_none());
+}
+
+/// The memory alarm counts what publishers make the broker hold outside queues: uncommitted
+/// transaction publishes and a body being received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_buffers_and_bodies_being_received_count_in_the_memory_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = open(dir.path());
+    vhost
+        .declare_queue("q", false, false, false, false, FieldTable::default(), 1)
+        .unwrap();
+    let (session, _sink) = session(&vhost, 1);
+    session.tx_select();
+    let body = "b".repeat(100_000);
+    for _ in 0..3 {
+        session
+            .publish(
+                false,
+                Message {
+                    routing_key: "q".into(),
+                    ..persistent(&body)
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(vhost.memory_bytes(), 300_000);
+    session.tx_rollback().unwrap();
+    assert_eq!(vhost.memory_bytes(), 0);
+    session
+        .publish(
+            false,
+            Message {
+                routing_key: "q".into(),
+                ..persistent(&body)
+            },
+        )
+        .unwrap();
+    session.tx_commit().unwrap();
+    // Now the queue's (a non-durable queue keeps bodies in memory).
+    assert_eq!(vhost.memory_bytes(), 100_000);
+    let receiving = session.charge_memory(5_000_000);
+    assert_eq!(vhost.memory_bytes(), 5_100_000);
+    drop(receiving);
+    assert_eq!(vhost.memory_bytes(), 100_000);
+}

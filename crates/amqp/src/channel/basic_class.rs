@@ -66,6 +66,7 @@ impl Channel {
                     properties: None,
                     body_size: 0,
                     body: BytesMut::new(),
+                    memory: None,
                 });
             }
             basic::AMQPMethod::Get(g) => {

@@ -79,6 +79,8 @@ struct PendingPublish {
     properties: Option<sluice_broker::vhost::MessageProperties>,
     body_size: u64,
     body: BytesMut,
+    /// The body's announced size, in the memory alarm while it is being received.
+    memory: Option<sluice_broker::vhost::MemoryCharge>,
 }
 
 pub(crate) struct Channel {
@@ -295,6 +297,7 @@ impl Channel {
         }
         pending.body_size = header.body_size;
         pending.body.reserve(header.body_size as usize);
+        pending.memory = Some(self.session.charge_memory(header.body_size));
         pending.properties = Some(from_amqp(&header.properties));
         if header.body_size == 0 {
             return self.complete_publish(connection);

@@ -38,7 +38,7 @@ pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
-pub use session::{Committed, Delivery, DeliverySink, Got, Session, Settle};
+pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::Definitions;
@@ -190,8 +190,10 @@ impl VirtualHost {
                     Arc::clone(&storage),
                     &dir.join("queues").join(&q.dir),
                     vhost.config.message_bytes_max,
+                    options.max_length_bytes.is_some(),
                 )?;
-                tracing::info!(queue = %q.name, messages = store.1.len(), "recovered queue");
+                let messages: u64 = store.1.iter().map(|run| run.count).sum();
+                tracing::info!(queue = %q.name, messages, "recovered queue");
                 let queue = Queue::new(
                     q.name.clone(),
                     true,
@@ -467,6 +469,7 @@ impl VirtualHost {
                 Arc::clone(&self.broker.config().storage),
                 &amqp_dir(&self.config.data_dir).join("queues").join(&dir),
                 self.config.message_bytes_max,
+                false,
             )?;
             topology.queue_dirs.insert(name.clone(), dir);
             Some(store)

@@ -2,6 +2,15 @@
 //! (round robin, within each one's prefetch), and the rules that move messages out of it: acks,
 //! TTL, max-length and dead-lettering. A durable queue keeps its persistent messages in a
 //! [`QueueStore`]; everything else lives in memory only, as in RabbitMQ.
+//!
+//! Memory holds a small index entry per message, never a backlog's bodies: a persistent
+//! message of a durable queue keeps its body in memory only while the queue's in-memory bodies
+//! stay under `READY_MEMORY_BYTES_MAX`; past that it is a position in a [`StoredRun`] (offsets
+//! in the message log, no body), and runs of consecutive messages share one entry. The head of
+//! the queue is read back from the log when it is delivered, through a read-ahead of whole
+//! batches (`READ_AHEAD_BYTES` per read), so a drain costs one read per batch, not per message.
+//! Recovered messages have an unknown expiry until they reach the head (which is the only place
+//! RabbitMQ expires messages anyway): start-up does not read their records.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -13,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::dead_letter::DeadLetterReason;
 use super::message::{value_as_i64, value_as_str, Message};
-use super::queue_store::QueueStore;
+use super::queue_store::{normalize_ranges, QueueStore};
 use super::session::Session;
 use super::stream::{StreamQueue, StreamStart};
 use super::{ConnectionId, VhostError, VirtualHost};
@@ -25,7 +34,17 @@ const DELIVERY_MARK_WINDOW: u64 = 1024;
 /// publishers wait before their next frame, and lets one through per message its consumers
 /// take. Without it publishers outrun consumers and the backlog, and with it the latency,
 /// grows without bound; a queue nobody consumes takes bursts at full speed (peak shaving).
-const FLOW_HIGH: usize = 1000;
+const FLOW_HIGH: u64 = 1000;
+/// Bodies of persistent messages a durable queue keeps in memory, ready for delivery; the rest
+/// of its backlog is read back from its log.
+pub const READY_MEMORY_BYTES_MAX: u64 = 8 << 20;
+/// Bytes of log read (and decoded) ahead of a queue's consumers in one go.
+const READ_AHEAD_BYTES: usize = 1 << 20;
+/// The message log's start is moved (a checkpoint write) once the oldest live message is this
+/// many offsets past it, or the queue is empty: a segment holds tens of thousands of messages.
+const RECLAIM_OFFSETS_MIN: u64 = 10_000;
+/// Bytes read to learn the expiry of a queue's head when nobody consumes (one batch at least).
+const HEAD_PEEK_BYTES: usize = 16 << 10;
 
 /// What a full queue (x-max-length / x-max-length-bytes) does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,10 +172,107 @@ impl Consumer {
     }
 }
 
+/// When the messages of a [`StoredRun`] expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunExpiry {
+    Never,
+    At(i64),
+    /// Recovered from disk: computed from the record when the message reaches the head.
+    Unknown,
+}
+
+impl RunExpiry {
+    fn from_expires_at(expires_at_ms: Option<i64>) -> RunExpiry {
+        expires_at_ms.map_or(RunExpiry::Never, RunExpiry::At)
+    }
+}
+
+/// Persistent messages whose bodies are only in the queue's log: consecutive positions and log
+/// offsets, alike in their redelivered flag and expiry (same millisecond), so a burst of
+/// millions of messages is a handful of these.
+#[derive(Debug, Clone)]
+struct StoredRun {
+    seq_first: u64,
+    offset_first: u64,
+    count: u64,
+    /// Sum of the bodies' counted sizes (see `Queue::counted_bytes`).
+    body_bytes: u64,
+    redelivered: bool,
+    expiry: RunExpiry,
+}
+
+/// A ready message, or several only on disk.
+enum Ready {
+    InMemory(Entry),
+    OnDisk(StoredRun),
+}
+
+impl Ready {
+    fn seq(&self) -> u64 {
+        match self {
+            Ready::InMemory(entry) => entry.seq,
+            Ready::OnDisk(run) => run.seq_first,
+        }
+    }
+}
+
+/// Messages decoded ahead of the head of the queue, in offset order.
+#[derive(Default)]
+struct ReadAhead {
+    messages: VecDeque<(u64, Message, i64)>,
+    bytes: u64,
+}
+
+impl ReadAhead {
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    /// The message at `offset` and its record timestamp, reading a batch from the log when it
+    /// is not in hand. None when the log cannot serve it yet (not yet written and synced).
+    fn take(
+        &mut self,
+        store: &QueueStore,
+        offset: u64,
+        read_bytes: usize,
+    ) -> Result<Option<(Message, i64)>, crate::BrokerError> {
+        while self.messages.front().is_some_and(|(o, _, _)| *o < offset) {
+            self.pop_front();
+        }
+        if self.messages.front().is_none_or(|(o, _, _)| *o != offset) {
+            self.clear();
+            for (o, message, timestamp) in store.read_messages(offset, read_bytes)? {
+                self.bytes += message.body.len() as u64;
+                self.messages.push_back((o, message, timestamp));
+            }
+        }
+        if self.messages.front().is_some_and(|(o, _, _)| *o == offset) {
+            Ok(self.pop_front())
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<(Message, i64)> {
+        let (_, message, timestamp) = self.messages.pop_front()?;
+        self.bytes -= message.body.len() as u64;
+        Some((message, timestamp))
+    }
+}
+
 #[derive(Default)]
 struct QueueState {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Ready>,
+    /// Messages in `ready` (a stored run counts all its messages).
+    ready_count: u64,
+    /// Counted body bytes of the ready messages (for x-max-length-bytes).
     ready_bytes: u64,
+    /// Bodies of the in-memory ready entries.
+    ready_memory_bytes: u64,
+    read_ahead: ReadAhead,
+    /// The head is on disk but could not be read yet: housekeeping retries the dispatch.
+    head_unreadable: bool,
     /// Log offsets of persistent messages delivered and not yet settled.
     unacked_offsets: BTreeSet<u64>,
     unacked_count: usize,
@@ -204,31 +320,34 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         options: QueueOptions,
-        store: Option<(QueueStore, Vec<super::queue_store::RecoveredMessage>)>,
+        store: Option<(QueueStore, Vec<super::queue_store::RecoveredRun>)>,
         vhost: Weak<VirtualHost>,
     ) -> Arc<Queue> {
         let mut state = QueueState::default();
+        let count_bytes = options.max_length_bytes.is_some();
         let store = store.map(|(store, recovered)| {
-            for m in recovered {
-                let expires_at_ms = expiry(&options, &m.message, m.timestamp_ms);
-                state.ready_bytes += m.message.body.len() as u64;
-                state.ready.push_back(Entry {
-                    seq: state.next_seq,
-                    log_offset: Some(m.offset),
-                    message: Arc::new(m.message),
-                    redelivered: m.maybe_delivered,
-                    expires_at_ms,
-                });
-                state.next_seq += 1;
-                state.delivered_below =
-                    state
-                        .delivered_below
-                        .max(if m.maybe_delivered { m.offset + 1 } else { 0 });
+            for run in recovered {
+                state.ready_count += run.count;
+                if count_bytes {
+                    state.ready_bytes += run.body_bytes;
+                }
+                state.ready.push_back(Ready::OnDisk(StoredRun {
+                    seq_first: state.next_seq,
+                    offset_first: run.offset_first,
+                    count: run.count,
+                    body_bytes: if count_bytes { run.body_bytes } else { 0 },
+                    redelivered: run.maybe_delivered,
+                    expiry: RunExpiry::Unknown,
+                }));
+                state.next_seq += run.count;
+                if run.maybe_delivered {
+                    state.delivered_below = state.delivered_below.max(run.offset_first + run.count);
+                }
             }
             state.delivered_exact = state.delivered_below;
             store
         });
-        let queue = Arc::new(Queue {
+        Arc::new(Queue {
             name,
             durable,
             exclusive_owner,
@@ -239,15 +358,11 @@ impl Queue {
             state: Mutex::new(state),
             vhost,
             drained: Notify::new(),
-        });
-        if let Some(vhost) = queue.vhost.upgrade() {
-            vhost.memory_add(queue.state.lock().ready_bytes as i64);
-        }
-        queue
+        })
     }
 
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len() as u32
+        self.state.lock().ready_count.min(u64::from(u32::MAX)) as u32
     }
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
@@ -268,10 +383,11 @@ impl Queue {
                 return Ok(Enqueued::Accepted(None));
             }
             let body = message.body.len() as u64;
+            let counted = self.counted_bytes(body);
             if let Some(overflow @ (Overflow::RejectPublish | Overflow::RejectPublishDlx)) =
                 self.options.overflow
             {
-                if self.is_full(&state, 1, body) {
+                if self.is_full(&state, 1, counted) {
                     if overflow == Overflow::RejectPublishDlx {
                         dead.push((message.as_ref().clone(), DeadLetterReason::MaxLen));
                     }
@@ -290,22 +406,37 @@ impl Queue {
             let expires_at_ms = expiry(&self.options, &message, now_ms());
             let seq = state.next_seq;
             state.next_seq += 1;
-            state.ready_bytes += body;
-            state.ready.push_back(Entry {
-                seq,
-                log_offset,
-                message,
-                redelivered: false,
-                expires_at_ms,
-            });
-            self.memory_add(body as i64);
+            state.ready_count += 1;
+            state.ready_bytes += counted;
+            match log_offset {
+                // The body is in the log (or on its way there): only its position stays here.
+                Some(offset) if state.ready_memory_bytes + body > READY_MEMORY_BYTES_MAX => {
+                    push_stored(
+                        &mut state,
+                        seq,
+                        offset,
+                        counted,
+                        RunExpiry::from_expires_at(expires_at_ms),
+                    );
+                }
+                _ => {
+                    state.ready_memory_bytes += body;
+                    self.memory_add(body as i64);
+                    state.ready.push_back(Ready::InMemory(Entry {
+                        seq,
+                        log_offset,
+                        message,
+                        redelivered: false,
+                        expires_at_ms,
+                    }));
+                }
+            }
             // drop-head: the oldest ready messages make room.
             while self.is_full(&state, 0, 0) {
-                let Some(oldest) = state.ready.pop_front() else {
+                let read_bytes = read_bytes(&state);
+                let Some(oldest) = self.take_front(&mut state, read_bytes) else {
                     break;
                 };
-                state.ready_bytes -= oldest.message.body.len() as u64;
-                self.memory_add(-(oldest.message.body.len() as i64));
                 self.settle_stored(&[&oldest]);
                 dead.push((oldest.message.as_ref().clone(), DeadLetterReason::MaxLen));
             }
@@ -316,10 +447,20 @@ impl Queue {
         Ok(outcome)
     }
 
+    /// A body's size as `ready_bytes` counts it: only a queue with x-max-length-bytes needs
+    /// (and, after a restart, reads) exact sizes.
+    fn counted_bytes(&self, body_bytes: u64) -> u64 {
+        if self.options.max_length_bytes.is_some() {
+            body_bytes
+        } else {
+            0
+        }
+    }
+
     fn is_full(&self, state: &QueueState, extra: u64, extra_bytes: u64) -> bool {
         self.options
             .max_length
-            .is_some_and(|max| state.ready.len() as u64 + extra > max)
+            .is_some_and(|max| state.ready_count + extra > max)
             || self
                 .options
                 .max_length_bytes
@@ -327,15 +468,22 @@ impl Queue {
     }
 
     fn memory_add(&self, bytes: i64) {
+        if bytes == 0 {
+            return;
+        }
         if let Some(vhost) = self.vhost.upgrade() {
             vhost.memory_add(bytes);
         }
     }
 
     fn settle_stored(&self, entries: &[&Entry]) {
-        let Some(store) = &self.store else { return };
         let offsets: Vec<u64> = entries.iter().filter_map(|e| e.log_offset).collect();
-        if let Err(error) = store.settle(&offsets) {
+        self.settle_offsets(&offsets);
+    }
+
+    fn settle_offsets(&self, offsets: &[u64]) {
+        let Some(store) = &self.store else { return };
+        if let Err(error) = store.settle(offsets) {
             // The message stays in the store and comes back after a restart: a redelivery,
             // never a loss.
             tracing::warn!(queue = %self.name, %error, "could not record settled messages");
@@ -348,13 +496,13 @@ impl Queue {
         let mut dead = Vec::new();
         {
             let mut state = self.state.lock();
-            if state.consumers.is_empty() || state.ready.is_empty() {
+            if state.consumers.is_empty() || state.ready_count == 0 {
                 return;
             }
             let now = now_ms();
             loop {
                 self.take_expired_head(&mut state, now, &mut dead);
-                if state.ready.is_empty() {
+                if state.ready_count == 0 {
                     break;
                 }
                 let count = state.consumers.len();
@@ -366,7 +514,7 @@ impl Queue {
                 };
                 state.next_consumer = (index + 1) % count;
                 let consumer = Arc::clone(&state.consumers[index]);
-                let Some(entry) = self.take_front(&mut state) else {
+                let Some(entry) = self.take_front(&mut state, READ_AHEAD_BYTES) else {
                     break;
                 };
                 if let Some(offset) = entry.log_offset {
@@ -376,16 +524,22 @@ impl Queue {
                     self.settle_stored(&[&entry]);
                     consumer.session.deliver(&consumer, self, entry, false);
                 } else {
-                    state.unacked_count += 1;
-                    if let Some(offset) = entry.log_offset {
-                        state.unacked_offsets.insert(offset);
-                    }
+                    self.track_unacked(&mut state, &entry);
                     consumer.unacked.fetch_add(1, Ordering::AcqRel);
                     consumer.session.deliver(&consumer, self, entry, true);
                 }
             }
         }
         self.dead_letter_all(dead);
+    }
+
+    /// An unacked delivery keeps its body in memory (and in the memory count) until settled.
+    fn track_unacked(&self, state: &mut QueueState, entry: &Entry) {
+        state.unacked_count += 1;
+        if let Some(offset) = entry.log_offset {
+            state.unacked_offsets.insert(offset);
+        }
+        self.memory_add(entry.message.body.len() as i64);
     }
 
     /// Records that the stored message at `offset` is being delivered. The mark on disk is
@@ -407,7 +561,7 @@ impl Queue {
     /// Whether publishers should wait (see `FLOW_HIGH`).
     pub fn is_congested(&self) -> bool {
         let state = self.state.lock();
-        state.ready.len() > FLOW_HIGH && !state.consumers.is_empty() && !state.deleted
+        state.ready_count > FLOW_HIGH && !state.consumers.is_empty() && !state.deleted
     }
 
     /// Returns once the queue has room again. Waiting publishers are let through one per
@@ -419,13 +573,86 @@ impl Queue {
         }
     }
 
-    fn take_front(&self, state: &mut QueueState) -> Option<Entry> {
-        let entry = state.ready.pop_front()?;
-        if state.ready.len() <= FLOW_HIGH {
+    /// Makes the head of the queue an in-memory entry, reading it from the log (with up to
+    /// `read_bytes` read ahead) when it is only on disk. False when it cannot be read now: not
+    /// yet written and synced (a consumer caught up with the publishers), or a failed read;
+    /// housekeeping then retries the dispatch.
+    ///
+    /// The read happens under the queue lock: publishers to this queue wait for it, which
+    /// costs one read per `read_bytes` of messages.
+    fn load_head(&self, state: &mut QueueState, read_bytes: usize) -> bool {
+        let Some(Ready::OnDisk(run)) = state.ready.front() else {
+            return true;
+        };
+        let offset = run.offset_first;
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let cached_before = state.read_ahead.bytes;
+        let taken = state.read_ahead.take(store, offset, read_bytes);
+        self.memory_add(state.read_ahead.bytes as i64 - cached_before as i64);
+        let (message, timestamp_ms) = match taken {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                state.head_unreadable = true;
+                return false;
+            }
+            Err(error) => {
+                if !state.head_unreadable {
+                    tracing::error!(queue = %self.name, offset, %error, "could not read a message from the queue's log; delivery waits");
+                }
+                state.head_unreadable = true;
+                return false;
+            }
+        };
+        state.head_unreadable = false;
+        let counted = self.counted_bytes(message.body.len() as u64);
+        let Some(Ready::OnDisk(run)) = state.ready.front_mut() else {
+            return false;
+        };
+        let expires_at_ms = match run.expiry {
+            RunExpiry::Never => None,
+            RunExpiry::At(at) => Some(at),
+            RunExpiry::Unknown => expiry(&self.options, &message, timestamp_ms),
+        };
+        let entry = Entry {
+            seq: run.seq_first,
+            log_offset: Some(offset),
+            message: Arc::new(message),
+            redelivered: run.redelivered,
+            expires_at_ms,
+        };
+        run.seq_first += 1;
+        run.offset_first += 1;
+        run.count -= 1;
+        run.body_bytes = run.body_bytes.saturating_sub(counted);
+        if run.count == 0 {
+            state.ready.pop_front();
+        }
+        let body = entry.message.body.len() as u64;
+        state.ready_memory_bytes += body;
+        self.memory_add(body as i64);
+        state.ready.push_front(Ready::InMemory(entry));
+        true
+    }
+
+    fn take_front(&self, state: &mut QueueState, read_bytes: usize) -> Option<Entry> {
+        if !self.load_head(state, read_bytes) {
+            return None;
+        }
+        if !matches!(state.ready.front(), Some(Ready::InMemory(_))) {
+            return None;
+        }
+        let Some(Ready::InMemory(entry)) = state.ready.pop_front() else {
+            return None;
+        };
+        state.ready_count -= 1;
+        if state.ready_count <= FLOW_HIGH {
             self.drained.notify_one();
         }
         let bytes = entry.message.body.len() as u64;
-        state.ready_bytes -= bytes;
+        state.ready_bytes = state.ready_bytes.saturating_sub(self.counted_bytes(bytes));
+        state.ready_memory_bytes -= bytes;
         self.memory_add(-(bytes as i64));
         Some(entry)
     }
@@ -436,19 +663,17 @@ impl Queue {
         let result = {
             let mut state = self.state.lock();
             self.take_expired_head(&mut state, now_ms(), &mut dead);
-            self.take_front(&mut state).map(|entry| {
+            let read_bytes = read_bytes(&state);
+            self.take_front(&mut state, read_bytes).map(|entry| {
                 if let Some(offset) = entry.log_offset {
                     self.note_delivered(&mut state, offset);
                 }
                 if track_unacked {
-                    state.unacked_count += 1;
-                    if let Some(offset) = entry.log_offset {
-                        state.unacked_offsets.insert(offset);
-                    }
+                    self.track_unacked(&mut state, &entry);
                 } else {
                     self.settle_stored(&[&entry]);
                 }
-                (entry, state.ready.len() as u32)
+                (entry, state.ready_count.min(u64::from(u32::MAX)) as u32)
             })
         };
         self.dead_letter_all(dead);
@@ -470,6 +695,7 @@ impl Queue {
                 }
             }
         }
+        self.memory_add(-(held_bytes(&entries) as i64));
         self.settle_stored(&entries.iter().collect::<Vec<_>>());
         if let Some(reason) = dead_letter {
             self.dead_letter_all(
@@ -487,6 +713,7 @@ impl Queue {
             let mut state = self.state.lock();
             state.unacked_count = state.unacked_count.saturating_sub(entries.len());
             if state.deleted {
+                self.memory_add(-(held_bytes(&entries) as i64));
                 return;
             }
             for mut entry in entries {
@@ -494,11 +721,14 @@ impl Queue {
                     state.unacked_offsets.remove(&offset);
                 }
                 entry.redelivered = true;
+                // Already in the memory count while unacked.
                 let bytes = entry.message.body.len() as u64;
-                state.ready_bytes += bytes;
-                self.memory_add(bytes as i64);
-                let at = state.ready.partition_point(|e| e.seq < entry.seq);
-                state.ready.insert(at, entry);
+                state.ready_count += 1;
+                state.ready_bytes += self.counted_bytes(bytes);
+                state.ready_memory_bytes += bytes;
+                // A requeued message was taken from the head, so it never falls inside a run.
+                let at = state.ready.partition_point(|r| r.seq() < entry.seq);
+                state.ready.insert(at, Ready::InMemory(entry));
             }
         }
         self.dispatch();
@@ -538,26 +768,46 @@ impl Queue {
         self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
     }
 
+    /// Empties `ready` (and the read-ahead); returns the stored offsets and ranges it held.
+    fn clear_ready(&self, state: &mut QueueState) -> (Vec<u64>, Vec<(u64, u64)>) {
+        let mut offsets = Vec::new();
+        let mut ranges = Vec::new();
+        for item in state.ready.drain(..) {
+            match item {
+                Ready::InMemory(entry) => offsets.extend(entry.log_offset),
+                Ready::OnDisk(run) => ranges.push((run.offset_first, run.offset_first + run.count)),
+            }
+        }
+        self.drained.notify_waiters();
+        self.memory_add(-((state.ready_memory_bytes + state.read_ahead.bytes) as i64));
+        state.read_ahead.clear();
+        state.ready_memory_bytes = 0;
+        state.ready_bytes = 0;
+        state.ready_count = 0;
+        state.head_unreadable = false;
+        (offsets, ranges)
+    }
+
     /// queue.purge: drops every ready message (not unacked ones), returns how many.
     pub(super) fn purge(&self) -> u32 {
         let mut state = self.state.lock();
-        let purged: Vec<Entry> = state.ready.drain(..).collect();
-        self.drained.notify_waiters();
-        self.memory_add(-(state.ready_bytes as i64));
-        state.ready_bytes = 0;
-        self.settle_stored(&purged.iter().collect::<Vec<_>>());
-        purged.len() as u32
+        let count = state.ready_count;
+        let (offsets, ranges) = self.clear_ready(&mut state);
+        self.settle_offsets(&offsets);
+        if let Some(store) = &self.store {
+            if let Err(error) = store.settle_ranges(&ranges) {
+                tracing::warn!(queue = %self.name, %error, "could not record settled messages");
+            }
+        }
+        count.min(u64::from(u32::MAX)) as u32
     }
 
     /// Marks the queue deleted and returns its consumers (to be told) and message count.
     pub(super) fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, u32) {
         let mut state = self.state.lock();
         state.deleted = true;
-        self.drained.notify_waiters();
-        let count = state.ready.len() as u32;
-        self.memory_add(-(state.ready_bytes as i64));
-        state.ready.clear();
-        state.ready_bytes = 0;
+        let count = state.ready_count.min(u64::from(u32::MAX)) as u32;
+        self.clear_ready(&mut state);
         for consumer in &state.consumers {
             consumer.cancelled.store(true, Ordering::Release);
         }
@@ -565,30 +815,57 @@ impl Queue {
     }
 
     /// Dead-letters (or drops) expired messages at the head of the queue, as RabbitMQ does: a
-    /// message behind a longer-lived one waits for it.
+    /// message behind a longer-lived one waits for it. Also retries a dispatch that waited for
+    /// its head to become readable.
     pub(super) fn expire(self: &Arc<Self>, now: i64) {
         let mut dead = Vec::new();
-        self.take_expired_head(&mut self.state.lock(), now, &mut dead);
+        let retry = {
+            let mut state = self.state.lock();
+            self.take_expired_head(&mut state, now, &mut dead);
+            state.head_unreadable && !state.consumers.is_empty()
+        };
         self.dead_letter_all(dead);
+        if retry {
+            self.dispatch();
+        }
     }
 
     /// Takes the expired messages off the head of the queue, settled, for dead-lettering.
-    /// Only the head: as in RabbitMQ, a message behind a longer-lived one waits for it.
+    /// Only the head: as in RabbitMQ, a message behind a longer-lived one waits for it. A head
+    /// on disk whose expiry is unknown (recovered) is read to learn it.
     fn take_expired_head(
         &self,
         state: &mut QueueState,
         now: i64,
         dead: &mut Vec<(Message, DeadLetterReason)>,
     ) {
-        while state
-            .ready
-            .front()
-            .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t < now))
-        {
-            if let Some(entry) = self.take_front(state) {
-                self.settle_stored(&[&entry]);
-                dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
+        loop {
+            let on_disk_may_expire = match state.ready.front() {
+                Some(Ready::OnDisk(run)) => match run.expiry {
+                    RunExpiry::Never => false,
+                    RunExpiry::At(at) => at < now,
+                    RunExpiry::Unknown => true,
+                },
+                _ => false,
+            };
+            if on_disk_may_expire {
+                let read_bytes = read_bytes(state);
+                if !self.load_head(state, read_bytes) {
+                    return;
+                }
             }
+            let expired = matches!(
+                state.ready.front(),
+                Some(Ready::InMemory(e)) if e.expires_at_ms.is_some_and(|t| t < now)
+            );
+            if !expired {
+                return;
+            }
+            let Some(entry) = self.take_front(state, HEAD_PEEK_BYTES) else {
+                return;
+            };
+            self.settle_stored(&[&entry]);
+            dead.push((entry.message.as_ref().clone(), DeadLetterReason::Expired));
         }
     }
 
@@ -604,25 +881,39 @@ impl Queue {
         }
     }
 
-    /// Writes a settle-log snapshot when the log has grown enough, freeing disk.
+    /// Frees the disk of settled messages (see [`QueueStore::reclaim`]) and writes a settle-log
+    /// snapshot when that log has grown enough. Runs every second from housekeeping.
     pub(super) fn maybe_snapshot(&self) {
         let Some(store) = &self.store else { return };
-        if !store.wants_snapshot() {
-            return;
-        }
         // `upto` is read under the same lock as the live set: offsets are assigned under this
         // lock (`enqueue`), so every offset below it is either live here or already settled.
         // Read after the lock, a message enqueued in between would fall below `upto` without
-        // being live, and recovery would drop it.
+        // being live, and recovery would drop it (or reclaim would delete it).
         let (live, delivered_below, upto) = {
             let state = self.state.lock();
-            let mut live: Vec<u64> = state.ready.iter().filter_map(|e| e.log_offset).collect();
-            live.extend(state.unacked_offsets.iter().copied());
-            live.sort_unstable();
+            let mut live: Vec<(u64, u64)> = Vec::with_capacity(state.ready.len());
+            for item in &state.ready {
+                match item {
+                    Ready::InMemory(entry) => {
+                        live.extend(entry.log_offset.map(|o| (o, o + 1)));
+                    }
+                    Ready::OnDisk(run) => {
+                        live.push((run.offset_first, run.offset_first + run.count));
+                    }
+                }
+            }
+            live.extend(state.unacked_offsets.iter().map(|&o| (o, o + 1)));
             (live, state.delivered_below, store.snapshot_upto())
         };
-        if let Err(error) = store.snapshot(&live, delivered_below, upto) {
-            tracing::warn!(queue = %self.name, %error, "could not snapshot the settle log");
+        let live = normalize_ranges(live);
+        let oldest_live = live.first().map_or(upto, |(start, _)| *start);
+        if let Err(error) = store.reclaim(oldest_live, RECLAIM_OFFSETS_MIN) {
+            tracing::warn!(queue = %self.name, %error, "could not free the disk of settled messages");
+        }
+        if store.wants_snapshot() {
+            if let Err(error) = store.snapshot(&live, delivered_below, upto) {
+                tracing::warn!(queue = %self.name, %error, "could not snapshot the settle log");
+            }
         }
     }
 
@@ -646,6 +937,43 @@ impl Queue {
             }
         }
     }
+}
+
+/// Appends a stored message to the tail run when it continues it, else starts a run.
+fn push_stored(state: &mut QueueState, seq: u64, offset: u64, counted: u64, expiry: RunExpiry) {
+    if let Some(Ready::OnDisk(run)) = state.ready.back_mut() {
+        if run.seq_first + run.count == seq
+            && run.offset_first + run.count == offset
+            && !run.redelivered
+            && run.expiry == expiry
+        {
+            run.count += 1;
+            run.body_bytes += counted;
+            return;
+        }
+    }
+    state.ready.push_back(Ready::OnDisk(StoredRun {
+        seq_first: seq,
+        offset_first: offset,
+        count: 1,
+        body_bytes: counted,
+        redelivered: false,
+        expiry,
+    }));
+}
+
+/// How far to read ahead: a batch or so for a peek, more when consumers will take the rest.
+fn read_bytes(state: &QueueState) -> usize {
+    if state.consumers.is_empty() {
+        HEAD_PEEK_BYTES
+    } else {
+        READ_AHEAD_BYTES
+    }
+}
+
+/// Bodies the entries hold in memory.
+fn held_bytes(entries: &[Entry]) -> u64 {
+    entries.iter().map(|e| e.message.body.len() as u64).sum()
 }
 
 fn expiry(options: &QueueOptions, message: &Message, enqueued_ms: i64) -> Option<i64> {

@@ -5,9 +5,20 @@
 //!
 //! Settle-log records (the value of one record each):
 //! - `A` + offsets (u64 BE...): these messages left the queue;
+//! - `R` + pairs (start, end) (u64 BE...): every message in these offset ranges left the queue
+//!   (a purge, without one offset per message);
 //! - `D` + u64: every message below this offset may have been delivered (redelivered on restart);
 //! - `S` + upto (u64) + pairs (start, end): a snapshot: below `upto`, exactly these offset
 //!   ranges were still in the queue. The settle log's start is moved to its latest snapshot.
+//!
+//! Start-up reads the index, not the data: the live offsets are the message log's offset range
+//! (it has no gaps: one message per offset) minus what the settle log names, so a backlog of
+//! millions of messages is recovered without reading the log at all (only a queue with `x-max-length-bytes`, which needs exact body sizes, reads
+//! its records once). Bodies are read on delivery, in batches ([`QueueStore::read_messages`]).
+//!
+//! Disk is reclaimed as messages are settled: the queue moves the message log's start to its
+//! oldest live message ([`QueueStore::reclaim`]) and whole segments below it are deleted, with
+//! or without a settle-log snapshot.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,6 +85,8 @@ fn write_pending_appends(
 }
 
 const SETTLES_DIR: &str = "settles";
+/// Segment size of a queue's message log: disk comes back a segment at a time.
+const MESSAGE_SEGMENT_BYTES: u64 = 64 << 20;
 const READ_CHUNK_BYTES: usize = 4 << 20;
 /// Snapshot the settle log when it has grown this much since the last snapshot.
 const SETTLE_LOG_SNAPSHOT_BYTES: u64 = 16 << 20;
@@ -94,22 +107,123 @@ pub struct QueueStore {
     settle_bytes_at_snapshot: parking_lot::Mutex<u64>,
 }
 
-/// A message found in the store when the queue was opened.
-pub struct RecoveredMessage {
-    pub offset: u64,
-    pub message: Message,
+/// Consecutive live messages found in the store when the queue was opened: offsets
+/// `offset_first..offset_first + count`. Their bodies stay on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredRun {
+    pub offset_first: u64,
+    pub count: u64,
+    /// Sum of the body sizes; 0 unless the store was opened with `body_sizes`.
+    pub body_bytes: u64,
     pub maybe_delivered: bool,
-    pub timestamp_ms: i64,
+}
+
+/// Offset ranges `[start, end)`, sorted and not touching.
+type Ranges = Vec<(u64, u64)>;
+
+/// Sorts and merges overlapping or touching ranges.
+pub(super) fn normalize_ranges(mut ranges: Ranges) -> Ranges {
+    ranges.retain(|(s, e)| s < e);
+    ranges.sort_unstable();
+    let mut merged: Ranges = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some((_, last_end)) if start <= *last_end => *last_end = (*last_end).max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+/// `ranges` without the offsets in `remove` (both normalized).
+fn subtract(ranges: &[(u64, u64)], remove: &[(u64, u64)]) -> Ranges {
+    let mut out = Vec::new();
+    let mut r = 0;
+    for &(start, end) in ranges {
+        let mut start = start;
+        while r < remove.len() && remove[r].1 <= start {
+            r += 1;
+        }
+        let mut i = r;
+        while start < end {
+            match remove.get(i) {
+                Some(&(rs, re)) if rs < end => {
+                    if rs > start {
+                        out.push((start, rs));
+                    }
+                    start = start.max(re);
+                    i += 1;
+                }
+                _ => {
+                    out.push((start, end));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The offsets in both (normalized) range lists.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let start = a[i].0.max(b[j].0);
+        let end = a[i].1.min(b[j].1);
+        if start < end {
+            out.push((start, end));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+fn words(body: &[u8]) -> Vec<u64> {
+    body.chunks_exact(8)
+        .map(|c| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(c);
+            u64::from_be_bytes(word)
+        })
+        .collect()
 }
 
 impl QueueStore {
+    /// Opens (or creates) the store and recovers its live messages. `body_sizes` also reads
+    /// every live record once to sum body sizes (for `x-max-length-bytes`).
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
         message_bytes_max: u32,
-    ) -> Result<(QueueStore, Vec<RecoveredMessage>), BrokerError> {
+        body_sizes: bool,
+    ) -> Result<(QueueStore, Vec<RecoveredRun>), BrokerError> {
+        QueueStore::open_with_segment_bytes(
+            storage,
+            dir,
+            message_bytes_max,
+            body_sizes,
+            MESSAGE_SEGMENT_BYTES,
+        )
+    }
+
+    fn open_with_segment_bytes(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        message_bytes_max: u32,
+        body_sizes: bool,
+        segment_bytes_max: u64,
+    ) -> Result<(QueueStore, Vec<RecoveredRun>), BrokerError> {
         let messages_config = LogConfig {
-            segment_bytes_max: 64 << 20,
+            // Small segments: a segment goes as soon as all its messages are settled.
+            segment_bytes_max,
+            // Bodies are read sequentially in batches of up to `APPEND_BATCH_BYTES`: a sparse
+            // index keeps the in-memory index of a huge backlog small.
+            index_interval_bytes: 64 << 10,
             retention_bytes: -1,
             retention_ms: -1,
             batch_bytes_max: message_bytes_max.saturating_add(64 << 10),
@@ -153,26 +267,24 @@ impl QueueStore {
             group_commit,
             settle_bytes_at_snapshot: parking_lot::Mutex::new(0),
         };
-        let recovered = store.recover()?;
+        let recovered = store.recover(body_sizes)?;
         *store.settle_bytes_at_snapshot.lock() = store.settles.size_bytes();
         Ok((store, recovered))
     }
 
-    fn recover(&self) -> Result<Vec<RecoveredMessage>, BrokerError> {
-        let mut snapshot: Option<(u64, Vec<(u64, u64)>)> = None;
-        let mut settled = std::collections::HashSet::new();
+    fn recover(&self, body_sizes: bool) -> Result<Vec<RecoveredRun>, BrokerError> {
+        let mut snapshot: Option<(u64, Ranges)> = None;
+        let mut settled: Ranges = Vec::new();
         let mut delivered_below = 0u64;
         for record in read_all(&self.settles)? {
             let Some(value) = record.value else { continue };
             let Some((&kind, body)) = value.split_first() else {
                 continue;
             };
-            let words: Vec<u64> = body
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
-                .collect();
+            let words = words(body);
             match kind {
-                b'A' => settled.extend(words),
+                b'A' => settled.extend(words.into_iter().map(|o| (o, o.saturating_add(1)))),
+                b'R' => settled.extend(words.chunks_exact(2).map(|r| (r[0], r[1]))),
                 // The last mark wins: a clean shutdown replaces the window marks with the exact one.
                 b'D' => delivered_below = words.first().copied().unwrap_or(0),
                 b'S' => {
@@ -181,33 +293,99 @@ impl QueueStore {
                         .chunks_exact(2)
                         .map(|r| (r[0], r[1]))
                         .collect();
-                    snapshot = Some((upto, ranges));
+                    snapshot = Some((upto, normalize_ranges(ranges)));
                     settled.clear();
                 }
                 _ => {}
             }
         }
-        let mut recovered = Vec::new();
-        for record in read_all(&self.messages)? {
-            let offset = record.offset as u64;
-            let in_snapshot = match &snapshot {
-                Some((upto, ranges)) if offset < *upto => {
-                    ranges.iter().any(|(s, e)| (*s..*e).contains(&offset))
-                }
-                _ => true,
-            };
-            if !in_snapshot || settled.contains(&offset) {
-                continue;
-            }
-            let timestamp_ms = record.timestamp;
-            recovered.push(RecoveredMessage {
-                offset,
-                maybe_delivered: offset < delivered_below,
-                timestamp_ms,
-                message: Message::from_record(record),
-            });
+        // Every offset in the log: only `write_pending_appends` writes to it, a message per
+        // offset, so its offsets have no gaps and nothing needs to be read to list them.
+        let log_start = self.messages.log_start_offset().max(0) as u64;
+        let end = self.messages.high_watermark().max(0) as u64;
+        let stored: Ranges = vec![(log_start, end)];
+        let mut live = normalize_ranges(stored);
+        if let Some((upto, ranges)) = snapshot {
+            // Below `upto` only what the snapshot names is live; above it, everything stored.
+            let mut kept = intersect(&live, &ranges);
+            kept.extend(intersect(&live, &[(upto, u64::MAX)]));
+            live = normalize_ranges(kept);
         }
-        Ok(recovered)
+        let live = subtract(&live, &normalize_ranges(settled));
+        let mut runs: Vec<RecoveredRun> = Vec::new();
+        for (start, end) in live {
+            // Split at the delivery mark: messages below it come back redelivered.
+            let cut = delivered_below.clamp(start, end);
+            for (first, end, maybe_delivered) in [(start, cut, true), (cut, end, false)] {
+                if first < end {
+                    runs.push(RecoveredRun {
+                        offset_first: first,
+                        count: end - first,
+                        body_bytes: 0,
+                        maybe_delivered,
+                    });
+                }
+            }
+        }
+        if body_sizes {
+            self.sum_body_sizes(&mut runs)?;
+        }
+        Ok(runs)
+    }
+
+    /// Reads the live records once and sums their body sizes into their runs.
+    fn sum_body_sizes(&self, runs: &mut [RecoveredRun]) -> Result<(), BrokerError> {
+        let mut index = 0;
+        let Some(first) = runs.first() else {
+            return Ok(());
+        };
+        let mut offset = first.offset_first as i64;
+        let end = self.messages.high_watermark();
+        while offset < end && index < runs.len() {
+            let read = self.messages.read(offset, READ_CHUNK_BYTES)?;
+            let records = decode_records(&read.records)?;
+            let Some(next) = records.last().map(|r| r.offset + 1) else {
+                break;
+            };
+            for record in records {
+                let record_offset = record.offset.max(0) as u64;
+                while index < runs.len()
+                    && runs[index].offset_first + runs[index].count <= record_offset
+                {
+                    index += 1;
+                }
+                if let Some(run) = runs.get_mut(index) {
+                    if run.offset_first <= record_offset {
+                        run.body_bytes += record.value.as_ref().map_or(0, Vec::len) as u64;
+                    }
+                }
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        Ok(())
+    }
+
+    /// The stored messages from `offset` on, decoded, with their record timestamps: whole
+    /// batches of about `bytes_max` in one read. Empty when `offset` is not yet readable
+    /// (appended but not yet written and synced).
+    pub fn read_messages(
+        &self,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Message, i64)>, BrokerError> {
+        let read = self.messages.read(offset as i64, bytes_max)?;
+        Ok(decode_records(&read.records)?
+            .into_iter()
+            .filter(|r| r.offset >= offset as i64)
+            .map(|record| {
+                let offset = record.offset as u64;
+                let timestamp_ms = record.timestamp;
+                (offset, Message::from_record(record), timestamp_ms)
+            })
+            .collect())
     }
 
     /// Writes a persistent message; the receiver resolves once it is fsynced.
@@ -251,6 +429,20 @@ impl QueueStore {
             self.write_pending_settles()?;
         }
         Ok(())
+    }
+
+    /// Records that every message in these offset ranges left the queue (written now).
+    pub fn settle_ranges(&self, ranges: &[(u64, u64)]) -> Result<(), BrokerError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut value = Vec::with_capacity(1 + ranges.len() * 16);
+        value.push(b'R');
+        for (start, end) in ranges {
+            value.extend_from_slice(&start.to_be_bytes());
+            value.extend_from_slice(&end.to_be_bytes());
+        }
+        self.write_settle_record(value)
     }
 
     pub fn write_pending_settles(&self) -> Result<(), BrokerError> {
@@ -298,29 +490,21 @@ impl QueueStore {
         self.messages.high_watermark().max(0) as u64
     }
 
-    /// Records which offsets below `upto` are still in the queue (sorted `live` offsets, which
-    /// must include every message below `upto` still ready or unacked, with `upto` from
-    /// [`QueueStore::snapshot_upto`] taken together with them), drops the settle records before
-    /// it and the message segments below the oldest live message. Offsets at or above `upto`
-    /// are left to the settle records that follow.
+    /// Records which offsets below `upto` are still in the queue (`live`: normalized ranges,
+    /// which must include every message below `upto` still ready or unacked, with `upto` from
+    /// [`QueueStore::snapshot_upto`] taken together with them) and drops the settle records
+    /// before it. Offsets at or above `upto` are left to the settle records that follow.
     pub fn snapshot(
         &self,
-        live: &[u64],
+        live: &[(u64, u64)],
         delivered_below: u64,
         upto: u64,
     ) -> Result<(), BrokerError> {
         self.write_pending_settles()?;
-        let live: Vec<u64> = live.iter().copied().filter(|&o| o < upto).collect();
-        let live = &live[..];
-        let mut value = vec![b'S'];
+        let ranges = intersect(live, &[(0, upto)]);
+        let mut value = Vec::with_capacity(9 + ranges.len() * 16);
+        value.push(b'S');
         value.extend_from_slice(&upto.to_be_bytes());
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for &offset in live {
-            match ranges.last_mut() {
-                Some((_, end)) if *end == offset => *end += 1,
-                _ => ranges.push((offset, offset + 1)),
-            }
-        }
         for (start, end) in &ranges {
             value.extend_from_slice(&start.to_be_bytes());
             value.extend_from_slice(&end.to_be_bytes());
@@ -336,12 +520,33 @@ impl QueueStore {
         self.settles.flush()?;
         self.settles.advance_log_start(info.base_offset)?;
         self.settles.enforce_retention(now_ms())?;
-        let oldest_live = live.first().copied().unwrap_or(upto) as i64;
-        let start = oldest_live.min(self.messages.high_watermark());
-        self.messages.advance_log_start(start)?;
-        self.messages.enforce_retention(now_ms())?;
         *self.settle_bytes_at_snapshot.lock() = self.settles.size_bytes();
         Ok(())
+    }
+
+    /// Frees the disk of settled messages: moves the message log's start to `oldest_live`
+    /// (the oldest message still ready or unacked, or [`QueueStore::snapshot_upto`] taken
+    /// together with the live set when there is none) and deletes the segments wholly below
+    /// it. Recovery never looks below the log start, so no settle record is needed for them.
+    /// Does nothing unless that frees at least `offsets_min` offsets or empties the log.
+    pub fn reclaim(&self, oldest_live: u64, offsets_min: u64) -> Result<(), BrokerError> {
+        let high_watermark = self.messages.high_watermark();
+        let start = (oldest_live as i64).min(high_watermark);
+        let log_start = self.messages.log_start_offset();
+        if start <= log_start
+            || (start < high_watermark && ((start - log_start) as u64) < offsets_min)
+        {
+            return Ok(());
+        }
+        self.messages.advance_log_start(start)?;
+        self.messages.enforce_retention(now_ms())?;
+        Ok(())
+    }
+
+    /// Bytes of the message log on disk.
+    #[cfg(test)]
+    pub fn message_log_bytes(&self) -> u64 {
+        self.messages.size_bytes()
     }
 
     pub fn flush(&self) -> Result<(), BrokerError> {
@@ -393,16 +598,19 @@ mod tests {
         }
     }
 
-    fn bodies(recovered: &[RecoveredMessage]) -> Vec<(String, bool)> {
-        recovered
-            .iter()
-            .map(|m| {
-                (
-                    String::from_utf8_lossy(&m.message.body).into_owned(),
-                    m.maybe_delivered,
-                )
-            })
-            .collect()
+    /// The recovered messages' bodies (read from the log, as a delivery would) and marks.
+    fn bodies(store: &QueueStore, recovered: &[RecoveredRun]) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for run in recovered {
+            let messages = store.read_messages(run.offset_first, 1 << 20).unwrap();
+            for (_, message, _) in messages.into_iter().take(run.count as usize) {
+                out.push((
+                    String::from_utf8_lossy(&message.body).into_owned(),
+                    run.maybe_delivered,
+                ));
+            }
+        }
+        out
     }
 
     #[tokio::test]
@@ -410,7 +618,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, recovered) =
-                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false)
+                    .unwrap();
             assert!(recovered.is_empty());
             for n in 0..6 {
                 let (offset, durable) = store.append(&message(n)).unwrap();
@@ -422,9 +631,9 @@ mod tests {
             store.flush().unwrap();
         }
         let (store, recovered) =
-            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false).unwrap();
         assert_eq!(
-            bodies(&recovered),
+            bodies(&store, &recovered),
             vec![
                 ("m1".into(), true),
                 ("m3".into(), true),
@@ -433,16 +642,14 @@ mod tests {
             ]
         );
         // A snapshot keeps exactly the live set; settles after it still count.
-        store
-            .snapshot(&[3, 4, 5], 4, store.snapshot_upto())
-            .unwrap();
+        store.snapshot(&[(3, 6)], 4, store.snapshot_upto()).unwrap();
         store.settle(&[4]).unwrap();
         store.write_pending_settles().unwrap();
         drop(store);
-        let (_store, recovered) =
-            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+        let (store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false).unwrap();
         assert_eq!(
-            bodies(&recovered),
+            bodies(&store, &recovered),
             vec![("m3".into(), true), ("m5".into(), false)]
         );
     }
@@ -455,11 +662,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, _) =
-                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false)
+                    .unwrap();
             let (_, durable) = store.append(&message(0)).unwrap();
             durable.await.unwrap().unwrap();
             // Under the queue lock: the live set and `upto`.
-            let live = [0];
+            let live = [(0, 1)];
             let upto = store.snapshot_upto();
             // The gap: another publish is appended and made durable.
             let (offset, durable) = store.append(&message(1)).unwrap();
@@ -468,10 +676,10 @@ mod tests {
             store.snapshot(&live, 0, upto).unwrap();
             store.flush().unwrap();
         }
-        let (_store, recovered) =
-            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+        let (store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false).unwrap();
         assert_eq!(
-            bodies(&recovered),
+            bodies(&store, &recovered),
             vec![("m0".into(), false), ("m1".into(), false)]
         );
     }
@@ -481,15 +689,125 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, _) =
-                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false)
+                    .unwrap();
             let (_, durable) = store.append(&message(0)).unwrap();
             durable.await.unwrap().unwrap();
             store.settle(&[0]).unwrap();
             // Dropped without a housekeeping tick or flush: as if killed.
             std::mem::forget(store);
         }
-        let (_store, recovered) =
-            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20).unwrap();
-        assert_eq!(bodies(&recovered), vec![("m0".into(), false)]);
+        let (store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false).unwrap();
+        assert_eq!(bodies(&store, &recovered), vec![("m0".into(), false)]);
+    }
+
+    #[test]
+    fn offset_ranges_subtract_and_intersect() {
+        let live = normalize_ranges(vec![(5, 9), (0, 3), (3, 4), (20, 30)]);
+        assert_eq!(live, vec![(0, 4), (5, 9), (20, 30)]);
+        let settled = normalize_ranges(vec![(1, 2), (6, 22), (29, 40)]);
+        assert_eq!(
+            subtract(&live, &settled),
+            vec![(0, 1), (2, 4), (5, 6), (22, 29)]
+        );
+        assert_eq!(
+            intersect(&live, &[(2, 6), (25, 100)]),
+            vec![(2, 4), (5, 6), (25, 30)]
+        );
+        assert_eq!(subtract(&live, &[]), live);
+    }
+
+    /// Start-up reads batch headers and the settle log, not bodies: a purge of a whole run is
+    /// one range record, and body sizes are summed only when asked for.
+    #[tokio::test]
+    async fn recovery_gives_runs_of_live_offsets_split_at_the_delivery_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) =
+                QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, false)
+                    .unwrap();
+            for n in 0..10 {
+                let (_, durable) = store.append(&message(n)).unwrap();
+                durable.await.unwrap().unwrap();
+            }
+            store.settle(&[2]).unwrap();
+            store.settle_ranges(&[(5, 7)]).unwrap();
+            store.mark_delivered_below(4).unwrap();
+            store.flush().unwrap();
+        }
+        let (store, recovered) =
+            QueueStore::open(Arc::new(sluice_log::RealDisk), dir.path(), 1 << 20, true).unwrap();
+        let run = |offset_first, count, maybe_delivered| RecoveredRun {
+            offset_first,
+            count,
+            // "mN" bodies are two bytes each.
+            body_bytes: 2 * count,
+            maybe_delivered,
+        };
+        assert_eq!(
+            recovered,
+            vec![
+                run(0, 2, true),
+                run(3, 1, true),
+                run(4, 1, false),
+                run(7, 3, false)
+            ]
+        );
+        assert_eq!(
+            bodies(&store, &recovered[3..]),
+            vec![
+                ("m7".into(), false),
+                ("m8".into(), false),
+                ("m9".into(), false)
+            ]
+        );
+    }
+
+    /// A segment whose messages are all settled is deleted by `reclaim` alone, without a
+    /// settle-log snapshot, and recovery starts at the oldest live message.
+    #[tokio::test]
+    async fn reclaim_deletes_settled_segments_without_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = Bytes::from(vec![7u8; 4096]);
+        {
+            let (store, _) = QueueStore::open_with_segment_bytes(
+                Arc::new(sluice_log::RealDisk),
+                dir.path(),
+                1 << 20,
+                false,
+                64 << 10,
+            )
+            .unwrap();
+            for _ in 0..200 {
+                let mut m = message(0);
+                m.body = body.clone();
+                let (_, durable) = store.append(&m).unwrap();
+                durable.await.unwrap().unwrap();
+            }
+            let before = store.message_log_bytes();
+            assert!(before > 800 << 10, "{before}");
+            store.reclaim(150, 1).unwrap();
+            let after = store.message_log_bytes();
+            assert!(after < 300 << 10, "{before} -> {after}");
+            assert!(!store.wants_snapshot());
+        }
+        let (_store, recovered) = QueueStore::open_with_segment_bytes(
+            Arc::new(sluice_log::RealDisk),
+            dir.path(),
+            1 << 20,
+            false,
+            64 << 10,
+        )
+        .unwrap();
+        assert_eq!(
+            recovered,
+            vec![RecoveredRun {
+                offset_first: 150,
+                count: 50,
+                body_bytes: 0,
+                maybe_delivered: false
+            }]
+        );
     }
 }

@@ -37,6 +37,19 @@ pub trait DeliverySink: Send + Sync {
     fn consumer_cancelled(&self, channel: u16, consumer_tag: &str);
 }
 
+/// Bytes held for the broker outside any queue (a message body being received), counted in the
+/// vhost's memory alarm until dropped.
+pub struct MemoryCharge {
+    vhost: Arc<VirtualHost>,
+    bytes: u64,
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        self.vhost.memory_add(-(self.bytes as i64));
+    }
+}
+
 /// What a tx.commit did.
 #[derive(Default)]
 pub struct Committed {
@@ -76,6 +89,8 @@ pub enum Settle {
 struct Transaction {
     /// (mandatory, message); the message names its exchange and routing key.
     publishes: Vec<(bool, Message)>,
+    /// Bodies of `publishes`, in the vhost's memory count until commit or rollback.
+    publish_bytes: u64,
     settles: Vec<(u64, bool, Settle)>,
 }
 
@@ -130,6 +145,16 @@ impl Session {
 
     pub fn vhost(&self) -> &Arc<VirtualHost> {
         &self.vhost
+    }
+
+    /// Counts `bytes` in the memory alarm until the returned charge is dropped: a body being
+    /// assembled from content frames (its size is announced, and reserved, up front).
+    pub fn charge_memory(&self, bytes: u64) -> MemoryCharge {
+        self.vhost.memory_add(bytes as i64);
+        MemoryCharge {
+            vhost: Arc::clone(&self.vhost),
+            bytes,
+        }
     }
 
     pub(super) fn has_credit(&self) -> bool {
@@ -474,7 +499,10 @@ impl Session {
             // the session lock: the topology lock is never taken under it).
             self.vhost.check_publishable(&message.exchange)?;
             if let Some(tx) = self.state.lock().transaction.as_mut() {
+                let bytes = message.body.len() as u64;
                 tx.publishes.push((mandatory, message));
+                tx.publish_bytes += bytes;
+                self.vhost.memory_add(bytes as i64);
                 return Ok(None);
             }
         }
@@ -495,6 +523,8 @@ impl Session {
                 }
             }
         };
+        // From here the publishes are the queues' to count.
+        self.vhost.memory_add(-(tx.publish_bytes as i64));
         let mut committed = Committed::default();
         for (mandatory, message) in tx.publishes {
             let returned = mandatory.then(|| message.clone());
@@ -515,6 +545,7 @@ impl Session {
         let mut state = self.state.lock();
         match state.transaction.as_mut() {
             Some(tx) => {
+                self.vhost.memory_add(-(tx.publish_bytes as i64));
                 *tx = Transaction::default();
                 Ok(())
             }
@@ -533,7 +564,9 @@ impl Session {
                 return;
             }
             state.closed = true;
-            state.transaction = None;
+            if let Some(tx) = state.transaction.take() {
+                self.vhost.memory_add(-(tx.publish_bytes as i64));
+            }
             (
                 std::mem::take(&mut state.consumers),
                 std::mem::take(&mut state.unacked),

@@ -1,5 +1,6 @@
 """AMQP connection limits: the handshake timeout (RabbitMQ's `handshake_timeout`, 10 s by
-default; `--amqp-handshake-timeout-ms`). Sluice-only: RabbitMQ's is a node-wide setting that the
+default; `--amqp-handshake-timeout-ms`) and the connections a listener serves at once
+(`--amqp-max-connections`, RabbitMQ's `connection_max`). Sluice-only: RabbitMQ's is a node-wide setting that the
 shared differential node keeps at its default.
 """
 
@@ -37,6 +38,35 @@ def test_connection_that_never_completes_the_handshake_is_closed(broker_factory)
     channel.basic_publish("", queue, b"still here")
     assert get_bodies(channel, queue) == [b"still here"]
     connection.close()
+
+
+def test_connections_over_the_listener_limit_are_closed_and_the_rest_served(broker_factory):
+    broker = broker_factory("--amqp-max-connections", "2")
+    assert wait_for_amqp("127.0.0.1", broker.amqp_port, 30, alive=broker.running) is None
+    params = pika.ConnectionParameters("127.0.0.1", broker.amqp_port)
+    first = pika.BlockingConnection(params)
+    second = pika.BlockingConnection(params)
+    over = raw_amqp.RawConnection("127.0.0.1", broker.amqp_port, timeout_s=10)
+    over.send(raw_amqp.PROTOCOL_HEADER)
+    assert over.read_until_closed() == b"", "a third connection was served"
+    over.close()
+    # The two within the limit work; once one closes, a new one is served.
+    channel = second.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.basic_publish("", queue, b"within the limit")
+    assert get_bodies(channel, queue) == [b"within the limit"]
+    first.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            third = pika.BlockingConnection(params)
+            break
+        except pika.exceptions.AMQPConnectionError:
+            assert time.monotonic() < deadline, "no connection served after one closed"
+            time.sleep(0.1)
+    third.channel().queue_declare("", exclusive=True)
+    third.close()
+    second.close()
 
 
 def test_dead_letter_routing_key_longer_than_a_short_string_is_refused(broker):

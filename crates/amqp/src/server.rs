@@ -1,10 +1,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sluice_broker::vhost::VirtualHost;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{serve_connection, shutdown_requested};
 
@@ -30,6 +31,9 @@ pub struct AmqpConfig {
     /// A connection that has not completed its handshake (protocol header to connection.open)
     /// this long after connecting is closed (RabbitMQ's `handshake_timeout`, also 10 s).
     pub handshake_timeout: std::time::Duration,
+    /// Connections each listener serves at once; one more is accepted and closed at once
+    /// (RabbitMQ's `connection_max`, there unlimited by default).
+    pub connections_max_per_listener: usize,
 }
 
 impl Default for AmqpConfig {
@@ -45,6 +49,7 @@ impl Default for AmqpConfig {
             heartbeat_s: 60,
             message_bytes_max: 16 << 20,
             handshake_timeout: std::time::Duration::from_secs(10),
+            connections_max_per_listener: 10_000,
         }
     }
 }
@@ -54,6 +59,9 @@ pub(crate) struct ServerContext {
     pub config: AmqpConfig,
     pub next_connection_id: AtomicU64,
 }
+
+/// At most one warning per this period about connections refused over the limit.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The AMQP listeners: accept connections and serve each on its own task.
 pub struct AmqpServer {
@@ -99,11 +107,31 @@ impl AmqpServer {
             let context = Arc::clone(&self.context);
             let mut shutdown = shutdown.clone();
             let alive = alive.clone();
+            let connections_max = context.config.connections_max_per_listener;
+            // One permit per connection this listener serves.
+            let connections = Arc::new(Semaphore::new(connections_max.min(Semaphore::MAX_PERMITS)));
             tasks.push(tokio::spawn(async move {
+                let mut refused_since_warning = 0u64;
+                let mut last_warning: Option<Instant> = None;
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
+                                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                                    drop(stream);
+                                    refused_since_warning += 1;
+                                    if last_warning.is_none_or(|at| at.elapsed() >= REFUSED_WARN_INTERVAL) {
+                                        tracing::warn!(
+                                            %peer,
+                                            refused = refused_since_warning,
+                                            connections_max,
+                                            "AMQP connection limit of this listener reached: closing new connections"
+                                        );
+                                        refused_since_warning = 0;
+                                        last_warning = Some(Instant::now());
+                                    }
+                                    continue;
+                                };
                                 let _ = stream.set_nodelay(true);
                                 let connection = serve_connection(
                                     stream,
@@ -114,6 +142,7 @@ impl AmqpServer {
                                 let alive = alive.clone();
                                 tokio::spawn(async move {
                                     connection.await;
+                                    drop(permit);
                                     drop(alive);
                                 });
                             }

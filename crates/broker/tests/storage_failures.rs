@@ -239,6 +239,9 @@ async fn new_topics_queues_and_metadata_survive_a_power_cut() {
             .expect("declare");
         publish(&vhost, "gone", "x").await.expect("confirmed");
         vhost.delete_queue("gone", false, false, 1).expect("delete");
+        // As the AMQP front end does before delete-ok: the definitions are written off the
+        // topology lock, and a change is durable once they are saved.
+        vhost.definitions_saved().await.expect("definitions saved");
         let cluster_id = broker.cluster_id().to_string();
         disk.power_cut();
         (cluster_id, producer_id)

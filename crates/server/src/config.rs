@@ -163,6 +163,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQP_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     pub amqp_handshake_timeout_ms: Option<u64>,
 
+    /// AMQP connections each listener serves at once; one more is accepted and closed at once
+    /// with a warning [default: 10000]
+    #[arg(long, env = "SLUICE_AMQP_MAX_CONNECTIONS", value_name = "N")]
+    pub amqp_max_connections: Option<usize>,
+
     /// AMQP publishers are blocked (connection.blocked) while queued messages hold more memory
     /// than this [default: 40% of the machine's memory, as RabbitMQ's watermark]
     #[arg(long, env = "SLUICE_MEMORY_HIGH_WATERMARK_BYTES", value_name = "BYTES")]
@@ -233,6 +238,7 @@ impl ServeArgs {
                 amqp_frame_max,
                 amqp_max_message_bytes,
                 amqp_handshake_timeout_ms,
+                amqp_max_connections,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
                 log
@@ -380,6 +386,13 @@ impl ServeArgs {
         }
         if let Some(ms) = self.amqp_handshake_timeout_ms {
             amqp.handshake_timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(connections) = self.amqp_max_connections {
+            anyhow::ensure!(
+                connections >= 1,
+                "--amqp-max-connections must be at least 1"
+            );
+            amqp.connections_max_per_listener = connections;
         }
         let vhost = VhostConfig {
             data_dir: broker.data_dir.clone(),

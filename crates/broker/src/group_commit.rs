@@ -79,6 +79,32 @@ impl GroupCommit {
         receiver
     }
 
+    /// Like [`durable`](Self::durable), but starts no flusher: for a caller already on a
+    /// blocking thread (the partition appender), which then calls [`flush_here`](Self::flush_here),
+    /// so a produce costs one thread hand-off, not one to append and another to sync.
+    pub(crate) fn register(&self, offset_end: i64) -> DurableWait {
+        let (sender, receiver) = oneshot::channel();
+        if self.log.durable_offset() >= offset_end {
+            let _ = sender.send(Ok(()));
+        } else {
+            self.queue.lock().waiters.push((offset_end, sender));
+        }
+        receiver
+    }
+
+    /// Runs the flusher on the calling (blocking) thread until no waiter is left, unless a
+    /// flusher is running already (it answers the waiters registered meanwhile).
+    pub(crate) fn flush_here(&self) {
+        {
+            let mut queue = self.queue.lock();
+            if queue.waiters.is_empty() || queue.flushing {
+                return;
+            }
+            queue.flushing = true;
+        }
+        self.flush_while_waited_for();
+    }
+
     /// One fdatasync per round covers everything appended before it started; waiters for data
     /// appended during it stay queued for the next round.
     fn flush_while_waited_for(&self) {

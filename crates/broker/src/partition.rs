@@ -92,7 +92,12 @@ impl Partition {
         }
         let group_commit = GroupCommit::new(Arc::clone(&log), Arc::clone(&data_ready));
         let producers = Arc::new(Mutex::new(producers));
-        let appender = PartitionAppender::new(Arc::clone(&log), Arc::clone(&producers));
+        let appender = PartitionAppender::new(
+            Arc::clone(&log),
+            Arc::clone(&producers),
+            Arc::clone(&group_commit),
+            Arc::clone(&data_ready),
+        );
         let partition = Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -152,7 +157,7 @@ impl Partition {
         // Queued now, in the caller's first poll, so appends keep request order; the blocking
         // write (and a roll's fsyncs) happens on the partition's appender thread.
         let appended = self.appender.submit(records, headers, now);
-        let (offset_first, offset_end) = match appended.await {
+        let ((offset_first, _offset_end), durable) = match appended.await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(BrokerError::Storage(StorageFailure::unwritten(
@@ -160,7 +165,17 @@ impl Partition {
                 )))
             }
         };
-        self.make_durable(offset_end, acks).await?;
+        // acks=0 does not wait; the appender has the data synced all the same.
+        if acks != Acks::None {
+            match durable.await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(BrokerError::Storage(StorageFailure::unwritten(
+                        "the group commit stopped",
+                    )))
+                }
+            }
+        }
         Ok(ProduceOutcome {
             base_offset: offset_first,
             log_append_time_ms: if log_append_time { now } else { -1 },
@@ -189,20 +204,6 @@ impl Partition {
             return receiver;
         }
         self.group_commit.durable(offset_end)
-    }
-
-    /// The producer waits for durability unless acks=0.
-    async fn make_durable(&self, offset_end: i64, acks: Acks) -> Result<(), BrokerError> {
-        let durable = self.durable(offset_end);
-        if acks == Acks::None {
-            return Ok(());
-        }
-        match durable.await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Storage(StorageFailure::unwritten(
-                "the group commit stopped",
-            ))),
-        }
     }
 
     /// Deletes every record below `offset` (Kafka's DeleteRecords; -1 means the high

@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use sluice_log::{BatchHeader, PartitionLog};
-use tokio::sync::oneshot;
+use sluice_log::{BatchHeader, Durability, PartitionLog};
+use tokio::sync::{oneshot, Notify};
 
+use crate::group_commit::{DurableWait, GroupCommit};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::BrokerError;
 
@@ -32,7 +33,7 @@ struct AppendJob {
     /// The batches' headers as validated by the caller (before offsets are assigned).
     headers: Vec<BatchHeader>,
     now_ms: i64,
-    reply: oneshot::Sender<Result<AppendedRange, BrokerError>>,
+    reply: oneshot::Sender<Result<(AppendedRange, DurableWait), BrokerError>>,
 }
 
 #[derive(Default)]
@@ -45,6 +46,8 @@ struct Queue {
 pub(crate) struct PartitionAppender {
     log: Arc<PartitionLog>,
     producers: Arc<Mutex<ProducerStateTable>>,
+    group_commit: Arc<GroupCommit>,
+    data_ready: Arc<Notify>,
     queue: Mutex<Queue>,
 }
 
@@ -52,10 +55,14 @@ impl PartitionAppender {
     pub(crate) fn new(
         log: Arc<PartitionLog>,
         producers: Arc<Mutex<ProducerStateTable>>,
+        group_commit: Arc<GroupCommit>,
+        data_ready: Arc<Notify>,
     ) -> Arc<PartitionAppender> {
         Arc::new(PartitionAppender {
             log,
             producers,
+            group_commit,
+            data_ready,
             queue: Mutex::new(Queue::default()),
         })
     }
@@ -67,7 +74,7 @@ impl PartitionAppender {
         records: BytesMut,
         headers: Vec<BatchHeader>,
         now_ms: i64,
-    ) -> oneshot::Receiver<Result<AppendedRange, BrokerError>> {
+    ) -> oneshot::Receiver<Result<(AppendedRange, DurableWait), BrokerError>> {
         let (reply, receiver) = oneshot::channel();
         let job = AppendJob {
             records,
@@ -77,6 +84,7 @@ impl PartitionAppender {
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.run(job);
+            self.group_commit.flush_here();
             return receiver;
         };
         let start_drainer = {
@@ -99,12 +107,14 @@ impl PartitionAppender {
                     Some(job) => job,
                     None => {
                         queue.draining = false;
-                        return;
+                        break;
                     }
                 }
             };
             self.run(job);
         }
+        // The burst's waiters are registered: sync for them here, on this thread.
+        self.group_commit.flush_here();
     }
 
     fn run(&self, job: AppendJob) {
@@ -114,7 +124,22 @@ impl PartitionAppender {
             now_ms,
             reply,
         } = job;
-        let _ = reply.send(self.append(&mut records, &headers, now_ms));
+        let result = self
+            .append(&mut records, &headers, now_ms)
+            .map(|range| (range, self.durable_wait(range.1)));
+        let _ = reply.send(result);
+    }
+
+    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued
+    /// (acks=0 included); it runs when the current burst of appends is done.
+    fn durable_wait(&self, offset_end: i64) -> DurableWait {
+        if self.log.config().durability != Durability::Batch {
+            self.data_ready.notify_waiters();
+            let (sender, receiver) = oneshot::channel();
+            let _ = sender.send(Ok(()));
+            return receiver;
+        }
+        self.group_commit.register(offset_end)
     }
 
     /// The idempotence check, the write, then the producer-state record.

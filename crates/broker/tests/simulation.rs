@@ -226,7 +226,8 @@ impl Simulation {
                 45..=64 => self.publish(),
                 65..=76 => self.get(),
                 77..=88 => self.ack(),
-                89..=91 => self.enforce_retention(),
+                89..=90 => self.enforce_retention(),
+                91 => self.snapshot_with_publish_between(),
                 92..=94 => self.inject_fault(),
                 95..=97 => self.restart(Restart::PowerCut),
                 98 => self.restart(Restart::Crash),
@@ -362,6 +363,19 @@ impl Simulation {
             "publish {body}: {}",
             if confirmed { "ack" } else { "nack" }
         ));
+    }
+
+    /// A settle-log snapshot with a confirmed publish between its two halves: where the queue
+    /// once read `upto` after collecting its live set, so recovery dropped that message.
+    fn snapshot_with_publish_between(&mut self) {
+        let queue = {
+            let life = self.life();
+            life.vhost.queue_for(QUEUE, 0).expect("queue")
+        };
+        let snapshot = queue.begin_snapshot().expect("a durable queue has a store");
+        self.publish();
+        snapshot.write(true);
+        self.note("snapshot (a publish between its halves)".into());
     }
 
     fn get(&mut self) {

@@ -884,7 +884,17 @@ impl Queue {
     /// Frees the disk of settled messages (see [`QueueStore::reclaim`]) and writes a settle-log
     /// snapshot when that log has grown enough. Runs every second from housekeeping.
     pub(super) fn maybe_snapshot(&self) {
-        let Some(store) = &self.store else { return };
+        if let Some(snapshot) = self.begin_snapshot() {
+            snapshot.write(false);
+        }
+    }
+
+    /// The first half of a settle-log snapshot (and of reclaiming settled segments): the live
+    /// set and `upto`, read together under the queue lock. The housekeeping tick writes it at
+    /// once; the simulation publishes between the two halves, where reading `upto` after the
+    /// lock once made recovery drop a confirmed message.
+    pub fn begin_snapshot(&self) -> Option<QueueSnapshot<'_>> {
+        let store = self.store.as_ref()?;
         // `upto` is read under the same lock as the live set: offsets are assigned under this
         // lock (`enqueue`), so every offset below it is either live here or already settled.
         // Read after the lock, a message enqueued in between would fall below `upto` without
@@ -905,16 +915,13 @@ impl Queue {
             live.extend(state.unacked_offsets.iter().map(|&o| (o, o + 1)));
             (live, state.delivered_below, store.snapshot_upto())
         };
-        let live = normalize_ranges(live);
-        let oldest_live = live.first().map_or(upto, |(start, _)| *start);
-        if let Err(error) = store.reclaim(oldest_live, RECLAIM_OFFSETS_MIN) {
-            tracing::warn!(queue = %self.name, %error, "could not free the disk of settled messages");
-        }
-        if store.wants_snapshot() {
-            if let Err(error) = store.snapshot(&live, delivered_below, upto) {
-                tracing::warn!(queue = %self.name, %error, "could not snapshot the settle log");
-            }
-        }
+        Some(QueueSnapshot {
+            queue: self,
+            store,
+            live: normalize_ranges(live),
+            delivered_below,
+            upto,
+        })
     }
 
     /// Writes settles gathered since the last housekeeping tick.
@@ -974,6 +981,36 @@ fn read_bytes(state: &QueueState) -> usize {
 /// Bodies the entries hold in memory.
 fn held_bytes(entries: &[Entry]) -> u64 {
     entries.iter().map(|e| e.message.body.len() as u64).sum()
+}
+
+/// A snapshot's live set and `upto`, taken together under the queue lock (see
+/// [`Queue::begin_snapshot`]).
+pub struct QueueSnapshot<'a> {
+    queue: &'a Queue,
+    store: &'a QueueStore,
+    live: Vec<(u64, u64)>,
+    delivered_below: u64,
+    upto: u64,
+}
+
+impl QueueSnapshot<'_> {
+    /// Frees whole segments below the oldest live message and, when the settle log has grown
+    /// enough (or `force`), replaces it with a snapshot of the live set.
+    pub fn write(self, force: bool) {
+        let name = &self.queue.name;
+        let oldest_live = self.live.first().map_or(self.upto, |(start, _)| *start);
+        if let Err(error) = self.store.reclaim(oldest_live, RECLAIM_OFFSETS_MIN) {
+            tracing::warn!(queue = %name, %error, "could not free the disk of settled messages");
+        }
+        if force || self.store.wants_snapshot() {
+            if let Err(error) = self
+                .store
+                .snapshot(&self.live, self.delivered_below, self.upto)
+            {
+                tracing::warn!(queue = %name, %error, "could not snapshot the settle log");
+            }
+        }
+    }
 }
 
 fn expiry(options: &QueueOptions, message: &Message, enqueued_ms: i64) -> Option<i64> {

@@ -3,21 +3,18 @@ Kafka producers get answers for the requests already read, AMQP clients get conn
 320 CONNECTION_FORCED after their pending confirms, and after a restart every acknowledged
 or confirmed message is there."""
 
-import re
 import threading
 import time
 
 import pika
 import pytest
-from confluent_kafka import Producer
 
 from amqp.conftest import wait_for_amqp
 from librdkafka_client import create_topic, read_all, unique_name
+from test_crash_durability import PARTITIONS, AckingProducer
 
-PARTITIONS = 3
 # The broker's own bound is 8 s of draining plus the final flush: "always finishes".
 SHUTDOWN_BOUND_S = 10
-VALUE = re.compile(rb"^m-(\d+)$")
 
 
 def terminate_within_bound(broker):
@@ -34,58 +31,13 @@ def terminate_within_bound(broker):
     return elapsed
 
 
-class KafkaProducerThread(threading.Thread):
-    """acks=all, as fast as librdkafka takes them; records every successful delivery report."""
-
-    def __init__(self, bootstrap, topic):
-        super().__init__(daemon=True)
-        self.topic = topic
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2,
-            "queue.buffering.max.messages": 100_000,
-            "message.timeout.ms": 3000, "enable.idempotence": False,
-        })
-        self.stop = threading.Event()
-        self.first_ack = threading.Event()
-        self.lock = threading.Lock()
-        self.acked = {}  # n -> (partition, offset)
-        self.failed = 0
-        self.error = None
-
-    def on_delivery(self, err, msg):
-        if err is not None:
-            self.failed += 1
-            return
-        n = int(VALUE.match(msg.value()).group(1))
-        with self.lock:
-            self.acked[n] = (msg.partition(), msg.offset())
-        self.first_ack.set()
-
-    def run(self):
-        try:
-            n = 0
-            while not self.stop.is_set():
-                try:
-                    self.producer.produce(self.topic, value=f"m-{n}".encode(),
-                                          partition=n % PARTITIONS, on_delivery=self.on_delivery)
-                except BufferError:
-                    self.producer.poll(0.01)
-                    continue
-                n += 1
-                if n % 100 == 0:
-                    self.producer.poll(0)
-            remaining = self.producer.flush(30)
-            assert remaining == 0, f"{remaining} messages without a delivery report"
-        except Exception as err:  # surfaced by the test through .error
-            self.error = err
-
-
 @pytest.mark.timeout(180)
 def test_sigterm_drains_kafka_producers_and_keeps_every_acknowledged_message(broker_factory):
     broker = broker_factory("--fsync", "batch")
     topic = unique_name("drain")
     create_topic(broker.bootstrap, topic, PARTITIONS)
-    producer = KafkaProducerThread(broker.bootstrap, topic)
+    # The crash test's producer (r0-<n> values, round robin, every delivery report recorded).
+    producer = AckingProducer(broker.bootstrap, topic, round_number=0)
     producer.start()
     assert producer.first_ack.wait(30), "no acknowledgement in 30s"
     time.sleep(1.5)
@@ -102,7 +54,7 @@ def test_sigterm_drains_kafka_producers_and_keeps_every_acknowledged_message(bro
                        extra_config={"check.crcs": True})
     at = {(partition, offset): value for partition, offset, _, value, _ in records}
     lost = [(n, where) for n, where in producer.acked.items()
-            if at.get(where) != f"m-{n}".encode()]
+            if at.get(where) != f"r0-{n}".encode()]
     assert not lost, f"{len(lost)} acknowledged messages missing after restart, e.g. {lost[:5]}"
     # A clean shutdown leaves nothing to recover: the next start finds its markers.
     log = broker.log_path.read_text(errors="replace")

@@ -1,29 +1,12 @@
-//! Replays the committed fuzz corpus (fuzz/corpus/, minimised findings and seeds) through the
-//! fuzz targets' entry points on the stable toolchain: every input the fuzzer ever kept, and every
-//! crash it found, stays a regression test.
+//! Replays the committed fuzz corpus (fuzz/corpus/amqp_frame: minimised findings and seeds)
+//! through the fuzz target's entry point on the stable toolchain.
 
-use std::path::PathBuf;
-
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut inputs: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.expect("corpus entry").path();
-            let bytes = std::fs::read(&path).expect("corpus file");
-            (path, bytes)
-        })
-        .collect();
-    inputs.sort();
-    assert!(!inputs.is_empty(), "no corpus in {}", dir.display());
-    inputs
-}
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
 
 #[test]
 fn amqp_frame_corpus_decodes_without_panic() {
-    for (_path, input) in corpus("amqp_frame") {
+    for (_path, input) in replay::corpus("amqp_frame") {
         sluice_amqp::fuzzing::frames(&input);
     }
 }

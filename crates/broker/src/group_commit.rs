@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_log::PartitionLog;
+use sluice_log::{Durability, PartitionLog};
 use tokio::sync::{oneshot, Notify};
 
 use crate::{BrokerError, StorageFailure};
@@ -62,21 +62,16 @@ impl GroupCommit {
     /// Resolves once every offset below `offset_end` is fdatasynced. Dropping the returned
     /// future (acks=0) still gets the data synced: the flusher does not need the waiter.
     pub fn durable(self: &Arc<Self>, offset_end: i64) -> DurableWait {
-        let (sender, receiver) = oneshot::channel();
-        if self.log.durable_offset() >= offset_end {
-            let _ = sender.send(Ok(()));
-            return receiver;
-        }
+        let wait = self.register(offset_end);
         let start_flusher = {
             let mut queue = self.queue.lock();
-            queue.waiters.push((offset_end, sender));
-            !std::mem::replace(&mut queue.flushing, true)
+            !queue.waiters.is_empty() && !std::mem::replace(&mut queue.flushing, true)
         };
         if start_flusher {
             let this = Arc::clone(self);
             tokio::task::spawn_blocking(move || this.flush_while_waited_for());
         }
-        receiver
+        wait
     }
 
     /// Like [`durable`](Self::durable), but starts no flusher: for a caller already on a
@@ -84,7 +79,12 @@ impl GroupCommit {
     /// so a produce costs one thread hand-off, not one to append and another to sync.
     pub(crate) fn register(&self, offset_end: i64) -> DurableWait {
         let (sender, receiver) = oneshot::channel();
-        if self.log.durable_offset() >= offset_end {
+        if self.log.config().durability != Durability::Batch {
+            // Only `fsync=batch` holds data back until synced: under the other policies it is
+            // readable once written, and as durable as the policy makes it.
+            self.data_ready.notify_waiters();
+            let _ = sender.send(Ok(()));
+        } else if self.log.durable_offset() >= offset_end {
             let _ = sender.send(Ok(()));
         } else {
             self.queue.lock().waiters.push((offset_end, sender));

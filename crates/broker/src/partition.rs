@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use sluice_log::{
     stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog, Storage,
 };
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
@@ -57,7 +57,6 @@ pub struct Partition {
     /// Checked and recorded by the appender, which alone appends sequenced batches.
     producers: Arc<Mutex<ProducerStateTable>>,
     appender: Arc<PartitionAppender>,
-    data_ready: Arc<Notify>,
     group_commit: Arc<GroupCommit>,
     log_append_time: AtomicBool,
 }
@@ -90,13 +89,12 @@ impl Partition {
             // The batch's timestamp stands in for its append time (Kafka does the same).
             producers.record(&header, header.max_timestamp.min(now));
         }
-        let group_commit = GroupCommit::new(Arc::clone(&log), Arc::clone(&data_ready));
+        let group_commit = GroupCommit::new(Arc::clone(&log), data_ready);
         let producers = Arc::new(Mutex::new(producers));
         let appender = PartitionAppender::new(
             Arc::clone(&log),
             Arc::clone(&producers),
             Arc::clone(&group_commit),
-            Arc::clone(&data_ready),
         );
         let partition = Arc::new(Partition {
             topic: topic.to_string(),
@@ -104,7 +102,6 @@ impl Partition {
             log,
             producers,
             appender,
-            data_ready,
             group_commit,
             log_append_time: AtomicBool::new(log_append_time),
         });
@@ -192,18 +189,7 @@ impl Partition {
             stamp_log_append_time(&mut records, now)?;
         }
         let info = self.log.append(&mut records, 0, now)?;
-        Ok(self.durable(info.last_offset + 1))
-    }
-
-    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued.
-    fn durable(&self, offset_end: i64) -> DurableWait {
-        if self.log.config().durability != Durability::Batch {
-            self.data_ready.notify_waiters();
-            let (sender, receiver) = oneshot::channel();
-            let _ = sender.send(Ok(()));
-            return receiver;
-        }
-        self.group_commit.durable(offset_end)
+        Ok(self.group_commit.durable(info.last_offset + 1))
     }
 
     /// Deletes every record below `offset` (Kafka's DeleteRecords; -1 means the high

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use sluice_log::{BatchHeader, Durability, PartitionLog};
-use tokio::sync::{oneshot, Notify};
+use sluice_log::{BatchHeader, PartitionLog};
+use tokio::sync::oneshot;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
@@ -47,7 +47,6 @@ pub(crate) struct PartitionAppender {
     log: Arc<PartitionLog>,
     producers: Arc<Mutex<ProducerStateTable>>,
     group_commit: Arc<GroupCommit>,
-    data_ready: Arc<Notify>,
     queue: Mutex<Queue>,
 }
 
@@ -56,13 +55,11 @@ impl PartitionAppender {
         log: Arc<PartitionLog>,
         producers: Arc<Mutex<ProducerStateTable>>,
         group_commit: Arc<GroupCommit>,
-        data_ready: Arc<Notify>,
     ) -> Arc<PartitionAppender> {
         Arc::new(PartitionAppender {
             log,
             producers,
             group_commit,
-            data_ready,
             queue: Mutex::new(Queue::default()),
         })
     }
@@ -126,20 +123,10 @@ impl PartitionAppender {
         } = job;
         let result = self
             .append(&mut records, &headers, now_ms)
-            .map(|range| (range, self.durable_wait(range.1)));
+            // Under `fsync=batch` a sync is always queued (acks=0 included); it runs when the
+            // current burst of appends is done.
+            .map(|range| (range, self.group_commit.register(range.1)));
         let _ = reply.send(result);
-    }
-
-    /// Under `fsync=batch` data becomes readable only once synced, so a sync is always queued
-    /// (acks=0 included); it runs when the current burst of appends is done.
-    fn durable_wait(&self, offset_end: i64) -> DurableWait {
-        if self.log.config().durability != Durability::Batch {
-            self.data_ready.notify_waiters();
-            let (sender, receiver) = oneshot::channel();
-            let _ = sender.send(Ok(()));
-            return receiver;
-        }
-        self.group_commit.register(offset_end)
     }
 
     /// The idempotence check, the write, then the producer-state record.

@@ -64,7 +64,8 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         let storage = Arc::clone(&config.storage);
         let meta_dir = data_dir.join("meta");
-        durable_fs::create_dir_all(storage.as_ref(), &meta_dir)
+        storage
+            .create_dir_all_durable(&meta_dir)
             .map_err(|e| storage_error("creating the data directory", e))?;
         // The lock guards the process, not data: it is on the real disk whatever the storage
         // (there the directory exists by now; on a simulated disk it is made here).

@@ -23,17 +23,6 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Creates `dir` and its missing parents, and fsyncs the parent of each one created.
-pub(crate) fn create_dir_all(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
-    let created = storage.create_dir_all(dir)?;
-    // The directories created are `dir` and its nearest ancestors; their parents hold the new
-    // entries, innermost first.
-    for created_dir in dir.ancestors().take(created) {
-        storage.sync_dir(&parent_of(created_dir))?;
-    }
-    Ok(())
-}
-
 /// Writes `contents` to `path` so that a crash leaves either the old or the new file: a
 /// temporary file is written and fsynced, renamed over `path`, and the directory fsynced.
 pub(crate) fn write_atomically(
@@ -42,7 +31,9 @@ pub(crate) fn write_atomically(
     contents: &[u8],
 ) -> Result<(), BrokerError> {
     let dir = parent_of(path);
-    create_dir_all(storage, &dir).map_err(|e| error(&dir, e))?;
+    storage
+        .create_dir_all_durable(&dir)
+        .map_err(|e| error(&dir, e))?;
     let temp = path.with_extension("tmp");
     let file = storage.create(&temp).map_err(|e| error(&temp, e))?;
     file.write_all_at(contents, 0)
@@ -112,7 +103,8 @@ mod tests {
     #[test]
     fn created_directories_survive_a_power_cut() {
         let disk = SimDisk::new(2);
-        create_dir_all(&disk, Path::new("/a/b/c")).expect("create");
+        disk.create_dir_all_durable(Path::new("/a/b/c"))
+            .expect("create");
         disk.power_cut();
         assert!(exists(&disk, Path::new("/a/b/c")));
     }
@@ -131,7 +123,7 @@ mod tests {
     fn a_renamed_file_is_durable_under_its_new_name() {
         let disk = SimDisk::new(4);
         write_atomically(&disk, Path::new("/x/a"), b"x").expect("write");
-        create_dir_all(&disk, Path::new("/y")).expect("dir");
+        disk.create_dir_all_durable(Path::new("/y")).expect("dir");
         rename(&disk, Path::new("/x/a"), Path::new("/y/b")).expect("rename");
         disk.power_cut();
         assert!(!exists(&disk, Path::new("/x/a")));

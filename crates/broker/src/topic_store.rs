@@ -51,7 +51,9 @@ pub fn save(
 /// warning (for example a topic whose creation crashed half-way).
 pub fn load_all(storage: &dyn Storage, data_dir: &Path) -> Result<Vec<TopicRecord>, BrokerError> {
     let dir = topics_dir(data_dir);
-    durable_fs::create_dir_all(storage, &dir).map_err(|e| storage_error(&dir, e))?;
+    storage
+        .create_dir_all_durable(&dir)
+        .map_err(|e| storage_error(&dir, e))?;
     let mut records = Vec::new();
     for name in storage.read_dir(&dir).map_err(|e| storage_error(&dir, e))? {
         let path = dir.join(name).join(TOPIC_FILE);
@@ -76,7 +78,9 @@ pub fn load_all(storage: &dyn Storage, data_dir: &Path) -> Result<Vec<TopicRecor
 pub fn remove(storage: &dyn Storage, data_dir: &Path, name: &str) -> Result<(), BrokerError> {
     let dir = topic_dir(data_dir, name);
     let graveyard = data_dir.join("deleted");
-    durable_fs::create_dir_all(storage, &graveyard).map_err(|e| storage_error(&graveyard, e))?;
+    storage
+        .create_dir_all_durable(&graveyard)
+        .map_err(|e| storage_error(&graveyard, e))?;
     let target = graveyard.join(format!("{name}-{}", uuid::Uuid::new_v4()));
     durable_fs::rename(storage, &dir, &target).map_err(|e| storage_error(&dir, e))?;
     durable_fs::remove_dir_all(storage, &target).map_err(|e| storage_error(&target, e))?;

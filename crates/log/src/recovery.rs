@@ -39,17 +39,9 @@ pub(crate) fn recover(
     dir: &Path,
     config: &LogConfig,
 ) -> Result<Vec<Segment>, LogError> {
-    let created = storage.create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    // The entries of the directories just created (the partition directory and any missing
-    // parents), innermost first.
-    for parent in dir
-        .ancestors()
-        .skip(1)
-        .take(created)
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        sync_dir(storage.as_ref(), parent)?;
-    }
+    storage
+        .create_dir_all_durable(dir)
+        .map_err(|e| io_error(dir, e))?;
     let (base_offsets, clean_shutdown) = list_segments(storage.as_ref(), dir)?;
     if clean_shutdown {
         let marker = dir.join(CLEAN_SHUTDOWN_MARKER);

@@ -137,7 +137,8 @@ impl VirtualHost {
     ) -> Result<Arc<VirtualHost>, VhostError> {
         let dir = amqp_dir(&config.data_dir);
         let storage = Arc::clone(&broker.config().storage);
-        crate::durable_fs::create_dir_all(storage.as_ref(), &dir.join("queues"))
+        storage
+            .create_dir_all_durable(&dir.join("queues"))
             .map_err(|e| VhostError::from(crate::durable_fs::error(&dir, e)))?;
         let definitions = Definitions::load(storage.as_ref(), &dir)?;
         let (blocked, _) = watch::channel(None);

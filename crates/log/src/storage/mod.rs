@@ -72,4 +72,18 @@ pub trait Storage: Send + Sync {
     /// Makes `dir`'s entries durable: created, removed and renamed files of that directory.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+
+    /// Creates `dir` and its missing parents, and fsyncs the parent of each one created
+    /// (innermost first), so the new directories survive a power cut.
+    fn create_dir_all_durable(&self, dir: &Path) -> io::Result<()> {
+        let created = self.create_dir_all(dir)?;
+        for created_dir in dir.ancestors().take(created) {
+            let parent = match created_dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
 }

@@ -19,7 +19,6 @@
 //! a blocking thread, but with one waiter at a time its rounds do not depend on timing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,6 +31,9 @@ use sluice_broker::vhost::{
 };
 use sluice_broker::{Acks, Broker, BrokerConfig, BrokerError};
 use sluice_log::{decode_records, Record, RecordBatchBuilder, SimDisk};
+
+#[path = "../../log/tests/support/seeded.rs"]
+mod seeded;
 
 const SEEDS_DEFAULT: u64 = 12;
 const STEPS_PER_SEED: usize = 600;
@@ -87,7 +89,8 @@ struct Life {
 struct Simulation {
     rng: StdRng,
     disk: SimDisk,
-    dir: tempfile::TempDir,
+    /// Keeps the data directory (the broker's lock file is on the real disk) for the run.
+    _dir: tempfile::TempDir,
     data_dir: PathBuf,
     segment_bytes: u32,
     retention_bytes: u32,
@@ -131,7 +134,7 @@ impl Simulation {
             retention_bytes: rng.gen_range(2_000..20_000),
             rng,
             disk,
-            dir,
+            _dir: dir,
             data_dir,
             producer_id: 0,
             partitions: (0..PARTITIONS).map(|_| PartitionModel::default()).collect(),
@@ -584,43 +587,22 @@ enum Restart {
     Clean,
 }
 
-fn run_seed(seed: u64, verbose: bool) {
-    let mut simulation = Simulation::new(seed, verbose);
-    let result = catch_unwind(AssertUnwindSafe(|| simulation.run()));
-    if let Err(panic) = result {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        let recent: Vec<&String> = simulation.steps.iter().rev().take(20).rev().collect();
-        panic!(
-            "broker simulation seed {seed} failed after {} steps: {message}\nlast steps:\n  {}\nreplay with SLUICE_SIM_SEED={seed} cargo test -p sluice-broker --test simulation -- --nocapture",
-            simulation.steps.len(),
-            recent
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        );
+impl seeded::SeededRun for Simulation {
+    fn run(&mut self) {
+        Simulation::run(self);
     }
-    drop(simulation.dir);
+    fn steps(&self) -> &[String] {
+        &self.steps
+    }
 }
 
 #[test]
 fn acknowledged_messages_survive_power_cuts_and_storage_failures() {
-    if let Some(seed) = std::env::var("SLUICE_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        run_seed(seed, true);
-        return;
-    }
-    let seeds = std::env::var("SLUICE_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(SEEDS_DEFAULT);
-    for seed in 0..seeds {
-        run_seed(seed, false);
-    }
+    seeded::run_seeds(
+        "broker simulation",
+        "cargo test -p sluice-broker --test simulation",
+        SEEDS_DEFAULT,
+        20,
+        Simulation::new,
+    );
 }

@@ -10,7 +10,6 @@
 //! `SLUICE_SIM_SEED=S` replays one seed, printing its steps.
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -19,6 +18,9 @@ use sluice_log::{
     decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
     SimDisk, Storage,
 };
+
+#[path = "support/seeded.rs"]
+mod seeded;
 
 const SEEDS_DEFAULT: u64 = 16;
 const STEPS_PER_SEED: usize = 400;
@@ -433,42 +435,22 @@ impl Simulation {
     }
 }
 
-fn run_seed(seed: u64, verbose: bool) {
-    let mut simulation = Simulation::new(seed, verbose);
-    let result = catch_unwind(AssertUnwindSafe(|| simulation.run()));
-    if let Err(panic) = result {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        let recent: Vec<&String> = simulation.steps.iter().rev().take(15).rev().collect();
-        panic!(
-            "simulation seed {seed} failed after {} steps: {message}\nlast steps:\n  {}\nreplay with SLUICE_SIM_SEED={seed} cargo test -p sluice-log --test simulation -- --nocapture",
-            simulation.steps.len(),
-            recent
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        );
+impl seeded::SeededRun for Simulation {
+    fn run(&mut self) {
+        Simulation::run(self);
+    }
+    fn steps(&self) -> &[String] {
+        &self.steps
     }
 }
 
 #[test]
 fn acknowledged_records_survive_power_cuts_and_storage_failures() {
-    if let Some(seed) = std::env::var("SLUICE_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        run_seed(seed, true);
-        return;
-    }
-    let seeds = std::env::var("SLUICE_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(SEEDS_DEFAULT);
-    for seed in 0..seeds {
-        run_seed(seed, false);
-    }
+    seeded::run_seeds(
+        "simulation",
+        "cargo test -p sluice-log --test simulation",
+        SEEDS_DEFAULT,
+        15,
+        Simulation::new,
+    );
 }

@@ -8,6 +8,8 @@
 //!
 //! Nothing here knows Kafka or AMQP: the broker drives it.
 
+pub mod partition;
+
 use serde::{Deserialize, Serialize};
 
 /// A node's id, as given by `--node-id` (Kafka's broker id).

@@ -37,6 +37,10 @@ const MAX_TIMESTAMP_OFFSET: usize = 35;
 /// The timestampType bit of the attributes: set means LogAppendTime.
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 
+/// The control bit of the attributes: a control batch (transaction marker, or a consensus
+/// entry without records), which consumers skip.
+const ATTRIBUTE_CONTROL: i16 = 0x20;
+
 const MAGIC_V2: i8 = 2;
 
 /// The parsed fixed header of one record batch.
@@ -99,7 +103,7 @@ impl BatchHeader {
         self.attributes & 0x10 != 0
     }
     pub fn is_control(&self) -> bool {
-        self.attributes & 0x20 != 0
+        self.attributes & ATTRIBUTE_CONTROL != 0
     }
     /// timestampType bit: LogAppendTime.
     pub fn is_log_append_time(&self) -> bool {
@@ -287,6 +291,7 @@ pub struct RecordBatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    control: bool,
 }
 
 impl RecordBatchBuilder {
@@ -296,7 +301,13 @@ impl RecordBatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            control: false,
         }
+    }
+    /// Marks the batch as a control batch (attributes bit 5): consumers skip it.
+    pub fn control(&mut self) -> &mut Self {
+        self.control = true;
+        self
     }
     /// Record `offset` fields are ignored: records get consecutive offset deltas.
     pub fn push(&mut self, record: Record) -> &mut Self {
@@ -334,7 +345,9 @@ impl RecordBatchBuilder {
         out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
         out.push(MAGIC_V2 as u8);
         out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
-        out.extend_from_slice(&0i16.to_be_bytes()); // attributes: uncompressed, CreateTime
+                                                    // attributes: uncompressed, CreateTime, maybe control
+        let attributes: i16 = if self.control { ATTRIBUTE_CONTROL } else { 0 };
+        out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&last_offset_delta.to_be_bytes());
         out.extend_from_slice(&base_timestamp.to_be_bytes());
         out.extend_from_slice(&max_timestamp.to_be_bytes());

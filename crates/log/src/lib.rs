@@ -38,6 +38,7 @@
 //!   partition directory: its parent too) before the log relies on it.
 
 pub mod batch;
+pub mod checkpoint;
 mod config;
 mod error;
 pub mod fuzzing;
@@ -54,5 +55,5 @@ pub use batch::{
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
-pub use partition_log::{AppendInfo, PartitionLog, ReadResult};
+pub use partition_log::{AppendInfo, HighWatermarkPolicy, PartitionLog, ReadResult};
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};

@@ -61,6 +61,18 @@ pub struct ReadResult {
     pub log_end_offset: i64,
 }
 
+/// Who moves the high watermark (the offset readers never pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HighWatermarkPolicy {
+    /// The log itself: on append (`fsync = never | interval`) or once synced (`fsync = batch`).
+    #[default]
+    Durable,
+    /// Only [`PartitionLog::set_high_watermark`]: a replicated partition, whose high watermark
+    /// is the consensus commit point (data durable here is not yet committed). Opens at the log
+    /// start: nothing is visible until the owner says so.
+    External,
+}
+
 /// One partition's log: a directory of segments named by base offset
 /// (`00000000000000000000.log`, `.index`, `.timeindex`). Thread-safe: appends are serialised
 /// internally, reads run concurrently with appends, `sync` is a group commit.
@@ -80,6 +92,10 @@ pub struct PartitionLog {
     sync_count: AtomicU64,
     /// Set once, by the first failed write, fsync or roll: why the log is offline.
     offline_cause: OnceLock<String>,
+    high_watermark_policy: HighWatermarkPolicy,
+    /// Retention keeps every segment holding offsets at or past this (a consensus log still
+    /// needs them). `i64::MAX`: no floor.
+    retention_floor: AtomicI64,
 }
 
 #[derive(Default)]
@@ -98,6 +114,15 @@ enum SegmentReadEnd {
     Done,
 }
 
+/// What bounds a read.
+#[derive(Clone, Copy)]
+enum ReadLimit {
+    /// Consumers: never past the high watermark.
+    HighWatermark,
+    /// Replication: everything written.
+    LogEnd,
+}
+
 /// Segments a read looks at beyond the first, at most: the rest can be fetched next time.
 const READ_SEGMENTS_MAX: usize = 32;
 
@@ -113,6 +138,16 @@ impl PartitionLog {
         storage: Arc<dyn Storage>,
         dir: &Path,
         config: LogConfig,
+    ) -> Result<PartitionLog, LogError> {
+        PartitionLog::open_with_policy(storage, dir, config, HighWatermarkPolicy::Durable)
+    }
+
+    /// [`PartitionLog::open_with`] choosing who moves the high watermark.
+    pub fn open_with_policy(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        high_watermark_policy: HighWatermarkPolicy,
     ) -> Result<PartitionLog, LogError> {
         validate_config(&config)?;
         let segments: Vec<Arc<Segment>> = recover(&storage, dir, &config)?
@@ -137,11 +172,17 @@ impl PartitionLog {
             sync_lock: Mutex::new(()),
             log_start_offset: AtomicI64::new(log_start_offset),
             log_end_offset: AtomicI64::new(log_end_offset),
-            // Whatever survived on disk is durable.
-            high_watermark: AtomicI64::new(log_end_offset),
+            // Whatever survived on disk is durable; whether it is committed is the owner's to
+            // say under the external policy.
+            high_watermark: AtomicI64::new(match high_watermark_policy {
+                HighWatermarkPolicy::Durable => log_end_offset,
+                HighWatermarkPolicy::External => log_start_offset,
+            }),
             durable_offset: AtomicI64::new(log_end_offset),
             sync_count: AtomicU64::new(0),
             offline_cause: OnceLock::new(),
+            high_watermark_policy,
+            retention_floor: AtomicI64::new(i64::MAX),
         })
     }
 
@@ -244,7 +285,7 @@ impl PartitionLog {
         active.on_written(write_position, &headers, interval_bytes, now_ms);
         debug_assert_eq!(active.offset_end(), next_offset);
         self.log_end_offset.store(next_offset, Ordering::Release);
-        if durability != Durability::Batch {
+        if self.high_watermark_on_append(durability) {
             self.high_watermark.store(next_offset, Ordering::Release);
         }
         drop(state);
@@ -318,9 +359,44 @@ impl PartitionLog {
     fn mark_durable(&self, offset: i64) {
         let offset = offset.min(self.log_end_offset.load(Ordering::Acquire));
         self.durable_offset.fetch_max(offset, Ordering::AcqRel);
-        if self.config.read().durability == Durability::Batch {
+        if self.high_watermark_policy == HighWatermarkPolicy::Durable
+            && self.config.read().durability == Durability::Batch
+        {
             self.high_watermark.fetch_max(offset, Ordering::AcqRel);
         }
+    }
+
+    /// Whether appended data is visible at once (not waiting for a sync or for the owner).
+    fn high_watermark_on_append(&self, durability: Durability) -> bool {
+        self.high_watermark_policy == HighWatermarkPolicy::Durable
+            && durability != Durability::Batch
+    }
+
+    pub fn high_watermark_policy(&self) -> HighWatermarkPolicy {
+        self.high_watermark_policy
+    }
+
+    /// Under [`HighWatermarkPolicy::External`]: moves the high watermark to `offset` (the
+    /// consensus commit point), capped at the log end, and returns it. It never moves back here
+    /// (a commit point only grows; truncation and [`PartitionLog::truncate_fully_and_start_at`]
+    /// lower it themselves). Under the durable policy it is `InvalidConfig`.
+    pub fn set_high_watermark(&self, offset: i64) -> Result<i64, LogError> {
+        if self.high_watermark_policy != HighWatermarkPolicy::External {
+            return Err(LogError::InvalidConfig(
+                "the high watermark of this log follows durability, it cannot be set".into(),
+            ));
+        }
+        // Under the append lock so it cannot interleave with a truncation lowering the end.
+        let _state = self.append_lock.lock();
+        let capped = offset.min(self.log_end_offset.load(Ordering::Acquire));
+        let previous = self.high_watermark.fetch_max(capped, Ordering::AcqRel);
+        Ok(previous.max(capped))
+    }
+
+    /// Retention never deletes a segment holding offsets at or past `offset` (`i64::MAX`: no
+    /// floor). A consensus log sets it to the first offset it still needs.
+    pub fn set_retention_floor(&self, offset: i64) {
+        self.retention_floor.store(offset, Ordering::Release);
     }
 
     /// Blocks until everything below `offset_end` (exclusive) is fdatasync'ed. Group commit:
@@ -384,10 +460,30 @@ impl PartitionLog {
     /// `offset` outside [log_start_offset, log_end_offset] gives `OffsetOutOfRange`; an offset at
     /// or past the high watermark gives empty records.
     pub fn read(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError> {
-        let (mut result, views, start_position) = {
+        self.read_below(offset, bytes_max, ReadLimit::HighWatermark)
+    }
+
+    /// [`PartitionLog::read`] up to the log end instead of the high watermark: batches not yet
+    /// committed (or synced), for the consensus layer replicating them. Never for consumers.
+    pub fn read_uncommitted(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError> {
+        self.read_below(offset, bytes_max, ReadLimit::LogEnd)
+    }
+
+    fn read_below(
+        &self,
+        offset: i64,
+        bytes_max: usize,
+        limit: ReadLimit,
+    ) -> Result<ReadResult, LogError> {
+        let (mut result, views, start_position, read_end) = {
             let segments = self.segments.read();
-            // High watermark before sizes: sizes published before it cover every batch below it.
+            // The limit before sizes: sizes published before it cover every batch below it
+            // (the log end is stored after the write that reached it).
             let high_watermark = self.high_watermark.load(Ordering::Acquire);
+            let read_end = match limit {
+                ReadLimit::HighWatermark => high_watermark,
+                ReadLimit::LogEnd => self.log_end_offset.load(Ordering::Acquire),
+            };
             let result = ReadResult {
                 records: bytes::Bytes::new(),
                 high_watermark,
@@ -401,7 +497,7 @@ impl PartitionLog {
                     end: result.log_end_offset,
                 });
             }
-            if offset >= high_watermark {
+            if offset >= read_end {
                 return Ok(result);
             }
             let first = segments
@@ -414,13 +510,13 @@ impl PartitionLog {
                 let size_bytes = segment.size_bytes();
                 bytes_seen += size_bytes;
                 views.push((Arc::clone(segment), size_bytes));
-                if segment.offset_end() >= high_watermark
+                if segment.offset_end() >= read_end
                     || bytes_seen >= (bytes_max as u64).saturating_add(start_position)
                 {
                     break;
                 }
             }
-            (result, views, start_position)
+            (result, views, start_position, read_end)
         };
 
         let mut records = Vec::new();
@@ -431,7 +527,7 @@ impl PartitionLog {
                 *size_bytes,
                 from,
                 offset,
-                result.high_watermark,
+                read_end,
                 bytes_max,
                 &mut records,
             )?;
@@ -555,7 +651,9 @@ impl PartitionLog {
         // Offline, the directory is left as it is for recovery.
         self.check_online()?;
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
-        let high_watermark = self.high_watermark();
+        let high_watermark = self
+            .high_watermark()
+            .min(self.retention_floor.load(Ordering::Acquire));
         let log_start_offset = self.log_start_offset();
         let mut total_bytes: u64 = segments.iter().map(|s| s.size_bytes()).sum();
         let mut delete_count = 0;
@@ -672,6 +770,51 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Empties the log and restarts it at `offset` (Kafka's truncateFullyAndStartAt): every
+    /// segment goes, the log start and end become `offset` (durably checkpointed), the high
+    /// watermark too. For a replica replacing its log with a leader's snapshot.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        if offset < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset(),
+                end: self.log_end_offset(),
+            });
+        }
+        let _sync = self.sync_lock.lock();
+        let mut state = self.append_lock.lock();
+        self.check_online()?;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
+        state.truncations += 1;
+        // Readers stop at once; the bytes go after.
+        self.high_watermark.store(offset, Ordering::Release);
+        self.durable_offset.store(offset, Ordering::Release);
+        self.log_end_offset.store(offset, Ordering::Release);
+        self.log_start_offset.store(offset, Ordering::Release);
+        let removed: Vec<Arc<Segment>> = self.segments.read().clone();
+        let reset = || -> Result<Arc<Segment>, LogError> {
+            for segment in &removed {
+                segment.remove_files()?;
+            }
+            let segment = Segment::create(&self.storage, &self.dir, offset)?;
+            segment.write_index_files(false)?;
+            sync_dir(self.storage.as_ref(), &self.dir)?;
+            write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)?;
+            Ok(Arc::new(segment))
+        };
+        match reset() {
+            Ok(segment) => {
+                *self.segments.write() = vec![segment];
+                tracing::info!(dir = %self.dir.display(), offset, removed_segments = removed.len(), "truncated log fully");
+                Ok(())
+            }
+            // The old list stays (reads are bounded by the new, empty range): only a reopen
+            // can tell what is on disk now.
+            Err(error) => Err(self.go_offline(error)),
+        }
+    }
+
     pub fn set_config(&self, config: LogConfig) {
         if let Err(error) = validate_config(&config) {
             tracing::warn!(%error, "ignoring invalid log config");
@@ -680,7 +823,7 @@ impl PartitionLog {
         let _state = self.append_lock.lock();
         let durability = config.durability;
         *self.config.write() = config;
-        if durability != Durability::Batch {
+        if self.high_watermark_on_append(durability) {
             // Unsynced data is visible under the new policy.
             self.high_watermark
                 .fetch_max(self.log_end_offset(), Ordering::AcqRel);
@@ -694,6 +837,18 @@ impl PartitionLog {
     /// Headers of every batch from the one containing `offset` to the log end (used to rebuild
     /// producer state on start).
     pub fn batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError> {
+        let mut headers = Vec::new();
+        self.for_each_batch_header_from(offset, |header| headers.push(*header))?;
+        Ok(headers)
+    }
+
+    /// Calls `visit` with the header of every batch from the one containing `offset` to the log
+    /// end, in order, without collecting them (a recovery scan of millions of batches).
+    pub fn for_each_batch_header_from(
+        &self,
+        offset: i64,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
         let segments: Vec<Arc<Segment>> = {
             let segments = self.segments.read();
             let first = segments
@@ -701,7 +856,6 @@ impl PartitionLog {
                 .saturating_sub(1);
             segments[first..].to_vec()
         };
-        let mut headers = Vec::new();
         for (index, segment) in segments.iter().enumerate() {
             let from = if index == 0 {
                 segment.position_for_offset(offset)
@@ -717,11 +871,11 @@ impl PartitionLog {
             );
             while let Some((_, header)) = next_stored_batch(segment, &mut reader)? {
                 if header.last_offset() >= offset {
-                    headers.push(header);
+                    visit(&header);
                 }
             }
         }
-        Ok(headers)
+        Ok(())
     }
 
     /// fsyncs all segments and indexes and leaves the clean shutdown marker, which the next

@@ -440,21 +440,12 @@ pub(crate) fn write_log_start_checkpoint(
     dir: &Path,
     offset: i64,
 ) -> Result<(), LogError> {
-    let path = dir.join(LOG_START_CHECKPOINT);
-    let temporary = dir.join(format!("{LOG_START_CHECKPOINT}.{TEMPORARY_SUFFIX}"));
-    let file = storage
-        .create(&temporary)
-        .map_err(|e| io_error(&temporary, e))?;
-    file.write_all_at(
+    crate::checkpoint::write_durably(
+        storage,
+        dir,
+        LOG_START_CHECKPOINT,
         format!("{LOG_START_CHECKPOINT_VERSION}\n{offset}\n").as_bytes(),
-        0,
     )
-    .map_err(|e| io_error(&temporary, e))?;
-    file.sync_all().map_err(|e| io_error(&temporary, e))?;
-    storage
-        .rename(&temporary, &path)
-        .map_err(|e| io_error(&path, e))?;
-    sync_dir(storage, dir)
 }
 
 /// Leaves the clean shutdown marker; the caller syncs the directory. Empty, so it needs no

@@ -1,0 +1,105 @@
+//! Raft entries without records (blank, membership) as Kafka control batches.
+//!
+//! A control batch has the attributes' control bit set and one record whose key is
+//! `version: i16, type: i16` (big endian), as Kafka's transaction markers. Kafka uses types 0
+//! and 1 (abort, commit) for markers and 2..=6 inside KRaft; consumers skip control batches
+//! and ignore types they do not know. Ours:
+//! - [`CONTROL_TYPE_RAFT_BLANK`] (100): a new leader's blank entry; no value.
+//! - [`CONTROL_TYPE_RAFT_MEMBERSHIP`] (101): the value is the membership as JSON.
+//!
+//! Any other batch, control or not (a transaction marker written by the broker is a control
+//! batch too), is a normal entry carrying that batch.
+
+use bytes::Bytes;
+use openraft::{EntryPayload, Membership};
+use sluice_log::{decode_records, BatchHeader, Record, RecordBatchBuilder};
+
+use super::{PartitionEntry, PartitionRaft, PartitionRaftError};
+use crate::{NodeAddress, NodeId};
+
+pub const CONTROL_TYPE_RAFT_BLANK: i16 = 100;
+pub const CONTROL_TYPE_RAFT_MEMBERSHIP: i16 = 101;
+const CONTROL_KEY_VERSION: i16 = 0;
+
+/// The batch bytes stored for an entry's payload (base offset and epoch still to be assigned).
+pub fn encode_payload(
+    payload: &EntryPayload<PartitionRaft>,
+    now_ms: i64,
+) -> Result<Vec<u8>, PartitionRaftError> {
+    match payload {
+        EntryPayload::Normal(entry) => Ok(entry.batch.to_vec()),
+        EntryPayload::Blank => Ok(control_batch(CONTROL_TYPE_RAFT_BLANK, None, now_ms)),
+        EntryPayload::Membership(membership) => {
+            let value = serde_json::to_vec(membership)
+                .map_err(|e| PartitionRaftError::Encode(e.to_string()))?;
+            Ok(control_batch(
+                CONTROL_TYPE_RAFT_MEMBERSHIP,
+                Some(value),
+                now_ms,
+            ))
+        }
+    }
+}
+
+fn control_batch(control_type: i16, value: Option<Vec<u8>>, now_ms: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&CONTROL_KEY_VERSION.to_be_bytes());
+    key.extend_from_slice(&control_type.to_be_bytes());
+    let mut builder = RecordBatchBuilder::new();
+    builder.control().push(Record {
+        offset: 0,
+        timestamp: now_ms,
+        key: Some(key),
+        value,
+        headers: Vec::new(),
+    });
+    builder.build()
+}
+
+/// The control type of a control batch's single record, if it is one of ours.
+fn raft_control_type(batch: &[u8]) -> Option<(i16, Record)> {
+    let records = decode_records(batch).ok()?;
+    let [record] = <[Record; 1]>::try_from(records).ok()?;
+    let key = record.key.as_deref()?;
+    let (version, control_type) = match key {
+        [v0, v1, t0, t1] => (
+            i16::from_be_bytes([*v0, *v1]),
+            i16::from_be_bytes([*t0, *t1]),
+        ),
+        _ => return None,
+    };
+    (version == CONTROL_KEY_VERSION
+        && matches!(
+            control_type,
+            CONTROL_TYPE_RAFT_BLANK | CONTROL_TYPE_RAFT_MEMBERSHIP
+        ))
+    .then_some((control_type, record))
+}
+
+/// Whether a batch (as a producer or the broker would propose it) is one of the control types
+/// reserved for Raft's own entries: such a batch must not be proposed as data.
+pub fn is_reserved_control(header: &BatchHeader, batch: &[u8]) -> bool {
+    header.is_control() && raft_control_type(batch).is_some()
+}
+
+/// The entry payload a stored batch holds (`batch` is exactly one whole, CRC-checked batch).
+pub fn decode_payload(
+    header: &BatchHeader,
+    batch: Bytes,
+) -> Result<EntryPayload<PartitionRaft>, PartitionRaftError> {
+    if !header.is_control() {
+        return Ok(EntryPayload::Normal(PartitionEntry { batch }));
+    }
+    match raft_control_type(&batch) {
+        None => Ok(EntryPayload::Normal(PartitionEntry { batch })),
+        Some((CONTROL_TYPE_RAFT_BLANK, _)) => Ok(EntryPayload::Blank),
+        Some((_, record)) => {
+            let value = record.value.ok_or_else(|| {
+                PartitionRaftError::Decode("membership control record without a value".into())
+            })?;
+            let membership: Membership<NodeId, NodeAddress> = serde_json::from_slice(&value)
+                .map_err(|e| PartitionRaftError::Decode(format!("membership: {e}")))?;
+            Ok(EntryPayload::Membership(membership))
+        }
+    }
+}

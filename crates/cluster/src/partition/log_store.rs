@@ -1,0 +1,392 @@
+//! openraft's `RaftLogStorage` over the partition log.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use sluice_log::{BatchHeader, PartitionLog};
+use tokio::sync::mpsc;
+
+use super::{
+    control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError, Shared,
+    COMMITTED_FILE, VOTE_FILE,
+};
+use crate::NodeId;
+
+/// Bytes read from the segments per step when reconstructing entries.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// The partition's Raft log (and vote). Clones of its reader serve replication concurrently.
+pub struct PartitionLogStore {
+    shared: Arc<Shared>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    /// Appended offsets waiting for their fsync; started with the first append (it needs a
+    /// Tokio runtime).
+    flusher: Option<mpsc::UnboundedSender<FlushRequest>>,
+}
+
+/// Reads entries (for replication and apply) while the log store appends.
+#[derive(Clone)]
+pub struct PartitionLogReader {
+    shared: Arc<Shared>,
+}
+
+struct FlushRequest {
+    offset_end: i64,
+    callback: LogFlushed<PartitionRaft>,
+}
+
+fn io_failure(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::new(&error)).into()
+}
+
+fn read_failure(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::new(&error)).into()
+}
+
+impl PartitionLogStore {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        vote: Option<Vote<NodeId>>,
+        committed: Option<LogId<NodeId>>,
+    ) -> PartitionLogStore {
+        PartitionLogStore {
+            shared,
+            vote,
+            committed,
+            flusher: None,
+        }
+    }
+
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+
+    /// Kafka's OffsetForLeaderEpoch over this replica's log (see
+    /// [`TermHistory::end_offset_for`](super::TermHistory::end_offset_for)).
+    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> (i32, i64) {
+        let index = self.shared.index.lock();
+        index
+            .terms()
+            .end_offset_for(requested_epoch, self.shared.log.log_end_offset())
+    }
+
+    /// The term history, `(epoch, start offset)` oldest first.
+    pub fn term_history(&self) -> Vec<(i32, i64)> {
+        self.shared.index.lock().terms().entries().to_vec()
+    }
+
+    /// Writes the entries' batches (stamping terms, assigning offsets) without waiting for the
+    /// fsync; returns the log end after them. `append` is this plus a group-committed fsync
+    /// before its callback. Public so tests can show what an unsynced append loses.
+    pub fn write_entries(
+        &mut self,
+        entries: Vec<Entry<PartitionRaft>>,
+    ) -> Result<i64, PartitionRaftError> {
+        let shared = &self.shared;
+        let mut index = shared.index.lock();
+        // Entries Raft already purged are covered by the snapshot: there is nothing to store.
+        let mut entries = entries;
+        if let Some(purged) = index.last_purged() {
+            entries.retain(|entry| entry.log_id.index > purged.index);
+        }
+        let Some(first) = entries.first() else {
+            return Ok(shared.log.log_end_offset());
+        };
+        if index.anchor_for_append(first.log_id.index, shared.log.log_end_offset()) {
+            index.save(shared.storage.as_ref(), &shared.dir)?;
+            shared.log.set_retention_floor(index.first_offset());
+        }
+        if first.log_id.index != index.next_index() {
+            return Err(PartitionRaftError::Inconsistent {
+                dir: shared.dir.clone(),
+                reason: format!(
+                    "append at index {} but the next index is {}",
+                    first.log_id.index,
+                    index.next_index()
+                ),
+            });
+        }
+        let now_ms = now_ms();
+        // One write per run of entries of the same term (usually all of them).
+        let mut position = 0;
+        while position < entries.len() {
+            let term = entries[position].log_id.leader_id.term;
+            let epoch = term_to_epoch(term)?;
+            let run_end = entries[position..]
+                .iter()
+                .position(|e| e.log_id.leader_id.term != term)
+                .map_or(entries.len(), |n| position + n);
+            let mut batches = Vec::new();
+            for entry in &entries[position..run_end] {
+                batches.extend_from_slice(&control::encode_payload(&entry.payload, now_ms)?);
+            }
+            let appended = shared.log.append(&mut batches, epoch, now_ms)?;
+            if appended.batches.len() != run_end - position {
+                // An entry's bytes held more than one batch: the index would drift.
+                return Err(PartitionRaftError::InvalidEntry(format!(
+                    "{} entries wrote {} batches",
+                    run_end - position,
+                    appended.batches.len()
+                )));
+            }
+            for header in &appended.batches {
+                index.push(header.base_offset, epoch);
+            }
+            position = run_end;
+        }
+        Ok(shared.log.log_end_offset())
+    }
+
+    fn flusher(&mut self) -> &mpsc::UnboundedSender<FlushRequest> {
+        let log = Arc::clone(&self.shared.log);
+        self.flusher.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(run_flusher(log, receiver));
+            sender
+        })
+    }
+}
+
+/// Completes append callbacks in order once their offsets are fsynced. Requests that queue up
+/// during one fsync share the next (group commit on top of the log's own). A failed fsync
+/// fails every waiting callback; the log is then offline and never reports those bytes synced.
+async fn run_flusher(log: Arc<PartitionLog>, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = requests.try_recv() {
+            waiting.push(next);
+        }
+        let offset_end = waiting.iter().map(|r| r.offset_end).max().unwrap_or(0);
+        let sync_log = Arc::clone(&log);
+        let failure = match tokio::task::spawn_blocking(move || sync_log.sync(offset_end)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(format!("fsync task failed: {error}")),
+        };
+        for request in waiting {
+            request.callback.log_io_completed(match &failure {
+                None => Ok(()),
+                Some(reason) => Err(io::Error::other(reason.clone())),
+            });
+        }
+    }
+}
+
+impl PartitionLogReader {
+    fn entries(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
+        let log = &self.shared.log;
+        let (start, end, mut offset) = {
+            let index = self.shared.index.lock();
+            let start = match range.start_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&i) => i.saturating_add(1),
+                Bound::Unbounded => 0,
+            }
+            .max(index.first_index());
+            let end = match range.end_bound() {
+                Bound::Included(&i) => i.saturating_add(1),
+                Bound::Excluded(&i) => i,
+                Bound::Unbounded => u64::MAX,
+            }
+            .min(index.next_index());
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            let Some(offset) = index.offset_of(start) else {
+                return Ok(Vec::new());
+            };
+            (start, end, offset)
+        };
+        let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
+        let mut next = start;
+        while next < end {
+            let read = log.read_uncommitted(offset, READ_CHUNK_BYTES)?;
+            let records = read.records;
+            if records.is_empty() {
+                // Truncated under us: what was read is all there is.
+                break;
+            }
+            let mut position = 0;
+            while position < records.len() && next < end {
+                let header = BatchHeader::parse(&records[position..])?;
+                let total = header.total_bytes();
+                if header.base_offset != offset || position + total > records.len() {
+                    return Err(PartitionRaftError::Inconsistent {
+                        dir: self.shared.dir.clone(),
+                        reason: format!(
+                            "entry {next} expected at offset {offset}, found a batch at {}",
+                            header.base_offset
+                        ),
+                    });
+                }
+                let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
+                    PartitionRaftError::Decode(format!(
+                        "batch at {offset} has no Raft term (epoch {})",
+                        header.partition_leader_epoch
+                    ))
+                })?;
+                let payload =
+                    control::decode_payload(&header, records.slice(position..position + total))?;
+                entries.push(Entry {
+                    log_id: log_id(term, next),
+                    payload,
+                });
+                next += 1;
+                offset = header.last_offset() + 1;
+                position += total;
+            }
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogReader<PartitionRaft> for PartitionLogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<PartitionRaft>>, StorageError<NodeId>> {
+        self.entries(range).map_err(read_failure)
+    }
+}
+
+impl RaftLogReader<PartitionRaft> for PartitionLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<PartitionRaft>>, StorageError<NodeId>> {
+        PartitionLogReader {
+            shared: Arc::clone(&self.shared),
+        }
+        .entries(range)
+        .map_err(read_failure)
+    }
+}
+
+impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
+    type LogReader = PartitionLogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<PartitionRaft>, StorageError<NodeId>> {
+        let index = self.shared.index.lock();
+        Ok(LogState {
+            last_purged_log_id: index.last_purged(),
+            last_log_id: index.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        PartitionLogReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        write_json(
+            self.shared.storage.as_ref(),
+            &self.shared.dir,
+            VOTE_FILE,
+            vote,
+        )
+        .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        self.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        if committed == self.committed {
+            return Ok(());
+        }
+        write_json(
+            self.shared.storage.as_ref(),
+            &self.shared.dir,
+            COMMITTED_FILE,
+            &committed,
+        )
+        .map_err(io_failure)?;
+        self.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<PartitionRaft>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<PartitionRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<PartitionRaft>> = entries.into_iter().collect();
+        let offset_end = self.write_entries(entries).map_err(io_failure)?;
+        let request = FlushRequest {
+            offset_end,
+            callback,
+        };
+        if let Err(mpsc::error::SendError(request)) = self.flusher().send(request) {
+            // The flusher is gone only if its runtime is shutting down.
+            request
+                .callback
+                .log_io_completed(Err(io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let shared = &self.shared;
+        let mut index = shared.index.lock();
+        if log_id.index < index.first_index() {
+            return Err(io_failure(PartitionRaftError::Inconsistent {
+                dir: shared.dir.clone(),
+                reason: format!(
+                    "truncation at {} below Raft's first kept entry {}",
+                    log_id.index,
+                    index.first_index()
+                ),
+            }));
+        }
+        let Some(offset) = index.offset_of(log_id.index) else {
+            return Ok(()); // nothing at or after it
+        };
+        shared
+            .log
+            .truncate_to(offset)
+            .map_err(|e| io_failure(PartitionRaftError::Log(e)))?;
+        index.truncate_from(log_id.index);
+        tracing::debug!(dir = %shared.dir.display(), index = log_id.index, offset, "truncated Raft log");
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let shared = &self.shared;
+        let mut index = shared.index.lock();
+        let before = index.checkpoint();
+        index.purge_upto(log_id, shared.log.log_end_offset());
+        if index.checkpoint() != before {
+            index
+                .save(shared.storage.as_ref(), &shared.dir)
+                .map_err(io_failure)?;
+            shared.log.set_retention_floor(index.first_offset());
+        }
+        Ok(())
+    }
+}

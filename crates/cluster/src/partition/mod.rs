@@ -1,0 +1,287 @@
+//! One Kafka partition as one Raft group: the partition's segmented log
+//! ([`sluice_log::PartitionLog`]) **is** the group's Raft log, so data is written once.
+//!
+//! # Mapping
+//!
+//! - **One Raft entry = one record batch** in the partition log, in index order with no gaps:
+//!   entry `i + 1` is the batch right after entry `i`. A normal entry carries one Kafka record
+//!   batch v2 exactly as the producer sent it ([`PartitionEntry`]); appending it assigns its
+//!   base offset, as a non-replicated append does.
+//! - The batch's **`partitionLeaderEpoch`** (outside the CRC) is the entry's **Raft term**
+//!   (terms above `i32::MAX` are refused). openraft's default `CommittedLeaderId` is the term
+//!   alone, so a batch header gives the entry's whole log id.
+//! - **Blank and membership entries** are **control batches** (attributes' control bit, one
+//!   record, key `version 0, type 100 | 101`, the membership as JSON in the value; see
+//!   [`control`]). Consumers skip them, and they take one offset each, as Kafka's transaction
+//!   markers do.
+//! - **Raft index ↔ offset**: a checkpoint file `raft-log-start` holds the Raft index of the
+//!   first batch Raft still needs (`first_index` at `first_offset`) and the last purged log id;
+//!   memory holds the base offset of every entry from there to the log end, rebuilt from the
+//!   batch headers when the partition opens. Terms come from the [`TermHistory`] (one entry per
+//!   term), so that map is 8 bytes per entry Raft keeps, and Raft keeps only what its snapshot
+//!   policy leaves unpurged (see below), not the partition's whole retention.
+//! - **Purge is not retention.** openraft's `purge(upto)` only says Raft no longer needs those
+//!   entries: the checkpoint moves, the batches stay readable for consumers until Kafka
+//!   retention ([`PartitionLog::enforce_retention`]) deletes them. The log's retention floor is
+//!   set to `first_offset`, so retention never deletes a batch Raft still needs.
+//! - **High watermark**: the log runs under [`HighWatermarkPolicy::External`]. Applying entries
+//!   moves it to the end of the last applied entry (the commit point); consumers never read
+//!   past it. [`PartitionStateMachine::progress`] is a `watch` of it and of the last applied log
+//!   id, for waking fetchers and answering `acks=all`.
+//! - **Vote**, **committed log id** and the **snapshot record** are small JSON files in the
+//!   partition directory (`raft-vote`, `raft-committed`, `raft-snapshot`), each replaced
+//!   durably (temporary file, fsync, rename, directory fsync) through the log's [`Storage`], so
+//!   the simulated disk covers them.
+//! - **Applied state** after a restart: the snapshot record's last log id and membership (a
+//!   snapshot is taken before openraft purges), then openraft re-applies the entries from
+//!   there to the saved committed log id, and reads later membership control batches from the
+//!   log itself.
+//!
+//! # Snapshot
+//!
+//! The state machine *is* the log up to the last applied entry, so a snapshot is "the log from
+//! its start to offset `E`" where `E` ends the snapshot's last log id. Building one writes only
+//! the record (`raft-snapshot`: meta + `E`); the data is read from the segments when openraft
+//! asks for it: `SLSNAP01 | start offset i64 | end offset i64 | the batches [start, E)`, at most
+//! [`SNAPSHOT_BYTES_MAX`] of them (the newest that fit: a follower rebuilt from a snapshot may
+//! keep less history than the leader). Installing on a follower whose log lacks the snapshot's
+//! last entry replaces its log: `truncate_fully_and_start_at(start)`, the batches appended with
+//! their own epochs at their own offsets, synced; Raft's first index becomes `last + 1` at `E`.
+//! A follower that already has the entry keeps its log.
+//!
+//! [`PartitionLog::enforce_retention`]: sluice_log::PartitionLog::enforce_retention
+//! [`HighWatermarkPolicy::External`]: sluice_log::HighWatermarkPolicy::External
+//! [`Storage`]: sluice_log::Storage
+
+pub mod control;
+mod log_store;
+mod raft_index;
+mod state_machine;
+pub mod term_history;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::LogId;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_log::{
+    checkpoint, validate_batches, HighWatermarkPolicy, LogConfig, LogError, PartitionLog, Storage,
+};
+use tokio::sync::watch;
+
+pub use log_store::PartitionLogStore;
+pub use state_machine::{PartitionSnapshotBuilder, PartitionStateMachine};
+pub use term_history::TermHistory;
+
+use raft_index::RaftIndex;
+use state_machine::SnapshotRecord;
+
+use crate::{NodeAddress, NodeId};
+
+openraft::declare_raft_types!(
+    /// openraft's types for one partition's group.
+    pub PartitionRaft:
+        D = PartitionEntry,
+        R = PartitionApplied,
+        NodeId = NodeId,
+        Node = NodeAddress,
+        Entry = openraft::Entry<PartitionRaft>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Largest snapshot data built in memory (the newest batches that fit).
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 20;
+
+/// A normal entry: one Kafka record batch v2. Proposed as the producer sent it (base offset
+/// unassigned); read back from the log, it holds the stored batch (offset and epoch assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    pub batch: Bytes,
+}
+
+impl PartitionEntry {
+    /// Checks a batch before it is proposed: exactly one whole batch with a good CRC, and not
+    /// one of the control types reserved for Raft's own entries (it would read back as one).
+    pub fn new(batch: Bytes) -> Result<PartitionEntry, PartitionRaftError> {
+        let headers = validate_batches(&batch).map_err(PartitionRaftError::Log)?;
+        let [header] = headers.as_slice() else {
+            return Err(PartitionRaftError::InvalidEntry(format!(
+                "an entry holds exactly one record batch, got {}",
+                headers.len()
+            )));
+        };
+        if control::is_reserved_control(header, &batch) {
+            return Err(PartitionRaftError::InvalidEntry(
+                "control batch of a type reserved for Raft entries".into(),
+            ));
+        }
+        Ok(PartitionEntry { batch })
+    }
+}
+
+/// What applying an entry answers its proposer: where the batch landed. `-1` offsets when the
+/// entry is not in this replica's log (only when the state machine is driven apart from the
+/// log, as openraft's storage test suite does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionApplied {
+    pub log_id: LogId<NodeId>,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// The apply progress the broker waits on: consumers may read below `high_watermark`, and a
+/// produce with `acks=all` is answered once its last offset is below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyProgress {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub high_watermark: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionRaftError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("invalid entry: {0}")]
+    InvalidEntry(String),
+    #[error("cannot encode a Raft entry: {0}")]
+    Encode(String),
+    #[error("cannot decode a stored Raft entry: {0}")]
+    Decode(String),
+    #[error("unreadable Raft file {path}: {reason}")]
+    CorruptCheckpoint { path: PathBuf, reason: String },
+    /// The log and the Raft checkpoint disagree (a bug, or files changed by hand).
+    #[error("partition {dir}: the Raft log does not match the partition log: {reason}")]
+    Inconsistent { dir: PathBuf, reason: String },
+    /// A crash interrupted a snapshot install: the log is partly replaced. The replica must be
+    /// emptied (its directory removed) and rebuilt from the leader.
+    #[error("partition {dir}: a snapshot install was interrupted; remove the replica's directory so it is rebuilt from the leader")]
+    InterruptedSnapshotInstall { dir: PathBuf },
+    #[error("Raft term {0} does not fit a Kafka leader epoch (i32)")]
+    TermTooLarge(u64),
+}
+
+/// What the log store and the state machine of one partition share.
+pub(crate) struct Shared {
+    log: Arc<PartitionLog>,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    index: Mutex<RaftIndex>,
+    /// The latest snapshot record (what `get_current_snapshot` serves).
+    snapshot: Mutex<Option<SnapshotRecord>>,
+    progress: watch::Sender<ApplyProgress>,
+}
+
+pub(crate) const VOTE_FILE: &str = "raft-vote";
+pub(crate) const COMMITTED_FILE: &str = "raft-committed";
+pub(crate) const SNAPSHOT_FILE: &str = "raft-snapshot";
+pub(crate) const LOG_START_FILE: &str = "raft-log-start";
+/// Present while a snapshot install replaces the log.
+pub(crate) const INSTALL_MARKER_FILE: &str = "raft-snapshot-install";
+/// The Raft files are a few hundred bytes (a membership of many nodes: a few KiB).
+const RAFT_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// Opens a replicated partition: the log (creating the directory, recovering it) under the
+/// external high watermark policy, then the Raft state kept beside it. Blocking (disk I/O).
+pub fn open(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    config: LogConfig,
+) -> Result<(PartitionLogStore, PartitionStateMachine, Arc<PartitionLog>), PartitionRaftError> {
+    if checkpoint::read_small(
+        storage.as_ref(),
+        dir,
+        INSTALL_MARKER_FILE,
+        RAFT_FILE_BYTES_MAX,
+    )?
+    .is_some()
+    {
+        return Err(PartitionRaftError::InterruptedSnapshotInstall {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let log = Arc::new(PartitionLog::open_with_policy(
+        Arc::clone(&storage),
+        dir,
+        config,
+        HighWatermarkPolicy::External,
+    )?);
+    let index = RaftIndex::recover(storage.as_ref(), dir, &log)?;
+    log.set_retention_floor(index.first_offset());
+    let vote = read_json(storage.as_ref(), dir, VOTE_FILE)?;
+    let committed = read_json(storage.as_ref(), dir, COMMITTED_FILE)?;
+    let snapshot: Option<SnapshotRecord> = read_json(storage.as_ref(), dir, SNAPSHOT_FILE)?;
+    let mut progress = ApplyProgress {
+        last_applied: None,
+        high_watermark: log.high_watermark(),
+    };
+    if let Some(record) = &snapshot {
+        progress.last_applied = record.meta.last_log_id;
+        progress.high_watermark = log.set_high_watermark(record.offset_end)?;
+    }
+    tracing::debug!(
+        dir = %dir.display(),
+        first_index = index.first_index(),
+        next_index = index.next_index(),
+        last_applied = ?progress.last_applied,
+        high_watermark = progress.high_watermark,
+        "opened replicated partition"
+    );
+    let shared = Arc::new(Shared {
+        log: Arc::clone(&log),
+        storage,
+        dir: dir.to_path_buf(),
+        index: Mutex::new(index),
+        snapshot: Mutex::new(snapshot.clone()),
+        progress: watch::Sender::new(progress),
+    });
+    let log_store = PartitionLogStore::new(Arc::clone(&shared), vote, committed);
+    let state_machine = PartitionStateMachine::new(shared, snapshot);
+    Ok((log_store, state_machine, log))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, PartitionRaftError> {
+    let Some(bytes) = checkpoint::read_small(storage, dir, name, RAFT_FILE_BYTES_MAX)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| PartitionRaftError::CorruptCheckpoint {
+            path: dir.join(name),
+            reason: e.to_string(),
+        })
+}
+
+fn write_json<T: Serialize>(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> Result<(), PartitionRaftError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| PartitionRaftError::Encode(e.to_string()))?;
+    checkpoint::write_durably(storage, dir, name, &bytes)?;
+    Ok(())
+}
+
+/// A Raft term as a Kafka leader epoch.
+fn term_to_epoch(term: u64) -> Result<i32, PartitionRaftError> {
+    i32::try_from(term).map_err(|_| PartitionRaftError::TermTooLarge(term))
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    // The node id is not part of a committed leader id in openraft's default mode.
+    LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

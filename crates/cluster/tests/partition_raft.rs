@@ -1,0 +1,458 @@
+//! The partition log as a Raft log: recovery, truncation, durability of acknowledged appends on
+//! a simulated disk, the high watermark following apply, and snapshots.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
+    Vote,
+};
+use sluice_cluster::partition::{
+    self, PartitionEntry, PartitionLogStore, PartitionRaft, PartitionStateMachine,
+};
+use sluice_cluster::{NodeAddress, NodeId};
+use sluice_log::{
+    BatchHeader, LogConfig, PartitionLog, RealDisk, Record, RecordBatchBuilder, SimDisk, Storage,
+};
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+/// A producer's batch of `records` records whose values name `tag`.
+fn producer_batch(tag: &str, records: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    for n in 0..records {
+        builder.push(Record {
+            offset: 0,
+            timestamp: 1_700_000_000_000 + n as i64,
+            key: None,
+            value: Some(format!("{tag}-{n}").into_bytes()),
+            headers: Vec::new(),
+        });
+    }
+    Bytes::from(builder.build())
+}
+
+fn normal(term: u64, index: u64, tag: &str, records: usize) -> Entry<PartitionRaft> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(
+            PartitionEntry::new(producer_batch(tag, records)).expect("valid batch"),
+        ),
+    }
+}
+
+fn blank(term: u64, index: u64) -> Entry<PartitionRaft> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry<PartitionRaft> {
+    let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+    let nodes: std::collections::BTreeMap<NodeId, NodeAddress> = voters
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                NodeAddress {
+                    cluster_addr: format!("127.0.0.{id}:9093"),
+                    kafka_addr: format!("127.0.0.{id}:9092"),
+                },
+            )
+        })
+        .collect();
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    }
+}
+
+fn open(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+) -> (PartitionLogStore, PartitionStateMachine, Arc<PartitionLog>) {
+    partition::open(storage, dir, LogConfig::default()).expect("open partition")
+}
+
+/// The records of a normal entry's batch, as a consumer would decode them.
+fn values(entry: &Entry<PartitionRaft>) -> Vec<String> {
+    match &entry.payload {
+        EntryPayload::Normal(normal) => sluice_log::decode_records(&normal.batch)
+            .expect("decodable")
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap_or_default()).unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn base_offset(entry: &Entry<PartitionRaft>) -> Option<i64> {
+    match &entry.payload {
+        EntryPayload::Normal(normal) => BatchHeader::parse(&normal.batch)
+            .ok()
+            .map(|h| h.base_offset),
+        _ => None,
+    }
+}
+
+/// Term 1: blank, membership; term 2: three batches of 3, 1 and 2 records.
+fn five_entries() -> Vec<Entry<PartitionRaft>> {
+    vec![
+        blank(1, 0),
+        membership(1, 1, &[1, 2, 3]),
+        normal(2, 2, "a", 3),
+        normal(2, 3, "b", 1),
+        normal(2, 4, "c", 2),
+    ]
+}
+
+#[tokio::test]
+async fn entries_read_back_as_appended_with_offsets_and_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _sm, log) = open(Arc::new(RealDisk), dir.path());
+    store.blocking_append(five_entries()).await.unwrap();
+
+    let entries = store.try_get_log_entries(0..5).await.unwrap();
+    let ids: Vec<LogId<NodeId>> = entries.iter().map(|e| e.log_id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            log_id(1, 0),
+            log_id(1, 1),
+            log_id(2, 2),
+            log_id(2, 3),
+            log_id(2, 4)
+        ]
+    );
+    assert!(matches!(entries[0].payload, EntryPayload::Blank));
+    match &entries[1].payload {
+        EntryPayload::Membership(m) => assert_eq!(
+            m,
+            match &five_entries()[1].payload {
+                EntryPayload::Membership(m) => m,
+                _ => unreachable!(),
+            }
+        ),
+        other => panic!("expected membership, got {other:?}"),
+    }
+    // Control batches take one offset each; the batches follow at 2, 5, 6.
+    assert_eq!(
+        entries.iter().map(base_offset).collect::<Vec<_>>(),
+        vec![None, None, Some(2), Some(5), Some(6)]
+    );
+    assert_eq!(values(&entries[2]), vec!["a-0", "a-1", "a-2"]);
+    assert_eq!(log.log_end_offset(), 8);
+    // Every batch carries its term as its leader epoch.
+    let epochs: Vec<i32> = log
+        .batch_headers_from(0)
+        .unwrap()
+        .iter()
+        .map(|h| h.partition_leader_epoch)
+        .collect();
+    assert_eq!(epochs, vec![1, 1, 2, 2, 2]);
+    // Blank and membership are control batches (consumers skip them).
+    let control: Vec<bool> = log
+        .batch_headers_from(0)
+        .unwrap()
+        .iter()
+        .map(|h| h.is_control())
+        .collect();
+    assert_eq!(control, vec![true, true, false, false, false]);
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
+    assert_eq!(store.end_offset_for_epoch(1), (1, 2));
+    assert_eq!(store.end_offset_for_epoch(2), (2, 8));
+}
+
+#[tokio::test]
+async fn high_watermark_follows_apply_not_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut sm, log) = open(Arc::new(RealDisk), dir.path());
+    let mut progress = sm.progress();
+    store.blocking_append(five_entries()).await.unwrap();
+    // Durable but not committed: consumers see nothing.
+    assert_eq!(log.durable_offset(), 8);
+    assert_eq!(log.high_watermark(), 0);
+    assert!(log.read(0, 1 << 20).unwrap().records.is_empty());
+
+    let committed = store.try_get_log_entries(0..4).await.unwrap();
+    let applied = sm.apply(committed).await.unwrap();
+    let offsets: Vec<(i64, i64)> = applied
+        .iter()
+        .map(|a| (a.base_offset, a.last_offset))
+        .collect();
+    assert_eq!(offsets, vec![(0, 0), (1, 1), (2, 4), (5, 5)]);
+    assert_eq!(log.high_watermark(), 6);
+    assert!(progress.has_changed().unwrap());
+    let seen = *progress.borrow_and_update();
+    assert_eq!(seen.high_watermark, 6);
+    assert_eq!(seen.last_applied, Some(log_id(2, 3)));
+    // A consumer reads up to the high watermark, not the durable end.
+    let read = log.read(0, 1 << 20).unwrap();
+    let headers = sluice_log::validate_batches(&read.records).unwrap();
+    assert_eq!(headers.last().map(|h| h.last_offset()), Some(5));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 3)));
+}
+
+#[tokio::test]
+async fn restart_recovers_log_state_vote_committed_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    let before = {
+        let (mut store, mut sm, _log) = open(Arc::new(RealDisk), &path);
+        store.blocking_append(five_entries()).await.unwrap();
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        store.save_committed(Some(log_id(2, 3))).await.unwrap();
+        let committed = store.try_get_log_entries(0..3).await.unwrap();
+        sm.apply(committed).await.unwrap();
+        // The snapshot record is what survives of the applied state.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 2)));
+        store.purge(log_id(1, 1)).await.unwrap();
+        store.try_get_log_entries(0..5).await.unwrap()
+    };
+
+    let (mut store, mut sm, log) = open(Arc::new(RealDisk), &path);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 4)));
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
+    );
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 3)));
+    assert_eq!(store.try_get_log_entries(0..5).await.unwrap(), before);
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(2, 2)));
+    assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+    // Applied through entry 2 (offsets 2..=4): the high watermark is back at 5.
+    assert_eq!(log.high_watermark(), 5);
+    assert_eq!(sm.progress().borrow().high_watermark, 5);
+    // Purge is not retention: the purged batches stay readable for consumers.
+    assert_eq!(log.log_start_offset(), 0);
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
+    // Appends continue at the next index and offset.
+    store.blocking_append([normal(3, 5, "d", 1)]).await.unwrap();
+    let last = store.try_get_log_entries(5..6).await.unwrap();
+    assert_eq!(base_offset(&last[0]), Some(8));
+}
+
+#[tokio::test]
+async fn truncate_then_reappend_gives_matching_offsets_and_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    let (mut store, _sm, log) = open(Arc::new(RealDisk), &path);
+    store.blocking_append(five_entries()).await.unwrap();
+    // A new leader of term 3 overwrites entries 3 and 4.
+    store.truncate(log_id(2, 3)).await.unwrap();
+    assert_eq!(log.log_end_offset(), 5, "entries 3.. started at offset 5");
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(2, 2))
+    );
+    store
+        .blocking_append([normal(3, 3, "x", 2), normal(3, 4, "y", 4)])
+        .await
+        .unwrap();
+    let entries = store.try_get_log_entries(2..5).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+        vec![log_id(2, 2), log_id(3, 3), log_id(3, 4)]
+    );
+    assert_eq!(
+        entries.iter().map(base_offset).collect::<Vec<_>>(),
+        vec![Some(2), Some(5), Some(7)]
+    );
+    assert_eq!(values(&entries[1]), vec!["x-0", "x-1"]);
+    assert_eq!(log.log_end_offset(), 11);
+    // Epoch 2 now ends where term 3 begins.
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 5)]);
+    assert_eq!(store.end_offset_for_epoch(2), (2, 5));
+    drop((store, log));
+
+    // The same after a restart.
+    let (mut store, _sm, _log) = open(Arc::new(RealDisk), &path);
+    assert_eq!(store.try_get_log_entries(2..5).await.unwrap(), entries);
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 5)]);
+}
+
+#[tokio::test]
+async fn power_cut_loses_only_entries_not_acknowledged() {
+    let path = Path::new("/data/t-0");
+    let mut seeds_losing_unacknowledged = 0;
+    for seed in 0..16 {
+        let disk = SimDisk::new(seed);
+        let (acknowledged, unacknowledged) = {
+            let (mut store, _sm, _log) = open(disk.storage(), path);
+            store.blocking_append(five_entries()).await.unwrap();
+            store.save_vote(&Vote::new(2, 1)).await.unwrap();
+            // Written, callback not yet run: no promise was made about these.
+            store
+                .write_entries(vec![
+                    normal(2, 5, "unsynced", 50),
+                    normal(2, 6, "unsynced", 50),
+                ])
+                .unwrap();
+            let all = store.try_get_log_entries(0..).await.unwrap();
+            assert_eq!(all.len(), 7);
+            (all[..5].to_vec(), all[5..].to_vec())
+        };
+        disk.power_cut();
+
+        let (mut store, _sm, log) = open(disk.storage(), path);
+        let recovered = store.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(
+            recovered[..5],
+            acknowledged,
+            "seed {seed}: an acknowledged entry was lost"
+        );
+        // Unsynced bytes may survive (the disk wrote them anyway), but only as whole entries.
+        let survivors = &recovered[5..];
+        assert_eq!(survivors, &unacknowledged[..survivors.len()], "seed {seed}");
+        if survivors.is_empty() {
+            seeds_losing_unacknowledged += 1;
+        }
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        // The log continues where the recovered entries end.
+        let next = recovered.len() as u64;
+        let end = log.log_end_offset();
+        store
+            .blocking_append([normal(2, next, "again", 1)])
+            .await
+            .unwrap();
+        let appended = store.try_get_log_entries(next..next + 1).await.unwrap();
+        assert_eq!(base_offset(&appended[0]), Some(end), "seed {seed}");
+    }
+    assert!(
+        seeds_losing_unacknowledged > 0,
+        "the simulated power cut never lost unsynced entries: the test proves nothing"
+    );
+}
+
+#[tokio::test]
+async fn failed_fsync_never_reports_success() {
+    let disk = SimDisk::new(11);
+    let path = Path::new("/data/t-0");
+    {
+        let (mut store, _sm, log) = open(disk.storage(), path);
+        store
+            .blocking_append(five_entries()[..2].to_vec())
+            .await
+            .unwrap();
+        disk.fail_next_sync();
+        let failed = store.blocking_append([normal(1, 2, "unsynced", 3)]).await;
+        assert!(failed.is_err(), "a failed fsync was reported as success");
+        assert!(log.is_offline());
+        // Offline: later appends fail too, they are never acknowledged.
+        assert!(store
+            .blocking_append([normal(1, 3, "later", 1)])
+            .await
+            .is_err());
+    }
+    disk.power_cut();
+    let (mut store, _sm, _log) = open(disk.storage(), path);
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+        vec![log_id(1, 0), log_id(1, 1)],
+        "only what was acknowledged is there"
+    );
+}
+
+#[tokio::test]
+async fn vote_and_committed_survive_a_power_cut_once_saved() {
+    let disk = SimDisk::new(3);
+    let path = Path::new("/data/t-0");
+    {
+        let (mut store, _sm, _log) = open(disk.storage(), path);
+        store.save_vote(&Vote::new(5, 2)).await.unwrap();
+        store.save_committed(Some(log_id(5, 9))).await.unwrap();
+    }
+    disk.power_cut();
+    let (mut store, _sm, _log) = open(disk.storage(), path);
+    assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(5, 9)));
+}
+
+#[tokio::test]
+async fn snapshot_install_gives_the_follower_the_leaders_batches_at_the_same_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm, leader_log) = open(Arc::new(RealDisk), &dir.path().join("l"));
+    leader.blocking_append(five_entries()).await.unwrap();
+    let committed = leader.try_get_log_entries(0..5).await.unwrap();
+    leader_sm.apply(committed).await.unwrap();
+    let snapshot = leader_sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // The leader no longer keeps the entries for Raft; a follower far behind needs the snapshot.
+    leader.purge(log_id(2, 4)).await.unwrap();
+    leader
+        .blocking_append([normal(3, 5, "after", 2)])
+        .await
+        .unwrap();
+
+    // The follower has a stale, conflicting log.
+    let (mut follower, mut follower_sm, follower_log) =
+        open(Arc::new(RealDisk), &dir.path().join("f"));
+    follower
+        .blocking_append([blank(1, 0), normal(1, 1, "stale", 7)])
+        .await
+        .unwrap();
+    let current = leader_sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+    let mut receiving = follower_sm.begin_receiving_snapshot().await.unwrap();
+    *receiving = *current.snapshot;
+    follower_sm
+        .install_snapshot(&current.meta, receiving)
+        .await
+        .unwrap();
+    follower.purge(log_id(2, 4)).await.unwrap();
+
+    assert_eq!(
+        follower_sm.applied_state().await.unwrap().0,
+        Some(log_id(2, 4))
+    );
+    // Consumers of the follower see the leader's batches at the leader's offsets.
+    assert_eq!(follower_log.high_watermark(), 8);
+    assert_eq!(
+        follower_log.read(0, 1 << 20).unwrap().records,
+        leader_log.read(0, 1 << 20).unwrap().records
+    );
+    assert_eq!(follower.term_history(), vec![(1, 0), (2, 2)]);
+    // Replication continues after the snapshot, at the same offset as on the leader.
+    let next = leader.try_get_log_entries(5..6).await.unwrap();
+    follower.blocking_append(next.clone()).await.unwrap();
+    assert_eq!(
+        follower.try_get_log_entries(5..6).await.unwrap(),
+        next,
+        "same entry, same offset"
+    );
+}
+
+#[test]
+fn entry_refuses_more_than_one_batch_and_reserved_control_batches() {
+    let mut two = producer_batch("a", 1).to_vec();
+    two.extend_from_slice(&producer_batch("b", 1));
+    assert!(PartitionEntry::new(Bytes::from(two)).is_err());
+    let mut corrupt = producer_batch("a", 2).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xFF;
+    assert!(PartitionEntry::new(Bytes::from(corrupt)).is_err());
+    let payload: EntryPayload<PartitionRaft> = EntryPayload::Blank;
+    let control = partition::control::encode_payload(&payload, 0).unwrap();
+    assert!(PartitionEntry::new(Bytes::from(control)).is_err());
+}

@@ -33,6 +33,8 @@ impl StoreBuilder<PartitionRaft, PartitionLogStore, PartitionStateMachine, tempf
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_the_partition_log() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(TempDirBuilder)
+fn openraft_storage_suite_passes_on_the_partition_log() {
+    if let Err(error) = Suite::test_all(TempDirBuilder) {
+        panic!("openraft storage suite failed: {error}");
+    }
 }

@@ -19,8 +19,10 @@ use sluice_log::{
     BatchHeader, LogConfig, PartitionLog, RealDisk, Record, RecordBatchBuilder, SimDisk, Storage,
 };
 
+/// The leader of each term in these tests: node `term % 3 + 1`, so a log id that lost its
+/// leader's node id would not compare equal.
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-    LogId::new(CommittedLeaderId::new(term, 0), index)
+    LogId::new(CommittedLeaderId::new(term, term % 3 + 1), index)
 }
 
 /// A producer's batch of `records` records whose values name `tag`.
@@ -102,14 +104,15 @@ fn base_offset(entry: &Entry<PartitionRaft>) -> Option<i64> {
     }
 }
 
-/// Term 1: blank, membership; term 2: three batches of 3, 1 and 2 records.
+/// Term 1: blank, membership; term 2: blank, batches of 3 and 2 records. As openraft writes
+/// them, every term starts with its leader's blank entry. Offsets: 0, 1, 2, 3..=5, 6..=7.
 fn five_entries() -> Vec<Entry<PartitionRaft>> {
     vec![
         blank(1, 0),
         membership(1, 1, &[1, 2, 3]),
-        normal(2, 2, "a", 3),
-        normal(2, 3, "b", 1),
-        normal(2, 4, "c", 2),
+        blank(2, 2),
+        normal(2, 3, "a", 3),
+        normal(2, 4, "b", 2),
     ]
 }
 
@@ -142,12 +145,12 @@ async fn entries_read_back_as_appended_with_offsets_and_terms() {
         ),
         other => panic!("expected membership, got {other:?}"),
     }
-    // Control batches take one offset each; the batches follow at 2, 5, 6.
+    // Control batches take one offset each; the batches follow at 3 and 6.
     assert_eq!(
         entries.iter().map(base_offset).collect::<Vec<_>>(),
-        vec![None, None, Some(2), Some(5), Some(6)]
+        vec![None, None, None, Some(3), Some(6)]
     );
-    assert_eq!(values(&entries[2]), vec!["a-0", "a-1", "a-2"]);
+    assert_eq!(values(&entries[3]), vec!["a-0", "a-1", "a-2"]);
     assert_eq!(log.log_end_offset(), 8);
     // Every batch carries its term as its leader epoch.
     let epochs: Vec<i32> = log
@@ -164,7 +167,7 @@ async fn entries_read_back_as_appended_with_offsets_and_terms() {
         .iter()
         .map(|h| h.is_control())
         .collect();
-    assert_eq!(control, vec![true, true, false, false, false]);
+    assert_eq!(control, vec![true, true, true, false, false]);
     assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
     assert_eq!(store.end_offset_for_epoch(1), (1, 2));
     assert_eq!(store.end_offset_for_epoch(2), (2, 8));
@@ -187,7 +190,7 @@ async fn high_watermark_follows_apply_not_durability() {
         .iter()
         .map(|a| (a.base_offset, a.last_offset))
         .collect();
-    assert_eq!(offsets, vec![(0, 0), (1, 1), (2, 4), (5, 5)]);
+    assert_eq!(offsets, vec![(0, 0), (1, 1), (2, 2), (3, 5)]);
     assert_eq!(log.high_watermark(), 6);
     assert!(progress.has_changed().unwrap());
     let seen = *progress.borrow_and_update();
@@ -236,16 +239,19 @@ async fn restart_recovers_log_state_vote_committed_and_applied() {
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(2, 2)));
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
-    // Applied through entry 2 (offsets 2..=4): the high watermark is back at 5.
-    assert_eq!(log.high_watermark(), 5);
-    assert_eq!(sm.progress().borrow().high_watermark, 5);
+    // Applied through entry 2 (offset 2): the high watermark is back at 3.
+    assert_eq!(log.high_watermark(), 3);
+    assert_eq!(sm.progress().borrow().high_watermark, 3);
     // Purge is not retention: the purged batches stay readable for consumers.
     assert_eq!(log.log_start_offset(), 0);
     assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
     // Appends continue at the next index and offset.
-    store.blocking_append([normal(3, 5, "d", 1)]).await.unwrap();
-    let last = store.try_get_log_entries(5..6).await.unwrap();
-    assert_eq!(base_offset(&last[0]), Some(8));
+    store
+        .blocking_append([blank(3, 5), normal(3, 6, "d", 1)])
+        .await
+        .unwrap();
+    let last = store.try_get_log_entries(6..7).await.unwrap();
+    assert_eq!(base_offset(&last[0]), Some(9));
 }
 
 #[tokio::test]
@@ -256,13 +262,13 @@ async fn truncate_then_reappend_gives_matching_offsets_and_terms() {
     store.blocking_append(five_entries()).await.unwrap();
     // A new leader of term 3 overwrites entries 3 and 4.
     store.truncate(log_id(2, 3)).await.unwrap();
-    assert_eq!(log.log_end_offset(), 5, "entries 3.. started at offset 5");
+    assert_eq!(log.log_end_offset(), 3, "entries 3.. started at offset 3");
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
         Some(log_id(2, 2))
     );
     store
-        .blocking_append([normal(3, 3, "x", 2), normal(3, 4, "y", 4)])
+        .blocking_append([blank(3, 3), normal(3, 4, "x", 2)])
         .await
         .unwrap();
     let entries = store.try_get_log_entries(2..5).await.unwrap();
@@ -272,19 +278,19 @@ async fn truncate_then_reappend_gives_matching_offsets_and_terms() {
     );
     assert_eq!(
         entries.iter().map(base_offset).collect::<Vec<_>>(),
-        vec![Some(2), Some(5), Some(7)]
+        vec![None, None, Some(4)]
     );
-    assert_eq!(values(&entries[1]), vec!["x-0", "x-1"]);
-    assert_eq!(log.log_end_offset(), 11);
+    assert_eq!(values(&entries[2]), vec!["x-0", "x-1"]);
+    assert_eq!(log.log_end_offset(), 6);
     // Epoch 2 now ends where term 3 begins.
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 5)]);
-    assert_eq!(store.end_offset_for_epoch(2), (2, 5));
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 3)]);
+    assert_eq!(store.end_offset_for_epoch(2), (2, 3));
     drop((store, log));
 
     // The same after a restart.
     let (mut store, _sm, _log) = open(Arc::new(RealDisk), &path);
     assert_eq!(store.try_get_log_entries(2..5).await.unwrap(), entries);
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 5)]);
+    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 3)]);
 }
 
 #[tokio::test]
@@ -401,7 +407,7 @@ async fn snapshot_install_gives_the_follower_the_leaders_batches_at_the_same_off
     // The leader no longer keeps the entries for Raft; a follower far behind needs the snapshot.
     leader.purge(log_id(2, 4)).await.unwrap();
     leader
-        .blocking_append([normal(3, 5, "after", 2)])
+        .blocking_append([blank(3, 5), normal(3, 6, "after", 2)])
         .await
         .unwrap();
 
@@ -434,10 +440,10 @@ async fn snapshot_install_gives_the_follower_the_leaders_batches_at_the_same_off
     );
     assert_eq!(follower.term_history(), vec![(1, 0), (2, 2)]);
     // Replication continues after the snapshot, at the same offset as on the leader.
-    let next = leader.try_get_log_entries(5..6).await.unwrap();
+    let next = leader.try_get_log_entries(5..7).await.unwrap();
     follower.blocking_append(next.clone()).await.unwrap();
     assert_eq!(
-        follower.try_get_log_entries(5..6).await.unwrap(),
+        follower.try_get_log_entries(5..7).await.unwrap(),
         next,
         "same entry, same offset"
     );
@@ -453,6 +459,6 @@ fn entry_refuses_more_than_one_batch_and_reserved_control_batches() {
     corrupt[last] ^= 0xFF;
     assert!(PartitionEntry::new(Bytes::from(corrupt)).is_err());
     let payload: EntryPayload<PartitionRaft> = EntryPayload::Blank;
-    let control = partition::control::encode_payload(&payload, 0).unwrap();
+    let control = partition::control::encode_payload(&payload, 1).unwrap();
     assert!(PartitionEntry::new(Bytes::from(control)).is_err());
 }

@@ -17,43 +17,66 @@ use sluice_log::{decode_records, BatchHeader, Record, RecordBatchBuilder};
 use super::{PartitionEntry, PartitionRaft, PartitionRaftError};
 use crate::{NodeAddress, NodeId};
 
+/// Record header of a Raft control batch naming the leader of its term (node id, 8 bytes BE).
+pub const LEADER_HEADER: &str = "raft.leader";
+
 pub const CONTROL_TYPE_RAFT_BLANK: i16 = 100;
 pub const CONTROL_TYPE_RAFT_MEMBERSHIP: i16 = 101;
 const CONTROL_KEY_VERSION: i16 = 0;
 
 /// The batch bytes stored for an entry's payload (base offset and epoch still to be assigned).
+/// `leader` is the node id of the entry's leader (written into control batches). Every
+/// replica encodes the entry itself, so the bytes depend on the entry alone: control batches
+/// carry no timestamp (-1, Kafka's "none"), or replicas would store different bytes.
 pub fn encode_payload(
     payload: &EntryPayload<PartitionRaft>,
-    now_ms: i64,
+    leader: NodeId,
 ) -> Result<Vec<u8>, PartitionRaftError> {
     match payload {
         EntryPayload::Normal(entry) => Ok(entry.batch.to_vec()),
-        EntryPayload::Blank => Ok(control_batch(CONTROL_TYPE_RAFT_BLANK, None, now_ms)),
+        EntryPayload::Blank => Ok(control_batch(CONTROL_TYPE_RAFT_BLANK, None, leader)),
         EntryPayload::Membership(membership) => {
             let value = serde_json::to_vec(membership)
                 .map_err(|e| PartitionRaftError::Encode(e.to_string()))?;
             Ok(control_batch(
                 CONTROL_TYPE_RAFT_MEMBERSHIP,
                 Some(value),
-                now_ms,
+                leader,
             ))
         }
     }
 }
 
-fn control_batch(control_type: i16, value: Option<Vec<u8>>, now_ms: i64) -> Vec<u8> {
+fn control_batch(control_type: i16, value: Option<Vec<u8>>, leader: NodeId) -> Vec<u8> {
     let mut key = Vec::with_capacity(4);
     key.extend_from_slice(&CONTROL_KEY_VERSION.to_be_bytes());
     key.extend_from_slice(&control_type.to_be_bytes());
     let mut builder = RecordBatchBuilder::new();
     builder.control().push(Record {
         offset: 0,
-        timestamp: now_ms,
+        timestamp: -1,
         key: Some(key),
         value,
-        headers: Vec::new(),
+        headers: vec![(
+            LEADER_HEADER.to_string(),
+            Some(leader.to_be_bytes().to_vec()),
+        )],
     });
     builder.build()
+}
+
+/// The leader node id a Raft control batch names (`batch` is one whole batch).
+pub fn control_leader(header: &BatchHeader, batch: &[u8]) -> Option<NodeId> {
+    if !header.is_control() {
+        return None;
+    }
+    let (_, record) = raft_control_type(batch)?;
+    let (_, value) = record
+        .headers
+        .into_iter()
+        .find(|(key, _)| key == LEADER_HEADER)?;
+    let bytes: [u8; 8] = value?.try_into().ok()?;
+    Some(NodeId::from_be_bytes(bytes))
 }
 
 /// The control type of a control batch's single record, if it is one of ours.

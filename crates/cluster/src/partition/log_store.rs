@@ -113,6 +113,18 @@ impl PartitionLogStore {
                 ),
             });
         }
+        for entry in &entries {
+            let leader = entry.log_id.leader_id;
+            if let Err(known) = index.record_leader(leader.term, leader.node_id) {
+                return Err(PartitionRaftError::Inconsistent {
+                    dir: shared.dir.clone(),
+                    reason: format!(
+                        "entry {} names leader {} of term {}, which node {known} leads",
+                        entry.log_id.index, leader.node_id, leader.term
+                    ),
+                });
+            }
+        }
         let now_ms = now_ms();
         // One write per run of entries of the same term (usually all of them).
         let mut position = 0;
@@ -125,7 +137,10 @@ impl PartitionLogStore {
                 .map_or(entries.len(), |n| position + n);
             let mut batches = Vec::new();
             for entry in &entries[position..run_end] {
-                batches.extend_from_slice(&control::encode_payload(&entry.payload, now_ms)?);
+                batches.extend_from_slice(&control::encode_payload(
+                    &entry.payload,
+                    entry.log_id.leader_id.node_id,
+                )?);
             }
             let appended = shared.log.append(&mut batches, epoch, now_ms)?;
             if appended.batches.len() != run_end - position {
@@ -185,7 +200,7 @@ impl PartitionLogReader {
         range: impl RangeBounds<u64>,
     ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
         let log = &self.shared.log;
-        let (start, end, mut offset) = {
+        let (start, end, mut offset, leaders) = {
             let index = self.shared.index.lock();
             let start = match range.start_bound() {
                 Bound::Included(&i) => i,
@@ -205,7 +220,7 @@ impl PartitionLogReader {
             let Some(offset) = index.offset_of(start) else {
                 return Ok(Vec::new());
             };
-            (start, end, offset)
+            (start, end, offset, index.leaders().clone())
         };
         let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
@@ -235,10 +250,17 @@ impl PartitionLogReader {
                         header.partition_leader_epoch
                     ))
                 })?;
+                let leader =
+                    *leaders
+                        .get(&term)
+                        .ok_or_else(|| PartitionRaftError::Inconsistent {
+                            dir: self.shared.dir.clone(),
+                            reason: format!("no leader known for term {term}"),
+                        })?;
                 let payload =
                     control::decode_payload(&header, records.slice(position..position + total))?;
                 entries.push(Entry {
-                    log_id: log_id(term, next),
+                    log_id: log_id(term, leader, next),
                     payload,
                 });
                 next += 1;

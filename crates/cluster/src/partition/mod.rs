@@ -8,8 +8,12 @@
 //!   batch v2 exactly as the producer sent it ([`PartitionEntry`]); appending it assigns its
 //!   base offset, as a non-replicated append does.
 //! - The batch's **`partitionLeaderEpoch`** (outside the CRC) is the entry's **Raft term**
-//!   (terms above `i32::MAX` are refused). openraft's default `CommittedLeaderId` is the term
-//!   alone, so a batch header gives the entry's whole log id.
+//!   (terms above `i32::MAX` are refused). openraft's default (advanced) mode names a leader
+//!   by term *and* node id, and one term has at most one leader; the node is not in the batch,
+//!   so each control batch carries its leader's node id (record header `raft.leader`, 8 bytes
+//!   big endian) and the log keeps a term → leader map. A term's first entry is always a
+//!   control batch (a new leader's blank entry) or already purged, in which case the last
+//!   purged log id in the checkpoint names its leader: recovery rebuilds the map from both.
 //! - **Blank and membership entries** are **control batches** (attributes' control bit, one
 //!   record, key `version 0, type 100 | 101`, the membership as JSON in the value; see
 //!   [`control`]). Consumers skip them, and they take one offset each, as Kafka's transaction
@@ -275,9 +279,10 @@ fn term_to_epoch(term: u64) -> Result<i32, PartitionRaftError> {
     i32::try_from(term).map_err(|_| PartitionRaftError::TermTooLarge(term))
 }
 
-fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-    // The node id is not part of a committed leader id in openraft's default mode.
-    LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
+/// A log id: in openraft's default (advanced) mode the committed leader id is the term and the
+/// leader's node id; the term is the batch's epoch, the node comes from the term's leaders.
+fn log_id(term: u64, leader: NodeId, index: u64) -> LogId<NodeId> {
+    LogId::new(openraft::CommittedLeaderId::new(term, leader), index)
 }
 
 fn now_ms() -> i64 {

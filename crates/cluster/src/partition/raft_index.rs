@@ -1,13 +1,15 @@
 //! Raft index ↔ offset for the entries Raft still keeps, and the checkpoint that anchors it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
 use sluice_log::{PartitionLog, Storage};
 
-use super::{log_id, read_json, write_json, PartitionRaftError, TermHistory, LOG_START_FILE};
+use super::{
+    control, log_id, read_json, write_json, PartitionRaftError, TermHistory, LOG_START_FILE,
+};
 use crate::NodeId;
 
 /// `raft-log-start`: where Raft's log begins inside the partition log.
@@ -27,6 +29,8 @@ pub(crate) struct RaftIndex {
     offsets: VecDeque<i64>,
     last_purged: Option<LogId<NodeId>>,
     terms: TermHistory,
+    /// The leader of every term of the kept entries (one per term).
+    leaders: BTreeMap<u64, NodeId>,
 }
 
 impl RaftIndex {
@@ -62,9 +66,19 @@ impl RaftIndex {
             offsets: VecDeque::new(),
             last_purged: checkpoint.last_purged,
             terms: TermHistory::new(),
+            leaders: BTreeMap::new(),
         };
+        if let Some(purged) = checkpoint.last_purged {
+            index
+                .leaders
+                .insert(purged.leader_id.term, purged.leader_id.node_id);
+        }
         let mut misaligned = None;
+        let mut controls = Vec::new();
         log.for_each_batch_header_from(log_start, |header| {
+            if header.is_control() && header.base_offset >= first_offset {
+                controls.push(header.base_offset);
+            }
             index
                 .terms
                 .on_batch(header.partition_leader_epoch, header.base_offset);
@@ -81,6 +95,35 @@ impl RaftIndex {
             return Err(inconsistent(format!(
                 "Raft's first entry offset {first_offset} is not a batch boundary (batch at {base_offset})"
             )));
+        }
+        // Leaders from the control batches (a handful: one or two per term).
+        for offset in controls {
+            let read = log.read_uncommitted(offset, 1)?;
+            let Ok(header) = sluice_log::BatchHeader::parse(&read.records) else {
+                continue;
+            };
+            let batch = read.records.get(..header.total_bytes()).unwrap_or_default();
+            if let (Some(leader), Ok(term)) = (
+                control::control_leader(&header, batch),
+                u64::try_from(header.partition_leader_epoch),
+            ) {
+                index.leaders.entry(term).or_insert(leader);
+            }
+        }
+        for &(epoch, start) in index.terms.entries() {
+            let covers_kept = index.offsets.back().is_some_and(|&last| start <= last)
+                && index
+                    .terms
+                    .entries()
+                    .iter()
+                    .find(|&&(_, next_start)| next_start > start)
+                    .is_none_or(|&(_, next_start)| next_start > first_offset);
+            let known = u64::try_from(epoch).is_ok_and(|t| index.leaders.contains_key(&t));
+            if covers_kept && !known {
+                return Err(inconsistent(format!(
+                    "no leader known for term {epoch} (starting at offset {start})"
+                )));
+            }
         }
         Ok(index)
     }
@@ -134,8 +177,25 @@ impl RaftIndex {
     /// The log id of entry `index`, if Raft keeps it.
     pub fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
         let offset = self.offset_of(index)?;
-        let epoch = self.terms.epoch_at(offset)?;
-        Some(log_id(u64::try_from(epoch).ok()?, index))
+        let term = u64::try_from(self.terms.epoch_at(offset)?).ok()?;
+        Some(log_id(term, *self.leaders.get(&term)?, index))
+    }
+
+    /// The leader of every known term (for building log ids outside the lock).
+    pub fn leaders(&self) -> &BTreeMap<u64, NodeId> {
+        &self.leaders
+    }
+
+    /// Records that `leader` leads `term`; a different leader for a known term is refused
+    /// (openraft elects at most one per term).
+    pub fn record_leader(&mut self, term: u64, leader: NodeId) -> Result<(), NodeId> {
+        match self.leaders.insert(term, leader) {
+            Some(known) if known != leader => {
+                self.leaders.insert(term, known);
+                Err(known)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The last entry's log id, or the last purged one when Raft keeps none.
@@ -185,6 +245,13 @@ impl RaftIndex {
         let keep = (index - self.first_index) as usize;
         self.offsets.truncate(keep);
         self.terms.truncate_from(offset);
+        let latest = self
+            .terms
+            .latest_epoch()
+            .and_then(|e| u64::try_from(e).ok());
+        let purged = self.last_purged.map(|p| p.leader_id.term);
+        self.leaders
+            .retain(|&term, _| Some(term) <= latest || Some(term) == purged);
         Some(offset)
     }
 
@@ -212,7 +279,16 @@ impl RaftIndex {
 
     /// After a snapshot install replaced the log: Raft keeps nothing up to `last`, the next
     /// entry goes at `log_end`; the terms are the installed batches'.
-    pub fn reset_after_install(&mut self, last: LogId<NodeId>, log_end: i64, terms: TermHistory) {
+    pub fn reset_after_install(
+        &mut self,
+        last: LogId<NodeId>,
+        log_end: i64,
+        terms: TermHistory,
+        leaders: BTreeMap<u64, NodeId>,
+    ) {
+        self.leaders = leaders;
+        self.leaders
+            .insert(last.leader_id.term, last.leader_id.node_id);
         self.offsets.clear();
         self.first_index = last.index + 1;
         self.first_offset = log_end;

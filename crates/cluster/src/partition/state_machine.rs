@@ -113,6 +113,7 @@ impl PartitionStateMachine {
         )?;
         shared.log.truncate_fully_and_start_at(start)?;
         let mut terms = TermHistory::new();
+        let mut leaders = std::collections::BTreeMap::new();
         let mut position = 0;
         let mut run_start = 0;
         // One append per run of batches of the same epoch: the log stamps one epoch per call.
@@ -137,14 +138,23 @@ impl PartitionStateMachine {
                     ),
                 });
             }
+            let mut batch_position = position;
             for header in &headers[run_start..run_end] {
                 terms.on_batch(header.partition_leader_epoch, header.base_offset);
+                let batch = &batches[batch_position..batch_position + header.total_bytes()];
+                if let (Some(leader), Ok(term)) = (
+                    super::control::control_leader(header, batch),
+                    u64::try_from(header.partition_leader_epoch),
+                ) {
+                    leaders.entry(term).or_insert(leader);
+                }
+                batch_position += header.total_bytes();
             }
             position += run_bytes;
             run_start = run_end;
         }
         shared.log.sync(end)?;
-        index.reset_after_install(last, end, terms);
+        index.reset_after_install(last, end, terms, leaders);
         index.save(shared.storage.as_ref(), &shared.dir)?;
         shared.log.set_retention_floor(index.first_offset());
         shared

@@ -39,3 +39,6 @@ pub enum GroupId {
         partition: i32,
     },
 }
+
+pub mod metadata;
+pub mod transport;

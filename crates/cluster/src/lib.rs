@@ -41,4 +41,6 @@ pub enum GroupId {
 }
 
 pub mod metadata;
+pub mod node;
+pub mod peers;
 pub mod transport;

@@ -42,13 +42,15 @@ use crate::{GroupId, NodeAddress, NodeId};
 
 /// Raft timers shared by the metadata group and the partition groups.
 ///
-/// Defaults aim at failover under a second on a LAN: a follower notices a dead leader after one
-/// election timeout (300–600 ms, randomised so that one candidate usually wins the first round)
-/// and the vote itself costs a round trip. Heartbeats every 100 ms put at least three of them in
-/// the shortest timeout, so one or two late heartbeats (a busy core, a GC-like pause in a client)
-/// do not depose a healthy leader. Between two nodes, the heartbeats of all their groups share
-/// one connection and leave in coalesced writes, so the 100 ms interval stays cheap with
-/// thousands of partitions.
+/// Defaults aim at failover under a second on a LAN. openraft 0.9 lets a follower that saw a
+/// leader campaign only after its *leader lease* (= `election_timeout_max`) plus its own
+/// randomised election timeout, checked on a tick every 1.5 heartbeats. With heartbeats every
+/// 100 ms and timeouts of 200–300 ms, a dead leader is replaced 500–600 ms after its last
+/// heartbeat, plus at most one tick (150 ms) and a vote round trip: about 0.55–0.8 s. Five
+/// heartbeats must go missing before anyone campaigns, so a late heartbeat or two (a busy core)
+/// does not depose a healthy leader; after a split vote, candidates retry after 200–300 ms.
+/// Between two nodes, the heartbeats of all their groups share one connection and leave in
+/// coalesced writes, so the 100 ms interval stays cheap with thousands of partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTimings {
     pub heartbeat_interval: Duration,
@@ -60,8 +62,8 @@ impl Default for RaftTimings {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(300),
         }
     }
 }
@@ -520,6 +522,6 @@ impl ClusterNode {
         if let Err(e) = self.metadata_raft.shutdown().await {
             tracing::warn!(error = %e, "metadata group shutdown");
         }
-        self.transport.shutdown();
+        self.transport.shutdown().await;
     }
 }

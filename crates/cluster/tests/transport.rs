@@ -144,7 +144,7 @@ async fn a_call_without_answer_times_out_and_others_still_complete() {
 async fn dialer_reconnects_after_the_peer_restarts() {
     let (one, two) = connected_pair().await;
     let two_addr = two.local_addr();
-    two.shutdown();
+    two.shutdown().await;
     // Calls fail fast while the peer is away.
     let mut failed_fast = false;
     for _ in 0..100 {

@@ -154,6 +154,8 @@ struct TransportInner {
     groups: RwLock<HashMap<GroupId, Arc<dyn GroupDispatcher>>>,
     stats: StatCounters,
     shutdown: CancellationToken,
+    /// Ends (dropping the listener) after `shutdown` fires.
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The node's end of every peer connection. Cheap to clone.
@@ -184,8 +186,10 @@ impl Transport {
             groups: RwLock::new(HashMap::new()),
             stats: StatCounters::default(),
             shutdown: CancellationToken::new(),
+            accept_task: Mutex::new(None),
         });
-        tokio::spawn(accept_loop(inner.clone(), listener));
+        let accept_task = tokio::spawn(accept_loop(inner.clone(), listener));
+        *inner.accept_task.lock() = Some(accept_task);
         Ok(Self { inner })
     }
 
@@ -254,9 +258,14 @@ impl Transport {
         }
     }
 
-    /// Closes the listener and every connection; pending calls fail.
-    pub fn shutdown(&self) {
+    /// Closes every connection (pending calls fail) and the listener; once this returns the
+    /// listen address can be bound again.
+    pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        let accept_task = self.inner.accept_task.lock().take();
+        if let Some(accept_task) = accept_task {
+            let _ = accept_task.await;
+        }
     }
 
     /// Sends one request and waits for its response body.

@@ -41,3 +41,8 @@ pub enum GroupId {
         partition: i32,
     },
 }
+
+pub mod metadata;
+pub mod node;
+pub mod peers;
+pub mod transport;

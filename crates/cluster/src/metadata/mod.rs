@@ -1,0 +1,134 @@
+//! The metadata Raft group (KRaft in spirit): every node is a voter; the replicated state is
+//! [`ClusterMetadata`], changed only by [`MetadataCommand`]s applied in log order.
+
+mod log_store;
+mod placement;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::{MetadataLogStore, MetadataStoreError};
+pub use placement::{place_replicas, PlacementError};
+pub use state_machine::MetadataStateMachine;
+
+use crate::{NodeAddress, NodeId};
+
+openraft::declare_raft_types!(
+    /// The metadata group's openraft type config.
+    pub MetadataRaft:
+        D = MetadataCommand,
+        R = MetadataResponse,
+        NodeId = NodeId,
+        Node = NodeAddress,
+        Entry = openraft::Entry<MetadataRaft>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Topic configs (Kafka's `retention.ms`, `cleanup.policy`, ...), as given.
+pub type TopicConfigs = BTreeMap<String, String>;
+
+/// One topic as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub topic_id: uuid::Uuid,
+    pub replication_factor: u16,
+    /// Replicas of each partition, by partition index; the first is the preferred leader.
+    pub assignments: Vec<Vec<NodeId>>,
+    pub configs: TopicConfigs,
+}
+
+/// Everything the metadata group agrees on. Published on a `watch` after every apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    /// Registered brokers: where their transport and their Kafka listener are.
+    pub brokers: BTreeMap<NodeId, NodeAddress>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMetadata>,
+    /// The first producer id of the next block handed out.
+    pub next_producer_id: i64,
+    /// Index of the last applied log entry (0 before any), so a reader can tell versions apart.
+    pub applied_index: u64,
+}
+
+impl ClusterMetadata {
+    pub fn topic_by_id(&self, topic_id: uuid::Uuid) -> Option<&TopicMetadata> {
+        self.topics.values().find(|t| t.topic_id == topic_id)
+    }
+}
+
+/// A change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    RegisterBroker {
+        node_id: NodeId,
+        address: NodeAddress,
+    },
+    CreateTopic {
+        name: String,
+        topic_id: uuid::Uuid,
+        partition_count: u32,
+        replication_factor: u16,
+        /// Replicas per partition (see [`place_replicas`]); `partition_count` entries.
+        assignments: Vec<Vec<NodeId>>,
+        configs: TopicConfigs,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Adds partitions: `assignments` holds the replicas of each new one.
+    CreatePartitions {
+        name: String,
+        assignments: Vec<Vec<NodeId>>,
+    },
+    AlterTopicConfigs {
+        name: String,
+        set: TopicConfigs,
+        delete: Vec<String>,
+    },
+    /// Hands out `block_size` producer ids to `node_id`.
+    AllocateProducerIdBlock {
+        node_id: NodeId,
+        block_size: u32,
+    },
+    /// Reassignment: the new replica list of one partition.
+    SetPartitionReplicas {
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+}
+
+/// What applying a command produced. Rejections are results, not errors: the command is in
+/// the log either way and every node rejects it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MetadataResponse {
+    /// Membership and blank entries, and commands with nothing to return.
+    #[default]
+    Done,
+    ProducerIdBlock {
+        first_producer_id: i64,
+        count: u32,
+    },
+    Rejected(MetadataRejection),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataRejection {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("topic id {0} is already in use")]
+    TopicIdInUse(uuid::Uuid),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("invalid assignment: {0}")]
+    InvalidAssignment(String),
+    #[error("producer ids exhausted")]
+    ProducerIdsExhausted,
+}

@@ -1,0 +1,437 @@
+//! The metadata state machine: [`ClusterMetadata`] in memory, published on a `watch` after
+//! every apply, and persisted only as snapshots (`snapshot.json`: the snapshot's meta and the
+//! metadata as JSON). After a restart it starts from the last snapshot and openraft re-applies
+//! the committed entries after it from the log.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_log::Storage;
+use tokio::sync::watch;
+
+use super::log_store::{read_file_if_exists, write_file_atomically, MetadataStoreError};
+use super::{
+    ClusterMetadata, MetadataCommand, MetadataRaft, MetadataRejection, MetadataResponse,
+    TopicMetadata,
+};
+use crate::{NodeAddress, NodeId};
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, NodeAddress>,
+    metadata: ClusterMetadata,
+}
+
+struct MachineState {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, NodeAddress>,
+    metadata: ClusterMetadata,
+    snapshot: Option<StoredSnapshot>,
+    snapshots_built: u64,
+}
+
+/// The metadata group's `RaftStateMachine`; clones share one state (one is the snapshot builder).
+#[derive(Clone)]
+pub struct MetadataStateMachine {
+    state: Arc<Mutex<MachineState>>,
+    published: Arc<watch::Sender<ClusterMetadata>>,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+}
+
+impl MetadataStateMachine {
+    /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> Result<Self, MetadataStoreError> {
+        storage
+            .create_dir_all_durable(dir)
+            .map_err(|source| MetadataStoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let path = dir.join(SNAPSHOT_FILE);
+        let snapshot: Option<StoredSnapshot> =
+            match read_file_if_exists(storage.as_ref(), &path) {
+                Ok(Some(bytes)) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    MetadataStoreError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?),
+                Ok(None) => None,
+                Err(source) => return Err(MetadataStoreError::Io { path, source }),
+            };
+        let state = match &snapshot {
+            Some(stored) => MachineState {
+                last_applied: stored.meta.last_log_id,
+                last_membership: stored.meta.last_membership.clone(),
+                metadata: stored.metadata.clone(),
+                snapshot: snapshot.clone(),
+                snapshots_built: 0,
+            },
+            None => MachineState {
+                last_applied: None,
+                last_membership: StoredMembership::default(),
+                metadata: ClusterMetadata::default(),
+                snapshot: None,
+                snapshots_built: 0,
+            },
+        };
+        let (published, _) = watch::channel(state.metadata.clone());
+        Ok(Self {
+            state: Arc::new(Mutex::new(state)),
+            published: Arc::new(published),
+            storage,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The metadata as of the last apply, and every change after it.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterMetadata> {
+        self.published.subscribe()
+    }
+
+    fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
+        write_file_atomically(self.storage.as_ref(), &self.dir, SNAPSHOT_FILE, &bytes)
+    }
+}
+
+/// Applies one command to `metadata`, deterministically (every replica must agree).
+pub(super) fn apply_command(
+    metadata: &mut ClusterMetadata,
+    command: MetadataCommand,
+) -> MetadataResponse {
+    use MetadataRejection as Reject;
+    let rejected = |r| MetadataResponse::Rejected(r);
+    match command {
+        MetadataCommand::RegisterBroker { node_id, address } => {
+            metadata.brokers.insert(node_id, address);
+            MetadataResponse::Done
+        }
+        MetadataCommand::CreateTopic {
+            name,
+            topic_id,
+            partition_count,
+            replication_factor,
+            assignments,
+            configs,
+        } => {
+            if metadata.topics.contains_key(&name) {
+                return rejected(Reject::TopicExists(name));
+            }
+            if metadata.topic_by_id(topic_id).is_some() {
+                return rejected(Reject::TopicIdInUse(topic_id));
+            }
+            if assignments.len() != partition_count as usize {
+                return rejected(Reject::InvalidAssignment(format!(
+                    "{} assignments for {partition_count} partitions",
+                    assignments.len()
+                )));
+            }
+            if let Err(reason) = check_assignments(&assignments, Some(replication_factor)) {
+                return rejected(Reject::InvalidAssignment(reason));
+            }
+            metadata.topics.insert(
+                name.clone(),
+                TopicMetadata {
+                    name,
+                    topic_id,
+                    replication_factor,
+                    assignments,
+                    configs,
+                },
+            );
+            MetadataResponse::Done
+        }
+        MetadataCommand::DeleteTopic { name } => match metadata.topics.remove(&name) {
+            Some(_) => MetadataResponse::Done,
+            None => rejected(Reject::UnknownTopic(name)),
+        },
+        MetadataCommand::CreatePartitions { name, assignments } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            if let Err(reason) = check_assignments(&assignments, None) {
+                return rejected(Reject::InvalidAssignment(reason));
+            }
+            topic.assignments.extend(assignments);
+            MetadataResponse::Done
+        }
+        MetadataCommand::AlterTopicConfigs { name, set, delete } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            for key in delete {
+                topic.configs.remove(&key);
+            }
+            topic.configs.extend(set);
+            MetadataResponse::Done
+        }
+        MetadataCommand::AllocateProducerIdBlock {
+            node_id: _,
+            block_size,
+        } => {
+            let first_producer_id = metadata.next_producer_id;
+            match first_producer_id.checked_add(i64::from(block_size)) {
+                Some(next) => {
+                    metadata.next_producer_id = next;
+                    MetadataResponse::ProducerIdBlock {
+                        first_producer_id,
+                        count: block_size,
+                    }
+                }
+                None => rejected(Reject::ProducerIdsExhausted),
+            }
+        }
+        MetadataCommand::SetPartitionReplicas {
+            name,
+            partition,
+            replicas,
+        } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            if let Err(reason) = check_assignments(std::slice::from_ref(&replicas), None) {
+                return rejected(Reject::InvalidAssignment(reason));
+            }
+            match topic.assignments.get_mut(partition as usize) {
+                Some(current) => {
+                    *current = replicas;
+                    MetadataResponse::Done
+                }
+                None => rejected(Reject::UnknownPartition {
+                    topic: name,
+                    partition,
+                }),
+            }
+        }
+    }
+}
+
+fn check_assignments(
+    assignments: &[Vec<NodeId>],
+    replication_factor: Option<u16>,
+) -> Result<(), String> {
+    for (partition, replicas) in assignments.iter().enumerate() {
+        if replicas.is_empty() {
+            return Err(format!("partition {partition} has no replicas"));
+        }
+        if replication_factor.is_some_and(|rf| replicas.len() != usize::from(rf)) {
+            return Err(format!(
+                "partition {partition} has {} replicas",
+                replicas.len()
+            ));
+        }
+        let mut unique = replicas.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != replicas.len() {
+            return Err(format!("partition {partition} lists a broker twice"));
+        }
+    }
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<MetadataRaft>, StorageError<NodeId>> {
+        let stored = {
+            let mut state = self.state.lock();
+            state.snapshots_built += 1;
+            let snapshot_id = match state.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, state.snapshots_built),
+                None => format!("none-{}", state.snapshots_built),
+            };
+            StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.last_membership.clone(),
+                    snapshot_id,
+                },
+                metadata: state.metadata.clone(),
+            }
+        };
+        let data = serde_json::to_vec(&stored.metadata).map_err(|e| {
+            StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
+        })?;
+        self.persist(&stored).map_err(|e| {
+            StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
+        })?;
+        let meta = stored.meta.clone();
+        self.state.lock().snapshot = Some(stored);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddress>), StorageError<NodeId>>
+    {
+        let state = self.state.lock();
+        Ok((state.last_applied, state.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetadataResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<MetadataRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let metadata = {
+            let mut state = self.state.lock();
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                state.metadata.applied_index = entry.log_id.index;
+                let response = match entry.payload {
+                    EntryPayload::Blank => MetadataResponse::Done,
+                    EntryPayload::Normal(command) => apply_command(&mut state.metadata, command),
+                    EntryPayload::Membership(membership) => {
+                        state.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        MetadataResponse::Done
+                    }
+                };
+                responses.push(response);
+            }
+            state.metadata.clone()
+        };
+        self.published.send_replace(metadata);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddress>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let metadata: ClusterMetadata =
+            serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
+                StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
+            })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            metadata: metadata.clone(),
+        };
+        self.persist(&stored).map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
+        {
+            let mut state = self.state.lock();
+            state.last_applied = meta.last_log_id;
+            state.last_membership = meta.last_membership.clone();
+            state.metadata = metadata.clone();
+            state.snapshot = Some(stored);
+        }
+        self.published.send_replace(metadata);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<MetadataRaft>>, StorageError<NodeId>> {
+        let Some(stored) = self.state.lock().snapshot.clone() else {
+            return Ok(None);
+        };
+        let data = serde_json::to_vec(&stored.metadata).map_err(|e| {
+            StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
+        })?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_change_metadata_and_rejections_leave_it_alone() {
+        let mut metadata = ClusterMetadata::default();
+        let topic_id = uuid::Uuid::from_u128(1);
+        let create = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            topic_id,
+            partition_count: 2,
+            replication_factor: 2,
+            assignments: vec![vec![1, 2], vec![2, 1]],
+            configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+        };
+        assert_eq!(
+            apply_command(&mut metadata, create.clone()),
+            MetadataResponse::Done
+        );
+        assert_eq!(
+            apply_command(&mut metadata, create),
+            MetadataResponse::Rejected(MetadataRejection::TopicExists("t".into()))
+        );
+        let bad = MetadataCommand::SetPartitionReplicas {
+            name: "t".into(),
+            partition: 0,
+            replicas: vec![3, 3],
+        };
+        assert!(matches!(
+            apply_command(&mut metadata, bad),
+            MetadataResponse::Rejected(_)
+        ));
+        let first = apply_command(
+            &mut metadata,
+            MetadataCommand::AllocateProducerIdBlock {
+                node_id: 1,
+                block_size: 1000,
+            },
+        );
+        let second = apply_command(
+            &mut metadata,
+            MetadataCommand::AllocateProducerIdBlock {
+                node_id: 2,
+                block_size: 1000,
+            },
+        );
+        assert_eq!(
+            (first, second),
+            (
+                MetadataResponse::ProducerIdBlock {
+                    first_producer_id: 0,
+                    count: 1000
+                },
+                MetadataResponse::ProducerIdBlock {
+                    first_producer_id: 1000,
+                    count: 1000
+                }
+            )
+        );
+        let add = MetadataCommand::CreatePartitions {
+            name: "t".into(),
+            assignments: vec![vec![1, 2]],
+        };
+        assert_eq!(apply_command(&mut metadata, add), MetadataResponse::Done);
+        assert_eq!(metadata.topics["t"].assignments.len(), 3);
+    }
+}

@@ -1,0 +1,527 @@
+//! A cluster node: the transport, the metadata group, and the partition groups it hosts.
+//!
+//! Bootstrap is static: every node is started with the same `--peers` list and initializes the
+//! metadata group with all of them as voters. The membership entries are identical, so the
+//! nodes agree whoever initializes first; a node that already has state (a restart, or an
+//! append from a leader that came first) skips initialization, which openraft would refuse
+//! anyway rather than overwrite anything.
+//!
+//! Membership carries each node's transport address only (`kafka_addr` empty): it must be the
+//! same on every node, and a node learns the others' Kafka addresses later, when each registers
+//! itself through the metadata group ([`MetadataCommand::RegisterBroker`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{Raft, RaftTypeConfig};
+use parking_lot::Mutex;
+use sluice_log::Storage;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metadata::{
+    ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
+    MetadataStateMachine, MetadataStoreError,
+};
+use crate::peers::{Peer, PeerList, PeerListError};
+use crate::transport::frame::{decode_body, encode_body};
+use crate::transport::{
+    GroupDispatcher, RaftDispatcher, RemoteFailure, RpcKind, Transport, TransportConfig,
+    TransportError,
+};
+use crate::{GroupId, NodeAddress, NodeId};
+
+/// Raft timers shared by the metadata group and the partition groups.
+///
+/// Defaults aim at failover under a second on a LAN. openraft 0.9 lets a follower that saw a
+/// leader campaign only after its *leader lease* (= `election_timeout_max`) plus its own
+/// randomised election timeout, checked on a tick every 1.5 heartbeats. With heartbeats every
+/// 100 ms and timeouts of 200–300 ms, a dead leader is replaced 500–600 ms after its last
+/// heartbeat, plus at most one tick (150 ms) and a vote round trip: about 0.55–0.8 s. Five
+/// heartbeats must go missing before anyone campaigns, so a late heartbeat or two (a busy core)
+/// does not depose a healthy leader; after a split vote, candidates retry after 200–300 ms.
+/// Between two nodes, the heartbeats of all their groups share one connection and leave in
+/// coalesced writes, so the 100 ms interval stays cheap with thousands of partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(300),
+        }
+    }
+}
+
+impl RaftTimings {
+    /// openraft's config with these timers.
+    pub fn raft_config(
+        &self,
+        cluster_name: &str,
+    ) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+/// How a node is started (`sluice serve --node-id --cluster-listen --peers --kafka-listen`).
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// Where the node-to-node transport listens.
+    pub cluster_listen: SocketAddr,
+    /// Every member, this node included (see [`PeerList`]).
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// The Kafka address clients are told to use for this node.
+    pub kafka_addr: String,
+    /// The metadata group keeps its log and snapshot in `data_dir/metadata`.
+    pub data_dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub timings: RaftTimings,
+    /// How long [`ClusterNode::propose`] keeps looking for a leader.
+    pub propose_timeout: Duration,
+    pub transport: Option<TransportConfig>,
+}
+
+impl ClusterConfig {
+    pub fn new(
+        node_id: NodeId,
+        cluster_listen: SocketAddr,
+        peers: Vec<(NodeId, SocketAddr)>,
+        kafka_addr: String,
+        data_dir: PathBuf,
+        storage: Arc<dyn Storage>,
+    ) -> Self {
+        Self {
+            node_id,
+            cluster_listen,
+            peers,
+            kafka_addr,
+            data_dir,
+            storage,
+            timings: RaftTimings::default(),
+            propose_timeout: Duration::from_secs(5),
+            transport: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("invalid peer list: {0}")]
+    Peers(#[from] PeerListError),
+    #[error(transparent)]
+    MetadataStore(#[from] MetadataStoreError),
+    #[error("invalid Raft timings: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("Raft stopped: {0}")]
+    Raft(String),
+    #[error("group {0:?} is already running on this node")]
+    GroupExists(GroupId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no metadata leader accepted the command within {timeout:?} (last: {last_error})")]
+    Timeout {
+        timeout: Duration,
+        last_error: String,
+    },
+    #[error("the metadata group stopped: {0}")]
+    Fatal(String),
+}
+
+type GroupStopper = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// A running cluster node. Dropping it does not stop it: call [`ClusterNode::shutdown`].
+pub struct ClusterNode {
+    node_id: NodeId,
+    address: NodeAddress,
+    transport: Transport,
+    raft_config: Arc<openraft::Config>,
+    metadata_raft: Raft<MetadataRaft>,
+    metadata: watch::Receiver<ClusterMetadata>,
+    groups: Mutex<HashMap<GroupId, GroupStopper>>,
+    propose_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+/// The forwarded-write response, as it crosses the wire.
+type ForwardedWrite = Result<
+    ClientWriteResponse<MetadataRaft>,
+    RaftError<NodeId, ClientWriteError<NodeId, NodeAddress>>,
+>;
+
+/// The metadata group's dispatcher: the Raft RPCs, plus proposals forwarded by followers.
+struct MetadataDispatcher {
+    raft_rpcs: RaftDispatcher<MetadataRaft>,
+    frame_bytes_max: usize,
+}
+
+impl GroupDispatcher for MetadataDispatcher {
+    fn dispatch(
+        &self,
+        kind: RpcKind,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
+        if kind != RpcKind::ClientWrite {
+            return self.raft_rpcs.dispatch(kind, body);
+        }
+        let raft = self.raft_rpcs.raft().clone();
+        let limit = self.frame_bytes_max;
+        Box::pin(async move {
+            let command: MetadataCommand =
+                decode_body(&body, limit).map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
+            let result: ForwardedWrite = raft.client_write(command).await;
+            encode_body(&result, limit).map_err(|e| RemoteFailure::BadResponse(e.to_string()))
+        })
+    }
+}
+
+impl ClusterNode {
+    /// Binds `cluster_listen` and starts the node; it registers its addresses in the
+    /// background (retrying until a metadata leader accepts).
+    pub async fn start(config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
+        let listener = tokio::net::TcpListener::bind(config.cluster_listen)
+            .await
+            .map_err(|source| TransportError::Bind {
+                addr: config.cluster_listen,
+                source,
+            })?;
+        Self::start_with_listener(config, listener).await
+    }
+
+    /// Starts the node on an already bound listener (tests bind port 0 to learn the address).
+    pub async fn start_with_listener(
+        config: ClusterConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let node_id = config.node_id;
+        let peers = PeerList::new(
+            config
+                .peers
+                .iter()
+                .map(|&(node_id, cluster_addr)| Peer {
+                    node_id,
+                    cluster_addr,
+                })
+                .collect(),
+        )?;
+        peers.validate_for(node_id, None)?;
+
+        let transport_config = config
+            .transport
+            .clone()
+            .unwrap_or_else(|| TransportConfig::new(node_id));
+        let frame_bytes_max = transport_config.frame_bytes_max;
+        let transport = Transport::start(
+            TransportConfig {
+                node_id,
+                ..transport_config
+            },
+            listener,
+        )?;
+        for &(peer_id, addr) in &config.peers {
+            transport.add_peer(peer_id, addr);
+        }
+        let address = NodeAddress {
+            cluster_addr: transport.local_addr().to_string(),
+            kafka_addr: config.kafka_addr.clone(),
+        };
+
+        let raft_config = Arc::new(config.timings.raft_config("sluice-metadata")?);
+        let dir = config.data_dir.join("metadata");
+        let log_store = MetadataLogStore::open(config.storage.clone(), &dir)?;
+        let state_machine = MetadataStateMachine::open(config.storage.clone(), &dir)?;
+        let metadata = state_machine.subscribe();
+        let metadata_raft = Raft::new(
+            node_id,
+            raft_config.clone(),
+            transport.network::<MetadataRaft>(GroupId::Metadata),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        transport.register_dispatcher(
+            GroupId::Metadata,
+            Arc::new(MetadataDispatcher {
+                raft_rpcs: RaftDispatcher::new(metadata_raft.clone(), frame_bytes_max),
+                frame_bytes_max,
+            }),
+        );
+
+        let node = Self {
+            node_id,
+            address,
+            transport,
+            raft_config,
+            metadata_raft,
+            metadata,
+            groups: Mutex::new(HashMap::new()),
+            propose_timeout: config.propose_timeout,
+            shutdown: CancellationToken::new(),
+        };
+        node.bootstrap_metadata_group(&config.peers).await?;
+        let node = Arc::new(node);
+        node.spawn_registration();
+        Ok(node)
+    }
+
+    async fn bootstrap_metadata_group(
+        &self,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<(), ClusterError> {
+        let initialized = self
+            .metadata_raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if initialized {
+            tracing::info!(
+                node_id = self.node_id,
+                "metadata group: restarting from stored state"
+            );
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, NodeAddress> = peers
+            .iter()
+            .map(|&(node_id, addr)| {
+                let node = NodeAddress {
+                    cluster_addr: addr.to_string(),
+                    kafka_addr: String::new(),
+                };
+                (node_id, node)
+            })
+            .collect();
+        match self.metadata_raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id = self.node_id, "metadata group: initialized"),
+            // Another node's entries reached us first: we are part of the group already.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(
+                    node_id = self.node_id,
+                    "metadata group: already initialized by a peer"
+                )
+            }
+            Err(e) => return Err(ClusterError::Raft(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Registers this node's addresses through the metadata group, retrying until a leader
+    /// accepts; ends at shutdown.
+    fn spawn_registration(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let command = MetadataCommand::RegisterBroker {
+                node_id: node.node_id,
+                address: node.address.clone(),
+            };
+            loop {
+                if node.metadata.borrow().brokers.get(&node.node_id) == Some(&node.address) {
+                    return;
+                }
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    result = node.propose(command.clone()) => match result {
+                        Ok(_) => {
+                            tracing::info!(node_id = node.node_id, address = %node.address, "registered with the metadata group");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "broker registration: retrying"),
+                    },
+                }
+            }
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// This node's transport (actual listen address) and Kafka address.
+    pub fn address(&self) -> &NodeAddress {
+        &self.address
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The Raft config every group of this node uses.
+    pub fn raft_config(&self) -> Arc<openraft::Config> {
+        self.raft_config.clone()
+    }
+
+    pub fn metadata_raft(&self) -> &Raft<MetadataRaft> {
+        &self.metadata_raft
+    }
+
+    /// The metadata as of the last applied command, and every later change.
+    pub fn metadata(&self) -> watch::Receiver<ClusterMetadata> {
+        self.metadata.clone()
+    }
+
+    /// The metadata group's leader as this node knows it.
+    pub fn metadata_leader(&self) -> Option<NodeId> {
+        self.metadata_raft.metrics().borrow().current_leader
+    }
+
+    /// Commits `command` through the metadata group and returns what applying it produced.
+    /// On a follower the command is forwarded to the leader. A command whose outcome is unknown
+    /// (a leader failed mid-way) is retried, so it may be applied twice: commands are written
+    /// to make that harmless (a second CreateTopic is rejected, a second producer-id block is
+    /// merely skipped).
+    pub async fn propose(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<MetadataResponse, ProposeError> {
+        let deadline = Instant::now() + self.propose_timeout;
+        let mut metrics = self.metadata_raft.metrics();
+        let mut hint: Option<NodeId> = None;
+        let mut last_error = String::from("no leader known");
+        loop {
+            let leader = hint.take().or(metrics.borrow_and_update().current_leader);
+            match leader {
+                Some(leader) if leader == self.node_id => {
+                    match self.metadata_raft.client_write(command.clone()).await {
+                        Ok(response) => return Ok(response.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                            hint = forward.leader_id.filter(|&id| id != self.node_id);
+                            last_error = "leadership moved".into();
+                        }
+                        Err(RaftError::APIError(e)) => last_error = e.to_string(),
+                        Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
+                    }
+                }
+                Some(leader) => {
+                    let forwarded: Result<ForwardedWrite, _> = self
+                        .transport
+                        .request(
+                            leader,
+                            GroupId::Metadata,
+                            RpcKind::ClientWrite,
+                            &command,
+                            None,
+                        )
+                        .await;
+                    match forwarded {
+                        Ok(Ok(response)) => return Ok(response.data),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                            forward,
+                        )))) => {
+                            hint = forward.leader_id.filter(|&id| id != leader);
+                            last_error = format!("node {leader} is not the leader");
+                        }
+                        Ok(Err(e)) => last_error = format!("node {leader}: {e}"),
+                        Err(e) => last_error = e.to_string(),
+                    }
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ProposeError::Timeout {
+                    timeout: self.propose_timeout,
+                    last_error,
+                });
+            }
+            if hint.is_none() {
+                // Wait for news of a leader, but not long: a forwarded call may have failed
+                // while the metrics stayed the same.
+                let pause = (deadline - now).min(Duration::from_millis(50));
+                let _ = tokio::time::timeout(pause, metrics.changed()).await;
+            }
+        }
+    }
+
+    /// Starts a Raft group on this node (a partition's replica), reachable through the transport.
+    pub async fn start_group<C, LS, SM>(
+        &self,
+        group: GroupId,
+        log_store: LS,
+        state_machine: SM,
+    ) -> Result<Raft<C>, ClusterError>
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        C::SnapshotData:
+            tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+        LS: RaftLogStorage<C>,
+        SM: RaftStateMachine<C>,
+    {
+        if group == GroupId::Metadata || self.groups.lock().contains_key(&group) {
+            return Err(ClusterError::GroupExists(group));
+        }
+        let raft = Raft::new(
+            self.node_id,
+            self.raft_config.clone(),
+            self.transport.network::<C>(group),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        self.transport.register_group(group, raft.clone());
+        let stopping = raft.clone();
+        let stopper: GroupStopper = Box::new(move || {
+            Box::pin(async move {
+                if let Err(e) = stopping.shutdown().await {
+                    tracing::warn!(error = %e, "group shutdown");
+                }
+            })
+        });
+        self.groups.lock().insert(group, stopper);
+        Ok(raft)
+    }
+
+    /// Stops a group started with [`ClusterNode::start_group`]; false if it was not running.
+    pub async fn stop_group(&self, group: GroupId) -> bool {
+        let stopper = self.groups.lock().remove(&group);
+        self.transport.unregister_group(group);
+        match stopper {
+            Some(stop) => {
+                stop().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every group, the metadata group and the transport.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let stoppers: Vec<(GroupId, GroupStopper)> = self.groups.lock().drain().collect();
+        for (group, stop) in stoppers {
+            self.transport.unregister_group(group);
+            stop().await;
+        }
+        self.transport.unregister_group(GroupId::Metadata);
+        if let Err(e) = self.metadata_raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata group shutdown");
+        }
+        self.transport.shutdown().await;
+    }
+}

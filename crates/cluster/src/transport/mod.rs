@@ -1,0 +1,647 @@
+//! Node-to-node transport: **one TCP connection per node pair** carries the Raft RPCs of every
+//! group, each request tagged with its [`GroupId`].
+//!
+//! - The node with the lower id dials, the other accepts; both send requests and responses on
+//!   that one connection. The dialer's first frame is `Hello { node_id }`.
+//! - Each peer has one bounded outbound queue of encoded frames. The connection's writer drains
+//!   whatever is queued into one buffer and writes it at once (**write coalescing**): the
+//!   heartbeats of a thousand partitions between two nodes leave in a handful of syscalls.
+//! - Requests carry ids; responses are matched to their callers through a pending map; each call
+//!   has a timeout (openraft's `RPCOption` TTL, or the configured default).
+//! - The dialer reconnects with exponential backoff. While a peer is disconnected, calls fail at
+//!   once as unreachable, and openraft backs off.
+//! - A bad frame (oversized, undecodable) closes the connection; a request for a group this node
+//!   does not host, or with an undecodable body, is answered with a [`RemoteFailure`].
+
+pub mod frame;
+mod network;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+pub use frame::{RemoteFailure, RpcKind, WireMessage};
+pub use network::{GroupNetwork, GroupNetworkFactory, RaftDispatcher};
+
+use crate::{GroupId, NodeId};
+
+/// Serves the requests addressed to one group on this node. Object safe, so groups of any
+/// type config live in one table; the body is the group's own encoding.
+pub trait GroupDispatcher: Send + Sync + 'static {
+    fn dispatch(
+        &self,
+        kind: RpcKind,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub node_id: NodeId,
+    /// Largest frame accepted or sent (snapshot chunks must fit).
+    pub frame_bytes_max: usize,
+    /// Timeout of calls that bring none of their own.
+    pub request_timeout: Duration,
+    /// Frames waiting for the writer, per peer; a full queue fails the call as unreachable.
+    pub queue_frames_max: usize,
+    /// Bytes gathered into one write at most.
+    pub write_batch_bytes_max: usize,
+    /// Off only to measure what coalescing saves: one write per frame.
+    pub coalesce_writes: bool,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// How long an accepted connection may take to say who it is.
+    pub hello_timeout: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            frame_bytes_max: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(2),
+            queue_frames_max: 64 * 1024,
+            write_batch_bytes_max: 1024 * 1024,
+            coalesce_writes: true,
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_millis(500),
+            hello_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of what the transport did, for tests and measurements.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransportStats {
+    pub frames_sent: u64,
+    /// `write` syscalls on peer sockets.
+    pub writes: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    /// Connections closed because of a bad frame or handshake.
+    pub bad_connections: u64,
+}
+
+#[derive(Default)]
+struct StatCounters {
+    frames_sent: AtomicU64,
+    writes: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bad_connections: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("node {0} is not a known peer")]
+    UnknownPeer(NodeId),
+    #[error("node {0} is unreachable")]
+    Unreachable(NodeId),
+    #[error("no response from node {target} within {timeout:?}")]
+    Timeout { target: NodeId, timeout: Duration },
+    #[error("node {target} refused the request: {failure}")]
+    Remote {
+        target: NodeId,
+        failure: RemoteFailure,
+    },
+    #[error("could not encode or decode: {0}")]
+    Codec(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+type PendingReply = oneshot::Sender<Result<Bytes, RemoteFailure>>;
+type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+
+struct PeerLink {
+    peer_id: NodeId,
+    addr: SocketAddr,
+    queue_tx: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, PendingReply>>,
+    next_request_id: AtomicU64,
+    connected: AtomicBool,
+    /// Connections the peer dialed, handed over by the accept loop.
+    incoming_tx: mpsc::Sender<(FrameReader, OwnedWriteHalf)>,
+}
+
+struct TransportInner {
+    config: TransportConfig,
+    local_addr: SocketAddr,
+    peers: RwLock<HashMap<NodeId, Arc<PeerLink>>>,
+    groups: RwLock<HashMap<GroupId, Arc<dyn GroupDispatcher>>>,
+    stats: StatCounters,
+    shutdown: CancellationToken,
+    /// Ends (dropping the listener) after `shutdown` fires.
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The node's end of every peer connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<TransportInner>,
+}
+
+impl Transport {
+    /// Binds `listen` and starts serving; peers are added with [`Transport::add_peer`].
+    pub async fn bind(config: TransportConfig, listen: SocketAddr) -> Result<Self, TransportError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| TransportError::Bind {
+                addr: listen,
+                source,
+            })?;
+        Self::start(config, listener)
+    }
+
+    /// Starts serving on an already bound listener (tests bind port 0 first to learn it).
+    pub fn start(config: TransportConfig, listener: TcpListener) -> Result<Self, TransportError> {
+        let local_addr = listener.local_addr().map_err(TransportError::LocalAddr)?;
+        let inner = Arc::new(TransportInner {
+            config,
+            local_addr,
+            peers: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+            stats: StatCounters::default(),
+            shutdown: CancellationToken::new(),
+            accept_task: Mutex::new(None),
+        });
+        let accept_task = tokio::spawn(accept_loop(inner.clone(), listener));
+        *inner.accept_task.lock() = Some(accept_task);
+        Ok(Self { inner })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// Adds a peer (idempotent for the same address); the lower id of the pair dials.
+    pub fn add_peer(&self, peer_id: NodeId, addr: SocketAddr) {
+        if peer_id == self.inner.config.node_id {
+            return;
+        }
+        let mut peers = self.inner.peers.write();
+        if peers.get(&peer_id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        let (queue_tx, queue_rx) = mpsc::channel(self.inner.config.queue_frames_max);
+        let (incoming_tx, incoming_rx) = mpsc::channel(4);
+        let link = Arc::new(PeerLink {
+            peer_id,
+            addr,
+            queue_tx,
+            pending: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            connected: AtomicBool::new(false),
+            incoming_tx,
+        });
+        // A replaced link's task ends when its queue sender (held only by the link) drops.
+        peers.insert(peer_id, link.clone());
+        tokio::spawn(peer_loop(self.inner.clone(), link, queue_rx, incoming_rx));
+    }
+
+    pub fn is_connected(&self, peer_id: NodeId) -> bool {
+        self.inner
+            .peers
+            .read()
+            .get(&peer_id)
+            .is_some_and(|p| p.connected.load(Ordering::Acquire))
+    }
+
+    /// Routes requests for `group` to `dispatcher`, replacing any earlier one.
+    pub fn register_dispatcher(&self, group: GroupId, dispatcher: Arc<dyn GroupDispatcher>) {
+        self.inner.groups.write().insert(group, dispatcher);
+    }
+
+    pub fn unregister_group(&self, group: GroupId) {
+        self.inner.groups.write().remove(&group);
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let s = &self.inner.stats;
+        TransportStats {
+            frames_sent: s.frames_sent.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            frames_received: s.frames_received.load(Ordering::Relaxed),
+            bad_connections: s.bad_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every connection (pending calls fail) and the listener; once this returns the
+    /// listen address can be bound again.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let accept_task = self.inner.accept_task.lock().take();
+        if let Some(accept_task) = accept_task {
+            let _ = accept_task.await;
+        }
+    }
+
+    /// Sends one request and waits for its response body.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        kind: RpcKind,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, CallError> {
+        let link = self
+            .inner
+            .peers
+            .read()
+            .get(&target)
+            .cloned()
+            .ok_or(CallError::UnknownPeer(target))?;
+        if !link.connected.load(Ordering::Acquire) || self.inner.shutdown.is_cancelled() {
+            return Err(CallError::Unreachable(target));
+        }
+        let request_id = link.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let frame = frame::encode_frame(
+            &WireMessage::Request {
+                request_id,
+                group,
+                kind,
+                body,
+            },
+            self.inner.config.frame_bytes_max,
+        )
+        .map_err(|e| CallError::Codec(e.to_string()))?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        link.pending.lock().insert(request_id, reply_tx);
+        if link.queue_tx.try_send(frame).is_err() {
+            link.pending.lock().remove(&request_id);
+            return Err(CallError::Unreachable(target));
+        }
+        let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(Ok(body))) => Ok(body),
+            Ok(Ok(Err(failure))) => Err(CallError::Remote { target, failure }),
+            // The connection dropped and its pending calls were failed.
+            Ok(Err(_)) => Err(CallError::Unreachable(target)),
+            Err(_) => {
+                link.pending.lock().remove(&request_id);
+                Err(CallError::Timeout { target, timeout })
+            }
+        }
+    }
+
+    /// [`Transport::call`] with serde request and response bodies.
+    pub async fn request<Req, Resp>(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        kind: RpcKind,
+        request: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let limit = self.inner.config.frame_bytes_max;
+        let body =
+            frame::encode_body(request, limit).map_err(|e| CallError::Codec(e.to_string()))?;
+        let response = self.call(target, group, kind, body, timeout).await?;
+        frame::decode_body(&response, limit).map_err(|e| CallError::Codec(e.to_string()))
+    }
+}
+
+async fn accept_loop(inner: Arc<TransportInner>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                tokio::spawn(handshake(inner.clone(), stream, remote));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster transport: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads the dialer's Hello and hands the connection to that peer's link.
+async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, frame::codec(inner.config.frame_bytes_max));
+    let first = tokio::time::timeout(inner.config.hello_timeout, reader.next()).await;
+    let peer_id = match first {
+        Ok(Some(Ok(payload))) => {
+            match frame::decode_message(&payload, inner.config.frame_bytes_max) {
+                Ok(WireMessage::Hello { node_id }) => node_id,
+                Ok(other) => {
+                    tracing::warn!(%remote, ?other, "cluster transport: first frame is not a hello");
+                    inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "cluster transport: bad hello");
+                    inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        Ok(Some(Err(e))) => {
+            tracing::warn!(%remote, error = %e, "cluster transport: bad frame in handshake");
+            inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let link = inner.peers.read().get(&peer_id).cloned();
+    match link {
+        Some(link) if peer_id < inner.config.node_id => {
+            let _ = link.incoming_tx.send((reader, write)).await;
+        }
+        _ => {
+            tracing::warn!(%remote, peer_id, "cluster transport: hello from a node that should not dial us");
+            inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Owns one peer's outbound queue for the transport's life: connects (or waits to be
+/// connected), runs a session until the connection fails, and starts over.
+async fn peer_loop(
+    inner: Arc<TransportInner>,
+    link: Arc<PeerLink>,
+    mut queue_rx: mpsc::Receiver<Bytes>,
+    mut incoming_rx: mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
+) {
+    let dials = inner.config.node_id < link.peer_id;
+    let mut backoff = inner.config.reconnect_backoff_min;
+    let mut next_connection = None;
+    loop {
+        let connection = match next_connection.take() {
+            Some(connection) => connection,
+            None if dials => {
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    dialed = dial(&inner, link.addr) => match dialed {
+                        Ok(connection) => {
+                            backoff = inner.config.reconnect_backoff_min;
+                            connection
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: dial failed");
+                            tokio::select! {
+                                _ = inner.shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(inner.config.reconnect_backoff_max);
+                            continue;
+                        }
+                    },
+                }
+            }
+            None => tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                incoming = incoming_rx.recv() => match incoming {
+                    Some(connection) => connection,
+                    None => return,
+                },
+            },
+        };
+        tracing::debug!(peer = link.peer_id, "cluster transport: connected");
+        link.connected.store(true, Ordering::Release);
+        let ended = run_session(&inner, &link, connection, &mut queue_rx, &mut incoming_rx).await;
+        link.connected.store(false, Ordering::Release);
+        // Calls in flight on the dead connection fail now rather than at their timeout, and
+        // queued frames are dropped: Raft resends what still matters.
+        link.pending.lock().clear();
+        while queue_rx.try_recv().is_ok() {}
+        match ended {
+            SessionEnd::Replaced(connection) => next_connection = Some(connection),
+            SessionEnd::Failed => {}
+            SessionEnd::Shutdown => return,
+        }
+    }
+}
+
+async fn dial(
+    inner: &TransportInner,
+    addr: SocketAddr,
+) -> std::io::Result<(FrameReader, OwnedWriteHalf)> {
+    let stream = tokio::time::timeout(inner.config.hello_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let hello = frame::encode_frame(
+        &WireMessage::Hello {
+            node_id: inner.config.node_id,
+        },
+        inner.config.frame_bytes_max,
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    write.write_all(&hello).await?;
+    Ok((
+        FramedRead::new(read, frame::codec(inner.config.frame_bytes_max)),
+        write,
+    ))
+}
+
+enum SessionEnd {
+    Failed,
+    Replaced((FrameReader, OwnedWriteHalf)),
+    Shutdown,
+}
+
+async fn run_session(
+    inner: &Arc<TransportInner>,
+    link: &Arc<PeerLink>,
+    (reader, mut writer): (FrameReader, OwnedWriteHalf),
+    queue_rx: &mut mpsc::Receiver<Bytes>,
+    incoming_rx: &mut mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
+) -> SessionEnd {
+    let session_end = CancellationToken::new();
+    let reader_task = tokio::spawn(read_frames(
+        inner.clone(),
+        link.clone(),
+        reader,
+        session_end.clone(),
+    ));
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let end = loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = session_end.cancelled() => break SessionEnd::Failed,
+            incoming = incoming_rx.recv() => match incoming {
+                // The peer dialed again (it restarted, or lost this connection first).
+                Some(connection) => break SessionEnd::Replaced(connection),
+                None => break SessionEnd::Shutdown,
+            },
+            frame = queue_rx.recv() => {
+                let Some(frame) = frame else { break SessionEnd::Shutdown };
+                if let Err(e) = write_frames(inner, &mut writer, &mut buffer, frame, queue_rx).await {
+                    tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: write failed");
+                    break SessionEnd::Failed;
+                }
+            }
+        }
+    };
+    session_end.cancel();
+    reader_task.abort();
+    end
+}
+
+/// Writes `first` and, when coalescing, every frame already queued behind it, in one buffer.
+async fn write_frames(
+    inner: &TransportInner,
+    writer: &mut OwnedWriteHalf,
+    buffer: &mut BytesMut,
+    first: Bytes,
+    queue_rx: &mut mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
+    let stats = &inner.stats;
+    if !inner.config.coalesce_writes {
+        stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        return write_counted(stats, writer, &first).await;
+    }
+    buffer.clear();
+    buffer.extend_from_slice(&first);
+    let mut frames = 1;
+    // Let the tasks that are about to send (other groups' heartbeats, responses) queue first.
+    tokio::task::yield_now().await;
+    while buffer.len() < inner.config.write_batch_bytes_max {
+        match queue_rx.try_recv() {
+            Ok(frame) => {
+                buffer.extend_from_slice(&frame);
+                frames += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
+    write_counted(stats, writer, buffer).await
+}
+
+/// `write_all`, counting each `write` call.
+async fn write_counted(
+    stats: &StatCounters,
+    writer: &mut OwnedWriteHalf,
+    mut data: &[u8],
+) -> std::io::Result<()> {
+    while data.has_remaining() {
+        let written = writer.write(data).await?;
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        stats
+            .bytes_sent
+            .fetch_add(written as u64, Ordering::Relaxed);
+        data = &data[written..];
+    }
+    Ok(())
+}
+
+async fn read_frames(
+    inner: Arc<TransportInner>,
+    link: Arc<PeerLink>,
+    mut reader: FrameReader,
+    session_end: CancellationToken,
+) {
+    let limit = inner.config.frame_bytes_max;
+    while let Some(next) = reader.next().await {
+        let payload = match next {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::warn!(peer = link.peer_id, error = %e, "cluster transport: bad frame, closing");
+                inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        };
+        inner.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+        match frame::decode_message(&payload, limit) {
+            Ok(WireMessage::Request {
+                request_id,
+                group,
+                kind,
+                body,
+            }) => {
+                let dispatcher = inner.groups.read().get(&group).cloned();
+                let queue_tx = link.queue_tx.clone();
+                tokio::spawn(async move {
+                    let result = match dispatcher {
+                        Some(dispatcher) => dispatcher.dispatch(kind, body).await,
+                        None => Err(RemoteFailure::UnknownGroup(group)),
+                    };
+                    let response = WireMessage::Response { request_id, result };
+                    let frame = match frame::encode_frame(&response, limit) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            let failure = RemoteFailure::BadResponse(e.to_string());
+                            let response = WireMessage::Response {
+                                request_id,
+                                result: Err(failure),
+                            };
+                            match frame::encode_frame(&response, limit) {
+                                Ok(frame) => frame,
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    // A closed queue means the connection is gone; the caller times out.
+                    let _ = queue_tx.send(frame).await;
+                });
+            }
+            Ok(WireMessage::Response { request_id, result }) => {
+                if let Some(reply) = link.pending.lock().remove(&request_id) {
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(WireMessage::Hello { .. }) => {
+                tracing::warn!(
+                    peer = link.peer_id,
+                    "cluster transport: hello mid-connection, closing"
+                );
+                inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(peer = link.peer_id, error = %e, "cluster transport: undecodable frame, closing");
+                inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    session_end.cancel();
+}

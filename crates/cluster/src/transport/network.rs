@@ -1,0 +1,239 @@
+//! openraft's two ends of the transport, generic over any type config whose types are serde:
+//! the client (`RaftNetworkFactory`/`RaftNetwork`) and the server (a dispatcher calling `Raft`).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::frame::{decode_body, encode_body};
+use super::{CallError, GroupDispatcher, RemoteFailure, RpcKind, Transport};
+use crate::{GroupId, NodeId};
+
+/// Creates the clients one group's Raft uses to reach its peers over the shared connections.
+pub struct GroupNetworkFactory<C> {
+    transport: Transport,
+    group: GroupId,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> GroupNetworkFactory<C> {
+    pub fn new(transport: Transport, group: GroupId) -> Self {
+        Self {
+            transport,
+            group,
+            _config: PhantomData,
+        }
+    }
+}
+
+impl Transport {
+    /// The network factory for `group`'s Raft (client side).
+    pub fn network<C>(&self, group: GroupId) -> GroupNetworkFactory<C>
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+    {
+        GroupNetworkFactory::new(self.clone(), group)
+    }
+
+    /// Serves `group`'s incoming RPCs with `raft` (server side).
+    pub fn register_group<C>(&self, group: GroupId, raft: Raft<C>)
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        C::SnapshotData:
+            tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    {
+        let limit = self.config().frame_bytes_max;
+        self.register_dispatcher(group, std::sync::Arc::new(RaftDispatcher::new(raft, limit)));
+    }
+}
+
+impl<C> RaftNetworkFactory<C> for GroupNetworkFactory<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    type Network = GroupNetwork<C>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &C::Node) -> Self::Network {
+        GroupNetwork {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            _config: PhantomData,
+        }
+    }
+}
+
+/// One group's client to one peer.
+pub struct GroupNetwork<C> {
+    transport: Transport,
+    group: GroupId,
+    target: NodeId,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> GroupNetwork<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    async fn send<Req, Resp, E>(
+        &self,
+        kind: RpcKind,
+        action: RPCTypes,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, C::Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout = option.hard_ttl();
+        let result: Result<Resp, RaftError<NodeId, E>> = self
+            .transport
+            .request(self.target, self.group, kind, request, Some(timeout))
+            .await
+            .map_err(|e| self.rpc_error(e, action, timeout))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        error: CallError,
+        action: RPCTypes,
+        timeout: Duration,
+    ) -> RPCError<NodeId, C::Node, RaftError<NodeId, E>> {
+        match error {
+            CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                action,
+                id: self.transport.node_id(),
+                target: self.target,
+                timeout,
+            }),
+            CallError::UnknownPeer(_) | CallError::Unreachable(_) => {
+                RPCError::Unreachable(Unreachable::new(&error))
+            }
+            CallError::Remote { .. } | CallError::Codec(_) => {
+                RPCError::Network(NetworkError::new(&error))
+            }
+        }
+    }
+}
+
+impl<C> RaftNetwork<C> for GroupNetwork<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
+        self.send(
+            RpcKind::AppendEntries,
+            RPCTypes::AppendEntries,
+            &rpc,
+            &option,
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, C::Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(
+            RpcKind::InstallSnapshot,
+            RPCTypes::InstallSnapshot,
+            &rpc,
+            &option,
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
+        self.send(RpcKind::Vote, RPCTypes::Vote, &rpc, &option)
+            .await
+    }
+}
+
+/// Decodes a group's requests and calls its `Raft`. `ClientWrite` is not served here: its
+/// response type depends on the group's responder; [`crate::node`] serves it for the
+/// metadata group.
+pub struct RaftDispatcher<C: RaftTypeConfig> {
+    raft: Raft<C>,
+    frame_bytes_max: usize,
+}
+
+impl<C: RaftTypeConfig> RaftDispatcher<C> {
+    pub fn new(raft: Raft<C>, frame_bytes_max: usize) -> Self {
+        Self {
+            raft,
+            frame_bytes_max,
+        }
+    }
+
+    pub fn raft(&self) -> &Raft<C> {
+        &self.raft
+    }
+}
+
+fn decode_request<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, RemoteFailure> {
+    decode_body(body, limit).map_err(|e| RemoteFailure::BadRequest(e.to_string()))
+}
+
+fn encode_response<T: Serialize>(value: &T, limit: usize) -> Result<Bytes, RemoteFailure> {
+    encode_body(value, limit).map_err(|e| RemoteFailure::BadResponse(e.to_string()))
+}
+
+impl<C> GroupDispatcher for RaftDispatcher<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+    C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+{
+    fn dispatch(
+        &self,
+        kind: RpcKind,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
+        let raft = self.raft.clone();
+        let limit = self.frame_bytes_max;
+        Box::pin(async move {
+            match kind {
+                RpcKind::AppendEntries => {
+                    let request: AppendEntriesRequest<C> = decode_request(&body, limit)?;
+                    encode_response(&raft.append_entries(request).await, limit)
+                }
+                RpcKind::Vote => {
+                    let request: VoteRequest<NodeId> = decode_request(&body, limit)?;
+                    encode_response(&raft.vote(request).await, limit)
+                }
+                RpcKind::InstallSnapshot => {
+                    let request: InstallSnapshotRequest<C> = decode_request(&body, limit)?;
+                    encode_response(&raft.install_snapshot(request).await, limit)
+                }
+                RpcKind::ClientWrite => Err(RemoteFailure::Unsupported(kind)),
+            }
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! The node-to-node transport over real TCP on 127.0.0.1: calls, timeouts, reconnects, and
+//! what a bad peer can and cannot do to a node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sluice_cluster::transport::frame::{self, WireMessage};
+use sluice_cluster::transport::{
+    CallError, GroupDispatcher, RemoteFailure, RpcKind, Transport, TransportConfig,
+};
+use sluice_cluster::{GroupId, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Answers with the request body; a body of "hang" is never answered.
+struct Echo;
+
+impl GroupDispatcher for Echo {
+    fn dispatch(
+        &self,
+        _kind: RpcKind,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
+        Box::pin(async move {
+            if body.as_ref() == b"hang" {
+                futures::future::pending::<()>().await;
+            }
+            Ok(body)
+        })
+    }
+}
+
+fn partition(n: u128) -> GroupId {
+    GroupId::Partition {
+        topic_id: uuid::Uuid::from_u128(n),
+        partition: 0,
+    }
+}
+
+async fn transport(node_id: NodeId, listen: SocketAddr) -> Transport {
+    let listener = TcpListener::bind(listen).await.unwrap();
+    let mut config = TransportConfig::new(node_id);
+    config.request_timeout = Duration::from_millis(500);
+    config.frame_bytes_max = 64 * 1024;
+    Transport::start(config, listener).unwrap()
+}
+
+async fn connected_pair() -> (Transport, Transport) {
+    let one = transport(1, "127.0.0.1:0".parse().unwrap()).await;
+    let two = transport(2, "127.0.0.1:0".parse().unwrap()).await;
+    one.add_peer(2, two.local_addr());
+    two.add_peer(1, one.local_addr());
+    wait_connected(&one, 2).await;
+    wait_connected(&two, 1).await;
+    (one, two)
+}
+
+async fn wait_connected(transport: &Transport, peer: NodeId) {
+    for _ in 0..200 {
+        if transport.is_connected(peer) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("node {} never connected to {peer}", transport.node_id());
+}
+
+#[tokio::test]
+async fn calls_flow_both_ways_over_one_connection_and_unknown_groups_are_refused() {
+    let (one, two) = connected_pair().await;
+    one.register_dispatcher(partition(1), Arc::new(Echo));
+    two.register_dispatcher(partition(1), Arc::new(Echo));
+    let reply = one
+        .call(
+            2,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"ping"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"ping");
+    // The acceptor's requests travel on the connection the dialer opened.
+    let reply = two
+        .call(
+            1,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"pong"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"pong");
+    let refused = one
+        .call(
+            2,
+            partition(2),
+            RpcKind::Vote,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        refused,
+        Err(CallError::Remote {
+            target: 2,
+            failure: RemoteFailure::UnknownGroup(partition(2))
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_call_without_answer_times_out_and_others_still_complete() {
+    let (one, two) = connected_pair().await;
+    two.register_dispatcher(partition(1), Arc::new(Echo));
+    let hanging = one.call(
+        2,
+        partition(1),
+        RpcKind::AppendEntries,
+        Bytes::from_static(b"hang"),
+        Some(Duration::from_millis(200)),
+    );
+    let answered = one.call(
+        2,
+        partition(1),
+        RpcKind::AppendEntries,
+        Bytes::from_static(b"ok"),
+        None,
+    );
+    let (hanging, answered) = tokio::join!(hanging, answered);
+    assert!(
+        matches!(hanging, Err(CallError::Timeout { target: 2, .. })),
+        "{hanging:?}"
+    );
+    assert_eq!(answered.unwrap().as_ref(), b"ok");
+}
+
+#[tokio::test]
+async fn dialer_reconnects_after_the_peer_restarts() {
+    let (one, two) = connected_pair().await;
+    let two_addr = two.local_addr();
+    two.shutdown().await;
+    // Calls fail fast while the peer is away.
+    let mut failed_fast = false;
+    for _ in 0..100 {
+        if let Err(CallError::Unreachable(2)) = one
+            .call(
+                2,
+                partition(1),
+                RpcKind::Vote,
+                Bytes::from_static(b"x"),
+                None,
+            )
+            .await
+        {
+            failed_fast = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        failed_fast,
+        "calls to a stopped peer must fail as unreachable"
+    );
+    let two = transport(2, two_addr).await;
+    two.add_peer(1, one.local_addr());
+    two.register_dispatcher(partition(1), Arc::new(Echo));
+    wait_connected(&one, 2).await;
+    let reply = one
+        .call(
+            2,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"back"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"back");
+}
+
+/// Reads until the server closes the connection; fails if it stays open.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a bad connection open");
+}
+
+#[tokio::test]
+async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
+    let server = transport(2, "127.0.0.1:0".parse().unwrap()).await;
+    // Node 1 is "known" so that the test can speak for it.
+    server.add_peer(1, "127.0.0.1:9".parse().unwrap());
+    server.register_dispatcher(partition(1), Arc::new(Echo));
+    let addr = server.local_addr();
+    let limit = 64 * 1024;
+
+    // Garbage instead of a hello.
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"\x00\x00\x00\x05hello world, not bincode")
+        .await
+        .unwrap();
+    assert_closed(&mut garbage).await;
+
+    // A length over the frame limit.
+    let mut oversized = TcpStream::connect(addr).await.unwrap();
+    oversized
+        .write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 0])
+        .await
+        .unwrap();
+    assert_closed(&mut oversized).await;
+
+    // A hello from a node that must not dial (higher id) is refused.
+    let mut wrong_dialer = TcpStream::connect(addr).await.unwrap();
+    let hello3 = frame::encode_frame(&WireMessage::Hello { node_id: 3 }, limit).unwrap();
+    wrong_dialer.write_all(&hello3).await.unwrap();
+    assert_closed(&mut wrong_dialer).await;
+
+    // A proper peer connection: an unknown group is answered, then garbage closes it.
+    let mut peer = TcpStream::connect(addr).await.unwrap();
+    let hello1 = frame::encode_frame(&WireMessage::Hello { node_id: 1 }, limit).unwrap();
+    let request = frame::encode_frame(
+        &WireMessage::Request {
+            request_id: 42,
+            group: partition(99),
+            kind: RpcKind::AppendEntries,
+            body: Bytes::new(),
+        },
+        limit,
+    )
+    .unwrap();
+    peer.write_all(&[hello1.as_ref(), request.as_ref()].concat())
+        .await
+        .unwrap();
+    let mut len = [0u8; 4];
+    peer.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    peer.read_exact(&mut payload).await.unwrap();
+    assert_eq!(
+        frame::decode_message(&payload, limit).unwrap(),
+        WireMessage::Response {
+            request_id: 42,
+            result: Err(RemoteFailure::UnknownGroup(partition(99)))
+        }
+    );
+    peer.write_all(b"\x00\x00\x00\x03\xff\xff\xff")
+        .await
+        .unwrap();
+    assert_closed(&mut peer).await;
+    assert!(server.stats().bad_connections >= 4, "{:?}", server.stats());
+
+    // The server still serves a well-behaved peer.
+    let client = transport(1, "127.0.0.1:0".parse().unwrap()).await;
+    client.add_peer(2, addr);
+    wait_connected(&client, 2).await;
+    let reply = client
+        .call(
+            2,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"still here"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"still here");
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_writes() {
+    let (one, two) = connected_pair().await;
+    two.register_dispatcher(partition(1), Arc::new(Echo));
+    let before = one.stats();
+    let calls = (0..500u32).map(|i| {
+        let one = one.clone();
+        async move {
+            one.call(
+                2,
+                partition(1),
+                RpcKind::AppendEntries,
+                Bytes::from(i.to_be_bytes().to_vec()),
+                None,
+            )
+            .await
+        }
+    });
+    let replies = futures::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.unwrap().as_ref(), (i as u32).to_be_bytes());
+    }
+    let after = one.stats();
+    let frames = after.frames_sent - before.frames_sent;
+    let writes = after.writes - before.writes;
+    assert_eq!(frames, 500);
+    assert!(writes * 5 <= frames, "{frames} frames took {writes} writes");
+}

@@ -12,9 +12,10 @@ use openraft::{
 use sluice_log::{BatchHeader, PartitionLog};
 use tokio::sync::mpsc;
 
+use super::committed::CommittedFile;
 use super::{
     control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError, Shared,
-    COMMITTED_FILE, VOTE_FILE,
+    VOTE_FILE,
 };
 use crate::NodeId;
 
@@ -26,6 +27,7 @@ pub struct PartitionLogStore {
     shared: Arc<Shared>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
+    committed_file: CommittedFile,
     /// Appended offsets waiting for their fsync; started with the first append (it needs a
     /// Tokio runtime).
     flusher: Option<mpsc::UnboundedSender<FlushRequest>>,
@@ -55,11 +57,13 @@ impl PartitionLogStore {
         shared: Arc<Shared>,
         vote: Option<Vote<NodeId>>,
         committed: Option<LogId<NodeId>>,
+        committed_file: CommittedFile,
     ) -> PartitionLogStore {
         PartitionLogStore {
             shared,
             vote,
             committed,
+            committed_file,
             flusher: None,
         }
     }
@@ -334,13 +338,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
         if committed == self.committed {
             return Ok(());
         }
-        write_json(
-            self.shared.storage.as_ref(),
-            &self.shared.dir,
-            COMMITTED_FILE,
-            &committed,
-        )
-        .map_err(io_failure)?;
+        self.committed_file.write(committed).map_err(io_failure)?;
         self.committed = committed;
         Ok(())
     }

@@ -32,10 +32,12 @@
 //!   moves it to the end of the last applied entry (the commit point); consumers never read
 //!   past it. [`PartitionStateMachine::progress`] is a `watch` of it and of the last applied log
 //!   id, for waking fetchers and answering `acks=all`.
-//! - **Vote**, **committed log id** and the **snapshot record** are small JSON files in the
-//!   partition directory (`raft-vote`, `raft-committed`, `raft-snapshot`), each replaced
-//!   durably (temporary file, fsync, rename, directory fsync) through the log's [`Storage`], so
-//!   the simulated disk covers them.
+//! - **Vote** and the **snapshot record** are small JSON files in the partition directory
+//!   (`raft-vote`, `raft-snapshot`), each replaced durably (temporary file, fsync, rename,
+//!   directory fsync) through the log's [`Storage`], so the simulated disk covers them. The
+//!   **committed log id** (`raft-committed`) is a hint written in place without fsync (it moves
+//!   with every commit; see [`committed`]); on open it is lowered to what this replica's log
+//!   holds, since a power cut may have taken unsynced entries it covered.
 //! - **Applied state** after a restart: the snapshot record's last log id and membership (a
 //!   snapshot is taken before openraft purges), then openraft re-applies the entries from
 //!   there to the saved committed log id, and reads later membership control batches from the
@@ -57,6 +59,7 @@
 //! [`HighWatermarkPolicy::External`]: sluice_log::HighWatermarkPolicy::External
 //! [`Storage`]: sluice_log::Storage
 
+mod committed;
 pub mod control;
 mod log_store;
 mod raft_index;
@@ -80,6 +83,7 @@ pub use log_store::PartitionLogStore;
 pub use state_machine::{PartitionSnapshotBuilder, PartitionStateMachine};
 pub use term_history::TermHistory;
 
+use committed::CommittedFile;
 use raft_index::RaftIndex;
 use state_machine::SnapshotRecord;
 
@@ -180,7 +184,6 @@ pub(crate) struct Shared {
 }
 
 pub(crate) const VOTE_FILE: &str = "raft-vote";
-pub(crate) const COMMITTED_FILE: &str = "raft-committed";
 pub(crate) const SNAPSHOT_FILE: &str = "raft-snapshot";
 pub(crate) const LOG_START_FILE: &str = "raft-log-start";
 /// Present while a snapshot install replaces the log.
@@ -216,7 +219,11 @@ pub fn open(
     let index = RaftIndex::recover(storage.as_ref(), dir, &log)?;
     log.set_retention_floor(index.first_offset());
     let vote = read_json(storage.as_ref(), dir, VOTE_FILE)?;
-    let committed = read_json(storage.as_ref(), dir, COMMITTED_FILE)?;
+    let (committed_file, committed_hint) = CommittedFile::open(storage.as_ref(), dir)?;
+    let committed = committed_hint.and_then(|hint| index.committed_within_log(hint));
+    if committed != committed_hint {
+        tracing::info!(dir = %dir.display(), hint = ?committed_hint, kept = ?committed, "committed log id hint past this replica's log: lowered");
+    }
     let snapshot: Option<SnapshotRecord> = read_json(storage.as_ref(), dir, SNAPSHOT_FILE)?;
     let mut progress = ApplyProgress {
         last_applied: None,
@@ -242,7 +249,7 @@ pub fn open(
         snapshot: Mutex::new(snapshot.clone()),
         progress: watch::Sender::new(progress),
     });
-    let log_store = PartitionLogStore::new(Arc::clone(&shared), vote, committed);
+    let log_store = PartitionLogStore::new(Arc::clone(&shared), vote, committed, committed_file);
     let state_machine = PartitionStateMachine::new(shared, snapshot);
     Ok((log_store, state_machine, log))
 }

@@ -181,6 +181,20 @@ impl RaftIndex {
         Some(log_id(term, *self.leaders.get(&term)?, index))
     }
 
+    /// `hint` (a committed log id read back after a restart) as far as this log holds it: the
+    /// log id at `min(hint, last)` when it agrees with the hint's prefix, else none.
+    pub fn committed_within_log(&self, hint: LogId<NodeId>) -> Option<LogId<NodeId>> {
+        if hint.index < self.first_index {
+            return Some(hint); // purged, hence applied: nothing to check it against
+        }
+        let last = self.next_index().checked_sub(1)?;
+        let index = hint.index.min(last);
+        let kept = self.log_id_at(index)?;
+        // Terms only grow along the log: an entry of a later term than the hint's is not known
+        // to be committed.
+        (kept.leader_id <= hint.leader_id).then_some(kept)
+    }
+
     /// The leader of every known term (for building log ids outside the lock).
     pub fn leaders(&self) -> &BTreeMap<u64, NodeId> {
         &self.leaders

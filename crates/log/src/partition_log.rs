@@ -463,8 +463,10 @@ impl PartitionLog {
         self.read_below(offset, bytes_max, ReadLimit::HighWatermark)
     }
 
-    /// [`PartitionLog::read`] up to the log end instead of the high watermark: batches not yet
-    /// committed (or synced), for the consensus layer replicating them. Never for consumers.
+    /// [`PartitionLog::read`] up to the log end instead of the high watermark, and from the
+    /// first segment instead of the log start: batches not yet committed (or synced), or hidden
+    /// from consumers by DeleteRecords, for the consensus layer replicating them. Never for
+    /// consumers.
     pub fn read_uncommitted(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError> {
         self.read_below(offset, bytes_max, ReadLimit::LogEnd)
     }
@@ -490,10 +492,16 @@ impl PartitionLog {
                 log_start_offset: self.log_start_offset.load(Ordering::Acquire),
                 log_end_offset: self.log_end_offset.load(Ordering::Acquire),
             };
-            if offset < result.log_start_offset || offset > result.log_end_offset {
+            // Replication may still need batches below a log start moved by DeleteRecords,
+            // as long as their segment is there.
+            let readable_start = match limit {
+                ReadLimit::HighWatermark => result.log_start_offset,
+                ReadLimit::LogEnd => segments[0].base_offset,
+            };
+            if offset < readable_start || offset > result.log_end_offset {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
-                    start: result.log_start_offset,
+                    start: readable_start,
                     end: result.log_end_offset,
                 });
             }

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use super::committed::CommittedFile;
 use super::{
-    control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError, Shared,
-    VOTE_FILE,
+    control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError,
+    PartitionView, Shared, VOTE_FILE,
 };
 use crate::NodeId;
 
@@ -68,22 +68,10 @@ impl PartitionLogStore {
         }
     }
 
-    pub fn log(&self) -> &Arc<PartitionLog> {
-        &self.shared.log
-    }
-
-    /// Kafka's OffsetForLeaderEpoch over this replica's log (see
-    /// [`TermHistory::end_offset_for`](super::TermHistory::end_offset_for)).
-    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> (i32, i64) {
-        let index = self.shared.index.lock();
-        index
-            .terms()
-            .end_offset_for(requested_epoch, self.shared.log.log_end_offset())
-    }
-
-    /// The term history, `(epoch, start offset)` oldest first.
-    pub fn term_history(&self) -> Vec<(i32, i64)> {
-        self.shared.index.lock().terms().entries().to_vec()
+    pub fn view(&self) -> PartitionView {
+        PartitionView {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Writes the entries' batches (stamping terms, assigning offsets) without waiting for the

@@ -172,6 +172,41 @@ pub enum PartitionRaftError {
     TermTooLarge(u64),
 }
 
+/// What the broker keeps of a replicated partition once openraft owns its log store and state
+/// machine (get it from either before `Raft::new`): the log, the apply progress and the term
+/// history. Cheap to clone.
+#[derive(Clone)]
+pub struct PartitionView {
+    shared: Arc<Shared>,
+}
+
+impl PartitionView {
+    /// The partition log (consumers read it; they never see past the high watermark).
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+
+    /// The high watermark and last applied log id, updated after every apply: wake fetchers
+    /// and answer `acks=all` from it.
+    pub fn progress(&self) -> watch::Receiver<ApplyProgress> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch over this replica's log (see
+    /// [`TermHistory::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> (i32, i64) {
+        let index = self.shared.index.lock();
+        index
+            .terms()
+            .end_offset_for(requested_epoch, self.shared.log.log_end_offset())
+    }
+
+    /// The term history, `(epoch, start offset)` oldest first.
+    pub fn term_history(&self) -> Vec<(i32, i64)> {
+        self.shared.index.lock().terms().entries().to_vec()
+    }
+}
+
 /// What the log store and the state machine of one partition share.
 pub(crate) struct Shared {
     log: Arc<PartitionLog>,

@@ -52,12 +52,6 @@ impl RaftIndex {
             dir: dir.to_path_buf(),
             reason,
         };
-        if checkpoint.first_offset < log_start {
-            return Err(inconsistent(format!(
-                "Raft's first entry (index {} at offset {}) is below the log start {log_start}",
-                checkpoint.first_index, checkpoint.first_offset
-            )));
-        }
         // A purge past the durable end, then a crash: the entries up to there are gone anyway.
         let first_offset = checkpoint.first_offset.min(log_end);
         let mut index = RaftIndex {
@@ -75,7 +69,9 @@ impl RaftIndex {
         }
         let mut misaligned = None;
         let mut controls = Vec::new();
-        log.for_each_batch_header_from(log_start, |header| {
+        // From Raft's first entry even if DeleteRecords moved the log start past it; a segment
+        // deleted under it shows as a misaligned first batch.
+        log.for_each_batch_header_from(log_start.min(first_offset), |header| {
             if header.is_control() && header.base_offset >= first_offset {
                 controls.push(header.base_offset);
             }

@@ -14,8 +14,8 @@ use sluice_log::{validate_batches, BatchHeader};
 use tokio::sync::watch;
 
 use super::{
-    now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft, PartitionRaftError, Shared,
-    TermHistory, INSTALL_MARKER_FILE, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
+    now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft, PartitionRaftError,
+    PartitionView, Shared, TermHistory, INSTALL_MARKER_FILE, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -75,6 +75,12 @@ impl PartitionStateMachine {
     /// and answer `acks=all` from it.
     pub fn progress(&self) -> watch::Receiver<ApplyProgress> {
         self.shared.progress.subscribe()
+    }
+
+    pub fn view(&self) -> PartitionView {
+        PartitionView {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     fn publish(&self, high_watermark: i64) {

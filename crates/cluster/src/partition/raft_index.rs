@@ -19,6 +19,10 @@ pub(crate) struct LogStartCheckpoint {
     pub first_index: u64,
     pub first_offset: i64,
     pub last_purged: Option<LogId<NodeId>>,
+    /// The term history below `first_offset` (Kafka's leader-epoch checkpoint), so opening
+    /// reads only the headers of the batches Raft keeps.
+    #[serde(default)]
+    pub terms_before: Vec<(i32, i64)>,
 }
 
 /// Entries `first_index ..` are the batches at `offsets[0] ..`, consecutive to the log end.
@@ -47,6 +51,7 @@ impl RaftIndex {
                 first_index: 0,
                 first_offset: log_start,
                 last_purged: None,
+                terms_before: Vec::new(),
             });
         let inconsistent = |reason: String| PartitionRaftError::Inconsistent {
             dir: dir.to_path_buf(),
@@ -59,7 +64,7 @@ impl RaftIndex {
             first_offset,
             offsets: VecDeque::new(),
             last_purged: checkpoint.last_purged,
-            terms: TermHistory::new(),
+            terms: TermHistory::from_entries(&checkpoint.terms_before),
             leaders: BTreeMap::new(),
         };
         if let Some(purged) = checkpoint.last_purged {
@@ -71,7 +76,7 @@ impl RaftIndex {
         let mut controls = Vec::new();
         // From Raft's first entry even if DeleteRecords moved the log start past it; a segment
         // deleted under it shows as a misaligned first batch.
-        log.for_each_batch_header_from(log_start.min(first_offset), |header| {
+        log.for_each_batch_header_from(first_offset, |header| {
             if header.is_control() && header.base_offset >= first_offset {
                 controls.push(header.base_offset);
             }
@@ -129,6 +134,13 @@ impl RaftIndex {
             first_index: self.first_index,
             first_offset: self.first_offset,
             last_purged: self.last_purged,
+            terms_before: self
+                .terms
+                .entries()
+                .iter()
+                .copied()
+                .filter(|&(_, start)| start < self.first_offset)
+                .collect(),
         }
     }
 

@@ -243,7 +243,15 @@ fn snapshot_data(shared: &Shared, offset_end: i64) -> Result<Vec<u8>, PartitionR
                 break;
             }
             let total = header.total_bytes();
-            data.extend_from_slice(&read.records[position..position + total]);
+            // Reads return whole, CRC-checked batches; anything else is a broken invariant.
+            let batch = read
+                .records
+                .get(position..position + total)
+                .ok_or_else(|| PartitionRaftError::Inconsistent {
+                    dir: shared.dir.clone(),
+                    reason: format!("short batch at offset {}", header.base_offset),
+                })?;
+            data.extend_from_slice(batch);
             offset = header.last_offset() + 1;
             position += total;
         }

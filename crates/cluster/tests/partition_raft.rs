@@ -168,9 +168,9 @@ async fn entries_read_back_as_appended_with_offsets_and_terms() {
         .map(|h| h.is_control())
         .collect();
     assert_eq!(control, vec![true, true, true, false, false]);
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
-    assert_eq!(store.end_offset_for_epoch(1), (1, 2));
-    assert_eq!(store.end_offset_for_epoch(2), (2, 8));
+    assert_eq!(store.view().term_history(), vec![(1, 0), (2, 2)]);
+    assert_eq!(store.view().end_offset_for_epoch(1), (1, 2));
+    assert_eq!(store.view().end_offset_for_epoch(2), (2, 8));
 }
 
 #[tokio::test]
@@ -244,7 +244,7 @@ async fn restart_recovers_log_state_vote_committed_and_applied() {
     assert_eq!(sm.progress().borrow().high_watermark, 3);
     // Purge is not retention: the purged batches stay readable for consumers.
     assert_eq!(log.log_start_offset(), 0);
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2)]);
+    assert_eq!(store.view().term_history(), vec![(1, 0), (2, 2)]);
     // Appends continue at the next index and offset.
     store
         .blocking_append([blank(3, 5), normal(3, 6, "d", 1)])
@@ -283,14 +283,14 @@ async fn truncate_then_reappend_gives_matching_offsets_and_terms() {
     assert_eq!(values(&entries[2]), vec!["x-0", "x-1"]);
     assert_eq!(log.log_end_offset(), 6);
     // Epoch 2 now ends where term 3 begins.
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 3)]);
-    assert_eq!(store.end_offset_for_epoch(2), (2, 3));
+    assert_eq!(store.view().term_history(), vec![(1, 0), (2, 2), (3, 3)]);
+    assert_eq!(store.view().end_offset_for_epoch(2), (2, 3));
     drop((store, log));
 
     // The same after a restart.
     let (mut store, _sm, _log) = open(Arc::new(RealDisk), &path);
     assert_eq!(store.try_get_log_entries(2..5).await.unwrap(), entries);
-    assert_eq!(store.term_history(), vec![(1, 0), (2, 2), (3, 3)]);
+    assert_eq!(store.view().term_history(), vec![(1, 0), (2, 2), (3, 3)]);
 }
 
 #[tokio::test]
@@ -377,18 +377,50 @@ async fn failed_fsync_never_reports_success() {
 }
 
 #[tokio::test]
-async fn vote_and_committed_survive_a_power_cut_once_saved() {
+async fn vote_survives_a_power_cut_once_saved() {
     let disk = SimDisk::new(3);
     let path = Path::new("/data/t-0");
     {
         let (mut store, _sm, _log) = open(disk.storage(), path);
         store.save_vote(&Vote::new(5, 2)).await.unwrap();
-        store.save_committed(Some(log_id(5, 9))).await.unwrap();
     }
     disk.power_cut();
     let (mut store, _sm, _log) = open(disk.storage(), path);
     assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
-    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(5, 9)));
+}
+
+#[tokio::test]
+async fn committed_hint_never_passes_the_recovered_log() {
+    let path = Path::new("/data/t-0");
+    for seed in 0..8 {
+        let disk = SimDisk::new(seed);
+        {
+            let (mut store, _sm, _log) = open(disk.storage(), path);
+            store
+                .blocking_append(five_entries()[..3].to_vec())
+                .await
+                .unwrap();
+            // A follower may learn that entries are committed before its own copy is synced.
+            store.write_entries(five_entries()[3..].to_vec()).unwrap();
+            store.save_committed(Some(log_id(2, 4))).await.unwrap();
+        }
+        disk.power_cut();
+        let (mut store, _sm, _log) = open(disk.storage(), path);
+        let last = store.get_log_state().await.unwrap().last_log_id;
+        let committed = store.read_committed().await.unwrap();
+        assert!(
+            committed <= last,
+            "seed {seed}: committed {committed:?} past the log {last:?}"
+        );
+        if let Some(committed) = committed {
+            // openraft re-applies up to it at start: every entry must be there.
+            let entries = store
+                .try_get_log_entries(0..=committed.index)
+                .await
+                .unwrap();
+            assert_eq!(entries.len() as u64, committed.index + 1, "seed {seed}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -438,7 +470,7 @@ async fn snapshot_install_gives_the_follower_the_leaders_batches_at_the_same_off
         follower_log.read(0, 1 << 20).unwrap().records,
         leader_log.read(0, 1 << 20).unwrap().records
     );
-    assert_eq!(follower.term_history(), vec![(1, 0), (2, 2)]);
+    assert_eq!(follower.view().term_history(), vec![(1, 0), (2, 2)]);
     // Replication continues after the snapshot, at the same offset as on the leader.
     let next = leader.try_get_log_entries(5..7).await.unwrap();
     follower.blocking_append(next.clone()).await.unwrap();
@@ -461,4 +493,57 @@ fn entry_refuses_more_than_one_batch_and_reserved_control_batches() {
     let payload: EntryPayload<PartitionRaft> = EntryPayload::Blank;
     let control = partition::control::encode_payload(&payload, 1).unwrap();
     assert!(PartitionEntry::new(Bytes::from(control)).is_err());
+}
+
+#[tokio::test]
+async fn interrupted_snapshot_install_refuses_to_open() {
+    let disk = SimDisk::new(5);
+    let leader_dir = Path::new("/data/leader");
+    let follower_dir = Path::new("/data/follower");
+    let (mut leader, mut leader_sm, _) = open(disk.storage(), leader_dir);
+    leader.blocking_append(five_entries()).await.unwrap();
+    let committed = leader.try_get_log_entries(0..5).await.unwrap();
+    leader_sm.apply(committed).await.unwrap();
+    let snapshot = leader_sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    {
+        let (mut follower, mut follower_sm, _) = open(disk.storage(), follower_dir);
+        follower.blocking_append([blank(1, 0)]).await.unwrap();
+        // The disk fills up while the follower's log is being replaced: room for the install
+        // marker, not for the leader's batches.
+        let marker_bytes = serde_json::to_vec(&snapshot.meta).unwrap().len() as u64;
+        disk.set_space_bytes_max(Some(
+            bytes_used(&disk.storage(), Path::new("/data")) + marker_bytes + 64,
+        ));
+        let mut receiving = follower_sm.begin_receiving_snapshot().await.unwrap();
+        *receiving = *snapshot.snapshot;
+        assert!(follower_sm
+            .install_snapshot(&snapshot.meta, receiving)
+            .await
+            .is_err());
+    }
+    disk.power_cut();
+    // Half replaced, the log is neither the old one nor the leader's: the replica must be
+    // rebuilt rather than serve it.
+    assert!(matches!(
+        partition::open(disk.storage(), follower_dir, LogConfig::default()),
+        Err(partition::PartitionRaftError::InterruptedSnapshotInstall { .. })
+    ));
+}
+
+/// Bytes in every file under `dir`.
+fn bytes_used(storage: &Arc<dyn Storage>, dir: &Path) -> u64 {
+    let mut total = 0;
+    for name in storage.read_dir(dir).unwrap() {
+        let path = dir.join(name);
+        match storage.open(&path) {
+            Ok(file) => total += file.len().unwrap(),
+            Err(_) => total += bytes_used(storage, &path),
+        }
+    }
+    total
 }

@@ -144,13 +144,22 @@ async fn start(
     dir: &std::path::Path,
     ids: &[NodeId],
 ) -> BTreeMap<NodeId, Replica> {
+    start_with(router, dir, ids, Config::default()).await
+}
+
+async fn start_with(
+    router: &Router,
+    dir: &std::path::Path,
+    ids: &[NodeId],
+    config: Config,
+) -> BTreeMap<NodeId, Replica> {
     let config = Arc::new(
         Config {
             cluster_name: "t-0".into(),
             heartbeat_interval: 50,
             election_timeout_min: 200,
             election_timeout_max: 400,
-            ..Default::default()
+            ..config
         }
         .validate()
         .expect("valid config"),
@@ -323,6 +332,84 @@ async fn replicas_agree_on_offsets_and_the_high_watermark_follows_commit() {
         "an uncommitted batch survived: {values:?}"
     );
 
+    for replica in replicas.values() {
+        replica.raft.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purge_point_gets_the_leaders_log_through_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::default();
+    let ids = [1, 2, 3];
+    // Keep nothing after a snapshot, so the purge passes the lagging follower at once.
+    let config = Config {
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    let replicas = start_with(&router, dir.path(), &ids, config).await;
+    let members: BTreeMap<NodeId, NodeAddress> = ids.iter().map(|&id| (id, address(id))).collect();
+    replicas[&1].raft.initialize(members).await.unwrap();
+    let leader = wait_for_leader(&replicas, &ids, 0).await;
+    let lagging = ids.iter().copied().find(|&id| id != leader).unwrap();
+    replicas[&leader]
+        .raft
+        .client_write(batch("before", 2))
+        .await
+        .unwrap();
+    wait_for_high_watermark(&replicas[&lagging], 1).await;
+
+    router.isolated.lock().insert(lagging);
+    let mut last = None;
+    for n in 0..20 {
+        last = Some(
+            replicas[&leader]
+                .raft
+                .client_write(batch(&format!("while-away-{n}"), 3))
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    replicas[&leader].raft.trigger().snapshot().await.unwrap();
+    let mut metrics = replicas[&leader].raft.metrics();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= last.log_id.index)),
+    )
+    .await
+    .expect("leader purged in time")
+    .unwrap();
+
+    router.isolated.lock().clear();
+    let end = last.data.last_offset + 1;
+    wait_for_high_watermark(&replicas[&lagging], end).await;
+    // The entries it missed are purged on the leader: only a snapshot can bring them.
+    let mut lagging_metrics = replicas[&lagging].raft.metrics();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lagging_metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= last.log_id.index)),
+    )
+    .await
+    .expect("the follower installed the leader's snapshot")
+    .unwrap();
+    assert_eq!(
+        consumer_view(&replicas[&lagging]),
+        consumer_view(&replicas[&leader]),
+        "the snapshot gave the follower the leader's batches at the leader's offsets"
+    );
+    // Replication continues normally after the install.
+    let after = replicas[&leader]
+        .raft
+        .client_write(batch("after", 1))
+        .await
+        .unwrap();
+    wait_for_high_watermark(&replicas[&lagging], after.data.last_offset + 1).await;
+    assert_eq!(
+        consumer_view(&replicas[&lagging]),
+        consumer_view(&replicas[&leader])
+    );
     for replica in replicas.values() {
         replica.raft.shutdown().await.unwrap();
     }

@@ -21,6 +21,16 @@
 //! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown marker)
 //! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
 //! PartitionLog::is_offline(&self) -> bool
+//! // Replicated partitions (the consensus layer owns the high watermark):
+//! PartitionLog::open_with_policy(Arc<dyn Storage>, dir, LogConfig, HighWatermarkPolicy) -> Result<PartitionLog, LogError>
+//! PartitionLog::set_high_watermark(&self, offset: i64) -> Result<i64, LogError>   // External only; capped at the log end
+//! PartitionLog::set_retention_floor(&self, offset: i64)   // retention keeps segments at or past it
+//! PartitionLog::read_uncommitted(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError>  // up to the log end
+//! PartitionLog::truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError>
+//! PartitionLog::for_each_batch_header_from(&self, offset: i64, FnMut(&BatchHeader)) -> Result<(), LogError>
+//! PartitionLog::tail_start(&self, offset_end: i64, bytes_max: u64) -> Result<i64, LogError>
+//! checkpoint::{write_durably, read_small}   // small files beside the segments, replaced atomically
+//! RecordBatchBuilder::control(&mut self)    // a control batch (consumers skip it)
 //! batch::{BatchHeader, validate_batches, RecordBatchBuilder, decode_records, Record}
 //! storage::{Storage, StorageFile, RealDisk, SimDisk}   // the disk interface; SimDisk for tests
 //! ```

@@ -463,8 +463,10 @@ impl PartitionLog {
         self.read_below(offset, bytes_max, ReadLimit::HighWatermark)
     }
 
-    /// [`PartitionLog::read`] up to the log end instead of the high watermark: batches not yet
-    /// committed (or synced), for the consensus layer replicating them. Never for consumers.
+    /// [`PartitionLog::read`] up to the log end instead of the high watermark, and from the
+    /// first segment instead of the log start: batches not yet committed (or synced), or hidden
+    /// from consumers by DeleteRecords, for the consensus layer replicating them. Never for
+    /// consumers.
     pub fn read_uncommitted(&self, offset: i64, bytes_max: usize) -> Result<ReadResult, LogError> {
         self.read_below(offset, bytes_max, ReadLimit::LogEnd)
     }
@@ -490,10 +492,16 @@ impl PartitionLog {
                 log_start_offset: self.log_start_offset.load(Ordering::Acquire),
                 log_end_offset: self.log_end_offset.load(Ordering::Acquire),
             };
-            if offset < result.log_start_offset || offset > result.log_end_offset {
+            // Replication may still need batches below a log start moved by DeleteRecords,
+            // as long as their segment is there.
+            let readable_start = match limit {
+                ReadLimit::HighWatermark => result.log_start_offset,
+                ReadLimit::LogEnd => segments[0].base_offset,
+            };
+            if offset < readable_start || offset > result.log_end_offset {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
-                    start: result.log_start_offset,
+                    start: readable_start,
                     end: result.log_end_offset,
                 });
             }
@@ -878,6 +886,51 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// The oldest batch boundary `start` such that the batches from `start` up to `offset_end`
+    /// total at most `bytes_max` bytes: where the newest batches that fit a budget begin (a
+    /// bounded snapshot of a replicated partition). Never below the batch holding the log
+    /// start. Reads only the headers of the segment where the budget runs out.
+    pub fn tail_start(&self, offset_end: i64, bytes_max: u64) -> Result<i64, LogError> {
+        let offset_end = offset_end.min(self.log_end_offset());
+        let log_start = self.log_start_offset();
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let mut budget = bytes_max;
+        let mut start = offset_end.max(log_start);
+        for segment in segments.iter().rev() {
+            if segment.base_offset >= offset_end {
+                continue;
+            }
+            let end_position = batch_position_at(segment, offset_end)?;
+            let from_position = if segment.base_offset < log_start {
+                batch_position_at(segment, log_start)?
+            } else {
+                0
+            };
+            let bytes = end_position.saturating_sub(from_position);
+            if bytes <= budget && segment.base_offset >= log_start {
+                budget -= bytes;
+                start = segment.base_offset;
+                continue;
+            }
+            // The budget (or the log start) ends inside this segment: the first batch from
+            // which the rest fits.
+            let mut reader = BatchReader::new(
+                segment.file.as_ref(),
+                &segment.log_path,
+                from_position,
+                end_position,
+                false,
+            );
+            while let Some((position, header)) = next_stored_batch(segment, &mut reader)? {
+                if end_position - position <= budget {
+                    return Ok(header.base_offset.min(start));
+                }
+            }
+            return Ok(start);
+        }
+        Ok(start)
+    }
+
     /// fsyncs all segments and indexes and leaves the clean shutdown marker, which the next
     /// change (or open) removes. Also used while running (a flush is a sync of everything).
     pub fn flush(&self) -> Result<(), LogError> {
@@ -950,6 +1003,24 @@ fn next_stored_batch(
         ) => Err(corrupt_stored(segment, position, reason)),
         Err(BatchReadError::Log(error)) => Err(error),
     }
+}
+
+/// File position of the batch of `segment` holding `offset` (its size when none does).
+fn batch_position_at(segment: &Segment, offset: i64) -> Result<u64, LogError> {
+    let size_bytes = segment.size_bytes();
+    let mut reader = BatchReader::new(
+        segment.file.as_ref(),
+        &segment.log_path,
+        segment.position_for_offset(offset),
+        size_bytes,
+        false,
+    );
+    while let Some((position, header)) = next_stored_batch(segment, &mut reader)? {
+        if header.last_offset() >= offset {
+            return Ok(position);
+        }
+    }
+    Ok(size_bytes)
 }
 
 /// A stored batch failed its checks: logged loudly (media corruption) and never served.

@@ -149,3 +149,57 @@ fn control_batches_are_marked_and_valid() {
     assert!(headers[0].is_control());
     assert!(!validate_batches(&batch("a", 1)).unwrap()[0].is_control());
 }
+
+#[test]
+fn tail_start_finds_the_newest_batches_that_fit_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_external(
+        dir.path(),
+        LogConfig {
+            segment_bytes_max: 400,
+            index_interval_bytes: 64,
+            durability: Durability::Never,
+            ..LogConfig::default()
+        },
+    );
+    let mut batches = Vec::new(); // (base offset, bytes)
+    for n in 0..20 {
+        let mut bytes = batch(&format!("b{n}"), 1 + n % 3);
+        let size = bytes.len() as u64;
+        let info = log.append(&mut bytes, 1, 1_000).unwrap();
+        batches.push((info.base_offset, size));
+    }
+    assert!(log.segment_count() > 3);
+    let log_end = log.log_end_offset();
+    // Brute force: the oldest batch from which the bytes up to `end` (at most the log end) fit.
+    let expected = |end: i64, budget: u64| {
+        let end = end.min(log_end);
+        let mut start = end;
+        let mut total = 0;
+        for &(base, size) in batches.iter().rev().filter(|(base, _)| *base < end) {
+            if total + size > budget {
+                break;
+            }
+            total += size;
+            start = base;
+        }
+        start
+    };
+    let end_offsets = [batches[19].0 + 3, batches[12].0, batches[5].0, batches[0].0];
+    for end in end_offsets {
+        for budget in [0, 60, 100, 250, 400, 1_000, 100_000] {
+            assert_eq!(
+                log.tail_start(end, budget).unwrap(),
+                expected(end, budget),
+                "end {end}, budget {budget}"
+            );
+        }
+    }
+    // Never below the batch holding the log start.
+    log.set_high_watermark(log.log_end_offset()).unwrap();
+    log.advance_log_start(batches[7].0 + 1).unwrap();
+    assert_eq!(
+        log.tail_start(log.log_end_offset(), u64::MAX).unwrap(),
+        batches[7].0
+    );
+}

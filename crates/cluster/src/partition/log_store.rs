@@ -12,9 +12,10 @@ use openraft::{
 use sluice_log::{BatchHeader, PartitionLog};
 use tokio::sync::mpsc;
 
+use super::committed::CommittedFile;
 use super::{
-    control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError, Shared,
-    COMMITTED_FILE, VOTE_FILE,
+    control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError,
+    PartitionView, Shared, VOTE_FILE,
 };
 use crate::NodeId;
 
@@ -26,6 +27,7 @@ pub struct PartitionLogStore {
     shared: Arc<Shared>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
+    committed_file: CommittedFile,
     /// Appended offsets waiting for their fsync; started with the first append (it needs a
     /// Tokio runtime).
     flusher: Option<mpsc::UnboundedSender<FlushRequest>>,
@@ -55,31 +57,21 @@ impl PartitionLogStore {
         shared: Arc<Shared>,
         vote: Option<Vote<NodeId>>,
         committed: Option<LogId<NodeId>>,
+        committed_file: CommittedFile,
     ) -> PartitionLogStore {
         PartitionLogStore {
             shared,
             vote,
             committed,
+            committed_file,
             flusher: None,
         }
     }
 
-    pub fn log(&self) -> &Arc<PartitionLog> {
-        &self.shared.log
-    }
-
-    /// Kafka's OffsetForLeaderEpoch over this replica's log (see
-    /// [`TermHistory::end_offset_for`](super::TermHistory::end_offset_for)).
-    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> (i32, i64) {
-        let index = self.shared.index.lock();
-        index
-            .terms()
-            .end_offset_for(requested_epoch, self.shared.log.log_end_offset())
-    }
-
-    /// The term history, `(epoch, start offset)` oldest first.
-    pub fn term_history(&self) -> Vec<(i32, i64)> {
-        self.shared.index.lock().terms().entries().to_vec()
+    pub fn view(&self) -> PartitionView {
+        PartitionView {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Writes the entries' batches (stamping terms, assigning offsets) without waiting for the
@@ -334,13 +326,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
         if committed == self.committed {
             return Ok(());
         }
-        write_json(
-            self.shared.storage.as_ref(),
-            &self.shared.dir,
-            COMMITTED_FILE,
-            &committed,
-        )
-        .map_err(io_failure)?;
+        self.committed_file.write(committed).map_err(io_failure)?;
         self.committed = committed;
         Ok(())
     }

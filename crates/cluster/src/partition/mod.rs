@@ -19,7 +19,8 @@
 //!   [`control`]). Consumers skip them, and they take one offset each, as Kafka's transaction
 //!   markers do.
 //! - **Raft index ↔ offset**: a checkpoint file `raft-log-start` holds the Raft index of the
-//!   first batch Raft still needs (`first_index` at `first_offset`) and the last purged log id;
+//!   first batch Raft still needs (`first_index` at `first_offset`), the last purged log id and
+//!   the terms that start below `first_offset`;
 //!   memory holds the base offset of every entry from there to the log end, rebuilt from the
 //!   batch headers when the partition opens. Terms come from the [`TermHistory`] (one entry per
 //!   term), so that map is 8 bytes per entry Raft keeps, and Raft keeps only what its snapshot
@@ -30,12 +31,15 @@
 //!   set to `first_offset`, so retention never deletes a batch Raft still needs.
 //! - **High watermark**: the log runs under [`HighWatermarkPolicy::External`]. Applying entries
 //!   moves it to the end of the last applied entry (the commit point); consumers never read
-//!   past it. [`PartitionStateMachine::progress`] is a `watch` of it and of the last applied log
-//!   id, for waking fetchers and answering `acks=all`.
-//! - **Vote**, **committed log id** and the **snapshot record** are small JSON files in the
-//!   partition directory (`raft-vote`, `raft-committed`, `raft-snapshot`), each replaced
-//!   durably (temporary file, fsync, rename, directory fsync) through the log's [`Storage`], so
-//!   the simulated disk covers them.
+//!   past it. [`PartitionView::progress`] is a `watch` of it and of the last applied log id,
+//!   for waking fetchers and answering `acks=all`; [`PartitionView::end_offset_for_epoch`]
+//!   answers OffsetForLeaderEpoch from the term history.
+//! - **Vote** and the **snapshot record** are small JSON files in the partition directory
+//!   (`raft-vote`, `raft-snapshot`), each replaced durably (temporary file, fsync, rename,
+//!   directory fsync) through the log's [`Storage`], so the simulated disk covers them. The
+//!   **committed log id** (`raft-committed`) is a hint written in place without fsync (it moves
+//!   with every commit; see `committed.rs`); on open it is lowered to what this replica's log
+//!   holds, since a power cut may have taken unsynced entries it covered.
 //! - **Applied state** after a restart: the snapshot record's last log id and membership (a
 //!   snapshot is taken before openraft purges), then openraft re-applies the entries from
 //!   there to the saved committed log id, and reads later membership control batches from the
@@ -44,19 +48,36 @@
 //! # Snapshot
 //!
 //! The state machine *is* the log up to the last applied entry, so a snapshot is "the log from
-//! its start to offset `E`" where `E` ends the snapshot's last log id. Building one writes only
-//! the record (`raft-snapshot`: meta + `E`); the data is read from the segments when openraft
-//! asks for it: `SLSNAP01 | start offset i64 | end offset i64 | the batches [start, E)`, at most
-//! [`SNAPSHOT_BYTES_MAX`] of them (the newest that fit: a follower rebuilt from a snapshot may
-//! keep less history than the leader). Installing on a follower whose log lacks the snapshot's
-//! last entry replaces its log: `truncate_fully_and_start_at(start)`, the batches appended with
-//! their own epochs at their own offsets, synced; Raft's first index becomes `last + 1` at `E`.
-//! A follower that already has the entry keeps its log.
+//! its start to offset `E`" where `E` ends the snapshot's last log id. Building one writes the
+//! record (`raft-snapshot`: meta + `E`) and nothing else to disk; the data is read from the
+//! segments each time it is asked for: `SLSNAP01 | start offset i64 | end offset i64 | the
+//! batches [start, E)`, at most [`SNAPSHOT_BYTES_MAX`] of them (the newest that fit, found with
+//! `PartitionLog::tail_start`: a follower rebuilt from a snapshot may keep less history than
+//! the leader). openraft keeps only the meta of a built snapshot and asks for the data
+//! (`get_current_snapshot`) when a follower needs it.
+//!
+//! Installing on a follower whose log lacks the snapshot's last entry replaces its log:
+//! `truncate_fully_and_start_at(start)`, the batches appended with their own epochs at their
+//! own offsets, synced; Raft's first index becomes `last + 1` at `E`. A follower that already
+//! has the entry keeps its log. A marker file (`raft-snapshot-install`) brackets the
+//! replacement: a crash inside it leaves a log that is neither the old one nor the leader's,
+//! and [`open`] then refuses with [`PartitionRaftError::InterruptedSnapshotInstall`].
+//!
+//! # Cost
+//!
+//! Per entry: one batch write (entries of one `append` call and one term share one write),
+//! fsyncs shared by group commit, 8 bytes of memory while Raft keeps the entry. With openraft's
+//! default snapshot policy (a snapshot every 5,000 entries, 1,000 kept after it) that is
+//! ~48 KiB per partition. Opening a partition reads the headers of the batches Raft keeps
+//! (from `first_offset`); the term history below it is saved in `raft-log-start` (as Kafka's
+//! leader-epoch checkpoint), so opening does not scan the whole retention. Applying re-reads the committed batches (page cache) because
+//! openraft hands the state machine entries read from the log.
 //!
 //! [`PartitionLog::enforce_retention`]: sluice_log::PartitionLog::enforce_retention
 //! [`HighWatermarkPolicy::External`]: sluice_log::HighWatermarkPolicy::External
 //! [`Storage`]: sluice_log::Storage
 
+mod committed;
 pub mod control;
 mod log_store;
 mod raft_index;
@@ -80,6 +101,7 @@ pub use log_store::PartitionLogStore;
 pub use state_machine::{PartitionSnapshotBuilder, PartitionStateMachine};
 pub use term_history::TermHistory;
 
+use committed::CommittedFile;
 use raft_index::RaftIndex;
 use state_machine::SnapshotRecord;
 
@@ -168,6 +190,41 @@ pub enum PartitionRaftError {
     TermTooLarge(u64),
 }
 
+/// What the broker keeps of a replicated partition once openraft owns its log store and state
+/// machine (get it from either before `Raft::new`): the log, the apply progress and the term
+/// history. Cheap to clone.
+#[derive(Clone)]
+pub struct PartitionView {
+    shared: Arc<Shared>,
+}
+
+impl PartitionView {
+    /// The partition log (consumers read it; they never see past the high watermark).
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+
+    /// The high watermark and last applied log id, updated after every apply: wake fetchers
+    /// and answer `acks=all` from it.
+    pub fn progress(&self) -> watch::Receiver<ApplyProgress> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch over this replica's log (see
+    /// [`TermHistory::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> (i32, i64) {
+        let index = self.shared.index.lock();
+        index
+            .terms()
+            .end_offset_for(requested_epoch, self.shared.log.log_end_offset())
+    }
+
+    /// The term history, `(epoch, start offset)` oldest first.
+    pub fn term_history(&self) -> Vec<(i32, i64)> {
+        self.shared.index.lock().terms().entries().to_vec()
+    }
+}
+
 /// What the log store and the state machine of one partition share.
 pub(crate) struct Shared {
     log: Arc<PartitionLog>,
@@ -180,7 +237,6 @@ pub(crate) struct Shared {
 }
 
 pub(crate) const VOTE_FILE: &str = "raft-vote";
-pub(crate) const COMMITTED_FILE: &str = "raft-committed";
 pub(crate) const SNAPSHOT_FILE: &str = "raft-snapshot";
 pub(crate) const LOG_START_FILE: &str = "raft-log-start";
 /// Present while a snapshot install replaces the log.
@@ -216,7 +272,11 @@ pub fn open(
     let index = RaftIndex::recover(storage.as_ref(), dir, &log)?;
     log.set_retention_floor(index.first_offset());
     let vote = read_json(storage.as_ref(), dir, VOTE_FILE)?;
-    let committed = read_json(storage.as_ref(), dir, COMMITTED_FILE)?;
+    let (committed_file, committed_hint) = CommittedFile::open(storage.as_ref(), dir)?;
+    let committed = committed_hint.and_then(|hint| index.committed_within_log(hint));
+    if committed != committed_hint {
+        tracing::info!(dir = %dir.display(), hint = ?committed_hint, kept = ?committed, "committed log id hint past this replica's log: lowered");
+    }
     let snapshot: Option<SnapshotRecord> = read_json(storage.as_ref(), dir, SNAPSHOT_FILE)?;
     let mut progress = ApplyProgress {
         last_applied: None,
@@ -242,7 +302,7 @@ pub fn open(
         snapshot: Mutex::new(snapshot.clone()),
         progress: watch::Sender::new(progress),
     });
-    let log_store = PartitionLogStore::new(Arc::clone(&shared), vote, committed);
+    let log_store = PartitionLogStore::new(Arc::clone(&shared), vote, committed, committed_file);
     let state_machine = PartitionStateMachine::new(shared, snapshot);
     Ok((log_store, state_machine, log))
 }

@@ -19,6 +19,10 @@ pub(crate) struct LogStartCheckpoint {
     pub first_index: u64,
     pub first_offset: i64,
     pub last_purged: Option<LogId<NodeId>>,
+    /// The term history below `first_offset` (Kafka's leader-epoch checkpoint), so opening
+    /// reads only the headers of the batches Raft keeps.
+    #[serde(default)]
+    pub terms_before: Vec<(i32, i64)>,
 }
 
 /// Entries `first_index ..` are the batches at `offsets[0] ..`, consecutive to the log end.
@@ -47,17 +51,12 @@ impl RaftIndex {
                 first_index: 0,
                 first_offset: log_start,
                 last_purged: None,
+                terms_before: Vec::new(),
             });
         let inconsistent = |reason: String| PartitionRaftError::Inconsistent {
             dir: dir.to_path_buf(),
             reason,
         };
-        if checkpoint.first_offset < log_start {
-            return Err(inconsistent(format!(
-                "Raft's first entry (index {} at offset {}) is below the log start {log_start}",
-                checkpoint.first_index, checkpoint.first_offset
-            )));
-        }
         // A purge past the durable end, then a crash: the entries up to there are gone anyway.
         let first_offset = checkpoint.first_offset.min(log_end);
         let mut index = RaftIndex {
@@ -65,7 +64,7 @@ impl RaftIndex {
             first_offset,
             offsets: VecDeque::new(),
             last_purged: checkpoint.last_purged,
-            terms: TermHistory::new(),
+            terms: TermHistory::from_entries(&checkpoint.terms_before),
             leaders: BTreeMap::new(),
         };
         if let Some(purged) = checkpoint.last_purged {
@@ -75,7 +74,9 @@ impl RaftIndex {
         }
         let mut misaligned = None;
         let mut controls = Vec::new();
-        log.for_each_batch_header_from(log_start, |header| {
+        // From Raft's first entry even if DeleteRecords moved the log start past it; a segment
+        // deleted under it shows as a misaligned first batch.
+        log.for_each_batch_header_from(first_offset, |header| {
             if header.is_control() && header.base_offset >= first_offset {
                 controls.push(header.base_offset);
             }
@@ -133,6 +134,13 @@ impl RaftIndex {
             first_index: self.first_index,
             first_offset: self.first_offset,
             last_purged: self.last_purged,
+            terms_before: self
+                .terms
+                .entries()
+                .iter()
+                .copied()
+                .filter(|&(_, start)| start < self.first_offset)
+                .collect(),
         }
     }
 
@@ -179,6 +187,20 @@ impl RaftIndex {
         let offset = self.offset_of(index)?;
         let term = u64::try_from(self.terms.epoch_at(offset)?).ok()?;
         Some(log_id(term, *self.leaders.get(&term)?, index))
+    }
+
+    /// `hint` (a committed log id read back after a restart) as far as this log holds it: the
+    /// log id at `min(hint, last)` when it agrees with the hint's prefix, else none.
+    pub fn committed_within_log(&self, hint: LogId<NodeId>) -> Option<LogId<NodeId>> {
+        if hint.index < self.first_index {
+            return Some(hint); // purged, hence applied: nothing to check it against
+        }
+        let last = self.next_index().checked_sub(1)?;
+        let index = hint.index.min(last);
+        let kept = self.log_id_at(index)?;
+        // Terms only grow along the log: an entry of a later term than the hint's is not known
+        // to be committed.
+        (kept.leader_id <= hint.leader_id).then_some(kept)
     }
 
     /// The leader of every known term (for building log ids outside the lock).

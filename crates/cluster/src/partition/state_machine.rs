@@ -14,8 +14,8 @@ use sluice_log::{validate_batches, BatchHeader};
 use tokio::sync::watch;
 
 use super::{
-    now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft, PartitionRaftError, Shared,
-    TermHistory, INSTALL_MARKER_FILE, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
+    now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft, PartitionRaftError,
+    PartitionView, Shared, TermHistory, INSTALL_MARKER_FILE, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -75,6 +75,12 @@ impl PartitionStateMachine {
     /// and answer `acks=all` from it.
     pub fn progress(&self) -> watch::Receiver<ApplyProgress> {
         self.shared.progress.subscribe()
+    }
+
+    pub fn view(&self) -> PartitionView {
+        PartitionView {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     fn publish(&self, high_watermark: i64) {
@@ -216,29 +222,11 @@ fn check_contiguous(
 /// fit [`SNAPSHOT_BYTES_MAX`].
 fn snapshot_data(shared: &Shared, offset_end: i64) -> Result<Vec<u8>, PartitionRaftError> {
     let log = &shared.log;
-    let log_start = log.log_start_offset();
-    // Sizes of the batches below the end, to find the oldest start that fits.
-    let mut batches: Vec<(i64, u64)> = Vec::new();
-    log.for_each_batch_header_from(log_start, |header| {
-        if header.base_offset >= log_start && header.last_offset() < offset_end {
-            batches.push((header.base_offset, header.total_bytes() as u64));
-        }
-    })?;
-    let mut start = offset_end.min(log.log_end_offset()).max(log_start);
-    let mut bytes_total = 0u64;
-    for &(base_offset, bytes) in batches.iter().rev() {
-        if bytes_total + bytes > SNAPSHOT_BYTES_MAX {
-            break;
-        }
-        bytes_total += bytes;
-        start = base_offset;
-    }
-    let end = if batches.is_empty() {
-        start
-    } else {
-        offset_end
-    };
-    let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + bytes_total as usize);
+    let start = log.tail_start(offset_end, SNAPSHOT_BYTES_MAX)?;
+    // The state machine can only be ahead of the log when driven apart from it (openraft's
+    // storage tests): the data is what the log holds.
+    let end = offset_end.min(log.log_end_offset()).max(start);
+    let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
     data.extend_from_slice(SNAPSHOT_MAGIC);
     data.extend_from_slice(&start.to_be_bytes());
     data.extend_from_slice(&end.to_be_bytes());
@@ -255,7 +243,15 @@ fn snapshot_data(shared: &Shared, offset_end: i64) -> Result<Vec<u8>, PartitionR
                 break;
             }
             let total = header.total_bytes();
-            data.extend_from_slice(&read.records[position..position + total]);
+            // Reads return whole, CRC-checked batches; anything else is a broken invariant.
+            let batch = read
+                .records
+                .get(position..position + total)
+                .ok_or_else(|| PartitionRaftError::Inconsistent {
+                    dir: shared.dir.clone(),
+                    reason: format!("short batch at offset {}", header.base_offset),
+                })?;
+            data.extend_from_slice(batch);
             offset = header.last_offset() + 1;
             position += total;
         }

@@ -23,6 +23,15 @@ impl TermHistory {
         TermHistory::default()
     }
 
+    /// A history from saved `(epoch, start offset)` pairs (kept in order, as `on_batch` would).
+    pub fn from_entries(entries: &[(i32, i64)]) -> TermHistory {
+        let mut history = TermHistory::new();
+        for &(epoch, start) in entries {
+            history.on_batch(epoch, start);
+        }
+        history
+    }
+
     /// Records a batch of `epoch` at `base_offset` (appended in offset order). Negative epochs
     /// (batches written outside Raft) are not terms and are skipped, as Kafka skips them. An
     /// epoch lower than the latest would mean terms went backwards in the log: ignored with a

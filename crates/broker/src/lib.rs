@@ -14,6 +14,7 @@ mod partition;
 mod partition_appender;
 mod producer_id;
 mod producer_state;
+pub mod replication;
 mod topic;
 mod topic_store;
 pub mod vhost;

@@ -377,6 +377,7 @@ fn start_request(
                 config: Arc::clone(&context.config),
                 client_id: client_id.to_string(),
                 client_host: context.client_host.clone(),
+                cluster: context.cluster.clone(),
                 response_memory: context.response_memory.clone(),
             });
         }
@@ -482,6 +483,12 @@ async fn dispatch(
     use handlers::*;
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::offset_for_leader_epoch(context, version, r).await,
+        ),
+        request if context.cluster.is_some() && cluster_served(&request) => {
+            return dispatch_cluster(context, version, request).await
+        }
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(metadata::metadata(context, version, r).await)
         }
@@ -573,6 +580,59 @@ async fn dispatch(
     Some(response)
 }
 
+/// The requests a cluster serves differently from one node (see `handlers::cluster`).
+fn cluster_served(request: &RequestKind) -> bool {
+    matches!(
+        request,
+        RequestKind::Metadata(_)
+            | RequestKind::Produce(_)
+            | RequestKind::Fetch(_)
+            | RequestKind::ListOffsets(_)
+            | RequestKind::CreateTopics(_)
+            | RequestKind::DeleteTopics(_)
+            | RequestKind::CreatePartitions(_)
+            | RequestKind::InitProducerId(_)
+    )
+}
+
+async fn dispatch_cluster(
+    context: &RequestContext,
+    version: i16,
+    request: RequestKind,
+) -> Option<ResponseKind> {
+    use handlers::cluster;
+    let cluster_broker = context.cluster.as_ref()?;
+    Some(match request {
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(cluster::metadata(context, cluster_broker, version, r).await)
+        }
+        RequestKind::Produce(r) => {
+            return cluster::produce(context, cluster_broker, version, r)
+                .await
+                .map(ResponseKind::Produce)
+        }
+        RequestKind::Fetch(r) => {
+            ResponseKind::Fetch(cluster::fetch(context, cluster_broker, version, r).await)
+        }
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(
+            cluster::list_offsets(context, cluster_broker, version, r).await,
+        ),
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(cluster::create_topics(cluster_broker, r).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(cluster::delete_topics(cluster_broker, version, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(cluster::create_partitions(cluster_broker, r).await)
+        }
+        RequestKind::InitProducerId(_) => {
+            ResponseKind::InitProducerId(cluster::init_producer_id(cluster_broker).await)
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod limit_tests;
 
@@ -609,6 +669,7 @@ mod tests {
             }),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
+            cluster: None,
             response_memory: None,
         })
     }
@@ -878,6 +939,7 @@ mod tests {
             config: Arc::clone(&context.config),
             client_id: String::new(),
             client_host: "127.0.0.1".into(),
+            cluster: None,
             response_memory: None,
         };
         let server_memory = Arc::clone(&memory);

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use sluice_broker::replication::ClusterBroker;
 use sluice_broker::Broker;
 
 use crate::connection::ResponseMemory;
@@ -58,6 +59,9 @@ pub struct RequestContext {
     pub config: Arc<KafkaConfig>,
     pub client_id: String,
     pub client_host: String,
+    /// Cluster mode (`--peers`): partitions are Raft groups and topics live in the metadata
+    /// group; `None` on a single node.
+    pub cluster: Option<Arc<ClusterBroker>>,
     /// The connection's share of the memory budget for responses (`None`: not accounted, for
     /// handlers called without a connection).
     pub(crate) response_memory: Option<ResponseMemory>,

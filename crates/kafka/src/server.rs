@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_broker::replication::ClusterBroker;
 use sluice_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -18,6 +19,7 @@ pub struct KafkaServer {
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
     request_memory: Arc<RequestMemory>,
+    cluster: Option<Arc<ClusterBroker>>,
     /// One permit per connection being served (`connections_max`).
     connections: Arc<Semaphore>,
 }
@@ -38,8 +40,15 @@ impl KafkaServer {
             broker,
             config: Arc::new(config),
             request_memory,
+            cluster: None,
             connections,
         })
+    }
+
+    /// Cluster mode: partitions are Raft groups, topics live in the metadata group.
+    pub fn with_cluster(mut self, cluster: Arc<ClusterBroker>) -> KafkaServer {
+        self.cluster = Some(cluster);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -82,6 +91,7 @@ impl KafkaServer {
                             config: Arc::clone(&self.config),
                             client_id: String::new(),
                             client_host: peer.ip().to_string(),
+                            cluster: self.cluster.clone(),
                             response_memory: None,
                         };
                         let request_memory = Arc::clone(&self.request_memory);

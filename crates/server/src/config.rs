@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sluice_amqp::{AmqpConfig, AmqpUser};
 use sluice_broker::vhost::VhostConfig;
 use sluice_broker::{BrokerConfig, GroupConfig};
+use sluice_cluster::peers::PeerList;
 use sluice_kafka::KafkaConfig;
 use sluice_log::{Durability, LogConfig};
 
@@ -178,6 +179,25 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_DISK_FREE_LIMIT_BYTES", value_name = "BYTES")]
     pub disk_free_limit_bytes: Option<u64>,
 
+    /// This node's id in a cluster (Kafka's broker.id); with --peers [default: 0]
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<u64>,
+
+    /// Address of the node-to-node (Raft) transport; must be this node's address in --peers
+    #[arg(long, env = "SLUICE_CLUSTER_LISTEN", value_name = "HOST:PORT")]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// Every member of the cluster, this node included, as ID@HOST:PORT (their
+    /// --cluster-listen), comma-separated; the same list on every node. Without it the broker
+    /// runs as one node, unreplicated
+    #[arg(long, env = "SLUICE_PEERS", value_name = "ID@HOST:PORT,...")]
+    pub peers: Option<String>,
+
+    /// Replication factor of topics created without one (CreateTopics with -1, auto-created
+    /// topics) in a cluster (Kafka's default.replication.factor) [default: 1]
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
+    pub default_replication_factor: Option<u16>,
+
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -194,7 +214,20 @@ pub struct ServeConfig {
     pub vhost: VhostConfig,
     pub kafka: KafkaConfig,
     pub kafka_listen: SocketAddr,
+    /// `None`: one node, unreplicated (no --peers).
+    pub cluster: Option<ClusterSettings>,
     pub log_filter: String,
+}
+
+/// `--node-id --cluster-listen --peers --default-replication-factor`.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: u64,
+    pub cluster_listen: SocketAddr,
+    pub peers: Vec<(u64, SocketAddr)>,
+    /// The Kafka address other nodes give clients for this one (`host:port`).
+    pub kafka_advertised: String,
+    pub default_replication_factor: u16,
 }
 
 macro_rules! merge {
@@ -241,6 +274,10 @@ impl ServeArgs {
                 amqp_max_connections,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
+                node_id,
+                cluster_listen,
+                peers,
+                default_replication_factor,
                 log
             );
         }
@@ -402,7 +439,46 @@ impl ServeArgs {
                 .unwrap_or_else(|| total_memory_bytes() / 10 * 4),
             disk_free_limit_bytes: self.disk_free_limit_bytes.unwrap_or(50_000_000),
         };
+        let default_replication_factor = self.default_replication_factor.unwrap_or(1);
+        anyhow::ensure!(
+            default_replication_factor >= 1,
+            "--default-replication-factor must be at least 1"
+        );
+        let cluster = match &self.peers {
+            None => {
+                anyhow::ensure!(
+                    self.cluster_listen.is_none(),
+                    "--cluster-listen needs --peers"
+                );
+                None
+            }
+            Some(list) => {
+                let peers: PeerList = list
+                    .parse()
+                    .with_context(|| format!("invalid --peers '{list}'"))?;
+                let node_id = self.node_id.context("--peers needs --node-id")?;
+                let cluster_listen = self
+                    .cluster_listen
+                    .context("--peers needs --cluster-listen")?;
+                peers
+                    .validate_for(node_id, Some(cluster_listen))
+                    .with_context(|| format!("invalid --peers '{list}'"))?;
+                broker.node_id = i32::try_from(node_id)
+                    .context("--node-id must fit a Kafka broker id (0 to 2147483647)")?;
+                Some(ClusterSettings {
+                    node_id,
+                    cluster_listen,
+                    peers: peers.to_vec(),
+                    kafka_advertised: format!(
+                        "{}:{}",
+                        kafka.advertised_host, kafka.advertised_port
+                    ),
+                    default_replication_factor,
+                })
+            }
+        };
         Ok(ServeConfig {
+            cluster,
             amqp,
             amqp_listen,
             amqp_listen_is_default,

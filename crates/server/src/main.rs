@@ -17,8 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
+use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
+use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_kafka::KafkaServer;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -28,6 +30,8 @@ use crate::config::{Cli, Command};
 const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 /// Blocking tasks (appenders, group commits) still running when the runtime stops are waited
 /// for this long at most.
+/// The partition groups, the metadata group and the transport get this long to stop.
+const CLUSTER_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 const RUNTIME_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +65,14 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let kafka = KafkaServer::bind(config.kafka_listen, broker.clone(), config.kafka)
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
+    let cluster = match &config.cluster {
+        Some(settings) => Some(start_cluster(settings, &broker).await?),
+        None => None,
+    };
+    let kafka = match &cluster {
+        Some(cluster) => kafka.with_cluster(cluster.clone()),
+        None => kafka,
+    };
     let kafka_address = kafka.local_addr()?;
     let vhost =
         VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
@@ -106,6 +118,14 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
             "connections still open {DRAIN_MAX:?} after the shutdown signal: closing the logs anyway"
         );
     }
+    if let Some(cluster) = cluster {
+        if tokio::time::timeout(CLUSTER_STOP_MAX, cluster.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the cluster layer did not stop within {CLUSTER_STOP_MAX:?}");
+        }
+    }
     tokio::task::spawn_blocking(move || {
         vhost.shutdown();
         broker.shutdown()
@@ -113,6 +133,36 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     .await
     .context("flushing on shutdown")?;
     Ok(())
+}
+
+/// Starts this node's cluster layer: the transport, the metadata group (bootstrapped from
+/// --peers) and the replicas assigned to it.
+async fn start_cluster(
+    settings: &config::ClusterSettings,
+    broker: &std::sync::Arc<Broker>,
+) -> anyhow::Result<std::sync::Arc<ClusterBroker>> {
+    let cluster_config = ClusterConfig::new(
+        settings.node_id,
+        settings.cluster_listen,
+        settings.peers.clone(),
+        settings.kafka_advertised.clone(),
+        broker.config().data_dir.clone(),
+        broker.config().storage.clone(),
+    );
+    let node = ClusterNode::start(cluster_config)
+        .await
+        .with_context(|| format!("starting the cluster node on {}", settings.cluster_listen))?;
+    tracing::info!(
+        node_id = settings.node_id,
+        cluster = %settings.cluster_listen,
+        peers = settings.peers.len(),
+        "cluster node started"
+    );
+    Ok(ClusterBroker::start(
+        node,
+        broker.clone(),
+        settings.default_replication_factor,
+    ))
 }
 
 /// Binds the AMQP listeners. Of the default pair, one that cannot bind (a machine without IPv6)

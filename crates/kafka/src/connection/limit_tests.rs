@@ -30,6 +30,7 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         config: Arc::new(config),
         client_id: String::new(),
         client_host: "127.0.0.1".into(),
+        cluster: None,
         response_memory: None,
     }
 }

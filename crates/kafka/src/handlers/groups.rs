@@ -648,6 +648,7 @@ mod tests {
             config: Arc::new(KafkaConfig::new("localhost".into(), 9092)),
             client_id: "rdkafka".into(),
             client_host: "/127.0.0.1".into(),
+            cluster: None,
             response_memory: None,
         }
     }

@@ -1,6 +1,7 @@
 //! One module per family of Kafka APIs. Each handler takes the decoded request and its version
 //! and returns the response; the connection encodes it at the same version.
 
+pub mod cluster;
 pub mod cluster_admin;
 pub mod configs;
 pub mod delete_records;
@@ -8,6 +9,7 @@ pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod producer_id;
 pub mod topics;

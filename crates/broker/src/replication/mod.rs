@@ -1,0 +1,684 @@
+//! Cluster mode (`sluice serve --peers ...`): topics live in the metadata Raft group and each
+//! partition is a Raft group over its replicas (see `sluice_cluster`). This module is the
+//! broker side of it, protocol-neutral like the rest of the crate:
+//!
+//! - [`ClusterBroker`] follows [`ClusterMetadata`]: it opens the replicas assigned to this
+//!   node (a [`sluice_log::PartitionLog`] under the external high watermark, which is the
+//!   group's Raft log) and starts their groups; it stops the groups of deleted topics and
+//!   deletes their data. Topic administration, auto-creation and producer-id blocks are
+//!   proposals to the metadata group.
+//! - [`Replica`] serves one partition: produce on the Raft leader only (`client_write`, one
+//!   entry per record batch, answered once committed and applied: acks=1 waits for the
+//!   majority too, stronger than Kafka), fetch and ListOffsets on the leader below the high
+//!   watermark, OffsetForLeaderEpoch from the term history, the ISR from the leader's view of
+//!   its followers.
+//! - Idempotent producers: every replica records the committed batches' producer state as its
+//!   high watermark advances, so a new leader de-duplicates retries sent across a failover;
+//!   the leader checks and proposes a partition's idempotent batches one at a time.
+//!
+//! The single-node broker ([`Broker`]) is not involved in any of this: without `--peers`
+//! nothing here runs. Consumer groups and committed offsets stay on each node's local
+//! [`Broker`] (not replicated yet).
+
+mod replica;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use sluice_cluster::metadata::{
+    place_replicas, ClusterMetadata, MetadataCommand, MetadataRejection, MetadataResponse,
+    TopicMetadata,
+};
+use sluice_cluster::node::ClusterNode;
+use sluice_cluster::{partition, GroupId, NodeAddress, NodeId};
+use tokio::sync::{watch, Notify};
+
+pub use replica::{PartitionView, Replica, ISR_LAG_MAX};
+
+use crate::topic::{validate_topic_name, TopicConfig};
+use crate::{Broker, BrokerError};
+
+/// Producer ids each node takes from the metadata group at a time.
+const PRODUCER_ID_BLOCK: u32 = 1000;
+/// How long an admin call waits for its effect to reach this node.
+const ADMIN_WAIT_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("this node is not the partition's leader")]
+    NotLeader,
+    #[error("the partition has no leader yet")]
+    LeaderNotAvailable,
+    #[error("fewer in-sync replicas than min.insync.replicas")]
+    NotEnoughReplicas,
+    #[error("the client's leader epoch is older than the partition's")]
+    FencedLeaderEpoch,
+    #[error("the client's leader epoch is newer than this replica knows")]
+    UnknownLeaderEpoch,
+    #[error("timed out waiting for the cluster")]
+    Timeout,
+    #[error("Raft: {0}")]
+    Raft(String),
+}
+
+impl From<sluice_log::LogError> for ReplicationError {
+    fn from(error: sluice_log::LogError) -> Self {
+        ReplicationError::Broker(error.into())
+    }
+}
+
+/// A Kafka broker as the metadata group knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    pub node_id: NodeId,
+    pub host: String,
+    pub port: i32,
+}
+
+struct ProducerIdBlock {
+    next: i64,
+    remaining: u32,
+}
+
+pub struct ClusterBroker {
+    node: Arc<ClusterNode>,
+    broker: Arc<Broker>,
+    default_replication_factor: u16,
+    replicas: RwLock<HashMap<(uuid::Uuid, i32), Arc<Replica>>>,
+    producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
+    stopped: watch::Sender<bool>,
+    reconciled: Notify,
+}
+
+impl ClusterBroker {
+    /// Starts following the cluster metadata (opening and starting this node's replicas).
+    pub fn start(
+        node: Arc<ClusterNode>,
+        broker: Arc<Broker>,
+        default_replication_factor: u16,
+    ) -> Arc<ClusterBroker> {
+        let cluster = Arc::new(ClusterBroker {
+            node,
+            broker,
+            default_replication_factor: default_replication_factor.max(1),
+            replicas: RwLock::new(HashMap::new()),
+            producer_ids: tokio::sync::Mutex::new(ProducerIdBlock {
+                next: 0,
+                remaining: 0,
+            }),
+            stopped: watch::Sender::new(false),
+            reconciled: Notify::new(),
+        });
+        tokio::spawn(Arc::clone(&cluster).follow_metadata());
+        cluster
+    }
+
+    pub fn node(&self) -> &Arc<ClusterNode> {
+        &self.node
+    }
+    pub fn node_id(&self) -> NodeId {
+        self.node.node_id()
+    }
+    pub fn metadata(&self) -> ClusterMetadata {
+        self.node.metadata().borrow().clone()
+    }
+
+    /// Every registered broker with its Kafka address.
+    pub fn brokers(&self) -> Vec<BrokerEndpoint> {
+        self.node
+            .metadata()
+            .borrow()
+            .brokers
+            .iter()
+            .filter_map(|(&node_id, address)| {
+                let (host, port) = address.kafka_addr.rsplit_once(':')?;
+                Some(BrokerEndpoint {
+                    node_id,
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                    port: port.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The controller Kafka clients are shown: the metadata group's leader.
+    pub fn controller(&self) -> Option<NodeId> {
+        self.node.metadata_leader()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMetadata> {
+        self.node.metadata().borrow().topics.get(name).cloned()
+    }
+
+    pub fn replica(&self, topic_id: uuid::Uuid, partition: i32) -> Option<Arc<Replica>> {
+        self.replicas.read().get(&(topic_id, partition)).cloned()
+    }
+
+    /// This partition as Metadata describes it; a partition without a replica here has no
+    /// known leader (only its replicas follow its group).
+    pub fn partition_view(&self, topic: &TopicMetadata, partition: i32) -> PartitionView {
+        match self.replica(topic.topic_id, partition) {
+            Some(replica) => replica.view(),
+            None => PartitionView {
+                leader: None,
+                leader_epoch: -1,
+                replicas: usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| topic.assignments.get(p).cloned())
+                    .unwrap_or_default(),
+                isr: Vec::new(),
+            },
+        }
+    }
+
+    /// Resolves a partition for a data request: unknown topic/partition, or its replica here
+    /// (no replica here: not the leader, so the client refreshes its metadata).
+    pub fn replica_for(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<Replica>, ReplicationError> {
+        let Some(meta) = self.topic(topic) else {
+            return Err(BrokerError::UnknownTopicOrPartition(topic.to_string()).into());
+        };
+        if partition < 0 || partition as usize >= meta.assignments.len() {
+            return Err(
+                BrokerError::UnknownTopicOrPartition(format!("{topic}-{partition}")).into(),
+            );
+        }
+        self.replica(meta.topic_id, partition)
+            .ok_or(ReplicationError::NotLeader)
+    }
+
+    /// `min.insync.replicas` of a topic (1 unless set).
+    pub fn min_insync_replicas(&self, topic: &str) -> usize {
+        self.topic(topic)
+            .and_then(|t| {
+                t.configs
+                    .get("min.insync.replicas")
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(1)
+    }
+
+    /// The topic, created (default partitions and replication factor, capped by the brokers
+    /// there are) when auto-creation is on.
+    pub async fn topic_or_auto_create(
+        &self,
+        name: &str,
+    ) -> Result<TopicMetadata, ReplicationError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.broker.config().auto_create_topics || name.starts_with("__") {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
+        }
+        let brokers = self.node.metadata().borrow().brokers.len().max(1);
+        let replication_factor = usize::from(self.default_replication_factor).min(brokers) as i16;
+        match self
+            .create_topic(name, -1, replication_factor, BTreeMap::new(), false)
+            .await
+        {
+            Ok(()) | Err(ReplicationError::Broker(BrokerError::TopicAlreadyExists(_))) => {}
+            Err(error) => return Err(error),
+        }
+        self.topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()).into())
+    }
+
+    /// CreateTopics: `partition_count` / `replication_factor` -1 = the defaults.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partition_count: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), ReplicationError> {
+        validate_topic_name(name)?;
+        TopicConfig::new(configs.clone(), &self.broker.config().log_defaults)?;
+        let partition_count = if partition_count == -1 {
+            self.broker.config().default_partitions
+        } else {
+            partition_count
+        };
+        if partition_count < 1 {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "partition count must be at least 1, got {partition_count}"
+            ))
+            .into());
+        }
+        let replication_factor = match replication_factor {
+            -1 => self.default_replication_factor,
+            rf if rf >= 1 => rf as u16,
+            rf => {
+                return Err(BrokerError::InvalidReplicationFactor(format!(
+                    "replication factor must be at least 1, got {rf}"
+                ))
+                .into())
+            }
+        };
+        let metadata = self.metadata();
+        if metadata.topics.contains_key(name) {
+            return Err(BrokerError::TopicAlreadyExists(name.to_string()).into());
+        }
+        let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
+        if usize::from(replication_factor) > brokers.len() {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "replication factor {replication_factor} is larger than the {} registered brokers",
+                brokers.len()
+            ))
+            .into());
+        }
+        // Spread the first replicas (preferred leaders) of different topics over the brokers.
+        let start = name
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let assignments = place_replicas(
+            &brokers,
+            0,
+            partition_count as u32,
+            replication_factor,
+            start,
+        )
+        .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        let topic_id = uuid::Uuid::new_v4();
+        self.propose(MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            topic_id,
+            partition_count: partition_count as u32,
+            replication_factor,
+            assignments,
+            configs,
+        })
+        .await?;
+        self.wait_for_topic(name, partition_count, true).await;
+        Ok(())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ReplicationError> {
+        if self.topic(name).is_none() {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
+        }
+        self.propose(MetadataCommand::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await?;
+        let mut metadata = self.node.metadata();
+        let _ = tokio::time::timeout(
+            ADMIN_WAIT_MAX,
+            metadata.wait_for(|m| !m.topics.contains_key(name)),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// CreatePartitions: grows the topic to `count` partitions.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ReplicationError> {
+        let metadata = self.metadata();
+        let Some(topic) = metadata.topics.get(name) else {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
+        };
+        let current = topic.assignments.len() as i32;
+        if count <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} has {current} partitions; the new count must be larger, got {count}"
+            ))
+            .into());
+        }
+        let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
+        let assignments = place_replicas(
+            &brokers,
+            current as u32,
+            (count - current) as u32,
+            topic.replication_factor,
+            current as usize,
+        )
+        .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose(MetadataCommand::CreatePartitions {
+            name: name.to_string(),
+            assignments,
+        })
+        .await?;
+        self.wait_for_topic(name, count, true).await;
+        Ok(())
+    }
+
+    /// Changes a topic's configs through the metadata group.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), ReplicationError> {
+        let Some(topic) = self.topic(name) else {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
+        };
+        let mut configs = topic.configs.clone();
+        for key in &delete {
+            configs.remove(key);
+        }
+        configs.extend(set.clone());
+        TopicConfig::new(configs, &self.broker.config().log_defaults)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose(MetadataCommand::AlterTopicConfigs {
+            name: name.to_string(),
+            set,
+            delete,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A producer id from this node's block, taking a new block from the metadata group when
+    /// it runs out (ids are unique across the cluster).
+    pub async fn allocate_producer_id(&self) -> Result<i64, ReplicationError> {
+        let mut block = self.producer_ids.lock().await;
+        if block.remaining == 0 {
+            let response = self
+                .propose(MetadataCommand::AllocateProducerIdBlock {
+                    node_id: self.node_id(),
+                    block_size: PRODUCER_ID_BLOCK,
+                })
+                .await?;
+            let MetadataResponse::ProducerIdBlock {
+                first_producer_id,
+                count,
+            } = response
+            else {
+                return Err(ReplicationError::Raft(format!(
+                    "unexpected answer to a producer id block request: {response:?}"
+                )));
+            };
+            block.next = first_producer_id;
+            block.remaining = count;
+        }
+        let id = block.next;
+        block.next += 1;
+        block.remaining -= 1;
+        Ok(id)
+    }
+
+    async fn propose(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<MetadataResponse, ReplicationError> {
+        let response = self.node.propose(command).await.map_err(|e| match e {
+            sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
+            other => ReplicationError::Raft(other.to_string()),
+        })?;
+        match response {
+            MetadataResponse::Rejected(rejection) => Err(match rejection {
+                MetadataRejection::TopicExists(name) => BrokerError::TopicAlreadyExists(name),
+                MetadataRejection::UnknownTopic(name) => BrokerError::UnknownTopicOrPartition(name),
+                MetadataRejection::UnknownPartition { topic, partition } => {
+                    BrokerError::UnknownTopicOrPartition(format!("{topic}-{partition}"))
+                }
+                MetadataRejection::InvalidAssignment(reason) => {
+                    BrokerError::InvalidReplicationFactor(reason)
+                }
+                other => BrokerError::InvalidConfig(other.to_string()),
+            }
+            .into()),
+            response => Ok(response),
+        }
+    }
+
+    /// Waits (bounded) until this node knows the topic with `partitions` partitions and, if
+    /// asked, every local replica of it knows a leader: clients that ask for metadata next
+    /// then find leaders.
+    async fn wait_for_topic(&self, name: &str, partitions: i32, leaders: bool) {
+        let wait = async {
+            let mut metadata = self.node.metadata();
+            let _ = metadata
+                .wait_for(|m| {
+                    m.topics
+                        .get(name)
+                        .is_some_and(|t| t.assignments.len() as i32 >= partitions)
+                })
+                .await;
+            if !leaders {
+                return;
+            }
+            loop {
+                let notified = self.reconciled.notified();
+                let Some(topic) = self.topic(name) else {
+                    return;
+                };
+                let mine: Vec<i32> = topic
+                    .assignments
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.contains(&self.node_id()))
+                    .map(|(p, _)| p as i32)
+                    .collect();
+                let ready = mine.iter().all(|&p| {
+                    self.replica(topic.topic_id, p)
+                        .is_some_and(|r| r.leader_and_term().0.is_some())
+                });
+                if ready {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            }
+        };
+        let _ = tokio::time::timeout(ADMIN_WAIT_MAX, wait).await;
+    }
+
+    fn replica_dir(&self, topic_id: uuid::Uuid, partition: i32) -> PathBuf {
+        self.broker
+            .config()
+            .data_dir
+            .join("replicas")
+            .join(format!("{topic_id}-{partition}"))
+    }
+
+    /// Follows the metadata: opens new replicas of this node, stops removed ones. Also keeps
+    /// each replica's ISR sample and producer state current and wakes fetchers on commits.
+    async fn follow_metadata(self: Arc<Self>) {
+        let mut metadata = self.node.metadata();
+        let mut stopped = self.stopped.subscribe();
+        let mut tick = tokio::time::interval(replica::ISR_SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let current = metadata.borrow_and_update().clone();
+            self.reconcile(&current).await;
+            self.reconciled.notify_waiters();
+            tokio::select! {
+                changed = metadata.changed() => if changed.is_err() { return },
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = tick.tick() => {
+                    let replicas: Vec<Arc<Replica>> = self.replicas.read().values().cloned().collect();
+                    for replica in replicas {
+                        replica.sample_in_sync();
+                        if let Err(error) = replica.track_committed_producers() {
+                            tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "reading producer state");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self, metadata: &ClusterMetadata) {
+        let node_id = self.node_id();
+        let mut wanted: HashMap<(uuid::Uuid, i32), (&TopicMetadata, &Vec<NodeId>)> = HashMap::new();
+        for topic in metadata.topics.values() {
+            for (partition, replicas) in topic.assignments.iter().enumerate() {
+                if replicas.contains(&node_id) {
+                    wanted.insert((topic.topic_id, partition as i32), (topic, replicas));
+                }
+            }
+        }
+        let gone: Vec<(uuid::Uuid, i32)> = self
+            .replicas
+            .read()
+            .keys()
+            .filter(|key| !wanted.contains_key(key))
+            .copied()
+            .collect();
+        for (topic_id, partition) in gone {
+            self.remove_replica(topic_id, partition).await;
+        }
+        for ((topic_id, partition), (topic, replicas)) in wanted {
+            if self.replicas.read().contains_key(&(topic_id, partition)) {
+                continue;
+            }
+            if let Err(error) = self
+                .open_replica(topic, partition, replicas, metadata)
+                .await
+            {
+                tracing::error!(topic = %topic.name, partition, %error, "cannot open the replica");
+            }
+        }
+    }
+
+    async fn open_replica(
+        &self,
+        topic: &TopicMetadata,
+        partition: i32,
+        replicas: &[NodeId],
+        metadata: &ClusterMetadata,
+    ) -> Result<(), ReplicationError> {
+        let dir = self.replica_dir(topic.topic_id, partition);
+        let storage = Arc::clone(&self.broker.config().storage);
+        let log_config =
+            TopicConfig::new(topic.configs.clone(), &self.broker.config().log_defaults)
+                .and_then(|c| c.log_config(&self.broker.config().log_defaults))?;
+        let opening = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                // A replica opened for the first time joins in the group's initialization.
+                let fresh = storage.read_dir(&dir).is_err();
+                partition::open(storage, &dir, log_config).map(|opened| (fresh, opened))
+            })
+        };
+        let (fresh, (log_store, state_machine, log)) = opening
+            .await
+            .map_err(|e| ReplicationError::Raft(format!("opening task: {e}")))?
+            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        let terms = log_store.view();
+        let progress = state_machine.progress();
+        let group = GroupId::Partition {
+            topic_id: topic.topic_id,
+            partition,
+        };
+        let raft = self
+            .node
+            .start_group(group, log_store, state_machine)
+            .await
+            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        if fresh {
+            // Every replica initializes with the same membership, so whichever comes first,
+            // they agree (as the metadata group's bootstrap); a restart finds its state and
+            // does not initialize again.
+            let members: BTreeMap<NodeId, NodeAddress> = replicas
+                .iter()
+                .map(|id| {
+                    let cluster_addr = metadata
+                        .brokers
+                        .get(id)
+                        .map(|a| a.cluster_addr.clone())
+                        .unwrap_or_default();
+                    (
+                        *id,
+                        NodeAddress {
+                            cluster_addr,
+                            kafka_addr: String::new(),
+                        },
+                    )
+                })
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => {
+                    tracing::warn!(topic = %topic.name, partition, error = %e, "initializing the partition group")
+                }
+            }
+        }
+        let replica = Arc::new(Replica::new(
+            topic.name.clone(),
+            topic.topic_id,
+            partition,
+            self.node_id(),
+            raft,
+            log,
+            terms,
+            progress.clone(),
+        ));
+        // Wake long-polling fetchers whenever the high watermark moves.
+        let data_ready = Arc::clone(self.broker.data_ready());
+        let mut progress = progress;
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                data_ready.notify_waiters();
+            }
+        });
+        tracing::info!(topic = %topic.name, partition, fresh, "replica opened");
+        self.replicas
+            .write()
+            .insert((topic.topic_id, partition), replica);
+        Ok(())
+    }
+
+    async fn remove_replica(&self, topic_id: uuid::Uuid, partition: i32) {
+        let Some(replica) = self.replicas.write().remove(&(topic_id, partition)) else {
+            return;
+        };
+        self.node
+            .stop_group(GroupId::Partition {
+                topic_id,
+                partition,
+            })
+            .await;
+        let dir = self.replica_dir(topic_id, partition);
+        let storage = Arc::clone(&self.broker.config().storage);
+        tracing::info!(
+            topic = replica.topic(),
+            partition,
+            "replica removed: deleting its data"
+        );
+        drop(replica);
+        let removed = tokio::task::spawn_blocking(move || storage.remove_dir_all(&dir)).await;
+        if let Ok(Err(error)) = removed {
+            tracing::warn!(%error, "deleting a removed replica's data");
+        }
+    }
+
+    /// Stops every partition group, the metadata group and the transport.
+    pub async fn shutdown(&self) {
+        self.stopped.send_replace(true);
+        self.node.shutdown().await;
+        let replicas: Vec<Arc<Replica>> = self.replicas.write().drain().map(|(_, r)| r).collect();
+        for replica in replicas {
+            if let Err(error) = replica.log().flush() {
+                tracing::warn!(topic = replica.topic(), %error, "flushing a replica on shutdown");
+            }
+        }
+    }
+}

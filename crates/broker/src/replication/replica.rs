@@ -1,0 +1,404 @@
+//! One replica of a replicated partition on this node: its Raft group, its log (the group's
+//! Raft log), the idempotent-producer state rebuilt from committed batches, and the leader's
+//! view of which voters are caught up (the ISR).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, ServerState};
+use parking_lot::Mutex;
+use sluice_cluster::partition::{
+    self as raft_partition, ApplyProgress, PartitionEntry, PartitionRaft,
+};
+use sluice_cluster::NodeId;
+use sluice_log::{validate_batches, BatchHeader, PartitionLog};
+use tokio::sync::watch;
+
+use super::ReplicationError;
+use crate::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::{now_ms, BrokerError, FetchedPartition, ProduceOutcome};
+
+/// A voter that matched the leader's log end within this long is in sync (Kafka's
+/// `replica.lag.time.max.ms` is 30 s; a shorter window lets `min.insync.replicas` notice a dead
+/// replica sooner).
+pub const ISR_LAG_MAX: Duration = Duration::from_secs(10);
+/// How often the leader samples its followers' progress.
+pub const ISR_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a new leader waits for its first entry of the term to apply before it can check
+/// idempotent producers' sequences (everything before it is then committed and known).
+const TERM_APPLY_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Committed batches' producer state: `offset_tracked` is where the next read of the log
+/// starts (the end of the last batch recorded).
+struct CommittedProducers {
+    table: ProducerStateTable,
+    offset_tracked: i64,
+}
+
+/// The leader's sampling of its followers: when each last matched the leader's log end as it
+/// was one sample earlier.
+#[derive(Default)]
+struct InSyncTracker {
+    last_log_index_before: Option<u64>,
+    term: u64,
+    caught_up_at: BTreeMap<NodeId, Instant>,
+}
+
+/// What Metadata says about one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    pub leader: Option<NodeId>,
+    /// The Raft term: Kafka's leader epoch.
+    pub leader_epoch: i32,
+    pub replicas: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
+}
+
+pub struct Replica {
+    pub(super) topic: String,
+    pub(super) topic_id: uuid::Uuid,
+    pub(super) index: i32,
+    node_id: NodeId,
+    raft: Raft<PartitionRaft>,
+    log: Arc<PartitionLog>,
+    terms: raft_partition::PartitionView,
+    progress: watch::Receiver<ApplyProgress>,
+    producers: Mutex<CommittedProducers>,
+    /// Idempotent batches of this partition are checked and proposed one at a time, so a
+    /// sequence is checked against every batch before it.
+    sequenced: tokio::sync::Mutex<()>,
+    in_sync: Mutex<InSyncTracker>,
+}
+
+impl Replica {
+    pub(super) fn new(
+        topic: String,
+        topic_id: uuid::Uuid,
+        index: i32,
+        node_id: NodeId,
+        raft: Raft<PartitionRaft>,
+        log: Arc<PartitionLog>,
+        terms: raft_partition::PartitionView,
+        progress: watch::Receiver<ApplyProgress>,
+    ) -> Replica {
+        let offset_tracked = log.log_start_offset();
+        Replica {
+            topic,
+            topic_id,
+            index,
+            node_id,
+            raft,
+            log,
+            terms,
+            progress,
+            producers: Mutex::new(CommittedProducers {
+                table: ProducerStateTable::default(),
+                offset_tracked,
+            }),
+            sequenced: tokio::sync::Mutex::new(()),
+            in_sync: Mutex::new(InSyncTracker::default()),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    pub fn index(&self) -> i32 {
+        self.index
+    }
+    pub fn topic_id(&self) -> uuid::Uuid {
+        self.topic_id
+    }
+    pub fn raft(&self) -> &Raft<PartitionRaft> {
+        &self.raft
+    }
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+    pub fn progress(&self) -> watch::Receiver<ApplyProgress> {
+        self.progress.clone()
+    }
+
+    /// The current leader and term as this replica knows them.
+    pub fn leader_and_term(&self) -> (Option<NodeId>, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_leader, metrics.current_term)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
+    }
+
+    fn voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Leader, epoch, replicas (the voters), and the ISR: on the leader the voters caught up
+    /// within [`ISR_LAG_MAX`]; a follower cannot see the others' progress and reports every
+    /// voter while it knows a leader (only itself otherwise).
+    pub fn view(&self) -> PartitionView {
+        let (leader, term) = self.leader_and_term();
+        let replicas = self.voters();
+        let isr = if self.is_leader() {
+            self.in_sync_replicas()
+        } else if leader.is_some() {
+            replicas.clone()
+        } else {
+            vec![self.node_id]
+        };
+        PartitionView {
+            leader,
+            leader_epoch: i32::try_from(term).unwrap_or(i32::MAX),
+            replicas,
+            isr,
+        }
+    }
+
+    /// On the leader: itself and the voters that matched its log end within [`ISR_LAG_MAX`].
+    pub fn in_sync_replicas(&self) -> Vec<NodeId> {
+        let tracker = self.in_sync.lock();
+        let now = Instant::now();
+        let mut isr: BTreeSet<NodeId> = tracker
+            .caught_up_at
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) <= ISR_LAG_MAX)
+            .map(|(&id, _)| id)
+            .collect();
+        isr.insert(self.node_id);
+        let voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
+        isr.intersection(&voters).copied().collect()
+    }
+
+    /// One ISR sample (called every [`ISR_SAMPLE_INTERVAL`]): a follower whose matched index
+    /// reaches the leader's last log index of the previous sample is caught up now.
+    pub(super) fn sample_in_sync(&self) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let mut tracker = self.in_sync.lock();
+        if metrics.state != ServerState::Leader {
+            *tracker = InSyncTracker::default();
+            return;
+        }
+        if tracker.term != metrics.current_term {
+            *tracker = InSyncTracker {
+                term: metrics.current_term,
+                ..InSyncTracker::default()
+            };
+        }
+        let now = Instant::now();
+        if let (Some(before), Some(replication)) =
+            (tracker.last_log_index_before, metrics.replication.as_ref())
+        {
+            for (&follower, matched) in replication {
+                if matched.is_some_and(|m| m.index >= before) {
+                    tracker.caught_up_at.insert(follower, now);
+                }
+            }
+        }
+        tracker.last_log_index_before = metrics.last_log_index;
+    }
+
+    /// Records committed batches in the producer state, from where it stopped up to the high
+    /// watermark (every replica does this, so a new leader already knows the sequences).
+    pub(super) fn track_committed_producers(&self) -> Result<(), BrokerError> {
+        let mut producers = self.producers.lock();
+        let high_watermark = self.log.high_watermark();
+        let log_start = self.log.log_start_offset();
+        if producers.offset_tracked < log_start
+            || producers.offset_tracked > self.log.log_end_offset()
+        {
+            // Retention or a snapshot install replaced what we read: start over.
+            producers.table = ProducerStateTable::default();
+            producers.offset_tracked = log_start;
+        }
+        if producers.offset_tracked >= high_watermark {
+            return Ok(());
+        }
+        let headers = self.log.batch_headers_from(producers.offset_tracked)?;
+        for header in headers {
+            let end = header.base_offset + i64::from(header.last_offset_delta) + 1;
+            if end > high_watermark {
+                break;
+            }
+            producers
+                .table
+                .record(&header, header.max_timestamp.min(now_ms()));
+            producers.offset_tracked = end;
+        }
+        Ok(())
+    }
+
+    fn check_epoch(&self, current_leader_epoch: i32, term: u64) -> Result<(), ReplicationError> {
+        if current_leader_epoch < 0 {
+            return Ok(());
+        }
+        let current_leader_epoch = current_leader_epoch as u64;
+        if current_leader_epoch < term {
+            return Err(ReplicationError::FencedLeaderEpoch);
+        }
+        if current_leader_epoch > term {
+            return Err(ReplicationError::UnknownLeaderEpoch);
+        }
+        Ok(())
+    }
+
+    /// Leader only: the epoch check a consumer's `current_leader_epoch` asks for.
+    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<(), ReplicationError> {
+        let (_, term) = self.leader_and_term();
+        if !self.is_leader() {
+            // A fenced epoch is reported before "not the leader", as Kafka does.
+            if current_leader_epoch >= 0 && (current_leader_epoch as u64) < term {
+                return Err(ReplicationError::FencedLeaderEpoch);
+            }
+            return Err(ReplicationError::NotLeader);
+        }
+        self.check_epoch(current_leader_epoch, term)
+    }
+
+    /// Fetch on the leader: whole batches from `offset`, never past the high watermark.
+    pub fn fetch(
+        &self,
+        offset: i64,
+        bytes_max: usize,
+        current_leader_epoch: i32,
+    ) -> Result<FetchedPartition, ReplicationError> {
+        self.check_leader(current_leader_epoch)?;
+        let read = self
+            .log
+            .read(offset, bytes_max)
+            .map_err(BrokerError::from)?;
+        Ok(FetchedPartition {
+            records: read.records,
+            high_watermark: read.high_watermark,
+            log_start_offset: read.log_start_offset,
+            log_end_offset: read.log_end_offset,
+        })
+    }
+
+    /// OffsetForLeaderEpoch from the term history: `(epoch, end offset)`.
+    pub fn end_offset_for_epoch(
+        &self,
+        requested_epoch: i32,
+        current_leader_epoch: i32,
+    ) -> Result<(i32, i64), ReplicationError> {
+        self.check_leader(current_leader_epoch)?;
+        Ok(self.terms.end_offset_for_epoch(requested_epoch))
+    }
+
+    /// Proposes the producer's batches (one Raft entry each) on the leader and answers once
+    /// they are committed and applied, whatever `acks` (see the module docs).
+    pub async fn produce(
+        &self,
+        records: Bytes,
+        min_insync_replicas: usize,
+        timeout: Duration,
+    ) -> Result<ProduceOutcome, ReplicationError> {
+        let headers = validate_batches(&records).map_err(BrokerError::from)?;
+        if headers.is_empty() {
+            return Err(BrokerError::InvalidRecord(
+                "produce request without record batches".into(),
+            )
+            .into());
+        }
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader);
+        }
+        if min_insync_replicas > 1 && self.in_sync_replicas().len() < min_insync_replicas {
+            return Err(ReplicationError::NotEnoughReplicas);
+        }
+        let sequenced = headers
+            .iter()
+            .any(|h| h.producer_id >= 0 && h.base_sequence >= 0);
+        let write = async {
+            if !sequenced {
+                return self.propose_all(&records, &headers).await;
+            }
+            let _one_at_a_time = self.sequenced.lock().await;
+            self.wait_for_term_applied().await?;
+            self.track_committed_producers()?;
+            let mut duplicate = None;
+            {
+                let producers = self.producers.lock();
+                for header in &headers {
+                    if let SequenceCheck::Duplicate { offset_first } =
+                        producers.table.check(header)?
+                    {
+                        duplicate = Some(offset_first);
+                    }
+                }
+            }
+            match duplicate {
+                Some(offset_first) if headers.len() == 1 => return Ok(offset_first),
+                Some(_) => {
+                    return Err(BrokerError::InvalidRecord(
+                        "a retried idempotent batch must be sent alone".into(),
+                    )
+                    .into())
+                }
+                None => {}
+            }
+            let base_offset = self.propose_all(&records, &headers).await?;
+            self.track_committed_producers()?;
+            Ok(base_offset)
+        };
+        let base_offset = tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| ReplicationError::Timeout)??;
+        Ok(ProduceOutcome {
+            base_offset,
+            log_append_time_ms: -1,
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    /// A new leader's first entry of its term commits everything before it: once it is
+    /// applied, the committed producer state is complete.
+    async fn wait_for_term_applied(&self) -> Result<(), ReplicationError> {
+        let (_, term) = self.leader_and_term();
+        let mut progress = self.progress.clone();
+        let applied_in_term =
+            |p: &ApplyProgress| p.last_applied.is_some_and(|id| id.leader_id.term >= term);
+        tokio::time::timeout(TERM_APPLY_WAIT_MAX, progress.wait_for(applied_in_term))
+            .await
+            .map_err(|_| ReplicationError::Timeout)?
+            .map_err(|_| ReplicationError::NotLeader)?;
+        Ok(())
+    }
+
+    async fn propose_all(
+        &self,
+        records: &Bytes,
+        headers: &[BatchHeader],
+    ) -> Result<i64, ReplicationError> {
+        let mut base_offset = None;
+        let mut position = 0usize;
+        for header in headers {
+            let length = 12 + header.batch_length as usize;
+            let batch = records.slice(position..position + length);
+            position += length;
+            let entry = PartitionEntry::new(batch)
+                .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
+            let applied = match self.raft.client_write(entry).await {
+                Ok(response) => response.data,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ReplicationError::NotLeader)
+                }
+                Err(RaftError::APIError(e)) => return Err(ReplicationError::Raft(e.to_string())),
+                Err(RaftError::Fatal(e)) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "partition group stopped");
+                    return Err(ReplicationError::NotLeader);
+                }
+            };
+            base_offset.get_or_insert(applied.base_offset);
+        }
+        base_offset.ok_or_else(|| BrokerError::InvalidRecord("no batches".into()).into())
+    }
+}

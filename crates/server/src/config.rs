@@ -486,7 +486,7 @@ impl ServeArgs {
             broker,
             kafka,
             kafka_listen,
-            log_filter: self.log.unwrap_or_else(|| "info".into()),
+            log_filter: self.log.unwrap_or_else(|| "info,openraft=warn".into()),
         })
     }
 }

@@ -164,8 +164,23 @@ impl Replica {
 
     /// On the leader: itself and the voters that matched its log end within [`ISR_LAG_MAX`].
     pub fn in_sync_replicas(&self) -> Vec<NodeId> {
-        let tracker = self.in_sync.lock();
         let now = Instant::now();
+        let mut tracker = self.in_sync.lock();
+        {
+            // Followers that hold everything committed are in sync now (between samples, and
+            // right after an election, before the first sample).
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if let (Some(committed), Some(replication)) =
+                (metrics.last_applied, metrics.replication.as_ref())
+            {
+                for (&follower, matched) in replication {
+                    if matched.is_some_and(|m| m.index >= committed.index) {
+                        tracker.caught_up_at.insert(follower, now);
+                    }
+                }
+            }
+        }
         let mut isr: BTreeSet<NodeId> = tracker
             .caught_up_at
             .iter()
@@ -311,8 +326,12 @@ impl Replica {
         if !self.is_leader() {
             return Err(ReplicationError::NotLeader);
         }
-        if min_insync_replicas > 1 && self.in_sync_replicas().len() < min_insync_replicas {
-            return Err(ReplicationError::NotEnoughReplicas);
+        if min_insync_replicas > 1 {
+            // A new leader knows who is caught up once its first entry of the term commits.
+            self.wait_for_term_applied().await?;
+            if self.in_sync_replicas().len() < min_insync_replicas {
+                return Err(ReplicationError::NotEnoughReplicas);
+            }
         }
         let sequenced = headers
             .iter()

@@ -1,0 +1,296 @@
+//! Three in-process nodes on 127.0.0.1 (real TCP between them), each a `Broker` with its
+//! `ClusterBroker`: an RF=3 topic is created through the metadata group, acks=all produce on
+//! the Raft leader, NOT_LEADER on a follower, the leader is stopped and another takes over
+//! within seconds, every acknowledged batch is still there at the same offsets on every
+//! replica, and an idempotent retry sent to the new leader is not written twice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_broker::replication::{ClusterBroker, Replica, ReplicationError};
+use sluice_broker::{Broker, BrokerConfig, BrokerError};
+use sluice_cluster::node::{ClusterConfig, ClusterNode};
+use sluice_cluster::NodeId;
+use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder};
+use tokio::net::TcpListener;
+
+const TOPIC: &str = "replicated";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Node {
+    cluster: Arc<ClusterBroker>,
+    broker: Arc<Broker>,
+}
+
+struct Cluster {
+    addrs: Vec<(NodeId, SocketAddr)>,
+    nodes: BTreeMap<NodeId, Node>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let mut listeners = Vec::new();
+        for node_id in 1..=3 {
+            listeners.push((node_id, TcpListener::bind("127.0.0.1:0").await.unwrap()));
+        }
+        let addrs: Vec<_> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .collect();
+        let mut cluster = Cluster {
+            addrs,
+            nodes: BTreeMap::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for (node_id, listener) in listeners {
+            cluster.start_node(node_id, Some(listener)).await;
+        }
+        cluster
+    }
+
+    async fn start_node(&mut self, node_id: NodeId, listener: Option<TcpListener>) {
+        let data = self.dir.path().join(format!("node-{node_id}"));
+        let mut broker_config = BrokerConfig::new(data.clone());
+        broker_config.node_id = node_id as i32;
+        let broker = Broker::open(broker_config).unwrap();
+        let own = self.addrs.iter().find(|(id, _)| *id == node_id).unwrap().1;
+        let config = ClusterConfig::new(
+            node_id,
+            own,
+            self.addrs.clone(),
+            format!("127.0.0.1:{}", 29090 + node_id),
+            data,
+            Arc::new(RealDisk),
+        );
+        let node = match listener {
+            Some(listener) => ClusterNode::start_with_listener(config, listener).await,
+            None => ClusterNode::start(config).await,
+        }
+        .unwrap();
+        let cluster = ClusterBroker::start(node, Arc::clone(&broker), 3);
+        self.nodes.insert(node_id, Node { cluster, broker });
+    }
+
+    /// Stops a node: its groups, its transport (so peers see it gone) and its broker.
+    async fn stop(&mut self, node_id: NodeId) {
+        let node = self.nodes.remove(&node_id).unwrap();
+        node.cluster.shutdown().await;
+        node.broker.shutdown();
+    }
+
+    fn replica(&self, node_id: NodeId) -> Arc<Replica> {
+        let cluster = &self.nodes[&node_id].cluster;
+        cluster.replica_for(TOPIC, 0).unwrap()
+    }
+
+    /// Waits until every running node's replica agrees on one leader among the running nodes.
+    async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let views: Vec<Option<NodeId>> = self
+                .nodes
+                .values()
+                .map(|n| {
+                    n.cluster
+                        .replica_for(TOPIC, 0)
+                        .ok()
+                        .and_then(|r| r.leader_and_term().0)
+                })
+                .collect();
+            if let Some(Some(leader)) = views.first() {
+                if views.iter().all(|v| *v == Some(*leader))
+                    && self.nodes.contains_key(leader)
+                    && self.replica(*leader).is_leader()
+                {
+                    return *leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn batch(producer_id: i64, sequence: i32, values: &[&str]) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    for value in values {
+        builder.push(Record {
+            timestamp: 1_000,
+            value: Some(value.as_bytes().to_vec()),
+            ..Record::default()
+        });
+    }
+    if producer_id >= 0 {
+        builder.producer(producer_id, 0, sequence);
+    }
+    Bytes::from(builder.build())
+}
+
+/// The data batches (not Raft's control batches) of a replica's log below its high
+/// watermark: (base offset, first value).
+fn data_batches(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
+    let log = replica.log();
+    let read = log.read(log.log_start_offset(), 64 << 20).unwrap();
+    let mut out = Vec::new();
+    let headers = validate_batches(&read.records).unwrap();
+    let mut position = 0usize;
+    for header in headers {
+        let length = 12 + header.batch_length as usize;
+        let bytes = &read.records[position..position + length];
+        position += length;
+        if header.attributes & 0x20 != 0 {
+            continue;
+        }
+        let records = sluice_log::decode_records(bytes).unwrap();
+        out.push((header.base_offset, records[0].value.clone().unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_batches_survive_the_leader_and_retries_are_not_duplicated() {
+    let mut cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    // Brokers register in the background: wait until all three are known.
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 3 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // More replicas than brokers is refused, as Kafka does.
+    let too_many = first
+        .create_topic("too-many", 1, 4, BTreeMap::new(), false)
+        .await;
+    assert!(
+        matches!(
+            too_many,
+            Err(ReplicationError::Broker(
+                BrokerError::InvalidReplicationFactor(_)
+            ))
+        ),
+        "{too_many:?}"
+    );
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let topic = first.topic(TOPIC).unwrap();
+    assert_eq!(topic.assignments[0].len(), 3);
+
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let refused = cluster
+        .replica(follower)
+        .produce(batch(-1, -1, &["nope"]), 1, TIMEOUT)
+        .await;
+    assert!(
+        matches!(refused, Err(ReplicationError::NotLeader)),
+        "{refused:?}"
+    );
+
+    // Acknowledged writes: plain and idempotent (producer 7, sequences 0, 1, 2).
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let value = format!("plain-{i}");
+        let outcome = cluster
+            .replica(leader)
+            .produce(batch(-1, -1, &[&value]), 2, TIMEOUT)
+            .await
+            .unwrap();
+        acknowledged.push((outcome.base_offset, value.into_bytes()));
+    }
+    let mut idempotent = Vec::new();
+    for sequence in 0..3 {
+        let value = format!("idem-{sequence}");
+        let sent = batch(7, sequence, &[&value]);
+        let outcome = cluster
+            .replica(leader)
+            .produce(sent.clone(), 2, TIMEOUT)
+            .await
+            .unwrap();
+        acknowledged.push((outcome.base_offset, value.into_bytes()));
+        idempotent.push((sent, outcome.base_offset));
+    }
+    // A retry on the same leader is answered with the original offset.
+    let (last_sent, last_offset) = idempotent.last().cloned().unwrap();
+    let retried = cluster
+        .replica(leader)
+        .produce(last_sent.clone(), 1, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(retried.base_offset, last_offset);
+
+    // The leader goes away: another is elected within seconds.
+    let stopped_at = Instant::now();
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await;
+    let failover = stopped_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}"
+    );
+    println!("failover took {failover:?}");
+
+    // The producer retries its last batch on the new leader (its ack was "lost"): the new
+    // leader knows the sequence from the replicated log and answers with the original offset.
+    let retried = cluster
+        .replica(new_leader)
+        .produce(last_sent, 1, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(retried.base_offset, last_offset, "retry across failover");
+    // The next sequence is accepted, a gap is refused.
+    let next = cluster
+        .replica(new_leader)
+        .produce(batch(7, 3, &["idem-3"]), 1, TIMEOUT)
+        .await
+        .unwrap();
+    acknowledged.push((next.base_offset, b"idem-3".to_vec()));
+    let gap = cluster
+        .replica(new_leader)
+        .produce(batch(7, 9, &["gap"]), 1, TIMEOUT)
+        .await;
+    assert!(
+        matches!(
+            gap,
+            Err(ReplicationError::Broker(BrokerError::OutOfOrderSequence(_)))
+        ),
+        "{gap:?}"
+    );
+
+    // The stopped node comes back and catches up: every replica holds every acknowledged
+    // batch exactly once, at the offset it was acknowledged with.
+    cluster.start_node(leader, None).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let logs: Vec<Vec<(i64, Vec<u8>)>> = (1..=3)
+            .map(|n| {
+                cluster.nodes[&n]
+                    .cluster
+                    .replica_for(TOPIC, 0)
+                    .map(|r| data_batches(&r))
+                    .unwrap_or_default()
+            })
+            .collect();
+        if logs.iter().all(|l| l.len() == acknowledged.len()) {
+            for log in &logs {
+                assert_eq!(log, &acknowledged, "a replica's log differs from the acks");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {:?}",
+            logs.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for node_id in [1, 2, 3] {
+        cluster.stop(node_id).await;
+    }
+}

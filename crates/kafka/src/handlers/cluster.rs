@@ -651,3 +651,14 @@ pub async fn init_producer_id(
             .with_producer_epoch(-1),
     }
 }
+
+/// The node that coordinates every consumer group in a cluster: the metadata group's leader,
+/// so the coordinator moves when that node fails. Groups and committed offsets are kept by
+/// that node's local coordinator and are not replicated yet: after a move, the new
+/// coordinator knows only the offsets committed while it coordinated before.
+pub fn group_coordinator(
+    cluster: &Arc<ClusterBroker>,
+) -> Option<sluice_broker::replication::BrokerEndpoint> {
+    let leader = cluster.controller()?;
+    cluster.brokers().into_iter().find(|b| b.node_id == leader)
+}

@@ -70,11 +70,28 @@ pub async fn find_coordinator(
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let node_id = BrokerId(ctx.broker.node_id());
-    let host = str_bytes(ctx.config.advertised_host.clone());
-    let port = ctx.config.advertised_port;
-    // Every group and transaction is coordinated by this node.
-    let supported = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
+    let mut node_id = BrokerId(ctx.broker.node_id());
+    let mut host = str_bytes(ctx.config.advertised_host.clone());
+    let mut port = ctx.config.advertised_port;
+    // One node coordinates every group and transaction: this one, or in a cluster the
+    // metadata group's leader (see `handlers::cluster::group_coordinator`).
+    let mut supported = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
+    let mut refusal = ResponseError::InvalidRequest.code();
+    let mut refusal_message = format!("unknown key type {}", request.key_type);
+    if let (Some(cluster), true) = (&ctx.cluster, supported) {
+        match super::cluster::group_coordinator(cluster) {
+            Some(endpoint) => {
+                node_id = BrokerId(endpoint.node_id as i32);
+                host = str_bytes(endpoint.host);
+                port = endpoint.port;
+            }
+            None => {
+                supported = false;
+                refusal = ResponseError::CoordinatorNotAvailable.code();
+                refusal_message = "the cluster has no metadata leader yet".into();
+            }
+        }
+    }
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
@@ -89,11 +106,8 @@ pub async fn find_coordinator(
                 } else {
                     coordinator
                         .with_node_id(BrokerId(-1))
-                        .with_error_code(ResponseError::InvalidRequest.code())
-                        .with_error_message(Some(str_bytes(format!(
-                            "unknown key type {}",
-                            request.key_type
-                        ))))
+                        .with_error_code(refusal)
+                        .with_error_message(Some(str_bytes(refusal_message.clone())))
                 }
             })
             .collect();
@@ -101,13 +115,10 @@ pub async fn find_coordinator(
     }
     if !supported {
         let response = FindCoordinatorResponse::default()
-            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_error_code(refusal)
             .with_node_id(BrokerId(-1));
         return if version >= 1 {
-            response.with_error_message(Some(str_bytes(format!(
-                "unknown key type {}",
-                request.key_type
-            ))))
+            response.with_error_message(Some(str_bytes(refusal_message)))
         } else {
             response
         };
@@ -297,7 +308,12 @@ pub async fn offset_commit(
     let mut offsets = Vec::new();
     let mut positions = Vec::new();
     for (topic_index, topic) in request.topics.iter().enumerate() {
-        let partition_count = ctx.broker.topic(&topic.name).map(|t| t.partition_count());
+        let partition_count = match &ctx.cluster {
+            Some(cluster) => cluster
+                .topic(&topic.name)
+                .map(|t| t.assignments.len() as i32),
+            None => ctx.broker.topic(&topic.name).map(|t| t.partition_count()),
+        };
         let mut topic_errors = Vec::with_capacity(topic.partitions.len());
         for (partition_index, partition) in topic.partitions.iter().enumerate() {
             match partition_count {

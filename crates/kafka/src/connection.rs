@@ -835,6 +835,21 @@ mod tests {
             ApiKey::ListPartitionReassignments => {
                 RequestKind::ListPartitionReassignments(Default::default())
             }
+            ApiKey::OffsetForLeaderEpoch => {
+                use kafka_protocol::messages::offset_for_leader_epoch_request::{
+                    OffsetForLeaderPartition, OffsetForLeaderTopic,
+                };
+                RequestKind::OffsetForLeaderEpoch(
+                    OffsetForLeaderEpochRequest::default().with_topics(vec![
+                        OffsetForLeaderTopic::default()
+                            .with_topic(TopicName(StrBytes::from_static_str("sample")))
+                            .with_partitions(vec![OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(-1)
+                                .with_leader_epoch(0)]),
+                    ]),
+                )
+            }
             other => panic!("no sample request for {other:?}"),
         }
     }

@@ -508,3 +508,94 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["sluice", "serve"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Serve(args)) => args,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn cluster_flags_resolve_to_cluster_settings() {
+        let args = serve_args(&[
+            "--node-id",
+            "2",
+            "--cluster-listen",
+            "10.0.0.2:9093",
+            "--peers",
+            "1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093",
+            "--kafka-listen",
+            "10.0.0.2:9092",
+            "--default-replication-factor",
+            "3",
+        ]);
+        let config = args.resolve().unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.peers.len(), 3);
+        assert_eq!(cluster.kafka_advertised, "10.0.0.2:9092");
+        assert_eq!(cluster.default_replication_factor, 3);
+        assert_eq!(config.broker.node_id, 2);
+    }
+
+    #[test]
+    fn no_peers_is_one_node() {
+        let config = serve_args(&[]).resolve().unwrap();
+        assert!(config.cluster.is_none());
+        assert_eq!(config.broker.node_id, 0);
+    }
+
+    #[test]
+    fn a_peer_list_without_this_node_or_its_address_is_refused() {
+        let missing = serve_args(&[
+            "--node-id",
+            "4",
+            "--cluster-listen",
+            "10.0.0.4:9093",
+            "--peers",
+            "1@10.0.0.1:9093,2@10.0.0.2:9093",
+        ]);
+        assert!(missing.resolve().is_err());
+        let wrong_address = serve_args(&[
+            "--node-id",
+            "1",
+            "--cluster-listen",
+            "10.0.0.9:9093",
+            "--peers",
+            "1@10.0.0.1:9093,2@10.0.0.2:9093",
+        ]);
+        assert!(wrong_address.resolve().is_err());
+        let no_listen = serve_args(&["--node-id", "1", "--peers", "1@10.0.0.1:9093"]);
+        assert!(no_listen.resolve().is_err());
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_toml_file_too() {
+        let dir = tempfile_dir();
+        let path = dir.join("sluice.toml");
+        std::fs::write(
+            &path,
+            "node_id = 1\ncluster_listen = \"127.0.0.1:9093\"\npeers = \"1@127.0.0.1:9093\"\n\
+             default_replication_factor = 1\n",
+        )
+        .unwrap();
+        let config = serve_args(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(config.cluster.unwrap().node_id, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -221,8 +221,17 @@ impl ClusterBroker {
         if !self.broker.config().auto_create_topics || name.starts_with("__") {
             return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
         }
-        let brokers = self.node.metadata().borrow().brokers.len().max(1);
-        let replication_factor = usize::from(self.default_replication_factor).min(brokers) as i16;
+        let members = self
+            .node
+            .metadata_raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            .max(1);
+        let replication_factor = usize::from(self.default_replication_factor).min(members) as i16;
         match self
             .create_topic(name, -1, replication_factor, BTreeMap::new(), false)
             .await
@@ -266,10 +275,12 @@ impl ClusterBroker {
                 .into())
             }
         };
-        let metadata = self.metadata();
-        if metadata.topics.contains_key(name) {
+        if self.metadata().topics.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists(name.to_string()).into());
         }
+        self.wait_for_registrations(usize::from(replication_factor))
+            .await;
+        let metadata = self.metadata();
         let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
         if usize::from(replication_factor) > brokers.len() {
             return Err(BrokerError::InvalidReplicationFactor(format!(
@@ -305,6 +316,30 @@ impl ClusterBroker {
         .await?;
         self.wait_for_topic(name, partition_count, true).await;
         Ok(())
+    }
+
+    /// Right after a start, members of the cluster may not have registered their Kafka
+    /// address yet: wait (bounded) until `count` brokers are known, if the cluster has that
+    /// many members at all.
+    async fn wait_for_registrations(&self, count: usize) {
+        let members = self
+            .node
+            .metadata_raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if count > members {
+            return;
+        }
+        let mut metadata = self.node.metadata();
+        let _ = tokio::time::timeout(
+            ADMIN_WAIT_MAX,
+            metadata.wait_for(|m| m.brokers.len() >= count),
+        )
+        .await;
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ReplicationError> {

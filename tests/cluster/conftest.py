@@ -23,12 +23,20 @@ def require_netns():
     cleanup_stale()
 
 
-@pytest.fixture
-def require_cluster():
+def fail_unless_cluster_flags():
+    """Fails (never skips) the test if the binary lacks the cluster flags, saying which."""
+    reason = None
     try:
         require_cluster_flags()
     except (ClusterFlagsMissing, FileNotFoundError) as error:
-        pytest.fail(str(error), pytrace=False)
+        reason = str(error)
+    if reason:
+        pytest.fail(reason, pytrace=False)
+
+
+@pytest.fixture
+def require_cluster():
+    fail_unless_cluster_flags()
 
 
 @pytest.fixture
@@ -38,10 +46,7 @@ def netns_cluster(require_netns, tmp_path, request):
 
     def start(size: int, clustered: bool = False, extra_args=()) -> Cluster:
         if clustered:
-            try:
-                require_cluster_flags()
-            except ClusterFlagsMissing as error:
-                pytest.fail(str(error), pytrace=False)
+            fail_unless_cluster_flags()
         cluster = Cluster(size, tmp_path / f"cluster{len(made)}", clustered=clustered,
                           extra_args=extra_args)
         made.append(cluster)

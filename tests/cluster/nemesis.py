@@ -35,7 +35,7 @@ from librdkafka_client import read_all
 from .checker import CheckResult, check
 from .history import History, load
 from .leaders import NoLeaders, current_leaders, wait_for_leaders
-from .netns import REPO_ROOT, Cluster
+from .netns import REPO_ROOT, Cluster, ClusterFlagsMissing
 
 FAULTS = ("leader_kill", "follower_kill", "pause", "leader_cut_from_majority",
           "minority_partition", "node_restart", "combined")
@@ -324,6 +324,12 @@ class NemesisRun:
         self.config = config
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.out_dir = Path(config.out_dir or REPO_ROOT / "target" / "nemesis" / stamp)
+        if config.standalone and (config.nodes != 1
+                                  or set(config.fault_kinds) - set(STANDALONE_FAULTS)):
+            raise ValueError(f"a standalone run has one node and the faults "
+                             f"{', '.join(STANDALONE_FAULTS)} only")
+        # Before any output: a binary without the cluster flags fails here.
+        self.cluster = Cluster(config.nodes, self.out_dir, clustered=not config.standalone)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seed = config.seed if config.seed is not None else random.randrange(1 << 32)
         self.rng = random.Random(self.seed)
@@ -336,11 +342,6 @@ class NemesisRun:
             logger.addHandler(handler)
             logger.propagate = False
         self._client_log_handler = handler
-        if config.standalone and (config.nodes != 1
-                                  or set(config.fault_kinds) - set(STANDALONE_FAULTS)):
-            raise ValueError(f"a standalone run has one node and the faults "
-                             f"{', '.join(STANDALONE_FAULTS)} only")
-        self.cluster = Cluster(config.nodes, self.out_dir, clustered=not config.standalone)
         self.stop_producers = threading.Event()
         self.stop_consumers = threading.Event()
         self.client_errors: list[str] = []
@@ -542,10 +543,15 @@ def main(argv: list[str]) -> int:
     unknown = set(kinds) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault kinds {sorted(unknown)}")
-    outcome = run_nemesis(NemesisConfig(
-        nodes=args.nodes, faults=args.faults, partitions=args.partitions, hold_s=args.hold_s,
-        recovery_s=args.recovery_s, seed=args.seed, fault_kinds=kinds, out_dir=args.out,
-        standalone=args.standalone))
+    try:
+        run = NemesisRun(NemesisConfig(
+            nodes=args.nodes, faults=args.faults, partitions=args.partitions,
+            hold_s=args.hold_s, recovery_s=args.recovery_s, seed=args.seed, fault_kinds=kinds,
+            out_dir=args.out, standalone=args.standalone))
+    except ClusterFlagsMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    outcome = run.execute()
     print(outcome.summary())
     return 0 if outcome.ok else 1
 

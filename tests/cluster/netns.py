@@ -439,13 +439,29 @@ class Node:
         self.paused = False
 
     def pause(self):
-        """SIGSTOP: the process holds its sockets but answers nothing (a long GC pause)."""
+        """SIGSTOP: the process holds its sockets but answers nothing (a long GC pause).
+        Returns once the kernel reports it stopped (signal delivery is asynchronous)."""
         self.process.send_signal(signal.SIGSTOP)
         self.paused = True
+        self._wait_for_state(lambda state: state == "T", "stopped")
 
     def resume(self):
         self.process.send_signal(signal.SIGCONT)
         self.paused = False
+        self._wait_for_state(lambda state: state != "T", "running again")
+
+    def process_state(self) -> str:
+        """The state letter of /proc/PID/stat: R, S, D, T (stopped), Z, ..."""
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0]  # the command name may hold spaces
+
+    def _wait_for_state(self, wanted, description: str, timeout_s: float = 5):
+        deadline = time.monotonic() + timeout_s
+        while not wanted(self.process_state()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.node_id} (pid {self.pid}) not {description} "
+                                   f"within {timeout_s}s: state {self.process_state()}")
+            time.sleep(0.005)
 
     def terminate(self) -> int:
         """SIGTERM and wait for the clean shutdown; returns the exit code."""

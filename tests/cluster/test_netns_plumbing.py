@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,13 +117,13 @@ def test_pause_freezes_the_node_and_resume_brings_it_back(netns_cluster):
     node = cluster.node(1)
     node.pause()
     try:
-        state = Path(f"/proc/{node.pid}/stat").read_text().split()[2]
-        assert state == "T", f"paused process state {state}"
+        assert node.process_state() == "T"
         # The kernel still accepts the connection; the broker answers nothing.
         assert not serves(node.kafka_address, timeout_s=2)
         assert serves(cluster.node(2).kafka_address)
     finally:
         node.resume()
+    assert node.process_state() != "T"
     assert serves(node.kafka_address)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shutil
 import sys
 import threading
 import time
@@ -39,6 +40,9 @@ from .netns import REPO_ROOT, Cluster, ClusterFlagsMissing
 
 FAULTS = ("leader_kill", "follower_kill", "pause", "leader_cut_from_majority",
           "minority_partition", "node_restart", "combined")
+# Not a fault a correct cluster survives (a Raft voter must not forget what it acknowledged):
+# only for proving that the runner and checker catch lost acknowledged writes.
+SELF_TEST_FAULTS = ("data_loss",)
 STANDALONE_FAULTS = ("leader_kill", "pause", "node_restart")
 REPLICATION_FACTOR = 3
 
@@ -324,12 +328,18 @@ class NemesisRun:
         self.config = config
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.out_dir = Path(config.out_dir or REPO_ROOT / "target" / "nemesis" / stamp)
-        if config.standalone and (config.nodes != 1
-                                  or set(config.fault_kinds) - set(STANDALONE_FAULTS)):
-            raise ValueError(f"a standalone run has one node and the faults "
-                             f"{', '.join(STANDALONE_FAULTS)} only")
+        allowed = STANDALONE_FAULTS if config.standalone else FAULTS
+        if set(config.fault_kinds) - set(allowed + SELF_TEST_FAULTS) or (
+                config.standalone and config.nodes != 1):
+            kind = "standalone run (one node)" if config.standalone else "cluster run"
+            raise ValueError(f"fault kinds {config.fault_kinds}: a {kind} takes "
+                             f"{', '.join(allowed + SELF_TEST_FAULTS)}")
+        # A standalone node that lost its data re-creates the topic on the clients' first
+        # use: with the same partition count.
+        extra = ["--default-partitions", str(config.partitions)] if config.standalone else []
         # Before any output: a binary without the cluster flags fails here.
-        self.cluster = Cluster(config.nodes, self.out_dir, clustered=not config.standalone)
+        self.cluster = Cluster(config.nodes, self.out_dir, clustered=not config.standalone,
+                               extra_args=extra)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seed = config.seed if config.seed is not None else random.randrange(1 << 32)
         self.rng = random.Random(self.seed)
@@ -349,6 +359,9 @@ class NemesisRun:
         self.faults_done: list[str] = []
         self._processed_lock = threading.Lock()
         self._processed: set[tuple[int, int]] = set()
+        self._probe_producer: Producer | None = None
+        self._probe_seq = 0
+        self._probe_incarnation = -1
 
     def note_processed(self, partition: int, offset: int):
         with self._processed_lock:
@@ -380,6 +393,8 @@ class NemesisRun:
         finally:
             self.stop_producers.set()
             self.stop_consumers.set()
+            if self._probe_producer is not None:
+                self._probe_producer.flush(5)
             self.history.close()
             self.cluster.close()
             for logger in (self.client_log, logging.getLogger("kafka")):
@@ -419,13 +434,61 @@ class NemesisRun:
             time.sleep(self.config.settle_s)
 
     def _wait_recovered(self, after: str):
+        """After a heal the cluster must again agree on caught-up leaders and acknowledge an
+        acks=all produce to every partition, both within recovery_s."""
+        deadline = time.monotonic() + self.config.recovery_s
         try:
             wait_for_leaders(self.cluster, self.config.topic, self.config.partitions,
                              timeout_s=self.config.recovery_s)
+            for partition in range(self.config.partitions):
+                self._probe(partition, deadline, after)
         except NoLeaders as error:
             self.unavailable.append(f"{after}: {error}")
             self.history.record("unavailable", after=after, error=str(error)[:2000])
             self.log(f"NOT RECOVERED within {self.config.recovery_s}s after {after}")
+
+    def _probe(self, partition: int, deadline: float, after: str):
+        """One acks=all produce to the partition acknowledged before the deadline, recorded
+        like any other producer's; a producer that hits a fatal error is replaced."""
+        error = "no answer"
+        while time.monotonic() < deadline:
+            if self._probe_producer is None:
+                self._probe_incarnation += 1
+                self._probe_seq = 0
+                self._probe_producer = Producer({
+                    "bootstrap.servers": self.cluster.bootstrap, "acks": "all",
+                    "enable.idempotence": True, "linger.ms": 0,
+                    "message.timeout.ms": int(self.config.recovery_s * 1000),
+                    "logger": self.client_log})
+            name = f"probe.{self._probe_incarnation}"
+            seq, self._probe_seq = self._probe_seq, self._probe_seq + 1
+            value = f"{name}-{seq}"
+            outcome = []
+            self.history.record("send", producer=name, partition=partition, seq=seq,
+                                value=value)
+            try:
+                self._probe_producer.produce(
+                    self.config.topic, value=value.encode(), partition=partition,
+                    on_delivery=lambda err, msg, out=outcome: out.append((err, msg)))
+                while not outcome and time.monotonic() < deadline:
+                    self._probe_producer.poll(0.05)
+            except KafkaException as fatal:
+                self.history.record("client_error", client=name, error=str(fatal))
+                self._probe_producer = None
+                outcome.append((fatal, None))
+            if outcome and outcome[0][0] is None:
+                self.history.record("ack", producer=name, partition=partition, seq=seq,
+                                    value=value, offset=outcome[0][1].offset())
+                return
+            error = outcome[0][0] if outcome else "no answer"
+            # Not acknowledged: it may still be stored, so "fail" (indeterminate).
+            self.history.record("fail", producer=name, partition=partition, seq=seq,
+                                value=value, error=str(error))
+            if not outcome:
+                break
+            time.sleep(0.2)
+        raise NoLeaders(f"no acks=all produce to partition {partition} acknowledged within "
+                        f"{self.config.recovery_s}s of the heal after {after}: {error}")
 
     # ---- faults: each applies itself and returns the nodes it hit; heal() undoes all ----
 
@@ -476,6 +539,13 @@ class NemesisRun:
     def _fault_node_restart(self):
         victim = self.rng.choice(sorted(self.cluster.nodes))
         self.cluster.node(victim).restart(graceful=True)
+        return [victim]
+
+    def _fault_data_loss(self):
+        victim = self.rng.choice(sorted(self.cluster.nodes))
+        node = self.cluster.node(victim)
+        node.kill()
+        shutil.rmtree(node.data_dir)
         return [victim]
 
     def _fault_combined(self):
@@ -529,7 +599,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--recovery-s", type=float, default=45.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--kinds", default=",".join(FAULTS),
-                        help=f"comma-separated subset of {','.join(FAULTS)}")
+                        help=f"comma-separated subset of {','.join(FAULTS)}, or "
+                             f"{','.join(SELF_TEST_FAULTS)} to see the checker catch lost data")
     parser.add_argument("--out", type=Path, help="output dir [target/nemesis/<time>]")
     parser.add_argument("--standalone", action="store_true",
                         help="one standalone node (today's binary, no cluster flags) and the "
@@ -540,7 +611,7 @@ def main(argv: list[str]) -> int:
         if args.kinds == ",".join(FAULTS):
             args.kinds = ",".join(STANDALONE_FAULTS)
     kinds = tuple(k for k in args.kinds.split(",") if k)
-    unknown = set(kinds) - set(FAULTS)
+    unknown = set(kinds) - set(FAULTS + SELF_TEST_FAULTS)
     if unknown:
         parser.error(f"unknown fault kinds {sorted(unknown)}")
     try:

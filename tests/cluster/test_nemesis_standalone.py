@@ -27,7 +27,7 @@ def test_standalone_node_keeps_acknowledged_writes_across_kill_pause_restart(req
     assert counts["commit"] > 0 and counts["final"] >= counts["ack"]
     events = load(outcome.history_path)
     acked_by = {e["producer"].split(".")[0] for e in events if e["type"] == "ack"}
-    assert acked_by == {"confluent-0", "kafka-python-0"}
+    assert acked_by == {"confluent-0", "kafka-python-0", "probe"}
     read_by = {e["reader"] for e in events if e["type"] == "read"}
     assert read_by == {"reader-confluent", "reader-kafka-python"}
     assert [e["phase"] for e in events if e["type"] == "nemesis"] == ["start", "heal"] * 6
@@ -44,3 +44,17 @@ def test_failover_timer_measures_each_kill_of_a_standalone_node(netns_cluster):
     assert len(times.seconds) == 3 and times.leaders_killed == [1, 1, 1]
     assert all(0 < s < 30 for s in times.seconds)
     assert cluster.node(1).starts == 4
+
+
+@pytest.mark.timeout(180)
+def test_runner_catches_a_node_that_forgets_acknowledged_writes(require_netns, tmp_path):
+    # The self-test fault wipes the node's data dir under the clients: the history must fail,
+    # naming the lost acknowledged values and the offsets that changed value under readers.
+    outcome = run_nemesis(NemesisConfig(nodes=1, faults=1, standalone=True, seed=3,
+                                        fault_kinds=("data_loss",),
+                                        out_dir=tmp_path / "nemesis"))
+    print(outcome.summary())
+    assert not outcome.ok
+    failed = outcome.result.failed()
+    assert "acked_present_once" in failed and "no_divergent_reads" in failed, failed
+    assert "NEMESIS: FAIL" in (outcome.out_dir / "summary.txt").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import statistics
 import sys
 import time
@@ -20,7 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .leaders import wait_for_leaders
-from .netns import REPO_ROOT, Cluster
+from .netns import REPO_ROOT, Cluster, ClusterFlagsMissing
 
 TOPIC = "failover"
 PARTITIONS = 3
@@ -132,9 +133,16 @@ def main(argv: list[str]) -> int:
                         help="one standalone node restarted at once (today's binary): the "
                              "time is its crash recovery")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like ^C: nodes killed, namespaces removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     nodes = 1 if args.standalone else args.nodes
-    with Cluster(nodes, args.out / time.strftime("%Y%m%dT%H%M%S"),
-                 clustered=not args.standalone) as cluster:
+    try:
+        cluster = Cluster(nodes, args.out / time.strftime("%Y%m%dT%H%M%S"),
+                          clustered=not args.standalone)
+    except ClusterFlagsMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with cluster:
         times = measure(cluster, args.kills, restart_at_once=args.standalone)
     print(times.summary())
     return 0

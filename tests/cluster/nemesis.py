@@ -20,6 +20,7 @@ import argparse
 import logging
 import random
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -397,9 +398,9 @@ class NemesisRun:
                 self._probe_producer.flush(5)
             self.history.close()
             self.cluster.close()
-            for logger in (self.client_log, logging.getLogger("kafka")):
-                logger.removeHandler(self._client_log_handler)
-            self._client_log_handler.close()
+            # librdkafka clients of an interrupted run may outlive this: their logger keeps
+            # its file. The shared "kafka" logger must not write into a finished run's file.
+            logging.getLogger("kafka").removeHandler(self._client_log_handler)
         result = check(load(self.history.path))
         outcome = NemesisOutcome(result, self.history.path, self.out_dir, self.faults_done,
                                  self.unavailable, self.client_errors)
@@ -423,19 +424,28 @@ class NemesisRun:
                 rotation = list(self.config.fault_kinds)
                 self.rng.shuffle(rotation)
             kind = rotation.pop()
-            nodes = getattr(self, f"_fault_{kind}")()
+            try:
+                nodes = getattr(self, f"_fault_{kind}")()
+            except NoLeaders as error:
+                self.unavailable.append(f"before {kind}: {error}")
+                self.log(f"no leaders to aim {kind} at; stopping the faults")
+                return
             self.faults_done.append(kind)
             self.history.record("nemesis", phase="start", fault=kind, nodes=nodes)
             self.log(f"fault {index + 1}/{self.config.faults}: {kind} on nodes {nodes}")
             time.sleep(self.config.hold_s)
             self.cluster.heal()
             self.history.record("nemesis", phase="heal", fault=kind, nodes=nodes)
-            self._wait_recovered(f"{kind} on {nodes}")
+            if not self._wait_recovered(f"{kind} on {nodes}"):
+                # More faults would only pile up on an unavailable cluster: go to the final
+                # read, so the history is still checked.
+                self.log("the cluster did not recover; stopping the faults")
+                return
             time.sleep(self.config.settle_s)
 
-    def _wait_recovered(self, after: str):
+    def _wait_recovered(self, after: str) -> bool:
         """After a heal the cluster must again agree on caught-up leaders and acknowledge an
-        acks=all produce to every partition, both within recovery_s."""
+        acks=all produce to every partition, both within recovery_s; False if it did not."""
         deadline = time.monotonic() + self.config.recovery_s
         try:
             wait_for_leaders(self.cluster, self.config.topic, self.config.partitions,
@@ -446,6 +456,8 @@ class NemesisRun:
             self.unavailable.append(f"{after}: {error}")
             self.history.record("unavailable", after=after, error=str(error)[:2000])
             self.log(f"NOT RECOVERED within {self.config.recovery_s}s after {after}")
+            return False
+        return True
 
     def _probe(self, partition: int, deadline: float, after: str):
         """One acks=all produce to the partition acknowledged before the deadline, recorded
@@ -560,8 +572,15 @@ class NemesisRun:
     def _final_read_and_drain(self, consumers):
         bootstrap, topic, partitions = (self.cluster.bootstrap, self.config.topic,
                                         self.config.partitions)
-        records = read_all(bootstrap, topic, partitions, timeout_s=120,
-                           extra_config={"logger": self.client_log})
+        try:
+            records = read_all(bootstrap, topic, partitions, timeout_s=120,
+                               extra_config={"logger": self.client_log})
+        except (AssertionError, KafkaException) as error:
+            # No final_done: the checker fails final_read (and every acknowledgement).
+            self.unavailable.append(f"final read: {error}")
+            self.history.record("final_read_error", error=str(error)[:2000])
+            self.stop_consumers.set()
+            return
         end_offsets = {p: 0 for p in range(partitions)}
         for partition, offset, _key, value, _ts in records:
             self.history.record("final", partition=partition, offset=offset,
@@ -614,6 +633,8 @@ def main(argv: list[str]) -> int:
     unknown = set(kinds) - set(FAULTS + SELF_TEST_FAULTS)
     if unknown:
         parser.error(f"unknown fault kinds {sorted(unknown)}")
+    # SIGTERM unwinds like ^C: nodes killed, namespaces removed (atexit), history closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         run = NemesisRun(NemesisConfig(
             nodes=args.nodes, faults=args.faults, partitions=args.partitions,

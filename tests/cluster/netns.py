@@ -549,11 +549,16 @@ class Cluster:
     def heal(self):
         """Undoes network faults, resumes paused nodes and starts stopped ones."""
         self.network.heal()
+        stopped = []
         for node in self.nodes.values():
             if node.paused:
                 node.resume()
             if not node.running():
-                node.start()
+                # All at once: a clustered node may wait for a quorum before it listens.
+                node.start(wait=False)
+                stopped.append(node)
+        for node in stopped:
+            node.wait_until_listening()
 
     def close(self):
         for node in self.nodes.values():

@@ -139,6 +139,22 @@ def test_isolate_cuts_a_node_from_everyone_and_heal_restores_it(netns_cluster):
 
 
 @pytest.mark.timeout(120)
+def test_heal_restarts_killed_resumes_paused_and_reconnects_isolated_nodes(netns_cluster):
+    cluster = netns_cluster(3)
+    cluster.node(1).kill()
+    cluster.node(2).pause()
+    cluster.network.isolate(3)
+    cluster.network.cut(1, 2)
+    assert not any(serves(n.kafka_address, timeout_s=1) for n in cluster.nodes.values())
+    cluster.heal()
+    assert all(n.running() and not n.paused for n in cluster.nodes.values())
+    assert cluster.node(1).starts == 2 and cluster.node(2).starts == 1
+    assert all(serves(n.kafka_address) for n in cluster.nodes.values())
+    assert cluster.network.blocked_pairs() == []
+    assert reachability(cluster) == {1: {2, 3}, 2: {1, 3}, 3: {1, 2}}
+
+
+@pytest.mark.timeout(120)
 def test_cut_drops_only_that_pair_and_clients_still_reach_both(netns_cluster):
     cluster = netns_cluster(3)
     # "Leader cut from the majority": node 1 loses 2 and 3 but still hears its clients.

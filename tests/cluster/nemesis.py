@@ -128,6 +128,9 @@ class ConfluentProducer(Worker):
             def on_error(err, fatal=fatal, name=name):
                 history.record("client_error", client=name, error=str(err))
                 if err.fatal():
+                    # E.g. OUT_OF_ORDER_SEQUENCE_NUMBER: the cluster lost acknowledged
+                    # batches or the producer's sequence state. A finding, not a nuisance.
+                    run.client_errors.append(f"{name}: fatal idempotent producer error {err}")
                     fatal.set()
 
             producer = Producer({
@@ -141,9 +144,14 @@ class ConfluentProducer(Worker):
                 partition = seq % run.config.partitions
                 value = f"{name}-{seq}"
                 history.record("send", producer=name, partition=partition, seq=seq, value=value)
-                self._produce(producer, name, partition, seq, value)
+                try:
+                    self._produce(producer, name, partition, seq, value)
+                    producer.poll(0)
+                except KafkaException as error:  # raised once the producer is in fatal state
+                    history.record("fail", producer=name, partition=partition, seq=seq,
+                                   value=value, error=str(error))
+                    fatal.set()
                 seq += 1
-                producer.poll(0)
                 time.sleep(run.config.produce_interval_s)
             left = producer.flush(60)
             if left:

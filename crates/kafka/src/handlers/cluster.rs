@@ -178,7 +178,7 @@ fn produce_error(
 }
 
 pub async fn metadata(
-    _ctx: &RequestContext,
+    ctx: &RequestContext,
     cluster: &Arc<ClusterBroker>,
     version: i16,
     request: MetadataRequest,
@@ -233,8 +233,24 @@ pub async fn metadata(
             }
         }
     }
-    let brokers = cluster
-        .brokers()
+    let mut known = cluster.brokers();
+    // Until this node's registration is applied, it still names itself, so clients always
+    // have a broker to talk to.
+    if !known.iter().any(|b| b.node_id == cluster.node_id()) {
+        known.push(sluice_broker::replication::BrokerEndpoint {
+            node_id: cluster.node_id(),
+            host: ctx.config.advertised_host.clone(),
+            port: ctx.config.advertised_port,
+        });
+    }
+    // Any node takes admin requests (it forwards them to the metadata leader), so while no
+    // leader is known (or it has not registered yet) this node names itself: clients such as
+    // librdkafka hold admin requests while the controller is unknown.
+    let controller = cluster
+        .controller()
+        .filter(|leader| known.iter().any(|b| b.node_id == *leader))
+        .unwrap_or_else(|| cluster.node_id());
+    let brokers = known
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -243,7 +259,7 @@ pub async fn metadata(
                 .with_port(b.port)
         })
         .collect();
-    let controller = cluster.controller().map_or(-1, |id| id as i32);
+    let controller = controller as i32;
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(cluster_id(cluster))))

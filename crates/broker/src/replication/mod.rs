@@ -610,7 +610,7 @@ impl ClusterBroker {
                 partition::open(storage, &dir, log_config).map(|opened| (fresh, opened))
             })
         };
-        let (fresh, (log_store, state_machine, log)) = opening
+        let (fresh, (log_store, state_machine, _log)) = opening
             .await
             .map_err(|e| ReplicationError::Raft(format!("opening task: {e}")))?
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
@@ -662,9 +662,7 @@ impl ClusterBroker {
             partition,
             self.node_id(),
             raft,
-            log,
             terms,
-            progress.clone(),
         ));
         // Wake long-polling fetchers whenever the high watermark moves.
         let data_ready = Arc::clone(self.broker.data_ready());

@@ -80,10 +80,10 @@ impl Replica {
         index: i32,
         node_id: NodeId,
         raft: Raft<PartitionRaft>,
-        log: Arc<PartitionLog>,
         terms: raft_partition::PartitionView,
-        progress: watch::Receiver<ApplyProgress>,
     ) -> Replica {
+        let log = Arc::clone(terms.log());
+        let progress = terms.progress();
         let offset_tracked = log.log_start_offset();
         Replica {
             topic,

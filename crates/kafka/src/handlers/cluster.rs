@@ -67,7 +67,7 @@ pub async fn produce(
     version: i16,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
-    if !matches!(request.acks, 0 | 1 | -1) {
+    if !(-1..=1).contains(&request.acks) {
         let responses = request
             .topic_data
             .into_iter()

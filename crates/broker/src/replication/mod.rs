@@ -537,23 +537,53 @@ impl ClusterBroker {
         let mut stopped = self.stopped.subscribe();
         let mut tick = tokio::time::interval(replica::ISR_SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let retention_interval =
+            Duration::from_millis(self.broker.config().retention_check_interval_ms.max(100));
+        let mut retention_checked = tokio::time::Instant::now();
         loop {
             let current = metadata.borrow_and_update().clone();
             self.reconcile(&current).await;
             self.reconciled.notify_waiters();
+            let mut retention_due = None;
             tokio::select! {
                 changed = metadata.changed() => if changed.is_err() { return },
                 _ = stopped.wait_for(|s| *s) => return,
                 _ = tick.tick() => {
                     let replicas: Vec<Arc<Replica>> = self.replicas.read().values().cloned().collect();
-                    for replica in replicas {
+                    for replica in &replicas {
                         replica.sample_in_sync();
                         if let Err(error) = replica.track_committed_producers() {
                             tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "reading producer state");
                         }
                     }
+                    if retention_checked.elapsed() >= retention_interval {
+                        retention_checked = tokio::time::Instant::now();
+                        retention_due = Some(replicas);
+                    }
                 }
             }
+            if let Some(replicas) = retention_due {
+                Self::enforce_retention(replicas).await;
+            }
+        }
+    }
+
+    /// Retention on every replica, as on one node: the log's retention floor (the first
+    /// entry Raft still needs) keeps it from deleting what followers may be sent.
+    async fn enforce_retention(replicas: Vec<Arc<Replica>>) {
+        let deleted = tokio::task::spawn_blocking(move || {
+            let now = crate::now_ms();
+            for replica in replicas {
+                match replica.log().enforce_retention(now) {
+                    Ok(0) => {}
+                    Ok(segments) => tracing::info!(topic = replica.topic(), partition = replica.index(), segments, "retention deleted segments"),
+                    Err(error) => tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "retention"),
+                }
+            }
+        })
+        .await;
+        if let Err(error) = deleted {
+            tracing::warn!(%error, "retention task");
         }
     }
 

@@ -236,6 +236,45 @@ async fn acknowledged_batches_survive_the_leader_and_retries_are_not_duplicated(
     );
     println!("failover took {failover:?}");
 
+    // Two of three voters are left: min.insync.replicas=3 refuses, 2 accepts (below).
+    let refused = cluster
+        .replica(new_leader)
+        .produce(batch(-1, -1, &["needs-three"]), 3, TIMEOUT)
+        .await;
+    assert!(
+        matches!(refused, Err(ReplicationError::NotEnoughReplicas)),
+        "{refused:?}"
+    );
+    // OffsetForLeaderEpoch (KIP-320): the old leader's term ends where the new term starts,
+    // at or after every batch acknowledged under it; a stale current epoch is fenced.
+    let (old_term, new_term) = {
+        let replica = cluster.replica(new_leader);
+        let new_term = replica.leader_and_term().1 as i32;
+        let old_term = cluster.nodes[&new_leader]
+            .cluster
+            .replica_for(TOPIC, 0)
+            .unwrap()
+            .log()
+            .read(acknowledged.last().unwrap().0, 1 << 20)
+            .map(|r| validate_batches(&r.records).unwrap()[0].partition_leader_epoch)
+            .unwrap();
+        (old_term, new_term)
+    };
+    assert!(old_term < new_term, "{old_term} < {new_term}");
+    let (epoch, end_offset) = cluster
+        .replica(new_leader)
+        .end_offset_for_epoch(old_term, new_term)
+        .unwrap();
+    assert_eq!(epoch, old_term);
+    assert!(end_offset > acknowledged.last().unwrap().0, "{end_offset}");
+    let fenced = cluster
+        .replica(new_leader)
+        .end_offset_for_epoch(old_term, old_term);
+    assert!(
+        matches!(fenced, Err(ReplicationError::FencedLeaderEpoch)),
+        "{fenced:?}"
+    );
+
     // The producer retries its last batch on the new leader (its ack was "lost"): the new
     // leader knows the sequence from the replicated log and answers with the original offset.
     let retried = cluster

@@ -157,3 +157,51 @@ def test_cluster_survives_a_leader_kill_without_losing_acknowledged_records(brok
     assert not duplicates, f"records written twice: {duplicates[:5]}"
     moved = {v: (acknowledged[v], seen[v]) for v in acknowledged if acknowledged[v] != seen[v]}
     assert not moved, f"records not at their acknowledged offsets: {list(moved.items())[:5]}"
+
+
+def test_topic_configs_and_offsets_for_leader_epoch_through_the_cluster(broker_factory):
+    from confluent_kafka.admin import ConfigResource
+
+    nodes = start_cluster(broker_factory)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3, config={"retention.ms": "3600000"})])[
+        TOPIC].result(timeout=30)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, TOPIC, set_config={
+        "retention.ms": "7200000", "min.insync.replicas": "2"})
+    admin.alter_configs([resource])[resource].result(timeout=30)
+    # Every node answers from the metadata group.
+    deadline = time.monotonic() + 10
+    for node in nodes:
+        while True:
+            described = AdminClient({"bootstrap.servers": node.bootstrap}).describe_configs(
+                [ConfigResource(ConfigResource.Type.TOPIC, TOPIC)])
+            configs = list(described.values())[0].result(timeout=10)
+            if configs["retention.ms"].value == "7200000" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert configs["retention.ms"].value == "7200000"
+        assert configs["min.insync.replicas"].value == "2"
+    wait_for_agreement(nodes, HEAL_TIMEOUT_S)
+    # A consumer validating its position after a leader change asks OffsetForLeaderEpoch;
+    # librdkafka does that on every assign with a known epoch, so a full read proves the API
+    # answers.
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+    for i in range(30):
+        producer.produce(TOPIC, value=f"v{i}".encode(), partition=i % PARTITIONS)
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "epochs",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 30 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                got.append(message.value())
+                assert message.leader_epoch() is not None and message.leader_epoch() >= 1
+        assert len(got) == 30
+    finally:
+        consumer.close()

@@ -39,6 +39,7 @@ use tokio::sync::{watch, Notify};
 pub use replica::{PartitionView, Replica, ISR_LAG_MAX};
 
 use crate::topic::{validate_topic_name, TopicConfig};
+use crate::ConfigEntry;
 use crate::{Broker, BrokerError};
 
 /// Producer ids each node takes from the metadata group at a time.
@@ -398,6 +399,35 @@ impl ClusterBroker {
         Ok(())
     }
 
+    /// DescribeConfigs of a topic: its overrides over the broker's defaults.
+    pub fn describe_topic_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
+        let defaults = &self.broker.config().log_defaults;
+        Ok(TopicConfig::new(topic.configs, defaults)?.describe(defaults))
+    }
+
+    /// AlterConfigs: the topic's overrides become exactly `configs`.
+    pub async fn replace_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), ReplicationError> {
+        let Some(topic) = self.topic(name) else {
+            return Err(BrokerError::UnknownTopicOrPartition(name.to_string()).into());
+        };
+        let delete = topic
+            .configs
+            .keys()
+            .filter(|key| !configs.contains_key(*key))
+            .cloned()
+            .collect();
+        self.alter_topic_configs(name, configs, delete, validate_only)
+            .await
+    }
+
     /// Changes a topic's configs through the metadata group.
     pub async fn alter_topic_configs(
         &self,
@@ -608,7 +638,20 @@ impl ClusterBroker {
             self.remove_replica(topic_id, partition).await;
         }
         for ((topic_id, partition), (topic, replicas)) in wanted {
-            if self.replicas.read().contains_key(&(topic_id, partition)) {
+            if let Some(replica) = self.replica(topic_id, partition) {
+                // Config changes (AlterConfigs) reach the open replicas' logs.
+                let defaults = &self.broker.config().log_defaults;
+                match TopicConfig::new(topic.configs.clone(), defaults)
+                    .and_then(|c| c.log_config(defaults))
+                {
+                    Ok(config) if config != replica.log().config() => {
+                        replica.log().set_config(config)
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(topic = %topic.name, %error, "invalid topic configs")
+                    }
+                }
                 continue;
             }
             if let Err(error) = self

@@ -18,6 +18,7 @@ use sluice_broker::{BrokerError, ConfigChange, ConfigEntry, ConfigSource, Config
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
+use sluice_broker::replication::ReplicationError;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -40,9 +41,14 @@ pub async fn describe_configs(
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let entries = match resource.resource_type {
-                RESOURCE_TOPIC => ctx
-                    .broker
-                    .describe_topic_configs(resource.resource_name.as_str()),
+                RESOURCE_TOPIC => match &ctx.cluster {
+                    Some(cluster) => {
+                        cluster.describe_topic_configs(resource.resource_name.as_str())
+                    }
+                    None => ctx
+                        .broker
+                        .describe_topic_configs(resource.resource_name.as_str()),
+                },
                 RESOURCE_BROKER => {
                     let own_name = ctx.broker.node_id().to_string();
                     if resource.resource_name.is_empty()
@@ -230,6 +236,22 @@ fn alter_result(
     }
 }
 
+fn cluster_alter_result(
+    resource_type: i8,
+    resource_name: StrBytes,
+    outcome: Result<(), ReplicationError>,
+) -> AlterConfigsResourceResponse {
+    let response = AlterConfigsResourceResponse::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(resource_name);
+    match outcome {
+        Ok(()) => response,
+        Err(error) => response
+            .with_error_code(super::cluster::replication_error_code(&error))
+            .with_error_message(Some(StrBytes::from_string(error.to_string()))),
+    }
+}
+
 fn only_topics(resource_type: i8) -> Result<(), BrokerError> {
     if resource_type == RESOURCE_TOPIC {
         Ok(())
@@ -245,6 +267,34 @@ pub async fn alter_configs(
     _version: i16,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
+    if let Some(cluster) = &ctx.cluster {
+        let mut responses = Vec::with_capacity(request.resources.len());
+        for resource in request.resources {
+            let configs: BTreeMap<String, String> = resource
+                .configs
+                .iter()
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .collect();
+            let outcome = match only_topics(resource.resource_type) {
+                Err(error) => Err(error.into()),
+                Ok(()) => {
+                    cluster
+                        .replace_topic_configs(
+                            resource.resource_name.as_str(),
+                            configs,
+                            request.validate_only,
+                        )
+                        .await
+                }
+            };
+            responses.push(cluster_alter_result(
+                resource.resource_type,
+                resource.resource_name,
+                outcome,
+            ));
+        }
+        return AlterConfigsResponse::default().with_responses(responses);
+    }
     let responses = request
         .resources
         .into_iter()
@@ -276,6 +326,53 @@ pub async fn incremental_alter_configs(
     _version: i16,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
+    if let Some(cluster) = &ctx.cluster {
+        let mut responses = Vec::with_capacity(request.resources.len());
+        for resource in request.resources {
+            let mut set = BTreeMap::new();
+            let mut delete = Vec::new();
+            let mut refused = None;
+            for c in &resource.configs {
+                match (c.config_operation, &c.value) {
+                    (OPERATION_SET, Some(value)) => {
+                        set.insert(c.name.to_string(), value.to_string());
+                    }
+                    (OPERATION_DELETE, _) => delete.push(c.name.to_string()),
+                    (operation, _) => {
+                        refused = Some(BrokerError::InvalidConfig(format!(
+                            "operation {operation} on '{}' is not supported (only SET and DELETE)",
+                            c.name.as_str()
+                        )))
+                    }
+                }
+            }
+            let checked = only_topics(resource.resource_type)
+                .and_then(|()| refused.map_or(Ok(()), Err));
+            let outcome = match checked {
+                Err(error) => Err(error.into()),
+                Ok(()) => {
+                    cluster
+                        .alter_topic_configs(
+                            resource.resource_name.as_str(),
+                            set,
+                            delete,
+                            request.validate_only,
+                        )
+                        .await
+                }
+            };
+            let response =
+                cluster_alter_result(resource.resource_type, resource.resource_name, outcome);
+            responses.push(
+                incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                    .with_error_code(response.error_code)
+                    .with_error_message(response.error_message)
+                    .with_resource_type(response.resource_type)
+                    .with_resource_name(response.resource_name),
+            );
+        }
+        return IncrementalAlterConfigsResponse::default().with_responses(responses);
+    }
     let responses = request
         .resources
         .into_iter()

@@ -173,8 +173,9 @@ def test_topic_configs_and_offsets_for_leader_epoch_through_the_cluster(broker_f
     # Every node answers from the metadata group.
     deadline = time.monotonic() + 10
     for node in nodes:
+        node_admin = AdminClient({"bootstrap.servers": node.bootstrap})
         while True:
-            described = AdminClient({"bootstrap.servers": node.bootstrap}).describe_configs(
+            described = node_admin.describe_configs(
                 [ConfigResource(ConfigResource.Type.TOPIC, TOPIC)])
             configs = list(described.values())[0].result(timeout=10)
             if configs["retention.ms"].value == "7200000" or time.monotonic() > deadline:

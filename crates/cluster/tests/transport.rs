@@ -45,7 +45,7 @@ async fn transport(node_id: NodeId, listen: SocketAddr) -> Transport {
     let mut config = TransportConfig::new(node_id);
     config.request_timeout = Duration::from_millis(500);
     config.frame_bytes_max = 64 * 1024;
-    Transport::start(config, listener).unwrap()
+    Transport::start(config, listener, &[]).unwrap()
 }
 
 async fn connected_pair() -> (Transport, Transport) {

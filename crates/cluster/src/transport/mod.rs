@@ -165,19 +165,29 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts serving; peers are added with [`Transport::add_peer`].
-    pub async fn bind(config: TransportConfig, listen: SocketAddr) -> Result<Self, TransportError> {
+    /// Binds `listen` and starts serving `peers` (more with [`Transport::add_peer`]).
+    pub async fn bind(
+        config: TransportConfig,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<Self, TransportError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| TransportError::Bind {
                 addr: listen,
                 source,
             })?;
-        Self::start(config, listener)
+        Self::start(config, listener, peers)
     }
 
     /// Starts serving on an already bound listener (tests bind port 0 first to learn it).
-    pub fn start(config: TransportConfig, listener: TcpListener) -> Result<Self, TransportError> {
+    /// `peers` are known before the first connection is accepted, so a peer that dials early
+    /// is not turned away.
+    pub fn start(
+        config: TransportConfig,
+        listener: TcpListener,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<Self, TransportError> {
         let local_addr = listener.local_addr().map_err(TransportError::LocalAddr)?;
         let inner = Arc::new(TransportInner {
             config,
@@ -188,9 +198,13 @@ impl Transport {
             shutdown: CancellationToken::new(),
             accept_task: Mutex::new(None),
         });
-        let accept_task = tokio::spawn(accept_loop(inner.clone(), listener));
-        *inner.accept_task.lock() = Some(accept_task);
-        Ok(Self { inner })
+        let transport = Self { inner };
+        for &(peer_id, addr) in peers {
+            transport.add_peer(peer_id, addr);
+        }
+        let accept_task = tokio::spawn(accept_loop(transport.inner.clone(), listener));
+        *transport.inner.accept_task.lock() = Some(accept_task);
+        Ok(transport)
     }
 
     pub fn node_id(&self) -> NodeId {

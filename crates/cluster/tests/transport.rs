@@ -308,3 +308,17 @@ async fn concurrent_calls_share_writes() {
     assert_eq!(frames, 500);
     assert!(writes * 5 <= frames, "{frames} frames took {writes} writes");
 }
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_before_it_is_sent() {
+    let (one, _two) = connected_pair().await;
+    let body = Bytes::from(vec![0u8; 128 * 1024]); // the test transports allow 64 KiB
+    let result = one
+        .call(2, partition(1), RpcKind::AppendEntries, body, None)
+        .await;
+    assert!(
+        matches!(result, Err(CallError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(one.stats().frames_sent, 0);
+}

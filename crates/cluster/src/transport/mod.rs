@@ -120,6 +120,16 @@ pub enum CallError {
     },
     #[error("could not encode or decode: {0}")]
     Codec(String),
+    /// The request does not fit in a frame (Raft should send fewer entries).
+    #[error("request of {size} bytes exceeds the {limit}-byte frame limit")]
+    TooLarge { size: usize, limit: usize },
+}
+
+fn encode_error(error: frame::FrameError) -> CallError {
+    match error {
+        frame::FrameError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        other => CallError::Codec(other.to_string()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +321,7 @@ impl Transport {
             },
             self.inner.config.frame_bytes_max,
         )
-        .map_err(|e| CallError::Codec(e.to_string()))?;
+        .map_err(encode_error)?;
         let (reply_tx, reply_rx) = oneshot::channel();
         link.pending.lock().insert(request_id, reply_tx);
         if link.queue_tx.try_send(frame).is_err() {
@@ -345,8 +355,7 @@ impl Transport {
         Resp: DeserializeOwned,
     {
         let limit = self.inner.config.frame_bytes_max;
-        let body =
-            frame::encode_body(request, limit).map_err(|e| CallError::Codec(e.to_string()))?;
+        let body = frame::encode_body(request, limit).map_err(encode_error)?;
         let response = self.call(target, group, kind, body, timeout).await?;
         frame::decode_body(&response, limit).map_err(|e| CallError::Codec(e.to_string()))
     }
@@ -597,9 +606,15 @@ async fn read_frames(
     while let Some(next) = reader.next().await {
         let payload = match next {
             Ok(payload) => payload,
-            Err(e) => {
+            // The codec reports an oversized length as InvalidData; anything else is the
+            // connection failing, not the peer misbehaving.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::warn!(peer = link.peer_id, error = %e, "cluster transport: bad frame, closing");
                 inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: connection lost");
                 break;
             }
         };

@@ -22,10 +22,12 @@ async fn main() {
     let groups = arg(1, 1000) as usize;
     let heartbeat_ms = arg(2, 100);
     let seconds = arg(3, 5);
+    // Heartbeats set the traffic measured; generous election timeouts keep a loaded machine
+    // from turning the idle cluster into an election storm.
     let timings = RaftTimings {
         heartbeat_interval: Duration::from_millis(heartbeat_ms),
-        election_timeout_min: Duration::from_millis(heartbeat_ms * 2),
-        election_timeout_max: Duration::from_millis(heartbeat_ms * 3),
+        election_timeout_min: Duration::from_millis((heartbeat_ms * 10).max(1000)),
+        election_timeout_max: Duration::from_millis((heartbeat_ms * 20).max(2000)),
     };
     println!("{groups} groups x 3 nodes, heartbeat {heartbeat_ms} ms, {seconds} s windows");
     for coalesce in [true, false] {

@@ -7,6 +7,10 @@
 //! - One multiplexed connection per node pair carries the traffic of every group.
 //!
 //! Nothing here knows Kafka or AMQP: the broker drives it.
+//!
+//! Modules: [`transport`] (the multiplexed connections and openraft's network on top),
+//! [`metadata`] (the metadata group's type config, commands, state machine and storage),
+//! [`node`] ([`node::ClusterNode`]: a running node) and [`peers`] (`--peers` parsing).
 
 pub mod partition;
 

@@ -73,7 +73,7 @@ impl RaftTimings {
     pub fn raft_config(
         &self,
         cluster_name: &str,
-    ) -> Result<openraft::Config, openraft::ConfigError> {
+    ) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         openraft::Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
@@ -82,6 +82,7 @@ impl RaftTimings {
             ..Default::default()
         }
         .validate()
+        .map_err(Box::new)
     }
 }
 
@@ -136,7 +137,7 @@ pub enum ClusterError {
     #[error(transparent)]
     MetadataStore(#[from] MetadataStoreError),
     #[error("invalid Raft timings: {0}")]
-    RaftConfig(#[from] openraft::ConfigError),
+    RaftConfig(#[from] Box<openraft::ConfigError>),
     #[error("Raft stopped: {0}")]
     Raft(String),
     #[error("group {0:?} is already running on this node")]
@@ -243,10 +244,8 @@ impl ClusterNode {
                 ..transport_config
             },
             listener,
+            &config.peers,
         )?;
-        for &(peer_id, addr) in &config.peers {
-            transport.add_peer(peer_id, addr);
-        }
         let address = NodeAddress {
             cluster_addr: transport.local_addr().to_string(),
             kafka_addr: config.kafka_addr.clone(),

@@ -55,13 +55,17 @@ fn open(
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_real_disk() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(RealDiskBuilder)
+fn openraft_storage_suite_passes_on_real_disk() {
+    if let Err(e) = Suite::test_all(RealDiskBuilder) {
+        panic!("storage suite failed: {e}");
+    }
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_sim_disk() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(SimDiskBuilder)
+fn openraft_storage_suite_passes_on_sim_disk() {
+    if let Err(e) = Suite::test_all(SimDiskBuilder) {
+        panic!("storage suite failed: {e}");
+    }
 }
 
 fn entry(term: u64, index: u64, command: MetadataCommand) -> Entry<MetadataRaft> {

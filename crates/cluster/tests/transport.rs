@@ -45,7 +45,7 @@ async fn transport(node_id: NodeId, listen: SocketAddr) -> Transport {
     let mut config = TransportConfig::new(node_id);
     config.request_timeout = Duration::from_millis(500);
     config.frame_bytes_max = 64 * 1024;
-    Transport::start(config, listener).unwrap()
+    Transport::start(config, listener, &[]).unwrap()
 }
 
 async fn connected_pair() -> (Transport, Transport) {
@@ -307,4 +307,18 @@ async fn concurrent_calls_share_writes() {
     let writes = after.writes - before.writes;
     assert_eq!(frames, 500);
     assert!(writes * 5 <= frames, "{frames} frames took {writes} writes");
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_before_it_is_sent() {
+    let (one, _two) = connected_pair().await;
+    let body = Bytes::from(vec![0u8; 128 * 1024]); // the test transports allow 64 KiB
+    let result = one
+        .call(2, partition(1), RpcKind::AppendEntries, body, None)
+        .await;
+    assert!(
+        matches!(result, Err(CallError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(one.stats().frames_sent, 0);
 }

@@ -97,7 +97,7 @@ use sluice_log::{
 };
 use tokio::sync::watch;
 
-pub use log_store::PartitionLogStore;
+pub use log_store::{PartitionLogReader, PartitionLogStore};
 pub use state_machine::{PartitionSnapshotBuilder, PartitionStateMachine};
 pub use term_history::TermHistory;
 

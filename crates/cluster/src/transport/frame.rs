@@ -81,7 +81,15 @@ pub fn encode_body<T: Serialize + ?Sized>(
     wire_options(limit_bytes)
         .serialize(value)
         .map(Bytes::from)
-        .map_err(|e| FrameError::Encode(e.to_string()))
+        .map_err(|e| match *e {
+            bincode::ErrorKind::SizeLimit => FrameError::TooLarge {
+                size: bincode::DefaultOptions::new()
+                    .serialized_size(value)
+                    .map_or(usize::MAX, |n| n as usize),
+                limit: limit_bytes,
+            },
+            other => FrameError::Encode(other.to_string()),
+        })
 }
 
 pub fn decode_body<T: DeserializeOwned>(body: &[u8], limit_bytes: usize) -> Result<T, FrameError> {

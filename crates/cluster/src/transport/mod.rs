@@ -120,6 +120,16 @@ pub enum CallError {
     },
     #[error("could not encode or decode: {0}")]
     Codec(String),
+    /// The request does not fit in a frame (Raft should send fewer entries).
+    #[error("request of {size} bytes exceeds the {limit}-byte frame limit")]
+    TooLarge { size: usize, limit: usize },
+}
+
+fn encode_error(error: frame::FrameError) -> CallError {
+    match error {
+        frame::FrameError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        other => CallError::Codec(other.to_string()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,19 +175,29 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts serving; peers are added with [`Transport::add_peer`].
-    pub async fn bind(config: TransportConfig, listen: SocketAddr) -> Result<Self, TransportError> {
+    /// Binds `listen` and starts serving `peers` (more with [`Transport::add_peer`]).
+    pub async fn bind(
+        config: TransportConfig,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<Self, TransportError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| TransportError::Bind {
                 addr: listen,
                 source,
             })?;
-        Self::start(config, listener)
+        Self::start(config, listener, peers)
     }
 
     /// Starts serving on an already bound listener (tests bind port 0 first to learn it).
-    pub fn start(config: TransportConfig, listener: TcpListener) -> Result<Self, TransportError> {
+    /// `peers` are known before the first connection is accepted, so a peer that dials early
+    /// is not turned away.
+    pub fn start(
+        config: TransportConfig,
+        listener: TcpListener,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<Self, TransportError> {
         let local_addr = listener.local_addr().map_err(TransportError::LocalAddr)?;
         let inner = Arc::new(TransportInner {
             config,
@@ -188,9 +208,13 @@ impl Transport {
             shutdown: CancellationToken::new(),
             accept_task: Mutex::new(None),
         });
-        let accept_task = tokio::spawn(accept_loop(inner.clone(), listener));
-        *inner.accept_task.lock() = Some(accept_task);
-        Ok(Self { inner })
+        let transport = Self { inner };
+        for &(peer_id, addr) in peers {
+            transport.add_peer(peer_id, addr);
+        }
+        let accept_task = tokio::spawn(accept_loop(transport.inner.clone(), listener));
+        *transport.inner.accept_task.lock() = Some(accept_task);
+        Ok(transport)
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -297,7 +321,7 @@ impl Transport {
             },
             self.inner.config.frame_bytes_max,
         )
-        .map_err(|e| CallError::Codec(e.to_string()))?;
+        .map_err(encode_error)?;
         let (reply_tx, reply_rx) = oneshot::channel();
         link.pending.lock().insert(request_id, reply_tx);
         if link.queue_tx.try_send(frame).is_err() {
@@ -331,8 +355,7 @@ impl Transport {
         Resp: DeserializeOwned,
     {
         let limit = self.inner.config.frame_bytes_max;
-        let body =
-            frame::encode_body(request, limit).map_err(|e| CallError::Codec(e.to_string()))?;
+        let body = frame::encode_body(request, limit).map_err(encode_error)?;
         let response = self.call(target, group, kind, body, timeout).await?;
         frame::decode_body(&response, limit).map_err(|e| CallError::Codec(e.to_string()))
     }
@@ -583,9 +606,15 @@ async fn read_frames(
     while let Some(next) = reader.next().await {
         let payload = match next {
             Ok(payload) => payload,
-            Err(e) => {
+            // The codec reports an oversized length as InvalidData; anything else is the
+            // connection failing, not the peer misbehaving.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::warn!(peer = link.peer_id, error = %e, "cluster transport: bad frame, closing");
                 inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: connection lost");
                 break;
             }
         };

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -71,6 +72,7 @@ where
             transport: self.transport.clone(),
             group: self.group,
             target,
+            last_entries: 0,
             _config: PhantomData,
         }
     }
@@ -81,6 +83,8 @@ pub struct GroupNetwork<C> {
     transport: Transport,
     group: GroupId,
     target: NodeId,
+    /// Entries in the AppendEntries being sent, for a too-large hint.
+    last_entries: u64,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -125,7 +129,13 @@ where
             CallError::UnknownPeer(_) | CallError::Unreachable(_) => {
                 RPCError::Unreachable(Unreachable::new(&error))
             }
-            CallError::Remote { .. } | CallError::Codec(_) => {
+            // Half the entries next time; openraft keeps halving down to one.
+            CallError::TooLarge { .. } if action == RPCTypes::AppendEntries => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                    (self.last_entries / 2).max(1),
+                ))
+            }
+            CallError::TooLarge { .. } | CallError::Remote { .. } | CallError::Codec(_) => {
                 RPCError::Network(NetworkError::new(&error))
             }
         }
@@ -141,6 +151,7 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
+        self.last_entries = rpc.entries.len() as u64;
         self.send(
             RpcKind::AppendEntries,
             RPCTypes::AppendEntries,

@@ -273,7 +273,11 @@ pub async fn alter_configs(
             let configs: BTreeMap<String, String> = resource
                 .configs
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.to_string(), v.to_string()))
+                })
                 .collect();
             let outcome = match only_topics(resource.resource_type) {
                 Err(error) => Err(error.into()),
@@ -346,8 +350,8 @@ pub async fn incremental_alter_configs(
                     }
                 }
             }
-            let checked = only_topics(resource.resource_type)
-                .and_then(|()| refused.map_or(Ok(()), Err));
+            let checked =
+                only_topics(resource.resource_type).and_then(|()| refused.map_or(Ok(()), Err));
             let outcome = match checked {
                 Err(error) => Err(error.into()),
                 Ok(()) => {

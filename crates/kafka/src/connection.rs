@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api_versions::is_supported;
 use crate::handlers;
+use crate::request_metrics::RequestMetrics;
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -245,6 +246,7 @@ pub async fn serve_connection_until(
     let idle_ms_max = context.config.connection_idle_ms_max;
     let idle_max = Duration::from_millis(idle_ms_max);
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut request_metrics = RequestMetrics::default();
     let read_result = async {
         loop {
             // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
@@ -289,7 +291,7 @@ pub async fn serve_connection_until(
                 Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
             };
             let started = InFlight::start(&in_flight);
-            let response = start_request(&mut context, frame.freeze())?;
+            let response = start_request(&mut context, &mut request_metrics, frame.freeze())?;
             let pending: PendingResponse = Box::pin(async move {
                 let response = response.await;
                 drop(reserved);
@@ -344,6 +346,7 @@ async fn write_responses(
 /// side effects happen in request order. Decoding errors close the connection.
 fn start_request(
     context: &mut Arc<RequestContext>,
+    request_metrics: &mut RequestMetrics,
     mut frame: Bytes,
 ) -> Result<PendingResponse, ConnectionError> {
     let api_key_code = (&frame[0..2]).get_i16();
@@ -392,9 +395,13 @@ fn start_request(
         );
     }
     let context = Arc::clone(context);
+    let api_metrics = request_metrics.started(api_key);
+    let started = Instant::now();
     let mut response: PendingResponse = Box::pin(async move {
         let mut hold = ResponseHold::default();
-        let Some(response) = dispatch(&context, api_version, request, &mut hold).await else {
+        let response = dispatch(&context, api_version, request, &mut hold).await;
+        api_metrics.finished(started, response.as_ref());
+        let Some(response) = response else {
             return Ok(None);
         };
         let bytes = encode_response(correlation_id, api_key, api_version, &response)?;
@@ -594,7 +601,11 @@ mod tests {
         context: &mut Arc<RequestContext>,
         frame: Bytes,
     ) -> Result<Option<Bytes>, ConnectionError> {
-        Ok(start_request(context, frame)?.await?.map(|r| r.bytes))
+        Ok(
+            start_request(context, &mut RequestMetrics::default(), frame)?
+                .await?
+                .map(|r| r.bytes),
+        )
     }
 
     fn context(dir: &std::path::Path) -> Arc<RequestContext> {

@@ -181,6 +181,20 @@ pub struct ServeArgs {
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers [default: text]
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the server writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The resolved settings of one broker process.
@@ -195,6 +209,7 @@ pub struct ServeConfig {
     pub kafka: KafkaConfig,
     pub kafka_listen: SocketAddr,
     pub log_filter: String,
+    pub log_format: LogFormat,
 }
 
 macro_rules! merge {
@@ -241,7 +256,8 @@ impl ServeArgs {
                 amqp_max_connections,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
-                log
+                log,
+                log_format
             );
         }
         let defaults = LogConfig::default();
@@ -411,6 +427,7 @@ impl ServeArgs {
             kafka,
             kafka_listen,
             log_filter: self.log.unwrap_or_else(|| "info".into()),
+            log_format: self.log_format.unwrap_or_default(),
         })
     }
 }

@@ -837,6 +837,53 @@ mod tests {
         );
     }
 
+    /// Requests, their durations and their errors are counted per API, the errors under
+    /// Kafka's names; produce acknowledgements are timed; produced and fetched records are
+    /// counted per topic.
+    #[tokio::test]
+    async fn requests_errors_and_records_are_counted_per_api_and_topic() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let exported = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let produce = sample_request(ApiKey::Produce, 9);
+        for _ in 0..2 {
+            let encoded = frame(ApiKey::Produce, 9, &produce).expect("encodable");
+            handle_frame(&mut context, encoded).await.expect("answered");
+        }
+        let RequestKind::Produce(mut to_missing_partition) = produce else {
+            unreachable!("a produce sample")
+        };
+        to_missing_partition.topic_data[0].partition_data[0].index = 7;
+        let request = RequestKind::Produce(to_missing_partition);
+        let encoded = frame(ApiKey::Produce, 9, &request).expect("encodable");
+        handle_frame(&mut context, encoded).await.expect("answered");
+        let fetch = sample_request(ApiKey::Fetch, 12);
+        let encoded = frame(ApiKey::Fetch, 12, &fetch).expect("encodable");
+        handle_frame(&mut context, encoded).await.expect("answered");
+
+        let text = exported.render();
+        for line in [
+            "sluice_kafka_requests_total{api=\"Produce\"} 3",
+            "sluice_kafka_requests_total{api=\"Fetch\"} 1",
+            "sluice_kafka_request_errors_total{api=\"Produce\",error=\"UNKNOWN_TOPIC_OR_PARTITION\"} 1",
+            "sluice_kafka_request_duration_seconds_count{api=\"Produce\"} 3",
+            "sluice_produce_durable_seconds_count 3",
+            "sluice_topic_records_produced_total{topic=\"sample\"} 2",
+            "sluice_topic_records_fetched_total{topic=\"sample\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("sluice_kafka_request_errors_total{api=\"Fetch\""),
+            "a fetch without errors counts none:\n{text}"
+        );
+    }
+
     /// Versions the codec knows but we don't advertise are refused in the API's own shape.
     #[tokio::test]
     async fn a_version_we_do_not_speak_gets_unsupported_version() {

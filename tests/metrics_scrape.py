@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port
+from kafka_wire import KafkaWire
 from librdkafka_client import create_topic, produce_values, unique_name
 
 # The gauge sampler runs every 5 s; allow two rounds and some scheduling slack.
@@ -113,20 +114,13 @@ def test_kafka_errors_are_counted_under_kafka_error_names(broker_factory):
     broker = start_with_http(broker_factory)
     topic = unique_name("metrics-errors")
     create_topic(broker.bootstrap, topic, partitions=1)
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("g"),
-                         "enable.auto.commit": False})
-    try:
-        # Partition 5 does not exist: ListOffsets answers UNKNOWN_TOPIC_OR_PARTITION.
-        try:
-            consumer.get_watermark_offsets(TopicPartition(topic, 5), timeout=5)
-        except Exception:  # noqa: BLE001 - the client raises on the error code, as expected
-            pass
-    finally:
-        consumer.close()
+    # Partition 5 does not exist: the fetch answers UNKNOWN_TOPIC_OR_PARTITION for it.
+    with KafkaWire(broker.bootstrap) as wire:
+        wire.fetch(topic, 5, 0)
+        wire.fetch(topic, 5, 0)
     samples = scrape(broker)
-    errors = {labels: v for (name, labels), v in samples.items()
-              if name == "sluice_kafka_request_errors_total"}
-    assert any(dict(labels).get("error") == "UNKNOWN_TOPIC_OR_PARTITION" for labels in errors), errors
+    assert value(samples, "sluice_kafka_request_errors_total",
+                 api="Fetch", error="UNKNOWN_TOPIC_OR_PARTITION") == 2
 
 
 def test_amqp_traffic_moves_message_counters_and_queue_gauges(broker_factory):

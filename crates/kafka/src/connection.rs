@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api_versions::is_supported;
 use crate::handlers;
-use crate::request_metrics::RequestMetrics;
+use crate::request_metrics::{self, RequestMetrics};
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -354,6 +354,7 @@ fn start_request(
     let correlation_id = (&frame[4..8]).get_i32();
 
     if !is_supported(api_key_code, api_version) {
+        request_metrics::unsupported_version(api_key_code);
         let response = if api_key_code == ApiKey::ApiVersions as i16 {
             // KIP-511: answer in v0 format so the client can retry at a version we speak.
             let response = ResponseKind::ApiVersions(api_versions_response(
@@ -862,6 +863,14 @@ mod tests {
         let fetch = sample_request(ApiKey::Fetch, 12);
         let encoded = frame(ApiKey::Fetch, 12, &fetch).expect("encodable");
         handle_frame(&mut context, encoded).await.expect("answered");
+        // ApiVersions v99: answered in v0 with UNSUPPORTED_VERSION.
+        let api_versions = sample_request(ApiKey::ApiVersions, 0);
+        let mut encoded =
+            BytesMut::from(&frame(ApiKey::ApiVersions, 0, &api_versions).expect("encodable")[..]);
+        encoded[2..4].copy_from_slice(&99i16.to_be_bytes());
+        handle_frame(&mut context, encoded.freeze())
+            .await
+            .expect("answered");
 
         let text = exported.render();
         for line in [
@@ -872,6 +881,7 @@ mod tests {
             "sluice_produce_durable_seconds_count 3",
             "sluice_topic_records_produced_total{topic=\"sample\"} 2",
             "sluice_topic_records_fetched_total{topic=\"sample\"} 2",
+            "sluice_kafka_request_errors_total{api=\"ApiVersions\",error=\"UNSUPPORTED_VERSION\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -5,7 +5,8 @@
 //! like), named as Kafka names them (`UNKNOWN_TOPIC_OR_PARTITION`).
 //!
 //! Each connection caches the handles of the APIs it uses, so a request costs two atomic adds
-//! and no label formatting; errors are rare and registered as they happen.
+//! and no label formatting; errors are rare and registered as they happen. Requests at a
+//! version we do not speak count under their API with error `UNSUPPORTED_VERSION`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +66,16 @@ impl RequestMetrics {
         metrics.requests.increment(1);
         Arc::clone(metrics)
     }
+}
+
+/// Counts a request refused with UNSUPPORTED_VERSION (or closed for it). An API key the codec
+/// does not know is labelled `unknown`: a client must not be able to mint label values.
+pub(crate) fn unsupported_version(api_key_code: i16) {
+    let api =
+        ApiKey::try_from(api_key_code).map_or_else(|_| "unknown".into(), |k| format!("{k:?}"));
+    metrics::counter!(REQUESTS_METRIC, "api" => api.clone()).increment(1);
+    metrics::counter!(REQUEST_ERRORS_METRIC, "api" => api, "error" => "UNSUPPORTED_VERSION")
+        .increment(1);
 }
 
 /// Kafka's own name of an error code (`UNKNOWN_TOPIC_OR_PARTITION`), from the codec's variant

@@ -173,6 +173,13 @@ async fn topic_counters_count_kafka_produces_amqp_stream_publishes_and_fetches()
         2.0
     );
     assert!(counter(&exported, "sluice_topic_bytes_produced_total", &events) > 0.0);
+    // A publish to an exchange that does not exist is refused, not counted.
+    assert!(vhost
+        .publish(Message {
+            exchange: "no-such-exchange".into(),
+            ..message("events", "lost")
+        })
+        .is_err());
     assert_eq!(
         counter(&exported, "sluice_amqp_messages_published_total", &[]),
         2.0

@@ -97,7 +97,7 @@ fn describe_metrics() {
     describe_gauge!("sluice_queue_consumers", "Consumers of an AMQP queue");
     describe_counter!(
         "sluice_amqp_messages_published_total",
-        "basic.publish received"
+        "basic.publish accepted by an existing exchange, routed or not"
     );
     describe_counter!("sluice_amqp_messages_delivered_total", "Messages delivered to AMQP clients (basic.deliver and basic.get-ok), redeliveries included");
     describe_counter!(

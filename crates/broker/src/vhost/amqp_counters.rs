@@ -4,6 +4,7 @@
 use metrics::Counter;
 
 pub(crate) struct AmqpCounters {
+    /// Publishes accepted by an existing exchange, whether or not any queue took them.
     pub(crate) published: Counter,
     /// Every delivery, redeliveries included (basic.deliver and basic.get-ok).
     pub(crate) delivered: Counter,

@@ -738,7 +738,6 @@ impl VirtualHost {
     /// Routes the message from its exchange by its routing key (and headers) and stores it in
     /// every queue and stream it reaches.
     pub fn publish(&self, message: Message) -> Result<PublishOutcome, VhostError> {
-        self.counters.published.increment(1);
         let targets = {
             let topology = self.topology.read();
             topology.publishable(&message.exchange)?;
@@ -748,6 +747,8 @@ impl VirtualHost {
                 message.properties.headers.as_ref(),
             )
         };
+        // Counted once accepted (routed or not); a publish to a missing exchange is not.
+        self.counters.published.increment(1);
         Ok(self.deliver_to(targets, message))
     }
 

@@ -449,3 +449,37 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["sluice", "serve"], args].concat())?;
+        let Command::Serve(serve) = cli.command;
+        Ok(serve)
+    }
+
+    #[test]
+    fn log_format_defaults_to_text_and_takes_json() {
+        assert_eq!(
+            serve_args(&[]).unwrap().resolve().unwrap().log_format,
+            LogFormat::Text
+        );
+        let json = serve_args(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.resolve().unwrap().log_format, LogFormat::Json);
+        assert!(serve_args(&["--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn log_format_comes_from_the_config_file_unless_a_flag_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = serve_args(&["--config", path]).unwrap();
+        assert_eq!(from_file.resolve().unwrap().log_format, LogFormat::Json);
+        let overridden = serve_args(&["--config", path, "--log-format", "text"]).unwrap();
+        assert_eq!(overridden.resolve().unwrap().log_format, LogFormat::Text);
+    }
+}

@@ -4,8 +4,10 @@
 
 mod broker;
 mod config;
+pub mod connection_count;
 mod durable_fs;
 mod error;
+pub mod gauge_sampler;
 mod group_commit;
 pub mod group_coordinator;
 mod log_dir;

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_broker::connection_count::OpenConnection;
 use sluice_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -87,9 +88,11 @@ impl KafkaServer {
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();
                         let alive = alive.clone();
+                        let counted = OpenConnection::new("kafka");
                         tokio::spawn(async move {
                             serve_connection_until(stream, peer, context, request_memory, shutdown)
                                 .await;
+                            drop(counted);
                             drop(connection);
                             drop(alive);
                         });

@@ -54,5 +54,5 @@ pub use batch::{
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
-pub use partition_log::{AppendInfo, PartitionLog, ReadResult};
+pub use partition_log::{AppendInfo, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC};
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};

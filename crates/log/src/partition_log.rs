@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -78,6 +79,9 @@ pub struct PartitionLog {
     /// Everything below this has been fdatasynced.
     durable_offset: AtomicI64,
     sync_count: AtomicU64,
+    /// `sluice_log_fsync_duration_seconds`, registered once at open: the group commit's
+    /// fdatasync is timed without a registry lookup.
+    fsync_seconds: metrics::Histogram,
     /// Set once, by the first failed write, fsync or roll: why the log is offline.
     offline_cause: OnceLock<String>,
 }
@@ -97,6 +101,9 @@ enum SegmentReadEnd {
     Continue,
     Done,
 }
+
+/// Histogram of the group commit's fdatasync (one per `sync` round, shared by its callers).
+pub const FSYNC_SECONDS_METRIC: &str = "sluice_log_fsync_duration_seconds";
 
 /// Segments a read looks at beyond the first, at most: the rest can be fetched next time.
 const READ_SEGMENTS_MAX: usize = 32;
@@ -141,6 +148,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(log_end_offset),
             durable_offset: AtomicI64::new(log_end_offset),
             sync_count: AtomicU64::new(0),
+            fsync_seconds: metrics::histogram!(FSYNC_SECONDS_METRIC),
             offline_cause: OnceLock::new(),
         })
     }
@@ -348,7 +356,9 @@ impl PartitionLog {
             if target <= durable {
                 return Ok(()); // asked past the log end: all there is is durable
             }
+            let started = Instant::now();
             let synced = active.sync_data();
+            self.fsync_seconds.record(started.elapsed());
             self.sync_count.fetch_add(1, Ordering::Relaxed);
             // A roll's failed fsync of this same segment (under the append lock) may have
             // dropped pages that this fsync then reported clean: check after taking the lock.

@@ -181,6 +181,20 @@ pub struct ServeArgs {
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers [default: text]
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the server writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The resolved settings of one broker process.
@@ -195,6 +209,7 @@ pub struct ServeConfig {
     pub kafka: KafkaConfig,
     pub kafka_listen: SocketAddr,
     pub log_filter: String,
+    pub log_format: LogFormat,
 }
 
 macro_rules! merge {
@@ -241,7 +256,8 @@ impl ServeArgs {
                 amqp_max_connections,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
-                log
+                log,
+                log_format
             );
         }
         let defaults = LogConfig::default();
@@ -411,6 +427,7 @@ impl ServeArgs {
             kafka,
             kafka_listen,
             log_filter: self.log.unwrap_or_else(|| "info".into()),
+            log_format: self.log_format.unwrap_or_default(),
         })
     }
 }
@@ -431,4 +448,38 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["sluice", "serve"], args].concat())?;
+        let Command::Serve(serve) = cli.command;
+        Ok(serve)
+    }
+
+    #[test]
+    fn log_format_defaults_to_text_and_takes_json() {
+        assert_eq!(
+            serve_args(&[]).unwrap().resolve().unwrap().log_format,
+            LogFormat::Text
+        );
+        let json = serve_args(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.resolve().unwrap().log_format, LogFormat::Json);
+        assert!(serve_args(&["--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn log_format_comes_from_the_config_file_unless_a_flag_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = serve_args(&["--config", path]).unwrap();
+        assert_eq!(from_file.resolve().unwrap().log_format, LogFormat::Json);
+        let overridden = serve_args(&["--config", path, "--log-format", "text"]).unwrap();
+        assert_eq!(overridden.resolve().unwrap().log_format, LogFormat::Text);
+    }
 }

@@ -8,6 +8,7 @@
 //! logs, which writes the clean-shutdown markers.
 
 mod config;
+mod metrics_recorder;
 
 // glibc's malloc showed up as a quarter of the broker's CPU under AMQP load (many small,
 // short-lived allocations across threads); mimalloc handles that pattern far better.
@@ -22,7 +23,10 @@ use sluice_broker::Broker;
 use sluice_kafka::KafkaServer;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Cli, Command};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Cli, Command, LogFormat};
+use crate::metrics_recorder::{install_metrics_recorder, spawn_gauge_sampler};
 
 /// How long connections get to drain on shutdown before the logs are closed regardless.
 const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
@@ -35,26 +39,41 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-                        .with_context(|| format!("invalid log filter '{}'", config.log_filter))?,
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(&config.log_filter, config.log_format)?;
+            // Before the broker opens: the handles it caches bind to the recorder present then.
+            let metrics_handle =
+                install_metrics_recorder().context("installing the metrics recorder")?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("sluice")
                 .build()
                 .context("starting the async runtime")?;
-            let served = runtime.block_on(serve(config));
+            let served = runtime.block_on(serve(config, metrics_handle));
             runtime.shutdown_timeout(RUNTIME_STOP_MAX);
             served
         }
     }
 }
 
-async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+/// Log lines go to stderr, as text or as one JSON object per line.
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter '{filter}'"))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    Ok(())
+}
+
+/// `metrics_handle` renders what the libraries record; the HTTP front end serves it on `/metrics`.
+async fn serve(
+    config: config::ServeConfig,
+    metrics_handle: PrometheusHandle,
+) -> anyhow::Result<()> {
     let data_dir = config.broker.data_dir.clone();
     let broker = Broker::open(config.broker)
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
@@ -65,6 +84,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let vhost =
         VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
     vhost.start_housekeeping();
+    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle);
     let amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
@@ -95,6 +115,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
     let _ = shutdown_sender.send(true);
+    gauge_sampler.abort();
     let drained = async {
         let _ = kafka_task.await;
         if let Some(task) = amqp_task {

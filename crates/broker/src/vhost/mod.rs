@@ -12,6 +12,7 @@
 //! holds: sessions release theirs before calling into queues, queues before dead-lettering.
 
 mod alarms;
+mod amqp_counters;
 mod dead_letter;
 mod definitions;
 mod definitions_saver;
@@ -34,6 +35,7 @@ use amq_protocol_types::FieldTable;
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
+pub use alarms::ResourceAlarms;
 pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, MessageProperties};
@@ -126,6 +128,7 @@ pub struct VirtualHost {
     blocked: watch::Sender<Option<String>>,
     memory_blocked: AtomicBool,
     definitions: Arc<DefinitionsSaver>,
+    counters: amqp_counters::AmqpCounters,
     weak_self: Weak<VirtualHost>,
 }
 
@@ -156,6 +159,7 @@ impl VirtualHost {
             blocked,
             memory_blocked: AtomicBool::new(false),
             definitions: DefinitionsSaver::new(Arc::clone(&storage), dir.clone()),
+            counters: amqp_counters::AmqpCounters::register(),
             weak_self: weak.clone(),
         });
         {
@@ -218,6 +222,11 @@ impl VirtualHost {
         }
         remove_orphan_queue_dirs(storage.as_ref(), &dir, &vhost.topology.read().queue_dirs);
         Ok(vhost)
+    }
+
+    /// Every queue of the virtual host (not its streams, which are topics).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.all_queues()
     }
 
     fn all_queues(&self) -> Vec<Arc<Queue>> {
@@ -738,6 +747,8 @@ impl VirtualHost {
                 message.properties.headers.as_ref(),
             )
         };
+        // Counted once accepted (routed or not); a publish to a missing exchange is not.
+        self.counters.published.increment(1);
         Ok(self.deliver_to(targets, message))
     }
 

@@ -193,6 +193,7 @@ impl Session {
     ) -> u64 {
         let tag = state.next_tag;
         state.next_tag += 1;
+        self.vhost.counters.delivered(redelivered);
         self.sink.deliver(
             self.channel,
             Delivery {
@@ -338,6 +339,7 @@ impl Session {
         let mut state = self.state.lock();
         let tag = state.next_tag;
         state.next_tag += 1;
+        self.vhost.counters.delivered(entry.redelivered);
         let result = Got {
             delivery_tag: tag,
             redelivered: entry.redelivered,
@@ -432,6 +434,9 @@ impl Session {
 
     /// Returns credit for settled deliveries and applies `how` to them, queue by queue.
     fn release(&self, taken: Vec<Unacked>, how: Settle) {
+        if how == Settle::Ack {
+            self.vhost.counters.acked.increment(taken.len() as u64);
+        }
         let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
         for unacked in taken {
             if let Some(consumer) = &unacked.consumer {

@@ -172,6 +172,7 @@ impl StreamQueue {
                         )))
                     }
                 };
+                let (mut delivered_records, mut delivered_bytes) = (0u64, 0u64);
                 for record in records {
                     if record.offset < positions[index] {
                         continue;
@@ -180,6 +181,8 @@ impl StreamQueue {
                         out_of_credit = true;
                         break;
                     }
+                    delivered_records += 1;
+                    delivered_bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
                     let offset = record.offset;
                     let mut message = Message::from_record(record);
                     let headers = message
@@ -195,6 +198,7 @@ impl StreamQueue {
                     positions[index] = offset + 1;
                     delivered_any = true;
                 }
+                partition.count_fetched_records(delivered_records, delivered_bytes);
                 if out_of_credit {
                     break;
                 }

@@ -4,6 +4,7 @@
 
 mod broker;
 mod config;
+mod connection_registry;
 mod durable_fs;
 mod error;
 mod group_commit;
@@ -16,16 +17,21 @@ mod producer_id;
 mod producer_state;
 mod topic;
 mod topic_store;
+mod traffic;
 pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};
+pub use connection_registry::{
+    ConnectionRegistry, ConnectionSummary, Protocol, RegisteredConnection,
+};
 pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
 pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
+pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
 pub fn now_ms() -> i64 {

@@ -5,13 +5,15 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use sluice_log::{
-    stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog, Storage,
+    stamp_log_append_time, validate_batches, BatchHeader, Durability, LogConfig, PartitionLog,
+    Storage,
 };
 use tokio::sync::Notify;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
 use crate::producer_state::ProducerStateTable;
+use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
 
 /// How much durability a producer waits for before it is answered.
@@ -43,6 +45,19 @@ pub struct FetchedPartition {
     pub log_end_offset: i64,
 }
 
+/// Records in whole batches read back from the log (already checked by the read).
+fn count_records(mut batches: &[u8]) -> u64 {
+    let mut count = 0;
+    while let Ok(header) = BatchHeader::parse(batches) {
+        count += header.record_count.max(0) as u64;
+        match batches.get(header.total_bytes()..) {
+            Some(rest) => batches = rest,
+            None => break,
+        }
+    }
+    count
+}
+
 /// DeleteRecords' offset for "everything below the high watermark".
 const DELETE_TO_HIGH_WATERMARK: i64 = -1;
 
@@ -59,6 +74,8 @@ pub struct Partition {
     appender: Arc<PartitionAppender>,
     group_commit: Arc<GroupCommit>,
     log_append_time: AtomicBool,
+    /// Records produced and fetched (AMQP appends to a stream are counted by the vhost).
+    traffic: TrafficCounters,
 }
 
 impl Partition {
@@ -104,6 +121,7 @@ impl Partition {
             appender,
             group_commit,
             log_append_time: AtomicBool::new(log_append_time),
+            traffic: TrafficCounters::default(),
         });
         partition.start_interval_flusher();
         Ok(partition)
@@ -141,6 +159,8 @@ impl Partition {
         acks: Acks,
     ) -> Result<ProduceOutcome, BrokerError> {
         let headers = validate_batches(&records)?;
+        let record_count: u64 = headers.iter().map(|h| h.record_count.max(0) as u64).sum();
+        let bytes = records.len() as u64;
         if headers.is_empty() {
             return Err(BrokerError::InvalidRecord(
                 "produce request without record batches".into(),
@@ -173,6 +193,7 @@ impl Partition {
                 }
             }
         }
+        self.traffic.record_in(record_count, bytes);
         Ok(ProduceOutcome {
             base_offset: offset_first,
             log_append_time_ms: if log_append_time { now } else { -1 },
@@ -217,6 +238,11 @@ impl Partition {
         self.producers.lock().expire(now_ms, expiration_ms)
     }
 
+    /// Records and bytes produced to and fetched from this partition since it was opened.
+    pub fn traffic(&self) -> TrafficTotals {
+        self.traffic.totals()
+    }
+
     /// Idempotent producers this partition remembers.
     pub fn producer_count(&self) -> usize {
         self.producers.lock().producer_count()
@@ -225,6 +251,8 @@ impl Partition {
     /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).
     pub fn fetch(&self, offset: i64, bytes_max: usize) -> Result<FetchedPartition, BrokerError> {
         let read = self.log.read(offset, bytes_max)?;
+        self.traffic
+            .record_out(count_records(&read.records), read.records.len() as u64);
         Ok(FetchedPartition {
             records: read.records,
             high_watermark: read.high_watermark,

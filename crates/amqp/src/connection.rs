@@ -116,6 +116,13 @@ pub(crate) async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    // Listed by the HTTP API while the connection lives; its channels carry `id`.
+    let registered =
+        context
+            .vhost
+            .broker()
+            .connections()
+            .register(sluice_broker::Protocol::Amqp, peer, Some(id));
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     // From the protocol header to connection.open: a socket that connects and never gets
@@ -181,6 +188,7 @@ pub(crate) async fn serve_connection(
     match handshake {
         Ok(Ok(())) => {
             tracing::debug!(%peer, id, user = %connection.user, "AMQP connection open");
+            registered.set_user(&connection.user);
             connection.run().await;
         }
         Ok(Err(Some(error))) => connection.close_with(error).await,

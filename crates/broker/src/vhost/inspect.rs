@@ -28,6 +28,10 @@ pub enum QueueSummary {
 }
 
 impl VirtualHost {
+    pub fn broker(&self) -> &Arc<crate::Broker> {
+        &self.broker
+    }
+
     pub fn config(&self) -> &VhostConfig {
         &self.config
     }

@@ -117,12 +117,11 @@ pub(crate) async fn serve_connection(
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
     // Listed by the HTTP API while the connection lives; its channels carry `id`.
-    let registered =
-        context
-            .vhost
-            .broker()
-            .connections()
-            .register(sluice_broker::Protocol::Amqp, peer, Some(id));
+    let registered = context.vhost.broker().connections().register(
+        sluice_broker::Protocol::Amqp,
+        peer,
+        Some(id),
+    );
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     // From the protocol header to connection.open: a socket that connects and never gets

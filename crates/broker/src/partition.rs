@@ -318,6 +318,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn traffic_counts_records_and_bytes_produced_and_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");
+        let topic = broker
+            .create_topic("t", 2, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        let batch = records(5);
+        let batch_bytes = batch.len() as u64;
+        partition.produce(batch, Acks::All).await.expect("produce");
+        partition
+            .produce(records(3), Acks::All)
+            .await
+            .expect("produce");
+        let produced = partition.traffic();
+        assert_eq!(produced.messages_in, 8);
+        assert!(produced.bytes_in > batch_bytes);
+        assert_eq!((produced.messages_out, produced.bytes_out), (0, 0));
+
+        let fetched = partition.fetch(0, 1 << 20).expect("fetch");
+        let traffic = partition.traffic();
+        assert_eq!(traffic.messages_out, 8);
+        assert_eq!(traffic.bytes_out, fetched.records.len() as u64);
+        assert_eq!(broker.traffic(), traffic, "the broker sums its partitions");
+    }
+
+    #[tokio::test]
     async fn delete_records_moves_the_log_start_and_refuses_offsets_past_the_high_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
         let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");

@@ -558,10 +558,24 @@ async fn inspection_views_list_topology_channels_and_count_traffic() {
         .declare_queue("q", false, true, false, false, FieldTable::default(), 1)
         .unwrap();
     vhost
-        .declare_exchange("ex", "direct", false, true, false, false, FieldTable::default())
+        .declare_exchange(
+            "ex",
+            "direct",
+            false,
+            true,
+            false,
+            false,
+            FieldTable::default(),
+        )
         .unwrap();
     vhost
-        .bind("ex", Destination::Queue("q".into()), "k", FieldTable::default(), 1)
+        .bind(
+            "ex",
+            Destination::Queue("q".into()),
+            "k",
+            FieldTable::default(),
+            1,
+        )
         .unwrap();
     let names: Vec<String> = vhost.exchanges().into_iter().map(|e| e.name).collect();
     assert!(names.contains(&"ex".to_string()) && names.contains(&String::new()));
@@ -575,7 +589,9 @@ async fn inspection_views_list_topology_channels_and_count_traffic() {
     }
     let (session, _sink) = session(&vhost, 7);
     let got = session.get("q", false).unwrap().unwrap();
-    session.settle(got.delivery_tag, false, Settle::Ack).unwrap();
+    session
+        .settle(got.delivery_tag, false, Settle::Ack)
+        .unwrap();
     session.get("q", false).unwrap().unwrap();
 
     let Some(sluice_broker::vhost::QueueSummary::Classic(queue)) = vhost.queue("q") else {
@@ -583,7 +599,11 @@ async fn inspection_views_list_topology_channels_and_count_traffic() {
     };
     let stats = queue.stats();
     assert_eq!(
-        (stats.published_total, stats.delivered_total, stats.acked_total),
+        (
+            stats.published_total,
+            stats.delivered_total,
+            stats.acked_total
+        ),
         (3, 2, 1)
     );
     assert_eq!(stats.delivered_bytes_total, 4);
@@ -595,6 +615,13 @@ async fn inspection_views_list_topology_channels_and_count_traffic() {
     assert_eq!(channels.len(), 1);
     assert_eq!((channels[0].connection, channels[0].unacked), (7, 1));
     session.close();
-    assert!(vhost.channels().is_empty(), "a closed channel is not listed");
-    assert_eq!(queue.message_count(), 2, "the unacked get went back at close");
+    assert!(
+        vhost.channels().is_empty(),
+        "a closed channel is not listed"
+    );
+    assert_eq!(
+        queue.message_count(),
+        2,
+        "the unacked get went back at close"
+    );
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
@@ -39,10 +40,17 @@ pub async fn require_user(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    // The socket's peer, or the one a test set in place of a socket.
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| *address);
+        .map(|ConnectInfo(address)| *address)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|MockConnectInfo(address)| *address)
+        });
     let header = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -549,3 +549,23 @@ def test_move_dead_lettered_messages_back_to_their_original_exchange(api_broker,
     assert_error(api.post(f"/api/queues/{dlq}/move", {"exchange": "missing"}), 404)
     assert_error(api.post(f"/api/queues/{dlq}/move", {"routing_key": "k"}), 400)
     assert_error(api.post("/api/queues/missing/move", {}), 404)
+
+
+def test_http_listen_off_serves_no_api(broker_factory):
+    broker = broker_factory("--http-listen", "off")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(broker.http_url + "/api/health", timeout=5)
+
+
+def test_oversized_publishes_are_400_not_a_crash(broker_factory):
+    broker = broker_factory("--amqp-max-message-bytes", "1000")
+    api = Api(broker)
+    queue = unique_name("big")
+    api.ok("POST", "/api/queues", 201, json={"name": queue})
+    publish = "/api/exchanges/amq.default/publish"
+    assert api.ok("POST", publish, json={"routing_key": queue, "payload": "x" * 1000})["routed"]
+    assert_error(api.post(publish, {"routing_key": queue, "payload": "x" * 1001}), 400,
+                 reason_contains="largest message body")
+    # Far over the request body limit (the largest body in base64 plus 1 MiB).
+    assert_error(api.post(publish, {"routing_key": queue, "payload": "x" * (3 << 20)}), 400)
+    assert api.ok("GET", f"/api/queues/{queue}")["messages_ready"] == 1

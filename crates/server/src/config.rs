@@ -478,3 +478,95 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_listen_defaults_to_loopback_and_off_turns_it_off() {
+        let config = ServeArgs::default().resolve().expect("defaults");
+        assert_eq!(
+            config.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
+        let off = ServeArgs {
+            http_listen: Some("off".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(off.resolve().expect("off").http_listen, None);
+        let bad = ServeArgs {
+            http_listen: Some("nowhere".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn http_listen_comes_from_the_config_file_and_flags_win() {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, "http_listen = \"127.0.0.1:18181\"\n").expect("write config");
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("config file");
+        let flag_wins = ServeArgs {
+            config: Some(path.clone()),
+            http_listen: Some("127.0.0.1:18182".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("flag and file");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(from_file.http_listen, "127.0.0.1:18181".parse().ok());
+        assert_eq!(flag_wins.http_listen, "127.0.0.1:18182".parse().ok());
+    }
+
+    #[test]
+    fn the_administrator_tag_is_the_last_field_and_guest_is_always_one() {
+        let config = ServeArgs {
+            amqp_users: Some("ops:se:cret:administrator,reader:pw,odd:administrator".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("users");
+        let find = |name: &str| {
+            config
+                .http_users
+                .iter()
+                .find(|u| u.name == name)
+                .cloned()
+                .expect("user")
+        };
+        let ops = find("ops");
+        assert_eq!(
+            (ops.password.as_str(), ops.administrator),
+            ("se:cret", true)
+        );
+        let reader = find("reader");
+        assert_eq!(
+            (reader.password.as_str(), reader.administrator),
+            ("pw", false)
+        );
+        // With only two fields the second is the password, even if it reads "administrator".
+        let odd = find("odd");
+        assert_eq!(
+            (odd.password.as_str(), odd.administrator),
+            ("administrator", false)
+        );
+        let guest = find("guest");
+        assert!(guest.administrator && guest.loopback_only);
+        // AMQP logins get the password without the tag.
+        assert!(config
+            .amqp
+            .users
+            .iter()
+            .any(|u| u.name == "ops" && u.password == "se:cret"));
+    }
+}

@@ -10,6 +10,7 @@ mod topics;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -19,6 +20,9 @@ use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::{auth, AppState};
+
+/// Request bytes beyond a message body: properties, headers, JSON syntax.
+const BODY_OVERHEAD_BYTES: usize = 1 << 20;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -89,7 +93,11 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
     if let Ok(json) = serde_json::to_value(&document) {
         let _ = state.openapi.set(json);
     }
+    // Room for the largest message body, base64-encoded, in a publish request.
+    let body_bytes_max =
+        state.context.vhost.config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
     let router = router
+        .layer(DefaultBodyLimit::max(body_bytes_max))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())

@@ -128,13 +128,36 @@ def test_ready_and_overview_report_traffic_connections_and_disk(api_broker, api)
              what="the closed AMQP connection to leave the list")
 
 
-def test_metrics_endpoint_serves_prometheus_text(api):
+def scrape(api):
+    """Samples of /metrics as {(name, frozenset(labels)): value}."""
     response = api.get("/metrics", auth=None)
     assert response.status_code == 200
-    # Whatever is recorded, every non-comment line is `name{labels} value`.
+    samples = {}
     for line in response.text.splitlines():
-        if line and not line.startswith("#"):
-            assert len(line.rsplit(" ", 1)) == 2, line
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, label_text = series.partition("{")
+        labels = frozenset(
+            tuple(pair.split("=", 1)) for pair in label_text.rstrip("}").split(",") if pair)
+        samples[(name, labels)] = float(value)
+    return samples
+
+
+def test_metrics_count_api_requests_by_route_and_status(api):
+    for _ in range(3):
+        api.get("/api/topics/missing")
+    api.get("/api/topics")
+    samples = scrape(api)
+    def requests_total(route, status):
+        key = ("sluice_http_requests_total", frozenset(
+            {("method", '"GET"'), ("route", f'"{route}"'), ("status", f'"{status}"')}))
+        return samples.get(key, 0)
+    assert requests_total("/api/topics/{name}", 404) == 3
+    assert requests_total("/api/topics", 200) == 1
+    api.get("/api/topics")
+    assert scrape(api)[("sluice_http_requests_total", frozenset(
+        {("method", '"GET"'), ("route", '"/api/topics"'), ("status", '"200"')}))] == 2
 
 
 # ---- topics ----

@@ -13,6 +13,7 @@ mod error;
 mod extract;
 mod field_value;
 pub mod model;
+mod request_metrics;
 mod routes;
 mod traffic;
 

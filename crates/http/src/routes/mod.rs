@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::{auth, AppState};
+use crate::{auth, request_metrics, AppState};
 
 /// Request bytes beyond a message body: properties, headers, JSON syntax.
 const BODY_OVERHEAD_BYTES: usize = 1 << 20;
@@ -98,6 +98,7 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         state.context.vhost.config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
     let router = router
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(request_metrics::record))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())

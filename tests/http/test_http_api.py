@@ -29,9 +29,10 @@ def api(api_broker):
     return Api(api_broker)
 
 
-def amqp_channel(broker):
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", broker.amqp_port, heartbeat=0))
+def amqp_channel(broker, name="http-api-test"):
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", broker.amqp_port, heartbeat=0,
+        client_properties={"connection_name": name}))
     return connection, connection.channel()
 
 
@@ -112,6 +113,8 @@ def test_ready_and_overview_report_traffic_connections_and_disk(api_broker, api)
         connections = api.ok("GET", "/api/connections")
         amqp = [c for c in connections if c["protocol"] == "amqp"]
         assert len(amqp) == 1 and amqp[0]["user"] == "guest" and amqp[0]["channels"] == 1
+        assert amqp[0]["client"] == "http-api-test"
+        assert amqp[0]["peer"].startswith("127.0.0.1:")
         channels = api.ok("GET", "/api/channels")
         assert [(c["connection"], c["channel"]) for c in channels] == [(amqp[0]["id"], 1)]
     finally:

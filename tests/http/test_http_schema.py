@@ -52,4 +52,7 @@ def test_no_operation_answers_a_server_error(broker_factory, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"schemathesis found failures:\n{output[-8000:]}"
     assert "Test cases:" in output and " passed" in output, output[-2000:]
+    lines = output.splitlines()
+    cases = lines[lines.index(next(l for l in lines if "Test cases:" in l)) + 1].strip()
+    print(f"schemathesis: {cases}")  # shown with -s / -rP
     assert broker.running(), "the broker survived"

@@ -63,6 +63,9 @@ class Broker:
         # Every broker gets its own AMQP port too, so that test brokers never race for the
         # default 5672 (or for each other's ports) unless a test picks the listener itself.
         self.amqp_port = free_port()
+        # And its own HTTP API port (the default 8080 would be shared by every test broker).
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.process = None
         self.starts = 0
 
@@ -81,6 +84,8 @@ class Broker:
             args += ["--group-initial-rebalance-delay-ms", "0"]
         if "--amqp-listen" not in self.extra_args:
             args += ["--amqp-listen", f"127.0.0.1:{self.amqp_port}"]
+        if "--http-listen" not in self.extra_args:
+            args += ["--http-listen", f"127.0.0.1:{self.http_port}"]
         return args + self.extra_args
 
     def start(self):

@@ -3,7 +3,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_broker::connection_count::OpenConnection;
 use sluice_broker::vhost::VirtualHost;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -141,10 +140,8 @@ impl AmqpServer {
                                     shutdown.clone(),
                                 );
                                 let alive = alive.clone();
-                                let counted = OpenConnection::new("amqp");
                                 tokio::spawn(async move {
                                     connection.await;
-                                    drop(counted);
                                     drop(permit);
                                     drop(alive);
                                 });

@@ -2,6 +2,7 @@
 //! kept by a guard each protocol front end holds for as long as a client connection lives.
 
 /// Counts one open connection of `protocol` until dropped.
+#[derive(Debug)]
 pub struct OpenConnection {
     open: metrics::Gauge,
 }

@@ -98,7 +98,7 @@ impl GaugeSampler {
 
     fn sample_queues(&mut self, vhost: &VirtualHost) {
         let mut queue_series = HashSet::new();
-        for queue in vhost.queues() {
+        for queue in vhost.classic_queues() {
             if queue.is_deleted() {
                 continue;
             }

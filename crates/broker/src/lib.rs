@@ -5,6 +5,7 @@
 mod broker;
 mod config;
 pub mod connection_count;
+mod connection_registry;
 mod durable_fs;
 mod error;
 pub mod gauge_sampler;
@@ -18,16 +19,21 @@ mod producer_id;
 mod producer_state;
 mod topic;
 mod topic_store;
+mod traffic;
 pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};
+pub use connection_registry::{
+    ConnectionRegistry, ConnectionSummary, Protocol, RegisteredConnection,
+};
 pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
 pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
+pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
 pub fn now_ms() -> i64 {

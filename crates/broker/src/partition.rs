@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
 use crate::producer_state::ProducerStateTable;
+use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
 
 /// How much durability a producer waits for before it is answered.
@@ -84,6 +85,8 @@ pub struct Partition {
 /// or fetch adds to them without formatting labels or touching the registry. Every partition
 /// of a topic holds handles to the same four counters.
 struct TopicTraffic {
+    /// This partition's own totals, for the HTTP API's rates.
+    totals: TrafficCounters,
     records_produced: metrics::Counter,
     bytes_produced: metrics::Counter,
     records_fetched: metrics::Counter,
@@ -94,11 +97,24 @@ impl TopicTraffic {
     fn register(topic: &str) -> TopicTraffic {
         let label = [("topic", topic.to_string())];
         TopicTraffic {
+            totals: TrafficCounters::default(),
             records_produced: metrics::counter!("sluice_topic_records_produced_total", &label),
             bytes_produced: metrics::counter!("sluice_topic_bytes_produced_total", &label),
             records_fetched: metrics::counter!("sluice_topic_records_fetched_total", &label),
             bytes_fetched: metrics::counter!("sluice_topic_bytes_fetched_total", &label),
         }
+    }
+
+    fn record_in(&self, records: u64, bytes: u64) {
+        self.totals.record_in(records, bytes);
+        self.records_produced.increment(records);
+        self.bytes_produced.increment(bytes);
+    }
+
+    fn record_out(&self, records: u64, bytes: u64) {
+        self.totals.record_out(records, bytes);
+        self.records_fetched.increment(records);
+        self.bytes_fetched.increment(bytes);
     }
 }
 
@@ -206,8 +222,7 @@ impl Partition {
                 )))
             }
         };
-        self.traffic.records_produced.increment(record_count);
-        self.traffic.bytes_produced.increment(bytes);
+        self.traffic.record_in(record_count, bytes);
         // acks=0 does not wait; the appender has the data synced all the same.
         if acks != Acks::None {
             match durable.await {
@@ -236,9 +251,7 @@ impl Partition {
         }
         let info = self.log.append(&mut records, 0, now)?;
         self.traffic
-            .records_produced
-            .increment(info.record_count.max(0) as u64);
-        self.traffic.bytes_produced.increment(records.len() as u64);
+            .record_in(info.record_count.max(0) as u64, records.len() as u64);
         Ok(self.group_commit.durable(info.last_offset + 1))
     }
 
@@ -267,6 +280,11 @@ impl Partition {
         self.producers.lock().expire(now_ms, expiration_ms)
     }
 
+    /// Records and bytes produced to and fetched from this partition since it was opened.
+    pub fn traffic(&self) -> TrafficTotals {
+        self.traffic.totals.totals()
+    }
+
     /// Idempotent producers this partition remembers.
     pub fn producer_count(&self) -> usize {
         self.producers.lock().producer_count()
@@ -291,17 +309,14 @@ impl Partition {
             return;
         }
         self.traffic
-            .records_fetched
-            .increment(record_count_of_batches(records));
-        self.traffic.bytes_fetched.increment(records.len() as u64);
+            .record_out(record_count_of_batches(records), records.len() as u64);
     }
 
     /// Counts records read out of the topic one by one (an AMQP stream consumer), with their
     /// value bytes.
     pub fn count_fetched_records(&self, records: u64, bytes: u64) {
         if records > 0 {
-            self.traffic.records_fetched.increment(records);
-            self.traffic.bytes_fetched.increment(bytes);
+            self.traffic.record_out(records, bytes);
         }
     }
 
@@ -359,6 +374,39 @@ mod tests {
             });
         }
         BytesMut::from(&builder.build()[..])
+    }
+
+    #[tokio::test]
+    async fn traffic_counts_records_and_bytes_produced_and_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");
+        let topic = broker
+            .create_topic("t", 2, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        let batch = records(5);
+        let batch_bytes = batch.len() as u64;
+        partition.produce(batch, Acks::All).await.expect("produce");
+        partition
+            .produce(records(3), Acks::All)
+            .await
+            .expect("produce");
+        let produced = partition.traffic();
+        assert_eq!(produced.messages_in, 8);
+        assert!(produced.bytes_in > batch_bytes);
+        assert_eq!((produced.messages_out, produced.bytes_out), (0, 0));
+
+        let fetched = partition.fetch(0, 1 << 20).expect("fetch");
+        assert_eq!(
+            partition.traffic().messages_out,
+            0,
+            "a read counts only once the front end sends it"
+        );
+        partition.count_fetched(&fetched.records);
+        let traffic = partition.traffic();
+        assert_eq!(traffic.messages_out, 8);
+        assert_eq!(traffic.bytes_out, fetched.records.len() as u64);
+        assert_eq!(broker.traffic(), traffic, "the broker sums its partitions");
     }
 
     #[tokio::test]

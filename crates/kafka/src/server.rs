@@ -2,7 +2,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_broker::connection_count::OpenConnection;
 use sluice_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -88,11 +87,16 @@ impl KafkaServer {
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();
                         let alive = alive.clone();
-                        let counted = OpenConnection::new("kafka");
+                        // Listed by the HTTP API while the connection is served.
+                        let registered = self.broker.connections().register(
+                            sluice_broker::Protocol::Kafka,
+                            peer,
+                            None,
+                        );
                         tokio::spawn(async move {
                             serve_connection_until(stream, peer, context, request_memory, shutdown)
                                 .await;
-                            drop(counted);
+                            drop(registered);
                             drop(connection);
                             drop(alive);
                         });

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sluice_amqp::{AmqpConfig, AmqpUser};
 use sluice_broker::vhost::VhostConfig;
 use sluice_broker::{BrokerConfig, GroupConfig};
+use sluice_http::HttpUser;
 use sluice_kafka::KafkaConfig;
 use sluice_log::{Durability, LogConfig};
 
@@ -139,9 +140,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQP_LISTEN", value_name = "HOST:PORT,...")]
     pub amqp_listen: Option<String>,
 
-    /// More AMQP users as `name:password`, comma-separated; they may connect from anywhere.
-    /// guest:guest always exists and may connect from loopback only, as in RabbitMQ; naming
-    /// guest here changes its password
+    /// More users as `name:password`, comma-separated, for AMQP and the HTTP API; they may
+    /// connect from anywhere. `name:password:administrator` also lets the user change things
+    /// through the HTTP API (others may only read). guest:guest always exists, is an
+    /// administrator and may connect from loopback only, as in RabbitMQ; naming guest here
+    /// changes its password
     #[arg(long, env = "SLUICE_AMQP_USERS", value_name = "USER:PASSWORD,...")]
     pub amqp_users: Option<String>,
 
@@ -178,6 +181,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_DISK_FREE_LIMIT_BYTES", value_name = "BYTES")]
     pub disk_free_limit_bytes: Option<u64>,
 
+    /// HTTP API listener (JSON API, /metrics), or `off` [default: 127.0.0.1:8080]
+    #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -208,9 +215,16 @@ pub struct ServeConfig {
     pub vhost: VhostConfig,
     pub kafka: KafkaConfig,
     pub kafka_listen: SocketAddr,
+    /// None: the HTTP API is off.
+    pub http_listen: Option<SocketAddr>,
+    /// The AMQP users with their administrator tag, for the HTTP API.
+    pub http_users: Vec<HttpUser>,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
+
+/// The tag that makes a user an administrator of the HTTP API (RabbitMQ's tag name).
+const ADMINISTRATOR_TAG: &str = "administrator";
 
 macro_rules! merge {
     ($flags:ident, $file:ident, $($field:ident),+) => {
@@ -256,6 +270,7 @@ impl ServeArgs {
                 amqp_max_connections,
                 memory_high_watermark_bytes,
                 disk_free_limit_bytes,
+                http_listen,
                 log,
                 log_format
             );
@@ -376,10 +391,17 @@ impl ServeArgs {
             ),
         };
         let mut amqp = AmqpConfig::default();
+        let mut administrators = vec!["guest".to_string()];
         if let Some(users) = &self.amqp_users {
             for entry in users.split(',').filter(|u| !u.trim().is_empty()) {
-                let (name, password) = entry.trim().split_once(':').with_context(|| {
-                    format!("--amqp-users entry '{entry}' is not name:password")
+                let entry = entry.trim();
+                // A trailing `:administrator` is the tag, not the end of the password.
+                let (entry, administrator) = match entry.rsplit_once(':') {
+                    Some((rest, ADMINISTRATOR_TAG)) if rest.contains(':') => (rest, true),
+                    _ => (entry, false),
+                };
+                let (name, password) = entry.split_once(':').with_context(|| {
+                    format!("--amqp-users entry '{entry}' is not name:password[:administrator]")
                 })?;
                 // Naming guest changes its password; it stays limited to loopback.
                 amqp.users.retain(|u| u.name != name);
@@ -388,8 +410,30 @@ impl ServeArgs {
                     password: password.to_string(),
                     loopback_only: name == "guest",
                 });
+                if administrator {
+                    administrators.push(name.to_string());
+                }
             }
         }
+        let http_users = amqp
+            .users
+            .iter()
+            .map(|user| HttpUser {
+                name: user.name.clone(),
+                password: user.password.clone(),
+                administrator: administrators.contains(&user.name),
+                loopback_only: user.loopback_only,
+            })
+            .collect();
+        let http_listen = match self.http_listen.as_deref().map(str::trim) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            Some("off") | Some("") => None,
+            Some(address) => Some(
+                address
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("invalid --http-listen address '{address}'"))?,
+            ),
+        };
         if let Some(heartbeat) = self.amqp_heartbeat {
             amqp.heartbeat_s = heartbeat;
         }
@@ -426,6 +470,8 @@ impl ServeArgs {
             broker,
             kafka,
             kafka_listen,
+            http_listen,
+            http_users,
             log_filter: self.log.unwrap_or_else(|| "info".into()),
             log_format: self.log_format.unwrap_or_default(),
         })
@@ -481,5 +527,92 @@ mod tests {
         assert_eq!(from_file.resolve().unwrap().log_format, LogFormat::Json);
         let overridden = serve_args(&["--config", path, "--log-format", "text"]).unwrap();
         assert_eq!(overridden.resolve().unwrap().log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn http_listen_defaults_to_loopback_and_off_turns_it_off() {
+        let config = ServeArgs::default().resolve().expect("defaults");
+        assert_eq!(
+            config.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
+        let off = ServeArgs {
+            http_listen: Some("off".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(off.resolve().expect("off").http_listen, None);
+        let bad = ServeArgs {
+            http_listen: Some("nowhere".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn http_listen_comes_from_the_config_file_and_flags_win() {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, "http_listen = \"127.0.0.1:18181\"\n").expect("write config");
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("config file");
+        let flag_wins = ServeArgs {
+            config: Some(path.clone()),
+            http_listen: Some("127.0.0.1:18182".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("flag and file");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(from_file.http_listen, "127.0.0.1:18181".parse().ok());
+        assert_eq!(flag_wins.http_listen, "127.0.0.1:18182".parse().ok());
+    }
+
+    #[test]
+    fn the_administrator_tag_is_the_last_field_and_guest_is_always_one() {
+        let config = ServeArgs {
+            amqp_users: Some("ops:se:cret:administrator,reader:pw,odd:administrator".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("users");
+        let find = |name: &str| {
+            config
+                .http_users
+                .iter()
+                .find(|u| u.name == name)
+                .cloned()
+                .expect("user")
+        };
+        let ops = find("ops");
+        assert_eq!(
+            (ops.password.as_str(), ops.administrator),
+            ("se:cret", true)
+        );
+        let reader = find("reader");
+        assert_eq!(
+            (reader.password.as_str(), reader.administrator),
+            ("pw", false)
+        );
+        // With only two fields the second is the password, even if it reads "administrator".
+        let odd = find("odd");
+        assert_eq!(
+            (odd.password.as_str(), odd.administrator),
+            ("administrator", false)
+        );
+        let guest = find("guest");
+        assert!(guest.administrator && guest.loopback_only);
+        // AMQP logins get the password without the tag.
+        assert!(config
+            .amqp
+            .users
+            .iter()
+            .any(|u| u.name == "ops" && u.password == "se:cret"));
     }
 }

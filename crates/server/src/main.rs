@@ -20,6 +20,8 @@ use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
+use sluice_http::model::{ListenerInfo, NodeInfo};
+use sluice_http::{HttpApi, HttpContext, HttpServer};
 use sluice_kafka::KafkaServer;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -77,14 +79,20 @@ async fn serve(
     let data_dir = config.broker.data_dir.clone();
     let broker = Broker::open(config.broker)
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let advertised = (
+        config.kafka.advertised_host.clone(),
+        config.kafka.advertised_port,
+    );
     let kafka = KafkaServer::bind(config.kafka_listen, broker.clone(), config.kafka)
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
     let kafka_address = kafka.local_addr()?;
+    let disk_free_limit_bytes = config.vhost.disk_free_limit_bytes;
+    let memory_high_watermark_bytes = config.vhost.memory_high_watermark_bytes;
     let vhost =
         VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
     vhost.start_housekeeping();
-    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle);
+    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle.clone());
     let amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
@@ -96,17 +104,67 @@ async fn serve(
         .as_ref()
         .map(|a| a.local_addrs().iter().map(|a| a.to_string()).collect())
         .unwrap_or_default();
+    let http = match config.http_listen {
+        Some(address) => {
+            let mut listeners = vec![ListenerInfo {
+                protocol: "kafka".into(),
+                address: kafka_address.to_string(),
+            }];
+            listeners.extend(amqp_addresses.iter().map(|a| ListenerInfo {
+                protocol: "amqp".into(),
+                address: a.clone(),
+            }));
+            let api = HttpApi::new(HttpContext {
+                broker: broker.clone(),
+                vhost: vhost.clone(),
+                users: config.http_users,
+                metrics: Some(metrics_handle),
+                node: NodeInfo {
+                    node_id: broker.node_id(),
+                    host: advertised.0,
+                    kafka_port: advertised.1,
+                    is_self: true,
+                },
+                listeners,
+                disk_free_limit_bytes,
+                memory_high_watermark_bytes,
+            });
+            let server = HttpServer::bind(address, api.clone())
+                .await
+                .with_context(|| format!("binding the HTTP listener on {address}"))?;
+            Some((server, api))
+        }
+        None => None,
+    };
+    let http_address = match &http {
+        Some((server, _)) => server.local_addr()?.to_string(),
+        None => "off".to_string(),
+    };
     let data_dir_shown = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     tracing::info!(
         kafka = %kafka_address,
         amqp = %if amqp_addresses.is_empty() { "off".to_string() } else { amqp_addresses.join(",") },
+        http = %http_address,
         data_dir = %data_dir_shown.display(),
         "sluice is serving"
     );
 
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let amqp_task = amqp.map(|amqp| tokio::spawn(amqp.run(shutdown.clone())));
+    let http_api = http.as_ref().map(|(_, api)| api.clone());
+    let http_task = http.map(|(server, api)| {
+        api.start_sampling();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server.run(shutdown).await {
+                tracing::error!(%error, "the HTTP listener failed");
+            }
+        })
+    });
     let kafka_task = tokio::spawn(kafka.run(shutdown));
+    if let Some(api) = &http_api {
+        api.set_serving(true);
+    }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -114,11 +172,17 @@ async fn serve(
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    if let Some(api) = &http_api {
+        api.set_serving(false);
+    }
     let _ = shutdown_sender.send(true);
     gauge_sampler.abort();
     let drained = async {
         let _ = kafka_task.await;
         if let Some(task) = amqp_task {
+            let _ = task.await;
+        }
+        if let Some(task) = http_task {
             let _ = task.await;
         }
     };

@@ -19,6 +19,7 @@ mod definitions_saver;
 pub mod exchange;
 pub mod field_table;
 mod housekeeping;
+mod inspect;
 pub mod message;
 pub mod queue;
 mod queue_store;
@@ -38,7 +39,9 @@ use tokio::sync::{oneshot, watch};
 pub use alarms::ResourceAlarms;
 pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
+pub use inspect::{ChannelSummary, QueueSummary};
 pub use message::{Message, MessageProperties};
+pub use queue::QueueStats;
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
 pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
@@ -130,6 +133,10 @@ pub struct VirtualHost {
     definitions: Arc<DefinitionsSaver>,
     counters: amqp_counters::AmqpCounters,
     weak_self: Weak<VirtualHost>,
+    /// Messages published into the vhost (each counted once, however many queues it reached).
+    traffic: crate::TrafficCounters,
+    /// Every channel's session, for the HTTP API's channel list; dead ones are pruned there.
+    sessions: parking_lot::Mutex<Vec<Weak<Session>>>,
 }
 
 impl VirtualHost {
@@ -161,6 +168,8 @@ impl VirtualHost {
             definitions: DefinitionsSaver::new(Arc::clone(&storage), dir.clone()),
             counters: amqp_counters::AmqpCounters::register(),
             weak_self: weak.clone(),
+            traffic: crate::TrafficCounters::default(),
+            sessions: parking_lot::Mutex::new(Vec::new()),
         });
         {
             let mut topology = vhost.topology.write();
@@ -224,8 +233,8 @@ impl VirtualHost {
         Ok(vhost)
     }
 
-    /// Every queue of the virtual host (not its streams, which are topics).
-    pub fn queues(&self) -> Vec<Arc<Queue>> {
+    /// Every classic queue of the virtual host (not its streams, which are topics).
+    pub fn classic_queues(&self) -> Vec<Arc<Queue>> {
         self.all_queues()
     }
 
@@ -753,6 +762,7 @@ impl VirtualHost {
     }
 
     fn deliver_to(&self, targets: Targets, message: Message) -> PublishOutcome {
+        self.traffic.record_in(1, message.body.len() as u64);
         let mut outcome = PublishOutcome {
             routed: !targets.queues.is_empty() || !targets.streams.is_empty(),
             rejected: false,

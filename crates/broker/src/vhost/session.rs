@@ -126,7 +126,7 @@ impl Session {
         user: String,
         sink: Arc<dyn DeliverySink>,
     ) -> Arc<Session> {
-        Arc::new(Session {
+        let session = Arc::new(Session {
             connection,
             channel,
             user,
@@ -140,7 +140,25 @@ impl Session {
                 next_tag: 1,
                 ..SessionState::default()
             }),
-        })
+        });
+        session.vhost.register_session(&session);
+        session
+    }
+
+    /// The channel as the HTTP API lists it.
+    pub fn summary(&self) -> super::ChannelSummary {
+        let state = self.state.lock();
+        super::ChannelSummary {
+            connection: self.connection,
+            channel: self.channel,
+            user: self.user.clone(),
+            consumers: state.consumers.len() as u64,
+            unacked: state.unacked.len() as u64,
+            prefetch_count: self.consumer_prefetch.load(Ordering::Acquire),
+            global_prefetch_count: self.global_prefetch.load(Ordering::Acquire),
+            in_transaction: state.transaction.is_some(),
+            closed: state.closed,
+        }
     }
 
     pub fn vhost(&self) -> &Arc<VirtualHost> {

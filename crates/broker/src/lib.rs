@@ -9,6 +9,7 @@ mod error;
 mod group_commit;
 pub mod group_coordinator;
 mod log_dir;
+mod message_query;
 mod offset_store;
 mod partition;
 mod partition_appender;
@@ -24,6 +25,7 @@ pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
 pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
+pub use message_query::{FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
 

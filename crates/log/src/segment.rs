@@ -1,5 +1,6 @@
 //! One segment of a partition log: `N.log` (record batches starting at base offset N) plus its
-//! in-memory offset and time indexes, persisted to `N.index` and `N.timeindex`.
+//! in-memory offset and time indexes, persisted to `N.index` and `N.timeindex`, and its key
+//! index (`N.keyindex`, see `key_index`).
 //!
 //! The log file handle is shared: appends write at the end with positional writes (serialised by
 //! the partition's append lock), readers use positional reads and only trust bytes below the
@@ -13,6 +14,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::batch::{verify_crc, BATCH_HEADER_BYTES};
+use crate::key_index::{
+    batch_keys, file_candidates, BatchKeys, KeyIndex, KeyIndexFileHeader, KeyIndexRuns,
+    KEY_INDEX_SUFFIX,
+};
 use crate::offset_index::{OffsetIndex, OffsetIndexEntry};
 use crate::storage::{Storage, StorageFile};
 use crate::time_index::{TimeIndex, TimeIndexEntry};
@@ -37,7 +42,7 @@ pub(crate) fn io_error(path: &Path, source: io::Error) -> LogError {
 }
 
 /// What the indexes need to know about the batches written so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SegmentIndexes {
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
@@ -45,13 +50,32 @@ pub(crate) struct SegmentIndexes {
     pub bytes_since_entry: u64,
     pub timestamp_max: i64,
     pub relative_offset_of_timestamp_max: u32,
+    pub key_index: KeyIndex,
 }
 
 impl SegmentIndexes {
-    pub fn new() -> SegmentIndexes {
+    /// Empty indexes; `key_index` keeps an in-memory key index (a new or rebuilt active segment).
+    pub fn new(key_index: bool) -> SegmentIndexes {
         SegmentIndexes {
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_entry: 0,
             timestamp_max: -1,
-            ..Default::default()
+            relative_offset_of_timestamp_max: 0,
+            key_index: if key_index {
+                KeyIndex::Memory(KeyIndexRuns::default())
+            } else {
+                KeyIndex::Disabled
+            },
+        }
+    }
+
+    /// Adds one batch's keys to an in-memory key index.
+    pub fn on_batch_keys(&mut self, segment_base: i64, base_offset: i64, keys: &BatchKeys) {
+        if let KeyIndex::Memory(runs) = &mut self.key_index {
+            if let Ok(relative_base) = u32::try_from(base_offset.wrapping_sub(segment_base)) {
+                runs.push_batch(relative_base, keys);
+            }
         }
     }
 
@@ -109,6 +133,7 @@ impl Segment {
         storage: &Arc<dyn Storage>,
         dir: &Path,
         base_offset: i64,
+        key_index: bool,
     ) -> Result<Segment, LogError> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
         let file = storage
@@ -121,7 +146,7 @@ impl Segment {
             file,
             0,
             base_offset,
-            SegmentIndexes::new(),
+            SegmentIndexes::new(key_index),
             -1,
         ))
     }
@@ -182,17 +207,22 @@ impl Segment {
 
     /// Publishes batches written at `position` by [`Segment::write`]: indexes, then size and
     /// offsets, so a reader that sees the new size finds whole batches.
+    /// `keys` holds each batch's key index entries (empty when the log keeps no key index).
     pub fn on_written(
         &self,
         position: u64,
         headers: &[BatchHeader],
+        keys: &[BatchKeys],
         interval_bytes: u64,
         now_ms: i64,
     ) {
         let mut indexes = self.indexes.lock();
         let mut batch_position = position;
-        for header in headers {
+        for (index, header) in headers.iter().enumerate() {
             indexes.on_batch(self.base_offset, batch_position, header, interval_bytes);
+            if let Some(keys) = keys.get(index) {
+                indexes.on_batch_keys(self.base_offset, header.base_offset, keys);
+            }
             batch_position += header.total_bytes() as u64;
         }
         self.timestamp_max
@@ -216,7 +246,8 @@ impl Segment {
         self.file
             .sync_all()
             .map_err(|e| io_error(&self.log_path, e))?;
-        let scan = scan_segment(self, 0, position, interval_bytes)?;
+        let key_index = !matches!(self.indexes.lock().key_index, KeyIndex::Disabled);
+        let scan = scan_segment(self, 0, position, interval_bytes, key_index)?;
         self.size_bytes.store(position, Ordering::Release);
         self.offset_end
             .store(scan.offset_end.max(self.base_offset), Ordering::Release);
@@ -254,19 +285,46 @@ impl Segment {
     /// is rolled, after which recovery trusts its indexes) fsyncs each file before the rename;
     /// the active segment's indexes are never trusted by recovery, so they need no fsync. The
     /// caller makes the renames durable (`sync_dir`), together with its other entries.
-    pub fn write_index_files(&self, durable: bool) -> Result<(), LogError> {
-        let (offset_bytes, time_bytes) = {
+    ///
+    /// An in-memory key index is written to `N.keyindex` the same way; its header is returned
+    /// so that a rolled segment can drop the entries from memory (`key_index_written`).
+    pub fn write_index_files(&self, durable: bool) -> Result<Option<KeyIndexFileHeader>, LogError> {
+        let (offset_bytes, time_bytes, key_bytes) = {
             let indexes = self.indexes.lock();
+            let key_bytes = match &indexes.key_index {
+                KeyIndex::Memory(runs) => Some(runs.to_bytes(self.size_bytes())),
+                _ => None,
+            };
             (
                 indexes.offset_index.to_bytes(),
                 indexes.time_index.to_bytes(),
+                key_bytes,
             )
         };
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        for (suffix, bytes) in [
-            (INDEX_SUFFIX, offset_bytes),
-            (TIME_INDEX_SUFFIX, time_bytes),
-        ] {
+        let key_header = match &key_bytes {
+            Some(bytes) => Some(KeyIndexFileHeader::parse(
+                bytes,
+                bytes.len() as u64,
+                self.size_bytes(),
+            )?),
+            None => None,
+        };
+        if matches!(self.indexes.lock().key_index, KeyIndex::Disabled) {
+            // A file left from when the index was kept would go stale as the log changes.
+            let path = segment_path(dir, self.base_offset, KEY_INDEX_SUFFIX);
+            match self.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path, e)),
+            }
+        }
+        let files = [
+            Some((INDEX_SUFFIX, offset_bytes)),
+            Some((TIME_INDEX_SUFFIX, time_bytes)),
+            key_bytes.map(|bytes| (KEY_INDEX_SUFFIX, bytes)),
+        ];
+        for (suffix, bytes) in files.into_iter().flatten() {
             let path = segment_path(dir, self.base_offset, suffix);
             let temporary = path.with_extension(format!("{suffix}.{TEMPORARY_SUFFIX}"));
             let file = self
@@ -282,14 +340,66 @@ impl Segment {
                 .rename(&temporary, &path)
                 .map_err(|e| io_error(&path, e))?;
         }
-        Ok(())
+        Ok(key_header)
+    }
+
+    /// The segment was rolled and its key index written (`header`): lookups read the file from
+    /// now on, and the entries leave memory.
+    pub fn key_index_written(&self, header: KeyIndexFileHeader) {
+        let mut indexes = self.indexes.lock();
+        if matches!(indexes.key_index, KeyIndex::Memory(_)) {
+            indexes.key_index = KeyIndex::OnDisk(header);
+        }
+    }
+
+    /// Relative offsets whose records may have key or id hash `hash`; `None` when the segment
+    /// has no usable key index. Also returns how many compressed batches were left unindexed.
+    pub fn key_candidates(&self, hash: u64) -> Result<Option<(Vec<u32>, u64)>, LogError> {
+        let header = match &self.indexes.lock().key_index {
+            KeyIndex::Memory(runs) => {
+                return Ok(Some((runs.candidates(hash), runs.skipped_batches)))
+            }
+            KeyIndex::OnDisk(header) => *header,
+            KeyIndex::Disabled | KeyIndex::Incomplete => return Ok(None),
+        };
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let path = segment_path(dir, self.base_offset, KEY_INDEX_SUFFIX);
+        let file = match self.storage.open(&path) {
+            Ok(file) => file,
+            // Removed by retention or truncation since the segment list was read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        Ok(Some((
+            file_candidates(file.as_ref(), &path, &header, hash)?,
+            0,
+        )))
+    }
+
+    /// Marks the key index on or off after a config change: turned off, lookups stop using it;
+    /// turned on, an empty segment starts one, a segment with records waits for recovery.
+    pub fn set_key_index(&self, enabled: bool) {
+        let mut indexes = self.indexes.lock();
+        match (&indexes.key_index, enabled) {
+            (KeyIndex::Disabled, true) if self.is_empty() => {
+                indexes.key_index = KeyIndex::Memory(KeyIndexRuns::default())
+            }
+            (KeyIndex::Disabled, true) => indexes.key_index = KeyIndex::Incomplete,
+            (_, false) => indexes.key_index = KeyIndex::Disabled,
+            _ => {}
+        }
     }
 
     /// Removes the segment's files (open handles stay readable until dropped). The caller makes
     /// the removal durable (`sync_dir`).
     pub fn remove_files(&self) -> Result<(), LogError> {
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            KEY_INDEX_SUFFIX,
+        ] {
             let path = segment_path(dir, self.base_offset, suffix);
             match self.storage.remove_file(&path) {
                 Ok(()) => {}
@@ -327,6 +437,7 @@ pub(crate) fn scan_segment(
     from: u64,
     end: u64,
     interval_bytes: u64,
+    key_index: bool,
 ) -> Result<SegmentScan, LogError> {
     scan_file(
         segment.file.as_ref(),
@@ -336,7 +447,7 @@ pub(crate) fn scan_segment(
         end,
         false,
         interval_bytes,
-        SegmentIndexes::new(),
+        SegmentIndexes::new(key_index),
     )
 }
 
@@ -375,6 +486,16 @@ pub(crate) fn scan_file(
                 }
                 scan.indexes
                     .on_batch(segment_base, position, &header, interval_bytes);
+                if matches!(scan.indexes.key_index, KeyIndex::Memory(_)) {
+                    let keys = match reader.fill(position, header.total_bytes()) {
+                        Ok(batch) => batch_keys(&header, batch),
+                        Err(BatchReadError::Log(error)) => return Err(error),
+                        // next_batch checked the batch fits in the file.
+                        Err(_) => BatchKeys::default(),
+                    };
+                    scan.indexes
+                        .on_batch_keys(segment_base, header.base_offset, &keys);
+                }
                 scan.first_batch.get_or_insert(header);
                 scan.offset_end = header.last_offset() + 1;
                 scan.valid_bytes = position + header.total_bytes() as u64;

@@ -259,6 +259,7 @@ impl ServeArgs {
             index_interval_bytes: defaults.index_interval_bytes,
             batch_bytes_max: self.message_max_bytes.unwrap_or(defaults.batch_bytes_max),
             durability,
+            key_index: defaults.key_index,
         };
         let group_defaults = GroupConfig::default();
         let group = GroupConfig {

@@ -11,14 +11,18 @@
 //! a miss, never a wrong answer.
 //!
 //! Where entries live:
-//! - The active segment keeps its entries in memory as sorted runs merged like a binary counter
-//!   (a run is merged into the one before it while that one is no bigger), so an append costs
-//!   amortised O(log n) and a lookup is a binary search in each of O(log n) runs. Memory: 12
-//!   bytes per indexed record of the active segment only.
-//! - `N.keyindex` holds one sorted table, written when the segment is rolled (fsynced with the
-//!   other indexes, then trusted by recovery), on flush and after recovery. Rolled segments keep
-//!   nothing in memory: a lookup binary-searches the file with positional reads (about 25 reads
-//!   of 12 bytes for ten million entries, from the page cache once warm).
+//! - The active segment collects entries in memory (an unsorted tail of 16 Ki entries, then
+//!   sorted runs of that size); at 256 Ki entries (3 MiB) they are merged into one sorted run
+//!   appended to `N.keyruns` without an fsync, so memory per partition stays bounded whatever
+//!   the segment size. A lookup scans the tail, binary-searches each run in memory and each
+//!   spilled run in the file (about 20 positional reads each, from the page cache). The spill
+//!   file is removed when the segment rolls, and by recovery, which rebuilds the active
+//!   segment's index from the log.
+//! - `N.keyindex` holds one sorted table, written when the segment is rolled (a streaming merge
+//!   of the spilled and in-memory runs, fsynced with the other indexes, then trusted by
+//!   recovery). Rolled segments keep nothing in memory: a lookup binary-searches the file with
+//!   positional reads (about 25 reads of 12 bytes for ten million entries, from the page
+//!   cache once warm).
 //!
 //! File layout (big endian): header `b"SLKI"` | version u32 (1) | entry count u64 | log bytes
 //! u64 (size of the `.log` it indexes) | CRC-32C of the entries u32 | reserved u32; then
@@ -26,20 +30,25 @@
 //! trusts a rolled segment's file when the header is well formed, the length matches the count
 //! and `log bytes` equals the segment's size; otherwise (missing, stale after a truncation,
 //! torn) it is rebuilt from the log. The active segment's index is always rebuilt during the
-//! recovery scan of its tail, so appends never fsync or even write it.
+//! recovery scan of its tail, so appends never fsync it.
 //!
 //! Compressed batches are not decoded by this crate (no codecs), so their records are not
 //! indexed; lookups report how many such batches were appended to indexed segments.
 
-use std::path::Path;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::batch::visit_record_keys;
-use crate::storage::StorageFile;
+use crate::storage::{Storage, StorageFile};
 use crate::{BatchHeader, LogError, Record};
 
 pub(crate) const KEY_INDEX_SUFFIX: &str = "keyindex";
+/// The active segment's spilled runs; removed when it is rolled, and by recovery.
+pub(crate) const KEY_RUNS_SUFFIX: &str = "keyruns";
 
 /// The record header holding a message's id (AMQP's `message-id` property crosses into Kafka
 /// records under this name).
@@ -52,10 +61,14 @@ const ENTRY_BYTES: usize = 12;
 // Seeds are part of the file format: changing one invalidates every `.keyindex` file.
 const KEY_SEED: u64 = 0x6b65_7973;
 const MESSAGE_ID_SEED: u64 = 0x6d_7367_6964;
-/// Unsorted entries collected before they are sorted into a run.
-const TAIL_ENTRIES_MAX: usize = 1024;
+/// Unsorted entries collected before they are sorted into a run (a lookup scans them).
+const TAIL_ENTRIES_MAX: usize = 16 * 1024;
 /// Entries read per positional read while collecting the matches of a hash from a file.
 const SCAN_CHUNK_ENTRIES: usize = 256;
+/// In-memory entries of the active segment before they spill to `N.keyruns` (3 MiB).
+const SPILL_ENTRIES: usize = 256 * 1024;
+/// Entries buffered per write of a `.keyindex` table.
+const WRITE_CHUNK_ENTRIES: usize = 64 * 1024;
 
 /// What to look a record up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,34 +158,143 @@ pub(crate) fn batch_keys(header: &BatchHeader, batch: &[u8]) -> BatchKeys {
     keys
 }
 
-/// The active segment's entries: sorted runs, each no bigger than the one before it, plus a
-/// small unsorted tail.
-#[derive(Debug, Default, Clone)]
+/// Where the active segment's index spills its sorted runs (`N.keyruns`, entries only): memory
+/// holds at most `SPILL_ENTRIES` entries per segment, the page cache the rest.
+pub(crate) struct SpillFile {
+    storage: Arc<dyn Storage>,
+    path: PathBuf,
+    file: Option<Box<dyn StorageFile>>,
+    /// (first entry, entry count) of each spilled run, in the order written.
+    runs: Vec<(u64, u64)>,
+    entries: u64,
+}
+
+impl std::fmt::Debug for SpillFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillFile")
+            .field("path", &self.path)
+            .field("runs", &self.runs.len())
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
+/// The spilled runs of an active segment at one moment, searched without holding its lock.
+pub(crate) struct SpilledRuns {
+    storage: Arc<dyn Storage>,
+    path: PathBuf,
+    runs: Vec<(u64, u64)>,
+}
+
+impl SpilledRuns {
+    pub fn candidates(&self, hash: u64, found: &mut Vec<u32>) -> Result<(), LogError> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let file = match self.storage.open(&self.path) {
+            Ok(file) => file,
+            // Rolled or truncated since: the caller's segment snapshot is stale.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(LogError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        for &(first, count) in &self.runs {
+            found.extend(file_candidates(
+                file.as_ref(),
+                &self.path,
+                first * ENTRY_BYTES as u64,
+                count,
+                hash,
+            )?);
+        }
+        Ok(())
+    }
+}
+
+/// The active segment's entries: sorted runs of `TAIL_ENTRIES_MAX` in memory plus an unsorted
+/// tail; past `SPILL_ENTRIES` they are merged into one run and spilled to disk.
+#[derive(Debug, Default)]
 pub(crate) struct KeyIndexRuns {
     runs: Vec<Vec<KeyIndexEntry>>,
     tail: Vec<KeyIndexEntry>,
-    len: usize,
+    /// Entries in `runs` and `tail`.
+    memory_entries: usize,
     /// Compressed batches whose records are not indexed.
     pub skipped_batches: u64,
+    spill: Option<SpillFile>,
+    /// A spill write failed: the index misses entries (see `is_broken`).
+    broken: bool,
 }
 
 impl KeyIndexRuns {
+    /// Entries that spill to `path` past the memory bound (a segment's `N.keyruns`).
+    pub fn spilling_to(storage: Arc<dyn Storage>, path: PathBuf) -> KeyIndexRuns {
+        KeyIndexRuns {
+            spill: Some(SpillFile {
+                storage,
+                path,
+                file: None,
+                runs: Vec::new(),
+                entries: 0,
+            }),
+            ..KeyIndexRuns::default()
+        }
+    }
+
+    /// A spill failed, so entries are missing: the segment's index must not be used.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     pub fn push(&mut self, entry: KeyIndexEntry) {
         self.tail.push(entry);
-        self.len += 1;
-        if self.tail.len() >= TAIL_ENTRIES_MAX {
-            let mut run = std::mem::take(&mut self.tail);
-            run.sort_unstable();
-            self.runs.push(run);
-            while self.runs.len() >= 2
-                && self.runs[self.runs.len() - 2].len() <= self.runs[self.runs.len() - 1].len()
-            {
-                let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) else {
-                    break;
-                };
-                self.runs.push(merge(&older, &newer));
+        self.memory_entries += 1;
+        if self.tail.len() < TAIL_ENTRIES_MAX {
+            return;
+        }
+        let mut run = std::mem::take(&mut self.tail);
+        run.sort_unstable();
+        self.runs.push(run);
+        if self.memory_entries >= SPILL_ENTRIES && self.spill.is_some() {
+            if let Err(error) = self.spill_memory() {
+                tracing::warn!(%error, "cannot spill key index entries: the segment's key index is dropped until the log is reopened");
+                self.broken = true;
             }
         }
+    }
+
+    /// Writes the in-memory entries as one sorted run at the end of the spill file (no fsync:
+    /// recovery rebuilds an active segment's index from the log).
+    fn spill_memory(&mut self) -> Result<(), LogError> {
+        let entries = self.memory_sorted();
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let io = |source| LogError::Io {
+            path: spill.path.clone(),
+            source,
+        };
+        if spill.file.is_none() {
+            spill.file = Some(spill.storage.create(&spill.path).map_err(io)?);
+        }
+        let Some(file) = spill.file.as_ref() else {
+            return Ok(());
+        };
+        let mut bytes = Vec::with_capacity(entries.len() * ENTRY_BYTES);
+        for entry in &entries {
+            encode_entry(entry, &mut bytes);
+        }
+        file.write_all_at(&bytes, spill.entries * ENTRY_BYTES as u64)
+            .map_err(io)?;
+        spill.runs.push((spill.entries, entries.len() as u64));
+        spill.entries += entries.len() as u64;
+        self.runs.clear();
+        self.memory_entries = 0;
+        Ok(())
     }
 
     pub fn push_batch(&mut self, relative_base: u32, keys: &BatchKeys) {
@@ -189,8 +311,9 @@ impl KeyIndexRuns {
         }
     }
 
-    /// Relative offsets of every entry with `hash`, unsorted.
-    pub fn candidates(&self, hash: u64) -> Vec<u32> {
+    /// Relative offsets of the in-memory entries with `hash`, unsorted; the spilled runs to
+    /// search (outside the segment's lock) for the rest.
+    pub fn candidates(&self, hash: u64) -> (Vec<u32>, SpilledRuns) {
         let mut found = Vec::new();
         for run in &self.runs {
             let start = run.partition_point(|e| e.hash < hash);
@@ -207,11 +330,23 @@ impl KeyIndexRuns {
                 .filter(|e| e.hash == hash)
                 .map(|e| e.relative_offset),
         );
-        found
+        let spilled = match &self.spill {
+            Some(spill) => SpilledRuns {
+                storage: Arc::clone(&spill.storage),
+                path: spill.path.clone(),
+                runs: spill.runs.clone(),
+            },
+            None => SpilledRuns {
+                storage: Arc::new(crate::RealDisk),
+                path: PathBuf::new(),
+                runs: Vec::new(),
+            },
+        };
+        (found, spilled)
     }
 
-    fn sorted_entries(&self) -> Vec<KeyIndexEntry> {
-        let mut all = Vec::with_capacity(self.len);
+    fn memory_sorted(&self) -> Vec<KeyIndexEntry> {
+        let mut all = Vec::with_capacity(self.memory_entries);
         for run in &self.runs {
             all.extend_from_slice(run);
         }
@@ -221,56 +356,135 @@ impl KeyIndexRuns {
         all
     }
 
-    /// The `.keyindex` file contents for a segment of `log_bytes`.
-    pub fn to_bytes(&self, log_bytes: u64) -> Vec<u8> {
-        let entries = self.sorted_entries();
-        let mut out = Vec::with_capacity(HEADER_BYTES + entries.len() * ENTRY_BYTES);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(&(entries.len() as u64).to_be_bytes());
-        out.extend_from_slice(&log_bytes.to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes()); // CRC, patched below
-        out.extend_from_slice(&0u32.to_be_bytes());
-        for entry in &entries {
-            out.extend_from_slice(&entry.hash.to_be_bytes());
-            out.extend_from_slice(&entry.relative_offset.to_be_bytes());
+    /// Writes the `.keyindex` table for a segment of `log_bytes` into `out`: a streaming
+    /// merge of the spilled runs and the in-memory entries, a bounded buffer per run.
+    pub fn write_table(
+        &self,
+        out: &dyn StorageFile,
+        out_path: &Path,
+        log_bytes: u64,
+    ) -> Result<KeyIndexFileHeader, LogError> {
+        let out_io = |source| LogError::Io {
+            path: out_path.to_path_buf(),
+            source,
+        };
+        let mut sources: Vec<RunCursor> = Vec::new();
+        if let Some(spill) = &self.spill {
+            if let Some(file) = &spill.file {
+                for &(first, count) in &spill.runs {
+                    sources.push(RunCursor::on_file(file.as_ref(), &spill.path, first, count));
+                }
+            }
         }
-        let crc = crc32c::crc32c(&out[HEADER_BYTES..]);
-        out[24..28].copy_from_slice(&crc.to_be_bytes());
-        out
+        sources.push(RunCursor::in_memory(self.memory_sorted()));
+        let mut heap = BinaryHeap::new();
+        for (index, source) in sources.iter_mut().enumerate() {
+            if let Some(entry) = source.next()? {
+                heap.push(Reverse((entry, index)));
+            }
+        }
+        let mut buffer = Vec::with_capacity(WRITE_CHUNK_ENTRIES * ENTRY_BYTES);
+        let mut position = HEADER_BYTES as u64;
+        let mut crc = 0u32;
+        let mut entry_count = 0u64;
+        while let Some(Reverse((entry, index))) = heap.pop() {
+            encode_entry(&entry, &mut buffer);
+            entry_count += 1;
+            if buffer.len() >= WRITE_CHUNK_ENTRIES * ENTRY_BYTES {
+                crc = crc32c::crc32c_append(crc, &buffer);
+                out.write_all_at(&buffer, position).map_err(out_io)?;
+                position += buffer.len() as u64;
+                buffer.clear();
+            }
+            if let Some(next) = sources[index].next()? {
+                heap.push(Reverse((next, index)));
+            }
+        }
+        crc = crc32c::crc32c_append(crc, &buffer);
+        out.write_all_at(&buffer, position).map_err(out_io)?;
+        let header = KeyIndexFileHeader {
+            entry_count,
+            entries_crc: crc,
+        };
+        out.write_all_at(&header.to_bytes(log_bytes), 0)
+            .map_err(out_io)?;
+        Ok(header)
     }
 
-    /// Parses a whole `.keyindex` file, checking its CRC (for tests and small files).
-    #[cfg(test)]
-    pub fn from_bytes(bytes: &[u8], log_bytes: u64) -> Result<KeyIndexRuns, LogError> {
-        let header = KeyIndexFileHeader::parse(bytes, bytes.len() as u64, log_bytes)?;
-        let entries = &bytes[HEADER_BYTES..];
-        if crc32c::crc32c(entries) != header.entries_crc {
-            return Err(bad("key index entries fail their CRC".into()));
+    /// Removes the spill file (the segment was rolled and its table written).
+    pub fn remove_spill(&mut self) {
+        if let Some(spill) = self.spill.take() {
+            if spill.file.is_some() {
+                if let Err(error) = spill.storage.remove_file(&spill.path) {
+                    tracing::warn!(path = %spill.path.display(), %error, "cannot remove spilled key index runs (recovery removes them)");
+                }
+            }
         }
-        let mut runs = KeyIndexRuns::default();
-        for chunk in entries.chunks_exact(ENTRY_BYTES) {
-            runs.push(decode_entry(chunk));
-        }
-        Ok(runs)
     }
 }
 
-fn merge(older: &[KeyIndexEntry], newer: &[KeyIndexEntry]) -> Vec<KeyIndexEntry> {
-    let mut merged = Vec::with_capacity(older.len() + newer.len());
-    let (mut i, mut j) = (0, 0);
-    while i < older.len() && j < newer.len() {
-        if older[i] <= newer[j] {
-            merged.push(older[i]);
-            i += 1;
-        } else {
-            merged.push(newer[j]);
-            j += 1;
+/// Reads one sorted run in bounded chunks.
+struct RunCursor<'a> {
+    file: Option<(&'a dyn StorageFile, &'a Path)>,
+    /// Next entry to read from the file, and entries of the run left there.
+    next_entry: u64,
+    left: u64,
+    buffer: Vec<KeyIndexEntry>,
+    position: usize,
+}
+
+impl<'a> RunCursor<'a> {
+    fn on_file(file: &'a dyn StorageFile, path: &'a Path, first: u64, count: u64) -> Self {
+        RunCursor {
+            file: Some((file, path)),
+            next_entry: first,
+            left: count,
+            buffer: Vec::new(),
+            position: 0,
         }
     }
-    merged.extend_from_slice(&older[i..]);
-    merged.extend_from_slice(&newer[j..]);
-    merged
+
+    fn in_memory(entries: Vec<KeyIndexEntry>) -> Self {
+        RunCursor {
+            file: None,
+            next_entry: 0,
+            left: 0,
+            buffer: entries,
+            position: 0,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<KeyIndexEntry>, LogError> {
+        if self.position == self.buffer.len() {
+            let Some((file, path)) = self.file else {
+                return Ok(None);
+            };
+            if self.left == 0 {
+                return Ok(None);
+            }
+            let count = self.left.min(SCAN_CHUNK_ENTRIES as u64 * 16) as usize;
+            let mut bytes = vec![0u8; count * ENTRY_BYTES];
+            file.read_exact_at(&mut bytes, self.next_entry * ENTRY_BYTES as u64)
+                .map_err(|source| LogError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            self.buffer.clear();
+            self.buffer
+                .extend(bytes.chunks_exact(ENTRY_BYTES).map(decode_entry));
+            self.position = 0;
+            self.next_entry += count as u64;
+            self.left -= count as u64;
+        }
+        let entry = self.buffer[self.position];
+        self.position += 1;
+        Ok(Some(entry))
+    }
+}
+
+fn encode_entry(entry: &KeyIndexEntry, out: &mut Vec<u8>) {
+    out.extend_from_slice(&entry.hash.to_be_bytes());
+    out.extend_from_slice(&entry.relative_offset.to_be_bytes());
 }
 
 fn decode_entry(chunk: &[u8]) -> KeyIndexEntry {
@@ -294,6 +508,16 @@ pub(crate) struct KeyIndexFileHeader {
 }
 
 impl KeyIndexFileHeader {
+    fn to_bytes(self, log_bytes: u64) -> [u8; HEADER_BYTES] {
+        let mut header = [0u8; HEADER_BYTES];
+        header[..4].copy_from_slice(MAGIC);
+        header[4..8].copy_from_slice(&VERSION.to_be_bytes());
+        header[8..16].copy_from_slice(&self.entry_count.to_be_bytes());
+        header[16..24].copy_from_slice(&log_bytes.to_be_bytes());
+        header[24..28].copy_from_slice(&self.entries_crc.to_be_bytes());
+        header
+    }
+
     /// Checks magic, version, that `file_bytes` is exactly the header and `entry count`
     /// entries, and that the file indexes a log of `log_bytes`.
     pub fn parse(
@@ -347,12 +571,13 @@ impl KeyIndexFileHeader {
     }
 }
 
-/// Relative offsets of every entry with `hash` in a `.keyindex` file, by binary search with
-/// positional reads.
+/// Relative offsets of every entry with `hash` in the sorted run of `entry_count` entries
+/// starting at byte `start` of `file`, by binary search with positional reads.
 pub(crate) fn file_candidates(
     file: &dyn StorageFile,
     path: &Path,
-    header: &KeyIndexFileHeader,
+    start: u64,
+    entry_count: u64,
     hash: u64,
 ) -> Result<Vec<u32>, LogError> {
     let io = |source| LogError::Io {
@@ -361,12 +586,12 @@ pub(crate) fn file_candidates(
     };
     let entry_at = |index: u64| -> Result<KeyIndexEntry, LogError> {
         let mut chunk = [0u8; ENTRY_BYTES];
-        file.read_exact_at(&mut chunk, HEADER_BYTES as u64 + index * ENTRY_BYTES as u64)
+        file.read_exact_at(&mut chunk, start + index * ENTRY_BYTES as u64)
             .map_err(io)?;
         Ok(decode_entry(&chunk))
     };
     // First index whose hash is >= `hash`.
-    let (mut low, mut high) = (0u64, header.entry_count);
+    let (mut low, mut high) = (0u64, entry_count);
     while low < high {
         let middle = low + (high - low) / 2;
         if entry_at(middle)?.hash < hash {
@@ -378,10 +603,10 @@ pub(crate) fn file_candidates(
     let mut found = Vec::new();
     let mut chunk = vec![0u8; SCAN_CHUNK_ENTRIES * ENTRY_BYTES];
     let mut index = low;
-    while index < header.entry_count {
-        let count = (header.entry_count - index).min(SCAN_CHUNK_ENTRIES as u64) as usize;
+    while index < entry_count {
+        let count = (entry_count - index).min(SCAN_CHUNK_ENTRIES as u64) as usize;
         let bytes = &mut chunk[..count * ENTRY_BYTES];
-        file.read_exact_at(bytes, HEADER_BYTES as u64 + index * ENTRY_BYTES as u64)
+        file.read_exact_at(bytes, start + index * ENTRY_BYTES as u64)
             .map_err(io)?;
         for entry in bytes.chunks_exact(ENTRY_BYTES).map(decode_entry) {
             if entry.hash != hash {
@@ -394,8 +619,18 @@ pub(crate) fn file_candidates(
     Ok(found)
 }
 
+/// Entries with `hash` in a `.keyindex` file whose header was checked.
+pub(crate) fn table_candidates(
+    file: &dyn StorageFile,
+    path: &Path,
+    header: &KeyIndexFileHeader,
+    hash: u64,
+) -> Result<Vec<u32>, LogError> {
+    file_candidates(file, path, HEADER_BYTES as u64, header.entry_count, hash)
+}
+
 /// The key index of one segment.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum KeyIndex {
     /// Not kept (`LogConfig::key_index` off).
     Disabled,
@@ -414,29 +649,60 @@ mod tests {
     use crate::RecordBatchBuilder;
 
     #[test]
-    fn runs_find_every_entry_of_a_hash_and_roundtrip_through_bytes() {
-        let mut runs = KeyIndexRuns::default();
-        for offset in 0..10_000u32 {
+    fn runs_spill_past_the_memory_bound_and_merge_into_one_table() {
+        let disk = crate::SimDisk::new(1);
+        let storage = disk.storage();
+        let dir = Path::new("/data");
+        storage.create_dir_all(dir).unwrap();
+        let mut runs = KeyIndexRuns::spilling_to(Arc::clone(&storage), dir.join("0.keyruns"));
+        let total = (SPILL_ENTRIES * 2 + 1000) as u32;
+        for offset in 0..total {
             runs.push(KeyIndexEntry {
-                hash: (offset % 97) as u64,
+                hash: (offset % 1009) as u64,
                 relative_offset: offset,
             });
         }
-        assert!(runs.runs.len() <= 16, "runs merge: {}", runs.runs.len());
-        let mut found = runs.candidates(5);
-        found.sort_unstable();
-        let expected: Vec<u32> = (0..10_000).filter(|o| o % 97 == 5).collect();
-        assert_eq!(found, expected);
-        let bytes = runs.to_bytes(1234);
-        let parsed = KeyIndexRuns::from_bytes(&bytes, 1234).unwrap();
-        let mut found = parsed.candidates(5);
+        assert_eq!(runs.spill.as_ref().unwrap().runs.len(), 2, "spilled twice");
+        assert!(runs.memory_entries < SPILL_ENTRIES);
+        let expected: Vec<u32> = (0..total).filter(|o| o % 1009 == 5).collect();
+        let (mut found, spilled) = runs.candidates(5);
+        spilled.candidates(5, &mut found).unwrap();
         found.sort_unstable();
         assert_eq!(found, expected);
-        assert!(KeyIndexRuns::from_bytes(&bytes, 1235).is_err(), "stale");
-        assert!(KeyIndexRuns::from_bytes(&bytes[..bytes.len() - 1], 1234).is_err());
-        let mut flipped = bytes.clone();
-        flipped[HEADER_BYTES + 3] ^= 1;
-        assert!(KeyIndexRuns::from_bytes(&flipped, 1234).is_err());
+
+        let path = dir.join("0.keyindex");
+        let out = storage.create(&path).unwrap();
+        let header = runs.write_table(out.as_ref(), &path, 4321).unwrap();
+        assert_eq!(header.entry_count, total as u64);
+        assert_eq!(
+            KeyIndexFileHeader::read(out.as_ref(), 4321).unwrap(),
+            header
+        );
+        assert!(
+            KeyIndexFileHeader::read(out.as_ref(), 4322).is_err(),
+            "stale"
+        );
+        let mut found = table_candidates(out.as_ref(), &path, &header, 5).unwrap();
+        assert!(found.windows(2).all(|w| w[0] < w[1]), "sorted by offset");
+        found.sort_unstable();
+        assert_eq!(found, expected);
+        let mut entries = vec![0u8; total as usize * ENTRY_BYTES];
+        out.read_exact_at(&mut entries, HEADER_BYTES as u64)
+            .unwrap();
+        assert_eq!(crc32c::crc32c(&entries), header.entries_crc);
+        let table: Vec<KeyIndexEntry> = entries
+            .chunks_exact(ENTRY_BYTES)
+            .map(decode_entry)
+            .collect();
+        assert!(table.windows(2).all(|w| w[0] <= w[1]));
+
+        runs.remove_spill();
+        assert!(!disk.exists(&dir.join("0.keyruns")));
+        out.set_len(HEADER_BYTES as u64 + 5).unwrap();
+        assert!(
+            KeyIndexFileHeader::read(out.as_ref(), 4321).is_err(),
+            "torn"
+        );
     }
 
     #[test]

@@ -338,7 +338,8 @@ impl PartitionLog {
         }
         // The rolled segment is made durable now, so it never needs syncing again.
         active.sync_data()?;
-        let key_index_header = active.write_index_files(true)?;
+        active.write_index_files(true)?;
+        let key_index_header = active.write_key_index_file()?;
         let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
         let segment = Arc::new(Segment::create(
             &self.storage,
@@ -851,7 +852,7 @@ impl PartitionLog {
         let active = self.active_segment();
         let flushed = active
             .sync_data()
-            .and_then(|()| active.write_index_files(true).map(drop))
+            .and_then(|()| active.write_index_files(true))
             .and_then(|()| write_clean_shutdown_marker(self.storage.as_ref(), &self.dir))
             .and_then(|()| sync_dir(self.storage.as_ref(), &self.dir));
         flushed.map_err(|e| self.go_offline(e))?;

@@ -22,12 +22,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::batch::BATCH_HEADER_BYTES;
-use crate::key_index::{KeyIndex, KeyIndexFileHeader, KEY_INDEX_SUFFIX};
+use crate::key_index::{KeyIndex, KeyIndexFileHeader, KEY_INDEX_SUFFIX, KEY_RUNS_SUFFIX};
 use crate::offset_index::OffsetIndex;
 use crate::segment::TEMPORARY_SUFFIX;
 use crate::segment::{
-    io_error, scan_file, segment_path, BatchReadError, BatchReader, Segment, SegmentIndexes,
-    SegmentScan, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+    io_error, key_index_runs, scan_file, segment_path, BatchReadError, BatchReader, Segment,
+    SegmentIndexes, SegmentScan, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use crate::storage::{Storage, StorageFile};
 use crate::time_index::TimeIndex;
@@ -95,10 +95,11 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<(Vec<i64>, bool), 
     let mut indexes = Vec::new();
     let mut clean_shutdown = false;
     for name in storage.read_dir(dir).map_err(|e| io_error(dir, e))? {
-        if name
-            .to_str()
-            .is_some_and(|n| n.ends_with(&format!(".{TEMPORARY_SUFFIX}")))
-        {
+        // Spilled key index runs belong to an active segment, whose index is rebuilt.
+        if name.to_str().is_some_and(|n| {
+            n.ends_with(&format!(".{TEMPORARY_SUFFIX}"))
+                || n.ends_with(&format!(".{KEY_RUNS_SUFFIX}"))
+        }) {
             let path = dir.join(&name);
             tracing::debug!(path = %path.display(), "removing unfinished index file");
             storage.remove_file(&path).map_err(|e| io_error(&path, e))?;
@@ -186,7 +187,7 @@ fn recover_active_segment(
         file_bytes,
         true,
         interval_bytes,
-        SegmentIndexes::new(key_index),
+        SegmentIndexes::new(key_index.then(|| key_index_runs(storage, dir, base_offset))),
     )?;
     if let Some(stop) = &scan.stop {
         tracing::warn!(
@@ -252,7 +253,7 @@ fn load_rolled_segment(
                     file_bytes,
                     false,
                     interval_bytes,
-                    SegmentIndexes::new(false),
+                    SegmentIndexes::new(None),
                 )?,
                 true,
             )
@@ -317,10 +318,14 @@ fn load_key_index(
         segment.size_bytes(),
         false,
         interval_bytes,
-        SegmentIndexes::new(true),
+        SegmentIndexes::new(Some(key_index_runs(
+            &segment.storage,
+            dir,
+            segment.base_offset,
+        ))),
     )?;
     segment.indexes.lock().key_index = scan.indexes.key_index;
-    if let Some(header) = segment.write_index_files(true)? {
+    if let Some(header) = segment.write_key_index_file()? {
         segment.key_index_written(header);
     }
     Ok(())

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 
 use crate::batch::{verify_crc, BATCH_HEADER_BYTES};
 use crate::key_index::{
-    batch_keys, file_candidates, BatchKeys, KeyIndex, KeyIndexFileHeader, KeyIndexRuns,
-    KEY_INDEX_SUFFIX,
+    batch_keys, table_candidates, BatchKeys, KeyIndex, KeyIndexFileHeader, KeyIndexRuns,
+    KEY_INDEX_SUFFIX, KEY_RUNS_SUFFIX,
 };
 use crate::offset_index::{OffsetIndex, OffsetIndexEntry};
 use crate::storage::{Storage, StorageFile};
@@ -54,19 +54,15 @@ pub(crate) struct SegmentIndexes {
 }
 
 impl SegmentIndexes {
-    /// Empty indexes; `key_index` keeps an in-memory key index (a new or rebuilt active segment).
-    pub fn new(key_index: bool) -> SegmentIndexes {
+    /// Empty indexes; `key_index` keeps a key index (a new or rebuilt active segment).
+    pub fn new(key_index: Option<KeyIndexRuns>) -> SegmentIndexes {
         SegmentIndexes {
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             bytes_since_entry: 0,
             timestamp_max: -1,
             relative_offset_of_timestamp_max: 0,
-            key_index: if key_index {
-                KeyIndex::Memory(KeyIndexRuns::default())
-            } else {
-                KeyIndex::Disabled
-            },
+            key_index: key_index.map_or(KeyIndex::Disabled, KeyIndex::Memory),
         }
     }
 
@@ -75,6 +71,9 @@ impl SegmentIndexes {
         if let KeyIndex::Memory(runs) = &mut self.key_index {
             if let Ok(relative_base) = u32::try_from(base_offset.wrapping_sub(segment_base)) {
                 runs.push_batch(relative_base, keys);
+            }
+            if runs.is_broken() {
+                self.key_index = KeyIndex::Incomplete;
             }
         }
     }
@@ -146,7 +145,7 @@ impl Segment {
             file,
             0,
             base_offset,
-            SegmentIndexes::new(key_index),
+            SegmentIndexes::new(key_index.then(|| key_index_runs(storage, dir, base_offset))),
             -1,
         ))
     }
@@ -247,6 +246,8 @@ impl Segment {
             .sync_all()
             .map_err(|e| io_error(&self.log_path, e))?;
         let key_index = !matches!(self.indexes.lock().key_index, KeyIndex::Disabled);
+        // The old index goes first: its spill file is the one the rebuild writes anew.
+        self.indexes.lock().key_index = KeyIndex::Incomplete;
         let scan = scan_segment(self, 0, position, interval_bytes, key_index)?;
         self.size_bytes.store(position, Ordering::Release);
         self.offset_end
@@ -285,31 +286,15 @@ impl Segment {
     /// is rolled, after which recovery trusts its indexes) fsyncs each file before the rename;
     /// the active segment's indexes are never trusted by recovery, so they need no fsync. The
     /// caller makes the renames durable (`sync_dir`), together with its other entries.
-    ///
-    /// An in-memory key index is written to `N.keyindex` the same way; its header is returned
-    /// so that a rolled segment can drop the entries from memory (`key_index_written`).
-    pub fn write_index_files(&self, durable: bool) -> Result<Option<KeyIndexFileHeader>, LogError> {
-        let (offset_bytes, time_bytes, key_bytes) = {
+    pub fn write_index_files(&self, durable: bool) -> Result<(), LogError> {
+        let (offset_bytes, time_bytes) = {
             let indexes = self.indexes.lock();
-            let key_bytes = match &indexes.key_index {
-                KeyIndex::Memory(runs) => Some(runs.to_bytes(self.size_bytes())),
-                _ => None,
-            };
             (
                 indexes.offset_index.to_bytes(),
                 indexes.time_index.to_bytes(),
-                key_bytes,
             )
         };
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        let key_header = match &key_bytes {
-            Some(bytes) => Some(KeyIndexFileHeader::parse(
-                bytes,
-                bytes.len() as u64,
-                self.size_bytes(),
-            )?),
-            None => None,
-        };
+        let dir = self.dir();
         if matches!(self.indexes.lock().key_index, KeyIndex::Disabled) {
             // A file left from when the index was kept would go stale as the log changes.
             let path = segment_path(dir, self.base_offset, KEY_INDEX_SUFFIX);
@@ -319,12 +304,10 @@ impl Segment {
                 Err(e) => return Err(io_error(&path, e)),
             }
         }
-        let files = [
-            Some((INDEX_SUFFIX, offset_bytes)),
-            Some((TIME_INDEX_SUFFIX, time_bytes)),
-            key_bytes.map(|bytes| (KEY_INDEX_SUFFIX, bytes)),
-        ];
-        for (suffix, bytes) in files.into_iter().flatten() {
+        for (suffix, bytes) in [
+            (INDEX_SUFFIX, offset_bytes),
+            (TIME_INDEX_SUFFIX, time_bytes),
+        ] {
             let path = segment_path(dir, self.base_offset, suffix);
             let temporary = path.with_extension(format!("{suffix}.{TEMPORARY_SUFFIX}"));
             let file = self
@@ -340,14 +323,42 @@ impl Segment {
                 .rename(&temporary, &path)
                 .map_err(|e| io_error(&path, e))?;
         }
-        Ok(key_header)
+        Ok(())
     }
 
-    /// The segment was rolled and its key index written (`header`): lookups read the file from
-    /// now on, and the entries leave memory.
+    fn dir(&self) -> &Path {
+        self.log_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Writes an in-memory key index to `N.keyindex` (temporary file, fsync, rename; the
+    /// caller syncs the directory) for a segment being rolled or a rebuilt rolled segment.
+    /// Returns its header for `key_index_written`; `None` when no index is kept.
+    pub fn write_key_index_file(&self) -> Result<Option<KeyIndexFileHeader>, LogError> {
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
+        let temporary = path.with_extension(format!("{KEY_INDEX_SUFFIX}.{TEMPORARY_SUFFIX}"));
+        let indexes = self.indexes.lock();
+        let KeyIndex::Memory(runs) = &indexes.key_index else {
+            return Ok(None);
+        };
+        let file = self
+            .storage
+            .create(&temporary)
+            .map_err(|e| io_error(&temporary, e))?;
+        let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
+        drop(indexes);
+        file.sync_data().map_err(|e| io_error(&temporary, e))?;
+        self.storage
+            .rename(&temporary, &path)
+            .map_err(|e| io_error(&path, e))?;
+        Ok(Some(header))
+    }
+
+    /// The segment's key index file was written (`header`): lookups read the file from now on,
+    /// and the entries leave memory and the spill file.
     pub fn key_index_written(&self, header: KeyIndexFileHeader) {
         let mut indexes = self.indexes.lock();
-        if matches!(indexes.key_index, KeyIndex::Memory(_)) {
+        if let KeyIndex::Memory(runs) = &mut indexes.key_index {
+            runs.remove_spill();
             indexes.key_index = KeyIndex::OnDisk(header);
         }
     }
@@ -355,15 +366,26 @@ impl Segment {
     /// Relative offsets whose records may have key or id hash `hash`; `None` when the segment
     /// has no usable key index. Also returns how many compressed batches were left unindexed.
     pub fn key_candidates(&self, hash: u64) -> Result<Option<(Vec<u32>, u64)>, LogError> {
-        let header = match &self.indexes.lock().key_index {
-            KeyIndex::Memory(runs) => {
-                return Ok(Some((runs.candidates(hash), runs.skipped_batches)))
+        let in_memory = {
+            let indexes = self.indexes.lock();
+            match &indexes.key_index {
+                KeyIndex::Memory(runs) => {
+                    let (found, spilled) = runs.candidates(hash);
+                    Err((found, spilled, runs.skipped_batches))
+                }
+                KeyIndex::OnDisk(header) => Ok(*header),
+                KeyIndex::Disabled | KeyIndex::Incomplete => return Ok(None),
             }
-            KeyIndex::OnDisk(header) => *header,
-            KeyIndex::Disabled | KeyIndex::Incomplete => return Ok(None),
         };
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        let path = segment_path(dir, self.base_offset, KEY_INDEX_SUFFIX);
+        let header = match in_memory {
+            Ok(header) => header,
+            // Spilled runs are searched without the lock, which appends need.
+            Err((mut found, spilled, skipped)) => {
+                spilled.candidates(hash, &mut found)?;
+                return Ok(Some((found, skipped)));
+            }
+        };
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
         let file = match self.storage.open(&path) {
             Ok(file) => file,
             // Removed by retention or truncation since the segment list was read.
@@ -371,7 +393,7 @@ impl Segment {
             Err(e) => return Err(io_error(&path, e)),
         };
         Ok(Some((
-            file_candidates(file.as_ref(), &path, &header, hash)?,
+            table_candidates(file.as_ref(), &path, &header, hash)?,
             0,
         )))
     }
@@ -382,7 +404,8 @@ impl Segment {
         let mut indexes = self.indexes.lock();
         match (&indexes.key_index, enabled) {
             (KeyIndex::Disabled, true) if self.is_empty() => {
-                indexes.key_index = KeyIndex::Memory(KeyIndexRuns::default())
+                indexes.key_index =
+                    KeyIndex::Memory(key_index_runs(&self.storage, self.dir(), self.base_offset))
             }
             (KeyIndex::Disabled, true) => indexes.key_index = KeyIndex::Incomplete,
             (_, false) => indexes.key_index = KeyIndex::Disabled,
@@ -399,6 +422,7 @@ impl Segment {
             INDEX_SUFFIX,
             TIME_INDEX_SUFFIX,
             KEY_INDEX_SUFFIX,
+            KEY_RUNS_SUFFIX,
         ] {
             let path = segment_path(dir, self.base_offset, suffix);
             match self.storage.remove_file(&path) {
@@ -447,7 +471,21 @@ pub(crate) fn scan_segment(
         end,
         false,
         interval_bytes,
-        SegmentIndexes::new(key_index),
+        SegmentIndexes::new(
+            key_index.then(|| key_index_runs(&segment.storage, segment.dir(), segment.base_offset)),
+        ),
+    )
+}
+
+/// An empty key index for the segment at `base_offset` of `dir`, spilling to its `N.keyruns`.
+pub(crate) fn key_index_runs(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    base_offset: i64,
+) -> KeyIndexRuns {
+    KeyIndexRuns::spilling_to(
+        Arc::clone(storage),
+        segment_path(dir, base_offset, KEY_RUNS_SUFFIX),
     )
 }
 

@@ -271,3 +271,40 @@ fn disabled_key_index_writes_no_files_and_says_so() {
     let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
     assert_eq!(offsets_by_key(&log, "user-1"), expected_offsets(1, 0, 400));
 }
+
+#[test]
+fn active_segment_spills_runs_to_disk_and_merges_them_when_rolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let big_segments = LogConfig {
+        segment_bytes_max: 1 << 30,
+        ..small_segments()
+    };
+    let count = 140_000; // two entries each: past the 256 Ki entries kept in memory
+    {
+        let log = PartitionLog::open(dir.path(), big_segments.clone()).unwrap();
+        append_records(&log, 0, count, 500);
+        assert_eq!(files_with_extension(dir.path(), "keyruns").len(), 1);
+        for n in [0, 1, 70_000, 139_999] {
+            assert_eq!(value_by_id(&log, &format!("id-{n}")), [format!("v-{n}")]);
+        }
+        // A crash: no flush, no roll.
+    }
+    let log = PartitionLog::open(dir.path(), big_segments.clone()).unwrap();
+    assert_eq!(value_by_id(&log, "id-12345"), ["v-12345"]);
+    assert_eq!(
+        offsets_by_key(&log, "user-3").len(),
+        expected_offsets(3, 0, count).len()
+    );
+    log.set_config(small_segments());
+    append_records(&log, count, count + 10, 10);
+    assert!(
+        files_with_extension(dir.path(), "keyruns").is_empty(),
+        "removed on roll"
+    );
+    let tables = files_with_extension(dir.path(), "keyindex");
+    assert_eq!(tables.len(), 1);
+    assert_eq!(fs::metadata(&tables[0]).unwrap().len(), 32 + 12 * 2 * count);
+    for n in [0, 99_999, count + 5] {
+        assert_eq!(value_by_id(&log, &format!("id-{n}")), [format!("v-{n}")]);
+    }
+}

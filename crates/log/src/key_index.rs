@@ -215,14 +215,16 @@ impl SpilledRuns {
     }
 }
 
-/// The active segment's entries: sorted runs of `TAIL_ENTRIES_MAX` in memory plus an unsorted
-/// tail; past `SPILL_ENTRIES` they are merged into one run and spilled to disk.
+/// The active segment's entries: in one buffer, sorted runs of `TAIL_ENTRIES_MAX` followed by
+/// an unsorted tail; past `SPILL_ENTRIES` they are merged into one run and spilled to disk.
+/// The buffers are reused, so appends allocate nothing once they have grown.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndexRuns {
-    runs: Vec<Vec<KeyIndexEntry>>,
-    tail: Vec<KeyIndexEntry>,
-    /// Entries in `runs` and `tail`.
-    memory_entries: usize,
+    /// `memory[..sorted_end]` is sorted runs of `TAIL_ENTRIES_MAX` entries; the rest is the tail.
+    memory: Vec<KeyIndexEntry>,
+    sorted_end: usize,
+    /// Encoded entries of one spill.
+    spill_bytes: Vec<u8>,
     /// Compressed batches whose records are not indexed.
     pub skipped_batches: u64,
     spill: Option<SpillFile>,
@@ -251,15 +253,13 @@ impl KeyIndexRuns {
     }
 
     pub fn push(&mut self, entry: KeyIndexEntry) {
-        self.tail.push(entry);
-        self.memory_entries += 1;
-        if self.tail.len() < TAIL_ENTRIES_MAX {
+        self.memory.push(entry);
+        if self.memory.len() - self.sorted_end < TAIL_ENTRIES_MAX {
             return;
         }
-        let mut run = std::mem::take(&mut self.tail);
-        run.sort_unstable();
-        self.runs.push(run);
-        if self.memory_entries >= SPILL_ENTRIES && self.spill.is_some() {
+        self.memory[self.sorted_end..].sort_unstable();
+        self.sorted_end = self.memory.len();
+        if self.memory.len() >= SPILL_ENTRIES && self.spill.is_some() {
             if let Err(error) = self.spill_memory() {
                 tracing::warn!(%error, "cannot spill key index entries: the segment's key index is dropped until the log is reopened");
                 self.broken = true;
@@ -267,10 +267,45 @@ impl KeyIndexRuns {
         }
     }
 
+    /// Calls `emit` with every in-memory entry in order (a merge of the sorted runs and the
+    /// sorted tail).
+    fn merge_memory(&self, mut emit: impl FnMut(&KeyIndexEntry)) {
+        let mut tail = self.memory[self.sorted_end..].to_vec();
+        tail.sort_unstable();
+        let mut runs: Vec<&[KeyIndexEntry]> = self.memory[..self.sorted_end]
+            .chunks(TAIL_ENTRIES_MAX)
+            .collect();
+        runs.push(&tail);
+        let mut heap: BinaryHeap<Reverse<(KeyIndexEntry, usize)>> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(index, run)| run.first().map(|e| Reverse((*e, index))))
+            .collect();
+        let mut positions = vec![0usize; runs.len()];
+        while let Some(Reverse((entry, index))) = heap.pop() {
+            emit(&entry);
+            positions[index] += 1;
+            if let Some(next) = runs[index].get(positions[index]) {
+                heap.push(Reverse((*next, index)));
+            }
+        }
+    }
+
     /// Writes the in-memory entries as one sorted run at the end of the spill file (no fsync:
     /// recovery rebuilds an active segment's index from the log).
     fn spill_memory(&mut self) -> Result<(), LogError> {
-        let entries = self.memory_sorted();
+        let mut bytes = std::mem::take(&mut self.spill_bytes);
+        bytes.clear();
+        self.merge_memory(|entry| encode_entry(entry, &mut bytes));
+        let written = self.write_spill(&bytes);
+        self.spill_bytes = bytes;
+        written?;
+        self.memory.clear();
+        self.sorted_end = 0;
+        Ok(())
+    }
+
+    fn write_spill(&mut self, bytes: &[u8]) -> Result<(), LogError> {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
@@ -284,16 +319,11 @@ impl KeyIndexRuns {
         let Some(file) = spill.file.as_ref() else {
             return Ok(());
         };
-        let mut bytes = Vec::with_capacity(entries.len() * ENTRY_BYTES);
-        for entry in &entries {
-            encode_entry(entry, &mut bytes);
-        }
-        file.write_all_at(&bytes, spill.entries * ENTRY_BYTES as u64)
+        file.write_all_at(bytes, spill.entries * ENTRY_BYTES as u64)
             .map_err(io)?;
-        spill.runs.push((spill.entries, entries.len() as u64));
-        spill.entries += entries.len() as u64;
-        self.runs.clear();
-        self.memory_entries = 0;
+        let count = (bytes.len() / ENTRY_BYTES) as u64;
+        spill.runs.push((spill.entries, count));
+        spill.entries += count;
         Ok(())
     }
 
@@ -315,7 +345,7 @@ impl KeyIndexRuns {
     /// search (outside the segment's lock) for the rest.
     pub fn candidates(&self, hash: u64) -> (Vec<u32>, SpilledRuns) {
         let mut found = Vec::new();
-        for run in &self.runs {
+        for run in self.memory[..self.sorted_end].chunks(TAIL_ENTRIES_MAX) {
             let start = run.partition_point(|e| e.hash < hash);
             found.extend(
                 run[start..]
@@ -325,7 +355,7 @@ impl KeyIndexRuns {
             );
         }
         found.extend(
-            self.tail
+            self.memory[self.sorted_end..]
                 .iter()
                 .filter(|e| e.hash == hash)
                 .map(|e| e.relative_offset),
@@ -343,17 +373,6 @@ impl KeyIndexRuns {
             },
         };
         (found, spilled)
-    }
-
-    fn memory_sorted(&self) -> Vec<KeyIndexEntry> {
-        let mut all = Vec::with_capacity(self.memory_entries);
-        for run in &self.runs {
-            all.extend_from_slice(run);
-        }
-        all.extend_from_slice(&self.tail);
-        // Runs are sorted: the standard sort is a merge sort that finds and merges them.
-        all.sort();
-        all
     }
 
     /// Writes the `.keyindex` table for a segment of `log_bytes` into `out`: a streaming
@@ -376,7 +395,9 @@ impl KeyIndexRuns {
                 }
             }
         }
-        sources.push(RunCursor::in_memory(self.memory_sorted()));
+        let mut in_memory = Vec::with_capacity(self.memory.len());
+        self.merge_memory(|entry| in_memory.push(*entry));
+        sources.push(RunCursor::in_memory(in_memory));
         let mut heap = BinaryHeap::new();
         for (index, source) in sources.iter_mut().enumerate() {
             if let Some(entry) = source.next()? {
@@ -663,7 +684,7 @@ mod tests {
             });
         }
         assert_eq!(runs.spill.as_ref().unwrap().runs.len(), 2, "spilled twice");
-        assert!(runs.memory_entries < SPILL_ENTRIES);
+        assert!(runs.memory.len() < SPILL_ENTRIES);
         let expected: Vec<u32> = (0..total).filter(|o| o % 1009 == 5).collect();
         let (mut found, spilled) = runs.candidates(5);
         spilled.candidates(5, &mut found).unwrap();

@@ -336,21 +336,33 @@ impl Segment {
     pub fn write_key_index_file(&self) -> Result<Option<KeyIndexFileHeader>, LogError> {
         let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
         let temporary = path.with_extension(format!("{KEY_INDEX_SUFFIX}.{TEMPORARY_SUFFIX}"));
-        let indexes = self.indexes.lock();
-        let KeyIndex::Memory(runs) = &indexes.key_index else {
-            return Ok(None);
+        // The merge takes a while for a big segment: readers of the segment (which need the
+        // indexes lock) must not wait for it, so the entries leave the lock meanwhile and
+        // lookups skip the segment. Callers hold the append lock, so nothing else changes it.
+        let runs = {
+            let mut indexes = self.indexes.lock();
+            match std::mem::replace(&mut indexes.key_index, KeyIndex::Incomplete) {
+                KeyIndex::Memory(runs) => runs,
+                other => {
+                    indexes.key_index = other;
+                    return Ok(None);
+                }
+            }
         };
-        let file = self
-            .storage
-            .create(&temporary)
-            .map_err(|e| io_error(&temporary, e))?;
-        let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
-        drop(indexes);
-        file.sync_data().map_err(|e| io_error(&temporary, e))?;
-        self.storage
-            .rename(&temporary, &path)
-            .map_err(|e| io_error(&path, e))?;
-        Ok(Some(header))
+        let written = (|| {
+            let file = self
+                .storage
+                .create(&temporary)
+                .map_err(|e| io_error(&temporary, e))?;
+            let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
+            file.sync_data().map_err(|e| io_error(&temporary, e))?;
+            self.storage
+                .rename(&temporary, &path)
+                .map_err(|e| io_error(&path, e))?;
+            Ok(header)
+        })();
+        self.indexes.lock().key_index = KeyIndex::Memory(runs);
+        written.map(Some)
     }
 
     /// The segment's key index file was written (`header`): lookups read the file from now on,

@@ -442,6 +442,50 @@ pub(crate) fn decode_batch_records(
     Ok(())
 }
 
+/// Walks the records of one whole uncompressed batch without copying them, calling
+/// `visit(offset_delta, key, header_value)` for each record with its key and the value of its
+/// first header named `header_name` (what the key index needs, at append cost).
+pub(crate) fn visit_record_keys(
+    header: &BatchHeader,
+    batch: &[u8],
+    header_name: &[u8],
+    mut visit: impl FnMut(i32, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), LogError> {
+    if header.compression() != 0 {
+        return Err(invalid(format!(
+            "compressed batch (codec {}) cannot be decoded",
+            header.compression()
+        )));
+    }
+    let mut body = VarReader {
+        buf: batch.get(BATCH_HEADER_BYTES..).unwrap_or_default(),
+    };
+    for _ in 0..header.record_count {
+        let length = body.varint()?;
+        let mut record = VarReader {
+            buf: body
+                .bytes(length)?
+                .ok_or_else(|| invalid("null record".into()))?,
+        };
+        let _attributes = record.bytes(1)?;
+        let _timestamp_delta = record.varlong()?;
+        let offset_delta = record.varint()?;
+        let key = record.length_prefixed()?;
+        let _value = record.length_prefixed()?;
+        let header_count = record.varint()?;
+        let mut found = None;
+        for _ in 0..header_count.max(0) {
+            let name = record.length_prefixed()?;
+            let value = record.length_prefixed()?;
+            if found.is_none() && name == Some(header_name) {
+                found = value;
+            }
+        }
+        visit(offset_delta, key, found);
+    }
+    Ok(())
+}
+
 /// Reads Kafka varints (zigzag) and length-prefixed byte strings, bounds-checked.
 struct VarReader<'a> {
     buf: &'a [u8],

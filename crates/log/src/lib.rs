@@ -18,6 +18,7 @@
 //! PartitionLog::advance_log_start(&self, offset: i64) -> Result<i64, LogError>  // DeleteRecords; durable
 //! PartitionLog::set_config(&self, LogConfig)
 //! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
+//! PartitionLog::find_records(&self, RecordLookup::{Key, MessageId}, limit) -> Result<FoundRecords, LogError>  // key index
 //! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown marker)
 //! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
 //! PartitionLog::is_offline(&self) -> bool
@@ -41,6 +42,7 @@ pub mod batch;
 mod config;
 mod error;
 pub mod fuzzing;
+mod key_index;
 mod offset_index;
 mod partition_log;
 mod recovery;
@@ -54,5 +56,6 @@ pub use batch::{
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
-pub use partition_log::{AppendInfo, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC};
+pub use key_index::{RecordLookup, MESSAGE_ID_HEADER};
+pub use partition_log::{AppendInfo, FoundRecords, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC};
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};

@@ -28,12 +28,14 @@ use crate::batch::{
     assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MIN,
 };
+use crate::key_index::{batch_keys, BatchKeys, RecordLookup};
 use crate::recovery::{
     read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
     write_clean_shutdown_marker, write_log_start_checkpoint,
 };
 use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
 use crate::storage::{RealDisk, Storage};
+use crate::Record;
 use crate::{BatchHeader, Durability, LogConfig, LogError};
 
 /// What an append stored.
@@ -93,6 +95,22 @@ struct AppendState {
     truncations: u64,
     /// `flush` left the clean shutdown marker; the next change removes it.
     clean_shutdown_marker: bool,
+}
+
+/// What `PartitionLog::find_records` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoundRecords {
+    /// Matching records below the high watermark and at or above the log start, in offset
+    /// order, at most the limit asked for.
+    pub records: Vec<Record>,
+    /// More matches exist than the limit allowed.
+    pub truncated: bool,
+    /// Segments searched without a usable key index (indexing turned on while they held
+    /// records; rebuilt at the next open), whose records may be missing from the answer.
+    pub segments_unindexed: usize,
+    /// Compressed batches in the active segment, whose records are not indexed (see
+    /// `key_index`), and so may be missing from the answer.
+    pub batches_unindexed: u64,
 }
 
 /// How a read of one segment ended.
@@ -199,7 +217,14 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let (batch_bytes_max, segment_bytes_max, segment_ms_max, interval_bytes, durability) = {
+        let (
+            batch_bytes_max,
+            segment_bytes_max,
+            segment_ms_max,
+            interval_bytes,
+            durability,
+            key_index,
+        ) = {
             let config = self.config.read();
             (
                 config.batch_bytes_max as usize,
@@ -207,6 +232,7 @@ impl PartitionLog {
                 config.segment_ms_max,
                 config.index_interval_bytes as u64,
                 config.durability,
+                config.key_index,
             )
         };
         if batches.is_empty() {
@@ -220,6 +246,20 @@ impl PartitionLog {
         }
         // CRC work happens before taking the lock so concurrent producers checksum in parallel.
         let mut headers = validate_batches_with_limit(batches, batch_bytes_max)?;
+        // So is decoding the keys to index: only offsets are assigned under the lock.
+        let keys: Vec<BatchKeys> = if key_index {
+            let mut position = 0;
+            headers
+                .iter()
+                .map(|header| {
+                    let batch = &batches[position..position + header.total_bytes()];
+                    position += header.total_bytes();
+                    batch_keys(header, batch)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         let mut state = self.append_lock.lock();
         self.check_online()?;
@@ -246,10 +286,11 @@ impl PartitionLog {
                 segment_bytes_max,
                 segment_ms_max,
                 now_ms,
+                key_index,
             )
             .map_err(|e| self.go_offline(e))?;
         let write_position = active.write(batches).map_err(|e| self.go_offline(e))?;
-        active.on_written(write_position, &headers, interval_bytes, now_ms);
+        active.on_written(write_position, &headers, &keys, interval_bytes, now_ms);
         debug_assert_eq!(active.offset_end(), next_offset);
         self.log_end_offset.store(next_offset, Ordering::Release);
         if durability != Durability::Batch {
@@ -289,6 +330,7 @@ impl PartitionLog {
         segment_bytes_max: u64,
         segment_ms_max: i64,
         now_ms: i64,
+        key_index: bool,
     ) -> Result<Arc<Segment>, LogError> {
         let active = self.active_segment();
         if active.is_empty() {
@@ -305,12 +347,22 @@ impl PartitionLog {
         // The rolled segment is made durable now, so it never needs syncing again.
         active.sync_data()?;
         active.write_index_files(true)?;
+        let key_index_header = active.write_key_index_file()?;
         let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
-        let segment = Arc::new(Segment::create(&self.storage, &self.dir, log_end_offset)?);
+        let segment = Arc::new(Segment::create(
+            &self.storage,
+            &self.dir,
+            log_end_offset,
+            key_index,
+        )?);
         // One directory fsync covers the new segment and the rolled one's index renames.
         sync_dir(self.storage.as_ref(), &self.dir)?;
         tracing::debug!(segment = %segment.log_path.display(), too_big, too_old, "rolled segment");
         self.segments.write().push(Arc::clone(&segment));
+        if let Some(header) = key_index_header {
+            // Written and synced with the rename above: lookups read the file from now on.
+            active.key_index_written(header);
+        }
         self.mark_durable(log_end_offset);
         Ok(segment)
     }
@@ -504,6 +556,67 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// The records whose key (or `message-id` header) is exactly `lookup`'s, through the
+    /// segments' key indexes (no scan): each candidate's batch is read, CRC-checked and decoded
+    /// to compare the real key, so hash collisions never give a wrong answer. Only offsets in
+    /// [log start, high watermark) are returned, oldest first, at most `limit`.
+    pub fn find_records(
+        &self,
+        lookup: RecordLookup<'_>,
+        limit: usize,
+    ) -> Result<FoundRecords, LogError> {
+        let hash = lookup.hash();
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        // After the segment snapshot: offsets below it were in these segments.
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        let mut found = FoundRecords::default();
+        for segment in segments {
+            if segment.base_offset >= high_watermark {
+                break;
+            }
+            if segment.offset_end() <= log_start_offset {
+                continue;
+            }
+            let Some((relative_offsets, unindexed)) = segment.key_candidates(hash)? else {
+                found.segments_unindexed += 1;
+                continue;
+            };
+            found.batches_unindexed += unindexed;
+            let mut offsets: Vec<i64> = relative_offsets
+                .into_iter()
+                .map(|relative| segment.base_offset + relative as i64)
+                .filter(|offset| (log_start_offset..high_watermark).contains(offset))
+                .collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            let mut batch: Option<(BatchHeader, Vec<Record>)> = None;
+            for offset in offsets {
+                let holds = |b: &Option<(BatchHeader, Vec<Record>)>| {
+                    b.as_ref().is_some_and(|(header, _)| {
+                        header.base_offset <= offset && offset <= header.last_offset()
+                    })
+                };
+                if !holds(&batch) {
+                    batch = read_batch_records(&segment, offset)?;
+                }
+                let Some((_, records)) = &batch else { continue };
+                let Some(record) = records.iter().find(|r| r.offset == offset) else {
+                    continue;
+                };
+                if !lookup.matches(record) {
+                    continue;
+                }
+                if found.records.len() == limit {
+                    found.truncated = true;
+                    return Ok(found);
+                }
+                found.records.push(record.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// Offsets below this are gone for readers: deleted by retention or by `advance_log_start`.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset.load(Ordering::Acquire)
@@ -689,6 +802,11 @@ impl PartitionLog {
         }
         let _state = self.append_lock.lock();
         let durability = config.durability;
+        if config.key_index != self.config.read().key_index {
+            for segment in self.segments.read().iter() {
+                segment.set_key_index(config.key_index);
+            }
+        }
         *self.config.write() = config;
         if durability != Durability::Batch {
             // Unsynced data is visible under the new policy.
@@ -920,6 +1038,42 @@ fn read_segment(
     })
 }
 
+/// The batch of `segment` holding `offset`, CRC-checked and decoded; `None` if no batch holds
+/// it (truncated since) or the batch is compressed.
+fn read_batch_records(
+    segment: &Segment,
+    offset: i64,
+) -> Result<Option<(BatchHeader, Vec<Record>)>, LogError> {
+    let mut reader = BatchReader::new(
+        segment.file.as_ref(),
+        &segment.log_path,
+        segment.position_for_offset(offset),
+        segment.size_bytes(),
+        false,
+    );
+    let (position, header) = loop {
+        match next_stored_batch(segment, &mut reader)? {
+            None => return Ok(None),
+            Some((position, header)) if header.last_offset() >= offset => break (position, header),
+            Some(_) => {}
+        }
+    };
+    if header.base_offset > offset || header.compression() != 0 {
+        return Ok(None);
+    }
+    // The header passed check_shape, so the length is bounded.
+    let mut batch = vec![0u8; header.total_bytes()];
+    segment
+        .file
+        .read_exact_at(&mut batch, position)
+        .map_err(|e| io_error(&segment.log_path, e))?;
+    verify_crc(&header, &batch)
+        .map_err(|error| corrupt_stored(segment, position, error.to_string()))?;
+    let mut records = Vec::new();
+    decode_batch_records(&header, &batch, &mut records)?;
+    Ok(Some((header, records)))
+}
+
 /// The first record at or after `timestamp_ms` in a batch whose max timestamp reaches it.
 fn first_record_at_or_after(
     segment: &Segment,
@@ -946,4 +1100,44 @@ fn first_record_at_or_after(
         .iter()
         .find(|r| r.timestamp >= timestamp_ms && r.offset < high_watermark)
         .map_or(batch_answer, |r| (r.offset, r.timestamp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_index::{KeyIndex, KeyIndexEntry};
+    use crate::RecordBatchBuilder;
+
+    #[test]
+    fn key_lookup_verifies_candidates_so_hash_collisions_never_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let mut builder = RecordBatchBuilder::new();
+        for key in ["a", "b", "c"] {
+            builder.push(Record {
+                key: Some(key.as_bytes().to_vec()),
+                ..Default::default()
+            });
+        }
+        let mut batch = builder.build();
+        log.append(&mut batch, 0, 0).unwrap();
+        // A colliding entry: "ghost" hashes to offsets holding "b" and "c".
+        let ghost = RecordLookup::Key(b"ghost");
+        if let KeyIndex::Memory(runs) = &mut log.active_segment().indexes.lock().key_index {
+            for relative_offset in [1, 2] {
+                runs.push(KeyIndexEntry {
+                    hash: ghost.hash(),
+                    relative_offset,
+                });
+            }
+        }
+        assert!(log.find_records(ghost, 10).unwrap().records.is_empty());
+        let found = log.find_records(RecordLookup::Key(b"b"), 10).unwrap();
+        assert_eq!(found.records.len(), 1);
+        assert_eq!(found.records[0].offset, 1);
+    }
 }

@@ -61,6 +61,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS", value_name = "N")]
     pub default_partitions: Option<i32>,
 
+    /// Keep a per-segment hash index of record keys and message-id headers in every topic, so
+    /// messages are found by key or id without a scan; topics override it with
+    /// `message.key.index.enable` [default: true]
+    #[arg(long, env = "SLUICE_MESSAGE_KEY_INDEX", value_name = "BOOL")]
+    pub message_key_index: Option<bool>,
+
     /// Largest record batch accepted (Kafka's message.max.bytes) [default: 1048588]
     #[arg(long, env = "SLUICE_MESSAGE_MAX_BYTES", value_name = "BYTES")]
     pub message_max_bytes: Option<u32>,
@@ -246,6 +252,7 @@ impl ServeArgs {
                 auto_create_topics,
                 default_partitions,
                 message_max_bytes,
+                message_key_index,
                 request_max_bytes,
                 queued_max_request_bytes,
                 fetch_max_bytes,
@@ -290,6 +297,7 @@ impl ServeArgs {
             index_interval_bytes: defaults.index_interval_bytes,
             batch_bytes_max: self.message_max_bytes.unwrap_or(defaults.batch_bytes_max),
             durability,
+            key_index: self.message_key_index.unwrap_or(defaults.key_index),
         };
         let group_defaults = GroupConfig::default();
         let group = GroupConfig {

@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Every flag can also be given as an environment variable (shown) or in the TOML file

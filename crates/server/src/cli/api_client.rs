@@ -23,7 +23,7 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(connection: Connection) -> CliResult<ApiClient> {
+    pub fn new(connection: Connection) -> ApiClient {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout_read(READ_TIMEOUT)
@@ -31,14 +31,14 @@ impl ApiClient {
             .user_agent(concat!("sluice-cli/", env!("CARGO_PKG_VERSION")))
             .build();
         let credentials = format!("{}:{}", connection.user, connection.password);
-        Ok(ApiClient {
+        ApiClient {
             agent,
             base: connection.url,
             authorization: format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(credentials)
             ),
-        })
+        }
     }
 
     /// The URL of `segments` under the base (each segment percent-encoded, so queue names

@@ -159,31 +159,37 @@ pub fn run(command: ClientCommand) -> ExitCode {
     }
 }
 
+impl ClientCommand {
+    fn options(&self) -> &ClientOptions {
+        match self {
+            ClientCommand::Topic(args) => &args.options,
+            ClientCommand::Group(args) => &args.options,
+            ClientCommand::Produce(args) => &args.options,
+            ClientCommand::Consume(args) => &args.options,
+            ClientCommand::Query(args) => &args.options,
+            ClientCommand::Queue(args) => &args.options,
+            ClientCommand::Publish(args) => &args.options,
+            ClientCommand::Exchange(args) => &args.options,
+            ClientCommand::Binding(args) => &args.options,
+        }
+    }
+}
+
 fn dispatch(command: ClientCommand) -> CliResult<()> {
-    let (options, action): (
-        &ClientOptions,
-        Box<dyn FnOnce(&ApiClient, &mut Output) -> CliResult<()>>,
-    ) = match &command {
-        ClientCommand::Topic(args) => (&args.options, Box::new(|c, o| topic::run(c, o, args))),
-        ClientCommand::Group(args) => (&args.options, Box::new(|c, o| group::run(c, o, args))),
-        ClientCommand::Produce(args) => (&args.options, Box::new(|c, o| produce::run(c, o, args))),
-        ClientCommand::Consume(args) => (&args.options, Box::new(|c, o| consume::run(c, o, args))),
-        ClientCommand::Query(args) => (&args.options, Box::new(|c, o| query::run(c, o, args))),
-        ClientCommand::Queue(args) => (&args.options, Box::new(|c, o| queue::run(c, o, args))),
-        ClientCommand::Publish(args) => (&args.options, Box::new(|c, o| publish::run(c, o, args))),
-        ClientCommand::Exchange(args) => (
-            &args.options,
-            Box::new(|c, o| exchange::run_exchange(c, o, args)),
-        ),
-        ClientCommand::Binding(args) => (
-            &args.options,
-            Box::new(|c, o| exchange::run_binding(c, o, args)),
-        ),
-    };
-    let connection = connection::resolve(options)?;
-    let client = ApiClient::new(connection)?;
+    let options = command.options();
+    let client = ApiClient::new(connection::resolve(options)?);
     let mut output = Output::new(options.json);
-    action(&client, &mut output)?;
+    match &command {
+        ClientCommand::Topic(args) => topic::run(&client, &mut output, args),
+        ClientCommand::Group(args) => group::run(&client, &mut output, args),
+        ClientCommand::Produce(args) => produce::run(&client, &mut output, args),
+        ClientCommand::Consume(args) => consume::run(&client, &mut output, args),
+        ClientCommand::Query(args) => query::run(&client, &mut output, args),
+        ClientCommand::Queue(args) => queue::run(&client, &mut output, args),
+        ClientCommand::Publish(args) => publish::run(&client, &mut output, args),
+        ClientCommand::Exchange(args) => exchange::run_exchange(&client, &mut output, args),
+        ClientCommand::Binding(args) => exchange::run_binding(&client, &mut output, args),
+    }?;
     output.flush()
 }
 
@@ -199,29 +205,32 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn client_command(args: &[&str]) -> ClientCommand {
+        match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::Client(command)) => command,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn connection_flags_are_accepted_after_nested_subcommands() {
-        let parsed = Cli::try_parse_from([
+        let command = client_command(&[
             "sluice",
             "topic",
             "list",
             "--url",
             "http://127.0.0.1:1",
             "--json",
-        ])
-        .unwrap();
-        match parsed.command {
-            Command::Client(ClientCommand::Topic(args)) => {
-                assert_eq!(args.options.url.as_deref(), Some("http://127.0.0.1:1"));
-                assert!(args.options.json);
-            }
-            other => panic!("parsed as {other:?}"),
-        }
+        ]);
+        let options = command.options();
+        assert_eq!(options.url.as_deref(), Some("http://127.0.0.1:1"));
+        assert!(options.json);
+        assert!(matches!(command, ClientCommand::Topic(_)));
     }
 
     #[test]
     fn the_fixed_query_command_line_parses() {
-        let parsed = Cli::try_parse_from([
+        let command = client_command(&[
             "sluice",
             "query",
             "--url",
@@ -231,10 +240,9 @@ mod tests {
             "--key",
             "K",
             "--json",
-        ])
-        .unwrap();
-        match parsed.command {
-            Command::Client(ClientCommand::Query(args)) => {
+        ]);
+        match command {
+            ClientCommand::Query(args) => {
                 assert_eq!(args.topic, "T");
                 assert_eq!(args.key.as_deref(), Some("K"));
                 assert!(args.options.json);

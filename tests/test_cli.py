@@ -268,6 +268,26 @@ def test_produce_a_file_in_several_requests_to_one_partition_and_binary_input(cl
     assert [m.value() for m in by_partition[0]] == [blob]
 
 
+def test_produce_draws_a_progress_bar_on_a_terminal_only(cli_broker, home, tmp_path):
+    topic = unique_name("cli-progress")
+    create_topic(cli_broker.bootstrap, topic)
+    path = tmp_path / "many.txt"
+    path.write_bytes(b"".join(b"event %d with some padding to make it longer\n" % i
+                             for i in range(100_000)))
+    command = (f"{sluice_bin()} produce -t {topic} -f {path} --url {cli_broker.http_url}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["HOME"] = str(home)
+    # `script` runs the command on a pseudo-terminal, as a person's shell would.
+    on_terminal = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                                 env=env, timeout=120)
+    assert on_terminal.returncode == 0, on_terminal.stdout
+    frames = on_terminal.stdout.decode(errors="replace").replace("\r", "\n")
+    assert re.search(r"\d+(\.\d+)? (B|KiB|MiB)/4\.\d+ MiB \d+ messages", frames), frames[-2000:]
+    assert f"produced 100000 messages to topic {topic}" in frames
+    piped = run_cli(["produce", "-t", topic, "-f", path], cli_broker, home)
+    assert piped.returncode == 0 and piped.stderr == b"", "no bar when stderr is not a terminal"
+
+
 def test_produce_to_an_unknown_topic_or_partition_fails_with_the_reason(cli_broker, home):
     fails(["produce", "-t", "no-such-topic"], cli_broker, home, stdin=b"x\n",
           reason="unknown topic 'no-such-topic'")

@@ -34,6 +34,8 @@ pub const EXIT_ERROR: u8 = 1;
 /// Exit code when the server could not be reached (refused, timed out, cut off).
 pub const EXIT_CONNECTION: u8 = 3;
 
+const HELP_HEADING: &str = "Connection and output";
+
 /// The address, credentials and output style of every client subcommand. Each may come from a
 /// flag, then the environment, then the client config file; with none, guest/guest on
 /// http://127.0.0.1:8080, as rabbitmqadmin.
@@ -42,20 +44,20 @@ pub struct ClientOptions {
     /// The HTTP API's base URL [default: http://127.0.0.1:8080]
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = HELP_HEADING,
         env = "SLUICE_URL",
         value_name = "http://HOST:PORT"
     )]
     pub url: Option<String>,
 
     /// User for HTTP basic authentication [default: guest]
-    #[arg(long, global = true, env = "SLUICE_USER", value_name = "NAME")]
+    #[arg(long, global = true, help_heading = HELP_HEADING, env = "SLUICE_USER", value_name = "NAME")]
     pub user: Option<String>,
 
     /// Password of --user [default: guest]
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = HELP_HEADING,
         env = "SLUICE_PASSWORD",
         value_name = "PASSWORD",
         hide_env_values = true
@@ -66,14 +68,14 @@ pub struct ClientOptions {
     /// [default: $XDG_CONFIG_HOME/sluice/cli.toml or ~/.config/sluice/cli.toml, if present]
     #[arg(
         long = "cli-config",
-        global = true,
+        global = true, help_heading = HELP_HEADING,
         env = "SLUICE_CLI_CONFIG",
         value_name = "FILE"
     )]
     pub cli_config: Option<PathBuf>,
 
     /// Print JSON (one document, or one object per line for messages) instead of tables
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = HELP_HEADING)]
     pub json: bool,
 }
 

@@ -280,6 +280,12 @@ impl Topic {
     pub fn config(&self) -> TopicConfig {
         self.config.read().clone()
     }
+    /// The partition Kafka's default partitioner picks for a record key (murmur2), so a key
+    /// lands where a Kafka client would have put it.
+    pub fn partition_for_key(&self, key: &[u8]) -> i32 {
+        let count = self.partition_count().max(1) as u32;
+        ((crate::vhost::stream::murmur2(key) & 0x7fff_ffff) % count) as i32
+    }
     /// Internal topics (names starting with `__`) are hidden from auto-creation.
     pub fn is_internal(&self) -> bool {
         self.name.starts_with("__")

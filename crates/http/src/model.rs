@@ -268,6 +268,56 @@ pub struct TopicMessages {
     pub skipped_compressed_batches: u64,
 }
 
+/// A header of a message to produce; `value` null is a header without a value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceHeader {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// One message to produce. `encoding` says how `key`, `value` and header values are written
+/// (`string`: the text itself; `base64`: the bytes in standard base64).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceMessage {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<ProduceHeader>,
+    /// The partition; when absent, the hash of the key (as Kafka's default partitioner), or
+    /// for messages without a key one partition picked per request (as its sticky partitioner).
+    #[serde(default)]
+    pub partition: Option<i32>,
+    /// The record's create time (ms since the epoch); now when absent.
+    #[serde(default)]
+    pub timestamp_ms: Option<i64>,
+    #[serde(default)]
+    pub encoding: PayloadEncoding,
+}
+
+/// Messages to append to a topic: 1 to 10000, acknowledged once durable (as acks=all).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceRequest {
+    pub messages: Vec<ProduceMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProducedOffset {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProduceResponse {
+    /// Where each message was stored, in request order.
+    pub offsets: Vec<ProducedOffset>,
+}
+
 // ---- consumer groups ----
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

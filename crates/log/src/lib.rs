@@ -52,7 +52,7 @@ mod time_index;
 
 pub use batch::{
     decode_records, stamp_log_append_time, validate_batches, BatchHeader, Record,
-    RecordBatchBuilder,
+    RecordBatchBuilder, BATCH_HEADER_BYTES,
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;

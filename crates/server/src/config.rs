@@ -25,10 +25,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Every flag can also be given as an environment variable (shown) or in the TOML file

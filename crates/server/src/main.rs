@@ -1,5 +1,6 @@
-//! The `sluice` binary: parses configuration, opens the broker, serves the Kafka protocol and
-//! shuts down cleanly on SIGTERM or Ctrl-C.
+//! The `sluice` binary: `sluice serve` parses configuration, opens the broker, serves the Kafka
+//! protocol and shuts down cleanly on SIGTERM or Ctrl-C; the other subcommands are the client
+//! (src/cli), which talks to a running broker's HTTP API.
 //!
 //! Graceful shutdown, bounded so that it always finishes: the listeners stop accepting; Kafka
 //! connections answer the requests they already read (acks once durable) and close; AMQP
@@ -7,6 +8,7 @@
 //! (`DRAIN_MAX` for all of that); then the virtual host and the broker flush and close their
 //! logs, which writes the clean-shutdown markers.
 
+mod cli;
 mod config;
 mod metrics_recorder;
 
@@ -14,6 +16,8 @@ mod metrics_recorder;
 // short-lived allocations across threads); mimalloc handles that pattern far better.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -36,25 +40,45 @@ const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 /// for this long at most.
 const RUNTIME_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            let config = args.resolve()?;
-            init_logging(&config.log_filter, config.log_format)?;
-            // Before the broker opens: the handles it caches bind to the recorder present then.
-            let metrics_handle =
-                install_metrics_recorder().context("installing the metrics recorder")?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("sluice")
-                .build()
-                .context("starting the async runtime")?;
-            let served = runtime.block_on(serve(config, metrics_handle));
-            runtime.shutdown_timeout(RUNTIME_STOP_MAX);
-            served
+fn main() -> ExitCode {
+    let parsed = Cli::parse();
+    match parsed.command {
+        Command::Serve(args) => match run_serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                // As `main() -> anyhow::Result` would print it: the error and its causes.
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Client(command) => {
+            if let Ok(filter) = std::env::var("SLUICE_LOG") {
+                // Off unless asked for: the client's output is for people and scripts.
+                if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter) {
+                    tracing_subscriber::fmt()
+                        .with_env_filter(filter)
+                        .with_writer(std::io::stderr)
+                        .init();
+                }
+            }
+            cli::run(command)
         }
     }
+}
+
+fn run_serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    init_logging(&config.log_filter, config.log_format)?;
+    // Before the broker opens: the handles it caches bind to the recorder present then.
+    let metrics_handle = install_metrics_recorder().context("installing the metrics recorder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(serve(config, metrics_handle));
+    runtime.shutdown_timeout(RUNTIME_STOP_MAX);
+    served
 }
 
 /// Log lines go to stderr, as text or as one JSON object per line.

@@ -24,7 +24,7 @@ pub mod message;
 pub mod queue;
 mod queue_store;
 pub mod session;
-mod stream;
+pub(crate) mod stream;
 mod topology;
 
 use std::collections::HashMap;

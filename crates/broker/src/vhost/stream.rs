@@ -217,7 +217,7 @@ impl StreamQueue {
 
 /// Kafka's murmur2 (the Java client's default partitioner hash), so that a routing key and the
 /// same Kafka record key land in the same partition.
-fn murmur2(data: &[u8]) -> u32 {
+pub(crate) fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;

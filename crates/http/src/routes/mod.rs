@@ -4,6 +4,7 @@
 mod amqp;
 mod groups;
 mod messages;
+mod produce;
 mod queue_messages;
 mod system;
 mod topics;
@@ -63,7 +64,7 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(topics::get_topic, topics::delete_topic))
         .routes(routes!(topics::get_configs, topics::put_configs))
         .routes(routes!(topics::partitions))
-        .routes(routes!(messages::topic_messages))
+        .routes(routes!(messages::topic_messages, produce::produce_messages))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::describe_group, groups::delete_group))
         .routes(routes!(groups::reset_offsets))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pika
 import pytest
+import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from librdkafka_client import create_topic
@@ -42,6 +43,19 @@ def require_tools():
         missing(f"no chromium at {CHROMIUM}: apt-get install chromium (scripts/test does)")
     if not (UI_TESTS / "node_modules" / "playwright-core").is_dir():
         missing("playwright-core is not installed: npm ci --prefix tests/ui (scripts/test does)")
+
+
+def wait_for_http(url, timeout_s=30):
+    # The fixture waits for the Kafka listener only; the HTTP one may come up a moment later.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"no HTTP API at {url} within {timeout_s}s"
+        time.sleep(0.1)
 
 
 def seed_kafka(bootstrap, base_ms):
@@ -97,6 +111,7 @@ def seed_amqp(amqp_port):
 @pytest.mark.timeout(300)
 def test_every_page_of_the_ui_shows_the_broker_data(broker, tmp_path):
     require_tools()
+    wait_for_http(broker.http_url)
     base_ms = int(time.time() * 1000) - 3_600_000
     seed_kafka(broker.bootstrap, base_ms)
     amqp = seed_amqp(broker.amqp_port)

@@ -105,13 +105,13 @@ mod tests {
         (Response::from_parts(parts, Body::empty()), bytes)
     }
 
-    fn get(uri: &str) -> HttpRequest<Body> {
+    fn get_request(uri: &str) -> HttpRequest<Body> {
         HttpRequest::get(uri).body(Body::empty()).expect("request")
     }
 
     #[tokio::test]
     async fn the_page_and_its_modules_are_served_without_credentials() {
-        let (response, body) = send(router(), get("/")).await;
+        let (response, body) = send(router(), get_request("/")).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
@@ -129,7 +129,7 @@ mod tests {
             ("/ui/pages/messages.js", "text/javascript; charset=utf-8"),
             ("/ui/style.css", "text/css; charset=utf-8"),
         ] {
-            let (response, body) = send(router(), get(path)).await;
+            let (response, body) = send(router(), get_request(path)).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             assert_eq!(
                 response.headers()[header::CONTENT_TYPE],
@@ -142,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unchanged_file_answers_304_and_an_unknown_one_404() {
-        let (first, _) = send(router(), get("/ui/app.js")).await;
+        let (first, _) = send(router(), get_request("/ui/app.js")).await;
         let etag = first.headers()[header::ETAG].clone();
         let request = HttpRequest::get("/ui/app.js")
             .header(header::IF_NONE_MATCH, etag)
@@ -152,10 +152,10 @@ mod tests {
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         assert!(body.is_empty());
 
-        let (missing, body) = send(router(), get("/ui/nothing.js")).await;
+        let (missing, body) = send(router(), get_request("/ui/nothing.js")).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         assert!(String::from_utf8_lossy(&body).contains("not_found"));
-        let (escape, _) = send(router(), get("/ui/../Cargo.toml")).await;
+        let (escape, _) = send(router(), get_request("/ui/../Cargo.toml")).await;
         assert_eq!(escape.status(), StatusCode::NOT_FOUND);
     }
 
@@ -169,7 +169,7 @@ mod tests {
                 )
                 .layer(axum::middleware::from_fn(omit_challenge_for_scripts))
         };
-        let (plain, _) = send(refusing(), get("/api/topics")).await;
+        let (plain, _) = send(refusing(), get_request("/api/topics")).await;
         assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
         assert!(plain.headers().contains_key(header::WWW_AUTHENTICATE));
 

@@ -343,6 +343,20 @@ async function main(context) {
     await expectText(byTest(page, 'channels').locator('tbody tr').first(), /guest/, 'the AMQP channel');
     await screenshots(page, 'connections');
 
+    // ---- a user without the administrator tag: reads work, actions show the 403 ----
+    step = 'non-administrator';
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await byTest(page, 'login').waitFor({ timeout: TIMEOUT });
+    await page.fill('input[name=user]', config.reader[0]);
+    await page.fill('input[name=password]', config.reader[1]);
+    await page.click('button[type=submit]');
+    await page.goto(`${config.url}/#/queues/${encodeURIComponent(config.queue)}`);
+    await expectText(byTest(page, 'queue-ready'), '1', 'the depth seen by a reader');
+    await byTest(page, 'purge').click();
+    await byTest(page, 'purge-yes').click();
+    await expectText(byTest(page, 'purge-result'), /403 forbidden: .*administrator/, 'the refusal');
+    await expectText(byTest(page, 'queue-ready'), '1', 'the depth after the refused purge');
+
     step = 'page errors';
     check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
   } catch (error) {

@@ -32,6 +32,7 @@ DEAD_QUEUE = "ui-dead"
 P0_MESSAGES = 10
 P1_TEXT_MESSAGES = 4
 COMMITTED = {0: 4, 1: 2}
+READER = ("reader", "read-pw")  # a user without the administrator tag
 HOSTILE_KEY = "<b>bold</b>"
 HOSTILE_VALUE = '<img src=x onerror="window.__sluice_xss=1"><script>window.__sluice_xss=2</script>'
 
@@ -109,8 +110,9 @@ def seed_amqp(amqp_port):
 
 
 @pytest.mark.timeout(300)
-def test_every_page_of_the_ui_shows_the_broker_data(broker, tmp_path):
+def test_every_page_of_the_ui_shows_the_broker_data(broker_factory, tmp_path):
     require_tools()
+    broker = broker_factory("--amqp-users", f"{READER[0]}:{READER[1]}")
     wait_for_http(broker.http_url)
     base_ms = int(time.time() * 1000) - 3_600_000
     seed_kafka(broker.bootstrap, base_ms)
@@ -125,6 +127,7 @@ def test_every_page_of_the_ui_shows_the_broker_data(broker, tmp_path):
             "topic": TOPIC, "group": GROUP, "queue": QUEUE,
             "work_queue": WORK_QUEUE, "dead_queue": DEAD_QUEUE,
             "base_timestamp_ms": base_ms,
+            "reader": READER,
             "hostile_key": HOSTILE_KEY, "hostile_value": HOSTILE_VALUE,
             "produce_cmd": [sys.executable, str(UI_TESTS / "produce_one.py"), broker.bootstrap, TOPIC, "0"],
             "expected": {

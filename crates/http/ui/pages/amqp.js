@@ -209,7 +209,7 @@ export async function exchangesPage(context) {
   } }, field('Name', name), field('Type', type), h('button', { type: 'submit' }, 'Declare exchange'));
   main.append(
     h('h1', null, 'Exchanges'),
-    table([
+    section(`Exchanges (${exchanges.length})`, table([
       { label: 'Name', cell: (e) => (e.name === '' ? '(default)' : e.name) },
       { label: 'Type', cell: (e) => e.type },
       { label: 'Features', cell: (e) => [e.durable && 'durable', e.auto_delete && 'auto-delete', e.internal && 'internal'].filter(Boolean).join(', ') },
@@ -218,8 +218,7 @@ export async function exchangesPage(context) {
         clear(status);
         try { await api.del(`/api/exchanges/${api.seg(e.name)}`); location.reload(); } catch (error) { status.append(errorBox(error)); }
       }, { testid: `delete-exchange-${e.name}` })) },
-    ], exchanges, { testid: 'exchanges' }),
-    status,
+    ], exchanges, { testid: 'exchanges' }), status),
     publishForm({ fixedExchange: null, exchanges: exchanges.filter((e) => !e.internal) }),
     section('Bindings', bindingTable(bindings)),
     section('Declare an exchange', declare),

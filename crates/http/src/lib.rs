@@ -16,6 +16,7 @@ pub mod model;
 mod request_metrics;
 mod routes;
 mod traffic;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,9 +93,12 @@ impl HttpApi {
         self.state.serving.store(serving, Ordering::Release);
     }
 
-    /// The axum router of every endpoint (auth applied).
+    /// The axum router of every endpoint (auth applied) and of the web UI at `/`.
     pub fn router(&self) -> Router {
-        routes::router(Arc::clone(&self.state)).0
+        routes::router(Arc::clone(&self.state))
+            .0
+            .merge(ui::router())
+            .layer(axum::middleware::from_fn(ui::omit_challenge_for_scripts))
     }
 
     /// The OpenAPI document the router serves at `/api/openapi.json`.

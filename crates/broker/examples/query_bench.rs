@@ -49,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let mut appending = Duration::ZERO;
     // The slowest append is the one that rolls a segment (and writes its key index).
     let mut append_max = Duration::ZERO;
+    let mut append_latencies_us = Vec::with_capacity((messages / BATCH_RECORDS + 1) as usize);
     let started = Instant::now();
     let mut n = 0;
     while n < messages {
@@ -71,14 +72,25 @@ fn main() -> anyhow::Result<()> {
         drop(partition.append_unsequenced(batch)?);
         appending += append_started.elapsed();
         append_max = append_max.max(append_started.elapsed());
+        append_latencies_us.push(append_started.elapsed().as_micros() as u64);
         n += BATCH_RECORDS;
     }
+    append_latencies_us.sort_unstable();
+    let append_percentile_us = |p: f64| {
+        append_latencies_us
+            .get(((append_latencies_us.len().saturating_sub(1)) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
-        "appended {messages} messages (key index {}) in {:.1} s: {:.0} msgs/s in append, {:.0} msgs/s with batch building, slowest append {} ms",
+        "appended {messages} messages (key index {}) in {:.1} s: {:.0} msgs/s in append, {:.0} msgs/s with batch building, append p50 {} us, p99 {} us, p99.99 {} us, slowest append {} ms",
         if key_index { "on" } else { "off" },
         started.elapsed().as_secs_f64(),
         messages as f64 / appending.as_secs_f64(),
         messages as f64 / started.elapsed().as_secs_f64(),
+        append_percentile_us(0.5),
+        append_percentile_us(0.99),
+        append_percentile_us(0.9999),
         append_max.as_millis(),
     );
     drop(partition);

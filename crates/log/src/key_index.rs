@@ -432,6 +432,39 @@ impl KeyIndexRuns {
         Ok(header)
     }
 
+    /// Relative offsets of every entry with `hash`, in memory and in the spilled runs, read
+    /// through the spill file's open handle (a rolled segment's frozen runs, searched while
+    /// its table is merged; the handle stays readable after the file is removed).
+    pub fn all_candidates(&self, hash: u64) -> Result<Vec<u32>, LogError> {
+        let (mut found, _) = self.candidates(hash);
+        if let Some(SpillFile {
+            file: Some(file),
+            path,
+            runs,
+            ..
+        }) = &self.spill
+        {
+            for &(first, count) in runs {
+                found.extend(file_candidates(
+                    file.as_ref(),
+                    path,
+                    first * ENTRY_BYTES as u64,
+                    count,
+                    hash,
+                )?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The spill file, if one was written (its runs are part of the index).
+    pub fn spill_path(&self) -> Option<&Path> {
+        self.spill
+            .as_ref()
+            .filter(|spill| spill.file.is_some())
+            .map(|spill| spill.path.as_path())
+    }
+
     /// Removes the spill file (the segment was rolled and its table written).
     pub fn remove_spill(&mut self) {
         if let Some(spill) = self.spill.take() {
@@ -659,6 +692,11 @@ pub(crate) enum KeyIndex {
     Memory(KeyIndexRuns),
     /// A rolled segment's entries, in its `.keyindex` file (checked when loaded).
     OnDisk(KeyIndexFileHeader),
+    /// A rolled segment whose `.keyindex` is being merged in the background: lookups search
+    /// its frozen runs (memory and `N.keyruns`), shared with the merge. The merge installs
+    /// its table only while this same `Arc` is still here, so a truncation, retention or
+    /// config change during the merge (which replaces it) discards the result.
+    Merging(Arc<KeyIndexRuns>),
     /// Indexing was turned on while this segment already held unindexed records: lookups skip
     /// it until recovery rebuilds it.
     Incomplete,

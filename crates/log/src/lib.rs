@@ -43,6 +43,7 @@ mod config;
 mod error;
 pub mod fuzzing;
 mod key_index;
+mod key_index_merge;
 mod offset_index;
 mod partition_log;
 mod recovery;

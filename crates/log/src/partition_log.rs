@@ -29,6 +29,7 @@ use crate::batch::{
     BATCH_LENGTH_MIN,
 };
 use crate::key_index::{batch_keys, BatchKeys, RecordLookup};
+use crate::key_index_merge::KeyIndexMerges;
 use crate::recovery::{
     read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
     write_clean_shutdown_marker, write_log_start_checkpoint,
@@ -86,6 +87,8 @@ pub struct PartitionLog {
     fsync_seconds: metrics::Histogram,
     /// Set once, by the first failed write, fsync or roll: why the log is offline.
     offline_cause: OnceLock<String>,
+    /// Rolled segments' key indexes being merged off the append path (`key_index_merge`).
+    key_index_merges: Arc<KeyIndexMerges>,
 }
 
 #[derive(Default)]
@@ -168,6 +171,7 @@ impl PartitionLog {
             sync_count: AtomicU64::new(0),
             fsync_seconds: metrics::histogram!(FSYNC_SECONDS_METRIC),
             offline_cause: OnceLock::new(),
+            key_index_merges: Arc::default(),
         })
     }
 
@@ -347,7 +351,6 @@ impl PartitionLog {
         // The rolled segment is made durable now, so it never needs syncing again.
         active.sync_data()?;
         active.write_index_files(true)?;
-        let key_index_header = active.write_key_index_file()?;
         let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
         let segment = Arc::new(Segment::create(
             &self.storage,
@@ -359,11 +362,13 @@ impl PartitionLog {
         sync_dir(self.storage.as_ref(), &self.dir)?;
         tracing::debug!(segment = %segment.log_path.display(), too_big, too_old, "rolled segment");
         self.segments.write().push(Arc::clone(&segment));
-        if let Some(header) = key_index_header {
-            // Written and synced with the rename above: lookups read the file from now on.
-            active.key_index_written(header);
-        }
         self.mark_durable(log_end_offset);
+        // The key index table is merged off the append path; lookups search the frozen runs
+        // until it is in place.
+        if let Some(runs) = active.seal_key_index() {
+            self.key_index_merges
+                .schedule(&self.storage, self.dir.clone(), active, runs);
+        }
         Ok(segment)
     }
 
@@ -855,6 +860,9 @@ impl PartitionLog {
     /// fsyncs all segments and indexes and leaves the clean shutdown marker, which the next
     /// change (or open) removes. Also used while running (a flush is a sync of everything).
     pub fn flush(&self) -> Result<(), LogError> {
+        // Before the locks (merges take none of them): a clean restart then finds every
+        // rolled segment's key index table instead of rebuilding it.
+        self.key_index_merges.wait_idle();
         let _sync = self.sync_lock.lock();
         let mut state = self.append_lock.lock();
         self.check_online()?;
@@ -875,6 +883,7 @@ impl PartitionLog {
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
         let storage = Arc::clone(&self.storage);
+        // Dropping waits for merges still running, which would write into the directory.
         drop(self);
         storage
             .remove_dir_all(&dir)
@@ -883,6 +892,14 @@ impl PartitionLog {
             Some(parent) => sync_dir(storage.as_ref(), parent),
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for PartitionLog {
+    /// A merge outliving its log could race a reopen of the same directory (recovery removing
+    /// the files it writes): a closed log has no work left running.
+    fn drop(&mut self) {
+        self.key_index_merges.wait_idle();
     }
 }
 

@@ -365,6 +365,84 @@ impl Segment {
         written.map(Some)
     }
 
+    /// Freezes a rolled segment's in-memory key index for a background merge: lookups keep
+    /// searching the returned runs until [`Segment::merge_key_index`] installs the table.
+    /// `None` when the segment keeps no complete key index.
+    pub fn seal_key_index(&self) -> Option<Arc<KeyIndexRuns>> {
+        let mut indexes = self.indexes.lock();
+        let KeyIndex::Memory(_) = &indexes.key_index else {
+            return None;
+        };
+        let KeyIndex::Memory(runs) =
+            std::mem::replace(&mut indexes.key_index, KeyIndex::Incomplete)
+        else {
+            return None;
+        };
+        let runs = Arc::new(runs);
+        indexes.key_index = KeyIndex::Merging(Arc::clone(&runs));
+        Some(runs)
+    }
+
+    /// Writes the sealed `runs` of this rolled segment to `N.keyindex` (temporary file,
+    /// fsync, rename) without any partition lock, and installs it if the segment still waits
+    /// for exactly these runs; otherwise (truncated, deleted or the index turned off since)
+    /// the result is thrown away. Returns whether the table was installed; the caller syncs
+    /// the directory (until then a crash only costs a rebuild). On an error the segment keeps
+    /// answering from its runs, and recovery rebuilds the file.
+    pub fn merge_key_index(&self, runs: &Arc<KeyIndexRuns>) -> Result<bool, LogError> {
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
+        let temporary = path.with_extension(format!("{KEY_INDEX_SUFFIX}.{TEMPORARY_SUFFIX}"));
+        let still_wanted = || matches!(&self.indexes.lock().key_index, KeyIndex::Merging(current) if Arc::ptr_eq(current, runs));
+        if !still_wanted() {
+            return Ok(false);
+        }
+        let written = (|| {
+            let file = self
+                .storage
+                .create(&temporary)
+                .map_err(|e| io_error(&temporary, e))?;
+            let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
+            file.sync_data().map_err(|e| io_error(&temporary, e))?;
+            Ok(header)
+        })();
+        let discard_temporary = || {
+            if let Err(error) = self.storage.remove_file(&temporary) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %temporary.display(), %error, "cannot remove a discarded key index (recovery removes it)");
+                }
+            }
+        };
+        let header = match written {
+            Ok(header) => header,
+            Err(error) => {
+                discard_temporary();
+                return Err(error);
+            }
+        };
+        // The check and the rename happen under the indexes lock, which truncation and removal
+        // take to replace the index: a table for bytes that changed is never installed.
+        let mut indexes = self.indexes.lock();
+        if !matches!(&indexes.key_index, KeyIndex::Merging(current) if Arc::ptr_eq(current, runs)) {
+            drop(indexes);
+            discard_temporary();
+            return Ok(false);
+        }
+        if let Err(error) = self.storage.rename(&temporary, &path) {
+            drop(indexes);
+            discard_temporary();
+            return Err(io_error(&path, error));
+        }
+        indexes.key_index = KeyIndex::OnDisk(header);
+        // Under the lock too: a truncation right after would write a new spill at this path.
+        // Lookups that still hold the runs read the old one through its open handle.
+        if let Some(spill) = runs.spill_path() {
+            if let Err(error) = self.storage.remove_file(spill) {
+                tracing::warn!(path = %spill.display(), %error, "cannot remove spilled key index runs (recovery removes them)");
+            }
+        }
+        Ok(true)
+    }
+
     /// The segment's key index file was written (`header`): lookups read the file from now on,
     /// and the entries leave memory and the spill file.
     pub fn key_index_written(&self, header: KeyIndexFileHeader) {
@@ -383,10 +461,19 @@ impl Segment {
             match &indexes.key_index {
                 KeyIndex::Memory(runs) => {
                     let (found, spilled) = runs.candidates(hash);
-                    Err((found, spilled, runs.skipped_batches))
+                    Err(Ok((found, spilled, runs.skipped_batches)))
                 }
                 KeyIndex::OnDisk(header) => Ok(*header),
+                KeyIndex::Merging(runs) => Err(Err(Arc::clone(runs))),
                 KeyIndex::Disabled | KeyIndex::Incomplete => return Ok(None),
+            }
+        };
+        let in_memory = match in_memory {
+            Ok(header) => Ok(header),
+            Err(Ok(active)) => Err(active),
+            // Frozen runs: searched without the lock (the background merge shares them).
+            Err(Err(runs)) => {
+                return Ok(Some((runs.all_candidates(hash)?, runs.skipped_batches)));
             }
         };
         let header = match in_memory {
@@ -428,6 +515,13 @@ impl Segment {
     /// Removes the segment's files (open handles stay readable until dropped). The caller makes
     /// the removal durable (`sync_dir`).
     pub fn remove_files(&self) -> Result<(), LogError> {
+        {
+            // A background merge of this segment's key index must not install its table.
+            let mut indexes = self.indexes.lock();
+            if matches!(indexes.key_index, KeyIndex::Merging(_)) {
+                indexes.key_index = KeyIndex::Incomplete;
+            }
+        }
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         for suffix in [
             LOG_SUFFIX,

@@ -91,7 +91,11 @@ fn index_built_on_append_finds_keys_and_ids_across_segments() {
     let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
     append_records(&log, 0, 500, 5);
     assert!(log.segment_count() > 3, "rolled: {}", log.segment_count());
-    // Every rolled segment wrote its key index file.
+    // Found whether or not the background merges have written the tables yet.
+    assert_eq!(offsets_by_key(&log, "user-3"), expected_offsets(3, 0, 500));
+    assert_eq!(value_by_id(&log, "id-0"), ["v-0"]);
+    // A flush waits for the merges: every rolled segment has its key index file.
+    log.flush().unwrap();
     assert!(files_with_extension(dir.path(), "keyindex").len() >= log.segment_count() - 1);
 
     assert_eq!(offsets_by_key(&log, "user-3"), expected_offsets(3, 0, 500));
@@ -188,6 +192,7 @@ fn retention_removes_key_index_files_with_their_segments() {
     };
     let log = PartitionLog::open(dir.path(), config).unwrap();
     append_records(&log, 0, 600, 5);
+    log.flush().unwrap();
     let before = files_with_extension(dir.path(), "keyindex").len();
     let deleted = log.enforce_retention(2_000).unwrap();
     assert!(deleted > 0);
@@ -297,6 +302,9 @@ fn active_segment_spills_runs_to_disk_and_merges_them_when_rolled() {
     );
     log.set_config(small_segments());
     append_records(&log, count, count + 10, 10);
+    // Before the merge has finished or after, the rolled segment answers.
+    assert_eq!(value_by_id(&log, "id-777"), ["v-777"]);
+    log.flush().unwrap();
     assert!(
         files_with_extension(dir.path(), "keyruns").is_empty(),
         "removed on roll"

@@ -32,8 +32,15 @@
 //! torn) it is rebuilt from the log. The active segment's index is always rebuilt during the
 //! recovery scan of its tail, so appends never fsync it.
 //!
-//! Compressed batches are not decoded by this crate (no codecs), so their records are not
-//! indexed; lookups report how many such batches were appended to indexed segments.
+//! Compressed batches (gzip, snappy, lz4, zstd) are decompressed when they are appended, in
+//! the producer's thread before the append lock (like the CRC check), and their records
+//! indexed like any others; recovery's rebuilds do the same. So a lookup needs no scan of
+//! compressed batches, at the cost of one decompression per compressed batch on produce. A
+//! batch that does not decompress (garbage, or past the bound of `compression`) is not
+//! indexed; lookups report how many such batches the active segment holds.
+//!
+//! When a segment rolls, its table is merged off the append path (`key_index_merge`): until
+//! it is in place the segment answers from its frozen runs (`KeyIndex::Merging`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -120,20 +127,18 @@ pub(crate) struct KeyIndexEntry {
 pub(crate) struct BatchKeys {
     /// (hash, offset delta within the batch)
     pub entries: Vec<(u64, u32)>,
-    /// The batch is compressed: its records are not indexed.
+    /// The batch is compressed and does not decompress (garbage, or past the bound): its
+    /// records are not indexed.
     pub skipped: bool,
 }
 
 /// The index entries of one whole batch (`batch` exactly its bytes). Control batches have no
-/// user records; a compressed batch is marked skipped; a record that does not parse ends the
-/// batch's entries (the batch passed its CRC, so that is a producer's malformed batch).
+/// user records; a compressed batch is decompressed (outside the append lock, like the CRC
+/// check) and marked skipped when it cannot be; a record that does not parse ends the batch's
+/// entries (the batch passed its CRC, so that is a producer's malformed batch).
 pub(crate) fn batch_keys(header: &BatchHeader, batch: &[u8]) -> BatchKeys {
     let mut keys = BatchKeys::default();
     if header.is_control() {
-        return keys;
-    }
-    if header.compression() != 0 {
-        keys.skipped = true;
         return keys;
     }
     let visited = visit_record_keys(
@@ -152,8 +157,16 @@ pub(crate) fn batch_keys(header: &BatchHeader, batch: &[u8]) -> BatchKeys {
             }
         },
     );
-    if let Err(error) = visited {
-        tracing::debug!(%error, base_offset = header.base_offset, "batch records not indexed past a malformed record");
+    match visited {
+        Ok(()) => {}
+        // Nothing of it was read: counted, so lookups can say what they could not search.
+        Err(error @ (LogError::Decompression { .. } | LogError::DecompressedTooLarge { .. })) => {
+            tracing::debug!(%error, base_offset = header.base_offset, "compressed batch not indexed");
+            keys.skipped = true;
+        }
+        Err(error) => {
+            tracing::debug!(%error, base_offset = header.base_offset, "batch records not indexed past a malformed record");
+        }
     }
     keys
 }
@@ -225,7 +238,7 @@ pub(crate) struct KeyIndexRuns {
     sorted_end: usize,
     /// Encoded entries of one spill.
     spill_bytes: Vec<u8>,
-    /// Compressed batches whose records are not indexed.
+    /// Compressed batches that did not decompress, whose records are not indexed.
     pub skipped_batches: u64,
     spill: Option<SpillFile>,
     /// A spill write failed: the index misses entries (see `is_broken`).

@@ -39,6 +39,7 @@
 //!   partition directory: its parent too) before the log relies on it.
 
 pub mod batch;
+pub mod compression;
 mod config;
 mod error;
 pub mod fuzzing;

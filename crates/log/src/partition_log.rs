@@ -111,8 +111,8 @@ pub struct FoundRecords {
     /// Segments searched without a usable key index (indexing turned on while they held
     /// records; rebuilt at the next open), whose records may be missing from the answer.
     pub segments_unindexed: usize,
-    /// Compressed batches in the active segment, whose records are not indexed (see
-    /// `key_index`), and so may be missing from the answer.
+    /// Compressed batches in the active segment that did not decompress (garbage, or past
+    /// the bound of `compression`), whose records are not indexed (see `key_index`).
     pub batches_unindexed: u64,
 }
 
@@ -1055,8 +1055,8 @@ fn read_segment(
     })
 }
 
-/// The batch of `segment` holding `offset`, CRC-checked and decoded; `None` if no batch holds
-/// it (truncated since) or the batch is compressed.
+/// The batch of `segment` holding `offset`, CRC-checked and decoded (decompressed if need
+/// be); `None` if no batch holds it (truncated since).
 fn read_batch_records(
     segment: &Segment,
     offset: i64,
@@ -1075,7 +1075,7 @@ fn read_batch_records(
             Some(_) => {}
         }
     };
-    if header.base_offset > offset || header.compression() != 0 {
+    if header.base_offset > offset {
         return Ok(None);
     }
     // The header passed check_shape, so the length is bounded.

@@ -230,13 +230,13 @@ fn truncation_drops_and_reindexes_the_cut_records() {
 }
 
 #[test]
-fn compressed_batches_are_stored_but_reported_unindexed() {
+fn batches_marked_compressed_that_do_not_decompress_are_stored_but_reported_unindexed() {
     let dir = tempfile::tempdir().unwrap();
     let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
     let mut builder = RecordBatchBuilder::new();
     builder.push(record(0));
     let mut batch = builder.build();
-    batch[22] |= 0x04; // attributes: zstd
+    batch[22] |= 0x04; // attributes: zstd, but the records are not zstd
     let crc = crc32c::crc32c(&batch[21..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
     log.append(&mut batch, 0, 1_000).unwrap();

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sluice_log::{decode_records, BatchHeader, Record, RecordLookup};
+use sluice_log::{decode_records, BatchHeader, LogError, Record, RecordLookup};
 
 use crate::{Broker, BrokerError, Partition};
 
@@ -63,8 +63,9 @@ pub struct MessageQueryResult {
     /// Key and id queries: segments searched without a usable key index (see
     /// `sluice_log::FoundRecords`); their messages may be missing from the answer.
     pub segments_unindexed: usize,
-    /// Compressed batches whose records could not be decoded (this build decodes none), so
-    /// their messages are missing from the answer.
+    /// Compressed batches whose records could not be decoded (a garbage payload, or one past
+    /// the decompression bound), so their messages are missing from the answer. Batches that
+    /// decode (gzip, snappy, lz4, zstd) are searched and shown like any others.
     pub batches_compressed: u64,
 }
 
@@ -209,11 +210,21 @@ fn read_range(
             if header.is_control() {
                 continue;
             }
-            if header.compression() != 0 {
-                result.batches_compressed += 1;
-                continue;
-            }
-            for record in decode_records(batch)? {
+            let records = match decode_records(batch) {
+                Ok(records) => records,
+                // A compressed payload that does not decode (garbage, or past the bound of
+                // `sluice_log::compression`): counted, and the query goes on past it.
+                Err(
+                    error
+                    @ (LogError::Decompression { .. } | LogError::DecompressedTooLarge { .. }),
+                ) => {
+                    tracing::debug!(%error, base_offset = header.base_offset, "compressed batch not shown");
+                    result.batches_compressed += 1;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            for record in records {
                 if record.offset < from || record.offset > to_max {
                     continue;
                 }

@@ -264,3 +264,148 @@ async fn amqp_publishes_into_a_topic_are_found_by_their_message_id() {
         .unwrap();
     assert_eq!(by_key.messages.len(), 3);
 }
+
+/// Produces one batch compressed with `codec` (1 gzip, 2 snappy, 3 lz4, 4 zstd) of records
+/// `(key, message id, value)`.
+async fn produce_compressed(
+    broker: &Broker,
+    topic: &str,
+    codec: u8,
+    records: &[(String, String, String)],
+) {
+    let mut builder = RecordBatchBuilder::new();
+    for (key, id, value) in records {
+        builder.push(Record {
+            timestamp: 100,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![("message-id".into(), Some(id.as_bytes().to_vec()))],
+            ..Default::default()
+        });
+    }
+    let batch = BytesMut::from(&builder.build_compressed(codec).unwrap()[..]);
+    broker
+        .partition(topic, 0)
+        .unwrap()
+        .produce(batch, Acks::All)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn compressed_batches_of_every_codec_are_found_by_key_id_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path());
+    broker
+        .create_topic("packed", 1, BTreeMap::new(), false)
+        .unwrap();
+    let codecs = [(1u8, "gzip"), (2, "snappy"), (3, "lz4"), (4, "zstd")];
+    for (codec, name) in codecs {
+        let records: Vec<(String, String, String)> = (0..5)
+            .map(|n| {
+                (
+                    format!("{name}-key"),
+                    format!("{name}-id-{n}"),
+                    format!("{name}-value-{n}"),
+                )
+            })
+            .collect();
+        produce_compressed(&broker, "packed", codec, &records).await;
+    }
+    for (index, (_, name)) in codecs.iter().enumerate() {
+        let base = index as i64 * 5;
+        let by_key = broker
+            .query_messages(
+                "packed",
+                &MessageQuery::Key(format!("{name}-key").into_bytes()),
+                100,
+            )
+            .unwrap();
+        assert_eq!(by_key.batches_compressed, 0);
+        assert_eq!(
+            values(&by_key),
+            (0..5)
+                .map(|n| (0, base + n, format!("{name}-value-{n}")))
+                .collect::<Vec<_>>()
+        );
+        let by_id = broker
+            .query_messages(
+                "packed",
+                &MessageQuery::MessageId(format!("{name}-id-3")),
+                100,
+            )
+            .unwrap();
+        assert_eq!(values(&by_id), [(0, base + 3, format!("{name}-value-3"))]);
+    }
+    let range = broker
+        .query_messages(
+            "packed",
+            &MessageQuery::OffsetRange {
+                partition: 0,
+                from: 3,
+                to_max: 11,
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(range.batches_compressed, 0);
+    assert_eq!(
+        range.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        (3..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        range.messages[3].value.as_deref(),
+        Some(&b"snappy-value-1"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_compressed_batch_is_counted_and_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path());
+    broker
+        .create_topic("packed", 1, BTreeMap::new(), false)
+        .unwrap();
+    let mut builder = RecordBatchBuilder::new();
+    builder.push(Record {
+        key: Some(b"k".to_vec()),
+        value: Some(b"v".to_vec()),
+        ..Default::default()
+    });
+    // lz4 in the attributes, but the records section is not lz4; the CRC is valid.
+    let mut batch = builder.build();
+    batch[22] |= 0x03;
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    broker
+        .partition("packed", 0)
+        .unwrap()
+        .produce(BytesMut::from(&batch[..]), Acks::All)
+        .await
+        .unwrap();
+    produce_compressed(
+        &broker,
+        "packed",
+        4,
+        &[("k".into(), "good".into(), "after".into())],
+    )
+    .await;
+    let range = broker
+        .query_messages(
+            "packed",
+            &MessageQuery::OffsetRange {
+                partition: 0,
+                from: 0,
+                to_max: 10,
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(range.batches_compressed, 1);
+    assert_eq!(values(&range), [(0, 1, "after".to_string())]);
+    let by_key = broker
+        .query_messages("packed", &MessageQuery::Key(b"k".to_vec()), 100)
+        .unwrap();
+    assert_eq!(values(&by_key), [(0, 1, "after".to_string())]);
+    assert_eq!(by_key.batches_compressed, 1);
+}

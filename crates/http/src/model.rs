@@ -264,7 +264,9 @@ pub struct TopicMessages {
     pub topic: String,
     pub messages: Vec<TopicMessage>,
     pub positions: Vec<PartitionPosition>,
-    /// Compressed batches passed over (their records cannot be shown yet).
+    /// Compressed batches passed over because they do not decode (a garbage payload, or one
+    /// past the decompression bound); batches compressed with gzip, snappy, lz4 or zstd are
+    /// shown like any others.
     pub skipped_compressed_batches: u64,
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Json;
 use sluice_broker::{BrokerError, Partition};
-use sluice_log::{decode_records, BatchHeader};
+use sluice_log::{decode_records, BatchHeader, LogError};
 
 use crate::encoded::encode;
 use crate::error::{ApiError, ApiResult};
@@ -143,12 +143,18 @@ impl MessageReader {
                     next = next.max(header.last_offset() + 1);
                     continue;
                 }
-                if header.compression() != 0 {
-                    self.skipped_compressed_batches += 1;
-                    next = next.max(header.last_offset() + 1);
-                    continue;
-                }
-                for record in decode_records(batch).map_err(BrokerError::from)? {
+                let records = match decode_records(batch) {
+                    Ok(records) => records,
+                    // A compressed payload that does not decode (garbage, or past the bound
+                    // of `sluice_log::compression`): counted and passed over.
+                    Err(LogError::Decompression { .. } | LogError::DecompressedTooLarge { .. }) => {
+                        self.skipped_compressed_batches += 1;
+                        next = next.max(header.last_offset() + 1);
+                        continue;
+                    }
+                    Err(error) => return Err(BrokerError::from(error).into()),
+                };
+                for record in records {
                     if record.offset < next || record.offset >= end {
                         continue;
                     }

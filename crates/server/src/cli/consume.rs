@@ -127,9 +127,7 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &ConsumeArgs) -> CliRe
             let read: TopicMessages = decode_value(value)?;
             if read.skipped_compressed_batches > 0 && !warned_compressed {
                 warned_compressed = true;
-                eprintln!(
-                    "note: compressed batches are passed over (their records cannot be shown yet)"
-                );
+                eprintln!("note: compressed batches that do not decompress are passed over");
             }
             for message in &read.messages {
                 if json {

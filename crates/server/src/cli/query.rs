@@ -63,7 +63,7 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &QueryArgs) -> CliResu
     let found: TopicMessages = decode_value(value)?;
     if found.skipped_compressed_batches > 0 {
         eprintln!(
-            "note: {} compressed batches were passed over (their records cannot be shown yet)",
+            "note: {} compressed batches were passed over (they do not decompress)",
             found.skipped_compressed_batches
         );
     }

@@ -16,13 +16,14 @@
 //!   appended to `N.keyruns` without an fsync, so memory per partition stays bounded whatever
 //!   the segment size. A lookup scans the tail, binary-searches each run in memory and each
 //!   spilled run in the file (about 20 positional reads each, from the page cache). The spill
-//!   file is removed when the segment rolls, and by recovery, which rebuilds the active
-//!   segment's index from the log.
-//! - `N.keyindex` holds one sorted table, written when the segment is rolled (a streaming merge
-//!   of the spilled and in-memory runs, fsynced with the other indexes, then trusted by
-//!   recovery). Rolled segments keep nothing in memory: a lookup binary-searches the file with
-//!   positional reads (about 25 reads of 12 bytes for ten million entries, from the page
-//!   cache once warm).
+//!   file is removed once the rolled segment's table is in place, and by recovery, which
+//!   rebuilds the active segment's index from the log.
+//! - `N.keyindex` holds one sorted table, a streaming merge of the spilled and in-memory runs
+//!   written after the segment rolls, off the append path (`key_index_merge`: fsynced, renamed
+//!   into place, then trusted by recovery). Until it is in place the rolled segment answers
+//!   from its frozen runs. Then rolled segments keep nothing in memory: a lookup
+//!   binary-searches the file with positional reads (about 25 reads of 12 bytes for ten
+//!   million entries, from the page cache once warm).
 //!
 //! File layout (big endian): header `b"SLKI"` | version u32 (1) | entry count u64 | log bytes
 //! u64 (size of the `.log` it indexes) | CRC-32C of the entries u32 | reserved u32; then

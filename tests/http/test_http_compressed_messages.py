@@ -27,6 +27,9 @@ def test_compressed_batches_are_shown_by_the_message_browser(api_broker, codec):
                          value=(f"{codec} value {i} " * 20).encode(),
                          headers=[("message-id", f"{codec}-id-{i}".encode())])
     assert producer.flush(30) == 0
+    # The log holds what the producer sent: compressed, so the values' text is not in it.
+    logs = [p for p in api_broker.data_dir.rglob("*.log") if p.stat().st_size > 0]
+    assert logs and all(f"{codec} value 57 ".encode() not in p.read_bytes() for p in logs)
 
     page = api.ok("GET", f"/api/topics/{topic}/messages", params={"partition": 0, "limit": 1000})
     assert page["skipped_compressed_batches"] == 0

@@ -167,7 +167,7 @@ impl StreamQueue {
                     Ok(records) => records,
                     Err(error) => {
                         return Err(VhostError::PreconditionFailed(format!(
-                            "cannot read topic '{}' partition {index} at {}: {error} (compressed batches are not readable over AMQP)",
+                            "cannot read topic '{}' partition {index} at {}: {error}",
                             self.name, positions[index]
                         )))
                     }

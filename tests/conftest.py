@@ -115,13 +115,23 @@ class Broker:
             if code is not None:
                 pytest.fail(f"sluice exited with {code} during startup:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                # The HTTP API binds after the Kafka listener: wait for it too when it is ours,
+                # or a test could call the API before it listens.
+                for port in self.listening_ports():
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return
             except OSError:
                 time.sleep(0.05)
         self.kill9()
         pytest.fail(f"sluice did not accept connections on {self.bootstrap} within "
                     f"{STARTUP_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def listening_ports(self):
+        ports = [self.port]
+        if "--http-listen" not in self.extra_args:
+            ports.append(self.http_port)
+        return ports
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

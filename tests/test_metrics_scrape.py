@@ -1,12 +1,6 @@
 """Prometheus scrape tests: traffic from real clients moves the counters and gauges that
-GET /metrics reports, parsed with prometheus_client's text parser.
-
-NOT COLLECTED YET (the file name does not match test_*.py): `sluice serve` gets its HTTP
-listener (`--http-listen HOST:PORT`, serving GET /metrics from the handle that
-`install_metrics_recorder()` returns) in crates/http. Once it does, enable these tests by
-renaming this file to tests/test_metrics_scrape.py; they start the broker with
-`--http-listen 127.0.0.1:<free port>` and scrape http://127.0.0.1:<port>/metrics without
-credentials.
+GET /metrics reports (no credentials, as Prometheus scrapes), parsed with prometheus_client's
+text parser.
 """
 
 import time
@@ -16,7 +10,6 @@ import pika
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
 from kafka_wire import KafkaWire
 from librdkafka_client import create_topic, produce_values, unique_name
 
@@ -25,9 +18,8 @@ SAMPLED_WITHIN_S = 12
 
 
 def start_with_http(broker_factory):
-    http_port = free_port()
-    broker = broker_factory("--http-listen", f"127.0.0.1:{http_port}")
-    broker.metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+    broker = broker_factory()
+    broker.metrics_url = f"{broker.http_url}/metrics"
     return broker
 
 

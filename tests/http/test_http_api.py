@@ -294,10 +294,38 @@ def test_message_query_errors(api_broker, api):
     assert_error(api.get(path, params={"offset": "abc"}), 400)
     assert_error(api.get(path, params={"offset": 1, "timestamp_ms": 5}), 400)
     assert_error(api.get(path, params={"partition": 7}), 404)
-    # Not wired yet: an honest 400, not an empty answer.
-    assert_error(api.get(path, params={"key": "k"}), 400, reason_contains="not available yet")
-    assert_error(api.get(path, params={"message_id": "m"}), 400,
-                 reason_contains="not available yet")
+    assert_error(api.get(path, params={"key": "k", "message_id": "m"}), 400)
+    assert_error(api.get(path, params={"key": "k", "offset": 0}), 400)
+    assert_error(api.get(path, params={"key": "k", "partition": 7}), 404)
+    assert_error(api.get(f"/api/topics/{topic}-missing/messages", params={"key": "k"}), 404)
+
+
+def test_messages_by_key_and_by_message_id_across_partitions(api_broker, api):
+    topic = unique_name("bykey")
+    create_topic(api_broker.bootstrap, topic, partitions=3)
+    producer = Producer({"bootstrap.servers": api_broker.bootstrap})
+    for i in range(60):
+        producer.produce(topic, key=f"order-{i % 7}".encode(), value=f"v{i}".encode(),
+                         headers=[("message-id", f"id-{i}".encode())])
+    assert producer.flush(30) == 0
+
+    found = api.get(f"/api/topics/{topic}/messages", params={"key": "order-3"})
+    assert found.status_code == 200, found.text
+    messages = found.json()["messages"]
+    assert sorted(m["value"]["text"] for m in messages) == sorted(
+        f"v{i}" for i in range(3, 60, 7))
+    assert {m["key"]["text"] for m in messages} == {"order-3"}
+
+    by_id = api.get(f"/api/topics/{topic}/messages", params={"message_id": "id-41"}).json()
+    assert [m["value"]["text"] for m in by_id["messages"]] == ["v41"]
+    # What the id query found is what an offset query shows at that place.
+    [hit] = by_id["messages"]
+    same = api.get(f"/api/topics/{topic}/messages", params={
+        "partition": hit["partition"], "offset": hit["offset"], "limit": 1}).json()
+    assert same["messages"][0]["value"]["text"] == "v41"
+
+    assert api.get(f"/api/topics/{topic}/messages",
+                   params={"key": "no-such-key"}).json()["messages"] == []
 
 
 # ---- consumer groups ----

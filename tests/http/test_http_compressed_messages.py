@@ -43,3 +43,11 @@ def test_compressed_batches_are_shown_by_the_message_browser(api_broker, codec):
     middle = api.ok("GET", f"/api/topics/{topic}/messages",
                     params={"partition": 0, "offset": 120, "end_offset": 123})
     assert [m["offset"] for m in middle["messages"]] == [120, 121, 122]
+
+    # Key and message-id lookups find compressed messages through the key index too.
+    by_key = api.ok("GET", f"/api/topics/{topic}/messages",
+                    params={"key": f"{codec}-key-1", "limit": 1000})
+    assert by_key["skipped_compressed_batches"] == 0
+    assert [m["offset"] for m in by_key["messages"]] == list(range(1, 200, 4))
+    by_id = api.ok("GET", f"/api/topics/{topic}/messages", params={"message_id": f"{codec}-id-57"})
+    assert [m["offset"] for m in by_id["messages"]] == [57]

@@ -245,9 +245,10 @@ pub struct MessagesQuery {
     pub limit: Option<u32>,
     /// Also show keys, values and headers in hex.
     pub hex: Option<bool>,
-    /// Query by key: not available yet (answers 400).
+    /// Messages whose key is exactly this (UTF-8), found through the per-segment key index.
     pub key: Option<String>,
-    /// Query by message id: not available yet (answers 400).
+    /// Messages whose `message-id` header (the AMQP message-id property, or a Kafka header of
+    /// that name) is exactly this, found through the key index.
     pub message_id: Option<String>,
 }
 

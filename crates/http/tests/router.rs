@@ -202,6 +202,6 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 32, "{operations:#?}");
+    assert_eq!(operations.len(), 33, "{operations:#?}");
     assert!(json["components"]["securitySchemes"]["basic"].is_object());
 }

@@ -514,8 +514,10 @@ mod tests {
 
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["sluice", "serve"], args].concat())?;
-        let Command::Serve(serve) = cli.command;
-        Ok(serve)
+        match cli.command {
+            Command::Serve(serve) => Ok(serve),
+            Command::Client(_) => unreachable!("parsed from `sluice serve`"),
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use sluice_broker::{BrokerError, Partition};
+use sluice_broker::{BrokerError, MessageQuery, Partition};
 use sluice_log::{decode_records, BatchHeader, LogError};
 
 use crate::encoded::encode;
@@ -28,24 +28,37 @@ const RESPONSE_BYTES_MAX: u64 = 16 << 20;
     params(("name" = String, Path, description = "Topic name"), MessagesQuery),
     responses(
         (status = 200, description = "Messages, by partition then offset", body = TopicMessages),
-        (status = 400, description = "Invalid range or limit, or a key / message id query (not available yet)", body = ErrorBody),
+        (status = 400, description = "Invalid range or limit, or a key / message id query mixed with offsets", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 404, description = "No such topic or partition", body = ErrorBody)))]
 pub async fn topic_messages(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
-    ApiQuery(query): ApiQuery<MessagesQuery>,
+    ApiQuery(mut query): ApiQuery<MessagesQuery>,
 ) -> ApiResult<Json<TopicMessages>> {
-    if query.key.is_some() || query.message_id.is_some() {
-        return Err(ApiError::BadRequest(
-            "query by key or message id is not available yet".into(),
-        ));
-    }
     let limit = query.limit.unwrap_or(LIMIT_DEFAULT);
     if !(1..=LIMIT_MAX).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {LIMIT_MAX}, got {limit}"
         )));
+    }
+    let lookup = match (query.key.take(), query.message_id.take()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give either key or message_id, not both".into(),
+            ))
+        }
+        (Some(key), None) => Some(MessageQuery::Key(key.into_bytes())),
+        (None, Some(id)) => Some(MessageQuery::MessageId(id)),
+        (None, None) => None,
+    };
+    if let Some(lookup) = lookup {
+        if query.offset.is_some() || query.end_offset.is_some() || query.timestamp_ms.is_some() {
+            return Err(ApiError::BadRequest(
+                "a key or message_id query takes no offset, end_offset or timestamp_ms".into(),
+            ));
+        }
+        return indexed_lookup(state, name, lookup, &query, limit).await;
     }
     if query.offset.is_some_and(|o| o < 0) || query.end_offset.is_some_and(|o| o < 0) {
         return Err(ApiError::BadRequest("offsets must not be negative".into()));
@@ -90,6 +103,97 @@ pub async fn topic_messages(
         positions,
         skipped_compressed_batches: reader.skipped_compressed_batches,
     }))
+}
+
+/// Messages by key or message id, through the per-segment key index (no scan of the topic).
+async fn indexed_lookup(
+    state: Arc<AppState>,
+    name: String,
+    lookup: MessageQuery,
+    query: &MessagesQuery,
+    limit: u32,
+) -> ApiResult<Json<TopicMessages>> {
+    let topic = state
+        .context
+        .broker
+        .topic(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{name}'")))?;
+    if let Some(index) = query.partition {
+        if topic.partition(index).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "topic '{name}' has no partition {index}"
+            )));
+        }
+    }
+    let log_append_time = topic.config().log_append_time();
+    let broker = Arc::clone(&state.context.broker);
+    let topic_name = name.clone();
+    // Index lookups and the batch reads that verify them touch the disk.
+    let found = tokio::task::spawn_blocking(move || {
+        broker.query_messages(&topic_name, &lookup, limit as usize)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("query messages task: {error}")))??;
+    let with_hex = query.hex.unwrap_or(false);
+    let messages = found
+        .messages
+        .into_iter()
+        .filter(|m| query.partition.is_none_or(|p| p == m.partition))
+        .map(|m| {
+            let record = sluice_log::Record {
+                offset: m.offset,
+                timestamp: m.timestamp,
+                key: m.key,
+                value: m.value,
+                headers: m.headers,
+            };
+            topic_message(m.partition, log_append_time, record, with_hex)
+        })
+        .collect();
+    Ok(Json(TopicMessages {
+        topic: name,
+        messages,
+        positions: Vec::new(),
+        skipped_compressed_batches: found.batches_compressed,
+    }))
+}
+
+/// One record as the API shows it.
+fn topic_message(
+    partition: i32,
+    log_append_time: bool,
+    record: sluice_log::Record,
+    with_hex: bool,
+) -> TopicMessage {
+    let size_bytes = record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+    TopicMessage {
+        partition,
+        offset: record.offset,
+        timestamp_ms: record.timestamp,
+        timestamp_type: if log_append_time {
+            "log_append_time"
+        } else {
+            "create_time"
+        }
+        .into(),
+        key: record.key.as_deref().map(|k| encode(k, with_hex)),
+        value: record.value.as_deref().map(|v| encode(v, with_hex)),
+        headers: record
+            .headers
+            .iter()
+            .map(|(key, value)| MessageHeader {
+                key: key.clone(),
+                value: value.as_deref().map(|v| encode(v, with_hex)),
+            })
+            .collect(),
+        size_bytes: size_bytes as u64,
+    }
 }
 
 struct MessageReader {
@@ -180,35 +284,13 @@ impl MessageReader {
     }
 
     fn push(&mut self, partition: i32, header: &BatchHeader, record: sluice_log::Record) {
-        let size_bytes = record.key.as_ref().map_or(0, Vec::len)
-            + record.value.as_ref().map_or(0, Vec::len)
-            + record
-                .headers
-                .iter()
-                .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
-        self.bytes += size_bytes as u64;
-        self.messages.push(TopicMessage {
+        let message = topic_message(
             partition,
-            offset: record.offset,
-            timestamp_ms: record.timestamp,
-            timestamp_type: if header.is_log_append_time() {
-                "log_append_time"
-            } else {
-                "create_time"
-            }
-            .into(),
-            key: record.key.as_deref().map(|k| encode(k, self.with_hex)),
-            value: record.value.as_deref().map(|v| encode(v, self.with_hex)),
-            headers: record
-                .headers
-                .iter()
-                .map(|(key, value)| MessageHeader {
-                    key: key.clone(),
-                    value: value.as_deref().map(|v| encode(v, self.with_hex)),
-                })
-                .collect(),
-            size_bytes: size_bytes as u64,
-        });
+            header.is_log_append_time(),
+            record,
+            self.with_hex,
+        );
+        self.bytes += message.size_bytes;
+        self.messages.push(message);
     }
 }

@@ -24,7 +24,7 @@ trap 'stop_broker; rm -rf "$WORK"' EXIT
 start_broker() { # $1: fsync policy
     stop_broker
     rm -rf "$WORK/data"
-    "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off \
+    "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off --http-listen off \
         >"$WORK/broker-$1.log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 1 100); do

@@ -233,7 +233,7 @@ start_sluice() {
     kafka_port="$(free_port)"
     rm -rf "$WORK/sluice-data"
     "$SLUICE" serve --data-dir "$WORK/sluice-data" --kafka-listen "127.0.0.1:$kafka_port" \
-        --amqp-listen "127.0.0.1:$SLUICE_AMQP_PORT" >"$WORK/sluice.log" 2>&1 &
+        --amqp-listen "127.0.0.1:$SLUICE_AMQP_PORT" --http-listen off >"$WORK/sluice.log" 2>&1 &
     SLUICE_PID=$!
     for _ in $(seq 1 100); do
         if port_open 127.0.0.1 "$SLUICE_AMQP_PORT"; then return 0; fi

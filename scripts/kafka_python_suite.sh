@@ -102,7 +102,7 @@ while IFS= read -r name; do unset_sluice_env+=(-u "$name"); done < <(compgen -e 
 # initial rebalance delay, and consumer session timeouts down to 1 s (test_group uses 3 s).
 env "${unset_sluice_env[@]}" "$SLUICE_BIN" serve --data-dir "$WORK/data" \
     --kafka-listen "127.0.0.1:$PORT" --group-initial-rebalance-delay-ms 0 \
-    --group-min-session-timeout-ms 1000 --amqp-listen off \
+    --group-min-session-timeout-ms 1000 --amqp-listen off --http-listen off \
     >"$BROKER_LOG" 2>&1 &
 BROKER_PID=$!
 for _ in $(seq 1 300); do

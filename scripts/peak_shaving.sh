@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 start() {
-    "$BIN" serve --data-dir "$DATA" --kafka-listen "127.0.0.1:$KAFKA_PORT" --amqp-listen "127.0.0.1:$PORT" \
+    "$BIN" serve --data-dir "$DATA" --kafka-listen "127.0.0.1:$KAFKA_PORT" --amqp-listen "127.0.0.1:$PORT" --http-listen off \
         >>"$WORK/broker.log" 2>&1 &
     PID=$!
     local t0 t1

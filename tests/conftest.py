@@ -63,6 +63,9 @@ class Broker:
         # Every broker gets its own AMQP port too, so that test brokers never race for the
         # default 5672 (or for each other's ports) unless a test picks the listener itself.
         self.amqp_port = free_port()
+        # And its own HTTP API port (the default 8080 would be shared by every test broker).
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.process = None
         self.starts = 0
 
@@ -81,6 +84,8 @@ class Broker:
             args += ["--group-initial-rebalance-delay-ms", "0"]
         if "--amqp-listen" not in self.extra_args:
             args += ["--amqp-listen", f"127.0.0.1:{self.amqp_port}"]
+        if "--http-listen" not in self.extra_args:
+            args += ["--http-listen", f"127.0.0.1:{self.http_port}"]
         return args + self.extra_args
 
     def start(self):
@@ -110,13 +115,23 @@ class Broker:
             if code is not None:
                 pytest.fail(f"sluice exited with {code} during startup:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                # The HTTP API binds after the Kafka listener: wait for it too when it is ours,
+                # or a test could call the API before it listens.
+                for port in self.listening_ports():
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return
             except OSError:
                 time.sleep(0.05)
         self.kill9()
         pytest.fail(f"sluice did not accept connections on {self.bootstrap} within "
                     f"{STARTUP_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def listening_ports(self):
+        ports = [self.port]
+        if "--http-listen" not in self.extra_args:
+            ports.append(self.http_port)
+        return ports
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

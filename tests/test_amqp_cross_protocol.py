@@ -9,6 +9,7 @@ Sluice-only: RabbitMQ has no Kafka side to compare with.
 import time
 
 import pika
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from librdkafka_client import unique_name
@@ -105,6 +106,23 @@ def test_produced_over_kafka_consumed_over_amqp(broker):
         assert properties.headers["trace"] in (f"k-{i}", f"k-{i}".encode())
         assert properties.headers["x-kafka-key"] in ("user-7", b"user-7")
         assert properties.headers["x-stream-offset"] == i
+    connection.close()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_kafka_batches_are_consumed_over_amqp(broker, codec):
+    topic = unique_name(f"packed-{codec}")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, topic)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                         "compression.type": codec, "linger.ms": 20})
+    for i in range(30):
+        producer.produce(topic, value=(f"event-{i} " * 10).encode(), key=b"user-7")
+    assert producer.flush(30) == 0
+
+    received = amqp_read_stream(channel, topic, 30)
+    assert [body for _, _, body in received] == [(f"event-{i} " * 10).encode() for i in range(30)]
     connection.close()
 
 

@@ -116,6 +116,12 @@ pub(crate) async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    // Listed by the HTTP API while the connection lives; its channels carry `id`.
+    let registered = context.vhost.broker().connections().register(
+        sluice_broker::Protocol::Amqp,
+        peer,
+        Some(id),
+    );
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     // From the protocol header to connection.open: a socket that connects and never gets
@@ -165,6 +171,7 @@ pub(crate) async fn serve_connection(
         heartbeat_s,
         channel_max: context.config.channel_max,
         user: String::new(),
+        client_name: None,
         channels: HashMap::new(),
         blocked_capable: false,
         cancel_notify: false,
@@ -181,6 +188,10 @@ pub(crate) async fn serve_connection(
     match handshake {
         Ok(Ok(())) => {
             tracing::debug!(%peer, id, user = %connection.user, "AMQP connection open");
+            registered.set_user(&connection.user);
+            if let Some(name) = &connection.client_name {
+                registered.set_client(name);
+            }
             connection.run().await;
         }
         Ok(Err(Some(error))) => connection.close_with(error).await,
@@ -272,6 +283,8 @@ pub(crate) struct Connection {
     heartbeat_s: Arc<AtomicU32>,
     channel_max: u16,
     pub user: String,
+    /// The client's connection_name (or product) property, shown by the HTTP API.
+    client_name: Option<String>,
     channels: HashMap<u16, Channel>,
     /// Client capabilities from start-ok.
     blocked_capable: bool,
@@ -382,6 +395,15 @@ impl Connection {
                 ))
             }
         };
+        // The name the HTTP API lists: the client's own connection name, else its product.
+        self.client_name = ["connection_name", "product"].iter().find_map(|key| {
+            start_ok
+                .client_properties
+                .inner()
+                .get(*key)
+                .and_then(sluice_broker::vhost::message::value_as_str)
+                .map(|name| name.chars().take(255).collect())
+        });
         if let Some(AMQPValue::FieldTable(caps)) =
             start_ok.client_properties.inner().get("capabilities")
         {

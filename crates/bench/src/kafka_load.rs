@@ -35,6 +35,8 @@ pub struct KafkaLoadConfig {
     pub producers: usize,
     pub consumers: usize,
     pub message_bytes: usize,
+    /// Every message gets a distinct key.
+    pub keys: bool,
     pub partitions: i32,
     pub acks: String,
     pub duration: Duration,
@@ -419,6 +421,7 @@ fn start_producers(
                 topic: config.topic.clone(),
                 partitions,
                 message_bytes: config.message_bytes,
+                keys: config.keys,
                 rate_msgs_per_sec: config.rate_msgs_per_sec as f64 / producers,
                 flush_timeout: config.flush_timeout,
             };

@@ -134,6 +134,10 @@ struct KafkaArgs {
     /// Payload size; the first 16 bytes carry the send timestamp and run id.
     #[arg(long, default_value_t = 100)]
     message_bytes: usize,
+    /// Give every message a distinct key (`p<producer>-<n>`), as keyed producers do: what the
+    /// broker's key index costs shows with it
+    #[arg(long)]
+    keys: bool,
     /// Partitions for --create-topic; an existing topic's own count is used for sending.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
@@ -277,6 +281,7 @@ fn main() -> Result<()> {
                 producers: args.producers,
                 consumers: args.consumers,
                 message_bytes: args.message_bytes,
+                keys: args.keys,
                 partitions: args.partitions,
                 acks: args.acks,
                 duration: Duration::from_secs(args.duration_secs),

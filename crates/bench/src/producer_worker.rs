@@ -31,6 +31,8 @@ pub struct ProducerSettings {
     pub topic: String,
     pub partitions: i32,
     pub message_bytes: usize,
+    /// Every message gets a distinct key.
+    pub keys: bool,
     /// This producer's share of the total rate; 0 means as fast as the broker takes them.
     pub rate_msgs_per_sec: f64,
     pub flush_timeout: Duration,
@@ -97,6 +99,7 @@ pub fn run(
 
     // Random bytes would defeat compression entirely; a fixed pattern behind the timestamp is
     // what most load generators send.
+    let mut key = Vec::new();
     let mut payload: Vec<u8> = (0..settings.message_bytes)
         .map(|i| b'a' + (i % 26) as u8)
         .collect();
@@ -126,7 +129,13 @@ pub fn run(
 
         for _ in 0..burst_msgs {
             let partition = ((sent_msgs + partition_offset) % partitions) as i32;
-            if !send_one(&producer, &settings, &shared, &mut payload, partition) {
+            if settings.keys {
+                key.clear();
+                key.extend_from_slice(
+                    format!("p{}-{sent_msgs}", settings.producer_index).as_bytes(),
+                );
+            }
+            if !send_one(&producer, &settings, &shared, &mut payload, &key, partition) {
                 break;
             }
             sent_msgs += 1;
@@ -179,6 +188,7 @@ fn send_one(
     settings: &ProducerSettings,
     shared: &RunShared,
     payload: &mut [u8],
+    key: &[u8],
     partition: i32,
 ) -> bool {
     loop {
@@ -189,10 +199,13 @@ fn send_one(
         }
         .write_to(payload);
         // librdkafka copies the payload, so the buffer can be reused for the next message.
-        let record =
-            BaseRecord::<(), [u8], usize>::with_opaque_to(&settings.topic, sent_ns as usize)
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&settings.topic, sent_ns as usize)
                 .payload(payload)
                 .partition(partition);
+        if settings.keys {
+            record = record.key(key);
+        }
         match producer.send(record) {
             Ok(()) => return true,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -9,7 +9,10 @@ use crate::durable_fs;
 use crate::producer_id::ProducerIdAllocator;
 use crate::topic::{validate_topic_name, ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
-use crate::{now_ms, BrokerConfig, BrokerError, GroupCoordinator, Partition, Topic};
+use crate::{
+    now_ms, BrokerConfig, BrokerError, ConnectionRegistry, GroupCoordinator, Partition, Topic,
+    TrafficTotals,
+};
 
 /// A change to one topic config, as IncrementalAlterConfigs expresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub struct Broker {
     data_ready: Arc<Notify>,
     producer_ids: ProducerIdAllocator,
     groups: Arc<GroupCoordinator>,
+    /// Client connections of every front end (for the HTTP API).
+    connections: Arc<ConnectionRegistry>,
+    started_at_ms: i64,
     /// Held for the broker's life: a second broker on the same data directory is refused.
     _data_dir_lock: fs::File,
 }
@@ -121,6 +127,8 @@ impl Broker {
             data_ready,
             producer_ids,
             groups,
+            connections: Arc::new(ConnectionRegistry::default()),
+            started_at_ms: now_ms(),
             _data_dir_lock: lock,
         });
         broker.start_retention();
@@ -163,6 +171,26 @@ impl Broker {
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
+    /// The registry of client connections the front ends serve.
+    pub fn connections(&self) -> &Arc<ConnectionRegistry> {
+        &self.connections
+    }
+
+    /// When the broker opened, ms since the epoch.
+    pub fn started_at_ms(&self) -> i64 {
+        self.started_at_ms
+    }
+
+    /// Kafka records and bytes produced and fetched, over every partition that exists now.
+    pub fn traffic(&self) -> TrafficTotals {
+        self.topics()
+            .iter()
+            .flat_map(|topic| topic.partitions())
+            .fold(TrafficTotals::default(), |sum, partition| {
+                sum + partition.traffic()
+            })
+    }
+
     pub fn group_coordinator(&self) -> &Arc<GroupCoordinator> {
         &self.groups
     }

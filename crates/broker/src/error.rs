@@ -99,7 +99,11 @@ impl From<LogError> for BrokerError {
         match error {
             LogError::CorruptBatch { .. } => BrokerError::CorruptMessage(error.to_string()),
             LogError::BatchTooLarge { .. } => BrokerError::MessageTooLarge(error.to_string()),
-            LogError::InvalidBatch(_) => BrokerError::InvalidRecord(error.to_string()),
+            LogError::InvalidBatch(_)
+            | LogError::Decompression { .. }
+            | LogError::DecompressedTooLarge { .. } => {
+                BrokerError::InvalidRecord(error.to_string())
+            }
             LogError::OffsetOutOfRange { .. } => BrokerError::OffsetOutOfRange(error.to_string()),
             LogError::InvalidConfig(_) => BrokerError::InvalidConfig(error.to_string()),
             LogError::Io { .. } => BrokerError::storage_io(error.to_string()),

@@ -4,11 +4,15 @@
 
 mod broker;
 mod config;
+pub mod connection_count;
+mod connection_registry;
 mod durable_fs;
 mod error;
+pub mod gauge_sampler;
 mod group_commit;
 pub mod group_coordinator;
 mod log_dir;
+mod message_query;
 mod offset_store;
 mod partition;
 mod partition_appender;
@@ -17,16 +21,22 @@ mod producer_state;
 pub mod replication;
 mod topic;
 mod topic_store;
+mod traffic;
 pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
 pub use config::{BrokerConfig, GroupConfig};
+pub use connection_registry::{
+    ConnectionRegistry, ConnectionSummary, Protocol, RegisteredConnection,
+};
 pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
 pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
+pub use message_query::{FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
+pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
 pub fn now_ms() -> i64 {

@@ -93,6 +93,8 @@ impl OffsetStore {
             retention_ms: -1,
             retention_bytes: -1,
             segment_bytes_max: log_config.segment_bytes_max.min(SEGMENT_BYTES_MAX),
+            // Replayed whole on open; never queried by key.
+            key_index: false,
             ..log_config
         };
         let sync_on_commit = config.durability == Durability::Batch;

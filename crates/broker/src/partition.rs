@@ -5,13 +5,15 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use sluice_log::{
-    stamp_log_append_time, validate_batches, Durability, LogConfig, PartitionLog, Storage,
+    batch::BATCH_HEADER_BYTES, stamp_log_append_time, validate_batches, BatchHeader, Durability,
+    LogConfig, PartitionLog, Storage,
 };
 use tokio::sync::Notify;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
 use crate::producer_state::ProducerStateTable;
+use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
 
 /// How much durability a producer waits for before it is answered.
@@ -43,6 +45,23 @@ pub struct FetchedPartition {
     pub log_end_offset: i64,
 }
 
+/// Records in a run of whole record batches, from each batch header's record count. The
+/// batches come from our own log (CRC-checked on read), so a short tail simply ends the count.
+fn record_count_of_batches(mut records: &[u8]) -> u64 {
+    let mut count = 0u64;
+    while records.len() >= BATCH_HEADER_BYTES {
+        let Ok(header) = BatchHeader::parse(records) else {
+            break;
+        };
+        count += header.record_count.max(0) as u64;
+        match records.get(header.total_bytes()..) {
+            Some(rest) => records = rest,
+            None => break,
+        }
+    }
+    count
+}
+
 /// DeleteRecords' offset for "everything below the high watermark".
 const DELETE_TO_HIGH_WATERMARK: i64 = -1;
 
@@ -59,6 +78,44 @@ pub struct Partition {
     appender: Arc<PartitionAppender>,
     group_commit: Arc<GroupCommit>,
     log_append_time: AtomicBool,
+    traffic: TopicTraffic,
+}
+
+/// The per-topic traffic counters, looked up once when the partition opens so that a produce
+/// or fetch adds to them without formatting labels or touching the registry. Every partition
+/// of a topic holds handles to the same four counters.
+struct TopicTraffic {
+    /// This partition's own totals, for the HTTP API's rates.
+    totals: TrafficCounters,
+    records_produced: metrics::Counter,
+    bytes_produced: metrics::Counter,
+    records_fetched: metrics::Counter,
+    bytes_fetched: metrics::Counter,
+}
+
+impl TopicTraffic {
+    fn register(topic: &str) -> TopicTraffic {
+        let label = [("topic", topic.to_string())];
+        TopicTraffic {
+            totals: TrafficCounters::default(),
+            records_produced: metrics::counter!("sluice_topic_records_produced_total", &label),
+            bytes_produced: metrics::counter!("sluice_topic_bytes_produced_total", &label),
+            records_fetched: metrics::counter!("sluice_topic_records_fetched_total", &label),
+            bytes_fetched: metrics::counter!("sluice_topic_bytes_fetched_total", &label),
+        }
+    }
+
+    fn record_in(&self, records: u64, bytes: u64) {
+        self.totals.record_in(records, bytes);
+        self.records_produced.increment(records);
+        self.bytes_produced.increment(bytes);
+    }
+
+    fn record_out(&self, records: u64, bytes: u64) {
+        self.totals.record_out(records, bytes);
+        self.records_fetched.increment(records);
+        self.bytes_fetched.increment(bytes);
+    }
 }
 
 impl Partition {
@@ -104,6 +161,7 @@ impl Partition {
             appender,
             group_commit,
             log_append_time: AtomicBool::new(log_append_time),
+            traffic: TopicTraffic::register(topic),
         });
         partition.start_interval_flusher();
         Ok(partition)
@@ -151,6 +209,8 @@ impl Partition {
         if log_append_time {
             stamp_log_append_time(&mut records, now)?;
         }
+        let record_count: u64 = headers.iter().map(|h| h.record_count.max(0) as u64).sum();
+        let bytes = records.len() as u64;
         // Queued now, in the caller's first poll, so appends keep request order; the blocking
         // write (and a roll's fsyncs) happens on the partition's appender thread.
         let appended = self.appender.submit(records, headers, now);
@@ -162,6 +222,7 @@ impl Partition {
                 )))
             }
         };
+        self.traffic.record_in(record_count, bytes);
         // acks=0 does not wait; the appender has the data synced all the same.
         if acks != Acks::None {
             match durable.await {
@@ -189,6 +250,8 @@ impl Partition {
             stamp_log_append_time(&mut records, now)?;
         }
         let info = self.log.append(&mut records, 0, now)?;
+        self.traffic
+            .record_in(info.record_count.max(0) as u64, records.len() as u64);
         Ok(self.group_commit.durable(info.last_offset + 1))
     }
 
@@ -217,6 +280,11 @@ impl Partition {
         self.producers.lock().expire(now_ms, expiration_ms)
     }
 
+    /// Records and bytes produced to and fetched from this partition since it was opened.
+    pub fn traffic(&self) -> TrafficTotals {
+        self.traffic.totals.totals()
+    }
+
     /// Idempotent producers this partition remembers.
     pub fn producer_count(&self) -> usize {
         self.producers.lock().producer_count()
@@ -231,6 +299,25 @@ impl Partition {
             log_start_offset: read.log_start_offset,
             log_end_offset: read.log_end_offset,
         })
+    }
+
+    /// Counts `records` (whole batches this partition returned from `fetch`) as delivered to a
+    /// consumer. Callers count only what they send: a long-polling fetch reads the same batches
+    /// again on each pass. A first batch that starts before the fetch offset counts whole.
+    pub fn count_fetched(&self, records: &[u8]) {
+        if records.is_empty() {
+            return;
+        }
+        self.traffic
+            .record_out(record_count_of_batches(records), records.len() as u64);
+    }
+
+    /// Counts records read out of the topic one by one (an AMQP stream consumer), with their
+    /// value bytes.
+    pub fn count_fetched_records(&self, records: u64, bytes: u64) {
+        if records > 0 {
+            self.traffic.record_out(records, bytes);
+        }
     }
 
     /// For `fsync=interval:<ms>` topics a task syncs the log on that period; it ends when the
@@ -287,6 +374,39 @@ mod tests {
             });
         }
         BytesMut::from(&builder.build()[..])
+    }
+
+    #[tokio::test]
+    async fn traffic_counts_records_and_bytes_produced_and_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).expect("broker");
+        let topic = broker
+            .create_topic("t", 2, BTreeMap::new(), false)
+            .expect("topic");
+        let partition = topic.partition(0).expect("partition 0");
+        let batch = records(5);
+        let batch_bytes = batch.len() as u64;
+        partition.produce(batch, Acks::All).await.expect("produce");
+        partition
+            .produce(records(3), Acks::All)
+            .await
+            .expect("produce");
+        let produced = partition.traffic();
+        assert_eq!(produced.messages_in, 8);
+        assert!(produced.bytes_in > batch_bytes);
+        assert_eq!((produced.messages_out, produced.bytes_out), (0, 0));
+
+        let fetched = partition.fetch(0, 1 << 20).expect("fetch");
+        assert_eq!(
+            partition.traffic().messages_out,
+            0,
+            "a read counts only once the front end sends it"
+        );
+        partition.count_fetched(&fetched.records);
+        let traffic = partition.traffic();
+        assert_eq!(traffic.messages_out, 8);
+        assert_eq!(traffic.bytes_out, fetched.records.len() as u64);
+        assert_eq!(broker.traffic(), traffic, "the broker sums its partitions");
     }
 
     #[tokio::test]

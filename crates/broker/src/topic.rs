@@ -47,6 +47,7 @@ pub const SUPPORTED_TOPIC_CONFIGS: &[&str] = &[
     "fsync",
     "index.interval.bytes",
     "max.message.bytes",
+    "message.key.index.enable",
     "message.timestamp.type",
     "min.insync.replicas",
     "retention.bytes",
@@ -74,6 +75,11 @@ fn topic_config_schema(name: &str) -> (ConfigType, &'static str) {
         "max.message.bytes" => (
             ConfigType::Int,
             "Largest record batch accepted for this topic.",
+        ),
+        "message.key.index.enable" => (
+            ConfigType::Boolean,
+            "Sluice: keep a per-segment hash index of record keys and message-id headers, so \
+             messages are found by key or id without scanning the topic.",
         ),
         "message.timestamp.type" => (
             ConfigType::String,
@@ -168,6 +174,9 @@ impl TopicConfig {
                     config.index_interval_bytes = value.parse().map_err(|_| invalid())?;
                 }
                 "fsync" => config.durability = Durability::parse(value).map_err(|_| invalid())?,
+                "message.key.index.enable" => {
+                    config.key_index = value.parse().map_err(|_| invalid())?
+                }
                 "cleanup.policy" if value != "delete" => {
                     return Err(BrokerError::InvalidConfig(format!(
                         "cleanup.policy '{value}' is not supported (only 'delete')"
@@ -201,6 +210,7 @@ impl TopicConfig {
                     "fsync" => effective.durability.to_string(),
                     "index.interval.bytes" => effective.index_interval_bytes.to_string(),
                     "max.message.bytes" => effective.batch_bytes_max.to_string(),
+                    "message.key.index.enable" => effective.key_index.to_string(),
                     "message.timestamp.type" => "CreateTime".to_string(),
                     "min.insync.replicas" => "1".to_string(),
                     "retention.bytes" => effective.retention_bytes.to_string(),
@@ -269,6 +279,12 @@ impl Topic {
     }
     pub fn config(&self) -> TopicConfig {
         self.config.read().clone()
+    }
+    /// The partition Kafka's default partitioner picks for a record key (murmur2), so a key
+    /// lands where a Kafka client would have put it.
+    pub fn partition_for_key(&self, key: &[u8]) -> i32 {
+        let count = self.partition_count().max(1) as u32;
+        ((crate::vhost::stream::murmur2(key) & 0x7fff_ffff) % count) as i32
     }
     /// Internal topics (names starting with `__`) are hidden from auto-creation.
     pub fn is_internal(&self) -> bool {

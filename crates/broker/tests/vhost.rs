@@ -547,3 +547,81 @@ async fn transaction_buffers_and_bodies_being_received_count_in_the_memory_alarm
     drop(receiving);
     assert_eq!(vhost.memory_bytes(), 100_000);
 }
+
+/// The read-only views the HTTP API lists: exchanges, queues, bindings, channels, and the
+/// counters its rates come from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_views_list_topology_channels_and_count_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = open(dir.path());
+    vhost
+        .declare_queue("q", false, true, false, false, FieldTable::default(), 1)
+        .unwrap();
+    vhost
+        .declare_exchange(
+            "ex",
+            "direct",
+            false,
+            true,
+            false,
+            false,
+            FieldTable::default(),
+        )
+        .unwrap();
+    vhost
+        .bind(
+            "ex",
+            Destination::Queue("q".into()),
+            "k",
+            FieldTable::default(),
+            1,
+        )
+        .unwrap();
+    let names: Vec<String> = vhost.exchanges().into_iter().map(|e| e.name).collect();
+    assert!(names.contains(&"ex".to_string()) && names.contains(&String::new()));
+    let bindings = vhost.bindings();
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].destination, Destination::Queue("q".into()));
+    assert_eq!(vhost.queues().len(), 1);
+
+    for n in 0..3 {
+        publish_confirmed(&vhost, "q", &format!("m{n}")).await;
+    }
+    let (session, _sink) = session(&vhost, 7);
+    let got = session.get("q", false).unwrap().unwrap();
+    session
+        .settle(got.delivery_tag, false, Settle::Ack)
+        .unwrap();
+    session.get("q", false).unwrap().unwrap();
+
+    let Some(sluice_broker::vhost::QueueSummary::Classic(queue)) = vhost.queue("q") else {
+        panic!("q is a classic queue");
+    };
+    let stats = queue.stats();
+    assert_eq!(
+        (
+            stats.published_total,
+            stats.delivered_total,
+            stats.acked_total
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(stats.delivered_bytes_total, 4);
+    let traffic = vhost.traffic();
+    assert_eq!((traffic.messages_in, traffic.bytes_in), (3, 6));
+    assert_eq!((traffic.messages_out, traffic.bytes_out), (2, 4));
+
+    let channels = vhost.channels();
+    assert_eq!(channels.len(), 1);
+    assert_eq!((channels[0].connection, channels[0].unacked), (7, 1));
+    session.close();
+    assert!(
+        vhost.channels().is_empty(),
+        "a closed channel is not listed"
+    );
+    assert_eq!(
+        queue.message_count(),
+        2,
+        "the unacked get went back at close"
+    );
+}

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api_versions::is_supported;
 use crate::handlers;
+use crate::request_metrics::{self, RequestMetrics};
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -245,6 +246,7 @@ pub async fn serve_connection_until(
     let idle_ms_max = context.config.connection_idle_ms_max;
     let idle_max = Duration::from_millis(idle_ms_max);
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut request_metrics = RequestMetrics::default();
     let read_result = async {
         loop {
             // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
@@ -289,7 +291,7 @@ pub async fn serve_connection_until(
                 Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
             };
             let started = InFlight::start(&in_flight);
-            let response = start_request(&mut context, frame.freeze())?;
+            let response = start_request(&mut context, &mut request_metrics, frame.freeze())?;
             let pending: PendingResponse = Box::pin(async move {
                 let response = response.await;
                 drop(reserved);
@@ -344,6 +346,7 @@ async fn write_responses(
 /// side effects happen in request order. Decoding errors close the connection.
 fn start_request(
     context: &mut Arc<RequestContext>,
+    request_metrics: &mut RequestMetrics,
     mut frame: Bytes,
 ) -> Result<PendingResponse, ConnectionError> {
     let api_key_code = (&frame[0..2]).get_i16();
@@ -351,6 +354,7 @@ fn start_request(
     let correlation_id = (&frame[4..8]).get_i32();
 
     if !is_supported(api_key_code, api_version) {
+        request_metrics::unsupported_version(api_key_code);
         let response = if api_key_code == ApiKey::ApiVersions as i16 {
             // KIP-511: answer in v0 format so the client can retry at a version we speak.
             let response = ResponseKind::ApiVersions(api_versions_response(
@@ -393,9 +397,13 @@ fn start_request(
         );
     }
     let context = Arc::clone(context);
+    let api_metrics = request_metrics.started(api_key);
+    let started = Instant::now();
     let mut response: PendingResponse = Box::pin(async move {
         let mut hold = ResponseHold::default();
-        let Some(response) = dispatch(&context, api_version, request, &mut hold).await else {
+        let response = dispatch(&context, api_version, request, &mut hold).await;
+        api_metrics.finished(started, response.as_ref());
+        let Some(response) = response else {
             return Ok(None);
         };
         let bytes = encode_response(correlation_id, api_key, api_version, &response)?;
@@ -654,7 +662,11 @@ mod tests {
         context: &mut Arc<RequestContext>,
         frame: Bytes,
     ) -> Result<Option<Bytes>, ConnectionError> {
-        Ok(start_request(context, frame)?.await?.map(|r| r.bytes))
+        Ok(
+            start_request(context, &mut RequestMetrics::default(), frame)?
+                .await?
+                .map(|r| r.bytes),
+        )
     }
 
     fn context(dir: &std::path::Path) -> Arc<RequestContext> {
@@ -899,6 +911,62 @@ mod tests {
         assert!(
             answered > 100,
             "only {answered} version samples were encodable"
+        );
+    }
+
+    /// Requests, their durations and their errors are counted per API, the errors under
+    /// Kafka's names; produce acknowledgements are timed; produced and fetched records are
+    /// counted per topic.
+    #[tokio::test]
+    async fn requests_errors_and_records_are_counted_per_api_and_topic() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let exported = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut context = context(dir.path());
+        let produce = sample_request(ApiKey::Produce, 9);
+        for _ in 0..2 {
+            let encoded = frame(ApiKey::Produce, 9, &produce).expect("encodable");
+            handle_frame(&mut context, encoded).await.expect("answered");
+        }
+        let RequestKind::Produce(mut to_missing_partition) = produce else {
+            unreachable!("a produce sample")
+        };
+        to_missing_partition.topic_data[0].partition_data[0].index = 7;
+        let request = RequestKind::Produce(to_missing_partition);
+        let encoded = frame(ApiKey::Produce, 9, &request).expect("encodable");
+        handle_frame(&mut context, encoded).await.expect("answered");
+        let fetch = sample_request(ApiKey::Fetch, 12);
+        let encoded = frame(ApiKey::Fetch, 12, &fetch).expect("encodable");
+        handle_frame(&mut context, encoded).await.expect("answered");
+        // ApiVersions v99: answered in v0 with UNSUPPORTED_VERSION.
+        let api_versions = sample_request(ApiKey::ApiVersions, 0);
+        let mut encoded =
+            BytesMut::from(&frame(ApiKey::ApiVersions, 0, &api_versions).expect("encodable")[..]);
+        encoded[2..4].copy_from_slice(&99i16.to_be_bytes());
+        handle_frame(&mut context, encoded.freeze())
+            .await
+            .expect("answered");
+
+        let text = exported.render();
+        for line in [
+            "sluice_kafka_requests_total{api=\"Produce\"} 3",
+            "sluice_kafka_requests_total{api=\"Fetch\"} 1",
+            "sluice_kafka_request_errors_total{api=\"Produce\",error=\"UNKNOWN_TOPIC_OR_PARTITION\"} 1",
+            "sluice_kafka_request_duration_seconds_count{api=\"Produce\"} 3",
+            "sluice_produce_durable_seconds_count 3",
+            "sluice_topic_records_produced_total{topic=\"sample\"} 2",
+            "sluice_topic_records_fetched_total{topic=\"sample\"} 2",
+            "sluice_kafka_request_errors_total{api=\"ApiVersions\",error=\"UNSUPPORTED_VERSION\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("sluice_kafka_request_errors_total{api=\"Fetch\""),
+            "a fetch without errors counts none:\n{text}"
         );
     }
 

@@ -8,6 +8,7 @@ mod context;
 mod error_codes;
 pub mod fuzzing;
 mod handlers;
+mod request_metrics;
 mod server;
 mod unsupported_version;
 

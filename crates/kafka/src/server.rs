@@ -97,9 +97,16 @@ impl KafkaServer {
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();
                         let alive = alive.clone();
+                        // Listed by the HTTP API while the connection is served.
+                        let registered = self.broker.connections().register(
+                            sluice_broker::Protocol::Kafka,
+                            peer,
+                            None,
+                        );
                         tokio::spawn(async move {
                             serve_connection_until(stream, peer, context, request_memory, shutdown)
                                 .await;
+                            drop(registered);
                             drop(connection);
                             drop(alive);
                         });

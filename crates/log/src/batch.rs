@@ -379,10 +379,43 @@ impl RecordBatchBuilder {
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         out
     }
+
+    /// [`RecordBatchBuilder::build`] with the records section compressed by `codec` (1 gzip,
+    /// 2 snappy, 3 lz4, 4 zstd), as a producer with `compression.type` sends it.
+    pub fn build_compressed(&self, codec: u8) -> Result<Vec<u8>, LogError> {
+        let plain = self.build();
+        let compressed = crate::compression::compress(codec, &plain[BATCH_HEADER_BYTES..])?;
+        let mut out = plain[..BATCH_HEADER_BYTES].to_vec();
+        out[21..23].copy_from_slice(&i16::from(codec & 0x07).to_be_bytes());
+        out.extend_from_slice(&compressed);
+        let batch_length = (out.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
 }
 
-/// Decodes every record of every (uncompressed) batch in `buf`; compressed batches give
-/// `LogError::InvalidBatch`.
+/// The records section of one whole batch, decompressed when the producer compressed it
+/// (bounded, see `compression`).
+fn records_section<'a>(
+    header: &BatchHeader,
+    batch: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, LogError> {
+    let section = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+    match header.compression() {
+        0 => Ok(std::borrow::Cow::Borrowed(section)),
+        codec => crate::compression::decompress(
+            codec,
+            section,
+            crate::compression::decompressed_bytes_max(batch.len()),
+        )
+        .map(std::borrow::Cow::Owned),
+    }
+}
+
+/// Decodes every record of every batch in `buf`, decompressing compressed ones (bounded: see
+/// `compression`; a payload that does not decode gives `LogError::Decompression`).
 pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
     let mut records = Vec::new();
     let mut position = 0;
@@ -403,15 +436,8 @@ pub(crate) fn decode_batch_records(
     batch: &[u8],
     records: &mut Vec<Record>,
 ) -> Result<(), LogError> {
-    if header.compression() != 0 {
-        return Err(invalid(format!(
-            "compressed batch (codec {}) cannot be decoded",
-            header.compression()
-        )));
-    }
-    let mut body = VarReader {
-        buf: batch.get(BATCH_HEADER_BYTES..).unwrap_or_default(),
-    };
+    let section = records_section(header, batch)?;
+    let mut body = VarReader { buf: &section };
     for _ in 0..header.record_count {
         let length = body.varint()?;
         let mut record = VarReader {
@@ -451,6 +477,43 @@ pub(crate) fn decode_batch_records(
             value,
             headers,
         });
+    }
+    Ok(())
+}
+
+/// Walks the records of one whole batch (decompressed first if it is compressed), calling
+/// `visit(offset_delta, key, header_value)` for each record with its key and the value of its
+/// first header named `header_name` (what the key index needs, at append cost).
+pub(crate) fn visit_record_keys(
+    header: &BatchHeader,
+    batch: &[u8],
+    header_name: &[u8],
+    mut visit: impl FnMut(i32, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), LogError> {
+    let section = records_section(header, batch)?;
+    let mut body = VarReader { buf: &section };
+    for _ in 0..header.record_count {
+        let length = body.varint()?;
+        let mut record = VarReader {
+            buf: body
+                .bytes(length)?
+                .ok_or_else(|| invalid("null record".into()))?,
+        };
+        let _attributes = record.bytes(1)?;
+        let _timestamp_delta = record.varlong()?;
+        let offset_delta = record.varint()?;
+        let key = record.length_prefixed()?;
+        let _value = record.length_prefixed()?;
+        let header_count = record.varint()?;
+        let mut found = None;
+        for _ in 0..header_count.max(0) {
+            let name = record.length_prefixed()?;
+            let value = record.length_prefixed()?;
+            if found.is_none() && name == Some(header_name) {
+                found = value;
+            }
+        }
+        visit(offset_delta, key, found);
     }
     Ok(())
 }
@@ -679,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn compressed_batch_cannot_be_decoded() {
+    fn batch_marked_compressed_but_not_compressed_is_an_error() {
         let mut batch = sample_batch();
         batch[22] |= 0x02; // attributes low byte: snappy
         let crc = crc32c::crc32c(&batch[CRC_START_OFFSET..]);
@@ -687,8 +750,29 @@ mod tests {
         assert!(validate_batches(&batch).is_ok());
         assert!(matches!(
             decode_records(&batch),
-            Err(LogError::InvalidBatch(_))
+            Err(LogError::Decompression { .. } | LogError::InvalidBatch(_))
         ));
+    }
+
+    #[test]
+    fn compressed_batches_decode_to_the_records_built() {
+        let mut builder = RecordBatchBuilder::new();
+        for n in 0..20u8 {
+            builder.push(Record {
+                offset: i64::from(n),
+                timestamp: 5 + i64::from(n),
+                key: Some(vec![n; 3]),
+                value: Some(vec![n; 40]),
+                headers: vec![("h".into(), Some(vec![n]))],
+            });
+        }
+        let plain = decode_records(&builder.build()).unwrap();
+        for codec in 1..=4 {
+            let batch = builder.build_compressed(codec).unwrap();
+            let header = validate_batches(&batch).unwrap()[0];
+            assert_eq!(header.compression(), codec);
+            assert_eq!(decode_records(&batch).unwrap(), plain, "codec {codec}");
+        }
     }
 
     fn arbitrary_record() -> impl Strategy<Value = Record> {

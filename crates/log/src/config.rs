@@ -63,6 +63,9 @@ pub struct LogConfig {
     /// Largest single append accepted (`message.max.bytes`, default 1 MiB + batch overhead).
     pub batch_bytes_max: u32,
     pub durability: Durability,
+    /// Keep a per-segment hash index of record keys and `message-id` headers (`N.keyindex`) for
+    /// `PartitionLog::find_records` (topic config `message.key.index.enable`, default on).
+    pub key_index: bool,
 }
 
 impl Default for LogConfig {
@@ -75,6 +78,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: 1_048_588,
             durability: Durability::Batch,
+            key_index: true,
         }
     }
 }

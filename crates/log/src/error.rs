@@ -25,6 +25,14 @@ pub enum LogError {
     /// An earlier write, fsync or roll failed: the log refuses changes until it is reopened.
     #[error("log directory {dir} is offline after a storage failure ({cause}); restart to recover it from disk")]
     Offline { dir: PathBuf, cause: String },
+    /// A compressed batch's payload does not decode with its codec (truncated, garbage, or
+    /// an unknown codec).
+    #[error("cannot decompress a {codec} record batch: {reason}")]
+    Decompression { codec: &'static str, reason: String },
+    /// A compressed batch would decompress past the bound (see `compression`): refused
+    /// rather than let a small batch take the broker's memory.
+    #[error("a {codec} record batch decompresses past the limit of {limit} bytes")]
+    DecompressedTooLarge { codec: &'static str, limit: usize },
     /// A stored batch failed its CRC or header checks when read: it is never served.
     #[error("corrupt batch on disk in {path} at byte {position}: {reason}")]
     CorruptStored {

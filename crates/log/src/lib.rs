@@ -18,6 +18,7 @@
 //! PartitionLog::advance_log_start(&self, offset: i64) -> Result<i64, LogError>  // DeleteRecords; durable
 //! PartitionLog::set_config(&self, LogConfig)
 //! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
+//! PartitionLog::find_records(&self, RecordLookup::{Key, MessageId}, limit) -> Result<FoundRecords, LogError>  // key index
 //! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown marker)
 //! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
 //! PartitionLog::is_offline(&self) -> bool
@@ -49,9 +50,12 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compression;
 mod config;
 mod error;
 pub mod fuzzing;
+mod key_index;
+mod key_index_merge;
 mod offset_index;
 mod partition_log;
 mod recovery;
@@ -61,9 +65,12 @@ mod time_index;
 
 pub use batch::{
     decode_records, stamp_log_append_time, validate_batches, BatchHeader, Record,
-    RecordBatchBuilder,
+    RecordBatchBuilder, BATCH_HEADER_BYTES,
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
-pub use partition_log::{AppendInfo, HighWatermarkPolicy, PartitionLog, ReadResult};
+pub use key_index::{RecordLookup, MESSAGE_ID_HEADER};
+pub use partition_log::{
+    AppendInfo, FoundRecords, HighWatermarkPolicy, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC,
+};
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};

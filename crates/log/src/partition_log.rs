@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -27,12 +28,15 @@ use crate::batch::{
     assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MIN,
 };
+use crate::key_index::{batch_keys, BatchKeys, RecordLookup};
+use crate::key_index_merge::KeyIndexMerges;
 use crate::recovery::{
     read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
     write_clean_shutdown_marker, write_log_start_checkpoint,
 };
 use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
 use crate::storage::{RealDisk, Storage};
+use crate::Record;
 use crate::{BatchHeader, Durability, LogConfig, LogError};
 
 /// What an append stored.
@@ -90,12 +94,18 @@ pub struct PartitionLog {
     /// Everything below this has been fdatasynced.
     durable_offset: AtomicI64,
     sync_count: AtomicU64,
+    /// `sluice_log_fsync_duration_seconds`, registered once at open: the group commit's
+    /// fdatasync is timed without a registry lookup.
+    fsync_seconds: metrics::Histogram,
     /// Set once, by the first failed write, fsync or roll: why the log is offline.
     offline_cause: OnceLock<String>,
     high_watermark_policy: HighWatermarkPolicy,
     /// Retention keeps every segment holding offsets at or past this (a consensus log still
     /// needs them). `i64::MAX`: no floor.
     retention_floor: AtomicI64,
+
+    /// Rolled segments' key indexes being merged off the append path (`key_index_merge`).
+    key_index_merges: Arc<KeyIndexMerges>,
 }
 
 #[derive(Default)]
@@ -105,6 +115,22 @@ struct AppendState {
     truncations: u64,
     /// `flush` left the clean shutdown marker; the next change removes it.
     clean_shutdown_marker: bool,
+}
+
+/// What `PartitionLog::find_records` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoundRecords {
+    /// Matching records below the high watermark and at or above the log start, in offset
+    /// order, at most the limit asked for.
+    pub records: Vec<Record>,
+    /// More matches exist than the limit allowed.
+    pub truncated: bool,
+    /// Segments searched without a usable key index (indexing turned on while they held
+    /// records; rebuilt at the next open), whose records may be missing from the answer.
+    pub segments_unindexed: usize,
+    /// Compressed batches in the active segment that did not decompress (garbage, or past
+    /// the bound of `compression`), whose records are not indexed (see `key_index`).
+    pub batches_unindexed: u64,
 }
 
 /// How a read of one segment ended.
@@ -122,6 +148,9 @@ enum ReadLimit {
     /// Replication: everything written.
     LogEnd,
 }
+
+/// Histogram of the group commit's fdatasync (one per `sync` round, shared by its callers).
+pub const FSYNC_SECONDS_METRIC: &str = "sluice_log_fsync_duration_seconds";
 
 /// Segments a read looks at beyond the first, at most: the rest can be fetched next time.
 const READ_SEGMENTS_MAX: usize = 32;
@@ -180,9 +209,12 @@ impl PartitionLog {
             }),
             durable_offset: AtomicI64::new(log_end_offset),
             sync_count: AtomicU64::new(0),
+            fsync_seconds: metrics::histogram!(FSYNC_SECONDS_METRIC),
             offline_cause: OnceLock::new(),
             high_watermark_policy,
             retention_floor: AtomicI64::new(i64::MAX),
+
+            key_index_merges: Arc::default(),
         })
     }
 
@@ -232,7 +264,14 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let (batch_bytes_max, segment_bytes_max, segment_ms_max, interval_bytes, durability) = {
+        let (
+            batch_bytes_max,
+            segment_bytes_max,
+            segment_ms_max,
+            interval_bytes,
+            durability,
+            key_index,
+        ) = {
             let config = self.config.read();
             (
                 config.batch_bytes_max as usize,
@@ -240,6 +279,7 @@ impl PartitionLog {
                 config.segment_ms_max,
                 config.index_interval_bytes as u64,
                 config.durability,
+                config.key_index,
             )
         };
         if batches.is_empty() {
@@ -253,6 +293,20 @@ impl PartitionLog {
         }
         // CRC work happens before taking the lock so concurrent producers checksum in parallel.
         let mut headers = validate_batches_with_limit(batches, batch_bytes_max)?;
+        // So is decoding the keys to index: only offsets are assigned under the lock.
+        let keys: Vec<BatchKeys> = if key_index {
+            let mut position = 0;
+            headers
+                .iter()
+                .map(|header| {
+                    let batch = &batches[position..position + header.total_bytes()];
+                    position += header.total_bytes();
+                    batch_keys(header, batch)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         let mut state = self.append_lock.lock();
         self.check_online()?;
@@ -279,10 +333,11 @@ impl PartitionLog {
                 segment_bytes_max,
                 segment_ms_max,
                 now_ms,
+                key_index,
             )
             .map_err(|e| self.go_offline(e))?;
         let write_position = active.write(batches).map_err(|e| self.go_offline(e))?;
-        active.on_written(write_position, &headers, interval_bytes, now_ms);
+        active.on_written(write_position, &headers, &keys, interval_bytes, now_ms);
         debug_assert_eq!(active.offset_end(), next_offset);
         self.log_end_offset.store(next_offset, Ordering::Release);
         if self.high_watermark_on_append(durability) {
@@ -322,6 +377,7 @@ impl PartitionLog {
         segment_bytes_max: u64,
         segment_ms_max: i64,
         now_ms: i64,
+        key_index: bool,
     ) -> Result<Arc<Segment>, LogError> {
         let active = self.active_segment();
         if active.is_empty() {
@@ -339,12 +395,23 @@ impl PartitionLog {
         active.sync_data()?;
         active.write_index_files(true)?;
         let log_end_offset = self.log_end_offset.load(Ordering::Acquire);
-        let segment = Arc::new(Segment::create(&self.storage, &self.dir, log_end_offset)?);
+        let segment = Arc::new(Segment::create(
+            &self.storage,
+            &self.dir,
+            log_end_offset,
+            key_index,
+        )?);
         // One directory fsync covers the new segment and the rolled one's index renames.
         sync_dir(self.storage.as_ref(), &self.dir)?;
         tracing::debug!(segment = %segment.log_path.display(), too_big, too_old, "rolled segment");
         self.segments.write().push(Arc::clone(&segment));
         self.mark_durable(log_end_offset);
+        // The key index table is merged off the append path; lookups search the frozen runs
+        // until it is in place.
+        if let Some(runs) = active.seal_key_index() {
+            self.key_index_merges
+                .schedule(&self.storage, self.dir.clone(), active, runs);
+        }
         Ok(segment)
     }
 
@@ -424,7 +491,9 @@ impl PartitionLog {
             if target <= durable {
                 return Ok(()); // asked past the log end: all there is is durable
             }
+            let started = Instant::now();
             let synced = active.sync_data();
+            self.fsync_seconds.record(started.elapsed());
             self.sync_count.fetch_add(1, Ordering::Relaxed);
             // A roll's failed fsync of this same segment (under the append lock) may have
             // dropped pages that this fsync then reported clean: check after taking the lock.
@@ -596,6 +665,67 @@ impl PartitionLog {
             }
         }
         Ok(None)
+    }
+
+    /// The records whose key (or `message-id` header) is exactly `lookup`'s, through the
+    /// segments' key indexes (no scan): each candidate's batch is read, CRC-checked and decoded
+    /// to compare the real key, so hash collisions never give a wrong answer. Only offsets in
+    /// [log start, high watermark) are returned, oldest first, at most `limit`.
+    pub fn find_records(
+        &self,
+        lookup: RecordLookup<'_>,
+        limit: usize,
+    ) -> Result<FoundRecords, LogError> {
+        let hash = lookup.hash();
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        // After the segment snapshot: offsets below it were in these segments.
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        let mut found = FoundRecords::default();
+        for segment in segments {
+            if segment.base_offset >= high_watermark {
+                break;
+            }
+            if segment.offset_end() <= log_start_offset {
+                continue;
+            }
+            let Some((relative_offsets, unindexed)) = segment.key_candidates(hash)? else {
+                found.segments_unindexed += 1;
+                continue;
+            };
+            found.batches_unindexed += unindexed;
+            let mut offsets: Vec<i64> = relative_offsets
+                .into_iter()
+                .map(|relative| segment.base_offset + relative as i64)
+                .filter(|offset| (log_start_offset..high_watermark).contains(offset))
+                .collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            let mut batch: Option<(BatchHeader, Vec<Record>)> = None;
+            for offset in offsets {
+                let holds = |b: &Option<(BatchHeader, Vec<Record>)>| {
+                    b.as_ref().is_some_and(|(header, _)| {
+                        header.base_offset <= offset && offset <= header.last_offset()
+                    })
+                };
+                if !holds(&batch) {
+                    batch = read_batch_records(&segment, offset)?;
+                }
+                let Some((_, records)) = &batch else { continue };
+                let Some(record) = records.iter().find(|r| r.offset == offset) else {
+                    continue;
+                };
+                if !lookup.matches(record) {
+                    continue;
+                }
+                if found.records.len() == limit {
+                    found.truncated = true;
+                    return Ok(found);
+                }
+                found.records.push(record.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// Offsets below this are gone for readers: deleted by retention or by `advance_log_start`.
@@ -805,7 +935,12 @@ impl PartitionLog {
             for segment in &removed {
                 segment.remove_files()?;
             }
-            let segment = Segment::create(&self.storage, &self.dir, offset)?;
+            let segment = Segment::create(
+                &self.storage,
+                &self.dir,
+                offset,
+                self.config.read().key_index,
+            )?;
             segment.write_index_files(false)?;
             sync_dir(self.storage.as_ref(), &self.dir)?;
             write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)?;
@@ -830,6 +965,11 @@ impl PartitionLog {
         }
         let _state = self.append_lock.lock();
         let durability = config.durability;
+        if config.key_index != self.config.read().key_index {
+            for segment in self.segments.read().iter() {
+                segment.set_key_index(config.key_index);
+            }
+        }
         *self.config.write() = config;
         if self.high_watermark_on_append(durability) {
             // Unsynced data is visible under the new policy.
@@ -934,6 +1074,9 @@ impl PartitionLog {
     /// fsyncs all segments and indexes and leaves the clean shutdown marker, which the next
     /// change (or open) removes. Also used while running (a flush is a sync of everything).
     pub fn flush(&self) -> Result<(), LogError> {
+        // Before the locks (merges take none of them): a clean restart then finds every
+        // rolled segment's key index table instead of rebuilding it.
+        self.key_index_merges.wait_idle();
         let _sync = self.sync_lock.lock();
         let mut state = self.append_lock.lock();
         self.check_online()?;
@@ -954,6 +1097,7 @@ impl PartitionLog {
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
         let storage = Arc::clone(&self.storage);
+        // Dropping waits for merges still running, which would write into the directory.
         drop(self);
         storage
             .remove_dir_all(&dir)
@@ -962,6 +1106,14 @@ impl PartitionLog {
             Some(parent) => sync_dir(storage.as_ref(), parent),
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for PartitionLog {
+    /// A merge outliving its log could race a reopen of the same directory (recovery removing
+    /// the files it writes): a closed log has no work left running.
+    fn drop(&mut self) {
+        self.key_index_merges.wait_idle();
     }
 }
 
@@ -1135,6 +1287,42 @@ fn read_segment(
     })
 }
 
+/// The batch of `segment` holding `offset`, CRC-checked and decoded (decompressed if need
+/// be); `None` if no batch holds it (truncated since).
+fn read_batch_records(
+    segment: &Segment,
+    offset: i64,
+) -> Result<Option<(BatchHeader, Vec<Record>)>, LogError> {
+    let mut reader = BatchReader::new(
+        segment.file.as_ref(),
+        &segment.log_path,
+        segment.position_for_offset(offset),
+        segment.size_bytes(),
+        false,
+    );
+    let (position, header) = loop {
+        match next_stored_batch(segment, &mut reader)? {
+            None => return Ok(None),
+            Some((position, header)) if header.last_offset() >= offset => break (position, header),
+            Some(_) => {}
+        }
+    };
+    if header.base_offset > offset {
+        return Ok(None);
+    }
+    // The header passed check_shape, so the length is bounded.
+    let mut batch = vec![0u8; header.total_bytes()];
+    segment
+        .file
+        .read_exact_at(&mut batch, position)
+        .map_err(|e| io_error(&segment.log_path, e))?;
+    verify_crc(&header, &batch)
+        .map_err(|error| corrupt_stored(segment, position, error.to_string()))?;
+    let mut records = Vec::new();
+    decode_batch_records(&header, &batch, &mut records)?;
+    Ok(Some((header, records)))
+}
+
 /// The first record at or after `timestamp_ms` in a batch whose max timestamp reaches it.
 fn first_record_at_or_after(
     segment: &Segment,
@@ -1161,4 +1349,44 @@ fn first_record_at_or_after(
         .iter()
         .find(|r| r.timestamp >= timestamp_ms && r.offset < high_watermark)
         .map_or(batch_answer, |r| (r.offset, r.timestamp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_index::{KeyIndex, KeyIndexEntry};
+    use crate::RecordBatchBuilder;
+
+    #[test]
+    fn key_lookup_verifies_candidates_so_hash_collisions_never_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let mut builder = RecordBatchBuilder::new();
+        for key in ["a", "b", "c"] {
+            builder.push(Record {
+                key: Some(key.as_bytes().to_vec()),
+                ..Default::default()
+            });
+        }
+        let mut batch = builder.build();
+        log.append(&mut batch, 0, 0).unwrap();
+        // A colliding entry: "ghost" hashes to offsets holding "b" and "c".
+        let ghost = RecordLookup::Key(b"ghost");
+        if let KeyIndex::Memory(runs) = &mut log.active_segment().indexes.lock().key_index {
+            for relative_offset in [1, 2] {
+                runs.push(KeyIndexEntry {
+                    hash: ghost.hash(),
+                    relative_offset,
+                });
+            }
+        }
+        assert!(log.find_records(ghost, 10).unwrap().records.is_empty());
+        let found = log.find_records(RecordLookup::Key(b"b"), 10).unwrap();
+        assert_eq!(found.records.len(), 1);
+        assert_eq!(found.records[0].offset, 1);
+    }
 }

@@ -11,6 +11,9 @@
 //! drop the good batches after it): reads verify CRCs and refuse to serve a corrupt batch. The
 //! marker only saves that diagnostic scan; correctness never depends on it.
 //!
+//! Key indexes (`N.keyindex`): the active segment's is rebuilt by the scan of its tail; a rolled
+//! segment's file is trusted when its header matches the segment, else rebuilt from the log.
+//!
 //! Every directory change recovery makes (removed leftovers, rewritten indexes, a created first
 //! segment, the removed marker) is made durable with one directory fsync before the log opens.
 
@@ -19,11 +22,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::batch::BATCH_HEADER_BYTES;
+use crate::key_index::{KeyIndex, KeyIndexFileHeader, KEY_INDEX_SUFFIX, KEY_RUNS_SUFFIX};
 use crate::offset_index::OffsetIndex;
 use crate::segment::TEMPORARY_SUFFIX;
 use crate::segment::{
-    io_error, scan_file, segment_path, BatchReadError, BatchReader, Segment, SegmentIndexes,
-    SegmentScan, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+    io_error, key_index_runs, scan_file, segment_path, BatchReadError, BatchReader, Segment,
+    SegmentIndexes, SegmentScan, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use crate::storage::{Storage, StorageFile};
 use crate::time_index::TimeIndex;
@@ -54,9 +58,14 @@ pub(crate) fn recover(
     let last_base = base_offsets.last().copied();
     for base_offset in base_offsets {
         let segment = if Some(base_offset) == last_base {
-            recover_active_segment(storage, dir, base_offset, interval_bytes)?
+            recover_active_segment(storage, dir, base_offset, interval_bytes, config.key_index)?
         } else {
-            load_rolled_segment(storage, dir, base_offset, interval_bytes, !clean_shutdown)?
+            let segment =
+                load_rolled_segment(storage, dir, base_offset, interval_bytes, !clean_shutdown)?;
+            if config.key_index {
+                load_key_index(storage.as_ref(), dir, &segment, interval_bytes)?;
+            }
+            segment
         };
         if let Some(previous) = segments.last() {
             let previous: &Segment = previous;
@@ -71,7 +80,7 @@ pub(crate) fn recover(
         segments.push(segment);
     }
     if segments.is_empty() {
-        let segment = Segment::create(storage, dir, 0)?;
+        let segment = Segment::create(storage, dir, 0, config.key_index)?;
         segment.write_index_files(false)?;
         segments.push(segment);
     }
@@ -86,10 +95,11 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<(Vec<i64>, bool), 
     let mut indexes = Vec::new();
     let mut clean_shutdown = false;
     for name in storage.read_dir(dir).map_err(|e| io_error(dir, e))? {
-        if name
-            .to_str()
-            .is_some_and(|n| n.ends_with(&format!(".{TEMPORARY_SUFFIX}")))
-        {
+        // Spilled key index runs belong to an active segment, whose index is rebuilt.
+        if name.to_str().is_some_and(|n| {
+            n.ends_with(&format!(".{TEMPORARY_SUFFIX}"))
+                || n.ends_with(&format!(".{KEY_RUNS_SUFFIX}"))
+        }) {
             let path = dir.join(&name);
             tracing::debug!(path = %path.display(), "removing unfinished index file");
             storage.remove_file(&path).map_err(|e| io_error(&path, e))?;
@@ -124,9 +134,14 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<(Vec<i64>, bool), 
 
 fn parse_segment_file_name(name: &str) -> Option<(i64, &'static str)> {
     let (stem, suffix) = name.split_once('.')?;
-    let suffix = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
-        .into_iter()
-        .find(|s| *s == suffix)?;
+    let suffix = [
+        LOG_SUFFIX,
+        INDEX_SUFFIX,
+        TIME_INDEX_SUFFIX,
+        KEY_INDEX_SUFFIX,
+    ]
+    .into_iter()
+    .find(|s| *s == suffix)?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -161,6 +176,7 @@ fn recover_active_segment(
     dir: &Path,
     base_offset: i64,
     interval_bytes: u64,
+    key_index: bool,
 ) -> Result<Segment, LogError> {
     let (file, file_bytes, modified_ms, path) = open_log(storage.as_ref(), dir, base_offset)?;
     let scan = scan_file(
@@ -171,7 +187,7 @@ fn recover_active_segment(
         file_bytes,
         true,
         interval_bytes,
-        SegmentIndexes::new(),
+        SegmentIndexes::new(key_index.then(|| key_index_runs(storage, dir, base_offset))),
     )?;
     if let Some(stop) = &scan.stop {
         tracing::warn!(
@@ -224,7 +240,7 @@ fn load_rolled_segment(
         file_bytes,
         interval_bytes,
     )?;
-    let (scan, rebuilt) = match loaded {
+    let (mut scan, rebuilt) = match loaded {
         Some(scan) => (scan, false),
         None => {
             tracing::info!(segment = %path.display(), "rebuilding indexes from the log");
@@ -237,7 +253,7 @@ fn load_rolled_segment(
                     file_bytes,
                     false,
                     interval_bytes,
-                    SegmentIndexes::new(),
+                    SegmentIndexes::new(None),
                 )?,
                 true,
             )
@@ -257,6 +273,9 @@ fn load_rolled_segment(
     let first_batch = first_batch_header(file_ref, &path, scan.valid_bytes);
     let roll_base = roll_base_ms(first_batch.as_ref(), modified_ms);
     let must_write_indexes = rebuilt || scan.stop.is_some();
+    // Its key index, if kept, is loaded or rebuilt next (`load_key_index`); until then the
+    // index writes below must leave its file alone.
+    scan.indexes.key_index = KeyIndex::Incomplete;
     let segment = Segment::from_parts(
         Arc::clone(storage),
         base_offset,
@@ -271,6 +290,45 @@ fn load_rolled_segment(
         segment.write_index_files(true)?;
     }
     Ok(segment)
+}
+
+/// Uses a rolled segment's `.keyindex` when its header matches the segment, else rebuilds it
+/// from the log and writes it (durably, as the other indexes of a rolled segment).
+fn load_key_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    segment: &Segment,
+    interval_bytes: u64,
+) -> Result<(), LogError> {
+    let path = segment_path(dir, segment.base_offset, KEY_INDEX_SUFFIX);
+    let header = storage
+        .open(&path)
+        .ok()
+        .and_then(|file| KeyIndexFileHeader::read(file.as_ref(), segment.size_bytes()).ok());
+    if let Some(header) = header {
+        segment.indexes.lock().key_index = KeyIndex::OnDisk(header);
+        return Ok(());
+    }
+    tracing::info!(segment = %segment.log_path.display(), "rebuilding key index from the log");
+    let scan = scan_file(
+        segment.file.as_ref(),
+        &segment.log_path,
+        segment.base_offset,
+        0,
+        segment.size_bytes(),
+        false,
+        interval_bytes,
+        SegmentIndexes::new(Some(key_index_runs(
+            &segment.storage,
+            dir,
+            segment.base_offset,
+        ))),
+    )?;
+    segment.indexes.lock().key_index = scan.indexes.key_index;
+    if let Some(header) = segment.write_key_index_file()? {
+        segment.key_index_written(header);
+    }
+    Ok(())
 }
 
 /// Logs every batch of a rolled segment whose CRC fails (reads refuse to serve them); keeps
@@ -354,6 +412,7 @@ fn load_indexes(
         bytes_since_entry: 0,
         timestamp_max: -1,
         relative_offset_of_timestamp_max: 0,
+        key_index: KeyIndex::Disabled,
     };
     if let Some(entry) = indexes.time_index.last() {
         indexes.timestamp_max = entry.timestamp;

@@ -1,5 +1,6 @@
 //! One segment of a partition log: `N.log` (record batches starting at base offset N) plus its
-//! in-memory offset and time indexes, persisted to `N.index` and `N.timeindex`.
+//! in-memory offset and time indexes, persisted to `N.index` and `N.timeindex`, and its key
+//! index (`N.keyindex`, see `key_index`).
 //!
 //! The log file handle is shared: appends write at the end with positional writes (serialised by
 //! the partition's append lock), readers use positional reads and only trust bytes below the
@@ -13,6 +14,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::batch::{verify_crc, BATCH_HEADER_BYTES};
+use crate::key_index::{
+    batch_keys, table_candidates, BatchKeys, KeyIndex, KeyIndexFileHeader, KeyIndexRuns,
+    KEY_INDEX_SUFFIX, KEY_RUNS_SUFFIX,
+};
 use crate::offset_index::{OffsetIndex, OffsetIndexEntry};
 use crate::storage::{Storage, StorageFile};
 use crate::time_index::{TimeIndex, TimeIndexEntry};
@@ -37,7 +42,7 @@ pub(crate) fn io_error(path: &Path, source: io::Error) -> LogError {
 }
 
 /// What the indexes need to know about the batches written so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SegmentIndexes {
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
@@ -45,13 +50,31 @@ pub(crate) struct SegmentIndexes {
     pub bytes_since_entry: u64,
     pub timestamp_max: i64,
     pub relative_offset_of_timestamp_max: u32,
+    pub key_index: KeyIndex,
 }
 
 impl SegmentIndexes {
-    pub fn new() -> SegmentIndexes {
+    /// Empty indexes; `key_index` keeps a key index (a new or rebuilt active segment).
+    pub fn new(key_index: Option<KeyIndexRuns>) -> SegmentIndexes {
         SegmentIndexes {
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_entry: 0,
             timestamp_max: -1,
-            ..Default::default()
+            relative_offset_of_timestamp_max: 0,
+            key_index: key_index.map_or(KeyIndex::Disabled, KeyIndex::Memory),
+        }
+    }
+
+    /// Adds one batch's keys to an in-memory key index.
+    pub fn on_batch_keys(&mut self, segment_base: i64, base_offset: i64, keys: &BatchKeys) {
+        if let KeyIndex::Memory(runs) = &mut self.key_index {
+            if let Ok(relative_base) = u32::try_from(base_offset.wrapping_sub(segment_base)) {
+                runs.push_batch(relative_base, keys);
+            }
+            if runs.is_broken() {
+                self.key_index = KeyIndex::Incomplete;
+            }
         }
     }
 
@@ -109,6 +132,7 @@ impl Segment {
         storage: &Arc<dyn Storage>,
         dir: &Path,
         base_offset: i64,
+        key_index: bool,
     ) -> Result<Segment, LogError> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
         let file = storage
@@ -121,7 +145,7 @@ impl Segment {
             file,
             0,
             base_offset,
-            SegmentIndexes::new(),
+            SegmentIndexes::new(key_index.then(|| key_index_runs(storage, dir, base_offset))),
             -1,
         ))
     }
@@ -182,17 +206,22 @@ impl Segment {
 
     /// Publishes batches written at `position` by [`Segment::write`]: indexes, then size and
     /// offsets, so a reader that sees the new size finds whole batches.
+    /// `keys` holds each batch's key index entries (empty when the log keeps no key index).
     pub fn on_written(
         &self,
         position: u64,
         headers: &[BatchHeader],
+        keys: &[BatchKeys],
         interval_bytes: u64,
         now_ms: i64,
     ) {
         let mut indexes = self.indexes.lock();
         let mut batch_position = position;
-        for header in headers {
+        for (index, header) in headers.iter().enumerate() {
             indexes.on_batch(self.base_offset, batch_position, header, interval_bytes);
+            if let Some(keys) = keys.get(index) {
+                indexes.on_batch_keys(self.base_offset, header.base_offset, keys);
+            }
             batch_position += header.total_bytes() as u64;
         }
         self.timestamp_max
@@ -216,7 +245,10 @@ impl Segment {
         self.file
             .sync_all()
             .map_err(|e| io_error(&self.log_path, e))?;
-        let scan = scan_segment(self, 0, position, interval_bytes)?;
+        let key_index = !matches!(self.indexes.lock().key_index, KeyIndex::Disabled);
+        // The old index goes first: its spill file is the one the rebuild writes anew.
+        self.indexes.lock().key_index = KeyIndex::Incomplete;
+        let scan = scan_segment(self, 0, position, interval_bytes, key_index)?;
         self.size_bytes.store(position, Ordering::Release);
         self.offset_end
             .store(scan.offset_end.max(self.base_offset), Ordering::Release);
@@ -262,7 +294,16 @@ impl Segment {
                 indexes.time_index.to_bytes(),
             )
         };
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let dir = self.dir();
+        if matches!(self.indexes.lock().key_index, KeyIndex::Disabled) {
+            // A file left from when the index was kept would go stale as the log changes.
+            let path = segment_path(dir, self.base_offset, KEY_INDEX_SUFFIX);
+            match self.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path, e)),
+            }
+        }
         for (suffix, bytes) in [
             (INDEX_SUFFIX, offset_bytes),
             (TIME_INDEX_SUFFIX, time_bytes),
@@ -285,11 +326,210 @@ impl Segment {
         Ok(())
     }
 
+    fn dir(&self) -> &Path {
+        self.log_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Writes an in-memory key index to `N.keyindex` (temporary file, fsync, rename; the
+    /// caller syncs the directory) for a segment being rolled or a rebuilt rolled segment.
+    /// Returns its header for `key_index_written`; `None` when no index is kept.
+    pub fn write_key_index_file(&self) -> Result<Option<KeyIndexFileHeader>, LogError> {
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
+        let temporary = path.with_extension(format!("{KEY_INDEX_SUFFIX}.{TEMPORARY_SUFFIX}"));
+        // The merge takes a while for a big segment: readers of the segment (which need the
+        // indexes lock) must not wait for it, so the entries leave the lock meanwhile and
+        // lookups skip the segment. Callers hold the append lock, so nothing else changes it.
+        let runs = {
+            let mut indexes = self.indexes.lock();
+            match std::mem::replace(&mut indexes.key_index, KeyIndex::Incomplete) {
+                KeyIndex::Memory(runs) => runs,
+                other => {
+                    indexes.key_index = other;
+                    return Ok(None);
+                }
+            }
+        };
+        let written = (|| {
+            let file = self
+                .storage
+                .create(&temporary)
+                .map_err(|e| io_error(&temporary, e))?;
+            let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
+            file.sync_data().map_err(|e| io_error(&temporary, e))?;
+            self.storage
+                .rename(&temporary, &path)
+                .map_err(|e| io_error(&path, e))?;
+            Ok(header)
+        })();
+        self.indexes.lock().key_index = KeyIndex::Memory(runs);
+        written.map(Some)
+    }
+
+    /// Freezes a rolled segment's in-memory key index for a background merge: lookups keep
+    /// searching the returned runs until [`Segment::merge_key_index`] installs the table.
+    /// `None` when the segment keeps no complete key index.
+    pub fn seal_key_index(&self) -> Option<Arc<KeyIndexRuns>> {
+        let mut indexes = self.indexes.lock();
+        let KeyIndex::Memory(_) = &indexes.key_index else {
+            return None;
+        };
+        let KeyIndex::Memory(runs) =
+            std::mem::replace(&mut indexes.key_index, KeyIndex::Incomplete)
+        else {
+            return None;
+        };
+        let runs = Arc::new(runs);
+        indexes.key_index = KeyIndex::Merging(Arc::clone(&runs));
+        Some(runs)
+    }
+
+    /// Writes the sealed `runs` of this rolled segment to `N.keyindex` (temporary file,
+    /// fsync, rename) without any partition lock, and installs it if the segment still waits
+    /// for exactly these runs; otherwise (truncated, deleted or the index turned off since)
+    /// the result is thrown away. Returns whether the table was installed; the caller syncs
+    /// the directory (until then a crash only costs a rebuild). On an error the segment keeps
+    /// answering from its runs, and recovery rebuilds the file.
+    pub fn merge_key_index(&self, runs: &Arc<KeyIndexRuns>) -> Result<bool, LogError> {
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
+        let temporary = path.with_extension(format!("{KEY_INDEX_SUFFIX}.{TEMPORARY_SUFFIX}"));
+        let still_wanted = || matches!(&self.indexes.lock().key_index, KeyIndex::Merging(current) if Arc::ptr_eq(current, runs));
+        if !still_wanted() {
+            return Ok(false);
+        }
+        let written = (|| {
+            let file = self
+                .storage
+                .create(&temporary)
+                .map_err(|e| io_error(&temporary, e))?;
+            let header = runs.write_table(file.as_ref(), &temporary, self.size_bytes())?;
+            file.sync_data().map_err(|e| io_error(&temporary, e))?;
+            Ok(header)
+        })();
+        let discard_temporary = || {
+            if let Err(error) = self.storage.remove_file(&temporary) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %temporary.display(), %error, "cannot remove a discarded key index (recovery removes it)");
+                }
+            }
+        };
+        let header = match written {
+            Ok(header) => header,
+            Err(error) => {
+                discard_temporary();
+                return Err(error);
+            }
+        };
+        // The check and the rename happen under the indexes lock, which truncation and removal
+        // take to replace the index: a table for bytes that changed is never installed.
+        let mut indexes = self.indexes.lock();
+        if !matches!(&indexes.key_index, KeyIndex::Merging(current) if Arc::ptr_eq(current, runs)) {
+            drop(indexes);
+            discard_temporary();
+            return Ok(false);
+        }
+        if let Err(error) = self.storage.rename(&temporary, &path) {
+            drop(indexes);
+            discard_temporary();
+            return Err(io_error(&path, error));
+        }
+        indexes.key_index = KeyIndex::OnDisk(header);
+        // Under the lock too: a truncation right after would write a new spill at this path.
+        // Lookups that still hold the runs read the old one through its open handle.
+        if let Some(spill) = runs.spill_path() {
+            if let Err(error) = self.storage.remove_file(spill) {
+                tracing::warn!(path = %spill.display(), %error, "cannot remove spilled key index runs (recovery removes them)");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The segment's key index file was written (`header`): lookups read the file from now on,
+    /// and the entries leave memory and the spill file.
+    pub fn key_index_written(&self, header: KeyIndexFileHeader) {
+        let mut indexes = self.indexes.lock();
+        if let KeyIndex::Memory(runs) = &mut indexes.key_index {
+            runs.remove_spill();
+            indexes.key_index = KeyIndex::OnDisk(header);
+        }
+    }
+
+    /// Relative offsets whose records may have key or id hash `hash`; `None` when the segment
+    /// has no usable key index. Also returns how many compressed batches were left unindexed.
+    pub fn key_candidates(&self, hash: u64) -> Result<Option<(Vec<u32>, u64)>, LogError> {
+        let in_memory = {
+            let indexes = self.indexes.lock();
+            match &indexes.key_index {
+                KeyIndex::Memory(runs) => {
+                    let (found, spilled) = runs.candidates(hash);
+                    Err(Ok((found, spilled, runs.skipped_batches)))
+                }
+                KeyIndex::OnDisk(header) => Ok(*header),
+                KeyIndex::Merging(runs) => Err(Err(Arc::clone(runs))),
+                KeyIndex::Disabled | KeyIndex::Incomplete => return Ok(None),
+            }
+        };
+        let in_memory = match in_memory {
+            Ok(header) => Ok(header),
+            Err(Ok(active)) => Err(active),
+            // Frozen runs: searched without the lock (the background merge shares them).
+            Err(Err(runs)) => {
+                return Ok(Some((runs.all_candidates(hash)?, runs.skipped_batches)));
+            }
+        };
+        let header = match in_memory {
+            Ok(header) => header,
+            // Spilled runs are searched without the lock, which appends need.
+            Err((mut found, spilled, skipped)) => {
+                spilled.candidates(hash, &mut found)?;
+                return Ok(Some((found, skipped)));
+            }
+        };
+        let path = segment_path(self.dir(), self.base_offset, KEY_INDEX_SUFFIX);
+        let file = match self.storage.open(&path) {
+            Ok(file) => file,
+            // Removed by retention or truncation since the segment list was read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        Ok(Some((
+            table_candidates(file.as_ref(), &path, &header, hash)?,
+            0,
+        )))
+    }
+
+    /// Marks the key index on or off after a config change: turned off, lookups stop using it;
+    /// turned on, an empty segment starts one, a segment with records waits for recovery.
+    pub fn set_key_index(&self, enabled: bool) {
+        let mut indexes = self.indexes.lock();
+        match (&indexes.key_index, enabled) {
+            (KeyIndex::Disabled, true) if self.is_empty() => {
+                indexes.key_index =
+                    KeyIndex::Memory(key_index_runs(&self.storage, self.dir(), self.base_offset))
+            }
+            (KeyIndex::Disabled, true) => indexes.key_index = KeyIndex::Incomplete,
+            (_, false) => indexes.key_index = KeyIndex::Disabled,
+            _ => {}
+        }
+    }
+
     /// Removes the segment's files (open handles stay readable until dropped). The caller makes
     /// the removal durable (`sync_dir`).
     pub fn remove_files(&self) -> Result<(), LogError> {
+        {
+            // A background merge of this segment's key index must not install its table.
+            let mut indexes = self.indexes.lock();
+            if matches!(indexes.key_index, KeyIndex::Merging(_)) {
+                indexes.key_index = KeyIndex::Incomplete;
+            }
+        }
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            KEY_INDEX_SUFFIX,
+            KEY_RUNS_SUFFIX,
+        ] {
             let path = segment_path(dir, self.base_offset, suffix);
             match self.storage.remove_file(&path) {
                 Ok(()) => {}
@@ -327,6 +567,7 @@ pub(crate) fn scan_segment(
     from: u64,
     end: u64,
     interval_bytes: u64,
+    key_index: bool,
 ) -> Result<SegmentScan, LogError> {
     scan_file(
         segment.file.as_ref(),
@@ -336,7 +577,21 @@ pub(crate) fn scan_segment(
         end,
         false,
         interval_bytes,
-        SegmentIndexes::new(),
+        SegmentIndexes::new(
+            key_index.then(|| key_index_runs(&segment.storage, segment.dir(), segment.base_offset)),
+        ),
+    )
+}
+
+/// An empty key index for the segment at `base_offset` of `dir`, spilling to its `N.keyruns`.
+pub(crate) fn key_index_runs(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    base_offset: i64,
+) -> KeyIndexRuns {
+    KeyIndexRuns::spilling_to(
+        Arc::clone(storage),
+        segment_path(dir, base_offset, KEY_RUNS_SUFFIX),
     )
 }
 
@@ -375,6 +630,16 @@ pub(crate) fn scan_file(
                 }
                 scan.indexes
                     .on_batch(segment_base, position, &header, interval_bytes);
+                if matches!(scan.indexes.key_index, KeyIndex::Memory(_)) {
+                    let keys = match reader.fill(position, header.total_bytes()) {
+                        Ok(batch) => batch_keys(&header, batch),
+                        Err(BatchReadError::Log(error)) => return Err(error),
+                        // next_batch checked the batch fits in the file.
+                        Err(_) => BatchKeys::default(),
+                    };
+                    scan.indexes
+                        .on_batch_keys(segment_base, header.base_offset, &keys);
+                }
                 scan.first_batch.get_or_insert(header);
                 scan.offset_end = header.last_offset() + 1;
                 scan.valid_bytes = position + header.total_bytes() as u64;

@@ -188,6 +188,40 @@ fn high_watermark_waits_for_sync_under_batch_durability() {
     assert_eq!(log.sync_count(), syncs);
 }
 
+/// `sluice_log_fsync_duration_seconds` gets one sample per group-commit fdatasync, and none
+/// for a sync that finds everything already durable.
+#[test]
+fn fsync_latency_is_recorded_once_per_group_commit() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let exported = recorder.handle();
+    let fsync_count = || {
+        let text = exported.render();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!("{}_count ", sluice_log::FSYNC_SECONDS_METRIC))
+                    .and_then(|count| count.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The log registers its histogram when it opens, under the recorder present then.
+    let log = metrics::with_local_recorder(&recorder, || {
+        PartitionLog::open(dir.path(), config(Durability::Batch)).unwrap()
+    });
+    let info = append(&log, "a", 3, 1_000);
+    log.sync(info.last_offset + 1).unwrap();
+    assert_eq!(fsync_count(), 1);
+    log.sync(info.last_offset + 1).unwrap();
+    assert_eq!(
+        fsync_count(),
+        1,
+        "nothing new to sync: no fdatasync, no sample"
+    );
+    let info = append(&log, "b", 2, 2_000);
+    log.sync(info.last_offset + 1).unwrap();
+    assert_eq!(fsync_count(), 2);
+}
+
 #[test]
 fn high_watermark_follows_appends_under_never_and_interval() {
     for durability in [

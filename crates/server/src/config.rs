@@ -11,6 +11,7 @@ use sluice_amqp::{AmqpConfig, AmqpUser};
 use sluice_broker::vhost::VhostConfig;
 use sluice_broker::{BrokerConfig, GroupConfig};
 use sluice_cluster::peers::PeerList;
+use sluice_http::HttpUser;
 use sluice_kafka::KafkaConfig;
 use sluice_log::{Durability, LogConfig};
 
@@ -25,10 +26,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Every flag can also be given as an environment variable (shown) or in the TOML file
@@ -60,6 +65,12 @@ pub struct ServeArgs {
     /// Partition count of auto-created topics (Kafka's num.partitions) [default: 1]
     #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS", value_name = "N")]
     pub default_partitions: Option<i32>,
+
+    /// Keep a per-segment hash index of record keys and message-id headers in every topic, so
+    /// messages are found by key or id without a scan; topics override it with
+    /// `message.key.index.enable` [default: true]
+    #[arg(long, env = "SLUICE_MESSAGE_KEY_INDEX", value_name = "BOOL")]
+    pub message_key_index: Option<bool>,
 
     /// Largest record batch accepted (Kafka's message.max.bytes) [default: 1048588]
     #[arg(long, env = "SLUICE_MESSAGE_MAX_BYTES", value_name = "BYTES")]
@@ -140,9 +151,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQP_LISTEN", value_name = "HOST:PORT,...")]
     pub amqp_listen: Option<String>,
 
-    /// More AMQP users as `name:password`, comma-separated; they may connect from anywhere.
-    /// guest:guest always exists and may connect from loopback only, as in RabbitMQ; naming
-    /// guest here changes its password
+    /// More users as `name:password`, comma-separated, for AMQP and the HTTP API; they may
+    /// connect from anywhere. `name:password:administrator` also lets the user change things
+    /// through the HTTP API (others may only read). guest:guest always exists, is an
+    /// administrator and may connect from loopback only, as in RabbitMQ; naming guest here
+    /// changes its password
     #[arg(long, env = "SLUICE_AMQP_USERS", value_name = "USER:PASSWORD,...")]
     pub amqp_users: Option<String>,
 
@@ -197,10 +210,27 @@ pub struct ServeArgs {
     /// topics) in a cluster (Kafka's default.replication.factor) [default: 1]
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
     pub default_replication_factor: Option<u16>,
+    /// HTTP API listener (JSON API, /metrics), or `off` [default: 127.0.0.1:8080]
+    #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers [default: text]
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the server writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The resolved settings of one broker process.
@@ -216,7 +246,12 @@ pub struct ServeConfig {
     pub kafka_listen: SocketAddr,
     /// `None`: one node, unreplicated (no --peers).
     pub cluster: Option<ClusterSettings>,
+    /// None: the HTTP API is off.
+    pub http_listen: Option<SocketAddr>,
+    /// The AMQP users with their administrator tag, for the HTTP API.
+    pub http_users: Vec<HttpUser>,
     pub log_filter: String,
+    pub log_format: LogFormat,
 }
 
 /// `--node-id --cluster-listen --peers --default-replication-factor`.
@@ -229,6 +264,8 @@ pub struct ClusterSettings {
     pub kafka_advertised: String,
     pub default_replication_factor: u16,
 }
+/// The tag that makes a user an administrator of the HTTP API (RabbitMQ's tag name).
+const ADMINISTRATOR_TAG: &str = "administrator";
 
 macro_rules! merge {
     ($flags:ident, $file:ident, $($field:ident),+) => {
@@ -250,6 +287,7 @@ impl ServeArgs {
                 auto_create_topics,
                 default_partitions,
                 message_max_bytes,
+                message_key_index,
                 request_max_bytes,
                 queued_max_request_bytes,
                 fetch_max_bytes,
@@ -278,7 +316,9 @@ impl ServeArgs {
                 cluster_listen,
                 peers,
                 default_replication_factor,
-                log
+                http_listen,
+                log,
+                log_format
             );
         }
         let defaults = LogConfig::default();
@@ -296,6 +336,7 @@ impl ServeArgs {
             index_interval_bytes: defaults.index_interval_bytes,
             batch_bytes_max: self.message_max_bytes.unwrap_or(defaults.batch_bytes_max),
             durability,
+            key_index: self.message_key_index.unwrap_or(defaults.key_index),
         };
         let group_defaults = GroupConfig::default();
         let group = GroupConfig {
@@ -397,10 +438,17 @@ impl ServeArgs {
             ),
         };
         let mut amqp = AmqpConfig::default();
+        let mut administrators = vec!["guest".to_string()];
         if let Some(users) = &self.amqp_users {
             for entry in users.split(',').filter(|u| !u.trim().is_empty()) {
-                let (name, password) = entry.trim().split_once(':').with_context(|| {
-                    format!("--amqp-users entry '{entry}' is not name:password")
+                let entry = entry.trim();
+                // A trailing `:administrator` is the tag, not the end of the password.
+                let (entry, administrator) = match entry.rsplit_once(':') {
+                    Some((rest, ADMINISTRATOR_TAG)) if rest.contains(':') => (rest, true),
+                    _ => (entry, false),
+                };
+                let (name, password) = entry.split_once(':').with_context(|| {
+                    format!("--amqp-users entry '{entry}' is not name:password[:administrator]")
                 })?;
                 // Naming guest changes its password; it stays limited to loopback.
                 amqp.users.retain(|u| u.name != name);
@@ -409,8 +457,30 @@ impl ServeArgs {
                     password: password.to_string(),
                     loopback_only: name == "guest",
                 });
+                if administrator {
+                    administrators.push(name.to_string());
+                }
             }
         }
+        let http_users = amqp
+            .users
+            .iter()
+            .map(|user| HttpUser {
+                name: user.name.clone(),
+                password: user.password.clone(),
+                administrator: administrators.contains(&user.name),
+                loopback_only: user.loopback_only,
+            })
+            .collect();
+        let http_listen = match self.http_listen.as_deref().map(str::trim) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            Some("off") | Some("") => None,
+            Some(address) => Some(
+                address
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("invalid --http-listen address '{address}'"))?,
+            ),
+        };
         if let Some(heartbeat) = self.amqp_heartbeat {
             amqp.heartbeat_s = heartbeat;
         }
@@ -486,7 +556,10 @@ impl ServeArgs {
             broker,
             kafka,
             kafka_listen,
+            http_listen,
+            http_users,
             log_filter: self.log.unwrap_or_else(|| "info,openraft=warn".into()),
+            log_format: self.log_format.unwrap_or_default(),
         })
     }
 }
@@ -513,18 +586,21 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
 mod tests {
     use super::*;
 
-    fn serve_args(flags: &[&str]) -> ServeArgs {
-        let mut argv = vec!["sluice", "serve"];
-        argv.extend_from_slice(flags);
-        match Cli::try_parse_from(argv).map(|cli| cli.command) {
-            Ok(Command::Serve(args)) => args,
-            Err(error) => panic!("{error}"),
+    fn cluster_serve_args(flags: &[&str]) -> ServeArgs {
+        serve_args(flags).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["sluice", "serve"], args].concat())?;
+        match cli.command {
+            Command::Serve(serve) => Ok(serve),
+            Command::Client(_) => unreachable!("parsed from `sluice serve`"),
         }
     }
 
     #[test]
     fn cluster_flags_resolve_to_cluster_settings() {
-        let args = serve_args(&[
+        let args = cluster_serve_args(&[
             "--node-id",
             "2",
             "--cluster-listen",
@@ -547,14 +623,14 @@ mod tests {
 
     #[test]
     fn no_peers_is_one_node() {
-        let config = serve_args(&[]).resolve().unwrap();
+        let config = cluster_serve_args(&[]).resolve().unwrap();
         assert!(config.cluster.is_none());
         assert_eq!(config.broker.node_id, 0);
     }
 
     #[test]
     fn a_peer_list_without_this_node_or_its_address_is_refused() {
-        let missing = serve_args(&[
+        let missing = cluster_serve_args(&[
             "--node-id",
             "4",
             "--cluster-listen",
@@ -563,7 +639,7 @@ mod tests {
             "1@10.0.0.1:9093,2@10.0.0.2:9093",
         ]);
         assert!(missing.resolve().is_err());
-        let wrong_address = serve_args(&[
+        let wrong_address = cluster_serve_args(&[
             "--node-id",
             "1",
             "--cluster-listen",
@@ -572,7 +648,7 @@ mod tests {
             "1@10.0.0.1:9093,2@10.0.0.2:9093",
         ]);
         assert!(wrong_address.resolve().is_err());
-        let no_listen = serve_args(&["--node-id", "1", "--peers", "1@10.0.0.1:9093"]);
+        let no_listen = cluster_serve_args(&["--node-id", "1", "--peers", "1@10.0.0.1:9093"]);
         assert!(no_listen.resolve().is_err());
     }
 
@@ -586,7 +662,7 @@ mod tests {
              default_replication_factor = 1\n",
         )
         .unwrap();
-        let config = serve_args(&["--config", path.to_str().unwrap()])
+        let config = cluster_serve_args(&["--config", path.to_str().unwrap()])
             .resolve()
             .unwrap();
         assert_eq!(config.cluster.unwrap().node_id, 1);
@@ -597,5 +673,115 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn log_format_defaults_to_text_and_takes_json() {
+        assert_eq!(
+            serve_args(&[]).unwrap().resolve().unwrap().log_format,
+            LogFormat::Text
+        );
+        let json = serve_args(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.resolve().unwrap().log_format, LogFormat::Json);
+        assert!(serve_args(&["--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn log_format_comes_from_the_config_file_unless_a_flag_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = serve_args(&["--config", path]).unwrap();
+        assert_eq!(from_file.resolve().unwrap().log_format, LogFormat::Json);
+        let overridden = serve_args(&["--config", path, "--log-format", "text"]).unwrap();
+        assert_eq!(overridden.resolve().unwrap().log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn http_listen_defaults_to_loopback_and_off_turns_it_off() {
+        let config = ServeArgs::default().resolve().expect("defaults");
+        assert_eq!(
+            config.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
+        let off = ServeArgs {
+            http_listen: Some("off".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(off.resolve().expect("off").http_listen, None);
+        let bad = ServeArgs {
+            http_listen: Some("nowhere".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn http_listen_comes_from_the_config_file_and_flags_win() {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, "http_listen = \"127.0.0.1:18181\"\n").expect("write config");
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("config file");
+        let flag_wins = ServeArgs {
+            config: Some(path.clone()),
+            http_listen: Some("127.0.0.1:18182".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("flag and file");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(from_file.http_listen, "127.0.0.1:18181".parse().ok());
+        assert_eq!(flag_wins.http_listen, "127.0.0.1:18182".parse().ok());
+    }
+
+    #[test]
+    fn the_administrator_tag_is_the_last_field_and_guest_is_always_one() {
+        let config = ServeArgs {
+            amqp_users: Some("ops:se:cret:administrator,reader:pw,odd:administrator".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("users");
+        let find = |name: &str| {
+            config
+                .http_users
+                .iter()
+                .find(|u| u.name == name)
+                .cloned()
+                .expect("user")
+        };
+        let ops = find("ops");
+        assert_eq!(
+            (ops.password.as_str(), ops.administrator),
+            ("se:cret", true)
+        );
+        let reader = find("reader");
+        assert_eq!(
+            (reader.password.as_str(), reader.administrator),
+            ("pw", false)
+        );
+        // With only two fields the second is the password, even if it reads "administrator".
+        let odd = find("odd");
+        assert_eq!(
+            (odd.password.as_str(), odd.administrator),
+            ("administrator", false)
+        );
+        let guest = find("guest");
+        assert!(guest.administrator && guest.loopback_only);
+        // AMQP logins get the password without the tag.
+        assert!(config
+            .amqp
+            .users
+            .iter()
+            .any(|u| u.name == "ops" && u.password == "se:cret"));
     }
 }

@@ -1,5 +1,6 @@
-//! The `sluice` binary: parses configuration, opens the broker, serves the Kafka protocol and
-//! shuts down cleanly on SIGTERM or Ctrl-C.
+//! The `sluice` binary: `sluice serve` parses configuration, opens the broker, serves the Kafka
+//! protocol and shuts down cleanly on SIGTERM or Ctrl-C; the other subcommands are the client
+//! (src/cli), which talks to a running broker's HTTP API.
 //!
 //! Graceful shutdown, bounded so that it always finishes: the listeners stop accepting; Kafka
 //! connections answer the requests they already read (acks once durable) and close; AMQP
@@ -7,12 +8,16 @@
 //! (`DRAIN_MAX` for all of that); then the virtual host and the broker flush and close their
 //! logs, which writes the clean-shutdown markers.
 
+mod cli;
 mod config;
+mod metrics_recorder;
 
 // glibc's malloc showed up as a quarter of the broker's CPU under AMQP load (many small,
 // short-lived allocations across threads); mimalloc handles that pattern far better.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -21,10 +26,15 @@ use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
+use sluice_http::model::{ListenerInfo, NodeInfo};
+use sluice_http::{HttpApi, HttpContext, HttpServer};
 use sluice_kafka::KafkaServer;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Cli, Command};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Cli, Command, LogFormat};
+use crate::metrics_recorder::{install_metrics_recorder, spawn_gauge_sampler};
 
 /// How long connections get to drain on shutdown before the logs are closed regardless.
 const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
@@ -34,34 +44,73 @@ const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 const CLUSTER_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 const RUNTIME_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            let config = args.resolve()?;
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-                        .with_context(|| format!("invalid log filter '{}'", config.log_filter))?,
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("sluice")
-                .build()
-                .context("starting the async runtime")?;
-            let served = runtime.block_on(serve(config));
-            runtime.shutdown_timeout(RUNTIME_STOP_MAX);
-            served
+fn main() -> ExitCode {
+    let parsed = Cli::parse();
+    match parsed.command {
+        Command::Serve(args) => match run_serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                // As `main() -> anyhow::Result` would print it: the error and its causes.
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Client(command) => {
+            if let Ok(filter) = std::env::var("SLUICE_LOG") {
+                // Off unless asked for: the client's output is for people and scripts.
+                if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter) {
+                    tracing_subscriber::fmt()
+                        .with_env_filter(filter)
+                        .with_writer(std::io::stderr)
+                        .init();
+                }
+            }
+            cli::run(command)
         }
     }
 }
 
-async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+fn run_serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    init_logging(&config.log_filter, config.log_format)?;
+    // Before the broker opens: the handles it caches bind to the recorder present then.
+    let metrics_handle = install_metrics_recorder().context("installing the metrics recorder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(serve(config, metrics_handle));
+    runtime.shutdown_timeout(RUNTIME_STOP_MAX);
+    served
+}
+
+/// Log lines go to stderr, as text or as one JSON object per line.
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter '{filter}'"))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    Ok(())
+}
+
+/// `metrics_handle` renders what the libraries record; the HTTP front end serves it on `/metrics`.
+async fn serve(
+    config: config::ServeConfig,
+    metrics_handle: PrometheusHandle,
+) -> anyhow::Result<()> {
     let data_dir = config.broker.data_dir.clone();
     let broker = Broker::open(config.broker)
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let advertised = (
+        config.kafka.advertised_host.clone(),
+        config.kafka.advertised_port,
+    );
     let kafka = KafkaServer::bind(config.kafka_listen, broker.clone(), config.kafka)
         .await
         .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
@@ -74,9 +123,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         None => kafka,
     };
     let kafka_address = kafka.local_addr()?;
+    let disk_free_limit_bytes = config.vhost.disk_free_limit_bytes;
+    let memory_high_watermark_bytes = config.vhost.memory_high_watermark_bytes;
     let vhost =
         VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
     vhost.start_housekeeping();
+    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle.clone());
     let amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
@@ -88,17 +140,67 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| a.local_addrs().iter().map(|a| a.to_string()).collect())
         .unwrap_or_default();
+    let http = match config.http_listen {
+        Some(address) => {
+            let mut listeners = vec![ListenerInfo {
+                protocol: "kafka".into(),
+                address: kafka_address.to_string(),
+            }];
+            listeners.extend(amqp_addresses.iter().map(|a| ListenerInfo {
+                protocol: "amqp".into(),
+                address: a.clone(),
+            }));
+            let api = HttpApi::new(HttpContext {
+                broker: broker.clone(),
+                vhost: vhost.clone(),
+                users: config.http_users,
+                metrics: Some(metrics_handle),
+                node: NodeInfo {
+                    node_id: broker.node_id(),
+                    host: advertised.0,
+                    kafka_port: advertised.1,
+                    is_self: true,
+                },
+                listeners,
+                disk_free_limit_bytes,
+                memory_high_watermark_bytes,
+            });
+            let server = HttpServer::bind(address, api.clone())
+                .await
+                .with_context(|| format!("binding the HTTP listener on {address}"))?;
+            Some((server, api))
+        }
+        None => None,
+    };
+    let http_address = match &http {
+        Some((server, _)) => server.local_addr()?.to_string(),
+        None => "off".to_string(),
+    };
     let data_dir_shown = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     tracing::info!(
         kafka = %kafka_address,
         amqp = %if amqp_addresses.is_empty() { "off".to_string() } else { amqp_addresses.join(",") },
+        http = %http_address,
         data_dir = %data_dir_shown.display(),
         "sluice is serving"
     );
 
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let amqp_task = amqp.map(|amqp| tokio::spawn(amqp.run(shutdown.clone())));
+    let http_api = http.as_ref().map(|(_, api)| api.clone());
+    let http_task = http.map(|(server, api)| {
+        api.start_sampling();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server.run(shutdown).await {
+                tracing::error!(%error, "the HTTP listener failed");
+            }
+        })
+    });
     let kafka_task = tokio::spawn(kafka.run(shutdown));
+    if let Some(api) = &http_api {
+        api.set_serving(true);
+    }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -106,10 +208,17 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    if let Some(api) = &http_api {
+        api.set_serving(false);
+    }
     let _ = shutdown_sender.send(true);
+    gauge_sampler.abort();
     let drained = async {
         let _ = kafka_task.await;
         if let Some(task) = amqp_task {
+            let _ = task.await;
+        }
+        if let Some(task) = http_task {
             let _ = task.await;
         }
     };

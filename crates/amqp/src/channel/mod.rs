@@ -96,6 +96,24 @@ pub(crate) struct Channel {
     last_queue: String,
     /// Single basic.acks read in one burst, applied together (`flush_acks`).
     pending_acks: Vec<u64>,
+    _counted: OpenChannel,
+}
+
+/// Counts the channel in `sluice_amqp_channels` for as long as it lives.
+struct OpenChannel(metrics::Gauge);
+
+impl OpenChannel {
+    fn new() -> OpenChannel {
+        let open = metrics::gauge!("sluice_amqp_channels");
+        open.increment(1.0);
+        OpenChannel(open)
+    }
+}
+
+impl Drop for OpenChannel {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl Channel {
@@ -128,6 +146,7 @@ impl Channel {
             confirms: None,
             last_queue: String::new(),
             pending_acks: Vec::new(),
+            _counted: OpenChannel::new(),
         }
     }
 

@@ -7,6 +7,13 @@ use tokio::sync::watch;
 
 use super::VirtualHost;
 
+/// The resource alarms that block publishers, as RabbitMQ's memory and disk alarms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceAlarms {
+    pub memory: bool,
+    pub disk: bool,
+}
+
 impl VirtualHost {
     pub(crate) fn memory_add(&self, bytes: i64) {
         let now = self.memory_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
@@ -21,9 +28,22 @@ impl VirtualHost {
         self.memory_bytes.load(Ordering::Acquire)
     }
 
+    /// Which resource alarms hold now: messages in memory over the high watermark, and free
+    /// disk under the limit (looked up now, with statvfs).
+    pub fn alarms(&self) -> ResourceAlarms {
+        ResourceAlarms {
+            memory: self.memory_blocked.load(Ordering::Acquire),
+            disk: self.disk_low(),
+        }
+    }
+
+    fn disk_low(&self) -> bool {
+        crate::disk_space(&self.config.data_dir)
+            .is_some_and(|space| space.usable_bytes < self.config.disk_free_limit_bytes)
+    }
+
     pub(super) fn update_alarm(&self) {
-        let disk_low = crate::disk_space(&self.config.data_dir)
-            .is_some_and(|space| space.usable_bytes < self.config.disk_free_limit_bytes);
+        let disk_low = self.disk_low();
         let reason = if self.memory_blocked.load(Ordering::Acquire) {
             Some("low on memory".to_string())
         } else if disk_low {

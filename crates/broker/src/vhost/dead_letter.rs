@@ -125,6 +125,8 @@ impl VirtualHost {
             }
             targets
         };
+        // Counted once per message republished to its dead-letter exchange, routed or not.
+        self.counters.dead_lettered.increment(1);
         // Durability of dead-lettered copies is the group commit's, not awaited by anyone.
         drop(self.deliver_to(targets, message));
     }

@@ -12,17 +12,19 @@
 //! holds: sessions release theirs before calling into queues, queues before dead-lettering.
 
 mod alarms;
+mod amqp_counters;
 mod dead_letter;
 mod definitions;
 mod definitions_saver;
 pub mod exchange;
 pub mod field_table;
 mod housekeeping;
+mod inspect;
 pub mod message;
 pub mod queue;
 mod queue_store;
 pub mod session;
-mod stream;
+pub(crate) mod stream;
 mod topology;
 
 use std::collections::HashMap;
@@ -34,9 +36,12 @@ use amq_protocol_types::FieldTable;
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
+pub use alarms::ResourceAlarms;
 pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
+pub use inspect::{ChannelSummary, QueueSummary};
 pub use message::{Message, MessageProperties};
+pub use queue::QueueStats;
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
 pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
@@ -126,7 +131,12 @@ pub struct VirtualHost {
     blocked: watch::Sender<Option<String>>,
     memory_blocked: AtomicBool,
     definitions: Arc<DefinitionsSaver>,
+    counters: amqp_counters::AmqpCounters,
     weak_self: Weak<VirtualHost>,
+    /// Messages published into the vhost (each counted once, however many queues it reached).
+    traffic: crate::TrafficCounters,
+    /// Every channel's session, for the HTTP API's channel list; dead ones are pruned there.
+    sessions: parking_lot::Mutex<Vec<Weak<Session>>>,
 }
 
 impl VirtualHost {
@@ -156,7 +166,10 @@ impl VirtualHost {
             blocked,
             memory_blocked: AtomicBool::new(false),
             definitions: DefinitionsSaver::new(Arc::clone(&storage), dir.clone()),
+            counters: amqp_counters::AmqpCounters::register(),
             weak_self: weak.clone(),
+            traffic: crate::TrafficCounters::default(),
+            sessions: parking_lot::Mutex::new(Vec::new()),
         });
         {
             let mut topology = vhost.topology.write();
@@ -218,6 +231,11 @@ impl VirtualHost {
         }
         remove_orphan_queue_dirs(storage.as_ref(), &dir, &vhost.topology.read().queue_dirs);
         Ok(vhost)
+    }
+
+    /// Every classic queue of the virtual host (not its streams, which are topics).
+    pub fn classic_queues(&self) -> Vec<Arc<Queue>> {
+        self.all_queues()
     }
 
     fn all_queues(&self) -> Vec<Arc<Queue>> {
@@ -738,10 +756,13 @@ impl VirtualHost {
                 message.properties.headers.as_ref(),
             )
         };
+        // Counted once accepted (routed or not); a publish to a missing exchange is not.
+        self.counters.published.increment(1);
         Ok(self.deliver_to(targets, message))
     }
 
     fn deliver_to(&self, targets: Targets, message: Message) -> PublishOutcome {
+        self.traffic.record_in(1, message.body.len() as u64);
         let mut outcome = PublishOutcome {
             routed: !targets.queues.is_empty() || !targets.streams.is_empty(),
             rejected: false,

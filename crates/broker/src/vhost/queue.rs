@@ -13,7 +13,7 @@
 //! RabbitMQ expires messages anyway): start-up does not read their records.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use amq_protocol_types::FieldTable;
@@ -300,6 +300,33 @@ pub struct Queue {
     vhost: Weak<VirtualHost>,
     /// One permit per message taken while the backlog is at or under `FLOW_HIGH`.
     drained: Notify,
+    counters: QueueCounters,
+}
+
+/// A queue's message counts since it was opened (for rates in the HTTP API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub published_total: u64,
+    pub delivered_total: u64,
+    pub delivered_bytes_total: u64,
+    /// Acknowledged, or rejected without requeue.
+    pub acked_total: u64,
+}
+
+#[derive(Debug, Default)]
+struct QueueCounters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    delivered_bytes: AtomicU64,
+    acked: AtomicU64,
+}
+
+impl QueueCounters {
+    fn delivered(&self, entry: &Entry) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.delivered_bytes
+            .fetch_add(entry.message.body.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// What publishing into one queue gave.
@@ -358,6 +385,7 @@ impl Queue {
             state: Mutex::new(state),
             vhost,
             drained: Notify::new(),
+            counters: QueueCounters::default(),
         })
     }
 
@@ -370,6 +398,15 @@ impl Queue {
     pub fn unacked_count(&self) -> usize {
         self.state.lock().unacked_count
     }
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            published_total: self.counters.published.load(Ordering::Relaxed),
+            delivered_total: self.counters.delivered.load(Ordering::Relaxed),
+            delivered_bytes_total: self.counters.delivered_bytes.load(Ordering::Relaxed),
+            acked_total: self.counters.acked.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
@@ -440,6 +477,7 @@ impl Queue {
                 self.settle_stored(&[&oldest]);
                 dead.push((oldest.message.as_ref().clone(), DeadLetterReason::MaxLen));
             }
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
             Enqueued::Accepted(durable)
         };
         self.dead_letter_all(dead);
@@ -520,6 +558,7 @@ impl Queue {
                 if let Some(offset) = entry.log_offset {
                     self.note_delivered(&mut state, offset);
                 }
+                self.counters.delivered(&entry);
                 if consumer.no_ack {
                     self.settle_stored(&[&entry]);
                     consumer.session.deliver(&consumer, self, entry, false);
@@ -668,6 +707,7 @@ impl Queue {
                 if let Some(offset) = entry.log_offset {
                     self.note_delivered(&mut state, offset);
                 }
+                self.counters.delivered(&entry);
                 if track_unacked {
                     self.track_unacked(&mut state, &entry);
                 } else {
@@ -686,6 +726,9 @@ impl Queue {
         entries: Vec<Entry>,
         dead_letter: Option<DeadLetterReason>,
     ) {
+        self.counters
+            .acked
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         {
             let mut state = self.state.lock();
             state.unacked_count = state.unacked_count.saturating_sub(entries.len());

@@ -228,6 +228,8 @@ impl QueueStore {
             retention_ms: -1,
             batch_bytes_max: message_bytes_max.saturating_add(64 << 10),
             durability: Durability::Batch,
+            // Queues are consumed in order, never queried by key.
+            key_index: false,
             ..LogConfig::default()
         };
         let settles_config = LogConfig {
@@ -235,6 +237,7 @@ impl QueueStore {
             retention_bytes: -1,
             retention_ms: -1,
             durability: Durability::Never,
+            key_index: false,
             ..LogConfig::default()
         };
         let messages = Arc::new(PartitionLog::open_with(

@@ -126,7 +126,7 @@ impl Session {
         user: String,
         sink: Arc<dyn DeliverySink>,
     ) -> Arc<Session> {
-        Arc::new(Session {
+        let session = Arc::new(Session {
             connection,
             channel,
             user,
@@ -140,7 +140,25 @@ impl Session {
                 next_tag: 1,
                 ..SessionState::default()
             }),
-        })
+        });
+        session.vhost.register_session(&session);
+        session
+    }
+
+    /// The channel as the HTTP API lists it.
+    pub fn summary(&self) -> super::ChannelSummary {
+        let state = self.state.lock();
+        super::ChannelSummary {
+            connection: self.connection,
+            channel: self.channel,
+            user: self.user.clone(),
+            consumers: state.consumers.len() as u64,
+            unacked: state.unacked.len() as u64,
+            prefetch_count: self.consumer_prefetch.load(Ordering::Acquire),
+            global_prefetch_count: self.global_prefetch.load(Ordering::Acquire),
+            in_transaction: state.transaction.is_some(),
+            closed: state.closed,
+        }
     }
 
     pub fn vhost(&self) -> &Arc<VirtualHost> {
@@ -193,6 +211,7 @@ impl Session {
     ) -> u64 {
         let tag = state.next_tag;
         state.next_tag += 1;
+        self.vhost.counters.delivered(redelivered);
         self.sink.deliver(
             self.channel,
             Delivery {
@@ -338,6 +357,7 @@ impl Session {
         let mut state = self.state.lock();
         let tag = state.next_tag;
         state.next_tag += 1;
+        self.vhost.counters.delivered(entry.redelivered);
         let result = Got {
             delivery_tag: tag,
             redelivered: entry.redelivered,
@@ -432,6 +452,9 @@ impl Session {
 
     /// Returns credit for settled deliveries and applies `how` to them, queue by queue.
     fn release(&self, taken: Vec<Unacked>, how: Settle) {
+        if how == Settle::Ack {
+            self.vhost.counters.acked.increment(taken.len() as u64);
+        }
         let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
         for unacked in taken {
             if let Some(consumer) = &unacked.consumer {

@@ -167,11 +167,12 @@ impl StreamQueue {
                     Ok(records) => records,
                     Err(error) => {
                         return Err(VhostError::PreconditionFailed(format!(
-                            "cannot read topic '{}' partition {index} at {}: {error} (compressed batches are not readable over AMQP)",
+                            "cannot read topic '{}' partition {index} at {}: {error}",
                             self.name, positions[index]
                         )))
                     }
                 };
+                let (mut delivered_records, mut delivered_bytes) = (0u64, 0u64);
                 for record in records {
                     if record.offset < positions[index] {
                         continue;
@@ -180,6 +181,8 @@ impl StreamQueue {
                         out_of_credit = true;
                         break;
                     }
+                    delivered_records += 1;
+                    delivered_bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
                     let offset = record.offset;
                     let mut message = Message::from_record(record);
                     let headers = message
@@ -195,6 +198,7 @@ impl StreamQueue {
                     positions[index] = offset + 1;
                     delivered_any = true;
                 }
+                partition.count_fetched_records(delivered_records, delivered_bytes);
                 if out_of_credit {
                     break;
                 }
@@ -213,7 +217,7 @@ impl StreamQueue {
 
 /// Kafka's murmur2 (the Java client's default partitioner hash), so that a routing key and the
 /// same Kafka record key land in the same partition.
-fn murmur2(data: &[u8]) -> u32 {
+pub(crate) fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;

@@ -134,11 +134,15 @@ fn record_bytes(response: &FetchResponse) -> Vec<usize> {
 async fn fetch_once(context: RequestContext, request: RequestKind) -> FetchResponse {
     let mut context = Arc::new(context);
     let frame = framed(ApiKey::Fetch, FETCH_VERSION, 1, &request);
-    let response = start_request(&mut context, frame.slice(4..))
-        .expect("starts")
-        .await
-        .expect("answered")
-        .expect("a response");
+    let response = start_request(
+        &mut context,
+        &mut RequestMetrics::default(),
+        frame.slice(4..),
+    )
+    .expect("starts")
+    .await
+    .expect("answered")
+    .expect("a response");
     decode_fetch(&response.bytes[4..])
 }
 
@@ -403,7 +407,7 @@ async fn init_producer_id(
             .with_producer_epoch(claimed.1),
     );
     let frame = framed(ApiKey::InitProducerId, version, 3, &request);
-    let response = start_request(context, frame.slice(4..))
+    let response = start_request(context, &mut RequestMetrics::default(), frame.slice(4..))
         .expect("starts")
         .await
         .expect("answered")

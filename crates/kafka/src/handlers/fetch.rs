@@ -108,6 +108,8 @@ pub async fn fetch(
 
         let mut bytes_total = 0usize;
         let mut any_error = false;
+        // What this pass read, counted only if this pass answers (a long poll reads again).
+        let mut fetched_from: Vec<(&Partition, bytes::Bytes)> = Vec::new();
         let mut responses = Vec::with_capacity(targets.len());
         for target in &targets {
             let topic_name = &target.name;
@@ -138,6 +140,7 @@ pub async fn fetch(
                     }
                     Ok(fetched) => {
                         bytes_total += fetched.records.len();
+                        fetched_from.push((partition, fetched.records.clone()));
                         partition_responses.push(
                             PartitionData::default()
                                 .with_partition_index(*index)
@@ -171,6 +174,9 @@ pub async fn fetch(
         if bytes_total >= min_bytes || any_error || now >= deadline || targets.is_empty() {
             if let (Some(memory), Some(reserved)) = (&ctx.response_memory, reserved) {
                 hold.memory = Some(memory.fit(reserved, bytes_total));
+            }
+            for (partition, records) in &fetched_from {
+                partition.count_fetched(records);
             }
             return (FetchResponse::default().with_responses(responses), hold);
         }

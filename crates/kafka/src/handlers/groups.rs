@@ -29,6 +29,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use sluice_broker::gauge_sampler::record_committed_lag;
 use sluice_broker::group_coordinator::{
     GroupProtocol, JoinGroupParams, MemberIdentity, OffsetAndMetadata, SyncGroupParams,
     TopicPartition,
@@ -344,6 +345,10 @@ pub async fn offset_commit(
         errors.push(topic_errors);
     }
     if !offsets.is_empty() {
+        let committed_offsets: Vec<(TopicPartition, i64)> = offsets
+            .iter()
+            .map(|(partition, offset)| (partition.clone(), offset.offset))
+            .collect();
         let committed = ctx
             .broker
             .group_coordinator()
@@ -359,6 +364,15 @@ pub async fn offset_commit(
                 offsets,
             )
             .await;
+        if let Ok(results) = &committed {
+            let stored: Vec<(TopicPartition, i64)> = committed_offsets
+                .into_iter()
+                .zip(results)
+                .filter(|(_, result)| result.is_ok())
+                .map(|(offset, _)| offset)
+                .collect();
+            record_committed_lag(&ctx.broker, &request.group_id, &stored);
+        }
         for (position, (topic_index, partition_index)) in positions.into_iter().enumerate() {
             let error_code = match &committed {
                 Ok(results) => results.get(position).map(code).unwrap_or_default(),

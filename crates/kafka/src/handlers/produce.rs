@@ -12,12 +12,18 @@ use sluice_broker::{Acks, BrokerError};
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
+/// Histogram of a produce request's arrival to its acknowledgement (acks 1 and all; with
+/// `fsync=batch`, that is after the group-committed fdatasync).
+pub(crate) const PRODUCE_DURABLE_METRIC: &str = "sluice_produce_durable_seconds";
+
 /// `None` for acks=0: the client expects no response.
 pub async fn produce(
     ctx: &RequestContext,
     version: i16,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
+    // The request's frame was read just before this first poll: close enough to its arrival.
+    let arrived = std::time::Instant::now();
     let acks = match request.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
@@ -77,6 +83,7 @@ pub async fn produce(
     if acks == Some(Acks::None) {
         return None;
     }
+    metrics::histogram!(PRODUCE_DURABLE_METRIC).record(arrived.elapsed());
     let mut response = ProduceResponse::default().with_responses(responses);
     if version < 8 {
         for topic in &mut response.responses {

@@ -73,6 +73,13 @@ pub trait Storage: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
 
+    /// Whether the log may do deferrable work (merging a rolled segment's key index) on a
+    /// background thread. A deterministic simulated disk says no: seeded replays need every
+    /// file operation in program order, so that work then runs inline.
+    fn allows_background_work(&self) -> bool {
+        true
+    }
+
     /// Creates `dir` and its missing parents, and fsyncs the parent of each one created
     /// (innermost first), so the new directories survive a power cut.
     fn create_dir_all_durable(&self, dir: &Path) -> io::Result<()> {

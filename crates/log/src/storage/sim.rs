@@ -416,6 +416,11 @@ impl StorageFile for SimFile {
 }
 
 impl Storage for SimDisk {
+    /// Replays are deterministic only with every file operation in program order.
+    fn allows_background_work(&self) -> bool {
+        false
+    }
+
     fn create_dir_all(&self, dir: &Path) -> io::Result<usize> {
         let mut state = self.state.lock();
         if state.dir_exists(dir) {

@@ -1,0 +1,405 @@
+//! Consumer groups: list, describe with lag, delete, reset offsets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::ConsumerProtocolAssignment;
+use kafka_protocol::protocol::Decodable;
+use sluice_broker::group_coordinator::{
+    GroupDescription, MemberDescription, OffsetAndMetadata, TopicPartition,
+};
+use sluice_broker::{now_ms, BrokerError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath};
+use crate::model::{
+    ErrorBody, GroupDetail, GroupMember, GroupPartitionOffset, GroupSummary, OffsetResetPlan,
+    ResetOffsetsRequest, ResetOffsetsResponse, ResetStrategy, TopicPartitionRef,
+};
+use crate::AppState;
+
+/// Every group with members or committed offsets.
+#[utoipa::path(get, path = "/api/groups", tag = "groups", security(("basic" = [])),
+    responses(
+        (status = 200, description = "Groups, by id", body = Vec<GroupSummary>),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+pub async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupSummary>> {
+    let coordinator = state.context.broker.group_coordinator();
+    let groups = coordinator
+        .list_groups()
+        .into_iter()
+        .map(|overview| {
+            let description = coordinator.describe_group(&overview.group_id);
+            GroupSummary {
+                group_id: overview.group_id,
+                state: description.state.name().to_string(),
+                protocol_type: description.protocol_type,
+                protocol: description.protocol_name,
+                members: description.members.len() as u64,
+            }
+        })
+        .collect();
+    Json(groups)
+}
+
+/// The consumer protocol's assignment bytes as topic-partitions (empty if not that protocol).
+fn decode_assignment(assignment: &Bytes) -> Vec<TopicPartitionRef> {
+    let mut buf = assignment.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16();
+    // The consumer protocol's versions; others are not ours to guess.
+    if !(0..=3).contains(&version) {
+        return Vec::new();
+    }
+    match ConsumerProtocolAssignment::decode(&mut buf, version) {
+        Ok(decoded) => decoded
+            .assigned_partitions
+            .into_iter()
+            .flat_map(|topic| {
+                let name = topic.topic.to_string();
+                topic
+                    .partitions
+                    .into_iter()
+                    .map(move |partition| TopicPartitionRef {
+                        topic: name.clone(),
+                        partition,
+                    })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn member(description: &MemberDescription) -> GroupMember {
+    let assignments = if description.assignment.is_empty() {
+        Vec::new()
+    } else {
+        decode_assignment(&description.assignment)
+    };
+    GroupMember {
+        member_id: description.member_id.clone(),
+        group_instance_id: description.group_instance_id.clone(),
+        client_id: description.client_id.clone(),
+        client_host: description.client_host.clone(),
+        assignments,
+    }
+}
+
+/// The group, or 404 when it has neither members nor offsets.
+fn group_or_404(state: &AppState, group_id: &str) -> ApiResult<GroupDescription> {
+    let description = state
+        .context
+        .broker
+        .group_coordinator()
+        .describe_group(group_id);
+    if description.state == sluice_broker::group_coordinator::GroupState::Dead {
+        return Err(ApiError::NotFound(format!("unknown group '{group_id}'")));
+    }
+    Ok(description)
+}
+
+/// Members with their assignments, and per partition the committed offset, log end and lag.
+#[utoipa::path(get, path = "/api/groups/{group}", tag = "groups", security(("basic" = [])),
+    params(("group" = String, Path, description = "Group id")),
+    responses(
+        (status = 200, description = "The group", body = GroupDetail),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody)))]
+pub async fn describe_group(
+    State(state): State<Arc<AppState>>,
+    ApiPath(group_id): ApiPath<String>,
+) -> ApiResult<Json<GroupDetail>> {
+    let description = group_or_404(&state, &group_id)?;
+    let members: Vec<GroupMember> = description.members.iter().map(member).collect();
+    let mut owners: BTreeMap<(String, i32), String> = BTreeMap::new();
+    for member in &members {
+        for assigned in &member.assignments {
+            owners.insert(
+                (assigned.topic.clone(), assigned.partition),
+                member.member_id.clone(),
+            );
+        }
+    }
+    let mut committed: BTreeMap<(String, i32), Option<OffsetAndMetadata>> = state
+        .context
+        .broker
+        .group_coordinator()
+        .fetch_offsets(&group_id, None)
+        .into_iter()
+        .map(|(tp, offset)| ((tp.topic, tp.partition), offset))
+        .collect();
+    for key in owners.keys() {
+        committed.entry(key.clone()).or_insert(None);
+    }
+    let broker = &state.context.broker;
+    let offsets: Vec<GroupPartitionOffset> = committed
+        .into_iter()
+        .map(|((topic, partition), offset)| {
+            let (log_end_offset, high_watermark) = broker
+                .partition(&topic, partition)
+                .map_or((-1, -1), |p| (p.log_end_offset(), p.high_watermark()));
+            let committed_offset = offset.as_ref().map(|o| o.offset);
+            GroupPartitionOffset {
+                lag: committed_offset
+                    .filter(|_| high_watermark >= 0)
+                    .map(|c| (high_watermark - c).max(0)),
+                member_id: owners.get(&(topic.clone(), partition)).cloned(),
+                metadata: offset.map(|o| o.metadata),
+                topic,
+                partition,
+                committed_offset,
+                log_end_offset,
+                high_watermark,
+            }
+        })
+        .collect();
+    Ok(Json(GroupDetail {
+        total_lag: offsets.iter().filter_map(|o| o.lag).sum(),
+        group_id,
+        state: description.state.name().to_string(),
+        protocol_type: description.protocol_type,
+        protocol: description.protocol_name,
+        members,
+        offsets,
+    }))
+}
+
+/// Deletes a group without members and its committed offsets (409 while it has members).
+#[utoipa::path(delete, path = "/api/groups/{group}", tag = "groups", security(("basic" = [])),
+    params(("group" = String, Path, description = "Group id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+        (status = 409, description = "The group has members", body = ErrorBody)))]
+pub async fn delete_group(
+    State(state): State<Arc<AppState>>,
+    ApiPath(group_id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .context
+        .broker
+        .group_coordinator()
+        .delete_group(&group_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Moves the group's committed offsets (to earliest, latest, a timestamp, an offset or by a
+/// shift), as `kafka-consumer-groups --reset-offsets`; refused with 409 while the group has
+/// members. With `dry_run` only the plan is returned.
+#[utoipa::path(post, path = "/api/groups/{group}/reset-offsets", tag = "groups", security(("basic" = [])),
+    params(("group" = String, Path, description = "Group id")),
+    request_body = ResetOffsetsRequest,
+    responses(
+        (status = 200, description = "The offsets before and after (the plan with dry_run)", body = ResetOffsetsResponse),
+        (status = 400, description = "Missing or invalid parameter", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 404, description = "No such topic or partition, or a group without offsets and no topic named", body = ErrorBody),
+        (status = 409, description = "The group has members", body = ErrorBody)))]
+pub async fn reset_offsets(
+    State(state): State<Arc<AppState>>,
+    ApiPath(group_id): ApiPath<String>,
+    ApiJson(request): ApiJson<ResetOffsetsRequest>,
+) -> ApiResult<Json<ResetOffsetsResponse>> {
+    if group_id.is_empty() {
+        return Err(ApiError::BadRequest("empty group id".into()));
+    }
+    let coordinator = Arc::clone(state.context.broker.group_coordinator());
+    let description = coordinator.describe_group(&group_id);
+    if !description.members.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "group '{group_id}' has {} active members ({}): offsets can only be reset while it has none",
+            description.members.len(),
+            description.state.name()
+        )));
+    }
+    let target = ResetTarget::from_request(&request)?;
+    let broker = Arc::clone(&state.context.broker);
+    let committed: BTreeMap<TopicPartition, i64> = coordinator
+        .fetch_offsets(&group_id, None)
+        .into_iter()
+        .filter_map(|(tp, offset)| offset.map(|o| (tp, o.offset)))
+        .collect();
+    let selected: Vec<TopicPartition> = match &request.topic {
+        Some(topic_name) => {
+            let topic = broker
+                .topic(topic_name)
+                .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{topic_name}'")))?;
+            let indexes: Vec<i32> = match &request.partitions {
+                Some(list) => list.clone(),
+                None => (0..topic.partition_count()).collect(),
+            };
+            let mut selected = Vec::with_capacity(indexes.len());
+            for index in indexes {
+                if topic.partition(index).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "topic '{topic_name}' has no partition {index}"
+                    )));
+                }
+                selected.push(TopicPartition {
+                    topic: topic_name.clone(),
+                    partition: index,
+                });
+            }
+            selected
+        }
+        None if request.partitions.is_some() => {
+            return Err(ApiError::BadRequest("partitions need a topic".into()))
+        }
+        None if committed.is_empty() => {
+            return Err(ApiError::NotFound(format!(
+                "group '{group_id}' has no committed offsets: name a topic to reset"
+            )))
+        }
+        // Only partitions that still exist.
+        None => committed
+            .keys()
+            .filter(|tp| broker.partition(&tp.topic, tp.partition).is_ok())
+            .cloned()
+            .collect(),
+    };
+    // Timestamp lookups read the time index: off the async workers.
+    let plan = tokio::task::spawn_blocking(move || {
+        selected
+            .into_iter()
+            .map(|tp| {
+                let partition = broker.partition(&tp.topic, tp.partition)?;
+                let previous = committed.get(&tp).copied();
+                let new_offset = target.offset_for(&partition, previous)?;
+                Ok(OffsetResetPlan {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    previous_offset: previous,
+                    new_offset,
+                })
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("reset offsets task: {error}")))??;
+    if !request.dry_run && !plan.is_empty() {
+        let now = now_ms();
+        let offsets = plan
+            .iter()
+            .map(|p| {
+                (
+                    TopicPartition {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                    },
+                    OffsetAndMetadata {
+                        offset: p.new_offset,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                        commit_timestamp_ms: now,
+                    },
+                )
+            })
+            .collect();
+        // As an admin tool: no member id and generation -1, which the coordinator refuses
+        // for a group that gained members since the check above.
+        let results = coordinator
+            .commit_offsets(&group_id, "", None, -1, offsets)
+            .await?;
+        if let Some(Err(error)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(error.into());
+        }
+    }
+    Ok(Json(ResetOffsetsResponse {
+        group_id,
+        dry_run: request.dry_run,
+        partitions: plan,
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ResetTarget {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+    Offset(i64),
+    Shift(i64),
+}
+
+impl ResetTarget {
+    fn from_request(request: &ResetOffsetsRequest) -> ApiResult<ResetTarget> {
+        let missing = |field: &str| {
+            ApiError::BadRequest(format!("strategy {:?} needs '{field}'", request.strategy))
+        };
+        Ok(match request.strategy {
+            ResetStrategy::Earliest => ResetTarget::Earliest,
+            ResetStrategy::Latest => ResetTarget::Latest,
+            ResetStrategy::Timestamp => ResetTarget::Timestamp(
+                request
+                    .timestamp_ms
+                    .ok_or_else(|| missing("timestamp_ms"))?,
+            ),
+            ResetStrategy::Offset => {
+                ResetTarget::Offset(request.offset.ok_or_else(|| missing("offset"))?)
+            }
+            ResetStrategy::Shift => {
+                ResetTarget::Shift(request.shift.ok_or_else(|| missing("shift"))?)
+            }
+        })
+    }
+
+    /// The new offset for one partition, always within [log start, high watermark] as
+    /// Kafka's tool clamps it.
+    fn offset_for(
+        self,
+        partition: &sluice_broker::Partition,
+        previous: Option<i64>,
+    ) -> Result<i64, BrokerError> {
+        let start = partition.log_start_offset();
+        let end = partition.high_watermark();
+        let wanted = match self {
+            ResetTarget::Earliest => start,
+            ResetTarget::Latest => end,
+            ResetTarget::Timestamp(timestamp) => partition
+                .log()
+                .offset_for_timestamp(timestamp)?
+                .map_or(end, |(offset, _)| offset),
+            ResetTarget::Offset(offset) => offset,
+            // Without a committed offset the shift starts from the log start.
+            ResetTarget::Shift(shift) => previous.unwrap_or(start).saturating_add(shift),
+        };
+        Ok(wanted.clamp(start, end.max(start)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    #[test]
+    fn consumer_protocol_assignments_decode_and_garbage_gives_none() {
+        let mut assignment = ConsumerProtocolAssignment::default();
+        let mut topic = AssignedTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str("orders"));
+        topic.partitions = vec![0, 2];
+        assignment.assigned_partitions = vec![topic];
+        let mut bytes = bytes::BytesMut::new();
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        assignment.encode(&mut bytes, 1).expect("encode");
+        let decoded = decode_assignment(&bytes.freeze());
+        let pairs: Vec<(String, i32)> = decoded
+            .into_iter()
+            .map(|t| (t.topic, t.partition))
+            .collect();
+        assert_eq!(pairs, vec![("orders".into(), 0), ("orders".into(), 2)]);
+        assert!(decode_assignment(&Bytes::from_static(&[0, 1, 0xff, 0xff, 0xff])).is_empty());
+        assert!(decode_assignment(&Bytes::from_static(&[0x7f, 0x7f])).is_empty());
+    }
+}

@@ -1,0 +1,207 @@
+//! The router in process (no socket): authentication, the JSON error shape, and the OpenAPI
+//! document covering every route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use base64::Engine;
+use http_body_util::BodyExt;
+use sluice_broker::vhost::{VhostConfig, VirtualHost};
+use sluice_broker::{Broker, BrokerConfig};
+use sluice_http::model::NodeInfo;
+use sluice_http::{HttpApi, HttpContext, HttpUser};
+use tower::ServiceExt;
+
+fn users() -> Vec<HttpUser> {
+    vec![
+        HttpUser {
+            name: "guest".into(),
+            password: "guest".into(),
+            administrator: true,
+            loopback_only: true,
+        },
+        HttpUser {
+            name: "reader".into(),
+            password: "pw".into(),
+            administrator: false,
+            loopback_only: false,
+        },
+    ]
+}
+
+fn api(dir: &std::path::Path) -> HttpApi {
+    let broker = Broker::open(BrokerConfig::new(dir.to_path_buf())).expect("broker");
+    let vhost = VirtualHost::open(
+        VhostConfig {
+            data_dir: dir.to_path_buf(),
+            message_bytes_max: 1 << 20,
+            memory_high_watermark_bytes: 1 << 30,
+            disk_free_limit_bytes: 0,
+        },
+        Arc::clone(&broker),
+    )
+    .expect("vhost");
+    HttpApi::new(HttpContext {
+        broker,
+        vhost,
+        users: users(),
+        metrics: None,
+        node: NodeInfo {
+            node_id: 0,
+            host: "127.0.0.1".into(),
+            kafka_port: 9092,
+            is_self: true,
+        },
+        listeners: Vec::new(),
+        disk_free_limit_bytes: 0,
+        memory_high_watermark_bytes: 1 << 30,
+    })
+}
+
+fn from(router: Router, peer: &str) -> Router {
+    router.layer(MockConnectInfo(
+        peer.parse::<SocketAddr>().expect("address"),
+    ))
+}
+
+fn request(method: &str, path: &str, credentials: Option<&str>, body: &str) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(credentials) = credentials {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        builder = builder.header(header::AUTHORIZATION, format!("Basic {encoded}"));
+    }
+    builder.body(Body::from(body.to_string())).expect("request")
+}
+
+async fn call(router: &Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = router.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_works_from_loopback_only_and_readers_cannot_mutate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = api(dir.path());
+    let local = from(api.router(), "127.0.0.1:40000");
+    let remote = from(api.router(), "192.0.2.10:40000");
+
+    let (status, _) = call(
+        &local,
+        request("GET", "/api/topics", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = remote
+        .clone()
+        .oneshot(request("GET", "/api/topics", Some("guest:guest"), ""))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+
+    let (status, _) = call(
+        &remote,
+        request("GET", "/api/topics", Some("reader:pw"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(
+        &remote,
+        request("POST", "/api/topics", Some("reader:pw"), r#"{"name":"t"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "forbidden");
+    let (status, _) = call(
+        &local,
+        request(
+            "POST",
+            "/api/topics",
+            Some("guest:guest"),
+            r#"{"name":"t"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Public endpoints need no credentials, from anywhere.
+    for path in ["/api/health", "/metrics", "/api/openapi.json"] {
+        let (status, _) = call(&remote, request("GET", path, None, "")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_a_json_400_never_a_server_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = from(api(dir.path()).router(), "127.0.0.1:40000");
+    for (method, path, body) in [
+        ("POST", "/api/topics", "{"),
+        ("POST", "/api/topics", r#"{"name": 5}"#),
+        ("POST", "/api/topics", r#"{"name": "x", "unknown": true}"#),
+        ("GET", "/api/topics/x/messages?offset=minus", ""),
+        (
+            "POST",
+            "/api/groups/g/reset-offsets",
+            r#"{"strategy": "back"}"#,
+        ),
+        (
+            "POST",
+            "/api/exchanges",
+            r#"{"name": "e", "type": "direct", "arguments": {"k": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}}"#,
+        ),
+    ] {
+        let (status, body) = call(&local, request(method, path, Some("guest:guest"), body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert_eq!(body["error"], "bad_request", "{method} {path}");
+        assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    let (status, body) = call(&local, request("GET", "/api/nope", None, "")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[test]
+fn the_openapi_document_describes_every_route_with_its_security() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let document = api(dir.path()).openapi();
+    let json = serde_json::to_value(&document).expect("json");
+    let paths = json["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            let public = ["/api/health", "/metrics", "/api/openapi.json"].contains(&path.as_str());
+            assert_eq!(
+                operation.get("security").is_none(),
+                public,
+                "{method} {path}: security declared iff credentials are needed"
+            );
+            assert!(operation["responses"]
+                .as_object()
+                .is_some_and(|r| !r.is_empty()));
+        }
+    }
+    operations.sort();
+    assert_eq!(operations.len(), 33, "{operations:#?}");
+    assert!(json["components"]["securitySchemes"]["basic"].is_object());
+}

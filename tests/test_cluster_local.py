@@ -266,6 +266,8 @@ def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_f
             if len(processed) % 10 == 0:
                 for tp in first.commit(asynchronous=False):
                     assert tp.error is None, tp.error
+                    if tp.offset < 0:
+                        continue  # assigned, nothing consumed yet
                     assert tp.offset >= acknowledged.get(tp.partition, 0), "commit went back"
                     acknowledged[tp.partition] = tp.offset
         assert len(processed) >= total // 2, f"only {len(processed)} consumed"
@@ -312,6 +314,8 @@ def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_f
                 (partition, first_offsets, acknowledged)
         for tp in second.commit(asynchronous=False):
             assert tp.error is None, tp.error
+            if tp.offset < 0:
+                continue
             assert tp.offset >= acknowledged.get(tp.partition, 0), "commit went back"
     finally:
         second.close()

@@ -2,7 +2,8 @@
 --peers): an RF=3 topic takes acks=all idempotent writes from confluent-kafka while the leader
 of a partition is killed with SIGKILL and later restarted. Nothing acknowledged may be lost or
 duplicated, every acknowledged record must be at its acknowledged offset, and after the restart
-every node must report the same leaders, with the leader's ISR back to all three replicas."""
+every node must report the same leaders, with the leader's ISR back to all three replicas.
+A consumer group's acknowledged commits survive a SIGKILL of its coordinator."""
 
 import threading
 import time
@@ -206,3 +207,115 @@ def test_topic_configs_and_offsets_for_leader_epoch_through_the_cluster(broker_f
         assert len(got) == 30
     finally:
         consumer.close()
+
+
+def agreed_controller(nodes, timeout_s, exclude=()):
+    """The node every live node names as controller (the metadata leader, which coordinates
+    every consumer group)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            views = [AdminClient({"bootstrap.servers": n.bootstrap}).list_topics(timeout=5).controller_id
+                     for i, n in enumerate(nodes) if i + 1 not in exclude]
+            if views and all(v == views[0] for v in views) and views[0] > 0 \
+                    and views[0] not in exclude:
+                return views[0]
+            last = views
+        except KafkaException as error:
+            last = error
+        time.sleep(0.2)
+    pytest.fail(f"the nodes did not agree on a controller in {timeout_s}s: {last}")
+
+
+def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_factory):
+    group = "resumers"
+    total = 300
+    nodes = start_cluster(broker_factory)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3)])[TOPIC].result(timeout=30)
+    wait_for_agreement(nodes, HEAL_TIMEOUT_S)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+    for i in range(total):
+        producer.produce(TOPIC, value=f"v{i}".encode(), partition=i % PARTITIONS)
+    assert producer.flush(30) == 0
+
+    consumer_config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "topic.metadata.refresh.interval.ms": 1000,
+    }
+    # The first member processes half and commits synchronously: every acknowledged commit
+    # is recorded, per partition the next offset to process.
+    acknowledged = {}
+    processed = set()
+    first = Consumer(consumer_config)
+    try:
+        first.subscribe([TOPIC])
+        deadline = time.monotonic() + 60
+        while len(processed) < total // 2 and time.monotonic() < deadline:
+            message = first.poll(0.5)
+            if message is None or message.error():
+                continue
+            processed.add(message.value().decode())
+            if len(processed) % 10 == 0:
+                for tp in first.commit(asynchronous=False):
+                    assert tp.error is None, tp.error
+                    if tp.offset < 0:
+                        continue  # assigned, nothing consumed yet
+                    assert tp.offset >= acknowledged.get(tp.partition, 0), "commit went back"
+                    acknowledged[tp.partition] = tp.offset
+        assert len(processed) >= total // 2, f"only {len(processed)} consumed"
+    finally:
+        first.close()
+    assert acknowledged, "nothing committed"
+
+    coordinator = agreed_controller(nodes, HEAL_TIMEOUT_S)
+    nodes[coordinator - 1].kill9()
+    new_coordinator = agreed_controller(nodes, HEAL_TIMEOUT_S, exclude=(coordinator,))
+    assert new_coordinator != coordinator
+
+    # The next member of the group finds every acknowledged commit on the new coordinator and
+    # starts each partition from there: nothing goes back, nothing is skipped.
+    second = Consumer(consumer_config)
+    try:
+        partitions = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+        deadline = time.monotonic() + 60
+        committed = None
+        while time.monotonic() < deadline:
+            try:
+                committed = {tp.partition: tp.offset for tp in second.committed(partitions, timeout=10)}
+                break
+            except KafkaException:
+                time.sleep(0.5)
+        assert committed is not None, "OffsetFetch never answered after the failover"
+        for partition, offset in acknowledged.items():
+            assert committed[partition] == offset, (partition, committed, acknowledged)
+
+        second.subscribe([TOPIC])
+        first_offsets = {}
+        remaining = set(f"v{i}" for i in range(total)) - processed
+        deadline = time.monotonic() + 90
+        while remaining and time.monotonic() < deadline:
+            message = second.poll(0.5)
+            if message is None or message.error():
+                continue
+            first_offsets.setdefault(message.partition(), message.offset())
+            remaining.discard(message.value().decode())
+        assert not remaining, f"{len(remaining)} records never processed, e.g. {sorted(remaining)[:5]}"
+        # (At or after: Raft's control batches, which clients skip, may sit at the offset.)
+        for partition, offset in acknowledged.items():
+            assert first_offsets.get(partition, offset) >= offset, \
+                (partition, first_offsets, acknowledged)
+        for tp in second.commit(asynchronous=False):
+            assert tp.error is None, tp.error
+            if tp.offset < 0:
+                continue
+            assert tp.offset >= acknowledged.get(tp.partition, 0), "commit went back"
+    finally:
+        second.close()

@@ -351,6 +351,36 @@ impl GroupCoordinator {
         generation_id: i32,
         offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
     ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        let results = self.validate_commit(
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+            &offsets,
+        )?;
+        let accepted: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(offset, _)| offset)
+            .collect();
+        if !accepted.is_empty() {
+            self.offsets.commit(group_id, &accepted).await?;
+        }
+        Ok(results)
+    }
+
+    /// OffsetCommit's checks without the write: the committer against the group (the outer
+    /// error), and each offset's metadata size (one result per offset, in order). Cluster mode
+    /// stores the accepted offsets through the metadata group instead of the local store.
+    pub fn validate_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
         {
             let mut groups = self.groups.lock();
             match groups.get_mut(group_id) {
@@ -366,7 +396,7 @@ impl GroupCoordinator {
                 None => return Err(GroupError::IllegalGeneration),
             }
         }
-        let results: Vec<Result<(), GroupError>> = offsets
+        Ok(offsets
             .iter()
             .map(|(_, offset)| {
                 if offset.metadata.len() > OFFSET_METADATA_BYTES_MAX {
@@ -375,17 +405,7 @@ impl GroupCoordinator {
                     Ok(())
                 }
             })
-            .collect();
-        let accepted: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
-            .into_iter()
-            .zip(&results)
-            .filter(|(_, result)| result.is_ok())
-            .map(|(offset, _)| offset)
-            .collect();
-        if !accepted.is_empty() {
-            self.offsets.commit(group_id, &accepted).await?;
-        }
-        Ok(results)
+            .collect())
     }
 
     /// OffsetFetch: the committed offset of each partition (`None` if never committed), or of

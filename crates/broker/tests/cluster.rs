@@ -2,7 +2,8 @@
 //! `ClusterBroker`: an RF=3 topic is created through the metadata group, acks=all produce on
 //! the Raft leader, NOT_LEADER on a follower, the leader is stopped and another takes over
 //! within seconds, every acknowledged batch is still there at the same offsets on every
-//! replica, and an idempotent retry sent to the new leader is not written twice.
+//! replica, and an idempotent retry sent to the new leader is not written twice. Committed
+//! consumer offsets survive the coordinator (the metadata leader).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use sluice_broker::replication::{ClusterBroker, Replica, ReplicationError};
-use sluice_broker::{Broker, BrokerConfig, BrokerError};
+use sluice_broker::{Broker, BrokerConfig, BrokerError, GroupError};
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_cluster::NodeId;
 use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder};
@@ -329,6 +331,166 @@ async fn acknowledged_batches_survive_the_leader_and_retries_are_not_duplicated(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for node_id in [1, 2, 3] {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// Waits until every running node names the same running node as metadata leader (the
+/// coordinator of every consumer group).
+async fn metadata_leader(cluster: &Cluster) -> NodeId {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let views: Vec<Option<NodeId>> = cluster
+            .nodes
+            .values()
+            .map(|n| n.cluster.controller())
+            .collect();
+        if let Some(Some(leader)) = views.first() {
+            if views.iter().all(|v| *v == Some(*leader)) && cluster.nodes.contains_key(leader) {
+                return *leader;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed metadata leader: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn offset(value: i64, metadata: &str) -> OffsetAndMetadata {
+    OffsetAndMetadata {
+        offset: value,
+        leader_epoch: 3,
+        metadata: metadata.to_string(),
+        commit_timestamp_ms: 1_000,
+    }
+}
+
+fn partition(index: i32) -> TopicPartition {
+    TopicPartition {
+        topic: TOPIC.to_string(),
+        partition: index,
+    }
+}
+
+/// Offsets a node returns for partitions 0 and 1 of the group.
+async fn fetched(node: &ClusterBroker, group: &str) -> Vec<Option<i64>> {
+    node.fetch_offsets(group, Some(&[partition(0), partition(1)]))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| o.map(|o| o.offset))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn committed_offsets_survive_the_coordinator() {
+    let mut cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 3 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 2, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+
+    let coordinator = metadata_leader(&cluster).await;
+    let other = (1..=3).find(|&n| n != coordinator).unwrap();
+    let leader_cluster = cluster.nodes[&coordinator].cluster.clone();
+    let commits = vec![
+        (partition(0), offset(10, "a")),
+        (partition(1), offset(20, "b")),
+    ];
+    let results = leader_cluster
+        .commit_offsets("readers", "", None, -1, commits)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The committer is still checked against the group: a generation no one knows is refused.
+    let stale = leader_cluster
+        .commit_offsets("readers", "m", None, 5, vec![(partition(0), offset(1, ""))])
+        .await;
+    assert_eq!(stale, Err(GroupError::IllegalGeneration));
+    // Other nodes do not coordinate: clients are sent to find the coordinator again.
+    let elsewhere = cluster.nodes[&other].cluster.clone();
+    assert_eq!(
+        elsewhere
+            .commit_offsets(
+                "readers",
+                "",
+                None,
+                -1,
+                vec![(partition(0), offset(99, ""))]
+            )
+            .await,
+        Err(GroupError::NotCoordinator)
+    );
+    assert_eq!(
+        elsewhere.fetch_offsets("readers", None).await,
+        Err(GroupError::NotCoordinator)
+    );
+    assert_eq!(
+        fetched(&leader_cluster, "readers").await,
+        vec![Some(10), Some(20)]
+    );
+
+    // The coordinator dies: the next metadata leader has every acknowledged commit. (Its
+    // handles go first, so it can be restarted on the same data directory.)
+    drop((first, leader_cluster, elsewhere));
+    cluster.stop(coordinator).await;
+    let new_coordinator = metadata_leader(&cluster).await;
+    assert_ne!(new_coordinator, coordinator);
+    let successor = cluster.nodes[&new_coordinator].cluster.clone();
+    let all = successor.fetch_offsets("readers", None).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            (partition(0), Some(offset(10, "a"))),
+            (partition(1), Some(offset(20, "b")))
+        ]
+    );
+    // Commits continue from there.
+    successor
+        .commit_offsets(
+            "readers",
+            "",
+            None,
+            -1,
+            vec![(partition(0), offset(15, "c"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched(&successor, "readers").await,
+        vec![Some(15), Some(20)]
+    );
+
+    // The old coordinator comes back and catches up from the metadata log.
+    cluster.start_node(coordinator, None).await;
+    let restarted = cluster.nodes[&coordinator].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let applied = restarted.applied_offsets().fetch("readers", TOPIC, 0);
+        if applied.as_ref().map(|o| o.offset) == Some(15) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not caught up: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // DeleteGroups removes the replicated offsets.
+    let coordinator = metadata_leader(&cluster).await;
+    let leader_cluster = cluster.nodes[&coordinator].cluster.clone();
+    leader_cluster.delete_group("readers").await.unwrap();
+    assert_eq!(fetched(&leader_cluster, "readers").await, vec![None, None]);
+    assert_eq!(
+        leader_cluster.delete_group("readers").await,
+        Err(GroupError::GroupIdNotFound)
+    );
     for node_id in [1, 2, 3] {
         cluster.stop(node_id).await;
     }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metadata::{
     ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
-    MetadataStateMachine, MetadataStoreError,
+    MetadataStateMachine, MetadataStoreError, ReplicatedOffsets,
 };
 use crate::peers::{Peer, PeerList, PeerListError};
 use crate::transport::frame::{decode_body, encode_body};
@@ -155,6 +155,18 @@ pub enum ProposeError {
     Fatal(String),
 }
 
+/// Why a leader-only read or write ([`ClusterNode::read_as_leader`],
+/// [`ClusterNode::propose_as_leader`]) did not happen, or may not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaderOnlyError {
+    /// Not the leader, or leadership was lost before the write committed (its outcome is then
+    /// unknown: it may still commit under the next leader).
+    #[error("not the metadata leader: {0}")]
+    NotLeader(String),
+    #[error("the metadata group stopped: {0}")]
+    Fatal(String),
+}
+
 type GroupStopper = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 /// A running cluster node. Dropping it does not stop it: call [`ClusterNode::shutdown`].
@@ -165,6 +177,7 @@ pub struct ClusterNode {
     raft_config: Arc<openraft::Config>,
     metadata_raft: Raft<MetadataRaft>,
     metadata: watch::Receiver<ClusterMetadata>,
+    consumer_offsets: ReplicatedOffsets,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
     propose_timeout: Duration,
     shutdown: CancellationToken,
@@ -256,6 +269,7 @@ impl ClusterNode {
         let log_store = MetadataLogStore::open(config.storage.clone(), &dir)?;
         let state_machine = MetadataStateMachine::open(config.storage.clone(), &dir)?;
         let metadata = state_machine.subscribe();
+        let consumer_offsets = state_machine.consumer_offsets();
         let metadata_raft = Raft::new(
             node_id,
             raft_config.clone(),
@@ -280,6 +294,7 @@ impl ClusterNode {
             raft_config,
             metadata_raft,
             metadata,
+            consumer_offsets,
             groups: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
             shutdown: CancellationToken::new(),
@@ -382,6 +397,42 @@ impl ClusterNode {
     /// The metadata as of the last applied command, and every later change.
     pub fn metadata(&self) -> watch::Receiver<ClusterMetadata> {
         self.metadata.clone()
+    }
+
+    /// Committed consumer offsets as applied on this node (may lag the leader; see
+    /// [`ClusterNode::read_as_leader`]).
+    pub fn consumer_offsets(&self) -> &ReplicatedOffsets {
+        &self.consumer_offsets
+    }
+
+    /// Confirms with a majority that this node is still the metadata leader and waits until
+    /// everything committed before now is applied here, so a read of the applied state that
+    /// follows sees every acknowledged write (a linearizable read). `NotLeader` otherwise.
+    pub async fn read_as_leader(&self) -> Result<(), LeaderOnlyError> {
+        match self.metadata_raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(LeaderOnlyError::NotLeader(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(LeaderOnlyError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Commits `command` only if this node is the metadata leader (no forwarding): for writes
+    /// whose validity depends on state only the leader keeps, such as a consumer group's
+    /// members. Answers once committed by a majority and applied here.
+    pub async fn propose_as_leader(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<MetadataResponse, LeaderOnlyError> {
+        if self.metadata_leader() != Some(self.node_id) {
+            return Err(LeaderOnlyError::NotLeader(
+                "this node is not the metadata leader".into(),
+            ));
+        }
+        match self.metadata_raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(e)) => Err(LeaderOnlyError::NotLeader(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(LeaderOnlyError::Fatal(e.to_string())),
+        }
     }
 
     /// The metadata group's leader as this node knows it.

@@ -150,9 +150,9 @@ impl From<GroupError> for ApiError {
             | GroupError::InconsistentGroupProtocol
             | GroupError::InvalidSessionTimeout
             | GroupError::GroupMaxSizeReached => ApiError::Conflict(reason),
-            GroupError::CoordinatorNotAvailable | GroupError::Storage(_) => {
-                ApiError::Internal(reason)
-            }
+            GroupError::CoordinatorNotAvailable
+            | GroupError::NotCoordinator
+            | GroupError::Storage(_) => ApiError::Internal(reason),
         }
     }
 }

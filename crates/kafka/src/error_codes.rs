@@ -34,6 +34,7 @@ pub fn group_error_code(error: &GroupError) -> i16 {
         GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
         GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
         GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
         GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
         GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,

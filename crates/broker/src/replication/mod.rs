@@ -16,9 +16,20 @@
 //!   high watermark advances, so a new leader de-duplicates retries sent across a failover;
 //!   the leader checks and proposes a partition's idempotent batches one at a time.
 //!
+//! - Committed consumer offsets go through the metadata group: the coordinator of every group
+//!   is the metadata leader, which checks the committer against the group's members (kept in
+//!   memory by its local [`crate::GroupCoordinator`], as on one node) and answers OffsetCommit
+//!   once the `CommitOffsets` command is committed by a majority; OffsetFetch is a
+//!   linearizable read on the leader. A node that is not the leader answers NOT_COORDINATOR.
+//!   Kafka keeps offsets in `__consumer_offsets` partitions, whose leaders spread the
+//!   coordinators over the brokers; here every commit is a metadata-group write (an fsync on a
+//!   majority of nodes) and one node coordinates every group. That is simple and enough for
+//!   the commit rates of a few hundred consumers; sharding the offsets over partition groups
+//!   is the next step if it is not. Group membership is not replicated: after a coordinator
+//!   move the members rejoin (UNKNOWN_MEMBER_ID), as with a moved Kafka coordinator.
+//!
 //! The single-node broker ([`Broker`]) is not involved in any of this: without `--peers`
-//! nothing here runs. Consumer groups and committed offsets stay on each node's local
-//! [`Broker`] (not replicated yet).
+//! nothing here runs.
 
 mod replica;
 
@@ -29,8 +40,8 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use sluice_cluster::metadata::{
-    place_replicas, ClusterMetadata, MetadataCommand, MetadataRejection, MetadataResponse,
-    TopicMetadata,
+    place_replicas, ClusterMetadata, CommittedOffset, MetadataCommand, MetadataRejection,
+    MetadataResponse, ReplicatedOffsets, TopicMetadata,
 };
 use sluice_cluster::node::ClusterNode;
 use sluice_cluster::{partition, GroupId, NodeAddress, NodeId};
@@ -38,14 +49,18 @@ use tokio::sync::{watch, Notify};
 
 pub use replica::{PartitionView, Replica, ISR_LAG_MAX};
 
+use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use crate::topic::{validate_topic_name, TopicConfig};
 use crate::ConfigEntry;
-use crate::{Broker, BrokerError};
+use crate::{Broker, BrokerError, GroupError};
 
 /// Producer ids each node takes from the metadata group at a time.
 const PRODUCER_ID_BLOCK: u32 = 1000;
 /// How long an admin call waits for its effect to reach this node.
 const ADMIN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long an offset commit or fetch waits for the metadata group before the client is sent
+/// to find the coordinator again: far above a healthy commit, below clients' request timeouts.
+const OFFSETS_WAIT_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -484,6 +499,155 @@ impl ClusterBroker {
         block.next += 1;
         block.remaining -= 1;
         Ok(id)
+    }
+
+    /// OffsetCommit in a cluster: this node must be the metadata leader (the coordinator of
+    /// every group). The committer is checked against the group's live members here, then the
+    /// accepted offsets are committed through the metadata group; the answer comes once a
+    /// majority has them, so a failover cannot lose or revert them. Results as
+    /// [`crate::GroupCoordinator::commit_offsets`].
+    pub async fn commit_offsets(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+        offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        if self.controller() != Some(self.node_id()) {
+            return Err(GroupError::NotCoordinator);
+        }
+        let results = self.broker.group_coordinator().validate_commit(
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+            &offsets,
+        )?;
+        let accepted: Vec<CommittedOffset> = offsets
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|((partition, offset), _)| CommittedOffset {
+                topic: partition.topic,
+                partition: partition.partition,
+                offset: offset.offset,
+                leader_epoch: offset.leader_epoch,
+                metadata: offset.metadata,
+                commit_timestamp_ms: offset.commit_timestamp_ms,
+            })
+            .collect();
+        if accepted.is_empty() {
+            return Ok(results);
+        }
+        let command = MetadataCommand::CommitOffsets {
+            group: group_id.to_string(),
+            offsets: accepted,
+        };
+        self.propose_as_coordinator(command).await?;
+        Ok(results)
+    }
+
+    /// OffsetFetch in a cluster, as [`crate::GroupCoordinator::fetch_offsets`]: a
+    /// linearizable read on the metadata leader, so it returns every acknowledged commit,
+    /// also right after a failover.
+    pub async fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<Vec<(TopicPartition, Option<OffsetAndMetadata>)>, GroupError> {
+        match tokio::time::timeout(OFFSETS_WAIT_MAX, self.node.read_as_leader()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, group = group_id, "offset fetch refused");
+                return Err(GroupError::NotCoordinator);
+            }
+            Err(_) => return Err(GroupError::NotCoordinator),
+        }
+        let offsets = self.node.consumer_offsets();
+        let convert = |o: CommittedOffset| {
+            (
+                TopicPartition {
+                    topic: o.topic,
+                    partition: o.partition,
+                },
+                OffsetAndMetadata {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata,
+                    commit_timestamp_ms: o.commit_timestamp_ms,
+                },
+            )
+        };
+        Ok(match partitions {
+            Some(partitions) => partitions
+                .iter()
+                .map(|p| {
+                    let found = offsets
+                        .fetch(group_id, &p.topic, p.partition)
+                        .map(|o| convert(o).1);
+                    (p.clone(), found)
+                })
+                .collect(),
+            None => offsets
+                .group(group_id)
+                .into_iter()
+                .map(|o| {
+                    let (partition, offset) = convert(o);
+                    (partition, Some(offset))
+                })
+                .collect(),
+        })
+    }
+
+    /// Committed offsets as applied on this node, without confirming leadership: for
+    /// monitoring (lag, group listings), where a slightly stale answer is fine.
+    pub fn applied_offsets(&self) -> &ReplicatedOffsets {
+        self.node.consumer_offsets()
+    }
+
+    /// DeleteGroups in a cluster: the group must have no members on this coordinator (checked
+    /// and marked by the local coordinator), then its offsets are deleted through the metadata
+    /// group.
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
+        if self.controller() != Some(self.node_id()) {
+            return Err(GroupError::NotCoordinator);
+        }
+        let local = self.broker.group_coordinator().delete_group(group_id).await;
+        let known_locally = match local {
+            Ok(()) => true,
+            Err(GroupError::GroupIdNotFound) => false,
+            Err(error) => return Err(error),
+        };
+        let response = self
+            .propose_as_coordinator(MetadataCommand::DeleteGroupOffsets {
+                group: group_id.to_string(),
+                partitions: None,
+            })
+            .await?;
+        match response {
+            MetadataResponse::OffsetsDeleted { count: 0 } if !known_locally => {
+                Err(GroupError::GroupIdNotFound)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A consumer-offsets write on the metadata leader, without forwarding (the caller's
+    /// checks hold only on the coordinator). An unknown outcome is NOT_COORDINATOR too: the
+    /// client was not answered, finds the coordinator again and retries.
+    async fn propose_as_coordinator(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<MetadataResponse, GroupError> {
+        match tokio::time::timeout(OFFSETS_WAIT_MAX, self.node.propose_as_leader(command)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "consumer offsets write refused");
+                Err(GroupError::NotCoordinator)
+            }
+            Err(_) => Err(GroupError::NotCoordinator),
+        }
     }
 
     async fn propose(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::{MetadataLogStore, MetadataStoreError};
 pub use placement::{place_replicas, PlacementError};
-pub use state_machine::MetadataStateMachine;
+pub use state_machine::{MetadataStateMachine, ReplicatedOffsets};
 
 use crate::{NodeAddress, NodeId};
 
@@ -52,6 +52,8 @@ pub struct ClusterMetadata {
     /// The first producer id of the next block handed out.
     pub next_producer_id: i64,
     /// Index of the last applied log entry (0 before any), so a reader can tell versions apart.
+    /// Entries that change only consumer offsets do not republish the metadata, so a published
+    /// copy may be behind the log by such entries.
     pub applied_index: u64,
 }
 
@@ -101,7 +103,39 @@ pub enum MetadataCommand {
         partition: u32,
         replicas: Vec<NodeId>,
     },
+    /// OffsetCommit of a consumer group (the coordinator, which is the metadata leader,
+    /// validated the committer first). See [`ConsumerOffsets`].
+    CommitOffsets {
+        group: String,
+        offsets: Vec<CommittedOffset>,
+    },
+    /// Removes committed offsets of a group: the listed partitions, or all (`None`) for
+    /// DeleteGroups.
+    DeleteGroupOffsets {
+        group: String,
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
+
+/// One committed consumer offset, as OffsetCommit stores it and OffsetFetch returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// -1 when the client sent none.
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// Committed offsets of every group: group -> topic -> partition -> offset.
+///
+/// Replicated through the metadata group (the coordinator of every group is its leader), so an
+/// acknowledged commit survives the coordinator's failure. Kept beside [`ClusterMetadata`]
+/// rather than in it: commits are frequent, and every change of `ClusterMetadata` is cloned,
+/// published and reconciled by every node.
+pub type ConsumerOffsets = BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>;
 
 /// What applying a command produced. Rejections are results, not errors: the command is in
 /// the log either way and every node rejects it the same way.
@@ -113,6 +147,10 @@ pub enum MetadataResponse {
     ProducerIdBlock {
         first_producer_id: i64,
         count: u32,
+    },
+    /// DeleteGroupOffsets: how many offsets it removed.
+    OffsetsDeleted {
+        count: u64,
     },
     Rejected(MetadataRejection),
 }

@@ -2,7 +2,11 @@
 //! every apply, and persisted only as snapshots (`snapshot.json`: the snapshot's meta and the
 //! metadata as JSON). After a restart it starts from the last snapshot and openraft re-applies
 //! the committed entries after it from the log.
+//!
+//! Committed consumer offsets ([`ConsumerOffsets`]) are applied here too but kept apart from
+//! the published metadata (see [`ReplicatedOffsets`]); they are part of every snapshot.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,15 +16,15 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sluice_log::Storage;
 use tokio::sync::watch;
 
 use super::log_store::{read_file_if_exists, write_file_atomically, MetadataStoreError};
 use super::{
-    ClusterMetadata, MetadataCommand, MetadataRaft, MetadataRejection, MetadataResponse,
-    TopicMetadata,
+    ClusterMetadata, CommittedOffset, ConsumerOffsets, MetadataCommand, MetadataRaft,
+    MetadataRejection, MetadataResponse, TopicMetadata,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -30,6 +34,58 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeAddress>,
     metadata: ClusterMetadata,
+    /// Absent in snapshots written before offsets were replicated.
+    #[serde(default)]
+    consumer_offsets: ConsumerOffsets,
+}
+
+/// What a snapshot sent to a lagging follower carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotPayload {
+    metadata: ClusterMetadata,
+    consumer_offsets: ConsumerOffsets,
+}
+
+/// A read handle on the committed consumer offsets as applied on this node. On the metadata
+/// leader, after `Raft::ensure_linearizable`, it holds every acknowledged commit.
+#[derive(Clone, Default)]
+pub struct ReplicatedOffsets {
+    offsets: Arc<RwLock<ConsumerOffsets>>,
+}
+
+impl ReplicatedOffsets {
+    /// The committed offset of one partition.
+    pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
+        self.offsets
+            .read()
+            .get(group)
+            .and_then(|topics| topics.get(topic))
+            .and_then(|partitions| partitions.get(&partition))
+            .cloned()
+    }
+
+    /// Every committed offset of a group, sorted by topic and partition.
+    pub fn group(&self, group: &str) -> Vec<CommittedOffset> {
+        self.offsets
+            .read()
+            .get(group)
+            .map(|topics| {
+                topics
+                    .values()
+                    .flat_map(|partitions| partitions.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Groups with at least one committed offset, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        self.offsets.read().keys().cloned().collect()
+    }
+
+    pub fn has_offsets(&self, group: &str) -> bool {
+        self.offsets.read().contains_key(group)
+    }
 }
 
 struct MachineState {
@@ -45,6 +101,8 @@ struct MachineState {
 pub struct MetadataStateMachine {
     state: Arc<Mutex<MachineState>>,
     published: Arc<watch::Sender<ClusterMetadata>>,
+    /// Written only while `state` is locked, so a snapshot sees both at one log position.
+    offsets: ReplicatedOffsets,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -70,6 +128,10 @@ impl MetadataStateMachine {
                 Ok(None) => None,
                 Err(source) => return Err(MetadataStoreError::Io { path, source }),
             };
+        let offsets = ReplicatedOffsets::default();
+        if let Some(stored) = &snapshot {
+            *offsets.offsets.write() = stored.consumer_offsets.clone();
+        }
         let state = match &snapshot {
             Some(stored) => MachineState {
                 last_applied: stored.meta.last_log_id,
@@ -90,6 +152,7 @@ impl MetadataStateMachine {
         Ok(Self {
             state: Arc::new(Mutex::new(state)),
             published: Arc::new(published),
+            offsets,
             storage,
             dir: dir.to_path_buf(),
         })
@@ -98,6 +161,11 @@ impl MetadataStateMachine {
     /// The metadata as of the last apply, and every change after it.
     pub fn subscribe(&self) -> watch::Receiver<ClusterMetadata> {
         self.published.subscribe()
+    }
+
+    /// The committed consumer offsets as applied here.
+    pub fn consumer_offsets(&self) -> ReplicatedOffsets {
+        self.offsets.clone()
     }
 
     fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
@@ -193,6 +261,10 @@ pub(super) fn apply_command(
                 None => rejected(Reject::ProducerIdsExhausted),
             }
         }
+        // Applied by `apply_offsets_command`; never reaches here from `apply`.
+        MetadataCommand::CommitOffsets { .. } | MetadataCommand::DeleteGroupOffsets { .. } => {
+            MetadataResponse::Done
+        }
         MetadataCommand::SetPartitionReplicas {
             name,
             partition,
@@ -215,6 +287,56 @@ pub(super) fn apply_command(
                 }),
             }
         }
+    }
+}
+
+/// Applies a consumer-offsets command; `None` for any other command.
+pub(super) fn apply_offsets_command(
+    offsets: &mut ConsumerOffsets,
+    command: &MetadataCommand,
+) -> Option<MetadataResponse> {
+    match command {
+        MetadataCommand::CommitOffsets {
+            group,
+            offsets: committed,
+        } => {
+            let topics = offsets.entry(group.clone()).or_default();
+            for offset in committed {
+                topics
+                    .entry(offset.topic.clone())
+                    .or_default()
+                    .insert(offset.partition, offset.clone());
+            }
+            Some(MetadataResponse::Done)
+        }
+        MetadataCommand::DeleteGroupOffsets { group, partitions } => {
+            let removed = match partitions {
+                None => offsets.remove(group).map_or(0, |topics| {
+                    topics.values().map(BTreeMap::len).sum::<usize>()
+                }),
+                Some(partitions) => {
+                    let mut removed = 0;
+                    if let Some(topics) = offsets.get_mut(group) {
+                        for (topic, partition) in partitions {
+                            if let Some(by_partition) = topics.get_mut(topic) {
+                                removed += usize::from(by_partition.remove(partition).is_some());
+                                if by_partition.is_empty() {
+                                    topics.remove(topic);
+                                }
+                            }
+                        }
+                        if topics.is_empty() {
+                            offsets.remove(group);
+                        }
+                    }
+                    removed
+                }
+            };
+            Some(MetadataResponse::OffsetsDeleted {
+                count: removed as u64,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -258,9 +380,14 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
                     snapshot_id,
                 },
                 metadata: state.metadata.clone(),
+                consumer_offsets: self.offsets.offsets.read().clone(),
             }
         };
-        let data = serde_json::to_vec(&stored.metadata).map_err(|e| {
+        let data = serde_json::to_vec(&SnapshotPayload {
+            metadata: stored.metadata.clone(),
+            consumer_offsets: stored.consumer_offsets.clone(),
+        })
+        .map_err(|e| {
             StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
         })?;
         self.persist(&stored).map_err(|e| {
@@ -292,6 +419,9 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
+        // Offset commits alone do not republish the metadata: every node reconciles on each
+        // publication, and commits are frequent.
+        let mut metadata_changed = false;
         let metadata = {
             let mut state = self.state.lock();
             for entry in entries {
@@ -299,8 +429,18 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                 state.metadata.applied_index = entry.log_id.index;
                 let response = match entry.payload {
                     EntryPayload::Blank => MetadataResponse::Done,
-                    EntryPayload::Normal(command) => apply_command(&mut state.metadata, command),
+                    EntryPayload::Normal(command) => {
+                        let mut offsets = self.offsets.offsets.write();
+                        match apply_offsets_command(&mut offsets, &command) {
+                            Some(response) => response,
+                            None => {
+                                metadata_changed = true;
+                                apply_command(&mut state.metadata, command)
+                            }
+                        }
+                    }
                     EntryPayload::Membership(membership) => {
+                        metadata_changed = true;
                         state.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         MetadataResponse::Done
@@ -308,9 +448,11 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                 };
                 responses.push(response);
             }
-            state.metadata.clone()
+            metadata_changed.then(|| state.metadata.clone())
         };
-        self.published.send_replace(metadata);
+        if let Some(metadata) = metadata {
+            self.published.send_replace(metadata);
+        }
         Ok(responses)
     }
 
@@ -329,13 +471,16 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
         meta: &SnapshotMeta<NodeId, NodeAddress>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let metadata: ClusterMetadata =
-            serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
-                StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
-            })?;
+        let SnapshotPayload {
+            metadata,
+            consumer_offsets,
+        } = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             metadata: metadata.clone(),
+            consumer_offsets: consumer_offsets.clone(),
         };
         self.persist(&stored).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -345,6 +490,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             state.last_applied = meta.last_log_id;
             state.last_membership = meta.last_membership.clone();
             state.metadata = metadata.clone();
+            *self.offsets.offsets.write() = consumer_offsets;
             state.snapshot = Some(stored);
         }
         self.published.send_replace(metadata);
@@ -357,7 +503,11 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
         let Some(stored) = self.state.lock().snapshot.clone() else {
             return Ok(None);
         };
-        let data = serde_json::to_vec(&stored.metadata).map_err(|e| {
+        let data = serde_json::to_vec(&SnapshotPayload {
+            metadata: stored.metadata,
+            consumer_offsets: stored.consumer_offsets,
+        })
+        .map_err(|e| {
             StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
         })?;
         Ok(Some(Snapshot {
@@ -433,5 +583,98 @@ mod tests {
         };
         assert_eq!(apply_command(&mut metadata, add), MetadataResponse::Done);
         assert_eq!(metadata.topics["t"].assignments.len(), 3);
+    }
+
+    fn committed(topic: &str, partition: i32, offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+        }
+    }
+
+    fn entry(index: u64, command: MetadataCommand) -> Entry<MetadataRaft> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_applied_without_republishing_and_kept_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(sluice_log::RealDisk);
+        let mut machine = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        let mut published = machine.subscribe();
+        published.borrow_and_update();
+        let commit = |index, offsets| {
+            entry(
+                index,
+                MetadataCommand::CommitOffsets {
+                    group: "g".into(),
+                    offsets,
+                },
+            )
+        };
+        machine
+            .apply([
+                commit(1, vec![committed("t", 0, 5), committed("t", 1, 7)]),
+                commit(2, vec![committed("t", 0, 9)]),
+                commit(3, vec![committed("u", 0, 1)]),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            !published.has_changed().unwrap(),
+            "offsets republished the metadata"
+        );
+        let offsets = machine.consumer_offsets();
+        assert_eq!(offsets.fetch("g", "t", 0).map(|o| o.offset), Some(9));
+        assert_eq!(offsets.group("g").len(), 3);
+        let deleted = machine
+            .apply([entry(
+                4,
+                MetadataCommand::DeleteGroupOffsets {
+                    group: "g".into(),
+                    partitions: Some(vec![("u".into(), 0), ("u".into(), 5)]),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![MetadataResponse::OffsetsDeleted { count: 1 }]);
+        assert_eq!(offsets.group("g").len(), 2);
+
+        // A snapshot carries them: to a restarted node and to a follower that installs it.
+        let snapshot = machine.build_snapshot().await.unwrap();
+        let reopened = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        assert_eq!(
+            reopened
+                .consumer_offsets()
+                .fetch("g", "t", 0)
+                .map(|o| o.offset),
+            Some(9)
+        );
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut follower = MetadataStateMachine::open(storage, other_dir.path()).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(follower.consumer_offsets().group("g"), offsets.group("g"));
+        let all = follower
+            .apply([entry(
+                5,
+                MetadataCommand::DeleteGroupOffsets {
+                    group: "g".into(),
+                    partitions: None,
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(all, vec![MetadataResponse::OffsetsDeleted { count: 2 }]);
+        assert!(!follower.consumer_offsets().has_offsets("g"));
     }
 }

@@ -669,9 +669,9 @@ pub async fn init_producer_id(
 }
 
 /// The node that coordinates every consumer group in a cluster: the metadata group's leader,
-/// so the coordinator moves when that node fails. Groups and committed offsets are kept by
-/// that node's local coordinator and are not replicated yet: after a move, the new
-/// coordinator knows only the offsets committed while it coordinated before.
+/// so the coordinator moves when that node fails. Committed offsets are replicated through
+/// the metadata group (see `ClusterBroker::commit_offsets`), so the new coordinator has them;
+/// group membership lives in the coordinator's memory and members rejoin after a move.
 pub fn group_coordinator(
     cluster: &Arc<ClusterBroker>,
 ) -> Option<sluice_broker::replication::BrokerEndpoint> {

@@ -31,8 +31,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_broker::gauge_sampler::record_committed_lag;
 use sluice_broker::group_coordinator::{
-    GroupProtocol, JoinGroupParams, MemberIdentity, OffsetAndMetadata, SyncGroupParams,
-    TopicPartition,
+    GroupOverview, GroupProtocol, GroupState, JoinGroupParams, MemberIdentity, OffsetAndMetadata,
+    SyncGroupParams, TopicPartition,
 };
 use sluice_broker::{now_ms, GroupError};
 
@@ -64,6 +64,18 @@ fn code(error: &Result<(), GroupError>) -> i16 {
         Ok(()) => ERROR_NONE,
         Err(error) => group_error_code(error),
     }
+}
+
+/// In a cluster, only the metadata leader coordinates groups: elsewhere group requests get
+/// NOT_COORDINATOR and clients find the coordinator again.
+fn refused_here(ctx: &RequestContext) -> bool {
+    ctx.cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.controller() != Some(cluster.node_id()))
+}
+
+fn not_coordinator() -> i16 {
+    ResponseError::NotCoordinator.code()
 }
 
 pub async fn find_coordinator(
@@ -165,6 +177,13 @@ pub async fn join_group(
         None if version >= 7 => None,
         None => Some(StrBytes::new()),
     };
+    if refused_here(ctx) {
+        return JoinGroupResponse::default()
+            .with_error_code(not_coordinator())
+            .with_generation_id(-1)
+            .with_protocol_name(protocol_name(None))
+            .with_member_id(str_bytes(params.member_id));
+    }
     match ctx.broker.group_coordinator().join_group(params).await {
         Ok(joined) => {
             let members = joined
@@ -219,6 +238,11 @@ pub async fn sync_group(
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
     };
+    if refused_here(ctx) {
+        return SyncGroupResponse::default()
+            .with_error_code(not_coordinator())
+            .with_assignment(Bytes::new());
+    }
     match ctx.broker.group_coordinator().sync_group(params).await {
         Ok(synced) => {
             let response = SyncGroupResponse::default().with_assignment(synced.assignment);
@@ -241,6 +265,9 @@ pub async fn heartbeat(
     _version: i16,
     request: HeartbeatRequest,
 ) -> HeartbeatResponse {
+    if refused_here(ctx) {
+        return HeartbeatResponse::default().with_error_code(not_coordinator());
+    }
     let result = ctx.broker.group_coordinator().heartbeat(
         &request.group_id,
         &request.member_id,
@@ -349,21 +376,36 @@ pub async fn offset_commit(
             .iter()
             .map(|(partition, offset)| (partition.clone(), offset.offset))
             .collect();
-        let committed = ctx
-            .broker
-            .group_coordinator()
-            .commit_offsets(
-                &request.group_id,
-                &request.member_id,
-                if version >= 7 {
-                    request.group_instance_id.as_deref()
-                } else {
-                    None
-                },
-                request.generation_id_or_member_epoch,
-                offsets,
-            )
-            .await;
+        let group_instance_id = if version >= 7 {
+            request.group_instance_id.as_deref()
+        } else {
+            None
+        };
+        let committed = match &ctx.cluster {
+            Some(cluster) => {
+                cluster
+                    .commit_offsets(
+                        &request.group_id,
+                        &request.member_id,
+                        group_instance_id,
+                        request.generation_id_or_member_epoch,
+                        offsets,
+                    )
+                    .await
+            }
+            None => {
+                ctx.broker
+                    .group_coordinator()
+                    .commit_offsets(
+                        &request.group_id,
+                        &request.member_id,
+                        group_instance_id,
+                        request.generation_id_or_member_epoch,
+                        offsets,
+                    )
+                    .await
+            }
+        };
         if let Ok(results) = &committed {
             let stored: Vec<(TopicPartition, i64)> = committed_offsets
                 .into_iter()
@@ -409,16 +451,31 @@ type RequestedPartitions = Option<Vec<(TopicName, Vec<i32>)>>;
 /// Committed offsets per topic, in request order; `None` where nothing is committed.
 type FetchedOffsets = Vec<(TopicName, Vec<(i32, Option<OffsetAndMetadata>)>)>;
 
-fn fetch_group_offsets(
+/// A group's committed offsets: the local coordinator's, or in a cluster the metadata group's
+/// (a linearizable read on its leader; NOT_COORDINATOR elsewhere).
+async fn committed_offsets(
+    ctx: &RequestContext,
+    group_id: &str,
+    partitions: Option<&[TopicPartition]>,
+) -> Result<Vec<(TopicPartition, Option<OffsetAndMetadata>)>, GroupError> {
+    match &ctx.cluster {
+        Some(cluster) => cluster.fetch_offsets(group_id, partitions).await,
+        None => Ok(ctx
+            .broker
+            .group_coordinator()
+            .fetch_offsets(group_id, partitions)),
+    }
+}
+
+async fn fetch_group_offsets(
     ctx: &RequestContext,
     group_id: &str,
     requested: RequestedPartitions,
-) -> FetchedOffsets {
-    let coordinator = ctx.broker.group_coordinator();
+) -> Result<FetchedOffsets, GroupError> {
     let Some(topics) = requested else {
         let mut topics: FetchedOffsets = Vec::new();
         // Sorted by topic, so each topic's partitions are adjacent.
-        for (partition, offset) in coordinator.fetch_offsets(group_id, None) {
+        for (partition, offset) in committed_offsets(ctx, group_id, None).await? {
             match topics.last_mut() {
                 Some((name, partitions)) if name.as_str() == partition.topic => {
                     partitions.push((partition.partition, offset))
@@ -429,25 +486,30 @@ fn fetch_group_offsets(
                 )),
             }
         }
-        return topics;
+        return Ok(topics);
     };
-    topics
+    let wanted: Vec<TopicPartition> = topics
+        .iter()
+        .flat_map(|(name, partitions)| {
+            partitions.iter().map(|&partition| TopicPartition {
+                topic: name.to_string(),
+                partition,
+            })
+        })
+        .collect();
+    let mut fetched = committed_offsets(ctx, group_id, Some(&wanted))
+        .await?
+        .into_iter();
+    Ok(topics
         .into_iter()
         .map(|(name, partitions)| {
-            let wanted: Vec<TopicPartition> = partitions
+            let offsets = partitions
                 .iter()
-                .map(|&partition| TopicPartition {
-                    topic: name.to_string(),
-                    partition,
-                })
+                .map(|&partition| (partition, fetched.next().and_then(|(_, o)| o)))
                 .collect();
-            let fetched = coordinator.fetch_offsets(group_id, Some(&wanted));
-            (
-                name,
-                fetched.into_iter().map(|(p, o)| (p.partition, o)).collect(),
-            )
+            (name, offsets)
         })
-        .collect()
+        .collect())
 }
 
 /// (offset, leader epoch, metadata) as OffsetFetch reports them; -1 / "" when none is committed.
@@ -464,50 +526,82 @@ pub async fn offset_fetch(
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     if version >= 8 {
-        let groups = request
-            .groups
-            .into_iter()
-            .map(|group| {
-                let requested = group.topics.map(|topics| {
-                    topics
-                        .into_iter()
-                        .map(|t| (t.name, t.partition_indexes))
-                        .collect()
-                });
-                let topics = fetch_group_offsets(ctx, &group.group_id, requested)
+        let mut groups = Vec::with_capacity(request.groups.len());
+        for group in request.groups {
+            let requested = group.topics.map(|topics| {
+                topics
                     .into_iter()
-                    .map(|(name, partitions)| {
-                        let partitions = partitions
-                            .into_iter()
-                            .map(|(index, offset)| {
-                                let (offset, epoch, metadata) = offset_fields(offset);
-                                OffsetFetchResponsePartitions::default()
-                                    .with_partition_index(index)
-                                    .with_committed_offset(offset)
-                                    .with_committed_leader_epoch(epoch)
-                                    .with_metadata(Some(metadata))
-                            })
-                            .collect();
-                        OffsetFetchResponseTopics::default()
-                            .with_name(name)
-                            .with_partitions(partitions)
-                    })
-                    .collect();
-                OffsetFetchResponseGroup::default()
-                    .with_group_id(group.group_id)
-                    .with_topics(topics)
-            })
-            .collect();
+                    .map(|t| (t.name, t.partition_indexes))
+                    .collect()
+            });
+            let response = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
+            let fetched = match fetch_group_offsets(ctx, &response.group_id, requested).await {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    groups.push(response.with_error_code(group_error_code(&error)));
+                    continue;
+                }
+            };
+            let topics = fetched
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|(index, offset)| {
+                            let (offset, epoch, metadata) = offset_fields(offset);
+                            OffsetFetchResponsePartitions::default()
+                                .with_partition_index(index)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(epoch)
+                                .with_metadata(Some(metadata))
+                        })
+                        .collect();
+                    OffsetFetchResponseTopics::default()
+                        .with_name(name)
+                        .with_partitions(partitions)
+                })
+                .collect();
+            groups.push(response.with_topics(topics));
+        }
         return OffsetFetchResponse::default().with_groups(groups);
     }
     // v1 has no null topic list; from v2 null means every committed partition.
-    let requested = request.topics.map(|topics| {
+    let requested: RequestedPartitions = request.topics.map(|topics| {
         topics
             .into_iter()
             .map(|t| (t.name, t.partition_indexes))
             .collect()
     });
-    let topics = fetch_group_offsets(ctx, &request.group_id, requested)
+    let fetched = match fetch_group_offsets(ctx, &request.group_id, requested.clone()).await {
+        Ok(fetched) => fetched,
+        // From v2 the error is the response's; v1 has only per-partition codes.
+        Err(error) if version >= 2 => {
+            return OffsetFetchResponse::default().with_error_code(group_error_code(&error))
+        }
+        Err(error) => {
+            let topics = requested
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|index| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_committed_offset(-1)
+                                .with_metadata(Some(StrBytes::new()))
+                                .with_error_code(group_error_code(&error))
+                        })
+                        .collect();
+                    OffsetFetchResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(partitions)
+                })
+                .collect();
+            return OffsetFetchResponse::default().with_topics(topics);
+        }
+    };
+    let topics = fetched
         .into_iter()
         .map(|(name, partitions)| {
             let partitions = partitions
@@ -555,10 +649,21 @@ pub async fn list_groups(
     if !types.is_empty() && !types.iter().any(|t| t == GROUP_TYPE_CLASSIC) {
         return ListGroupsResponse::default();
     }
-    let groups = ctx
-        .broker
-        .group_coordinator()
-        .list_groups()
+    let mut overviews = ctx.broker.group_coordinator().list_groups();
+    if let Some(cluster) = &ctx.cluster {
+        // Groups whose offsets were committed under another coordinator, or before a restart.
+        for group_id in cluster.applied_offsets().groups() {
+            if !overviews.iter().any(|g| g.group_id == group_id) {
+                overviews.push(GroupOverview {
+                    group_id,
+                    protocol_type: String::new(),
+                    state: GroupState::Empty,
+                });
+            }
+        }
+        overviews.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    }
+    let groups = overviews
         .into_iter()
         .filter(|g| states.is_empty() || states.contains(&g.state.name().to_lowercase()))
         .map(|g| {
@@ -595,7 +700,15 @@ pub async fn describe_groups(
         .groups
         .into_iter()
         .map(|group_id| {
-            let description = coordinator.describe_group(&group_id);
+            let mut description = coordinator.describe_group(&group_id);
+            if description.state == GroupState::Dead
+                && ctx
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.applied_offsets().has_offsets(&group_id))
+            {
+                description.state = GroupState::Empty;
+            }
             let members = description
                 .members
                 .into_iter()
@@ -633,7 +746,10 @@ pub async fn delete_groups(
     let coordinator = ctx.broker.group_coordinator();
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group_id in request.groups_names {
-        let result = coordinator.delete_group(&group_id).await;
+        let result = match &ctx.cluster {
+            Some(cluster) => cluster.delete_group(&group_id).await,
+            None => coordinator.delete_group(&group_id).await,
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group_id)

@@ -3,7 +3,8 @@
 //! the Raft leader, NOT_LEADER on a follower, the leader is stopped and another takes over
 //! within seconds, every acknowledged batch is still there at the same offsets on every
 //! replica, and an idempotent retry sent to the new leader is not written twice. Committed
-//! consumer offsets survive the coordinator (the metadata leader).
+//! consumer offsets survive the coordinator (the metadata leader). With four nodes and RF=3,
+//! the node without a replica names the partition's leader and follows a leader change.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,8 +36,12 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_nodes(3).await
+    }
+
+    async fn start_nodes(count: NodeId) -> Cluster {
         let mut listeners = Vec::new();
-        for node_id in 1..=3 {
+        for node_id in 1..=count {
             listeners.push((node_id, TcpListener::bind("127.0.0.1:0").await.unwrap()));
         }
         let addrs: Vec<_> = listeners
@@ -493,5 +498,91 @@ async fn committed_offsets_survive_the_coordinator() {
     );
     for node_id in [1, 2, 3] {
         cluster.stop(node_id).await;
+    }
+}
+
+/// The leader the running replicas of partition 0 agree on, with its term.
+async fn agreed_replica_leader(cluster: &Cluster, replicas: &[NodeId]) -> (NodeId, u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let views: Vec<(Option<NodeId>, u64)> = replicas
+            .iter()
+            .filter_map(|id| cluster.nodes.get(id))
+            .map(|n| n.cluster.replica_for(TOPIC, 0).unwrap().leader_and_term())
+            .collect();
+        if let Some(&(Some(leader), term)) = views.first() {
+            if views.iter().all(|v| *v == (Some(leader), term))
+                && cluster.nodes.contains_key(&leader)
+                && cluster.replica(leader).is_leader()
+            {
+                return (leader, term);
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_replica_names_the_leader_and_follows_a_change() {
+    let mut cluster = Cluster::start_nodes(4).await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 4 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let topic = first.topic(TOPIC).unwrap();
+    let replicas = topic.assignments[0].clone();
+    let outsider = (1..=4).find(|n| !replicas.contains(n)).unwrap();
+    let outsider_cluster = cluster.nodes[&outsider].cluster.clone();
+    assert!(matches!(
+        outsider_cluster.replica_for(TOPIC, 0),
+        Err(ReplicationError::NotLeader)
+    ));
+
+    let (leader, term) = agreed_replica_leader(&cluster, &replicas).await;
+    // The outsider learns the leader from the leader's report through the metadata group.
+    let view = wait_for_view(&outsider_cluster, |v| v.leader == Some(leader)).await;
+    assert_eq!(view.leader_epoch, term as i32);
+    assert_eq!(view.replicas, replicas);
+    assert!(view.isr.contains(&leader), "{view:?}");
+
+    cluster.stop(leader).await;
+    let (new_leader, new_term) = agreed_replica_leader(&cluster, &replicas).await;
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term);
+    let view = wait_for_view(&outsider_cluster, |v| v.leader == Some(new_leader)).await;
+    assert_eq!(view.leader_epoch, new_term as i32);
+    // A topic created through the outsider is answered only once it can name every leader.
+    outsider_cluster
+        .create_topic("from-outsider", 4, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let created = outsider_cluster.topic("from-outsider").unwrap();
+    for partition in 0..4 {
+        let view = outsider_cluster.partition_view(&created, partition);
+        assert!(view.leader.is_some(), "partition {partition}: {view:?}");
+    }
+}
+
+/// Polls a node's Metadata view of partition 0 until `wanted` holds (within [`TIMEOUT`]).
+async fn wait_for_view(
+    node: &ClusterBroker,
+    wanted: impl Fn(&sluice_broker::replication::PartitionView) -> bool,
+) -> sluice_broker::replication::PartitionView {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let topic = node.topic(TOPIC).unwrap();
+        let view = node.partition_view(&topic, 0);
+        if wanted(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "view never matched: {view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

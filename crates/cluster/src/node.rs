@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metadata::{
     ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
-    MetadataStateMachine, MetadataStoreError, ReplicatedOffsets,
+    MetadataStateMachine, MetadataStoreError, PartitionLeaders, ReplicatedOffsets,
 };
 use crate::peers::{Peer, PeerList, PeerListError};
 use crate::transport::frame::{decode_body, encode_body};
@@ -178,6 +178,7 @@ pub struct ClusterNode {
     metadata_raft: Raft<MetadataRaft>,
     metadata: watch::Receiver<ClusterMetadata>,
     consumer_offsets: ReplicatedOffsets,
+    partition_leaders: PartitionLeaders,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
     propose_timeout: Duration,
     shutdown: CancellationToken,
@@ -270,6 +271,7 @@ impl ClusterNode {
         let state_machine = MetadataStateMachine::open(config.storage.clone(), &dir)?;
         let metadata = state_machine.subscribe();
         let consumer_offsets = state_machine.consumer_offsets();
+        let partition_leaders = state_machine.partition_leaders();
         let metadata_raft = Raft::new(
             node_id,
             raft_config.clone(),
@@ -295,6 +297,7 @@ impl ClusterNode {
             metadata_raft,
             metadata,
             consumer_offsets,
+            partition_leaders,
             groups: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
             shutdown: CancellationToken::new(),
@@ -403,6 +406,12 @@ impl ClusterNode {
     /// [`ClusterNode::read_as_leader`]).
     pub fn consumer_offsets(&self) -> &ReplicatedOffsets {
         &self.consumer_offsets
+    }
+
+    /// Partition leaders as their leaders reported them through the metadata group, applied
+    /// on this node (may lag; a client sent to a deposed leader is told NOT_LEADER).
+    pub fn partition_leaders(&self) -> &PartitionLeaders {
+        &self.partition_leaders
     }
 
     /// Confirms with a majority that this node is still the metadata leader and waits until

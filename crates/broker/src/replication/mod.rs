@@ -35,13 +35,14 @@ mod replica;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use sluice_cluster::metadata::{
     place_replicas, ClusterMetadata, CommittedOffset, MetadataCommand, MetadataRejection,
-    MetadataResponse, ReplicatedOffsets, TopicMetadata,
+    MetadataResponse, PartitionLeader, ReplicatedOffsets, TopicMetadata,
 };
 use sluice_cluster::node::ClusterNode;
 use sluice_cluster::{partition, GroupId, NodeAddress, NodeId};
@@ -109,6 +110,8 @@ pub struct ClusterBroker {
     producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
     stopped: watch::Sender<bool>,
     reconciled: Notify,
+    /// A `ReportPartitionLeaders` proposal is on its way (at most one at a time).
+    reporting_leaders: AtomicBool,
 }
 
 impl ClusterBroker {
@@ -129,6 +132,7 @@ impl ClusterBroker {
             }),
             stopped: watch::Sender::new(false),
             reconciled: Notify::new(),
+            reporting_leaders: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&cluster).follow_metadata());
         cluster
@@ -178,21 +182,84 @@ impl ClusterBroker {
         self.replicas.read().get(&(topic_id, partition)).cloned()
     }
 
-    /// This partition as Metadata describes it; a partition without a replica here has no
-    /// known leader (only its replicas follow its group).
+    /// This partition as Metadata describes it: a replica here answers from its group; any
+    /// other node from the leadership the partition's leader last reported through the
+    /// metadata group (see [`ClusterBroker::report_leaders`]), as every Kafka broker's
+    /// metadata cache knows every leader. That report may be stale by an election; a client
+    /// sent to a deposed leader is answered NOT_LEADER_OR_FOLLOWER and asks again.
     pub fn partition_view(&self, topic: &TopicMetadata, partition: i32) -> PartitionView {
-        match self.replica(topic.topic_id, partition) {
-            Some(replica) => replica.view(),
+        if let Some(replica) = self.replica(topic.topic_id, partition) {
+            let view = replica.view();
+            if view.leader.is_some() {
+                return view;
+            }
+        }
+        let replicas = usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.assignments.get(p).cloned())
+            .unwrap_or_default();
+        match self
+            .node
+            .partition_leaders()
+            .get(topic.topic_id, partition)
+            .filter(|reported| replicas.contains(&reported.leader))
+        {
+            Some(reported) => PartitionView {
+                leader: Some(reported.leader),
+                leader_epoch: i32::try_from(reported.term).unwrap_or(i32::MAX),
+                replicas,
+                isr: reported.isr,
+            },
             None => PartitionView {
                 leader: None,
                 leader_epoch: -1,
-                replicas: usize::try_from(partition)
-                    .ok()
-                    .and_then(|p| topic.assignments.get(p).cloned())
-                    .unwrap_or_default(),
+                replicas,
                 isr: Vec::new(),
             },
         }
+    }
+
+    /// Reports, through the metadata group, the partitions this node leads whose leadership
+    /// (term) or ISR differs from what the group last recorded. Called every ISR sample: one
+    /// batched proposal at most in flight, and nothing when nothing changed, so 1,000 stable
+    /// partitions cost nothing; a failed report is simply made again on the next call.
+    fn report_leaders(self: &Arc<Self>, replicas: &[Arc<Replica>]) {
+        let known = self.node.partition_leaders();
+        let reports: Vec<PartitionLeader> = replicas
+            .iter()
+            .filter(|replica| replica.is_leader())
+            .filter_map(|replica| {
+                let (_, term) = replica.leader_and_term();
+                let isr = replica.in_sync_replicas();
+                let recorded = known.get(replica.topic_id(), replica.index());
+                let current = recorded.is_some_and(|r| {
+                    r.term == term && r.leader == self.node_id() && r.isr == isr
+                });
+                (!current).then(|| PartitionLeader {
+                    topic_id: replica.topic_id(),
+                    partition: replica.index(),
+                    leader: self.node_id(),
+                    term,
+                    isr,
+                })
+            })
+            .collect();
+        if reports.is_empty() || self.reporting_leaders.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            let count = reports.len();
+            match cluster
+                .node
+                .propose(MetadataCommand::ReportPartitionLeaders { reports })
+                .await
+            {
+                Ok(_) => tracing::debug!(count, "reported partition leaders"),
+                Err(error) => tracing::debug!(%error, "reporting partition leaders"),
+            }
+            cluster.reporting_leaders.store(false, Ordering::Release);
+        });
     }
 
     /// Resolves a partition for a data request: unknown topic/partition, or its replica here
@@ -676,8 +743,7 @@ impl ClusterBroker {
     }
 
     /// Waits (bounded) until this node knows the topic with `partitions` partitions and, if
-    /// asked, every local replica of it knows a leader: clients that ask for metadata next
-    /// then find leaders.
+    /// asked, a leader of each of them: clients that ask for metadata next then find leaders.
     async fn wait_for_topic(&self, name: &str, partitions: i32, leaders: bool) {
         let wait = async {
             let mut metadata = self.node.metadata();
@@ -696,17 +762,10 @@ impl ClusterBroker {
                 let Some(topic) = self.topic(name) else {
                     return;
                 };
-                let mine: Vec<i32> = topic
-                    .assignments
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.contains(&self.node_id()))
-                    .map(|(p, _)| p as i32)
-                    .collect();
-                let ready = mine.iter().all(|&p| {
-                    self.replica(topic.topic_id, p)
-                        .is_some_and(|r| r.leader_and_term().0.is_some())
-                });
+                // Every partition, not only this node's: the others' leaders are known here
+                // once they have reported themselves.
+                let ready = (0..topic.assignments.len() as i32)
+                    .all(|p| self.partition_view(&topic, p).leader.is_some());
                 if ready {
                     return;
                 }
@@ -750,6 +809,7 @@ impl ClusterBroker {
                             tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "reading producer state");
                         }
                     }
+                    self.report_leaders(&replicas);
                     if retention_checked.elapsed() >= retention_interval {
                         retention_checked = tokio::time::Instant::now();
                         retention_due = Some(replicas);

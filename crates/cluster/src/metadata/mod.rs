@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::{MetadataLogStore, MetadataStoreError};
 pub use placement::{place_replicas, PlacementError};
-pub use state_machine::{MetadataStateMachine, ReplicatedOffsets};
+pub use state_machine::{MetadataStateMachine, PartitionLeaders, ReplicatedOffsets};
 
 use crate::{NodeAddress, NodeId};
 
@@ -115,6 +115,21 @@ pub enum MetadataCommand {
         group: String,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// Partition leaders report their leadership (on election, and when their ISR changes),
+    /// as KRaft's partition-change records: every node then names every partition's leader
+    /// in Metadata, not only the partition's replicas. See [`PartitionLeaders`].
+    ReportPartitionLeaders { reports: Vec<PartitionLeader> },
+}
+
+/// A partition's leader as its leader last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionLeader {
+    pub topic_id: uuid::Uuid,
+    pub partition: i32,
+    pub leader: NodeId,
+    /// The partition group's Raft term (Kafka's leader epoch).
+    pub term: u64,
+    pub isr: Vec<NodeId>,
 }
 
 /// One committed consumer offset, as OffsetCommit stores it and OffsetFetch returns it.

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::log_store::{read_file_if_exists, write_file_atomically, MetadataStoreError};
 use super::{
     ClusterMetadata, CommittedOffset, ConsumerOffsets, MetadataCommand, MetadataRaft,
-    MetadataRejection, MetadataResponse, TopicMetadata,
+    MetadataRejection, MetadataResponse, PartitionLeader, TopicMetadata,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -37,6 +37,9 @@ struct StoredSnapshot {
     /// Absent in snapshots written before offsets were replicated.
     #[serde(default)]
     consumer_offsets: ConsumerOffsets,
+    /// Absent in snapshots written before leaders were reported.
+    #[serde(default)]
+    partition_leaders: Vec<PartitionLeader>,
 }
 
 /// What a snapshot sent to a lagging follower carries.
@@ -44,6 +47,55 @@ struct StoredSnapshot {
 struct SnapshotPayload {
     metadata: ClusterMetadata,
     consumer_offsets: ConsumerOffsets,
+    #[serde(default)]
+    partition_leaders: Vec<PartitionLeader>,
+}
+
+/// A read handle on the partition leaders as reported through the metadata group and applied
+/// on this node. Kept apart from the published [`ClusterMetadata`] like the offsets: leader
+/// and ISR changes need not make every node reconcile its replicas. A report only replaces one
+/// of an older or equal term, so a late report of a deposed leader cannot win.
+#[derive(Clone, Default)]
+pub struct PartitionLeaders {
+    leaders: Arc<RwLock<BTreeMap<(uuid::Uuid, i32), PartitionLeader>>>,
+}
+
+impl PartitionLeaders {
+    /// The last reported leader of one partition.
+    pub fn get(&self, topic_id: uuid::Uuid, partition: i32) -> Option<PartitionLeader> {
+        self.leaders.read().get(&(topic_id, partition)).cloned()
+    }
+
+    fn apply(&self, reports: &[PartitionLeader]) {
+        let mut leaders = self.leaders.write();
+        for report in reports {
+            let key = (report.topic_id, report.partition);
+            if leaders.get(&key).is_none_or(|known| known.term <= report.term) {
+                leaders.insert(key, report.clone());
+            }
+        }
+    }
+
+    /// Drops the leaders of topics that no longer exist.
+    fn retain_topics(&self, metadata: &ClusterMetadata) {
+        let live: std::collections::HashSet<uuid::Uuid> =
+            metadata.topics.values().map(|t| t.topic_id).collect();
+        self.leaders
+            .write()
+            .retain(|(topic_id, _), _| live.contains(topic_id));
+    }
+
+    fn to_vec(&self) -> Vec<PartitionLeader> {
+        self.leaders.read().values().cloned().collect()
+    }
+
+    fn replace(&self, reports: Vec<PartitionLeader>) {
+        let mut leaders = self.leaders.write();
+        leaders.clear();
+        for report in reports {
+            leaders.insert((report.topic_id, report.partition), report);
+        }
+    }
 }
 
 /// A read handle on the committed consumer offsets as applied on this node. On the metadata
@@ -103,6 +155,8 @@ pub struct MetadataStateMachine {
     published: Arc<watch::Sender<ClusterMetadata>>,
     /// Written only while `state` is locked, so a snapshot sees both at one log position.
     offsets: ReplicatedOffsets,
+    /// Written only while `state` is locked, as `offsets`.
+    leaders: PartitionLeaders,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -129,8 +183,10 @@ impl MetadataStateMachine {
                 Err(source) => return Err(MetadataStoreError::Io { path, source }),
             };
         let offsets = ReplicatedOffsets::default();
+        let leaders = PartitionLeaders::default();
         if let Some(stored) = &snapshot {
             *offsets.offsets.write() = stored.consumer_offsets.clone();
+            leaders.replace(stored.partition_leaders.clone());
         }
         let state = match &snapshot {
             Some(stored) => MachineState {
@@ -153,6 +209,7 @@ impl MetadataStateMachine {
             state: Arc::new(Mutex::new(state)),
             published: Arc::new(published),
             offsets,
+            leaders,
             storage,
             dir: dir.to_path_buf(),
         })
@@ -166,6 +223,11 @@ impl MetadataStateMachine {
     /// The committed consumer offsets as applied here.
     pub fn consumer_offsets(&self) -> ReplicatedOffsets {
         self.offsets.clone()
+    }
+
+    /// The partition leaders as reported and applied here.
+    pub fn partition_leaders(&self) -> PartitionLeaders {
+        self.leaders.clone()
     }
 
     fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
@@ -261,10 +323,10 @@ pub(super) fn apply_command(
                 None => rejected(Reject::ProducerIdsExhausted),
             }
         }
-        // Applied by `apply_offsets_command`; never reaches here from `apply`.
-        MetadataCommand::CommitOffsets { .. } | MetadataCommand::DeleteGroupOffsets { .. } => {
-            MetadataResponse::Done
-        }
+        // Applied by `apply_offsets_command` / `PartitionLeaders`; never reach here from `apply`.
+        MetadataCommand::CommitOffsets { .. }
+        | MetadataCommand::DeleteGroupOffsets { .. }
+        | MetadataCommand::ReportPartitionLeaders { .. } => MetadataResponse::Done,
         MetadataCommand::SetPartitionReplicas {
             name,
             partition,
@@ -381,11 +443,13 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
                 },
                 metadata: state.metadata.clone(),
                 consumer_offsets: self.offsets.offsets.read().clone(),
+                partition_leaders: self.leaders.to_vec(),
             }
         };
         let data = serde_json::to_vec(&SnapshotPayload {
             metadata: stored.metadata.clone(),
             consumer_offsets: stored.consumer_offsets.clone(),
+            partition_leaders: stored.partition_leaders.clone(),
         })
         .map_err(|e| {
             StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -429,6 +493,10 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                 state.metadata.applied_index = entry.log_id.index;
                 let response = match entry.payload {
                     EntryPayload::Blank => MetadataResponse::Done,
+                    EntryPayload::Normal(MetadataCommand::ReportPartitionLeaders { reports }) => {
+                        self.leaders.apply(&reports);
+                        MetadataResponse::Done
+                    }
                     EntryPayload::Normal(command) => {
                         let mut offsets = self.offsets.offsets.write();
                         match apply_offsets_command(&mut offsets, &command) {
@@ -447,6 +515,9 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                     }
                 };
                 responses.push(response);
+            }
+            if metadata_changed {
+                self.leaders.retain_topics(&state.metadata);
             }
             metadata_changed.then(|| state.metadata.clone())
         };
@@ -474,6 +545,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
         let SnapshotPayload {
             metadata,
             consumer_offsets,
+            partition_leaders,
         } = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
@@ -481,6 +553,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             meta: meta.clone(),
             metadata: metadata.clone(),
             consumer_offsets: consumer_offsets.clone(),
+            partition_leaders: partition_leaders.clone(),
         };
         self.persist(&stored).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -491,6 +564,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             state.last_membership = meta.last_membership.clone();
             state.metadata = metadata.clone();
             *self.offsets.offsets.write() = consumer_offsets;
+            self.leaders.replace(partition_leaders);
             state.snapshot = Some(stored);
         }
         self.published.send_replace(metadata);
@@ -506,6 +580,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
         let data = serde_json::to_vec(&SnapshotPayload {
             metadata: stored.metadata,
             consumer_offsets: stored.consumer_offsets,
+            partition_leaders: stored.partition_leaders,
         })
         .map_err(|e| {
             StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))

@@ -46,6 +46,8 @@ pub struct HttpContext {
     pub listeners: Vec<model::ListenerInfo>,
     pub disk_free_limit_bytes: u64,
     pub memory_high_watermark_bytes: u64,
+    /// This node's cluster layer in cluster mode (`--peers`).
+    pub cluster: Option<Arc<sluice_broker::replication::ClusterBroker>>,
 }
 
 /// The router's shared state.

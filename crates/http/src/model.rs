@@ -147,9 +147,40 @@ pub struct PartitionInfo {
     pub high_watermark: i64,
     pub size_bytes: u64,
     pub segments: u64,
-    /// Node id of the leader (this node until the cluster exists).
+    /// Node id of the leader (this node on a single node); -1 while a cluster partition has
+    /// no known leader.
     pub leader: i32,
+    /// The leader's epoch (the partition group's Raft term in a cluster; 0 on a single node).
+    pub leader_epoch: i32,
     pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+// ---- cluster ----
+
+/// One node of the cluster, as the metadata group registered it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodeInfo {
+    pub node_id: i32,
+    /// The node-to-node transport (`--cluster-listen`); absent on a single node.
+    pub cluster_address: Option<String>,
+    /// Where Kafka clients reach it (Metadata's broker address).
+    pub kafka_address: String,
+    /// The node answering this request.
+    pub is_self: bool,
+    pub is_metadata_leader: bool,
+}
+
+/// The cluster as this node sees it. On a single node: that node alone, leading itself.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// Whether this node runs in cluster mode (`--peers`).
+    pub clustered: bool,
+    pub node_id: i32,
+    /// The metadata Raft group's leader (Kafka's controller) as this node knows it.
+    pub metadata_leader: Option<i32>,
+    pub nodes: Vec<ClusterNodeInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

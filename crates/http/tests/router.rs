@@ -59,6 +59,7 @@ fn api(dir: &std::path::Path) -> HttpApi {
         listeners: Vec::new(),
         disk_free_limit_bytes: 0,
         memory_high_watermark_bytes: 1 << 30,
+        cluster: None,
     })
 }
 
@@ -202,6 +203,49 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 33, "{operations:#?}");
+    assert_eq!(operations.len(), 34, "{operations:#?}");
+    assert!(operations.contains(&"GET /api/cluster".to_string()));
     assert!(json["components"]["securitySchemes"]["basic"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_its_own_cluster_and_partition_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = api(dir.path());
+    let local = from(api.router(), "127.0.0.1:40000");
+    let (status, body) = call(
+        &local,
+        request("GET", "/api/cluster", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["clustered"], false);
+    assert_eq!(body["metadata_leader"], 0);
+    assert_eq!(body["nodes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["nodes"][0]["kafka_address"], "127.0.0.1:9092");
+    assert_eq!(body["nodes"][0]["is_metadata_leader"], true);
+
+    let (status, _) = call(
+        &local,
+        request(
+            "POST",
+            "/api/topics",
+            Some("guest:guest"),
+            r#"{"name":"t","partitions":2}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = call(
+        &local,
+        request("GET", "/api/topics/t/partitions", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for partition in body.as_array().expect("partitions") {
+        assert_eq!(partition["leader"], 0);
+        assert_eq!(partition["leader_epoch"], 0);
+        assert_eq!(partition["replicas"], serde_json::json!([0]));
+        assert_eq!(partition["isr"], serde_json::json!([0]));
+    }
 }

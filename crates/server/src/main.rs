@@ -164,6 +164,7 @@ async fn serve(
                 listeners,
                 disk_free_limit_bytes,
                 memory_high_watermark_bytes,
+                cluster: cluster.clone(),
             });
             let server = HttpServer::bind(address, api.clone())
                 .await

@@ -232,9 +232,8 @@ impl ClusterBroker {
                 let (_, term) = replica.leader_and_term();
                 let isr = replica.in_sync_replicas();
                 let recorded = known.get(replica.topic_id(), replica.index());
-                let current = recorded.is_some_and(|r| {
-                    r.term == term && r.leader == self.node_id() && r.isr == isr
-                });
+                let current = recorded
+                    .is_some_and(|r| r.term == term && r.leader == self.node_id() && r.isr == isr);
                 (!current).then(|| PartitionLeader {
                     topic_id: replica.topic_id(),
                     partition: replica.index(),

@@ -118,7 +118,9 @@ pub enum MetadataCommand {
     /// Partition leaders report their leadership (on election, and when their ISR changes),
     /// as KRaft's partition-change records: every node then names every partition's leader
     /// in Metadata, not only the partition's replicas. See [`PartitionLeaders`].
-    ReportPartitionLeaders { reports: Vec<PartitionLeader> },
+    ReportPartitionLeaders {
+        reports: Vec<PartitionLeader>,
+    },
 }
 
 /// A partition's leader as its leader last reported it.

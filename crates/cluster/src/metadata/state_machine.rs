@@ -70,7 +70,10 @@ impl PartitionLeaders {
         let mut leaders = self.leaders.write();
         for report in reports {
             let key = (report.topic_id, report.partition);
-            if leaders.get(&key).is_none_or(|known| known.term <= report.term) {
+            if leaders
+                .get(&key)
+                .is_none_or(|known| known.term <= report.term)
+            {
                 leaders.insert(key, report.clone());
             }
         }

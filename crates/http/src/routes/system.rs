@@ -12,8 +12,8 @@ use sluice_broker::Protocol;
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{
-    Alarm, ConnectionCounts, DiskStats, ErrorBody, Health, MemoryStats, ObjectCounts, Overview,
-    Readiness, ReadinessCheck,
+    Alarm, ClusterInfo, ClusterNodeInfo, ConnectionCounts, DiskStats, ErrorBody, Health,
+    MemoryStats, ObjectCounts, Overview, Readiness, ReadinessCheck,
 };
 use crate::AppState;
 
@@ -225,4 +225,48 @@ mod tests {
         assert_eq!(directory_bytes(dir.path()), 123);
         assert!(resident_set_bytes().is_some_and(|rss| rss > 0));
     }
+}
+
+/// The cluster's nodes (id, transport and Kafka addresses) and which one leads the metadata
+/// group, as this node knows them. A single node answers with itself alone.
+#[utoipa::path(get, path = "/api/cluster", tag = "system", security(("basic" = [])),
+    responses(
+        (status = 200, description = "The cluster as this node sees it", body = ClusterInfo),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterInfo> {
+    let own = &state.context.node;
+    let Some(cluster) = &state.context.cluster else {
+        return Json(ClusterInfo {
+            clustered: false,
+            node_id: own.node_id,
+            metadata_leader: Some(own.node_id),
+            nodes: vec![ClusterNodeInfo {
+                node_id: own.node_id,
+                cluster_address: None,
+                kafka_address: format!("{}:{}", own.host, own.kafka_port),
+                is_self: true,
+                is_metadata_leader: true,
+            }],
+        });
+    };
+    let leader = cluster.controller();
+    let self_id = cluster.node_id();
+    let nodes = cluster
+        .metadata()
+        .brokers
+        .iter()
+        .map(|(&id, address)| ClusterNodeInfo {
+            node_id: i32::try_from(id).unwrap_or(-1),
+            cluster_address: Some(address.cluster_addr.clone()),
+            kafka_address: address.kafka_addr.clone(),
+            is_self: id == self_id,
+            is_metadata_leader: leader == Some(id),
+        })
+        .collect();
+    Json(ClusterInfo {
+        clustered: true,
+        node_id: i32::try_from(self_id).unwrap_or(-1),
+        metadata_leader: leader.and_then(|id| i32::try_from(id).ok()),
+        nodes,
+    })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use sluice_broker::replication::ClusterBroker;
 use sluice_broker::{ConfigChange, ConfigSource, ConfigType, Partition, Topic};
 
 use crate::error::{ApiError, ApiResult};
@@ -34,8 +35,47 @@ fn partition_info(state: &AppState, partition: &Partition) -> PartitionInfo {
         size_bytes: partition.log().size_bytes(),
         segments: partition.log().segment_count() as u64,
         leader: node,
+        leader_epoch: 0,
         replicas: vec![node],
+        isr: vec![node],
     }
+}
+
+/// A replicated topic's partitions: leader, epoch, replicas and ISR as Metadata reports them;
+/// offsets and sizes from this node's replica, or -1 and 0 where this node holds none.
+fn cluster_partitions(
+    cluster: &ClusterBroker,
+    topic: &sluice_cluster::metadata::TopicMetadata,
+) -> Vec<PartitionInfo> {
+    let ids = |nodes: Vec<u64>| -> Vec<i32> {
+        nodes
+            .into_iter()
+            .map(|id| i32::try_from(id).unwrap_or(-1))
+            .collect()
+    };
+    (0..topic.assignments.len() as i32)
+        .map(|index| {
+            let view = cluster.partition_view(topic, index);
+            let log = cluster
+                .replica(topic.topic_id, index)
+                .map(|r| Arc::clone(r.log()));
+            PartitionInfo {
+                partition: index,
+                log_start_offset: log.as_ref().map_or(-1, |l| l.log_start_offset()),
+                log_end_offset: log.as_ref().map_or(-1, |l| l.log_end_offset()),
+                high_watermark: log.as_ref().map_or(-1, |l| l.high_watermark()),
+                size_bytes: log.as_ref().map_or(0, |l| l.size_bytes()),
+                segments: log.as_ref().map_or(0, |l| l.segment_count() as u64),
+                leader: view
+                    .leader
+                    .and_then(|id| i32::try_from(id).ok())
+                    .unwrap_or(-1),
+                leader_epoch: view.leader_epoch,
+                replicas: ids(view.replicas),
+                isr: ids(view.isr),
+            }
+        })
+        .collect()
 }
 
 fn detail(state: &AppState, topic: &Topic) -> TopicDetail {
@@ -235,7 +275,9 @@ pub async fn put_configs(
     Ok(Json(config_entries(&state, &name)?))
 }
 
-/// Each partition's log start, log end, high watermark, size on disk, leader and replicas.
+/// Each partition's log start, log end, high watermark, size on disk, leader, leader epoch,
+/// replicas and ISR. In cluster mode a replicated topic's leaders are the cluster's (any node
+/// answers); offsets and sizes are this node's replica's, -1 and 0 where it holds none.
 #[utoipa::path(get, path = "/api/topics/{name}/partitions", tag = "topics", security(("basic" = [])),
     params(("name" = String, Path, description = "Topic name")),
     responses(
@@ -246,6 +288,11 @@ pub async fn partitions(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vec<PartitionInfo>>> {
+    if let Some(cluster) = &state.context.cluster {
+        if let Some(topic) = cluster.topic(&name) {
+            return Ok(Json(cluster_partitions(cluster, &topic)));
+        }
+    }
     let topic = topic_or_404(&state, &name)?;
     Ok(Json(
         topic

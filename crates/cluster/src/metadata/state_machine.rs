@@ -600,6 +600,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_leader_report_of_an_older_term_does_not_replace_a_newer_one() {
+        let topic_id = uuid::Uuid::from_u128(7);
+        let report = |leader, term| PartitionLeader {
+            topic_id,
+            partition: 0,
+            leader,
+            term,
+            isr: vec![leader],
+        };
+        let leaders = PartitionLeaders::default();
+        leaders.apply(&[report(1, 3)]);
+        leaders.apply(&[report(2, 5)]);
+        // A deposed leader's report committed late loses to the newer term.
+        leaders.apply(&[report(1, 4)]);
+        assert_eq!(leaders.get(topic_id, 0), Some(report(2, 5)));
+        // Same term: the ISR may change.
+        let mut wider = report(2, 5);
+        wider.isr = vec![2, 3];
+        leaders.apply(std::slice::from_ref(&wider));
+        assert_eq!(leaders.get(topic_id, 0), Some(wider));
+        // Deleting the topic forgets its leaders.
+        leaders.retain_topics(&ClusterMetadata::default());
+        assert_eq!(leaders.get(topic_id, 0), None);
+    }
+
+    #[test]
     fn commands_change_metadata_and_rejections_leave_it_alone() {
         let mut metadata = ClusterMetadata::default();
         let topic_id = uuid::Uuid::from_u128(1);

@@ -3,7 +3,9 @@
 of a partition is killed with SIGKILL and later restarted. Nothing acknowledged may be lost or
 duplicated, every acknowledged record must be at its acknowledged offset, and after the restart
 every node must report the same leaders, with the leader's ISR back to all three replicas.
-A consumer group's acknowledged commits survive a SIGKILL of its coordinator."""
+A consumer group's acknowledged commits survive a SIGKILL of its coordinator. On four nodes
+with RF=3, a node without a replica of a partition names its leader (Kafka Metadata and the
+HTTP API), and GET /api/cluster lists the nodes."""
 
 import threading
 import time
@@ -319,3 +321,65 @@ def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_f
             assert tp.offset >= acknowledged.get(tp.partition, 0), "commit went back"
     finally:
         second.close()
+
+
+def http_get(node, path):
+    """GET on a node's HTTP API as guest (allowed from loopback); the JSON answer."""
+    import base64
+    import json
+    import urllib.request
+    request = urllib.request.Request(node.http_url + path, headers={
+        "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_every_node_names_every_leader_with_more_nodes_than_replicas(broker_factory):
+    """Four nodes, RF=3: each partition has a node without a replica of it, which must still
+    name the partition's leader (Kafka Metadata and the HTTP API), as every node agrees."""
+    nodes = start_cluster(broker_factory, size=4)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3)]).values():
+        future.result(timeout=30)
+
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            views = [partition_views(n.bootstrap) for n in nodes]
+            leaders = [{p: v[0] for p, v in view.items()} for view in views]
+            if (len(views[0]) == PARTITIONS and all(l == leaders[0] for l in leaders)
+                    and all(leader > 0 for leader in leaders[0].values())):
+                break
+            last = views
+        except KafkaException as error:
+            last = error
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the nodes did not agree on leaders in {HEAL_TIMEOUT_S}s: {last}")
+    leaders = leaders[0]
+    # Three replicas of each partition on four nodes: some node holds none of it.
+    assert all(len(v[1]) == 3 for v in views[0].values()), views[0]
+
+    # The HTTP API: the same leaders, with epochs and replicas, from every node.
+    http_views = [{p["partition"]: p for p in http_get(n, f"/api/topics/{TOPIC}/partitions")}
+                  for n in nodes]
+    for view in http_views:
+        assert {p: v["leader"] for p, v in view.items()} == leaders, http_views
+        assert all(v["leader_epoch"] > 0 and len(v["replicas"]) == 3 for v in view.values())
+    outsiders = [(i, p) for i, view in enumerate(http_views) for p, v in view.items()
+                 if i + 1 not in v["replicas"]]
+    assert outsiders, http_views
+    for i, p in outsiders:
+        assert http_views[i][p]["log_end_offset"] == -1  # no replica there
+        assert http_views[i][p]["leader_epoch"] == http_views[leaders[p] - 1][p]["leader_epoch"]
+
+    clusters = [http_get(n, "/api/cluster") for n in nodes]
+    for i, cluster in enumerate(clusters):
+        assert cluster["clustered"] is True and cluster["node_id"] == i + 1
+        assert sorted(node["node_id"] for node in cluster["nodes"]) == [1, 2, 3, 4]
+        assert [node["node_id"] for node in cluster["nodes"] if node["is_self"]] == [i + 1]
+        assert cluster["metadata_leader"] in (1, 2, 3, 4)
+        by_id = {node["node_id"]: node for node in cluster["nodes"]}
+        assert by_id[i + 1]["kafka_address"] == nodes[i].bootstrap

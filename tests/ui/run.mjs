@@ -332,6 +332,12 @@ async function main(context) {
     await expectText(byTest(page, 'channels').locator('tbody tr').first(), /guest/, 'the AMQP channel');
     await screenshots(page, 'connections');
 
+    // ---- cluster: a single node lists itself as the metadata leader ----
+    step = 'cluster';
+    await nav(page, 'cluster');
+    await expectText(byTest(page, 'cluster-nodes').locator('tbody tr').first(), /yes/, 'this node as metadata leader');
+    await screenshots(page, 'cluster');
+
     // ---- a user without the administrator tag: reads work, actions show the 403 ----
     step = 'non-administrator';
     await page.getByRole('button', { name: 'Log out' }).click();

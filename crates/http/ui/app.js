@@ -8,10 +8,12 @@ import { topicsPage, topicPage } from './pages/topics.js';
 import { groupsPage, groupPage } from './pages/groups.js';
 import { queuesPage, queuePage, exchangesPage } from './pages/amqp.js';
 import { connectionsPage } from './pages/connections.js';
+import { clusterPage } from './pages/cluster.js';
 
 const NAV = [
   ['overview', 'Overview'], ['topics', 'Topics'], ['groups', 'Consumer groups'],
   ['queues', 'Queues'], ['exchanges', 'Exchanges'], ['connections', 'Connections'],
+  ['cluster', 'Cluster'],
 ];
 
 const ROUTES = [
@@ -24,6 +26,7 @@ const ROUTES = [
   [/^queues\/(.+)$/, queuePage],
   [/^exchanges$/, exchangesPage],
   [/^connections$/, connectionsPage],
+  [/^cluster$/, clusterPage],
 ];
 
 /** What a page may use: its container, timers that end with the page, and navigation. */

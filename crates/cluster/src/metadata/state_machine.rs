@@ -217,6 +217,8 @@ pub(super) fn apply_command(
                     replication_factor,
                     assignments,
                     configs,
+                    reassignments: BTreeMap::new(),
+                    moved: Default::default(),
                 },
             );
             MetadataResponse::Done
@@ -265,6 +267,45 @@ pub(super) fn apply_command(
         MetadataCommand::CommitOffsets { .. } | MetadataCommand::DeleteGroupOffsets { .. } => {
             MetadataResponse::Done
         }
+        MetadataCommand::ReassignPartition {
+            name,
+            partition,
+            target,
+        } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            if partition as usize >= topic.assignments.len() {
+                return rejected(Reject::UnknownPartition {
+                    topic: name,
+                    partition,
+                });
+            }
+            let Some(target) = target else {
+                return match topic.reassignments.remove(&partition) {
+                    Some(_) => MetadataResponse::Done,
+                    None => rejected(Reject::NoReassignment {
+                        topic: name,
+                        partition,
+                    }),
+                };
+            };
+            if let Err(reason) = check_assignments(std::slice::from_ref(&target), None) {
+                return rejected(Reject::InvalidAssignment(reason));
+            }
+            if let Some(unknown) = target.iter().find(|id| !metadata.brokers.contains_key(id)) {
+                return rejected(Reject::InvalidAssignment(format!(
+                    "broker {unknown} is not registered"
+                )));
+            }
+            if topic.assignments[partition as usize] == target {
+                // Already there: a reassignment to the current replicas ends any in progress.
+                topic.reassignments.remove(&partition);
+            } else {
+                topic.reassignments.insert(partition, target);
+            }
+            MetadataResponse::Done
+        }
         MetadataCommand::SetPartitionReplicas {
             name,
             partition,
@@ -279,6 +320,8 @@ pub(super) fn apply_command(
             match topic.assignments.get_mut(partition as usize) {
                 Some(current) => {
                     *current = replicas;
+                    topic.reassignments.remove(&partition);
+                    topic.moved.insert(partition);
                     MetadataResponse::Done
                 }
                 None => rejected(Reject::UnknownPartition {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
-use sluice_broker::replication::{ClusterBroker, Replica, ReplicationError};
+use sluice_broker::replication::{ClusterBroker, ReassignmentError, Replica, ReplicationError};
 use sluice_broker::{Broker, BrokerConfig, BrokerError, GroupError};
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_cluster::NodeId;
@@ -35,8 +35,12 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_nodes(3).await
+    }
+
+    async fn start_nodes(count: NodeId) -> Cluster {
         let mut listeners = Vec::new();
-        for node_id in 1..=3 {
+        for node_id in 1..=count {
             listeners.push((node_id, TcpListener::bind("127.0.0.1:0").await.unwrap()));
         }
         let addrs: Vec<_> = listeners
@@ -492,6 +496,170 @@ async fn committed_offsets_survive_the_coordinator() {
         Err(GroupError::GroupIdNotFound)
     );
     for node_id in [1, 2, 3] {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// A partition of RF=3 on a 4-node cluster moves from three nodes to another three
+/// (AlterPartitionReassignments) while a producer keeps writing with acks=all; the node that
+/// left is stopped and every acknowledged batch is read back from the new replica set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reassignment_moves_a_partition_while_producing() {
+    let mut cluster = Cluster::start_nodes(4).await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 4 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let original = first.topic(TOPIC).unwrap().assignments[0].clone();
+    let leaving = original[0];
+    let joining = (1..=4).find(|n| !original.contains(n)).unwrap();
+    let target: Vec<NodeId> = original[1..].iter().copied().chain([joining]).collect();
+
+    // Refusals as Kafka: unknown partition, unknown broker, duplicates, cancel of nothing.
+    let unknown = first
+        .reassign_partition(TOPIC, 5, Some(target.clone()))
+        .await;
+    assert!(
+        matches!(unknown, Err(ReassignmentError::UnknownTopicOrPartition(_))),
+        "{unknown:?}"
+    );
+    let stranger = first
+        .reassign_partition(TOPIC, 0, Some(vec![1, 2, 9]))
+        .await;
+    assert!(
+        matches!(stranger, Err(ReassignmentError::InvalidAssignment(_))),
+        "{stranger:?}"
+    );
+    let twice = first
+        .reassign_partition(TOPIC, 0, Some(vec![2, 2, 3]))
+        .await;
+    assert!(
+        matches!(twice, Err(ReassignmentError::InvalidAssignment(_))),
+        "{twice:?}"
+    );
+    let nothing = first.reassign_partition(TOPIC, 0, None).await;
+    assert!(
+        matches!(nothing, Err(ReassignmentError::NoReassignmentInProgress(_))),
+        "{nothing:?}"
+    );
+
+    // A producer writes acks=all throughout, following the leader.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let nodes: Vec<Arc<ClusterBroker>> =
+            cluster.nodes.values().map(|n| n.cluster.clone()).collect();
+        let producing = Arc::clone(&producing);
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                let leader = nodes
+                    .iter()
+                    .find_map(|n| n.replica_for(TOPIC, 0).ok().filter(|r| r.is_leader()));
+                let Some(leader) = leader else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let value = format!("moving-{i}");
+                let outcome = leader
+                    .produce(batch(-1, -1, &[&value]), 2, Duration::from_secs(2))
+                    .await;
+                if let Ok(outcome) = outcome {
+                    acknowledged.push((outcome.base_offset, value.into_bytes()));
+                    i += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    first
+        .reassign_partition(TOPIC, 0, Some(target.clone()))
+        .await
+        .unwrap();
+    // Listed while in progress (it can also finish before the listing on a fast machine).
+    let listed = first.reassignments(None);
+    if let Some(ongoing) = listed.first() {
+        assert_eq!(ongoing.adding, vec![joining]);
+        assert_eq!(ongoing.removing, vec![leaving]);
+    }
+    // The move completes: the metadata assignment becomes the target, the group's voters
+    // are the target, and the node that left deletes its replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let assignment = first.topic(TOPIC).unwrap().assignments[0].clone();
+        let leaving_gone = cluster.nodes[&leaving]
+            .cluster
+            .replica_for(TOPIC, 0)
+            .is_err();
+        if assignment == target && leaving_gone && first.reassignments(None).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reassignment did not complete: {assignment:?}, leaving replica gone: {leaving_gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.unwrap();
+    assert!(
+        acknowledged.len() > 20,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+    println!(
+        "{} batches acknowledged across the move",
+        acknowledged.len()
+    );
+
+    cluster.stop(leaving).await;
+    // Every acknowledged batch is on every replica of the new set, at its acknowledged offset.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let logs: Vec<Vec<(i64, Vec<u8>)>> = target
+            .iter()
+            .map(|n| {
+                cluster.nodes[n]
+                    .cluster
+                    .replica_for(TOPIC, 0)
+                    .map(|r| data_batches(&r))
+                    .unwrap_or_default()
+            })
+            .collect();
+        // A batch whose answer was lost (its leader stepped down as it left the group) may
+        // be there too: acknowledged ones must be, at their offsets, and the replicas agree.
+        let has_every_ack =
+            |log: &Vec<(i64, Vec<u8>)>| acknowledged.iter().all(|ack| log.contains(ack));
+        if logs.iter().all(has_every_ack) && logs.iter().all(|l| l == &logs[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new replicas did not converge: {:?} of {}",
+            logs.iter().map(Vec::len).collect::<Vec<_>>(),
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new set still takes writes without the node that left.
+    let leader = cluster.leader().await;
+    assert!(target.contains(&leader));
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["after"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+    for node_id in target {
         cluster.stop(node_id).await;
     }
 }

@@ -16,6 +16,13 @@
 //!   high watermark advances, so a new leader de-duplicates retries sent across a failover;
 //!   the leader checks and proposes a partition's idempotent batches one at a time.
 //!
+//! - Reassignment (AlterPartitionReassignments): the metadata group records a partition's
+//!   target replicas beside its assignment; nodes in the target open the replica without
+//!   initializing its group, and the partition's Raft leader adds them as learners, waits
+//!   until they caught up, changes the voters (openraft's joint consensus) and records the
+//!   target as the assignment, after which removed replicas stop and delete their data. The
+//!   leader also brings back in line what a failed leader or a late cancel left behind
+//!   (stray learners, voters the metadata does not show).
 //! - Committed consumer offsets go through the metadata group: the coordinator of every group
 //!   is the metadata leader, which checks the committer against the group's members (kept in
 //!   memory by its local [`crate::GroupCoordinator`], as on one node) and answers OffsetCommit
@@ -1023,7 +1030,11 @@ impl ClusterBroker {
                     }
                     // Leadership moves without a metadata change: a new leader picks up a
                     // reassignment its predecessor did not finish.
-                    self.drive_membership_changes(&self.metadata());
+                    {
+                        let metadata = self.node.metadata();
+                        let current = metadata.borrow();
+                        self.drive_membership_changes(&current);
+                    }
                     if retention_checked.elapsed() >= retention_interval {
                         retention_checked = tokio::time::Instant::now();
                         retention_due = Some(replicas);

@@ -93,19 +93,16 @@ impl Cluster {
         cluster.replica_for(TOPIC, 0).unwrap()
     }
 
-    /// Waits until every running node's replica agrees on one leader among the running nodes.
+    /// Waits until every running node's replica agrees on one leader among the running nodes
+    /// (nodes without a replica of the partition have no say).
     async fn leader(&self) -> NodeId {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let views: Vec<Option<NodeId>> = self
                 .nodes
                 .values()
-                .map(|n| {
-                    n.cluster
-                        .replica_for(TOPIC, 0)
-                        .ok()
-                        .and_then(|r| r.leader_and_term().0)
-                })
+                .filter_map(|n| n.cluster.replica_for(TOPIC, 0).ok())
+                .map(|r| r.leader_and_term().0)
                 .collect();
             if let Some(Some(leader)) = views.first() {
                 if views.iter().all(|v| *v == Some(*leader))
@@ -660,6 +657,99 @@ async fn reassignment_moves_a_partition_while_producing() {
         .await
         .unwrap();
     for node_id in target {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// A reassignment to a node that is down cannot finish: it is listed as in progress until it
+/// is cancelled, the cancel leaves the replicas as they were and the leader drops the learner
+/// it had added; the partition keeps taking writes throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_reassignment_is_cancelled() {
+    let mut cluster = Cluster::start_nodes(4).await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 4 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let original = first.topic(TOPIC).unwrap().assignments[0].clone();
+    let joining = (1..=4).find(|n| !original.contains(n)).unwrap();
+    let target: Vec<NodeId> = original[1..].iter().copied().chain([joining]).collect();
+    let leader = cluster.leader().await;
+    cluster.stop(joining).await;
+    let alive = *original.iter().find(|&&n| n != joining).unwrap();
+    let admin = cluster.nodes[&alive].cluster.clone();
+
+    admin
+        .reassign_partition(TOPIC, 0, Some(target.clone()))
+        .await
+        .unwrap();
+    // The leader adds the learner, which never catches up: the move stays listed.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let learners = cluster
+            .replica(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect::<Vec<_>>();
+        if learners == vec![joining] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no learner added: {learners:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listed = admin.reassignments(None);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].adding, vec![joining]);
+    assert_eq!(listed[0].removing, vec![original[0]]);
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["during"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+
+    admin.reassign_partition(TOPIC, 0, None).await.unwrap();
+    assert!(admin.reassignments(None).is_empty());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let membership = cluster
+            .replica(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let mut expected = original.clone();
+        expected.sort_unstable();
+        if learners.is_empty() && voters == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner stayed after the cancel: voters {voters:?}, learners {learners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admin.topic(TOPIC).unwrap().assignments[0], original);
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["after"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+    for node_id in original {
         cluster.stop(node_id).await;
     }
 }

@@ -775,7 +775,7 @@ impl ClusterBroker {
         let command = MetadataCommand::ReassignPartition {
             name: topic.to_string(),
             partition: index,
-            target,
+            target: target.clone(),
         };
         let response = self.node.propose(command).await.map_err(|e| match e {
             sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
@@ -794,7 +794,24 @@ impl ClusterBroker {
                 }
                 other => ReplicationError::Raft(other.to_string()).into(),
             }),
-            _ => Ok(()),
+            _ => {
+                // Read your writes: a ListPartitionReassignments sent here next sees it.
+                let mut metadata = self.node.metadata();
+                let applied = metadata.wait_for(|m| {
+                    m.topics.get(topic).is_none_or(|t| {
+                        let pending = t.reassignments.get(&index);
+                        match &target {
+                            None => pending.is_none(),
+                            Some(target) => {
+                                pending == Some(target)
+                                    || t.assignments.get(index as usize) == Some(target)
+                            }
+                        }
+                    })
+                });
+                let _ = tokio::time::timeout(ADMIN_WAIT_MAX, applied).await;
+                Ok(())
+            }
         }
     }
 
@@ -929,7 +946,12 @@ impl ClusterBroker {
             return Ok(());
         };
         let addresses = self.node.metadata().borrow().brokers.clone();
-        for &id in target.iter().filter(|id| !voters.contains(id)) {
+        let adding: Vec<NodeId> = target
+            .iter()
+            .filter(|id| !voters.contains(id))
+            .copied()
+            .collect();
+        for &id in &adding {
             let cluster_addr = addresses
                 .get(&id)
                 .map(|a| a.cluster_addr.clone())
@@ -938,7 +960,7 @@ impl ClusterBroker {
                 topic = replica.topic(),
                 partition = replica.index(),
                 node = id,
-                "adding a learner and waiting for it to catch up"
+                "adding a learner"
             );
             raft.add_learner(
                 id,
@@ -946,17 +968,42 @@ impl ClusterBroker {
                     cluster_addr,
                     kafka_addr: String::new(),
                 },
-                true,
+                false,
             )
             .await
             .map_err(|e| raft_error(e.to_string()))?;
         }
-        // A cancel while the learners caught up: the next round removes them.
-        let still_wanted = self
-            .topic(replica.topic())
-            .and_then(|t| t.reassignments.get(&(replica.index() as u32)).cloned());
-        if still_wanted.as_ref() != Some(&target) {
-            return Ok(());
+        // Wait until the learners have what the leader had when they were added, checking
+        // for a cancel meanwhile (the next round then removes them).
+        let caught_up_to = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let wanted = |cluster: &Self| {
+            cluster
+                .topic(replica.topic())
+                .and_then(|t| t.reassignments.get(&(replica.index() as u32)).cloned())
+                .as_ref()
+                == Some(&target)
+        };
+        loop {
+            if !wanted(self) {
+                return Ok(());
+            }
+            let caught_up = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                let Some(replication) = metrics.replication.as_ref() else {
+                    return Err(ReplicationError::NotLeader);
+                };
+                adding.iter().all(|id| {
+                    replication
+                        .get(id)
+                        .and_then(|matched| matched.as_ref())
+                        .is_some_and(|matched| matched.index >= caught_up_to)
+                })
+            };
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let target_voters: BTreeSet<NodeId> = target.iter().copied().collect();
         if voters != target_voters {

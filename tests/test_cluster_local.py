@@ -383,3 +383,112 @@ def test_every_node_names_every_leader_with_more_nodes_than_replicas(broker_fact
         assert cluster["metadata_leader"] in (1, 2, 3, 4)
         by_id = {node["node_id"]: node for node in cluster["nodes"]}
         assert by_id[i + 1]["kafka_address"] == nodes[i].bootstrap
+
+
+def test_partition_reassignment_with_kafka_python_admin(broker_factory):
+    """AlterPartitionReassignments from kafka-python's admin client moves an RF=3 partition
+    on a 4-node cluster to another node set while confluent-kafka produces acks=all;
+    ListPartitionReassignments shows the move until it is done; the node that left is killed
+    and every acknowledged record is read back from the new replicas."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KafkaTopicPartition
+    from kafka.errors import InvalidReplicationAssignmentError, UnknownTopicOrPartitionError
+
+    topic = "moved"
+    nodes = start_cluster(broker_factory, size=4)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 3)])[topic].result(timeout=30)
+    # Only the partition's replicas know its leader: ask every node.
+    node_admins = [AdminClient({"bootstrap.servers": n.bootstrap}) for n in nodes]
+    deadline = time.monotonic() + 30
+    partition = None
+    while partition is None:
+        for node_admin in node_admins:
+            found = node_admin.list_topics(topic, timeout=5).topics[topic].partitions.get(0)
+            if found is not None and found.leader > 0:
+                partition = found
+        assert partition is not None or time.monotonic() < deadline, "no leader for the topic"
+        time.sleep(0.2)
+    original = list(partition.replicas)
+    leaving = original[0]
+    joining = next(n for n in range(1, 5) if n not in original)
+    target = original[1:] + [joining]
+
+    stop = threading.Event()
+    acknowledged = []
+    lock = threading.Lock()
+
+    def delivered(error, message):
+        if error is None:
+            with lock:
+                acknowledged.append((message.offset(), message.value()))
+
+    def produce_until_stopped():
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 5})
+        i = 0
+        while not stop.is_set():
+            producer.produce(topic, value=f"r{i}".encode(), partition=0, on_delivery=delivered)
+            producer.poll(0)
+            i += 1
+            time.sleep(0.002)
+        assert producer.flush(60) == 0
+
+    thread = threading.Thread(target=produce_until_stopped)
+    thread.start()
+    kafka_admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        time.sleep(1)
+        tp = KafkaTopicPartition(topic, 0)
+        refused = kafka_admin.alter_partition_reassignments({
+            tp: [original[0], original[1], 9]})
+        assert refused[tp] is InvalidReplicationAssignmentError, refused
+        refused = kafka_admin.alter_partition_reassignments({tp: [2, 2, 3]})
+        assert refused[tp] is InvalidReplicationAssignmentError, refused
+        unknown = KafkaTopicPartition(topic, 7)
+        refused = kafka_admin.alter_partition_reassignments({unknown: target})
+        assert refused[unknown] is UnknownTopicOrPartitionError, refused
+
+        accepted = kafka_admin.alter_partition_reassignments({tp: target})
+        assert accepted[tp] is None, accepted
+        deadline = time.monotonic() + 60
+        seen_listed = None
+        while True:
+            ongoing = kafka_admin.list_partition_reassignments()
+            if tp in ongoing:
+                seen_listed = ongoing[tp]
+            replicas = admin.list_topics(topic, timeout=5).topics[topic].partitions[0].replicas
+            if not ongoing and sorted(replicas) == sorted(target):
+                break
+            assert time.monotonic() < deadline, f"reassignment did not finish: {ongoing} {replicas}"
+            time.sleep(0.05)
+        if seen_listed is not None:
+            assert seen_listed["adding_replicas"] == [joining], seen_listed
+            assert seen_listed["removing_replicas"] == [leaving], seen_listed
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join()
+        kafka_admin.close()
+    assert len(acknowledged) > 50, len(acknowledged)
+    print(f"moved {original} -> {target}; {len(acknowledged)} records acknowledged; "
+          f"listed while in progress: {seen_listed}")
+
+    nodes[leaving - 1].kill9()
+    remaining = ",".join(nodes[n - 1].bootstrap for n in target)
+    consumer = Consumer({"bootstrap.servers": remaining, "group.id": "moved-reader",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        got = {}
+        wanted = dict(acknowledged)
+        deadline = time.monotonic() + 60
+        while not all(offset in got for offset in wanted) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                got[message.offset()] = message.value()
+        missing = [offset for offset in wanted if got.get(offset) != wanted[offset]]
+        assert not missing, f"{len(missing)} acknowledged records missing, first {missing[:5]}"
+    finally:
+        consumer.close()

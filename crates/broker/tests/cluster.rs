@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
-use sluice_broker::replication::{ClusterBroker, Replica, ReplicationError};
+use sluice_broker::replication::{ClusterBroker, ReassignmentError, Replica, ReplicationError};
 use sluice_broker::{Broker, BrokerConfig, BrokerError, GroupError};
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_cluster::NodeId;
@@ -94,19 +94,16 @@ impl Cluster {
         cluster.replica_for(TOPIC, 0).unwrap()
     }
 
-    /// Waits until every running node's replica agrees on one leader among the running nodes.
+    /// Waits until every running node's replica agrees on one leader among the running nodes
+    /// (nodes without a replica of the partition have no say).
     async fn leader(&self) -> NodeId {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let views: Vec<Option<NodeId>> = self
                 .nodes
                 .values()
-                .map(|n| {
-                    n.cluster
-                        .replica_for(TOPIC, 0)
-                        .ok()
-                        .and_then(|r| r.leader_and_term().0)
-                })
+                .filter_map(|n| n.cluster.replica_for(TOPIC, 0).ok())
+                .map(|r| r.leader_and_term().0)
                 .collect();
             if let Some(Some(leader)) = views.first() {
                 if views.iter().all(|v| *v == Some(*leader))
@@ -584,5 +581,262 @@ async fn wait_for_view(
         }
         assert!(Instant::now() < deadline, "view never matched: {view:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A partition of RF=3 on a 4-node cluster moves from three nodes to another three
+/// (AlterPartitionReassignments) while a producer keeps writing with acks=all; the node that
+/// left is stopped and every acknowledged batch is read back from the new replica set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reassignment_moves_a_partition_while_producing() {
+    let mut cluster = Cluster::start_nodes(4).await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 4 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let original = first.topic(TOPIC).unwrap().assignments[0].clone();
+    let leaving = original[0];
+    let joining = (1..=4).find(|n| !original.contains(n)).unwrap();
+    let target: Vec<NodeId> = original[1..].iter().copied().chain([joining]).collect();
+
+    // Refusals as Kafka: unknown partition, unknown broker, duplicates, cancel of nothing.
+    let unknown = first
+        .reassign_partition(TOPIC, 5, Some(target.clone()))
+        .await;
+    assert!(
+        matches!(unknown, Err(ReassignmentError::UnknownTopicOrPartition(_))),
+        "{unknown:?}"
+    );
+    let stranger = first
+        .reassign_partition(TOPIC, 0, Some(vec![1, 2, 9]))
+        .await;
+    assert!(
+        matches!(stranger, Err(ReassignmentError::InvalidAssignment(_))),
+        "{stranger:?}"
+    );
+    let twice = first
+        .reassign_partition(TOPIC, 0, Some(vec![2, 2, 3]))
+        .await;
+    assert!(
+        matches!(twice, Err(ReassignmentError::InvalidAssignment(_))),
+        "{twice:?}"
+    );
+    let nothing = first.reassign_partition(TOPIC, 0, None).await;
+    assert!(
+        matches!(nothing, Err(ReassignmentError::NoReassignmentInProgress(_))),
+        "{nothing:?}"
+    );
+
+    // A producer writes acks=all throughout, following the leader.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let nodes: Vec<Arc<ClusterBroker>> =
+            cluster.nodes.values().map(|n| n.cluster.clone()).collect();
+        let producing = Arc::clone(&producing);
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                let leader = nodes
+                    .iter()
+                    .find_map(|n| n.replica_for(TOPIC, 0).ok().filter(|r| r.is_leader()));
+                let Some(leader) = leader else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let value = format!("moving-{i}");
+                let outcome = leader
+                    .produce(batch(-1, -1, &[&value]), 2, Duration::from_secs(2))
+                    .await;
+                if let Ok(outcome) = outcome {
+                    acknowledged.push((outcome.base_offset, value.into_bytes()));
+                    i += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    first
+        .reassign_partition(TOPIC, 0, Some(target.clone()))
+        .await
+        .unwrap();
+    // Listed while in progress (it can also finish before the listing on a fast machine).
+    let listed = first.reassignments(None);
+    if let Some(ongoing) = listed.first() {
+        assert_eq!(ongoing.adding, vec![joining]);
+        assert_eq!(ongoing.removing, vec![leaving]);
+    }
+    // The move completes: the metadata assignment becomes the target, the group's voters
+    // are the target, and the node that left deletes its replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let assignment = first.topic(TOPIC).unwrap().assignments[0].clone();
+        let leaving_gone = cluster.nodes[&leaving]
+            .cluster
+            .replica_for(TOPIC, 0)
+            .is_err();
+        if assignment == target && leaving_gone && first.reassignments(None).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reassignment did not complete: {assignment:?}, leaving replica gone: {leaving_gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.unwrap();
+    assert!(
+        acknowledged.len() > 20,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+    println!(
+        "{} batches acknowledged across the move",
+        acknowledged.len()
+    );
+
+    cluster.stop(leaving).await;
+    // Every acknowledged batch is on every replica of the new set, at its acknowledged offset.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let logs: Vec<Vec<(i64, Vec<u8>)>> = target
+            .iter()
+            .map(|n| {
+                cluster.nodes[n]
+                    .cluster
+                    .replica_for(TOPIC, 0)
+                    .map(|r| data_batches(&r))
+                    .unwrap_or_default()
+            })
+            .collect();
+        // A batch whose answer was lost (its leader stepped down as it left the group) may
+        // be there too: acknowledged ones must be, at their offsets, and the replicas agree.
+        let has_every_ack =
+            |log: &Vec<(i64, Vec<u8>)>| acknowledged.iter().all(|ack| log.contains(ack));
+        if logs.iter().all(has_every_ack) && logs.iter().all(|l| l == &logs[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new replicas did not converge: {:?} of {}",
+            logs.iter().map(Vec::len).collect::<Vec<_>>(),
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new set still takes writes without the node that left.
+    let leader = cluster.leader().await;
+    assert!(target.contains(&leader));
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["after"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+    for node_id in target {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// A reassignment to a node that is down cannot finish: it is listed as in progress until it
+/// is cancelled, the cancel leaves the replicas as they were and the leader drops the learner
+/// it had added; the partition keeps taking writes throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_reassignment_is_cancelled() {
+    let mut cluster = Cluster::start_nodes(4).await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 4 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let original = first.topic(TOPIC).unwrap().assignments[0].clone();
+    let joining = (1..=4).find(|n| !original.contains(n)).unwrap();
+    let target: Vec<NodeId> = original[1..].iter().copied().chain([joining]).collect();
+    let leader = cluster.leader().await;
+    cluster.stop(joining).await;
+    let alive = *original.iter().find(|&&n| n != joining).unwrap();
+    let admin = cluster.nodes[&alive].cluster.clone();
+
+    admin
+        .reassign_partition(TOPIC, 0, Some(target.clone()))
+        .await
+        .unwrap();
+    // The leader adds the learner, which never catches up: the move stays listed.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let learners = cluster
+            .replica(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect::<Vec<_>>();
+        if learners == vec![joining] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no learner added: {learners:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listed = admin.reassignments(None);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].adding, vec![joining]);
+    assert_eq!(listed[0].removing, vec![original[0]]);
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["during"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+
+    admin.reassign_partition(TOPIC, 0, None).await.unwrap();
+    assert!(admin.reassignments(None).is_empty());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let membership = cluster
+            .replica(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let mut expected = original.clone();
+        expected.sort_unstable();
+        if learners.is_empty() && voters == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner stayed after the cancel: voters {voters:?}, learners {learners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admin.topic(TOPIC).unwrap().assignments[0], original);
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["after"]), 2, TIMEOUT)
+        .await
+        .unwrap();
+    for node_id in original {
+        cluster.stop(node_id).await;
     }
 }

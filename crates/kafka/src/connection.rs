@@ -600,6 +600,8 @@ fn cluster_served(request: &RequestKind) -> bool {
             | RequestKind::DeleteTopics(_)
             | RequestKind::CreatePartitions(_)
             | RequestKind::InitProducerId(_)
+            | RequestKind::AlterPartitionReassignments(_)
+            | RequestKind::ListPartitionReassignments(_)
     )
 }
 
@@ -637,6 +639,12 @@ async fn dispatch_cluster(
         RequestKind::InitProducerId(_) => {
             ResponseKind::InitProducerId(cluster::init_producer_id(cluster_broker).await)
         }
+        RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
+            handlers::reassignments::alter_partition_reassignments(cluster_broker, r).await,
+        ),
+        RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+            handlers::reassignments::list_partition_reassignments(cluster_broker, r).await,
+        ),
         _ => return None,
     })
 }

@@ -16,6 +16,13 @@
 //!   high watermark advances, so a new leader de-duplicates retries sent across a failover;
 //!   the leader checks and proposes a partition's idempotent batches one at a time.
 //!
+//! - Reassignment (AlterPartitionReassignments): the metadata group records a partition's
+//!   target replicas beside its assignment; nodes in the target open the replica without
+//!   initializing its group, and the partition's Raft leader adds them as learners, waits
+//!   until they caught up, changes the voters (openraft's joint consensus) and records the
+//!   target as the assignment, after which removed replicas stop and delete their data. The
+//!   leader also brings back in line what a failed leader or a late cancel left behind
+//!   (stray learners, voters the metadata does not show).
 //! - Committed consumer offsets go through the metadata group: the coordinator of every group
 //!   is the metadata leader, which checks the committer against the group's members (kept in
 //!   memory by its local [`crate::GroupCoordinator`], as on one node) and answers OffsetCommit
@@ -33,13 +40,13 @@
 
 mod replica;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use sluice_cluster::metadata::{
     place_replicas, ClusterMetadata, CommittedOffset, MetadataCommand, MetadataRejection,
     MetadataResponse, PartitionLeader, ReplicatedOffsets, TopicMetadata,
@@ -112,7 +119,40 @@ pub struct ClusterBroker {
     reconciled: Notify,
     /// A `ReportPartitionLeaders` proposal is on its way (at most one at a time).
     reporting_leaders: AtomicBool,
+    /// Partitions whose membership this node (as their Raft leader) is changing right now.
+    driving: Mutex<HashSet<(uuid::Uuid, i32)>>,
 }
+
+/// Why AlterPartitionReassignments refused a partition (Kafka's error for each is noted).
+#[derive(Debug, thiserror::Error)]
+pub enum ReassignmentError {
+    /// UNKNOWN_TOPIC_OR_PARTITION.
+    #[error("unknown topic or partition {0}")]
+    UnknownTopicOrPartition(String),
+    /// INVALID_REPLICA_ASSIGNMENT: empty, duplicates, unknown brokers.
+    #[error("invalid replica assignment: {0}")]
+    InvalidAssignment(String),
+    /// NO_REASSIGNMENT_IN_PROGRESS: a cancel of nothing.
+    #[error("no reassignment of {0} is in progress")]
+    NoReassignmentInProgress(String),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+}
+
+/// A reassignment in progress, as ListPartitionReassignments shows it (Kafka's terms):
+/// `replicas` is the current set followed by the ones being added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<NodeId>,
+    pub adding: Vec<NodeId>,
+    pub removing: Vec<NodeId>,
+}
+
+/// How long one attempt at a membership change may take (a new replica catching up included)
+/// before it is retried from the next metadata sample.
+const MEMBERSHIP_CHANGE_WAIT_MAX: Duration = Duration::from_secs(120);
 
 impl ClusterBroker {
     /// Starts following the cluster metadata (opening and starting this node's replicas).
@@ -133,6 +173,7 @@ impl ClusterBroker {
             stopped: watch::Sender::new(false),
             reconciled: Notify::new(),
             reporting_leaders: AtomicBool::new(false),
+            driving: Mutex::new(HashSet::new()),
         });
         tokio::spawn(Arc::clone(&cluster).follow_metadata());
         cluster
@@ -774,6 +815,289 @@ impl ClusterBroker {
         let _ = tokio::time::timeout(ADMIN_WAIT_MAX, wait).await;
     }
 
+    /// AlterPartitionReassignments for one partition: records the target replicas (or, with
+    /// `None`, cancels) in the metadata group. The partition's Raft leader then adds the new
+    /// replicas as learners, waits until they caught up, changes the voters to the target and
+    /// completes the move; replicas no longer assigned stop and delete their data. A cancel
+    /// is best effort: once the membership change has committed the move completes anyway.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        target: Option<Vec<NodeId>>,
+    ) -> Result<(), ReassignmentError> {
+        let name = format!("{topic}-{partition}");
+        let Ok(index) = u32::try_from(partition) else {
+            return Err(ReassignmentError::UnknownTopicOrPartition(name));
+        };
+        let command = MetadataCommand::ReassignPartition {
+            name: topic.to_string(),
+            partition: index,
+            target: target.clone(),
+        };
+        let response = self.node.propose(command).await.map_err(|e| match e {
+            sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
+            other => ReplicationError::Raft(other.to_string()),
+        })?;
+        match response {
+            MetadataResponse::Rejected(rejection) => Err(match rejection {
+                MetadataRejection::UnknownTopic(_) | MetadataRejection::UnknownPartition { .. } => {
+                    ReassignmentError::UnknownTopicOrPartition(name)
+                }
+                MetadataRejection::InvalidAssignment(reason) => {
+                    ReassignmentError::InvalidAssignment(reason)
+                }
+                MetadataRejection::NoReassignment { .. } => {
+                    ReassignmentError::NoReassignmentInProgress(name)
+                }
+                other => ReplicationError::Raft(other.to_string()).into(),
+            }),
+            _ => {
+                // Read your writes: a ListPartitionReassignments sent here next sees it.
+                let mut metadata = self.node.metadata();
+                let applied = metadata.wait_for(|m| {
+                    m.topics.get(topic).is_none_or(|t| {
+                        let pending = t.reassignments.get(&index);
+                        match &target {
+                            None => pending.is_none(),
+                            Some(target) => {
+                                pending == Some(target)
+                                    || t.assignments.get(index as usize) == Some(target)
+                            }
+                        }
+                    })
+                });
+                let _ = tokio::time::timeout(ADMIN_WAIT_MAX, applied).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reassignments in progress, by topic and partition; `wanted` narrows them to the listed
+    /// partitions of the listed topics (Kafka's ListPartitionReassignments).
+    pub fn reassignments(
+        &self,
+        wanted: Option<&[(String, Vec<i32>)]>,
+    ) -> Vec<PartitionReassignment> {
+        let metadata = self.node.metadata().borrow().clone();
+        let mut out = Vec::new();
+        for topic in metadata.topics.values() {
+            for (&partition, target) in &topic.reassignments {
+                let index = partition as i32;
+                if let Some(wanted) = wanted {
+                    let listed = wanted
+                        .iter()
+                        .any(|(name, parts)| name == &topic.name && parts.contains(&index));
+                    if !listed {
+                        continue;
+                    }
+                }
+                let current = topic
+                    .assignments
+                    .get(partition as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                let adding: Vec<NodeId> = target
+                    .iter()
+                    .filter(|id| !current.contains(id))
+                    .copied()
+                    .collect();
+                let removing: Vec<NodeId> = current
+                    .iter()
+                    .filter(|id| !target.contains(id))
+                    .copied()
+                    .collect();
+                let mut replicas = current;
+                replicas.extend(adding.iter().copied());
+                out.push(PartitionReassignment {
+                    topic: topic.name.clone(),
+                    partition: index,
+                    replicas,
+                    adding,
+                    removing,
+                });
+            }
+        }
+        out
+    }
+
+    /// On every partition this node leads whose group membership differs from what the
+    /// metadata wants (a reassignment, a learner left over from a cancel, voters the metadata
+    /// does not know yet), starts one task that changes it.
+    fn drive_membership_changes(self: &Arc<Self>, metadata: &ClusterMetadata) {
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().values().cloned().collect();
+        for replica in replicas {
+            if !replica.is_leader() {
+                continue;
+            }
+            let Some(topic) = metadata.topics.get(replica.topic()) else {
+                continue;
+            };
+            let partition = replica.index() as u32;
+            let Some(assignment) = topic.assignments.get(partition as usize) else {
+                continue;
+            };
+            let target = topic.reassignments.get(&partition).cloned();
+            let (voters, learners, joint) = membership_of(&replica);
+            let assigned: BTreeSet<NodeId> = assignment.iter().copied().collect();
+            let needed = target.is_some() || !learners.is_empty() || (!joint && voters != assigned);
+            if !needed {
+                continue;
+            }
+            let key = (replica.topic_id(), replica.index());
+            if !self.driving.lock().insert(key) {
+                continue;
+            }
+            let cluster = Arc::clone(self);
+            let assignment = assignment.clone();
+            tokio::spawn(async move {
+                let changing = cluster.change_membership(&replica, target, assignment);
+                match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, changing).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "membership change failed; will retry")
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            topic = replica.topic(),
+                            partition = replica.index(),
+                            "membership change timed out; will retry"
+                        )
+                    }
+                }
+                cluster.driving.lock().remove(&key);
+            });
+        }
+    }
+
+    /// One attempt, on the partition's leader, at bringing its group to `target` (a
+    /// reassignment) or, with none, to the assignment; see [`Self::drive_membership_changes`].
+    async fn change_membership(
+        &self,
+        replica: &Replica,
+        target: Option<Vec<NodeId>>,
+        assignment: Vec<NodeId>,
+    ) -> Result<(), ReplicationError> {
+        let raft = replica.raft();
+        let raft_error = |e: String| ReplicationError::Raft(e);
+        let (voters, learners, _) = membership_of(replica);
+        let Some(target) = target else {
+            if !learners.is_empty() {
+                // Learners of a cancelled reassignment.
+                tracing::info!(
+                    topic = replica.topic(),
+                    partition = replica.index(),
+                    ?learners,
+                    "removing learners"
+                );
+                raft.change_membership(openraft::ChangeMembers::RemoveNodes(learners), false)
+                    .await
+                    .map_err(|e| raft_error(e.to_string()))?;
+            }
+            let assigned: BTreeSet<NodeId> = assignment.iter().copied().collect();
+            if voters != assigned {
+                // The voters changed but the move was not recorded (its leader failed, or it
+                // was cancelled too late): the metadata follows the group.
+                self.complete_move(replica, voters.into_iter().collect())
+                    .await?;
+            }
+            return Ok(());
+        };
+        let addresses = self.node.metadata().borrow().brokers.clone();
+        let adding: Vec<NodeId> = target
+            .iter()
+            .filter(|id| !voters.contains(id))
+            .copied()
+            .collect();
+        for &id in &adding {
+            let cluster_addr = addresses
+                .get(&id)
+                .map(|a| a.cluster_addr.clone())
+                .unwrap_or_default();
+            tracing::info!(
+                topic = replica.topic(),
+                partition = replica.index(),
+                node = id,
+                "adding a learner"
+            );
+            raft.add_learner(
+                id,
+                NodeAddress {
+                    cluster_addr,
+                    kafka_addr: String::new(),
+                },
+                false,
+            )
+            .await
+            .map_err(|e| raft_error(e.to_string()))?;
+        }
+        // Wait until the learners have what the leader had when they were added, checking
+        // for a cancel meanwhile (the next round then removes them).
+        let caught_up_to = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let wanted = |cluster: &Self| {
+            cluster
+                .topic(replica.topic())
+                .and_then(|t| t.reassignments.get(&(replica.index() as u32)).cloned())
+                .as_ref()
+                == Some(&target)
+        };
+        loop {
+            if !wanted(self) {
+                return Ok(());
+            }
+            let caught_up = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                let Some(replication) = metrics.replication.as_ref() else {
+                    return Err(ReplicationError::NotLeader);
+                };
+                adding.iter().all(|id| {
+                    replication
+                        .get(id)
+                        .and_then(|matched| matched.as_ref())
+                        .is_some_and(|matched| matched.index >= caught_up_to)
+                })
+            };
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let target_voters: BTreeSet<NodeId> = target.iter().copied().collect();
+        if voters != target_voters {
+            tracing::info!(
+                topic = replica.topic(),
+                partition = replica.index(),
+                ?target,
+                "changing the voters"
+            );
+            raft.change_membership(target_voters, false)
+                .await
+                .map_err(|e| raft_error(e.to_string()))?;
+        }
+        self.complete_move(replica, target).await
+    }
+
+    async fn complete_move(
+        &self,
+        replica: &Replica,
+        replicas: Vec<NodeId>,
+    ) -> Result<(), ReplicationError> {
+        tracing::info!(
+            topic = replica.topic(),
+            partition = replica.index(),
+            ?replicas,
+            "reassignment complete"
+        );
+        self.propose(MetadataCommand::SetPartitionReplicas {
+            name: replica.topic().to_string(),
+            partition: replica.index() as u32,
+            replicas,
+        })
+        .await
+        .map(|_| ())
+    }
+
     fn replica_dir(&self, topic_id: uuid::Uuid, partition: i32) -> PathBuf {
         self.broker
             .config()
@@ -796,6 +1120,7 @@ impl ClusterBroker {
             let current = metadata.borrow_and_update().clone();
             self.reconcile(&current).await;
             self.reconciled.notify_waiters();
+            self.drive_membership_changes(&current);
             let mut retention_due = None;
             tokio::select! {
                 changed = metadata.changed() => if changed.is_err() { return },
@@ -809,6 +1134,13 @@ impl ClusterBroker {
                         }
                     }
                     self.report_leaders(&replicas);
+                    // Leadership moves without a metadata change: a new leader picks up a
+                    // reassignment its predecessor did not finish.
+                    {
+                        let metadata = self.node.metadata();
+                        let current = metadata.borrow();
+                        self.drive_membership_changes(&current);
+                    }
                     if retention_checked.elapsed() >= retention_interval {
                         retention_checked = tokio::time::Instant::now();
                         retention_due = Some(replicas);
@@ -845,7 +1177,11 @@ impl ClusterBroker {
         let mut wanted: HashMap<(uuid::Uuid, i32), (&TopicMetadata, &Vec<NodeId>)> = HashMap::new();
         for topic in metadata.topics.values() {
             for (partition, replicas) in topic.assignments.iter().enumerate() {
-                if replicas.contains(&node_id) {
+                let adding_here = topic
+                    .reassignments
+                    .get(&(partition as u32))
+                    .is_some_and(|target| target.contains(&node_id));
+                if replicas.contains(&node_id) || adding_here {
                     wanted.insert((topic.topic_id, partition as i32), (topic, replicas));
                 }
             }
@@ -921,10 +1257,13 @@ impl ClusterBroker {
             .start_group(group, log_store, state_machine)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
-        if fresh {
+        let initial_member =
+            !topic.moved.contains(&(partition as u32)) && replicas.contains(&self.node_id());
+        if fresh && initial_member {
             // Every replica initializes with the same membership, so whichever comes first,
             // they agree (as the metadata group's bootstrap); a restart finds its state and
-            // does not initialize again.
+            // does not initialize again. A replica added by a reassignment does not: the
+            // leader adds it to the existing group, whose first entry it must not contradict.
             let members: BTreeMap<NodeId, NodeAddress> = replicas
                 .iter()
                 .map(|id| {
@@ -1010,4 +1349,16 @@ impl ClusterBroker {
             }
         }
     }
+}
+
+/// A partition group's voters, learners, and whether a joint (in-between) config is in force.
+fn membership_of(replica: &Replica) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool) {
+    let metrics = replica.raft().metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    (
+        membership.voter_ids().collect(),
+        membership.learner_ids().collect(),
+        membership.get_joint_config().len() > 1,
+    )
 }

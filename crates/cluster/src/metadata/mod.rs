@@ -5,7 +5,7 @@ mod log_store;
 mod placement;
 mod state_machine;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,38 @@ pub struct TopicMetadata {
     /// Replicas of each partition, by partition index; the first is the preferred leader.
     pub assignments: Vec<Vec<NodeId>>,
     pub configs: TopicConfigs,
+    /// Reassignments in progress (AlterPartitionReassignments): partition -> target replicas.
+    /// `assignments` stays the current voter set until the partition's Raft leader has changed
+    /// the group's membership and completed the move ([`MetadataCommand::SetPartitionReplicas`]).
+    #[serde(default)]
+    pub reassignments: BTreeMap<u32, Vec<NodeId>>,
+    /// Partitions whose membership has changed since creation. A fresh replica of such a
+    /// partition must not initialize the group with its assignment (only the replicas of a
+    /// never-moved partition agree on that first membership); it waits for the leader instead.
+    #[serde(default)]
+    pub moved: BTreeSet<u32>,
+}
+
+impl TopicMetadata {
+    /// The replicas a node of `partition` must run: the current ones plus those a
+    /// reassignment in progress adds.
+    pub fn replicas_to_run(&self, partition: u32) -> Vec<NodeId> {
+        let mut replicas = self
+            .assignments
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(target) = self.reassignments.get(&partition) {
+            replicas.extend(
+                target
+                    .iter()
+                    .filter(|id| !replicas.contains(id))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        replicas
+    }
 }
 
 /// Everything the metadata group agrees on. Published on a `watch` after every apply.
@@ -97,7 +129,16 @@ pub enum MetadataCommand {
         node_id: NodeId,
         block_size: u32,
     },
-    /// Reassignment: the new replica list of one partition.
+    /// Starts (`Some(target)`) or cancels (`None`) the reassignment of one partition; every
+    /// target replica must be a registered broker. Cancelling a partition with none in
+    /// progress is rejected ([`MetadataRejection::NoReassignment`]).
+    ReassignPartition {
+        name: String,
+        partition: u32,
+        target: Option<Vec<NodeId>>,
+    },
+    /// A reassignment is done: the partition group's voters are now `replicas`. Sets the
+    /// assignment, ends any reassignment in progress and marks the partition moved.
     SetPartitionReplicas {
         name: String,
         partition: u32,
@@ -186,4 +227,6 @@ pub enum MetadataRejection {
     InvalidAssignment(String),
     #[error("producer ids exhausted")]
     ProducerIdsExhausted,
+    #[error("no reassignment of {topic}-{partition} is in progress")]
+    NoReassignment { topic: String, partition: u32 },
 }

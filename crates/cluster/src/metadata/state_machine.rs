@@ -282,6 +282,8 @@ pub(super) fn apply_command(
                     replication_factor,
                     assignments,
                     configs,
+                    reassignments: BTreeMap::new(),
+                    moved: Default::default(),
                 },
             );
             MetadataResponse::Done
@@ -330,6 +332,45 @@ pub(super) fn apply_command(
         MetadataCommand::CommitOffsets { .. }
         | MetadataCommand::DeleteGroupOffsets { .. }
         | MetadataCommand::ReportPartitionLeaders { .. } => MetadataResponse::Done,
+        MetadataCommand::ReassignPartition {
+            name,
+            partition,
+            target,
+        } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            if partition as usize >= topic.assignments.len() {
+                return rejected(Reject::UnknownPartition {
+                    topic: name,
+                    partition,
+                });
+            }
+            let Some(target) = target else {
+                return match topic.reassignments.remove(&partition) {
+                    Some(_) => MetadataResponse::Done,
+                    None => rejected(Reject::NoReassignment {
+                        topic: name,
+                        partition,
+                    }),
+                };
+            };
+            if let Err(reason) = check_assignments(std::slice::from_ref(&target), None) {
+                return rejected(Reject::InvalidAssignment(reason));
+            }
+            if let Some(unknown) = target.iter().find(|id| !metadata.brokers.contains_key(id)) {
+                return rejected(Reject::InvalidAssignment(format!(
+                    "broker {unknown} is not registered"
+                )));
+            }
+            if topic.assignments[partition as usize] == target {
+                // Already there: a reassignment to the current replicas ends any in progress.
+                topic.reassignments.remove(&partition);
+            } else {
+                topic.reassignments.insert(partition, target);
+            }
+            MetadataResponse::Done
+        }
         MetadataCommand::SetPartitionReplicas {
             name,
             partition,
@@ -344,6 +385,8 @@ pub(super) fn apply_command(
             match topic.assignments.get_mut(partition as usize) {
                 Some(current) => {
                     *current = replicas;
+                    topic.reassignments.remove(&partition);
+                    topic.moved.insert(partition);
                     MetadataResponse::Done
                 }
                 None => rejected(Reject::UnknownPartition {
@@ -687,6 +730,85 @@ mod tests {
         };
         assert_eq!(apply_command(&mut metadata, add), MetadataResponse::Done);
         assert_eq!(metadata.topics["t"].assignments.len(), 3);
+    }
+
+    #[test]
+    fn a_reassignment_is_recorded_listed_cancelled_and_completed() {
+        let mut metadata = ClusterMetadata::default();
+        for node_id in 1..=4 {
+            apply_command(
+                &mut metadata,
+                MetadataCommand::RegisterBroker {
+                    node_id,
+                    address: NodeAddress {
+                        cluster_addr: format!("n{node_id}:9093"),
+                        kafka_addr: format!("n{node_id}:9092"),
+                    },
+                },
+            );
+        }
+        let create = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            topic_id: uuid::Uuid::from_u128(7),
+            partition_count: 1,
+            replication_factor: 3,
+            assignments: vec![vec![1, 2, 3]],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(apply_command(&mut metadata, create), MetadataResponse::Done);
+        let reassign =
+            |partition, target: Option<Vec<NodeId>>| MetadataCommand::ReassignPartition {
+                name: "t".into(),
+                partition,
+                target,
+            };
+        // Refusals: unknown partition, unregistered broker, duplicates, cancel of nothing.
+        assert!(matches!(
+            apply_command(&mut metadata, reassign(1, Some(vec![2, 3, 4]))),
+            MetadataResponse::Rejected(MetadataRejection::UnknownPartition { .. })
+        ));
+        assert!(matches!(
+            apply_command(&mut metadata, reassign(0, Some(vec![2, 3, 9]))),
+            MetadataResponse::Rejected(MetadataRejection::InvalidAssignment(_))
+        ));
+        assert!(matches!(
+            apply_command(&mut metadata, reassign(0, Some(vec![2, 2, 4]))),
+            MetadataResponse::Rejected(MetadataRejection::InvalidAssignment(_))
+        ));
+        assert!(matches!(
+            apply_command(&mut metadata, reassign(0, None)),
+            MetadataResponse::Rejected(MetadataRejection::NoReassignment { .. })
+        ));
+        // Recorded beside the current assignment, which stays until the move completes; the
+        // added node runs the replica meanwhile.
+        assert_eq!(
+            apply_command(&mut metadata, reassign(0, Some(vec![2, 3, 4]))),
+            MetadataResponse::Done
+        );
+        let topic = &metadata.topics["t"];
+        assert_eq!(topic.assignments[0], vec![1, 2, 3]);
+        assert_eq!(topic.reassignments[&0], vec![2, 3, 4]);
+        assert_eq!(topic.replicas_to_run(0), vec![1, 2, 3, 4]);
+        // Cancelled, then started again and completed.
+        assert_eq!(
+            apply_command(&mut metadata, reassign(0, None)),
+            MetadataResponse::Done
+        );
+        assert!(metadata.topics["t"].reassignments.is_empty());
+        apply_command(&mut metadata, reassign(0, Some(vec![2, 3, 4])));
+        let complete = MetadataCommand::SetPartitionReplicas {
+            name: "t".into(),
+            partition: 0,
+            replicas: vec![2, 3, 4],
+        };
+        assert_eq!(
+            apply_command(&mut metadata, complete),
+            MetadataResponse::Done
+        );
+        let topic = &metadata.topics["t"];
+        assert_eq!(topic.assignments[0], vec![2, 3, 4]);
+        assert!(topic.reassignments.is_empty());
+        assert!(topic.moved.contains(&0));
     }
 
     fn committed(topic: &str, partition: i32, offset: i64) -> CommittedOffset {

@@ -12,4 +12,5 @@ pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod producer_id;
+pub mod reassignments;
 pub mod topics;

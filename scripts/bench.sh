@@ -104,6 +104,24 @@ if [ "$CLUSTER" = 1 ]; then
             "$BENCH" kafka --bootstrap "127.0.0.1:$PORT" --topic "$topic" --partitions "$partitions" \
                 --create-topic --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
         fi
+        report_memory "$mode"
+    }
+
+    # Resident memory now and at its peak (VmHWM) of each broker process; a node that died
+    # (e.g. OOM-killed: see dmesg) stops the comparison, since later runs would time a 2-node one.
+    report_memory() {
+        local pids=("$BROKER_PID") pid i=0
+        if [ "$1" = cluster ]; then pids=("${NODE_PIDS[@]}"); fi
+        for pid in "${pids[@]}"; do
+            i=$((i + 1))
+            if ! kill -0 "$pid" 2>/dev/null; then
+                echo "$1 broker $i (pid $pid) is gone: see its log in $OUT and dmesg" >&2
+                exit 1
+            fi
+            printf '    broker %s RSS %s, peak %s\n' "$i" \
+                "$(awk '/^VmRSS/ {print $2 " " $3}' "/proc/$pid/status")" \
+                "$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$pid/status")"
+        done
     }
 
     workloads() { # $1 mode
@@ -120,6 +138,7 @@ if [ "$CLUSTER" = 1 ]; then
     workloads single
     stop_broker
     cp "$WORK/broker-batch.log" "$OUT/single.log"
+    rm -rf "$WORK/data"
     start_cluster
     workloads cluster
     printf '### load at the end of the cluster runs: %s\n' "$(uptime)"

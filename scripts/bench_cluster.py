@@ -106,8 +106,11 @@ def print_table(directory: Path):
             # A run whose producer flush timed out reports the rate up to its last ack only.
             return run["errors"]["total"] + run["missing_msgs"] if run else "-"
 
+        # A producer flush that timed out leaves a rate over the acknowledged part only: no
+        # ratio then (the errors column says why).
         ratio = (f"{cluster['produce_msgs_per_sec'] / single['produce_msgs_per_sec']:.2f}"
-                 if single and cluster and single["produce_msgs_per_sec"] else "-")
+                 if single and cluster and single["produce_msgs_per_sec"]
+                 and not single["errors"]["total"] and not cluster["errors"]["total"] else "-")
         # Files are named <mode>-<NN>_<label> so that sorting keeps the run order.
         label = workload.partition("_")[2].replace("_", " ")
         rows.append((label, *rate(single), *rate(cluster), ratio,

@@ -13,7 +13,9 @@
 # msgs/s, first against one node, then against 3 `sluice serve` nodes on loopback (topics with
 # replication factor 3, created through $ROOT/.venv's confluent-kafka), all fsync=batch, and
 # prints a table: throughput of both, the cluster/single ratio, produce->ack and end-to-end
-# p50/p99. BENCH_OUT=DIR keeps the runs' JSON summaries and the broker logs in DIR.
+# p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
+# N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
+# broker logs in DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -97,6 +99,7 @@ if [ "$CLUSTER" = 1 ]; then
         local topic="${name%%_*}-$mode"
         printf '### %s %s (%s)\n' "$mode" "${name#*_}" "$(uptime | sed 's/.*\(load average\)/\1/')" | tr _ ' '
         if [ "$mode" = cluster ]; then
+            report_memory cluster >/dev/null
             "$PY" "$ROOT/scripts/bench_cluster.py" create-topic "$BOOTSTRAP" "$topic" "$partitions" "$REPLICAS"
             "$BENCH" kafka --bootstrap "$BOOTSTRAP" --topic "$topic" --partitions "$partitions" \
                 --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
@@ -125,10 +128,12 @@ if [ "$CLUSTER" = 1 ]; then
     }
 
     workloads() { # $1 mode
-        compare_run "$1" 1_100_B_acks=all_p=1 1 --message-bytes 100 --acks all --producers 1 --consumers 1
-        compare_run "$1" 2_100_B_acks=all_p=8 8 --message-bytes 100 --acks all --producers 1 --consumers 1
-        compare_run "$1" 3_1_KiB_acks=all_p=1 1 --message-bytes 1024 --acks all --producers 1 --consumers 1
-        compare_run "$1" 4_1_KiB_acks=all_p=8 8 --message-bytes 1024 --acks all --producers 1 --consumers 1
+        local rate=() label=""
+        if [ "${BENCH_RATE:-0}" != 0 ]; then rate=(--rate "$BENCH_RATE"); label="_rate=$BENCH_RATE"; fi
+        compare_run "$1" "1_100_B_acks=all_p=1$label" 1 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "2_100_B_acks=all_p=8$label" 8 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "3_1_KiB_acks=all_p=1$label" 1 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "4_1_KiB_acks=all_p=8$label" 8 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
         compare_run "$1" 5_100_B_acks=all_rate=20000 1 --message-bytes 100 --acks all --rate 20000 \
             --linger-ms 0 --fetch-wait-max-ms 100
     }

@@ -93,13 +93,19 @@ if [ "$CLUSTER" = 1 ]; then
         done
     }
 
+    print_table() {
+        printf '\n### fsync=batch, %s s per run; cluster: %s nodes on loopback, replication factor %s\n' \
+            "$SECS" "$REPLICAS" "$REPLICAS"
+        "$PY" "$ROOT/scripts/bench_cluster.py" table "$OUT"
+    }
+
     # $1 mode (single|cluster), $2 file name <NN>_<label>, $3 partitions, then sluice-bench flags.
     compare_run() {
         local mode="$1" name="$2" partitions="$3"; shift 3
         local topic="${name%%_*}-$mode"
         printf '### %s %s (%s)\n' "$mode" "${name#*_}" "$(uptime | sed 's/.*\(load average\)/\1/')" | tr _ ' '
         if [ "$mode" = cluster ]; then
-            report_memory cluster >/dev/null
+            report_memory cluster quiet
             "$PY" "$ROOT/scripts/bench_cluster.py" create-topic "$BOOTSTRAP" "$topic" "$partitions" "$REPLICAS"
             "$BENCH" kafka --bootstrap "$BOOTSTRAP" --topic "$topic" --partitions "$partitions" \
                 --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
@@ -110,8 +116,9 @@ if [ "$CLUSTER" = 1 ]; then
         report_memory "$mode"
     }
 
-    # Resident memory now and at its peak (VmHWM) of each broker process; a node that died
-    # (e.g. OOM-killed: see dmesg) stops the comparison, since later runs would time a 2-node one.
+    # $1 mode, $2 `quiet` to check only. Resident memory now and at its peak (VmHWM) of each
+    # broker process; a node that died (e.g. OOM-killed: see dmesg) stops the comparison, since
+    # later runs would time a 2-node cluster.
     report_memory() {
         local pids=("$BROKER_PID") pid i=0
         if [ "$1" = cluster ]; then pids=("${NODE_PIDS[@]}"); fi
@@ -119,8 +126,10 @@ if [ "$CLUSTER" = 1 ]; then
             i=$((i + 1))
             if ! kill -0 "$pid" 2>/dev/null; then
                 echo "$1 broker $i (pid $pid) is gone: see its log in $OUT and dmesg" >&2
+                print_table
                 exit 1
             fi
+            if [ "${2:-}" = quiet ]; then continue; fi
             printf '    broker %s RSS %s, peak %s\n' "$i" \
                 "$(awk '/^VmRSS/ {print $2 " " $3}' "/proc/$pid/status")" \
                 "$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$pid/status")"
@@ -148,9 +157,7 @@ if [ "$CLUSTER" = 1 ]; then
     workloads cluster
     printf '### load at the end of the cluster runs: %s\n' "$(uptime)"
     stop_cluster
-    printf '\n### fsync=batch, %s s per run; cluster: %s nodes on loopback, replication factor %s\n' \
-        "$SECS" "$REPLICAS" "$REPLICAS"
-    "$PY" "$ROOT/scripts/bench_cluster.py" table "$OUT"
+    print_table
     exit 0
 fi
 

@@ -7,19 +7,38 @@
 # BENCH_CASES=latency runs only the disk probe and the two latency runs; SLUICE_BIN benchmarks
 # another broker binary (for before/after comparisons), BENCH_BUILD=0 skips the build. Binaries
 # come from $CARGO_TARGET_DIR (default target/); BENCH_BIN names another sluice-bench.
+#
+# BENCH_CLUSTER=1 (or `scripts/bench.sh --cluster`) runs the cluster comparison instead of the
+# matrix: acks=all at 100 B and 1 KiB on 1 and 8 partitions, and 100 B acks=all at a fixed 20,000
+# msgs/s, first against one node, then against 3 `sluice serve` nodes on loopback (topics with
+# replication factor 3, created through $ROOT/.venv's confluent-kafka), all fsync=batch, and
+# prints a table: throughput of both, the cluster/single ratio, produce->ack and end-to-end
+# p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
+# N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
+# broker logs in DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SECS="${BENCH_SECS:-10}"
+CLUSTER="${BENCH_CLUSTER:-0}"
+if [ "${1:-}" = --cluster ]; then CLUSTER=1; fi
 if [ "${BENCH_BUILD:-1}" != 0 ]; then cargo build --release -p sluice-server -p sluice-bench; fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SLUICE="${SLUICE_BIN:-$TARGET_DIR/release/sluice}"
 BENCH="${BENCH_BIN:-$TARGET_DIR/release/sluice-bench}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT="$(free_port)"
 BROKER_PID=""
+NODE_PIDS=()
 stop_broker() { if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""; fi; }
-trap 'stop_broker; rm -rf "$WORK"' EXIT
+stop_cluster() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    NODE_PIDS=()
+}
+trap 'stop_broker; stop_cluster; rm -rf "$WORK"' EXIT
 
 start_broker() { # $1: fsync policy
     stop_broker
@@ -27,11 +46,15 @@ start_broker() { # $1: fsync policy
     "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off --http-listen off \
         >"$WORK/broker-$1.log" 2>&1 &
     BROKER_PID=$!
+    wait_for_port "$PORT" || { echo "broker did not start" >&2; cat "$WORK/broker-$1.log" >&2; exit 1; }
+}
+
+wait_for_port() {
     for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "broker did not start" >&2; cat "$WORK/broker-$1.log" >&2; exit 1
+    return 1
 }
 
 run() { # label, then sluice-bench kafka flags
@@ -39,6 +62,104 @@ run() { # label, then sluice-bench kafka flags
     printf '\n### %s\n' "$label"
     "$BENCH" kafka --bootstrap "127.0.0.1:$PORT" --create-topic --no-progress --duration-secs "$SECS" "$@"
 }
+
+if [ "$CLUSTER" = 1 ]; then
+    PY="$ROOT/.venv/bin/python"
+    if ! "$PY" -c 'import confluent_kafka' 2>/dev/null; then
+        python3 -m venv "$ROOT/.venv"
+        "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+    fi
+    OUT="${BENCH_OUT:-$WORK/out}"
+    mkdir -p "$OUT"
+    REPLICAS=3
+
+    start_cluster() {
+        local cluster_ports=() kafka_ports=() peers="" i
+        for i in $(seq 1 "$REPLICAS"); do
+            cluster_ports+=("$(free_port)"); kafka_ports+=("$(free_port)")
+            peers="${peers:+$peers,}$i@127.0.0.1:${cluster_ports[i - 1]}"
+        done
+        BOOTSTRAP=""
+        for i in $(seq 1 "$REPLICAS"); do
+            "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" \
+                --cluster-listen "127.0.0.1:${cluster_ports[i - 1]}" --peers "$peers" \
+                --kafka-listen "127.0.0.1:${kafka_ports[i - 1]}" --default-replication-factor "$REPLICAS" \
+                --fsync batch --amqp-listen off --http-listen off >"$OUT/node$i.log" 2>&1 &
+            NODE_PIDS+=($!)
+            BOOTSTRAP="${BOOTSTRAP:+$BOOTSTRAP,}127.0.0.1:${kafka_ports[i - 1]}"
+        done
+        for i in $(seq 1 "$REPLICAS"); do
+            wait_for_port "${kafka_ports[i - 1]}" || { echo "node $i did not start" >&2; tail -n 40 "$OUT/node$i.log" >&2; exit 1; }
+        done
+    }
+
+    print_table() {
+        printf '\n### fsync=batch, %s s per run; cluster: %s nodes on loopback, replication factor %s\n' \
+            "$SECS" "$REPLICAS" "$REPLICAS"
+        "$PY" "$ROOT/scripts/bench_cluster.py" table "$OUT"
+    }
+
+    # $1 mode (single|cluster), $2 file name <NN>_<label>, $3 partitions, then sluice-bench flags.
+    compare_run() {
+        local mode="$1" name="$2" partitions="$3"; shift 3
+        local topic="${name%%_*}-$mode"
+        printf '### %s %s (%s)\n' "$mode" "${name#*_}" "$(uptime | sed 's/.*\(load average\)/\1/')" | tr _ ' '
+        if [ "$mode" = cluster ]; then
+            report_memory cluster quiet
+            "$PY" "$ROOT/scripts/bench_cluster.py" create-topic "$BOOTSTRAP" "$topic" "$partitions" "$REPLICAS"
+            "$BENCH" kafka --bootstrap "$BOOTSTRAP" --topic "$topic" --partitions "$partitions" \
+                --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
+        else
+            "$BENCH" kafka --bootstrap "127.0.0.1:$PORT" --topic "$topic" --partitions "$partitions" \
+                --create-topic --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
+        fi
+        report_memory "$mode"
+    }
+
+    # $1 mode, $2 `quiet` to check only. Resident memory now and at its peak (VmHWM) of each
+    # broker process; a node that died (e.g. OOM-killed: see dmesg) stops the comparison, since
+    # later runs would time a 2-node cluster.
+    report_memory() {
+        local pids=("$BROKER_PID") pid i=0
+        if [ "$1" = cluster ]; then pids=("${NODE_PIDS[@]}"); fi
+        for pid in "${pids[@]}"; do
+            i=$((i + 1))
+            if ! kill -0 "$pid" 2>/dev/null; then
+                echo "$1 broker $i (pid $pid) is gone: see its log in $OUT and dmesg" >&2
+                print_table
+                exit 1
+            fi
+            if [ "${2:-}" = quiet ]; then continue; fi
+            printf '    broker %s RSS %s, peak %s\n' "$i" \
+                "$(awk '/^VmRSS/ {print $2 " " $3}' "/proc/$pid/status")" \
+                "$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$pid/status")"
+        done
+    }
+
+    workloads() { # $1 mode
+        local rate=() label=""
+        if [ "${BENCH_RATE:-0}" != 0 ]; then rate=(--rate "$BENCH_RATE"); label="_rate=$BENCH_RATE"; fi
+        compare_run "$1" "1_100_B_acks=all_p=1$label" 1 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "2_100_B_acks=all_p=8$label" 8 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "3_1_KiB_acks=all_p=1$label" 1 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" "4_1_KiB_acks=all_p=8$label" 8 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
+        compare_run "$1" 5_100_B_acks=all_rate=20000 1 --message-bytes 100 --acks all --rate 20000 \
+            --linger-ms 0 --fetch-wait-max-ms 100
+    }
+
+    printf '### load before: %s\n' "$(uptime)"
+    start_broker batch
+    workloads single
+    stop_broker
+    cp "$WORK/broker-batch.log" "$OUT/single.log"
+    rm -rf "$WORK/data"
+    start_cluster
+    workloads cluster
+    printf '### load at the end of the cluster runs: %s\n' "$(uptime)"
+    stop_cluster
+    print_table
+    exit 0
+fi
 
 start_broker batch
 printf '### disk probe (same disk as the broker data)\n'

@@ -46,6 +46,7 @@ pub enum GroupId {
     },
 }
 
+pub mod early_election;
 pub mod metadata;
 pub mod node;
 pub mod peers;

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::early_election::{self, OnPeerLost};
 use crate::metadata::{
     ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
     MetadataStateMachine, MetadataStoreError, PartitionLeaders, ReplicatedOffsets,
@@ -180,6 +181,8 @@ pub struct ClusterNode {
     consumer_offsets: ReplicatedOffsets,
     partition_leaders: PartitionLeaders,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
+    /// Every group's early campaign when a peer's connection drops (see [`early_election`]).
+    on_peer_lost: Mutex<HashMap<GroupId, OnPeerLost>>,
     propose_timeout: Duration,
     shutdown: CancellationToken,
 }
@@ -299,12 +302,30 @@ impl ClusterNode {
             consumer_offsets,
             partition_leaders,
             groups: Mutex::new(HashMap::new()),
+            on_peer_lost: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
             shutdown: CancellationToken::new(),
         };
         node.bootstrap_metadata_group(&config.peers).await?;
+        let metadata_on_lost = early_election::on_peer_lost(
+            node.metadata_raft.clone(),
+            node.transport.clone(),
+            &node.raft_config,
+        );
+        node.on_peer_lost
+            .lock()
+            .insert(GroupId::Metadata, metadata_on_lost);
         let node = Arc::new(node);
         node.spawn_registration();
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(early_election::watch_links(
+            node.transport.clone(),
+            node.shutdown.clone(),
+            move || match weak.upgrade() {
+                Some(node) => node.on_peer_lost.lock().values().cloned().collect(),
+                None => Vec::new(),
+            },
+        ));
         Ok(node)
     }
 
@@ -544,6 +565,10 @@ impl ClusterNode {
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         self.transport.register_group(group, raft.clone());
+        self.on_peer_lost.lock().insert(
+            group,
+            early_election::on_peer_lost(raft.clone(), self.transport.clone(), &self.raft_config),
+        );
         let stopping = raft.clone();
         let stopper: GroupStopper = Box::new(move || {
             Box::pin(async move {
@@ -559,6 +584,7 @@ impl ClusterNode {
     /// Stops a group started with [`ClusterNode::start_group`]; false if it was not running.
     pub async fn stop_group(&self, group: GroupId) -> bool {
         let stopper = self.groups.lock().remove(&group);
+        self.on_peer_lost.lock().remove(&group);
         self.transport.unregister_group(group);
         match stopper {
             Some(stop) => {
@@ -572,6 +598,7 @@ impl ClusterNode {
     /// Stops every group, the metadata group and the transport.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.on_peer_lost.lock().clear();
         let stoppers: Vec<(GroupId, GroupStopper)> = self.groups.lock().drain().collect();
         for (group, stop) in stoppers {
             self.transport.unregister_group(group);

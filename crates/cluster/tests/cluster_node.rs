@@ -233,6 +233,30 @@ async fn leader_shutdown_elects_a_new_leader_and_commands_still_apply() {
     cluster.shutdown().await;
 }
 
+/// With the election timers switched off, only the early campaign (the survivors noticing
+/// that the leader's connection dropped) can replace a leader whose process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_campaign_as_soon_as_the_leaders_connection_drops() {
+    let mut cluster = Cluster::start(3).await;
+    let old_leader = cluster.agreed_leader(Duration::from_secs(5)).await;
+    cluster
+        .wait_metadata(Duration::from_secs(5), |m| m.brokers.len() == 3)
+        .await;
+    for node in cluster.running() {
+        node.metadata_raft().runtime_config().elect(false);
+    }
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.agreed_leader(Duration::from_secs(5)).await;
+    assert_ne!(new_leader, old_leader);
+    let survivor = cluster.running().next().unwrap().clone();
+    let response = survivor
+        .propose(create_topic("after-early-election", 1))
+        .await
+        .unwrap();
+    assert_eq!(response, MetadataResponse::Done);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_nodes_keep_their_metadata_and_do_not_reinitialize() {
     let mut cluster = Cluster::start(3).await;

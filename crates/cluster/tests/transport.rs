@@ -322,3 +322,126 @@ async fn an_oversized_request_is_refused_before_it_is_sent() {
     );
     assert_eq!(one.stats().frames_sent, 0);
 }
+
+/// A listener for node 2 that accepts node 1's connection and reads nothing until `silent`
+/// has passed, then counts the frames it gets (the hello included) by size for `reading`.
+async fn slow_peer(
+    silent: Duration,
+    reading: Duration,
+) -> (SocketAddr, tokio::task::JoinHandle<Vec<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(silent).await;
+        let mut frames = tokio_util::codec::FramedRead::new(stream, frame::codec(4 << 20));
+        let mut sizes = Vec::new();
+        let deadline = tokio::time::Instant::now() + reading;
+        while let Ok(Some(Ok(payload))) =
+            tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut frames)).await
+        {
+            sizes.push(payload.len());
+        }
+        sizes
+    });
+    (addr, reader)
+}
+
+fn bounded_transport_config() -> TransportConfig {
+    let mut config = TransportConfig::new(1);
+    config.frame_bytes_max = 1 << 20;
+    config.queue_bytes_max = 2 << 20;
+    config
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_later_calls_fail_at_once() {
+    let (addr, _reader) = slow_peer(Duration::from_secs(30), Duration::ZERO).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let one = Transport::start(bounded_transport_config(), listener, &[(2, addr)]).unwrap();
+    wait_connected(&one, 2).await;
+    // 50 MB: more than the socket buffers and the 2 MiB queue together.
+    let calls = (0..100).map(|_| {
+        one.call(
+            2,
+            partition(1),
+            RpcKind::AppendEntries,
+            Bytes::from(vec![7u8; 512 * 1024]),
+            Some(Duration::from_secs(2)),
+        )
+    });
+    let started = tokio::time::Instant::now();
+    let outcomes = futures::future::join_all(calls).await;
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(CallError::Unreachable(2))))
+        .count();
+    assert!(refused > 0, "no call was refused: the queue is unbounded");
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            Err(CallError::Unreachable(2) | CallError::Timeout { .. })
+        )),
+        "{outcomes:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    one.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_caller_gave_up_is_never_written() {
+    let (addr, reader) = slow_peer(Duration::from_millis(500), Duration::from_secs(2)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = bounded_transport_config();
+    config.queue_bytes_max = 64 << 20;
+    let one = Transport::start(config, listener, &[(2, addr)]).unwrap();
+    wait_connected(&one, 2).await;
+    // Big requests whose callers wait fill the socket buffers and block the writer...
+    let big: Vec<_> = (0..16)
+        .map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                one.call(
+                    2,
+                    partition(1),
+                    RpcKind::AppendEntries,
+                    Bytes::from(vec![7u8; 900 * 1024]),
+                    Some(Duration::from_secs(3)),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so these small ones wait in the queue until their callers give up, as openraft gives
+    // up on an AppendEntries after one heartbeat interval.
+    for _ in 0..20 {
+        let outcome = one
+            .call(
+                2,
+                partition(1),
+                RpcKind::AppendEntries,
+                Bytes::from_static(b"small"),
+                Some(Duration::from_millis(20)),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(CallError::Timeout { .. })),
+            "{outcome:?}"
+        );
+    }
+    let sizes = reader.await.unwrap();
+    let big_received = sizes.iter().filter(|s| **s > 100 * 1024).count();
+    let small_received = sizes.iter().filter(|s| **s < 1024).count() - 1; // less the hello
+    assert_eq!(big_received, 16, "{sizes:?}");
+    // At most what the writer had already gathered into the write that blocked (one or two);
+    // all 20 without the check.
+    assert!(
+        small_received <= 2,
+        "requests nobody waits for were sent: {sizes:?}"
+    );
+    for call in big {
+        let _ = call.await;
+    }
+    one.shutdown().await;
+}

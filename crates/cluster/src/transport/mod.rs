@@ -8,6 +8,11 @@
 //!   heartbeats of a thousand partitions between two nodes leave in a handful of syscalls.
 //! - Requests carry ids; responses are matched to their callers through a pending map; each call
 //!   has a timeout (openraft's `RPCOption` TTL, or the configured default).
+//! - Memory is bounded under overload: a peer's queue holds at most `queue_bytes_max` bytes
+//!   (beyond that a call fails as unreachable, and openraft backs off); a request whose caller
+//!   has given up (openraft drops an AppendEntries after one heartbeat interval and sends it
+//!   again) is not written at all; and each connection runs at most `incoming_bytes_max` bytes
+//!   of requests at once, after which it stops reading and TCP pushes back on the sender.
 //! - The dialer reconnects with exponential backoff. While a peer is disconnected, calls fail at
 //!   once as unreachable, and openraft backs off.
 //! - A bad frame (oversized, undecodable) closes the connection; a request for a group this node
@@ -18,7 +23,7 @@ mod network;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +35,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +63,14 @@ pub struct TransportConfig {
     pub request_timeout: Duration,
     /// Frames waiting for the writer, per peer; a full queue fails the call as unreachable.
     pub queue_frames_max: usize,
+    /// Bytes waiting for the writer, per peer; a request that would go beyond fails as
+    /// unreachable (a frame larger than this still goes when the queue is empty).
+    pub queue_bytes_max: usize,
+    /// Bytes of a connection's requests being served at once; beyond, reading pauses.
+    pub incoming_bytes_max: usize,
+    /// An AppendEntries larger than this (with more than one entry) is sent again with fewer
+    /// entries, so that it is answered within openraft's one-heartbeat deadline.
+    pub append_entries_bytes_max: usize,
     /// Bytes gathered into one write at most.
     pub write_batch_bytes_max: usize,
     /// Off only to measure what coalescing saves: one write per frame.
@@ -75,6 +88,9 @@ impl TransportConfig {
             frame_bytes_max: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(2),
             queue_frames_max: 64 * 1024,
+            queue_bytes_max: 64 * 1024 * 1024,
+            incoming_bytes_max: 64 * 1024 * 1024,
+            append_entries_bytes_max: 2 * 1024 * 1024,
             write_batch_bytes_max: 1024 * 1024,
             coalesce_writes: true,
             reconnect_backoff_min: Duration::from_millis(20),
@@ -82,6 +98,13 @@ impl TransportConfig {
             hello_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// A peer connection came up or went down (see [`Transport::link_events`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    Up(NodeId),
+    Down(NodeId),
 }
 
 /// Counters of what the transport did, for tests and measurements.
@@ -146,10 +169,19 @@ pub enum TransportError {
 type PendingReply = oneshot::Sender<Result<Bytes, RemoteFailure>>;
 type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 
+/// An encoded frame in a peer's queue; a request's id lets the writer skip it once its caller
+/// has given up.
+struct QueuedFrame {
+    bytes: Bytes,
+    request_id: Option<u64>,
+}
+
 struct PeerLink {
     peer_id: NodeId,
     addr: SocketAddr,
-    queue_tx: mpsc::Sender<Bytes>,
+    queue_tx: mpsc::Sender<QueuedFrame>,
+    /// Bytes in `queue_tx` not yet taken by the writer.
+    queued_bytes: AtomicUsize,
     pending: Mutex<HashMap<u64, PendingReply>>,
     next_request_id: AtomicU64,
     connected: AtomicBool,
@@ -163,6 +195,7 @@ struct TransportInner {
     peers: RwLock<HashMap<NodeId, Arc<PeerLink>>>,
     groups: RwLock<HashMap<GroupId, Arc<dyn GroupDispatcher>>>,
     stats: StatCounters,
+    link_events: broadcast::Sender<LinkEvent>,
     shutdown: CancellationToken,
     /// Ends (dropping the listener) after `shutdown` fires.
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -205,6 +238,7 @@ impl Transport {
             peers: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             stats: StatCounters::default(),
+            link_events: broadcast::Sender::new(256),
             shutdown: CancellationToken::new(),
             accept_task: Mutex::new(None),
         });
@@ -244,6 +278,7 @@ impl Transport {
             peer_id,
             addr,
             queue_tx,
+            queued_bytes: AtomicUsize::new(0),
             pending: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
@@ -252,6 +287,12 @@ impl Transport {
         // A replaced link's task ends when its queue sender (held only by the link) drops.
         peers.insert(peer_id, link.clone());
         tokio::spawn(peer_loop(self.inner.clone(), link, queue_rx, incoming_rx));
+    }
+
+    /// Every later connection and disconnection of a peer. A peer's process that dies has its
+    /// connections closed by its kernel, so `Down` comes within a round trip of a crash.
+    pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
+        self.inner.link_events.subscribe()
     }
 
     pub fn is_connected(&self, peer_id: NodeId) -> bool {
@@ -322,10 +363,27 @@ impl Transport {
             self.inner.config.frame_bytes_max,
         )
         .map_err(encode_error)?;
+        let size = frame.len();
+        let queued = link.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued > 0 && queued + size > self.inner.config.queue_bytes_max {
+            link.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            tracing::debug!(peer = target, queued, "cluster transport: queue full");
+            return Err(CallError::Unreachable(target));
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
         link.pending.lock().insert(request_id, reply_tx);
-        if link.queue_tx.try_send(frame).is_err() {
-            link.pending.lock().remove(&request_id);
+        // Forgets the call however it ends, also when the caller drops this future (openraft
+        // times AppendEntries out itself): the writer then skips the frame if still queued.
+        let _pending = PendingGuard {
+            link: &link,
+            request_id,
+        };
+        let queued = QueuedFrame {
+            bytes: frame,
+            request_id: Some(request_id),
+        };
+        if link.queue_tx.try_send(queued).is_err() {
+            link.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return Err(CallError::Unreachable(target));
         }
         let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
@@ -334,10 +392,7 @@ impl Transport {
             Ok(Ok(Err(failure))) => Err(CallError::Remote { target, failure }),
             // The connection dropped and its pending calls were failed.
             Ok(Err(_)) => Err(CallError::Unreachable(target)),
-            Err(_) => {
-                link.pending.lock().remove(&request_id);
-                Err(CallError::Timeout { target, timeout })
-            }
+            Err(_) => Err(CallError::Timeout { target, timeout }),
         }
     }
 
@@ -358,6 +413,17 @@ impl Transport {
         let body = frame::encode_body(request, limit).map_err(encode_error)?;
         let response = self.call(target, group, kind, body, timeout).await?;
         frame::decode_body(&response, limit).map_err(|e| CallError::Codec(e.to_string()))
+    }
+}
+
+struct PendingGuard<'a> {
+    link: &'a PeerLink,
+    request_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.link.pending.lock().remove(&self.request_id);
     }
 }
 
@@ -425,7 +491,7 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
 async fn peer_loop(
     inner: Arc<TransportInner>,
     link: Arc<PeerLink>,
-    mut queue_rx: mpsc::Receiver<Bytes>,
+    mut queue_rx: mpsc::Receiver<QueuedFrame>,
     mut incoming_rx: mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
 ) {
     let dials = inner.config.node_id < link.peer_id;
@@ -464,12 +530,19 @@ async fn peer_loop(
         };
         tracing::debug!(peer = link.peer_id, "cluster transport: connected");
         link.connected.store(true, Ordering::Release);
+        let _ = inner.link_events.send(LinkEvent::Up(link.peer_id));
         let ended = run_session(&inner, &link, connection, &mut queue_rx, &mut incoming_rx).await;
         link.connected.store(false, Ordering::Release);
+        if !matches!(ended, SessionEnd::Shutdown) {
+            let _ = inner.link_events.send(LinkEvent::Down(link.peer_id));
+        }
         // Calls in flight on the dead connection fail now rather than at their timeout, and
         // queued frames are dropped: Raft resends what still matters.
         link.pending.lock().clear();
-        while queue_rx.try_recv().is_ok() {}
+        while let Ok(frame) = queue_rx.try_recv() {
+            link.queued_bytes
+                .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        }
         match ended {
             SessionEnd::Replaced(connection) => next_connection = Some(connection),
             SessionEnd::Failed => {}
@@ -511,7 +584,7 @@ async fn run_session(
     inner: &Arc<TransportInner>,
     link: &Arc<PeerLink>,
     (reader, mut writer): (FrameReader, OwnedWriteHalf),
-    queue_rx: &mut mpsc::Receiver<Bytes>,
+    queue_rx: &mut mpsc::Receiver<QueuedFrame>,
     incoming_rx: &mut mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
 ) -> SessionEnd {
     let session_end = CancellationToken::new();
@@ -533,7 +606,7 @@ async fn run_session(
             },
             frame = queue_rx.recv() => {
                 let Some(frame) = frame else { break SessionEnd::Shutdown };
-                if let Err(e) = write_frames(inner, &mut writer, &mut buffer, frame, queue_rx).await {
+                if let Err(e) = write_frames(inner, link, &mut writer, &mut buffer, frame, queue_rx).await {
                     tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: write failed");
                     break SessionEnd::Failed;
                 }
@@ -548,29 +621,49 @@ async fn run_session(
 /// Writes `first` and, when coalescing, every frame already queued behind it, in one buffer.
 async fn write_frames(
     inner: &TransportInner,
+    link: &PeerLink,
     writer: &mut OwnedWriteHalf,
     buffer: &mut BytesMut,
-    first: Bytes,
-    queue_rx: &mut mpsc::Receiver<Bytes>,
+    first: QueuedFrame,
+    queue_rx: &mut mpsc::Receiver<QueuedFrame>,
 ) -> std::io::Result<()> {
     let stats = &inner.stats;
+    // Taken off the queue: no longer counted against it; dropped if its caller gave up.
+    let wanted = |frame: &QueuedFrame| {
+        link.queued_bytes
+            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        frame
+            .request_id
+            .is_none_or(|id| link.pending.lock().contains_key(&id))
+    };
     if !inner.config.coalesce_writes {
+        if !wanted(&first) {
+            return Ok(());
+        }
         stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        return write_counted(stats, writer, &first).await;
+        return write_counted(stats, writer, &first.bytes).await;
     }
     buffer.clear();
-    buffer.extend_from_slice(&first);
-    let mut frames = 1;
+    let mut frames = 0;
+    if wanted(&first) {
+        buffer.extend_from_slice(&first.bytes);
+        frames += 1;
+    }
     // Let the tasks that are about to send (other groups' heartbeats, responses) queue first.
     tokio::task::yield_now().await;
     while buffer.len() < inner.config.write_batch_bytes_max {
         match queue_rx.try_recv() {
             Ok(frame) => {
-                buffer.extend_from_slice(&frame);
-                frames += 1;
+                if wanted(&frame) {
+                    buffer.extend_from_slice(&frame.bytes);
+                    frames += 1;
+                }
             }
             Err(_) => break,
         }
+    }
+    if frames == 0 {
+        return Ok(());
     }
     stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
     write_counted(stats, writer, buffer).await
@@ -603,6 +696,8 @@ async fn read_frames(
     session_end: CancellationToken,
 ) {
     let limit = inner.config.frame_bytes_max;
+    let budget = inner.config.incoming_bytes_max.clamp(1, u32::MAX as usize);
+    let serving = Arc::new(Semaphore::new(budget));
     while let Some(next) = reader.next().await {
         let payload = match next {
             Ok(payload) => payload,
@@ -627,8 +722,18 @@ async fn read_frames(
                 body,
             }) => {
                 let dispatcher = inner.groups.read().get(&group).cloned();
-                let queue_tx = link.queue_tx.clone();
+                // Requests past the budget wait here, unread ones stay in the socket.
+                let cost = u32::try_from(payload.len().clamp(1, budget)).unwrap_or(u32::MAX);
+                let permit = tokio::select! {
+                    _ = session_end.cancelled() => break,
+                    permit = serving.clone().acquire_many_owned(cost) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                let link = link.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let result = match dispatcher {
                         Some(dispatcher) => dispatcher.dispatch(kind, body).await,
                         None => Err(RemoteFailure::UnknownGroup(group)),
@@ -648,8 +753,17 @@ async fn read_frames(
                             }
                         }
                     };
-                    // A closed queue means the connection is gone; the caller times out.
-                    let _ = queue_tx.send(frame).await;
+                    // Responses are small and never refused; a closed queue means the
+                    // connection is gone, and the caller times out.
+                    let size = frame.len();
+                    link.queued_bytes.fetch_add(size, Ordering::AcqRel);
+                    let queued = QueuedFrame {
+                        bytes: frame,
+                        request_id: None,
+                    };
+                    if link.queue_tx.send(queued).await.is_err() {
+                        link.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                    }
                 });
             }
             Ok(WireMessage::Response { request_id, result }) => {

@@ -105,11 +105,27 @@ where
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
-        let result: Result<Resp, RaftError<NodeId, E>> = self
+        let config = self.transport.config();
+        let limit = config.frame_bytes_max;
+        let body = encode_body(request, limit)
+            .map_err(|e| self.rpc_error(super::encode_error(e), action, timeout))?;
+        // openraft gives an AppendEntries one heartbeat interval: a big one would time out and
+        // be sent again and again. Fewer entries next time, in proportion.
+        let budget = config.append_entries_bytes_max;
+        if action == RPCTypes::AppendEntries && self.last_entries > 1 && body.len() > budget {
+            let hint = (u128::from(self.last_entries) * budget as u128 / body.len() as u128)
+                .clamp(1, u128::from(self.last_entries - 1));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(u64::try_from(hint).unwrap_or(1)),
+            ));
+        }
+        let response = self
             .transport
-            .request(self.target, self.group, kind, request, Some(timeout))
+            .call(self.target, self.group, kind, body, Some(timeout))
             .await
             .map_err(|e| self.rpc_error(e, action, timeout))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode_body(&response, limit)
+            .map_err(|e| self.rpc_error(CallError::Codec(e.to_string()), action, timeout))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

@@ -251,6 +251,17 @@ pub(super) fn apply_command(
             metadata.brokers.insert(node_id, address);
             MetadataResponse::Done
         }
+        MetadataCommand::UnregisterBroker { node_id } => {
+            let hosted = metadata.partitions_hosted_by(node_id);
+            if !hosted.is_empty() {
+                return rejected(Reject::BrokerHostsReplicas {
+                    node_id,
+                    partitions: hosted,
+                });
+            }
+            metadata.brokers.remove(&node_id);
+            MetadataResponse::Done
+        }
         MetadataCommand::CreateTopic {
             name,
             topic_id,
@@ -448,6 +459,13 @@ pub(super) fn apply_offsets_command(
     }
 }
 
+/// Whether `node_id` is a voter or learner of the metadata group as of the last applied
+/// membership (any node, before one is known: only state-machine tests apply without one).
+fn is_member(membership: &StoredMembership<NodeId, NodeAddress>, node_id: NodeId) -> bool {
+    let membership = membership.membership();
+    membership.nodes().next().is_none() || membership.get_node(&node_id).is_some()
+}
+
 fn check_assignments(
     assignments: &[Vec<NodeId>],
     replication_factor: Option<u16>,
@@ -542,6 +560,11 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                     EntryPayload::Normal(MetadataCommand::ReportPartitionLeaders { reports }) => {
                         self.leaders.apply(&reports);
                         MetadataResponse::Done
+                    }
+                    EntryPayload::Normal(MetadataCommand::RegisterBroker { node_id, .. })
+                        if !is_member(&state.last_membership, node_id) =>
+                    {
+                        MetadataResponse::Rejected(MetadataRejection::NotAMember(node_id))
                     }
                     EntryPayload::Normal(command) => {
                         let mut offsets = self.offsets.offsets.write();

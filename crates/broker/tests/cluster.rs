@@ -87,7 +87,10 @@ impl Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let own = listener.local_addr().unwrap();
         // Its own directory even for an id in use (a would-be impostor has its own disk).
-        let data = self.dir.path().join(format!("joined-{node_id}-{}", own.port()));
+        let data = self
+            .dir
+            .path()
+            .join(format!("joined-{node_id}-{}", own.port()));
         let mut broker_config = BrokerConfig::new(data.clone());
         broker_config.node_id = node_id as i32;
         let broker = Broker::open(broker_config).unwrap();
@@ -877,14 +880,17 @@ async fn wait_moved(cluster: &Cluster, target: &[NodeId]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done = cluster.nodes.values().all(|n| {
-            n.cluster.topic(TOPIC).is_some_and(|t| {
-                t.assignments[0] == target && t.reassignments.is_empty()
-            })
+            n.cluster
+                .topic(TOPIC)
+                .is_some_and(|t| t.assignments[0] == target && t.reassignments.is_empty())
         });
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "the move to {target:?} did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "the move to {target:?} did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -912,7 +918,11 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
             let node = n.cluster.node();
             node.metadata_voters() == [1, 2, 3, 4].into()
                 && n.cluster.brokers().len() == 4
-                && node.transport().peers().iter().any(|(id, _)| *id == 4 || node.node_id() == 4)
+                && node
+                    .transport()
+                    .peers()
+                    .iter()
+                    .any(|(id, _)| *id == 4 || node.node_id() == 4)
         });
         if every_node_knows {
             break;
@@ -944,10 +954,12 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
     wait_moved(&cluster, &target).await;
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let leader = cluster
-            .nodes
-            .values()
-            .find_map(|n| n.cluster.replica_for(TOPIC, 0).ok().filter(|r| r.is_leader()));
+        let leader = cluster.nodes.values().find_map(|n| {
+            n.cluster
+                .replica_for(TOPIC, 0)
+                .ok()
+                .filter(|r| r.is_leader())
+        });
         if let Some(leader) = leader {
             if leader
                 .produce(batch(-1, -1, &["on-the-new-node"]), 3, TIMEOUT)
@@ -957,7 +969,10 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "no acks=all write after the move");
+        assert!(
+            Instant::now() < deadline,
+            "no acks=all write after the move"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + TIMEOUT;
@@ -965,17 +980,28 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
         .iter()
         .any(|(_, v)| v == b"on-the-new-node")
     {
-        assert!(Instant::now() < deadline, "the new replica did not get the write");
+        assert!(
+            Instant::now() < deadline,
+            "the new replica did not get the write"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Refused while it hosts a replica, through any node.
-    let refusal = cluster.nodes[&3].cluster.node().remove_node(4).await.unwrap_err();
+    let refusal = cluster.nodes[&3]
+        .cluster
+        .node()
+        .remove_node(4)
+        .await
+        .unwrap_err();
     assert!(
         matches!(refusal, MembershipError::Rejected(_)),
         "{refusal:?}"
     );
-    assert!(refusal.to_string().contains(&format!("{TOPIC}-0")), "{refusal}");
+    assert!(
+        refusal.to_string().contains(&format!("{TOPIC}-0")),
+        "{refusal}"
+    );
     assert!(first.node().metadata_voters().contains(&4));
 
     // Moved back off, it can go.
@@ -987,14 +1013,22 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
     // The extra topic has its one replica somewhere: move it off node 4 if it is there.
     let extra_replicas = first.topic(extra).unwrap().assignments[0].clone();
     if extra_replicas == vec![4] {
-        first.reassign_partition(extra, 0, Some(vec![1])).await.unwrap();
+        first
+            .reassign_partition(extra, 0, Some(vec![1]))
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while first.topic(extra).unwrap().assignments[0] != vec![1] {
             assert!(Instant::now() < deadline, "the extra topic did not move");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    cluster.nodes[&2].cluster.node().remove_node(4).await.unwrap();
+    cluster.nodes[&2]
+        .cluster
+        .node()
+        .remove_node(4)
+        .await
+        .unwrap();
     cluster.stop(4).await;
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -1008,7 +1042,10 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
         if gone_everywhere {
             break;
         }
-        assert!(Instant::now() < deadline, "node 4 was not removed everywhere");
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not removed everywhere"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Removing it again: unknown.

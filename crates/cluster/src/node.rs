@@ -378,7 +378,13 @@ impl ClusterNode {
         }
         let node = Arc::new(node);
         let _ = dispatcher_node.set(Arc::downgrade(&node));
-        node.spawn_peer_tracking(config.peers.iter().map(|&(id, _)| id).collect::<BTreeSet<_>>());
+        node.spawn_peer_tracking(
+            config
+                .peers
+                .iter()
+                .map(|&(id, _)| id)
+                .collect::<BTreeSet<_>>(),
+        );
         if joining {
             if let Err(e) = node.join_cluster(&config.join).await {
                 node.shutdown().await;

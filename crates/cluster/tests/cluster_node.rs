@@ -313,7 +313,11 @@ async fn a_joined_node_restarts_with_or_without_join() {
     for node in cluster.running() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while node.metadata_voters() != [1, 2, 3, 4].into() {
-            assert!(Instant::now() < deadline, "node {} never saw 4 join", node.node_id());
+            assert!(
+                Instant::now() < deadline,
+                "node {} never saw 4 join",
+                node.node_id()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(node.metadata_members()[&4], own.to_string());

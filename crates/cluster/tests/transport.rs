@@ -352,7 +352,10 @@ async fn strangers_may_only_ask_to_join_and_removed_peers_are_dropped() {
         limit,
     )
     .await;
-    assert!(matches!(closed, Err(CallError::Connect { .. })), "{closed:?}");
+    assert!(
+        matches!(closed, Err(CallError::Connect { .. })),
+        "{closed:?}"
+    );
     assert_eq!(one.stats().bad_connections, before + 1);
 
     assert!(one.remove_peer(2));
@@ -369,7 +372,13 @@ async fn strangers_may_only_ask_to_join_and_removed_peers_are_dropped() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!two.is_connected(1));
     let call = one
-        .call(2, partition(1), RpcKind::Vote, Bytes::from_static(b"x"), None)
+        .call(
+            2,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"x"),
+            None,
+        )
         .await;
     assert_eq!(call, Err(CallError::UnknownPeer(2)));
     one.shutdown().await;

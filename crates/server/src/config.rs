@@ -543,9 +543,9 @@ impl ServeArgs {
             (None, None, None) => None,
             (Some(_), Some(_), _) => anyhow::bail!("--peers and --join exclude each other"),
             (peers, join, cluster_listen) => {
-                let node_id = self
-                    .node_id
-                    .context("cluster mode (--peers, --join or --cluster-listen) needs --node-id")?;
+                let node_id = self.node_id.context(
+                    "cluster mode (--peers, --join or --cluster-listen) needs --node-id",
+                )?;
                 let cluster_listen = cluster_listen
                     .context("cluster mode (--peers or --join) needs --cluster-listen")?;
                 let peers = match peers {

@@ -314,7 +314,12 @@ impl ClusterNode {
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::info!(node_id = id, ?matched, caught_up_to, "join: learner still catching up");
+                tracing::info!(
+                    node_id = id,
+                    ?matched,
+                    caught_up_to,
+                    "join: learner still catching up"
+                );
                 return Ok(self.join_progress(id));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -439,15 +444,23 @@ impl ClusterNode {
                     for (&id, addr) in &members {
                         match addr.parse() {
                             Ok(addr) => node.transport.add_peer(id, addr),
-                            Err(_) => tracing::warn!(node_id = id, addr, "member address is not IP:PORT"),
+                            Err(_) => {
+                                tracing::warn!(node_id = id, addr, "member address is not IP:PORT")
+                            }
                         }
                     }
                     for gone in tracked.iter().filter(|id| !members.contains_key(id)) {
                         if node.transport.remove_peer(*gone) {
-                            tracing::info!(node_id = gone, "node left the metadata group: no longer a peer");
+                            tracing::info!(
+                                node_id = gone,
+                                "node left the metadata group: no longer a peer"
+                            );
                         }
                     }
-                    tracked = members.into_keys().filter(|&id| id != node.node_id).collect();
+                    tracked = members
+                        .into_keys()
+                        .filter(|&id| id != node.node_id)
+                        .collect();
                 }
                 tokio::select! {
                     _ = node.shutdown.cancelled() => return,

@@ -480,8 +480,8 @@ async fn serve_once(
         None => Err(RemoteFailure::UnknownGroup(group)),
     };
     let limit = inner.config.frame_bytes_max;
-    let frame = frame::encode_frame(&WireMessage::Response { request_id, result }, limit)
-        .or_else(|e| {
+    let frame =
+        frame::encode_frame(&WireMessage::Response { request_id, result }, limit).or_else(|e| {
             let result = Err(RemoteFailure::BadResponse(e.to_string()));
             frame::encode_frame(&WireMessage::Response { request_id, result }, limit)
         });

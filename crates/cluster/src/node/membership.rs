@@ -171,7 +171,9 @@ impl ClusterNode {
     ) -> Result<MembershipReply, MembershipError> {
         let deadline = Instant::now() + ON_LEADER_DEADLINE;
         let mut last_error = String::from("no leader known");
+        let mut attempted = false;
         loop {
+            attempted |= self.metadata_leader().is_some();
             match self.metadata_leader() {
                 Some(leader) if leader == self.node_id => {
                     match self.change_as_leader(request.clone()).await {
@@ -205,7 +207,7 @@ impl ClusterNode {
             if let MembershipRequest::Remove { node_id } = request {
                 let gone = !self.metadata_members().contains_key(&node_id)
                     && !self.metadata.borrow().brokers.contains_key(&node_id);
-                if gone && last_error != "no leader known" {
+                if gone && attempted {
                     return Ok(MembershipReply::Removed);
                 }
             }

@@ -834,6 +834,111 @@ mod tests {
         assert!(topic.moved.contains(&0));
     }
 
+    #[test]
+    fn a_broker_with_replicas_or_a_move_to_it_cannot_be_unregistered() {
+        let mut metadata = ClusterMetadata::default();
+        for node_id in 1..=4 {
+            let address = NodeAddress {
+                cluster_addr: format!("n{node_id}:9093"),
+                kafka_addr: format!("n{node_id}:9092"),
+            };
+            apply_command(
+                &mut metadata,
+                MetadataCommand::RegisterBroker { node_id, address },
+            );
+        }
+        let create = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            topic_id: uuid::Uuid::from_u128(8),
+            partition_count: 2,
+            replication_factor: 2,
+            assignments: vec![vec![1, 2], vec![2, 3]],
+            configs: BTreeMap::new(),
+        };
+        apply_command(&mut metadata, create);
+        let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
+        assert_eq!(
+            apply_command(&mut metadata, unregister(2)),
+            MetadataResponse::Rejected(MetadataRejection::BrokerHostsReplicas {
+                node_id: 2,
+                partitions: vec!["t-0".into(), "t-1".into()],
+            })
+        );
+        // A move to node 4 in progress counts as a replica there.
+        let reassign = MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 1,
+            target: Some(vec![2, 4]),
+        };
+        apply_command(&mut metadata, reassign);
+        assert!(matches!(
+            apply_command(&mut metadata, unregister(4)),
+            MetadataResponse::Rejected(MetadataRejection::BrokerHostsReplicas { .. })
+        ));
+        assert_eq!(metadata.brokers.len(), 4);
+        let cancel = MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 1,
+            target: None,
+        };
+        apply_command(&mut metadata, cancel);
+        assert_eq!(
+            apply_command(&mut metadata, unregister(4)),
+            MetadataResponse::Done
+        );
+        assert_eq!(
+            metadata.brokers.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn only_members_of_the_metadata_group_can_register() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(sluice_log::RealDisk);
+        let mut machine = MetadataStateMachine::open(storage, dir.path()).unwrap();
+        let node = |id: NodeId| NodeAddress {
+            cluster_addr: format!("n{id}:9093"),
+            kafka_addr: String::new(),
+        };
+        let membership = openraft::Membership::new(
+            vec![[1, 2].into_iter().collect()],
+            [(1, node(1)), (2, node(2))]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        );
+        let register = |id| MetadataCommand::RegisterBroker {
+            node_id: id,
+            address: node(id),
+        };
+        let responses = machine
+            .apply([
+                Entry {
+                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+                    payload: EntryPayload::Membership(membership),
+                },
+                entry(2, register(2)),
+                entry(3, register(3)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(responses[1], MetadataResponse::Done);
+        assert_eq!(
+            responses[2],
+            MetadataResponse::Rejected(MetadataRejection::NotAMember(3))
+        );
+        assert_eq!(
+            machine
+                .subscribe()
+                .borrow()
+                .brokers
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [2]
+        );
+    }
+
     fn committed(topic: &str, partition: i32, offset: i64) -> CommittedOffset {
         CommittedOffset {
             topic: topic.into(),

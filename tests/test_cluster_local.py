@@ -5,8 +5,12 @@ duplicated, every acknowledged record must be at its acknowledged offset, and af
 every node must report the same leaders, with the leader's ISR back to all three replicas.
 A consumer group's acknowledged commits survive a SIGKILL of its coordinator. On four nodes
 with RF=3, a node without a replica of a partition names its leader (Kafka Metadata and the
-HTTP API), and GET /api/cluster lists the nodes."""
+HTTP API), and GET /api/cluster lists the nodes. A fourth node joins three with --join, takes
+a replica and is removed again (HTTP API and `sluice cluster remove-node`)."""
 
+import json
+import os
+import subprocess
 import threading
 import time
 
@@ -14,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import free_port
+from conftest import free_port, sluice_bin
 
 TOPIC = "replicated"
 PARTITIONS = 3
@@ -607,8 +611,26 @@ def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, t
         wait_for_replicas(admin, topic, original)
     finally:
         kafka_admin.close()
-    status, body = http_delete(nodes[1], "/api/cluster/nodes/4")
-    assert status == 204, (status, body)
+    # The CLI: `sluice cluster remove-node` (DELETE /api/cluster/nodes/4) on another node.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["HOME"] = str(tmp_path)
+    removed = subprocess.run(
+        [str(sluice_bin()), "cluster", "remove-node", "--node-id", "4", "--url", nodes[1].http_url],
+        capture_output=True, env=env, timeout=90)
+    assert removed.returncode == 0, removed
+    assert b"removed node 4" in removed.stdout, removed
+    deadline = time.monotonic() + 10
+    while True:  # node 3 applies the removal within a heartbeat or so
+        listed = subprocess.run(
+            [str(sluice_bin()), "cluster", "nodes", "--url", nodes[2].http_url, "--json"],
+            capture_output=True, env=env, timeout=30)
+        ids = sorted(n["node_id"] for n in json.loads(listed.stdout)["nodes"])
+        if ids == [1, 2, 3]:
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+    status, body = http_delete(nodes[0], "/api/cluster/nodes/4")
+    assert status == 404, (status, body)
     fourth.terminate()
     deadline = time.monotonic() + 30
     while True:

@@ -5,8 +5,12 @@ duplicated, every acknowledged record must be at its acknowledged offset, and af
 every node must report the same leaders, with the leader's ISR back to all three replicas.
 A consumer group's acknowledged commits survive a SIGKILL of its coordinator. On four nodes
 with RF=3, a node without a replica of a partition names its leader (Kafka Metadata and the
-HTTP API), and GET /api/cluster lists the nodes."""
+HTTP API), and GET /api/cluster lists the nodes. A fourth node joins three with --join, takes
+a replica and is removed again (HTTP API and `sluice cluster remove-node`)."""
 
+import json
+import os
+import subprocess
 import threading
 import time
 
@@ -14,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import free_port
+from conftest import free_port, sluice_bin
 
 TOPIC = "replicated"
 PARTITIONS = 3
@@ -492,3 +496,152 @@ def test_partition_reassignment_with_kafka_python_admin(broker_factory):
         assert not missing, f"{len(missing)} acknowledged records missing, first {missing[:5]}"
     finally:
         consumer.close()
+
+
+def http_delete(node, path):
+    """DELETE on a node's HTTP API as guest; (status, JSON body or None)."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(node.http_url + path, method="DELETE", headers={
+        "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_for_replicas(admin, topic, wanted, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partition = admin.list_topics(topic, timeout=5).topics[topic].partitions.get(0)
+        if partition is not None and sorted(partition.replicas) == sorted(wanted):
+            return
+        assert time.monotonic() < deadline, f"replicas never became {wanted}: {partition}"
+        time.sleep(0.1)
+
+
+def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, tmp_path):
+    """Three nodes started with --peers; a fourth started with --join (a member's cluster
+    address) joins: Kafka Metadata lists four brokers from every node, kafka-python's admin
+    moves a replica onto it, and acks=all records are produced and read back through it. A
+    process asking to join with id 4 from another address is refused and exits. The HTTP API
+    refuses to remove node 4 while it hosts the replica (409), removes it once the replica is
+    moved back, and every remaining node then lists three brokers."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KafkaTopicPartition
+
+    topic = "grown"
+    cluster_ports = [free_port() for _ in range(3)]
+    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
+    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
+                            "--peers", peers, "--default-replication-factor", 3)
+             for i, port in enumerate(cluster_ports)]
+    admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
+    # Created before the join, so its replicas are on nodes 1-3.
+    admin.create_topics([NewTopic(topic, 1, 3)])[topic].result(timeout=30)
+
+    join = ",".join(f"127.0.0.1:{port}" for port in reversed(cluster_ports))
+    fourth_port = free_port()
+    fourth = broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{fourth_port}",
+                            "--join", join, "--default-replication-factor", 3)
+    nodes.append(fourth)
+    deadline = time.monotonic() + 30
+    while True:
+        seen = [sorted(AdminClient({"bootstrap.servers": n.bootstrap})
+                       .list_topics(timeout=5).brokers) for n in nodes]
+        if all(s == [1, 2, 3, 4] for s in seen):
+            break
+        assert time.monotonic() < deadline, f"not every node lists four brokers: {seen}"
+        time.sleep(0.2)
+    by_id = {b.id: f"{b.host}:{b.port}" for b in admin.list_topics(timeout=5).brokers.values()}
+    assert by_id[4] == fourth.bootstrap, by_id
+    assert sorted(n["node_id"] for n in http_get(fourth, "/api/cluster")["nodes"]) == [1, 2, 3, 4]
+
+    # The fifth process (data dir broker4) exits during startup with the refusal.
+    with pytest.raises(pytest.fail.Exception, match="exited with 1 during startup"):
+        broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
+                       "--join", f"127.0.0.1:{cluster_ports[0]}")
+    refused_log = (tmp_path / "broker4" / "sluice.log").read_text(errors="replace")
+    assert "node id 4 is already used by the node at" in refused_log, refused_log[-2000:]
+
+    original = sorted(admin.list_topics(topic, timeout=5).topics[topic].partitions[0].replicas)
+    assert 4 not in original, original
+    target = original[1:] + [4]
+    tp = KafkaTopicPartition(topic, 0)
+    kafka_admin = KafkaAdminClient(bootstrap_servers=fourth.bootstrap)
+    try:
+        assert kafka_admin.alter_partition_reassignments({tp: target})[tp] is None
+        wait_for_replicas(admin, topic, target)
+    finally:
+        kafka_admin.close()
+
+    producer = Producer({"bootstrap.servers": fourth.bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+    acknowledged = []
+    for i in range(200):
+        producer.produce(topic, value=f"j{i}".encode(), partition=0,
+                         on_delivery=lambda e, m: e is None and acknowledged.append(m.value()))
+    assert producer.flush(30) == 0
+    assert len(acknowledged) == 200, len(acknowledged)
+    consumer = Consumer({"bootstrap.servers": fourth.bootstrap, "group.id": "grown-reader",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 200 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                got.append(message.value())
+        assert got == [f"j{i}".encode() for i in range(200)], got[:5]
+    finally:
+        consumer.close()
+    # Node 4 holds the records itself: its HTTP API reports its replica's log end.
+    partitions = http_get(fourth, f"/api/topics/{topic}/partitions")
+    assert partitions[0]["log_end_offset"] >= 200, partitions
+
+    status, body = http_delete(nodes[0], "/api/cluster/nodes/4")
+    assert status == 409 and f"{topic}-0" in body["reason"], (status, body)
+    kafka_admin = KafkaAdminClient(bootstrap_servers=nodes[0].bootstrap)
+    try:
+        assert kafka_admin.alter_partition_reassignments({tp: original})[tp] is None
+        wait_for_replicas(admin, topic, original)
+    finally:
+        kafka_admin.close()
+    # The CLI: `sluice cluster remove-node` (DELETE /api/cluster/nodes/4) on another node.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["HOME"] = str(tmp_path)
+    removed = subprocess.run(
+        [str(sluice_bin()), "cluster", "remove-node", "--node-id", "4", "--url", nodes[1].http_url],
+        capture_output=True, env=env, timeout=90)
+    assert removed.returncode == 0, removed
+    assert b"removed node 4" in removed.stdout, removed
+    deadline = time.monotonic() + 10
+    while True:  # node 3 applies the removal within a heartbeat or so
+        listed = subprocess.run(
+            [str(sluice_bin()), "cluster", "nodes", "--url", nodes[2].http_url, "--json"],
+            capture_output=True, env=env, timeout=30)
+        ids = sorted(n["node_id"] for n in json.loads(listed.stdout)["nodes"])
+        if ids == [1, 2, 3]:
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+    status, body = http_delete(nodes[0], "/api/cluster/nodes/4")
+    assert status == 404, (status, body)
+    fourth.terminate()
+    deadline = time.monotonic() + 30
+    while True:
+        seen = [sorted(AdminClient({"bootstrap.servers": n.bootstrap})
+                       .list_topics(timeout=5).brokers) for n in nodes[:3]]
+        if all(s == [1, 2, 3] for s in seen):
+            break
+        assert time.monotonic() < deadline, f"node 4 still listed: {seen}"
+        time.sleep(0.2)
+    # The three go on: a new RF=3 topic is created and written.
+    admin.create_topics([NewTopic("after-removal", 1, 3)])["after-removal"].result(timeout=30)
+    producer = Producer({"bootstrap.servers": nodes[0].bootstrap, "acks": "all"})
+    producer.produce("after-removal", value=b"still here")
+    assert producer.flush(30) == 0

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use sluice_broker::replication::{ClusterBroker, ReassignmentError, Replica, ReplicationError};
 use sluice_broker::{Broker, BrokerConfig, BrokerError, GroupError};
-use sluice_cluster::node::{ClusterConfig, ClusterNode};
+use sluice_cluster::node::{ClusterConfig, ClusterNode, MembershipError};
 use sluice_cluster::NodeId;
 use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder};
 use tokio::net::TcpListener;
@@ -80,6 +80,40 @@ impl Cluster {
         .unwrap();
         let cluster = ClusterBroker::start(node, Arc::clone(&broker), 3);
         self.nodes.insert(node_id, Node { cluster, broker });
+    }
+
+    /// Starts node `node_id` with `--join` through node `via` instead of a peer list.
+    async fn join_node(&mut self, node_id: NodeId, via: NodeId) -> Result<(), String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let own = listener.local_addr().unwrap();
+        // Its own directory even for an id in use (a would-be impostor has its own disk).
+        let data = self
+            .dir
+            .path()
+            .join(format!("joined-{node_id}-{}", own.port()));
+        let mut broker_config = BrokerConfig::new(data.clone());
+        broker_config.node_id = node_id as i32;
+        let broker = Broker::open(broker_config).unwrap();
+        let mut config = ClusterConfig::new(
+            node_id,
+            own,
+            Vec::new(),
+            format!("127.0.0.1:{}", 29090 + node_id),
+            data,
+            Arc::new(RealDisk),
+        );
+        config.join = vec![self.addrs.iter().find(|(id, _)| *id == via).unwrap().1];
+        let node = match ClusterNode::start_with_listener(config, listener).await {
+            Ok(node) => node,
+            Err(e) => {
+                broker.shutdown();
+                return Err(e.to_string());
+            }
+        };
+        self.addrs.push((node_id, own));
+        let cluster = ClusterBroker::start(node, Arc::clone(&broker), 3);
+        self.nodes.insert(node_id, Node { cluster, broker });
+        Ok(())
     }
 
     /// Stops a node: its groups, its transport (so peers see it gone) and its broker.
@@ -837,6 +871,198 @@ async fn a_stuck_reassignment_is_cancelled() {
         .await
         .unwrap();
     for node_id in original {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// Waits until the reassignment of partition 0 to `target` is done on every running node.
+async fn wait_moved(cluster: &Cluster, target: &[NodeId]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = cluster.nodes.values().all(|n| {
+            n.cluster
+                .topic(TOPIC)
+                .is_some_and(|t| t.assignments[0] == target && t.reassignments.is_empty())
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move to {target:?} did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fourth node joins a running three-node cluster with `--join`: it becomes a voter of the
+/// metadata group and a registered broker on every node, a partition replica is moved onto it
+/// and acks=all writes work there. Its removal is refused while it hosts that replica, and
+/// accepted once the replica is moved off; the others then drop it (membership, brokers,
+/// transport peers) and the metadata group keeps committing. A second node asking to join
+/// with an id in use (at another address) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
+    let mut cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    cluster.leader().await;
+
+    cluster.join_node(4, 2).await.unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let every_node_knows = cluster.nodes.values().all(|n| {
+            let node = n.cluster.node();
+            node.metadata_voters() == [1, 2, 3, 4].into()
+                && n.cluster.brokers().len() == 4
+                && node
+                    .transport()
+                    .peers()
+                    .iter()
+                    .any(|(id, _)| *id == 4 || node.node_id() == 4)
+        });
+        if every_node_knows {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not join everywhere");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = cluster.nodes[&4].cluster.node().clone();
+    assert_eq!(joined.metadata().borrow().brokers.len(), 4);
+    // The joined node takes part in commits: with it, proposals through it apply everywhere.
+    let extra = "after-join";
+    cluster.nodes[&4]
+        .cluster
+        .create_topic(extra, 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+
+    // Same id, another address: refused with a clear error.
+    let refused = cluster.join_node(4, 1).await.unwrap_err();
+    assert!(refused.contains("node id 4 is already used"), "{refused}");
+
+    // Move a replica onto the new node, then write acks=all.
+    let original = first.topic(TOPIC).unwrap().assignments[0].clone();
+    let target: Vec<NodeId> = original[1..].iter().copied().chain([4]).collect();
+    first
+        .reassign_partition(TOPIC, 0, Some(target.clone()))
+        .await
+        .unwrap();
+    wait_moved(&cluster, &target).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let leader = cluster.nodes.values().find_map(|n| {
+            n.cluster
+                .replica_for(TOPIC, 0)
+                .ok()
+                .filter(|r| r.is_leader())
+        });
+        if let Some(leader) = leader {
+            if leader
+                .produce(batch(-1, -1, &["on-the-new-node"]), 3, TIMEOUT)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no acks=all write after the move"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while !data_batches(&cluster.replica(4))
+        .iter()
+        .any(|(_, v)| v == b"on-the-new-node")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new replica did not get the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Refused while it hosts a replica, through any node.
+    let refusal = cluster.nodes[&3]
+        .cluster
+        .node()
+        .remove_node(4)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refusal, MembershipError::Rejected(_)),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.to_string().contains(&format!("{TOPIC}-0")),
+        "{refusal}"
+    );
+    assert!(first.node().metadata_voters().contains(&4));
+
+    // Moved back off, it can go.
+    first
+        .reassign_partition(TOPIC, 0, Some(original.clone()))
+        .await
+        .unwrap();
+    wait_moved(&cluster, &original).await;
+    // The extra topic has its one replica somewhere: move it off node 4 if it is there.
+    let extra_replicas = first.topic(extra).unwrap().assignments[0].clone();
+    if extra_replicas == vec![4] {
+        first
+            .reassign_partition(extra, 0, Some(vec![1]))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while first.topic(extra).unwrap().assignments[0] != vec![1] {
+            assert!(Instant::now() < deadline, "the extra topic did not move");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    cluster.nodes[&2]
+        .cluster
+        .node()
+        .remove_node(4)
+        .await
+        .unwrap();
+    cluster.stop(4).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let gone_everywhere = cluster.nodes.values().all(|n| {
+            let node = n.cluster.node();
+            node.metadata_voters() == [1, 2, 3].into()
+                && !node.metadata_members().contains_key(&4)
+                && n.cluster.brokers().len() == 3
+                && !node.transport().peers().iter().any(|(id, _)| *id == 4)
+        });
+        if gone_everywhere {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not removed everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Removing it again: unknown.
+    let again = first.node().remove_node(4).await.unwrap_err();
+    assert_eq!(again, MembershipError::UnknownNode(4));
+    // The metadata group still commits, and the partition still takes acks=all writes.
+    first
+        .create_topic("after-removal", 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["after-removal"]), 3, TIMEOUT)
+        .await
+        .unwrap();
+    for node_id in [1, 2, 3] {
         cluster.stop(node_id).await;
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Modules: [`transport`] (the multiplexed connections and openraft's network on top),
 //! [`metadata`] (the metadata group's type config, commands, state machine and storage),
-//! [`node`] ([`node::ClusterNode`]: a running node) and [`peers`] (`--peers` parsing).
+//! [`node`] ([`node::ClusterNode`]: a running node; joining a running cluster and removing a
+//! node are membership changes of the metadata group) and [`peers`] (`--peers` parsing).
 
 pub mod partition;
 

@@ -6,14 +6,23 @@
 //! append from a leader that came first) skips initialization, which openraft would refuse
 //! anyway rather than overwrite anything.
 //!
+//! A node started with `--join` instead joins a running cluster (see [`membership`]); a
+//! restarted node needs neither: its stored membership names the others.
+//!
 //! Membership carries each node's transport address only (`kafka_addr` empty): it must be the
 //! same on every node, and a node learns the others' Kafka addresses later, when each registers
 //! itself through the metadata group ([`MetadataCommand::RegisterBroker`]).
 
-use std::collections::{BTreeMap, HashMap};
+mod membership;
+
+pub use membership::{
+    JoinProgress, JoinRequest, MembershipError, MembershipReply, MembershipRequest,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,8 +102,12 @@ pub struct ClusterConfig {
     pub node_id: NodeId,
     /// Where the node-to-node transport listens.
     pub cluster_listen: SocketAddr,
-    /// Every member, this node included (see [`PeerList`]).
+    /// Every member, this node included (see [`PeerList`]), for a static bootstrap. Empty
+    /// with `join`, or for a restart that relies on the stored membership.
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Cluster addresses of running members to join through (`--join`); empty for a static
+    /// bootstrap. Ignored once this node is a voter (a restart).
+    pub join: Vec<SocketAddr>,
     /// The Kafka address clients are told to use for this node.
     pub kafka_addr: String,
     /// The metadata group keeps its log and snapshot in `data_dir/metadata`.
@@ -119,6 +132,7 @@ impl ClusterConfig {
             node_id,
             cluster_listen,
             peers,
+            join: Vec::new(),
             kafka_addr,
             data_dir,
             storage,
@@ -143,6 +157,12 @@ pub enum ClusterError {
     Raft(String),
     #[error("group {0:?} is already running on this node")]
     GroupExists(GroupId),
+    #[error("the cluster refused to let this node join: {0}")]
+    JoinRefused(String),
+    #[error("no peer list, no address to join and no stored cluster state: nothing to start from")]
+    NothingToStartFrom,
+    #[error("cannot join with cluster address {0}: other nodes need an address they can dial")]
+    UndialableAddress(SocketAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,10 +213,12 @@ type ForwardedWrite = Result<
     RaftError<NodeId, ClientWriteError<NodeId, NodeAddress>>,
 >;
 
-/// The metadata group's dispatcher: the Raft RPCs, plus proposals forwarded by followers.
+/// The metadata group's dispatcher: the Raft RPCs, plus proposals forwarded by followers and
+/// membership changes (which need the node, set once it is built).
 struct MetadataDispatcher {
     raft_rpcs: RaftDispatcher<MetadataRaft>,
     frame_bytes_max: usize,
+    node: Arc<OnceLock<Weak<ClusterNode>>>,
 }
 
 impl GroupDispatcher for MetadataDispatcher {
@@ -205,11 +227,39 @@ impl GroupDispatcher for MetadataDispatcher {
         kind: RpcKind,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
-        if kind != RpcKind::ClientWrite {
-            return self.raft_rpcs.dispatch(kind, body);
+        let limit = self.frame_bytes_max;
+        match kind {
+            RpcKind::ClientWrite => {}
+            RpcKind::Join | RpcKind::MembershipChange => {
+                let node = self.node.get().and_then(Weak::upgrade);
+                return Box::pin(async move {
+                    let Some(node) = node else {
+                        return Err(RemoteFailure::Unsupported(kind));
+                    };
+                    if kind == RpcKind::Join {
+                        // From a node that is not a member yet: find the leader for it.
+                        let join: JoinRequest = decode_body(&body, limit)
+                            .map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
+                        let reply = node.on_leader(MembershipRequest::Join(join)).await;
+                        let progress: Result<JoinProgress, MembershipError> = match reply {
+                            Ok(MembershipReply::Join(progress)) => Ok(progress),
+                            Ok(MembershipReply::Removed) => {
+                                Err(MembershipError::Raft("unexpected reply".into()))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        encode_body(&progress, limit)
+                    } else {
+                        let request: MembershipRequest = decode_body(&body, limit)
+                            .map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
+                        encode_body(&node.change_as_leader(request).await, limit)
+                    }
+                    .map_err(|e| RemoteFailure::BadResponse(e.to_string()))
+                });
+            }
+            _ => return self.raft_rpcs.dispatch(kind, body),
         }
         let raft = self.raft_rpcs.raft().clone();
-        let limit = self.frame_bytes_max;
         Box::pin(async move {
             let command: MetadataCommand =
                 decode_body(&body, limit).map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
@@ -238,17 +288,19 @@ impl ClusterNode {
         listener: tokio::net::TcpListener,
     ) -> Result<Arc<Self>, ClusterError> {
         let node_id = config.node_id;
-        let peers = PeerList::new(
-            config
-                .peers
-                .iter()
-                .map(|&(node_id, cluster_addr)| Peer {
-                    node_id,
-                    cluster_addr,
-                })
-                .collect(),
-        )?;
-        peers.validate_for(node_id, None)?;
+        if !config.peers.is_empty() {
+            let peers = PeerList::new(
+                config
+                    .peers
+                    .iter()
+                    .map(|&(node_id, cluster_addr)| Peer {
+                        node_id,
+                        cluster_addr,
+                    })
+                    .collect(),
+            )?;
+            peers.validate_for(node_id, None)?;
+        }
 
         let transport_config = config
             .transport
@@ -284,11 +336,13 @@ impl ClusterNode {
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let dispatcher_node = Arc::new(OnceLock::new());
         transport.register_dispatcher(
             GroupId::Metadata,
             Arc::new(MetadataDispatcher {
                 raft_rpcs: RaftDispatcher::new(metadata_raft.clone(), frame_bytes_max),
                 frame_bytes_max,
+                node: Arc::clone(&dispatcher_node),
             }),
         );
 
@@ -306,7 +360,26 @@ impl ClusterNode {
             propose_timeout: config.propose_timeout,
             shutdown: CancellationToken::new(),
         };
-        node.bootstrap_metadata_group(&config.peers).await?;
+        let initialized = node
+            .metadata_raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let is_voter = node.metadata_voters().contains(&node_id);
+        // A learner that restarts asks to join again; a voter never needs to.
+        let joining = !config.join.is_empty() && !is_voter;
+        if joining {
+            let own = node.transport.local_addr();
+            if own.ip().is_unspecified() {
+                node.shutdown().await;
+                return Err(ClusterError::UndialableAddress(own));
+            }
+        } else if !config.peers.is_empty() {
+            node.bootstrap_metadata_group(&config.peers).await?;
+        } else if !initialized {
+            node.shutdown().await;
+            return Err(ClusterError::NothingToStartFrom);
+        }
         let metadata_on_lost = early_election::on_peer_lost(
             node.metadata_raft.clone(),
             node.transport.clone(),
@@ -316,6 +389,20 @@ impl ClusterNode {
             .lock()
             .insert(GroupId::Metadata, metadata_on_lost);
         let node = Arc::new(node);
+        let _ = dispatcher_node.set(Arc::downgrade(&node));
+        node.spawn_peer_tracking(
+            config
+                .peers
+                .iter()
+                .map(|&(id, _)| id)
+                .collect::<BTreeSet<_>>(),
+        );
+        if joining {
+            if let Err(e) = node.join_cluster(&config.join).await {
+                node.shutdown().await;
+                return Err(e);
+            }
+        }
         node.spawn_registration();
         let weak = Arc::downgrade(&node);
         tokio::spawn(early_election::watch_links(
@@ -385,6 +472,10 @@ impl ClusterNode {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => return,
                     result = node.propose(command.clone()) => match result {
+                        Ok(MetadataResponse::Rejected(rejection)) => {
+                            tracing::warn!(node_id = node.node_id, %rejection, "broker registration refused");
+                            return;
+                        }
                         Ok(_) => {
                             tracing::info!(node_id = node.node_id, address = %node.address, "registered with the metadata group");
                             return;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_cluster::metadata::{ClusterMetadata, MetadataCommand, MetadataResponse};
-use sluice_cluster::node::{ClusterConfig, ClusterNode};
+use sluice_cluster::node::{ClusterConfig, ClusterError, ClusterNode};
 use sluice_cluster::NodeId;
 use sluice_log::RealDisk;
 use tokio::net::TcpListener;
@@ -292,5 +292,90 @@ async fn restarted_nodes_keep_their_metadata_and_do_not_reinitialize() {
             m.topics.contains_key("kept") && m.topics.contains_key("later") && m.brokers.len() == 3
         })
         .await;
+    cluster.shutdown().await;
+}
+
+/// Starts node `node_id` listening on `listen`, joining through `join` (no peer list).
+async fn start_joining(
+    cluster: &Cluster,
+    node_id: NodeId,
+    listen: SocketAddr,
+    join: Vec<SocketAddr>,
+) -> Result<Arc<ClusterNode>, ClusterError> {
+    let mut config = ClusterConfig::new(
+        node_id,
+        listen,
+        Vec::new(),
+        format!("127.0.0.1:{}", 19090 + node_id),
+        cluster.dir.path().join(format!("node-{node_id}")),
+        Arc::new(RealDisk),
+    );
+    config.join = join;
+    ClusterNode::start(config).await
+}
+
+/// A node joins through a list whose first address is dead, becomes a voter and a broker on
+/// every node, and commands it proposes apply everywhere. Restarted without --join (its data
+/// directory remembers) and then with it again, it is still a voter and nothing is added
+/// twice. A fresh node with neither a peer list nor --join refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_restarts_with_or_without_join() {
+    let cluster = Cluster::start(3).await;
+    cluster.agreed_leader(Duration::from_secs(5)).await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let listen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own = listen.local_addr().unwrap();
+    drop(listen);
+    let join = vec![dead_addr, cluster.addrs[2].1];
+
+    let joined = start_joining(&cluster, 4, own, join.clone()).await.unwrap();
+    assert_eq!(joined.metadata_voters(), [1, 2, 3, 4].into());
+    let all = |m: &ClusterMetadata| m.brokers.len() == 4;
+    cluster.wait_metadata(Duration::from_secs(5), all).await;
+    for node in cluster.running() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.metadata_voters() != [1, 2, 3, 4].into() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never saw 4 join",
+                node.node_id()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(node.metadata_members()[&4], own.to_string());
+    }
+    joined.propose(create_topic("from-4", 9)).await.unwrap();
+    cluster
+        .wait_metadata(Duration::from_secs(5), |m| m.topics.contains_key("from-4"))
+        .await;
+
+    // Restart without --join: the stored membership is enough.
+    joined.shutdown().await;
+    let restarted = start_joining(&cluster, 4, own, Vec::new()).await.unwrap();
+    let mut metadata = restarted.metadata();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        metadata.wait_for(|m| m.topics.contains_key("from-4") && m.brokers.len() == 4),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    restarted.propose(create_topic("again", 10)).await.unwrap();
+    restarted.shutdown().await;
+    // And with --join again: it is a voter already, nothing to do.
+    let rejoined = start_joining(&cluster, 4, own, join).await.unwrap();
+    assert_eq!(rejoined.metadata_voters(), [1, 2, 3, 4].into());
+    rejoined.propose(create_topic("thrice", 11)).await.unwrap();
+    assert_eq!(cluster.node(1).metadata_members().len(), 4);
+    rejoined.shutdown().await;
+
+    let fresh = start_joining(&cluster, 5, "127.0.0.1:0".parse().unwrap(), Vec::new()).await;
+    assert!(
+        matches!(fresh, Err(ClusterError::NothingToStartFrom)),
+        "{:?}",
+        fresh.err()
+    );
     cluster.shutdown().await;
 }

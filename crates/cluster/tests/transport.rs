@@ -445,3 +445,65 @@ async fn a_request_whose_caller_gave_up_is_never_written() {
     }
     one.shutdown().await;
 }
+
+/// A node that is not a peer gets an answer to an open request (a join) on a one-shot
+/// connection, but a closed one (a vote) as a first frame is refused. A removed peer's
+/// connection closes, it is not dialled again, and its calls fail as an unknown peer.
+#[tokio::test]
+async fn strangers_may_only_ask_to_join_and_removed_peers_are_dropped() {
+    let (one, two) = connected_pair().await;
+    one.register_dispatcher(GroupId::Metadata, Arc::new(Echo));
+    let limit = 64 * 1024;
+    let answer: String = sluice_cluster::transport::call_once(
+        one.local_addr(),
+        GroupId::Metadata,
+        RpcKind::Join,
+        &"let me in".to_string(),
+        Duration::from_secs(2),
+        limit,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer, "let me in");
+    let before = one.stats().bad_connections;
+    let closed: Result<String, CallError> = sluice_cluster::transport::call_once(
+        one.local_addr(),
+        GroupId::Metadata,
+        RpcKind::Vote,
+        &"a vote".to_string(),
+        Duration::from_secs(2),
+        limit,
+    )
+    .await;
+    assert!(
+        matches!(closed, Err(CallError::Connect { .. })),
+        "{closed:?}"
+    );
+    assert_eq!(one.stats().bad_connections, before + 1);
+
+    assert!(one.remove_peer(2));
+    assert!(!one.remove_peer(2));
+    assert!(one.peers().is_empty());
+    // Node 2 loses the connection and, redialled by nobody, stays disconnected.
+    for _ in 0..200 {
+        if !two.is_connected(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!two.is_connected(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!two.is_connected(1));
+    let call = one
+        .call(
+            2,
+            partition(1),
+            RpcKind::Vote,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .await;
+    assert_eq!(call, Err(CallError::UnknownPeer(2)));
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -203,8 +203,9 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 34, "{operations:#?}");
+    assert_eq!(operations.len(), 35, "{operations:#?}");
     assert!(operations.contains(&"GET /api/cluster".to_string()));
+    assert!(operations.contains(&"DELETE /api/cluster/nodes/{id}".to_string()));
     assert!(json["components"]["securitySchemes"]["basic"].is_object());
 }
 
@@ -224,6 +225,13 @@ async fn a_single_node_is_its_own_cluster_and_partition_leader() {
     assert_eq!(body["nodes"].as_array().map(Vec::len), Some(1));
     assert_eq!(body["nodes"][0]["kafka_address"], "127.0.0.1:9092");
     assert_eq!(body["nodes"][0]["is_metadata_leader"], true);
+    // Nothing to remove a node from.
+    let (status, body) = call(
+        &local,
+        request("DELETE", "/api/cluster/nodes/3", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     let (status, _) = call(
         &local,

@@ -206,6 +206,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_PEERS", value_name = "ID@HOST:PORT,...")]
     pub peers: Option<String>,
 
+    /// Join a running cluster instead of --peers: the --cluster-listen address of any running
+    /// member (comma-separated for several). Needs --node-id and --cluster-listen. A node
+    /// restarted later needs neither --join nor --peers: its data directory remembers
+    #[arg(long, env = "SLUICE_JOIN", value_name = "HOST:PORT,...")]
+    pub join: Option<String>,
+
     /// Replication factor of topics created without one (CreateTopics with -1, auto-created
     /// topics) in a cluster (Kafka's default.replication.factor) [default: 1]
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
@@ -260,10 +266,28 @@ pub struct ClusterSettings {
     pub node_id: u64,
     pub cluster_listen: SocketAddr,
     pub peers: Vec<(u64, SocketAddr)>,
+    /// `--join`: members to join through; empty with `--peers`, or for a restart from the
+    /// stored membership (neither flag).
+    pub join: Vec<SocketAddr>,
     /// The Kafka address other nodes give clients for this one (`host:port`).
     pub kafka_advertised: String,
     pub default_replication_factor: u16,
 }
+/// `--join 10.0.0.1:9093,10.0.0.2:9093`: members' cluster addresses.
+fn parse_join_list(list: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let addresses = list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<SocketAddr>()
+                .with_context(|| format!("invalid --join address '{item}': not IP:PORT"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!addresses.is_empty(), "--join needs at least one address");
+    Ok(addresses)
+}
+
 /// The tag that makes a user an administrator of the HTTP API (RabbitMQ's tag name).
 const ADMINISTRATOR_TAG: &str = "administrator";
 
@@ -315,6 +339,7 @@ impl ServeArgs {
                 node_id,
                 cluster_listen,
                 peers,
+                join,
                 default_replication_factor,
                 http_listen,
                 log,
@@ -514,31 +539,38 @@ impl ServeArgs {
             default_replication_factor >= 1,
             "--default-replication-factor must be at least 1"
         );
-        let cluster = match &self.peers {
-            None => {
-                anyhow::ensure!(
-                    self.cluster_listen.is_none(),
-                    "--cluster-listen needs --peers"
-                );
-                None
-            }
-            Some(list) => {
-                let peers: PeerList = list
-                    .parse()
-                    .with_context(|| format!("invalid --peers '{list}'"))?;
-                let node_id = self.node_id.context("--peers needs --node-id")?;
-                let cluster_listen = self
-                    .cluster_listen
-                    .context("--peers needs --cluster-listen")?;
-                peers
-                    .validate_for(node_id, Some(cluster_listen))
-                    .with_context(|| format!("invalid --peers '{list}'"))?;
+        let cluster = match (&self.peers, &self.join, self.cluster_listen) {
+            (None, None, None) => None,
+            (Some(_), Some(_), _) => anyhow::bail!("--peers and --join exclude each other"),
+            (peers, join, cluster_listen) => {
+                let node_id = self.node_id.context(
+                    "cluster mode (--peers, --join or --cluster-listen) needs --node-id",
+                )?;
+                let cluster_listen = cluster_listen
+                    .context("cluster mode (--peers or --join) needs --cluster-listen")?;
+                let peers = match peers {
+                    Some(list) => {
+                        let peers: PeerList = list
+                            .parse()
+                            .with_context(|| format!("invalid --peers '{list}'"))?;
+                        peers
+                            .validate_for(node_id, Some(cluster_listen))
+                            .with_context(|| format!("invalid --peers '{list}'"))?;
+                        peers.to_vec()
+                    }
+                    None => Vec::new(),
+                };
+                let join = match join {
+                    Some(list) => parse_join_list(list)?,
+                    None => Vec::new(),
+                };
                 broker.node_id = i32::try_from(node_id)
                     .context("--node-id must fit a Kafka broker id (0 to 2147483647)")?;
                 Some(ClusterSettings {
                     node_id,
                     cluster_listen,
-                    peers: peers.to_vec(),
+                    peers,
+                    join,
                     kafka_advertised: format!(
                         "{}:{}",
                         kafka.advertised_host, kafka.advertised_port
@@ -649,6 +681,52 @@ mod tests {
         ]);
         assert!(wrong_address.resolve().is_err());
         let no_listen = cluster_serve_args(&["--node-id", "1", "--peers", "1@10.0.0.1:9093"]);
+        assert!(no_listen.resolve().is_err());
+    }
+
+    #[test]
+    fn join_and_restart_flags_resolve() {
+        let join = cluster_serve_args(&[
+            "--node-id",
+            "4",
+            "--cluster-listen",
+            "10.0.0.4:9093",
+            "--join",
+            "10.0.0.1:9093, 10.0.0.2:9093",
+        ])
+        .resolve()
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert!(join.peers.is_empty());
+        assert_eq!(join.join.len(), 2);
+        let restart = cluster_serve_args(&["--node-id", "4", "--cluster-listen", "10.0.0.4:9093"])
+            .resolve()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(restart.peers.is_empty() && restart.join.is_empty());
+        let both = cluster_serve_args(&[
+            "--node-id",
+            "4",
+            "--cluster-listen",
+            "10.0.0.4:9093",
+            "--join",
+            "10.0.0.1:9093",
+            "--peers",
+            "4@10.0.0.4:9093",
+        ]);
+        assert!(both.resolve().is_err());
+        let bad = cluster_serve_args(&[
+            "--node-id",
+            "4",
+            "--cluster-listen",
+            "10.0.0.4:9093",
+            "--join",
+            "host:9093",
+        ]);
+        assert!(bad.resolve().is_err());
+        let no_listen = cluster_serve_args(&["--node-id", "4", "--join", "10.0.0.1:9093"]);
         assert!(no_listen.resolve().is_err());
     }
 

@@ -246,12 +246,13 @@ async fn serve(
 }
 
 /// Starts this node's cluster layer: the transport, the metadata group (bootstrapped from
-/// --peers) and the replicas assigned to it.
+/// --peers, joined through --join, or restarted from the data directory) and the replicas
+/// assigned to it.
 async fn start_cluster(
     settings: &config::ClusterSettings,
     broker: &std::sync::Arc<Broker>,
 ) -> anyhow::Result<std::sync::Arc<ClusterBroker>> {
-    let cluster_config = ClusterConfig::new(
+    let mut cluster_config = ClusterConfig::new(
         settings.node_id,
         settings.cluster_listen,
         settings.peers.clone(),
@@ -259,6 +260,7 @@ async fn start_cluster(
         broker.config().data_dir.clone(),
         broker.config().storage.clone(),
     );
+    cluster_config.join = settings.join.clone();
     let node = ClusterNode::start(cluster_config)
         .await
         .with_context(|| format!("starting the cluster node on {}", settings.cluster_listen))?;

@@ -162,6 +162,11 @@ pub enum MetadataCommand {
     ReportPartitionLeaders {
         reports: Vec<PartitionLeader>,
     },
+    /// Removes a broker before its node leaves the metadata group. Rejected while any
+    /// partition has (or is being moved to) a replica on it, as Kafka's UnregisterBroker.
+    UnregisterBroker {
+        node_id: NodeId,
+    },
 }
 
 /// A partition's leader as its leader last reported it.
@@ -229,4 +234,32 @@ pub enum MetadataRejection {
     ProducerIdsExhausted,
     #[error("no reassignment of {topic}-{partition} is in progress")]
     NoReassignment { topic: String, partition: u32 },
+    #[error(
+        "node {node_id} still hosts replicas of {}: reassign them to other brokers first",
+        partitions.join(", ")
+    )]
+    BrokerHostsReplicas {
+        node_id: NodeId,
+        /// `topic-partition` of each, sorted.
+        partitions: Vec<String>,
+    },
+    /// A node that is not in the metadata group's membership (it was removed) cannot
+    /// register as a broker.
+    #[error("node {0} is not a member of the metadata group")]
+    NotAMember(NodeId),
+}
+
+impl ClusterMetadata {
+    /// `topic-partition` of every partition with a replica on `node_id`, or being moved there.
+    pub fn partitions_hosted_by(&self, node_id: NodeId) -> Vec<String> {
+        let mut hosted = Vec::new();
+        for topic in self.topics.values() {
+            for partition in 0..topic.assignments.len() as u32 {
+                if topic.replicas_to_run(partition).contains(&node_id) {
+                    hosted.push(format!("{}-{partition}", topic.name));
+                }
+            }
+        }
+        hosted
+    }
 }

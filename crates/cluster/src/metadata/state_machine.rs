@@ -251,6 +251,17 @@ pub(super) fn apply_command(
             metadata.brokers.insert(node_id, address);
             MetadataResponse::Done
         }
+        MetadataCommand::UnregisterBroker { node_id } => {
+            let hosted = metadata.partitions_hosted_by(node_id);
+            if !hosted.is_empty() {
+                return rejected(Reject::BrokerHostsReplicas {
+                    node_id,
+                    partitions: hosted,
+                });
+            }
+            metadata.brokers.remove(&node_id);
+            MetadataResponse::Done
+        }
         MetadataCommand::CreateTopic {
             name,
             topic_id,
@@ -448,6 +459,13 @@ pub(super) fn apply_offsets_command(
     }
 }
 
+/// Whether `node_id` is a voter or learner of the metadata group as of the last applied
+/// membership (any node, before one is known: only state-machine tests apply without one).
+fn is_member(membership: &StoredMembership<NodeId, NodeAddress>, node_id: NodeId) -> bool {
+    let membership = membership.membership();
+    membership.nodes().next().is_none() || membership.get_node(&node_id).is_some()
+}
+
 fn check_assignments(
     assignments: &[Vec<NodeId>],
     replication_factor: Option<u16>,
@@ -542,6 +560,11 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                     EntryPayload::Normal(MetadataCommand::ReportPartitionLeaders { reports }) => {
                         self.leaders.apply(&reports);
                         MetadataResponse::Done
+                    }
+                    EntryPayload::Normal(MetadataCommand::RegisterBroker { node_id, .. })
+                        if !is_member(&state.last_membership, node_id) =>
+                    {
+                        MetadataResponse::Rejected(MetadataRejection::NotAMember(node_id))
                     }
                     EntryPayload::Normal(command) => {
                         let mut offsets = self.offsets.offsets.write();
@@ -809,6 +832,111 @@ mod tests {
         assert_eq!(topic.assignments[0], vec![2, 3, 4]);
         assert!(topic.reassignments.is_empty());
         assert!(topic.moved.contains(&0));
+    }
+
+    #[test]
+    fn a_broker_with_replicas_or_a_move_to_it_cannot_be_unregistered() {
+        let mut metadata = ClusterMetadata::default();
+        for node_id in 1..=4 {
+            let address = NodeAddress {
+                cluster_addr: format!("n{node_id}:9093"),
+                kafka_addr: format!("n{node_id}:9092"),
+            };
+            apply_command(
+                &mut metadata,
+                MetadataCommand::RegisterBroker { node_id, address },
+            );
+        }
+        let create = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            topic_id: uuid::Uuid::from_u128(8),
+            partition_count: 2,
+            replication_factor: 2,
+            assignments: vec![vec![1, 2], vec![2, 3]],
+            configs: BTreeMap::new(),
+        };
+        apply_command(&mut metadata, create);
+        let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
+        assert_eq!(
+            apply_command(&mut metadata, unregister(2)),
+            MetadataResponse::Rejected(MetadataRejection::BrokerHostsReplicas {
+                node_id: 2,
+                partitions: vec!["t-0".into(), "t-1".into()],
+            })
+        );
+        // A move to node 4 in progress counts as a replica there.
+        let reassign = MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 1,
+            target: Some(vec![2, 4]),
+        };
+        apply_command(&mut metadata, reassign);
+        assert!(matches!(
+            apply_command(&mut metadata, unregister(4)),
+            MetadataResponse::Rejected(MetadataRejection::BrokerHostsReplicas { .. })
+        ));
+        assert_eq!(metadata.brokers.len(), 4);
+        let cancel = MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 1,
+            target: None,
+        };
+        apply_command(&mut metadata, cancel);
+        assert_eq!(
+            apply_command(&mut metadata, unregister(4)),
+            MetadataResponse::Done
+        );
+        assert_eq!(
+            metadata.brokers.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn only_members_of_the_metadata_group_can_register() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(sluice_log::RealDisk);
+        let mut machine = MetadataStateMachine::open(storage, dir.path()).unwrap();
+        let node = |id: NodeId| NodeAddress {
+            cluster_addr: format!("n{id}:9093"),
+            kafka_addr: String::new(),
+        };
+        let membership = openraft::Membership::new(
+            vec![[1, 2].into_iter().collect()],
+            [(1, node(1)), (2, node(2))]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        );
+        let register = |id| MetadataCommand::RegisterBroker {
+            node_id: id,
+            address: node(id),
+        };
+        let responses = machine
+            .apply([
+                Entry {
+                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+                    payload: EntryPayload::Membership(membership),
+                },
+                entry(2, register(2)),
+                entry(3, register(3)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(responses[1], MetadataResponse::Done);
+        assert_eq!(
+            responses[2],
+            MetadataResponse::Rejected(MetadataRejection::NotAMember(3))
+        );
+        assert_eq!(
+            machine
+                .subscribe()
+                .borrow()
+                .brokers
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [2]
+        );
     }
 
     fn committed(topic: &str, partition: i32, offset: i64) -> CommittedOffset {

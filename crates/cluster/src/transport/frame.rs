@@ -26,6 +26,20 @@ pub enum RpcKind {
     InstallSnapshot,
     /// A client write forwarded to the group's leader (the metadata group's proposals).
     ClientWrite,
+    /// A node asks to join the metadata group. Also accepted as the first frame of a one-shot
+    /// connection from a node that is not a peer yet (see [`RpcKind::is_open`]).
+    Join,
+    /// A membership change of the metadata group (a join, a removal) forwarded by a member
+    /// to the group's leader, which alone performs it.
+    MembershipChange,
+}
+
+impl RpcKind {
+    /// Whether a node that is not (yet) a peer may send this request, on a one-shot
+    /// connection: only asking to join, which the leader then validates.
+    pub fn is_open(self) -> bool {
+        self == RpcKind::Join
+    }
 }
 
 /// Why a node could not even hand a request to its group.

@@ -17,6 +17,9 @@
 //!   once as unreachable, and openraft backs off.
 //! - A bad frame (oversized, undecodable) closes the connection; a request for a group this node
 //!   does not host, or with an undecodable body, is answered with a [`RemoteFailure`].
+//! - A node that is not a peer yet (one joining the cluster) cannot say Hello: it opens a
+//!   one-shot connection whose first frame is an open request ([`RpcKind::is_open`]), gets one
+//!   response and closes it ([`call_once`]).
 
 pub mod frame;
 mod network;
@@ -143,6 +146,8 @@ pub enum CallError {
     },
     #[error("could not encode or decode: {0}")]
     Codec(String),
+    #[error("cannot reach {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
     /// The request does not fit in a frame (Raft should send fewer entries).
     #[error("request of {size} bytes exceeds the {limit}-byte frame limit")]
     TooLarge { size: usize, limit: usize },
@@ -187,6 +192,9 @@ struct PeerLink {
     connected: AtomicBool,
     /// Connections the peer dialed, handed over by the accept loop.
     incoming_tx: mpsc::Sender<(FrameReader, OwnedWriteHalf)>,
+    /// Ends this link's task and connection: the peer was removed or replaced, or the
+    /// transport shuts down (a child of its token).
+    stop: CancellationToken,
 }
 
 struct TransportInner {
@@ -283,9 +291,11 @@ impl Transport {
             next_request_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
             incoming_tx,
+            stop: self.inner.shutdown.child_token(),
         });
-        // A replaced link's task ends when its queue sender (held only by the link) drops.
-        peers.insert(peer_id, link.clone());
+        if let Some(replaced) = peers.insert(peer_id, link.clone()) {
+            replaced.stop.cancel();
+        }
         tokio::spawn(peer_loop(self.inner.clone(), link, queue_rx, incoming_rx));
     }
 
@@ -293,6 +303,32 @@ impl Transport {
     /// connections closed by its kernel, so `Down` comes within a round trip of a crash.
     pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
         self.inner.link_events.subscribe()
+    }
+
+    /// Forgets a peer: its connection closes, it is no longer dialled, and its Hello is
+    /// refused from now on. False if it was not a peer.
+    pub fn remove_peer(&self, peer_id: NodeId) -> bool {
+        let removed = self.inner.peers.write().remove(&peer_id);
+        match removed {
+            Some(link) => {
+                link.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The peers this transport serves (dials or accepts), sorted by id.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut peers: Vec<_> = self
+            .inner
+            .peers
+            .read()
+            .values()
+            .map(|link| (link.peer_id, link.addr))
+            .collect();
+        peers.sort_unstable();
+        peers
     }
 
     pub fn is_connected(&self, peer_id: NodeId) -> bool {
@@ -455,6 +491,15 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
         Ok(Some(Ok(payload))) => {
             match frame::decode_message(&payload, inner.config.frame_bytes_max) {
                 Ok(WireMessage::Hello { node_id }) => node_id,
+                Ok(WireMessage::Request {
+                    request_id,
+                    group,
+                    kind,
+                    body,
+                }) if kind.is_open() => {
+                    serve_once(&inner, write, request_id, group, kind, body).await;
+                    return;
+                }
                 Ok(other) => {
                     tracing::warn!(%remote, ?other, "cluster transport: first frame is not a hello");
                     inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
@@ -486,6 +531,91 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
     }
 }
 
+/// Answers the one request of a one-shot connection, then closes it.
+async fn serve_once(
+    inner: &TransportInner,
+    mut write: OwnedWriteHalf,
+    request_id: u64,
+    group: GroupId,
+    kind: RpcKind,
+    body: Bytes,
+) {
+    let dispatcher = inner.groups.read().get(&group).cloned();
+    let result = match dispatcher {
+        Some(dispatcher) => dispatcher.dispatch(kind, body).await,
+        None => Err(RemoteFailure::UnknownGroup(group)),
+    };
+    let limit = inner.config.frame_bytes_max;
+    let frame =
+        frame::encode_frame(&WireMessage::Response { request_id, result }, limit).or_else(|e| {
+            let result = Err(RemoteFailure::BadResponse(e.to_string()));
+            frame::encode_frame(&WireMessage::Response { request_id, result }, limit)
+        });
+    match frame {
+        Ok(frame) => {
+            if let Err(e) = write.write_all(&frame).await {
+                tracing::debug!(error = %e, "cluster transport: one-shot response not sent");
+            }
+            let _ = write.shutdown().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cluster transport: one-shot response not encodable"),
+    }
+}
+
+/// Sends one open request ([`RpcKind::is_open`]) to the node listening on `addr` over a
+/// connection of its own, without being its peer, and waits for the response.
+pub async fn call_once<Req, Resp>(
+    addr: SocketAddr,
+    group: GroupId,
+    kind: RpcKind,
+    request: &Req,
+    timeout: Duration,
+    frame_bytes_max: usize,
+) -> Result<Resp, CallError>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let connect_error = |reason: String| CallError::Connect { addr, reason };
+    let body = frame::encode_body(request, frame_bytes_max).map_err(encode_error)?;
+    let request = frame::encode_frame(
+        &WireMessage::Request {
+            request_id: 1,
+            group,
+            kind,
+            body,
+        },
+        frame_bytes_max,
+    )
+    .map_err(encode_error)?;
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(&request)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut reader = FramedRead::new(read, frame::codec(frame_bytes_max));
+        match reader.next().await {
+            Some(Ok(payload)) => match frame::decode_message(&payload, frame_bytes_max) {
+                Ok(WireMessage::Response { result, .. }) => Ok(result),
+                Ok(other) => Err(CallError::Codec(format!("unexpected frame {other:?}"))),
+                Err(e) => Err(CallError::Codec(e.to_string())),
+            },
+            Some(Err(e)) => Err(connect_error(e.to_string())),
+            None => Err(connect_error("closed without answering".into())),
+        }
+    };
+    let result = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| connect_error(format!("no answer within {timeout:?}")))??;
+    let body = result.map_err(|failure| connect_error(failure.to_string()))?;
+    frame::decode_body(&body, frame_bytes_max).map_err(|e| CallError::Codec(e.to_string()))
+}
+
 /// Owns one peer's outbound queue for the transport's life: connects (or waits to be
 /// connected), runs a session until the connection fails, and starts over.
 async fn peer_loop(
@@ -502,7 +632,7 @@ async fn peer_loop(
             Some(connection) => connection,
             None if dials => {
                 tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
+                    _ = link.stop.cancelled() => return,
                     dialed = dial(&inner, link.addr) => match dialed {
                         Ok(connection) => {
                             backoff = inner.config.reconnect_backoff_min;
@@ -511,7 +641,7 @@ async fn peer_loop(
                         Err(e) => {
                             tracing::debug!(peer = link.peer_id, error = %e, "cluster transport: dial failed");
                             tokio::select! {
-                                _ = inner.shutdown.cancelled() => return,
+                                _ = link.stop.cancelled() => return,
                                 _ = tokio::time::sleep(backoff) => {}
                             }
                             backoff = (backoff * 2).min(inner.config.reconnect_backoff_max);
@@ -521,7 +651,7 @@ async fn peer_loop(
                 }
             }
             None => tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
+                _ = link.stop.cancelled() => return,
                 incoming = incoming_rx.recv() => match incoming {
                     Some(connection) => connection,
                     None => return,
@@ -597,7 +727,7 @@ async fn run_session(
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let end = loop {
         tokio::select! {
-            _ = inner.shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = link.stop.cancelled() => break SessionEnd::Shutdown,
             _ = session_end.cancelled() => break SessionEnd::Failed,
             incoming = incoming_rx.recv() => match incoming {
                 // The peer dialed again (it restarted, or lost this connection first).

@@ -142,7 +142,7 @@ where
                 target: self.target,
                 timeout,
             }),
-            CallError::UnknownPeer(_) | CallError::Unreachable(_) => {
+            CallError::UnknownPeer(_) | CallError::Unreachable(_) | CallError::Connect { .. } => {
                 RPCError::Unreachable(Unreachable::new(&error))
             }
             // Half the entries next time; openraft keeps halving down to one.
@@ -259,7 +259,9 @@ where
                     let request: InstallSnapshotRequest<C> = decode_request(&body, limit)?;
                     encode_response(&raft.install_snapshot(request).await, limit)
                 }
-                RpcKind::ClientWrite => Err(RemoteFailure::Unsupported(kind)),
+                RpcKind::ClientWrite | RpcKind::Join | RpcKind::MembershipChange => {
+                    Err(RemoteFailure::Unsupported(kind))
+                }
             }
         })
     }

@@ -11,6 +11,7 @@ use axum::Json;
 use sluice_broker::Protocol;
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
 use crate::model::{
     Alarm, ClusterInfo, ClusterNodeInfo, ConnectionCounts, DiskStats, ErrorBody, Health,
     MemoryStats, ObjectCounts, Overview, Readiness, ReadinessCheck,
@@ -269,4 +270,38 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterInfo> {
         metadata_leader: leader.and_then(|id| i32::try_from(id).ok()),
         nodes,
     })
+}
+
+/// Removes a node from the cluster: from the metadata Raft group and the broker list. Refused
+/// (409) while any partition has a replica on the node: reassign those first
+/// (AlterPartitionReassignments). Stop the node's process afterwards; the others stop
+/// dialling it.
+#[utoipa::path(delete, path = "/api/cluster/nodes/{id}", tag = "system", security(("basic" = [])),
+    params(("id" = u64, Path, description = "Node id (--node-id)")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Not a cluster", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "The node still hosts partition replicas, or is the last voter", body = ErrorBody),
+        (status = 503, description = "No metadata leader performed the change in time", body = ErrorBody)))]
+pub async fn remove_cluster_node(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<u64>,
+) -> ApiResult<StatusCode> {
+    use sluice_cluster::node::MembershipError;
+    let Some(cluster) = &state.context.cluster else {
+        return Err(ApiError::BadRequest(
+            "this node is not part of a cluster".into(),
+        ));
+    };
+    match cluster.node().remove_node(id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(e @ MembershipError::UnknownNode(_)) => Err(ApiError::NotFound(e.to_string())),
+        Err(e @ (MembershipError::Rejected(_) | MembershipError::LastVoter(_))) => {
+            Err(ApiError::Conflict(e.to_string()))
+        }
+        Err(e) => Err(ApiError::NotReady(e.to_string())),
+    }
 }

@@ -6,6 +6,7 @@
 //! refused before sending; 2 a usage error found by clap; 3 the server could not be reached.
 
 mod api_client;
+mod cluster;
 mod connection;
 mod consume;
 mod exchange;
@@ -99,6 +100,8 @@ pub enum ClientCommand {
     Exchange(exchange::ExchangeArgs),
     /// AMQP bindings.
     Binding(exchange::BindingArgs),
+    /// Cluster nodes: list, remove.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Why a client subcommand failed.
@@ -173,6 +176,7 @@ impl ClientCommand {
             ClientCommand::Publish(args) => &args.options,
             ClientCommand::Exchange(args) => &args.options,
             ClientCommand::Binding(args) => &args.options,
+            ClientCommand::Cluster(args) => &args.options,
         }
     }
 }
@@ -191,6 +195,7 @@ fn dispatch(command: ClientCommand) -> CliResult<()> {
         ClientCommand::Publish(args) => publish::run(&client, &mut output, args),
         ClientCommand::Exchange(args) => exchange::run_exchange(&client, &mut output, args),
         ClientCommand::Binding(args) => exchange::run_binding(&client, &mut output, args),
+        ClientCommand::Cluster(args) => cluster::run(&client, &mut output, args),
     }?;
     output.flush()
 }

@@ -6,7 +6,8 @@ every node must report the same leaders, with the leader's ISR back to all three
 A consumer group's acknowledged commits survive a SIGKILL of its coordinator. On four nodes
 with RF=3, a node without a replica of a partition names its leader (Kafka Metadata and the
 HTTP API), and GET /api/cluster lists the nodes. A fourth node joins three with --join, takes
-a replica and is removed again (HTTP API and `sluice cluster remove-node`)."""
+a replica and is removed again (HTTP API and `sluice cluster remove-node`). The HTTP API's
+produce works on every node, whichever node leads each partition."""
 
 import json
 import os
@@ -645,3 +646,71 @@ def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, t
     producer = Producer({"bootstrap.servers": nodes[0].bootstrap, "acks": "all"})
     producer.produce("after-removal", value=b"still here")
     assert producer.flush(30) == 0
+
+
+def http_post(node, path, body):
+    """POST of a JSON body on a node's HTTP API as guest; (status, JSON answer)."""
+    import base64
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(
+        node.http_url + path, method="POST", data=json.dumps(body).encode(),
+        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_http_produce_on_any_node_goes_through_each_partitions_leader(broker_factory):
+    """Four nodes, RF=3: POST /api/topics/{t}/messages on every node (leader, follower or no
+    replica at all of each partition) stores the messages in the replicated partitions, at
+    the offsets the answer gives, where a Kafka consumer reads them."""
+    topic = "http-produced"
+    nodes = start_cluster(broker_factory, size=4)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 3)]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(topic, timeout=5).topics[topic]
+        if (metadata.error is None and len(metadata.partitions) == PARTITIONS
+                and all(p.leader > 0 for p in metadata.partitions.values())):
+            break
+        assert time.monotonic() < deadline, f"no leaders for {topic}: {metadata}"
+        time.sleep(0.2)
+
+    produced = {}  # (partition, offset) -> value
+    for i, node in enumerate(nodes):
+        messages = [{"partition": p, "value": f"node{i + 1}-p{p}"} for p in range(PARTITIONS)]
+        messages += [{"key": f"key-{k}", "value": f"node{i + 1}-key{k}"} for k in range(6)]
+        status, answer = http_post(node, f"/api/topics/{topic}/messages", {"messages": messages})
+        assert status == 200, answer
+        for message, placed in zip(messages, answer["offsets"]):
+            assert placed["offset"] >= 0, answer
+            if "partition" in message:
+                assert placed["partition"] == message["partition"]
+            produced[(placed["partition"], placed["offset"])] = message["value"].encode()
+    assert len(produced) == len(nodes) * (PARTITIONS + 6)
+
+    status, answer = http_post(nodes[0], f"/api/topics/{topic}/messages",
+                               {"messages": [{"partition": PARTITIONS, "value": "nowhere"}]})
+    assert status == 404, answer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "http-produce-check",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        got = {}
+        deadline = time.monotonic() + 30
+        while len(got) < len(produced) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            got[(message.partition(), message.offset())] = message.value()
+        assert got == produced
+    finally:
+        consumer.close()

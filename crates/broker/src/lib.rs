@@ -35,7 +35,9 @@ pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use message_query::{FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
-pub use topic::{ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig};
+pub use topic::{
+    kafka_partition_for_key, ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig,
+};
 pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).

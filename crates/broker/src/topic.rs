@@ -283,13 +283,19 @@ impl Topic {
     /// The partition Kafka's default partitioner picks for a record key (murmur2), so a key
     /// lands where a Kafka client would have put it.
     pub fn partition_for_key(&self, key: &[u8]) -> i32 {
-        let count = self.partition_count().max(1) as u32;
-        ((crate::vhost::stream::murmur2(key) & 0x7fff_ffff) % count) as i32
+        kafka_partition_for_key(key, self.partition_count())
     }
     /// Internal topics (names starting with `__`) are hidden from auto-creation.
     pub fn is_internal(&self) -> bool {
         self.name.starts_with("__")
     }
+}
+
+/// The partition of `partition_count` Kafka's default partitioner picks for a record key
+/// (murmur2, as the Java client).
+pub fn kafka_partition_for_key(key: &[u8], partition_count: i32) -> i32 {
+    let count = partition_count.max(1) as u32;
+    ((crate::vhost::stream::murmur2(key) & 0x7fff_ffff) % count) as i32
 }
 
 /// Kafka's topic-name rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".

@@ -12,6 +12,7 @@ mod encoded;
 mod error;
 mod extract;
 mod field_value;
+mod leader_forward;
 pub mod model;
 mod request_metrics;
 mod routes;

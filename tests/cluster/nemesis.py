@@ -110,6 +110,25 @@ class Worker(threading.Thread):
         raise NotImplementedError
 
 
+class EpochBumpLog(logging.LoggerAdapter):
+    """librdkafka's log for one producer, into the clients' log; its epoch bumps (KIP-360:
+    after some errors librdkafka re-sends the in-flight messages as a new producer epoch, which
+    no broker can de-duplicate against the old one) are also recorded in the history, with
+    librdkafka's reason, for the checker."""
+
+    def __init__(self, run: "NemesisRun", name: str):
+        super().__init__(run.client_log, {})
+        self.history = run.history
+        self.name = name
+
+    def log(self, level, msg, *args, **kwargs):
+        text = msg % args if args else str(msg)
+        if "epoch bump" in text.lower() or "bumped epoch" in text.lower():
+            self.history.record("epoch_bump", producer=self.name, log=text[-300:])
+        if level >= logging.INFO or "DRAIN" in text or "epoch" in text.lower():
+            super().log(level, msg, *args, **kwargs)
+
+
 class ConfluentProducer(Worker):
     def __init__(self, run: "NemesisRun", index: int):
         super().__init__(f"confluent-{index}", run.stop_producers, run.client_errors)
@@ -138,7 +157,8 @@ class ConfluentProducer(Worker):
                 "acks": "all", "linger.ms": 5, "message.timeout.ms": 30000,
                 "request.timeout.ms": 5000, "retry.backoff.ms": 100,
                 "socket.connection.setup.timeout.ms": 3000, "error_cb": on_error,
-                "logger": run.client_log})
+                # eos: librdkafka logs its idempotence state, epoch bumps included.
+                "debug": "eos", "logger": EpochBumpLog(run, name)})
 
             while not self.stop.is_set() and not fatal.is_set():
                 partition = seq % run.config.partitions

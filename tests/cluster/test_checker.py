@@ -135,6 +135,43 @@ def test_unacknowledged_value_stored_twice_fails_no_duplicates_only():
     assert failed_properties(events) == ["no_duplicates"]
 
 
+def resent_after_an_epoch_bump(bump_t: float) -> list[dict]:
+    """kafka-python-0-3 is in flight (sent at t=1, acknowledged at t=3 at its second copy,
+    stored once before) and its producer bumps its epoch at `bump_t`."""
+    events = healthy_history()
+    value = "kafka-python-0-3"
+    send = first(events, type="send", value=value)
+    ack = first(events, type="ack", value=value)
+    send["t"], ack["t"] = 1.0, 3.0
+    done = first(events, type="final_done")
+    end = done["end_offsets"][str(ack["partition"])]
+    events.insert(events.index(done), {"type": "final", "partition": ack["partition"],
+                                       "offset": end, "value": value})
+    done["end_offsets"][str(ack["partition"])] = end + 1
+    # The re-sent copy is the one acknowledged: after later values, as librdkafka re-sends.
+    ack["offset"] = end
+    for event in events:
+        if event["type"] in ("read", "process") and event["value"] == value:
+            event["offset"] = end
+    events.append({"type": "epoch_bump", "t": bump_t, "producer": "kafka-python-0",
+                   "log": "DRAIN: bumped epoch to PID{Id:1000,Epoch:2}"})
+    return events
+
+
+def test_value_resent_after_its_producers_epoch_bump_is_noted_not_failed():
+    result = check(resent_after_an_epoch_bump(bump_t=2.0))
+    assert "acked_present_once" not in result.failed(), result.summary()
+    assert "no_duplicates" not in result.failed(), result.summary()
+    assert len(result.epoch_bump_duplicates) == 1
+    assert "bumped its epoch" in result.summary()
+
+
+def test_duplicate_without_an_epoch_bump_in_flight_still_fails():
+    result = check(resent_after_an_epoch_bump(bump_t=5.0))  # after the acknowledgement
+    assert {"acked_present_once", "no_duplicates"} <= set(result.failed()), result.summary()
+    assert not result.epoch_bump_duplicates
+
+
 def test_two_readers_seeing_different_values_at_one_offset_fails_no_divergent_reads():
     events = healthy_history()
     events.append({"type": "read", "reader": "r2", "partition": 0, "offset": 2,

@@ -27,12 +27,17 @@ class History:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", encoding="utf-8")
-        self._lock = threading.Lock()
+        # Re-entrant: a client callback can run inside record() on the same thread (a
+        # confluent-kafka producer finalized by the garbage collector serves its delivery
+        # reports), and with a plain lock that thread would wait for itself forever.
+        self._lock = threading.RLock()
         self._started = time.monotonic()
         self.counts: dict[str, int] = {}
 
     def record(self, event_type: str, **fields):
         with self._lock:
+            if self._file.closed:
+                return
             event = {"type": event_type, "t": round(time.monotonic() - self._started, 6)}
             event.update(fields)
             self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
@@ -43,9 +48,14 @@ class History:
             self._file.flush()
 
     def close(self):
-        with self._lock:
+        # A writer stuck inside record() must not hang the run's teardown.
+        locked = self._lock.acquire(timeout=10)
+        try:
             if not self._file.closed:
                 self._file.close()
+        finally:
+            if locked:
+                self._lock.release()
 
 
 def load(path: Path) -> list[dict]:

@@ -119,14 +119,15 @@ class EpochBumpLog(logging.LoggerAdapter):
     def __init__(self, run: "NemesisRun", name: str):
         super().__init__(run.client_log, {})
         self.history = run.history
-        self.name = name
+        self.producer = name
 
     def log(self, level, msg, *args, **kwargs):
         text = msg % args if args else str(msg)
         if "epoch bump" in text.lower() or "bumped epoch" in text.lower():
-            self.history.record("epoch_bump", producer=self.name, log=text[-300:])
-        if level >= logging.INFO or "DRAIN" in text or "epoch" in text.lower():
-            super().log(level, msg, *args, **kwargs)
+            self.history.record("epoch_bump", producer=self.producer, log=text[-300:])
+        # librdkafka's debug lines carry syslog level 7, below the clients' log level: the eos
+        # ones (idempotence state, drains, the errors that caused them) are kept as WARNING.
+        super().log(max(level, logging.WARNING), msg, *args, **kwargs)
 
 
 class ConfluentProducer(Worker):

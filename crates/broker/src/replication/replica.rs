@@ -342,6 +342,15 @@ impl Replica {
             }
             let _one_at_a_time = self.sequenced.lock().await;
             self.wait_for_term_applied().await?;
+            // Leadership may have gone while this request waited behind an earlier one of the
+            // same producer (which then failed with NOT_LEADER): checking its sequence against
+            // a table that lacks that batch would answer OUT_OF_ORDER_SEQUENCE_NUMBER, and
+            // librdkafka bumps its producer epoch on that (re-sending in-flight messages as a
+            // new epoch, which can duplicate them). A follower answers NOT_LEADER, as Kafka's
+            // leader check at append does, and the client just retries at the new leader.
+            if !self.is_leader() {
+                return Err(ReplicationError::NotLeader);
+            }
             self.track_committed_producers()?;
             let mut duplicate = None;
             {

@@ -96,6 +96,15 @@ impl From<sluice_log::LogError> for ReplicationError {
     }
 }
 
+impl From<sluice_cluster::node::ProposeError> for ReplicationError {
+    fn from(error: sluice_cluster::node::ProposeError) -> Self {
+        match error {
+            sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
+            other => ReplicationError::Raft(other.to_string()),
+        }
+    }
+}
+
 /// A Kafka broker as the metadata group knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerEndpoint {
@@ -761,10 +770,7 @@ impl ClusterBroker {
         &self,
         command: MetadataCommand,
     ) -> Result<MetadataResponse, ReplicationError> {
-        let response = self.node.propose(command).await.map_err(|e| match e {
-            sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
-            other => ReplicationError::Raft(other.to_string()),
-        })?;
+        let response = self.node.propose(command).await?;
         match response {
             MetadataResponse::Rejected(rejection) => Err(match rejection {
                 MetadataRejection::TopicExists(name) => BrokerError::TopicAlreadyExists(name),
@@ -835,10 +841,11 @@ impl ClusterBroker {
             partition: index,
             target: target.clone(),
         };
-        let response = self.node.propose(command).await.map_err(|e| match e {
-            sluice_cluster::node::ProposeError::Timeout { .. } => ReplicationError::Timeout,
-            other => ReplicationError::Raft(other.to_string()),
-        })?;
+        let response = self
+            .node
+            .propose(command)
+            .await
+            .map_err(ReplicationError::from)?;
         match response {
             MetadataResponse::Rejected(rejection) => Err(match rejection {
                 MetadataRejection::UnknownTopic(_) | MetadataRejection::UnknownPartition { .. } => {

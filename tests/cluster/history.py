@@ -17,45 +17,68 @@ Event types and their fields (checker.py reads them):
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from pathlib import Path
 
+_CLOSE = object()
+
 
 class History:
+    """Events go through a queue to one writer thread, so the file's order is the order in
+    which `record` was called. No lock is taken in `record`: confluent-kafka can call a
+    client callback with a Python exception already pending (after a fatal producer error,
+    during flush); a C-level lock acquired in that state raises SystemError after acquiring,
+    and the `with` block that would release it never starts, leaving every other thread
+    waiting forever. A queue put in that state still delivers the event."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", encoding="utf-8")
-        # Re-entrant: a client callback can run inside record() on the same thread (a
-        # confluent-kafka producer finalized by the garbage collector serves its delivery
-        # reports), and with a plain lock that thread would wait for itself forever.
-        self._lock = threading.RLock()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._started = time.monotonic()
+        self._closed = False
+        # Written by the writer thread only; complete once close() returns.
         self.counts: dict[str, int] = {}
+        self._writer = threading.Thread(target=self._write_events, name="history-writer",
+                                        daemon=True)
+        self._writer.start()
 
     def record(self, event_type: str, **fields):
-        with self._lock:
-            if self._file.closed:
-                return
-            event = {"type": event_type, "t": round(time.monotonic() - self._started, 6)}
-            event.update(fields)
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self.counts[event_type] = self.counts.get(event_type, 0) + 1
+        if self._closed:
+            return
+        event = {"type": event_type, "t": round(time.monotonic() - self._started, 6)}
+        event.update(fields)
+        self._events.put(event)
 
-    def flush(self):
-        with self._lock:
-            self._file.flush()
+    def flush(self, timeout: float = 30):
+        """Waits until everything recorded so far is in the file."""
+        written = threading.Event()
+        self._events.put(written)
+        written.wait(timeout)
 
-    def close(self):
-        # A writer stuck inside record() must not hang the run's teardown.
-        locked = self._lock.acquire(timeout=10)
+    def close(self, timeout: float = 30):
+        """Writes what was recorded and closes the file; later events are dropped."""
+        self._closed = True
+        self._events.put(_CLOSE)
+        self._writer.join(timeout)
+
+    def _write_events(self):
         try:
-            if not self._file.closed:
-                self._file.close()
+            while True:
+                item = self._events.get()
+                if item is _CLOSE:
+                    return
+                if isinstance(item, threading.Event):
+                    self._file.flush()
+                    item.set()
+                    continue
+                self._file.write(json.dumps(item, separators=(",", ":")) + "\n")
+                self.counts[item["type"]] = self.counts.get(item["type"], 0) + 1
         finally:
-            if locked:
-                self._lock.release()
+            self._file.close()
 
 
 def load(path: Path) -> list[dict]:

@@ -174,7 +174,14 @@ class ConfluentProducer(Worker):
                     fatal.set()
                 seq += 1
                 time.sleep(run.config.produce_interval_s)
-            left = producer.flush(60)
+            try:
+                left = producer.flush(60)
+            except (KafkaException, SystemError) as error:
+                # After a fatal error confluent-kafka can raise out of flush (a delivery
+                # report then ran with the fatal error pending): the producer is done
+                # either way, and a new one takes over.
+                history.record("client_error", client=name, error=f"flush: {error!r}")
+                left = 0
             if left:
                 history.record("client_error", client=name,
                                error=f"{left} messages undelivered at shutdown")
@@ -424,7 +431,10 @@ class NemesisRun:
             self.stop_producers.set()
             self.stop_consumers.set()
             if self._probe_producer is not None:
-                self._probe_producer.flush(5)
+                try:
+                    self._probe_producer.flush(5)
+                except (KafkaException, SystemError) as error:  # fatal, see ConfluentProducer
+                    self.history.record("client_error", client="probe", error=repr(error))
             self.history.close()
             self.cluster.close()
             # librdkafka clients of an interrupted run may outlive this: their logger keeps

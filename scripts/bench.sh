@@ -145,6 +145,9 @@ if [ "$CLUSTER" = 1 ]; then
         compare_run "$1" "4_1_KiB_acks=all_p=8$label" 8 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
         compare_run "$1" 5_100_B_acks=all_rate=20000 1 --message-bytes 100 --acks all --rate 20000 \
             --linger-ms 0 --fetch-wait-max-ms 100
+        # The Java client's default: idempotent, so at most 5 requests in flight per connection.
+        compare_run "$1" "6_1_KiB_idempotent_p=1$label" 1 --message-bytes 1024 --acks all --idempotence \
+            --producers 1 --consumers 1 "${rate[@]}"
     }
 
     printf '### load before: %s\n' "$(uptime)"

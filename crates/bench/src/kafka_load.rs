@@ -47,6 +47,7 @@ pub struct KafkaLoadConfig {
     pub batch_bytes: u64,
     pub queue_msgs_max: u64,
     pub compression: String,
+    pub idempotence: bool,
     pub fetch_wait_max_ms: u64,
     pub consumer_group: bool,
     pub flush_timeout: Duration,
@@ -220,6 +221,7 @@ pub fn run(config: &KafkaLoadConfig) -> Result<KafkaReport> {
             linger_ms: config.linger_ms,
             batch_bytes: config.batch_bytes,
             compression: config.compression.clone(),
+            idempotence: config.idempotence,
             consumer_group: config.consumer_group,
         },
         disk_probe,
@@ -264,7 +266,7 @@ fn producer_client_config(config: &KafkaLoadConfig) -> ClientConfig {
             config.queue_msgs_max.to_string(),
         )
         .set("compression.codec", &config.compression)
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", config.idempotence.to_string())
         // Bounded: a message not acknowledged by then fails instead of being retried forever.
         .set(
             "message.timeout.ms",

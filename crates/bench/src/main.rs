@@ -162,6 +162,10 @@ struct KafkaArgs {
     /// Messages each producer may have queued or in flight (queue.buffering.max.messages).
     #[arg(long, default_value_t = 1_000_000)]
     queue_msgs_max: u64,
+    /// Idempotent producers (enable.idempotence, the Java client's default): acks=all and at
+    /// most 5 requests in flight per connection, each batch sequence-checked by the broker.
+    #[arg(long)]
+    idempotence: bool,
     /// Producer compression.codec (zstd is not built in).
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4"])]
     compression: String,
@@ -291,6 +295,7 @@ fn main() -> Result<()> {
                 batch_bytes: args.batch_bytes,
                 queue_msgs_max: args.queue_msgs_max,
                 compression: args.compression,
+                idempotence: args.idempotence,
                 fetch_wait_max_ms: args.fetch_wait_max_ms,
                 consumer_group: args.consumer_group,
                 flush_timeout: Duration::from_secs(args.flush_timeout_secs),

@@ -145,6 +145,7 @@ pub struct KafkaRunSettings {
     pub linger_ms: u64,
     pub batch_bytes: u64,
     pub compression: String,
+    pub idempotence: bool,
     pub consumer_group: bool,
 }
 
@@ -219,7 +220,7 @@ impl KafkaReport {
             disk_probe.print_text();
         }
         println!(
-            "kafka {} topic {} ({} partitions): {} producers, {} consumers{}, {} B messages, acks={}, rate {}, {} s, linger {} ms, batch {} B, compression {}",
+            "kafka {} topic {} ({} partitions): {} producers, {} consumers{}, {} B messages, acks={}{}, rate {}, {} s, linger {} ms, batch {} B, compression {}",
             s.bootstrap,
             s.topic,
             s.partitions,
@@ -228,6 +229,7 @@ impl KafkaReport {
             if s.consumer_group { " (group)" } else { " (assign)" },
             s.message_bytes,
             s.acks,
+            if s.idempotence { " (idempotent)" } else { "" },
             if s.rate_msgs_per_sec == 0 {
                 "unlimited".to_string()
             } else {
@@ -281,6 +283,7 @@ impl KafkaReport {
             "linger_ms": s.linger_ms,
             "batch_bytes": s.batch_bytes,
             "compression": s.compression,
+            "idempotence": s.idempotence,
             "produced_msgs": self.produced_msgs,
             "produce_secs": round3(self.produce_secs),
             "produce_msgs_per_sec": round1(self.produce_msgs_per_sec()),

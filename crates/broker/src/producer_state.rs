@@ -40,7 +40,7 @@ pub enum SequenceCheck {
     Duplicate { offset_first: i64 },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
 }

@@ -1066,3 +1066,68 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
         cluster.stop(node_id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_producers_requests_in_flight_are_proposed_back_to_back() {
+    let cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 3 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let replica = cluster.replica(leader);
+    let sent: Vec<Bytes> = (0..5)
+        .map(|i| {
+            batch(
+                11,
+                i * 2,
+                &[&format!("in-flight-{i}a"), &format!("in-flight-{i}b")],
+            )
+        })
+        .collect();
+    // Five requests in flight at once, started in order as one connection's are: each is
+    // checked against the ones proposed before it, not only against committed batches.
+    let produce = |bytes: &Bytes| replica.produce(bytes.clone(), 2, TIMEOUT);
+    let (a, b, c, d, e) = tokio::join!(
+        produce(&sent[0]),
+        produce(&sent[1]),
+        produce(&sent[2]),
+        produce(&sent[3]),
+        produce(&sent[4])
+    );
+    let offsets: Vec<i64> = [a, b, c, d, e]
+        .into_iter()
+        .map(|outcome| outcome.unwrap().base_offset)
+        .collect();
+    for pair in offsets.windows(2) {
+        assert!(pair[1] > pair[0], "offsets out of order: {offsets:?}");
+    }
+    // A retry started while its original is still in flight gets the original's offset.
+    let next = batch(11, 10, &["retried-in-flight"]);
+    let (original, retry) = tokio::join!(produce(&next), produce(&next));
+    let (original, retry) = (original.unwrap(), retry.unwrap());
+    assert_eq!(original.base_offset, retry.base_offset);
+    // A committed retry too, and a gap is still refused.
+    let again = produce(&sent[4]).await.unwrap();
+    assert_eq!(again.base_offset, offsets[4]);
+    let gap = produce(&batch(11, 20, &["gap"])).await;
+    assert!(
+        matches!(
+            gap,
+            Err(ReplicationError::Broker(BrokerError::OutOfOrderSequence(_)))
+        ),
+        "{gap:?}"
+    );
+    // Each batch is in the log once.
+    let values: Vec<Vec<u8>> = data_batches(&replica)
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(values.len(), 6, "{values:?}");
+}

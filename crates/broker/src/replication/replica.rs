@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
+use openraft::raft::responder::Responder;
 use openraft::{Raft, ServerState};
 use parking_lot::Mutex;
 use sluice_cluster::partition::{
@@ -36,6 +37,30 @@ const TERM_APPLY_WAIT_MAX: Duration = Duration::from_secs(5);
 struct CommittedProducers {
     table: ProducerStateTable,
     offset_tracked: i64,
+}
+
+/// A batch handed to Raft: resolves once it is committed and applied (or cannot be).
+type PartitionProposal =
+    <openraft::impls::OneshotResponder<PartitionRaft> as Responder<PartitionRaft>>::Receiver;
+
+/// What an idempotent request's sequence check decided.
+enum Proposal {
+    Proposed(Vec<PartitionProposal>),
+    /// A retry of a committed batch: acknowledge with its offset.
+    Duplicate {
+        offset_first: i64,
+    },
+    /// A retry of a batch proposed but not committed yet.
+    InFlightDuplicate,
+}
+
+/// The leader's producer state including the batches it proposed in `term` that may not be
+/// committed yet: a producer's next batch is checked against this, so its requests in flight
+/// (librdkafka keeps up to 5) are proposed back to back instead of one per commit round trip.
+/// Batches proposed but not committed are recorded at offset -1.
+struct ProposedProducers {
+    term: u64,
+    table: ProducerStateTable,
 }
 
 /// The leader's sampling of its followers: when each last matched the leader's log end as it
@@ -68,8 +93,9 @@ pub struct Replica {
     progress: watch::Receiver<ApplyProgress>,
     producers: Mutex<CommittedProducers>,
     /// Idempotent batches of this partition are checked and proposed one at a time, so a
-    /// sequence is checked against every batch before it.
+    /// sequence is checked against every batch proposed before it.
     sequenced: tokio::sync::Mutex<()>,
+    proposed: Mutex<ProposedProducers>,
     in_sync: Mutex<InSyncTracker>,
 }
 
@@ -99,6 +125,10 @@ impl Replica {
                 offset_tracked,
             }),
             sequenced: tokio::sync::Mutex::new(()),
+            proposed: Mutex::new(ProposedProducers {
+                term: 0,
+                table: ProducerStateTable::default(),
+            }),
             in_sync: Mutex::new(InSyncTracker::default()),
         }
     }
@@ -338,44 +368,22 @@ impl Replica {
             .any(|h| h.producer_id >= 0 && h.base_sequence >= 0);
         let write = async {
             if !sequenced {
-                return self.propose_all(&records, &headers).await;
+                let proposals = self.propose_all(&records, &headers).await?;
+                return self.committed(proposals).await;
             }
-            let _one_at_a_time = self.sequenced.lock().await;
-            self.wait_for_term_applied().await?;
-            // Leadership may have gone while this request waited behind an earlier one of the
-            // same producer (which then failed with NOT_LEADER): checking its sequence against
-            // a table that lacks that batch would answer OUT_OF_ORDER_SEQUENCE_NUMBER, and
-            // librdkafka bumps its producer epoch on that (re-sending in-flight messages as a
-            // new epoch, which can duplicate them). A follower answers NOT_LEADER, as Kafka's
-            // leader check at append does, and the client just retries at the new leader.
-            if !self.is_leader() {
-                return Err(ReplicationError::NotLeader);
+            let proposals = match self.check_and_propose(&records, &headers).await? {
+                Proposal::Proposed(proposals) => proposals,
+                Proposal::Duplicate { offset_first } => return Ok(offset_first),
+                Proposal::InFlightDuplicate => return self.committed_duplicate(&headers[0]).await,
+            };
+            let committed = self.committed(proposals).await;
+            if committed.is_err() {
+                // Only a lost leadership fails a proposal: a later term starts over from the
+                // committed state.
+                self.proposed.lock().term = 0;
             }
             self.track_committed_producers()?;
-            let mut duplicate = None;
-            {
-                let producers = self.producers.lock();
-                for header in &headers {
-                    if let SequenceCheck::Duplicate { offset_first } =
-                        producers.table.check(header)?
-                    {
-                        duplicate = Some(offset_first);
-                    }
-                }
-            }
-            match duplicate {
-                Some(offset_first) if headers.len() == 1 => return Ok(offset_first),
-                Some(_) => {
-                    return Err(BrokerError::InvalidRecord(
-                        "a retried idempotent batch must be sent alone".into(),
-                    )
-                    .into())
-                }
-                None => {}
-            }
-            let base_offset = self.propose_all(&records, &headers).await?;
-            self.track_committed_producers()?;
-            Ok(base_offset)
+            committed
         };
         let base_offset = tokio::time::timeout(timeout, write)
             .await
@@ -387,9 +395,93 @@ impl Replica {
         })
     }
 
+    /// Checks an idempotent request's sequences against everything proposed before it and, if
+    /// they follow, proposes its batches; Raft keeps them in the order proposed.
+    async fn check_and_propose(
+        &self,
+        records: &Bytes,
+        headers: &[BatchHeader],
+    ) -> Result<Proposal, ReplicationError> {
+        let _one_at_a_time = self.sequenced.lock().await;
+        let term = self.wait_for_term_applied().await?;
+        // Leadership may have gone while this request waited behind an earlier one of the
+        // same producer (which then failed with NOT_LEADER): checking its sequence against
+        // a table that lacks that batch would answer OUT_OF_ORDER_SEQUENCE_NUMBER, and
+        // librdkafka bumps its producer epoch on that (re-sending in-flight messages as a
+        // new epoch, which can duplicate them). A follower answers NOT_LEADER, as Kafka's
+        // leader check at append does, and the client just retries at the new leader.
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader);
+        }
+        self.track_committed_producers()?;
+        {
+            let mut proposed = self.proposed.lock();
+            if proposed.term != term {
+                // Everything of earlier terms is committed (or gone) once the term's first
+                // entry applied: the committed state is the whole truth.
+                proposed.table = self.producers.lock().table.clone();
+                proposed.term = term;
+            }
+            let mut duplicate = None;
+            for header in headers {
+                if let SequenceCheck::Duplicate { offset_first } = proposed.table.check(header)? {
+                    duplicate = Some(offset_first);
+                }
+            }
+            match duplicate {
+                Some(_) if headers.len() > 1 => {
+                    return Err(BrokerError::InvalidRecord(
+                        "a retried idempotent batch must be sent alone".into(),
+                    )
+                    .into())
+                }
+                Some(offset_first) if offset_first >= 0 => {
+                    return Ok(Proposal::Duplicate { offset_first })
+                }
+                Some(_) => return Ok(Proposal::InFlightDuplicate),
+                None => {}
+            }
+            let now = now_ms();
+            for header in headers {
+                let unassigned = BatchHeader {
+                    base_offset: -1,
+                    ..*header
+                };
+                proposed.table.record(&unassigned, now);
+            }
+        }
+        match self.propose_all(records, headers).await {
+            Ok(proposals) => Ok(Proposal::Proposed(proposals)),
+            Err(error) => {
+                self.proposed.lock().term = 0;
+                Err(error)
+            }
+        }
+    }
+
+    /// A retry of a batch that is proposed but not yet committed: answers with its offset once
+    /// it commits (or the error that keeps it from committing).
+    async fn committed_duplicate(&self, header: &BatchHeader) -> Result<i64, ReplicationError> {
+        let mut progress = self.progress.clone();
+        loop {
+            if !self.is_leader() {
+                return Err(ReplicationError::NotLeader);
+            }
+            self.track_committed_producers()?;
+            let check = self.producers.lock().table.check(header);
+            if let Ok(SequenceCheck::Duplicate { offset_first }) = check {
+                return Ok(offset_first);
+            }
+            progress
+                .changed()
+                .await
+                .map_err(|_| ReplicationError::NotLeader)?;
+        }
+    }
+
     /// A new leader's first entry of its term commits everything before it: once it is
     /// applied, the committed producer state is complete.
-    async fn wait_for_term_applied(&self) -> Result<(), ReplicationError> {
+    async fn wait_for_term_applied(&self) -> Result<u64, ReplicationError> {
         let (_, term) = self.leader_and_term();
         let mut progress = self.progress.clone();
         let applied_in_term =
@@ -398,15 +490,16 @@ impl Replica {
             .await
             .map_err(|_| ReplicationError::Timeout)?
             .map_err(|_| ReplicationError::NotLeader)?;
-        Ok(())
+        Ok(term)
     }
 
+    /// Hands every batch to Raft as its own entry, in order, without waiting for any to commit.
     async fn propose_all(
         &self,
         records: &Bytes,
         headers: &[BatchHeader],
-    ) -> Result<i64, ReplicationError> {
-        let mut base_offset = None;
+    ) -> Result<Vec<PartitionProposal>, ReplicationError> {
+        let mut proposals = Vec::with_capacity(headers.len());
         let mut position = 0usize;
         for header in headers {
             let length = 12 + header.batch_length as usize;
@@ -414,16 +507,29 @@ impl Replica {
             position += length;
             let entry = PartitionEntry::new(batch)
                 .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
-            let applied = match self.raft.client_write(entry).await {
-                Ok(response) => response.data,
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    return Err(ReplicationError::NotLeader)
-                }
-                Err(RaftError::APIError(e)) => return Err(ReplicationError::Raft(e.to_string())),
-                Err(RaftError::Fatal(e)) => {
+            match self.raft.client_write_ff(entry).await {
+                Ok(proposal) => proposals.push(proposal),
+                Err(e) => {
                     tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "partition group stopped");
                     return Err(ReplicationError::NotLeader);
                 }
+            }
+        }
+        Ok(proposals)
+    }
+
+    /// Waits for proposed batches to be committed and applied: the first one's base offset.
+    async fn committed(&self, proposals: Vec<PartitionProposal>) -> Result<i64, ReplicationError> {
+        let mut base_offset = None;
+        for proposal in proposals {
+            let applied = match proposal.await {
+                Ok(Ok(response)) => response.data,
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(ReplicationError::NotLeader)
+                }
+                Ok(Err(e)) => return Err(ReplicationError::Raft(e.to_string())),
+                // The group stopped with the proposal pending.
+                Err(_) => return Err(ReplicationError::NotLeader),
             };
             base_offset.get_or_insert(applied.base_offset);
         }

@@ -504,12 +504,14 @@ async fn interrupted_snapshot_install_refuses_to_open() {
     leader.blocking_append(five_entries()).await.unwrap();
     let committed = leader.try_get_log_entries(0..5).await.unwrap();
     leader_sm.apply(committed).await.unwrap();
-    let snapshot = leader_sm
+    leader_sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    // The data is read when a follower needs it, as openraft asks for it.
+    let snapshot = leader_sm.get_current_snapshot().await.unwrap().unwrap();
     {
         let (mut follower, mut follower_sm, _) = open(disk.storage(), follower_dir);
         follower.blocking_append([blank(1, 0)]).await.unwrap();

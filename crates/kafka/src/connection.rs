@@ -40,8 +40,12 @@ use crate::RequestContext;
 const REQUEST_HEADER_BYTES_MIN: usize = 8;
 
 /// Requests of one connection that may be in progress at once; the reader stops reading
-/// (TCP backpressure) while this many await their responses.
-const REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// (TCP backpressure) while this many await their responses. Their bytes are bounded by the
+/// shared request memory, not by this. A producer without idempotence may have far more in
+/// flight (librdkafka's default is a million): with 64 here, a replicated partition taking
+/// one-message requests (linger.ms=0) committed at most 64 per Raft round trip, 11k
+/// messages/s against 18k with 1024.
+const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]

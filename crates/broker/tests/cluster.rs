@@ -1130,4 +1130,103 @@ async fn an_idempotent_producers_requests_in_flight_are_proposed_back_to_back() 
         .map(|(_, value)| value)
         .collect();
     assert_eq!(values.len(), 6, "{values:?}");
+
+    // producer.id.expiration.ms after its last batch's timestamp (1,000 here) the producer is
+    // forgotten, on every replica: its next batch is accepted at any sequence, as Kafka
+    // accepts an unknown producer (KIP-360).
+    let expiration_ms = 86_400_000;
+    let expired_at = 1_000 + expiration_ms;
+    assert_eq!(replica.expire_producers(expired_at - 1, expiration_ms), 0);
+    for node in 1..=3 {
+        // A follower knows the producer once it has read the committed batches.
+        let deadline = Instant::now() + TIMEOUT;
+        while cluster
+            .replica(node)
+            .expire_producers(expired_at, expiration_ms)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {node} never knew producer 11"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    produce(&batch(11, 40, &["after-expiry"])).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
+    let cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while first.brokers().len() < 3 {
+        assert!(Instant::now() < deadline, "brokers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // message.timestamp.type=LogAppendTime: the leader stamps the batch before proposing it,
+    // so every replica stores the same broker timestamp.
+    let configs = BTreeMap::from([(
+        "message.timestamp.type".to_string(),
+        "LogAppendTime".to_string(),
+    )]);
+    first
+        .create_topic("stamped", 1, 3, configs, false)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let stamped_leader = loop {
+        let leader = (1..=3).find(|n| {
+            cluster.nodes[n]
+                .cluster
+                .replica_for("stamped", 0)
+                .is_ok_and(|r| r.is_leader())
+        });
+        if let Some(leader) = leader {
+            break cluster.nodes[&leader]
+                .cluster
+                .replica_for("stamped", 0)
+                .unwrap();
+        }
+        assert!(Instant::now() < deadline, "no leader for 'stamped'");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let outcome = stamped_leader
+        .produce(batch(-1, -1, &["stamped"]), 1, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(outcome.log_append_time_ms > 1_000, "{outcome:?}");
+    for node in 1..=3 {
+        let replica = cluster.nodes[&node]
+            .cluster
+            .replica_for("stamped", 0)
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let header = loop {
+            // Out of range until the batch has reached this replica.
+            if let Ok(read) = replica.log().read(outcome.base_offset, 1 << 20) {
+                if let Some(header) = validate_batches(&read.records)
+                    .unwrap()
+                    .into_iter()
+                    .find(|h| h.base_offset == outcome.base_offset)
+                {
+                    break header;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} lacks the stamped batch"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_ne!(
+            header.attributes & 0x08,
+            0,
+            "node {node}: not LogAppendTime"
+        );
+        assert_eq!(
+            header.max_timestamp, outcome.log_append_time_ms,
+            "node {node}"
+        );
+    }
 }

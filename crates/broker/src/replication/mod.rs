@@ -1155,16 +1155,25 @@ impl ClusterBroker {
                 }
             }
             if let Some(replicas) = retention_due {
-                Self::enforce_retention(replicas).await;
+                let producer_expiration_ms = self.broker.config().producer_id_expiration_ms;
+                Self::enforce_retention(replicas, producer_expiration_ms).await;
             }
         }
     }
 
     /// Retention on every replica, as on one node: the log's retention floor (the first
-    /// entry Raft still needs) keeps it from deleting what followers may be sent.
-    async fn enforce_retention(replicas: Vec<Arc<Replica>>) {
+    /// entry Raft still needs) keeps it from deleting what followers may be sent. Idle
+    /// idempotent producers are forgotten at the same time, as one node does.
+    async fn enforce_retention(replicas: Vec<Arc<Replica>>, producer_expiration_ms: i64) {
         let deleted = tokio::task::spawn_blocking(move || {
             let now = crate::now_ms();
+            let mut producers_expired = 0;
+            for replica in &replicas {
+                producers_expired += replica.expire_producers(now, producer_expiration_ms);
+            }
+            if producers_expired > 0 {
+                tracing::info!(producers = producers_expired, "expired idle producer ids");
+            }
             for replica in replicas {
                 match replica.log().enforce_retention(now) {
                     Ok(0) => {}
@@ -1208,12 +1217,14 @@ impl ClusterBroker {
                 // Config changes (AlterConfigs) reach the open replicas' logs.
                 let defaults = &self.broker.config().log_defaults;
                 match TopicConfig::new(topic.configs.clone(), defaults)
-                    .and_then(|c| c.log_config(defaults))
+                    .and_then(|c| Ok((c.log_config(defaults)?, c.log_append_time())))
                 {
-                    Ok(config) if config != replica.log().config() => {
-                        replica.log().set_config(config)
+                    Ok((config, log_append_time)) => {
+                        if config != replica.log().config() {
+                            replica.log().set_config(config)
+                        }
+                        replica.set_log_append_time(log_append_time);
                     }
-                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(topic = %topic.name, %error, "invalid topic configs")
                     }
@@ -1238,9 +1249,9 @@ impl ClusterBroker {
     ) -> Result<(), ReplicationError> {
         let dir = self.replica_dir(topic.topic_id, partition);
         let storage = Arc::clone(&self.broker.config().storage);
-        let log_config =
-            TopicConfig::new(topic.configs.clone(), &self.broker.config().log_defaults)
-                .and_then(|c| c.log_config(&self.broker.config().log_defaults))?;
+        let topic_config =
+            TopicConfig::new(topic.configs.clone(), &self.broker.config().log_defaults)?;
+        let log_config = topic_config.log_config(&self.broker.config().log_defaults)?;
         let opening = {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
@@ -1306,6 +1317,7 @@ impl ClusterBroker {
             raft,
             terms,
         ));
+        replica.set_log_append_time(topic_config.log_append_time());
         // Wake long-polling fetchers whenever the high watermark moves.
         let data_ready = Arc::clone(self.broker.data_ready());
         let mut progress = progress;

@@ -3,10 +3,11 @@
 //! view of which voters are caught up (the ISR).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
 use openraft::raft::responder::Responder;
 use openraft::{Raft, ServerState};
@@ -15,7 +16,7 @@ use sluice_cluster::partition::{
     self as raft_partition, ApplyProgress, PartitionEntry, PartitionRaft,
 };
 use sluice_cluster::NodeId;
-use sluice_log::{validate_batches, BatchHeader, PartitionLog};
+use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, PartitionLog};
 use tokio::sync::watch;
 
 use super::ReplicationError;
@@ -96,6 +97,9 @@ pub struct Replica {
     /// sequence is checked against every batch proposed before it.
     sequenced: tokio::sync::Mutex<()>,
     proposed: Mutex<ProposedProducers>,
+    /// `message.timestamp.type=LogAppendTime`: the leader stamps batches before proposing, so
+    /// every replica stores the same timestamp.
+    log_append_time: AtomicBool,
     in_sync: Mutex<InSyncTracker>,
 }
 
@@ -129,12 +133,16 @@ impl Replica {
                 term: 0,
                 table: ProducerStateTable::default(),
             }),
+            log_append_time: AtomicBool::new(false),
             in_sync: Mutex::new(InSyncTracker::default()),
         }
     }
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+    pub fn set_log_append_time(&self, on: bool) {
+        self.log_append_time.store(on, Ordering::Relaxed);
     }
     pub fn index(&self) -> i32 {
         self.index
@@ -281,6 +289,15 @@ impl Replica {
         Ok(())
     }
 
+    /// Forgets idempotent producers whose last batch's timestamp is `expiration_ms`
+    /// (`producer.id.expiration.ms`) old, as one node does; each replica goes by its own clock,
+    /// as each Kafka broker does. Returns how many the committed state forgot.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        let expired = self.producers.lock().table.expire(now_ms, expiration_ms);
+        self.proposed.lock().table.expire(now_ms, expiration_ms);
+        expired
+    }
+
     fn check_epoch(&self, current_leader_epoch: i32, term: u64) -> Result<(), ReplicationError> {
         if current_leader_epoch < 0 {
             return Ok(());
@@ -353,6 +370,17 @@ impl Replica {
             )
             .into());
         }
+        let mut log_append_time_ms = -1;
+        let records = if self.log_append_time.load(Ordering::Relaxed) {
+            // Validated above: stamping recomputes the CRCs.
+            let now = now_ms();
+            let mut stamped = BytesMut::from(records);
+            stamp_log_append_time(&mut stamped, now).map_err(BrokerError::from)?;
+            log_append_time_ms = now;
+            stamped.freeze()
+        } else {
+            records
+        };
         if !self.is_leader() {
             return Err(ReplicationError::NotLeader);
         }
@@ -390,7 +418,7 @@ impl Replica {
             .map_err(|_| ReplicationError::Timeout)??;
         Ok(ProduceOutcome {
             base_offset,
-            log_append_time_ms: -1,
+            log_append_time_ms,
             log_start_offset: self.log.log_start_offset(),
         })
     }
@@ -447,7 +475,10 @@ impl Replica {
                     base_offset: -1,
                     ..*header
                 };
-                proposed.table.record(&unassigned, now);
+                // The batch's own timestamp, as the committed state replays it.
+                proposed
+                    .table
+                    .record(&unassigned, header.max_timestamp.min(now));
             }
         }
         match self.propose_all(records, headers).await {

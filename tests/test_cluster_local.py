@@ -388,6 +388,8 @@ def test_every_node_names_every_leader_with_more_nodes_than_replicas(broker_fact
         assert cluster["metadata_leader"] in (1, 2, 3, 4)
         by_id = {node["node_id"]: node for node in cluster["nodes"]}
         assert by_id[i + 1]["kafka_address"] == nodes[i].bootstrap
+        # Every pair of nodes keeps a transport connection.
+        assert all(node["connected"] for node in cluster["nodes"]), cluster
 
 
 def test_partition_reassignment_with_kafka_python_admin(broker_factory):

@@ -170,6 +170,10 @@ pub struct ClusterNodeInfo {
     /// The node answering this request.
     pub is_self: bool,
     pub is_metadata_leader: bool,
+    /// This node has an open transport connection to it (always true for itself). A killed
+    /// node's connection closes within a round trip; a paused process keeps its connections
+    /// open, so this is a liveness hint, not proof.
+    pub connected: bool,
 }
 
 /// The cluster as this node sees it. On a single node: that node alone, leading itself.

@@ -225,6 +225,7 @@ async fn a_single_node_is_its_own_cluster_and_partition_leader() {
     assert_eq!(body["nodes"].as_array().map(Vec::len), Some(1));
     assert_eq!(body["nodes"][0]["kafka_address"], "127.0.0.1:9092");
     assert_eq!(body["nodes"][0]["is_metadata_leader"], true);
+    assert_eq!(body["nodes"][0]["connected"], true);
     // Nothing to remove a node from.
     let (status, body) = call(
         &local,

@@ -228,8 +228,8 @@ mod tests {
     }
 }
 
-/// The cluster's nodes (id, transport and Kafka addresses) and which one leads the metadata
-/// group, as this node knows them. A single node answers with itself alone.
+/// The cluster's nodes (id, transport and Kafka addresses, whether this node is connected to
+/// each) and which one leads the metadata group, as this node knows them. A single node answers with itself alone.
 #[utoipa::path(get, path = "/api/cluster", tag = "system", security(("basic" = [])),
     responses(
         (status = 200, description = "The cluster as this node sees it", body = ClusterInfo),
@@ -247,11 +247,13 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterInfo> {
                 kafka_address: format!("{}:{}", own.host, own.kafka_port),
                 is_self: true,
                 is_metadata_leader: true,
+                connected: true,
             }],
         });
     };
     let leader = cluster.controller();
     let self_id = cluster.node_id();
+    let transport = cluster.node().transport();
     let nodes = cluster
         .metadata()
         .brokers
@@ -262,6 +264,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterInfo> {
             kafka_address: address.kafka_addr.clone(),
             is_self: id == self_id,
             is_metadata_leader: leader == Some(id),
+            connected: id == self_id || transport.is_connected(id),
         })
         .collect();
     Json(ClusterInfo {

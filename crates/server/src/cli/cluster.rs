@@ -37,7 +37,16 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &ClusterArgs) -> CliRe
                 return output.document(&value);
             }
             let cluster: ClusterInfo = decode_value(value)?;
-            let mut rows = table(&["id", "cluster address", "kafka address", "role"], &[0]);
+            let mut rows = table(
+                &[
+                    "id",
+                    "cluster address",
+                    "kafka address",
+                    "connected",
+                    "role",
+                ],
+                &[0],
+            );
             for node in cluster.nodes {
                 let mut role = Vec::new();
                 if node.is_metadata_leader {
@@ -50,6 +59,7 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &ClusterArgs) -> CliRe
                     node.node_id.to_string(),
                     or_dash(node.cluster_address),
                     node.kafka_address,
+                    if node.connected { "yes" } else { "no" }.to_string(),
                     role.join(", "),
                 ]);
             }

@@ -141,6 +141,10 @@ pub enum GroupError {
     FencedInstanceId,
     #[error("coordinator not available")]
     CoordinatorNotAvailable,
+    /// In a cluster: this node may still coordinate groups but cannot confirm it right now
+    /// (cut off from the majority, or just elected): retry here.
+    #[error("the coordinator is loading")]
+    CoordinatorLoadInProgress,
     /// In a cluster: this node does not coordinate groups (it is not the metadata leader, or
     /// stopped being it), so the client must find the coordinator again.
     #[error("not the coordinator")]

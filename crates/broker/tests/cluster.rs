@@ -527,9 +527,20 @@ async fn committed_offsets_survive_the_coordinator() {
         leader_cluster.delete_group("readers").await,
         Err(GroupError::GroupIdNotFound)
     );
+    // A leader cut off from the majority cannot confirm that it still coordinates: a
+    // retriable COORDINATOR_LOAD_IN_PROGRESS, not NOT_COORDINATOR (on which librdkafka gives
+    // up an assignment's OffsetFetch and consumes nothing until the next rebalance).
     for node_id in [1, 2, 3] {
-        cluster.stop(node_id).await;
+        if node_id != coordinator {
+            cluster.stop(node_id).await;
+        }
     }
+    assert_eq!(
+        leader_cluster.fetch_offsets("readers", None).await,
+        Err(GroupError::CoordinatorLoadInProgress)
+    );
+    drop(leader_cluster);
+    cluster.stop(coordinator).await;
 }
 
 /// The leader the running replicas of partition 0 agree on, with its term.

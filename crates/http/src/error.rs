@@ -151,6 +151,7 @@ impl From<GroupError> for ApiError {
             | GroupError::InvalidSessionTimeout
             | GroupError::GroupMaxSizeReached => ApiError::Conflict(reason),
             GroupError::CoordinatorNotAvailable
+            | GroupError::CoordinatorLoadInProgress
             | GroupError::NotCoordinator
             | GroupError::Storage(_) => ApiError::Internal(reason),
         }

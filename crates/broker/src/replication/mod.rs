@@ -672,13 +672,23 @@ impl ClusterBroker {
         group_id: &str,
         partitions: Option<&[TopicPartition]>,
     ) -> Result<Vec<(TopicPartition, Option<OffsetAndMetadata>)>, GroupError> {
-        match tokio::time::timeout(OFFSETS_WAIT_MAX, self.node.read_as_leader()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%error, group = group_id, "offset fetch refused");
-                return Err(GroupError::NotCoordinator);
-            }
-            Err(_) => return Err(GroupError::NotCoordinator),
+        let refused = match tokio::time::timeout(OFFSETS_WAIT_MAX, self.node.read_as_leader()).await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("leadership not confirmed in time".to_string()),
+        };
+        if let Some(reason) = refused {
+            tracing::debug!(%reason, group = group_id, "offset fetch refused");
+            // NOT_COORDINATOR only when another node leads. librdkafka does not retry an
+            // OffsetFetch refused with it: the assignment it was fetching for then never
+            // starts until the next rebalance, and none comes while this node stays the
+            // coordinator (seen after cutting the metadata leader from the majority).
+            // COORDINATOR_LOAD_IN_PROGRESS is retried, as for a loading Kafka coordinator.
+            return Err(match self.controller() {
+                Some(leader) if leader != self.node_id() => GroupError::NotCoordinator,
+                _ => GroupError::CoordinatorLoadInProgress,
+            });
         }
         let offsets = self.node.consumer_offsets();
         let convert = |o: CommittedOffset| {

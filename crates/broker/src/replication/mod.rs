@@ -27,7 +27,8 @@
 //!   is the metadata leader, which checks the committer against the group's members (kept in
 //!   memory by its local [`crate::GroupCoordinator`], as on one node) and answers OffsetCommit
 //!   once the `CommitOffsets` command is committed by a majority; OffsetFetch is a
-//!   linearizable read on the leader. A node that is not the leader answers NOT_COORDINATOR.
+//!   linearizable read on the leader. A node that is not the leader answers NOT_COORDINATOR;
+//!   a leader that cannot confirm it, COORDINATOR_LOAD_IN_PROGRESS (retried by clients).
 //!   Kafka keeps offsets in `__consumer_offsets` partitions, whose leaders spread the
 //!   coordinators over the brokers; here every commit is a metadata-group write (an fsync on a
 //!   majority of nodes) and one node coordinates every group. That is simple and enough for

@@ -123,6 +123,16 @@ impl Cluster {
         node.broker.shutdown();
     }
 
+    /// Brokers register in the background: waits until node 1 knows `count` of them.
+    async fn wait_for_brokers(&self, count: usize) {
+        let first = &self.nodes[&1].cluster;
+        let deadline = Instant::now() + TIMEOUT;
+        while first.brokers().len() < count {
+            assert!(Instant::now() < deadline, "brokers did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn replica(&self, node_id: NodeId) -> Arc<Replica> {
         let cluster = &self.nodes[&node_id].cluster;
         cluster.replica_for(TOPIC, 0).unwrap()
@@ -193,12 +203,7 @@ fn data_batches(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
 async fn acknowledged_batches_survive_the_leader_and_retries_are_not_duplicated() {
     let mut cluster = Cluster::start().await;
     let first = cluster.nodes[&1].cluster.clone();
-    // Brokers register in the background: wait until all three are known.
-    let deadline = Instant::now() + TIMEOUT;
-    while first.brokers().len() < 3 {
-        assert!(Instant::now() < deadline, "brokers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_for_brokers(3).await;
     // More replicas than brokers is refused, as Kafka does.
     let too_many = first
         .create_topic("too-many", 1, 4, BTreeMap::new(), false)
@@ -425,11 +430,7 @@ async fn fetched(node: &ClusterBroker, group: &str) -> Vec<Option<i64>> {
 async fn committed_offsets_survive_the_coordinator() {
     let mut cluster = Cluster::start().await;
     let first = cluster.nodes[&1].cluster.clone();
-    let deadline = Instant::now() + TIMEOUT;
-    while first.brokers().len() < 3 {
-        assert!(Instant::now() < deadline, "brokers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_for_brokers(3).await;
     first
         .create_topic(TOPIC, 2, 3, BTreeMap::new(), false)
         .await
@@ -1082,11 +1083,7 @@ async fn a_node_joins_takes_a_replica_and_is_removed_after_moving_it_off() {
 async fn an_idempotent_producers_requests_in_flight_are_proposed_back_to_back() {
     let cluster = Cluster::start().await;
     let first = cluster.nodes[&1].cluster.clone();
-    let deadline = Instant::now() + TIMEOUT;
-    while first.brokers().len() < 3 {
-        assert!(Instant::now() < deadline, "brokers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_for_brokers(3).await;
     first
         .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
         .await
@@ -1170,11 +1167,7 @@ async fn an_idempotent_producers_requests_in_flight_are_proposed_back_to_back() 
 async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
     let cluster = Cluster::start().await;
     let first = cluster.nodes[&1].cluster.clone();
-    let deadline = Instant::now() + TIMEOUT;
-    while first.brokers().len() < 3 {
-        assert!(Instant::now() < deadline, "brokers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_for_brokers(3).await;
     // message.timestamp.type=LogAppendTime: the leader stamps the batch before proposing it,
     // so every replica stores the same broker timestamp.
     let configs = BTreeMap::from([(

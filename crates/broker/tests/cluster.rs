@@ -1175,36 +1175,17 @@ async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
         "LogAppendTime".to_string(),
     )]);
     first
-        .create_topic("stamped", 1, 3, configs, false)
+        .create_topic(TOPIC, 1, 3, configs, false)
         .await
         .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let stamped_leader = loop {
-        let leader = (1..=3).find(|n| {
-            cluster.nodes[n]
-                .cluster
-                .replica_for("stamped", 0)
-                .is_ok_and(|r| r.is_leader())
-        });
-        if let Some(leader) = leader {
-            break cluster.nodes[&leader]
-                .cluster
-                .replica_for("stamped", 0)
-                .unwrap();
-        }
-        assert!(Instant::now() < deadline, "no leader for 'stamped'");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stamped_leader = cluster.replica(cluster.leader().await);
     let outcome = stamped_leader
         .produce(batch(-1, -1, &["stamped"]), 1, TIMEOUT)
         .await
         .unwrap();
     assert!(outcome.log_append_time_ms > 1_000, "{outcome:?}");
     for node in 1..=3 {
-        let replica = cluster.nodes[&node]
-            .cluster
-            .replica_for("stamped", 0)
-            .unwrap();
+        let replica = cluster.replica(node);
         let deadline = Instant::now() + TIMEOUT;
         let header = loop {
             // Out of range until the batch has reached this replica.

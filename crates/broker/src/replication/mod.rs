@@ -1179,18 +1179,16 @@ impl ClusterBroker {
         let deleted = tokio::task::spawn_blocking(move || {
             let now = crate::now_ms();
             let mut producers_expired = 0;
-            for replica in &replicas {
-                producers_expired += replica.expire_producers(now, producer_expiration_ms);
-            }
-            if producers_expired > 0 {
-                tracing::info!(producers = producers_expired, "expired idle producer ids");
-            }
             for replica in replicas {
+                producers_expired += replica.expire_producers(now, producer_expiration_ms);
                 match replica.log().enforce_retention(now) {
                     Ok(0) => {}
                     Ok(segments) => tracing::info!(topic = replica.topic(), partition = replica.index(), segments, "retention deleted segments"),
                     Err(error) => tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "retention"),
                 }
+            }
+            if producers_expired > 0 {
+                tracing::info!(producers = producers_expired, "expired idle producer ids");
             }
         })
         .await;

@@ -370,17 +370,6 @@ impl Replica {
             )
             .into());
         }
-        let mut log_append_time_ms = -1;
-        let records = if self.log_append_time.load(Ordering::Relaxed) {
-            // Validated above: stamping recomputes the CRCs.
-            let now = now_ms();
-            let mut stamped = BytesMut::from(records);
-            stamp_log_append_time(&mut stamped, now).map_err(BrokerError::from)?;
-            log_append_time_ms = now;
-            stamped.freeze()
-        } else {
-            records
-        };
         if !self.is_leader() {
             return Err(ReplicationError::NotLeader);
         }
@@ -391,6 +380,18 @@ impl Replica {
                 return Err(ReplicationError::NotEnoughReplicas);
             }
         }
+        let mut log_append_time_ms = -1;
+        let records = if self.log_append_time.load(Ordering::Relaxed) {
+            // Only on the leader, once the request is accepted; validated above, since
+            // stamping recomputes the CRCs.
+            let now = now_ms();
+            let mut stamped = BytesMut::from(records);
+            stamp_log_append_time(&mut stamped, now).map_err(BrokerError::from)?;
+            log_append_time_ms = now;
+            stamped.freeze()
+        } else {
+            records
+        };
         let sequenced = headers
             .iter()
             .any(|h| h.producer_id >= 0 && h.base_sequence >= 0);
@@ -406,9 +407,7 @@ impl Replica {
             };
             let committed = self.committed(proposals).await;
             if committed.is_err() {
-                // Only a lost leadership fails a proposal: a later term starts over from the
-                // committed state.
-                self.proposed.lock().term = 0;
+                self.forget_proposed();
             }
             self.track_committed_producers()?;
             committed
@@ -484,10 +483,16 @@ impl Replica {
         match self.propose_all(records, headers).await {
             Ok(proposals) => Ok(Proposal::Proposed(proposals)),
             Err(error) => {
-                self.proposed.lock().term = 0;
+                self.forget_proposed();
                 Err(error)
             }
         }
+    }
+
+    /// Only a lost leadership fails a proposal: the next term rebuilds the proposed state from
+    /// the committed one.
+    fn forget_proposed(&self) {
+        self.proposed.lock().term = 0;
     }
 
     /// A retry of a batch that is proposed but not yet committed: answers with its offset once

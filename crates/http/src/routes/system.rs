@@ -229,7 +229,8 @@ mod tests {
 }
 
 /// The cluster's nodes (id, transport and Kafka addresses, whether this node is connected to
-/// each) and which one leads the metadata group, as this node knows them. A single node answers with itself alone.
+/// each) and which one leads the metadata group, as this node knows them. A single node
+/// answers with itself alone.
 #[utoipa::path(get, path = "/api/cluster", tag = "system", security(("basic" = [])),
     responses(
         (status = 200, description = "The cluster as this node sees it", body = ClusterInfo),

@@ -213,6 +213,13 @@ type ForwardedWrite = Result<
     RaftError<NodeId, ClientWriteError<NodeId, NodeAddress>>,
 >;
 
+/// The metadata leader's answer to [`RpcKind::ReadIndex`]: the index to apply before reading
+/// (`None` when nothing was ever committed), or why it could not answer.
+type ReadIndexAnswer = Result<Option<u64>, String>;
+
+/// How long [`ClusterNode::catch_up`] tries to reach a metadata leader.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The metadata group's dispatcher: the Raft RPCs, plus proposals forwarded by followers and
 /// membership changes (which need the node, set once it is built).
 struct MetadataDispatcher {
@@ -230,6 +237,17 @@ impl GroupDispatcher for MetadataDispatcher {
         let limit = self.frame_bytes_max;
         match kind {
             RpcKind::ClientWrite => {}
+            RpcKind::ReadIndex => {
+                let raft = self.raft_rpcs.raft().clone();
+                return Box::pin(async move {
+                    let answer: ReadIndexAnswer = match raft.ensure_linearizable().await {
+                        Ok(read_log_id) => Ok(read_log_id.map(|log_id| log_id.index)),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    encode_body(&answer, limit)
+                        .map_err(|e| RemoteFailure::BadResponse(e.to_string()))
+                });
+            }
             RpcKind::Join | RpcKind::MembershipChange => {
                 let node = self.node.get().and_then(Weak::upgrade);
                 return Box::pin(async move {
@@ -534,6 +552,75 @@ impl ClusterNode {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(e)) => Err(LeaderOnlyError::NotLeader(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(LeaderOnlyError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied every metadata change committed before the call (a
+    /// linearizable read on any node): the leader confirms its leadership and names its
+    /// commit index, which this node then applies. For a request that names something this
+    /// node does not know yet, such as a topic just created through another node, so that it
+    /// is not refused while the metadata is still on its way.
+    pub async fn catch_up(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + CATCH_UP_DEADLINE;
+        let mut last_error = String::from("no leader known");
+        let read_index = loop {
+            match self.metadata_leader() {
+                Some(leader) if leader == self.node_id => match self.read_as_leader().await {
+                    // The leader's read already waited for its own apply.
+                    Ok(()) => return Ok(()),
+                    Err(LeaderOnlyError::Fatal(e)) => return Err(ProposeError::Fatal(e)),
+                    Err(LeaderOnlyError::NotLeader(e)) => last_error = e,
+                },
+                Some(leader) => {
+                    let answer: Result<ReadIndexAnswer, _> = self
+                        .transport
+                        .request(
+                            leader,
+                            GroupId::Metadata,
+                            RpcKind::ReadIndex,
+                            &(),
+                            Some(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                    match answer {
+                        Ok(Ok(read_index)) => break read_index,
+                        Ok(Err(e)) => last_error = format!("node {leader}: {e}"),
+                        Err(e) => last_error = e.to_string(),
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::Timeout {
+                    timeout: CATCH_UP_DEADLINE,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let Some(read_index) = read_index else {
+            return Ok(());
+        };
+        let mut metrics = self.metadata_raft.metrics();
+        let applied = tokio::time::timeout_at(deadline, async {
+            loop {
+                let last_applied = metrics.borrow_and_update().last_applied;
+                if last_applied.is_some_and(|log_id| log_id.index >= read_index) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match applied {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ProposeError::Fatal("the metadata group stopped".into())),
+            Err(_) => Err(ProposeError::Timeout {
+                timeout: CATCH_UP_DEADLINE,
+                last_error: format!("index {read_index} not applied here yet"),
+            }),
         }
     }
 

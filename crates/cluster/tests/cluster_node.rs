@@ -207,6 +207,31 @@ async fn proposal_on_a_follower_is_forwarded_and_applied_on_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_catches_up_sees_every_acknowledged_change() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.agreed_leader(Duration::from_secs(5)).await;
+    for n in 0..20u128 {
+        let name = format!("topic-{n}");
+        let response = cluster
+            .node(leader)
+            .propose(create_topic(&name, n + 1))
+            .await
+            .unwrap();
+        assert_eq!(response, MetadataResponse::Done);
+        // Followers apply at the next heartbeat; after catching up they already have it.
+        for node in cluster.running() {
+            node.catch_up().await.unwrap();
+            assert!(
+                node.metadata().borrow().topics.contains_key(&name),
+                "node {} does not know {name} after catching up",
+                node.node_id()
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_shutdown_elects_a_new_leader_and_commands_still_apply() {
     let mut cluster = Cluster::start(3).await;
     let old_leader = cluster.agreed_leader(Duration::from_secs(5)).await;

@@ -229,6 +229,20 @@ impl ClusterBroker {
         self.node.metadata().borrow().topics.get(name).cloned()
     }
 
+    /// The topic, after catching up with the metadata leader when this node does not know it
+    /// yet: a topic created through another node is found here as soon as its creation was
+    /// acknowledged, instead of being unknown until the change arrives. `None` when the
+    /// leader's metadata has no such topic either (or no leader answered).
+    pub async fn topic_caught_up(&self, name: &str) -> Option<TopicMetadata> {
+        if let Some(topic) = self.topic(name) {
+            return Some(topic);
+        }
+        if let Err(error) = self.node.catch_up().await {
+            tracing::debug!(topic = name, %error, "could not catch up with the metadata leader");
+        }
+        self.topic(name)
+    }
+
     pub fn replica(&self, topic_id: uuid::Uuid, partition: i32) -> Option<Arc<Replica>> {
         self.replicas.read().get(&(topic_id, partition)).cloned()
     }

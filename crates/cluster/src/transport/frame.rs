@@ -32,6 +32,10 @@ pub enum RpcKind {
     /// A membership change of the metadata group (a join, a removal) forwarded by a member
     /// to the group's leader, which alone performs it.
     MembershipChange,
+    /// A follower asks the metadata leader for a read index: the leader confirms its
+    /// leadership with a majority and answers its commit index, which the follower then waits
+    /// to apply (a linearizable read served by a follower).
+    ReadIndex,
 }
 
 impl RpcKind {

@@ -259,9 +259,10 @@ where
                     let request: InstallSnapshotRequest<C> = decode_request(&body, limit)?;
                     encode_response(&raft.install_snapshot(request).await, limit)
                 }
-                RpcKind::ClientWrite | RpcKind::Join | RpcKind::MembershipChange => {
-                    Err(RemoteFailure::Unsupported(kind))
-                }
+                RpcKind::ClientWrite
+                | RpcKind::Join
+                | RpcKind::MembershipChange
+                | RpcKind::ReadIndex => Err(RemoteFailure::Unsupported(kind)),
             }
         })
     }

@@ -65,11 +65,15 @@ pub async fn produce_messages(
             return produce_replicated(cluster, topic, request.messages).await;
         }
     }
-    let topic = state
-        .context
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{name}'")))?;
+    let Some(topic) = state.context.broker.topic(&name) else {
+        // Perhaps created through another node a moment ago: ask the metadata leader.
+        if let Some(cluster) = state.context.cluster.clone() {
+            if let Some(topic) = cluster.topic_caught_up(&name).await {
+                return produce_replicated(cluster, topic, request.messages).await;
+            }
+        }
+        return Err(ApiError::NotFound(format!("unknown topic '{name}'")));
+    };
     let by_partition = place_messages(request.messages, topic.partition_count())?;
 
     let mut work = Vec::with_capacity(by_partition.len());

@@ -292,6 +292,11 @@ pub async fn partitions(
         if let Some(topic) = cluster.topic(&name) {
             return Ok(Json(cluster_partitions(cluster, &topic)));
         }
+        if state.context.broker.topic(&name).is_none() {
+            if let Some(topic) = cluster.topic_caught_up(&name).await {
+                return Ok(Json(cluster_partitions(cluster, &topic)));
+            }
+        }
     }
     let topic = topic_or_404(&state, &name)?;
     Ok(Json(

@@ -716,3 +716,67 @@ def test_http_produce_on_any_node_goes_through_each_partitions_leader(broker_fac
         assert got == produced
     finally:
         consumer.close()
+
+
+def test_delete_records_moves_the_low_watermark_on_every_replica(broker_factory):
+    """DeleteRecords through confluent-kafka's AdminClient on an RF=3 topic: the records below
+    the offset are gone, an offset past the high watermark is OFFSET_OUT_OF_RANGE, and after
+    the leader is killed the new leader (another replica) has the same low watermark."""
+    topic = "trimmed"
+    nodes = start_cluster(broker_factory)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 3)]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while admin.list_topics(topic, timeout=5).topics[topic].partitions.get(0) is None \
+            or admin.list_topics(topic, timeout=5).topics[topic].partitions[0].leader <= 0:
+        assert time.monotonic() < deadline, f"no leader for {topic}"
+        time.sleep(0.2)
+
+    offsets = []
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(10):
+        producer.produce(topic, value=f"m{i}".encode(),
+                         on_delivery=lambda error, message: offsets.append(
+                             (error, message.offset())))
+        producer.flush(30)
+    assert [error for error, _ in offsets] == [None] * 10
+    offsets = [offset for _, offset in offsets]
+
+    deleted = admin.delete_records([TopicPartition(topic, 0, offsets[4])])
+    low_watermark = next(iter(deleted.values())).result(timeout=30).low_watermark
+    assert low_watermark == offsets[4]
+    too_far = admin.delete_records([TopicPartition(topic, 0, offsets[-1] + 100)])
+    with pytest.raises(KafkaException, match="OFFSET_OUT_OF_RANGE"):
+        next(iter(too_far.values())).result(timeout=30)
+
+    def first_value():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "trim-check",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        try:
+            consumer.assign([TopicPartition(topic, 0, -2)])  # OFFSET_BEGINNING
+            deadline = time.monotonic() + HEAL_TIMEOUT_S
+            while time.monotonic() < deadline:
+                message = consumer.poll(1)
+                if message is not None and not message.error():
+                    low, _ = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+                    return message.value().decode(), message.offset(), low
+            pytest.fail("nothing to consume")
+        finally:
+            consumer.close()
+
+    assert first_value() == ("m4", offsets[4], offsets[4])
+
+    leader = admin.list_topics(topic, timeout=5).topics[topic].partitions[0].leader
+    nodes[leader - 1].kill9()
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        partition = admin.list_topics(topic, timeout=5).topics[topic].partitions[0]
+        if partition.leader > 0 and partition.leader != leader:
+            break
+        assert time.monotonic() < deadline, f"no new leader: {partition}"
+        time.sleep(0.2)
+    # The new leader applied the same DeleteRecords entry.
+    assert first_value() == ("m4", offsets[4], offsets[4])
+    nodes[leader - 1].start()

@@ -63,7 +63,7 @@ fn record_count_of_batches(mut records: &[u8]) -> u64 {
 }
 
 /// DeleteRecords' offset for "everything below the high watermark".
-const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+pub(crate) const DELETE_TO_HIGH_WATERMARK: i64 = -1;
 
 /// One partition of a topic: its log, the idempotent-producer state guarding appends, and the
 /// notification that wakes long-polling fetchers when new data becomes readable. Produces are

@@ -1215,3 +1215,96 @@ async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_records_moves_every_replicas_log_start_and_survives_a_restart() {
+    let mut cluster = Cluster::start().await;
+    let first = cluster.nodes[&1].cluster.clone();
+    cluster.wait_for_brokers(3).await;
+    first
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    drop(first); // a node stopped below must release its data directory
+    let leader = cluster.leader().await;
+    let replica = cluster.replica(leader);
+    let mut bases = Vec::new();
+    for i in 0..5 {
+        let values = [format!("m{i}-a"), format!("m{i}-b")];
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let outcome = replica
+            .produce(batch(-1, -1, &values), 1, TIMEOUT)
+            .await
+            .unwrap();
+        bases.push(outcome.base_offset);
+    }
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    assert!(matches!(
+        cluster
+            .replica(follower)
+            .delete_records(bases[2], TIMEOUT)
+            .await,
+        Err(ReplicationError::NotLeader)
+    ));
+    let high_watermark = replica.log().high_watermark();
+    assert!(matches!(
+        replica.delete_records(high_watermark + 1, TIMEOUT).await,
+        Err(ReplicationError::Broker(_))
+    ));
+    assert_eq!(
+        replica.delete_records(bases[2], TIMEOUT).await.unwrap(),
+        bases[2]
+    );
+    // Every replica moves its log start as the entry applies; reads below it are refused.
+    for node in 1..=3 {
+        let deadline = Instant::now() + TIMEOUT;
+        while cluster.replica(node).log().log_start_offset() < bases[2] {
+            assert!(Instant::now() < deadline, "node {node} kept its log start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cluster.replica(node).log().read(bases[1], 1 << 20).is_err());
+    }
+    let first_values: Vec<Vec<u8>> = data_batches(&replica).into_iter().map(|b| b.1).collect();
+    assert_eq!(first_values[0], b"m2-a");
+    // Asking again, or for less, changes nothing.
+    assert_eq!(
+        replica.delete_records(bases[1], TIMEOUT).await.unwrap(),
+        bases[2]
+    );
+
+    // A restarted follower keeps the log start it applied.
+    cluster.stop(follower).await;
+    cluster.start_node(follower, None).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(restarted) = cluster.nodes[&follower].cluster.replica_for(TOPIC, 0) {
+            if restarted.log().log_start_offset() >= bases[2] {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower lost its log start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // -1 deletes everything below the high watermark; producing goes on after it.
+    let leader = cluster.leader().await;
+    let replica = cluster.replica(leader);
+    let high_watermark = replica.log().high_watermark();
+    let log_start = replica.delete_records(-1, TIMEOUT).await.unwrap();
+    assert!(
+        log_start >= high_watermark,
+        "{log_start} < {high_watermark}"
+    );
+    let after = replica
+        .produce(batch(-1, -1, &["after"]), 1, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(after.base_offset >= log_start);
+    assert_eq!(
+        data_batches(&replica),
+        vec![(after.base_offset, b"after".to_vec())]
+    );
+}

@@ -493,6 +493,41 @@ fn entry_refuses_more_than_one_batch_and_reserved_control_batches() {
     let payload: EntryPayload<PartitionRaft> = EntryPayload::Blank;
     let control = partition::control::encode_payload(&payload, 1).unwrap();
     assert!(PartitionEntry::new(Bytes::from(control)).is_err());
+    // A producer cannot move the log start by sending DeleteRecords' control batch.
+    let log_start = PartitionEntry::log_start(3, 1).batch;
+    assert!(PartitionEntry::new(log_start).is_err());
+}
+
+#[tokio::test]
+async fn a_log_start_entry_hides_the_records_below_it_and_raft_keeps_them_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    let mut entries = five_entries();
+    entries.push(Entry {
+        log_id: log_id(2, 5),
+        payload: EntryPayload::Normal(PartitionEntry::log_start(6, 3)),
+    });
+    {
+        let (mut store, mut sm, log) = open(Arc::new(RealDisk), &path);
+        store.blocking_append(entries).await.unwrap();
+        let committed = store.try_get_log_entries(0..6).await.unwrap();
+        let applied = sm.apply(committed).await.unwrap();
+        // The entry takes an offset of its own, as any control batch.
+        assert_eq!(applied[5].base_offset, 8);
+        assert_eq!(log.log_start_offset(), 6);
+        assert!(log.read(3, 1 << 20).is_err());
+        let read = log.read(6, 1 << 20).unwrap();
+        let headers = sluice_log::validate_batches(&read.records).unwrap();
+        assert_eq!(headers[0].base_offset, 6);
+    }
+    // Raft's log still starts at the first stored batch: nothing was purged.
+    let (store, _sm, log) = open(Arc::new(RealDisk), &path);
+    assert_eq!(log.log_start_offset(), 6);
+    let mut store = store;
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(2, 5)));
+    let all = store.try_get_log_entries(0..6).await.unwrap();
+    assert_eq!(base_offset(&all[3]), Some(3));
 }
 
 #[tokio::test]

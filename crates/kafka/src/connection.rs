@@ -610,6 +610,7 @@ fn cluster_served(request: &RequestKind) -> bool {
             | RequestKind::Produce(_)
             | RequestKind::Fetch(_)
             | RequestKind::ListOffsets(_)
+            | RequestKind::DeleteRecords(_)
             | RequestKind::CreateTopics(_)
             | RequestKind::DeleteTopics(_)
             | RequestKind::CreatePartitions(_)
@@ -652,6 +653,9 @@ async fn dispatch_cluster(
         }
         RequestKind::InitProducerId(_) => {
             ResponseKind::InitProducerId(cluster::init_producer_id(cluster_broker).await)
+        }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(cluster::delete_records(cluster_broker, r).await)
         }
         RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
             handlers::reassignments::alter_partition_reassignments(cluster_broker, r).await,

@@ -728,6 +728,12 @@ impl PartitionLog {
         Ok(found)
     }
 
+    /// The base offset of the oldest segment still on disk: at or below the log start, which
+    /// `advance_log_start` may have moved past batches that are still stored.
+    pub fn first_stored_offset(&self) -> i64 {
+        self.segments.read().first().map_or(0, |s| s.base_offset)
+    }
+
     /// Offsets below this are gone for readers: deleted by retention or by `advance_log_start`.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset.load(Ordering::Acquire)

@@ -20,6 +20,7 @@ use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, Partition
 use tokio::sync::watch;
 
 use super::ReplicationError;
+use crate::partition::DELETE_TO_HIGH_WATERMARK;
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::{now_ms, BrokerError, FetchedPartition, ProduceOutcome};
 
@@ -420,6 +421,56 @@ impl Replica {
             log_append_time_ms,
             log_start_offset: self.log.log_start_offset(),
         })
+    }
+
+    /// Kafka's DeleteRecords on the leader: commits an entry that moves every replica's log
+    /// start to `offset` (-1: the high watermark) as it applies, and answers this replica's
+    /// log start once it has. `offset` past the high watermark is OFFSET_OUT_OF_RANGE.
+    pub async fn delete_records(
+        &self,
+        offset: i64,
+        timeout: Duration,
+    ) -> Result<i64, ReplicationError> {
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader);
+        }
+        let delete = async {
+            // The high watermark covers every earlier term's entries once this term's first
+            // entry applied.
+            self.wait_for_term_applied().await?;
+            let high_watermark = self.log.high_watermark();
+            let log_start = self.log.log_start_offset();
+            let offset = if offset == DELETE_TO_HIGH_WATERMARK {
+                high_watermark
+            } else {
+                offset
+            };
+            if offset < 0 || offset > high_watermark {
+                return Err(BrokerError::from(sluice_log::LogError::OffsetOutOfRange {
+                    offset,
+                    start: log_start,
+                    end: high_watermark,
+                })
+                .into());
+            }
+            if offset <= log_start {
+                return Ok(log_start);
+            }
+            match self
+                .raft
+                .client_write(PartitionEntry::log_start(offset, self.node_id))
+                .await
+            {
+                Ok(_) => Ok(self.log.log_start_offset()),
+                Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(ReplicationError::NotLeader)
+                }
+                Err(e) => Err(ReplicationError::Raft(e.to_string())),
+            }
+        };
+        tokio::time::timeout(timeout, delete)
+            .await
+            .map_err(|_| ReplicationError::Timeout)?
     }
 
     /// Checks an idempotent request's sequences against everything proposed before it and, if

@@ -6,8 +6,11 @@
 //! and ignore types they do not know. Ours:
 //! - [`CONTROL_TYPE_RAFT_BLANK`] (100): a new leader's blank entry; no value.
 //! - [`CONTROL_TYPE_RAFT_MEMBERSHIP`] (101): the value is the membership as JSON.
+//! - [`CONTROL_TYPE_LOG_START`] (102): a normal entry (Kafka's DeleteRecords) whose value is
+//!   the new log start offset (i64 big endian); every replica moves its log start to it when
+//!   the entry applies, so consumers of any replica stop seeing the deleted records.
 //!
-//! Any other batch, control or not (a transaction marker written by the broker is a control
+//! Producers may not send these types (see [`is_reserved_control`]). Any other batch, control or not (a transaction marker written by the broker is a control
 //! batch too), is a normal entry carrying that batch.
 
 use bytes::Bytes;
@@ -22,6 +25,7 @@ pub const LEADER_HEADER: &str = "raft.leader";
 
 pub const CONTROL_TYPE_RAFT_BLANK: i16 = 100;
 pub const CONTROL_TYPE_RAFT_MEMBERSHIP: i16 = 101;
+pub const CONTROL_TYPE_LOG_START: i16 = 102;
 const CONTROL_KEY_VERSION: i16 = 0;
 
 /// The batch bytes stored for an entry's payload (base offset and epoch still to be assigned).
@@ -65,6 +69,30 @@ fn control_batch(control_type: i16, value: Option<Vec<u8>>, leader: NodeId) -> V
     builder.build()
 }
 
+/// The batch of a normal entry that moves every replica's log start to `offset` (DeleteRecords),
+/// proposed by `leader`.
+pub fn log_start_batch(offset: i64, leader: NodeId) -> Bytes {
+    Bytes::from(control_batch(
+        CONTROL_TYPE_LOG_START,
+        Some(offset.to_be_bytes().to_vec()),
+        leader,
+    ))
+}
+
+/// The log start a [`CONTROL_TYPE_LOG_START`] batch asks for; `None` for any other batch.
+pub fn log_start_request(header: &BatchHeader, batch: &[u8]) -> Option<i64> {
+    if !header.is_control() {
+        return None;
+    }
+    match raft_control_type(batch)? {
+        (CONTROL_TYPE_LOG_START, record) => {
+            let bytes: [u8; 8] = record.value?.try_into().ok()?;
+            Some(i64::from_be_bytes(bytes))
+        }
+        _ => None,
+    }
+}
+
 /// The leader node id a Raft control batch names (`batch` is one whole batch).
 pub fn control_leader(header: &BatchHeader, batch: &[u8]) -> Option<NodeId> {
     if !header.is_control() {
@@ -94,7 +122,7 @@ fn raft_control_type(batch: &[u8]) -> Option<(i16, Record)> {
     (version == CONTROL_KEY_VERSION
         && matches!(
             control_type,
-            CONTROL_TYPE_RAFT_BLANK | CONTROL_TYPE_RAFT_MEMBERSHIP
+            CONTROL_TYPE_RAFT_BLANK | CONTROL_TYPE_RAFT_MEMBERSHIP | CONTROL_TYPE_LOG_START
         ))
     .then_some((control_type, record))
 }
@@ -116,6 +144,7 @@ pub fn decode_payload(
     match raft_control_type(&batch) {
         None => Ok(EntryPayload::Normal(PartitionEntry { batch })),
         Some((CONTROL_TYPE_RAFT_BLANK, _)) => Ok(EntryPayload::Blank),
+        Some((CONTROL_TYPE_LOG_START, _)) => Ok(EntryPayload::Normal(PartitionEntry { batch })),
         Some((_, record)) => {
             let value = record.value.ok_or_else(|| {
                 PartitionRaftError::Decode("membership control record without a value".into())

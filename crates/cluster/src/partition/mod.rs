@@ -17,7 +17,8 @@
 //! - **Blank and membership entries** are **control batches** (attributes' control bit, one
 //!   record, key `version 0, type 100 | 101`, the membership as JSON in the value; see
 //!   [`control`]). Consumers skip them, and they take one offset each, as Kafka's transaction
-//!   markers do.
+//!   markers do. DeleteRecords is a normal entry holding a control batch of type 102 (the
+//!   new log start offset): each replica moves its log start when it applies the entry.
 //! - **Raft index ↔ offset**: a checkpoint file `raft-log-start` holds the Raft index of the
 //!   first batch Raft still needs (`first_index` at `first_offset`), the last purged log id and
 //!   the terms that start below `first_offset`;
@@ -146,6 +147,14 @@ impl PartitionEntry {
             ));
         }
         Ok(PartitionEntry { batch })
+    }
+
+    /// The entry that moves every replica's log start to `offset` when it applies (Kafka's
+    /// DeleteRecords), proposed by `leader`.
+    pub fn log_start(offset: i64, leader: NodeId) -> PartitionEntry {
+        PartitionEntry {
+            batch: control::log_start_batch(offset, leader),
+        }
     }
 }
 

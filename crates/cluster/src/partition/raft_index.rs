@@ -44,12 +44,13 @@ impl RaftIndex {
         dir: &Path,
         log: &PartitionLog,
     ) -> Result<RaftIndex, PartitionRaftError> {
-        let log_start = log.log_start_offset();
         let log_end = log.log_end_offset();
+        // Without a checkpoint Raft never purged: its log is every stored batch, including
+        // those DeleteRecords hid below the log start.
         let checkpoint: LogStartCheckpoint =
             read_json(storage, dir, LOG_START_FILE)?.unwrap_or(LogStartCheckpoint {
                 first_index: 0,
-                first_offset: log_start,
+                first_offset: log.first_stored_offset(),
                 last_purged: None,
                 terms_before: Vec::new(),
             });

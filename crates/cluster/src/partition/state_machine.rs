@@ -10,12 +10,13 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use sluice_log::{validate_batches, BatchHeader};
+use sluice_log::{validate_batches, BatchHeader, LogError};
 use tokio::sync::watch;
 
 use super::{
-    now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft, PartitionRaftError,
-    PartitionView, Shared, TermHistory, INSTALL_MARKER_FILE, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
+    control, now_ms, write_json, ApplyProgress, PartitionApplied, PartitionRaft,
+    PartitionRaftError, PartitionView, Shared, TermHistory, INSTALL_MARKER_FILE,
+    SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -323,6 +324,8 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         let shared = Arc::clone(&self.shared);
         let mut responses = Vec::new();
         let mut high_watermark = None;
+        // The furthest log start a DeleteRecords entry of these asks for.
+        let mut log_start = None;
         {
             let index = shared.index.lock();
             let log_end = shared.log.log_end_offset();
@@ -339,6 +342,14 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
                 });
                 if let Some((_, end)) = offsets {
                     high_watermark = Some(end);
+                }
+                if let EntryPayload::Normal(normal) = &entry.payload {
+                    if let Some(offset) = BatchHeader::parse(&normal.batch)
+                        .ok()
+                        .and_then(|header| control::log_start_request(&header, &normal.batch))
+                    {
+                        log_start = log_start.max(Some(offset));
+                    }
                 }
                 if let EntryPayload::Membership(membership) = &entry.payload {
                     self.last_membership =
@@ -357,6 +368,18 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             Some(end) => shared.log.set_high_watermark(end).map_err(sm_failure)?,
             None => shared.log.high_watermark(),
         };
+        if let Some(offset) = log_start {
+            // Below the high watermark the entry itself moved (the offset was at or below the
+            // leader's high watermark when proposed); durable before it is visible.
+            match shared.log.advance_log_start(offset.min(high_watermark)) {
+                Ok(_) => {}
+                // Checked by the leader; a bad offset must not stop the group.
+                Err(error @ LogError::OffsetOutOfRange { .. }) => {
+                    tracing::warn!(%error, "ignored a log start entry")
+                }
+                Err(error) => return Err(sm_failure(error)),
+            }
+        }
         self.publish(high_watermark);
         Ok(responses)
     }

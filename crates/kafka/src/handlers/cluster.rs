@@ -1,5 +1,5 @@
 //! The data and admin requests in cluster mode (`sluice serve --peers`): partitions are Raft
-//! groups ([`sluice_broker::replication`]). Produce, Fetch, ListOffsets and
+//! groups ([`sluice_broker::replication`]). Produce, Fetch, ListOffsets, DeleteRecords and
 //! OffsetForLeaderEpoch are served by a partition's leader only (others answer
 //! NOT_LEADER_OR_FOLLOWER, as Kafka without follower fetching); Metadata lists every broker
 //! and each partition's Raft leader, term (leader epoch), voters and in-sync voters; topic
@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
@@ -25,10 +28,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -477,6 +480,43 @@ pub async fn list_offsets(
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// DeleteRecords on each partition's leader (others answer NOT_LEADER_OR_FOLLOWER): one Raft
+/// entry moves every replica's log start; answered once it is committed and applied on the
+/// leader, within the request's timeout.
+pub async fn delete_records(
+    cluster: &Arc<ClusterBroker>,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let timeout = Duration::from_millis(request.timeout_ms.clamp(0, WAIT_MS_MAX) as u64);
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let result =
+                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let deleted = match cluster.replica_for(topic.name.as_str(), p.partition_index) {
+                Ok(replica) => replica.delete_records(p.offset, timeout).await,
+                Err(error) => Err(error),
+            };
+            partitions.push(match deleted {
+                Ok(log_start_offset) => result.with_low_watermark(log_start_offset),
+                Err(error) => {
+                    tracing::debug!(topic = topic.name.as_str(), partition = p.partition_index, offset = p.offset, %error, "delete records refused");
+                    result
+                        .with_low_watermark(-1)
+                        .with_error_code(replication_error_code(&error))
+                }
+            });
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
 }
 
 pub async fn offset_for_leader_epoch(

@@ -780,3 +780,81 @@ def test_delete_records_moves_the_low_watermark_on_every_replica(broker_factory)
     # The new leader applied the same DeleteRecords entry.
     assert first_value() == ("m4", offsets[4], offsets[4])
     nodes[leader - 1].start()
+
+
+def test_http_messages_and_groups_on_every_node_of_a_cluster(broker_factory):
+    """Four nodes, RF=3: every node's HTTP API browses a replicated topic's messages (by offset
+    and by key) from the replicas it holds, names the partitions it holds none of, and lists a
+    consumer group with its committed offsets and lag (committed offsets are replicated to
+    every node)."""
+    topic, group = "browsed", "browsers"
+    nodes = start_cluster(broker_factory, size=4)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 3)]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(topic, timeout=5).topics[topic]
+        if (metadata.error is None and len(metadata.partitions) == PARTITIONS
+                and all(p.leader > 0 for p in metadata.partitions.values())):
+            break
+        assert time.monotonic() < deadline, f"no leaders for {topic}: {metadata}"
+        time.sleep(0.2)
+    replicas = {p.id: set(p.replicas) for p in metadata.partitions.values()}
+
+    produced = {}  # value -> (partition, offset)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+
+    def delivered(error, message):
+        assert error is None, error
+        produced[message.value().decode()] = (message.partition(), message.offset())
+
+    for i in range(30):
+        producer.produce(topic, key=f"key-{i}".encode(), value=f"value-{i}".encode(),
+                         partition=i % PARTITIONS, on_delivery=delivered)
+    assert producer.flush(30) == 0
+    committed = {p: max(o for (q, o) in produced.values() if q == p) for p in range(PARTITIONS)}
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        for tp in consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in committed.items()],
+                                  asynchronous=False):
+            assert tp.error is None, tp.error
+    finally:
+        consumer.close()
+
+    for i, node in enumerate(nodes):
+        node_id = i + 1
+        here = sorted(p for p, r in replicas.items() if node_id in r)
+        elsewhere = sorted(p for p, r in replicas.items() if node_id not in r)
+        wanted = {v: po for v, po in produced.items() if po[0] in here}
+        deadline = time.monotonic() + HEAL_TIMEOUT_S
+        while True:  # a follower applies the last commits at its next heartbeat
+            answer = http_get(node, f"/api/topics/{topic}/messages?limit=1000")
+            seen = {m["value"]["text"]: (m["partition"], m["offset"]) for m in answer["messages"]}
+            if seen == wanted:
+                break
+            assert time.monotonic() < deadline, (node_id, seen, wanted)
+            time.sleep(0.2)
+        assert answer.get("partitions_elsewhere", []) == elsewhere, (node_id, answer)
+        assert sorted(p["partition"] for p in answer["positions"]) == here
+
+        by_key = http_get(node, f"/api/topics/{topic}/messages?key=key-4")["messages"]
+        if produced["value-4"][0] in here:
+            assert [(m["partition"], m["offset"]) for m in by_key] == [produced["value-4"]]
+        else:
+            assert by_key == []
+
+        deadline = time.monotonic() + HEAL_TIMEOUT_S
+        while group not in [g["group_id"] for g in http_get(node, "/api/groups")]:
+            assert time.monotonic() < deadline, f"node {node_id} does not list {group}"
+            time.sleep(0.2)
+        detail = http_get(node, f"/api/groups/{group}")
+        offsets = {o["partition"]: o for o in detail["offsets"]}
+        assert {p: o["committed_offset"] for p, o in offsets.items()} == committed, detail
+        for p in here:  # the replica here knows the end: lag from the last message
+            assert offsets[p]["high_watermark"] > committed[p]
+            assert offsets[p]["lag"] == offsets[p]["high_watermark"] - committed[p]
+        for p in elsewhere:
+            assert offsets[p]["lag"] is None

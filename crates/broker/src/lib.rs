@@ -33,7 +33,9 @@ pub use error::{BrokerError, GroupError, StorageFailure, StorageFailureKind};
 pub use group_commit::DurableWait;
 pub use group_coordinator::GroupCoordinator;
 pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
-pub use message_query::{FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX};
+pub use message_query::{
+    query_partition_logs, FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX,
+};
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{
     kafka_partition_for_key, ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sluice_log::{decode_records, BatchHeader, LogError, Record, RecordLookup};
+use sluice_log::{decode_records, BatchHeader, LogError, PartitionLog, Record, RecordLookup};
 
 use crate::{Broker, BrokerError, Partition};
 
@@ -161,11 +161,43 @@ fn find_indexed(
     lookup: RecordLookup<'_>,
     limit: usize,
 ) -> Result<MessageQueryResult, BrokerError> {
+    let logs: Vec<(i32, &PartitionLog)> = partitions
+        .iter()
+        .map(|partition| (partition.index(), partition.log().as_ref()))
+        .collect();
+    find_in_logs(&logs, lookup, limit)
+}
+
+/// A key or message-id query over the given partition logs (index, log), as
+/// [`Broker::query_messages`] answers it for a topic: for the replicas of a replicated topic
+/// that this node holds. Blocking disk reads.
+pub fn query_partition_logs(
+    logs: &[(i32, &PartitionLog)],
+    query: &MessageQuery,
+    limit: usize,
+) -> Result<MessageQueryResult, BrokerError> {
+    let limit = limit.min(QUERY_LIMIT_MAX);
+    match query {
+        MessageQuery::Key(key) => find_in_logs(logs, RecordLookup::Key(key), limit),
+        MessageQuery::MessageId(id) => {
+            find_in_logs(logs, RecordLookup::MessageId(id.as_bytes()), limit)
+        }
+        _ => Err(BrokerError::InvalidRecord(
+            "only key and message id queries run over partition logs".into(),
+        )),
+    }
+}
+
+fn find_in_logs(
+    logs: &[(i32, &PartitionLog)],
+    lookup: RecordLookup<'_>,
+    limit: usize,
+) -> Result<MessageQueryResult, BrokerError> {
     let mut result = MessageQueryResult::default();
-    for partition in partitions {
+    for &(index, log) in logs {
         // Once the limit is reached, a lookup with no room left still says whether more match.
         let left = limit - result.messages.len();
-        let found = partition.log().find_records(lookup, left)?;
+        let found = log.find_records(lookup, left)?;
         result.truncated |= found.truncated;
         result.segments_unindexed += found.segments_unindexed;
         result.batches_compressed += found.batches_unindexed;
@@ -173,7 +205,7 @@ fn find_indexed(
             found
                 .records
                 .into_iter()
-                .map(|record| FoundMessage::new(partition.index(), record)),
+                .map(|record| FoundMessage::new(index, record)),
         );
         if result.truncated {
             break;

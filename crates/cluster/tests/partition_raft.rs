@@ -584,3 +584,46 @@ fn bytes_used(storage: &Arc<dyn Storage>, dir: &Path) -> u64 {
     }
     total
 }
+
+#[tokio::test]
+async fn replication_reads_stop_at_the_byte_budget_but_always_give_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _sm, _log) = open(Arc::new(RealDisk), dir.path());
+    // Batches of about 600 KiB: the budget takes two of them, not all eight.
+    let big = |index: u64| Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(PartitionEntry::new(big_batch(600 << 10)).unwrap()),
+    };
+    let mut entries = vec![blank(2, 0)];
+    entries.extend((1..=8).map(big));
+    store.blocking_append(entries).await.unwrap();
+    let mut reader = store.get_log_reader().await;
+    let limited = reader.limited_get_log_entries(0, 9).await.unwrap();
+    let bytes: usize = limited
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(normal) => normal.batch.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!((2..9).contains(&limited.len()), "{} entries", limited.len());
+    assert!(bytes <= partition::REPLICATION_BYTES_MAX, "{bytes} bytes");
+    // An entry larger than the budget still goes, alone.
+    let alone = reader.limited_get_log_entries(1, 9).await.unwrap();
+    assert!(!alone.is_empty());
+    assert_eq!(alone[0].log_id, log_id(2, 1));
+    // Reads that are not replication get the whole range.
+    assert_eq!(reader.try_get_log_entries(0..9).await.unwrap().len(), 9);
+}
+
+fn big_batch(bytes: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    builder.push(Record {
+        offset: 0,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(vec![7u8; bytes]),
+        headers: Vec::new(),
+    });
+    Bytes::from(builder.build())
+}

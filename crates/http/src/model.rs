@@ -304,6 +304,10 @@ pub struct TopicMessages {
     /// past the decompression bound); batches compressed with gzip, snappy, lz4 or zstd are
     /// shown like any others.
     pub skipped_compressed_batches: u64,
+    /// Cluster mode: partitions of the topic with no replica on this node, so not in this
+    /// answer; ask a node that holds one (`GET /api/topics/{name}/partitions` names them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions_elsewhere: Vec<i32>,
 }
 
 /// A header of a message to produce; `value` null is a header without a value.

@@ -22,6 +22,11 @@ use crate::NodeId;
 /// Bytes read from the segments per step when reconstructing entries.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
+/// Batch bytes one AppendEntries carries at most (one entry even if larger): under the
+/// transport's budget for an AppendEntries (2 MiB by default), so openraft is not first handed
+/// hundreds of entries that the network then refuses as too large.
+pub const REPLICATION_BYTES_MAX: usize = 3 << 19;
+
 /// The partition's Raft log (and vote). Clones of its reader serve replication concurrently.
 pub struct PartitionLogStore {
     shared: Arc<Shared>,
@@ -187,9 +192,12 @@ async fn run_flusher(log: Arc<PartitionLog>, mut requests: mpsc::UnboundedReceiv
 }
 
 impl PartitionLogReader {
+    /// The entries in `range`, stopping before the one that would take their batches past
+    /// `bytes_max` (the first is always included).
     fn entries(
         &self,
         range: impl RangeBounds<u64>,
+        bytes_max: usize,
     ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
         let log = &self.shared.log;
         let (start, end, mut offset, leaders) = {
@@ -216,7 +224,8 @@ impl PartitionLogReader {
         };
         let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
-        while next < end {
+        let mut bytes = 0usize;
+        'read: while next < end {
             let read = log.read_uncommitted(offset, READ_CHUNK_BYTES)?;
             let records = read.records;
             if records.is_empty() {
@@ -227,6 +236,10 @@ impl PartitionLogReader {
             while position < records.len() && next < end {
                 let header = BatchHeader::parse(&records[position..])?;
                 let total = header.total_bytes();
+                if !entries.is_empty() && bytes.saturating_add(total) > bytes_max {
+                    break 'read;
+                }
+                bytes += total;
                 if header.base_offset != offset || position + total > records.len() {
                     return Err(PartitionRaftError::Inconsistent {
                         dir: self.shared.dir.clone(),
@@ -269,7 +282,16 @@ impl RaftLogReader<PartitionRaft> for PartitionLogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<PartitionRaft>>, StorageError<NodeId>> {
-        self.entries(range).map_err(read_failure)
+        self.entries(range, usize::MAX).map_err(read_failure)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<PartitionRaft>>, StorageError<NodeId>> {
+        self.entries(start..end, REPLICATION_BYTES_MAX)
+            .map_err(read_failure)
     }
 }
 
@@ -281,7 +303,7 @@ impl RaftLogReader<PartitionRaft> for PartitionLogStore {
         PartitionLogReader {
             shared: Arc::clone(&self.shared),
         }
-        .entries(range)
+        .entries(range, usize::MAX)
         .map_err(read_failure)
     }
 }

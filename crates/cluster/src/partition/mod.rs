@@ -98,7 +98,7 @@ use sluice_log::{
 };
 use tokio::sync::watch;
 
-pub use log_store::{PartitionLogReader, PartitionLogStore};
+pub use log_store::{PartitionLogReader, PartitionLogStore, REPLICATION_BYTES_MAX};
 pub use state_machine::{PartitionSnapshotBuilder, PartitionStateMachine};
 pub use term_history::TermHistory;
 

@@ -29,7 +29,7 @@ use crate::AppState;
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 pub async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupSummary>> {
     let coordinator = state.context.broker.group_coordinator();
-    let groups = coordinator
+    let mut groups: Vec<GroupSummary> = coordinator
         .list_groups()
         .into_iter()
         .map(|overview| {
@@ -43,7 +43,82 @@ pub async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupSu
             }
         })
         .collect();
+    // In a cluster the members are known to the coordinator (the metadata leader) only;
+    // every node has the committed offsets, so groups with commits are listed everywhere.
+    if let Some(cluster) = &state.context.cluster {
+        for group_id in cluster.applied_offsets().groups() {
+            if groups.iter().any(|g| g.group_id == group_id) {
+                continue;
+            }
+            groups.push(GroupSummary {
+                group_id,
+                state: offsets_only_state(&state).into(),
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: 0,
+            });
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    }
     Json(groups)
+}
+
+/// The state shown for a group this node knows only by its committed offsets: Empty on the
+/// coordinator (it would know its members), else Unknown (ask the coordinator).
+fn offsets_only_state(state: &AppState) -> &'static str {
+    match &state.context.cluster {
+        Some(cluster) if cluster.controller() != Some(cluster.node_id()) => "Unknown",
+        _ => "Empty",
+    }
+}
+
+/// The committed offsets of a group: this node's applied copy in a cluster, else the local
+/// coordinator's.
+fn committed_offsets(
+    state: &AppState,
+    group_id: &str,
+) -> BTreeMap<(String, i32), Option<OffsetAndMetadata>> {
+    if let Some(cluster) = &state.context.cluster {
+        return cluster
+            .applied_offsets()
+            .group(group_id)
+            .into_iter()
+            .map(|c| {
+                let offset = OffsetAndMetadata {
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata,
+                    commit_timestamp_ms: c.commit_timestamp_ms,
+                };
+                ((c.topic, c.partition), Some(offset))
+            })
+            .collect();
+    }
+    state
+        .context
+        .broker
+        .group_coordinator()
+        .fetch_offsets(group_id, None)
+        .into_iter()
+        .map(|(tp, offset)| ((tp.topic, tp.partition), offset))
+        .collect()
+}
+
+/// Log end and high watermark of a partition as this node has them: the local partition, or
+/// in a cluster this node's replica; (-1, -1) when it has neither.
+fn partition_ends(state: &AppState, topic: &str, partition: i32) -> (i64, i64) {
+    if let Ok(p) = state.context.broker.partition(topic, partition) {
+        return (p.log_end_offset(), p.high_watermark());
+    }
+    state
+        .context
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.replica_for(topic, partition).ok())
+        .map_or((-1, -1), |replica| {
+            let log = replica.log();
+            (log.log_end_offset(), log.high_watermark())
+        })
 }
 
 /// The consumer protocol's assignment bytes as topic-partitions (empty if not that protocol).
@@ -104,6 +179,34 @@ fn group_or_404(state: &AppState, group_id: &str) -> ApiResult<GroupDescription>
     Ok(description)
 }
 
+/// A group as this node can describe it: its coordinator's view, or in a cluster a group this
+/// node knows only by its committed offsets (state and members from [`offsets_only_state`]).
+fn group_view_or_404(state: &AppState, group_id: &str) -> ApiResult<(String, GroupDescription)> {
+    match group_or_404(state, group_id) {
+        Ok(description) => Ok((description.state.name().to_string(), description)),
+        Err(not_found) => {
+            let known = state
+                .context
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.applied_offsets().has_offsets(group_id));
+            if !known {
+                return Err(not_found);
+            }
+            Ok((
+                offsets_only_state(state).to_string(),
+                GroupDescription {
+                    group_id: group_id.to_string(),
+                    state: sluice_broker::group_coordinator::GroupState::Empty,
+                    protocol_type: String::new(),
+                    protocol_name: String::new(),
+                    members: Vec::new(),
+                },
+            ))
+        }
+    }
+}
+
 /// Members with their assignments, and per partition the committed offset, log end and lag.
 #[utoipa::path(get, path = "/api/groups/{group}", tag = "groups", security(("basic" = [])),
     params(("group" = String, Path, description = "Group id")),
@@ -115,7 +218,7 @@ pub async fn describe_group(
     State(state): State<Arc<AppState>>,
     ApiPath(group_id): ApiPath<String>,
 ) -> ApiResult<Json<GroupDetail>> {
-    let description = group_or_404(&state, &group_id)?;
+    let (state_name, description) = group_view_or_404(&state, &group_id)?;
     let members: Vec<GroupMember> = description.members.iter().map(member).collect();
     let mut owners: BTreeMap<(String, i32), String> = BTreeMap::new();
     for member in &members {
@@ -126,24 +229,14 @@ pub async fn describe_group(
             );
         }
     }
-    let mut committed: BTreeMap<(String, i32), Option<OffsetAndMetadata>> = state
-        .context
-        .broker
-        .group_coordinator()
-        .fetch_offsets(&group_id, None)
-        .into_iter()
-        .map(|(tp, offset)| ((tp.topic, tp.partition), offset))
-        .collect();
+    let mut committed = committed_offsets(&state, &group_id);
     for key in owners.keys() {
         committed.entry(key.clone()).or_insert(None);
     }
-    let broker = &state.context.broker;
     let offsets: Vec<GroupPartitionOffset> = committed
         .into_iter()
         .map(|((topic, partition), offset)| {
-            let (log_end_offset, high_watermark) = broker
-                .partition(&topic, partition)
-                .map_or((-1, -1), |p| (p.log_end_offset(), p.high_watermark()));
+            let (log_end_offset, high_watermark) = partition_ends(&state, &topic, partition);
             let committed_offset = offset.as_ref().map(|o| o.offset);
             GroupPartitionOffset {
                 lag: committed_offset
@@ -162,7 +255,7 @@ pub async fn describe_group(
     Ok(Json(GroupDetail {
         total_lag: offsets.iter().filter_map(|o| o.lag).sum(),
         group_id,
-        state: description.state.name().to_string(),
+        state: state_name,
         protocol_type: description.protocol_type,
         protocol: description.protocol_name,
         members,

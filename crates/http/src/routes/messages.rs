@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use sluice_broker::{BrokerError, MessageQuery, Partition};
-use sluice_log::{decode_records, BatchHeader, LogError};
+use sluice_broker::{query_partition_logs, BrokerError, MessageQuery};
+use sluice_log::{decode_records, BatchHeader, LogError, PartitionLog};
 
 use crate::encoded::encode;
 use crate::error::{ApiError, ApiResult};
@@ -68,17 +68,11 @@ pub async fn topic_messages(
             "give either offset or timestamp_ms, not both".into(),
         ));
     }
-    let topic = state
-        .context
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{name}'")))?;
-    let partitions = match query.partition {
-        Some(index) => vec![topic.partition(index).ok_or_else(|| {
-            ApiError::NotFound(format!("topic '{name}' has no partition {index}"))
-        })?],
-        None => topic.partitions(),
-    };
+    let TopicLogs {
+        logs,
+        elsewhere,
+        log_append_time: _,
+    } = topic_logs(&state, &name, query.partition).await?;
     // Reads touch the disk: off the async workers.
     let read = tokio::task::spawn_blocking(move || {
         let mut reader = MessageReader {
@@ -89,8 +83,8 @@ pub async fn topic_messages(
             skipped_compressed_batches: 0,
         };
         let mut positions = Vec::new();
-        for partition in &partitions {
-            positions.push(reader.read_partition(partition, &query)?);
+        for (index, log) in &logs {
+            positions.push(reader.read_partition(*index, log, &query)?);
         }
         Ok::<_, ApiError>((reader, positions))
     })
@@ -102,7 +96,65 @@ pub async fn topic_messages(
         messages: reader.messages,
         positions,
         skipped_compressed_batches: reader.skipped_compressed_batches,
+        partitions_elsewhere: elsewhere,
     }))
+}
+
+/// What a read of a topic covers: the partition logs this node holds, with their indexes.
+struct TopicLogs {
+    logs: Vec<(i32, Arc<PartitionLog>)>,
+    /// Partitions of a replicated topic with no replica on this node.
+    elsewhere: Vec<i32>,
+    log_append_time: bool,
+}
+
+/// The logs of `name` (one partition or all): a local topic's partitions or, in cluster mode,
+/// this node's replicas of a replicated topic. A replica serves what it has applied (its high
+/// watermark), which is committed data, at most a heartbeat behind the leader's.
+async fn topic_logs(state: &AppState, name: &str, partition: Option<i32>) -> ApiResult<TopicLogs> {
+    let unknown_partition =
+        |index: i32| ApiError::NotFound(format!("topic '{name}' has no partition {index}"));
+    if let Some(topic) = state.context.broker.topic(name) {
+        let partitions = match partition {
+            Some(index) => vec![topic
+                .partition(index)
+                .ok_or_else(|| unknown_partition(index))?],
+            None => topic.partitions(),
+        };
+        return Ok(TopicLogs {
+            logs: partitions
+                .iter()
+                .map(|p| (p.index(), Arc::clone(p.log())))
+                .collect(),
+            elsewhere: Vec::new(),
+            log_append_time: topic.config().log_append_time(),
+        });
+    }
+    let unknown = || ApiError::NotFound(format!("unknown topic '{name}'"));
+    let cluster = state.context.cluster.as_ref().ok_or_else(unknown)?;
+    let topic = cluster.topic_caught_up(name).await.ok_or_else(unknown)?;
+    let count = topic.assignments.len() as i32;
+    let indexes = match partition {
+        Some(index) if (0..count).contains(&index) => vec![index],
+        Some(index) => return Err(unknown_partition(index)),
+        None => (0..count).collect(),
+    };
+    let mut logs = Vec::new();
+    let mut elsewhere = Vec::new();
+    for index in indexes {
+        match cluster.replica(topic.topic_id, index) {
+            Some(replica) => logs.push((index, Arc::clone(replica.log()))),
+            None => elsewhere.push(index),
+        }
+    }
+    Ok(TopicLogs {
+        logs,
+        elsewhere,
+        log_append_time: topic
+            .configs
+            .get("message.timestamp.type")
+            .is_some_and(|t| t == "LogAppendTime"),
+    })
 }
 
 /// Messages by key or message id, through the per-segment key index (no scan of the topic).
@@ -113,24 +165,18 @@ async fn indexed_lookup(
     query: &MessagesQuery,
     limit: u32,
 ) -> ApiResult<Json<TopicMessages>> {
-    let topic = state
-        .context
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{name}'")))?;
-    if let Some(index) = query.partition {
-        if topic.partition(index).is_none() {
-            return Err(ApiError::NotFound(format!(
-                "topic '{name}' has no partition {index}"
-            )));
-        }
-    }
-    let log_append_time = topic.config().log_append_time();
-    let broker = Arc::clone(&state.context.broker);
-    let topic_name = name.clone();
+    let TopicLogs {
+        logs,
+        elsewhere,
+        log_append_time,
+    } = topic_logs(&state, &name, query.partition).await?;
     // Index lookups and the batch reads that verify them touch the disk.
     let found = tokio::task::spawn_blocking(move || {
-        broker.query_messages(&topic_name, &lookup, limit as usize)
+        let logs: Vec<(i32, &PartitionLog)> = logs
+            .iter()
+            .map(|(index, log)| (*index, log.as_ref()))
+            .collect();
+        query_partition_logs(&logs, &lookup, limit as usize)
     })
     .await
     .map_err(|error| ApiError::Internal(format!("query messages task: {error}")))??;
@@ -155,6 +201,7 @@ async fn indexed_lookup(
         messages,
         positions: Vec::new(),
         skipped_compressed_batches: found.batches_compressed,
+        partitions_elsewhere: elsewhere,
     }))
 }
 
@@ -211,10 +258,10 @@ impl MessageReader {
 
     fn read_partition(
         &mut self,
-        partition: &Partition,
+        index: i32,
+        log: &PartitionLog,
         query: &MessagesQuery,
     ) -> ApiResult<PartitionPosition> {
-        let log = partition.log();
         let high_watermark = log.high_watermark();
         let log_start = log.log_start_offset();
         let start = match query.timestamp_ms {
@@ -266,7 +313,7 @@ impl MessageReader {
                         break;
                     }
                     next = record.offset + 1;
-                    self.push(partition.index(), &header, record);
+                    self.push(index, &header, record);
                 }
                 if !self.full() {
                     next = next.max((header.last_offset() + 1).min(end));
@@ -277,7 +324,7 @@ impl MessageReader {
             }
         }
         Ok(PartitionPosition {
-            partition: partition.index(),
+            partition: index,
             next_offset: next,
             high_watermark,
         })

@@ -1,10 +1,12 @@
 //! openraft's `RaftLogStorage` over the partition log.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
@@ -148,8 +150,20 @@ impl PartitionLogStore {
                     appended.batches.len()
                 )));
             }
-            for header in &appended.batches {
+            // The buffer now holds the batches as stored: keep each for replication and apply.
+            let stored = Bytes::from(batches);
+            let mut at = 0;
+            for (entry, header) in entries[position..run_end].iter().zip(&appended.batches) {
                 index.push(header.base_offset, epoch);
+                let end = at + header.total_bytes();
+                if let Some(batch) = stored.get(at..end) {
+                    index.tail.push(entry.log_id.index, stored.slice(at..end));
+                    debug_assert_eq!(
+                        BatchHeader::parse(batch).map(|h| h.base_offset).ok(),
+                        Some(header.base_offset)
+                    );
+                }
+                at = end;
             }
             position = run_end;
         }
@@ -200,7 +214,7 @@ impl PartitionLogReader {
         bytes_max: usize,
     ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
         let log = &self.shared.log;
-        let (start, end, mut offset, leaders) = {
+        let (start, end, offset, leaders, cached) = {
             let index = self.shared.index.lock();
             let start = match range.start_bound() {
                 Bound::Included(&i) => i,
@@ -217,14 +231,44 @@ impl PartitionLogReader {
             if start >= end {
                 return Ok(Vec::new());
             }
-            let Some(offset) = index.offset_of(start) else {
-                return Ok(Vec::new());
+            // Entries still in memory from their append need no read.
+            let mut cached = Vec::new();
+            let mut cached_bytes = 0usize;
+            while start + (cached.len() as u64) < end && cached_bytes < bytes_max {
+                match index.tail.get(start + cached.len() as u64) {
+                    Some(batch) => {
+                        cached_bytes += batch.len();
+                        cached.push(batch.clone());
+                    }
+                    None => break,
+                }
+            }
+            let after_cached = start + cached.len() as u64;
+            let offset = if after_cached < end && cached_bytes < bytes_max {
+                index.offset_of(after_cached)
+            } else {
+                None
             };
-            (start, end, offset, index.leaders().clone())
+            if cached.is_empty() && offset.is_none() {
+                return Ok(Vec::new());
+            }
+            (start, end, offset, index.leaders().clone(), cached)
         };
         let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
         let mut bytes = 0usize;
+        for batch in cached {
+            let header = BatchHeader::parse(&batch)?;
+            if !entries.is_empty() && bytes.saturating_add(batch.len()) > bytes_max {
+                return Ok(entries);
+            }
+            bytes += batch.len();
+            entries.push(self.entry(next, &header, batch, &leaders)?);
+            next += 1;
+        }
+        let Some(mut offset) = offset else {
+            return Ok(entries);
+        };
         'read: while next < end {
             let read = log.read_uncommitted(offset, READ_CHUNK_BYTES)?;
             let records = read.records;
@@ -249,31 +293,44 @@ impl PartitionLogReader {
                         ),
                     });
                 }
-                let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
-                    PartitionRaftError::Decode(format!(
-                        "batch at {offset} has no Raft term (epoch {})",
-                        header.partition_leader_epoch
-                    ))
-                })?;
-                let leader =
-                    *leaders
-                        .get(&term)
-                        .ok_or_else(|| PartitionRaftError::Inconsistent {
-                            dir: self.shared.dir.clone(),
-                            reason: format!("no leader known for term {term}"),
-                        })?;
-                let payload =
-                    control::decode_payload(&header, records.slice(position..position + total))?;
-                entries.push(Entry {
-                    log_id: log_id(term, leader, next),
-                    payload,
-                });
+                entries.push(self.entry(
+                    next,
+                    &header,
+                    records.slice(position..position + total),
+                    &leaders,
+                )?);
                 next += 1;
                 offset = header.last_offset() + 1;
                 position += total;
             }
         }
         Ok(entries)
+    }
+
+    /// Entry `index` from its stored batch (one whole batch).
+    fn entry(
+        &self,
+        index: u64,
+        header: &BatchHeader,
+        batch: Bytes,
+        leaders: &BTreeMap<u64, NodeId>,
+    ) -> Result<Entry<PartitionRaft>, PartitionRaftError> {
+        let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
+            PartitionRaftError::Decode(format!(
+                "batch at {} has no Raft term (epoch {})",
+                header.base_offset, header.partition_leader_epoch
+            ))
+        })?;
+        let leader = *leaders
+            .get(&term)
+            .ok_or_else(|| PartitionRaftError::Inconsistent {
+                dir: self.shared.dir.clone(),
+                reason: format!("no leader known for term {term}"),
+            })?;
+        Ok(Entry {
+            log_id: log_id(term, leader, index),
+            payload: control::decode_payload(header, batch)?,
+        })
     }
 }
 

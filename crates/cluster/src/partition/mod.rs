@@ -83,6 +83,7 @@ pub mod control;
 mod log_store;
 mod raft_index;
 mod state_machine;
+mod tail_cache;
 pub mod term_history;
 
 use std::io::Cursor;

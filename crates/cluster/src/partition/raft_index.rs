@@ -7,6 +7,7 @@ use openraft::LogId;
 use serde::{Deserialize, Serialize};
 use sluice_log::{PartitionLog, Storage};
 
+use super::tail_cache::TailCache;
 use super::{
     control, log_id, read_json, write_json, PartitionRaftError, TermHistory, LOG_START_FILE,
 };
@@ -35,6 +36,8 @@ pub(crate) struct RaftIndex {
     terms: TermHistory,
     /// The leader of every term of the kept entries (one per term).
     leaders: BTreeMap<u64, NodeId>,
+    /// The stored batches of the latest entries, until they are applied.
+    pub tail: TailCache,
 }
 
 impl RaftIndex {
@@ -67,6 +70,7 @@ impl RaftIndex {
             last_purged: checkpoint.last_purged,
             terms: TermHistory::from_entries(&checkpoint.terms_before),
             leaders: BTreeMap::new(),
+            tail: TailCache::default(),
         };
         if let Some(purged) = checkpoint.last_purged {
             index
@@ -264,6 +268,7 @@ impl RaftIndex {
 
     /// Forgets entries `index ..`; returns the offset they started at, if any was kept.
     pub fn truncate_from(&mut self, index: u64) -> Option<i64> {
+        self.tail.truncate_from(index);
         let offset = self.offset_of(index)?;
         let keep = (index - self.first_index) as usize;
         self.offsets.truncate(keep);
@@ -298,6 +303,7 @@ impl RaftIndex {
             self.first_offset = self.offsets.front().copied().unwrap_or(log_end);
         }
         self.last_purged = Some(upto);
+        self.tail.trim_through(upto.index);
     }
 
     /// After a snapshot install replaced the log: Raft keeps nothing up to `last`, the next
@@ -313,6 +319,7 @@ impl RaftIndex {
         self.leaders
             .insert(last.leader_id.term, last.leader_id.node_id);
         self.offsets.clear();
+        self.tail.clear();
         self.first_index = last.index + 1;
         self.first_offset = log_end;
         if self

@@ -368,6 +368,9 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             Some(end) => shared.log.set_high_watermark(end).map_err(sm_failure)?,
             None => shared.log.high_watermark(),
         };
+        if let Some(applied) = self.last_applied {
+            shared.index.lock().tail.applied_through(applied.index);
+        }
         if let Some(offset) = log_start {
             // Below the high watermark the entry itself moved (the offset was at or below the
             // leader's high watermark when proposed); durable before it is visible.

@@ -650,6 +650,20 @@ def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, t
     assert producer.flush(30) == 0
 
 
+def create_topic_with_leaders(admin, topic, partitions):
+    """Creates an RF=3 topic and waits until every partition has a leader; its metadata."""
+    for future in admin.create_topics([NewTopic(topic, partitions, 3)]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(topic, timeout=5).topics[topic]
+        if (metadata.error is None and len(metadata.partitions) == partitions
+                and all(p.leader > 0 for p in metadata.partitions.values())):
+            return metadata
+        assert time.monotonic() < deadline, f"no leaders for {topic}: {metadata}"
+        time.sleep(0.2)
+
+
 def http_post(node, path, body):
     """POST of a JSON body on a node's HTTP API as guest; (status, JSON answer)."""
     import base64
@@ -674,16 +688,7 @@ def test_http_produce_on_any_node_goes_through_each_partitions_leader(broker_fac
     nodes = start_cluster(broker_factory, size=4)
     bootstrap = ",".join(n.bootstrap for n in nodes)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 3)]).values():
-        future.result(timeout=30)
-    deadline = time.monotonic() + HEAL_TIMEOUT_S
-    while True:
-        metadata = admin.list_topics(topic, timeout=5).topics[topic]
-        if (metadata.error is None and len(metadata.partitions) == PARTITIONS
-                and all(p.leader > 0 for p in metadata.partitions.values())):
-            break
-        assert time.monotonic() < deadline, f"no leaders for {topic}: {metadata}"
-        time.sleep(0.2)
+    metadata = create_topic_with_leaders(admin, topic, PARTITIONS)
 
     produced = {}  # (partition, offset) -> value
     for i, node in enumerate(nodes):
@@ -726,13 +731,7 @@ def test_delete_records_moves_the_low_watermark_on_every_replica(broker_factory)
     nodes = start_cluster(broker_factory)
     bootstrap = ",".join(n.bootstrap for n in nodes)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1, 3)]).values():
-        future.result(timeout=30)
-    deadline = time.monotonic() + HEAL_TIMEOUT_S
-    while admin.list_topics(topic, timeout=5).topics[topic].partitions.get(0) is None \
-            or admin.list_topics(topic, timeout=5).topics[topic].partitions[0].leader <= 0:
-        assert time.monotonic() < deadline, f"no leader for {topic}"
-        time.sleep(0.2)
+    create_topic_with_leaders(admin, topic, 1)
 
     offsets = []
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
@@ -791,16 +790,7 @@ def test_http_messages_and_groups_on_every_node_of_a_cluster(broker_factory):
     nodes = start_cluster(broker_factory, size=4)
     bootstrap = ",".join(n.bootstrap for n in nodes)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 3)]).values():
-        future.result(timeout=30)
-    deadline = time.monotonic() + HEAL_TIMEOUT_S
-    while True:
-        metadata = admin.list_topics(topic, timeout=5).topics[topic]
-        if (metadata.error is None and len(metadata.partitions) == PARTITIONS
-                and all(p.leader > 0 for p in metadata.partitions.values())):
-            break
-        assert time.monotonic() < deadline, f"no leaders for {topic}: {metadata}"
-        time.sleep(0.2)
+    metadata = create_topic_with_leaders(admin, topic, PARTITIONS)
     replicas = {p.id: set(p.replicas) for p in metadata.partitions.values()}
 
     produced = {}  # value -> (partition, offset)

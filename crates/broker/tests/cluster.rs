@@ -133,6 +133,17 @@ impl Cluster {
         }
     }
 
+    /// Creates [`TOPIC`] with `partitions` partitions, RF=3, through node 1 once all three
+    /// brokers registered.
+    async fn create_topic(&self, partitions: i32) {
+        self.wait_for_brokers(3).await;
+        self.nodes[&1]
+            .cluster
+            .create_topic(TOPIC, partitions, 3, BTreeMap::new(), false)
+            .await
+            .unwrap();
+    }
+
     fn replica(&self, node_id: NodeId) -> Arc<Replica> {
         let cluster = &self.nodes[&node_id].cluster;
         cluster.replica_for(TOPIC, 0).unwrap()
@@ -430,11 +441,7 @@ async fn fetched(node: &ClusterBroker, group: &str) -> Vec<Option<i64>> {
 async fn committed_offsets_survive_the_coordinator() {
     let mut cluster = Cluster::start().await;
     let first = cluster.nodes[&1].cluster.clone();
-    cluster.wait_for_brokers(3).await;
-    first
-        .create_topic(TOPIC, 2, 3, BTreeMap::new(), false)
-        .await
-        .unwrap();
+    cluster.create_topic(2).await;
 
     let coordinator = metadata_leader(&cluster).await;
     let other = (1..=3).find(|&n| n != coordinator).unwrap();
@@ -1219,13 +1226,7 @@ async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delete_records_moves_every_replicas_log_start_and_survives_a_restart() {
     let mut cluster = Cluster::start().await;
-    let first = cluster.nodes[&1].cluster.clone();
-    cluster.wait_for_brokers(3).await;
-    first
-        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
-        .await
-        .unwrap();
-    drop(first); // a node stopped below must release its data directory
+    cluster.create_topic(1).await;
     let leader = cluster.leader().await;
     let replica = cluster.replica(leader);
     let mut bases = Vec::new();

@@ -71,8 +71,12 @@
 //! default snapshot policy (a snapshot every 5,000 entries, 1,000 kept after it) that is
 //! ~48 KiB per partition. Opening a partition reads the headers of the batches Raft keeps
 //! (from `first_offset`); the term history below it is saved in `raft-log-start` (as Kafka's
-//! leader-epoch checkpoint), so opening does not scan the whole retention. Applying re-reads the committed batches (page cache) because
-//! openraft hands the state machine entries read from the log.
+//! leader-epoch checkpoint), so opening does not scan the whole retention. openraft hands
+//! the state machine and each follower's replication entries read from the log store: the
+//! stored batches of the latest entries stay in memory from their append (up to 4 MiB per
+//! partition, 1 MiB of them once applied; `tail_cache`), so those reads are usually not
+//! copies out of the page cache. Replication reads at most [`REPLICATION_BYTES_MAX`] of
+//! batches per AppendEntries.
 //!
 //! [`PartitionLog::enforce_retention`]: sluice_log::PartitionLog::enforce_retention
 //! [`HighWatermarkPolicy::External`]: sluice_log::HighWatermarkPolicy::External

@@ -63,7 +63,17 @@ fn record_count_of_batches(mut records: &[u8]) -> u64 {
 }
 
 /// DeleteRecords' offset for "everything below the high watermark".
-pub(crate) const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+
+/// The offset a DeleteRecords request deletes below: the one given, or for -1 the high
+/// watermark of `log`.
+pub(crate) fn delete_records_target(log: &PartitionLog, offset: i64) -> i64 {
+    if offset == DELETE_TO_HIGH_WATERMARK {
+        log.high_watermark()
+    } else {
+        offset
+    }
+}
 
 /// One partition of a topic: its log, the idempotent-producer state guarding appends, and the
 /// notification that wakes long-polling fetchers when new data becomes readable. Produces are
@@ -259,11 +269,7 @@ impl Partition {
     /// watermark) by advancing the log start durably. Returns the new log start (Kafka's low
     /// watermark). Offsets past the high watermark, or negative, are out of range.
     pub async fn delete_records(&self, offset: i64) -> Result<i64, BrokerError> {
-        let offset = if offset == DELETE_TO_HIGH_WATERMARK {
-            self.log.high_watermark()
-        } else {
-            offset
-        };
+        let offset = delete_records_target(&self.log, offset);
         // The checkpoint is fsynced: keep it off the async workers.
         let log = Arc::clone(&self.log);
         match tokio::task::spawn_blocking(move || log.advance_log_start(offset)).await {

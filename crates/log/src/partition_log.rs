@@ -739,6 +739,22 @@ impl PartitionLog {
         self.log_start_offset.load(Ordering::Acquire)
     }
 
+    /// Whether [`PartitionLog::advance_log_start`] to `offset` would move the log start;
+    /// `OffsetOutOfRange` unless `offset` lies in `[0, high watermark]`. For a caller that must
+    /// refuse before doing anything else (a replicated log proposes the move first).
+    pub fn log_start_would_advance(&self, offset: i64) -> Result<bool, LogError> {
+        let log_start_offset = self.log_start_offset();
+        let high_watermark = self.high_watermark();
+        if offset < 0 || offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: log_start_offset,
+                end: high_watermark,
+            });
+        }
+        Ok(offset > log_start_offset)
+    }
+
     /// Moves the log start forward to `offset` (Kafka's DeleteRecords) and returns the log start
     /// afterwards, unchanged when `offset` is not past it. Reads below the new start fail with
     /// `OffsetOutOfRange`; retention deletes segments that lie wholly below it. The new start is
@@ -750,17 +766,8 @@ impl PartitionLog {
         self.check_online()?;
         self.clear_clean_shutdown_marker(&mut state)
             .map_err(|e| self.go_offline(e))?;
-        let log_start_offset = self.log_start_offset();
-        let high_watermark = self.high_watermark();
-        if offset < 0 || offset > high_watermark {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                start: log_start_offset,
-                end: high_watermark,
-            });
-        }
-        if offset <= log_start_offset {
-            return Ok(log_start_offset);
+        if !self.log_start_would_advance(offset)? {
+            return Ok(self.log_start_offset());
         }
         write_log_start_checkpoint(self.storage.as_ref(), &self.dir, offset)
             .map_err(|e| self.go_offline(e))?;

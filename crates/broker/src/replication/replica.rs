@@ -20,7 +20,7 @@ use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, Partition
 use tokio::sync::watch;
 
 use super::ReplicationError;
-use crate::partition::DELETE_TO_HIGH_WATERMARK;
+use crate::partition::delete_records_target;
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::{now_ms, BrokerError, FetchedPartition, ProduceOutcome};
 
@@ -438,23 +438,9 @@ impl Replica {
             // The high watermark covers every earlier term's entries once this term's first
             // entry applied.
             self.wait_for_term_applied().await?;
-            let high_watermark = self.log.high_watermark();
-            let log_start = self.log.log_start_offset();
-            let offset = if offset == DELETE_TO_HIGH_WATERMARK {
-                high_watermark
-            } else {
-                offset
-            };
-            if offset < 0 || offset > high_watermark {
-                return Err(BrokerError::from(sluice_log::LogError::OffsetOutOfRange {
-                    offset,
-                    start: log_start,
-                    end: high_watermark,
-                })
-                .into());
-            }
-            if offset <= log_start {
-                return Ok(log_start);
+            let offset = delete_records_target(&self.log, offset);
+            if !self.log.log_start_would_advance(offset)? {
+                return Ok(self.log.log_start_offset());
             }
             match self
                 .raft

@@ -156,12 +156,8 @@ impl PartitionLogStore {
             for (entry, header) in entries[position..run_end].iter().zip(&appended.batches) {
                 index.push(header.base_offset, epoch);
                 let end = at + header.total_bytes();
-                if let Some(batch) = stored.get(at..end) {
+                if end <= stored.len() {
                     index.tail.push(entry.log_id.index, stored.slice(at..end));
-                    debug_assert_eq!(
-                        BatchHeader::parse(batch).map(|h| h.base_offset).ok(),
-                        Some(header.base_offset)
-                    );
                 }
                 at = end;
             }
@@ -214,7 +210,7 @@ impl PartitionLogReader {
         bytes_max: usize,
     ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
         let log = &self.shared.log;
-        let (start, end, offset, leaders, cached) = {
+        let (start, end, offset, leaders, cached, mut bytes) = {
             let index = self.shared.index.lock();
             let start = match range.start_bound() {
                 Bound::Included(&i) => i,
@@ -231,38 +227,35 @@ impl PartitionLogReader {
             if start >= end {
                 return Ok(Vec::new());
             }
-            // Entries still in memory from their append need no read.
+            // Entries still in memory from their append need no read; the rest, if the byte
+            // bound leaves room, come from the log.
             let mut cached = Vec::new();
-            let mut cached_bytes = 0usize;
-            while start + (cached.len() as u64) < end && cached_bytes < bytes_max {
-                match index.tail.get(start + cached.len() as u64) {
-                    Some(batch) => {
-                        cached_bytes += batch.len();
-                        cached.push(batch.clone());
-                    }
-                    None => break,
+            let mut bytes = 0usize;
+            let mut full = false;
+            while start + (cached.len() as u64) < end {
+                let Some(batch) = index.tail.get(start + cached.len() as u64) else {
+                    break;
+                };
+                if !cached.is_empty() && bytes.saturating_add(batch.len()) > bytes_max {
+                    full = true;
+                    break;
                 }
+                bytes += batch.len();
+                cached.push(batch.clone());
             }
             let after_cached = start + cached.len() as u64;
-            let offset = if after_cached < end && cached_bytes < bytes_max {
-                index.offset_of(after_cached)
-            } else {
-                None
-            };
+            let offset = (!full && after_cached < end)
+                .then(|| index.offset_of(after_cached))
+                .flatten();
             if cached.is_empty() && offset.is_none() {
                 return Ok(Vec::new());
             }
-            (start, end, offset, index.leaders().clone(), cached)
+            (start, end, offset, index.leaders().clone(), cached, bytes)
         };
         let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
-        let mut bytes = 0usize;
         for batch in cached {
             let header = BatchHeader::parse(&batch)?;
-            if !entries.is_empty() && bytes.saturating_add(batch.len()) > bytes_max {
-                return Ok(entries);
-            }
-            bytes += batch.len();
             entries.push(self.entry(next, &header, batch, &leaders)?);
             next += 1;
         }

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
-use kafka_protocol::messages::delete_records_response::{
-    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
-};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
@@ -490,33 +487,15 @@ pub async fn delete_records(
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let timeout = Duration::from_millis(request.timeout_ms.clamp(0, WAIT_MS_MAX) as u64);
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in request.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in topic.partitions {
-            let result =
-                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
-            let deleted = match cluster.replica_for(topic.name.as_str(), p.partition_index) {
-                Ok(replica) => replica.delete_records(p.offset, timeout).await,
-                Err(error) => Err(error),
-            };
-            partitions.push(match deleted {
-                Ok(log_start_offset) => result.with_low_watermark(log_start_offset),
-                Err(error) => {
-                    tracing::debug!(topic = topic.name.as_str(), partition = p.partition_index, offset = p.offset, %error, "delete records refused");
-                    result
-                        .with_low_watermark(-1)
-                        .with_error_code(replication_error_code(&error))
-                }
-            });
-        }
-        topics.push(
-            DeleteRecordsTopicResult::default()
-                .with_name(topic.name)
-                .with_partitions(partitions),
-        );
-    }
-    DeleteRecordsResponse::default().with_topics(topics)
+    super::delete_records::respond(
+        request,
+        |topic, index, offset| {
+            let replica = cluster.replica_for(topic.as_str(), index);
+            async move { replica?.delete_records(offset, timeout).await }
+        },
+        replication_error_code,
+    )
+    .await
 }
 
 pub async fn offset_for_leader_epoch(

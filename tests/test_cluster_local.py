@@ -848,3 +848,103 @@ def test_http_messages_and_groups_on_every_node_of_a_cluster(broker_factory):
             assert offsets[p]["lag"] == offsets[p]["high_watermark"] - committed[p]
         for p in elsewhere:
             assert offsets[p]["lag"] is None
+
+
+def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_factory):
+    """Four nodes, RF=3: POST /api/groups/{g}/reset-offsets works on every node, whether it
+    coordinates the group (the metadata leader) or forwards to the coordinator, and whether it
+    leads, follows or holds no replica of each partition; every strategy gives the offsets
+    Kafka's reset tool would. A group with a live member is refused with 409 everywhere, and
+    DELETE /api/groups/{g} through a node that does not coordinate removes the group's
+    offsets on every node."""
+    topic, group = "reset", "resetters"
+    nodes = start_cluster(broker_factory, size=4)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    create_topic_with_leaders(admin, topic, PARTITIONS)
+
+    base_ms = int(time.time() * 1000) - 100_000
+    produced = []  # (partition, offset, timestamp)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+
+    def delivered(error, message):
+        assert error is None, error
+        produced.append((message.partition(), message.offset(), message.timestamp()[1]))
+
+    for i in range(30):
+        producer.produce(topic, value=f"v{i}".encode(), partition=i % PARTITIONS,
+                         timestamp=base_ms + i * 1000, on_delivery=delivered)
+    assert producer.flush(30) == 0
+    end = {p: 1 + max(o for q, o, _ in produced if q == p) for p in range(PARTITIONS)}
+    cut_ms = base_ms + 15 * 1000 + 500
+    at_cut = {p: min((o for q, o, t in produced if q == p and t >= cut_ms), default=end[p])
+              for p in range(PARTITIONS)}
+
+    def committed():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        try:
+            answer = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)],
+                                        timeout=30)
+            return {tp.partition: tp.offset for tp in answer}
+        finally:
+            consumer.close()
+
+    controller = agreed_controller(nodes, HEAL_TIMEOUT_S)
+    # The coordinator's node first and last: both ways of reaching it, and a group that
+    # starts without committed offsets (so the topic must be named).
+    order = [controller] + [i + 1 for i in range(len(nodes)) if i + 1 != controller]
+    strategies = [
+        ({"strategy": "latest"}, dict(end)),
+        ({"strategy": "earliest"}, {p: 0 for p in range(PARTITIONS)}),
+        ({"strategy": "timestamp", "timestamp_ms": cut_ms}, at_cut),
+        ({"strategy": "shift", "shift": -2}, {p: at_cut[p] - 2 for p in range(PARTITIONS)}),
+        ({"strategy": "offset", "offset": 10_000}, dict(end)),  # clamped to the end
+    ]
+    for node_id in order + [controller]:
+        node = nodes[node_id - 1]
+        for body, wanted in strategies:
+            status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
+                                       {**body, "topic": topic})
+            assert status == 200, (node_id, body, answer)
+            plan = {p["partition"]: p["new_offset"] for p in answer["partitions"]}
+            assert plan == wanted, (node_id, body, answer)
+            assert committed() == wanted, (node_id, body)
+        # Without a topic: the partitions the group has offsets for. A dry run changes nothing.
+        status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
+                                   {"strategy": "earliest", "dry_run": True})
+        assert status == 200, (node_id, answer)
+        assert {p["partition"]: p["new_offset"] for p in answer["partitions"]} == \
+            {p: 0 for p in range(PARTITIONS)}
+        assert committed() == end
+
+    # A live member: every node refuses, and the offsets stay.
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                       "enable.auto.commit": False, "session.timeout.ms": 6000})
+    try:
+        member.subscribe([topic])
+        deadline = time.monotonic() + HEAL_TIMEOUT_S
+        while not member.assignment():
+            assert time.monotonic() < deadline, "the member got no assignment"
+            member.poll(0.2)
+        for node_id, node in enumerate(nodes, start=1):
+            status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
+                                       {"strategy": "earliest", "topic": topic})
+            assert status == 409, (node_id, answer)
+            assert "active members" in answer["reason"], answer
+            status, answer = http_delete(node, f"/api/groups/{group}")
+            assert status == 409, (node_id, answer)
+    finally:
+        member.close()
+    assert committed() == end
+
+    elsewhere = next(i + 1 for i in range(len(nodes)) if i + 1 != controller)
+    status, answer = http_delete(nodes[elsewhere - 1], f"/api/groups/{group}")
+    assert status == 204, answer
+    assert committed() == {p: -1001 for p in range(PARTITIONS)}  # OFFSET_INVALID: none
+    for node_id, node in enumerate(nodes, start=1):
+        deadline = time.monotonic() + HEAL_TIMEOUT_S
+        while group in [g["group_id"] for g in http_get(node, "/api/groups")]:
+            assert time.monotonic() < deadline, f"node {node_id} still lists {group}"
+            time.sleep(0.2)
+    status, answer = http_delete(nodes[elsewhere - 1], f"/api/groups/{group}")
+    assert status == 404, answer

@@ -12,7 +12,7 @@ mod encoded;
 mod error;
 mod extract;
 mod field_value;
-mod leader_forward;
+mod kafka_forward;
 pub mod model;
 mod request_metrics;
 mod routes;

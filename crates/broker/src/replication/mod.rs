@@ -220,6 +220,14 @@ impl ClusterBroker {
             .collect()
     }
 
+    /// The Kafka listener of a registered node, as `host:port` (how a node reaches another
+    /// node's Kafka listener to forward a request).
+    pub fn kafka_addr(&self, node_id: NodeId) -> Option<String> {
+        let metadata = self.node.metadata();
+        let address = metadata.borrow().brokers.get(&node_id)?.kafka_addr.clone();
+        (!address.is_empty()).then_some(address)
+    }
+
     /// The controller Kafka clients are shown: the metadata group's leader.
     pub fn controller(&self) -> Option<NodeId> {
         self.node.metadata_leader()
@@ -241,6 +249,15 @@ impl ClusterBroker {
             tracing::debug!(topic = name, %error, "could not catch up with the metadata leader");
         }
         self.topic(name)
+    }
+
+    /// Catches up with the metadata leader: what this node then reads from its applied
+    /// metadata and committed offsets includes every change acknowledged before the call.
+    pub async fn catch_up(&self) -> Result<(), ReplicationError> {
+        self.node
+            .catch_up()
+            .await
+            .map_err(|error| ReplicationError::Raft(error.to_string()))
     }
 
     pub fn replica(&self, topic_id: uuid::Uuid, partition: i32) -> Option<Arc<Replica>> {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,13 +10,18 @@ use axum::Json;
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::ConsumerProtocolAssignment;
 use kafka_protocol::protocol::Decodable;
+use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{
     GroupDescription, MemberDescription, OffsetAndMetadata, TopicPartition,
 };
-use sluice_broker::{now_ms, BrokerError};
+use sluice_broker::replication::ClusterBroker;
+use sluice_broker::{now_ms, BrokerError, GroupError};
+use sluice_cluster::metadata::TopicMetadata;
+use sluice_log::PartitionLog;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
+use crate::kafka_forward::{self, ForwardError};
 use crate::model::{
     ErrorBody, GroupDetail, GroupMember, GroupPartitionOffset, GroupSummary, OffsetResetPlan,
     ResetOffsetsRequest, ResetOffsetsResponse, ResetStrategy, TopicPartitionRef,
@@ -276,12 +282,26 @@ pub async fn delete_group(
     State(state): State<Arc<AppState>>,
     ApiPath(group_id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    state
-        .context
-        .broker
-        .group_coordinator()
-        .delete_group(&group_id)
-        .await?;
+    match &state.context.cluster {
+        // The offsets are the metadata group's: the coordinator deletes them there.
+        Some(cluster) => match coordinator(cluster)? {
+            Coordinator::ThisNode => cluster
+                .delete_group(&group_id)
+                .await
+                .map_err(|error| coordinator_refusal(&group_id, error))?,
+            Coordinator::Remote(addr) => kafka_forward::delete_group(&addr, &group_id)
+                .await
+                .map_err(|error| forward_refusal(&group_id, error))?,
+        },
+        None => {
+            state
+                .context
+                .broker
+                .group_coordinator()
+                .delete_group(&group_id)
+                .await?
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -306,14 +326,17 @@ pub async fn reset_offsets(
     if group_id.is_empty() {
         return Err(ApiError::BadRequest("empty group id".into()));
     }
+    if let Some(cluster) = state.context.cluster.clone() {
+        return reset_offsets_in_cluster(&state, &cluster, group_id, request).await;
+    }
     let coordinator = Arc::clone(state.context.broker.group_coordinator());
     let description = coordinator.describe_group(&group_id);
     if !description.members.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "group '{group_id}' has {} active members ({}): offsets can only be reset while it has none",
+        return Err(has_members(
+            &group_id,
             description.members.len(),
-            description.state.name()
-        )));
+            description.state.name(),
+        ));
     }
     let target = ResetTarget::from_request(&request)?;
     let broker = Arc::clone(&state.context.broker);
@@ -367,7 +390,7 @@ pub async fn reset_offsets(
             .map(|tp| {
                 let partition = broker.partition(&tp.topic, tp.partition)?;
                 let previous = committed.get(&tp).copied();
-                let new_offset = target.offset_for(&partition, previous)?;
+                let new_offset = target.offset_for(partition.log(), previous)?;
                 Ok(OffsetResetPlan {
                     topic: tp.topic,
                     partition: tp.partition,
@@ -414,6 +437,324 @@ pub async fn reset_offsets(
     }))
 }
 
+fn has_members(group_id: &str, members: usize, state: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "group '{group_id}' has {members} active members ({state}): offsets can only be reset while it has none"
+    ))
+}
+
+/// Where a cluster's group changes are made: at the group coordinator, which is the metadata
+/// leader (see `sluice_broker::replication`).
+enum Coordinator {
+    ThisNode,
+    /// Another node, reached through its Kafka listener as Kafka's admin tools reach it.
+    Remote(String),
+}
+
+fn coordinator(cluster: &ClusterBroker) -> ApiResult<Coordinator> {
+    let leader = cluster.controller().ok_or_else(|| {
+        ApiError::NotReady("no group coordinator: the metadata group has no leader".into())
+    })?;
+    if leader == cluster.node_id() {
+        return Ok(Coordinator::ThisNode);
+    }
+    cluster
+        .kafka_addr(leader)
+        .map(Coordinator::Remote)
+        .ok_or_else(|| {
+            ApiError::NotReady(format!(
+                "the group coordinator (node {leader}) has no Kafka address yet"
+            ))
+        })
+}
+
+/// A group change the coordinator refused. A coordinator that moved or is loading gives 503:
+/// asking again finds the new one.
+fn coordinator_refusal(group_id: &str, error: GroupError) -> ApiError {
+    match error {
+        GroupError::UnknownMemberId
+        | GroupError::IllegalGeneration
+        | GroupError::RebalanceInProgress => ApiError::Conflict(format!(
+            "group '{group_id}' has active members: offsets can only be reset while it has none ({error})"
+        )),
+        GroupError::NotCoordinator
+        | GroupError::CoordinatorNotAvailable
+        | GroupError::CoordinatorLoadInProgress => {
+            ApiError::NotReady(format!("the group coordinator moved, try again: {error}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// As [`coordinator_refusal`], for a change forwarded to a coordinator on another node.
+fn forward_refusal(group_id: &str, error: ForwardError) -> ApiError {
+    let group_error = match &error {
+        ForwardError::Refused { error: code, .. } => match code {
+            ResponseError::GroupIdNotFound => Some(GroupError::GroupIdNotFound),
+            ResponseError::NonEmptyGroup => Some(GroupError::NonEmptyGroup),
+            ResponseError::UnknownMemberId => Some(GroupError::UnknownMemberId),
+            ResponseError::IllegalGeneration => Some(GroupError::IllegalGeneration),
+            ResponseError::RebalanceInProgress => Some(GroupError::RebalanceInProgress),
+            ResponseError::InvalidGroupId => Some(GroupError::InvalidGroupId),
+            ResponseError::UnknownTopicOrPartition => Some(GroupError::UnknownTopicOrPartition),
+            ResponseError::NotCoordinator => Some(GroupError::NotCoordinator),
+            ResponseError::CoordinatorNotAvailable => Some(GroupError::CoordinatorNotAvailable),
+            ResponseError::CoordinatorLoadInProgress => Some(GroupError::CoordinatorLoadInProgress),
+            _ => None,
+        },
+        _ => None,
+    };
+    match group_error {
+        Some(group_error) => coordinator_refusal(group_id, group_error),
+        None => ApiError::NotReady(error.to_string()),
+    }
+}
+
+/// Reset-offsets in a cluster: the committed offsets as the coordinator has them, new
+/// offsets from each partition's leader (its replica here, or ListOffsets to it), and the
+/// commit made by the coordinator, which refuses it if the group gained members meanwhile.
+async fn reset_offsets_in_cluster(
+    state: &AppState,
+    cluster: &Arc<ClusterBroker>,
+    group_id: String,
+    request: ResetOffsetsRequest,
+) -> ApiResult<Json<ResetOffsetsResponse>> {
+    let target = ResetTarget::from_request(&request)?;
+    let coordinator = coordinator(cluster)?;
+    let committed: BTreeMap<(String, i32), i64> = match &coordinator {
+        Coordinator::ThisNode => {
+            let description = state
+                .context
+                .broker
+                .group_coordinator()
+                .describe_group(&group_id);
+            if !description.members.is_empty() {
+                return Err(has_members(
+                    &group_id,
+                    description.members.len(),
+                    description.state.name(),
+                ));
+            }
+            cluster
+                .fetch_offsets(&group_id, None)
+                .await
+                .map_err(|error| coordinator_refusal(&group_id, error))?
+                .into_iter()
+                .filter_map(|(tp, offset)| offset.map(|o| ((tp.topic, tp.partition), o.offset)))
+                .collect()
+        }
+        Coordinator::Remote(addr) => {
+            let (group_state, members) = kafka_forward::describe_group(addr, &group_id)
+                .await
+                .map_err(|error| forward_refusal(&group_id, error))?;
+            if members > 0 {
+                return Err(has_members(&group_id, members, &group_state));
+            }
+            // Linearizable: every commit acknowledged before this request is applied here.
+            cluster
+                .catch_up()
+                .await
+                .map_err(|error| ApiError::NotReady(error.to_string()))?;
+            cluster
+                .applied_offsets()
+                .group(&group_id)
+                .into_iter()
+                .map(|c| ((c.topic, c.partition), c.offset))
+                .collect()
+        }
+    };
+    let partition_count = |topic: &TopicMetadata| topic.assignments.len() as i32;
+    let selected: Vec<(String, i32)> = match &request.topic {
+        Some(topic_name) => {
+            let topic = cluster
+                .topic_caught_up(topic_name)
+                .await
+                .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{topic_name}'")))?;
+            let indexes: Vec<i32> = match &request.partitions {
+                Some(list) => list.clone(),
+                None => (0..partition_count(&topic)).collect(),
+            };
+            if let Some(index) = indexes
+                .iter()
+                .find(|&&i| i < 0 || i >= partition_count(&topic))
+            {
+                return Err(ApiError::NotFound(format!(
+                    "topic '{topic_name}' has no partition {index}"
+                )));
+            }
+            indexes
+                .into_iter()
+                .map(|index| (topic_name.clone(), index))
+                .collect()
+        }
+        None if request.partitions.is_some() => {
+            return Err(ApiError::BadRequest("partitions need a topic".into()))
+        }
+        None if committed.is_empty() => {
+            return Err(ApiError::NotFound(format!(
+                "group '{group_id}' has no committed offsets: name a topic to reset"
+            )))
+        }
+        // Only partitions that still exist.
+        None => committed
+            .keys()
+            .filter(|(topic, partition)| {
+                cluster
+                    .topic(topic)
+                    .is_some_and(|meta| *partition < partition_count(&meta))
+            })
+            .cloned()
+            .collect(),
+    };
+    let mut plan = Vec::with_capacity(selected.len());
+    for (topic, partition) in selected {
+        let previous = committed.get(&(topic.clone(), partition)).copied();
+        let new_offset = leader_offset_for(cluster, target, &topic, partition, previous).await?;
+        plan.push(OffsetResetPlan {
+            topic,
+            partition,
+            previous_offset: previous,
+            new_offset,
+        });
+    }
+    if !request.dry_run && !plan.is_empty() {
+        match &coordinator {
+            Coordinator::ThisNode => {
+                let now = now_ms();
+                let offsets = plan
+                    .iter()
+                    .map(|p| {
+                        (
+                            TopicPartition {
+                                topic: p.topic.clone(),
+                                partition: p.partition,
+                            },
+                            OffsetAndMetadata {
+                                offset: p.new_offset,
+                                leader_epoch: -1,
+                                metadata: String::new(),
+                                commit_timestamp_ms: now,
+                            },
+                        )
+                    })
+                    .collect();
+                let results = cluster
+                    .commit_offsets(&group_id, "", None, -1, offsets)
+                    .await
+                    .map_err(|error| coordinator_refusal(&group_id, error))?;
+                if let Some(Err(error)) = results.into_iter().find(|r| r.is_err()) {
+                    return Err(coordinator_refusal(&group_id, error));
+                }
+            }
+            Coordinator::Remote(addr) => {
+                let offsets: Vec<(String, i32, i64)> = plan
+                    .iter()
+                    .map(|p| (p.topic.clone(), p.partition, p.new_offset))
+                    .collect();
+                kafka_forward::commit_offsets(addr, &group_id, &offsets)
+                    .await
+                    .map_err(|error| forward_refusal(&group_id, error))?;
+            }
+        }
+    }
+    Ok(Json(ResetOffsetsResponse {
+        group_id,
+        dry_run: request.dry_run,
+        partitions: plan,
+    }))
+}
+
+/// How long a reset waits for a partition leader it can ask (an election, a leader report
+/// still on its way to this node).
+const LEADER_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The reset target's offset as the partition's leader has it: from this node's replica when
+/// it leads, else by ListOffsets to the leader (a follower's high watermark may lag). Waits up
+/// to [`LEADER_WAIT_MAX`] while no leader is known or the one asked has just lost leadership.
+async fn leader_offset_for(
+    cluster: &ClusterBroker,
+    target: ResetTarget,
+    topic: &str,
+    partition: i32,
+    previous: Option<i64>,
+) -> ApiResult<i64> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+    loop {
+        let reason = match leader_offset_once(cluster, target, topic, partition, previous).await {
+            Ok(offset) => return Ok(offset),
+            Err(LookupFailed::Fail(error)) => return Err(error),
+            Err(LookupFailed::Retry(reason)) => reason,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotReady(format!(
+                "partition {partition} of '{topic}': {reason}, try again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum LookupFailed {
+    /// Nothing to ask yet, or the node asked does not lead (anymore).
+    Retry(String),
+    Fail(ApiError),
+}
+
+async fn leader_offset_once(
+    cluster: &ClusterBroker,
+    target: ResetTarget,
+    topic: &str,
+    partition: i32,
+    previous: Option<i64>,
+) -> Result<i64, LookupFailed> {
+    if let Ok(replica) = cluster.replica_for(topic, partition) {
+        if replica.is_leader() {
+            let log = Arc::clone(replica.log());
+            // Timestamp lookups read the time index: off the async workers.
+            return tokio::task::spawn_blocking(move || target.offset_for(&log, previous))
+                .await
+                .map_err(|error| ApiError::Internal(format!("reset offsets task: {error}")))
+                .and_then(|offset| offset.map_err(ApiError::from))
+                .map_err(LookupFailed::Fail);
+        }
+    }
+    let meta = cluster.topic(topic).ok_or_else(|| {
+        LookupFailed::Fail(ApiError::NotFound(format!("unknown topic '{topic}'")))
+    })?;
+    let leader = cluster
+        .partition_view(&meta, partition)
+        .leader
+        .ok_or_else(|| LookupFailed::Retry("no leader elected".into()))?;
+    let addr = cluster
+        .kafka_addr(leader)
+        .ok_or_else(|| LookupFailed::Retry(format!("leader {leader} has no Kafka address yet")))?;
+    let lookup = |timestamp: i64| {
+        let addr = addr.clone();
+        async move {
+            kafka_forward::list_offset(&addr, topic, partition, timestamp)
+                .await
+                .map_err(|error| {
+                    if error.is_retriable() {
+                        LookupFailed::Retry(error.to_string())
+                    } else {
+                        LookupFailed::Fail(ApiError::NotReady(error.to_string()))
+                    }
+                })
+        }
+    };
+    let start = lookup(kafka_forward::EARLIEST_TIMESTAMP)
+        .await?
+        .unwrap_or(0);
+    let end = lookup(kafka_forward::LATEST_TIMESTAMP)
+        .await?
+        .unwrap_or(start);
+    let at_timestamp = match target {
+        ResetTarget::Timestamp(timestamp) => lookup(timestamp).await?,
+        _ => None,
+    };
+    Ok(target.offset_within(start, end, at_timestamp, previous))
+}
+
 #[derive(Debug, Clone, Copy)]
 enum ResetTarget {
     Earliest,
@@ -445,27 +786,41 @@ impl ResetTarget {
         })
     }
 
-    /// The new offset for one partition, always within [log start, high watermark] as
-    /// Kafka's tool clamps it.
-    fn offset_for(
+    /// The new offset for one partition of this node, always within [log start, high
+    /// watermark] as Kafka's tool clamps it.
+    fn offset_for(self, log: &PartitionLog, previous: Option<i64>) -> Result<i64, BrokerError> {
+        let at_timestamp = match self {
+            ResetTarget::Timestamp(timestamp) => log
+                .offset_for_timestamp(timestamp)?
+                .map(|(offset, _)| offset),
+            _ => None,
+        };
+        Ok(self.offset_within(
+            log.log_start_offset(),
+            log.high_watermark(),
+            at_timestamp,
+            previous,
+        ))
+    }
+
+    /// The new offset given the partition's log start and high watermark, the first offset at
+    /// or after the target's timestamp (`None`: nothing that recent), and the committed offset.
+    fn offset_within(
         self,
-        partition: &sluice_broker::Partition,
+        start: i64,
+        end: i64,
+        at_timestamp: Option<i64>,
         previous: Option<i64>,
-    ) -> Result<i64, BrokerError> {
-        let start = partition.log_start_offset();
-        let end = partition.high_watermark();
+    ) -> i64 {
         let wanted = match self {
             ResetTarget::Earliest => start,
             ResetTarget::Latest => end,
-            ResetTarget::Timestamp(timestamp) => partition
-                .log()
-                .offset_for_timestamp(timestamp)?
-                .map_or(end, |(offset, _)| offset),
+            ResetTarget::Timestamp(_) => at_timestamp.unwrap_or(end),
             ResetTarget::Offset(offset) => offset,
             // Without a committed offset the shift starts from the log start.
             ResetTarget::Shift(shift) => previous.unwrap_or(start).saturating_add(shift),
         };
-        Ok(wanted.clamp(start, end.max(start)))
+        wanted.clamp(start, end.max(start))
     }
 }
 
@@ -475,6 +830,26 @@ mod tests {
     use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    #[test]
+    fn reset_targets_stay_between_log_start_and_high_watermark() {
+        let (start, end) = (10, 50);
+        let within = |target: ResetTarget, at: Option<i64>, previous: Option<i64>| {
+            target.offset_within(start, end, at, previous)
+        };
+        assert_eq!(within(ResetTarget::Earliest, None, Some(30)), 10);
+        assert_eq!(within(ResetTarget::Latest, None, Some(30)), 50);
+        assert_eq!(within(ResetTarget::Timestamp(7), Some(42), None), 42);
+        // Nothing that recent: the end, as Kafka's tool resets to.
+        assert_eq!(within(ResetTarget::Timestamp(7), None, None), 50);
+        assert_eq!(within(ResetTarget::Offset(3), None, None), 10);
+        assert_eq!(within(ResetTarget::Offset(99), None, None), 50);
+        assert_eq!(within(ResetTarget::Shift(-5), None, Some(30)), 25);
+        assert_eq!(within(ResetTarget::Shift(-5), None, None), 10);
+        assert_eq!(within(ResetTarget::Shift(i64::MAX), None, Some(30)), 50);
+        // An empty log (end before start after a deletion): the start.
+        assert_eq!(ResetTarget::Latest.offset_within(10, 5, None, None), 10);
+    }
 
     #[test]
     fn consumer_protocol_assignments_decode_and_garbage_gives_none() {

@@ -16,7 +16,7 @@ use sluice_log::{LogConfig, Record, RecordBatchBuilder, BATCH_HEADER_BYTES};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-use crate::leader_forward::{self, ForwardError};
+use crate::kafka_forward::{self, ForwardError};
 use crate::model::{
     ErrorBody, PayloadEncoding, ProduceMessage, ProduceRequest, ProduceResponse, ProducedOffset,
 };
@@ -271,17 +271,12 @@ async fn produce_once(
         Some(leader) if leader != cluster.node_id() => leader,
         _ => return Err(AttemptFailed::Retry("no leader elected yet".into())),
     };
-    let Some(endpoint) = cluster.brokers().into_iter().find(|b| b.node_id == leader) else {
+    let Some(addr) = cluster.kafka_addr(leader) else {
         return Err(AttemptFailed::Retry(format!(
             "leader {leader} has no Kafka address yet"
         )));
     };
-    let addr = if endpoint.host.contains(':') {
-        format!("[{}]:{}", endpoint.host, endpoint.port)
-    } else {
-        format!("{}:{}", endpoint.host, endpoint.port)
-    };
-    leader_forward::produce(&addr, topic, partition, records, COMMIT_TIMEOUT)
+    kafka_forward::produce(&addr, topic, partition, records, COMMIT_TIMEOUT)
         .await
         .map_err(forward_failure)
 }

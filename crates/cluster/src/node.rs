@@ -108,6 +108,8 @@ pub struct ClusterConfig {
     /// Cluster addresses of running members to join through (`--join`); empty for a static
     /// bootstrap. Ignored once this node is a voter (a restart).
     pub join: Vec<SocketAddr>,
+    /// How long joining keeps asking while no member answers; `None`: forever.
+    pub join_timeout: Option<Duration>,
     /// The Kafka address clients are told to use for this node.
     pub kafka_addr: String,
     /// The metadata group keeps its log and snapshot in `data_dir/metadata`.
@@ -133,6 +135,7 @@ impl ClusterConfig {
             cluster_listen,
             peers,
             join: Vec::new(),
+            join_timeout: None,
             kafka_addr,
             data_dir,
             storage,
@@ -159,6 +162,8 @@ pub enum ClusterError {
     GroupExists(GroupId),
     #[error("the cluster refused to let this node join: {0}")]
     JoinRefused(String),
+    #[error("no member answered the request to join within {after:?}: {last_error}")]
+    JoinTimedOut { after: Duration, last_error: String },
     #[error("no peer list, no address to join and no stored cluster state: nothing to start from")]
     NothingToStartFrom,
     #[error("cannot join with cluster address {0}: other nodes need an address they can dial")]
@@ -416,7 +421,7 @@ impl ClusterNode {
                 .collect::<BTreeSet<_>>(),
         );
         if joining {
-            if let Err(e) = node.join_cluster(&config.join).await {
+            if let Err(e) = node.join_cluster(&config.join, config.join_timeout).await {
                 node.shutdown().await;
                 return Err(e);
             }

@@ -342,7 +342,8 @@ async fn start_joining(
 /// A node joins through a list whose first address is dead, becomes a voter and a broker on
 /// every node, and commands it proposes apply everywhere. Restarted without --join (its data
 /// directory remembers) and then with it again, it is still a voter and nothing is added
-/// twice. A fresh node with neither a peer list nor --join refuses to start.
+/// twice. A fresh node with neither a peer list nor --join refuses to start, and one whose
+/// --join addresses never answer gives up after its join timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_node_restarts_with_or_without_join() {
     let cluster = Cluster::start(3).await;
@@ -402,5 +403,28 @@ async fn a_joined_node_restarts_with_or_without_join() {
         "{:?}",
         fresh.err()
     );
+
+    // Only dead addresses: no member answers, and joining gives up after its timeout.
+    let listen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own = listen.local_addr().unwrap();
+    drop(listen);
+    let mut config = ClusterConfig::new(
+        6,
+        own,
+        Vec::new(),
+        "127.0.0.1:19096".into(),
+        cluster.dir.path().join("node-6"),
+        Arc::new(RealDisk),
+    );
+    config.join = vec![dead_addr];
+    config.join_timeout = Some(Duration::from_secs(1));
+    let started = Instant::now();
+    let lonely = ClusterNode::start(config).await;
+    assert!(
+        matches!(lonely, Err(ClusterError::JoinTimedOut { .. })),
+        "{:?}",
+        lonely.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
     cluster.shutdown().await;
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -212,6 +213,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_JOIN", value_name = "HOST:PORT,...")]
     pub join: Option<String>,
 
+    /// How long a joining node (--join) keeps asking while no member answers before it gives
+    /// up and exits; 0 asks forever. A learner still catching up is answered, so a long
+    /// catch-up does not count [default: 300]
+    #[arg(long, env = "SLUICE_JOIN_TIMEOUT_SECS", value_name = "SECONDS")]
+    pub join_timeout_secs: Option<u64>,
+
     /// Replication factor of topics created without one (CreateTopics with -1, auto-created
     /// topics) in a cluster (Kafka's default.replication.factor) [default: 1]
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
@@ -269,6 +276,8 @@ pub struct ClusterSettings {
     /// `--join`: members to join through; empty with `--peers`, or for a restart from the
     /// stored membership (neither flag).
     pub join: Vec<SocketAddr>,
+    /// `--join-timeout-secs`: `None` asks forever.
+    pub join_timeout: Option<Duration>,
     /// The Kafka address other nodes give clients for this one (`host:port`).
     pub kafka_advertised: String,
     pub default_replication_factor: u16,
@@ -340,6 +349,7 @@ impl ServeArgs {
                 cluster_listen,
                 peers,
                 join,
+                join_timeout_secs,
                 default_replication_factor,
                 http_listen,
                 log,
@@ -517,7 +527,7 @@ impl ServeArgs {
             amqp.message_bytes_max = u64::from(bytes);
         }
         if let Some(ms) = self.amqp_handshake_timeout_ms {
-            amqp.handshake_timeout = std::time::Duration::from_millis(ms);
+            amqp.handshake_timeout = Duration::from_millis(ms);
         }
         if let Some(connections) = self.amqp_max_connections {
             anyhow::ensure!(
@@ -571,6 +581,10 @@ impl ServeArgs {
                     cluster_listen,
                     peers,
                     join,
+                    join_timeout: match self.join_timeout_secs.unwrap_or(300) {
+                        0 => None,
+                        secs => Some(Duration::from_secs(secs)),
+                    },
                     kafka_advertised: format!(
                         "{}:{}",
                         kafka.advertised_host, kafka.advertised_port

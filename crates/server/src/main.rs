@@ -261,6 +261,7 @@ async fn start_cluster(
         broker.config().storage.clone(),
     );
     cluster_config.join = settings.join.clone();
+    cluster_config.join_timeout = settings.join_timeout;
     let node = ClusterNode::start(cluster_config)
         .await
         .with_context(|| format!("starting the cluster node on {}", settings.cluster_listen))?;

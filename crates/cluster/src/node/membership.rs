@@ -375,24 +375,32 @@ impl ClusterNode {
 
     /// Joins the cluster through any of `addresses` (members' cluster addresses), returning
     /// once this node is a voter of the metadata group. Retries while no member or leader
-    /// answers; a refusal (id or address in use) is an error.
-    pub(super) async fn join_cluster(&self, addresses: &[SocketAddr]) -> Result<(), ClusterError> {
+    /// answers, for up to `timeout` since the last answer (`None`: forever); a refusal (id or
+    /// address in use) is an error.
+    pub(super) async fn join_cluster(
+        &self,
+        addresses: &[SocketAddr],
+        timeout: Option<Duration>,
+    ) -> Result<(), ClusterError> {
         let request = JoinRequest {
             node_id: self.node_id,
             cluster_addr: self.address.cluster_addr.clone(),
         };
         let frame_bytes_max = self.transport.config().frame_bytes_max;
         let mut attempt = 0usize;
+        let mut last_answer = Instant::now();
         loop {
             let Some(&addr) = addresses.get(attempt % addresses.len().max(1)) else {
                 return Err(ClusterError::JoinRefused("no --join address".into()));
             };
+            let call_timeout = timeout.map_or(JOIN_CALL_TIMEOUT, |t| t.min(JOIN_CALL_TIMEOUT));
             let answer: Result<Result<JoinProgress, MembershipError>, CallError> = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(ClusterError::Raft("shut down while joining".into())),
-                answer = call_once(addr, GroupId::Metadata, RpcKind::Join, &request, JOIN_CALL_TIMEOUT, frame_bytes_max) => answer,
+                answer = call_once(addr, GroupId::Metadata, RpcKind::Join, &request, call_timeout, frame_bytes_max) => answer,
             };
-            match answer {
+            let last_error = match answer {
                 Ok(Ok(progress)) => {
+                    last_answer = Instant::now();
                     for (&id, member) in &progress.members {
                         if let Ok(member) = member.parse() {
                             self.transport.add_peer(id, member);
@@ -408,8 +416,12 @@ impl ClusterNode {
                 Ok(Err(refusal)) if refusal.is_refusal() => {
                     return Err(ClusterError::JoinRefused(refusal.to_string()))
                 }
-                Ok(Err(e)) => tracing::warn!(via = %addr, error = %e, "join: retrying"),
-                Err(e) => tracing::warn!(via = %addr, error = %e, "join: retrying"),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(via = %addr, error = %last_error, "join: retrying");
+            if let Some(after) = timeout.filter(|t| last_answer.elapsed() >= *t) {
+                return Err(ClusterError::JoinTimedOut { after, last_error });
             }
             attempt += 1;
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;

@@ -392,6 +392,32 @@ def test_every_node_names_every_leader_with_more_nodes_than_replicas(broker_fact
         assert all(node["connected"] for node in cluster["nodes"]), cluster
 
 
+def alter_disallowing_replication_factor_change(kafka_admin, reassignments):
+    """AlterPartitionReassignments v1 with allow_replication_factor_change=False, sent with
+    kafka-python's own request class and admin connection (its admin method leaves the field at
+    its default, true). {TopicPartition: error class or None}."""
+    import kafka.errors as errors
+    from kafka import TopicPartition as KafkaTopicPartition
+    from kafka.protocol.admin import AlterPartitionReassignmentsRequest
+
+    request = AlterPartitionReassignmentsRequest(
+        timeout_ms=30_000, allow_replication_factor_change=False,
+        topics=kafka_admin._process_alter_partition_reassignments_input(reassignments))
+
+    def top_level_error(response):
+        yield errors.for_code(response.error_code)
+    response = kafka_admin._manager.run(
+        kafka_admin._send_request_to_controller, request, top_level_error)
+    assert response.allow_replication_factor_change is False, response
+    results = {}
+    for topic in response.responses:
+        for partition in topic.partitions:
+            error = errors.for_code(partition.error_code)
+            results[KafkaTopicPartition(topic.name, partition.partition_index)] = \
+                None if error is errors.NoError else error
+    return results
+
+
 def test_partition_reassignment_with_kafka_python_admin(broker_factory):
     """AlterPartitionReassignments from kafka-python's admin client moves an RF=3 partition
     on a 4-node cluster to another node set while confluent-kafka produces acks=all;
@@ -399,7 +425,8 @@ def test_partition_reassignment_with_kafka_python_admin(broker_factory):
     and every acknowledged record is read back from the new replicas."""
     from kafka import KafkaAdminClient
     from kafka import TopicPartition as KafkaTopicPartition
-    from kafka.errors import InvalidReplicationAssignmentError, UnknownTopicOrPartitionError
+    from kafka.errors import (InvalidReplicationAssignmentError, InvalidReplicationFactorError,
+                              UnknownTopicOrPartitionError)
 
     topic = "moved"
     nodes = start_cluster(broker_factory, size=4)
@@ -456,6 +483,11 @@ def test_partition_reassignment_with_kafka_python_admin(broker_factory):
         unknown = KafkaTopicPartition(topic, 7)
         refused = kafka_admin.alter_partition_reassignments({unknown: target})
         assert refused[unknown] is UnknownTopicOrPartitionError, refused
+        # KIP-860 (v1): a move that would change the replica count is refused when the request
+        # disallows it (kafka-reassign-partitions --disallow-replication-factor-change).
+        refused = alter_disallowing_replication_factor_change(
+            kafka_admin, {tp: original + [joining]})
+        assert refused == {tp: InvalidReplicationFactorError}, refused
 
         accepted = kafka_admin.alter_partition_reassignments({tp: target})
         assert accepted[tp] is None, accepted

@@ -233,6 +233,7 @@ pub async fn alter_partition_reassignments(
                                 ResponseError::NoReassignmentInProgress,
                                 "no reassignment is in progress".to_string(),
                             ),
+                            // One replica stays one replica: no replication factor change.
                             Some([only]) if only.0 == node_id => return response,
                             Some(replicas) => (
                                 ResponseError::InvalidReplicaAssignment,
@@ -253,7 +254,9 @@ pub async fn alter_partition_reassignments(
                 .with_partitions(partitions)
         })
         .collect();
-    AlterPartitionReassignmentsResponse::default().with_responses(responses)
+    AlterPartitionReassignmentsResponse::default()
+        .with_allow_replication_factor_change(request.allow_replication_factor_change)
+        .with_responses(responses)
 }
 
 pub async fn list_partition_reassignments(

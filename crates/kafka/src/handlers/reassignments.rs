@@ -53,8 +53,10 @@ pub async fn alter_partition_reassignments(
     cluster: &ClusterBroker,
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
+    let allow_replication_factor_change = request.allow_replication_factor_change;
     let mut responses = Vec::new();
     for topic in request.topics {
+        let current = cluster.topic(topic.name.as_str());
         let mut partitions = Vec::new();
         for partition in topic.partitions {
             let target = match partition.replicas.as_deref().map(node_ids).transpose() {
@@ -64,6 +66,31 @@ pub async fn alter_partition_reassignments(
                     continue;
                 }
             };
+            // KIP-860 (v1): a move that would change the partition's replica count is
+            // refused when the client disallows it, as `kafka-reassign-partitions
+            // --disallow-replication-factor-change` asks.
+            let replicas_now = current.as_ref().and_then(|t| {
+                usize::try_from(partition.partition_index)
+                    .ok()
+                    .and_then(|p| t.assignments.get(p))
+                    .map(Vec::len)
+            });
+            if let (false, Some(target), Some(now)) =
+                (allow_replication_factor_change, &target, replicas_now)
+            {
+                if target.len() != now {
+                    partitions.push(
+                        ReassignablePartitionResponse::default()
+                            .with_partition_index(partition.partition_index)
+                            .with_error_code(ResponseError::InvalidReplicationFactor.code())
+                            .with_error_message(Some(StrBytes::from_string(format!(
+                                "the replication factor would change from {now} to {}, which the request disallows",
+                                target.len()
+                            )))),
+                    );
+                    continue;
+                }
+            }
             let outcome = cluster
                 .reassign_partition(topic.name.as_str(), partition.partition_index, target)
                 .await;
@@ -75,7 +102,9 @@ pub async fn alter_partition_reassignments(
                 .with_partitions(partitions),
         );
     }
-    AlterPartitionReassignmentsResponse::default().with_responses(responses)
+    AlterPartitionReassignmentsResponse::default()
+        .with_allow_replication_factor_change(allow_replication_factor_change)
+        .with_responses(responses)
 }
 
 fn partition_response(

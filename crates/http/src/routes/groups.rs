@@ -345,44 +345,20 @@ pub async fn reset_offsets(
         .into_iter()
         .filter_map(|(tp, offset)| offset.map(|o| (tp, o.offset)))
         .collect();
-    let selected: Vec<TopicPartition> = match &request.topic {
-        Some(topic_name) => {
-            let topic = broker
-                .topic(topic_name)
-                .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{topic_name}'")))?;
-            let indexes: Vec<i32> = match &request.partitions {
-                Some(list) => list.clone(),
-                None => (0..topic.partition_count()).collect(),
-            };
-            let mut selected = Vec::with_capacity(indexes.len());
-            for index in indexes {
-                if topic.partition(index).is_none() {
-                    return Err(ApiError::NotFound(format!(
-                        "topic '{topic_name}' has no partition {index}"
-                    )));
-                }
-                selected.push(TopicPartition {
-                    topic: topic_name.clone(),
-                    partition: index,
-                });
-            }
-            selected
-        }
-        None if request.partitions.is_some() => {
-            return Err(ApiError::BadRequest("partitions need a topic".into()))
-        }
-        None if committed.is_empty() => {
-            return Err(ApiError::NotFound(format!(
-                "group '{group_id}' has no committed offsets: name a topic to reset"
-            )))
-        }
-        // Only partitions that still exist.
-        None => committed
-            .keys()
-            .filter(|tp| broker.partition(&tp.topic, tp.partition).is_ok())
-            .cloned()
-            .collect(),
-    };
+    let named_count = request
+        .topic
+        .as_deref()
+        .map(|name| broker.topic(name).map(|topic| topic.partition_count()));
+    let selected: Vec<TopicPartition> = select_partitions(
+        &request,
+        &group_id,
+        named_count,
+        committed.keys().map(|tp| (tp.topic.clone(), tp.partition)),
+        |topic, partition| broker.partition(topic, partition).is_ok(),
+    )?
+    .into_iter()
+    .map(|(topic, partition)| TopicPartition { topic, partition })
+    .collect();
     // Timestamp lookups read the time index: off the async workers.
     let plan = tokio::task::spawn_blocking(move || {
         selected
@@ -403,24 +379,7 @@ pub async fn reset_offsets(
     .await
     .map_err(|error| ApiError::Internal(format!("reset offsets task: {error}")))??;
     if !request.dry_run && !plan.is_empty() {
-        let now = now_ms();
-        let offsets = plan
-            .iter()
-            .map(|p| {
-                (
-                    TopicPartition {
-                        topic: p.topic.clone(),
-                        partition: p.partition,
-                    },
-                    OffsetAndMetadata {
-                        offset: p.new_offset,
-                        leader_epoch: -1,
-                        metadata: String::new(),
-                        commit_timestamp_ms: now,
-                    },
-                )
-            })
-            .collect();
+        let offsets = planned_offsets(&plan);
         // As an admin tool: no member id and generation -1, which the coordinator refuses
         // for a group that gained members since the check above.
         let results = coordinator
@@ -435,6 +394,74 @@ pub async fn reset_offsets(
         dry_run: request.dry_run,
         partitions: plan,
     }))
+}
+
+/// The partitions a reset covers: the named topic's (those listed, or all), else every
+/// partition the group has offsets for that still exists. `named_count` is the named topic's
+/// partition count (`Some(None)`: no such topic).
+fn select_partitions(
+    request: &ResetOffsetsRequest,
+    group_id: &str,
+    named_count: Option<Option<i32>>,
+    committed: impl Iterator<Item = (String, i32)>,
+    exists: impl Fn(&str, i32) -> bool,
+) -> ApiResult<Vec<(String, i32)>> {
+    match (&request.topic, named_count) {
+        (Some(topic), Some(count)) => {
+            let count =
+                count.ok_or_else(|| ApiError::NotFound(format!("unknown topic '{topic}'")))?;
+            let indexes: Vec<i32> = match &request.partitions {
+                Some(list) => list.clone(),
+                None => (0..count).collect(),
+            };
+            if let Some(index) = indexes.iter().find(|&&i| i < 0 || i >= count) {
+                return Err(ApiError::NotFound(format!(
+                    "topic '{topic}' has no partition {index}"
+                )));
+            }
+            Ok(indexes.into_iter().map(|i| (topic.clone(), i)).collect())
+        }
+        (Some(topic), None) => Err(ApiError::Internal(format!(
+            "no partition count looked up for '{topic}'"
+        ))),
+        (None, _) if request.partitions.is_some() => {
+            Err(ApiError::BadRequest("partitions need a topic".into()))
+        }
+        (None, _) => {
+            let committed: Vec<(String, i32)> = committed.collect();
+            if committed.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "group '{group_id}' has no committed offsets: name a topic to reset"
+                )));
+            }
+            // Only partitions that still exist.
+            Ok(committed
+                .into_iter()
+                .filter(|(topic, partition)| exists(topic, *partition))
+                .collect())
+        }
+    }
+}
+
+/// A reset plan as the offsets an admin commit stores (no leader epoch, no metadata).
+fn planned_offsets(plan: &[OffsetResetPlan]) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+    let now = now_ms();
+    plan.iter()
+        .map(|p| {
+            (
+                TopicPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                },
+                OffsetAndMetadata {
+                    offset: p.new_offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: now,
+                },
+            )
+        })
+        .collect()
 }
 
 fn has_members(group_id: &str, members: usize, state: &str) -> ApiError {
@@ -564,48 +591,26 @@ async fn reset_offsets_in_cluster(
         }
     };
     let partition_count = |topic: &TopicMetadata| topic.assignments.len() as i32;
-    let selected: Vec<(String, i32)> = match &request.topic {
-        Some(topic_name) => {
-            let topic = cluster
-                .topic_caught_up(topic_name)
+    let named_count = match &request.topic {
+        Some(name) => Some(
+            cluster
+                .topic_caught_up(name)
                 .await
-                .ok_or_else(|| ApiError::NotFound(format!("unknown topic '{topic_name}'")))?;
-            let indexes: Vec<i32> = match &request.partitions {
-                Some(list) => list.clone(),
-                None => (0..partition_count(&topic)).collect(),
-            };
-            if let Some(index) = indexes
-                .iter()
-                .find(|&&i| i < 0 || i >= partition_count(&topic))
-            {
-                return Err(ApiError::NotFound(format!(
-                    "topic '{topic_name}' has no partition {index}"
-                )));
-            }
-            indexes
-                .into_iter()
-                .map(|index| (topic_name.clone(), index))
-                .collect()
-        }
-        None if request.partitions.is_some() => {
-            return Err(ApiError::BadRequest("partitions need a topic".into()))
-        }
-        None if committed.is_empty() => {
-            return Err(ApiError::NotFound(format!(
-                "group '{group_id}' has no committed offsets: name a topic to reset"
-            )))
-        }
-        // Only partitions that still exist.
-        None => committed
-            .keys()
-            .filter(|(topic, partition)| {
-                cluster
-                    .topic(topic)
-                    .is_some_and(|meta| *partition < partition_count(&meta))
-            })
-            .cloned()
-            .collect(),
+                .map(|t| partition_count(&t)),
+        ),
+        None => None,
     };
+    let selected = select_partitions(
+        &request,
+        &group_id,
+        named_count,
+        committed.keys().cloned(),
+        |topic, partition| {
+            cluster
+                .topic(topic)
+                .is_some_and(|meta| partition < partition_count(&meta))
+        },
+    )?;
     let mut plan = Vec::with_capacity(selected.len());
     for (topic, partition) in selected {
         let previous = committed.get(&(topic.clone(), partition)).copied();
@@ -620,26 +625,8 @@ async fn reset_offsets_in_cluster(
     if !request.dry_run && !plan.is_empty() {
         match &coordinator {
             Coordinator::ThisNode => {
-                let now = now_ms();
-                let offsets = plan
-                    .iter()
-                    .map(|p| {
-                        (
-                            TopicPartition {
-                                topic: p.topic.clone(),
-                                partition: p.partition,
-                            },
-                            OffsetAndMetadata {
-                                offset: p.new_offset,
-                                leader_epoch: -1,
-                                metadata: String::new(),
-                                commit_timestamp_ms: now,
-                            },
-                        )
-                    })
-                    .collect();
                 let results = cluster
-                    .commit_offsets(&group_id, "", None, -1, offsets)
+                    .commit_offsets(&group_id, "", None, -1, planned_offsets(&plan))
                     .await
                     .map_err(|error| coordinator_refusal(&group_id, error))?;
                 if let Some(Err(error)) = results.into_iter().find(|r| r.is_err()) {

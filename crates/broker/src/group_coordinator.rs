@@ -1,5 +1,5 @@
 //! Consumer groups: Kafka's classic rebalance protocol (JoinGroup/SyncGroup/Heartbeat/LeaveGroup)
-//! and committed offsets (stored through [`crate::offset_store`]).
+//! and committed offsets (stored through the `offset_store` module).
 //!
 //! Protocol-neutral: plain Rust types in, [`GroupError`] out. Group membership lives in memory
 //! only (after a restart members get UNKNOWN_MEMBER_ID and rejoin, as with a moved Kafka

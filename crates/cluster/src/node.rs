@@ -6,7 +6,7 @@
 //! append from a leader that came first) skips initialization, which openraft would refuse
 //! anyway rather than overwrite anything.
 //!
-//! A node started with `--join` instead joins a running cluster (see [`membership`]); a
+//! A node started with `--join` instead joins a running cluster (node/membership.rs); a
 //! restarted node needs neither: its stored membership names the others.
 //!
 //! Membership carries each node's transport address only (`kafka_addr` empty): it must be the

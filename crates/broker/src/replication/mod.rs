@@ -266,7 +266,7 @@ impl ClusterBroker {
 
     /// This partition as Metadata describes it: a replica here answers from its group; any
     /// other node from the leadership the partition's leader last reported through the
-    /// metadata group (see [`ClusterBroker::report_leaders`]), as every Kafka broker's
+    /// metadata group (see `ClusterBroker::report_leaders`), as every Kafka broker's
     /// metadata cache knows every leader. That report may be stale by an election; a client
     /// sent to a deposed leader is answered NOT_LEADER_OR_FOLLOWER and asks again.
     pub fn partition_view(&self, topic: &TopicMetadata, partition: i32) -> PartitionView {

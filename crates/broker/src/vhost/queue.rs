@@ -1,11 +1,11 @@
 //! An AMQP queue: messages ready for delivery in publish order, the consumers it delivers to
 //! (round robin, within each one's prefetch), and the rules that move messages out of it: acks,
 //! TTL, max-length and dead-lettering. A durable queue keeps its persistent messages in a
-//! [`QueueStore`]; everything else lives in memory only, as in RabbitMQ.
+//! `QueueStore`; everything else lives in memory only, as in RabbitMQ.
 //!
 //! Memory holds a small index entry per message, never a backlog's bodies: a persistent
 //! message of a durable queue keeps its body in memory only while the queue's in-memory bodies
-//! stay under `READY_MEMORY_BYTES_MAX`; past that it is a position in a [`StoredRun`] (offsets
+//! stay under `READY_MEMORY_BYTES_MAX`; past that it is a position in a `StoredRun` (offsets
 //! in the message log, no body), and runs of consecutive messages share one entry. The head of
 //! the queue is read back from the log when it is delivered, through a read-ahead of whole
 //! batches (`READ_AHEAD_BYTES` per read), so a drain costs one read per batch, not per message.

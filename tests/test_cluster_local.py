@@ -985,3 +985,86 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
             time.sleep(0.2)
     status, answer = http_delete(nodes[elsewhere - 1], f"/api/groups/{group}")
     assert status == 404, answer
+
+
+def metric_value(node, name):
+    """A counter's value in a node's /metrics scrape (0 when absent)."""
+    import urllib.request
+    with urllib.request.urlopen(node.http_url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_offsets(
+        broker_factory):
+    """Many producers with linger.ms=0 (small requests, several in flight each), half of them
+    idempotent, write one RF=3 partition at once. The leader groups the batches that queue
+    while earlier entries are in flight into one Raft entry (its metrics show more batches
+    than entries), and every acknowledged message is where its delivery report says, once."""
+    topic = "grouped"
+    nodes = start_cluster(broker_factory)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = create_topic_with_leaders(admin, topic, 1)
+    leader = nodes[metadata.partitions[0].leader - 1]
+    entries_before = metric_value(leader, "sluice_raft_entries_proposed_total")
+    batches_before = metric_value(leader, "sluice_raft_batches_proposed_total")
+
+    producers, per_producer = 8, 1500
+    acknowledged = {}  # offset -> value
+    failures = []
+    lock = threading.Lock()
+
+    def produce(n):
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                             "enable.idempotence": n % 2 == 0, "message.timeout.ms": 60000})
+
+        def report(error, message):
+            with lock:
+                if error is not None:
+                    failures.append(error)
+                else:
+                    assert message.offset() not in acknowledged, message.offset()
+                    acknowledged[message.offset()] = message.value()
+
+        for i in range(per_producer):
+            while True:
+                try:
+                    producer.produce(topic, value=f"p{n}-{i}".encode(), partition=0,
+                                     on_delivery=report)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        assert producer.flush(90) == 0
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+    assert len(acknowledged) == producers * per_producer
+
+    entries = metric_value(leader, "sluice_raft_entries_proposed_total") - entries_before
+    batches = metric_value(leader, "sluice_raft_batches_proposed_total") - batches_before
+    assert batches >= producers * per_producer / 50, (entries, batches)
+    assert batches > entries, f"no batches were grouped: {entries} entries, {batches} batches"
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "grouped-check",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        got = {}
+        deadline = time.monotonic() + 60
+        while len(got) < len(acknowledged) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            assert message.offset() not in got
+            got[message.offset()] = message.value()
+        assert got == acknowledged
+    finally:
+        consumer.close()

@@ -22,7 +22,11 @@ use sluice_log::{
 /// The leader of each term in these tests: node `term % 3 + 1`, so a log id that lost its
 /// leader's node id would not compare equal.
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-    LogId::new(CommittedLeaderId::new(term, term % 3 + 1), index)
+    LogId::new(CommittedLeaderId::new(term, leader_of(term)), index)
+}
+
+fn leader_of(term: u64) -> NodeId {
+    term % 3 + 1
 }
 
 /// A producer's batch of `records` records whose values name `tag`.
@@ -626,4 +630,176 @@ fn big_batch(bytes: usize) -> Bytes {
         headers: Vec::new(),
     });
     Bytes::from(builder.build())
+}
+
+/// Entry 5 of three producer batches grouped (2, 1 and 4 records), entry 6 one batch.
+fn grouped_entries() -> Vec<Entry<PartitionRaft>> {
+    let group = PartitionEntry::group(
+        vec![
+            PartitionEntry::new(producer_batch("g1", 2)).unwrap(),
+            PartitionEntry::new(producer_batch("g2", 1)).unwrap(),
+            PartitionEntry::new(producer_batch("g3", 4)).unwrap(),
+        ],
+        leader_of(2),
+    );
+    vec![
+        Entry {
+            log_id: log_id(2, 5),
+            payload: EntryPayload::Normal(group),
+        },
+        normal(2, 6, "after", 1),
+    ]
+}
+
+/// The producers' records of an entry (an entry group's head record left out).
+fn produced_values(entry: &Entry<PartitionRaft>) -> Vec<String> {
+    values(entry)
+        .into_iter()
+        .filter(|v| v.contains('-'))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_entry_group_is_one_entry_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let (mut store, mut sm, log) = open(Arc::new(RealDisk), dir.path());
+        store.blocking_append(five_entries()).await.unwrap();
+        store.blocking_append(grouped_entries()).await.unwrap();
+        // The head takes offset 8; the batches follow at 9, 11 and 12; the next entry at 16.
+        assert_eq!(log.log_end_offset(), 17);
+        let entries = store.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(entries.len(), 7);
+        assert_eq!(
+            entries.iter().map(base_offset).collect::<Vec<_>>(),
+            vec![None, None, None, Some(3), Some(6), Some(8), Some(16)]
+        );
+        assert_eq!(
+            produced_values(&entries[5]),
+            vec!["g1-0", "g1-1", "g2-0", "g3-0", "g3-1", "g3-2", "g3-3"]
+        );
+        let applied = sm.apply(entries.clone()).await.unwrap();
+        assert_eq!(
+            (applied[5].base_offset, applied[5].last_offset),
+            (8, 15),
+            "the group's entry spans its head and every batch"
+        );
+        assert_eq!(log.high_watermark(), 17);
+        // Consumers see the producers' batches; the head is a control batch they skip.
+        let control: Vec<(i64, bool)> = log
+            .batch_headers_from(8)
+            .unwrap()
+            .iter()
+            .map(|h| (h.base_offset, h.is_control()))
+            .collect();
+        assert_eq!(
+            control,
+            vec![(8, true), (9, false), (11, false), (12, false), (16, false)]
+        );
+        entries
+    };
+    // Recovery finds the entry boundaries from the head, and reads from the log (no cache).
+    let (mut store, _sm, _log) = open(Arc::new(RealDisk), dir.path());
+    assert_eq!(store.try_get_log_entries(0..).await.unwrap(), before);
+    let range = store.try_get_log_entries(5..6).await.unwrap();
+    assert_eq!(range, before[5..6]);
+    // Appending continues after the group's last entry.
+    store
+        .blocking_append([normal(2, 7, "next", 1)])
+        .await
+        .unwrap();
+    let next = store.try_get_log_entries(7..8).await.unwrap();
+    assert_eq!(base_offset(&next[0]), Some(17));
+}
+
+#[tokio::test]
+async fn a_torn_entry_group_is_cut_off_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _sm, log) = open(Arc::new(RealDisk), dir.path());
+        store.blocking_append(five_entries()).await.unwrap();
+        store.write_entries(grouped_entries()).unwrap();
+        // As if a crash kept the head and the first two batches of the group's write only.
+        log.truncate_to(12).unwrap();
+        assert_eq!(log.log_end_offset(), 12);
+    }
+    let (mut store, _sm, log) = open(Arc::new(RealDisk), dir.path());
+    assert_eq!(log.log_end_offset(), 8, "the partly written group is gone");
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(entries, five_entries_as_stored(&mut store).await);
+    // Raft appends entry 5 again (from the leader), at the same offset.
+    store.blocking_append(grouped_entries()).await.unwrap();
+    let again = store.try_get_log_entries(5..7).await.unwrap();
+    assert_eq!(
+        again.iter().map(base_offset).collect::<Vec<_>>(),
+        vec![Some(8), Some(16)]
+    );
+}
+
+async fn five_entries_as_stored(store: &mut PartitionLogStore) -> Vec<Entry<PartitionRaft>> {
+    let entries = store.try_get_log_entries(0..5).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    entries
+}
+
+#[test]
+fn an_entry_group_head_cannot_be_proposed_as_data() {
+    let group = PartitionEntry::group(
+        vec![
+            PartitionEntry::new(producer_batch("a", 1)).unwrap(),
+            PartitionEntry::new(producer_batch("b", 1)).unwrap(),
+        ],
+        1,
+    );
+    assert!(PartitionEntry::new(group.batch.clone()).is_err());
+    let header = BatchHeader::parse(&group.batch).unwrap();
+    let head = group.batch.slice(..header.total_bytes());
+    assert!(PartitionEntry::new(head).is_err());
+    // A single batch stays an ordinary entry.
+    let one = PartitionEntry::group(
+        vec![PartitionEntry::new(producer_batch("c", 1)).unwrap()],
+        1,
+    );
+    assert_eq!(one.batch, producer_batch("c", 1));
+}
+
+#[tokio::test]
+async fn entry_groups_larger_than_one_read_come_back_whole_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = |index: u64, batch_bytes: usize| Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(PartitionEntry::group(
+            (0..3)
+                .map(|_| PartitionEntry::new(big_batch(batch_bytes)).unwrap())
+                .collect(),
+            leader_of(2),
+        )),
+    };
+    // Groups of ~900 KiB straddle the 1 MiB reads; one of ~1.5 MiB is larger than a read.
+    let appended = vec![
+        blank(2, 0),
+        group(1, 300 << 10),
+        group(2, 300 << 10),
+        group(3, 500 << 10),
+        group(4, 300 << 10),
+        normal(2, 5, "last", 2),
+    ];
+    {
+        let (mut store, _sm, _log) = open(Arc::new(RealDisk), dir.path());
+        store.blocking_append(appended.clone()).await.unwrap();
+    }
+    let (mut store, _sm, _log) = open(Arc::new(RealDisk), dir.path());
+    let read = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(read.len(), 6);
+    for (got, sent) in read.iter().zip(&appended) {
+        let batches = |entry: &Entry<PartitionRaft>| match &entry.payload {
+            EntryPayload::Normal(normal) => {
+                sluice_log::validate_batches(&normal.batch).unwrap().len()
+            }
+            _ => 1,
+        };
+        assert_eq!(got.log_id, sent.log_id);
+        assert_eq!(batches(got), batches(sent), "entry {}", got.log_id.index);
+    }
+    assert_eq!(produced_values(&read[5]), vec!["last-0", "last-1"]);
 }

@@ -137,6 +137,16 @@ fn describe_metrics() {
         Unit::Bytes,
         "Resident set size of the broker process"
     );
+    describe_counter!(
+        sluice_broker::replication::ENTRIES_PROPOSED_METRIC,
+        "Raft entries this node proposed to replicated partitions as their leader"
+    );
+    describe_counter!(
+        sluice_broker::replication::BATCHES_PROPOSED_METRIC,
+        "Record batches in those entries: batches that queued while earlier entries were in flight share one entry"
+    );
+    metrics::counter!(sluice_broker::replication::ENTRIES_PROPOSED_METRIC).increment(0);
+    metrics::counter!(sluice_broker::replication::BATCHES_PROPOSED_METRIC).increment(0);
     for protocol in ["kafka", "amqp"] {
         metrics::gauge!("sluice_connections", "protocol" => protocol).increment(0.0);
         metrics::counter!("sluice_connections_opened_total", "protocol" => protocol).increment(0);

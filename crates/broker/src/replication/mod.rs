@@ -7,9 +7,10 @@
 //!   group's Raft log) and starts their groups; it stops the groups of deleted topics and
 //!   deletes their data. Topic administration, auto-creation and producer-id blocks are
 //!   proposals to the metadata group.
-//! - [`Replica`] serves one partition: produce on the Raft leader only (`client_write`, one
-//!   entry per record batch, answered once committed and applied: acks=1 waits for the
-//!   majority too, stronger than Kafka), fetch and ListOffsets on the leader below the high
+//! - [`Replica`] serves one partition: produce on the Raft leader only (one entry per record
+//!   batch, or one entry for the batches that queued while earlier entries were in flight;
+//!   answered once committed and applied: acks=1 waits for the majority too, stronger than
+//!   Kafka), fetch and ListOffsets on the leader below the high
 //!   watermark, OffsetForLeaderEpoch from the term history, the ISR from the leader's view of
 //!   its followers.
 //! - Idempotent producers: every replica records the committed batches' producer state as its
@@ -39,6 +40,7 @@
 //! The single-node broker ([`Broker`]) is not involved in any of this: without `--peers`
 //! nothing here runs.
 
+mod proposer;
 mod replica;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -56,6 +58,7 @@ use sluice_cluster::node::ClusterNode;
 use sluice_cluster::{partition, GroupId, NodeAddress, NodeId};
 use tokio::sync::{watch, Notify};
 
+pub use proposer::{BATCHES_PROPOSED_METRIC, ENTRIES_PROPOSED_METRIC};
 pub use replica::{PartitionView, Replica, ISR_LAG_MAX};
 
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};

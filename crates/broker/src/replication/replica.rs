@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
-use openraft::raft::responder::Responder;
 use openraft::{Raft, ServerState};
 use parking_lot::Mutex;
 use sluice_cluster::partition::{
@@ -19,6 +18,7 @@ use sluice_cluster::NodeId;
 use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, PartitionLog};
 use tokio::sync::watch;
 
+use super::proposer::{EntryProposer, ProposalFailure, ProposedBatch};
 use super::ReplicationError;
 use crate::partition::delete_records_target;
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
@@ -41,13 +41,9 @@ struct CommittedProducers {
     offset_tracked: i64,
 }
 
-/// A batch handed to Raft: resolves once it is committed and applied (or cannot be).
-type PartitionProposal =
-    <openraft::impls::OneshotResponder<PartitionRaft> as Responder<PartitionRaft>>::Receiver;
-
 /// What an idempotent request's sequence check decided.
 enum Proposal {
-    Proposed(Vec<PartitionProposal>),
+    Proposed(Vec<ProposedBatch>),
     /// A retry of a committed batch: acknowledge with its offset.
     Duplicate {
         offset_first: i64,
@@ -90,6 +86,8 @@ pub struct Replica {
     pub(super) index: i32,
     node_id: NodeId,
     raft: Raft<PartitionRaft>,
+    /// Hands produced batches to Raft, grouped while earlier entries are in flight.
+    proposer: EntryProposer,
     log: Arc<PartitionLog>,
     terms: raft_partition::PartitionView,
     progress: watch::Receiver<ApplyProgress>,
@@ -121,6 +119,7 @@ impl Replica {
             topic_id,
             index,
             node_id,
+            proposer: EntryProposer::start(raft.clone(), node_id),
             raft,
             log,
             terms,
@@ -398,7 +397,7 @@ impl Replica {
             .any(|h| h.producer_id >= 0 && h.base_sequence >= 0);
         let write = async {
             if !sequenced {
-                let proposals = self.propose_all(&records, &headers).await?;
+                let proposals = self.propose_all(&records, &headers)?;
                 return self.committed(proposals).await;
             }
             let proposals = match self.check_and_propose(&records, &headers).await? {
@@ -517,7 +516,7 @@ impl Replica {
                     .record(&unassigned, header.max_timestamp.min(now));
             }
         }
-        match self.propose_all(records, headers).await {
+        match self.propose_all(records, headers) {
             Ok(proposals) => Ok(Proposal::Proposed(proposals)),
             Err(error) => {
                 self.forget_proposed();
@@ -566,45 +565,44 @@ impl Replica {
         Ok(term)
     }
 
-    /// Hands every batch to Raft as its own entry, in order, without waiting for any to commit.
-    async fn propose_all(
+    /// Hands the batches to the proposer in order, without waiting for any to commit; a batch
+    /// that is not a valid entry fails the request before any is proposed.
+    fn propose_all(
         &self,
         records: &Bytes,
         headers: &[BatchHeader],
-    ) -> Result<Vec<PartitionProposal>, ReplicationError> {
-        let mut proposals = Vec::with_capacity(headers.len());
+    ) -> Result<Vec<ProposedBatch>, ReplicationError> {
+        let mut entries = Vec::with_capacity(headers.len());
         let mut position = 0usize;
         for header in headers {
-            let length = 12 + header.batch_length as usize;
+            let length = header.total_bytes();
             let batch = records.slice(position..position + length);
             position += length;
             let entry = PartitionEntry::new(batch)
                 .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
-            match self.raft.client_write_ff(entry).await {
-                Ok(proposal) => proposals.push(proposal),
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "partition group stopped");
-                    return Err(ReplicationError::NotLeader);
-                }
-            }
+            entries.push((entry, i64::from(header.last_offset_delta) + 1));
         }
-        Ok(proposals)
+        Ok(entries
+            .into_iter()
+            .map(|(entry, offsets)| self.proposer.submit(entry, offsets))
+            .collect())
     }
 
     /// Waits for proposed batches to be committed and applied: the first one's base offset.
-    async fn committed(&self, proposals: Vec<PartitionProposal>) -> Result<i64, ReplicationError> {
+    async fn committed(&self, proposals: Vec<ProposedBatch>) -> Result<i64, ReplicationError> {
         let mut base_offset = None;
         for proposal in proposals {
-            let applied = match proposal.await {
-                Ok(Ok(response)) => response.data,
-                Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+            let offset = match proposal.await {
+                Ok(Ok(offset)) => offset,
+                Ok(Err(ProposalFailure::Raft(reason))) => {
+                    return Err(ReplicationError::Raft(reason))
+                }
+                // Lost leadership, or the group stopped with the proposal pending.
+                Ok(Err(ProposalFailure::NotLeader)) | Err(_) => {
                     return Err(ReplicationError::NotLeader)
                 }
-                Ok(Err(e)) => return Err(ReplicationError::Raft(e.to_string())),
-                // The group stopped with the proposal pending.
-                Err(_) => return Err(ReplicationError::NotLeader),
             };
-            base_offset.get_or_insert(applied.base_offset);
+            base_offset.get_or_insert(offset);
         }
         base_offset.ok_or_else(|| BrokerError::InvalidRecord("no batches".into()).into())
     }

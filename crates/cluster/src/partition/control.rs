@@ -9,6 +9,9 @@
 //! - [`CONTROL_TYPE_LOG_START`] (102): a normal entry (Kafka's DeleteRecords) whose value is
 //!   the new log start offset (i64 big endian); every replica moves its log start to it when
 //!   the entry applies, so consumers of any replica stop seeing the deleted records.
+//! - [`CONTROL_TYPE_ENTRY_GROUP`] (103): the head of a normal entry that holds several
+//!   producer batches (see [`PartitionEntry::group`]); the value is how many batches follow
+//!   it in the same entry (u32 big endian). It lets recovery find entry boundaries.
 //!
 //! Producers may not send these types (see [`is_reserved_control`]). Any other batch, control or not (a transaction marker written by the broker is a control
 //! batch too), is a normal entry carrying that batch.
@@ -26,6 +29,7 @@ pub const LEADER_HEADER: &str = "raft.leader";
 pub const CONTROL_TYPE_RAFT_BLANK: i16 = 100;
 pub const CONTROL_TYPE_RAFT_MEMBERSHIP: i16 = 101;
 pub const CONTROL_TYPE_LOG_START: i16 = 102;
+pub const CONTROL_TYPE_ENTRY_GROUP: i16 = 103;
 const CONTROL_KEY_VERSION: i16 = 0;
 
 /// The batch bytes stored for an entry's payload (base offset and epoch still to be assigned).
@@ -79,6 +83,57 @@ pub fn log_start_batch(offset: i64, leader: NodeId) -> Bytes {
     ))
 }
 
+/// The head batch of an entry of `count` producer batches, proposed by `leader`.
+pub fn entry_group_batch(count: u32, leader: NodeId) -> Vec<u8> {
+    control_batch(
+        CONTROL_TYPE_ENTRY_GROUP,
+        Some(count.to_be_bytes().to_vec()),
+        leader,
+    )
+}
+
+/// How many batches follow an entry group's head batch; `None` for any other batch.
+pub fn entry_group_count(header: &BatchHeader, batch: &[u8]) -> Option<u32> {
+    if !header.is_control() {
+        return None;
+    }
+    // A group has two batches at least: a count below 1 is no group head.
+    match raft_control_type(batch)? {
+        (CONTROL_TYPE_ENTRY_GROUP, record) => {
+            let bytes: [u8; 4] = record.value?.try_into().ok()?;
+            Some(u32::from_be_bytes(bytes)).filter(|&n| n >= 1)
+        }
+        _ => None,
+    }
+}
+
+/// How many batches an entry's stored bytes hold (1, or an entry group's head and the
+/// batches it counts); an error when the bytes do not split into whole batches or a head's
+/// count does not match what follows it.
+pub fn entry_batch_count(bytes: &[u8]) -> Result<usize, PartitionRaftError> {
+    let mut position = 0;
+    let mut count = 0usize;
+    let mut expected = None;
+    while position < bytes.len() {
+        let header = BatchHeader::parse(&bytes[position..])?;
+        let total = header.total_bytes();
+        if count == 0 {
+            expected = entry_group_count(&header, &bytes[position..])
+                .map(|n| n as usize + 1)
+                .or(Some(1));
+        }
+        count += 1;
+        position += total;
+    }
+    if position != bytes.len() || expected != Some(count) {
+        return Err(PartitionRaftError::InvalidEntry(format!(
+            "an entry of {} bytes holds {count} batches, its head says {expected:?}",
+            bytes.len()
+        )));
+    }
+    Ok(count)
+}
+
 /// The log start a [`CONTROL_TYPE_LOG_START`] batch asks for; `None` for any other batch.
 pub fn log_start_request(header: &BatchHeader, batch: &[u8]) -> Option<i64> {
     if !header.is_control() {
@@ -107,9 +162,14 @@ pub fn control_leader(header: &BatchHeader, batch: &[u8]) -> Option<NodeId> {
     Some(NodeId::from_be_bytes(bytes))
 }
 
-/// The control type of a control batch's single record, if it is one of ours.
+/// The control type of a control batch's single record, if it is one of ours. Only the first
+/// batch of `batch` is looked at (an entry group's head).
 fn raft_control_type(batch: &[u8]) -> Option<(i16, Record)> {
-    let records = decode_records(batch).ok()?;
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() || header.record_count != 1 {
+        return None;
+    }
+    let records = decode_records(batch.get(..header.total_bytes())?).ok()?;
     let [record] = <[Record; 1]>::try_from(records).ok()?;
     let key = record.key.as_deref()?;
     let (version, control_type) = match key {
@@ -122,7 +182,10 @@ fn raft_control_type(batch: &[u8]) -> Option<(i16, Record)> {
     (version == CONTROL_KEY_VERSION
         && matches!(
             control_type,
-            CONTROL_TYPE_RAFT_BLANK | CONTROL_TYPE_RAFT_MEMBERSHIP | CONTROL_TYPE_LOG_START
+            CONTROL_TYPE_RAFT_BLANK
+                | CONTROL_TYPE_RAFT_MEMBERSHIP
+                | CONTROL_TYPE_LOG_START
+                | CONTROL_TYPE_ENTRY_GROUP
         ))
     .then_some((control_type, record))
 }
@@ -133,7 +196,8 @@ pub fn is_reserved_control(header: &BatchHeader, batch: &[u8]) -> bool {
     header.is_control() && raft_control_type(batch).is_some()
 }
 
-/// The entry payload a stored batch holds (`batch` is exactly one whole, CRC-checked batch).
+/// The entry payload stored bytes hold: exactly one whole, CRC-checked batch, or an entry
+/// group (its head batch, whose header is `header`, and the batches it counts).
 pub fn decode_payload(
     header: &BatchHeader,
     batch: Bytes,
@@ -144,7 +208,9 @@ pub fn decode_payload(
     match raft_control_type(&batch) {
         None => Ok(EntryPayload::Normal(PartitionEntry { batch })),
         Some((CONTROL_TYPE_RAFT_BLANK, _)) => Ok(EntryPayload::Blank),
-        Some((CONTROL_TYPE_LOG_START, _)) => Ok(EntryPayload::Normal(PartitionEntry { batch })),
+        Some((CONTROL_TYPE_LOG_START | CONTROL_TYPE_ENTRY_GROUP, _)) => {
+            Ok(EntryPayload::Normal(PartitionEntry { batch }))
+        }
         Some((_, record)) => {
             let value = record.value.ok_or_else(|| {
                 PartitionRaftError::Decode("membership control record without a value".into())

@@ -23,6 +23,9 @@ use crate::NodeId;
 
 /// Bytes read from the segments per step when reconstructing entries.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// A stored entry larger than this is taken for a broken log (a producer batch is at most the
+/// transport's message limit, an entry group is cut near 1 MiB).
+const ENTRY_BYTES_MAX: usize = 1 << 30;
 
 /// Batch bytes one AppendEntries carries at most (one entry even if larger): under the
 /// transport's budget for an AppendEntries (2 MiB by default), so openraft is not first handed
@@ -135,27 +138,39 @@ impl PartitionLogStore {
                 .position(|e| e.log_id.leader_id.term != term)
                 .map_or(entries.len(), |n| position + n);
             let mut batches = Vec::new();
+            // Batches per entry (1, or an entry group's head and members), checked before
+            // anything is written: the index must not drift from the log.
+            let mut counts = Vec::with_capacity(run_end - position);
             for entry in &entries[position..run_end] {
-                batches.extend_from_slice(&control::encode_payload(
-                    &entry.payload,
-                    entry.log_id.leader_id.node_id,
-                )?);
+                let bytes =
+                    control::encode_payload(&entry.payload, entry.log_id.leader_id.node_id)?;
+                counts.push(control::entry_batch_count(&bytes)?);
+                batches.extend_from_slice(&bytes);
             }
             let appended = shared.log.append(&mut batches, epoch, now_ms)?;
-            if appended.batches.len() != run_end - position {
-                // An entry's bytes held more than one batch: the index would drift.
+            if appended.batches.len() != counts.iter().sum::<usize>() {
                 return Err(PartitionRaftError::InvalidEntry(format!(
-                    "{} entries wrote {} batches",
+                    "{} entries of {} batches wrote {} batches",
                     run_end - position,
+                    counts.iter().sum::<usize>(),
                     appended.batches.len()
                 )));
             }
-            // The buffer now holds the batches as stored: keep each for replication and apply.
+            // The buffer now holds the batches as stored: keep each entry's for replication
+            // and apply.
             let stored = Bytes::from(batches);
             let mut at = 0;
-            for (entry, header) in entries[position..run_end].iter().zip(&appended.batches) {
-                index.push(header.base_offset, epoch);
-                let end = at + header.total_bytes();
+            let mut headers = appended.batches.iter();
+            for (entry, count) in entries[position..run_end].iter().zip(counts) {
+                let mut base_offset = None;
+                let mut end = at;
+                for header in headers.by_ref().take(count) {
+                    base_offset.get_or_insert(header.base_offset);
+                    end += header.total_bytes();
+                }
+                if let Some(base_offset) = base_offset {
+                    index.push(base_offset, epoch);
+                }
                 if end <= stored.len() {
                     index.tail.push(entry.log_id.index, stored.slice(at..end));
                 }
@@ -210,7 +225,7 @@ impl PartitionLogReader {
         bytes_max: usize,
     ) -> Result<Vec<Entry<PartitionRaft>>, PartitionRaftError> {
         let log = &self.shared.log;
-        let (start, end, offset, leaders, cached, mut bytes) = {
+        let (start, spans, leaders, cached, mut bytes) = {
             let index = self.shared.index.lock();
             let start = match range.start_bound() {
                 Bound::Included(&i) => i,
@@ -243,64 +258,102 @@ impl PartitionLogReader {
                 bytes += batch.len();
                 cached.push(batch.clone());
             }
-            let after_cached = start + cached.len() as u64;
-            let offset = (!full && after_cached < end)
-                .then(|| index.offset_of(after_cached))
-                .flatten();
-            if cached.is_empty() && offset.is_none() {
+            // `[base, end)` offsets of each entry left to read.
+            let mut spans = Vec::new();
+            if !full {
+                let log_end = log.log_end_offset();
+                for entry_index in start + cached.len() as u64..end {
+                    match index.offsets_of(entry_index, log_end) {
+                        Some(span) => spans.push(span),
+                        None => break,
+                    }
+                }
+            }
+            if cached.is_empty() && spans.is_empty() {
                 return Ok(Vec::new());
             }
-            (start, end, offset, index.leaders().clone(), cached, bytes)
+            (start, spans, index.leaders().clone(), cached, bytes)
         };
-        let mut entries = Vec::with_capacity((end - start).min(4096) as usize);
+        let mut entries = Vec::with_capacity(cached.len() + spans.len().min(4096));
         let mut next = start;
         for batch in cached {
             let header = BatchHeader::parse(&batch)?;
             entries.push(self.entry(next, &header, batch, &leaders)?);
             next += 1;
         }
-        let Some(mut offset) = offset else {
-            return Ok(entries);
+        let inconsistent = |reason: String| PartitionRaftError::Inconsistent {
+            dir: self.shared.dir.clone(),
+            reason,
         };
-        'read: while next < end {
-            let read = log.read_uncommitted(offset, READ_CHUNK_BYTES)?;
-            let records = read.records;
-            if records.is_empty() {
-                // Truncated under us: what was read is all there is.
-                break;
-            }
+        let mut spans = spans.into_iter().peekable();
+        let mut chunk = READ_CHUNK_BYTES;
+        'read: while let Some(&(first_base, _)) = spans.peek() {
+            let records = log.read_uncommitted(first_base, chunk)?.records;
             let mut position = 0;
-            while position < records.len() && next < end {
-                let header = BatchHeader::parse(&records[position..])?;
-                let total = header.total_bytes();
+            while let Some(&(base, stop)) = spans.peek() {
+                // The entry's batches: from `position` to the batch that ends at `stop`.
+                let mut at = position;
+                let mut first = None;
+                let mut complete = false;
+                while at < records.len() {
+                    let header = BatchHeader::parse(&records[at..])?;
+                    let total = header.total_bytes();
+                    if at + total > records.len() {
+                        break;
+                    }
+                    if first.is_none() && header.base_offset != base {
+                        return Err(inconsistent(format!(
+                            "entry {next} expected at offset {base}, found a batch at {}",
+                            header.base_offset
+                        )));
+                    }
+                    at += total;
+                    let batch_end = header.last_offset() + 1;
+                    first.get_or_insert(header);
+                    if batch_end >= stop {
+                        if batch_end != stop {
+                            return Err(inconsistent(format!(
+                                "entry {next} ends at offset {stop}, a batch ends at {batch_end}"
+                            )));
+                        }
+                        complete = true;
+                        break;
+                    }
+                }
+                let Some(header) = first.filter(|_| complete) else {
+                    if position > 0 {
+                        // The entry continues past this read: read again from it.
+                        continue 'read;
+                    }
+                    if log.log_end_offset() < stop {
+                        // Truncated under us: what was read is all there is.
+                        break 'read;
+                    }
+                    // One entry larger than a read.
+                    if chunk >= ENTRY_BYTES_MAX {
+                        return Err(inconsistent(format!(
+                            "entry {next} at offset {base} is over {ENTRY_BYTES_MAX} bytes"
+                        )));
+                    }
+                    chunk = chunk.saturating_mul(2);
+                    continue 'read;
+                };
+                let total = at - position;
                 if !entries.is_empty() && bytes.saturating_add(total) > bytes_max {
                     break 'read;
                 }
                 bytes += total;
-                if header.base_offset != offset || position + total > records.len() {
-                    return Err(PartitionRaftError::Inconsistent {
-                        dir: self.shared.dir.clone(),
-                        reason: format!(
-                            "entry {next} expected at offset {offset}, found a batch at {}",
-                            header.base_offset
-                        ),
-                    });
-                }
-                entries.push(self.entry(
-                    next,
-                    &header,
-                    records.slice(position..position + total),
-                    &leaders,
-                )?);
+                entries.push(self.entry(next, &header, records.slice(position..at), &leaders)?);
                 next += 1;
-                offset = header.last_offset() + 1;
-                position += total;
+                position = at;
+                spans.next();
             }
         }
         Ok(entries)
     }
 
-    /// Entry `index` from its stored batch (one whole batch).
+    /// Entry `index` from its stored bytes (one whole batch or an entry group; `header` is
+    /// the first batch's).
     fn entry(
         &self,
         index: u64,

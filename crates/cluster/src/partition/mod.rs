@@ -3,10 +3,15 @@
 //!
 //! # Mapping
 //!
-//! - **One Raft entry = one record batch** in the partition log, in index order with no gaps:
-//!   entry `i + 1` is the batch right after entry `i`. A normal entry carries one Kafka record
-//!   batch v2 exactly as the producer sent it ([`PartitionEntry`]); appending it assigns its
-//!   base offset, as a non-replicated append does.
+//! - **One Raft entry = one record batch, or a group of them**, in the partition log, in index
+//!   order with no gaps: entry `i + 1` starts right after entry `i`. A normal entry carries
+//!   one Kafka record batch v2 exactly as the producer sent it ([`PartitionEntry`]); appending
+//!   it assigns its base offset, as a non-replicated append does. openraft 0.9's leader waits
+//!   for each append's flush before it takes the next proposal, so one entry per batch would
+//!   cap a partition at one batch per fsync: batches proposed while earlier entries are in
+//!   flight travel together as an **entry group** ([`PartitionEntry::group`]), a head control
+//!   batch (type 103, one offset) that counts the batches after it. Recovery reads the heads
+//!   to find entry boundaries again.
 //! - The batch's **`partitionLeaderEpoch`** (outside the CRC) is the entry's **Raft term**
 //!   (terms above `i32::MAX` are refused). openraft's default (advanced) mode names a leader
 //!   by term *and* node id, and one term has at most one leader; the node is not in the batch,
@@ -74,8 +79,8 @@
 //! leader-epoch checkpoint), so opening does not scan the whole retention. openraft hands
 //! the state machine and each follower's replication entries read from the log store: the
 //! stored batches of the latest entries stay in memory from their append (up to 4 MiB per
-//! partition, 1 MiB of them once applied; `tail_cache`), so those reads are usually not
-//! copies out of the page cache. Replication reads at most [`REPLICATION_BYTES_MAX`] of
+//! partition, 1 MiB of them once applied, 256 MiB for all partitions together; `tail_cache`),
+//! so those reads are usually not copies out of the page cache. Replication reads at most [`REPLICATION_BYTES_MAX`] of
 //! batches per AppendEntries.
 //!
 //! [`PartitionLog::enforce_retention`]: sluice_log::PartitionLog::enforce_retention
@@ -128,8 +133,10 @@ openraft::declare_raft_types!(
 /// Largest snapshot data built in memory (the newest batches that fit).
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 20;
 
-/// A normal entry: one Kafka record batch v2. Proposed as the producer sent it (base offset
-/// unassigned); read back from the log, it holds the stored batch (offset and epoch assigned).
+/// A normal entry: one Kafka record batch v2, or an entry group (a head control batch and the
+/// producer batches it counts, see [`PartitionEntry::group`]). Proposed as the producers sent
+/// them (base offsets unassigned); read back from the log, it holds the stored batches
+/// (offsets and epoch assigned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionEntry {
     pub batch: Bytes,
@@ -152,6 +159,29 @@ impl PartitionEntry {
             ));
         }
         Ok(PartitionEntry { batch })
+    }
+
+    /// Several producer batches (entries made by [`PartitionEntry::new`]) as one entry, so
+    /// they share one append, one fsync and one replication round: a head control batch
+    /// ([`control::CONTROL_TYPE_ENTRY_GROUP`]) counting them, then the batches. One batch
+    /// stays an ordinary entry. `leader` is the proposing leader (named in the head).
+    pub fn group(mut entries: Vec<PartitionEntry>, leader: NodeId) -> PartitionEntry {
+        if entries.len() == 1 {
+            if let Some(entry) = entries.pop() {
+                return entry;
+            }
+        }
+        // More than u32::MAX batches cannot be in memory; a wrong count would be refused by
+        // every replica's append.
+        let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        let mut bytes = control::entry_group_batch(count, leader);
+        bytes.reserve(entries.iter().map(|e| e.batch.len()).sum());
+        for entry in &entries {
+            bytes.extend_from_slice(&entry.batch);
+        }
+        PartitionEntry {
+            batch: Bytes::from(bytes),
+        }
     }
 
     /// The entry that moves every replica's log start to `offset` when it applies (Kafka's

@@ -102,7 +102,9 @@ impl RaftIndex {
                 "Raft's first entry offset {first_offset} is not a batch boundary (batch at {base_offset})"
             )));
         }
-        // Leaders from the control batches (a handful: one or two per term).
+        // Leaders from the control batches (one or two per term), and the heads of entry
+        // groups (at most one per entry Raft keeps).
+        let mut groups = BTreeMap::new();
         for offset in controls {
             let read = log.read_uncommitted(offset, 1)?;
             let Ok(header) = sluice_log::BatchHeader::parse(&read.records) else {
@@ -114,6 +116,30 @@ impl RaftIndex {
                 u64::try_from(header.partition_leader_epoch),
             ) {
                 index.leaders.entry(term).or_insert(leader);
+            }
+            if let Some(count) = control::entry_group_count(&header, batch) {
+                groups.insert(offset, count as usize);
+            }
+        }
+        if !groups.is_empty() {
+            // A group's members are not entries of their own.
+            let batches = std::mem::take(&mut index.offsets);
+            let mut batches = batches.into_iter();
+            while let Some(offset) = batches.next() {
+                index.offsets.push_back(offset);
+                let members = groups.get(&offset).copied().unwrap_or(0);
+                if batches.by_ref().take(members).count() < members {
+                    // A crash tore the group's write: the entry was never flushed, so this
+                    // replica never acknowledged it. Cut it off and index what is left.
+                    tracing::info!(dir = %dir.display(), offset, "dropped a partly written entry group");
+                    log.truncate_to(offset)?;
+                    if log.log_end_offset() > offset {
+                        return Err(inconsistent(format!(
+                            "cannot cut the partly written entry group at offset {offset}"
+                        )));
+                    }
+                    return RaftIndex::recover(storage, dir, log);
+                }
             }
         }
         for &(epoch, start) in index.terms.entries() {

@@ -331,12 +331,9 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             let log_end = shared.log.log_end_offset();
             for entry in entries {
                 let offsets = index.offsets_of(entry.log_id.index, log_end).or_else(|| {
-                    // Read back from the log, a normal entry's batch carries its offsets.
+                    // Read back from the log, a normal entry's batches carry their offsets.
                     match &entry.payload {
-                        EntryPayload::Normal(normal) => BatchHeader::parse(&normal.batch)
-                            .ok()
-                            .filter(|h| h.partition_leader_epoch >= 0)
-                            .map(|h| (h.base_offset, h.last_offset() + 1)),
+                        EntryPayload::Normal(normal) => stored_offsets(&normal.batch),
                         _ => None,
                     }
                 });
@@ -439,4 +436,21 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// `[base, end)` offsets of an entry's stored batches (offsets and epoch assigned); `None` for
+/// batches as proposed.
+fn stored_offsets(bytes: &[u8]) -> Option<(i64, i64)> {
+    let mut position = 0;
+    let mut span = None;
+    while position < bytes.len() {
+        let header = BatchHeader::parse(&bytes[position..]).ok()?;
+        if header.partition_leader_epoch < 0 {
+            return None;
+        }
+        let (base, _) = span.unwrap_or((header.base_offset, 0));
+        span = Some((base, header.last_offset() + 1));
+        position += header.total_bytes();
+    }
+    span
 }

@@ -1068,3 +1068,40 @@ def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_of
         assert got == acknowledged
     finally:
         consumer.close()
+
+
+def test_reassignment_answers_request_timed_out_at_its_timeout_ms(broker_factory):
+    """AlterPartitionReassignments bounds its wait by the request's timeout_ms, as Kafka's
+    controller does: with two of three nodes paused the metadata group cannot record the
+    move, and the answer is REQUEST_TIMED_OUT after about timeout_ms, not a later default."""
+    import signal
+
+    from kafka.admin import KafkaAdminClient
+    from kafka.protocol.admin import (AlterPartitionReassignmentsRequest,
+                                      AlterPartitionReassignmentsResponse)
+
+    from kafka_wire import KafkaWire
+
+    topic = "stalled-move"
+    nodes = start_cluster(broker_factory)
+    admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
+    create_topic_with_leaders(admin, topic, 1)
+    from kafka import TopicPartition as KafkaTopicPartition
+    topics = KafkaAdminClient._process_alter_partition_reassignments_input(
+        {KafkaTopicPartition(topic, 0): [3, 2, 1]})
+    paused = nodes[1:]
+    for node in paused:
+        node.process.send_signal(signal.SIGSTOP)
+    try:
+        with KafkaWire(nodes[0].bootstrap, timeout_s=30) as wire:
+            started = time.monotonic()
+            response = wire.request(
+                AlterPartitionReassignmentsRequest(timeout_ms=1500, topics=topics),
+                response_class=AlterPartitionReassignmentsResponse)
+            elapsed = time.monotonic() - started
+    finally:
+        for node in paused:
+            node.process.send_signal(signal.SIGCONT)
+    [partition] = response.responses[0].partitions
+    assert partition.error_code == 7, response  # REQUEST_TIMED_OUT
+    assert 1.2 <= elapsed < 6, elapsed

@@ -5,6 +5,8 @@
 //! NOT_CONTROLLER is never needed; a metadata group without a leader answers
 //! REQUEST_TIMED_OUT.
 
+use std::time::Duration;
+
 use kafka_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
 };
@@ -54,6 +56,10 @@ pub async fn alter_partition_reassignments(
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
     let allow_replication_factor_change = request.allow_replication_factor_change;
+    // `timeout_ms` bounds the whole request, as Kafka's controller does: what is not recorded
+    // by then is answered REQUEST_TIMED_OUT (it may still take effect, as in Kafka).
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
     let mut responses = Vec::new();
     for topic in request.topics {
         let current = cluster.topic(topic.name.as_str());
@@ -91,9 +97,13 @@ pub async fn alter_partition_reassignments(
                     continue;
                 }
             }
-            let outcome = cluster
-                .reassign_partition(topic.name.as_str(), partition.partition_index, target)
-                .await;
+            let reassigning =
+                cluster.reassign_partition(topic.name.as_str(), partition.partition_index, target);
+            let outcome = tokio::time::timeout_at(deadline, reassigning)
+                .await
+                .unwrap_or(Err(ReassignmentError::Replication(
+                    ReplicationError::Timeout,
+                )));
             partitions.push(partition_response(partition.partition_index, outcome));
         }
         responses.push(

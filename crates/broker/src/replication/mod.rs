@@ -148,6 +148,10 @@ pub enum ReassignmentError {
     /// NO_REASSIGNMENT_IN_PROGRESS: a cancel of nothing.
     #[error("no reassignment of {0} is in progress")]
     NoReassignmentInProgress(String),
+    /// NO_REASSIGNMENT_IN_PROGRESS too: the move passed its point of no return (the voters
+    /// are changing) and completes; as in Kafka, a completed move has nothing to cancel.
+    #[error("the reassignment of {0} is completing (its voters are changing) and can no longer be cancelled")]
+    Completing(String),
     #[error(transparent)]
     Replication(#[from] ReplicationError),
 }
@@ -870,7 +874,8 @@ impl ClusterBroker {
     /// `None`, cancels) in the metadata group. The partition's Raft leader then adds the new
     /// replicas as learners, waits until they caught up, changes the voters to the target and
     /// completes the move; replicas no longer assigned stop and delete their data. A cancel
-    /// is best effort: once the membership change has committed the move completes anyway.
+    /// is refused once the leader has recorded that it is changing the voters (the move then
+    /// completes, see [`MetadataCommand::BeginVoterChange`]).
     pub async fn reassign_partition(
         &self,
         topic: &str,
@@ -901,6 +906,9 @@ impl ClusterBroker {
                 }
                 MetadataRejection::NoReassignment { .. } => {
                     ReassignmentError::NoReassignmentInProgress(name)
+                }
+                MetadataRejection::ReassignmentCompleting { .. } => {
+                    ReassignmentError::Completing(name)
                 }
                 other => ReplicationError::Raft(other.to_string()).into(),
             }),
@@ -1117,6 +1125,21 @@ impl ClusterBroker {
         }
         let target_voters: BTreeSet<NodeId> = target.iter().copied().collect();
         if voters != target_voters {
+            // The point of no return, recorded first: a cancel that loses this race is
+            // refused, since once the voters change the replicas it would stop (and whose
+            // data it would delete) may be voters.
+            let began = self
+                .node
+                .propose(MetadataCommand::BeginVoterChange {
+                    name: replica.topic().to_string(),
+                    partition: replica.index() as u32,
+                    target: target.clone(),
+                })
+                .await
+                .map_err(ReplicationError::from)?;
+            if let MetadataResponse::Rejected(_) = began {
+                return Ok(()); // cancelled or changed meanwhile: the next round follows it
+            }
             tracing::info!(
                 topic = replica.topic(),
                 partition = replica.index(),

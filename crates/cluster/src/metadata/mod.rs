@@ -50,25 +50,33 @@ pub struct TopicMetadata {
     /// never-moved partition agree on that first membership); it waits for the leader instead.
     #[serde(default)]
     pub moved: BTreeSet<u32>,
+    /// Reassignments past their point of no return: the partition's leader is changing the
+    /// group's voters to this target ([`MetadataCommand::BeginVoterChange`]). Such a move can
+    /// no longer be cancelled, and its target replicas keep running until it completes: once
+    /// they may be voters, deleting one's data could lose acknowledged records.
+    #[serde(default)]
+    pub completing: BTreeMap<u32, Vec<NodeId>>,
 }
 
 impl TopicMetadata {
     /// The replicas a node of `partition` must run: the current ones plus those a
-    /// reassignment in progress adds.
+    /// reassignment in progress adds (or a completing one, see [`TopicMetadata::completing`]).
     pub fn replicas_to_run(&self, partition: u32) -> Vec<NodeId> {
         let mut replicas = self
             .assignments
             .get(partition as usize)
             .cloned()
             .unwrap_or_default();
-        if let Some(target) = self.reassignments.get(&partition) {
-            replicas.extend(
-                target
-                    .iter()
-                    .filter(|id| !replicas.contains(id))
-                    .copied()
-                    .collect::<Vec<_>>(),
-            );
+        let targets = [
+            self.reassignments.get(&partition),
+            self.completing.get(&partition),
+        ];
+        for target in targets.into_iter().flatten() {
+            for id in target {
+                if !replicas.contains(id) {
+                    replicas.push(*id);
+                }
+            }
         }
         replicas
     }
@@ -131,14 +139,25 @@ pub enum MetadataCommand {
     },
     /// Starts (`Some(target)`) or cancels (`None`) the reassignment of one partition; every
     /// target replica must be a registered broker. Cancelling a partition with none in
-    /// progress is rejected ([`MetadataRejection::NoReassignment`]).
+    /// progress is rejected ([`MetadataRejection::NoReassignment`]), and so is cancelling one
+    /// that is completing ([`MetadataRejection::ReassignmentCompleting`]).
     ReassignPartition {
         name: String,
         partition: u32,
         target: Option<Vec<NodeId>>,
     },
+    /// The partition's leader is about to change the group's voters to `target`, the
+    /// reassignment in progress: from here the move completes (see
+    /// [`TopicMetadata::completing`]). Rejected ([`MetadataRejection::NoReassignment`]) when
+    /// the reassignment in progress is no longer `target` (cancelled or changed meanwhile).
+    BeginVoterChange {
+        name: String,
+        partition: u32,
+        target: Vec<NodeId>,
+    },
     /// A reassignment is done: the partition group's voters are now `replicas`. Sets the
-    /// assignment, ends any reassignment in progress and marks the partition moved.
+    /// assignment, ends the completing move and a reassignment to `replicas`, and marks the
+    /// partition moved; a newer target recorded meanwhile stays in progress.
     SetPartitionReplicas {
         name: String,
         partition: u32,
@@ -234,6 +253,12 @@ pub enum MetadataRejection {
     ProducerIdsExhausted,
     #[error("no reassignment of {topic}-{partition} is in progress")]
     NoReassignment { topic: String, partition: u32 },
+    #[error("the reassignment of {topic}-{partition} is completing: the partition's voters are changing to {target:?}")]
+    ReassignmentCompleting {
+        topic: String,
+        partition: u32,
+        target: Vec<NodeId>,
+    },
     #[error(
         "node {node_id} still hosts replicas of {}: reassign them to other brokers first",
         partitions.join(", ")

@@ -295,6 +295,7 @@ pub(super) fn apply_command(
                     configs,
                     reassignments: BTreeMap::new(),
                     moved: Default::default(),
+                    completing: BTreeMap::new(),
                 },
             );
             MetadataResponse::Done
@@ -358,6 +359,13 @@ pub(super) fn apply_command(
                 });
             }
             let Some(target) = target else {
+                if let Some(completing) = topic.completing.get(&partition) {
+                    return rejected(Reject::ReassignmentCompleting {
+                        topic: name,
+                        partition,
+                        target: completing.clone(),
+                    });
+                }
                 return match topic.reassignments.remove(&partition) {
                     Some(_) => MetadataResponse::Done,
                     None => rejected(Reject::NoReassignment {
@@ -374,12 +382,33 @@ pub(super) fn apply_command(
                     "broker {unknown} is not registered"
                 )));
             }
-            if topic.assignments[partition as usize] == target {
+            if topic.completing.contains_key(&partition) {
+                // The completing move finishes first; this target follows it (unless it is
+                // where that move ends, see SetPartitionReplicas).
+                topic.reassignments.insert(partition, target);
+            } else if topic.assignments[partition as usize] == target {
                 // Already there: a reassignment to the current replicas ends any in progress.
                 topic.reassignments.remove(&partition);
             } else {
                 topic.reassignments.insert(partition, target);
             }
+            MetadataResponse::Done
+        }
+        MetadataCommand::BeginVoterChange {
+            name,
+            partition,
+            target,
+        } => {
+            let Some(topic) = metadata.topics.get_mut(&name) else {
+                return rejected(Reject::UnknownTopic(name));
+            };
+            if topic.reassignments.get(&partition) != Some(&target) {
+                return rejected(Reject::NoReassignment {
+                    topic: name,
+                    partition,
+                });
+            }
+            topic.completing.insert(partition, target);
             MetadataResponse::Done
         }
         MetadataCommand::SetPartitionReplicas {
@@ -395,8 +424,11 @@ pub(super) fn apply_command(
             }
             match topic.assignments.get_mut(partition as usize) {
                 Some(current) => {
+                    if topic.reassignments.get(&partition) == Some(&replicas) {
+                        topic.reassignments.remove(&partition);
+                    }
+                    topic.completing.remove(&partition);
                     *current = replicas;
-                    topic.reassignments.remove(&partition);
                     topic.moved.insert(partition);
                     MetadataResponse::Done
                 }
@@ -832,6 +864,83 @@ mod tests {
         assert_eq!(topic.assignments[0], vec![2, 3, 4]);
         assert!(topic.reassignments.is_empty());
         assert!(topic.moved.contains(&0));
+    }
+
+    #[test]
+    fn a_reassignment_past_its_voter_change_cannot_be_cancelled() {
+        let mut metadata = ClusterMetadata::default();
+        for node_id in 1..=5 {
+            let address = NodeAddress {
+                cluster_addr: format!("n{node_id}:9093"),
+                kafka_addr: format!("n{node_id}:9092"),
+            };
+            apply_command(
+                &mut metadata,
+                MetadataCommand::RegisterBroker { node_id, address },
+            );
+        }
+        apply_command(
+            &mut metadata,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: uuid::Uuid::new_v4(),
+                partition_count: 1,
+                replication_factor: 3,
+                assignments: vec![vec![1, 2, 3]],
+                configs: BTreeMap::new(),
+            },
+        );
+        let reassign = |target: Option<Vec<NodeId>>| MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 0,
+            target,
+        };
+        let begin = |target: Vec<NodeId>| MetadataCommand::BeginVoterChange {
+            name: "t".into(),
+            partition: 0,
+            target,
+        };
+        // No voter change for a move that is not (or no longer) in progress.
+        assert!(matches!(
+            apply_command(&mut metadata, begin(vec![2, 3, 4])),
+            MetadataResponse::Rejected(MetadataRejection::NoReassignment { .. })
+        ));
+        apply_command(&mut metadata, reassign(Some(vec![2, 3, 4])));
+        assert!(matches!(
+            apply_command(&mut metadata, begin(vec![2, 3, 5])),
+            MetadataResponse::Rejected(MetadataRejection::NoReassignment { .. })
+        ));
+        assert_eq!(
+            apply_command(&mut metadata, begin(vec![2, 3, 4])),
+            MetadataResponse::Done
+        );
+        // Past the point of no return a cancel is refused, and every replica keeps running.
+        assert!(matches!(
+            apply_command(&mut metadata, reassign(None)),
+            MetadataResponse::Rejected(MetadataRejection::ReassignmentCompleting { .. })
+        ));
+        assert_eq!(metadata.topics["t"].replicas_to_run(0), vec![1, 2, 3, 4]);
+        // A new target meanwhile follows the completing move, even back to the old replicas.
+        apply_command(&mut metadata, reassign(Some(vec![1, 2, 3])));
+        assert_eq!(metadata.topics["t"].replicas_to_run(0), vec![1, 2, 3, 4]);
+        apply_command(
+            &mut metadata,
+            MetadataCommand::SetPartitionReplicas {
+                name: "t".into(),
+                partition: 0,
+                replicas: vec![2, 3, 4],
+            },
+        );
+        let topic = &metadata.topics["t"];
+        assert_eq!(topic.assignments[0], vec![2, 3, 4]);
+        assert!(topic.completing.is_empty());
+        assert_eq!(topic.reassignments[&0], vec![1, 2, 3]);
+        // That one can be cancelled before its own voter change.
+        assert_eq!(
+            apply_command(&mut metadata, reassign(None)),
+            MetadataResponse::Done
+        );
+        assert_eq!(metadata.topics["t"].replicas_to_run(0), vec![2, 3, 4]);
     }
 
     #[test]

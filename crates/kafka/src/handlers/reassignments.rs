@@ -26,7 +26,9 @@ fn reassignment_error_code(error: &ReassignmentError) -> i16 {
     match error {
         ReassignmentError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
         ReassignmentError::InvalidAssignment(_) => ResponseError::InvalidReplicaAssignment,
-        ReassignmentError::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
+        ReassignmentError::NoReassignmentInProgress(_) | ReassignmentError::Completing(_) => {
+            ResponseError::NoReassignmentInProgress
+        }
         ReassignmentError::Replication(ReplicationError::Timeout) => ResponseError::RequestTimedOut,
         ReassignmentError::Replication(_) => ResponseError::UnknownServerError,
     }

@@ -999,10 +999,11 @@ def metric_value(node, name):
 
 def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_offsets(
         broker_factory):
-    """Many producers with linger.ms=0 (small requests, several in flight each), half of them
-    idempotent, write one RF=3 partition at once. The leader groups the batches that queue
-    while earlier entries are in flight into one Raft entry (its metrics show more batches
-    than entries), and every acknowledged message is where its delivery report says, once."""
+    """Many producers, each sending one message at a time and waiting for it (so every
+    request is one small batch), half of them idempotent, write one RF=3 partition at once.
+    The leader groups the batches that queue while earlier entries are in flight into one
+    Raft entry (its metrics show more batches than entries), and every acknowledged message
+    is where its delivery report says, once."""
     topic = "grouped"
     nodes = start_cluster(broker_factory)
     bootstrap = ",".join(n.bootstrap for n in nodes)
@@ -1012,7 +1013,7 @@ def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_of
     entries_before = metric_value(leader, "sluice_raft_entries_proposed_total")
     batches_before = metric_value(leader, "sluice_raft_batches_proposed_total")
 
-    producers, per_producer = 8, 1500
+    producers, per_producer = 8, 250
     acknowledged = {}  # offset -> value
     failures = []
     lock = threading.Lock()
@@ -1030,15 +1031,8 @@ def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_of
                     acknowledged[message.offset()] = message.value()
 
         for i in range(per_producer):
-            while True:
-                try:
-                    producer.produce(topic, value=f"p{n}-{i}".encode(), partition=0,
-                                     on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        assert producer.flush(90) == 0
+            producer.produce(topic, value=f"p{n}-{i}".encode(), partition=0, on_delivery=report)
+            assert producer.flush(60) == 0
 
     threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
     for thread in threads:
@@ -1050,7 +1044,8 @@ def test_concurrent_produce_requests_share_raft_entries_at_their_acknowledged_of
 
     entries = metric_value(leader, "sluice_raft_entries_proposed_total") - entries_before
     batches = metric_value(leader, "sluice_raft_batches_proposed_total") - batches_before
-    assert batches >= producers * per_producer / 50, (entries, batches)
+    print(f"the leader proposed {batches:.0f} batches in {entries:.0f} entries")
+    assert batches >= producers * per_producer, (entries, batches)
     assert batches > entries, f"no batches were grouped: {entries} entries, {batches} batches"
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "grouped-check",

@@ -362,6 +362,53 @@ async function main(context) {
   }
 }
 
+/** Cluster mode: the Cluster page's Remove buttons against a running cluster. */
+async function clusterMain(context) {
+  const page = await context.newPage();
+  await page.setViewportSize(LAPTOP);
+  const pageErrors = [];
+  page.on('pageerror', (error) => pageErrors.push(String(error)));
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
+  });
+  try {
+    step = 'cluster login';
+    await page.goto(config.url + '/');
+    await byTest(page, 'login').waitFor({ timeout: TIMEOUT });
+    await page.fill('input[name=user]', 'guest');
+    await page.fill('input[name=password]', 'guest');
+    await page.click('button[type=submit]');
+    await byTest(page, 'overview-cards').waitFor({ timeout: TIMEOUT });
+    await nav(page, 'cluster');
+    const rows = byTest(page, 'cluster-nodes').locator('tbody tr');
+    await waitUntil('four nodes listed', async () => (await rows.count()) === 4 || await rows.count());
+
+    step = 'remove a node that hosts replicas';
+    await byTest(page, `remove-node-${config.hosting_node}`).click();
+    await byTest(page, `remove-node-${config.hosting_node}-yes`).click();
+    await expectText(byTest(page, 'error'), new RegExp(`409 .*${config.topic}-0`), 'the refusal naming the hosted partition');
+    let cluster = await api('GET', '/api/cluster');
+    check(cluster.nodes.some((n) => n.node_id === config.hosting_node), `node ${config.hosting_node} was removed`);
+    await screenshots(page, 'cluster-refusal');
+
+    step = 'remove a node without replicas';
+    await byTest(page, `remove-node-${config.free_node}`).click();
+    await byTest(page, `remove-node-${config.free_node}-yes`).click();
+    await waitUntil('three nodes listed', async () => (await rows.count()) === 3 || await rows.count());
+    check(await byTest(page, `remove-node-${config.free_node}`).count() === 0, 'the removed node still has a button');
+    cluster = await api('GET', '/api/cluster');
+    check(!cluster.nodes.some((n) => n.node_id === config.free_node), `node ${config.free_node} is still listed`);
+    await screenshots(page, 'cluster-removal');
+
+    step = 'page errors';
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+  } catch (error) {
+    await page.screenshot({ path: join(OUT, 'failure.png'), fullPage: true }).catch(() => {});
+    if (pageErrors.length) console.error(`[ui] page errors: ${pageErrors.join(' | ')}`);
+    throw error;
+  }
+}
+
 const profile = mkdtempSync(join(tmpdir(), 'sluice-ui-chromium-'));
 // A fresh profile every run (Playwright passes it to chromium as --user-data-dir).
 const browser = await chromium.launchPersistentContext(profile, {
@@ -373,7 +420,7 @@ const browser = await chromium.launchPersistentContext(profile, {
 });
 let failed = false;
 try {
-  await main(browser);
+  await (config.mode === 'cluster' ? clusterMain(browser) : main(browser));
   console.log(`[ui] all pages passed; screenshots:\n${shots.join('\n')}`);
 } catch (error) {
   failed = true;

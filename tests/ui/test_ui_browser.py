@@ -16,6 +16,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from conftest import free_port
 from librdkafka_client import create_topic
 from required import missing
 
@@ -57,6 +58,19 @@ def wait_for_http(url, timeout_s=30):
             pass
         assert time.monotonic() < deadline, f"no HTTP API at {url} within {timeout_s}s"
         time.sleep(0.1)
+
+
+def run_browser(config, tmp_path):
+    """Runs run.mjs on `config`; its output is printed, a failure fails the test."""
+    config_path = tmp_path / "ui-config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    result = subprocess.run(
+        ["node", str(UI_TESTS / "run.mjs")],
+        env={**os.environ, "SLUICE_UI_CONFIG": str(config_path), "CHROMIUM": CHROMIUM},
+        capture_output=True, text=True, timeout=240)
+    print(result.stdout)
+    print(result.stderr, file=sys.stderr)
+    assert result.returncode == 0, f"the browser tests failed:\n{result.stdout}\n{result.stderr}"
 
 
 def seed_kafka(bootstrap, base_ms):
@@ -146,17 +160,9 @@ def test_every_page_of_the_ui_shows_the_broker_data(broker_factory, tmp_path):
                 "dead": 2,
             },
         }
-        config_path = tmp_path / "ui-config.json"
-        config_path.write_text(json.dumps(config, indent=2))
         if OUTPUT_DIR.exists():
             shutil.rmtree(OUTPUT_DIR)
-        result = subprocess.run(
-            ["node", str(UI_TESTS / "run.mjs")],
-            env={**os.environ, "SLUICE_UI_CONFIG": str(config_path), "CHROMIUM": CHROMIUM},
-            capture_output=True, text=True, timeout=240)
-        print(result.stdout)
-        print(result.stderr, file=sys.stderr)
-        assert result.returncode == 0, f"the browser tests failed:\n{result.stdout}\n{result.stderr}"
+        run_browser(config, tmp_path)
         pages = ["login", "overview", "groups", "group", "group-reset-plan", "topics",
                  "topic-messages", "topic-follow", "queues", "queue", "exchanges", "connections"]
         for page in pages:
@@ -165,3 +171,49 @@ def test_every_page_of_the_ui_shows_the_broker_data(broker_factory, tmp_path):
                 assert shot.is_file() and shot.stat().st_size > 1000, f"no screenshot {shot}"
     finally:
         amqp.close()
+
+
+def cluster_node_ids(url):
+    response = requests.get(f"{url}/api/cluster", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return sorted(n["node_id"] for n in response.json()["nodes"])
+
+
+@pytest.mark.timeout(300)
+def test_the_cluster_page_removes_a_node_and_shows_why_it_cannot_remove_another(
+        broker_factory, tmp_path):
+    """Three nodes with an RF=3 topic and a fourth joined with --join: on the Cluster page the
+    Remove button of node 2 (it hosts replicas) shows the 409 refusal and keeps the node; the
+    button of node 4 (no replicas) removes it, which every node's API then shows."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    require_tools()
+    cluster_ports = [free_port() for _ in range(3)]
+    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
+    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
+                            "--peers", peers, "--default-replication-factor", 3)
+             for i, port in enumerate(cluster_ports)]
+    admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
+    admin.create_topics([NewTopic("ui-replicated", 1, 3)])["ui-replicated"].result(timeout=30)
+    fourth = broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
+                            "--join", f"127.0.0.1:{cluster_ports[0]}")
+    for node in nodes + [fourth]:
+        wait_for_http(node.http_url)
+    deadline = time.monotonic() + 30
+    while cluster_node_ids(nodes[0].http_url) != [1, 2, 3, 4]:
+        assert time.monotonic() < deadline, cluster_node_ids(nodes[0].http_url)
+        time.sleep(0.2)
+
+    out = OUTPUT_DIR.parent / "ui-cluster"
+    if out.exists():
+        shutil.rmtree(out)
+    run_browser({"mode": "cluster", "url": nodes[0].http_url, "output_dir": str(out),
+                 "hosting_node": 2, "free_node": 4, "topic": "ui-replicated"}, tmp_path)
+    deadline = time.monotonic() + 10
+    while any(cluster_node_ids(n.http_url) != [1, 2, 3] for n in nodes):
+        assert time.monotonic() < deadline, [cluster_node_ids(n.http_url) for n in nodes]
+        time.sleep(0.2)
+    for page in ("cluster-refusal", "cluster-removal"):
+        for width in ("laptop", "phone"):
+            shot = out / f"{page}-{width}.png"
+            assert shot.is_file() and shot.stat().st_size > 1000, f"no screenshot {shot}"

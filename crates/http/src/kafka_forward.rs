@@ -161,6 +161,17 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_string()))
+}
+
+fn missing_group(addr: &str, group: &str) -> ForwardError {
+    ForwardError::BadAnswer {
+        addr: addr.to_string(),
+        reason: format!("no answer for group '{group}'"),
+    }
+}
+
 fn missing_partition(addr: &str, partition: i32) -> ForwardError {
     ForwardError::BadAnswer {
         addr: addr.to_string(),
@@ -263,33 +274,25 @@ pub async fn commit_offsets(
 
 /// A group's state and member count as its coordinator at `addr` describes it.
 pub async fn describe_group(addr: &str, group_id: &str) -> Result<(String, usize), ForwardError> {
-    let request = DescribeGroupsRequest::default()
-        .with_groups(vec![GroupId(StrBytes::from_string(group_id.to_string()))]);
+    let request = DescribeGroupsRequest::default().with_groups(vec![self::group_id(group_id)]);
     let response = exchange(addr, DESCRIBE_GROUPS_VERSION, &request, ADMIN_TIMEOUT).await?;
     let group = response
         .groups
         .iter()
         .find(|g| g.group_id.0.as_str() == group_id)
-        .ok_or_else(|| ForwardError::BadAnswer {
-            addr: addr.to_string(),
-            reason: format!("no answer for group '{group_id}'"),
-        })?;
+        .ok_or_else(|| missing_group(addr, group_id))?;
     ForwardError::refused(group.error_code, group.error_message.as_ref())?;
     Ok((group.group_state.to_string(), group.members.len()))
 }
 
 /// DeleteGroups for one group at its coordinator `addr`.
 pub async fn delete_group(addr: &str, group_id: &str) -> Result<(), ForwardError> {
-    let request = DeleteGroupsRequest::default()
-        .with_groups_names(vec![GroupId(StrBytes::from_string(group_id.to_string()))]);
+    let request = DeleteGroupsRequest::default().with_groups_names(vec![self::group_id(group_id)]);
     let response = exchange(addr, DELETE_GROUPS_VERSION, &request, ADMIN_TIMEOUT).await?;
     let result = response
         .results
         .iter()
         .find(|r| r.group_id.0.as_str() == group_id)
-        .ok_or_else(|| ForwardError::BadAnswer {
-            addr: addr.to_string(),
-            reason: format!("no answer for group '{group_id}'"),
-        })?;
+        .ok_or_else(|| missing_group(addr, group_id))?;
     ForwardError::refused(result.error_code, None)
 }

@@ -36,6 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_static_cluster(broker_factory, size=3):
+    """`size` nodes on 127.0.0.1 started with --peers (RF 3 by default); (nodes, their
+    cluster ports), the ports for a later node's --join."""
+    cluster_ports = [free_port() for _ in range(size)]
+    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
+    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
+                            "--peers", peers, "--default-replication-factor", 3)
+             for i, port in enumerate(cluster_ports)]
+    return nodes, cluster_ports
+
+
 try:
     # Resolved here, not in the child: after fork only this one call runs (no dlopen, no locks).
     _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import free_port, sluice_bin
+from conftest import free_port, sluice_bin, start_static_cluster
 
 TOPIC = "replicated"
 PARTITIONS = 3
@@ -27,16 +27,7 @@ HEAL_TIMEOUT_S = 45
 
 
 def start_cluster(broker_factory, size=3):
-    cluster_ports = [free_port() for _ in range(size)]
-    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
-    nodes = []
-    for i, port in enumerate(cluster_ports):
-        nodes.append(broker_factory(
-            "--node-id", i + 1,
-            "--cluster-listen", f"127.0.0.1:{port}",
-            "--peers", peers,
-            "--default-replication-factor", 3,
-        ))
+    nodes, _ = start_static_cluster(broker_factory, size)
     return nodes
 
 
@@ -569,11 +560,7 @@ def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, t
     from kafka import TopicPartition as KafkaTopicPartition
 
     topic = "grown"
-    cluster_ports = [free_port() for _ in range(3)]
-    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
-    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
-                            "--peers", peers, "--default-replication-factor", 3)
-             for i, port in enumerate(cluster_ports)]
+    nodes, cluster_ports = start_static_cluster(broker_factory)
     admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
     # Created before the join, so its replicas are on nodes 1-3.
     admin.create_topics([NewTopic(topic, 1, 3)])[topic].result(timeout=30)

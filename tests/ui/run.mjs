@@ -85,7 +85,8 @@ async function nav(page, id) {
   await page.waitForURL(new RegExp(`#/${id}$`));
 }
 
-async function main(context) {
+/** A page at laptop width whose script errors are collected in `pageErrors`. */
+async function openPage(context) {
   const page = await context.newPage();
   await page.setViewportSize(LAPTOP);
   const pageErrors = [];
@@ -95,6 +96,11 @@ async function main(context) {
   page.on('console', (message) => {
     if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
   });
+  return { page, pageErrors };
+}
+
+async function main(context) {
+  const { page, pageErrors } = await openPage(context);
   // A native credentials dialog would mean the server sent the UI a basic challenge.
   page.on('dialog', (dialog) => { pageErrors.push(`unexpected dialog: ${dialog.message()}`); dialog.dismiss(); });
 
@@ -364,13 +370,7 @@ async function main(context) {
 
 /** Cluster mode: the Cluster page's Remove buttons against a running cluster. */
 async function clusterMain(context) {
-  const page = await context.newPage();
-  await page.setViewportSize(LAPTOP);
-  const pageErrors = [];
-  page.on('pageerror', (error) => pageErrors.push(String(error)));
-  page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
-  });
+  const { page, pageErrors } = await openPage(context);
   try {
     step = 'cluster login';
     await page.goto(config.url + '/');

@@ -16,7 +16,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import free_port
+from conftest import free_port, start_static_cluster
 from librdkafka_client import create_topic
 from required import missing
 
@@ -188,11 +188,7 @@ def test_the_cluster_page_removes_a_node_and_shows_why_it_cannot_remove_another(
     from confluent_kafka.admin import AdminClient, NewTopic
 
     require_tools()
-    cluster_ports = [free_port() for _ in range(3)]
-    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
-    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
-                            "--peers", peers, "--default-replication-factor", 3)
-             for i, port in enumerate(cluster_ports)]
+    nodes, cluster_ports = start_static_cluster(broker_factory)
     admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
     admin.create_topics([NewTopic("ui-replicated", 1, 3)])["ui-replicated"].result(timeout=30)
     fourth = broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",

@@ -787,30 +787,34 @@ mod tests {
         assert_eq!(metadata.topics["t"].assignments.len(), 3);
     }
 
-    #[test]
-    fn a_reassignment_is_recorded_listed_cancelled_and_completed() {
+    /// Metadata with brokers `1..=brokers` registered and a topic "t" of `assignments`.
+    fn metadata_with_topic(brokers: NodeId, assignments: Vec<Vec<NodeId>>) -> ClusterMetadata {
         let mut metadata = ClusterMetadata::default();
-        for node_id in 1..=4 {
+        for node_id in 1..=brokers {
+            let address = NodeAddress {
+                cluster_addr: format!("n{node_id}:9093"),
+                kafka_addr: format!("n{node_id}:9092"),
+            };
             apply_command(
                 &mut metadata,
-                MetadataCommand::RegisterBroker {
-                    node_id,
-                    address: NodeAddress {
-                        cluster_addr: format!("n{node_id}:9093"),
-                        kafka_addr: format!("n{node_id}:9092"),
-                    },
-                },
+                MetadataCommand::RegisterBroker { node_id, address },
             );
         }
         let create = MetadataCommand::CreateTopic {
             name: "t".into(),
             topic_id: uuid::Uuid::from_u128(7),
-            partition_count: 1,
-            replication_factor: 3,
-            assignments: vec![vec![1, 2, 3]],
+            partition_count: assignments.len() as u32,
+            replication_factor: assignments.first().map_or(0, |a| a.len() as u16),
+            assignments,
             configs: BTreeMap::new(),
         };
         assert_eq!(apply_command(&mut metadata, create), MetadataResponse::Done);
+        metadata
+    }
+
+    #[test]
+    fn a_reassignment_is_recorded_listed_cancelled_and_completed() {
+        let mut metadata = metadata_with_topic(4, vec![vec![1, 2, 3]]);
         let reassign =
             |partition, target: Option<Vec<NodeId>>| MetadataCommand::ReassignPartition {
                 name: "t".into(),
@@ -868,28 +872,7 @@ mod tests {
 
     #[test]
     fn a_reassignment_past_its_voter_change_cannot_be_cancelled() {
-        let mut metadata = ClusterMetadata::default();
-        for node_id in 1..=5 {
-            let address = NodeAddress {
-                cluster_addr: format!("n{node_id}:9093"),
-                kafka_addr: format!("n{node_id}:9092"),
-            };
-            apply_command(
-                &mut metadata,
-                MetadataCommand::RegisterBroker { node_id, address },
-            );
-        }
-        apply_command(
-            &mut metadata,
-            MetadataCommand::CreateTopic {
-                name: "t".into(),
-                topic_id: uuid::Uuid::new_v4(),
-                partition_count: 1,
-                replication_factor: 3,
-                assignments: vec![vec![1, 2, 3]],
-                configs: BTreeMap::new(),
-            },
-        );
+        let mut metadata = metadata_with_topic(5, vec![vec![1, 2, 3]]);
         let reassign = |target: Option<Vec<NodeId>>| MetadataCommand::ReassignPartition {
             name: "t".into(),
             partition: 0,
@@ -945,26 +928,7 @@ mod tests {
 
     #[test]
     fn a_broker_with_replicas_or_a_move_to_it_cannot_be_unregistered() {
-        let mut metadata = ClusterMetadata::default();
-        for node_id in 1..=4 {
-            let address = NodeAddress {
-                cluster_addr: format!("n{node_id}:9093"),
-                kafka_addr: format!("n{node_id}:9092"),
-            };
-            apply_command(
-                &mut metadata,
-                MetadataCommand::RegisterBroker { node_id, address },
-            );
-        }
-        let create = MetadataCommand::CreateTopic {
-            name: "t".into(),
-            topic_id: uuid::Uuid::from_u128(8),
-            partition_count: 2,
-            replication_factor: 2,
-            assignments: vec![vec![1, 2], vec![2, 3]],
-            configs: BTreeMap::new(),
-        };
-        apply_command(&mut metadata, create);
+        let mut metadata = metadata_with_topic(4, vec![vec![1, 2], vec![2, 3]]);
         let unregister = |node_id| MetadataCommand::UnregisterBroker { node_id };
         assert_eq!(
             apply_command(&mut metadata, unregister(2)),

@@ -668,6 +668,69 @@ def test_a_node_joins_with_join_takes_a_replica_and_is_removed(broker_factory, t
     producer.produce("after-removal", value=b"still here")
     assert producer.flush(30) == 0
 
+    # As the README says: with an empty data directory the removed node joins again, under
+    # its old id, and takes a replica.
+    again = broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
+                           "--join", join, "--default-replication-factor", 3)
+    deadline = time.monotonic() + 30
+    while True:
+        seen = [sorted(AdminClient({"bootstrap.servers": n.bootstrap})
+                       .list_topics(timeout=5).brokers) for n in nodes[:3] + [again]]
+        if all(s == [1, 2, 3, 4] for s in seen):
+            break
+        assert time.monotonic() < deadline, f"node 4 did not join again: {seen}"
+        time.sleep(0.2)
+    kafka_admin = KafkaAdminClient(bootstrap_servers=nodes[0].bootstrap)
+    try:
+        back = KafkaTopicPartition("after-removal", 0)
+        assert kafka_admin.alter_partition_reassignments({back: [4, 2, 3]})[back] is None
+        wait_for_replicas(admin, "after-removal", [4, 2, 3])
+    finally:
+        kafka_admin.close()
+    producer.produce("after-removal", value=b"on node 4 too")
+    assert producer.flush(30) == 0
+    assert http_get(again, "/api/topics/after-removal/partitions")[0]["log_end_offset"] >= 2
+
+
+def test_a_removed_node_restarted_with_its_old_data_and_join_is_a_member_again(broker_factory):
+    """A node removed while running keeps a membership that still lists it as a voter; the
+    others refuse it. Restarted with --join and its old data directory, it asks to join, is
+    added back (as a learner, then a voter) and is listed by every node again."""
+    nodes, cluster_ports = start_static_cluster(broker_factory)
+    join = ",".join(f"127.0.0.1:{port}" for port in cluster_ports)
+    fourth = broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
+                            "--join", join)
+
+    def brokers_seen():
+        return [sorted(AdminClient({"bootstrap.servers": n.bootstrap}).list_topics(timeout=5)
+                       .brokers) for n in nodes + [fourth]]
+
+    def wait_for(wanted, what):
+        deadline = time.monotonic() + 30
+        while (seen := brokers_seen()) != wanted:
+            assert time.monotonic() < deadline, f"{what}: {seen}"
+            time.sleep(0.2)
+
+    wait_for([[1, 2, 3, 4]] * 4, "node 4 did not join")
+    status, body = http_delete(nodes[0], "/api/cluster/nodes/4")
+    assert status in (200, 204), (status, body)
+    deadline = time.monotonic() + 10
+    while any(sorted(n["node_id"] for n in http_get(node, "/api/cluster")["nodes"]) != [1, 2, 3]
+              for node in nodes):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    fourth.terminate()
+    fourth.start()  # the same data directory and flags, --join included
+    wait_for([[1, 2, 3, 4]] * 4, "node 4 is not a member again")
+    admin = AdminClient({"bootstrap.servers": nodes[0].bootstrap})
+    create_topic_with_leaders(admin, "after-rejoin", 4)
+    producer = Producer({"bootstrap.servers": nodes[0].bootstrap, "acks": "all"})
+    for partition in range(4):
+        producer.produce("after-rejoin", value=b"x", partition=partition)
+    assert producer.flush(30) == 0
+    replicas = admin.list_topics("after-rejoin", timeout=5).topics["after-rejoin"].partitions
+    assert any(4 in p.replicas for p in replicas.values()), replicas
+
 
 def create_topic_with_leaders(admin, topic, partitions):
     """Creates an RF=3 topic and waits until every partition has a leader; its metadata."""

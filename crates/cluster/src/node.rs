@@ -425,6 +425,20 @@ impl ClusterNode {
                 node.shutdown().await;
                 return Err(e);
             }
+        } else if !config.join.is_empty() {
+            // A voter by its own state may have been removed while it was away: the others
+            // refuse it, and it would campaign unheard forever. Asking to join settles it
+            // (a voter is answered at once; a removed node is added back as a learner and
+            // catches up). In the background, since when the whole cluster restarts no member
+            // can answer until the voters, this one among them, have elected a leader.
+            let weak = Arc::downgrade(&node);
+            let join = config.join.clone();
+            tokio::spawn(async move {
+                let Some(node) = weak.upgrade() else { return };
+                if let Err(error) = node.join_cluster(&join, None).await {
+                    tracing::warn!(%error, "asking the cluster whether this node is still a member failed");
+                }
+            });
         }
         node.spawn_registration();
         let weak = Arc::downgrade(&node);

@@ -431,10 +431,10 @@ impl ClusterNode {
             // (a voter is answered at once; a removed node is added back as a learner and
             // catches up). In the background, since when the whole cluster restarts no member
             // can answer until the voters, this one among them, have elected a leader.
-            let weak = Arc::downgrade(&node);
+            // Like the registration task, it holds the node until it is done or shut down.
+            let node = Arc::clone(&node);
             let join = config.join.clone();
             tokio::spawn(async move {
-                let Some(node) = weak.upgrade() else { return };
                 if let Err(error) = node.join_cluster(&join, None).await {
                     tracing::warn!(%error, "asking the cluster whether this node is still a member failed");
                 }

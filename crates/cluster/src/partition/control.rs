@@ -107,31 +107,41 @@ pub fn entry_group_count(header: &BatchHeader, batch: &[u8]) -> Option<u32> {
     }
 }
 
+/// The headers of the whole batches `bytes` holds (an entry's bytes), without CRC checks; an
+/// error when the bytes do not split into whole batches.
+pub fn entry_headers(bytes: &[u8]) -> Result<Vec<BatchHeader>, PartitionRaftError> {
+    let mut headers = Vec::new();
+    let mut position = 0;
+    while position < bytes.len() {
+        let header = BatchHeader::parse(&bytes[position..])?;
+        position += header.total_bytes();
+        headers.push(header);
+    }
+    if position != bytes.len() {
+        return Err(PartitionRaftError::InvalidEntry(format!(
+            "an entry of {} bytes ends inside a batch",
+            bytes.len()
+        )));
+    }
+    Ok(headers)
+}
+
 /// How many batches an entry's stored bytes hold (1, or an entry group's head and the
 /// batches it counts); an error when the bytes do not split into whole batches or a head's
 /// count does not match what follows it.
 pub fn entry_batch_count(bytes: &[u8]) -> Result<usize, PartitionRaftError> {
-    let mut position = 0;
-    let mut count = 0usize;
-    let mut expected = None;
-    while position < bytes.len() {
-        let header = BatchHeader::parse(&bytes[position..])?;
-        let total = header.total_bytes();
-        if count == 0 {
-            expected = entry_group_count(&header, &bytes[position..])
-                .map(|n| n as usize + 1)
-                .or(Some(1));
-        }
-        count += 1;
-        position += total;
-    }
-    if position != bytes.len() || expected != Some(count) {
+    let headers = entry_headers(bytes)?;
+    let expected = headers
+        .first()
+        .map(|head| entry_group_count(head, bytes).map_or(1, |members| members as usize + 1));
+    if expected != Some(headers.len()) {
         return Err(PartitionRaftError::InvalidEntry(format!(
-            "an entry of {} bytes holds {count} batches, its head says {expected:?}",
-            bytes.len()
+            "an entry of {} bytes holds {} batches, its head says {expected:?}",
+            bytes.len(),
+            headers.len()
         )));
     }
-    Ok(count)
+    Ok(headers.len())
 }
 
 /// The log start a [`CONTROL_TYPE_LOG_START`] batch asks for; `None` for any other batch.

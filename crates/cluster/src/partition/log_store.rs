@@ -148,11 +148,11 @@ impl PartitionLogStore {
                 batches.extend_from_slice(&bytes);
             }
             let appended = shared.log.append(&mut batches, epoch, now_ms)?;
-            if appended.batches.len() != counts.iter().sum::<usize>() {
+            let batch_count: usize = counts.iter().sum();
+            if appended.batches.len() != batch_count {
                 return Err(PartitionRaftError::InvalidEntry(format!(
-                    "{} entries of {} batches wrote {} batches",
+                    "{} entries of {batch_count} batches wrote {} batches",
                     run_end - position,
-                    counts.iter().sum::<usize>(),
                     appended.batches.len()
                 )));
             }
@@ -291,36 +291,10 @@ impl PartitionLogReader {
             let records = log.read_uncommitted(first_base, chunk)?.records;
             let mut position = 0;
             while let Some(&(base, stop)) = spans.peek() {
-                // The entry's batches: from `position` to the batch that ends at `stop`.
-                let mut at = position;
-                let mut first = None;
-                let mut complete = false;
-                while at < records.len() {
-                    let header = BatchHeader::parse(&records[at..])?;
-                    let total = header.total_bytes();
-                    if at + total > records.len() {
-                        break;
-                    }
-                    if first.is_none() && header.base_offset != base {
-                        return Err(inconsistent(format!(
-                            "entry {next} expected at offset {base}, found a batch at {}",
-                            header.base_offset
-                        )));
-                    }
-                    at += total;
-                    let batch_end = header.last_offset() + 1;
-                    first.get_or_insert(header);
-                    if batch_end >= stop {
-                        if batch_end != stop {
-                            return Err(inconsistent(format!(
-                                "entry {next} ends at offset {stop}, a batch ends at {batch_end}"
-                            )));
-                        }
-                        complete = true;
-                        break;
-                    }
-                }
-                let Some(header) = first.filter(|_| complete) else {
+                let found = entry_in_read(&records, position, base, stop, |reason| {
+                    inconsistent(format!("entry {next} {reason}"))
+                })?;
+                let Some((header, at)) = found else {
                     if position > 0 {
                         // The entry continues past this read: read again from it.
                         continue 'read;
@@ -378,6 +352,45 @@ impl PartitionLogReader {
             payload: control::decode_payload(header, batch)?,
         })
     }
+}
+
+/// Entry `[base, stop)` in `records` (whole batches read from the log) from position `from`:
+/// its first batch's header and the position after its last batch, or `None` when the read
+/// ends before the entry does. Batches that do not line up with the entry are `mismatch`.
+fn entry_in_read(
+    records: &[u8],
+    from: usize,
+    base: i64,
+    stop: i64,
+    mismatch: impl Fn(String) -> PartitionRaftError,
+) -> Result<Option<(BatchHeader, usize)>, PartitionRaftError> {
+    let mut at = from;
+    let mut first = None;
+    while at < records.len() {
+        let header = BatchHeader::parse(&records[at..])?;
+        let total = header.total_bytes();
+        if at + total > records.len() {
+            return Ok(None);
+        }
+        if first.is_none() && header.base_offset != base {
+            return Err(mismatch(format!(
+                "expected at offset {base}, found a batch at {}",
+                header.base_offset
+            )));
+        }
+        at += total;
+        let batch_end = header.last_offset() + 1;
+        let head = *first.get_or_insert(header);
+        if batch_end == stop {
+            return Ok(Some((head, at)));
+        }
+        if batch_end > stop {
+            return Err(mismatch(format!(
+                "ends at offset {stop}, a batch ends at {batch_end}"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 impl RaftLogReader<PartitionRaft> for PartitionLogReader {

@@ -441,16 +441,12 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
 /// `[base, end)` offsets of an entry's stored batches (offsets and epoch assigned); `None` for
 /// batches as proposed.
 fn stored_offsets(bytes: &[u8]) -> Option<(i64, i64)> {
-    let mut position = 0;
-    let mut span = None;
-    while position < bytes.len() {
-        let header = BatchHeader::parse(&bytes[position..]).ok()?;
-        if header.partition_leader_epoch < 0 {
-            return None;
-        }
-        let (base, _) = span.unwrap_or((header.base_offset, 0));
-        span = Some((base, header.last_offset() + 1));
-        position += header.total_bytes();
+    let headers = control::entry_headers(bytes).ok()?;
+    if headers.iter().any(|h| h.partition_leader_epoch < 0) {
+        return None;
     }
-    span
+    Some((
+        headers.first()?.base_offset,
+        headers.last()?.last_offset() + 1,
+    ))
 }

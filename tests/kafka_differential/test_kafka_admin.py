@@ -1,0 +1,140 @@
+"""Topic administration as Apache Kafka answers it: CreateTopics, DeleteTopics, CreatePartitions,
+DescribeConfigs and IncrementalAlterConfigs, error codes included."""
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions,
+                                   NewTopic)
+
+
+def create_error(kafka, new_topic: NewTopic, **kw):
+    """The error code CreateTopics answers for one topic, or None when it is created."""
+    future = kafka.admin().create_topics([new_topic], operation_timeout=30, **kw)[new_topic.topic]
+    try:
+        future.result(timeout=30)
+        return None
+    except KafkaException as exc:
+        return exc.args[0].code()
+
+
+def test_create_topic_twice_is_topic_already_exists(kafka):
+    name = kafka.create_topic(partitions=2)
+    assert create_error(kafka, NewTopic(name, 2, 1)) == KafkaError.TOPIC_ALREADY_EXISTS
+
+
+def test_create_topic_with_no_partitions_is_invalid_partitions(kafka):
+    assert create_error(kafka, NewTopic(kafka.name(), 0, 1)) == KafkaError.INVALID_PARTITIONS
+
+
+def test_create_topic_with_more_replicas_than_brokers_is_invalid_replication_factor(kafka):
+    assert create_error(kafka, NewTopic(kafka.name(), 1, 3)) == \
+        KafkaError.INVALID_REPLICATION_FACTOR
+
+
+@pytest.mark.parametrize("name", ["bad/name", "a" * 250, "..", "spaces are bad"])
+def test_create_topic_with_an_illegal_name_is_invalid_topic(kafka, name):
+    assert create_error(kafka, NewTopic(name, 1, 1)) == KafkaError.TOPIC_EXCEPTION
+
+
+@pytest.mark.parametrize("config", [{"retention.ms": "soon"}, {"no.such.config": "1"},
+                                    {"cleanup.policy": "shred"}])
+def test_create_topic_with_a_bad_config_is_invalid_config(kafka, config):
+    assert create_error(kafka, NewTopic(kafka.name(), 1, 1, config=config)) == \
+        KafkaError.INVALID_CONFIG
+
+
+def test_validate_only_creates_nothing(kafka):
+    name = kafka.name()
+    assert create_error(kafka, NewTopic(name, 3, 1), validate_only=True) is None
+    assert name not in kafka.admin().list_topics(timeout=10).topics
+    # The same request's errors come back without validate_only's effect too.
+    assert create_error(kafka, NewTopic(name, 0, 1), validate_only=True) == \
+        KafkaError.INVALID_PARTITIONS
+
+
+def test_delete_unknown_topic_is_unknown_topic_or_partition(kafka):
+    future = kafka.admin().delete_topics([kafka.name()], operation_timeout=30)
+    error = next(iter(future.values())).exception(timeout=30)
+    assert error is not None and error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_a_deleted_topic_is_gone_from_metadata(kafka):
+    name = kafka.create_topic()
+    next(iter(kafka.admin().delete_topics([name], operation_timeout=30).values())).result(30)
+    assert name not in kafka.admin().list_topics(timeout=10).topics
+
+
+def test_create_partitions_grows_and_never_shrinks(kafka):
+    name = kafka.create_topic(partitions=2)
+    admin = kafka.admin()
+    admin.create_partitions([NewPartitions(name, 5)], operation_timeout=30)[name].result(30)
+    assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 5
+    for count, code in [(5, KafkaError.INVALID_PARTITIONS), (3, KafkaError.INVALID_PARTITIONS)]:
+        error = admin.create_partitions([NewPartitions(name, count)],
+                                        operation_timeout=30)[name].exception(30)
+        assert error is not None and error.args[0].code() == code, (count, error)
+    error = admin.create_partitions([NewPartitions(kafka.name(), 4)],
+                                    operation_timeout=30)
+    error = next(iter(error.values())).exception(30)
+    assert error is not None and error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def describe(kafka, name) -> dict:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    return kafka.admin().describe_configs([resource])[resource].result(timeout=30)
+
+
+# The defaults Kafka documents for a topic created without configs (broker defaults unchanged).
+TOPIC_DEFAULTS = {
+    "cleanup.policy": "delete",
+    "retention.ms": "604800000",
+    "retention.bytes": "-1",
+    "min.insync.replicas": "1",  # a cluster-wide dynamic default on Kafka 4 (KIP-966)
+    "message.timestamp.type": "CreateTime",
+    "compression.type": "producer",
+    "max.message.bytes": "1048588",
+}
+
+
+def test_describe_configs_shows_kafkas_defaults_and_what_was_set(kafka):
+    name = kafka.create_topic(config={"retention.ms": "3600000"})
+    entries = describe(kafka, name)
+    for key, value in TOPIC_DEFAULTS.items():
+        if key == "retention.ms":
+            continue
+        assert entries[key].value == value, key
+        assert entries[key].is_default or key == "min.insync.replicas", key
+    assert entries["retention.ms"].value == "3600000"
+    assert not entries["retention.ms"].is_default
+    assert entries["retention.ms"].source == ConfigResource.Type.TOPIC.value or \
+        entries["retention.ms"].source == 1  # DYNAMIC_TOPIC_CONFIG
+
+
+def test_describe_configs_of_an_unknown_topic_is_unknown_topic_or_partition(kafka):
+    resource = ConfigResource(ConfigResource.Type.TOPIC, kafka.name())
+    error = kafka.admin().describe_configs([resource])[resource].exception(timeout=30)
+    assert error is not None and error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_incremental_alter_configs_sets_and_deletes(kafka):
+    name = kafka.create_topic()
+    admin = kafka.admin()
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry("retention.ms", "120000",
+                    incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    assert describe(kafka, name)["retention.ms"].value == "120000"
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    entry = describe(kafka, name)["retention.ms"]
+    assert entry.value == "604800000" and entry.is_default
+
+
+def test_incremental_alter_configs_refuses_a_bad_value(kafka):
+    name = kafka.create_topic()
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry("retention.ms", "forever", incremental_operation=AlterConfigOpType.SET)])
+    error = kafka.admin().incremental_alter_configs([resource])[resource].exception(timeout=30)
+    assert error is not None and error.args[0].code() == KafkaError.INVALID_CONFIG
+    assert describe(kafka, name)["retention.ms"].value == "604800000"

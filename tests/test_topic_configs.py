@@ -60,8 +60,9 @@ def test_retention_by_bytes_deletes_old_segments_and_moves_the_low_watermark(bro
     broker = broker_factory("--retention-check-interval-ms", "200")
     topic = unique_name("retention")
     create_topic(broker.bootstrap, topic, 1,
-                 config={"segment.bytes": "65536", "retention.bytes": "131072"})
-    values = [f"{i:06d}".encode().ljust(1024, b".") for i in range(2000)]
+                 config={"segment.bytes": "1048576", "retention.bytes": "2097152"})
+    # Kafka 4's smallest segment is 1 MiB: 5 MiB of messages fill five of them.
+    values = [f"{i:06d}".encode().ljust(1024, b".") for i in range(5000)]
     produce_values(broker.bootstrap, topic, values, partition=0,
                    extra_config={"batch.size": 16384})
 
@@ -74,7 +75,7 @@ def test_retention_by_bytes_deletes_old_segments_and_moves_the_low_watermark(bro
         time.sleep(0.2)
     assert high == len(values)
     # Kafka's rule: keep at least retention.bytes, deleting only whole segments.
-    assert 128 <= high - low < 2000, (low, high)
+    assert 2048 <= high - low < 5000, (low, high)
 
     # What remains is exactly the newest messages, readable from the new low watermark.
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("ret"),

@@ -138,3 +138,61 @@ def test_incremental_alter_configs_refuses_a_bad_value(kafka):
     error = kafka.admin().incremental_alter_configs([resource])[resource].exception(timeout=30)
     assert error is not None and error.args[0].code() == KafkaError.INVALID_CONFIG
     assert describe(kafka, name)["retention.ms"].value == "604800000"
+
+
+# Kafka 4.1's topic configs with their defaults, as DescribeConfigs lists them for a new topic.
+KAFKA_TOPIC_CONFIGS = {
+    "cleanup.policy": "delete", "compression.gzip.level": "-1", "compression.lz4.level": "9",
+    "compression.type": "producer", "compression.zstd.level": "3",
+    "delete.retention.ms": "86400000", "file.delete.delay.ms": "60000",
+    "flush.messages": "9223372036854775807", "flush.ms": "9223372036854775807",
+    "follower.replication.throttled.replicas": "", "index.interval.bytes": "4096",
+    "leader.replication.throttled.replicas": "", "local.retention.bytes": "-2",
+    "local.retention.ms": "-2", "max.compaction.lag.ms": "9223372036854775807",
+    "max.message.bytes": "1048588", "message.timestamp.after.max.ms": "3600000",
+    "message.timestamp.before.max.ms": "9223372036854775807",
+    "message.timestamp.type": "CreateTime", "min.cleanable.dirty.ratio": "0.5",
+    "min.compaction.lag.ms": "0", "min.insync.replicas": "1", "preallocate": "false",
+    "remote.log.copy.disable": "false", "remote.log.delete.on.disable": "false",
+    "remote.storage.enable": "false", "retention.bytes": "-1", "retention.ms": "604800000",
+    "segment.bytes": "1073741824", "segment.index.bytes": "10485760",
+    "segment.jitter.ms": "0", "segment.ms": "604800000",
+    "unclean.leader.election.enable": "false",
+}
+# Sluice's own topic configs (README, "Topic configs").
+SLUICE_TOPIC_CONFIGS = {"fsync", "message.key.index.enable"}
+
+
+def test_every_standard_topic_config_is_described_with_kafkas_default(kafka):
+    entries = describe(kafka, kafka.create_topic())
+    own = SLUICE_TOPIC_CONFIGS if kafka.kind == "sluice" else set()
+    assert set(entries) == set(KAFKA_TOPIC_CONFIGS) | own
+    assert {key: entries[key].value for key in KAFKA_TOPIC_CONFIGS} == KAFKA_TOPIC_CONFIGS
+
+
+@pytest.mark.parametrize("key, value", [
+    ("segment.bytes", "1048575"), ("flush.messages", "0"), ("segment.index.bytes", "3"),
+    ("compression.type", "brotli"), ("compression.gzip.level", "0"),
+    ("compression.lz4.level", "18"), ("compression.zstd.level", "23"),
+    ("min.cleanable.dirty.ratio", "1.5"), ("local.retention.ms", "-3"),
+    ("follower.replication.throttled.replicas", "bogus"), ("preallocate", "yes"),
+    ("max.compaction.lag.ms", "0"), ("message.timestamp.after.max.ms", "-1"),
+    ("min.insync.replicas", "0"), ("remote.storage.enable", "true"),
+    ("message.format.version", "3.0"), ("message.downconversion.enable", "true"),
+])
+def test_topic_config_values_kafka_refuses_are_invalid_config(kafka, key, value):
+    assert create_error(kafka, NewTopic(kafka.name(), 1, 1, config={key: value}),
+                        validate_only=True) == KafkaError.INVALID_CONFIG
+
+
+@pytest.mark.parametrize("key, value", [
+    ("segment.bytes", "1048576"), ("max.message.bytes", "0"), ("retention.bytes", "-5"),
+    ("compression.type", "zstd"), ("compression.gzip.level", "9"), ("retention.ms", " 100"),
+    ("follower.replication.throttled.replicas", "*"),
+    ("leader.replication.throttled.replicas", "0:1,1:2"),
+    ("unclean.leader.election.enable", "TRUE"), ("cleanup.policy", ""),
+    ("min.insync.replicas", "2"), ("message.timestamp.before.max.ms", "0"),
+])
+def test_topic_config_values_kafka_accepts_are_accepted(kafka, key, value):
+    assert create_error(kafka, NewTopic(kafka.name(), 1, 1, config={key: value}),
+                        validate_only=True) is None

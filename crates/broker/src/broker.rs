@@ -7,7 +7,8 @@ use tokio::sync::Notify;
 
 use crate::durable_fs;
 use crate::producer_id::ProducerIdAllocator;
-use crate::topic::{validate_topic_name, ConfigEntry, TopicConfig};
+use crate::topic::validate_topic_name;
+use crate::topic_config::{ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
 use crate::{
     now_ms, BrokerConfig, BrokerError, ConnectionRegistry, GroupCoordinator, Partition, Topic,
@@ -150,7 +151,7 @@ impl Broker {
                 index,
                 &topic_store::partition_dir(&config.data_dir, &record.name, index),
                 log_config.clone(),
-                topic_config.log_append_time(),
+                topic_config.timestamp_rules(),
                 Arc::clone(data_ready),
             )?);
         }
@@ -336,7 +337,7 @@ impl Broker {
                 index,
                 &topic_store::partition_dir(&self.config.data_dir, name, index),
                 log_config.clone(),
-                topic_config.log_append_time(),
+                topic_config.timestamp_rules(),
                 Arc::clone(&self.data_ready),
             )?);
         }
@@ -409,7 +410,7 @@ impl Broker {
         };
         topic_store::save(self.config.storage.as_ref(), &self.config.data_dir, &record)?;
         for partition in topic.partitions() {
-            partition.set_config(log_config.clone(), topic_config.log_append_time());
+            partition.set_config(log_config.clone(), topic_config.timestamp_rules());
         }
         *topic.config.write() = topic_config;
         Ok(())

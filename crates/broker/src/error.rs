@@ -67,6 +67,9 @@ pub enum BrokerError {
     MessageTooLarge(String),
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// A CreateTime timestamp outside the topic's window (INVALID_TIMESTAMP).
+    #[error("invalid timestamp: {0}")]
+    InvalidTimestamp(String),
     #[error("offset out of range: {0}")]
     OffsetOutOfRange(String),
     #[error("out of order sequence number: {0}")]

@@ -19,7 +19,9 @@ mod partition_appender;
 mod producer_id;
 mod producer_state;
 pub mod replication;
+mod timestamps;
 mod topic;
+mod topic_config;
 mod topic_store;
 mod traffic;
 pub mod vhost;
@@ -37,9 +39,8 @@ pub use message_query::{
     query_partition_logs, FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX,
 };
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
-pub use topic::{
-    kafka_partition_for_key, ConfigEntry, ConfigSource, ConfigType, Topic, TopicConfig,
-};
+pub use topic::{kafka_partition_for_key, Topic};
+pub use topic_config::{topic_config_names, ConfigEntry, ConfigSource, ConfigType, TopicConfig};
 pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).

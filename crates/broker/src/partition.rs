@@ -1,5 +1,4 @@
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +12,7 @@ use tokio::sync::Notify;
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
 use crate::producer_state::ProducerStateTable;
+use crate::timestamps::{TimestampPolicy, TimestampRules};
 use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
 
@@ -87,7 +87,7 @@ pub struct Partition {
     producers: Arc<Mutex<ProducerStateTable>>,
     appender: Arc<PartitionAppender>,
     group_commit: Arc<GroupCommit>,
-    log_append_time: AtomicBool,
+    timestamps: TimestampPolicy,
     traffic: TopicTraffic,
 }
 
@@ -135,18 +135,18 @@ impl Partition {
         index: i32,
         dir: &Path,
         config: LogConfig,
-        log_append_time: bool,
+        timestamps: TimestampRules,
         data_ready: Arc<Notify>,
     ) -> Result<Arc<Partition>, BrokerError> {
         let log = PartitionLog::open_with(storage, dir, config)?;
-        Partition::with_log(topic, index, log, log_append_time, data_ready)
+        Partition::with_log(topic, index, log, timestamps, data_ready)
     }
 
     fn with_log(
         topic: &str,
         index: i32,
         log: PartitionLog,
-        log_append_time: bool,
+        timestamps: TimestampRules,
         data_ready: Arc<Notify>,
     ) -> Result<Arc<Partition>, BrokerError> {
         let log = Arc::new(log);
@@ -170,7 +170,7 @@ impl Partition {
             producers,
             appender,
             group_commit,
-            log_append_time: AtomicBool::new(log_append_time),
+            timestamps: TimestampPolicy::new(timestamps),
             traffic: TopicTraffic::register(topic),
         });
         partition.start_interval_flusher();
@@ -196,10 +196,9 @@ impl Partition {
         self.log.log_end_offset()
     }
 
-    pub(crate) fn set_config(&self, config: LogConfig, log_append_time: bool) {
+    pub(crate) fn set_config(&self, config: LogConfig, timestamps: TimestampRules) {
         self.log.set_config(config);
-        self.log_append_time
-            .store(log_append_time, Ordering::Relaxed);
+        self.timestamps.set(timestamps);
     }
 
     /// Appends the producer's record batches and, as `acks` asks, waits until they are durable.
@@ -215,7 +214,9 @@ impl Partition {
             ));
         }
         let now = now_ms();
-        let log_append_time = self.log_append_time.load(Ordering::Relaxed);
+        let rules = self.timestamps.rules();
+        rules.check(&headers, now)?;
+        let log_append_time = rules.log_append_time;
         if log_append_time {
             stamp_log_append_time(&mut records, now)?;
         }
@@ -256,7 +257,7 @@ impl Partition {
     /// receiver resolves once the batches are durable and readable.
     pub fn append_unsequenced(&self, mut records: BytesMut) -> Result<DurableWait, BrokerError> {
         let now = now_ms();
-        if self.log_append_time.load(Ordering::Relaxed) {
+        if self.timestamps.rules().log_append_time {
             stamp_log_append_time(&mut records, now)?;
         }
         let info = self.log.append(&mut records, 0, now)?;
@@ -364,6 +365,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use sluice_log::{Record, RecordBatchBuilder};
 
@@ -556,8 +558,14 @@ mod tests {
             timed_out: Arc::clone(&timed_out),
         });
         let log = PartitionLog::open_with(disk, dir.path(), LogConfig::default()).expect("log");
-        let partition =
-            Partition::with_log("t", 0, log, false, Arc::new(Notify::new())).expect("partition");
+        let partition = Partition::with_log(
+            "t",
+            0,
+            log,
+            TimestampRules::default(),
+            Arc::new(Notify::new()),
+        )
+        .expect("partition");
         *gate.0.lock().expect("gate lock") = false;
         let opener = tokio::spawn({
             let gate = Arc::clone(&gate);

@@ -104,6 +104,7 @@ impl From<BrokerError> for ApiError {
             | BrokerError::InvalidReplicationFactor(_)
             | BrokerError::InvalidConfig(_)
             | BrokerError::InvalidRecord(_)
+            | BrokerError::InvalidTimestamp(_)
             | BrokerError::MessageTooLarge(_)
             | BrokerError::OffsetOutOfRange(_) => ApiError::BadRequest(reason),
             BrokerError::CorruptMessage(_)

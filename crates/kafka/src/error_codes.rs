@@ -14,6 +14,7 @@ pub fn broker_error_code(error: &BrokerError) -> i16 {
         BrokerError::CorruptMessage(_) => ResponseError::CorruptMessage,
         BrokerError::MessageTooLarge(_) => ResponseError::MessageTooLarge,
         BrokerError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        BrokerError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
         BrokerError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
         BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,

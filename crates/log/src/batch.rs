@@ -44,7 +44,7 @@ const ATTRIBUTE_CONTROL: i16 = 0x20;
 const MAGIC_V2: i8 = 2;
 
 /// The parsed fixed header of one record batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BatchHeader {
     pub base_offset: i64,
     /// Bytes after the batchLength field (so the whole batch is `batch_length + 12`).

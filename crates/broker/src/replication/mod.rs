@@ -62,7 +62,8 @@ pub use proposer::{BATCHES_PROPOSED_METRIC, ENTRIES_PROPOSED_METRIC};
 pub use replica::{PartitionView, Replica, ISR_LAG_MAX};
 
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
-use crate::topic::{validate_topic_name, TopicConfig};
+use crate::topic::validate_topic_name;
+use crate::topic_config::TopicConfig;
 use crate::ConfigEntry;
 use crate::{Broker, BrokerError, GroupError};
 
@@ -1283,13 +1284,13 @@ impl ClusterBroker {
                 // Config changes (AlterConfigs) reach the open replicas' logs.
                 let defaults = &self.broker.config().log_defaults;
                 match TopicConfig::new(topic.configs.clone(), defaults)
-                    .and_then(|c| Ok((c.log_config(defaults)?, c.log_append_time())))
+                    .and_then(|c| Ok((c.log_config(defaults)?, c.timestamp_rules())))
                 {
-                    Ok((config, log_append_time)) => {
+                    Ok((config, timestamps)) => {
                         if config != replica.log().config() {
                             replica.log().set_config(config)
                         }
-                        replica.set_log_append_time(log_append_time);
+                        replica.set_timestamp_rules(timestamps);
                     }
                     Err(error) => {
                         tracing::warn!(topic = %topic.name, %error, "invalid topic configs")
@@ -1383,7 +1384,7 @@ impl ClusterBroker {
             raft,
             terms,
         ));
-        replica.set_log_append_time(topic_config.log_append_time());
+        replica.set_timestamp_rules(topic_config.timestamp_rules());
         // Wake long-polling fetchers whenever the high watermark moves.
         let data_ready = Arc::clone(self.broker.data_ready());
         let mut progress = progress;

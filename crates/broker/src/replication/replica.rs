@@ -3,7 +3,6 @@
 //! view of which voters are caught up (the ISR).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,8 @@ use sluice_cluster::partition::{
 };
 use sluice_cluster::NodeId;
 use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, PartitionLog};
+
+use crate::timestamps::{TimestampPolicy, TimestampRules};
 use tokio::sync::watch;
 
 use super::proposer::{EntryProposer, ProposalFailure, ProposedBatch};
@@ -98,7 +99,7 @@ pub struct Replica {
     proposed: Mutex<ProposedProducers>,
     /// `message.timestamp.type=LogAppendTime`: the leader stamps batches before proposing, so
     /// every replica stores the same timestamp.
-    log_append_time: AtomicBool,
+    timestamps: TimestampPolicy,
     in_sync: Mutex<InSyncTracker>,
 }
 
@@ -133,7 +134,7 @@ impl Replica {
                 term: 0,
                 table: ProducerStateTable::default(),
             }),
-            log_append_time: AtomicBool::new(false),
+            timestamps: TimestampPolicy::new(TimestampRules::default()),
             in_sync: Mutex::new(InSyncTracker::default()),
         }
     }
@@ -141,8 +142,8 @@ impl Replica {
     pub fn topic(&self) -> &str {
         &self.topic
     }
-    pub fn set_log_append_time(&self, on: bool) {
-        self.log_append_time.store(on, Ordering::Relaxed);
+    pub fn set_timestamp_rules(&self, rules: TimestampRules) {
+        self.timestamps.set(rules);
     }
     pub fn index(&self) -> i32 {
         self.index
@@ -380,8 +381,10 @@ impl Replica {
                 return Err(ReplicationError::NotEnoughReplicas);
             }
         }
+        let timestamps = self.timestamps.rules();
+        timestamps.check(&headers, now_ms())?;
         let mut log_append_time_ms = -1;
-        let records = if self.log_append_time.load(Ordering::Relaxed) {
+        let records = if timestamps.log_append_time {
             // Only on the leader, once the request is accepted; validated above, since
             // stamping recomputes the CRCs.
             let now = now_ms();

@@ -1,5 +1,5 @@
 //! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs for topics (the settings listed in
-//! `sluice_broker::topic::SUPPORTED_TOPIC_CONFIGS`), and read-only broker configs.
+//! `sluice_broker::topic_config_names`), and read-only broker configs.
 
 use std::collections::BTreeMap;
 

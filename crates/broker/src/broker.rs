@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -99,7 +100,9 @@ impl Broker {
         let cluster_id = match stored_cluster_id {
             Ok(id) if !id.is_empty() => id,
             _ => {
-                let id = uuid::Uuid::new_v4().simple().to_string();
+                // Kafka's form: the UUID's 16 bytes in URL-safe base64 without padding.
+                let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(uuid::Uuid::new_v4().as_bytes());
                 durable_fs::write_atomically(storage.as_ref(), &cluster_id_path, id.as_bytes())?;
                 id
             }

@@ -1345,7 +1345,8 @@ fn first_record_at_or_after(
     high_watermark: i64,
 ) -> Result<(i64, i64), LogError> {
     let batch_answer = (header.base_offset, header.max_timestamp);
-    if header.compression() != 0 || header.is_log_append_time() {
+    // Every record of a LogAppendTime batch has the batch's timestamp.
+    if header.is_log_append_time() {
         return Ok(batch_answer);
     }
     // The header passed check_shape, so the length is bounded.

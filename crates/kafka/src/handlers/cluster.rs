@@ -37,10 +37,9 @@ use sluice_broker::BrokerError;
 use sluice_cluster::metadata::TopicMetadata;
 
 use crate::error_codes::broker_error_code;
+use crate::handlers::list_offsets;
 use crate::RequestContext;
 
-const LATEST: i64 = -1;
-const EARLIEST: i64 = -2;
 /// Upper bound on how long one fetch may park the connection.
 const WAIT_MS_MAX: i32 = 30_000;
 
@@ -436,27 +435,20 @@ pub async fn list_offsets(
                 .map(|p| {
                     let response = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index);
+                    if !list_offsets::timestamp_supported(p.timestamp) {
+                        return response
+                            .with_error_code(ResponseError::UnsupportedVersion.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    }
                     let answer = cluster
                         .replica_for(topic.name.as_str(), p.partition_index)
                         .and_then(|replica| {
                             replica.check_leader(p.current_leader_epoch)?;
                             let (_, term) = replica.leader_and_term();
                             let log = replica.log();
-                            let (offset, timestamp) = match p.timestamp {
-                                LATEST => (log.high_watermark(), -1),
-                                EARLIEST => (log.log_start_offset(), -1),
-                                ts if ts < 0 => {
-                                    return Err(ReplicationError::Broker(
-                                        BrokerError::InvalidRecord(format!(
-                                            "unsupported timestamp {ts}"
-                                        )),
-                                    ))
-                                }
-                                ts => log
-                                    .offset_for_timestamp(ts)?
-                                    .filter(|(offset, _)| *offset < log.high_watermark())
-                                    .unwrap_or((-1, -1)),
-                            };
+                            let (offset, timestamp) =
+                                list_offsets::offset_in_log(log, p.timestamp)?;
                             Ok((offset, timestamp, i32::try_from(term).unwrap_or(i32::MAX)))
                         });
                     match answer {

@@ -152,7 +152,8 @@ pub async fn join_group(
         member_id: request.member_id.to_string(),
         group_instance_id: optional_string(&request.group_instance_id),
         client_id: ctx.client_id.clone(),
-        client_host: ctx.client_host.clone(),
+        // As Kafka shows it (Java's InetAddress.toString of an address without a host name).
+        client_host: format!("/{}", ctx.client_host),
         session_timeout_ms: request.session_timeout_ms,
         // v0 has no rebalance timeout: Kafka uses the session timeout.
         rebalance_timeout_ms: if version >= 1 {

@@ -6,7 +6,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
-use sluice_broker::{BrokerError, Partition};
+use sluice_log::{LogError, PartitionLog};
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
@@ -14,6 +14,11 @@ use crate::RequestContext;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+/// Below MAX_TIMESTAMP: EARLIEST_LOCAL (-4) and LATEST_TIERED (-5) came with versions 8 and 9,
+/// which Sluice does not offer; Kafka answers UNSUPPORTED_VERSION for them at older versions.
+pub(crate) fn timestamp_supported(timestamp: i64) -> bool {
+    timestamp >= MAX_TIMESTAMP
+}
 
 pub async fn list_offsets(
     ctx: &RequestContext,
@@ -39,7 +44,13 @@ pub async fn list_offsets(
                             .with_offset(-1)
                             .with_timestamp(-1);
                     };
-                    match offset_for(&partition, p.timestamp) {
+                    if !timestamp_supported(p.timestamp) {
+                        return response
+                            .with_error_code(ResponseError::UnsupportedVersion.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    }
+                    match offset_in_log(partition.log(), p.timestamp) {
                         Ok((offset, timestamp)) => {
                             // The leader epoch field exists from v4 on.
                             let leader_epoch = if version >= 4 { 0 } else { -1 };
@@ -49,7 +60,7 @@ pub async fn list_offsets(
                                 .with_leader_epoch(leader_epoch)
                         }
                         Err(error) => response
-                            .with_error_code(broker_error_code(&error))
+                            .with_error_code(broker_error_code(&error.into()))
                             .with_offset(-1)
                             .with_timestamp(-1),
                     }
@@ -63,28 +74,33 @@ pub async fn list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// (offset, timestamp); offset -1 when no record is at or after the timestamp.
-fn offset_for(partition: &Partition, timestamp: i64) -> Result<(i64, i64), BrokerError> {
-    let log = partition.log();
+/// (offset, timestamp) for one of the timestamps of ListOffsets v0-v7 (-3 and up); offset -1
+/// when no record is at or after the timestamp. Single node and cluster alike.
+pub(crate) fn offset_in_log(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64), LogError> {
+    let high_watermark = log.high_watermark();
     match timestamp {
-        LATEST => Ok((log.high_watermark(), -1)),
+        LATEST => Ok((high_watermark, -1)),
         EARLIEST => Ok((log.log_start_offset(), -1)),
         MAX_TIMESTAMP => {
-            let high_watermark = log.high_watermark();
-            let mut best: Option<(i64, i64)> = None;
+            // Kafka's answer: the first record holding the largest timestamp, which is the
+            // first record at or after that timestamp.
+            let mut max_timestamp: Option<i64> = None;
             for header in log.batch_headers_from(log.log_start_offset())? {
                 if header.base_offset >= high_watermark {
                     break;
                 }
-                if best.is_none_or(|(_, ts)| header.max_timestamp > ts) {
-                    best = Some((header.last_offset(), header.max_timestamp));
+                if max_timestamp.is_none_or(|ts| header.max_timestamp > ts) {
+                    max_timestamp = Some(header.max_timestamp);
                 }
             }
-            Ok(best.unwrap_or((-1, -1)))
+            match max_timestamp {
+                Some(timestamp) => offset_in_log(log, timestamp.max(0)),
+                None => Ok((-1, -1)),
+            }
         }
-        timestamp if timestamp < 0 => Err(BrokerError::InvalidRecord(format!(
-            "unsupported timestamp {timestamp}"
-        ))),
-        timestamp => Ok(log.offset_for_timestamp(timestamp)?.unwrap_or((-1, -1))),
+        timestamp => Ok(log
+            .offset_for_timestamp(timestamp.max(0))?
+            .filter(|(offset, _)| *offset < high_watermark)
+            .unwrap_or((-1, -1))),
     }
 }

@@ -163,9 +163,16 @@ class KafkaWire:
             f"correlation id {response.header.correlation_id} != {correlation_id}")
         return response
 
-    def init_producer_id(self, transactional_id=None, timeout_ms=60000):
-        response = self.request(InitProducerIdRequest(
-            transactional_id=transactional_id, transaction_timeout_ms=timeout_ms))
+    def init_producer_id(self, transactional_id=None, timeout_ms=60000, retry_s=30):
+        # A broker that has just started may still be loading its coordinators: retry those
+        # answers (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE) as clients do.
+        deadline = time.monotonic() + retry_s
+        while True:
+            response = self.request(InitProducerIdRequest(
+                transactional_id=transactional_id, transaction_timeout_ms=timeout_ms))
+            if response.error_code not in (14, 15) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert response.error_code == ERROR_NONE, f"InitProducerId failed: {response}"
         return response.producer_id, response.producer_epoch
 

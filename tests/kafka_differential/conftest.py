@@ -245,6 +245,9 @@ class KafkaTarget:
         wait_for_leaders(self, name, partitions)
         return name
 
+    def restart(self, kill: bool = False):
+        raise NotImplementedError
+
     def tool(self, main_class: str, *args, **kw) -> subprocess.CompletedProcess:
         """Kafka's command-line tool `main_class`, pointed at this broker."""
         return run_java(main_class, "--bootstrap-server", self.bootstrap, *args, **kw)
@@ -281,6 +284,14 @@ class ApacheKafkaTarget(KafkaTarget):
         self.node = node
         self.bootstrap = node.bootstrap
 
+    def restart(self, kill: bool = False):
+        """Stops the broker (SIGTERM, or SIGKILL with `kill`) and starts it on the same data."""
+        if kill:
+            self.node.kill()
+        else:
+            self.node.stop()
+        self.node.start()
+
     def cleanup(self):
         super().cleanup()
         # The node outlives the test: delete what it created under its unique names.
@@ -300,6 +311,13 @@ class SluiceTarget(KafkaTarget):
         super().__init__()
         self.broker = broker
         self.bootstrap = broker.bootstrap
+
+    def restart(self, kill: bool = False):
+        if kill:
+            self.broker.kill9()
+            self.broker.start()
+        else:
+            self.broker.restart()
 
 
 def pytest_configure(config):

@@ -24,15 +24,15 @@ def kcat(*args, stdin=None, timeout_s=60):
     return completed.stdout.decode()
 
 
-def test_kcat_produces_keyed_messages_and_reads_them_back_in_order(broker):
+def test_kcat_produces_keyed_messages_and_reads_them_back_in_order(kafka):
     topic = unique_name("kcat")
     lines = [f"key-{i % 7}:value-{i}" for i in range(1000)]
-    kcat("-b", broker.bootstrap, "-P", "-t", topic, "-p", "0", "-K", ":", "-X", "acks=all",
+    kcat("-b", kafka.bootstrap, "-P", "-t", topic, "-p", "0", "-K", ":", "-X", "acks=all",
          stdin=("\n".join(lines) + "\n").encode())
 
-    consumed = kcat("-b", broker.bootstrap, "-C", "-t", topic, "-p", "0", "-o", "beginning", "-e",
+    consumed = kcat("-b", kafka.bootstrap, "-C", "-t", topic, "-p", "0", "-o", "beginning", "-e",
                     "-f", "%k:%s\n").splitlines()
     assert consumed == lines
 
-    listing = kcat("-b", broker.bootstrap, "-L", "-t", topic)
+    listing = kcat("-b", kafka.bootstrap, "-L", "-t", topic)
     assert f'topic "{topic}" with 1 partitions' in listing

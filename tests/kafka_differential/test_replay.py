@@ -59,17 +59,17 @@ def consume_until_end(consumer, count_expected, timeout_s=30):
 
 
 @pytest.fixture
-def replay_topic(broker):
+def replay_topic(kafka):
     topic = unique_name("replay")
-    create_topic(broker.bootstrap, topic, PARTITIONS)
-    starts = produce_bursts(broker.bootstrap, topic)
+    create_topic(kafka.bootstrap, topic, PARTITIONS)
+    starts = produce_bursts(kafka.bootstrap, topic)
     return topic, starts
 
 
 @pytest.mark.timeout(90)
-def test_offsets_for_times_finds_first_message_at_or_after_timestamp(broker, replay_topic):
+def test_offsets_for_times_finds_first_message_at_or_after_timestamp(kafka, replay_topic):
     topic, starts = replay_topic
-    consumer = new_consumer(broker.bootstrap)
+    consumer = new_consumer(kafka.bootstrap)
     try:
         cases = {
             starts[0] - 1: 0,                          # before everything: the first message
@@ -94,9 +94,9 @@ def test_offsets_for_times_finds_first_message_at_or_after_timestamp(broker, rep
 
 @pytest.mark.timeout(90)
 def test_consumer_assigned_at_timestamp_offset_receives_exactly_the_later_messages(
-        broker, replay_topic):
+        kafka, replay_topic):
     topic, starts = replay_topic
-    consumer = new_consumer(broker.bootstrap)
+    consumer = new_consumer(kafka.bootstrap)
     try:
         target = starts[1] + 25
         found = consumer.offsets_for_times(
@@ -114,9 +114,9 @@ def test_consumer_assigned_at_timestamp_offset_receives_exactly_the_later_messag
 
 
 @pytest.mark.timeout(90)
-def test_seek_to_timestamp_offset_mid_stream_replays_from_there(broker, replay_topic):
+def test_seek_to_timestamp_offset_mid_stream_replays_from_there(kafka, replay_topic):
     topic, starts = replay_topic
-    consumer = new_consumer(broker.bootstrap)
+    consumer = new_consumer(kafka.bootstrap)
     try:
         tp = TopicPartition(topic, 0, OFFSET_BEGINNING)
         consumer.assign([tp])
@@ -144,9 +144,9 @@ def consume_n(consumer, n, timeout_s=30):
 
 
 @pytest.mark.timeout(90)
-def test_list_offsets_earliest_and_latest_match_the_log(broker, replay_topic):
+def test_list_offsets_earliest_and_latest_match_the_log(kafka, replay_topic):
     topic, _ = replay_topic
-    consumer = new_consumer(broker.bootstrap)
+    consumer = new_consumer(kafka.bootstrap)
     try:
         for partition in range(PARTITIONS):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
@@ -155,8 +155,8 @@ def test_list_offsets_earliest_and_latest_match_the_log(broker, replay_topic):
     finally:
         consumer.close()
     # Appending moves the latest offset, not the earliest.
-    produce_values(broker.bootstrap, topic, [b"one more"], partition=1)
-    consumer = new_consumer(broker.bootstrap)
+    produce_values(kafka.bootstrap, topic, [b"one more"], partition=1)
+    consumer = new_consumer(kafka.bootstrap)
     try:
         assert consumer.get_watermark_offsets(TopicPartition(topic, 1), timeout=10) == (
             0, BURSTS * PER_BURST + 1)

@@ -47,13 +47,13 @@ def assert_complete_and_in_key_order(sent, received):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_acks_all_keyed_messages_through_librdkafka_arrive_complete_in_key_order(broker):
+def test_acks_all_keyed_messages_through_librdkafka_arrive_complete_in_key_order(kafka):
     topic = unique_name("librdkafka-keyed")
-    create_topic(broker.bootstrap, topic, PARTITIONS)
+    create_topic(kafka.bootstrap, topic, PARTITIONS)
     sent = list(keyed_messages(MESSAGES))
 
     producer = Producer({
-        "bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 20,
+        "bootstrap.servers": kafka.bootstrap, "acks": "all", "linger.ms": 20,
         "batch.num.messages": 10000, "queue.buffering.max.messages": 2 * MESSAGES,
         "compression.type": "none"})
     delivery_errors = []
@@ -73,7 +73,7 @@ def test_acks_all_keyed_messages_through_librdkafka_arrive_complete_in_key_order
     assert delivered[0] == MESSAGES
 
     consumer = Consumer({
-        "bootstrap.servers": broker.bootstrap, "group.id": unique_name("librdkafka-reader"),
+        "bootstrap.servers": kafka.bootstrap, "group.id": unique_name("librdkafka-reader"),
         "auto.offset.reset": "earliest", "enable.auto.commit": False})
     received = []
     try:
@@ -94,12 +94,12 @@ def test_acks_all_keyed_messages_through_librdkafka_arrive_complete_in_key_order
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_acks_all_keyed_messages_through_kafka_python_arrive_complete_in_key_order(broker):
+def test_acks_all_keyed_messages_through_kafka_python_arrive_complete_in_key_order(kafka):
     topic = unique_name("kafka-python-keyed")
-    create_topic(broker.bootstrap, topic, PARTITIONS)
+    create_topic(kafka.bootstrap, topic, PARTITIONS)
     sent = list(keyed_messages(KAFKA_PYTHON_MESSAGES))
 
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=20,
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=20,
                              batch_size=256 * 1024, max_request_size=4 << 20)
     errors = []
     try:
@@ -110,7 +110,7 @@ def test_acks_all_keyed_messages_through_kafka_python_arrive_complete_in_key_ord
         producer.close(timeout=10)
     assert not errors, f"send errors: {errors[:5]}"
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap,
                              group_id=unique_name("kafka-python-reader"),
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              max_poll_records=10000)
@@ -130,12 +130,12 @@ def test_acks_all_keyed_messages_through_kafka_python_arrive_complete_in_key_ord
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 @pytest.mark.timeout(120)
-def test_compressed_batches_are_served_back_intact(broker, codec):
+def test_compressed_batches_are_served_back_intact(kafka, codec):
     topic = unique_name(f"compressed-{codec}")
-    create_topic(broker.bootstrap, topic, PARTITIONS)
+    create_topic(kafka.bootstrap, topic, PARTITIONS)
     # Repetitive values so every codec really shrinks the batch; the id makes each one unique.
     values = [f"{i:06d} ".encode() + b"sluice compresses well " * 20 for i in range(5000)]
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": "all",
                          "compression.type": codec, "linger.ms": 20})
     errors = []
     for i, value in enumerate(values):
@@ -145,11 +145,11 @@ def test_compressed_batches_are_served_back_intact(broker, codec):
     assert producer.flush(60) == 0
     assert not errors, f"delivery errors: {errors[:5]}"
 
-    records = read_all(broker.bootstrap, topic, PARTITIONS)
+    records = read_all(kafka.bootstrap, topic, PARTITIONS)
     assert sorted(r[3] for r in records) == sorted(values)
 
     # A second, independent client decompresses the same stored batches.
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None,
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None,
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              consumer_timeout_ms=10000)
     try:
@@ -166,11 +166,11 @@ def test_compressed_batches_are_served_back_intact(broker, codec):
 
 @pytest.mark.parametrize("acks", ["0", "1"])
 @pytest.mark.timeout(60)
-def test_produce_with_weaker_acks_is_stored_in_order(broker, acks):
+def test_produce_with_weaker_acks_is_stored_in_order(kafka, acks):
     topic = unique_name(f"acks-{acks}")
-    create_topic(broker.bootstrap, topic, 1)
+    create_topic(kafka.bootstrap, topic, 1)
     values = [f"{i:05d}".encode() for i in range(2000)]
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": acks, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": acks, "linger.ms": 5})
     errors = []
     for value in values:
         producer.produce(topic, value=value,
@@ -181,7 +181,7 @@ def test_produce_with_weaker_acks_is_stored_in_order(broker, acks):
     # acks=0 gets no response: wait for the log to catch up before reading it.
     deadline = time.monotonic() + 30
     while True:
-        records = read_all(broker.bootstrap, topic, 1)
+        records = read_all(kafka.bootstrap, topic, 1)
         if len(records) >= len(values) or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -122,14 +122,14 @@ def wait_until(condition, timeout_s, message):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_member_leaving_moves_partitions_without_any_offset_committed_twice(broker):
+def test_member_leaving_moves_partitions_without_any_offset_committed_twice(kafka):
     partitions = 6
     total = 6000
     topic = unique_name("group-rebalance")
     group = unique_name("group")
-    create_topic(broker.bootstrap, topic, partitions)
+    create_topic(kafka.bootstrap, topic, partitions)
     ledger = CommitLedger()
-    members = [GroupMember(f"member-{i}", broker.bootstrap, group, topic, ledger)
+    members = [GroupMember(f"member-{i}", kafka.bootstrap, group, topic, ledger)
                for i in range(3)]
     for member in members:
         member.start()
@@ -148,7 +148,7 @@ def test_member_leaving_moves_partitions_without_any_offset_committed_twice(brok
                 for start in range(0, total, 500):
                     # Round-robin over partitions, so every partition keeps receiving messages
                     # after the leave.
-                    produce_values(broker.bootstrap, topic, values[start:start + 500],
+                    produce_values(kafka.bootstrap, topic, values[start:start + 500],
                                    partition_for=lambda i: i % partitions)
                     time.sleep(0.25)
             except Exception as err:
@@ -176,7 +176,7 @@ def test_member_leaving_moves_partitions_without_any_offset_committed_twice(brok
         survivors = members[1:]
         wait_until(lambda: set().union(*(m.assignment for m in survivors)) == set(range(6)),
                    30, "the two remaining members do not own all six partitions")
-        ends = {p: hw for p, (_, hw) in high_watermarks(broker.bootstrap, topic,
+        ends = {p: hw for p, (_, hw) in high_watermarks(kafka.bootstrap, topic,
                                                         partitions).items()}
 
         def all_committed():
@@ -210,7 +210,7 @@ def test_member_leaving_moves_partitions_without_any_offset_committed_twice(brok
         assert all(a < b for a, b in zip(offsets, offsets[1:])), (
             f"partition {partition}: offsets committed out of order or twice: {commits}")
     # And from the broker's point of view the group's committed offsets are the log ends.
-    check = group_consumer(broker.bootstrap, group)
+    check = group_consumer(kafka.bootstrap, group)
     try:
         committed = check.committed([TopicPartition(topic, p) for p in range(partitions)],
                                     timeout=10)
@@ -259,44 +259,40 @@ def assert_resumes_at(bootstrap, group, topic, values, committed_offset):
 
 
 @pytest.mark.timeout(90)
-def test_consumer_restarted_after_commit_resumes_exactly_at_committed_offset(broker):
+def test_consumer_restarted_after_commit_resumes_exactly_at_committed_offset(kafka):
     topic = unique_name("resume")
     group = unique_name("resume-group")
-    create_topic(broker.bootstrap, topic, 1)
+    create_topic(kafka.bootstrap, topic, 1)
     values = [f"msg-{i}".encode() for i in range(100)]
-    produce_values(broker.bootstrap, topic, values)
-    committed = commit_first(broker.bootstrap, group, topic, 40)
+    produce_values(kafka.bootstrap, topic, values)
+    committed = commit_first(kafka.bootstrap, group, topic, 40)
     assert committed == 40
-    assert_resumes_at(broker.bootstrap, group, topic, values, committed)
+    assert_resumes_at(kafka.bootstrap, group, topic, values, committed)
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 @pytest.mark.timeout(120)
-def test_committed_offsets_survive_broker_restart(broker, stop):
+def test_committed_offsets_survive_broker_restart(kafka, stop):
     topic = unique_name("offsets-durable")
     group = unique_name("durable-group")
-    create_topic(broker.bootstrap, topic, 1)
+    create_topic(kafka.bootstrap, topic, 1)
     values = [f"msg-{i}".encode() for i in range(100)]
-    produce_values(broker.bootstrap, topic, values)
-    committed = commit_first(broker.bootstrap, group, topic, 60)
-    if stop == "sigterm":
-        broker.restart()
-    else:
-        # A commit acknowledged to the client is durable: it must survive kill -9 too.
-        broker.kill9()
-        broker.start()
-    assert_resumes_at(broker.bootstrap, group, topic, values, committed)
+    produce_values(kafka.bootstrap, topic, values)
+    committed = commit_first(kafka.bootstrap, group, topic, 60)
+    # A commit acknowledged to the client is durable: it must survive kill -9 too.
+    kafka.restart(kill=stop == "sigkill")
+    assert_resumes_at(kafka.bootstrap, group, topic, values, committed)
 
 
 @pytest.mark.timeout(120)
-def test_group_admin_lists_describes_and_deletes_groups(broker):
+def test_group_admin_lists_describes_and_deletes_groups(kafka):
     topic = unique_name("group-admin")
     group = unique_name("admin-group")
-    create_topic(broker.bootstrap, topic, 2)
-    produce_values(broker.bootstrap, topic, [b"a", b"b", b"c"])
-    client = admin(broker.bootstrap)
+    create_topic(kafka.bootstrap, topic, 2)
+    produce_values(kafka.bootstrap, topic, [b"a", b"b", b"c"])
+    client = admin(kafka.bootstrap)
 
-    consumer = group_consumer(broker.bootstrap, group)
+    consumer = group_consumer(kafka.bootstrap, group)
     try:
         consumer.subscribe([topic])
         consume_n(consumer, 1)
@@ -325,7 +321,7 @@ def test_group_admin_lists_describes_and_deletes_groups(broker):
     listed = client.list_consumer_groups(request_timeout=10).result(timeout=15)
     assert group not in {g.group_id for g in listed.valid}
     # Its committed offsets went with it.
-    check = group_consumer(broker.bootstrap, group)
+    check = group_consumer(kafka.bootstrap, group)
     try:
         committed = check.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)],
                                     timeout=10)

@@ -196,3 +196,21 @@ def test_topic_config_values_kafka_refuses_are_invalid_config(kafka, key, value)
 def test_topic_config_values_kafka_accepts_are_accepted(kafka, key, value):
     assert create_error(kafka, NewTopic(kafka.name(), 1, 1, config={key: value}),
                         validate_only=True) is None
+
+
+def test_describe_configs_lists_synonyms_as_kafka_does(kafka):
+    name = kafka.create_topic(config={"retention.ms": "3600000", "segment.bytes": "2000000",
+                                      "preallocate": "true"})
+    entries = describe(kafka, name)
+    synonyms = {key: [(s.name, s.value, s.source) for s in entry.synonyms.values()]
+                for key, entry in entries.items()}
+    topic, default = 1, 5  # DYNAMIC_TOPIC_CONFIG, DEFAULT_CONFIG
+    assert synonyms["retention.ms"] == [("retention.ms", "3600000", topic)]
+    assert synonyms["segment.bytes"] == [("segment.bytes", "2000000", topic),
+                                         ("log.segment.bytes", "1073741824", default)]
+    assert synonyms["preallocate"] == [("preallocate", "true", topic),
+                                       ("log.preallocate", "false", default)]
+    assert synonyms["cleanup.policy"] == [("log.cleanup.policy", "delete", default)]
+    assert synonyms["max.message.bytes"] == [("message.max.bytes", "1048588", default)]
+    assert synonyms["segment.ms"] == []
+    assert synonyms["leader.replication.throttled.replicas"] == []

@@ -259,9 +259,11 @@ impl Broker {
             partition_count
         };
         if !(1..=10_000).contains(&partition_count) {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "partition count must be between 1 and 10000, got {partition_count}"
-            )));
+            return Err(BrokerError::InvalidPartitions(if partition_count < 1 {
+                "Number of partitions was set to an invalid non-positive value.".to_string()
+            } else {
+                format!("partition count must be at most 10000, got {partition_count}")
+            }));
         }
         let topic_config = TopicConfig::new(configs.clone(), &self.config.log_defaults)?;
         let _admin = self.admin.lock();
@@ -312,8 +314,10 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopicOrPartition(name.to_string()))?;
         let current = topic.partition_count();
         if partition_count <= current {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} has {current} partitions; the new count {partition_count} must be larger"
+            return Err(BrokerError::InvalidPartitions(no_increase(
+                name,
+                current,
+                partition_count,
             )));
         }
         if partition_count > 10_000 {
@@ -484,5 +488,14 @@ impl Broker {
         }
         self.groups.shutdown();
         tracing::info!("broker flushed and stopped");
+    }
+}
+
+/// Kafka's refusal of a CreatePartitions count that does not grow the topic.
+pub(crate) fn no_increase(name: &str, current: i32, count: i32) -> String {
+    if count == current {
+        format!("Topic already has {current} partition(s).")
+    } else {
+        format!("The topic {name} currently has {current} partition(s); {count} would not be an increase.")
     }
 }

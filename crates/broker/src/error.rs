@@ -51,13 +51,16 @@ impl StorageFailure {
 pub enum BrokerError {
     #[error("unknown topic or partition: {0}")]
     UnknownTopicOrPartition(String),
-    #[error("topic already exists: {0}")]
+    /// The topic's name; the text is Kafka's.
+    #[error("Topic '{0}' already exists.")]
     TopicAlreadyExists(String),
     #[error("invalid topic name: {0}")]
     InvalidTopic(String),
-    #[error("invalid partition count: {0}")]
+    /// Kafka's text, which admin tools print as it is.
+    #[error("{0}")]
     InvalidPartitions(String),
-    #[error("invalid replication factor: {0}")]
+    /// Kafka's text, which admin tools print as it is.
+    #[error("{0}")]
     InvalidReplicationFactor(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
@@ -158,6 +161,9 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
     #[error("group max size reached")]
     GroupMaxSizeReached,
+    /// OffsetDelete of a topic the group's members consume.
+    #[error("the group is subscribed to the topic")]
+    GroupSubscribedToTopic,
     #[error("storage error: {0}")]
     Storage(String),
 }

@@ -11,7 +11,7 @@ mod group;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -513,6 +513,69 @@ impl GroupCoordinator {
             0 if !had_group => Err(GroupError::GroupIdNotFound),
             _ => Ok(()),
         }
+    }
+
+    /// OffsetDelete's checks without the write: which of `partitions` may lose their committed
+    /// offsets. A group with members keeps the offsets of topics they consume
+    /// (GROUP_SUBSCRIBED_TO_TOPIC) and, unless it is a consumer group, refuses everything
+    /// (NON_EMPTY_GROUP). `subscribed_topics` reads the topics out of a member's metadata (the
+    /// protocol's business); `None` when it cannot tell, which keeps every offset. Whether the
+    /// group exists at all is the caller's to check, with the offsets it holds.
+    pub fn check_offset_deletion(
+        &self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+        subscribed_topics: impl Fn(&Bytes) -> Option<Vec<String>>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let kept: Option<HashSet<String>> = match self.groups.lock().get(group_id) {
+            Some(group) if group.state() == GroupState::Dead => {
+                return Err(GroupError::GroupIdNotFound)
+            }
+            None => Some(HashSet::new()),
+            Some(group) if group.state() == GroupState::Empty => Some(HashSet::new()),
+            Some(group) if group.protocol_type() != "consumer" => {
+                return Err(GroupError::NonEmptyGroup)
+            }
+            Some(group) => group.subscribed_topics(subscribed_topics),
+        };
+        Ok(partitions
+            .iter()
+            .map(|partition| match &kept {
+                Some(topics) if !topics.contains(&partition.topic) => Ok(()),
+                _ => Err(GroupError::GroupSubscribedToTopic),
+            })
+            .collect())
+    }
+
+    /// OffsetDelete: durably removes the committed offsets of `partitions` that
+    /// [`Self::check_offset_deletion`] allows; one result per partition, in order. A group
+    /// neither live nor holding offsets is GROUP_ID_NOT_FOUND.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+        subscribed_topics: impl Fn(&Bytes) -> Option<Vec<String>>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        let live = self
+            .groups
+            .lock()
+            .get(group_id)
+            .is_some_and(|group| !group.is_idle());
+        if !group_id.is_empty() && !live && !self.offsets.has_offsets(group_id) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let results = self.check_offset_deletion(group_id, partitions, subscribed_topics)?;
+        let deleted: Vec<TopicPartition> = partitions
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(partition, _)| partition.clone())
+            .collect();
+        self.offsets.delete(group_id, &deleted).await?;
+        Ok(results)
     }
 
     /// Starts a tokio task for the rebalance timer the last operation on `group` asked for.

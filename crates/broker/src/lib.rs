@@ -40,7 +40,9 @@ pub use message_query::{
 };
 pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
 pub use topic::{kafka_partition_for_key, Topic};
-pub use topic_config::{topic_config_names, ConfigEntry, ConfigSource, ConfigType, TopicConfig};
+pub use topic_config::{
+    topic_config_names, ConfigEntry, ConfigSource, ConfigSynonym, ConfigType, TopicConfig,
+};
 pub use traffic::{TrafficCounters, TrafficTotals};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).

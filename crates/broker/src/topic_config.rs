@@ -41,6 +41,16 @@ pub struct ConfigEntry {
     pub read_only: bool,
     pub config_type: ConfigType,
     pub documentation: &'static str,
+    /// Where the value could come from, most specific first (the topic's override, then the
+    /// broker setting), as Kafka lists them.
+    pub synonyms: Vec<ConfigSynonym>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSynonym {
+    pub name: String,
+    pub value: String,
+    pub source: ConfigSource,
 }
 
 /// Which values a config takes (Kafka's validators, with their messages).
@@ -70,8 +80,20 @@ enum DefaultValue {
     Broker(fn(&LogConfig) -> String, &'static str),
 }
 
+/// The broker config a topic config falls back to, as DescribeConfigs lists it in synonyms.
+#[derive(Debug, Clone, Copy)]
+enum BrokerSynonym {
+    None,
+    /// Listed with its value (Kafka's default, or Sluice's flag).
+    Shown(&'static str),
+    /// Null by default in Kafka (its value comes from a further fallback such as
+    /// `log.retention.hours`, which Kafka does not list): listed only when a Sluice flag set it.
+    Unset(&'static str),
+}
+
 struct TopicConfigSpec {
     name: &'static str,
+    synonym: BrokerSynonym,
     config_type: ConfigType,
     default: DefaultValue,
     valid: Valid,
@@ -85,6 +107,7 @@ const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "g
 const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     TopicConfigSpec {
         name: "cleanup.policy",
+        synonym: BrokerSynonym::Shown("log.cleanup.policy"),
         config_type: ConfigType::List,
         default: DefaultValue::Fixed("delete"),
         valid: Valid::ListOf(&["compact", "delete"]),
@@ -93,6 +116,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "compression.gzip.level",
+        synonym: BrokerSynonym::Shown("compression.gzip.level"),
         config_type: ConfigType::Int,
         default: DefaultValue::Fixed("-1"),
         valid: Valid::BetweenOrEqual(1, 9, -1),
@@ -100,6 +124,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "compression.lz4.level",
+        synonym: BrokerSynonym::Shown("compression.lz4.level"),
         config_type: ConfigType::Int,
         default: DefaultValue::Fixed("9"),
         valid: Valid::Between(1, 17),
@@ -107,6 +132,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "compression.type",
+        synonym: BrokerSynonym::Shown("compression.type"),
         config_type: ConfigType::String,
         default: DefaultValue::Fixed("producer"),
         valid: Valid::OneOf(COMPRESSION_TYPES),
@@ -115,6 +141,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "compression.zstd.level",
+        synonym: BrokerSynonym::Shown("compression.zstd.level"),
         config_type: ConfigType::Int,
         default: DefaultValue::Fixed("3"),
         valid: Valid::Between(-131072, 22),
@@ -122,6 +149,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "delete.retention.ms",
+        synonym: BrokerSynonym::Shown("log.cleaner.delete.retention.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("86400000"),
         valid: Valid::AtLeast(0),
@@ -129,6 +157,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "file.delete.delay.ms",
+        synonym: BrokerSynonym::Shown("log.segment.delete.delay.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("60000"),
         valid: Valid::AtLeast(0),
@@ -137,6 +166,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "flush.messages",
+        synonym: BrokerSynonym::Shown("log.flush.interval.messages"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("9223372036854775807"),
         valid: Valid::AtLeast(1),
@@ -144,6 +174,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "flush.ms",
+        synonym: BrokerSynonym::Unset("log.flush.interval.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("9223372036854775807"),
         valid: Valid::AtLeast(0),
@@ -151,6 +182,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "follower.replication.throttled.replicas",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::List,
         default: DefaultValue::Fixed(""),
         valid: Valid::ThrottledReplicas,
@@ -158,6 +190,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "fsync",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::String,
         default: DefaultValue::Broker(|c| c.durability.to_string(), "batch"),
         valid: Valid::Any,
@@ -166,6 +199,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "index.interval.bytes",
+        synonym: BrokerSynonym::Shown("log.index.interval.bytes"),
         config_type: ConfigType::Int,
         default: DefaultValue::Broker(|c| c.index_interval_bytes.to_string(), "4096"),
         valid: Valid::AtLeast(0),
@@ -173,6 +207,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "leader.replication.throttled.replicas",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::List,
         default: DefaultValue::Fixed(""),
         valid: Valid::ThrottledReplicas,
@@ -180,6 +215,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "local.retention.bytes",
+        synonym: BrokerSynonym::Shown("log.local.retention.bytes"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("-2"),
         valid: Valid::AtLeast(-2),
@@ -187,6 +223,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "local.retention.ms",
+        synonym: BrokerSynonym::Shown("log.local.retention.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("-2"),
         valid: Valid::AtLeast(-2),
@@ -194,6 +231,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "max.compaction.lag.ms",
+        synonym: BrokerSynonym::Shown("log.cleaner.max.compaction.lag.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("9223372036854775807"),
         valid: Valid::AtLeast(1),
@@ -201,6 +239,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "max.message.bytes",
+        synonym: BrokerSynonym::Shown("message.max.bytes"),
         config_type: ConfigType::Int,
         default: DefaultValue::Broker(|c| c.batch_bytes_max.to_string(), "1048588"),
         valid: Valid::AtLeast(0),
@@ -208,6 +247,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "message.key.index.enable",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::Boolean,
         default: DefaultValue::Broker(|c| c.key_index.to_string(), "true"),
         valid: Valid::Any,
@@ -216,6 +256,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "message.timestamp.after.max.ms",
+        synonym: BrokerSynonym::Shown("log.message.timestamp.after.max.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("3600000"),
         valid: Valid::AtLeast(0),
@@ -224,6 +265,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "message.timestamp.before.max.ms",
+        synonym: BrokerSynonym::Shown("log.message.timestamp.before.max.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("9223372036854775807"),
         valid: Valid::AtLeast(0),
@@ -232,6 +274,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "message.timestamp.type",
+        synonym: BrokerSynonym::Shown("log.message.timestamp.type"),
         config_type: ConfigType::String,
         default: DefaultValue::Fixed("CreateTime"),
         valid: Valid::OneOf(&["CreateTime", "LogAppendTime"]),
@@ -240,6 +283,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "min.cleanable.dirty.ratio",
+        synonym: BrokerSynonym::Shown("log.cleaner.min.cleanable.ratio"),
         config_type: ConfigType::Double,
         default: DefaultValue::Fixed("0.5"),
         valid: Valid::DoubleBetween(0.0, 1.0),
@@ -247,6 +291,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "min.compaction.lag.ms",
+        synonym: BrokerSynonym::Shown("log.cleaner.min.compaction.lag.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("0"),
         valid: Valid::AtLeast(0),
@@ -254,6 +299,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "min.insync.replicas",
+        synonym: BrokerSynonym::Shown("min.insync.replicas"),
         config_type: ConfigType::Int,
         default: DefaultValue::Fixed("1"),
         valid: Valid::AtLeast(1),
@@ -262,6 +308,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "preallocate",
+        synonym: BrokerSynonym::Shown("log.preallocate"),
         config_type: ConfigType::Boolean,
         default: DefaultValue::Fixed("false"),
         valid: Valid::Any,
@@ -269,6 +316,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "remote.log.copy.disable",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::Boolean,
         default: DefaultValue::Fixed("false"),
         valid: Valid::Any,
@@ -276,6 +324,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "remote.log.delete.on.disable",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::Boolean,
         default: DefaultValue::Fixed("false"),
         valid: Valid::Any,
@@ -283,6 +332,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "remote.storage.enable",
+        synonym: BrokerSynonym::None,
         config_type: ConfigType::Boolean,
         default: DefaultValue::Fixed("false"),
         valid: Valid::OnlyFalse(
@@ -293,6 +343,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "retention.bytes",
+        synonym: BrokerSynonym::Shown("log.retention.bytes"),
         config_type: ConfigType::Long,
         default: DefaultValue::Broker(|c| c.retention_bytes.to_string(), "-1"),
         valid: Valid::Any,
@@ -301,6 +352,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "retention.ms",
+        synonym: BrokerSynonym::Unset("log.retention.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Broker(|c| c.retention_ms.to_string(), "604800000"),
         valid: Valid::AtLeast(-1),
@@ -308,6 +360,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "segment.bytes",
+        synonym: BrokerSynonym::Shown("log.segment.bytes"),
         config_type: ConfigType::Int,
         default: DefaultValue::Broker(|c| c.segment_bytes_max.to_string(), "1073741824"),
         valid: Valid::AtLeast(1024 * 1024),
@@ -315,6 +368,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "segment.index.bytes",
+        synonym: BrokerSynonym::Shown("log.index.size.max.bytes"),
         config_type: ConfigType::Int,
         default: DefaultValue::Fixed("10485760"),
         valid: Valid::AtLeast(4),
@@ -322,6 +376,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "segment.jitter.ms",
+        synonym: BrokerSynonym::Unset("log.roll.jitter.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("0"),
         valid: Valid::AtLeast(0),
@@ -329,6 +384,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "segment.ms",
+        synonym: BrokerSynonym::Unset("log.roll.ms"),
         config_type: ConfigType::Long,
         default: DefaultValue::Broker(|c| c.segment_ms_max.to_string(), "604800000"),
         valid: Valid::AtLeast(1),
@@ -336,6 +392,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
     },
     TopicConfigSpec {
         name: "unclean.leader.election.enable",
+        synonym: BrokerSynonym::Shown("unclean.leader.election.enable"),
         config_type: ConfigType::Boolean,
         default: DefaultValue::Fixed("false"),
         valid: Valid::Any,
@@ -601,12 +658,9 @@ impl TopicConfig {
         TOPIC_CONFIGS
             .iter()
             .map(|spec| {
-                let (value, source) = match (self.overrides.get(spec.name), spec.default) {
-                    (Some(value), _) => (value.clone(), ConfigSource::TopicOverride),
-                    (None, DefaultValue::Fixed(value)) => {
-                        (value.to_string(), ConfigSource::Default)
-                    }
-                    (None, DefaultValue::Broker(from_broker, kafka_default)) => {
+                let (broker_value, broker_source) = match spec.default {
+                    DefaultValue::Fixed(value) => (value.to_string(), ConfigSource::Default),
+                    DefaultValue::Broker(from_broker, kafka_default) => {
                         let value = from_broker(defaults);
                         let source = if value == kafka_default {
                             ConfigSource::Default
@@ -616,6 +670,32 @@ impl TopicConfig {
                         (value, source)
                     }
                 };
+                let mut synonyms = Vec::new();
+                if let Some(value) = self.overrides.get(spec.name) {
+                    synonyms.push(ConfigSynonym {
+                        name: spec.name.to_string(),
+                        value: value.clone(),
+                        source: ConfigSource::TopicOverride,
+                    });
+                }
+                let broker_synonym = match spec.synonym {
+                    BrokerSynonym::Shown(name) => Some(name),
+                    BrokerSynonym::Unset(name) if broker_source == ConfigSource::StaticBroker => {
+                        Some(name)
+                    }
+                    _ => None,
+                };
+                if let Some(name) = broker_synonym {
+                    synonyms.push(ConfigSynonym {
+                        name: name.to_string(),
+                        value: broker_value.clone(),
+                        source: broker_source,
+                    });
+                }
+                let (value, source) = match self.overrides.get(spec.name) {
+                    Some(value) => (value.clone(), ConfigSource::TopicOverride),
+                    None => (broker_value, broker_source),
+                };
                 ConfigEntry {
                     name: spec.name.to_string(),
                     value,
@@ -623,6 +703,7 @@ impl TopicConfig {
                     read_only: false,
                     config_type: spec.config_type,
                     documentation: spec.documentation,
+                    synonyms,
                 }
             })
             .collect()

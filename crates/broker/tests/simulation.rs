@@ -165,6 +165,9 @@ impl Simulation {
             .expect("runtime");
         let mut config = BrokerConfig::new(self.data_dir.clone());
         config.storage = self.disk.storage();
+        // Small segments, so that the run rolls and deletes many: a broker setting, as the
+        // topic config's minimum is Kafka's 1 MiB.
+        config.log_defaults.segment_bytes_max = u64::from(self.segment_bytes);
         let data_dir = self.data_dir.clone();
         let lives = self.lives;
         let (broker, vhost, session) = runtime.block_on(async {
@@ -199,13 +202,10 @@ impl Simulation {
 
     fn setup(&mut self) {
         self.start();
-        let configs = BTreeMap::from([
-            ("segment.bytes".to_string(), self.segment_bytes.to_string()),
-            (
-                "retention.bytes".to_string(),
-                self.retention_bytes.to_string(),
-            ),
-        ]);
+        let configs = BTreeMap::from([(
+            "retention.bytes".to_string(),
+            self.retention_bytes.to_string(),
+        )]);
         let life = self.life();
         life.broker
             .create_topic(TOPIC, PARTITIONS, configs, false)

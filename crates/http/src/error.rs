@@ -150,7 +150,8 @@ impl From<GroupError> for ApiError {
             | GroupError::FencedInstanceId
             | GroupError::InconsistentGroupProtocol
             | GroupError::InvalidSessionTimeout
-            | GroupError::GroupMaxSizeReached => ApiError::Conflict(reason),
+            | GroupError::GroupMaxSizeReached
+            | GroupError::GroupSubscribedToTopic => ApiError::Conflict(reason),
             GroupError::CoordinatorNotAvailable
             | GroupError::CoordinatorLoadInProgress
             | GroupError::NotCoordinator

@@ -578,6 +578,12 @@ async fn dispatch(
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(groups::delete_groups(context, version, r).await)
         }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(context, version, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(context, version, r).await)
+        }
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(delete_records::delete_records(context, version, r).await)
         }

@@ -43,6 +43,7 @@ pub fn group_error_code(error: &GroupError) -> i16 {
         GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
         GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
         GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         GroupError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

@@ -3,7 +3,7 @@
 //! turns [`Group::take_rebalance_timer`] into a tokio task. Waiting JoinGroup/SyncGroup requests
 //! are oneshot senders completed here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -231,7 +231,13 @@ impl Group {
         now: Instant,
         config: &GroupConfig,
     ) -> JoinStep {
-        let new_member_id = format!("{}-{}", params.client_id, uuid::Uuid::new_v4());
+        // As Kafka: a static member's id starts with its instance id, a dynamic one's with its
+        // client id.
+        let prefix = params
+            .group_instance_id
+            .as_deref()
+            .unwrap_or(&params.client_id);
+        let new_member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
         if let Some(instance_id) = params.group_instance_id.clone() {
             if let Some(old_member_id) = self.static_members.get(&instance_id).cloned() {
                 // A restarted static member replaces its previous incarnation, which is fenced.
@@ -804,6 +810,20 @@ impl Group {
             self.remove_member(&member_id, GroupError::CoordinatorNotAvailable);
         }
         self.state = GroupState::Dead;
+    }
+
+    /// The topics the members consume, read from their metadata for the selected protocol;
+    /// `None` when any member's cannot be read, or no protocol is selected yet.
+    pub(super) fn subscribed_topics(
+        &self,
+        topics_of: impl Fn(&Bytes) -> Option<Vec<String>>,
+    ) -> Option<HashSet<String>> {
+        let protocol_name = self.protocol_name.as_deref()?;
+        let mut topics = HashSet::new();
+        for member in self.members.values() {
+            topics.extend(topics_of(&member.metadata_for(protocol_name))?);
+        }
+        Some(topics)
     }
 
     pub(super) fn describe(&self) -> GroupDescription {

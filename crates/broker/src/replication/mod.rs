@@ -432,18 +432,19 @@ impl ClusterBroker {
             partition_count
         };
         if partition_count < 1 {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "partition count must be at least 1, got {partition_count}"
-            ))
+            return Err(BrokerError::InvalidPartitions(
+                "Number of partitions was set to an invalid non-positive value.".to_string(),
+            )
             .into());
         }
         let replication_factor = match replication_factor {
             -1 => self.default_replication_factor,
             rf if rf >= 1 => rf as u16,
-            rf => {
-                return Err(BrokerError::InvalidReplicationFactor(format!(
-                    "replication factor must be at least 1, got {rf}"
-                ))
+            _ => {
+                return Err(BrokerError::InvalidReplicationFactor(
+                    "Replication factor must be larger than 0, or -1 to use the default value."
+                        .to_string(),
+                )
                 .into())
             }
         };
@@ -455,11 +456,13 @@ impl ClusterBroker {
         let metadata = self.metadata();
         let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
         if usize::from(replication_factor) > brokers.len() {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor {replication_factor} is larger than the {} registered brokers",
-                brokers.len()
-            ))
-            .into());
+            return Err(
+                BrokerError::InvalidReplicationFactor(unreachable_replication_factor(
+                    replication_factor.into(),
+                    brokers.len(),
+                ))
+                .into(),
+            );
         }
         // Spread the first replicas (preferred leaders) of different topics over the brokers.
         let start = name
@@ -544,8 +547,8 @@ impl ClusterBroker {
         };
         let current = topic.assignments.len() as i32;
         if count <= current {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} has {current} partitions; the new count must be larger, got {count}"
+            return Err(BrokerError::InvalidPartitions(crate::broker::no_increase(
+                name, current, count,
             ))
             .into());
         }
@@ -797,6 +800,40 @@ impl ClusterBroker {
             }
             _ => Ok(()),
         }
+    }
+
+    /// OffsetDelete in a cluster: checked by the local coordinator (membership lives on the
+    /// metadata leader), then the allowed offsets are deleted through the metadata group.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[crate::group_coordinator::TopicPartition],
+        subscribed_topics: impl Fn(&bytes::Bytes) -> Option<Vec<String>>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        if self.controller() != Some(self.node_id()) {
+            return Err(GroupError::NotCoordinator);
+        }
+        let coordinator = self.broker.group_coordinator();
+        let live = coordinator.describe_group(group_id).state
+            != crate::group_coordinator::GroupState::Dead;
+        if !group_id.is_empty() && !live && !self.applied_offsets().has_offsets(group_id) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let results = coordinator.check_offset_deletion(group_id, partitions, subscribed_topics)?;
+        let deleted: Vec<(String, i32)> = partitions
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(partition, _)| (partition.topic.clone(), partition.partition))
+            .collect();
+        if !deleted.is_empty() {
+            self.propose_as_coordinator(MetadataCommand::DeleteGroupOffsets {
+                group: group_id.to_string(),
+                partitions: Some(deleted),
+            })
+            .await?;
+        }
+        Ok(results)
     }
 
     /// A consumer-offsets write on the metadata leader, without forwarding (the caller's
@@ -1446,5 +1483,14 @@ fn membership_of(replica: &Replica) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool
         membership.voter_ids().collect(),
         membership.learner_ids().collect(),
         membership.get_joint_config().len() > 1,
+    )
+}
+
+/// Kafka's refusal of a replication factor larger than the registered brokers.
+pub fn unreachable_replication_factor(replication_factor: i32, brokers: usize) -> String {
+    format!(
+        "Unable to replicate the partition {replication_factor} time(s): The target replication \
+         factor of {replication_factor} cannot be reached because only {brokers} broker(s) are \
+         registered."
     )
 }

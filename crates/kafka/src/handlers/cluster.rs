@@ -182,6 +182,8 @@ pub async fn metadata(
     version: i16,
     request: MetadataRequest,
 ) -> MetadataResponse {
+    let include_cluster_operations = request.include_cluster_authorized_operations;
+    let include_topic_operations = request.include_topic_authorized_operations;
     let all_topics = match &request.topics {
         None => true,
         Some(topics) => topics.is_empty() && version == 0,
@@ -194,7 +196,9 @@ pub async fn metadata(
         }
     } else {
         for requested in request.topics.unwrap_or_default() {
-            let name = match (&requested.name, requested.topic_id.is_nil()) {
+            // The Java client asks by id with an empty name (not a null one).
+            let requested_name = requested.name.as_ref().filter(|name| !name.is_empty());
+            let name = match (requested_name, requested.topic_id.is_nil()) {
                 (Some(name), _) => name.to_string(),
                 (None, false) => match cluster.metadata().topic_by_id(requested.topic_id) {
                     Some(topic) => topic.name.clone(),
@@ -259,11 +263,16 @@ pub async fn metadata(
         })
         .collect();
     let controller = controller as i32;
-    MetadataResponse::default()
+    let response = MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(cluster_id(cluster))))
         .with_controller_id(BrokerId(controller))
-        .with_topics(topics)
+        .with_topics(topics);
+    super::metadata::with_authorized_operations(
+        response,
+        include_cluster_operations,
+        include_topic_operations,
+    )
 }
 
 /// The cluster's id: the same on every node (the metadata group's first member list is).
@@ -435,7 +444,7 @@ pub async fn list_offsets(
                 .map(|p| {
                     let response = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index);
-                    if !list_offsets::timestamp_supported(p.timestamp) {
+                    if !list_offsets::timestamp_supported(version, p.timestamp) {
                         return response
                             .with_error_code(ResponseError::UnsupportedVersion.code())
                             .with_offset(-1)
@@ -455,7 +464,11 @@ pub async fn list_offsets(
                         Ok((offset, timestamp, epoch)) => response
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(if version >= 4 { epoch } else { -1 }),
+                            .with_leader_epoch(if version >= 4 && offset >= 0 {
+                                epoch
+                            } else {
+                                -1
+                            }),
                         Err(error) => response
                             .with_error_code(replication_error_code(&error))
                             .with_offset(-1)

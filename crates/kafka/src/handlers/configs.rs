@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{
     incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
@@ -14,7 +14,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_broker::{BrokerError, ConfigChange, ConfigEntry, ConfigSource, ConfigType};
+use sluice_broker::{
+    BrokerError, ConfigChange, ConfigEntry, ConfigSource, ConfigSynonym, ConfigType,
+};
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
@@ -81,16 +83,26 @@ pub async fn describe_configs(
                             wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == entry.name))
                         })
                         .map(|entry| {
-                            let source = match entry.source {
-                                ConfigSource::TopicOverride => SOURCE_TOPIC_CONFIG,
-                                ConfigSource::StaticBroker => SOURCE_STATIC_BROKER_CONFIG,
-                                ConfigSource::Default => SOURCE_DEFAULT_CONFIG,
+                            let synonyms = if version >= 1 && request.include_synonyms {
+                                entry
+                                    .synonyms
+                                    .into_iter()
+                                    .map(|synonym| {
+                                        DescribeConfigsSynonym::default()
+                                            .with_name(StrBytes::from_string(synonym.name))
+                                            .with_value(Some(StrBytes::from_string(synonym.value)))
+                                            .with_source(source_code(synonym.source))
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
                             };
                             let config = DescribeConfigsResourceResult::default()
                                 .with_name(StrBytes::from_string(entry.name))
                                 .with_value(Some(StrBytes::from_string(entry.value)))
                                 .with_read_only(entry.read_only)
-                                .with_config_source(source);
+                                .with_config_source(source_code(entry.source))
+                                .with_synonyms(synonyms);
                             if version >= 3 {
                                 let documentation = (request.include_documentation
                                     && !entry.documentation.is_empty())
@@ -114,6 +126,15 @@ pub async fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// Kafka's `ConfigSource` codes.
+fn source_code(source: ConfigSource) -> i8 {
+    match source {
+        ConfigSource::TopicOverride => SOURCE_TOPIC_CONFIG,
+        ConfigSource::StaticBroker => SOURCE_STATIC_BROKER_CONFIG,
+        ConfigSource::Default => SOURCE_DEFAULT_CONFIG,
+    }
+}
+
 /// Kafka's `ConfigType` codes (DescribeConfigs v3+).
 fn config_type_code(config_type: ConfigType) -> i8 {
     match config_type {
@@ -133,6 +154,11 @@ fn config_type_code(config_type: ConfigType) -> i8 {
 fn broker_configs(ctx: &RequestContext) -> Vec<ConfigEntry> {
     let config = ctx.broker.config();
     let entry = |name: &str, value: String, config_type: ConfigType, documentation| ConfigEntry {
+        synonyms: vec![ConfigSynonym {
+            name: name.to_string(),
+            value: value.clone(),
+            source: ConfigSource::StaticBroker,
+        }],
         name: name.to_string(),
         value,
         source: ConfigSource::StaticBroker,

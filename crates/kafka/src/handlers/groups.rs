@@ -1,9 +1,10 @@
 //! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
-//! ListGroups, DescribeGroups, DeleteGroups: translation to [`sluice_broker::GroupCoordinator`].
+//! ListGroups, DescribeGroups, DeleteGroups, OffsetDelete: translation to
+//! [`sluice_broker::GroupCoordinator`].
 //!
 //! Versions handled: FindCoordinator 0-6, JoinGroup 0-9, SyncGroup 0-5, Heartbeat 0-4,
-//! LeaveGroup 0-5, OffsetCommit 2-9, OffsetFetch 1-9, ListGroups 0-5, DescribeGroups 0-5,
-//! DeleteGroups 0-2. Fields a version lacks are left at their defaults so encoding succeeds.
+//! LeaveGroup 0-5, OffsetCommit 2-9, OffsetFetch 1-9, ListGroups 0-5, DescribeGroups 0-6,
+//! DeleteGroups 0-2, OffsetDelete 0. Fields a version lacks are left at their defaults so encoding succeeds.
 
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -15,19 +16,22 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    BrokerId, ConsumerProtocolSubscription, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use sluice_broker::gauge_sampler::record_committed_lag;
 use sluice_broker::group_coordinator::{
@@ -727,7 +731,19 @@ pub async fn describe_groups(
                         .with_member_assignment(m.assignment)
                 })
                 .collect();
+            // v6 (KIP-1043) names an unknown group as the error Kafka gives for it.
+            let (error_code, error_message) =
+                if version >= 6 && description.state == GroupState::Dead {
+                    (
+                        ResponseError::GroupIdNotFound.code(),
+                        Some(str_bytes(format!("Group {} not found.", group_id.as_str()))),
+                    )
+                } else {
+                    (ERROR_NONE, None)
+                };
             DescribedGroup::default()
+                .with_error_code(error_code)
+                .with_error_message(error_message)
                 .with_group_id(group_id)
                 .with_group_state(str_bytes(description.state.name()))
                 .with_protocol_type(str_bytes(description.protocol_type))
@@ -758,6 +774,80 @@ pub async fn delete_groups(
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete: removes a group's committed offsets of partitions its members do not
+/// consume (Kafka's rules: see `GroupCoordinator::check_offset_deletion`).
+pub async fn offset_delete(
+    ctx: &RequestContext,
+    _version: i16,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group_id = request.group_id.to_string();
+    let partitions: Vec<TopicPartition> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|p| TopicPartition {
+                topic: topic.name.to_string(),
+                partition: p.partition_index,
+            })
+        })
+        .collect();
+    let deleted = match &ctx.cluster {
+        Some(cluster) => {
+            cluster
+                .delete_offsets(&group_id, &partitions, subscribed_topics)
+                .await
+        }
+        None => {
+            ctx.broker
+                .group_coordinator()
+                .delete_offsets(&group_id, &partitions, subscribed_topics)
+                .await
+        }
+    };
+    let mut results = match deleted {
+        Ok(results) => results.into_iter(),
+        Err(error) => {
+            return OffsetDeleteResponse::default().with_error_code(group_error_code(&error))
+        }
+    };
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let result = results.next().unwrap_or(Ok(()));
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code(&result))
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
+}
+
+/// The topics of a consumer-protocol subscription (a JoinGroup member's metadata); `None` when
+/// the bytes are not one.
+fn subscribed_topics(metadata: &Bytes) -> Option<Vec<String>> {
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return None;
+    }
+    let version = bytes::Buf::get_i16(&mut buf);
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let subscription = ConsumerProtocolSubscription::decode(&mut buf, version).ok()?;
+    Some(subscription.topics.iter().map(|t| t.to_string()).collect())
 }
 
 #[cfg(test)]

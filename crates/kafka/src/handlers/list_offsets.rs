@@ -14,10 +14,19 @@ use crate::RequestContext;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
-/// Below MAX_TIMESTAMP: EARLIEST_LOCAL (-4) and LATEST_TIERED (-5) came with versions 8 and 9,
-/// which Sluice does not offer; Kafka answers UNSUPPORTED_VERSION for them at older versions.
-pub(crate) fn timestamp_supported(timestamp: i64) -> bool {
-    timestamp >= MAX_TIMESTAMP
+/// KIP-1005: the start of the local log; without tiered storage, the log start offset.
+const EARLIEST_LOCAL: i64 = -4;
+/// KIP-1005: the end of the tiered log; without tiered storage, none (offset -1).
+const LATEST_TIERED: i64 = -5;
+
+/// Whether `version` knows `timestamp`: EARLIEST_LOCAL came with v8 and LATEST_TIERED with
+/// v9; Kafka answers UNSUPPORTED_VERSION for them at older versions.
+pub(crate) fn timestamp_supported(version: i16, timestamp: i64) -> bool {
+    match timestamp {
+        EARLIEST_LOCAL => version >= 8,
+        LATEST_TIERED => version >= 9,
+        timestamp => timestamp >= MAX_TIMESTAMP,
+    }
 }
 
 pub async fn list_offsets(
@@ -44,7 +53,7 @@ pub async fn list_offsets(
                             .with_offset(-1)
                             .with_timestamp(-1);
                     };
-                    if !timestamp_supported(p.timestamp) {
+                    if !timestamp_supported(version, p.timestamp) {
                         return response
                             .with_error_code(ResponseError::UnsupportedVersion.code())
                             .with_offset(-1)
@@ -52,8 +61,8 @@ pub async fn list_offsets(
                     }
                     match offset_in_log(partition.log(), p.timestamp) {
                         Ok((offset, timestamp)) => {
-                            // The leader epoch field exists from v4 on.
-                            let leader_epoch = if version >= 4 { 0 } else { -1 };
+                            // The leader epoch field exists from v4 on; none for no offset.
+                            let leader_epoch = if version >= 4 && offset >= 0 { 0 } else { -1 };
                             response
                                 .with_offset(offset)
                                 .with_timestamp(timestamp)
@@ -74,13 +83,14 @@ pub async fn list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// (offset, timestamp) for one of the timestamps of ListOffsets v0-v7 (-3 and up); offset -1
+/// (offset, timestamp) for one of the timestamps ListOffsets takes; offset -1
 /// when no record is at or after the timestamp. Single node and cluster alike.
 pub(crate) fn offset_in_log(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64), LogError> {
     let high_watermark = log.high_watermark();
     match timestamp {
         LATEST => Ok((high_watermark, -1)),
-        EARLIEST => Ok((log.log_start_offset(), -1)),
+        EARLIEST | EARLIEST_LOCAL => Ok((log.log_start_offset(), -1)),
+        LATEST_TIERED => Ok((-1, -1)),
         MAX_TIMESTAMP => {
             // Kafka's answer: the first record holding the largest timestamp, which is the
             // first record at or after that timestamp.

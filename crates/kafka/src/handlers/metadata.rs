@@ -1,16 +1,99 @@
 //! Metadata: the one broker, every (or every requested) topic with its partitions, auto-creating
-//! requested topics when both the client and the broker allow it.
+//! requested topics when both the client and the broker allow it. DescribeCluster: the same
+//! brokers, controller and cluster id without topics (single node and cluster alike).
 
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_broker::{BrokerError, Topic};
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
+
+/// DescribeCluster's endpoint type for brokers; 2 (controllers) is asked of a controller's
+/// listener, which a Sluice node does not expose apart from its Kafka one.
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+/// Cluster operations Kafka reports as allowed when no authorizer is configured (KIP-430), as
+/// bits of their ACL operation codes: CREATE (5), ALTER (7), DESCRIBE (8), CLUSTER_ACTION (9),
+/// DESCRIBE_CONFIGS (10), ALTER_CONFIGS (11), IDEMPOTENT_WRITE (12).
+const CLUSTER_AUTHORIZED_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+/// Topic operations likewise: READ (3), WRITE (4), CREATE (5), DELETE (6), ALTER (7),
+/// DESCRIBE (8), DESCRIBE_CONFIGS (10), ALTER_CONFIGS (11).
+const TOPIC_AUTHORIZED_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// The "not requested" value of the authorized-operations fields.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// KIP-430: the operations the client may perform on the cluster and on each topic, where
+/// the request asks for them (no authorizer: all of them, as Kafka lists them).
+pub(crate) fn with_authorized_operations(
+    mut response: MetadataResponse,
+    include_cluster: bool,
+    include_topics: bool,
+) -> MetadataResponse {
+    for topic in &mut response.topics {
+        topic.topic_authorized_operations = if include_topics && topic.error_code == 0 {
+            TOPIC_AUTHORIZED_OPERATIONS
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        };
+    }
+    response.with_cluster_authorized_operations(if include_cluster {
+        CLUSTER_AUTHORIZED_OPERATIONS
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    })
+}
+
+pub async fn describe_cluster(
+    ctx: &RequestContext,
+    version: i16,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    if version >= 1 && request.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        return DescribeClusterResponse::default()
+            .with_endpoint_type(request.endpoint_type)
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "The request was sent to an endpoint of type BROKER, but we wanted an endpoint \
+                 of type CONTROLLER",
+            )));
+    }
+    let no_topics = MetadataRequest::default().with_topics(Some(Vec::new()));
+    let metadata = match &ctx.cluster {
+        Some(cluster) => super::cluster::metadata(ctx, cluster, 12, no_topics).await,
+        None => metadata(ctx, 12, no_topics).await,
+    };
+    let brokers = metadata
+        .brokers
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(b.node_id)
+                .with_host(b.host)
+                .with_port(b.port)
+                .with_rack(b.rack)
+        })
+        .collect();
+    DescribeClusterResponse::default()
+        .with_endpoint_type(ENDPOINT_TYPE_BROKERS)
+        .with_cluster_id(metadata.cluster_id.unwrap_or_default())
+        .with_controller_id(metadata.controller_id)
+        .with_brokers(brokers)
+        .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
+            CLUSTER_AUTHORIZED_OPERATIONS
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        })
+}
 
 pub async fn metadata(
     ctx: &RequestContext,
@@ -19,6 +102,8 @@ pub async fn metadata(
 ) -> MetadataResponse {
     let broker = &ctx.broker;
     let node_id = BrokerId(broker.node_id());
+    let include_cluster_operations = request.include_cluster_authorized_operations;
+    let include_topic_operations = request.include_topic_authorized_operations;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let all_topics = match &request.topics {
         None => true,
@@ -36,7 +121,9 @@ pub async fn metadata(
         }
     } else {
         for requested in request.topics.unwrap_or_default() {
-            let name = match (&requested.name, requested.topic_id.is_nil()) {
+            // The Java client asks by id with an empty name (not a null one).
+            let requested_name = requested.name.as_ref().filter(|name| !name.is_empty());
+            let name = match (requested_name, requested.topic_id.is_nil()) {
                 (Some(name), _) => name.to_string(),
                 (None, false) => match broker
                     .topics()
@@ -79,14 +166,19 @@ pub async fn metadata(
         }
     }
 
-    MetadataResponse::default()
+    let response = MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(node_id)
             .with_host(StrBytes::from_string(ctx.config.advertised_host.clone()))
             .with_port(ctx.config.advertised_port)])
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id().to_string())))
         .with_controller_id(node_id)
-        .with_topics(topics)
+        .with_topics(topics);
+    with_authorized_operations(
+        response,
+        include_cluster_operations,
+        include_topic_operations,
+    )
 }
 
 fn describe_topic(topic: &Topic, node_id: BrokerId) -> MetadataResponseTopic {

@@ -17,6 +17,7 @@ use sluice_broker::{BrokerError, ConfigSource};
 
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
+use sluice_broker::replication::unreachable_replication_factor;
 
 pub async fn create_topics(
     ctx: &RequestContext,
@@ -31,11 +32,17 @@ pub async fn create_topics(
         .map(|topic| {
             let result = CreatableTopicResult::default().with_name(topic.name.clone());
             let outcome = (|| {
-                if topic.replication_factor != -1 && topic.replication_factor != 1 {
-                    return Err(BrokerError::InvalidReplicationFactor(format!(
-                        "replication factor {} is larger than the 1 available broker",
-                        topic.replication_factor
-                    )));
+                if topic.replication_factor < -1 || topic.replication_factor == 0 {
+                    return Err(BrokerError::InvalidReplicationFactor(
+                        "Replication factor must be larger than 0, or -1 to use the default \
+                         value."
+                            .to_string(),
+                    ));
+                }
+                if topic.replication_factor > 1 {
+                    return Err(BrokerError::InvalidReplicationFactor(
+                        unreachable_replication_factor(topic.replication_factor.into(), 1),
+                    ));
                 }
                 let mut partition_count = topic.num_partitions;
                 if !topic.assignments.is_empty() {

@@ -62,7 +62,7 @@ pub enum BrokerError {
     /// Kafka's text, which admin tools print as it is.
     #[error("{0}")]
     InvalidReplicationFactor(String),
-    #[error("invalid config: {0}")]
+    #[error("{0}")]
     InvalidConfig(String),
     #[error("corrupt message: {0}")]
     CorruptMessage(String),

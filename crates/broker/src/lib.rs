@@ -18,6 +18,7 @@ mod partition;
 mod partition_appender;
 mod producer_id;
 mod producer_state;
+pub use producer_state::ActiveProducer;
 pub mod replication;
 mod timestamps;
 mod topic;

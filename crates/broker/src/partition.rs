@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
-use crate::producer_state::ProducerStateTable;
+use crate::producer_state::{ActiveProducer, ProducerStateTable};
 use crate::timestamps::{TimestampPolicy, TimestampRules};
 use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
@@ -194,6 +194,11 @@ impl Partition {
     }
     pub fn log_end_offset(&self) -> i64 {
         self.log.log_end_offset()
+    }
+
+    /// The idempotent producers this partition remembers (DescribeProducers).
+    pub fn active_producers(&self) -> Vec<ActiveProducer> {
+        self.producers.lock().active()
     }
 
     pub(crate) fn set_config(&self, config: LogConfig, timestamps: TimestampRules) {

@@ -29,6 +29,17 @@ struct ProducerEntry {
     batches: VecDeque<BatchMetadata>,
     /// When this producer last appended (broker clock; the batch timestamp when replayed).
     last_append_ms: i64,
+    /// The largest timestamp of its last batch (DescribeProducers' LastTimestamp).
+    last_timestamp: i64,
+}
+
+/// One producer as DescribeProducers reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
 }
 
 /// What to do with an incoming batch.
@@ -110,6 +121,7 @@ impl ProducerStateTable {
         }
         let entry = self.producers.entry(batch.producer_id).or_default();
         entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        entry.last_timestamp = batch.max_timestamp;
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
             entry.batches.clear();
@@ -137,6 +149,22 @@ impl ProducerStateTable {
 
     pub fn producer_count(&self) -> usize {
         self.producers.len()
+    }
+
+    /// Every producer this partition remembers, by id.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut active: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, entry)| ActiveProducer {
+                producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |b| b.sequence_last),
+                last_timestamp: entry.last_timestamp,
+            })
+            .collect();
+        active.sort_by_key(|p| p.producer_id);
+        active
     }
 }
 

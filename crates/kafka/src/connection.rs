@@ -581,6 +581,12 @@ async fn dispatch(
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(context, version, r).await)
         }
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            metadata::describe_topic_partitions(context, version, r).await,
+        ),
+        RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
+            producers::describe_producers(context, version, r).await,
+        ),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(context, version, r).await)
         }

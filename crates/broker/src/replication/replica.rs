@@ -16,6 +16,7 @@ use sluice_cluster::partition::{
 use sluice_cluster::NodeId;
 use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, PartitionLog};
 
+use crate::producer_state::ActiveProducer;
 use crate::timestamps::{TimestampPolicy, TimestampRules};
 use tokio::sync::watch;
 
@@ -142,6 +143,12 @@ impl Replica {
     pub fn topic(&self) -> &str {
         &self.topic
     }
+    /// The idempotent producers of the committed log (DescribeProducers on the leader).
+    pub fn active_producers(&self) -> Result<Vec<ActiveProducer>, BrokerError> {
+        self.track_committed_producers()?;
+        Ok(self.producers.lock().table.active())
+    }
+
     pub fn set_timestamp_rules(&self, rules: TimestampRules) {
         self.timestamps.set(rules);
     }

@@ -1,14 +1,19 @@
 //! Metadata: the one broker, every (or every requested) topic with its partitions, auto-creating
 //! requested topics when both the client and the broker allow it. DescribeCluster: the same
 //! brokers, controller and cluster id without topics (single node and cluster alike).
+//! DescribeTopicPartitions (KIP-966): the same partitions, a page at a time.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_topic_partitions_response::{
+    Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -27,7 +32,7 @@ const CLUSTER_AUTHORIZED_OPERATIONS: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 /// Topic operations likewise: READ (3), WRITE (4), CREATE (5), DELETE (6), ALTER (7),
 /// DESCRIBE (8), DESCRIBE_CONFIGS (10), ALTER_CONFIGS (11).
-const TOPIC_AUTHORIZED_OPERATIONS: i32 =
+pub(crate) const TOPIC_AUTHORIZED_OPERATIONS: i32 =
     (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 /// The "not requested" value of the authorized-operations fields.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -93,6 +98,113 @@ pub async fn describe_cluster(
         } else {
             AUTHORIZED_OPERATIONS_OMITTED
         })
+}
+
+/// Kafka's `max.request.partition.size.limit`: the most partitions one page holds.
+const PARTITIONS_PER_PAGE_MAX: i32 = 2000;
+
+pub async fn describe_topic_partitions(
+    ctx: &RequestContext,
+    _version: i16,
+    request: DescribeTopicPartitionsRequest,
+) -> DescribeTopicPartitionsResponse {
+    let requested = (!request.topics.is_empty()).then(|| {
+        request
+            .topics
+            .iter()
+            .map(|t| MetadataRequestTopic::default().with_name(Some(t.name.clone())))
+            .collect()
+    });
+    let metadata_request = MetadataRequest::default()
+        .with_topics(requested)
+        .with_allow_auto_topic_creation(false);
+    let metadata = match &ctx.cluster {
+        Some(cluster) => super::cluster::metadata(ctx, cluster, 12, metadata_request).await,
+        None => metadata(ctx, 12, metadata_request).await,
+    };
+    let mut topics = metadata.topics;
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let limit = match request.response_partition_limit {
+        limit if limit > 0 => limit.min(PARTITIONS_PER_PAGE_MAX),
+        _ => PARTITIONS_PER_PAGE_MAX,
+    } as usize;
+    let (cursor_topic, cursor_partition) = match &request.cursor {
+        Some(cursor) => (Some(cursor.topic_name.clone()), cursor.partition_index),
+        None => (None, 0),
+    };
+    let mut page = Vec::new();
+    let mut partitions_in_page = 0;
+    let mut next_cursor = None;
+    for topic in topics {
+        let name = topic.name.clone().unwrap_or_default();
+        if cursor_topic.as_ref().is_some_and(|cursor| name < *cursor) {
+            continue;
+        }
+        let first = if cursor_topic.as_ref() == Some(&name) {
+            cursor_partition
+        } else {
+            0
+        };
+        if partitions_in_page >= limit {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(name)
+                    .with_partition_index(first),
+            );
+            break;
+        }
+        let mut partitions: Vec<_> = topic
+            .partitions
+            .into_iter()
+            .filter(|p| p.partition_index >= first)
+            .collect();
+        partitions.sort_by_key(|p| p.partition_index);
+        if partitions_in_page + partitions.len() > limit {
+            let rest = partitions.split_off(limit - partitions_in_page);
+            next_cursor = rest.first().map(|p| {
+                Cursor::default()
+                    .with_topic_name(name.clone())
+                    .with_partition_index(p.partition_index)
+            });
+        }
+        partitions_in_page += partitions.len();
+        let partitions = partitions
+            .into_iter()
+            .map(|p| {
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_error_code(p.error_code)
+                    .with_partition_index(p.partition_index)
+                    .with_leader_id(p.leader_id)
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(p.replica_nodes)
+                    .with_isr_nodes(p.isr_nodes)
+                    // No eligible leader replicas (KIP-966) beyond the ISR: Raft elects.
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new()))
+                    .with_offline_replicas(p.offline_replicas)
+            })
+            .collect();
+        let found = topic.error_code == 0;
+        page.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_error_code(topic.error_code)
+                .with_name(topic.name)
+                .with_topic_id(topic.topic_id)
+                .with_is_internal(topic.is_internal)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(if found {
+                    TOPIC_AUTHORIZED_OPERATIONS
+                } else {
+                    AUTHORIZED_OPERATIONS_OMITTED
+                }),
+        );
+        if next_cursor.is_some() {
+            break;
+        }
+    }
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(page)
+        .with_next_cursor(next_cursor)
 }
 
 pub async fn metadata(

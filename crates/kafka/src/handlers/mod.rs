@@ -12,5 +12,6 @@ pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod producer_id;
+pub mod producers;
 pub mod reassignments;
 pub mod topics;

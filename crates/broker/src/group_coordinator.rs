@@ -115,6 +115,9 @@ pub struct JoinGroupResult {
     pub member_id: String,
     /// Every member for the leader (which computes the assignment); empty for the others.
     pub members: Vec<JoinedMember>,
+    /// KIP-345: a static leader that rejoined a stable group must not assign again (JoinGroup
+    /// v9's `skip_assignment`); its SyncGroup gets the assignment it had.
+    pub skip_assignment: bool,
 }
 
 /// A failed JoinGroup still carries a member id: the generated one for MEMBER_ID_REQUIRED,

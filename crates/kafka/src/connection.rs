@@ -900,6 +900,37 @@ mod tests {
                     ]),
                 )
             }
+            ApiKey::OffsetDelete => RequestKind::OffsetDelete(
+                OffsetDeleteRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("sample-group")))
+                    .with_topics(vec![
+                        offset_delete_request::OffsetDeleteRequestTopic::default()
+                            .with_name(TopicName(StrBytes::from_static_str("sample")))
+                            .with_partitions(vec![
+                                offset_delete_request::OffsetDeleteRequestPartition::default(),
+                            ]),
+                    ]),
+            ),
+            ApiKey::DescribeCluster => RequestKind::DescribeCluster(
+                DescribeClusterRequest::default()
+                    .with_endpoint_type(1)
+                    .with_include_cluster_authorized_operations(true),
+            ),
+            ApiKey::DescribeProducers => RequestKind::DescribeProducers(
+                DescribeProducersRequest::default().with_topics(vec![
+                    describe_producers_request::TopicRequest::default()
+                        .with_name(TopicName(StrBytes::from_static_str("sample")))
+                        .with_partition_indexes(vec![0, 7]),
+                ]),
+            ),
+            ApiKey::DescribeTopicPartitions => RequestKind::DescribeTopicPartitions(
+                DescribeTopicPartitionsRequest::default()
+                    .with_topics(vec![
+                        describe_topic_partitions_request::TopicRequest::default()
+                            .with_name(TopicName(StrBytes::from_static_str("sample"))),
+                    ])
+                    .with_response_partition_limit(1),
+            ),
             other => panic!("no sample request for {other:?}"),
         }
     }
@@ -1039,7 +1070,9 @@ mod tests {
                 refused += 1;
             }
         }
-        assert!(refused >= 10, "only {refused} refusals were checked");
+        // Fewer as Sluice speaks more versions (ListOffsets and DescribeGroups now reach the
+        // codec's newest); Produce, Metadata, OffsetCommit and others still have some above.
+        assert!(refused >= 5, "only {refused} refusals were checked");
     }
 
     /// Every request holds its frame's share of the shared memory budget only until its response

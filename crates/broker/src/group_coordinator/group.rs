@@ -240,6 +240,11 @@ impl Group {
         let new_member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
         if let Some(instance_id) = params.group_instance_id.clone() {
             if let Some(old_member_id) = self.static_members.get(&instance_id).cloned() {
+                if self.state == GroupState::Stable && self.keeps_protocol(&params.protocols) {
+                    // KIP-345: a static member back within its session takes its place and
+                    // its assignment, without a rebalance.
+                    return self.replace_static_member(&old_member_id, new_member_id, params, now);
+                }
                 // A restarted static member replaces its previous incarnation, which is fenced.
                 let was_leader = self.leader_id.as_deref() == Some(old_member_id.as_str());
                 self.remove_member(&old_member_id, GroupError::FencedInstanceId);
@@ -271,6 +276,56 @@ impl Group {
             }));
         }
         self.add_member_and_rebalance(new_member_id, params, now, config)
+    }
+
+    /// Whether a member offering `protocols` leaves the group's selected protocol in place
+    /// (Kafka's test before it lets a static member back without a rebalance).
+    fn keeps_protocol(&self, protocols: &[GroupProtocol]) -> bool {
+        self.protocol_name
+            .as_ref()
+            .is_some_and(|selected| protocols.iter().any(|p| &p.name == selected))
+    }
+
+    /// A static member's new incarnation replaces the old one in a stable group: the old id is
+    /// fenced, the new one keeps its assignment and the generation stays.
+    fn replace_static_member(
+        &mut self,
+        old_member_id: &str,
+        new_member_id: String,
+        params: JoinGroupParams,
+        now: Instant,
+    ) -> JoinStep {
+        let Some(mut member) = self.members.remove(old_member_id) else {
+            return JoinStep::Done(Err(JoinGroupError {
+                error: GroupError::UnknownMemberId,
+                member_id: String::new(),
+            }));
+        };
+        if let Some(sender) = member.awaiting_join.take() {
+            let _ = sender.send(Err(GroupError::FencedInstanceId));
+        }
+        if let Some(sender) = member.awaiting_sync.take() {
+            let _ = sender.send(Err(GroupError::FencedInstanceId));
+        }
+        member.member_id = new_member_id.clone();
+        member.protocols = params.protocols;
+        member.client_id = params.client_id;
+        member.client_host = params.client_host;
+        member.session_timeout_ms = params.session_timeout_ms;
+        member.rebalance_timeout_ms = params.rebalance_timeout_ms;
+        member.touch_session(now);
+        let was_leader = self.leader_id.as_deref() == Some(old_member_id);
+        if was_leader {
+            self.leader_id = Some(new_member_id.clone());
+        }
+        if let Some(instance_id) = params.group_instance_id {
+            self.static_members
+                .insert(instance_id, new_member_id.clone());
+        }
+        self.members.insert(new_member_id.clone(), member);
+        let mut result = self.join_result(&new_member_id);
+        result.skip_assignment = was_leader;
+        JoinStep::Done(Ok(result))
     }
 
     fn is_full(&self) -> bool {
@@ -549,6 +604,7 @@ impl Group {
             leader_id,
             member_id: member_id.to_string(),
             members,
+            skip_assignment: false,
         }
     }
 

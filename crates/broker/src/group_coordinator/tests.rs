@@ -662,24 +662,51 @@ async fn group_size_is_bounded() {
 async fn static_member_restart_fences_its_old_member_id() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = open(&dir, config());
-    let with_instance = |id: &str| JoinGroupParams {
+    let with_instance = |id: &str, protocol: &str| JoinGroupParams {
         group_instance_id: Some("instance-1".into()),
-        ..params(id, &["range"])
+        ..params(id, &[protocol])
     };
     // Static members need no MEMBER_ID_REQUIRED round trip.
-    let first = coordinator.join_group(with_instance("")).await.unwrap();
-    coordinator
-        .sync_group(sync_params(&first.member_id, 1, vec![]))
+    let first = coordinator
+        .join_group(with_instance("", "range"))
         .await
         .unwrap();
-    let second = coordinator.join_group(with_instance("")).await.unwrap();
+    assert!(first.member_id.starts_with("instance-1-"));
+    coordinator
+        .sync_group(sync_params(
+            &first.member_id,
+            1,
+            vec![(first.member_id.clone(), Bytes::from_static(b"mine"))],
+        ))
+        .await
+        .unwrap();
+
+    // KIP-345: back with the same protocol while the group is stable, it takes its old place
+    // and assignment in the same generation; a leader is told not to assign again.
+    let second = coordinator
+        .join_group(with_instance("", "range"))
+        .await
+        .unwrap();
     assert_ne!(second.member_id, first.member_id);
-    assert_eq!(second.generation_id, 2);
+    assert_eq!(second.generation_id, 1);
     assert_eq!(second.leader_id, second.member_id);
+    assert!(second.skip_assignment);
+    let synced = coordinator
+        .sync_group(sync_params(&second.member_id, 1, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(synced.assignment, Bytes::from_static(b"mine"));
     assert_eq!(
-        coordinator.heartbeat(GROUP, &first.member_id, Some("instance-1"), 2),
+        coordinator.heartbeat(GROUP, &first.member_id, Some("instance-1"), 1),
         Err(GroupError::FencedInstanceId)
     );
+
+    // Back with a protocol the group's members do not share: refused, as Kafka refuses it.
+    let third = coordinator
+        .join_group(with_instance("", "roundrobin"))
+        .await
+        .unwrap_err();
+    assert_eq!(third.error, GroupError::InconsistentGroupProtocol);
 }
 
 fn offset(value: i64, metadata: &str) -> OffsetAndMetadata {

@@ -214,6 +214,7 @@ pub async fn join_group(
                 })
                 .with_protocol_name(protocol_name(joined.protocol_name))
                 .with_leader(str_bytes(joined.leader_id))
+                .with_skip_assignment(version >= 9 && joined.skip_assignment)
                 .with_member_id(str_bytes(joined.member_id))
                 .with_members(members)
         }

@@ -27,7 +27,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from required import missing
+from required import deselect_one_sided, missing
 
 ALL_TARGETS = ("rabbitmq", "sluice")
 RABBITMQ_SCRIPTS = Path(os.environ.get("RABBITMQ_SCRIPTS_DIR", "/usr/lib/rabbitmq/bin"))
@@ -306,19 +306,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # A one-sided test is deselected for the other broker rather than skipped, so the skip
-    # count means only what is missing.
-    keep, drop = [], []
-    for item in items:
-        only = item.get_closest_marker("only")
-        param = getattr(getattr(item, "callspec", None), "params", {}).get("amqp")
-        if only is not None and param is not None and param not in only.args:
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    deselect_one_sided(config, items, "only", "amqp")
 
 
 @pytest.fixture(params=selected_targets())

@@ -320,26 +320,6 @@ class SluiceTarget(KafkaTarget):
             self.broker.restart()
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "kafka_only(target): a one-sided test (a check only one broker has); it runs "
-        "against that target alone instead of skipping on the other")
-
-
-def pytest_collection_modifyitems(config, items):
-    keep, drop = [], []
-    for item in items:
-        only = item.get_closest_marker("kafka_only")
-        param = getattr(getattr(item, "callspec", None), "params", {}).get("kafka")
-        if only is not None and param is not None and param not in only.args:
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-
-
 @pytest.fixture(params=selected_targets())
 def kafka(request):
     if request.param == "kafka":

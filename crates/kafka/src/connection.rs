@@ -397,6 +397,7 @@ fn start_request(
                 client_host: context.client_host.clone(),
                 cluster: context.cluster.clone(),
                 response_memory: context.response_memory.clone(),
+                fetch_sessions: Arc::clone(&context.fetch_sessions),
             });
         }
     }
@@ -519,11 +520,14 @@ async fn dispatch(
                 .await
                 .map(ResponseKind::Produce)
         }
-        RequestKind::Fetch(r) => {
-            let (response, fetch_hold) = fetch::fetch(context, version, r).await;
-            *hold = fetch_hold;
-            ResponseKind::Fetch(response)
-        }
+        RequestKind::Fetch(r) => match context.fetch_sessions.open(version, r) {
+            Ok((full, session)) => {
+                let (response, fetch_hold) = fetch::fetch(context, version, full).await;
+                *hold = fetch_hold;
+                ResponseKind::Fetch(context.fetch_sessions.finish(session, response))
+            }
+            Err(refused) => ResponseKind::Fetch(refused),
+        },
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::list_offsets(context, version, r).await)
         }
@@ -648,9 +652,13 @@ async fn dispatch_cluster(
                 .await
                 .map(ResponseKind::Produce)
         }
-        RequestKind::Fetch(r) => {
-            ResponseKind::Fetch(cluster::fetch(context, cluster_broker, version, r).await)
-        }
+        RequestKind::Fetch(r) => match context.fetch_sessions.open(version, r) {
+            Ok((full, session)) => {
+                let response = cluster::fetch(context, cluster_broker, version, full).await;
+                ResponseKind::Fetch(context.fetch_sessions.finish(session, response))
+            }
+            Err(refused) => ResponseKind::Fetch(refused),
+        },
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(
             cluster::list_offsets(context, cluster_broker, version, r).await,
         ),
@@ -721,6 +729,7 @@ mod tests {
             client_host: "127.0.0.1".into(),
             cluster: None,
             response_memory: None,
+            fetch_sessions: Default::default(),
         })
     }
 
@@ -1095,6 +1104,7 @@ mod tests {
             client_host: "127.0.0.1".into(),
             cluster: None,
             response_memory: None,
+            fetch_sessions: Default::default(),
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

@@ -4,6 +4,7 @@ use sluice_broker::replication::ClusterBroker;
 use sluice_broker::Broker;
 
 use crate::connection::ResponseMemory;
+use crate::fetch_session::FetchSessions;
 
 /// Listener-level settings of the Kafka front end.
 #[derive(Debug, Clone)]
@@ -65,4 +66,6 @@ pub struct RequestContext {
     /// The connection's share of the memory budget for responses (`None`: not accounted, for
     /// handlers called without a connection).
     pub(crate) response_memory: Option<ResponseMemory>,
+    /// The listener's incremental fetch sessions (KIP-227).
+    pub(crate) fetch_sessions: Arc<FetchSessions>,
 }

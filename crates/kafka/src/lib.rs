@@ -6,6 +6,7 @@ mod api_versions;
 mod connection;
 mod context;
 mod error_codes;
+mod fetch_session;
 pub mod fuzzing;
 mod handlers;
 mod request_metrics;

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{serve_connection_until, shutdown_requested, RequestMemory};
+use crate::fetch_session::FetchSessions;
 use crate::{KafkaConfig, RequestContext};
 
 /// At most one warning per this period about connections refused over the limit.
@@ -19,6 +20,7 @@ pub struct KafkaServer {
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
     request_memory: Arc<RequestMemory>,
+    fetch_sessions: Arc<FetchSessions>,
     cluster: Option<Arc<ClusterBroker>>,
     /// One permit per connection being served (`connections_max`).
     connections: Arc<Semaphore>,
@@ -40,6 +42,7 @@ impl KafkaServer {
             broker,
             config: Arc::new(config),
             request_memory,
+            fetch_sessions: Arc::default(),
             cluster: None,
             connections,
         })
@@ -93,6 +96,7 @@ impl KafkaServer {
                             client_host: peer.ip().to_string(),
                             cluster: self.cluster.clone(),
                             response_memory: None,
+                            fetch_sessions: Arc::clone(&self.fetch_sessions),
                         };
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();

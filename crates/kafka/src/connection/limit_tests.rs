@@ -32,6 +32,7 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         client_host: "127.0.0.1".into(),
         cluster: None,
         response_memory: None,
+        fetch_sessions: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Fetch with long polling: answer as soon as `min_bytes` are readable, or when `max_wait_ms`
 //! passes. Readable means below the high watermark, i.e. durable under `fsync=batch`.
-//! Sessions (KIP-227) are not kept: session id 0 tells clients to send full fetches.
+//! Sessions (KIP-227) are kept around this handler, by `crate::fetch_session`.
 //!
 //! Bounds: a response carries at most min(request `max_bytes`, broker `fetch.max.bytes`) of
 //! records and each partition at most its `partition_max_bytes`, except that the first

@@ -888,6 +888,7 @@ mod tests {
             client_host: "/127.0.0.1".into(),
             cluster: None,
             response_memory: None,
+            fetch_sessions: Default::default(),
         }
     }
 

@@ -20,19 +20,3 @@ def missing(reason: str):
         pytest.fail(f"required in CI: {reason}", pytrace=False)
     pytest.skip(reason)
 
-
-def deselect_one_sided(config, items, marker: str, fixture: str):
-    """Deselects a one-sided test (marked `marker(target, ...)`) for the targets of the
-    parametrized `fixture` it does not name, rather than skipping it there, so that the skip
-    count of a differential suite means only what is missing."""
-    keep, drop = [], []
-    for item in items:
-        only = item.get_closest_marker(marker)
-        param = getattr(getattr(item, "callspec", None), "params", {}).get(fixture)
-        if only is not None and param is not None and param not in only.args:
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep

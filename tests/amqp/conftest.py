@@ -27,7 +27,8 @@ from pathlib import Path
 import pika
 import pytest
 
-from required import deselect_one_sided, missing
+import differential
+from required import missing
 
 ALL_TARGETS = ("rabbitmq", "sluice")
 RABBITMQ_SCRIPTS = Path(os.environ.get("RABBITMQ_SCRIPTS_DIR", "/usr/lib/rabbitmq/bin"))
@@ -37,13 +38,7 @@ LOG_TAIL_LINES = 40
 
 
 def selected_targets() -> list[str]:
-    raw = os.environ.get("SLUICE_AMQP_TARGETS", ",".join(ALL_TARGETS))
-    targets = [t.strip() for t in raw.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in ALL_TARGETS]
-    if unknown or not targets:
-        raise pytest.UsageError(f"SLUICE_AMQP_TARGETS={raw!r}: expected a comma list of "
-                                f"{', '.join(ALL_TARGETS)}")
-    return targets
+    return differential.selected_targets("SLUICE_AMQP_TARGETS", ALL_TARGETS)
 
 
 def free_port() -> int:
@@ -158,14 +153,7 @@ class RabbitMQNode:
         self.start()
 
     def log_tail(self, lines=LOG_TAIL_LINES) -> str:
-        parts = []
-        for path in (self.stdout_path, self.log_path):
-            try:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                continue
-            parts.append(f"-- {path}:\n" + "\n".join(text))
-        return "\n".join(parts) or "(no RabbitMQ log)"
+        return differential.log_tail([self.stdout_path, self.log_path], lines, "(no RabbitMQ log)")
 
 
 @pytest.fixture(scope="session")
@@ -306,7 +294,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    deselect_one_sided(config, items, "only", "amqp")
+    differential.deselect_one_sided(config, items, "only", "amqp")
 
 
 @pytest.fixture(params=selected_targets())

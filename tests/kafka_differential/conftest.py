@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import free_port
+import differential
 from required import missing
 
 ALL_TARGETS = ("kafka", "sluice")
@@ -41,13 +42,7 @@ LOG_TAIL_LINES = 40
 
 
 def selected_targets() -> list[str]:
-    raw = os.environ.get("SLUICE_KAFKA_TARGETS", ",".join(ALL_TARGETS))
-    targets = [t.strip() for t in raw.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in ALL_TARGETS]
-    if unknown or not targets:
-        raise pytest.UsageError(f"SLUICE_KAFKA_TARGETS={raw!r}: expected a comma list of "
-                                f"{', '.join(ALL_TARGETS)}")
-    return targets
+    return differential.selected_targets("SLUICE_KAFKA_TARGETS", ALL_TARGETS)
 
 
 def java() -> str:
@@ -169,14 +164,7 @@ class KafkaNode:
             self.process.wait(timeout=KAFKA_STOP_TIMEOUT_S)
 
     def log_tail(self, lines=LOG_TAIL_LINES) -> str:
-        parts = []
-        for path in (self.stdout_path, self.log_path):
-            try:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                continue
-            parts.append(f"-- {path}:\n" + "\n".join(text))
-        return "\n".join(parts) or "(no Kafka log)"
+        return differential.log_tail([self.stdout_path, self.log_path], lines, "(no Kafka log)")
 
 
 @pytest.fixture(scope="session")

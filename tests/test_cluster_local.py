@@ -17,7 +17,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from conftest import free_port, sluice_bin, start_static_cluster
 
@@ -980,15 +980,24 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
     # The coordinator's node first and last: both ways of reaching it, and a group that
     # starts without committed offsets (so the topic must be named).
     order = [controller] + [i + 1 for i in range(len(nodes)) if i + 1 != controller]
-    strategies = [
-        ({"strategy": "latest"}, dict(end)),
-        ({"strategy": "earliest"}, {p: 0 for p in range(PARTITIONS)}),
-        ({"strategy": "timestamp", "timestamp_ms": cut_ms}, at_cut),
-        ({"strategy": "shift", "shift": -2}, {p: at_cut[p] - 2 for p in range(PARTITIONS)}),
-        ({"strategy": "offset", "offset": 10_000}, dict(end)),  # clamped to the end
-    ]
+    def log_ends():
+        # The high watermarks as they are now: a leader elected after the produce appends a
+        # control batch of its term, which moves the end past the last record.
+        futures = admin.list_offsets(
+            {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
+            request_timeout=30)
+        return {tp.partition: future.result(timeout=30).offset for tp, future in futures.items()}
+
     for node_id in order + [controller]:
         node = nodes[node_id - 1]
+        ends = log_ends()
+        strategies = [
+            ({"strategy": "latest"}, ends),
+            ({"strategy": "earliest"}, {p: 0 for p in range(PARTITIONS)}),
+            ({"strategy": "timestamp", "timestamp_ms": cut_ms}, at_cut),
+            ({"strategy": "shift", "shift": -2}, {p: at_cut[p] - 2 for p in range(PARTITIONS)}),
+            ({"strategy": "offset", "offset": 10_000}, ends),  # clamped to the end
+        ]
         for body, wanted in strategies:
             status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
                                        {**body, "topic": topic})
@@ -1002,7 +1011,7 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
         assert status == 200, (node_id, answer)
         assert {p["partition"]: p["new_offset"] for p in answer["partitions"]} == \
             {p: 0 for p in range(PARTITIONS)}
-        assert committed() == end
+        assert committed() == ends
 
     # A live member: every node refuses, and the offsets stay.
     member = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
@@ -1022,7 +1031,7 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
             assert status == 409, (node_id, answer)
     finally:
         member.close()
-    assert committed() == end
+    assert committed() == ends
 
     elsewhere = next(i + 1 for i in range(len(nodes)) if i + 1 != controller)
     status, answer = http_delete(nodes[elsewhere - 1], f"/api/groups/{group}")

@@ -201,10 +201,12 @@ class KafkaWire:
         response = self.request(request)
         return response
 
-    def list_offset(self, topic: str, partition: int, timestamp: int):
-        """ListOffsets for one partition: timestamp -1 latest, -2 earliest."""
+    def list_offset(self, topic: str, partition: int, timestamp: int, isolation_level: int = 0):
+        """ListOffsets for one partition: timestamp -1 latest, -2 earliest; isolation level 1
+        (read_committed) answers latest with the last stable offset."""
         request = ListOffsetsRequest(
             replica_id=-1,
+            isolation_level=isolation_level,
             topics=[ListOffsetsRequest.ListOffsetsTopic(
                 name=topic,
                 partitions=[ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(

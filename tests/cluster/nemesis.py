@@ -435,6 +435,10 @@ class NemesisRun:
                     self._probe_producer.flush(5)
                 except (KafkaException, SystemError) as error:  # fatal, see ConfluentProducer
                     self.history.record("client_error", client="probe", error=repr(error))
+                # Destroyed now: a librdkafka client kept alive with the run object would go on
+                # refreshing metadata of the next test's nodes at the same addresses, and
+                # auto-create this run's topic there (seen in CI: "nemesis" on a fresh node).
+                self._probe_producer = None
             self.history.close()
             self.cluster.close()
             # librdkafka clients of an interrupted run may outlive this: their logger keeps

@@ -556,9 +556,7 @@ def test_the_offsets_topic_is_internal_and_cannot_be_created_again(request, kafk
     }
 
 
-def test_transactions_read_committed_and_the_last_stable_offset(kafka, request):
-    sluice_lacks(request, kafka, "Sluice has no transactions (AddPartitionsToTxn, EndTxn...): "
-                 "the producer fails with UnsupportedVersionException")
+def test_transactions_read_committed_and_the_last_stable_offset(kafka):
     topic = kafka.create_topic()
     tid = kafka.name("tx")
     produced = probe(kafka,

@@ -539,11 +539,7 @@ def test_delete_records_from_an_offsets_file(kafka, tmp_path):
 # ---- kafka-transactions
 
 
-def test_transactions_list_and_describe_an_open_transaction(kafka, request):
-    if kafka.kind == "sluice":
-        request.applymarker(pytest.mark.xfail(
-            reason="Sluice has no transactions: ListTransactions, DescribeTransactions and "
-                   "AddPartitionsToTxn are not implemented", strict=True))
+def test_transactions_list_and_describe_an_open_transaction(kafka):
     # Before any transaction, so that a broker without the API fails here rather than in the
     # producer's timeouts.
     result = run(kafka, TRANSACTIONS, "list")

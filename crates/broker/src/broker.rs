@@ -11,10 +11,12 @@ use crate::producer_id::ProducerIdAllocator;
 use crate::topic::validate_topic_name;
 use crate::topic_config::{ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
+use crate::transaction_coordinator::{PendingOffset, TransactionCoordinator};
 use crate::{
     now_ms, BrokerConfig, BrokerError, ConnectionRegistry, GroupCoordinator, Partition, Topic,
     TrafficTotals,
 };
+use sluice_log::TransactionResult;
 
 /// A change to one topic config, as IncrementalAlterConfigs expresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,7 @@ pub struct Broker {
     data_ready: Arc<Notify>,
     producer_ids: ProducerIdAllocator,
     groups: Arc<GroupCoordinator>,
+    transactions: TransactionCoordinator,
     /// Client connections of every front end (for the HTTP API).
     connections: Arc<ConnectionRegistry>,
     started_at_ms: i64,
@@ -123,6 +126,12 @@ impl Broker {
             config.group.clone(),
             config.log_defaults.clone(),
         )?;
+        let transactions = TransactionCoordinator::open(
+            Arc::clone(&storage),
+            &data_dir.join("internal").join("transaction_state"),
+            config.log_defaults.clone(),
+            config.transaction_max_timeout_ms,
+        )?;
         let broker = Arc::new(Broker {
             config,
             cluster_id,
@@ -131,11 +140,13 @@ impl Broker {
             data_ready,
             producer_ids,
             groups,
+            transactions,
             connections: Arc::new(ConnectionRegistry::default()),
             started_at_ms: now_ms(),
             _data_dir_lock: lock,
         });
         broker.start_retention();
+        broker.start_transaction_timeouts();
         Ok(broker)
     }
 
@@ -197,6 +208,12 @@ impl Broker {
 
     pub fn group_coordinator(&self) -> &Arc<GroupCoordinator> {
         &self.groups
+    }
+    pub(crate) fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+    pub fn transaction_coordinator(&self) -> &TransactionCoordinator {
+        &self.transactions
     }
     /// Notified (notify_waiters) whenever new data becomes readable in any partition.
     pub fn data_ready(&self) -> &Arc<Notify> {
@@ -426,12 +443,106 @@ impl Broker {
     /// InitProducerId: a new idempotent producer id, or for a transactional id its next epoch
     /// (only from the current one when the client claims an id and epoch: see
     /// `ProducerIdAllocator::allocate`).
-    pub fn init_producer_id(
+    pub async fn init_producer_id(
         &self,
         transactional_id: Option<&str>,
+        transaction_timeout_ms: i32,
         claimed: Option<(i64, i16)>,
     ) -> Result<(i64, i16), BrokerError> {
-        self.producer_ids.allocate(transactional_id, claimed)
+        match transactional_id {
+            Some(transactional_id) => {
+                self.transactions
+                    .init_producer_id(self, transactional_id, transaction_timeout_ms, claimed)
+                    .await
+            }
+            None => self.allocate_producer_id(),
+        }
+    }
+
+    /// A new producer id, epoch 0.
+    pub fn allocate_producer_id(&self) -> Result<(i64, i16), BrokerError> {
+        self.producer_ids.allocate(None, None)
+    }
+
+    /// AddPartitionsToTxn; the partitions must exist.
+    pub async fn add_partitions_to_transaction(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<(), BrokerError> {
+        self.transactions
+            .add_partitions(transactional_id, producer_id, producer_epoch, partitions)
+            .await
+    }
+
+    /// AddOffsetsToTxn.
+    pub async fn add_offsets_to_transaction(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group_id: &str,
+    ) -> Result<(), BrokerError> {
+        self.transactions
+            .add_offsets(transactional_id, producer_id, producer_epoch, group_id)
+            .await
+    }
+
+    /// TxnOffsetCommit's write: offsets held until the transaction ends.
+    pub async fn commit_transactional_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group_id: &str,
+        offsets: Vec<PendingOffset>,
+    ) -> Result<(), BrokerError> {
+        self.transactions
+            .add_pending_offsets(
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                group_id,
+                offsets,
+            )
+            .await
+    }
+
+    /// EndTxn.
+    pub async fn end_transaction(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+    ) -> Result<(), BrokerError> {
+        self.transactions
+            .end_transaction(self, transactional_id, producer_id, producer_epoch, result)
+            .await
+    }
+
+    /// Completes transactions decided before a restart, then aborts open ones past their
+    /// timeout on every tick, and compacts the transaction log when it is mostly dead.
+    fn start_transaction_timeouts(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = std::time::Duration::from_millis(
+            self.config.transaction_abort_check_interval_ms.max(10),
+        );
+        tokio::spawn(async move {
+            if let Some(broker) = weak.upgrade() {
+                broker.transactions.complete_prepared(&broker).await;
+            }
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(broker) = weak.upgrade() else { return };
+                broker.transactions.abort_timed_out(&broker).await;
+                if let Err(error) = broker.transactions.compact_if_needed() {
+                    tracing::warn!(%error, "compacting the transaction log failed");
+                }
+            }
+        });
     }
 
     /// Enforces retention on every partition now, and forgets idempotent producers idle for
@@ -487,6 +598,9 @@ impl Broker {
             }
         }
         self.groups.shutdown();
+        if let Err(error) = self.transactions.flush() {
+            tracing::error!(%error, "flushing the transaction log failed");
+        }
         tracing::info!("broker flushed and stopped");
     }
 }

@@ -44,6 +44,12 @@ pub struct BrokerConfig {
     /// Idempotent-producer state of a producer that has not appended for this long is dropped
     /// (`producer.id.expiration.ms`, Kafka default one day).
     pub producer_id_expiration_ms: i64,
+    /// Largest `transaction.timeout.ms` a transactional producer may ask for
+    /// (`transaction.max.timeout.ms`, Kafka default 15 minutes).
+    pub transaction_max_timeout_ms: i32,
+    /// How often open transactions past their timeout are aborted
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`; Kafka's is 10 s).
+    pub transaction_abort_check_interval_ms: u64,
     /// Where every log and metadata file of the broker lives: the real disk, or in tests a
     /// simulated one (`sluice_log::SimDisk`). The data directory's lock file is always on the
     /// real disk (it guards the process, not data).
@@ -64,6 +70,10 @@ impl std::fmt::Debug for BrokerConfig {
                 &self.retention_check_interval_ms,
             )
             .field("producer_id_expiration_ms", &self.producer_id_expiration_ms)
+            .field(
+                "transaction_max_timeout_ms",
+                &self.transaction_max_timeout_ms,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +89,8 @@ impl BrokerConfig {
             group: GroupConfig::default(),
             retention_check_interval_ms: 300_000,
             producer_id_expiration_ms: 86_400_000,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_check_interval_ms: 1_000,
             storage: Arc::new(RealDisk),
         }
     }

@@ -84,6 +84,20 @@ pub enum BrokerError {
     /// A newer instance holds this transactional id (Kafka's PRODUCER_FENCED).
     #[error("producer fenced: {0}")]
     ProducerFenced(String),
+    /// `transaction.timeout.ms` above `transaction.max.timeout.ms` (or not positive).
+    #[error("{0}")]
+    InvalidTransactionTimeout(String),
+    /// The transaction is ending; the client retries.
+    #[error("concurrent transactions: {0}")]
+    ConcurrentTransactions(String),
+    /// The request does not fit the transaction's state (EndTxn without a transaction, …).
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    /// The transactional id is unknown here, or held by another producer id.
+    #[error("invalid producer id mapping: {0}")]
+    InvalidProducerIdMapping(String),
+    #[error("transactional id not found: {0}")]
+    TransactionalIdNotFound(String),
     #[error("storage error: {0}")]
     Storage(StorageFailure),
 }

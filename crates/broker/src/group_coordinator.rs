@@ -373,6 +373,16 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// A committed transaction's offsets (TxnOffsetCommit, checked when they were sent),
+    /// stored durably without a membership check: the transaction decided them.
+    pub(crate) async fn store_transactional_offsets(
+        &self,
+        group_id: &str,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<(), GroupError> {
+        self.offsets.commit(group_id, offsets).await
+    }
+
     /// OffsetCommit's checks without the write: the committer against the group (the outer
     /// error), and each offset's metadata size (one result per offset, in order). Cluster mode
     /// stores the accepted offsets through the metadata group instead of the local store.

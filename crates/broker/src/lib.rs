@@ -25,6 +25,8 @@ mod topic;
 mod topic_config;
 mod topic_store;
 mod traffic;
+pub mod transaction_coordinator;
+mod transaction_log;
 pub mod vhost;
 
 pub use broker::{Broker, ConfigChange};
@@ -39,12 +41,16 @@ pub use log_dir::{absolute_log_dir, disk_space, DiskSpace};
 pub use message_query::{
     query_partition_logs, FoundMessage, MessageQuery, MessageQueryResult, QUERY_LIMIT_MAX,
 };
-pub use partition::{Acks, FetchedPartition, Partition, ProduceOutcome};
+pub use partition::{Acks, FetchedPartition, IsolationLevel, Partition, ProduceOutcome};
+pub use producer_state::AbortedTransaction;
 pub use topic::{kafka_partition_for_key, Topic};
 pub use topic_config::{
     topic_config_names, ConfigEntry, ConfigSource, ConfigSynonym, ConfigType, TopicConfig,
 };
 pub use traffic::{TrafficCounters, TrafficTotals};
+pub use transaction_coordinator::{
+    PendingOffset, TransactionCoordinator, TransactionMetadata, TransactionState,
+};
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).
 pub fn now_ms() -> i64 {

@@ -4,14 +4,15 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use sluice_log::{
-    batch::BATCH_HEADER_BYTES, stamp_log_append_time, validate_batches, BatchHeader, Durability,
-    LogConfig, PartitionLog, Storage,
+    batch::BATCH_HEADER_BYTES, stamp_log_append_time, transaction_marker,
+    transaction_marker_result, validate_batches, BatchHeader, Durability, LogConfig, PartitionLog,
+    Storage, TransactionResult,
 };
 use tokio::sync::Notify;
 
 use crate::group_commit::{DurableWait, GroupCommit};
 use crate::partition_appender::PartitionAppender;
-use crate::producer_state::{ActiveProducer, ProducerStateTable};
+use crate::producer_state::{AbortedTransaction, ActiveProducer, ProducerStateTable};
 use crate::timestamps::{TimestampPolicy, TimestampRules};
 use crate::traffic::{TrafficCounters, TrafficTotals};
 use crate::{now_ms, BrokerError, StorageFailure};
@@ -43,6 +44,19 @@ pub struct FetchedPartition {
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    /// Below this no transaction is open (the high watermark when none is).
+    pub last_stable_offset: i64,
+    /// For `read_committed` fetches: the aborted transactions overlapping what was read.
+    pub aborted_transactions: Vec<AbortedTransaction>,
+}
+
+/// Which records a consumer may read (Kafka's `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationLevel {
+    /// Everything below the high watermark, open and aborted transactions included.
+    ReadUncommitted,
+    /// Only below the last stable offset, with the aborted transactions to drop.
+    ReadCommitted,
 }
 
 /// Records in a run of whole record batches, from each batch header's record count. The
@@ -60,6 +74,18 @@ fn record_count_of_batches(mut records: &[u8]) -> u64 {
         }
     }
     count
+}
+
+/// What the transaction marker `header` (a stored transactional control batch) records.
+fn stored_marker_result(
+    log: &PartitionLog,
+    header: &BatchHeader,
+) -> Result<Option<TransactionResult>, BrokerError> {
+    let read = log.read_uncommitted(header.base_offset, header.total_bytes())?;
+    let Some(batch) = read.records.get(..header.total_bytes()) else {
+        return Ok(None);
+    };
+    Ok(transaction_marker_result(header, batch)?)
 }
 
 /// DeleteRecords' offset for "everything below the high watermark".
@@ -154,7 +180,14 @@ impl Partition {
         let now = now_ms();
         for header in log.batch_headers_from(log.log_start_offset())? {
             // The batch's timestamp stands in for its append time (Kafka does the same).
-            producers.record(&header, header.max_timestamp.min(now));
+            let append_ms = header.max_timestamp.min(now);
+            if header.is_control() && header.is_transactional() {
+                if let Some(result) = stored_marker_result(&log, &header)? {
+                    producers.record_marker(&header, result, append_ms);
+                }
+                continue;
+            }
+            producers.record(&header, append_ms);
         }
         let group_commit = GroupCommit::new(Arc::clone(&log), data_ready);
         let producers = Arc::new(Mutex::new(producers));
@@ -196,6 +229,15 @@ impl Partition {
         self.log.log_end_offset()
     }
 
+    /// The offset below which no transaction is open, capped by the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.log.high_watermark();
+        match self.producers.lock().first_unstable_offset() {
+            Some(first) => first.min(high_watermark),
+            None => high_watermark,
+        }
+    }
+
     /// The idempotent producers this partition remembers (DescribeProducers).
     pub fn active_producers(&self) -> Vec<ActiveProducer> {
         self.producers.lock().active()
@@ -216,6 +258,12 @@ impl Partition {
         if headers.is_empty() {
             return Err(BrokerError::InvalidRecord(
                 "produce request without record batches".into(),
+            ));
+        }
+        // Markers are the coordinator's to write: a client's would end others' transactions.
+        if headers.iter().any(BatchHeader::is_control) {
+            return Err(BrokerError::InvalidRecord(
+                "control batches are not accepted from producers".into(),
             ));
         }
         let now = now_ms();
@@ -257,6 +305,28 @@ impl Partition {
         })
     }
 
+    /// Writes the marker ending `producer_id`'s transaction on this partition and waits until
+    /// it is durable (the coordinator completes a transaction only then).
+    pub async fn write_transaction_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+        coordinator_epoch: i32,
+    ) -> Result<i64, BrokerError> {
+        let now = now_ms();
+        let marker =
+            transaction_marker(result, producer_id, producer_epoch, coordinator_epoch, now);
+        let records = BytesMut::from(&marker[..]);
+        let headers = validate_batches(&records)?;
+        let appended = self.appender.submit(records, headers, now);
+        let stopped =
+            || BrokerError::Storage(StorageFailure::unwritten("the partition appender stopped"));
+        let ((offset, _), durable) = appended.await.map_err(|_| stopped())??;
+        durable.await.map_err(|_| stopped())??;
+        Ok(offset)
+    }
+
     /// Appends batches the broker built itself (AMQP publishes crossing into a topic: no
     /// producer id, so no sequence checks). Synchronous, so publishes keep their order; the
     /// receiver resolves once the batches are durable and readable.
@@ -289,7 +359,9 @@ impl Partition {
     /// Forgets idempotent producers that have not appended for `expiration_ms`
     /// (`producer.id.expiration.ms`); returns how many.
     pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
-        self.producers.lock().expire(now_ms, expiration_ms)
+        let mut producers = self.producers.lock();
+        producers.forget_aborted_below(self.log.log_start_offset());
+        producers.expire(now_ms, expiration_ms)
     }
 
     /// Records and bytes produced to and fetched from this partition since it was opened.
@@ -304,12 +376,39 @@ impl Partition {
 
     /// Whole batches from `offset` on, at most about `bytes_max` (at least one batch).
     pub fn fetch(&self, offset: i64, bytes_max: usize) -> Result<FetchedPartition, BrokerError> {
-        let read = self.log.read(offset, bytes_max)?;
+        self.fetch_isolated(offset, bytes_max, IsolationLevel::ReadUncommitted)
+    }
+
+    /// [`Partition::fetch`] at an isolation level: `ReadCommitted` stops at the last stable
+    /// offset and names the aborted transactions overlapping the batches read.
+    pub fn fetch_isolated(
+        &self,
+        offset: i64,
+        bytes_max: usize,
+        isolation: IsolationLevel,
+    ) -> Result<FetchedPartition, BrokerError> {
+        let last_stable_offset = self.last_stable_offset();
+        let read = match isolation {
+            IsolationLevel::ReadUncommitted => self.log.read(offset, bytes_max)?,
+            IsolationLevel::ReadCommitted => {
+                self.log.read_to(offset, bytes_max, last_stable_offset)?
+            }
+        };
+        let aborted_transactions =
+            if isolation == IsolationLevel::ReadCommitted && !read.records.is_empty() {
+                self.producers
+                    .lock()
+                    .aborted_between(offset, last_stable_offset)
+            } else {
+                Vec::new()
+            };
         Ok(FetchedPartition {
             records: read.records,
             high_watermark: read.high_watermark,
             log_start_offset: read.log_start_offset,
             log_end_offset: read.log_end_offset,
+            last_stable_offset: last_stable_offset.min(read.high_watermark),
+            aborted_transactions,
         })
     }
 

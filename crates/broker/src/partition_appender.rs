@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use sluice_log::{BatchHeader, PartitionLog};
+use sluice_log::{transaction_marker_result, BatchHeader, PartitionLog};
 use tokio::sync::oneshot;
 
 use crate::group_commit::{DurableWait, GroupCommit};
@@ -162,9 +162,17 @@ impl PartitionAppender {
             None => {}
         }
         let info = self.log.append(records, 0, now_ms)?;
+        // The coordinator appends each transaction marker alone.
+        let marker = match info.batches.as_slice() {
+            [batch] if batch.is_control() => transaction_marker_result(batch, &records[..])?,
+            _ => None,
+        };
         let mut producers = self.producers.lock();
         for batch in &info.batches {
-            producers.record(batch, now_ms);
+            match marker {
+                Some(result) => producers.record_marker(batch, result, now_ms),
+                None => producers.record(batch, now_ms),
+            }
         }
         Ok((info.base_offset, info.last_offset + 1))
     }

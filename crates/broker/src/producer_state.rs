@@ -6,10 +6,15 @@
 //! the table stays bounded however many producers come and go. A producer the table does not
 //! know (new, expired, or whose batches retention deleted) is accepted at any sequence, as Kafka
 //! does since KIP-360: only a known producer's sequence can be checked.
+//!
+//! The table also follows transactions: the first offset of each producer's open transaction
+//! (the smallest is the last stable offset, below which `read_committed` consumers read) and
+//! every aborted transaction still in the log (Kafka's `.txnindex`, answered with each
+//! `read_committed` fetch). Both are rebuilt from the log on start with the rest.
 
 use std::collections::{HashMap, VecDeque};
 
-use sluice_log::BatchHeader;
+use sluice_log::{BatchHeader, TransactionResult};
 
 use crate::BrokerError;
 
@@ -31,6 +36,17 @@ struct ProducerEntry {
     last_append_ms: i64,
     /// The largest timestamp of its last batch (DescribeProducers' LastTimestamp).
     last_timestamp: i64,
+    /// First offset of its open transaction, until the transaction's marker.
+    transaction_first_offset: Option<i64>,
+}
+
+/// A transaction that ended with an abort marker: a `read_committed` consumer drops this
+/// producer's batches from `first_offset` to the marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTransaction {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// One producer as DescribeProducers reports it.
@@ -40,6 +56,8 @@ pub struct ActiveProducer {
     pub epoch: i16,
     pub last_sequence: i32,
     pub last_timestamp: i64,
+    /// First offset of its open transaction (DescribeProducers' CurrentTxnStartOffset).
+    pub transaction_first_offset: Option<i64>,
 }
 
 /// What to do with an incoming batch.
@@ -54,6 +72,8 @@ pub enum SequenceCheck {
 #[derive(Debug, Clone, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// In marker order, so by `last_offset`.
+    aborted: Vec<AbortedTransaction>,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -120,6 +140,9 @@ impl ProducerStateTable {
             return;
         }
         let entry = self.producers.entry(batch.producer_id).or_default();
+        if batch.is_transactional() && entry.transaction_first_offset.is_none() {
+            entry.transaction_first_offset = Some(batch.base_offset);
+        }
         entry.last_append_ms = entry.last_append_ms.max(now_ms);
         entry.last_timestamp = batch.max_timestamp;
         if batch.producer_epoch != entry.epoch {
@@ -138,12 +161,67 @@ impl ProducerStateTable {
 }
 
 impl ProducerStateTable {
+    /// Records a transaction marker written at `batch.base_offset`: the producer's open
+    /// transaction ends (an abort is remembered for `read_committed` fetches), and a marker
+    /// of a newer epoch fences the producer's older epochs (a coordinator that aborted a
+    /// timed-out transaction bumped the epoch).
+    pub fn record_marker(&mut self, batch: &BatchHeader, result: TransactionResult, now_ms: i64) {
+        if batch.producer_id < 0 {
+            return;
+        }
+        let entry = self.producers.entry(batch.producer_id).or_default();
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        if batch.producer_epoch > entry.epoch {
+            entry.epoch = batch.producer_epoch;
+            entry.batches.clear();
+        }
+        if let Some(first_offset) = entry.transaction_first_offset.take() {
+            if result == TransactionResult::Abort {
+                self.aborted.push(AbortedTransaction {
+                    producer_id: batch.producer_id,
+                    first_offset,
+                    last_offset: batch.base_offset,
+                });
+            }
+        }
+    }
+
+    /// The first offset of the oldest open transaction: `read_committed` consumers read below
+    /// it (Kafka's last stable offset, before it is capped by the high watermark).
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers
+            .values()
+            .filter_map(|entry| entry.transaction_first_offset)
+            .min()
+    }
+
+    /// The aborted transactions a fetch of offsets `[from, to)` must tell the consumer about:
+    /// those whose range overlaps it.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTransaction> {
+        let first = self.aborted.partition_point(|t| t.last_offset < from);
+        self.aborted[first..]
+            .iter()
+            .filter(|t| t.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below `log_start` (retention or DeleteRecords
+    /// removed their batches).
+    pub fn forget_aborted_below(&mut self, log_start: i64) {
+        let below = self.aborted.partition_point(|t| t.last_offset < log_start);
+        self.aborted.drain(..below);
+    }
+
     /// Forgets producers whose last append is `expiration_ms` or more before `now_ms`
     /// (`producer.id.expiration.ms`); returns how many.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let count_before = self.producers.len();
-        self.producers
-            .retain(|_, entry| now_ms.saturating_sub(entry.last_append_ms) < expiration_ms);
+        // A producer with an open transaction stays: it holds the last stable offset.
+        self.producers.retain(|_, entry| {
+            entry.transaction_first_offset.is_some()
+                || now_ms.saturating_sub(entry.last_append_ms) < expiration_ms
+        });
         count_before - self.producers.len()
     }
 
@@ -161,6 +239,7 @@ impl ProducerStateTable {
                 epoch: entry.epoch,
                 last_sequence: entry.batches.back().map_or(-1, |b| b.sequence_last),
                 last_timestamp: entry.last_timestamp,
+                transaction_first_offset: entry.transaction_first_offset,
             })
             .collect();
         active.sort_by_key(|p| p.producer_id);
@@ -188,6 +267,57 @@ mod tests {
             base_sequence: sequence,
             record_count: count,
         }
+    }
+
+    fn transactional(mut header: BatchHeader) -> BatchHeader {
+        header.attributes |= 0x10;
+        header
+    }
+
+    fn marker(producer_id: i64, epoch: i16, offset: i64) -> BatchHeader {
+        transactional(BatchHeader {
+            attributes: 0x20,
+            ..batch(producer_id, epoch, -1, 1, offset)
+        })
+    }
+
+    #[test]
+    fn open_transactions_hold_the_last_stable_offset_and_aborts_are_remembered() {
+        let mut table = ProducerStateTable::default();
+        table.record(&transactional(batch(1, 0, 0, 2, 10)), 0);
+        table.record(&transactional(batch(2, 0, 0, 1, 12)), 0);
+        table.record(&transactional(batch(1, 0, 2, 1, 13)), 0);
+        assert_eq!(table.first_unstable_offset(), Some(10));
+        table.record_marker(&marker(1, 0, 14), TransactionResult::Abort, 0);
+        assert_eq!(table.first_unstable_offset(), Some(12));
+        table.record_marker(&marker(2, 0, 15), TransactionResult::Commit, 0);
+        assert_eq!(table.first_unstable_offset(), None);
+        let aborted = AbortedTransaction {
+            producer_id: 1,
+            first_offset: 10,
+            last_offset: 14,
+        };
+        assert_eq!(table.aborted_between(0, 11), vec![aborted]);
+        assert_eq!(table.aborted_between(14, 20), vec![aborted]);
+        assert!(table.aborted_between(15, 20).is_empty());
+        assert!(table.aborted_between(0, 10).is_empty());
+        // An open transaction keeps its producer past the expiration.
+        table.record(&transactional(batch(3, 0, 0, 1, 16)), 0);
+        table.expire(1_000_000, 10);
+        assert_eq!(table.first_unstable_offset(), Some(16));
+        table.forget_aborted_below(15);
+        assert!(table.aborted_between(0, 20).is_empty());
+    }
+
+    #[test]
+    fn a_marker_of_a_newer_epoch_fences_the_older_one() {
+        let mut table = ProducerStateTable::default();
+        table.record(&transactional(batch(1, 0, 0, 1, 0)), 0);
+        table.record_marker(&marker(1, 1, 1), TransactionResult::Abort, 0);
+        assert!(matches!(
+            table.check(&transactional(batch(1, 0, 1, 1, -1))),
+            Err(BrokerError::InvalidProducerEpoch(_))
+        ));
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Simulation {
         life.vhost
             .declare_queue(QUEUE, false, true, false, false, FieldTable::default(), 0)
             .expect("queue");
-        self.producer_id = life.broker.init_producer_id(None, None).expect("pid").0;
+        self.producer_id = life.broker.allocate_producer_id().expect("pid").0;
         self.note(format!(
             "setup: segment.bytes={} retention.bytes={}",
             self.segment_bytes, self.retention_bytes

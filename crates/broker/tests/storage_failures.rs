@@ -229,7 +229,7 @@ async fn new_topics_queues_and_metadata_survive_a_power_cut() {
             .produce(records("v"), Acks::All)
             .await
             .expect("acked");
-        let (producer_id, _) = broker.init_producer_id(None, None).expect("producer id");
+        let (producer_id, _) = broker.allocate_producer_id().expect("producer id");
         vhost
             .declare_queue("q", false, true, false, false, FieldTable::default(), 1)
             .expect("declare");
@@ -249,7 +249,7 @@ async fn new_topics_queues_and_metadata_survive_a_power_cut() {
     let (broker, vhost) = open_both(dir.path(), &disk);
     assert_eq!(broker.cluster_id(), cluster_id);
     assert_eq!(values(&broker, "t", 0), ["v"]);
-    let (next_producer_id, _) = broker.init_producer_id(None, None).expect("producer id");
+    let (next_producer_id, _) = broker.allocate_producer_id().expect("producer id");
     assert!(
         next_producer_id > producer_id,
         "producer ids are never reused"

@@ -112,7 +112,12 @@ impl From<BrokerError> for ApiError {
             | BrokerError::InvalidProducerEpoch(_)
             | BrokerError::UnknownProducerId(_)
             | BrokerError::ProducerFenced(_)
+            | BrokerError::InvalidTransactionTimeout(_)
+            | BrokerError::ConcurrentTransactions(_)
+            | BrokerError::InvalidTxnState(_)
+            | BrokerError::InvalidProducerIdMapping(_)
             | BrokerError::Storage(_) => ApiError::Internal(reason),
+            BrokerError::TransactionalIdNotFound(_) => ApiError::NotFound(reason),
         }
     }
 }

@@ -597,6 +597,24 @@ async fn dispatch(
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(delete_records::delete_records(context, version, r).await)
         }
+        RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
+            transactions::add_partitions_to_txn(context, version, r).await,
+        ),
+        RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(
+            transactions::add_offsets_to_txn(context, version, r).await,
+        ),
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+            transactions::txn_offset_commit(context, version, r).await,
+        ),
+        RequestKind::EndTxn(r) => {
+            ResponseKind::EndTxn(transactions::end_txn(context, version, r).await)
+        }
+        RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
+            transactions::describe_transactions(context, version, r).await,
+        ),
+        RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
+            transactions::list_transactions(context, version, r).await,
+        ),
         RequestKind::DescribeLogDirs(r) => ResponseKind::DescribeLogDirs(
             cluster_admin::describe_log_dirs(context, version, r).await,
         ),
@@ -865,6 +883,7 @@ mod tests {
                         ]),
                 ]),
             ),
+            ApiKey::TxnOffsetCommit => default_request(api_key),
             _ => RequestKind::decode(api_key, &mut bytes::Bytes::new(), version)
                 .unwrap_or_else(|_| default_request(api_key)),
         }
@@ -884,6 +903,11 @@ mod tests {
             ApiKey::CreateTopics => RequestKind::CreateTopics(Default::default()),
             ApiKey::DeleteTopics => RequestKind::DeleteTopics(Default::default()),
             ApiKey::InitProducerId => RequestKind::InitProducerId(Default::default()),
+            ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(Default::default()),
+            ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(Default::default()),
+            ApiKey::EndTxn => RequestKind::EndTxn(Default::default()),
+            ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(Default::default()),
+            ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
             ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
             ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
@@ -920,6 +944,15 @@ mod tests {
                             ]),
                     ]),
             ),
+            ApiKey::TxnOffsetCommit => {
+                RequestKind::TxnOffsetCommit(TxnOffsetCommitRequest::default().with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("sample")))
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default(),
+                        ]),
+                ]))
+            }
             ApiKey::DescribeCluster => RequestKind::DescribeCluster(
                 DescribeClusterRequest::default()
                     .with_endpoint_type(1)

@@ -20,6 +20,11 @@ pub fn broker_error_code(error: &BrokerError) -> i16 {
         BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         BrokerError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         BrokerError::ProducerFenced(_) => ResponseError::ProducerFenced,
+        BrokerError::InvalidTransactionTimeout(_) => ResponseError::InvalidTransactionTimeout,
+        BrokerError::ConcurrentTransactions(_) => ResponseError::ConcurrentTransactions,
+        BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
+        BrokerError::InvalidProducerIdMapping(_) => ResponseError::InvalidProducerIdMapping,
+        BrokerError::TransactionalIdNotFound(_) => ResponseError::TransactionalIdNotFound,
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

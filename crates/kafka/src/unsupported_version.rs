@@ -132,6 +132,24 @@ pub fn unsupported_version_response(request: RequestKind, version: i16) -> Optio
         RequestKind::AlterPartitionReassignments(_) => ResponseKind::AlterPartitionReassignments(
             AlterPartitionReassignmentsResponse::default().with_error_code(code),
         ),
+        // Transactions of KIP-890's version 2 (EndTxn v5, AddOffsetsToTxn v4, TxnOffsetCommit v5).
+        RequestKind::AddOffsetsToTxn(_) => ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code)),
+        RequestKind::EndTxn(_) => ResponseKind::EndTxn(EndTxnResponse::default().with_error_code(code)),
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+            TxnOffsetCommitResponse::default().with_topics(
+                r.topics
+                    .into_iter()
+                    .map(|t| {
+                        txn_offset_commit_response::TxnOffsetCommitResponseTopic::default().with_name(t.name).with_partitions(
+                            t.partitions
+                                .into_iter()
+                                .map(|p| txn_offset_commit_response::TxnOffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
         _ => return None,
     };
     Some(response)

@@ -40,6 +40,8 @@ const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 /// The control bit of the attributes: a control batch (transaction marker, or a consensus
 /// entry without records), which consumers skip.
 const ATTRIBUTE_CONTROL: i16 = 0x20;
+/// The transactional bit of the attributes: the batch belongs to a transaction.
+const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 
 const MAGIC_V2: i8 = 2;
 
@@ -100,7 +102,7 @@ impl BatchHeader {
         (self.attributes & 0x07) as u8
     }
     pub fn is_transactional(&self) -> bool {
-        self.attributes & 0x10 != 0
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
     }
     pub fn is_control(&self) -> bool {
         self.attributes & ATTRIBUTE_CONTROL != 0
@@ -292,6 +294,7 @@ pub struct RecordBatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     control: bool,
+    transactional: bool,
 }
 
 impl RecordBatchBuilder {
@@ -302,11 +305,17 @@ impl RecordBatchBuilder {
             producer_epoch: -1,
             base_sequence: -1,
             control: false,
+            transactional: false,
         }
     }
     /// Marks the batch as a control batch (attributes bit 5): consumers skip it.
     pub fn control(&mut self) -> &mut Self {
         self.control = true;
+        self
+    }
+    /// Marks the batch as part of a transaction (attributes bit 4).
+    pub fn transactional(&mut self) -> &mut Self {
+        self.transactional = true;
         self
     }
     /// Record `offset` fields are ignored: records get consecutive offset deltas.
@@ -345,8 +354,14 @@ impl RecordBatchBuilder {
         out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
         out.push(MAGIC_V2 as u8);
         out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
-                                                    // attributes: uncompressed, CreateTime, maybe control
-        let attributes: i16 = if self.control { ATTRIBUTE_CONTROL } else { 0 };
+                                                    // attributes: uncompressed, CreateTime, maybe control and transactional
+        let mut attributes: i16 = 0;
+        if self.control {
+            attributes |= ATTRIBUTE_CONTROL;
+        }
+        if self.transactional {
+            attributes |= ATTRIBUTE_TRANSACTIONAL;
+        }
         out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&last_offset_delta.to_be_bytes());
         out.extend_from_slice(&base_timestamp.to_be_bytes());
@@ -425,6 +440,24 @@ pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
         header.check_shape(rest.len())?;
         let total = header.total_bytes();
         decode_batch_records(&header, &rest[..total], &mut records)?;
+        position += total;
+    }
+    Ok(records)
+}
+
+/// [`decode_records`] without control batches (transaction markers, consensus entries): the
+/// records a reader outside Kafka's protocol (an AMQP stream queue) delivers.
+pub fn decode_data_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
+    let mut records = Vec::new();
+    let mut position = 0;
+    while position < buf.len() {
+        let rest = &buf[position..];
+        let header = BatchHeader::parse(rest)?;
+        header.check_shape(rest.len())?;
+        let total = header.total_bytes();
+        if !header.is_control() {
+            decode_batch_records(&header, &rest[..total], &mut records)?;
+        }
         position += total;
     }
     Ok(records)

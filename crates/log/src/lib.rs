@@ -62,10 +62,11 @@ mod recovery;
 mod segment;
 pub mod storage;
 mod time_index;
+pub mod transaction_marker;
 
 pub use batch::{
-    decode_records, stamp_log_append_time, validate_batches, BatchHeader, Record,
-    RecordBatchBuilder, BATCH_HEADER_BYTES,
+    decode_data_records, decode_records, stamp_log_append_time, validate_batches, BatchHeader,
+    Record, RecordBatchBuilder, BATCH_HEADER_BYTES,
 };
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
@@ -74,3 +75,4 @@ pub use partition_log::{
     AppendInfo, FoundRecords, HighWatermarkPolicy, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC,
 };
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};
+pub use transaction_marker::{transaction_marker, transaction_marker_result, TransactionResult};

@@ -147,6 +147,9 @@ enum ReadLimit {
     HighWatermark,
     /// Replication: everything written.
     LogEnd,
+    /// `read_committed` consumers: never past this offset (the last stable offset), nor the
+    /// high watermark.
+    Below(i64),
 }
 
 /// Histogram of the group commit's fdatasync (one per `sync` round, shared by its callers).
@@ -532,6 +535,12 @@ impl PartitionLog {
         self.read_below(offset, bytes_max, ReadLimit::HighWatermark)
     }
 
+    /// [`PartitionLog::read`] that also stops at `end` (a `read_committed` consumer's last
+    /// stable offset), which must lie on a batch boundary.
+    pub fn read_to(&self, offset: i64, bytes_max: usize, end: i64) -> Result<ReadResult, LogError> {
+        self.read_below(offset, bytes_max, ReadLimit::Below(end))
+    }
+
     /// [`PartitionLog::read`] up to the log end instead of the high watermark, and from the
     /// first segment instead of the log start: batches not yet committed (or synced), or hidden
     /// from consumers by DeleteRecords, for the consensus layer replicating them. Never for
@@ -554,6 +563,7 @@ impl PartitionLog {
             let read_end = match limit {
                 ReadLimit::HighWatermark => high_watermark,
                 ReadLimit::LogEnd => self.log_end_offset.load(Ordering::Acquire),
+                ReadLimit::Below(end) => end.min(high_watermark),
             };
             let result = ReadResult {
                 records: bytes::Bytes::new(),
@@ -564,7 +574,7 @@ impl PartitionLog {
             // Replication may still need batches below a log start moved by DeleteRecords,
             // as long as their segment is there.
             let readable_start = match limit {
-                ReadLimit::HighWatermark => result.log_start_offset,
+                ReadLimit::HighWatermark | ReadLimit::Below(_) => result.log_start_offset,
                 ReadLimit::LogEnd => segments[0].base_offset,
             };
             if offset < readable_start || offset > result.log_end_offset {

@@ -350,6 +350,9 @@ impl Replica {
             high_watermark: read.high_watermark,
             log_start_offset: read.log_start_offset,
             log_end_offset: read.log_end_offset,
+            // Transactions are served on one node only: nothing is ever unstable here.
+            last_stable_offset: read.high_watermark,
+            aborted_transactions: Vec::new(),
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use amq_protocol_types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
-use sluice_log::{decode_records, RecordBatchBuilder};
+use sluice_log::{decode_data_records, RecordBatchBuilder};
 
 use super::message::{value_as_str, Message};
 use super::queue::Consumer;
@@ -163,7 +163,7 @@ impl StreamQueue {
                     }
                     Err(error) => return Err(error.into()),
                 };
-                let records = match decode_records(&fetched.records) {
+                let records = match decode_data_records(&fetched.records) {
                     Ok(records) => records,
                     Err(error) => {
                         return Err(VhostError::PreconditionFailed(format!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
-use sluice_broker::{BrokerError, Partition};
+use sluice_broker::{AbortedTransaction, BrokerError, IsolationLevel, Partition};
 
 use crate::connection::ResponseHold;
 use crate::error_codes::broker_error_code;
@@ -90,6 +90,12 @@ pub async fn fetch(
     };
     let response_bytes_max = requested_bytes_max.min(ctx.config.fetch_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
+    // isolation_level exists from v4 on, which is our minimum.
+    let isolation = if request.isolation_level == 1 {
+        IsolationLevel::ReadCommitted
+    } else {
+        IsolationLevel::ReadUncommitted
+    };
     loop {
         // Register interest before reading, so an append landing in between still wakes us.
         let data_ready = ctx.broker.data_ready().notified();
@@ -132,7 +138,7 @@ pub async fn fetch(
                     partition_responses.push(partition_data(*index, partition));
                     continue;
                 }
-                match partition.fetch(*fetch_offset, bytes_max) {
+                match partition.fetch_isolated(*fetch_offset, bytes_max, isolation) {
                     // The log returns at least one batch, which only the first partition with
                     // data may send past its limit (KIP-74).
                     Ok(fetched) if bytes_total > 0 && fetched.records.len() > bytes_max => {
@@ -145,9 +151,11 @@ pub async fn fetch(
                             PartitionData::default()
                                 .with_partition_index(*index)
                                 .with_high_watermark(fetched.high_watermark)
-                                .with_last_stable_offset(fetched.high_watermark)
+                                .with_last_stable_offset(fetched.last_stable_offset)
                                 .with_log_start_offset(fetched.log_start_offset)
-                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_aborted_transactions(Some(aborted_transactions(
+                                    &fetched.aborted_transactions,
+                                )))
                                 .with_records(Some(fetched.records)),
                         );
                     }
@@ -203,10 +211,23 @@ fn partition_data(index: i32, partition: &Partition) -> PartitionData {
     PartitionData::default()
         .with_partition_index(index)
         .with_high_watermark(partition.high_watermark())
-        .with_last_stable_offset(partition.high_watermark())
+        .with_last_stable_offset(partition.last_stable_offset())
         .with_log_start_offset(partition.log_start_offset())
         .with_aborted_transactions(Some(Vec::new()))
         .with_records(Some(bytes::Bytes::new()))
+}
+
+fn aborted_transactions(
+    aborted: &[AbortedTransaction],
+) -> Vec<kafka_protocol::messages::fetch_response::AbortedTransaction> {
+    aborted
+        .iter()
+        .map(|t| {
+            kafka_protocol::messages::fetch_response::AbortedTransaction::default()
+                .with_producer_id(kafka_protocol::messages::ProducerId(t.producer_id))
+                .with_first_offset(t.first_offset)
+        })
+        .collect()
 }
 
 fn error_data(index: i32, error_code: i16) -> PartitionData {

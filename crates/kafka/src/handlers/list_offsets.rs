@@ -34,6 +34,8 @@ pub async fn list_offsets(
     version: i16,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
+    // read_committed (v2+): the latest offset is the last stable offset.
+    let read_committed = version >= 2 && request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -59,7 +61,12 @@ pub async fn list_offsets(
                             .with_offset(-1)
                             .with_timestamp(-1);
                     }
-                    match offset_in_log(partition.log(), p.timestamp) {
+                    let found = if read_committed && p.timestamp == LATEST {
+                        Ok((partition.last_stable_offset(), -1))
+                    } else {
+                        offset_in_log(partition.log(), p.timestamp)
+                    };
+                    match found {
                         Ok((offset, timestamp)) => {
                             // The leader epoch field exists from v4 on; none for no offset.
                             let leader_epoch = if version >= 4 && offset >= 0 { 0 } else { -1 };

@@ -15,3 +15,4 @@ pub mod producer_id;
 pub mod producers;
 pub mod reassignments;
 pub mod topics;
+pub mod transactions;

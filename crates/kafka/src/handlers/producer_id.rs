@@ -1,5 +1,6 @@
-//! InitProducerId: ids for idempotent producers (transactions are not supported yet, but a
-//! transactional id gets the same id back with a bumped epoch, which fences the old instance).
+//! InitProducerId: ids for idempotent producers; for a transactional id, the transaction
+//! coordinator's id with a bumped epoch, which fences the old instance and aborts its open
+//! transaction.
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
@@ -32,7 +33,12 @@ pub async fn init_producer_id(
     };
     match ctx
         .broker
-        .init_producer_id(transactional_id.as_deref(), claimed)
+        .init_producer_id(
+            transactional_id.as_deref(),
+            request.transaction_timeout_ms,
+            claimed,
+        )
+        .await
     {
         Ok((producer_id, producer_epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))

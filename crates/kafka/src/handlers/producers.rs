@@ -1,6 +1,6 @@
 //! DescribeProducers (KIP-664): the idempotent producers each partition's leader remembers, as
-//! `kafka-transactions describe-producers` shows them. Sluice has no transactions yet, so no
-//! producer has an open transaction and there is no coordinator epoch.
+//! `kafka-transactions describe-producers` shows them, with the first offset of each one's open
+//! transaction.
 
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
@@ -75,6 +75,10 @@ fn producer_state(producer: ActiveProducer) -> ProducerState {
         .with_producer_epoch(i32::from(producer.epoch))
         .with_last_sequence(producer.last_sequence)
         .with_last_timestamp(producer.last_timestamp)
-        .with_coordinator_epoch(-1)
-        .with_current_txn_start_offset(-1)
+        .with_coordinator_epoch(if producer.transaction_first_offset.is_some() {
+            0
+        } else {
+            -1
+        })
+        .with_current_txn_start_offset(producer.transaction_first_offset.unwrap_or(-1))
 }

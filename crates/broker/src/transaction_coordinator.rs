@@ -1,0 +1,609 @@
+//! The transaction coordinator (Kafka's, KIP-98): transactional ids, their producer id and
+//! epoch, and each open transaction's partitions and pending consumer offsets. Every state
+//! change is written to the transaction log (`transaction_log`) before it is answered, so the
+//! coordinator survives a restart: a transaction caught between its decision and its markers
+//! is completed on open, and an open one is aborted once its timeout passes.
+//!
+//! Ending a transaction: the decision is logged (PrepareCommit/PrepareAbort), a marker is
+//! written durably to each of its partitions, a commit's offsets are stored in the offsets log,
+//! and then the completion is logged. Requests for one transactional id are served one at a
+//! time; different ids proceed in parallel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_log::{LogConfig, Storage, TransactionResult};
+
+use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
+use crate::transaction_log::TransactionLog;
+use crate::{now_ms, Broker, BrokerError};
+
+/// The coordinator epoch written in markers: one coordinator per node, never moved.
+const COORDINATOR_EPOCH: i32 = 0;
+
+/// A transactional id's state, named as Kafka's tools print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransactionState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TransactionState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransactionState::Empty => "Empty",
+            TransactionState::Ongoing => "Ongoing",
+            TransactionState::PrepareCommit => "PrepareCommit",
+            TransactionState::PrepareAbort => "PrepareAbort",
+            TransactionState::CompleteCommit => "CompleteCommit",
+            TransactionState::CompleteAbort => "CompleteAbort",
+        }
+    }
+}
+
+/// One offset a transaction commits for a group when it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// What the transaction log keeps for one transactional id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionMetadata {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The id and epoch before the last InitProducerId, so a client retrying that call with
+    /// them (KIP-360) gets the same answer instead of being fenced.
+    pub previous: Option<(i64, i16)>,
+    pub timeout_ms: i32,
+    pub state: TransactionState,
+    /// Partitions of the open (or ending) transaction.
+    pub partitions: BTreeSet<(String, i32)>,
+    /// Offsets to commit per group when the transaction commits.
+    pub pending_offsets: BTreeMap<String, Vec<PendingOffset>>,
+    /// When the open transaction started (0 when none is open).
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl TransactionMetadata {
+    fn check_producer(&self, producer_id: i64, producer_epoch: i16) -> Result<(), BrokerError> {
+        if self.producer_id != producer_id {
+            return Err(BrokerError::InvalidProducerIdMapping(format!(
+                "the transactional id belongs to producer {}, not {producer_id}",
+                self.producer_id
+            )));
+        }
+        if self.producer_epoch != producer_epoch {
+            return Err(BrokerError::ProducerFenced(format!(
+                "producer {producer_id} epoch {producer_epoch} is not the current epoch {}",
+                self.producer_epoch
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_not_ending(&self) -> Result<(), BrokerError> {
+        match self.state {
+            TransactionState::PrepareCommit | TransactionState::PrepareAbort => Err(
+                BrokerError::ConcurrentTransactions("the transaction is being completed".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a transaction if none is open.
+    fn begin(&mut self, now: i64) {
+        if self.state != TransactionState::Ongoing {
+            self.state = TransactionState::Ongoing;
+            self.started_ms = now;
+            self.partitions.clear();
+            self.pending_offsets.clear();
+        }
+        self.updated_ms = now;
+    }
+}
+
+/// One transactional id as DescribeTransactions and ListTransactions report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionDescription {
+    pub transactional_id: String,
+    pub metadata: TransactionMetadata,
+}
+
+pub struct TransactionCoordinator {
+    log: TransactionLog,
+    states: Mutex<HashMap<String, TransactionMetadata>>,
+    /// One lock per transactional id, held across a request's writes (markers included).
+    id_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    max_timeout_ms: i32,
+}
+
+impl TransactionCoordinator {
+    pub(crate) fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        log_config: LogConfig,
+        max_timeout_ms: i32,
+    ) -> Result<TransactionCoordinator, BrokerError> {
+        let (log, states) = TransactionLog::open(storage, dir, log_config)?;
+        if !states.is_empty() {
+            tracing::info!(
+                transactional_ids = states.len(),
+                "loaded transaction states"
+            );
+        }
+        Ok(TransactionCoordinator {
+            log,
+            states: Mutex::new(states),
+            id_locks: Mutex::new(HashMap::new()),
+            max_timeout_ms,
+        })
+    }
+
+    fn id_lock(&self, transactional_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            self.id_locks
+                .lock()
+                .entry(transactional_id.to_string())
+                .or_default(),
+        )
+    }
+
+    fn state(&self, transactional_id: &str) -> Option<TransactionMetadata> {
+        self.states.lock().get(transactional_id).cloned()
+    }
+
+    /// Logs `metadata` durably, then makes it the current state.
+    async fn save(
+        &self,
+        transactional_id: &str,
+        metadata: TransactionMetadata,
+    ) -> Result<(), BrokerError> {
+        self.log.write(transactional_id, Some(&metadata)).await?;
+        self.states
+            .lock()
+            .insert(transactional_id.to_string(), metadata);
+        Ok(())
+    }
+
+    /// InitProducerId with a transactional id: the id's producer id with a new epoch, which
+    /// fences every older instance; an open transaction of the old instance is aborted first.
+    pub(crate) async fn init_producer_id(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        timeout_ms: i32,
+        claimed: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), BrokerError> {
+        if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
+            return Err(BrokerError::InvalidTransactionTimeout(
+                "The transaction timeout is larger than the maximum value allowed by the broker \
+                 (as configured by transaction.max.timeout.ms)."
+                    .into(),
+            ));
+        }
+        let lock = self.id_lock(transactional_id);
+        let _held = lock.lock().await;
+        let now = now_ms();
+        let Some(mut metadata) = self.state(transactional_id) else {
+            let (producer_id, _) = broker.allocate_producer_id()?;
+            let metadata = TransactionMetadata {
+                producer_id,
+                producer_epoch: 0,
+                previous: None,
+                timeout_ms,
+                state: TransactionState::Empty,
+                partitions: BTreeSet::new(),
+                pending_offsets: BTreeMap::new(),
+                started_ms: 0,
+                updated_ms: now,
+            };
+            self.save(transactional_id, metadata).await?;
+            return Ok((producer_id, 0));
+        };
+        if let Some(claimed) = claimed {
+            let current = (metadata.producer_id, metadata.producer_epoch);
+            if metadata.previous == Some(claimed) && metadata.state == TransactionState::Empty {
+                // A retry of the call that bumped the epoch.
+                return Ok(current);
+            }
+            if claimed != current {
+                return Err(BrokerError::ProducerFenced(format!(
+                    "transactional id {transactional_id}: producer {} epoch {} is not the current producer {} epoch {}",
+                    claimed.0, claimed.1, current.0, current.1
+                )));
+            }
+        }
+        if matches!(
+            metadata.state,
+            TransactionState::Ongoing | TransactionState::PrepareAbort
+        ) {
+            // The old instance's transaction is aborted under a new epoch, which also fences
+            // its late writes on every partition.
+            metadata = self
+                .abort_fenced(broker, transactional_id, metadata)
+                .await?;
+        } else if metadata.state == TransactionState::PrepareCommit {
+            metadata = self
+                .complete(
+                    broker,
+                    transactional_id,
+                    metadata,
+                    TransactionResult::Commit,
+                )
+                .await?;
+        }
+        let previous = (metadata.producer_id, metadata.producer_epoch);
+        let (producer_id, producer_epoch) = next_epoch(broker, previous)?;
+        metadata.producer_id = producer_id;
+        metadata.producer_epoch = producer_epoch;
+        metadata.previous = Some(previous);
+        metadata.timeout_ms = timeout_ms;
+        metadata.state = TransactionState::Empty;
+        metadata.partitions.clear();
+        metadata.pending_offsets.clear();
+        metadata.started_ms = 0;
+        metadata.updated_ms = now;
+        self.save(transactional_id, metadata).await?;
+        Ok((producer_id, producer_epoch))
+    }
+
+    /// The metadata of `transactional_id` if `producer_id` at `producer_epoch` holds it and
+    /// its transaction is not ending.
+    fn checked(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<TransactionMetadata, BrokerError> {
+        let metadata = self.state(transactional_id).ok_or_else(|| {
+            BrokerError::InvalidProducerIdMapping(format!(
+                "unknown transactional id {transactional_id}"
+            ))
+        })?;
+        metadata.check_producer(producer_id, producer_epoch)?;
+        metadata.check_not_ending()?;
+        Ok(metadata)
+    }
+
+    /// AddPartitionsToTxn: the partitions join the open transaction (which opens if needed).
+    /// The caller checked that they exist.
+    pub(crate) async fn add_partitions(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<(), BrokerError> {
+        let lock = self.id_lock(transactional_id);
+        let _held = lock.lock().await;
+        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        if metadata.state == TransactionState::Ongoing
+            && partitions.iter().all(|p| metadata.partitions.contains(p))
+        {
+            return Ok(());
+        }
+        metadata.begin(now_ms());
+        metadata.partitions.extend(partitions.iter().cloned());
+        self.save(transactional_id, metadata).await
+    }
+
+    /// AddOffsetsToTxn: the group's offsets will be committed with the transaction.
+    pub(crate) async fn add_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group_id: &str,
+    ) -> Result<(), BrokerError> {
+        let lock = self.id_lock(transactional_id);
+        let _held = lock.lock().await;
+        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        if metadata.state == TransactionState::Ongoing
+            && metadata.pending_offsets.contains_key(group_id)
+        {
+            return Ok(());
+        }
+        metadata.begin(now_ms());
+        metadata
+            .pending_offsets
+            .entry(group_id.to_string())
+            .or_default();
+        self.save(transactional_id, metadata).await
+    }
+
+    /// TxnOffsetCommit: offsets kept with the transaction, stored for the group when (and
+    /// only if) it commits. The caller validated the group membership and the metadata sizes.
+    pub(crate) async fn add_pending_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group_id: &str,
+        offsets: Vec<PendingOffset>,
+    ) -> Result<(), BrokerError> {
+        let lock = self.id_lock(transactional_id);
+        let _held = lock.lock().await;
+        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        metadata.begin(now_ms());
+        let pending = metadata
+            .pending_offsets
+            .entry(group_id.to_string())
+            .or_default();
+        for offset in offsets {
+            pending.retain(|p| !(p.topic == offset.topic && p.partition == offset.partition));
+            pending.push(offset);
+        }
+        self.save(transactional_id, metadata).await
+    }
+
+    /// EndTxn: commits or aborts the open transaction. A retry of a completed EndTxn with
+    /// the same result succeeds again.
+    pub(crate) async fn end_transaction(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+    ) -> Result<(), BrokerError> {
+        let lock = self.id_lock(transactional_id);
+        let _held = lock.lock().await;
+        let metadata = self.state(transactional_id).ok_or_else(|| {
+            BrokerError::InvalidProducerIdMapping(format!(
+                "unknown transactional id {transactional_id}"
+            ))
+        })?;
+        metadata.check_producer(producer_id, producer_epoch)?;
+        let wrong_state = || {
+            BrokerError::InvalidTxnState(format!(
+                "cannot {} a transaction in state {}",
+                match result {
+                    TransactionResult::Commit => "commit",
+                    TransactionResult::Abort => "abort",
+                },
+                metadata.state.name()
+            ))
+        };
+        match (metadata.state, result) {
+            (TransactionState::Ongoing, _)
+            | (TransactionState::PrepareCommit, TransactionResult::Commit)
+            | (TransactionState::PrepareAbort, TransactionResult::Abort) => {
+                self.complete(broker, transactional_id, metadata, result)
+                    .await?;
+                Ok(())
+            }
+            (TransactionState::CompleteCommit, TransactionResult::Commit)
+            | (TransactionState::CompleteAbort, TransactionResult::Abort) => Ok(()),
+            _ => Err(wrong_state()),
+        }
+    }
+
+    /// Logs the decision, writes the markers, stores a commit's offsets and logs completion.
+    async fn complete(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        mut metadata: TransactionMetadata,
+        result: TransactionResult,
+    ) -> Result<TransactionMetadata, BrokerError> {
+        let prepared = match result {
+            TransactionResult::Commit => TransactionState::PrepareCommit,
+            TransactionResult::Abort => TransactionState::PrepareAbort,
+        };
+        if metadata.state != prepared {
+            metadata.state = prepared;
+            metadata.updated_ms = now_ms();
+            self.save(transactional_id, metadata.clone()).await?;
+        }
+        let markers = metadata.partitions.iter().map(|(topic, index)| {
+            let partition = broker.topic(topic).and_then(|t| t.partition(*index));
+            let (producer_id, producer_epoch) = (metadata.producer_id, metadata.producer_epoch);
+            async move {
+                // A partition deleted meanwhile has nothing left to mark.
+                let Some(partition) = partition else {
+                    return Ok(());
+                };
+                partition
+                    .write_transaction_marker(
+                        producer_id,
+                        producer_epoch,
+                        result,
+                        COORDINATOR_EPOCH,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        });
+        for written in futures::future::join_all(markers).await {
+            written?;
+        }
+        if result == TransactionResult::Commit {
+            for (group_id, offsets) in &metadata.pending_offsets {
+                if offsets.is_empty() {
+                    continue;
+                }
+                let offsets: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+                    .iter()
+                    .map(|o| {
+                        (
+                            TopicPartition {
+                                topic: o.topic.clone(),
+                                partition: o.partition,
+                            },
+                            OffsetAndMetadata {
+                                offset: o.offset,
+                                leader_epoch: o.leader_epoch,
+                                metadata: o.metadata.clone(),
+                                commit_timestamp_ms: now_ms(),
+                            },
+                        )
+                    })
+                    .collect();
+                broker
+                    .groups()
+                    .store_transactional_offsets(group_id, &offsets)
+                    .await
+                    .map_err(|e| BrokerError::storage_io(format!("storing offsets: {e}")))?;
+            }
+        }
+        metadata.state = match result {
+            TransactionResult::Commit => TransactionState::CompleteCommit,
+            TransactionResult::Abort => TransactionState::CompleteAbort,
+        };
+        metadata.partitions.clear();
+        metadata.pending_offsets.clear();
+        metadata.started_ms = 0;
+        metadata.updated_ms = now_ms();
+        self.save(transactional_id, metadata.clone()).await?;
+        Ok(metadata)
+    }
+
+    /// Aborts the open transaction under the next epoch (the old instance is fenced).
+    async fn abort_fenced(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        mut metadata: TransactionMetadata,
+    ) -> Result<TransactionMetadata, BrokerError> {
+        if metadata.state == TransactionState::Ongoing {
+            let previous = (metadata.producer_id, metadata.producer_epoch);
+            let (producer_id, producer_epoch) = next_epoch(broker, previous)?;
+            if producer_id != metadata.producer_id {
+                // The epoch space is spent: the markers go out under the old epoch.
+                metadata.previous = Some(previous);
+            } else {
+                metadata.producer_epoch = producer_epoch;
+                metadata.previous = Some(previous);
+            }
+        }
+        self.complete(broker, transactional_id, metadata, TransactionResult::Abort)
+            .await
+    }
+
+    /// Aborts every open transaction past its timeout; returns how many.
+    pub(crate) async fn abort_timed_out(&self, broker: &Broker) -> usize {
+        let now = now_ms();
+        let expired: Vec<String> = self
+            .states
+            .lock()
+            .iter()
+            .filter(|(_, m)| {
+                m.state == TransactionState::Ongoing
+                    && now.saturating_sub(m.started_ms) > i64::from(m.timeout_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut aborted = 0;
+        for transactional_id in expired {
+            let lock = self.id_lock(&transactional_id);
+            let _held = lock.lock().await;
+            let Some(metadata) = self.state(&transactional_id) else {
+                continue;
+            };
+            let still_expired = metadata.state == TransactionState::Ongoing
+                && now_ms().saturating_sub(metadata.started_ms) > i64::from(metadata.timeout_ms);
+            if !still_expired {
+                continue;
+            }
+            match self.abort_fenced(broker, &transactional_id, metadata).await {
+                Ok(_) => {
+                    aborted += 1;
+                    tracing::info!(transactional_id, "aborted a transaction past its timeout");
+                }
+                Err(error) => {
+                    tracing::warn!(transactional_id, %error, "aborting a timed-out transaction failed")
+                }
+            }
+        }
+        aborted
+    }
+
+    /// Completes the transactions whose decision was logged before a restart.
+    pub(crate) async fn complete_prepared(&self, broker: &Broker) {
+        let prepared: Vec<(String, TransactionMetadata)> = self
+            .states
+            .lock()
+            .iter()
+            .filter(|(_, m)| {
+                matches!(
+                    m.state,
+                    TransactionState::PrepareCommit | TransactionState::PrepareAbort
+                )
+            })
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        for (transactional_id, metadata) in prepared {
+            let lock = self.id_lock(&transactional_id);
+            let _held = lock.lock().await;
+            let result = match metadata.state {
+                TransactionState::PrepareCommit => TransactionResult::Commit,
+                _ => TransactionResult::Abort,
+            };
+            if let Err(error) = self
+                .complete(broker, &transactional_id, metadata, result)
+                .await
+            {
+                tracing::warn!(transactional_id, %error, "completing a prepared transaction failed");
+            }
+        }
+    }
+
+    /// Compacts the transaction log when it is mostly dead records.
+    pub(crate) fn compact_if_needed(&self) -> Result<bool, BrokerError> {
+        let states = self.states.lock();
+        self.log.compact_if_needed(&states)
+    }
+
+    /// The transactional ids asked for, `None` for those unknown here.
+    pub fn describe(
+        &self,
+        transactional_ids: &[String],
+    ) -> Vec<(String, Option<TransactionMetadata>)> {
+        let states = self.states.lock();
+        transactional_ids
+            .iter()
+            .map(|id| (id.clone(), states.get(id).cloned()))
+            .collect()
+    }
+
+    /// Every transactional id, sorted.
+    pub fn list(&self) -> Vec<TransactionDescription> {
+        let mut all: Vec<TransactionDescription> = self
+            .states
+            .lock()
+            .iter()
+            .map(|(id, metadata)| TransactionDescription {
+                transactional_id: id.clone(),
+                metadata: metadata.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        all
+    }
+
+    pub(crate) fn flush(&self) -> Result<(), BrokerError> {
+        self.log.flush()
+    }
+}
+
+/// The epoch after `current`, or a fresh producer id once the epoch space is spent.
+fn next_epoch(broker: &Broker, current: (i64, i16)) -> Result<(i64, i16), BrokerError> {
+    if current.1 >= i16::MAX - 1 {
+        broker.allocate_producer_id()
+    } else {
+        Ok((current.0, current.1 + 1))
+    }
+}

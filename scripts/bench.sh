@@ -16,12 +16,21 @@
 # p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
 # N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
 # broker logs in DIR.
+#
+# BENCH_KAFKA=1 (or `scripts/bench.sh --kafka`) runs the comparison with Apache Kafka instead
+# (scripts/bench_kafka.py): Sluice with fsync=batch, Kafka with its defaults (no fsync before the
+# acknowledgement) and Kafka with log.flush.interval.messages=1, each through sluice-bench
+# (100 B and 1 KiB, 1 and 8 partitions, acks=all, and the latency at 20,000 msgs/s) and Kafka's
+# kafka-producer-perf-test / kafka-consumer-perf-test; a table at the end. Kafka's jars are the
+# ones scripts/test resolves for the differential suite. BENCH_OUT=DIR keeps the raw outputs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SECS="${BENCH_SECS:-10}"
 CLUSTER="${BENCH_CLUSTER:-0}"
 if [ "${1:-}" = --cluster ]; then CLUSTER=1; fi
+KAFKA_COMPARISON="${BENCH_KAFKA:-0}"
+if [ "${1:-}" = --kafka ]; then KAFKA_COMPARISON=1; fi
 if [ "${BENCH_BUILD:-1}" != 0 ]; then cargo build --release -p sluice-server -p sluice-bench; fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SLUICE="${SLUICE_BIN:-$TARGET_DIR/release/sluice}"
@@ -62,6 +71,15 @@ run() { # label, then sluice-bench kafka flags
     printf '\n### %s\n' "$label"
     "$BENCH" kafka --bootstrap "127.0.0.1:$PORT" --create-topic --no-progress --duration-secs "$SECS" "$@"
 }
+
+if [ "$KAFKA_COMPARISON" = 1 ]; then
+    PY="$ROOT/.venv/bin/python"
+    [ -x "$PY" ] || { echo "no venv at $ROOT/.venv: run scripts/test once" >&2; exit 1; }
+    OUT="${BENCH_OUT:-$WORK/out}"
+    "$PY" "$ROOT/scripts/bench_kafka.py" --sluice "$SLUICE" --bench "$BENCH" --out "$OUT" \
+        --secs "$SECS" --work-dir "$WORK"
+    exit 0
+fi
 
 if [ "$CLUSTER" = 1 ]; then
     PY="$ROOT/.venv/bin/python"

@@ -19,6 +19,8 @@ from kafka.protocol.consumer import (
 from kafka.protocol.metadata import (
     ApiVersionsRequest,
     ApiVersionsResponse,
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
     MetadataRequest,
     MetadataResponse,
 )
@@ -62,7 +64,8 @@ class ConnectionClosed(Exception):
 class KafkaWire:
     """One TCP connection speaking Kafka frames, with a bound on every wait."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "sluice-wire"):
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "sluice-wire",
+                 version_caps: dict[int, int] | None = None):
         host, port = bootstrap.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -70,6 +73,7 @@ class KafkaWire:
         self.client_id = client_id
         self.correlation_id = 0
         self.api_versions = None  # api_key -> (min, max), filled by negotiate()
+        self.version_caps = {**VERSION_CAPS, **(version_caps or {})}
 
     def close(self):
         self.sock.close()
@@ -141,7 +145,7 @@ class KafkaWire:
         key = request_class.API_KEY
         assert key in self.api_versions, f"broker does not advertise api key {key}"
         broker_min, broker_max = self.api_versions[key]
-        version = min(broker_max, request_class.max_version, VERSION_CAPS.get(key, 1 << 15))
+        version = min(broker_max, request_class.max_version, self.version_caps.get(key, 1 << 15))
         assert version >= broker_min, (
             f"no common version of api {key}: broker {broker_min}-{broker_max}, "
             f"test client up to {version}")
@@ -165,21 +169,27 @@ class KafkaWire:
 
     def init_producer_id(self, transactional_id=None, timeout_ms=60000, retry_s=30):
         # A broker that has just started may still be loading its coordinators: retry those
-        # answers (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE) as clients do.
+        # answers (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE) as clients do. A
+        # transactional id is looked up first (FindCoordinator makes Kafka create its
+        # transaction log; until then it answers NOT_COORDINATOR).
         deadline = time.monotonic() + retry_s
         while True:
+            if transactional_id is not None:
+                self.request(FindCoordinatorRequest(
+                    key_type=1, key=transactional_id, coordinator_keys=[transactional_id]))
             response = self.request(InitProducerIdRequest(
                 transactional_id=transactional_id, transaction_timeout_ms=timeout_ms))
-            if response.error_code not in (14, 15) or time.monotonic() > deadline:
+            if response.error_code not in (14, 15, 16) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert response.error_code == ERROR_NONE, f"InitProducerId failed: {response}"
         return response.producer_id, response.producer_epoch
 
-    def produce(self, topic: str, partition: int, records: bytes, acks: int = -1):
+    def produce(self, topic: str, partition: int, records: bytes, acks: int = -1,
+                transactional_id: str | None = None):
         """Produce one record batch; returns the partition's response."""
         request = ProduceRequest(
-            transactional_id=None, acks=acks, timeout_ms=10000,
+            transactional_id=transactional_id, acks=acks, timeout_ms=10000,
             topic_data=[ProduceRequest.TopicProduceData(
                 name=topic,
                 partition_data=[ProduceRequest.TopicProduceData.PartitionProduceData(
@@ -230,14 +240,15 @@ RESPONSE_CLASSES = {
     FetchRequest: FetchResponse,
     ListOffsetsRequest: ListOffsetsResponse,
     InitProducerIdRequest: InitProducerIdResponse,
+    FindCoordinatorRequest: FindCoordinatorResponse,
 }
 
 
 def record_batch(values, producer_id=-1, producer_epoch=-1, base_sequence=-1,
-                 timestamp_ms=None, compression_type=0) -> bytes:
+                 timestamp_ms=None, compression_type=0, transactional=False) -> bytes:
     """A record batch v2 holding `values` (keyless), with a correct CRC-32C."""
     builder = DefaultRecordBatchBuilder(
-        magic=2, compression_type=compression_type, is_transactional=0,
+        magic=2, compression_type=compression_type, is_transactional=int(transactional),
         producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
         batch_size=64 << 20)
     if timestamp_ms is None:

@@ -8,7 +8,11 @@ import time
 import pytest
 from confluent_kafka import (Consumer, KafkaError, KafkaException, TopicPartition)
 
-from kafka_wire import ERROR_NONE, KafkaWire
+from kafka_wire import API_KEY_PRODUCE, ERROR_NONE, KafkaWire, record_batch
+
+ERROR_INVALID_TXN_STATE = 48
+ERROR_INVALID_PRODUCER_ID_MAPPING = 49
+ERROR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 READ_COMMITTED = "read_committed"
 READ_UNCOMMITTED = "read_uncommitted"
@@ -251,3 +255,30 @@ def test_the_coordinator_survives_kill_9_and_the_next_instance_aborts_what_was_o
         [b"committed", b"after"]
     assert values_of(consume_to_end(kafka, topic, 1, READ_UNCOMMITTED)) == \
         [b"committed", b"open-at-the-crash", b"after"]
+
+
+@pytest.mark.timeout(60)
+def test_a_transactional_batch_outside_a_transaction_is_refused(kafka):
+    """Verified as Kafka does since KIP-890: a transactional batch is appended only to a
+    partition its producer's open transaction holds. Otherwise no marker would ever end it and
+    the partition's last stable offset would stay behind it forever."""
+    topic = kafka.create_topic()
+    transactional_id = kafka.name("tx")
+    # Produce v9, the newest Sluice speaks: from v12 on (transactions version 2) Kafka adds
+    # the partition to the transaction itself.
+    with KafkaWire(kafka.bootstrap, version_caps={API_KEY_PRODUCE: 9}) as wire:
+        producer_id, epoch = wire.init_producer_id(transactional_id=transactional_id)
+        batch = record_batch([b"x"], producer_id, epoch, 0, transactional=True)
+        never_added = wire.produce(topic, 0, batch, transactional_id=transactional_id)
+        assert never_added.error_code == ERROR_INVALID_TXN_STATE, never_added
+        # A request carrying transactional batches must name its transactional id.
+        unnamed = wire.produce(topic, 0, batch)
+        assert unnamed.error_code == ERROR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, unnamed
+        idempotent_id, idempotent_epoch = wire.init_producer_id()
+        not_transactional = wire.produce(
+            topic, 0, record_batch([b"y"], idempotent_id, idempotent_epoch, 0,
+                                   transactional=True),
+            transactional_id=kafka.name("tx"))
+        assert not_transactional.error_code == ERROR_INVALID_PRODUCER_ID_MAPPING, \
+            not_transactional
+    assert latest_offsets(kafka, topic, 0) == (0, 0)

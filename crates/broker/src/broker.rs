@@ -464,6 +464,37 @@ impl Broker {
         self.producer_ids.allocate(None, None)
     }
 
+    /// Refuses a produce whose batches are transactional unless the request names the
+    /// transactional id whose open transaction holds the partition (see
+    /// `TransactionCoordinator::verify_transactional_append`).
+    pub fn verify_transactional_produce(
+        &self,
+        transactional_id: Option<&str>,
+        topic: &str,
+        partition: i32,
+        records: &[u8],
+    ) -> Result<(), BrokerError> {
+        // Produce validates every batch; only the first header is needed here (a producer's
+        // request holds one batch per partition, of one producer).
+        match sluice_log::BatchHeader::parse(records) {
+            Ok(header) if header.is_transactional() => {
+                let transactional_id = transactional_id.ok_or_else(|| {
+                    BrokerError::TransactionalIdAuthorizationFailed(
+                        "transactional records without a transactional id".into(),
+                    )
+                })?;
+                self.transactions.verify_transactional_append(
+                    transactional_id,
+                    header.producer_id,
+                    header.producer_epoch,
+                    topic,
+                    partition,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// AddPartitionsToTxn; the partitions must exist.
     pub async fn add_partitions_to_transaction(
         &self,

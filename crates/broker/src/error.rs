@@ -98,6 +98,9 @@ pub enum BrokerError {
     InvalidProducerIdMapping(String),
     #[error("transactional id not found: {0}")]
     TransactionalIdNotFound(String),
+    /// Kafka's answer to transactional records sent without a transactional id.
+    #[error("transactional id authorization failed: {0}")]
+    TransactionalIdAuthorizationFailed(String),
     #[error("storage error: {0}")]
     Storage(StorageFailure),
 }

@@ -260,6 +260,47 @@ impl TransactionCoordinator {
         Ok((producer_id, producer_epoch))
     }
 
+    /// Whether a transactional batch of `producer_id` at `producer_epoch`, sent under
+    /// `transactional_id`, may be appended to `topic`-`partition`: only inside that id's open
+    /// transaction, after AddPartitionsToTxn named the partition (as Kafka verifies since
+    /// KIP-890). Without this a batch no marker will ever end would hold the partition's last
+    /// stable offset forever.
+    pub fn verify_transactional_append(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), BrokerError> {
+        let metadata = self
+            .state(transactional_id)
+            .filter(|m| m.producer_id == producer_id)
+            .ok_or_else(|| {
+                BrokerError::InvalidProducerIdMapping(format!(
+                    "producer {producer_id} does not hold transactional id {transactional_id}"
+                ))
+            })?;
+        if producer_epoch < metadata.producer_epoch {
+            return Err(BrokerError::InvalidProducerEpoch(format!(
+                "producer {producer_id} epoch {producer_epoch} is older than the current epoch {}",
+                metadata.producer_epoch
+            )));
+        }
+        let added = metadata.state == TransactionState::Ongoing
+            && producer_epoch == metadata.producer_epoch
+            && metadata
+                .partitions
+                .contains(&(topic.to_string(), partition));
+        if added {
+            Ok(())
+        } else {
+            Err(BrokerError::InvalidTxnState(format!(
+                "{topic}-{partition} is not part of an ongoing transaction of {transactional_id}"
+            )))
+        }
+    }
+
     /// The metadata of `transactional_id` if `producer_id` at `producer_epoch` holds it and
     /// its transaction is not ending.
     fn checked(

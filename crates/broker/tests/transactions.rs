@@ -264,6 +264,26 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         matches!(stale, Err(BrokerError::ProducerFenced(_))),
         "{stale:?}"
     );
+    // A transactional batch outside an open transaction holding its partition is refused.
+    let batch = transactional_batch(producer_id, bumped, 0, &["x"]);
+    let outside = broker.verify_transactional_produce(Some("tx"), "t", 0, &batch);
+    assert!(
+        matches!(outside, Err(BrokerError::InvalidTxnState(_))),
+        "{outside:?}"
+    );
+    let unnamed = broker.verify_transactional_produce(None, "t", 0, &batch);
+    assert!(
+        matches!(
+            unnamed,
+            Err(BrokerError::TransactionalIdAuthorizationFailed(_))
+        ),
+        "{unnamed:?}"
+    );
+    let other = broker.verify_transactional_produce(Some("other"), "t", 0, &batch);
+    assert!(
+        matches!(other, Err(BrokerError::InvalidProducerIdMapping(_))),
+        "{other:?}"
+    );
     // Nothing is open: there is nothing to commit.
     let empty = broker
         .end_transaction("tx", producer_id, bumped, TransactionResult::Commit)

@@ -118,6 +118,7 @@ impl From<BrokerError> for ApiError {
             | BrokerError::InvalidProducerIdMapping(_)
             | BrokerError::Storage(_) => ApiError::Internal(reason),
             BrokerError::TransactionalIdNotFound(_) => ApiError::NotFound(reason),
+            BrokerError::TransactionalIdAuthorizationFailed(_) => ApiError::Forbidden(reason),
         }
     }
 }

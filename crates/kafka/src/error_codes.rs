@@ -25,6 +25,9 @@ pub fn broker_error_code(error: &BrokerError) -> i16 {
         BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         BrokerError::InvalidProducerIdMapping(_) => ResponseError::InvalidProducerIdMapping,
         BrokerError::TransactionalIdNotFound(_) => ResponseError::TransactionalIdNotFound,
+        BrokerError::TransactionalIdAuthorizationFailed(_) => {
+            ResponseError::TransactionalIdAuthorizationFailed
+        }
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

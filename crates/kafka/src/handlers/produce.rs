@@ -30,6 +30,8 @@ pub async fn produce(
         -1 => Some(Acks::All),
         _ => None,
     };
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.to_string());
+    let transactional_id = &transactional_id;
     let mut topic_futures = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.clone();
@@ -60,6 +62,19 @@ pub async fn produce(
                         Some("no records".into()),
                     );
                 };
+                if let Err(error) = ctx.broker.verify_transactional_produce(
+                    transactional_id.as_deref(),
+                    topic.name(),
+                    index,
+                    &records,
+                ) {
+                    log_produce_error(&error, topic.name(), index);
+                    return error_response(
+                        index,
+                        broker_error_code(&error),
+                        Some(error.to_string()),
+                    );
+                }
                 match partition.produce(BytesMut::from(records), acks).await {
                     Ok(outcome) => PartitionProduceResponse::default()
                         .with_index(index)

@@ -11,7 +11,7 @@ use crate::producer_id::ProducerIdAllocator;
 use crate::topic::validate_topic_name;
 use crate::topic_config::{ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
-use crate::transaction_coordinator::{PendingOffset, TransactionCoordinator};
+use crate::transaction_coordinator::{PendingOffset, TransactionCoordinator, TransactionalAppend};
 use crate::{
     now_ms, BrokerConfig, BrokerError, ConnectionRegistry, GroupCoordinator, Partition, Topic,
     TrafficTotals,
@@ -466,14 +466,15 @@ impl Broker {
 
     /// Refuses a produce whose batches are transactional unless the request names the
     /// transactional id whose open transaction holds the partition (see
-    /// `TransactionCoordinator::verify_transactional_append`).
+    /// `TransactionCoordinator::verify_transactional_append`). The caller holds what it
+    /// returns until the append is durable.
     pub fn verify_transactional_produce(
         &self,
         transactional_id: Option<&str>,
         topic: &str,
         partition: i32,
         records: &[u8],
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<TransactionalAppend>, BrokerError> {
         // Produce validates every batch; only the first header is needed here (a producer's
         // request holds one batch per partition, of one producer).
         match sluice_log::BatchHeader::parse(records) {
@@ -483,15 +484,17 @@ impl Broker {
                         "transactional records without a transactional id".into(),
                     )
                 })?;
-                self.transactions.verify_transactional_append(
-                    transactional_id,
-                    header.producer_id,
-                    header.producer_epoch,
-                    topic,
-                    partition,
-                )
+                self.transactions
+                    .verify_transactional_append(
+                        transactional_id,
+                        header.producer_id,
+                        header.producer_epoch,
+                        topic,
+                        partition,
+                    )
+                    .map(Some)
             }
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
 

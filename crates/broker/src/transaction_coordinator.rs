@@ -115,6 +115,13 @@ impl TransactionMetadata {
     }
 }
 
+/// Held by a verified transactional produce until its appends are durable: the transaction's
+/// markers are written only after it is dropped.
+#[derive(Debug)]
+pub struct TransactionalAppend {
+    _held: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
 /// One transactional id as DescribeTransactions and ListTransactions report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransactionDescription {
@@ -127,6 +134,9 @@ pub struct TransactionCoordinator {
     states: Mutex<HashMap<String, TransactionMetadata>>,
     /// One lock per transactional id, held across a request's writes (markers included).
     id_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per transactional id: shared by its produces until their appends are durable,
+    /// exclusive while markers are written, so no batch lands after its transaction's marker.
+    append_gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     max_timeout_ms: i32,
 }
 
@@ -148,6 +158,7 @@ impl TransactionCoordinator {
             log,
             states: Mutex::new(states),
             id_locks: Mutex::new(HashMap::new()),
+            append_gates: Mutex::new(HashMap::new()),
             max_timeout_ms,
         })
     }
@@ -155,6 +166,15 @@ impl TransactionCoordinator {
     fn id_lock(&self, transactional_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(
             self.id_locks
+                .lock()
+                .entry(transactional_id.to_string())
+                .or_default(),
+        )
+    }
+
+    fn append_gate(&self, transactional_id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        Arc::clone(
+            self.append_gates
                 .lock()
                 .entry(transactional_id.to_string())
                 .or_default(),
@@ -272,7 +292,16 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         topic: &str,
         partition: i32,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<TransactionalAppend, BrokerError> {
+        // Taken before the check: markers written after it wait for this append.
+        let held = self
+            .append_gate(transactional_id)
+            .try_read_owned()
+            .map_err(|_| {
+                BrokerError::InvalidTxnState(format!(
+                    "the transaction of {transactional_id} is ending"
+                ))
+            })?;
         let metadata = self
             .state(transactional_id)
             .filter(|m| m.producer_id == producer_id)
@@ -293,7 +322,7 @@ impl TransactionCoordinator {
                 .partitions
                 .contains(&(topic.to_string(), partition));
         if added {
-            Ok(())
+            Ok(TransactionalAppend { _held: held })
         } else {
             Err(BrokerError::InvalidTxnState(format!(
                 "{topic}-{partition} is not part of an ongoing transaction of {transactional_id}"
@@ -449,6 +478,8 @@ impl TransactionCoordinator {
             metadata.updated_ms = now_ms();
             self.save(transactional_id, metadata.clone()).await?;
         }
+        // Appends of this transaction still in flight finish first; later ones are refused.
+        let _no_appends = self.append_gate(transactional_id).write_owned().await;
         let markers = metadata.partitions.iter().map(|(topic, index)| {
             let partition = broker.topic(topic).and_then(|t| t.partition(*index));
             let (producer_id, producer_epoch) = (metadata.producer_id, metadata.producer_epoch);

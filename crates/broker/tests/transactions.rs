@@ -299,3 +299,54 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         .expect("retried init");
     assert_eq!(retried, (producer_id, bumped));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_wait_for_the_transactions_appends_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SimDisk::new(24);
+    let broker = open_broker(dir.path(), &disk, |_| {});
+    broker
+        .create_topic("t", 1, BTreeMap::new(), false)
+        .expect("topic");
+    let (producer_id, epoch) = broker
+        .init_producer_id(Some("tx"), TIMEOUT_MS, None)
+        .await
+        .expect("init");
+    broker
+        .add_partitions_to_transaction("tx", producer_id, epoch, &[("t".to_string(), 0)])
+        .await
+        .expect("add partitions");
+    let batch = transactional_batch(producer_id, epoch, 0, &["in flight"]);
+    let in_flight = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch)
+        .expect("verified")
+        .expect("transactional");
+    let ending = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            broker
+                .end_transaction("tx", producer_id, epoch, TransactionResult::Commit)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !ending.is_finished(),
+        "the marker waits for the append in flight"
+    );
+    // Meanwhile a new append of the ending transaction is refused.
+    let late = broker.verify_transactional_produce(Some("tx"), "t", 0, &batch);
+    assert!(
+        matches!(late, Err(BrokerError::InvalidTxnState(_))),
+        "{late:?}"
+    );
+    broker
+        .partition("t", 0)
+        .expect("partition")
+        .produce(batch, Acks::All)
+        .await
+        .expect("produce");
+    drop(in_flight);
+    ending.await.expect("joined").expect("committed");
+    assert_eq!(read(&broker, IsolationLevel::ReadCommitted), ["in flight"]);
+}

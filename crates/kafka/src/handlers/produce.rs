@@ -62,19 +62,23 @@ pub async fn produce(
                         Some("no records".into()),
                     );
                 };
-                if let Err(error) = ctx.broker.verify_transactional_produce(
+                // Held until the append is durable: the transaction's markers come after it.
+                let _transactional = match ctx.broker.verify_transactional_produce(
                     transactional_id.as_deref(),
                     topic.name(),
                     index,
                     &records,
                 ) {
-                    log_produce_error(&error, topic.name(), index);
-                    return error_response(
-                        index,
-                        broker_error_code(&error),
-                        Some(error.to_string()),
-                    );
-                }
+                    Ok(held) => held,
+                    Err(error) => {
+                        log_produce_error(&error, topic.name(), index);
+                        return error_response(
+                            index,
+                            broker_error_code(&error),
+                            Some(error.to_string()),
+                        );
+                    }
+                };
                 match partition.produce(BytesMut::from(records), acks).await {
                     Ok(outcome) => PartitionProduceResponse::default()
                         .with_index(index)

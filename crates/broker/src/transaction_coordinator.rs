@@ -21,6 +21,9 @@ use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use crate::transaction_log::TransactionLog;
 use crate::{now_ms, Broker, BrokerError};
 
+/// Transactions completed, by result (`commit`, `abort`; timeouts and fenced instances abort).
+pub const TRANSACTIONS_COMPLETED_METRIC: &str = "sluice_kafka_transactions_completed_total";
+
 /// The coordinator epoch written in markers: one coordinator per node, never moved.
 const COORDINATOR_EPOCH: i32 = 0;
 
@@ -535,6 +538,11 @@ impl TransactionCoordinator {
             TransactionResult::Commit => TransactionState::CompleteCommit,
             TransactionResult::Abort => TransactionState::CompleteAbort,
         };
+        let result_label = match result {
+            TransactionResult::Commit => "commit",
+            TransactionResult::Abort => "abort",
+        };
+        metrics::counter!(TRANSACTIONS_COMPLETED_METRIC, "result" => result_label).increment(1);
         metadata.partitions.clear();
         metadata.pending_offsets.clear();
         metadata.started_ms = 0;

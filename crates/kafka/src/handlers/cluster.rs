@@ -127,6 +127,15 @@ pub async fn produce(
                         Some("no records".into()),
                     );
                 };
+                // No transaction coordinator in a cluster yet: a transactional batch could never
+                // be ended by a marker (AddPartitionsToTxn is refused first anyway).
+                if sluice_log::BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) {
+                    return produce_error(
+                        index,
+                        ResponseError::InvalidTxnState.code(),
+                        Some("transactions are not served by a cluster yet".into()),
+                    );
+                }
                 match replica.produce(records, min_insync, timeout).await {
                     Ok(outcome) => PartitionProduceResponse::default()
                         .with_index(index)

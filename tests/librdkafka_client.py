@@ -4,7 +4,7 @@ read a topic back completely, and prove that a broker still serves an ordinary c
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -115,6 +115,35 @@ def read_all(bootstrap: str, topic: str, partitions: int, timeout_s=60, extra_co
         consumer.close()
     records.sort(key=lambda r: (r[0], r[1]))
     return records
+
+
+def read_to_end(bootstrap: str, topic: str, partitions: int, group: str,
+                isolation: str = "read_committed", timeout_s: float = 60) -> list:
+    """Every message a consumer at `isolation` reads from offset 0 of each partition until it
+    has reached the end of every one (the last stable offset under read_committed), in the
+    order they arrived. Any consumer error fails the caller."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "isolation.level": isolation, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        at_end = set()
+        messages = []
+        deadline = time.monotonic() + timeout_s
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"not at the end of {topic} after {timeout_s}s"
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            messages.append(message)
+        return messages
+    finally:
+        consumer.close()
 
 
 def assert_broker_serves_another_client(bootstrap: str):

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from librdkafka_client import read_to_end
 from required import missing
 
 from .test_java_client import PROBE_CLASSES, PROBE_LIB, java
@@ -60,28 +60,10 @@ def kill9(process: subprocess.Popen):
 
 def read_committed(kafka, topic: str) -> dict[int, list[bytes]]:
     """Each partition's values as a read_committed consumer reads them to the end."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": kafka.name("check"),
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-        values = {p: [] for p in range(PARTITIONS)}
-        at_end = set()
-        deadline = time.monotonic() + 60
-        while len(at_end) < PARTITIONS:
-            assert time.monotonic() < deadline, "the output was not read to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            values[message.partition()].append(message.value())
-        return values
-    finally:
-        consumer.close()
+    values = {p: [] for p in range(PARTITIONS)}
+    for message in read_to_end(kafka.bootstrap, topic, PARTITIONS, kafka.name("check")):
+        values[message.partition()].append(message.value())
+    return values
 
 
 @pytest.mark.timeout(420)

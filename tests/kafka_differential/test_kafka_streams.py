@@ -14,8 +14,8 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from librdkafka_client import read_to_end
 from required import missing
 
 from .test_java_client import PROBE_CLASSES, PROBE_LIB, java
@@ -29,29 +29,11 @@ RUN_S = 120
 
 def last_counts(kafka, topic: str) -> dict[str, int]:
     """The last count of each key, as a read_committed consumer reads the output to its end."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": kafka.name("check"),
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-        counts = {}
-        at_end = set()
-        deadline = time.monotonic() + 60
-        while len(at_end) < PARTITIONS:
-            assert time.monotonic() < deadline, "the output was not read to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            (count,) = struct.unpack(">q", message.value())
-            counts[message.key().decode()] = count
-        return counts
-    finally:
-        consumer.close()
+    counts = {}
+    for message in read_to_end(kafka.bootstrap, topic, PARTITIONS, kafka.name("check")):
+        (count,) = struct.unpack(">q", message.value())
+        counts[message.key().decode()] = count
+    return counts
 
 
 @pytest.mark.timeout(240)

@@ -6,9 +6,10 @@ transaction, the coordinator surviving a kill -9, and Kafka's errors for bad req
 import time
 
 import pytest
-from confluent_kafka import (Consumer, KafkaError, KafkaException, TopicPartition)
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_wire import API_KEY_PRODUCE, ERROR_NONE, KafkaWire, record_batch
+from librdkafka_client import read_to_end
 
 ERROR_INVALID_TXN_STATE = 48
 ERROR_INVALID_PRODUCER_ID_MAPPING = 49
@@ -18,37 +19,13 @@ READ_COMMITTED = "read_committed"
 READ_UNCOMMITTED = "read_uncommitted"
 
 
-def consume_to_end(kafka, topic: str, partitions: int, isolation: str, timeout_s: float = 30,
-                   group: str | None = None) -> list[tuple[int, int, bytes]]:
+def consume_to_end(kafka, topic: str, partitions: int, isolation: str
+                   ) -> list[tuple[int, int, bytes]]:
     """Every record a consumer at `isolation` reads from offset 0 until it reaches the end of
     every partition (the last stable offset for read_committed), as (partition, offset, value)."""
-    consumer = Consumer({
-        "bootstrap.servers": kafka.bootstrap,
-        "group.id": group or kafka.name("read"),
-        "isolation.level": isolation,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        at_end = set()
-        records = []
-        deadline = time.monotonic() + timeout_s
-        while len(at_end) < partitions:
-            assert time.monotonic() < deadline, f"not at the end of {topic} after {timeout_s}s"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            records.append((message.partition(), message.offset(), message.value()))
-        return sorted(records)
-    finally:
-        consumer.close()
+    return sorted((m.partition(), m.offset(), m.value())
+                  for m in read_to_end(kafka.bootstrap, topic, partitions, kafka.name("read"),
+                                       isolation))
 
 
 def values_of(records) -> list[bytes]:

@@ -11,12 +11,13 @@ use crate::producer_id::ProducerIdAllocator;
 use crate::topic::validate_topic_name;
 use crate::topic_config::{ConfigEntry, TopicConfig};
 use crate::topic_store::{self, TopicRecord};
-use crate::transaction_coordinator::{PendingOffset, TransactionCoordinator, TransactionalAppend};
+use crate::transaction_coordinator::{
+    TransactionCoordinator, TransactionalAppend, TransactionalProducer,
+};
 use crate::{
     now_ms, BrokerConfig, BrokerError, ConnectionRegistry, GroupCoordinator, Partition, Topic,
     TrafficTotals,
 };
-use sluice_log::TransactionResult;
 
 /// A change to one topic config, as IncrementalAlterConfigs expresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,77 +485,17 @@ impl Broker {
                         "transactional records without a transactional id".into(),
                     )
                 })?;
+                let producer = TransactionalProducer {
+                    transactional_id,
+                    producer_id: header.producer_id,
+                    producer_epoch: header.producer_epoch,
+                };
                 self.transactions
-                    .verify_transactional_append(
-                        transactional_id,
-                        header.producer_id,
-                        header.producer_epoch,
-                        topic,
-                        partition,
-                    )
+                    .verify_transactional_append(producer, topic, partition)
                     .map(Some)
             }
             _ => Ok(None),
         }
-    }
-
-    /// AddPartitionsToTxn; the partitions must exist.
-    pub async fn add_partitions_to_transaction(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
-        partitions: &[(String, i32)],
-    ) -> Result<(), BrokerError> {
-        self.transactions
-            .add_partitions(transactional_id, producer_id, producer_epoch, partitions)
-            .await
-    }
-
-    /// AddOffsetsToTxn.
-    pub async fn add_offsets_to_transaction(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
-        group_id: &str,
-    ) -> Result<(), BrokerError> {
-        self.transactions
-            .add_offsets(transactional_id, producer_id, producer_epoch, group_id)
-            .await
-    }
-
-    /// TxnOffsetCommit's write: offsets held until the transaction ends.
-    pub async fn commit_transactional_offsets(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
-        group_id: &str,
-        offsets: Vec<PendingOffset>,
-    ) -> Result<(), BrokerError> {
-        self.transactions
-            .add_pending_offsets(
-                transactional_id,
-                producer_id,
-                producer_epoch,
-                group_id,
-                offsets,
-            )
-            .await
-    }
-
-    /// EndTxn.
-    pub async fn end_transaction(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
-        result: TransactionResult,
-    ) -> Result<(), BrokerError> {
-        self.transactions
-            .end_transaction(self, transactional_id, producer_id, producer_epoch, result)
-            .await
     }
 
     /// Completes transactions decided before a restart, then aborts open ones past their

@@ -50,6 +50,7 @@ pub use topic_config::{
 pub use traffic::{TrafficCounters, TrafficTotals};
 pub use transaction_coordinator::{
     PendingOffset, TransactionCoordinator, TransactionMetadata, TransactionState,
+    TransactionalAppend, TransactionalProducer,
 };
 
 /// Milliseconds since the Unix epoch (the timestamp unit of Kafka and of our batches).

@@ -18,8 +18,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut};
 use parking_lot::Mutex;
 use sluice_log::{
-    decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
-    Storage,
+    Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder, Storage,
 };
 
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
@@ -456,60 +455,42 @@ fn replay_range(
     offsets: &mut HashMap<String, GroupOffsets>,
 ) -> Result<(i64, u64), BrokerError> {
     let mut record_count = 0u64;
-    let mut position = from;
-    let end = log.high_watermark();
-    while position < end {
-        let read = log.read(position, REPLAY_READ_BYTES)?;
-        if read.records.is_empty() {
-            break;
-        }
-        let mut next = position;
-        for record in decode_records(&read.records)? {
-            // A read starts at the batch containing `position`, which may begin before it.
-            if record.offset < position {
-                continue;
-            }
-            next = record.offset + 1;
-            record_count += 1;
-            let Some((group_id, partition)) = record.key.as_deref().and_then(decode_key) else {
-                tracing::warn!(
-                    offset = record.offset,
-                    "skipping undecodable offsets-log key"
-                );
-                continue;
-            };
-            match record.value.as_deref() {
-                None => {
-                    if let Some(group) = offsets.get_mut(&group_id) {
-                        group.remove(&partition);
-                        if group.is_empty() {
-                            offsets.remove(&group_id);
-                        }
+    let position = log.for_each_record(from, REPLAY_READ_BYTES, |record| {
+        record_count += 1;
+        let Some((group_id, partition)) = record.key.as_deref().and_then(decode_key) else {
+            tracing::warn!(
+                offset = record.offset,
+                "skipping undecodable offsets-log key"
+            );
+            return;
+        };
+        match record.value.as_deref() {
+            None => {
+                if let Some(group) = offsets.get_mut(&group_id) {
+                    group.remove(&partition);
+                    if group.is_empty() {
+                        offsets.remove(&group_id);
                     }
                 }
-                Some(bytes) => match decode_value(bytes) {
-                    Some(value) => {
-                        let cached = CachedOffset {
-                            log_offset: record.offset,
-                            value: Some(value),
-                        };
-                        offsets
-                            .entry(group_id)
-                            .or_default()
-                            .insert(partition, cached);
-                    }
-                    None => tracing::warn!(
-                        offset = record.offset,
-                        "skipping undecodable offsets-log value"
-                    ),
-                },
             }
+            Some(bytes) => match decode_value(bytes) {
+                Some(value) => {
+                    let cached = CachedOffset {
+                        log_offset: record.offset,
+                        value: Some(value),
+                    };
+                    offsets
+                        .entry(group_id)
+                        .or_default()
+                        .insert(partition, cached);
+                }
+                None => tracing::warn!(
+                    offset = record.offset,
+                    "skipping undecodable offsets-log value"
+                ),
+            },
         }
-        if next <= position {
-            break; // no progress: never spin on a log that does not advance
-        }
-        position = next;
-    }
+    })?;
     Ok((position, record_count))
 }
 

@@ -118,6 +118,15 @@ impl TransactionMetadata {
     }
 }
 
+/// Who sends a transactional request: the transactional id and the producer id and epoch the
+/// client holds for it.
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionalProducer<'a> {
+    pub transactional_id: &'a str,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
 /// Held by a verified transactional produce until its appends are durable: the transaction's
 /// markers are written only after it is dropped.
 #[derive(Debug)]
@@ -290,12 +299,15 @@ impl TransactionCoordinator {
     /// stable offset forever.
     pub fn verify_transactional_append(
         &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
         topic: &str,
         partition: i32,
     ) -> Result<TransactionalAppend, BrokerError> {
+        let TransactionalProducer {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+        } = producer;
         // Taken before the check: markers written after it wait for this append.
         let held = self
             .append_gate(transactional_id)
@@ -333,36 +345,42 @@ impl TransactionCoordinator {
         }
     }
 
-    /// The metadata of `transactional_id` if `producer_id` at `producer_epoch` holds it and
-    /// its transaction is not ending.
-    fn checked(
+    /// The metadata of the producer's transactional id if the producer holds it.
+    fn held_by(
         &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
     ) -> Result<TransactionMetadata, BrokerError> {
-        let metadata = self.state(transactional_id).ok_or_else(|| {
+        let metadata = self.state(producer.transactional_id).ok_or_else(|| {
             BrokerError::InvalidProducerIdMapping(format!(
-                "unknown transactional id {transactional_id}"
+                "unknown transactional id {}",
+                producer.transactional_id
             ))
         })?;
-        metadata.check_producer(producer_id, producer_epoch)?;
+        metadata.check_producer(producer.producer_id, producer.producer_epoch)?;
+        Ok(metadata)
+    }
+
+    /// [`Self::held_by`], when the transaction is not ending either.
+    fn checked(
+        &self,
+        producer: TransactionalProducer<'_>,
+    ) -> Result<TransactionMetadata, BrokerError> {
+        let metadata = self.held_by(producer)?;
         metadata.check_not_ending()?;
         Ok(metadata)
     }
 
     /// AddPartitionsToTxn: the partitions join the open transaction (which opens if needed).
     /// The caller checked that they exist.
-    pub(crate) async fn add_partitions(
+    pub async fn add_partitions(
         &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
         partitions: &[(String, i32)],
     ) -> Result<(), BrokerError> {
+        let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
-        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        let mut metadata = self.checked(producer)?;
         if metadata.state == TransactionState::Ongoing
             && partitions.iter().all(|p| metadata.partitions.contains(p))
         {
@@ -374,16 +392,15 @@ impl TransactionCoordinator {
     }
 
     /// AddOffsetsToTxn: the group's offsets will be committed with the transaction.
-    pub(crate) async fn add_offsets(
+    pub async fn add_offsets(
         &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
         group_id: &str,
     ) -> Result<(), BrokerError> {
+        let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
-        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        let mut metadata = self.checked(producer)?;
         if metadata.state == TransactionState::Ongoing
             && metadata.pending_offsets.contains_key(group_id)
         {
@@ -399,17 +416,16 @@ impl TransactionCoordinator {
 
     /// TxnOffsetCommit: offsets kept with the transaction, stored for the group when (and
     /// only if) it commits. The caller validated the group membership and the metadata sizes.
-    pub(crate) async fn add_pending_offsets(
+    pub async fn add_pending_offsets(
         &self,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
         group_id: &str,
         offsets: Vec<PendingOffset>,
     ) -> Result<(), BrokerError> {
+        let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
-        let mut metadata = self.checked(transactional_id, producer_id, producer_epoch)?;
+        let mut metadata = self.checked(producer)?;
         metadata.begin(now_ms());
         let pending = metadata
             .pending_offsets
@@ -424,22 +440,16 @@ impl TransactionCoordinator {
 
     /// EndTxn: commits or aborts the open transaction. A retry of a completed EndTxn with
     /// the same result succeeds again.
-    pub(crate) async fn end_transaction(
+    pub async fn end_transaction(
         &self,
         broker: &Broker,
-        transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TransactionalProducer<'_>,
         result: TransactionResult,
     ) -> Result<(), BrokerError> {
+        let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
-        let metadata = self.state(transactional_id).ok_or_else(|| {
-            BrokerError::InvalidProducerIdMapping(format!(
-                "unknown transactional id {transactional_id}"
-            ))
-        })?;
-        metadata.check_producer(producer_id, producer_epoch)?;
+        let metadata = self.held_by(producer)?;
         let wrong_state = || {
             BrokerError::InvalidTxnState(format!(
                 "cannot {} a transaction in state {}",

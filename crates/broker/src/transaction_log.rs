@@ -11,9 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_log::{
-    decode_records, Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder, Storage,
-};
+use sluice_log::{Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder, Storage};
 
 use crate::transaction_coordinator::TransactionMetadata;
 use crate::{now_ms, BrokerError};
@@ -132,46 +130,25 @@ impl TransactionLog {
 fn replay(log: &PartitionLog) -> Result<(HashMap<String, TransactionMetadata>, u64), BrokerError> {
     let mut states = HashMap::new();
     let mut records_total = 0u64;
-    let mut position = log.log_start_offset();
-    let end = log.high_watermark();
-    while position < end {
-        let read = log.read(position, REPLAY_READ_BYTES)?;
-        if read.records.is_empty() {
-            break;
-        }
-        let mut next = position;
-        for record in decode_records(&read.records)? {
-            // A read starts at the batch containing `position`, which may begin before it.
-            if record.offset < position {
-                continue;
+    log.for_each_record(log.log_start_offset(), REPLAY_READ_BYTES, |record| {
+        records_total += 1;
+        let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
+            tracing::warn!(offset = record.offset, "skipping undecodable transaction-log key");
+            return;
+        };
+        match record.value {
+            None => {
+                states.remove(&key);
             }
-            next = record.offset + 1;
-            records_total += 1;
-            let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
-                tracing::warn!(
-                    offset = record.offset,
-                    "skipping undecodable transaction-log key"
-                );
-                continue;
-            };
-            match record.value {
-                None => {
-                    states.remove(&key);
+            Some(value) => match serde_json::from_slice::<TransactionMetadata>(&value) {
+                Ok(state) => {
+                    states.insert(key, state);
                 }
-                Some(value) => match serde_json::from_slice::<TransactionMetadata>(&value) {
-                    Ok(state) => {
-                        states.insert(key, state);
-                    }
-                    Err(error) => {
-                        tracing::warn!(offset = record.offset, %error, "skipping undecodable transaction state")
-                    }
-                },
-            }
+                Err(error) => {
+                    tracing::warn!(offset = record.offset, %error, "skipping undecodable transaction state")
+                }
+            },
         }
-        if next == position {
-            break;
-        }
-        position = next;
-    }
+    })?;
     Ok((states, records_total))
 }

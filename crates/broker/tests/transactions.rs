@@ -11,10 +11,43 @@ use bytes::BytesMut;
 use sluice_broker::group_coordinator::TopicPartition;
 use sluice_broker::{
     Acks, Broker, BrokerConfig, BrokerError, IsolationLevel, PendingOffset, TransactionState,
+    TransactionalProducer,
 };
 use sluice_log::{decode_records, Record, RecordBatchBuilder, SimDisk, TransactionResult};
 
 const TIMEOUT_MS: i32 = 60_000;
+
+fn producer(
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> TransactionalProducer<'_> {
+    TransactionalProducer {
+        transactional_id,
+        producer_id,
+        producer_epoch,
+    }
+}
+
+/// A broker with topic `t` (one partition) and `transactional_id` initialised: its producer
+/// id and epoch.
+async fn broker_with_producer(
+    dir: &Path,
+    disk: &SimDisk,
+    transactional_id: &str,
+    timeout_ms: i32,
+    configure: impl FnOnce(&mut BrokerConfig),
+) -> (Arc<Broker>, i64, i16) {
+    let broker = open_broker(dir, disk, configure);
+    broker
+        .create_topic("t", 1, BTreeMap::new(), false)
+        .expect("topic");
+    let (producer_id, epoch) = broker
+        .init_producer_id(Some(transactional_id), timeout_ms, None)
+        .await
+        .expect("init");
+    (broker, producer_id, epoch)
+}
 
 fn open_broker(
     dir: &Path,
@@ -77,18 +110,13 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(21);
     let (producer_id, open_offset) = {
-        let broker = open_broker(dir.path(), &disk, |_| {});
-        broker
-            .create_topic("t", 1, BTreeMap::new(), false)
-            .expect("topic");
-        let (producer_id, epoch) = broker
-            .init_producer_id(Some("tx"), TIMEOUT_MS, None)
-            .await
-            .expect("init");
+        let (broker, producer_id, epoch) =
+            broker_with_producer(dir.path(), &disk, "tx", TIMEOUT_MS, |_| {}).await;
         assert_eq!(epoch, 0);
         let partitions = [("t".to_string(), 0)];
         broker
-            .add_partitions_to_transaction("tx", producer_id, 0, &partitions)
+            .transaction_coordinator()
+            .add_partitions(producer("tx", producer_id, 0), &partitions)
             .await
             .expect("add partitions");
         let partition = broker.partition("t", 0).expect("partition");
@@ -100,7 +128,8 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
             .await
             .expect("produce");
         broker
-            .add_offsets_to_transaction("tx", producer_id, 0, "g")
+            .transaction_coordinator()
+            .add_offsets(producer("tx", producer_id, 0), "g")
             .await
             .expect("add offsets");
         let offset = PendingOffset {
@@ -111,21 +140,33 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
             metadata: "m".into(),
         };
         broker
-            .commit_transactional_offsets("tx", producer_id, 0, "g", vec![offset])
+            .transaction_coordinator()
+            .add_pending_offsets(producer("tx", producer_id, 0), "g", vec![offset])
             .await
             .expect("txn offset commit");
         broker
-            .end_transaction("tx", producer_id, 0, TransactionResult::Commit)
+            .transaction_coordinator()
+            .end_transaction(
+                &broker,
+                producer("tx", producer_id, 0),
+                TransactionResult::Commit,
+            )
             .await
             .expect("commit");
         // A retried EndTxn of the same result succeeds again.
         broker
-            .end_transaction("tx", producer_id, 0, TransactionResult::Commit)
+            .transaction_coordinator()
+            .end_transaction(
+                &broker,
+                producer("tx", producer_id, 0),
+                TransactionResult::Commit,
+            )
             .await
             .expect("commit retried");
 
         broker
-            .add_partitions_to_transaction("tx", producer_id, 0, &partitions)
+            .transaction_coordinator()
+            .add_partitions(producer("tx", producer_id, 0), &partitions)
             .await
             .expect("add partitions");
         let open = partition
@@ -183,18 +224,17 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
 async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(22);
-    let broker = open_broker(dir.path(), &disk, |config| {
-        config.transaction_abort_check_interval_ms = 20;
-    });
+    let (broker, producer_id, epoch) =
+        broker_with_producer(dir.path(), &disk, "slow", 100, |config| {
+            config.transaction_abort_check_interval_ms = 20;
+        })
+        .await;
     broker
-        .create_topic("t", 1, BTreeMap::new(), false)
-        .expect("topic");
-    let (producer_id, epoch) = broker
-        .init_producer_id(Some("slow"), 100, None)
-        .await
-        .expect("init");
-    broker
-        .add_partitions_to_transaction("slow", producer_id, epoch, &[("t".to_string(), 0)])
+        .transaction_coordinator()
+        .add_partitions(
+            producer("slow", producer_id, epoch),
+            &[("t".to_string(), 0)],
+        )
         .await
         .expect("add partitions");
     let partition = broker.partition("t", 0).expect("partition");
@@ -219,7 +259,12 @@ async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     assert_eq!(state.state, TransactionState::CompleteAbort);
     assert_eq!(state.producer_epoch, epoch + 1);
     let commit = broker
-        .end_transaction("slow", producer_id, epoch, TransactionResult::Commit)
+        .transaction_coordinator()
+        .end_transaction(
+            &broker,
+            producer("slow", producer_id, epoch),
+            TransactionResult::Commit,
+        )
         .await;
     assert!(
         matches!(commit, Err(BrokerError::ProducerFenced(_))),
@@ -237,7 +282,10 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         matches!(over, Err(BrokerError::InvalidTransactionTimeout(_))),
         "{over:?}"
     );
-    let unknown = broker.add_offsets_to_transaction("nobody", 1, 0, "g").await;
+    let unknown = broker
+        .transaction_coordinator()
+        .add_offsets(producer("nobody", 1, 0), "g")
+        .await;
     assert!(
         matches!(unknown, Err(BrokerError::InvalidProducerIdMapping(_))),
         "{unknown:?}"
@@ -247,7 +295,8 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         .await
         .expect("init");
     let wrong_id = broker
-        .add_offsets_to_transaction("tx", producer_id + 1, epoch, "g")
+        .transaction_coordinator()
+        .add_offsets(producer("tx", producer_id + 1, epoch), "g")
         .await;
     assert!(
         matches!(wrong_id, Err(BrokerError::InvalidProducerIdMapping(_))),
@@ -258,7 +307,8 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         .await
         .expect("re-init");
     let stale = broker
-        .add_offsets_to_transaction("tx", producer_id, epoch, "g")
+        .transaction_coordinator()
+        .add_offsets(producer("tx", producer_id, epoch), "g")
         .await;
     assert!(
         matches!(stale, Err(BrokerError::ProducerFenced(_))),
@@ -286,7 +336,12 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
     );
     // Nothing is open: there is nothing to commit.
     let empty = broker
-        .end_transaction("tx", producer_id, bumped, TransactionResult::Commit)
+        .transaction_coordinator()
+        .end_transaction(
+            &broker,
+            producer("tx", producer_id, bumped),
+            TransactionResult::Commit,
+        )
         .await;
     assert!(
         matches!(empty, Err(BrokerError::InvalidTxnState(_))),
@@ -304,16 +359,11 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
 async fn markers_wait_for_the_transactions_appends_in_flight() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(24);
-    let broker = open_broker(dir.path(), &disk, |_| {});
+    let (broker, producer_id, epoch) =
+        broker_with_producer(dir.path(), &disk, "tx", TIMEOUT_MS, |_| {}).await;
     broker
-        .create_topic("t", 1, BTreeMap::new(), false)
-        .expect("topic");
-    let (producer_id, epoch) = broker
-        .init_producer_id(Some("tx"), TIMEOUT_MS, None)
-        .await
-        .expect("init");
-    broker
-        .add_partitions_to_transaction("tx", producer_id, epoch, &[("t".to_string(), 0)])
+        .transaction_coordinator()
+        .add_partitions(producer("tx", producer_id, epoch), &[("t".to_string(), 0)])
         .await
         .expect("add partitions");
     let batch = transactional_batch(producer_id, epoch, 0, &["in flight"]);
@@ -325,7 +375,12 @@ async fn markers_wait_for_the_transactions_appends_in_flight() {
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
             broker
-                .end_transaction("tx", producer_id, epoch, TransactionResult::Commit)
+                .transaction_coordinator()
+                .end_transaction(
+                    &broker,
+                    producer("tx", producer_id, epoch),
+                    TransactionResult::Commit,
+                )
                 .await
         })
     };

@@ -432,22 +432,16 @@ fn records_section<'a>(
 /// Decodes every record of every batch in `buf`, decompressing compressed ones (bounded: see
 /// `compression`; a payload that does not decode gives `LogError::Decompression`).
 pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
-    let mut records = Vec::new();
-    let mut position = 0;
-    while position < buf.len() {
-        let rest = &buf[position..];
-        let header = BatchHeader::parse(rest)?;
-        header.check_shape(rest.len())?;
-        let total = header.total_bytes();
-        decode_batch_records(&header, &rest[..total], &mut records)?;
-        position += total;
-    }
-    Ok(records)
+    decode_batches(buf, true)
 }
 
 /// [`decode_records`] without control batches (transaction markers, consensus entries): the
 /// records a reader outside Kafka's protocol (an AMQP stream queue) delivers.
 pub fn decode_data_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
+    decode_batches(buf, false)
+}
+
+fn decode_batches(buf: &[u8], with_control: bool) -> Result<Vec<Record>, LogError> {
     let mut records = Vec::new();
     let mut position = 0;
     while position < buf.len() {
@@ -455,7 +449,7 @@ pub fn decode_data_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
         let header = BatchHeader::parse(rest)?;
         header.check_shape(rest.len())?;
         let total = header.total_bytes();
-        if !header.is_control() {
+        if with_control || !header.is_control() {
             decode_batch_records(&header, &rest[..total], &mut records)?;
         }
         position += total;

@@ -626,6 +626,39 @@ impl PartitionLog {
         Ok(result)
     }
 
+    /// Calls `apply` with every record from `from` up to the high watermark, in offset order,
+    /// reading about `bytes_per_read` at a time (internal logs replayed on open). Returns the
+    /// offset after the last record applied.
+    pub fn for_each_record(
+        &self,
+        from: i64,
+        bytes_per_read: usize,
+        mut apply: impl FnMut(crate::Record),
+    ) -> Result<i64, LogError> {
+        let mut position = from;
+        let end = self.high_watermark();
+        while position < end {
+            let read = self.read(position, bytes_per_read)?;
+            if read.records.is_empty() {
+                break;
+            }
+            let mut next = position;
+            for record in crate::decode_records(&read.records)? {
+                // A read starts at the batch containing `position`, which may begin before it.
+                if record.offset < position {
+                    continue;
+                }
+                next = record.offset + 1;
+                apply(record);
+            }
+            if next <= position {
+                break; // no progress: never spin on a log that does not advance
+            }
+            position = next;
+        }
+        Ok(position)
+    }
+
     /// The first offset whose batch max timestamp is >= `timestamp_ms`, with that timestamp;
     /// `None` if there is none below the high watermark.
     ///

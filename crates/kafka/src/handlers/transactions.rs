@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
-use sluice_broker::{BrokerError, PendingOffset, TransactionMetadata};
+use sluice_broker::{BrokerError, PendingOffset, TransactionMetadata, TransactionalProducer};
 use sluice_log::TransactionResult;
 
 use crate::error_codes::{broker_error_code, group_error_code};
@@ -150,9 +150,15 @@ async fn add_partitions(
         .iter()
         .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
         .collect();
+    let producer = TransactionalProducer {
+        transactional_id,
+        producer_id,
+        producer_epoch,
+    };
     let code = match ctx
         .broker
-        .add_partitions_to_transaction(transactional_id, producer_id, producer_epoch, &partitions)
+        .transaction_coordinator()
+        .add_partitions(producer, &partitions)
         .await
     {
         Ok(()) => 0,
@@ -197,14 +203,15 @@ pub async fn add_offsets_to_txn(
     if let Some(code) = refused_in_cluster(ctx) {
         return AddOffsetsToTxnResponse::default().with_error_code(code);
     }
+    let producer = TransactionalProducer {
+        transactional_id: &request.transactional_id,
+        producer_id: request.producer_id.0,
+        producer_epoch: request.producer_epoch,
+    };
     let code = match ctx
         .broker
-        .add_offsets_to_transaction(
-            &request.transactional_id,
-            request.producer_id.0,
-            request.producer_epoch,
-            &request.group_id,
-        )
+        .transaction_coordinator()
+        .add_offsets(producer, &request.group_id)
         .await
     {
         Ok(()) => 0,
@@ -319,15 +326,15 @@ pub async fn txn_offset_commit(
             }
         }
     }
+    let producer = TransactionalProducer {
+        transactional_id: &request.transactional_id,
+        producer_id: request.producer_id.0,
+        producer_epoch: request.producer_epoch,
+    };
     let outcome = ctx
         .broker
-        .commit_transactional_offsets(
-            &request.transactional_id,
-            request.producer_id.0,
-            request.producer_epoch,
-            &request.group_id,
-            pending,
-        )
+        .transaction_coordinator()
+        .add_pending_offsets(producer, &request.group_id, pending)
         .await;
     let code = match outcome {
         Ok(()) => 0,
@@ -356,14 +363,15 @@ pub async fn end_txn(ctx: &RequestContext, version: i16, request: EndTxnRequest)
     } else {
         TransactionResult::Abort
     };
+    let producer = TransactionalProducer {
+        transactional_id: &request.transactional_id,
+        producer_id: request.producer_id.0,
+        producer_epoch: request.producer_epoch,
+    };
     let code = match ctx
         .broker
-        .end_transaction(
-            &request.transactional_id,
-            request.producer_id.0,
-            request.producer_epoch,
-            result,
-        )
+        .transaction_coordinator()
+        .end_transaction(&ctx.broker, producer, result)
         .await
     {
         Ok(()) => 0,

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from conftest import free_port, sluice_bin, start_static_cluster
@@ -24,6 +24,9 @@ from conftest import free_port, sluice_bin, start_static_cluster
 TOPIC = "replicated"
 PARTITIONS = 3
 HEAL_TIMEOUT_S = 45
+# Answers a client gets while its view of partition leadership is behind an election.
+LEADERSHIP_MOVED = {KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
 
 
 def start_cluster(broker_factory, size=3):
@@ -982,11 +985,21 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
     order = [controller] + [i + 1 for i in range(len(nodes)) if i + 1 != controller]
     def log_ends():
         # The high watermarks as they are now: a leader elected after the produce appends a
-        # control batch of its term, which moves the end past the last record.
-        futures = admin.list_offsets(
-            {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
-            request_timeout=30)
-        return {tp.partition: future.result(timeout=30).offset for tp, future in futures.items()}
+        # control batch of its term, which moves the end past the last record. Right after an
+        # election the admin client's leader epochs may be old: the broker answers
+        # FENCED_LEADER_EPOCH (as Kafka does) and librdkafka's admin API does not retry it.
+        deadline = time.monotonic() + HEAL_TIMEOUT_S
+        while True:
+            futures = admin.list_offsets(
+                {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
+                request_timeout=30)
+            try:
+                return {tp.partition: future.result(timeout=30).offset
+                        for tp, future in futures.items()}
+            except KafkaException as error:
+                if error.args[0].code() not in LEADERSHIP_MOVED or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     for node_id in order + [controller]:
         node = nodes[node_id - 1]

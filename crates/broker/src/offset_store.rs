@@ -88,14 +88,7 @@ impl OffsetStore {
         // Compaction used to rewrite the log into a fresh directory; finish an interrupted one.
         recover_interrupted_compaction(storage.as_ref(), dir)?;
         // Retention must never delete committed offsets: expiry is done with tombstones.
-        let config = LogConfig {
-            retention_ms: -1,
-            retention_bytes: -1,
-            segment_bytes_max: log_config.segment_bytes_max.min(SEGMENT_BYTES_MAX),
-            // Replayed whole on open; never queried by key.
-            key_index: false,
-            ..log_config
-        };
+        let config = internal_log_config(log_config, SEGMENT_BYTES_MAX);
         let sync_on_commit = config.durability == Durability::Batch;
         let log = PartitionLog::open_with(storage, dir, config)?;
         let (offsets, _) = replay(&log)?;
@@ -441,6 +434,20 @@ fn apply(
 }
 
 /// Reads the whole log into memory; returns the live offsets and how many records were read.
+/// The config of an internal log (offsets, transaction state): never deleted by retention
+/// (entries are superseded or tombstoned instead), segments of at most `segment_bytes_max`
+/// so compaction frees space soon, no key index (replayed whole on open, never queried by
+/// key).
+pub(crate) fn internal_log_config(log_config: LogConfig, segment_bytes_max: u64) -> LogConfig {
+    LogConfig {
+        retention_ms: -1,
+        retention_bytes: -1,
+        segment_bytes_max: log_config.segment_bytes_max.min(segment_bytes_max),
+        key_index: false,
+        ..log_config
+    }
+}
+
 fn replay(log: &PartitionLog) -> Result<(HashMap<String, GroupOffsets>, u64), BrokerError> {
     let mut offsets = HashMap::new();
     let (_, record_count) = replay_range(log, log.log_start_offset(), &mut offsets)?;

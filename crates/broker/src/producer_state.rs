@@ -12,7 +12,7 @@
 //! every aborted transaction still in the log (Kafka's `.txnindex`, answered with each
 //! `read_committed` fetch). Both are rebuilt from the log on start with the rest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use sluice_log::{BatchHeader, TransactionResult};
 
@@ -74,6 +74,9 @@ pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
     /// In marker order, so by `last_offset`.
     aborted: Vec<AbortedTransaction>,
+    /// (first offset, producer id) of every open transaction: its first element is the
+    /// first unstable offset, read by every fetch without walking the producers.
+    open_transactions: BTreeSet<(i64, i64)>,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -142,6 +145,8 @@ impl ProducerStateTable {
         let entry = self.producers.entry(batch.producer_id).or_default();
         if batch.is_transactional() && entry.transaction_first_offset.is_none() {
             entry.transaction_first_offset = Some(batch.base_offset);
+            self.open_transactions
+                .insert((batch.base_offset, batch.producer_id));
         }
         entry.last_append_ms = entry.last_append_ms.max(now_ms);
         entry.last_timestamp = batch.max_timestamp;
@@ -176,6 +181,8 @@ impl ProducerStateTable {
             entry.batches.clear();
         }
         if let Some(first_offset) = entry.transaction_first_offset.take() {
+            self.open_transactions
+                .remove(&(first_offset, batch.producer_id));
             if result == TransactionResult::Abort {
                 self.aborted.push(AbortedTransaction {
                     producer_id: batch.producer_id,
@@ -189,10 +196,7 @@ impl ProducerStateTable {
     /// The first offset of the oldest open transaction: `read_committed` consumers read below
     /// it (Kafka's last stable offset, before it is capped by the high watermark).
     pub fn first_unstable_offset(&self) -> Option<i64> {
-        self.producers
-            .values()
-            .filter_map(|entry| entry.transaction_first_offset)
-            .min()
+        self.open_transactions.first().map(|&(offset, _)| offset)
     }
 
     /// The aborted transactions a fetch of offsets `[from, to)` must tell the consumer about:

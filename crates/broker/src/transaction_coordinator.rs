@@ -118,6 +118,16 @@ impl TransactionMetadata {
     }
 }
 
+/// The locks of one transactional id.
+#[derive(Debug, Clone, Default)]
+struct IdLocks {
+    /// Held across a request's writes (markers included): one request at a time.
+    requests: Arc<tokio::sync::Mutex<()>>,
+    /// Shared by its produces until their appends are durable, exclusive while markers are
+    /// written, so no batch lands after its transaction's marker.
+    appends: Arc<tokio::sync::RwLock<()>>,
+}
+
 /// Who sends a transactional request: the transactional id and the producer id and epoch the
 /// client holds for it.
 #[derive(Debug, Clone, Copy)]
@@ -144,11 +154,7 @@ pub struct TransactionDescription {
 pub struct TransactionCoordinator {
     log: TransactionLog,
     states: Mutex<HashMap<String, TransactionMetadata>>,
-    /// One lock per transactional id, held across a request's writes (markers included).
-    id_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Per transactional id: shared by its produces until their appends are durable,
-    /// exclusive while markers are written, so no batch lands after its transaction's marker.
-    append_gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    id_locks: Mutex<HashMap<String, IdLocks>>,
     max_timeout_ms: i32,
 }
 
@@ -170,27 +176,24 @@ impl TransactionCoordinator {
             log,
             states: Mutex::new(states),
             id_locks: Mutex::new(HashMap::new()),
-            append_gates: Mutex::new(HashMap::new()),
             max_timeout_ms,
         })
     }
 
+    fn locks(&self, transactional_id: &str) -> IdLocks {
+        self.id_locks
+            .lock()
+            .entry(transactional_id.to_string())
+            .or_default()
+            .clone()
+    }
+
     fn id_lock(&self, transactional_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(
-            self.id_locks
-                .lock()
-                .entry(transactional_id.to_string())
-                .or_default(),
-        )
+        self.locks(transactional_id).requests
     }
 
     fn append_gate(&self, transactional_id: &str) -> Arc<tokio::sync::RwLock<()>> {
-        Arc::clone(
-            self.append_gates
-                .lock()
-                .entry(transactional_id.to_string())
-                .or_default(),
-        )
+        self.locks(transactional_id).appends
     }
 
     fn state(&self, transactional_id: &str) -> Option<TransactionMetadata> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sluice_log::{Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder, Storage};
 
+use crate::offset_store::internal_log_config;
 use crate::transaction_coordinator::TransactionMetadata;
 use crate::{now_ms, BrokerError};
 
@@ -37,13 +38,7 @@ impl TransactionLog {
         dir: &Path,
         log_config: LogConfig,
     ) -> Result<(TransactionLog, HashMap<String, TransactionMetadata>), BrokerError> {
-        let config = LogConfig {
-            retention_ms: -1,
-            retention_bytes: -1,
-            segment_bytes_max: log_config.segment_bytes_max.min(SEGMENT_BYTES_MAX),
-            key_index: false,
-            ..log_config
-        };
+        let config = internal_log_config(log_config, SEGMENT_BYTES_MAX);
         let sync_on_write = config.durability == Durability::Batch;
         let log = PartitionLog::open_with(storage, dir, config)?;
         let (states, records_total) = replay(&log)?;

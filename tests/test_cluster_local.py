@@ -29,6 +29,20 @@ LEADERSHIP_MOVED = {KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EP
                     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
 
 
+def retry_while_leadership_moves(call):
+    """call()'s result, retried while the client's view of partition leadership is behind an
+    election: right after one the broker answers NOT_LEADER_FOR_PARTITION or FENCED_LEADER_EPOCH
+    (as Kafka does) and librdkafka's admin API does not retry either."""
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        try:
+            return call()
+        except KafkaException as error:
+            if error.args[0].code() not in LEADERSHIP_MOVED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def start_cluster(broker_factory, size=3):
     nodes, _ = start_static_cluster(broker_factory, size)
     return nodes
@@ -828,12 +842,14 @@ def test_delete_records_moves_the_low_watermark_on_every_replica(broker_factory)
     assert [error for error, _ in offsets] == [None] * 10
     offsets = [offset for _, offset in offsets]
 
-    deleted = admin.delete_records([TopicPartition(topic, 0, offsets[4])])
-    low_watermark = next(iter(deleted.values())).result(timeout=30).low_watermark
+    def delete_records(offset):
+        deleted = admin.delete_records([TopicPartition(topic, 0, offset)])
+        return next(iter(deleted.values())).result(timeout=30)
+
+    low_watermark = retry_while_leadership_moves(lambda: delete_records(offsets[4])).low_watermark
     assert low_watermark == offsets[4]
-    too_far = admin.delete_records([TopicPartition(topic, 0, offsets[-1] + 100)])
     with pytest.raises(KafkaException, match="OFFSET_OUT_OF_RANGE"):
-        next(iter(too_far.values())).result(timeout=30)
+        retry_while_leadership_moves(lambda: delete_records(offsets[-1] + 100))
 
     def first_value():
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "trim-check",
@@ -987,19 +1003,14 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
         # The high watermarks as they are now: a leader elected after the produce appends a
         # control batch of its term, which moves the end past the last record. Right after an
         # election the admin client's leader epochs may be old: the broker answers
-        # FENCED_LEADER_EPOCH (as Kafka does) and librdkafka's admin API does not retry it.
-        deadline = time.monotonic() + HEAL_TIMEOUT_S
-        while True:
+        # FENCED_LEADER_EPOCH.
+        def list_ends():
             futures = admin.list_offsets(
                 {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
                 request_timeout=30)
-            try:
-                return {tp.partition: future.result(timeout=30).offset
-                        for tp, future in futures.items()}
-            except KafkaException as error:
-                if error.args[0].code() not in LEADERSHIP_MOVED or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+            return {tp.partition: future.result(timeout=30).offset
+                    for tp, future in futures.items()}
+        return retry_while_leadership_moves(list_ends)
 
     for node_id in order + [controller]:
         node = nodes[node_id - 1]

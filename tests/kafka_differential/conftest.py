@@ -120,6 +120,8 @@ class KafkaNode:
             "share.coordinator.state.topic.min.isr=1",
             # As Sluice's test brokers run (conftest.Broker): a group forms without waiting.
             "group.initial.rebalance.delay.ms=0",
+            # Compaction tests (test_compaction.py) wait for the cleaner; Sluice's runs as often.
+            "log.cleaner.backoff.ms=100",
             "",
         ]))
 
@@ -315,7 +317,7 @@ def kafka(request):
         request.node._kafka_node = node
         target = ApacheKafkaTarget(node)
     else:
-        broker = request.getfixturevalue("broker_factory")()
+        broker = request.getfixturevalue("broker_factory")("--log-cleaner-backoff-ms", "100")
         target = SluiceTarget(broker)
     yield target
     target.cleanup()

@@ -147,6 +147,7 @@ impl Broker {
             _data_dir_lock: lock,
         });
         broker.start_retention();
+        broker.start_log_cleaner();
         broker.start_transaction_timeouts();
         Ok(broker)
     }
@@ -559,6 +560,48 @@ impl Broker {
                         tracing::info!(topic, segments = count, "retention deleted segments");
                     }
                 }
+            }
+        });
+    }
+
+    /// One compaction pass over every partition of a compacted topic that is due (see
+    /// `PartitionLog::clean`), below each partition's last stable offset so that open
+    /// transactions are never cleaned; returns the records removed per topic.
+    pub fn compact_logs(&self) -> HashMap<String, u64> {
+        let now = now_ms();
+        let mut removed = HashMap::new();
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                let log = partition.log();
+                if !log.config().compact {
+                    continue;
+                }
+                match log.clean(now, partition.last_stable_offset()) {
+                    Ok(Some(stats)) => {
+                        *removed.entry(topic.name().to_string()).or_insert(0) +=
+                            stats.records_removed;
+                        metrics::counter!("sluice_log_cleaner_records_removed_total")
+                            .increment(stats.records_removed);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(topic = topic.name(), partition = partition.index(), %error, "log compaction failed")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    fn start_log_cleaner(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = std::time::Duration::from_millis(self.config.log_cleaner_backoff_ms.max(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(broker) = weak.upgrade() else { return };
+                // One pass at a time: the next sleep starts after this one ends.
+                let _ = tokio::task::spawn_blocking(move || broker.compact_logs()).await;
             }
         });
     }

@@ -41,6 +41,9 @@ pub struct BrokerConfig {
     /// How often retention is enforced (`log.retention.check.interval.ms`); idle producer ids
     /// are expired on the same tick.
     pub retention_check_interval_ms: u64,
+    /// How often compacted topics' partitions are checked for a cleaning pass
+    /// (`log.cleaner.backoff.ms`, Kafka default 15 s).
+    pub log_cleaner_backoff_ms: u64,
     /// Idempotent-producer state of a producer that has not appended for this long is dropped
     /// (`producer.id.expiration.ms`, Kafka default one day).
     pub producer_id_expiration_ms: i64,
@@ -88,6 +91,7 @@ impl BrokerConfig {
             log_defaults: LogConfig::default(),
             group: GroupConfig::default(),
             retention_check_interval_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
             producer_id_expiration_ms: 86_400_000,
             transaction_max_timeout_ms: 900_000,
             transaction_abort_check_interval_ms: 1_000,

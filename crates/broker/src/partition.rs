@@ -266,6 +266,16 @@ impl Partition {
                 "control batches are not accepted from producers".into(),
             ));
         }
+        if self.log.config().compact {
+            if let Some(offset_delta) = sluice_log::first_keyless_record(&records)? {
+                // Kafka's answer (INVALID_RECORD) and wording.
+                return Err(BrokerError::InvalidRecord(format!(
+                    "Compacted topic cannot accept message without key in topic partition \
+                     {}-{} (record {offset_delta} of the request).",
+                    self.topic, self.index
+                )));
+            }
+        }
         let now = now_ms();
         let rules = self.timestamps.rules();
         rules.check(&headers, now)?;

@@ -111,8 +111,10 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
         config_type: ConfigType::List,
         default: DefaultValue::Fixed("delete"),
         valid: Valid::ListOf(&["compact", "delete"]),
-        documentation: "'delete' removes whole segments by retention.ms and retention.bytes; an \
-                        empty list keeps everything. 'compact' is not supported yet.",
+        documentation: "'delete' removes whole segments by retention.ms and retention.bytes; \
+                        'compact' keeps the last record of each key (records need keys); both \
+                        may be given; an empty list keeps everything. Compaction runs on one \
+                        node; a cluster refuses 'compact' for now.",
     },
     TopicConfigSpec {
         name: "compression.gzip.level",
@@ -153,7 +155,8 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("86400000"),
         valid: Valid::AtLeast(0),
-        documentation: "A compaction setting: accepted, no effect until compaction exists.",
+        documentation: "Compaction removes a tombstone (a null value) once the newest record of \
+                        its segment is older than this.",
     },
     TopicConfigSpec {
         name: "file.delete.delay.ms",
@@ -235,7 +238,8 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("9223372036854775807"),
         valid: Valid::AtLeast(1),
-        documentation: "A compaction setting: accepted, no effect until compaction exists.",
+        documentation: "Compaction runs regardless of min.cleanable.dirty.ratio once a segment \
+                        not yet cleaned was started longer ago than this.",
     },
     TopicConfigSpec {
         name: "max.message.bytes",
@@ -287,7 +291,8 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
         config_type: ConfigType::Double,
         default: DefaultValue::Fixed("0.5"),
         valid: Valid::DoubleBetween(0.0, 1.0),
-        documentation: "A compaction setting: accepted, no effect until compaction exists.",
+        documentation: "Compaction runs when the bytes not cleaned yet reach this share of the \
+                        rolled segments below the last stable offset.",
     },
     TopicConfigSpec {
         name: "min.compaction.lag.ms",
@@ -295,7 +300,7 @@ const TOPIC_CONFIGS: &[TopicConfigSpec] = &[
         config_type: ConfigType::Long,
         default: DefaultValue::Fixed("0"),
         valid: Valid::AtLeast(0),
-        documentation: "A compaction setting: accepted, no effect until compaction exists.",
+        documentation: "Segments holding records younger than this are not compacted yet.",
     },
     TopicConfigSpec {
         name: "min.insync.replicas",
@@ -572,16 +577,16 @@ impl TopicConfig {
             })?;
             validate(spec, value)?;
         }
-        if let Some(policy) = overrides.get("cleanup.policy") {
-            if list_items(policy).any(|item| item == "compact") {
-                return Err(BrokerError::InvalidConfig(format!(
-                    "cleanup.policy '{policy}': log compaction is not supported by Sluice yet \
-                     (only 'delete', or an empty list)"
-                )));
-            }
-        }
         let config = TopicConfig { overrides };
-        config.log_config(defaults)?;
+        let log = config.log_config(defaults)?;
+        if log.min_compaction_lag_ms > log.max_compaction_lag_ms {
+            // Kafka's wording.
+            return Err(BrokerError::InvalidConfig(format!(
+                "conflict topic config setting min.compaction.lag.ms ({}) > \
+                 max.compaction.lag.ms ({})",
+                log.min_compaction_lag_ms, log.max_compaction_lag_ms
+            )));
+        }
         Ok(config)
     }
 
@@ -591,6 +596,12 @@ impl TopicConfig {
 
     fn value(&self, name: &str) -> Option<&str> {
         self.overrides.get(name).map(|value| value.trim())
+    }
+
+    /// `cleanup.policy` includes `compact`.
+    pub fn compacts(&self) -> bool {
+        self.value("cleanup.policy")
+            .is_some_and(|policy| list_items(policy).any(|item| item == "compact"))
     }
 
     /// `message.timestamp.type=LogAppendTime`: the broker stamps batches with its own clock.
@@ -638,6 +649,21 @@ impl TopicConfig {
                 "fsync" => config.durability = Durability::parse(value).map_err(|_| invalid())?,
                 "message.key.index.enable" => {
                     config.key_index = value.to_ascii_lowercase().parse().map_err(|_| invalid())?
+                }
+                "cleanup.policy" => {
+                    config.compact = list_items(value).any(|item| item == "compact")
+                }
+                "delete.retention.ms" => {
+                    config.delete_retention_ms = value.parse().map_err(|_| invalid())?
+                }
+                "min.cleanable.dirty.ratio" => {
+                    config.min_cleanable_dirty_ratio = value.parse().map_err(|_| invalid())?
+                }
+                "min.compaction.lag.ms" => {
+                    config.min_compaction_lag_ms = value.parse().map_err(|_| invalid())?
+                }
+                "max.compaction.lag.ms" => {
+                    config.max_compaction_lag_ms = value.parse().map_err(|_| invalid())?
                 }
                 _ => {}
             }
@@ -763,7 +789,7 @@ mod tests {
             ("remote.storage.enable", "true", "Tiered Storage"),
             ("message.format.version", "3.0", "Unknown topic config name"),
             ("cleanup.policy", "shred", "must be one of"),
-            ("cleanup.policy", "compact", "not supported"),
+            ("min.compaction.lag.ms", "-1", "at least 0"),
         ] {
             let error = check(name, value).expect_err(name).to_string();
             assert!(error.contains(message), "{name}={value}: {error}");
@@ -795,6 +821,53 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(names, sorted, "the table is kept sorted by name");
+    }
+
+    #[test]
+    fn compaction_settings_reach_the_log() {
+        let config = TopicConfig::new(
+            BTreeMap::from([
+                ("cleanup.policy".to_string(), "compact, delete".to_string()),
+                ("delete.retention.ms".to_string(), "5".to_string()),
+                ("min.cleanable.dirty.ratio".to_string(), "0.1".to_string()),
+                ("min.compaction.lag.ms".to_string(), "7".to_string()),
+                ("max.compaction.lag.ms".to_string(), "9".to_string()),
+            ]),
+            &LogConfig::default(),
+        )
+        .expect("valid");
+        assert!(config.compacts());
+        let log = config.log_config(&LogConfig::default()).expect("valid");
+        assert!(log.compact);
+        assert_eq!(log.retention_ms, LogConfig::default().retention_ms);
+        assert_eq!(
+            (
+                log.delete_retention_ms,
+                log.min_compaction_lag_ms,
+                log.max_compaction_lag_ms
+            ),
+            (5, 7, 9)
+        );
+        assert_eq!(log.min_cleanable_dirty_ratio, 0.1);
+        let compact_only = check("cleanup.policy", "compact")
+            .and_then(|c| c.log_config(&LogConfig::default()))
+            .expect("valid");
+        assert!(compact_only.compact);
+        assert_eq!(
+            (compact_only.retention_ms, compact_only.retention_bytes),
+            (-1, -1)
+        );
+        let conflict = TopicConfig::new(
+            BTreeMap::from([
+                ("min.compaction.lag.ms".to_string(), "10".to_string()),
+                ("max.compaction.lag.ms".to_string(), "9".to_string()),
+            ]),
+            &LogConfig::default(),
+        )
+        .expect_err("min above max");
+        assert!(conflict
+            .to_string()
+            .contains("conflict topic config setting"));
     }
 
     #[test]

@@ -545,6 +545,100 @@ pub(crate) fn visit_record_keys(
     Ok(())
 }
 
+/// One record of a batch as stored, for the cleaner: its bytes (length prefix included, so
+/// records can be copied into a rebuilt batch without re-encoding), its offset delta, its key
+/// and whether its value is null (a tombstone).
+pub(crate) struct RawRecord<'a> {
+    pub bytes: &'a [u8],
+    pub offset_delta: i32,
+    pub key: Option<&'a [u8]>,
+    pub tombstone: bool,
+}
+
+/// Walks the records of one whole batch (decompressed first if it is compressed).
+pub(crate) fn visit_raw_records(
+    header: &BatchHeader,
+    batch: &[u8],
+    mut visit: impl FnMut(RawRecord<'_>),
+) -> Result<(), LogError> {
+    let section = records_section(header, batch)?;
+    let mut body = VarReader { buf: &section };
+    for _ in 0..header.record_count {
+        let before = body.buf;
+        let length = body.varint()?;
+        let record_bytes = body
+            .bytes(length)?
+            .ok_or_else(|| invalid("null record".into()))?;
+        let whole = &before[..before.len() - body.buf.len()];
+        let mut record = VarReader { buf: record_bytes };
+        let _attributes = record.bytes(1)?;
+        let _timestamp_delta = record.varlong()?;
+        let offset_delta = record.varint()?;
+        let key = record.length_prefixed()?;
+        let value = record.length_prefixed()?;
+        visit(RawRecord {
+            bytes: whole,
+            offset_delta,
+            key,
+            tombstone: value.is_none(),
+        });
+    }
+    Ok(())
+}
+
+/// A copy of the whole batch `batch` holding only `records` (concatenated [`RawRecord`] bytes,
+/// `record_count` of them): the same base offset, lastOffsetDelta, timestamps, producer fields
+/// and codec, with a new length, count and CRC. This is how Kafka's cleaner keeps offsets and
+/// producer sequences while dropping records. A batch left with no records is uncompressed.
+pub(crate) fn rebuild_batch(
+    batch: &[u8],
+    records: &[u8],
+    record_count: i32,
+) -> Result<Vec<u8>, LogError> {
+    let header = BatchHeader::parse(batch)?;
+    let mut out = batch[..BATCH_HEADER_BYTES].to_vec();
+    let codec = header.compression();
+    if record_count > 0 && codec != 0 {
+        out.extend_from_slice(&crate::compression::compress(codec, records)?);
+    } else {
+        let attributes = header.attributes & !0x07;
+        out[21..23].copy_from_slice(&attributes.to_be_bytes());
+        out.extend_from_slice(records);
+    }
+    out[BATCH_HEADER_BYTES - 4..BATCH_HEADER_BYTES].copy_from_slice(&record_count.to_be_bytes());
+    let batch_length = i32::try_from(out.len() - BATCH_LENGTH_PREFIX_BYTES)
+        .map_err(|_| invalid("rebuilt batch too large".into()))?;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// The offset of the first record without a key in `batches` (whole, validated batches;
+/// control batches are skipped), or `None`. A compacted topic refuses such records, as Kafka.
+pub fn first_keyless_record(batches: &[u8]) -> Result<Option<i64>, LogError> {
+    let mut position = 0;
+    while position < batches.len() {
+        let rest = &batches[position..];
+        let header = BatchHeader::parse(rest)?;
+        header.check_shape(rest.len())?;
+        let total = header.total_bytes();
+        if !header.is_control() {
+            let mut found = None;
+            visit_raw_records(&header, &rest[..total], |record| {
+                if record.key.is_none() && found.is_none() {
+                    found = Some(header.base_offset.wrapping_add(record.offset_delta as i64));
+                }
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        position += total;
+    }
+    Ok(None)
+}
+
 /// Reads Kafka varints (zigzag) and length-prefixed byte strings, bounds-checked.
 struct VarReader<'a> {
     buf: &'a [u8],

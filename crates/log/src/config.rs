@@ -48,7 +48,7 @@ impl std::fmt::Display for Durability {
 }
 
 /// Per-partition storage settings (a topic's configs, translated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Roll the active segment when it would grow past this (Kafka `segment.bytes`, default 1 GiB).
     pub segment_bytes_max: u64,
@@ -66,6 +66,20 @@ pub struct LogConfig {
     /// Keep a per-segment hash index of record keys and `message-id` headers (`N.keyindex`) for
     /// `PartitionLog::find_records` (topic config `message.key.index.enable`, default on).
     pub key_index: bool,
+    /// `cleanup.policy` includes `compact`: [`crate::PartitionLog::clean`] keeps the last
+    /// record of each key.
+    pub compact: bool,
+    /// Tombstones (records with a null value) are removed by compaction once their segment's
+    /// newest record is older than this (`delete.retention.ms`, 1 day).
+    pub delete_retention_ms: i64,
+    /// Compact when the bytes not cleaned yet reach this share of the cleanable bytes
+    /// (`min.cleanable.dirty.ratio`, 0.5).
+    pub min_cleanable_dirty_ratio: f64,
+    /// Records younger than this are not compacted (`min.compaction.lag.ms`, 0).
+    pub min_compaction_lag_ms: i64,
+    /// Compact regardless of the ratio once uncleaned records are older than this
+    /// (`max.compaction.lag.ms`, unbounded).
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -79,6 +93,11 @@ impl Default for LogConfig {
             batch_bytes_max: 1_048_588,
             durability: Durability::Batch,
             key_index: true,
+            compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! PartitionLog::set_config(&self, LogConfig)
 //! PartitionLog::batch_headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>, LogError>
 //! PartitionLog::find_records(&self, RecordLookup::{Key, MessageId}, limit) -> Result<FoundRecords, LogError>  // key index
+//! PartitionLog::clean(&self, now_ms: i64, end: i64) -> Result<Option<CleanStats>, LogError>  // compaction pass
 //! PartitionLog::flush(&self) -> Result<(), LogError>   // fsync everything (clean shutdown marker)
 //! PartitionLog::delete(self) -> Result<(), LogError>   // remove the directory
 //! PartitionLog::is_offline(&self) -> bool
@@ -50,6 +51,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+mod cleaner;
 pub mod compression;
 mod config;
 mod error;
@@ -65,9 +67,10 @@ mod time_index;
 pub mod transaction_marker;
 
 pub use batch::{
-    decode_data_records, decode_records, stamp_log_append_time, validate_batches, BatchHeader,
-    Record, RecordBatchBuilder, BATCH_HEADER_BYTES,
+    decode_data_records, decode_records, first_keyless_record, stamp_log_append_time,
+    validate_batches, BatchHeader, Record, RecordBatchBuilder, BATCH_HEADER_BYTES,
 };
+pub use cleaner::CleanStats;
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
 pub use key_index::{RecordLookup, MESSAGE_ID_HEADER};

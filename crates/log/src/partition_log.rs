@@ -1,6 +1,8 @@
 //! The partition log (Kafka's UnifiedLog): segments, offsets, the high watermark and group commit.
 //!
 //! Locking, outermost first:
+//! - `cleaner_lock` serialises the changes to rolled segments: compaction (which rewrites
+//!   them for seconds without blocking appends), retention and truncation.
 //! - `sync_lock` serialises fsyncs. A caller that finds its offsets already durable returns at
 //!   once, so one fdatasync covers every append that landed before it started (group commit).
 //! - `append_lock` serialises appends, rolls, truncation and retention. It is held for the one
@@ -28,13 +30,15 @@ use crate::batch::{
     assign_base_offset, decode_batch_records, validate_batches_with_limit, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MIN,
 };
+use crate::cleaner::{clean_segment, CleanStats, CleanedSegment, OffsetMap, ProducerScan};
+use crate::key_index::KeyIndex;
 use crate::key_index::{batch_keys, BatchKeys, RecordLookup};
 use crate::key_index_merge::KeyIndexMerges;
 use crate::recovery::{
-    read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
+    load_key_index, read_log_start_checkpoint, recover, remove_clean_shutdown_marker, sync_dir,
     write_clean_shutdown_marker, write_log_start_checkpoint,
 };
-use crate::segment::{io_error, BatchReadError, BatchReader, Segment};
+use crate::segment::{io_error, scan_file, BatchReadError, BatchReader, Segment, SegmentIndexes};
 use crate::storage::{RealDisk, Storage};
 use crate::Record;
 use crate::{BatchHeader, Durability, LogConfig, LogError};
@@ -106,6 +110,11 @@ pub struct PartitionLog {
 
     /// Rolled segments' key indexes being merged off the append path (`key_index_merge`).
     key_index_merges: Arc<KeyIndexMerges>,
+    /// See the locking order in the module documentation.
+    cleaner_lock: Mutex<()>,
+    /// Compaction has cleaned the log below this (a segment boundary). Not persisted: after a
+    /// restart the first pass cleans everything once more.
+    first_dirty_offset: AtomicI64,
 }
 
 #[derive(Default)]
@@ -218,6 +227,8 @@ impl PartitionLog {
             retention_floor: AtomicI64::new(i64::MAX),
 
             key_index_merges: Arc::default(),
+            cleaner_lock: Mutex::new(()),
+            first_dirty_offset: AtomicI64::new(0),
         })
     }
 
@@ -841,6 +852,7 @@ impl PartitionLog {
             let config = self.config.read();
             (config.retention_bytes, config.retention_ms)
         };
+        let _cleaning = self.cleaner_lock.lock();
         let mut state = self.append_lock.lock();
         // Offline, the directory is left as it is for recovery.
         self.check_online()?;
@@ -890,6 +902,181 @@ impl PartitionLog {
         Ok(delete_count)
     }
 
+    /// One compaction pass (`cleanup.policy=compact`, see `cleaner`) over the rolled segments
+    /// that end at or below `end` (the owner's last stable offset; never past the high
+    /// watermark) and are older than `min.compaction.lag.ms`, when the bytes not cleaned yet
+    /// reach `min.cleanable.dirty.ratio` of them (or wait past `max.compaction.lag.ms`).
+    /// `None`: nothing was due. Appends go on meanwhile; retention and truncation wait.
+    ///
+    /// A segment's copy replaces it in this order, so a crash at any point leaves either the
+    /// old or the new log file whole, and indexes rebuilt from whichever it is: copy written
+    /// and fsynced; the old indexes removed (directory fsync); the copy renamed over the log
+    /// file (directory fsync); new indexes written.
+    pub fn clean(&self, now_ms: i64, end: i64) -> Result<Option<CleanStats>, LogError> {
+        let config = self.config.read().clone();
+        if !config.compact {
+            return Ok(None);
+        }
+        let _cleaning = self.cleaner_lock.lock();
+        self.check_online()?;
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let end = end.min(self.high_watermark());
+        let lag_floor = now_ms.saturating_sub(config.min_compaction_lag_ms);
+        let cleanable: Vec<Arc<Segment>> = segments[..segments.len() - 1]
+            .iter()
+            .take_while(|s| s.offset_end() <= end && s.timestamp_max() <= lag_floor)
+            .cloned()
+            .collect();
+        let Some(clean_end) = segments.get(cleanable.len()).map(|s| s.base_offset) else {
+            return Ok(None);
+        };
+        let first_dirty = self.first_dirty_offset.load(Ordering::Acquire);
+        let total_bytes: u64 = cleanable.iter().map(|s| s.size_bytes()).sum();
+        let dirty: Vec<&Arc<Segment>> = cleanable
+            .iter()
+            .filter(|s| s.base_offset >= first_dirty)
+            .collect();
+        if dirty.is_empty() {
+            return Ok(None);
+        }
+        let dirty_bytes: u64 = dirty.iter().map(|s| s.size_bytes()).sum();
+        let overdue = dirty.iter().any(|s| {
+            s.roll_base_ms() >= 0
+                && now_ms.saturating_sub(s.roll_base_ms()) > config.max_compaction_lag_ms
+        });
+        let ratio = dirty_bytes as f64 / total_bytes.max(1) as f64;
+        if ratio < config.min_cleanable_dirty_ratio && !overdue {
+            return Ok(None);
+        }
+        // A rolled segment's key index merge must not land on a file being replaced.
+        self.key_index_merges.wait_idle();
+        let producers = ProducerScan::from_segments(&segments)?;
+        let map = OffsetMap::build(&cleanable, &producers)?;
+        let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
+        let mut stats = CleanStats {
+            clean_end,
+            ..CleanStats::default()
+        };
+        for segment in &cleanable {
+            let remove_tombstones = segment.timestamp_max() < tombstone_horizon;
+            let Some(cleaned) =
+                clean_segment(&self.storage, segment, &map, &producers, remove_tombstones)?
+            else {
+                continue;
+            };
+            stats.segments += 1;
+            stats.bytes_before += segment.size_bytes();
+            stats.bytes_after += cleaned.size_bytes;
+            stats.records_removed += cleaned.records_removed;
+            self.install_cleaned(segment, cleaned, &config)?;
+        }
+        self.first_dirty_offset
+            .fetch_max(clean_end, Ordering::AcqRel);
+        if stats.segments > 0 {
+            tracing::info!(dir = %self.dir.display(), segments = stats.segments, bytes_before = stats.bytes_before, bytes_after = stats.bytes_after, records_removed = stats.records_removed, clean_end, "compacted log");
+        }
+        Ok(Some(stats))
+    }
+
+    /// Replaces `old` with its cleaned copy (see `clean` for the order). Caller holds
+    /// `cleaner_lock`.
+    fn install_cleaned(
+        &self,
+        old: &Arc<Segment>,
+        cleaned: CleanedSegment,
+        config: &LogConfig,
+    ) -> Result<(), LogError> {
+        let discard = |error: LogError| {
+            let _ = self.storage.remove_file(&cleaned.path);
+            error
+        };
+        // Checked as a reader would: the copy must be whole batches with growing offsets.
+        let scan = cleaned
+            .file
+            .sync_data()
+            .map_err(|e| io_error(&cleaned.path, e))
+            .and_then(|()| {
+                scan_file(
+                    cleaned.file.as_ref(),
+                    &cleaned.path,
+                    old.base_offset,
+                    0,
+                    cleaned.size_bytes,
+                    true,
+                    config.index_interval_bytes as u64,
+                    SegmentIndexes::new(None),
+                )
+            })
+            .map_err(discard)?;
+        if let Some(stop) = scan.stop {
+            return Err(discard(LogError::InvalidBatch(format!(
+                "cleaned copy of {} is invalid at {}: {}",
+                old.log_path.display(),
+                stop.position,
+                stop.reason
+            ))));
+        }
+        {
+            let mut state = self.append_lock.lock();
+            self.check_online().map_err(discard)?;
+            if !self.segments.read().iter().any(|s| Arc::ptr_eq(s, old)) {
+                return Err(discard(LogError::InvalidConfig(
+                    "segment removed while being cleaned".into(),
+                )));
+            }
+            self.clear_clean_shutdown_marker(&mut state)
+                .map_err(|e| self.go_offline(e))?;
+        }
+        let CleanedSegment { path, file, .. } = cleaned;
+        let mut indexes = scan.indexes;
+        // Rebuilt below, once the segment is in place.
+        indexes.key_index = if config.key_index {
+            KeyIndex::Incomplete
+        } else {
+            KeyIndex::Disabled
+        };
+        // Half done, memory and disk disagree: offline until recovery reads the disk again.
+        let swap = || -> Result<Arc<Segment>, LogError> {
+            old.remove_index_files()?;
+            sync_dir(self.storage.as_ref(), &self.dir)?;
+            self.storage
+                .rename(&path, &old.log_path)
+                .map_err(|e| io_error(&old.log_path, e))?;
+            sync_dir(self.storage.as_ref(), &self.dir)?;
+            let segment = Segment::from_parts(
+                Arc::clone(&self.storage),
+                old.base_offset,
+                old.log_path.clone(),
+                file,
+                scan.valid_bytes,
+                scan.offset_end,
+                indexes,
+                old.roll_base_ms(),
+            );
+            segment.write_index_files(true)?;
+            sync_dir(self.storage.as_ref(), &self.dir)?;
+            Ok(Arc::new(segment))
+        };
+        let segment = swap().map_err(|e| self.go_offline(e))?;
+        if let Some(slot) = self
+            .segments
+            .write()
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(s, old))
+        {
+            *slot = Arc::clone(&segment);
+        }
+        if config.key_index {
+            load_key_index(
+                self.storage.as_ref(),
+                &self.dir,
+                &segment,
+                config.index_interval_bytes as u64,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Removes every batch at or after `offset` (for replication; also used by tests).
     ///
     /// The cut falls on a batch boundary: a batch containing `offset` is removed whole, so the
@@ -897,6 +1084,7 @@ impl PartitionLog {
     /// log start stays).
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let interval_bytes = self.config.read().index_interval_bytes as u64;
+        let _cleaning = self.cleaner_lock.lock();
         let mut state = self.append_lock.lock();
         self.check_online()?;
         if offset >= self.log_end_offset() {
@@ -975,6 +1163,7 @@ impl PartitionLog {
                 end: self.log_end_offset(),
             });
         }
+        let _cleaning = self.cleaner_lock.lock();
         let _sync = self.sync_lock.lock();
         let mut state = self.append_lock.lock();
         self.check_online()?;
@@ -1197,7 +1386,7 @@ fn validate_config(config: &LogConfig) -> Result<(), LogError> {
 
 /// Next batch of a segment whose bytes were validated when written or recovered: a bad header
 /// now means the file changed under us, which is reported rather than served.
-fn next_stored_batch(
+pub(crate) fn next_stored_batch(
     segment: &Segment,
     reader: &mut BatchReader<'_>,
 ) -> Result<Option<(u64, BatchHeader)>, LogError> {
@@ -1232,7 +1421,7 @@ fn batch_position_at(segment: &Segment, offset: i64) -> Result<u64, LogError> {
 }
 
 /// A stored batch failed its checks: logged loudly (media corruption) and never served.
-fn corrupt_stored(segment: &Segment, position: u64, reason: String) -> LogError {
+pub(crate) fn corrupt_stored(segment: &Segment, position: u64, reason: String) -> LogError {
     tracing::error!(
         segment = %segment.log_path.display(),
         position,

@@ -294,7 +294,7 @@ fn load_rolled_segment(
 
 /// Uses a rolled segment's `.keyindex` when its header matches the segment, else rebuilds it
 /// from the log and writes it (durably, as the other indexes of a rolled segment).
-fn load_key_index(
+pub(crate) fn load_key_index(
     storage: &dyn Storage,
     dir: &Path,
     segment: &Segment,

@@ -515,6 +515,18 @@ impl Segment {
     /// Removes the segment's files (open handles stay readable until dropped). The caller makes
     /// the removal durable (`sync_dir`).
     pub fn remove_files(&self) -> Result<(), LogError> {
+        self.remove_index_files()?;
+        let path = &self.log_path;
+        match self.storage.remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(path, e)),
+        }
+    }
+
+    /// Removes the segment's index files, leaving its log (which compaction then replaces).
+    /// The caller makes the removal durable (`sync_dir`).
+    pub fn remove_index_files(&self) -> Result<(), LogError> {
         {
             // A background merge of this segment's key index must not install its table.
             let mut indexes = self.indexes.lock();
@@ -524,7 +536,6 @@ impl Segment {
         }
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         for suffix in [
-            LOG_SUFFIX,
             INDEX_SUFFIX,
             TIME_INDEX_SUFFIX,
             KEY_INDEX_SUFFIX,

@@ -131,6 +131,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
 
+    /// How often the log cleaner looks for compacted topics' partitions due for a pass
+    /// (Kafka's log.cleaner.backoff.ms) [default: 15000]
+    #[arg(long, env = "SLUICE_LOG_CLEANER_BACKOFF_MS", value_name = "MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
+
     /// Wait before the first rebalance of a new group completes [default: 3000]
     #[arg(
         long,
@@ -333,6 +338,7 @@ impl ServeArgs {
                 retention_ms,
                 retention_bytes,
                 retention_check_interval_ms,
+                log_cleaner_backoff_ms,
                 group_initial_rebalance_delay_ms,
                 group_min_session_timeout_ms,
                 group_max_session_timeout_ms,
@@ -372,6 +378,7 @@ impl ServeArgs {
             batch_bytes_max: self.message_max_bytes.unwrap_or(defaults.batch_bytes_max),
             durability,
             key_index: self.message_key_index.unwrap_or(defaults.key_index),
+            ..defaults
         };
         let group_defaults = GroupConfig::default();
         let group = GroupConfig {
@@ -399,6 +406,9 @@ impl ServeArgs {
         broker.group = group;
         if let Some(interval) = self.retention_check_interval_ms {
             broker.retention_check_interval_ms = interval;
+        }
+        if let Some(backoff) = self.log_cleaner_backoff_ms {
+            broker.log_cleaner_backoff_ms = backoff;
         }
         if let Some(expiration_ms) = self.producer_id_expiration_ms {
             anyhow::ensure!(

@@ -425,7 +425,10 @@ impl ClusterBroker {
         validate_only: bool,
     ) -> Result<(), ReplicationError> {
         validate_topic_name(name)?;
-        TopicConfig::new(configs.clone(), &self.broker.config().log_defaults)?;
+        refuse_compaction(&TopicConfig::new(
+            configs.clone(),
+            &self.broker.config().log_defaults,
+        )?)?;
         let partition_count = if partition_count == -1 {
             self.broker.config().default_partitions
         } else {
@@ -618,7 +621,10 @@ impl ClusterBroker {
             configs.remove(key);
         }
         configs.extend(set.clone());
-        TopicConfig::new(configs, &self.broker.config().log_defaults)?;
+        refuse_compaction(&TopicConfig::new(
+            configs,
+            &self.broker.config().log_defaults,
+        )?)?;
         if validate_only {
             return Ok(());
         }
@@ -1493,4 +1499,17 @@ pub fn unreachable_replication_factor(replication_factor: i32, brokers: usize) -
          factor of {replication_factor} cannot be reached because only {brokers} broker(s) are \
          registered."
     )
+}
+
+/// Replicated partitions are not compacted yet: each replica would have to clean the same
+/// consensus log alike. Refused instead of accepted and ignored.
+fn refuse_compaction(config: &TopicConfig) -> Result<(), BrokerError> {
+    if config.compacts() {
+        return Err(BrokerError::InvalidConfig(
+            "cleanup.policy=compact: log compaction runs on a single node; a cluster does not \
+             compact replicated partitions yet"
+                .into(),
+        ));
+    }
+    Ok(())
 }

@@ -80,6 +80,9 @@ struct SimState {
     fail_next_write: bool,
     fail_next_sync: bool,
     space_bytes_max: Option<u64>,
+    /// `Some(n)`: the disk takes n more changes, then refuses every change with EIO (see
+    /// [`SimDisk::crash_after`]).
+    changes_left: Option<u64>,
     counters: SimDiskCounters,
 }
 
@@ -148,6 +151,19 @@ impl SimState {
         cuts.push(end);
         let pick = (self.random() % cuts.len() as u64) as usize;
         cuts[pick] - position
+    }
+
+    /// Counts one change (a write, truncation, fsync or directory change) against
+    /// `changes_left`; EIO, with nothing changed, once the disk is frozen.
+    fn take_change(&mut self) -> io::Result<()> {
+        match self.changes_left {
+            Some(0) => Err(os_error(EIO)),
+            Some(n) => {
+                self.changes_left = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn dir_exists(&self, dir: &Path) -> bool {
@@ -225,6 +241,7 @@ impl SimDisk {
                 fail_next_write: false,
                 fail_next_sync: false,
                 space_bytes_max: None,
+                changes_left: None,
                 counters: SimDiskCounters::default(),
             })),
         }
@@ -251,6 +268,14 @@ impl SimDisk {
         self.state.lock().space_bytes_max = space_bytes_max;
     }
 
+    /// The machine dies after `changes` more changes (writes, truncations, fsyncs, creates,
+    /// removes, renames, directory fsyncs): every later one fails with EIO and changes
+    /// nothing, so a [`SimDisk::power_cut`] next shows the disk as that crash point left it.
+    /// Walking `changes` over 0, 1, 2, ... crashes an operation at each of its steps.
+    pub fn crash_after(&self, changes: u64) {
+        self.state.lock().changes_left = Some(changes);
+    }
+
     pub fn counters(&self) -> SimDiskCounters {
         self.state.lock().counters
     }
@@ -264,6 +289,7 @@ impl SimDisk {
         state.counters.power_cuts += 1;
         state.fail_next_write = false;
         state.fail_next_sync = false;
+        state.changes_left = None;
         let durable = std::mem::take(&mut state.durable);
         // An entry survives only if every directory above it does.
         let surviving: BTreeMap<PathBuf, Node> = durable
@@ -351,6 +377,7 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         let mut state = self.state.lock();
         state.inode(self.inode, self.generation)?;
+        state.take_change()?;
         state.counters.writes += 1;
         if std::mem::take(&mut state.fail_next_write) {
             let kept = state.torn_length(position, buf.len() as u64) as usize;
@@ -379,6 +406,7 @@ impl StorageFile for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut state = self.state.lock();
         state.inode(self.inode, self.generation)?;
+        state.take_change()?;
         state.check_space(self.inode, len)?;
         state.record(self.inode, Change::SetLen(len));
         Ok(())
@@ -387,6 +415,7 @@ impl StorageFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.state.lock();
         state.inode(self.inode, self.generation)?;
+        state.take_change()?;
         state.counters.file_syncs += 1;
         let fail = std::mem::take(&mut state.fail_next_sync);
         let inode = state.inode(self.inode, self.generation)?;
@@ -459,6 +488,7 @@ impl Storage for SimDisk {
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.state.lock();
         state.check_parent(path)?;
+        state.take_change()?;
         let inode = match state.live.get(path).copied() {
             Some(Node::File(inode)) => {
                 state.record(inode, Change::SetLen(0));
@@ -483,6 +513,7 @@ impl Storage for SimDisk {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.take_change()?;
         match state.live.get(path) {
             Some(Node::File(_)) => {
                 state.live.remove(path);
@@ -499,6 +530,7 @@ impl Storage for SimDisk {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.check_parent(to)?;
+        state.take_change()?;
         match state.live.get(from).copied() {
             Some(Node::File(inode)) => {
                 if state.live.get(to) == Some(&Node::Dir) {
@@ -534,6 +566,7 @@ impl Storage for SimDisk {
         if !state.dir_exists(dir) {
             return Err(not_found(dir));
         }
+        state.take_change()?;
         state.counters.dir_syncs += 1;
         let state = &mut *state;
         state.durable.retain(|path, _| path.parent() != Some(dir));

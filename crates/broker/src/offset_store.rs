@@ -53,7 +53,8 @@ pub(crate) struct OffsetStore {
     /// write visible on append and flush on their own schedule.
     sync_on_commit: bool,
     offsets: Mutex<HashMap<String, GroupOffsets>>,
-    /// Held while appending, so compaction can fix a log end no commit writes past.
+    /// Held while appending: one commit's batches are contiguous, and its first offset is
+    /// registered in `unapplied` before any later append's.
     append_gate: Mutex<()>,
     /// First log offset (with a count) of every append not yet applied to `offsets`. A
     /// tombstone is needed in memory only while an older append may still be applied.
@@ -309,51 +310,25 @@ impl OffsetStore {
             .count()
     }
 
-    /// Compacts when the log is past `COMPACTION_BYTES_MIN` and dead records outnumber the
-    /// live offsets. Blocking (reads and writes the log): run it off the async workers.
+    /// Compacts (the log cleaner, see `PartitionLog::clean`) when the log is past
+    /// `COMPACTION_BYTES_MIN` and its rolled segments are dirty enough. Commits go on
+    /// meanwhile. Blocking (reads and writes the log): run it off the async workers.
     /// Returns whether it compacted.
     pub(crate) fn compact_if_needed(&self) -> Result<bool, BrokerError> {
-        let record_count = self.log.log_end_offset() - self.log.log_start_offset();
-        let live_count = self.live_count() as i64;
-        if self.log.size_bytes() < COMPACTION_BYTES_MIN || record_count <= 2 * live_count {
+        if self.log.size_bytes() < COMPACTION_BYTES_MIN {
             return Ok(false);
         }
+        let bytes_before = self.log.size_bytes();
+        let Some(stats) = self.log.clean(now_ms(), self.log.high_watermark())? else {
+            return Ok(false);
+        };
         tracing::info!(
-            record_count,
-            live_count,
+            bytes_before,
             bytes = self.log.size_bytes(),
-            "compacting the consumer offsets log"
-        );
-        self.compact()?;
-        tracing::info!(
-            bytes = self.log.size_bytes(),
-            log_start_offset = self.log.log_start_offset(),
+            records_removed = stats.records_removed,
             "compacted the consumer offsets log"
         );
-        Ok(true)
-    }
-
-    /// Appends the newest value of every live key at the log's head, then moves the log start
-    /// to it: everything before is superseded and whole segments of it are deleted.
-    fn compact(&self) -> Result<(), BrokerError> {
-        // Most of the log is replayed without holding up commits.
-        let mut latest = HashMap::new();
-        let (replayed_to, _) = replay_range(&self.log, self.log.log_start_offset(), &mut latest)?;
-        let live_from = {
-            // From here no commit appends: make what was appended readable, replay the rest,
-            // and write the live set after it. Commits appended before the gate are in the
-            // replay whether or not they have been applied to memory yet.
-            let _gate = self.append_gate.lock();
-            let log_end = self.log.log_end_offset();
-            self.log.sync(log_end)?;
-            replay_range(&self.log, replayed_to, &mut latest)?;
-            append_live(&self.log, &latest)?;
-            log_end
-        };
-        self.log.sync(self.log.log_end_offset())?;
-        self.log.advance_log_start(live_from)?;
-        self.log.enforce_retention(now_ms())?;
-        Ok(())
+        Ok(stats.segments > 0)
     }
 
     /// Drops tombstones that no unapplied append is older than, and groups left without
@@ -379,41 +354,6 @@ impl OffsetStore {
     }
 }
 
-/// Appends every live offset of `offsets` to `log` (not synced).
-fn append_live(
-    log: &PartitionLog,
-    offsets: &HashMap<String, GroupOffsets>,
-) -> Result<(), BrokerError> {
-    let now = now_ms();
-    let mut builder = RecordBatchBuilder::new();
-    let mut builder_bytes = 0;
-    for (group_id, group) in offsets {
-        for (partition, cached) in group {
-            let Some(value) = &cached.value else { continue };
-            let (Ok(key), Ok(value)) = (encode_key(group_id, partition), encode_value(value))
-            else {
-                continue;
-            };
-            builder_bytes += key.len() + value.len() + 16;
-            builder.push(Record {
-                key: Some(key),
-                value: Some(value),
-                timestamp: now,
-                ..Record::default()
-            });
-            if builder_bytes >= BATCH_BYTES_TARGET {
-                log.append(&mut builder.build(), 0, now)?;
-                builder = RecordBatchBuilder::new();
-                builder_bytes = 0;
-            }
-        }
-    }
-    if !builder.is_empty() {
-        log.append(&mut builder.build(), 0, now)?;
-    }
-    Ok(())
-}
-
 fn storage_error(error: LogError) -> GroupError {
     GroupError::Storage(format!("consumer offsets log: {error}"))
 }
@@ -434,16 +374,22 @@ fn apply(
 }
 
 /// Reads the whole log into memory; returns the live offsets and how many records were read.
-/// The config of an internal log (offsets, transaction state): never deleted by retention
-/// (entries are superseded or tombstoned instead), segments of at most `segment_bytes_max`
-/// so compaction frees space soon, no key index (replayed whole on open, never queried by
-/// key).
+/// The config of an internal log (offsets, transaction state): keyed records compacted by
+/// the log cleaner and never deleted by retention (entries are superseded or tombstoned
+/// instead; a tombstone goes with the first pass over it, as nothing reads these logs but
+/// their own replay), segments of at most `segment_bytes_max` so compaction frees space
+/// soon, no key index (replayed whole on open, never queried by key).
 pub(crate) fn internal_log_config(log_config: LogConfig, segment_bytes_max: u64) -> LogConfig {
     LogConfig {
         retention_ms: -1,
         retention_bytes: -1,
         segment_bytes_max: log_config.segment_bytes_max.min(segment_bytes_max),
         key_index: false,
+        compact: true,
+        delete_retention_ms: 0,
+        min_cleanable_dirty_ratio: 0.5,
+        min_compaction_lag_ms: 0,
+        max_compaction_lag_ms: i64::MAX,
         ..log_config
     }
 }

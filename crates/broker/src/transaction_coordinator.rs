@@ -656,8 +656,7 @@ impl TransactionCoordinator {
 
     /// Compacts the transaction log when it is mostly dead records.
     pub(crate) fn compact_if_needed(&self) -> Result<bool, BrokerError> {
-        let states = self.states.lock();
-        self.log.compact_if_needed(&states)
+        self.log.compact_if_needed()
     }
 
     /// The transactional ids asked for, `None` for those unknown here.

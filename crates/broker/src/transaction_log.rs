@@ -3,14 +3,13 @@
 //! value = its state as JSON, null when the id expires) and waits for the fsync before the
 //! coordinator answers. On open the log is replayed, last write winning.
 //!
-//! The log is rewritten when dead records outnumber live ones in a big enough log: the live
-//! states are appended again and the log start moves past the old records, so old segments go.
+//! The log cleaner compacts it (keeping each id's last state, see `PartitionLog::clean`) once
+//! it is big enough and its rolled segments are mostly superseded records.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use sluice_log::{Durability, LogConfig, PartitionLog, Record, RecordBatchBuilder, Storage};
 
 use crate::offset_store::internal_log_config;
@@ -27,8 +26,6 @@ const COMPACTION_BYTES_MIN: u64 = 8 << 20;
 pub(crate) struct TransactionLog {
     log: Arc<PartitionLog>,
     sync_on_write: bool,
-    /// Records appended since the last compaction, against which live states are measured.
-    records_total: Mutex<u64>,
 }
 
 impl TransactionLog {
@@ -41,12 +38,11 @@ impl TransactionLog {
         let config = internal_log_config(log_config, SEGMENT_BYTES_MAX);
         let sync_on_write = config.durability == Durability::Batch;
         let log = PartitionLog::open_with(storage, dir, config)?;
-        let (states, records_total) = replay(&log)?;
+        let states = replay(&log)?;
         Ok((
             TransactionLog {
                 log: Arc::new(log),
                 sync_on_write,
-                records_total: Mutex::new(records_total),
             },
             states,
         ))
@@ -74,7 +70,6 @@ impl TransactionLog {
         });
         let mut batch = builder.build();
         let info = self.log.append(&mut batch, 0, now)?;
-        *self.records_total.lock() += 1;
         if self.sync_on_write {
             let log = Arc::clone(&self.log);
             let offset_end = info.last_offset + 1;
@@ -85,35 +80,15 @@ impl TransactionLog {
         Ok(())
     }
 
-    /// Rewrites the live `states` at the head and drops everything before them, when the log
-    /// is big and mostly dead records. The caller holds every write back meanwhile.
-    pub(crate) fn compact_if_needed(
-        &self,
-        states: &HashMap<String, TransactionMetadata>,
-    ) -> Result<bool, BrokerError> {
-        let records_total = *self.records_total.lock();
-        if self.log.size_bytes() < COMPACTION_BYTES_MIN || records_total < 2 * states.len() as u64 {
+    /// Compacts (the log cleaner, see `PartitionLog::clean`) when the log is past
+    /// `COMPACTION_BYTES_MIN` and its rolled segments are dirty enough; transactions go on
+    /// meanwhile. Returns whether it compacted.
+    pub(crate) fn compact_if_needed(&self) -> Result<bool, BrokerError> {
+        if self.log.size_bytes() < COMPACTION_BYTES_MIN {
             return Ok(false);
         }
-        let live_from = self.log.log_end_offset();
-        let now = now_ms();
-        for (transactional_id, state) in states {
-            let value = serde_json::to_vec(state)
-                .map_err(|e| BrokerError::storage_io(format!("encoding transaction state: {e}")))?;
-            let mut builder = RecordBatchBuilder::new();
-            builder.push(Record {
-                key: Some(transactional_id.as_bytes().to_vec()),
-                value: Some(value),
-                timestamp: now,
-                ..Record::default()
-            });
-            self.log.append(&mut builder.build(), 0, now)?;
-        }
-        self.log.sync(self.log.log_end_offset())?;
-        self.log.advance_log_start(live_from)?;
-        self.log.enforce_retention(now)?;
-        *self.records_total.lock() = states.len() as u64;
-        Ok(true)
+        let cleaned = self.log.clean(now_ms(), self.log.high_watermark())?;
+        Ok(cleaned.is_some_and(|stats| stats.segments > 0))
     }
 
     pub(crate) fn flush(&self) -> Result<(), BrokerError> {
@@ -121,12 +96,10 @@ impl TransactionLog {
     }
 }
 
-/// Every transactional id's last state, and how many records the log holds.
-fn replay(log: &PartitionLog) -> Result<(HashMap<String, TransactionMetadata>, u64), BrokerError> {
+/// Every transactional id's last state.
+fn replay(log: &PartitionLog) -> Result<HashMap<String, TransactionMetadata>, BrokerError> {
     let mut states = HashMap::new();
-    let mut records_total = 0u64;
     log.for_each_record(log.log_start_offset(), REPLAY_READ_BYTES, |record| {
-        records_total += 1;
         let Some(key) = record.key.and_then(|k| String::from_utf8(k).ok()) else {
             tracing::warn!(offset = record.offset, "skipping undecodable transaction-log key");
             return;
@@ -145,5 +118,63 @@ fn replay(log: &PartitionLog) -> Result<(HashMap<String, TransactionMetadata>, u
             },
         }
     })?;
-    Ok((states, records_total))
+    Ok(states)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transaction_coordinator::TransactionState;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn state(epoch: i16) -> TransactionMetadata {
+        TransactionMetadata {
+            producer_id: 7,
+            producer_epoch: epoch,
+            previous: None,
+            timeout_ms: 60_000,
+            state: TransactionState::Ongoing,
+            // About 4 KB of JSON, so a few thousand writes pass the compaction threshold.
+            partitions: (0..200)
+                .map(|p| ("topic".to_string(), p))
+                .collect::<BTreeSet<_>>(),
+            pending_offsets: BTreeMap::new(),
+            started_ms: 1,
+            updated_ms: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cleaner_keeps_each_ids_last_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        let (log, _) =
+            TransactionLog::open(Arc::new(sluice_log::RealDisk), dir.path(), config.clone())
+                .unwrap();
+        for epoch in 0..3000 {
+            log.write(&format!("id-{}", epoch % 3), Some(&state(epoch)))
+                .await
+                .unwrap();
+        }
+        log.write("forgotten", Some(&state(1))).await.unwrap();
+        log.write("forgotten", None).await.unwrap();
+        let size_before = log.log.size_bytes();
+        assert!(size_before >= COMPACTION_BYTES_MIN);
+        assert!(log.compact_if_needed().unwrap());
+        assert!(
+            log.log.size_bytes() < SEGMENT_BYTES_MAX + (1 << 20),
+            "{} bytes left of {size_before}",
+            log.log.size_bytes()
+        );
+        drop(log);
+        let (_, states) =
+            TransactionLog::open(Arc::new(sluice_log::RealDisk), dir.path(), config).unwrap();
+        assert_eq!(states.len(), 3, "{:?}", states.keys());
+        for id in 0..3 {
+            assert_eq!(states[&format!("id-{id}")].producer_epoch, 2997 + id as i16);
+        }
+    }
 }

@@ -968,7 +968,13 @@ impl PartitionLog {
             stats.bytes_before += segment.size_bytes();
             stats.bytes_after += cleaned.size_bytes;
             stats.records_removed += cleaned.records_removed;
-            self.install_cleaned(segment, cleaned, &config)?;
+            if cleaned.size_bytes == 0 && !Arc::ptr_eq(segment, &segments[0]) {
+                // Nothing left: the segment goes (the first stays, it holds the log start).
+                let _ = self.storage.remove_file(&cleaned.path);
+                self.remove_cleaned_out(segment)?;
+            } else {
+                self.install_cleaned(segment, cleaned, &config)?;
+            }
         }
         self.first_dirty_offset
             .fetch_max(clean_end, Ordering::AcqRel);
@@ -976,6 +982,25 @@ impl PartitionLog {
             tracing::info!(dir = %self.dir.display(), segments = stats.segments, bytes_before = stats.bytes_before, bytes_after = stats.bytes_after, records_removed = stats.records_removed, clean_end, "compacted log");
         }
         Ok(Some(stats))
+    }
+
+    /// Removes a rolled segment compaction left without batches: its offsets are a gap that
+    /// reads pass over to the next segment. Caller holds `cleaner_lock`.
+    fn remove_cleaned_out(&self, old: &Arc<Segment>) -> Result<(), LogError> {
+        {
+            let mut state = self.append_lock.lock();
+            self.check_online()?;
+            self.clear_clean_shutdown_marker(&mut state)
+                .map_err(|e| self.go_offline(e))?;
+            self.segments.write().retain(|s| !Arc::ptr_eq(s, old));
+        }
+        let remove = || -> Result<(), LogError> {
+            old.remove_files()?;
+            // Durable before the next segment is cleaned: a tombstone removed there must
+            // never outlive the values it deleted here.
+            sync_dir(self.storage.as_ref(), &self.dir)
+        };
+        remove().map_err(|e| self.go_offline(e))
     }
 
     /// Replaces `old` with its cleaned copy (see `clean` for the order). Caller holds

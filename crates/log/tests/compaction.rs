@@ -113,6 +113,7 @@ fn compaction_keeps_the_last_record_of_each_key_at_its_offset() {
     let before = contents(&log);
     let end = log.log_end_offset();
     let bytes_before = log.size_bytes();
+    let segments_before = log.segment_count();
 
     let stats = log.clean(10_000, end).unwrap().expect("a pass was due");
     assert!(stats.segments > 0 && stats.records_removed > 0, "{stats:?}");
@@ -123,6 +124,12 @@ fn compaction_keeps_the_last_record_of_each_key_at_its_offset() {
         "every key's last record stays"
     );
     assert!(log.size_bytes() < bytes_before);
+    // Segments left without records are gone, except the first (it holds the log start).
+    assert!(
+        log.segment_count() < segments_before,
+        "{} segments of {segments_before}",
+        log.segment_count()
+    );
     // Only the active segment may hold a key twice: the cleaned ones hold each key's last.
     let active_base = stats.clean_end;
     let cleaned: Vec<_> = after.iter().filter(|(o, _, _)| *o < active_base).collect();

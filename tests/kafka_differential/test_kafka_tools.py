@@ -22,6 +22,9 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
+from kafka_wire import KafkaWire
+from librdkafka_client import read_to_end
+
 TOPICS = "org.apache.kafka.tools.TopicCommand"
 CONSOLE_PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
 CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
@@ -569,6 +572,41 @@ def test_transactions_list_and_describe_an_open_transaction(kafka):
     assert described["TransactionState"] == "Ongoing"
     assert described["TopicPartitions"] == f"{topic}-0"
     producer.commit_transaction(30)
+
+
+def test_transactions_abort_a_hanging_transaction(kafka):
+    """`kafka-transactions abort --start-offset` ends a transaction its producer left open
+    (found through DescribeProducers, ended with WriteTxnMarkers): the last stable offset moves
+    past it and read_committed consumers skip its records."""
+    topic = kafka.create_topic()
+    hanging = kafka.producer(**{"transactional.id": kafka.name("tx"),
+                                "transaction.timeout.ms": 120000})
+    hanging.init_transactions(30)
+    hanging.begin_transaction()
+    hanging.produce(topic, value=b"hanging", partition=0)
+    assert hanging.flush(30) == 0
+    produce(kafka, topic, 0, 2)
+
+    def last_stable_and_high_watermark():
+        with KafkaWire(kafka.bootstrap) as wire:
+            return (wire.list_offset(topic, 0, -1, isolation_level=1).offset,
+                    wire.list_offset(topic, 0, -1).offset)
+
+    assert last_stable_and_high_watermark() == (0, 3)
+    def transaction_starts():
+        rows = run(kafka, TRANSACTIONS, "describe-producers", "--topic", topic,
+                   "--partition", "0").stdout.splitlines()[1:]
+        return sorted(row.split("\t")[5].strip() for row in rows)
+
+    assert transaction_starts() == ["0"]
+
+    run(kafka, TRANSACTIONS, "abort", "--topic", topic, "--partition", "0",
+        "--start-offset", "0")
+    # The marker took offset 3.
+    assert last_stable_and_high_watermark() == (4, 4)
+    values = [m.value() for m in read_to_end(kafka.bootstrap, topic, 1, kafka.name("read"))]
+    assert b"hanging" not in values and len(values) == 2
+    assert transaction_starts() == ["None"]
 
 
 def test_transactions_describe_producers_of_a_partition(kafka):

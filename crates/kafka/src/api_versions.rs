@@ -47,6 +47,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 2),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// Every supported API as (api key, min version, max version).

@@ -606,6 +606,9 @@ async fn dispatch(
         RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
             transactions::txn_offset_commit(context, version, r).await,
         ),
+        RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
+            transactions::write_txn_markers(context, version, r).await,
+        ),
         RequestKind::EndTxn(r) => {
             ResponseKind::EndTxn(transactions::end_txn(context, version, r).await)
         }
@@ -906,6 +909,7 @@ mod tests {
             ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(Default::default()),
             ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(Default::default()),
             ApiKey::EndTxn => RequestKind::EndTxn(Default::default()),
+            ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(Default::default()),
             ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(Default::default()),
             ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),

@@ -1,5 +1,6 @@
 //! Transactions (KIP-98): AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn for
-//! transactional producers, DescribeTransactions and ListTransactions for the admin tools.
+//! transactional producers, DescribeTransactions and ListTransactions for the admin tools, and
+//! WriteTxnMarkers, by which `kafka-transactions abort` ends a hanging transaction (KIP-664).
 //! The coordinator (`sluice_broker::transaction_coordinator`) holds the state; this module
 //! translates. Transactions are served on a single node; a cluster refuses them (see the
 //! README) with COORDINATOR_NOT_AVAILABLE.
@@ -13,12 +14,16 @@ use kafka_protocol::messages::list_transactions_response;
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
     EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
     TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
@@ -506,4 +511,86 @@ pub async fn list_transactions(
     ListTransactionsResponse::default()
         .with_unknown_state_filters(unknown_state_filters)
         .with_transaction_states(states)
+}
+
+/// WriteTxnMarkers: writes each marker to the partitions named, as a coordinator does. Kafka's
+/// brokers send it to each other; its admin client sends it to abort a hanging transaction
+/// (`kafka-transactions abort`, with the producer id and epoch DescribeProducers showed). A
+/// marker of an epoch older than the partition knows for the producer is INVALID_PRODUCER_EPOCH,
+/// as Kafka refuses it.
+pub async fn write_txn_markers(
+    ctx: &RequestContext,
+    _version: i16,
+    request: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let mut markers = Vec::with_capacity(request.markers.len());
+    for marker in request.markers {
+        let result = if marker.transaction_result {
+            TransactionResult::Commit
+        } else {
+            TransactionResult::Abort
+        };
+        let mut topics = Vec::with_capacity(marker.topics.len());
+        for topic in marker.topics {
+            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
+            for index in topic.partition_indexes {
+                let written = write_marker(
+                    ctx,
+                    topic.name.as_str(),
+                    index,
+                    (marker.producer_id.0, marker.producer_epoch),
+                    result,
+                    marker.coordinator_epoch,
+                )
+                .await;
+                partitions.push(
+                    WritableTxnMarkerPartitionResult::default()
+                        .with_partition_index(index)
+                        .with_error_code(written.err().unwrap_or(0)),
+                );
+            }
+            topics.push(
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions),
+            );
+        }
+        markers.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(marker.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(markers)
+}
+
+/// One marker on one partition; the error code when it is not written.
+async fn write_marker(
+    ctx: &RequestContext,
+    topic: &str,
+    index: i32,
+    (producer_id, producer_epoch): (i64, i16),
+    result: TransactionResult,
+    coordinator_epoch: i32,
+) -> Result<(), i16> {
+    if let Some(code) = refused_in_cluster(ctx) {
+        return Err(code);
+    }
+    let partition = ctx
+        .broker
+        .topic(topic)
+        .and_then(|t| t.partition(index))
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let newer_epoch = partition
+        .active_producers()
+        .iter()
+        .any(|p| p.producer_id == producer_id && p.epoch > producer_epoch);
+    if newer_epoch {
+        return Err(ResponseError::InvalidProducerEpoch.code());
+    }
+    partition
+        .write_transaction_marker(producer_id, producer_epoch, result, coordinator_epoch)
+        .await
+        .map(|_| ())
+        .map_err(|error| broker_error_code(&error))
 }

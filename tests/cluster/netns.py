@@ -41,6 +41,8 @@ NAMESPACE_NAME = re.compile(r"^sluice-(\d+)([a-z])-(\d+)$")
 LINK_NAME = re.compile(r"^s[bv](\d+)([a-z])(\d?)(@.*)?$")
 SUBNET_FIRST_OCTETS = "10.77"
 BRIDGE_HOST = 254
+# Where the next network's subnet search starts (see Network.create).
+_next_subnet_octet = 1
 NFT_TABLE = "sluice_nemesis"
 KAFKA_PORT = 9092
 CLUSTER_PORT = 9093
@@ -233,10 +235,17 @@ class Network:
             # The subnet is chosen and taken (the bridge's address) under one lock.
             fcntl.flock(lock, fcntl.LOCK_EX)
             used = self._used_subnet_octets()
-            free = [x for x in range(1, 250) if x not in used]
+            # A subnet this process used before comes last: a client an earlier test left
+            # alive (a librdkafka or kafka-python thread still refreshing metadata) must not
+            # reach the next test's nodes at the same addresses and auto-create its topic
+            # there (seen in CI: "nemesis" on a fresh node).
+            global _next_subnet_octet
+            order = list(range(_next_subnet_octet, 250)) + list(range(1, _next_subnet_octet))
+            free = [x for x in order if x not in used]
             if not free:
                 raise NetnsError(f"no free {SUBNET_FIRST_OCTETS}.X.0/24 subnet")
             self.subnet_octet = free[0]
+            _next_subnet_octet = self.subnet_octet % 249 + 1
             _live_networks.append(self)
             self.created = True
             run(["ip", "link", "add", self.bridge, "type", "bridge"])

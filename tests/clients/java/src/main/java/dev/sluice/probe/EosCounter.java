@@ -18,9 +18,10 @@ import org.apache.kafka.streams.state.Stores;
  * commit is one transaction holding the output records and the input offsets
  * (sendOffsetsToTransaction with the group's metadata).
  *
- * <p>The store is in memory without a changelog topic (a changelog would be a compacted topic,
- * which Sluice does not have yet), and counting by the key the records already have needs no
- * repartition topic: the application creates no internal topics.
+ * <p>The store is in memory, backed by its changelog topic (an internal topic the application
+ * creates with {@code cleanup.policy=compact}, written in the same transactions): after a
+ * restart the counts are restored from it. Counting by the key the records already have needs
+ * no repartition topic.
  *
  * <p>Arguments: bootstrap application-id input-topic output-topic state-dir. It runs until
  * killed; the test reads the output with read_committed.
@@ -44,8 +45,7 @@ public final class EosCounter {
                 .groupByKey()
                 .count(Materialized.<String, Long>as(Stores.inMemoryKeyValueStore("counts"))
                         .withKeySerde(Serdes.String())
-                        .withValueSerde(Serdes.Long())
-                        .withLoggingDisabled())
+                        .withValueSerde(Serdes.Long()))
                 .toStream()
                 .to(args[3], Produced.with(Serdes.String(), Serdes.Long()));
 

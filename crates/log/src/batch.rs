@@ -614,6 +614,23 @@ pub(crate) fn rebuild_batch(
     Ok(out)
 }
 
+/// The offset after the last batch of `batches` (whole batches, as a read returns them), or
+/// `None` when there are none. A reader that went through every record of a read resumes
+/// here: compaction can leave a batch without records at or past the offset asked for, and a
+/// marker has none a data reader wants, so the records alone may not move it on.
+pub fn offset_after_batches(batches: &[u8]) -> Result<Option<i64>, LogError> {
+    let mut position = 0;
+    let mut end = None;
+    while position < batches.len() {
+        let rest = &batches[position..];
+        let header = BatchHeader::parse(rest)?;
+        header.check_shape(rest.len())?;
+        end = Some(header.last_offset().wrapping_add(1));
+        position += header.total_bytes();
+    }
+    Ok(end)
+}
+
 /// The offset of the first record without a key in `batches` (whole, validated batches;
 /// control batches are skipped), or `None`. A compacted topic refuses such records, as Kafka.
 pub fn first_keyless_record(batches: &[u8]) -> Result<Option<i64>, LogError> {

@@ -67,8 +67,9 @@ mod time_index;
 pub mod transaction_marker;
 
 pub use batch::{
-    decode_data_records, decode_records, first_keyless_record, stamp_log_append_time,
-    validate_batches, BatchHeader, Record, RecordBatchBuilder, BATCH_HEADER_BYTES,
+    decode_data_records, decode_records, first_keyless_record, offset_after_batches,
+    stamp_log_append_time, validate_batches, BatchHeader, Record, RecordBatchBuilder,
+    BATCH_HEADER_BYTES,
 };
 pub use cleaner::CleanStats;
 pub use config::{Durability, LogConfig};

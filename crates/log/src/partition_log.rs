@@ -598,10 +598,19 @@ impl PartitionLog {
             if offset >= read_end {
                 return Ok(result);
             }
-            let first = segments
+            let mut first = segments
                 .partition_point(|s| s.base_offset <= offset)
                 .saturating_sub(1);
-            let start_position = segments[first].position_for_offset(offset);
+            // Compaction can leave a segment ending before the next one starts: an offset in
+            // that gap is read from the next segment (it has no batch in this one).
+            while first + 1 < segments.len() && segments[first].offset_end() <= offset {
+                first += 1;
+            }
+            let start_position = if segments[first].base_offset <= offset {
+                segments[first].position_for_offset(offset)
+            } else {
+                0
+            };
             let mut views = Vec::new();
             let mut bytes_seen = 0u64;
             for segment in segments[first..].iter().take(READ_SEGMENTS_MAX) {
@@ -653,13 +662,15 @@ impl PartitionLog {
             if read.records.is_empty() {
                 break;
             }
-            let mut next = position;
+            // Past every batch read, even one left without records at or past `position`
+            // (compaction) or holding none (a marker).
+            let mut next = crate::offset_after_batches(&read.records)?.unwrap_or(position);
             for record in crate::decode_records(&read.records)? {
                 // A read starts at the batch containing `position`, which may begin before it.
                 if record.offset < position {
                     continue;
                 }
-                next = record.offset + 1;
+                next = next.max(record.offset + 1);
                 apply(record);
             }
             if next <= position {

@@ -429,3 +429,28 @@ fn message_query_by_key_finds_only_what_compaction_kept() {
     let log = PartitionLog::open(dir.path(), compacted()).unwrap();
     assert_eq!(lookup(&log), kept);
 }
+
+#[test]
+fn a_replay_goes_past_a_batch_compaction_emptied_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), compacted()).unwrap();
+    // One batch of ten keys; the last five are written again later, so the cleaned batch
+    // keeps offsets 0-4 and still spans 0-9.
+    let keys: Vec<String> = (0..10).map(|k| format!("k{k}")).collect();
+    let first: Vec<(&str, Option<&str>)> = keys.iter().map(|k| (k.as_str(), Some("old"))).collect();
+    append(&log, &first, 1_000);
+    for key in &keys[5..] {
+        append(&log, &[(key, Some(&"new".repeat(100)))], 1_000);
+    }
+    for n in 0..20 {
+        append(&log, &[("other", Some(&"y".repeat(100)))], 1_000 + n);
+    }
+    log.clean(10_000, log.log_end_offset()).unwrap().unwrap();
+    // One batch per read: the read at 5 returns only the first batch, with nothing past 4.
+    let mut seen = Vec::new();
+    let end = log
+        .for_each_record(5, 1, |record| seen.push(record.offset))
+        .unwrap();
+    assert_eq!(end, log.high_watermark());
+    assert_eq!(seen.first(), Some(&10), "{seen:?}");
+}

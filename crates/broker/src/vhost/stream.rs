@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use amq_protocol_types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
-use sluice_log::{decode_data_records, RecordBatchBuilder};
+use sluice_log::{decode_data_records, offset_after_batches, RecordBatchBuilder};
 
 use super::message::{value_as_str, Message};
 use super::queue::Consumer;
@@ -148,7 +148,7 @@ impl StreamQueue {
             tokio::pin!(new_data, credit);
             new_data.as_mut().enable();
             credit.as_mut().enable();
-            let mut delivered_any = false;
+            let mut progressed = false;
             let mut out_of_credit = false;
             for (index, partition) in partitions.iter().enumerate() {
                 if partition.high_watermark() <= positions[index] {
@@ -196,14 +196,22 @@ impl StreamQueue {
                     );
                     consumer.session.deliver_stream(consumer, message);
                     positions[index] = offset + 1;
-                    delivered_any = true;
+                    progressed = true;
                 }
                 partition.count_fetched_records(delivered_records, delivered_bytes);
                 if out_of_credit {
                     break;
                 }
+                // Every record read was delivered: go on past the batches read, which may end
+                // in markers or in offsets compaction emptied, so the next fetch moves on.
+                if let Ok(Some(end)) = offset_after_batches(&fetched.records) {
+                    if end > positions[index] {
+                        positions[index] = end;
+                        progressed = true;
+                    }
+                }
             }
-            if delivered_any && !out_of_credit {
+            if progressed && !out_of_credit {
                 continue;
             }
             tokio::select! {

@@ -1,6 +1,8 @@
 """Topic administration as Apache Kafka answers it: CreateTopics, DeleteTopics, CreatePartitions,
 DescribeConfigs and IncrementalAlterConfigs, error codes included."""
 
+import time
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions,
@@ -84,6 +86,18 @@ def describe(kafka, name) -> dict:
     return kafka.admin().describe_configs([resource])[resource].result(timeout=30)
 
 
+def described_once(kafka, name, key, check, timeout_s=15):
+    """The entry `key` of `name` once `check(entry)` holds. Apache Kafka applies an altered
+    config through its metadata log, so a DescribeConfigs right after the answer may still
+    show the old value (seen in CI); Sluice shows the new one at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entry = describe(kafka, name)[key]
+        if check(entry) or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.1)
+
+
 # The defaults Kafka documents for a topic created without configs (broker defaults unchanged).
 TOPIC_DEFAULTS = {
     "cleanup.policy": "delete",
@@ -123,11 +137,12 @@ def test_incremental_alter_configs_sets_and_deletes(kafka):
         ConfigEntry("retention.ms", "120000",
                     incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    assert describe(kafka, name)["retention.ms"].value == "120000"
+    entry = described_once(kafka, name, "retention.ms", lambda e: e.value == "120000")
+    assert entry.value == "120000"
     resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
         ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)])
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    entry = describe(kafka, name)["retention.ms"]
+    entry = described_once(kafka, name, "retention.ms", lambda e: e.is_default)
     assert entry.value == "604800000" and entry.is_default
 
 

@@ -120,7 +120,7 @@ def run_broker(name: str, args, out: Path):
     broker = Sluice(args.sluice, work) if name == "sluice" else \
         Kafka(work, flush_every_message=(name == "kafka-flush"))
     try:
-        for file_name, label, flags in WORKLOADS:
+        for file_name, label, flags in [] if args.perf_tools_only else WORKLOADS:
             topic = f"bench-{file_name}"
             print(f"### {name}: {label}", flush=True)
             result = subprocess.run(
@@ -218,6 +218,9 @@ def main(argv):
     parser.add_argument("--brokers", default=",".join(BROKERS))
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--perf-tools-only", action="store_true",
+                        help="only the producer/consumer perf tool runs (e.g. to compare two "
+                             "Sluice builds' consume rate)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::api_versions::is_supported;
 use crate::handlers;
 use crate::request_metrics::{self, RequestMetrics};
+use crate::response_buffer::ResponseBuffer;
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -171,18 +172,30 @@ pub(crate) struct ResponseHold {
 
 /// A framed response, with what it holds until written.
 struct Response {
-    bytes: Bytes,
+    /// The frame, in order: one chunk, or (a Fetch response) the encoded fields between the
+    /// record batches, which are sent from where the log read them (see `response_buffer`).
+    chunks: Vec<Bytes>,
     hold: ResponseHold,
     _in_flight: Option<InFlight>,
 }
 
 impl Response {
-    fn new(bytes: Bytes, hold: ResponseHold) -> Response {
+    fn new(chunks: Vec<Bytes>, hold: ResponseHold) -> Response {
         Response {
-            bytes,
+            chunks,
             hold,
             _in_flight: None,
         }
+    }
+
+    /// The whole frame in one buffer (tests).
+    #[cfg(test)]
+    fn bytes(&self) -> Bytes {
+        let mut joined = BytesMut::new();
+        for chunk in &self.chunks {
+            joined.extend_from_slice(chunk);
+        }
+        joined.freeze()
     }
 }
 
@@ -348,13 +361,53 @@ async fn write_responses(
 ) -> Result<(), ConnectionError> {
     while let Some(response) = pending.recv().await {
         if let Some(response) = response.await? {
-            writer.write_all(&response.bytes).await?;
+            write_chunks(&mut writer, &response.chunks).await?;
             // Its memory and fetch slot are given back only now that it is written.
             drop(response.hold);
         }
     }
     Ok(())
 }
+
+/// Writes every chunk in order, several per system call (writev).
+async fn write_chunks(writer: &mut OwnedWriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
+    if let [single] = chunks {
+        return writer.write_all(single).await;
+    }
+    // How far the write has got: the chunk, and the bytes of it already written.
+    let (mut index, mut offset) = (0, 0);
+    loop {
+        while index < chunks.len() && offset == chunks[index].len() {
+            index += 1;
+            offset = 0;
+        }
+        if index == chunks.len() {
+            return Ok(());
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[index][offset..])
+            .chain(chunks[index + 1..].iter().map(|chunk| &chunk[..]))
+            .take(WRITE_SLICES_MAX)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let left = chunks[index].len() - offset;
+            if written < left {
+                offset += written;
+                break;
+            }
+            written -= left;
+            index += 1;
+            offset = 0;
+        }
+    }
+}
+
+/// Slices handed to one writev (Linux takes up to 1024).
+const WRITE_SLICES_MAX: usize = 64;
 
 /// Decodes one request and starts it: the handler runs up to its first wait right here, so
 /// side effects happen in request order. Decoding errors close the connection.
@@ -441,7 +494,7 @@ fn unsupported_version(
     api_version: i16,
     correlation_id: i32,
     mut frame: Bytes,
-) -> Result<Bytes, ConnectionError> {
+) -> Result<Vec<Bytes>, ConnectionError> {
     let unsupported = || ConnectionError::Unsupported {
         api_key: api_key_code,
         api_version,
@@ -466,19 +519,38 @@ fn encode_response(
     api_key: ApiKey,
     api_version: i16,
     response: &ResponseKind,
-) -> Result<Bytes, ConnectionError> {
+) -> Result<Vec<Bytes>, ConnectionError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encode_error =
+        |e: anyhow::Error| ConnectionError::Encode(format!("{api_key:?} v{api_version}: {e}"));
+    if let ResponseKind::Fetch(fetch) = response {
+        // The record batches are referenced, not copied (see `response_buffer`).
+        let records = fetch
+            .responses
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .filter_map(|partition| partition.records.clone())
+            .collect();
+        let mut buffer = ResponseBuffer::framed(records);
+        header
+            .encode(&mut buffer, api_key.response_header_version(api_version))
+            .map_err(encode_error)?;
+        fetch
+            .encode(&mut buffer, api_version)
+            .map_err(encode_error)?;
+        return Ok(buffer.into_frame());
+    }
     let mut buffer = BytesMut::with_capacity(256);
     buffer.put_i32(0); // size, patched below
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header
         .encode(&mut buffer, api_key.response_header_version(api_version))
-        .map_err(|e| ConnectionError::Encode(e.to_string()))?;
+        .map_err(encode_error)?;
     response
         .encode(&mut buffer, api_version)
-        .map_err(|e| ConnectionError::Encode(format!("{api_key:?} v{api_version}: {e}")))?;
+        .map_err(encode_error)?;
     let size = (buffer.len() - 4) as i32;
     buffer[0..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buffer.freeze())
+    Ok(vec![buffer.freeze()])
 }
 
 pub(crate) fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
@@ -732,7 +804,7 @@ mod tests {
         Ok(
             start_request(context, &mut RequestMetrics::default(), frame)?
                 .await?
-                .map(|r| r.bytes),
+                .map(|r| r.bytes()),
         )
     }
 

@@ -10,6 +10,7 @@ mod fetch_session;
 pub mod fuzzing;
 mod handlers;
 mod request_metrics;
+mod response_buffer;
 mod server;
 mod unsupported_version;
 

@@ -144,7 +144,7 @@ async fn fetch_once(context: RequestContext, request: RequestKind) -> FetchRespo
     .await
     .expect("answered")
     .expect("a response");
-    decode_fetch(&response.bytes[4..])
+    decode_fetch(&response.bytes()[4..])
 }
 
 /// A fetch asking for i32::MAX bytes over partitions holding far more than `fetch_bytes_max`
@@ -413,7 +413,7 @@ async fn init_producer_id(
         .await
         .expect("answered")
         .expect("a response");
-    let mut body = response.bytes.slice(4..);
+    let mut body = response.bytes().slice(4..);
     ResponseHeader::decode(
         &mut body,
         ApiKey::InitProducerId.response_header_version(version),

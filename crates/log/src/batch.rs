@@ -443,18 +443,37 @@ pub fn decode_data_records(buf: &[u8]) -> Result<Vec<Record>, LogError> {
 
 fn decode_batches(buf: &[u8], with_control: bool) -> Result<Vec<Record>, LogError> {
     let mut records = Vec::new();
-    let mut position = 0;
-    while position < buf.len() {
-        let rest = &buf[position..];
-        let header = BatchHeader::parse(rest)?;
-        header.check_shape(rest.len())?;
-        let total = header.total_bytes();
+    for batch in whole_batches(buf) {
+        let (header, bytes) = batch?;
         if with_control || !header.is_control() {
-            decode_batch_records(&header, &rest[..total], &mut records)?;
+            decode_batch_records(&header, bytes, &mut records)?;
         }
-        position += total;
     }
     Ok(records)
+}
+
+/// Each whole batch of `buf` (batches as a read returns them or a request carries them) with
+/// its header; an error, and nothing after it, for a cut or malformed one.
+fn whole_batches(buf: &[u8]) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), LogError>> {
+    let mut position = 0;
+    std::iter::from_fn(move || {
+        let rest = buf.get(position..).filter(|rest| !rest.is_empty())?;
+        let parsed = BatchHeader::parse(rest).and_then(|header| {
+            header.check_shape(rest.len())?;
+            Ok(header)
+        });
+        match parsed {
+            Ok(header) => {
+                let total = header.total_bytes();
+                position += total;
+                Some(Ok((header, &rest[..total])))
+            }
+            Err(error) => {
+                position = buf.len();
+                Some(Err(error))
+            }
+        }
+    })
 }
 
 /// Decodes the records of one whole batch (`batch` is exactly the batch bytes).
@@ -619,14 +638,10 @@ pub(crate) fn rebuild_batch(
 /// here: compaction can leave a batch without records at or past the offset asked for, and a
 /// marker has none a data reader wants, so the records alone may not move it on.
 pub fn offset_after_batches(batches: &[u8]) -> Result<Option<i64>, LogError> {
-    let mut position = 0;
     let mut end = None;
-    while position < batches.len() {
-        let rest = &batches[position..];
-        let header = BatchHeader::parse(rest)?;
-        header.check_shape(rest.len())?;
+    for batch in whole_batches(batches) {
+        let (header, _) = batch?;
         end = Some(header.last_offset().wrapping_add(1));
-        position += header.total_bytes();
     }
     Ok(end)
 }
@@ -634,24 +649,20 @@ pub fn offset_after_batches(batches: &[u8]) -> Result<Option<i64>, LogError> {
 /// The offset of the first record without a key in `batches` (whole, validated batches;
 /// control batches are skipped), or `None`. A compacted topic refuses such records, as Kafka.
 pub fn first_keyless_record(batches: &[u8]) -> Result<Option<i64>, LogError> {
-    let mut position = 0;
-    while position < batches.len() {
-        let rest = &batches[position..];
-        let header = BatchHeader::parse(rest)?;
-        header.check_shape(rest.len())?;
-        let total = header.total_bytes();
-        if !header.is_control() {
-            let mut found = None;
-            visit_raw_records(&header, &rest[..total], |record| {
-                if record.key.is_none() && found.is_none() {
-                    found = Some(header.base_offset.wrapping_add(record.offset_delta as i64));
-                }
-            })?;
-            if found.is_some() {
-                return Ok(found);
-            }
+    for batch in whole_batches(batches) {
+        let (header, bytes) = batch?;
+        if header.is_control() {
+            continue;
         }
-        position += total;
+        let mut found = None;
+        visit_raw_records(&header, bytes, |record| {
+            if record.key.is_none() && found.is_none() {
+                found = Some(header.base_offset.wrapping_add(record.offset_delta as i64));
+            }
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
     }
     Ok(None)
 }

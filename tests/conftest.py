@@ -30,10 +30,20 @@ def sluice_bin() -> Path:
     return path
 
 
+# Ports free_port handed out: a port is free until its process binds it, so two asked for
+# before either is bound could otherwise be the same (seen in CI: a node's cluster and Kafka
+# listeners on one port).
+_ports_given = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def start_static_cluster(broker_factory, size=3):

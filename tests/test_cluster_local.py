@@ -32,7 +32,9 @@ LEADERSHIP_MOVED = {KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EP
 def retry_while_leadership_moves(call):
     """call()'s result, retried while the client's view of partition leadership is behind an
     election: right after one the broker answers NOT_LEADER_FOR_PARTITION or FENCED_LEADER_EPOCH
-    (as Kafka does) and librdkafka's admin API does not retry either."""
+    (as Kafka does) and librdkafka's admin API does not retry either. `call` should use a new
+    admin client each time: an old one may keep its stale leader epochs (seen in CI: 45 s of
+    FENCED_LEADER_EPOCH)."""
     deadline = time.monotonic() + HEAL_TIMEOUT_S
     while True:
         try:
@@ -843,6 +845,7 @@ def test_delete_records_moves_the_low_watermark_on_every_replica(broker_factory)
     offsets = [offset for _, offset in offsets]
 
     def delete_records(offset):
+        admin = AdminClient({"bootstrap.servers": bootstrap})
         deleted = admin.delete_records([TopicPartition(topic, 0, offset)])
         return next(iter(deleted.values())).result(timeout=30)
 
@@ -1005,6 +1008,7 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
         # election the admin client's leader epochs may be old: the broker answers
         # FENCED_LEADER_EPOCH.
         def list_ends():
+            admin = AdminClient({"bootstrap.servers": bootstrap})
             futures = admin.list_offsets(
                 {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
                 request_timeout=30)

@@ -177,11 +177,7 @@ pub(crate) fn clean_segment(
         return Ok(None);
     }
 
-    let dir = segment
-        .log_path
-        .parent()
-        .unwrap_or(std::path::Path::new("."));
-    let path = segment_path(dir, segment.base_offset, CLEANED_SUFFIX);
+    let path = segment_path(segment.dir(), segment.base_offset, CLEANED_SUFFIX);
     let file = storage.create(&path).map_err(|e| io_error(&path, e))?;
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES);
     let mut written = 0u64;

@@ -326,7 +326,8 @@ impl Segment {
         Ok(())
     }
 
-    fn dir(&self) -> &Path {
+    /// The partition directory holding this segment.
+    pub(crate) fn dir(&self) -> &Path {
         self.log_path.parent().unwrap_or(Path::new("."))
     }
 
@@ -534,7 +535,7 @@ impl Segment {
                 indexes.key_index = KeyIndex::Incomplete;
             }
         }
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let dir = self.dir();
         for suffix in [
             INDEX_SUFFIX,
             TIME_INDEX_SUFFIX,

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import free_port
 import differential
+from kafka_wire import ERROR_NONE, KafkaWire
 from required import missing
 
 ALL_TARGETS = ("kafka", "sluice")
@@ -266,6 +267,26 @@ def wait_for_leaders(target: KafkaTarget, topic: str, partitions: int, timeout_s
     raise AssertionError(f"{topic}: partitions without a leader after {timeout_s}s")
 
 
+def wait_until_partitions_serve(target: KafkaTarget, topic: str, timeout_s: float = 60):
+    """Until every partition of `topic` answers ListOffsets without an error."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        metadata = AdminClient({"bootstrap.servers": target.bootstrap}) \
+            .list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            try:
+                with KafkaWire(target.bootstrap) as wire:
+                    last = [wire.list_offset(topic, p, -1).error_code
+                            for p in sorted(metadata.partitions)]
+            except OSError as exc:  # the listener came up and went again: ask once more
+                last = exc
+            if last and all(code == ERROR_NONE for code in last):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{topic}: partitions not serving {timeout_s}s after a restart: {last}")
+
+
 class ApacheKafkaTarget(KafkaTarget):
     kind = "kafka"
 
@@ -281,6 +302,11 @@ class ApacheKafkaTarget(KafkaTarget):
         else:
             self.node.stop()
         self.node.start()
+        # Kafka listens before it leads its partitions again: after a SIGKILL it recovers the
+        # logs and waits to be unfenced by its controller, and meanwhile answers
+        # NOT_LEADER_OR_FOLLOWER. A client would retry; the tests' raw requests do not.
+        for topic in self._topics:
+            wait_until_partitions_serve(self, topic)
 
     def cleanup(self):
         super().cleanup()

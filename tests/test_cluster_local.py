@@ -245,7 +245,11 @@ def agreed_controller(nodes, timeout_s, exclude=()):
     pytest.fail(f"the nodes did not agree on a controller in {timeout_s}s: {last}")
 
 
-def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_factory):
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_factory,
+                                                                         protocol):
+    """Both rebalance protocols: the classic one and KIP-848's (group.protocol=consumer),
+    whose coordinator moves with the metadata leader as the classic one does."""
     group = "resumers"
     total = 300
     nodes = start_cluster(broker_factory)
@@ -264,9 +268,13 @@ def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_f
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
         "topic.metadata.refresh.interval.ms": 1000,
     }
+    if protocol == "consumer":
+        # The coordinator decides session and heartbeat timing in this protocol.
+        consumer_config["group.protocol"] = "consumer"
+    else:
+        consumer_config["session.timeout.ms"] = 6000
     # The first member processes half and commits synchronously: every acknowledged commit
     # is recorded, per partition the next offset to process.
     acknowledged = {}

@@ -428,6 +428,44 @@ def test_group_describe_lag_reset_offsets_and_delete(api_broker, api):
     assert_error(api.delete(f"/api/groups/{group}"), 404, "not_found")
 
 
+def test_a_consumer_protocol_group_is_shown_and_guarded_like_a_classic_one(api_broker, api):
+    """A group on the consumer rebalance protocol (KIP-848, group.protocol=consumer): the API
+    shows its members with the partitions the coordinator assigned them, and refuses to reset
+    its offsets while it has members."""
+    bootstrap = api_broker.bootstrap
+    topic = unique_name("kip848")
+    group = unique_name("g848")
+    create_topic(bootstrap, topic, partitions=2)
+    produce_values(bootstrap, topic, [f"v{i}".encode() for i in range(4)], partition=0)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "group.protocol": "consumer", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    consume_n(consumer, 4)
+    consumer.commit(asynchronous=False)
+
+    def described_stable():
+        detail = api.ok("GET", f"/api/groups/{group}")
+        return detail if detail["state"] == "Stable" and detail["members"] else None
+    detail = wait_for(described_stable, what="a stable consumer-protocol group")
+    [member] = detail["members"]
+    assert sorted((a["topic"], a["partition"]) for a in member["assignments"]) == [
+        (topic, 0), (topic, 1)]
+    assert {o["partition"]: o["committed_offset"] for o in detail["offsets"]}[0] == 4
+    listed = [g for g in api.ok("GET", "/api/groups") if g["group_id"] == group][0]
+    assert (listed["state"], listed["protocol_type"], listed["protocol"], listed["members"]) \
+        == ("Stable", "consumer", "uniform", 1)
+    assert_error(api.post(f"/api/groups/{group}/reset-offsets", {"strategy": "earliest"}),
+                 409, "conflict")
+    assert_error(api.delete(f"/api/groups/{group}"), 409, "conflict")
+    consumer.close()
+    wait_for(lambda: api.ok("GET", f"/api/groups/{group}")["state"] == "Empty",
+             what="the group to become empty")
+    reset = api.ok("POST", f"/api/groups/{group}/reset-offsets", json={"strategy": "earliest"})
+    assert sorted(p["new_offset"] for p in reset["partitions"]) == [0]
+    assert api.delete(f"/api/groups/{group}").status_code == 204
+
+
 def test_reset_offsets_to_a_timestamp_is_seen_by_a_consumer(api_broker, api):
     bootstrap = api_broker.bootstrap
     topic = unique_name("ts")

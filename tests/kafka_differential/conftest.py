@@ -305,7 +305,9 @@ class ApacheKafkaTarget(KafkaTarget):
         # Kafka listens before it leads its partitions again: after a SIGKILL it recovers the
         # logs and waits to be unfenced by its controller, and meanwhile answers
         # NOT_LEADER_OR_FOLLOWER. A client would retry; the tests' raw requests do not.
-        for topic in self._topics:
+        listed = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=30)
+        topics = set(self._topics) | {t for t in listed.topics if not t.startswith("__")}
+        for topic in sorted(topics):
             wait_until_partitions_serve(self, topic)
 
     def cleanup(self):

@@ -289,10 +289,8 @@ def test_produce_errors_the_broker_answers(kafka):
     assert [(r["offset"], r["timestamp"]) for r in only(lines, "record")] == [(0, 1000)]
 
 
-def test_consumer_group_protocol_group_is_described_as_a_consumer_group(kafka, request):
+def test_consumer_group_protocol_group_is_described_as_a_consumer_group(kafka):
     """The consumer with group.protocol=consumer (KIP-848: ConsumerGroupHeartbeat)."""
-    sluice_lacks(request, kafka, "Sluice has no ConsumerGroupHeartbeat/ConsumerGroupDescribe "
-                 "(KIP-848): the consumer fails with UnsupportedVersionException")
     topic = kafka.create_topic(partitions=2)
     group = kafka.name("g")
     lines = probe(kafka,

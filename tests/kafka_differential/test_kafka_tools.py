@@ -621,3 +621,45 @@ def test_transactions_describe_producers_of_a_partition(kafka):
     described = dict(zip(header, rows[0]))
     assert described["ProducerEpoch"] == "0" and described["LastSequence"] == "2"
     assert described["CurrentTransactionStartOffset"] == "None"
+
+
+def test_consumer_groups_with_a_member_on_the_consumer_protocol(kafka):
+    """kafka-consumer-groups on a KIP-848 group (group.protocol=consumer): the tool reads it
+    through ConsumerGroupDescribe."""
+    topic = kafka.create_topic(partitions=2)
+    produce(kafka, topic, 0, 4)
+    group = kafka.name("g")
+    consumer = join_and_commit(kafka, topic, group, {0: 1, 1: 0}, partitions=2,
+                               **{"client.id": "kip848-client", "group.protocol": "consumer"})
+
+    result = run(kafka, CONSUMER_GROUPS, "--describe", "--group", group, "--state")
+    header, [row] = table(result.stdout, "GROUP")
+    described = dict(zip(header, row))
+    assert (described["ASSIGNMENT-STRATEGY"], described["STATE"], described["#MEMBERS"]) == \
+        ("uniform", "Stable", "1"), result.stdout
+    result = run(kafka, CONSUMER_GROUPS, "--describe", "--group", group, "--members",
+                 "--verbose")
+    header, [row] = table(result.stdout, "GROUP")
+    assert header == ["GROUP", "CONSUMER-ID", "HOST", "CLIENT-ID", "#PARTITIONS",
+                      "CURRENT-EPOCH", "CURRENT-ASSIGNMENT", "TARGET-EPOCH",
+                      "TARGET-ASSIGNMENT"], result.stdout
+    member = dict(zip(header, row))
+    assert {k: member[k] for k in header if k not in ("GROUP", "CONSUMER-ID")} == {
+        "HOST": "/127.0.0.1", "CLIENT-ID": "kip848-client", "#PARTITIONS": "2",
+        "CURRENT-EPOCH": "1", "CURRENT-ASSIGNMENT": f"{topic}:0,1", "TARGET-EPOCH": "1",
+        "TARGET-ASSIGNMENT": f"{topic}:0,1"}, result.stdout
+    rows = rows_by_partition(run(kafka, CONSUMER_GROUPS, "--describe", "--group", group).stdout)
+    assert {p: (r["CURRENT-OFFSET"], r["LOG-END-OFFSET"], r["CLIENT-ID"])
+            for p, r in rows.items()} == {0: ("1", "4", "kip848-client"),
+                                          1: ("0", "0", "kip848-client")}
+
+    result = run(kafka, CONSUMER_GROUPS, "--reset-offsets", "--group", group, "--topic", topic,
+                 "--to-earliest", "--execute")
+    assert f"Error: Assignments can only be reset if the group '{group}' is inactive, but the " \
+           f"current state is Stable." in result.stdout
+    assert committed(kafka, group) == {0: 1, 1: 0}
+    consumer.close()
+    assert reset(kafka, group, "--topic", topic, "--to-earliest", "--execute") == {0: 0, 1: 0}
+    result = run(kafka, CONSUMER_GROUPS, "--delete", "--group", group)
+    assert result.stdout.strip() == \
+        f"Deletion of requested consumer groups ('{group}') was successful."

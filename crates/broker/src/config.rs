@@ -13,6 +13,10 @@ pub struct GroupConfig {
     pub session_timeout_ms_max: i32,
     /// How long committed offsets of an empty group are kept (`offsets.retention.minutes`).
     pub offsets_retention_ms: i64,
+    /// KIP-848 groups: how often members heartbeat, and how long a silent member keeps its
+    /// partitions (`group.consumer.heartbeat.interval.ms`, `group.consumer.session.timeout.ms`).
+    pub consumer_heartbeat_interval_ms: u64,
+    pub consumer_session_timeout_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -22,6 +26,8 @@ impl Default for GroupConfig {
             session_timeout_ms_min: 6000,
             session_timeout_ms_max: 1_800_000,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            consumer_heartbeat_interval_ms: 5000,
+            consumer_session_timeout_ms: 45_000,
         }
     }
 }

@@ -181,6 +181,22 @@ pub enum GroupError {
     /// OffsetDelete of a topic the group's members consume.
     #[error("the group is subscribed to the topic")]
     GroupSubscribedToTopic,
+    /// KIP-848: a heartbeat from a member epoch the group has moved past.
+    #[error("the member epoch is fenced")]
+    FencedMemberEpoch,
+    /// KIP-848: a commit or offset fetch with a member epoch other than the member's.
+    #[error("the member epoch is stale")]
+    StaleMemberEpoch,
+    /// KIP-848: a static member joined while another member still holds its instance id.
+    #[error("the instance id is still used by another member")]
+    UnreleasedInstanceId,
+    #[error("unsupported assignor {0}")]
+    UnsupportedAssignor(String),
+    #[error("invalid regular expression: {0}")]
+    InvalidRegularExpression(String),
+    /// A request whose fields contradict each other (Kafka's INVALID_REQUEST, with its text).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

@@ -7,11 +7,14 @@
 //! a short, non-blocking state change, and waiting (JoinGroup, SyncGroup) happens on oneshot
 //! channels outside it.
 
+mod consumer_group;
+#[cfg(test)]
+mod consumer_group_tests;
 mod group;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -22,6 +25,12 @@ use parking_lot::Mutex;
 use sluice_log::{LogConfig, Storage};
 use tokio::time::Instant;
 
+use self::consumer_group::{compile_subscription_regex, ConsumerGroup};
+pub use self::consumer_group::{
+    ConsumerGroupDescription, ConsumerGroupState, ConsumerHeartbeatParams, ConsumerHeartbeatResult,
+    ConsumerMemberDescription, ASSIGNOR_RANGE, ASSIGNOR_UNIFORM, LEAVE_GROUP_MEMBER_EPOCH,
+    LEAVE_GROUP_STATIC_MEMBER_EPOCH,
+};
 pub use self::group::GroupState;
 use self::group::{Group, JoinStep, SyncStep};
 use crate::offset_store::OffsetStore;
@@ -154,11 +163,18 @@ pub struct MemberIdentity {
     pub group_instance_id: Option<String>,
 }
 
+/// ListGroups' group types: the classic protocol's groups and KIP-848's.
+pub const GROUP_TYPE_CLASSIC: &str = "classic";
+pub const GROUP_TYPE_CONSUMER: &str = "consumer";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupOverview {
     pub group_id: String,
     pub protocol_type: String,
-    pub state: GroupState,
+    /// Kafka's state name (a classic [`GroupState`] or a [`ConsumerGroupState`]).
+    pub state: &'static str,
+    /// [`GROUP_TYPE_CLASSIC`] or [`GROUP_TYPE_CONSUMER`].
+    pub group_type: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,11 +195,17 @@ pub struct MemberDescription {
     pub client_host: String,
     pub metadata: Bytes,
     pub assignment: Bytes,
+    /// The member's partitions when the coordinator knows them (consumer-protocol groups);
+    /// classic groups' are inside `assignment`, in the client's format.
+    pub assigned_partitions: Option<Vec<TopicPartition>>,
 }
 
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
+    /// Groups on the consumer protocol (KIP-848). A group id is in at most one of the two
+    /// maps; when both locks are needed, `groups` is taken first.
+    consumer_groups: Mutex<HashMap<String, ConsumerGroup>>,
     offsets: OffsetStore,
     /// For the timer tasks it spawns; they stop once the coordinator is gone.
     this: Weak<GroupCoordinator>,
@@ -203,6 +225,7 @@ impl GroupCoordinator {
         let coordinator = Arc::new_cyclic(|this| GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
+            consumer_groups: Mutex::new(HashMap::new()),
             offsets,
             this: this.clone(),
             closed: AtomicBool::new(false),
@@ -254,6 +277,21 @@ impl GroupCoordinator {
         }
         let step = {
             let mut groups = self.groups.lock();
+            {
+                let mut consumer_groups = self.consumer_groups.lock();
+                match consumer_groups.get(&params.group_id) {
+                    // A group of the other protocol with members: Kafka's answer when it does
+                    // not convert groups between protocols.
+                    Some(group) if !group.is_empty() => {
+                        return Err(fail(GroupError::InconsistentGroupProtocol))
+                    }
+                    // An empty one holds only offsets: it becomes a classic group.
+                    Some(_) => {
+                        consumer_groups.remove(&params.group_id);
+                    }
+                    None => {}
+                }
+            }
             let group = match groups.get_mut(&params.group_id) {
                 Some(group) => group,
                 // Only a new member may create a group.
@@ -319,6 +357,122 @@ impl GroupCoordinator {
             .get_mut(group_id)
             .ok_or(GroupError::UnknownMemberId)?;
         group.heartbeat(member_id, group_instance_id, generation_id, Instant::now())
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848): joins, leaves, or reports the member's partitions
+    /// and returns its epoch and, when it changed, its assignment. `topics` holds every topic
+    /// with its partition count, for the subscriptions.
+    pub fn consumer_group_heartbeat(
+        &self,
+        mut params: ConsumerHeartbeatParams,
+        topics: &BTreeMap<String, i32>,
+    ) -> Result<ConsumerHeartbeatResult, GroupError> {
+        let invalid = |text: &str| Err(GroupError::InvalidRequest(text.to_string()));
+        if params.group_id.is_empty() {
+            return invalid("GroupId can't be empty.");
+        }
+        if params.instance_id.as_deref() == Some("") {
+            return invalid("InstanceId can't be empty.");
+        }
+        if params.rack_id.as_deref() == Some("") {
+            return invalid("RackId can't be empty.");
+        }
+        match params.member_epoch {
+            0 => {
+                if params.rebalance_timeout_ms == -1 {
+                    return invalid("RebalanceTimeoutMs must be provided in first request.");
+                }
+                if params.subscribed_topic_names.is_none()
+                    && params.subscribed_topic_regex.is_none()
+                {
+                    return invalid(
+                        "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.",
+                    );
+                }
+                if params
+                    .owned_partitions
+                    .as_ref()
+                    .is_some_and(|p| !p.is_empty())
+                {
+                    return invalid("TopicPartitions must be empty when (re-)joining.");
+                }
+                // ConsumerGroupHeartbeat v0: the coordinator names new members.
+                if params.member_id.is_empty() {
+                    params.member_id = uuid::Uuid::new_v4().to_string();
+                }
+            }
+            LEAVE_GROUP_STATIC_MEMBER_EPOCH if params.instance_id.is_none() => {
+                return invalid("InstanceId can't be null.");
+            }
+            epoch if epoch < LEAVE_GROUP_STATIC_MEMBER_EPOCH => {
+                return invalid(&format!("MemberEpoch is invalid: {epoch}."));
+            }
+            _ if params.member_id.is_empty() => return invalid("MemberId can't be empty."),
+            _ => {}
+        }
+        if let Some(assignor) = &params.server_assignor {
+            if assignor != ASSIGNOR_UNIFORM && assignor != ASSIGNOR_RANGE {
+                return Err(GroupError::UnsupportedAssignor(assignor.clone()));
+            }
+        }
+        if let Some(pattern) = params.subscribed_topic_regex.as_deref() {
+            compile_subscription_regex(pattern)?;
+        }
+        let joining = params.member_epoch == 0;
+        let mut groups = self.groups.lock();
+        match groups.get(&params.group_id) {
+            Some(group) if !group.is_idle() => {
+                return Err(GroupError::GroupIdNotFound);
+            }
+            // An empty classic group holds only offsets: it becomes a consumer group.
+            Some(_) if joining => {
+                groups.remove(&params.group_id);
+            }
+            _ => {}
+        }
+        let mut consumer_groups = self.consumer_groups.lock();
+        let group = match consumer_groups.get_mut(&params.group_id) {
+            Some(group) => group,
+            // Membership is not kept across a restart (or a move of the coordinator): the
+            // member rejoins, as after UNKNOWN_MEMBER_ID anywhere.
+            None if !joining => return Err(GroupError::UnknownMemberId),
+            None => consumer_groups
+                .entry(params.group_id.clone())
+                .or_insert_with(|| ConsumerGroup::new(params.group_id.clone())),
+        };
+        group.heartbeat(params, topics, Instant::now(), &self.config)
+    }
+
+    /// ConsumerGroupDescribe: GROUP_ID_NOT_FOUND unless `group_id` is a consumer group.
+    pub fn describe_consumer_group(
+        &self,
+        group_id: &str,
+    ) -> Result<ConsumerGroupDescription, GroupError> {
+        match self.consumer_groups.lock().get(group_id) {
+            Some(group) => Ok(group.describe()),
+            None => Err(GroupError::GroupIdNotFound),
+        }
+    }
+
+    /// Whether `group_id` is a group of the consumer protocol (KIP-848).
+    pub fn is_consumer_group(&self, group_id: &str) -> bool {
+        self.consumer_groups.lock().contains_key(group_id)
+    }
+
+    /// OffsetFetch v9 names the fetching member: one of a consumer group must be in step.
+    pub fn validate_offset_fetch(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        member_epoch: i32,
+    ) -> Result<(), GroupError> {
+        let Some(member_id) = member_id else {
+            return Ok(());
+        };
+        match self.consumer_groups.lock().get(group_id) {
+            Some(group) => group.validate_offset_fetch(member_id, member_epoch),
+            None => Ok(()),
+        }
     }
 
     /// LeaveGroup: one result per identity, in order; the outer error is for the whole group.
@@ -394,7 +548,14 @@ impl GroupCoordinator {
         generation_id: i32,
         offsets: &[(TopicPartition, OffsetAndMetadata)],
     ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        {
+        let consumer_group = self
+            .consumer_groups
+            .lock()
+            .get(group_id)
+            .map(|group| group.validate_offset_commit(member_id, generation_id));
+        if let Some(result) = consumer_group {
+            result?;
+        } else {
             let mut groups = self.groups.lock();
             match groups.get_mut(group_id) {
                 Some(group) => group.validate_offset_commit(
@@ -452,7 +613,8 @@ impl GroupCoordinator {
                 GroupOverview {
                     group_id,
                     protocol_type: String::new(),
-                    state: GroupState::Empty,
+                    state: GroupState::Empty.name(),
+                    group_type: GROUP_TYPE_CLASSIC,
                 },
             );
         }
@@ -465,7 +627,22 @@ impl GroupCoordinator {
                 GroupOverview {
                     group_id: group_id.clone(),
                     protocol_type: group.protocol_type().to_string(),
-                    state: group.state(),
+                    state: group.state().name(),
+                    group_type: GROUP_TYPE_CLASSIC,
+                },
+            );
+        }
+        for (group_id, group) in self.consumer_groups.lock().iter() {
+            if group.is_empty() && !overviews.contains_key(group_id) {
+                continue;
+            }
+            overviews.insert(
+                group_id.clone(),
+                GroupOverview {
+                    group_id: group_id.clone(),
+                    protocol_type: GROUP_TYPE_CONSUMER.to_string(),
+                    state: group.state().name(),
+                    group_type: GROUP_TYPE_CONSUMER,
                 },
             );
         }
@@ -474,10 +651,41 @@ impl GroupCoordinator {
         overviews
     }
 
-    /// DescribeGroups: an unknown group is reported as Dead, as Kafka does.
+    /// Any group in the classic shape (state, members, their partitions), for the HTTP API
+    /// and the gauges; an unknown group is reported as Dead, as Kafka does. Kafka's
+    /// DescribeGroups answers consumer-protocol groups as unknown: it checks
+    /// [`Self::is_consumer_group`] first.
     pub fn describe_group(&self, group_id: &str) -> GroupDescription {
         if let Some(group) = self.groups.lock().get(group_id) {
             return group.describe();
+        }
+        if let Some(group) = self.consumer_groups.lock().get(group_id) {
+            let description = group.describe();
+            return GroupDescription {
+                group_id: description.group_id,
+                state: match description.state {
+                    ConsumerGroupState::Empty => GroupState::Empty,
+                    ConsumerGroupState::Assigning => GroupState::Assigning,
+                    ConsumerGroupState::Reconciling => GroupState::Reconciling,
+                    ConsumerGroupState::Stable => GroupState::Stable,
+                    ConsumerGroupState::Dead => GroupState::Dead,
+                },
+                protocol_type: GROUP_TYPE_CONSUMER.to_string(),
+                protocol_name: description.assignor_name,
+                members: description
+                    .members
+                    .into_iter()
+                    .map(|m| MemberDescription {
+                        member_id: m.member_id,
+                        group_instance_id: m.instance_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                        assigned_partitions: Some(m.assignment),
+                    })
+                    .collect(),
+            };
         }
         let state = if self.offsets.has_offsets(group_id) {
             GroupState::Empty
@@ -498,7 +706,18 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
-        let had_group = {
+        let had_consumer_group = {
+            let mut consumer_groups = self.consumer_groups.lock();
+            match consumer_groups.get_mut(group_id) {
+                Some(group) if !group.is_empty() => return Err(GroupError::NonEmptyGroup),
+                Some(_) => {
+                    consumer_groups.remove(group_id);
+                    true
+                }
+                None => false,
+            }
+        };
+        let had_group = had_consumer_group || {
             let mut groups = self.groups.lock();
             match groups.get_mut(group_id) {
                 Some(group) if group.state() == GroupState::Dead => {
@@ -543,6 +762,20 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
+        if let Some(group) = self.consumer_groups.lock().get(group_id) {
+            let kept = if group.is_empty() {
+                HashSet::new()
+            } else {
+                group.subscribed_topics()
+            };
+            return Ok(partitions
+                .iter()
+                .map(|partition| match kept.contains(&partition.topic) {
+                    false => Ok(()),
+                    true => Err(GroupError::GroupSubscribedToTopic),
+                })
+                .collect());
+        }
         let kept: Option<HashSet<String>> = match self.groups.lock().get(group_id) {
             Some(group) if group.state() == GroupState::Dead => {
                 return Err(GroupError::GroupIdNotFound)
@@ -576,7 +809,12 @@ impl GroupCoordinator {
             .groups
             .lock()
             .get(group_id)
-            .is_some_and(|group| !group.is_idle());
+            .is_some_and(|group| !group.is_idle())
+            || self
+                .consumer_groups
+                .lock()
+                .get(group_id)
+                .is_some_and(|group| !group.is_empty());
         if !group_id.is_empty() && !live && !self.offsets.has_offsets(group_id) {
             return Err(GroupError::GroupIdNotFound);
         }
@@ -659,6 +897,13 @@ impl GroupCoordinator {
             self.schedule_timer(group);
         }
         groups.retain(|group_id, group| !group.is_idle() || self.offsets.has_offsets(group_id));
+        drop(groups);
+        let mut consumer_groups = self.consumer_groups.lock();
+        for group in consumer_groups.values_mut() {
+            group.expire_sessions(now);
+        }
+        consumer_groups
+            .retain(|group_id, group| !group.is_empty() || self.offsets.has_offsets(group_id));
     }
 
     /// The offsets log's housekeeping: drops tombstones from memory and compacts the log when
@@ -684,10 +929,12 @@ impl GroupCoordinator {
         let commit_before_ms = now_ms().saturating_sub(self.config.offsets_retention_ms);
         let expired = {
             let groups = self.groups.lock();
+            let consumer_groups = self.consumer_groups.lock();
             self.offsets.expired(commit_before_ms, |group_id| {
                 groups
                     .get(group_id)
                     .is_none_or(|g| g.state() == GroupState::Empty)
+                    && consumer_groups.get(group_id).is_none_or(|g| g.is_empty())
             })
         };
         for (group_id, partitions) in expired {

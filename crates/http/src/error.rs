@@ -143,9 +143,11 @@ impl From<GroupError> for ApiError {
         let reason = error.to_string();
         match error {
             GroupError::GroupIdNotFound => ApiError::NotFound(reason),
-            GroupError::InvalidGroupId | GroupError::OffsetMetadataTooLarge => {
-                ApiError::BadRequest(reason)
-            }
+            GroupError::InvalidGroupId
+            | GroupError::OffsetMetadataTooLarge
+            | GroupError::UnsupportedAssignor(_)
+            | GroupError::InvalidRegularExpression(_)
+            | GroupError::InvalidRequest(_) => ApiError::BadRequest(reason),
             GroupError::UnknownTopicOrPartition => ApiError::NotFound(reason),
             // An admin write to a group with members (as the Kafka tool's is refused).
             GroupError::NonEmptyGroup
@@ -157,7 +159,10 @@ impl From<GroupError> for ApiError {
             | GroupError::InconsistentGroupProtocol
             | GroupError::InvalidSessionTimeout
             | GroupError::GroupMaxSizeReached
-            | GroupError::GroupSubscribedToTopic => ApiError::Conflict(reason),
+            | GroupError::GroupSubscribedToTopic
+            | GroupError::FencedMemberEpoch
+            | GroupError::StaleMemberEpoch
+            | GroupError::UnreleasedInstanceId => ApiError::Conflict(reason),
             GroupError::CoordinatorNotAvailable
             | GroupError::CoordinatorLoadInProgress
             | GroupError::NotCoordinator

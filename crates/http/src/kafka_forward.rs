@@ -14,8 +14,9 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListOffsetsRequest,
-    OffsetCommitRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    BrokerId, ConsumerGroupDescribeRequest, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
+    ListOffsetsRequest, OffsetCommitRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::ResponseError;
@@ -30,6 +31,7 @@ const LIST_OFFSETS_VERSION: i16 = 7;
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const DELETE_GROUPS_VERSION: i16 = 2;
 const DESCRIBE_GROUPS_VERSION: i16 = 5;
+const CONSUMER_GROUP_DESCRIBE_VERSION: i16 = 0;
 /// A response larger than this is not an answer to one of these small requests.
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
 /// How long an offset lookup, commit or group deletion may take.
@@ -282,7 +284,31 @@ pub async fn describe_group(addr: &str, group_id: &str) -> Result<(String, usize
         .find(|g| g.group_id.0.as_str() == group_id)
         .ok_or_else(|| missing_group(addr, group_id))?;
     ForwardError::refused(group.error_code, group.error_message.as_ref())?;
-    Ok((group.group_state.to_string(), group.members.len()))
+    if group.group_state.as_str() != "Dead" {
+        return Ok((group.group_state.to_string(), group.members.len()));
+    }
+    // DescribeGroups knows only classic groups: a consumer-protocol group (KIP-848) is
+    // described by ConsumerGroupDescribe.
+    let request =
+        ConsumerGroupDescribeRequest::default().with_group_ids(vec![self::group_id(group_id)]);
+    let response = exchange(
+        addr,
+        CONSUMER_GROUP_DESCRIBE_VERSION,
+        &request,
+        ADMIN_TIMEOUT,
+    )
+    .await?;
+    match response
+        .groups
+        .iter()
+        .find(|g| g.group_id.0.as_str() == group_id)
+    {
+        Some(consumer_group) if consumer_group.error_code == 0 => Ok((
+            consumer_group.group_state.to_string(),
+            consumer_group.members.len(),
+        )),
+        _ => Ok((group.group_state.to_string(), group.members.len())),
+    }
 }
 
 /// DeleteGroups for one group at its coordinator `addr`.

@@ -38,6 +38,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     // Transactions v1 ("transaction.version" 1): EndTxn v5, TxnOffsetCommit v5 and
     // AddOffsetsToTxn v4 belong to KIP-890's version 2, whose epoch bump per transaction is
     // not implemented; AddPartitionsToTxn v4+ is the brokers' batched form.

@@ -687,6 +687,12 @@ async fn dispatch(
         RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
             transactions::describe_transactions(context, version, r).await,
         ),
+        RequestKind::ConsumerGroupHeartbeat(r) => ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::consumer_group_heartbeat(context, version, r).await,
+        ),
+        RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::consumer_group_describe(context, version, r).await,
+        ),
         RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
             transactions::list_transactions(context, version, r).await,
         ),
@@ -983,6 +989,10 @@ mod tests {
             ApiKey::EndTxn => RequestKind::EndTxn(Default::default()),
             ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(Default::default()),
             ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(Default::default()),
+            ApiKey::ConsumerGroupHeartbeat => {
+                RequestKind::ConsumerGroupHeartbeat(Default::default())
+            }
+            ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(Default::default()),
             ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
             ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),

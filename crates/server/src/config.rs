@@ -152,6 +152,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
     pub group_max_session_timeout_ms: Option<i32>,
 
+    /// How often members of a consumer-protocol group (KIP-848) heartbeat
+    /// (Kafka's group.consumer.heartbeat.interval.ms) [default: 5000]
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
+
+    /// How long a silent member of a consumer-protocol group keeps its partitions
+    /// (Kafka's group.consumer.session.timeout.ms) [default: 45000]
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub group_consumer_session_timeout_ms: Option<u64>,
+
     /// AMQP 0-9-1 listeners, comma-separated, or `off`
     /// [default: 127.0.0.1:5672,[::1]:5672]
     #[arg(long, env = "SLUICE_AMQP_LISTEN", value_name = "HOST:PORT,...")]
@@ -342,6 +360,8 @@ impl ServeArgs {
                 group_initial_rebalance_delay_ms,
                 group_min_session_timeout_ms,
                 group_max_session_timeout_ms,
+                group_consumer_heartbeat_interval_ms,
+                group_consumer_session_timeout_ms,
                 amqp_listen,
                 amqp_users,
                 amqp_heartbeat,
@@ -391,6 +411,12 @@ impl ServeArgs {
             session_timeout_ms_max: self
                 .group_max_session_timeout_ms
                 .unwrap_or(group_defaults.session_timeout_ms_max),
+            consumer_heartbeat_interval_ms: self
+                .group_consumer_heartbeat_interval_ms
+                .unwrap_or(group_defaults.consumer_heartbeat_interval_ms),
+            consumer_session_timeout_ms: self
+                .group_consumer_session_timeout_ms
+                .unwrap_or(group_defaults.consumer_session_timeout_ms),
             ..group_defaults
         };
         let default_partitions = self.default_partitions.unwrap_or(1);

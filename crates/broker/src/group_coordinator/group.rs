@@ -29,6 +29,10 @@ pub enum GroupState {
     Stable,
     /// Deleted or unknown.
     Dead,
+    /// A consumer-protocol group (KIP-848) whose target assignment is being computed.
+    Assigning,
+    /// A consumer-protocol group whose members are moving to their target assignments.
+    Reconciling,
 }
 
 impl GroupState {
@@ -39,6 +43,8 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
         }
     }
 }
@@ -219,9 +225,11 @@ impl Group {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 self.update_member_and_rebalance(params, now, config)
             }
-            GroupState::Empty | GroupState::Dead => {
-                fail(GroupError::UnknownMemberId, &params.member_id)
-            }
+            // (Assigning and Reconciling are the consumer protocol's: never a classic group's.)
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => fail(GroupError::UnknownMemberId, &params.member_id),
         }
     }
 
@@ -672,7 +680,10 @@ impl Group {
                     .unwrap_or_default();
                 SyncStep::Done(Ok(self.sync_result(assignment)))
             }
-            GroupState::Empty | GroupState::Dead => error(GroupError::UnknownMemberId),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => error(GroupError::UnknownMemberId),
         }
     }
 
@@ -834,7 +845,10 @@ impl Group {
                 self.try_complete_join(now);
             }
             GroupState::PreparingRebalance => self.try_complete_join(now),
-            GroupState::Empty | GroupState::Dead => {}
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {}
         }
     }
 
@@ -913,6 +927,7 @@ impl Group {
                     } else {
                         Bytes::new()
                     },
+                    assigned_partitions: None,
                 })
                 .collect(),
         }

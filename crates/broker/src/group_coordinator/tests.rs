@@ -16,6 +16,7 @@ fn config() -> GroupConfig {
         session_timeout_ms_min: 10,
         session_timeout_ms_max: 60_000,
         offsets_retention_ms: 7 * 24 * 3600 * 1000,
+        ..GroupConfig::default()
     }
 }
 
@@ -883,7 +884,8 @@ async fn committed_offsets_survive_coordinator_restart() {
         vec![GroupOverview {
             group_id: GROUP.into(),
             protocol_type: String::new(),
-            state: GroupState::Empty
+            state: GroupState::Empty.name(),
+            group_type: super::GROUP_TYPE_CLASSIC
         }]
     );
 }
@@ -967,7 +969,8 @@ async fn list_and_describe_report_states_and_members() {
         vec![GroupOverview {
             group_id: GROUP.into(),
             protocol_type: "consumer".into(),
-            state: GroupState::Stable
+            state: GroupState::Stable.name(),
+            group_type: super::GROUP_TYPE_CLASSIC
         }]
     );
     let description = coordinator.describe_group(GROUP);

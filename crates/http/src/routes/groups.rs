@@ -158,10 +158,16 @@ fn decode_assignment(assignment: &Bytes) -> Vec<TopicPartitionRef> {
 }
 
 fn member(description: &MemberDescription) -> GroupMember {
-    let assignments = if description.assignment.is_empty() {
-        Vec::new()
-    } else {
-        decode_assignment(&description.assignment)
+    let assignments = match &description.assigned_partitions {
+        Some(partitions) => partitions
+            .iter()
+            .map(|p| TopicPartitionRef {
+                topic: p.topic.clone(),
+                partition: p.partition,
+            })
+            .collect(),
+        None if description.assignment.is_empty() => Vec::new(),
+        None => decode_assignment(&description.assignment),
     };
     GroupMember {
         member_id: description.member_id.clone(),

@@ -36,7 +36,7 @@ use kafka_protocol::ResponseError;
 use sluice_broker::gauge_sampler::record_committed_lag;
 use sluice_broker::group_coordinator::{
     GroupOverview, GroupProtocol, GroupState, JoinGroupParams, MemberIdentity, OffsetAndMetadata,
-    SyncGroupParams, TopicPartition,
+    SyncGroupParams, TopicPartition, GROUP_TYPE_CLASSIC,
 };
 use sluice_broker::{now_ms, GroupError};
 
@@ -49,13 +49,11 @@ const ERROR_NONE: i16 = 0;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Operations Kafka reports as allowed when no authorizer is configured: READ, DELETE, DESCRIBE.
-const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+pub(super) const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 /// DescribeGroups' "not requested" value for authorized_operations.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
-/// The only group type this coordinator runs (ListGroups v5 `types_filter`).
-const GROUP_TYPE_CLASSIC: &str = "classic";
 
-fn str_bytes(text: impl Into<String>) -> StrBytes {
+pub(super) fn str_bytes(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
 
@@ -72,7 +70,7 @@ fn code(error: &Result<(), GroupError>) -> i16 {
 
 /// In a cluster, only the metadata leader coordinates groups: elsewhere group requests get
 /// NOT_COORDINATOR and clients find the coordinator again.
-fn refused_here(ctx: &RequestContext) -> bool {
+pub(super) fn refused_here(ctx: &RequestContext) -> bool {
     ctx.cluster
         .as_ref()
         .is_some_and(|cluster| cluster.controller() != Some(cluster.node_id()))
@@ -541,6 +539,18 @@ pub async fn offset_fetch(
                     .collect()
             });
             let response = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
+            // v9: a member of a consumer-protocol group names itself and must be in step.
+            if version >= 9 {
+                let member_id = group.member_id.as_ref().map(|id| id.as_str());
+                if let Err(error) = ctx.broker.group_coordinator().validate_offset_fetch(
+                    &response.group_id,
+                    member_id,
+                    group.member_epoch,
+                ) {
+                    groups.push(response.with_error_code(group_error_code(&error)));
+                    continue;
+                }
+            }
             let fetched = match fetch_group_offsets(ctx, &response.group_id, requested).await {
                 Ok(fetched) => fetched,
                 Err(error) => {
@@ -652,9 +662,6 @@ pub async fn list_groups(
     } else {
         vec![]
     };
-    if !types.is_empty() && !types.iter().any(|t| t == GROUP_TYPE_CLASSIC) {
-        return ListGroupsResponse::default();
-    }
     let mut overviews = ctx.broker.group_coordinator().list_groups();
     if let Some(cluster) = &ctx.cluster {
         // Groups whose offsets were committed under another coordinator, or before a restart.
@@ -663,7 +670,8 @@ pub async fn list_groups(
                 overviews.push(GroupOverview {
                     group_id,
                     protocol_type: String::new(),
-                    state: GroupState::Empty,
+                    state: GroupState::Empty.name(),
+                    group_type: GROUP_TYPE_CLASSIC,
                 });
             }
         }
@@ -671,18 +679,19 @@ pub async fn list_groups(
     }
     let groups = overviews
         .into_iter()
-        .filter(|g| states.is_empty() || states.contains(&g.state.name().to_lowercase()))
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
         .map(|g| {
             let listed = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(g.group_id)))
                 .with_protocol_type(str_bytes(g.protocol_type));
             let listed = if version >= 4 {
-                listed.with_group_state(str_bytes(g.state.name()))
+                listed.with_group_state(str_bytes(g.state))
             } else {
                 listed
             };
             if version >= 5 {
-                listed.with_group_type(str_bytes(GROUP_TYPE_CLASSIC))
+                listed.with_group_type(str_bytes(g.group_type))
             } else {
                 listed
             }
@@ -707,6 +716,13 @@ pub async fn describe_groups(
         .into_iter()
         .map(|group_id| {
             let mut description = coordinator.describe_group(&group_id);
+            // Kafka describes only classic groups here; ConsumerGroupDescribe the others.
+            if coordinator.is_consumer_group(&group_id) {
+                description.state = GroupState::Dead;
+                description.protocol_type.clear();
+                description.protocol_name.clear();
+                description.members.clear();
+            }
             if description.state == GroupState::Dead
                 && ctx
                     .cluster
@@ -737,7 +753,11 @@ pub async fn describe_groups(
                 if version >= 6 && description.state == GroupState::Dead {
                     (
                         ResponseError::GroupIdNotFound.code(),
-                        Some(str_bytes(format!("Group {} not found.", group_id.as_str()))),
+                        Some(str_bytes(if coordinator.is_consumer_group(&group_id) {
+                            format!("Group {} is not a classic group.", group_id.as_str())
+                        } else {
+                            format!("Group {} not found.", group_id.as_str())
+                        })),
                     )
                 } else {
                     (ERROR_NONE, None)

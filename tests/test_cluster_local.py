@@ -346,6 +346,72 @@ def test_group_resumes_from_its_commits_after_the_coordinator_is_killed(broker_f
         second.close()
 
 
+def test_a_live_consumer_protocol_member_rejoins_when_its_coordinator_is_killed(broker_factory):
+    """KIP-848 membership lives in the coordinator's memory (as the classic protocol's): when
+    the metadata leader that coordinates the group dies, the live member finds the new
+    coordinator, is told UNKNOWN_MEMBER_ID, rejoins with epoch 0 and goes on consuming."""
+    group = "kip848-failover"
+    nodes = start_cluster(broker_factory)
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3)])[TOPIC].result(timeout=30)
+    wait_for_agreement(nodes, HEAL_TIMEOUT_S)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+
+    def produce(values):
+        for value in values:
+            producer.produce(TOPIC, value=value.encode())
+        assert producer.flush(30) == 0
+
+    def consume(consumer, wanted, timeout_s=90):
+        wanted = set(wanted)
+        deadline = time.monotonic() + timeout_s
+        while wanted and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            wanted.discard(message.value().decode())
+        assert not wanted, f"{len(wanted)} never consumed, e.g. {sorted(wanted)[:5]}"
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                         "topic.metadata.refresh.interval.ms": 1000})
+    try:
+        consumer.subscribe([TOPIC])
+        before = [f"before-{i}" for i in range(30)]
+        produce(before)
+        consume(consumer, before)
+        coordinator = agreed_controller(nodes, HEAL_TIMEOUT_S)
+        nodes[coordinator - 1].kill9()
+        agreed_controller(nodes, HEAL_TIMEOUT_S, exclude=(coordinator,))
+        live = [n for i, n in enumerate(nodes) if i + 1 != coordinator]
+        live_admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in live)})
+
+        def member_count():
+            [described] = live_admin.describe_consumer_groups([group]).values()
+            try:
+                description = described.result(timeout=10)
+            except KafkaException:
+                return None  # the new coordinator is still being found
+            if str(description.type) != "ConsumerGroupType.CONSUMER":
+                return 0  # the new coordinator knows the group by its offsets only
+            return len(description.members)
+
+        # The member learns at its next heartbeat (every 5 s) that the new coordinator does
+        # not know it, and rejoins.
+        deadline = time.monotonic() + 60
+        while member_count() != 1:
+            assert time.monotonic() < deadline, "the member did not rejoin the new coordinator"
+            for _ in range(5):
+                consumer.poll(0.2)
+        after = [f"after-{i}" for i in range(30)]
+        produce(after)
+        consume(consumer, after)
+    finally:
+        consumer.close()
+
+
 def http_get(node, path):
     """GET on a node's HTTP API as guest (allowed from loopback); the JSON answer."""
     import base64

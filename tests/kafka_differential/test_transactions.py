@@ -259,3 +259,35 @@ def test_a_transactional_batch_outside_a_transaction_is_refused(kafka):
         assert not_transactional.error_code == ERROR_INVALID_PRODUCER_ID_MAPPING, \
             not_transactional
     assert latest_offsets(kafka, topic, 0) == (0, 0)
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+@pytest.mark.timeout(120)
+def test_offsets_sent_with_only_a_group_id_commit_while_the_group_has_members(kafka, protocol):
+    """TxnOffsetCommit without member id or generation (kafka-python given only a group id):
+    Kafka checks the committer against the group only when the request names one, so the
+    offsets commit with the transaction although the group has a member."""
+    from kafka import KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition as KafkaPythonPartition
+
+    topic = kafka.create_topic()
+    group = kafka.name("g")
+    consumer = kafka.consumer(**{"group.id": group, "group.protocol": protocol})
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, "the member got no assignment"
+        consumer.poll(0.2)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap,
+                             transactional_id=kafka.name("tx"))
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"x", partition=0)
+        producer.send_offsets_to_transaction(
+            {KafkaPythonPartition(topic, 0): OffsetAndMetadata(7, "", -1)}, group)
+        producer.commit_transaction()
+    finally:
+        producer.close(timeout=10)
+    committed = consumer.committed([TopicPartition(topic, 0)], timeout=20)
+    assert [tp.offset for tp in committed] == [7]

@@ -36,6 +36,20 @@ use self::group::{Group, JoinStep, SyncStep};
 use crate::offset_store::OffsetStore;
 use crate::{now_ms, BrokerError, GroupConfig, GroupError};
 
+/// OFFSET_METADATA_TOO_LARGE per offset, in order.
+fn metadata_checks(offsets: &[(TopicPartition, OffsetAndMetadata)]) -> Vec<Result<(), GroupError>> {
+    offsets
+        .iter()
+        .map(|(_, offset)| {
+            if offset.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                Err(GroupError::OffsetMetadataTooLarge)
+            } else {
+                Ok(())
+            }
+        })
+        .collect()
+}
+
 /// Removes a group from the table when dropped, if it is still Dead (see `delete_group`).
 struct RemoveDeadGroup<'a> {
     groups: &'a Mutex<HashMap<String, Group>>,
@@ -570,16 +584,30 @@ impl GroupCoordinator {
                 None => return Err(GroupError::IllegalGeneration),
             }
         }
-        Ok(offsets
-            .iter()
-            .map(|(_, offset)| {
-                if offset.metadata.len() > OFFSET_METADATA_BYTES_MAX {
-                    Err(GroupError::OffsetMetadataTooLarge)
-                } else {
-                    Ok(())
-                }
-            })
-            .collect())
+        Ok(metadata_checks(offsets))
+    }
+
+    /// TxnOffsetCommit's checks: as Kafka, the committer is checked against the group only
+    /// when the request names one (member id, generation or instance id; a producer given
+    /// only a group id names none); each offset's metadata size either way.
+    pub fn validate_transactional_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        if generation_id < 0 && member_id.is_empty() && group_instance_id.is_none() {
+            return Ok(metadata_checks(offsets));
+        }
+        self.validate_commit(
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+            offsets,
+        )
     }
 
     /// OffsetFetch: the committed offset of each partition (`None` if never committed), or of

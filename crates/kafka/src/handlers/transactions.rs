@@ -291,19 +291,21 @@ pub async fn txn_offset_commit(
             }
         }
     }
-    // v3+ names the member: a zombie of an older generation is refused as in OffsetCommit.
-    let per_offset = if version >= 3 && request.generation_id >= 0 {
-        ctx.broker.group_coordinator().validate_commit(
-            &request.group_id,
-            &request.member_id,
-            request.group_instance_id.as_deref(),
-            request.generation_id,
-            &offsets,
-        )
+    // v3+ may name the member: a zombie of an older generation is refused as in OffsetCommit.
+    let per_offset = if version >= 3 {
+        ctx.broker
+            .group_coordinator()
+            .validate_transactional_commit(
+                &request.group_id,
+                &request.member_id,
+                request.group_instance_id.as_deref(),
+                request.generation_id,
+                &offsets,
+            )
     } else {
         ctx.broker
             .group_coordinator()
-            .validate_commit(&request.group_id, "", None, -1, &offsets)
+            .validate_transactional_commit(&request.group_id, "", None, -1, &offsets)
     };
     let per_offset = match per_offset {
         Ok(results) => results,

@@ -2,23 +2,11 @@
 //! members reconcile one heartbeat at a time and no partition ever has two owners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use sluice_log::LogConfig;
-
+use super::tests::open;
 use super::*;
 
 const GROUP: &str = "cg";
-
-fn open(dir: &tempfile::TempDir, config: GroupConfig) -> Arc<GroupCoordinator> {
-    GroupCoordinator::open(
-        Arc::new(sluice_log::RealDisk),
-        &dir.path().join("consumer_offsets"),
-        config,
-        LogConfig::default(),
-    )
-    .unwrap()
-}
 
 fn topics(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
     list.iter().map(|(t, n)| (t.to_string(), *n)).collect()

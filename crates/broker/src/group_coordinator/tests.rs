@@ -20,7 +20,7 @@ fn config() -> GroupConfig {
     }
 }
 
-fn open(dir: &tempfile::TempDir, config: GroupConfig) -> Arc<GroupCoordinator> {
+pub(super) fn open(dir: &tempfile::TempDir, config: GroupConfig) -> Arc<GroupCoordinator> {
     GroupCoordinator::open(
         Arc::new(sluice_log::RealDisk),
         &dir.path().join("consumer_offsets"),

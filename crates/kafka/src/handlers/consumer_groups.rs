@@ -246,38 +246,12 @@ pub async fn consumer_group_describe(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use kafka_protocol::messages::consumer_group_heartbeat_request;
     use kafka_protocol::messages::GroupId;
-    use kafka_protocol::protocol::{Encodable, StrBytes};
-    use sluice_broker::{Broker, BrokerConfig};
+    use kafka_protocol::protocol::StrBytes;
 
     use super::*;
-    use crate::KafkaConfig;
-
-    fn context(dir: &std::path::Path) -> RequestContext {
-        let broker = Broker::open(BrokerConfig::new(dir.to_path_buf())).unwrap();
-        broker
-            .create_topic("events", 2, BTreeMap::new(), false)
-            .unwrap();
-        RequestContext {
-            broker,
-            config: Arc::new(KafkaConfig::new("localhost".into(), 9092)),
-            client_id: "rdkafka".into(),
-            client_host: "/127.0.0.1".into(),
-            cluster: None,
-            response_memory: None,
-            fetch_sessions: Default::default(),
-        }
-    }
-
-    fn encodes<T: Encodable>(response: &T, version: i16) {
-        let mut buf = bytes::BytesMut::new();
-        if let Err(error) = response.encode(&mut buf, version) {
-            panic!("{} v{version}: {error}", std::any::type_name::<T>());
-        }
-    }
+    use crate::handlers::groups::tests::{context, encodes};
 
     #[tokio::test]
     async fn heartbeats_map_topic_ids_and_every_version_encodes() {

@@ -872,7 +872,7 @@ fn subscribed_topics(metadata: &Bytes) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -891,7 +891,8 @@ mod tests {
     use super::*;
     use crate::KafkaConfig;
 
-    fn context(dir: &std::path::Path) -> RequestContext {
+    /// A single-node broker with a two-partition topic "events".
+    pub(in crate::handlers) fn context(dir: &std::path::Path) -> RequestContext {
         let mut config = BrokerConfig::new(dir.to_path_buf());
         config.group = GroupConfig {
             initial_rebalance_delay_ms: 0,
@@ -912,7 +913,7 @@ mod tests {
         }
     }
 
-    fn encodes<T: Encodable>(response: &T, version: i16) {
+    pub(in crate::handlers) fn encodes<T: Encodable>(response: &T, version: i16) {
         let mut buf = bytes::BytesMut::new();
         if let Err(error) = response.encode(&mut buf, version) {
             panic!(

@@ -551,25 +551,7 @@ impl ConsumerGroup {
         now: Instant,
     ) {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
-        let held_by_others: HashSet<&TopicPartition> = self
-            .members
-            .iter()
-            .filter(|(id, _)| id.as_str() != member_id)
-            .flat_map(|(_, m)| m.assigned.iter().chain(&m.pending_revocation))
-            .collect();
-        let mut free: Vec<TopicPartition> = Vec::new();
-        let mut unreleased = false;
         let assignment_epoch = self.assignment_epoch;
-        let Some(member) = self.members.get(member_id) else {
-            return;
-        };
-        for partition in target.difference(&member.assigned) {
-            if held_by_others.contains(partition) {
-                unreleased = true;
-            } else {
-                free.push(partition.clone());
-            }
-        }
         let Some(member) = self.members.get_mut(member_id) else {
             return;
         };
@@ -596,12 +578,30 @@ impl ConsumerGroup {
                 Some(now + Duration::from_millis(member.rebalance_timeout_ms.max(0) as u64));
             return;
         }
+        // Only a member that may take partitions needs to know who holds what: a steady
+        // member's heartbeat does not scan the group.
+        let held_by_others: HashSet<&TopicPartition> = self
+            .members
+            .iter()
+            .filter(|(id, _)| id.as_str() != member_id)
+            .flat_map(|(_, m)| m.assigned.iter().chain(&m.pending_revocation))
+            .collect();
+        let Some(member) = self.members.get(member_id) else {
+            return;
+        };
+        let (free, unreleased): (Vec<TopicPartition>, Vec<TopicPartition>) = target
+            .difference(&member.assigned)
+            .cloned()
+            .partition(|partition| !held_by_others.contains(partition));
+        let Some(member) = self.members.get_mut(member_id) else {
+            return;
+        };
         member.assigned.extend(free);
         if member.member_epoch != assignment_epoch {
             member.previous_member_epoch = member.member_epoch;
             member.member_epoch = assignment_epoch;
         }
-        member.state = if unreleased {
+        member.state = if !unreleased.is_empty() {
             MemberState::UnreleasedPartitions
         } else {
             MemberState::Stable

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     ConsumerGroupHeartbeatResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
-use sluice_broker::group_coordinator::{ConsumerHeartbeatParams, TopicPartition};
+use sluice_broker::group_coordinator::{ConsumerHeartbeatParams, GroupState, TopicPartition};
 use sluice_broker::GroupError;
 use uuid::Uuid;
 
@@ -189,7 +189,8 @@ pub async fn consumer_group_describe(
             let description = match coordinator.describe_consumer_group(&group_id) {
                 Ok(description) => description,
                 Err(error) => {
-                    let message = if coordinator.describe_group(&group_id).state.name() == "Dead" {
+                    let message = if coordinator.describe_group(&group_id).state == GroupState::Dead
+                    {
                         format!("Group {} not found.", group_id.as_str())
                     } else {
                         error_message(&error, &group_id)

@@ -325,15 +325,17 @@ async fn an_oversized_request_is_refused_before_it_is_sent() {
 
 /// A listener for node 2 that accepts node 1's connection and reads nothing until `silent`
 /// has passed, then counts the frames it gets (the hello included) by size for `reading`.
+/// A peer that accepts one connection, reads nothing until `start_reading` completes, then
+/// records the size of every frame it gets for `reading`.
 async fn slow_peer(
-    silent: Duration,
+    start_reading: impl std::future::Future<Output = ()> + Send + 'static,
     reading: Duration,
 ) -> (SocketAddr, tokio::task::JoinHandle<Vec<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let reader = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        tokio::time::sleep(silent).await;
+        start_reading.await;
         let mut frames = tokio_util::codec::FramedRead::new(stream, frame::codec(4 << 20));
         let mut sizes = Vec::new();
         let deadline = tokio::time::Instant::now() + reading;
@@ -356,7 +358,8 @@ fn bounded_transport_config() -> TransportConfig {
 
 #[tokio::test]
 async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_later_calls_fail_at_once() {
-    let (addr, _reader) = slow_peer(Duration::from_secs(30), Duration::ZERO).await;
+    let (addr, _reader) =
+        slow_peer(tokio::time::sleep(Duration::from_secs(30)), Duration::ZERO).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let one = Transport::start(bounded_transport_config(), listener, &[(2, addr)]).unwrap();
     wait_connected(&one, 2).await;
@@ -390,7 +393,16 @@ async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_later_calls_fail_at
 
 #[tokio::test]
 async fn a_request_whose_caller_gave_up_is_never_written() {
-    let (addr, reader) = slow_peer(Duration::from_millis(500), Duration::from_secs(2)).await;
+    // The peer reads only once every small call has given up: were it to start earlier, a
+    // small request still awaited could rightly be written.
+    let (all_small_calls_gave_up, gate) = tokio::sync::oneshot::channel::<()>();
+    let (addr, reader) = slow_peer(
+        async move {
+            let _ = gate.await;
+        },
+        Duration::from_secs(3),
+    )
+    .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = bounded_transport_config();
     config.queue_bytes_max = 64 << 20;
@@ -406,7 +418,7 @@ async fn a_request_whose_caller_gave_up_is_never_written() {
                     partition(1),
                     RpcKind::AppendEntries,
                     Bytes::from(vec![7u8; 900 * 1024]),
-                    Some(Duration::from_secs(3)),
+                    Some(Duration::from_secs(10)),
                 )
                 .await
             })
@@ -430,6 +442,7 @@ async fn a_request_whose_caller_gave_up_is_never_written() {
             "{outcome:?}"
         );
     }
+    let _ = all_small_calls_gave_up.send(());
     let sizes = reader.await.unwrap();
     let big_received = sizes.iter().filter(|s| **s > 100 * 1024).count();
     let small_received = sizes.iter().filter(|s| **s < 1024).count() - 1; // less the hello
@@ -441,7 +454,7 @@ async fn a_request_whose_caller_gave_up_is_never_written() {
         "requests nobody waits for were sent: {sizes:?}"
     );
     for call in big {
-        let _ = call.await;
+        call.abort();
     }
     one.shutdown().await;
 }

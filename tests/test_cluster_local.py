@@ -45,6 +45,17 @@ def retry_while_leadership_moves(call):
             time.sleep(0.5)
 
 
+def http_post_while_coordinator_moves(node, path, body):
+    """http_post, retried while the answer is 503 `not_ready` (the group coordinator moved with
+    the metadata leadership, which the API asks the caller to retry)."""
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        status, answer = http_post(node, path, body)
+        if status != 503 or time.monotonic() > deadline:
+            return status, answer
+        time.sleep(0.5)
+
+
 def start_cluster(broker_factory, size=3):
     nodes, _ = start_static_cluster(broker_factory, size)
     return nodes
@@ -1102,8 +1113,8 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
             ({"strategy": "offset", "offset": 10_000}, at_end),  # clamped to the end
         ]
         for body, wanted in strategies:
-            status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
-                                       {**body, "topic": topic})
+            status, answer = http_post_while_coordinator_moves(
+                node, f"/api/groups/{group}/reset-offsets", {**body, "topic": topic})
             assert status == 200, (node_id, body, answer)
             plan = {p["partition"]: p["new_offset"] for p in answer["partitions"]}
             if wanted is at_end:
@@ -1116,8 +1127,8 @@ def test_http_reset_offsets_and_delete_group_on_every_node_of_a_cluster(broker_f
             assert plan == wanted, (node_id, body, answer)
             assert committed() == wanted, (node_id, body)
         # Without a topic: the partitions the group has offsets for. A dry run changes nothing.
-        status, answer = http_post(node, f"/api/groups/{group}/reset-offsets",
-                                   {"strategy": "earliest", "dry_run": True})
+        status, answer = http_post_while_coordinator_moves(
+            node, f"/api/groups/{group}/reset-offsets", {"strategy": "earliest", "dry_run": True})
         assert status == 200, (node_id, answer)
         assert {p["partition"]: p["new_offset"] for p in answer["partitions"]} == \
             {p: 0 for p in range(PARTITIONS)}

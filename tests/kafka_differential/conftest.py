@@ -7,9 +7,10 @@ in Sluice.
 
 Kafka runs as one KRaft node (broker and controller in one process) per test session, from the
 jars that scripts/test resolves from Maven Central (tests/kafka_differential/reference/pom.xml)
-into SLUICE_KAFKA_LIB, in a temporary directory on free ports. As the node is shared, tests take
-their topic and group names from `kafka.name()`. Sluice gets a fresh broker per test from
-`broker_factory`.
+into SLUICE_KAFKA_LIB, in a temporary directory on free ports, formatted with the feature
+share.version=1 so that it serves share groups (KIP-932, a preview in Kafka 4.1). As the node is
+shared, tests take their topic and group names from `kafka.name()`. Sluice gets a fresh broker
+per test from `broker_factory`.
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ class KafkaNode:
             "transaction.state.log.num.partitions=3",
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
+            # The share groups' state topic (test_share_groups.py): 3 partitions, not 50, so that
+            # the first share group on the node does not wait for 50 to be created and loaded.
+            "share.coordinator.state.topic.num.partitions=3",
             # As Sluice's test brokers run (conftest.Broker): a group forms without waiting.
             "group.initial.rebalance.delay.ms=0",
             # Compaction tests (test_compaction.py) wait for the cleaner; Sluice's runs as often.
@@ -128,8 +132,12 @@ class KafkaNode:
 
     def format_storage(self):
         cluster_id = run_java("kafka.tools.StorageTool", "random-uuid").stdout.strip()
+        # Share groups (KIP-932, test_share_groups.py) are a preview feature in Kafka 4.1: the
+        # brokers serve ShareGroupHeartbeat, ShareFetch, ShareAcknowledge and the share-group
+        # admin APIs only with the feature share.version at 1, which the default metadata
+        # version (4.1-IV1) does not bring. Finalized at format time, it changes nothing else.
         result = run_java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                          "-c", self.config_path)
+                          "-c", self.config_path, "--feature", "share.version=1")
         if result.returncode != 0:
             raise RuntimeError(f"kafka-storage format failed ({result.returncode}): "
                                f"{result.stdout} {result.stderr}")

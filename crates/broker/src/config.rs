@@ -17,6 +17,14 @@ pub struct GroupConfig {
     /// partitions (`group.consumer.heartbeat.interval.ms`, `group.consumer.session.timeout.ms`).
     pub consumer_heartbeat_interval_ms: u64,
     pub consumer_session_timeout_ms: u64,
+    /// Share groups (KIP-932): `group.share.heartbeat.interval.ms`,
+    /// `group.share.session.timeout.ms`, `group.share.record.lock.duration.ms`,
+    /// `group.share.delivery.count.limit`, `group.share.partition.max.record.locks`.
+    pub share_heartbeat_interval_ms: u64,
+    pub share_session_timeout_ms: u64,
+    pub share_record_lock_duration_ms: u64,
+    pub share_delivery_count_limit: i16,
+    pub share_partition_max_record_locks: i64,
 }
 
 impl Default for GroupConfig {
@@ -28,6 +36,11 @@ impl Default for GroupConfig {
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             consumer_heartbeat_interval_ms: 5000,
             consumer_session_timeout_ms: 45_000,
+            share_heartbeat_interval_ms: 5000,
+            share_session_timeout_ms: 45_000,
+            share_record_lock_duration_ms: 30_000,
+            share_delivery_count_limit: 5,
+            share_partition_max_record_locks: 2000,
         }
     }
 }

@@ -197,6 +197,12 @@ pub enum GroupError {
     /// A request whose fields contradict each other (Kafka's INVALID_REQUEST, with its text).
     #[error("{0}")]
     InvalidRequest(String),
+    /// KIP-932: an acknowledgement of a record the member does not hold.
+    #[error("the record state is invalid")]
+    InvalidRecordState,
+    /// A group config change Kafka refuses (INVALID_CONFIG), with its text.
+    #[error("{0}")]
+    InvalidConfig(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

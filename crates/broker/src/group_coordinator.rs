@@ -11,6 +11,12 @@ mod consumer_group;
 #[cfg(test)]
 mod consumer_group_tests;
 mod group;
+pub mod group_configs;
+mod share_coordinator;
+mod share_group;
+mod share_partition;
+#[cfg(test)]
+mod share_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +39,16 @@ pub use self::consumer_group::{
 };
 pub use self::group::GroupState;
 use self::group::{Group, JoinStep, SyncStep};
+pub use self::group_configs::GroupConfigEntry;
+use self::group_configs::GroupConfigs;
+use self::share_coordinator::SharePartitions;
+pub use self::share_coordinator::{AcknowledgementBatch, ShareFetched};
+use self::share_group::ShareGroup;
+pub use self::share_group::{
+    ShareGroupDescription, ShareGroupState, ShareHeartbeatParams, ShareHeartbeatResult,
+    ShareMemberDescription, SHARE_ASSIGNOR_SIMPLE,
+};
+pub use self::share_partition::{AcknowledgeType, AcquiredRange};
 use crate::offset_store::OffsetStore;
 use crate::{now_ms, BrokerError, GroupConfig, GroupError};
 
@@ -180,6 +196,7 @@ pub struct MemberIdentity {
 /// ListGroups' group types: the classic protocol's groups and KIP-848's.
 pub const GROUP_TYPE_CLASSIC: &str = "classic";
 pub const GROUP_TYPE_CONSUMER: &str = "consumer";
+pub const GROUP_TYPE_SHARE: &str = "share";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupOverview {
@@ -220,6 +237,13 @@ pub struct GroupCoordinator {
     /// Groups on the consumer protocol (KIP-848). A group id is in at most one of the two
     /// maps; when both locks are needed, `groups` is taken first.
     consumer_groups: Mutex<HashMap<String, ConsumerGroup>>,
+    /// Share groups (KIP-932); taken after the other two maps when several are needed.
+    share_groups: Mutex<HashMap<String, ShareGroup>>,
+    /// The share partitions' record states, per (group, partition).
+    share_partitions: Mutex<SharePartitions>,
+    /// The share partitions' start offsets, as Kafka's `__share_group_state`.
+    share_state: OffsetStore,
+    group_configs: GroupConfigs,
     offsets: OffsetStore,
     /// For the timer tasks it spawns; they stop once the coordinator is gone.
     this: Weak<GroupCoordinator>,
@@ -235,11 +259,25 @@ impl GroupCoordinator {
         config: GroupConfig,
         log_config: LogConfig,
     ) -> Result<Arc<GroupCoordinator>, BrokerError> {
+        // Beside the offsets log: the share groups' state and the groups' configs.
+        let share_state = OffsetStore::open(
+            Arc::clone(&storage),
+            &dir.with_file_name("share_group_state"),
+            log_config.clone(),
+        )?;
+        let group_configs = GroupConfigs::open(
+            Arc::clone(&storage),
+            dir.with_file_name("group_configs.json"),
+        )?;
         let offsets = OffsetStore::open(storage, dir, log_config)?;
         let coordinator = Arc::new_cyclic(|this| GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
             consumer_groups: Mutex::new(HashMap::new()),
+            share_groups: Mutex::new(HashMap::new()),
+            share_partitions: Mutex::new(BTreeMap::new()),
+            share_state,
+            group_configs,
             offsets,
             this: this.clone(),
             closed: AtomicBool::new(false),
@@ -253,6 +291,9 @@ impl GroupCoordinator {
         self.closed.store(true, Ordering::Release);
         if let Err(error) = self.offsets.flush() {
             tracing::error!(%error, "flushing the consumer offsets log failed");
+        }
+        if let Err(error) = self.share_state.flush() {
+            tracing::error!(%error, "flushing the share group state log failed");
         }
     }
 
@@ -291,6 +332,9 @@ impl GroupCoordinator {
         }
         let step = {
             let mut groups = self.groups.lock();
+            if self.is_share_group(&params.group_id) {
+                return Err(fail(GroupError::InconsistentGroupProtocol));
+            }
             {
                 let mut consumer_groups = self.consumer_groups.lock();
                 match consumer_groups.get(&params.group_id) {
@@ -434,6 +478,9 @@ impl GroupCoordinator {
         }
         let joining = params.member_epoch == 0;
         let mut groups = self.groups.lock();
+        if self.is_share_group(&params.group_id) {
+            return Err(GroupError::GroupIdNotFound);
+        }
         match groups.get(&params.group_id) {
             Some(group) if !group.is_idle() => {
                 return Err(GroupError::GroupIdNotFound);
@@ -674,6 +721,21 @@ impl GroupCoordinator {
                 },
             );
         }
+        for group_id in self.share_group_ids() {
+            let state = match self.share_groups.lock().get(&group_id) {
+                Some(group) => group.state(),
+                None => ShareGroupState::Empty,
+            };
+            overviews.insert(
+                group_id.clone(),
+                GroupOverview {
+                    group_id,
+                    protocol_type: GROUP_TYPE_SHARE.to_string(),
+                    state: state.name(),
+                    group_type: GROUP_TYPE_SHARE,
+                },
+            );
+        }
         let mut overviews: Vec<GroupOverview> = overviews.into_values().collect();
         overviews.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         overviews
@@ -715,7 +777,32 @@ impl GroupCoordinator {
                     .collect(),
             };
         }
-        let state = if self.offsets.has_offsets(group_id) {
+        if let Ok(description) = self.describe_share_group(group_id) {
+            return GroupDescription {
+                group_id: description.group_id,
+                state: match description.state {
+                    ShareGroupState::Empty => GroupState::Empty,
+                    ShareGroupState::Stable => GroupState::Stable,
+                    ShareGroupState::Dead => GroupState::Dead,
+                },
+                protocol_type: GROUP_TYPE_SHARE.to_string(),
+                protocol_name: description.assignor_name,
+                members: description
+                    .members
+                    .into_iter()
+                    .map(|m| MemberDescription {
+                        member_id: m.member_id,
+                        group_instance_id: None,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                        assigned_partitions: Some(m.assignment),
+                    })
+                    .collect(),
+            };
+        }
+        let state = if self.offsets.has_offsets(group_id) || self.is_share_group(group_id) {
             GroupState::Empty
         } else {
             GroupState::Dead
@@ -733,6 +820,9 @@ impl GroupCoordinator {
     pub async fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
+        }
+        if self.is_share_group(group_id) {
+            return self.delete_share_group(group_id).await;
         }
         let had_consumer_group = {
             let mut consumer_groups = self.consumer_groups.lock();
@@ -932,16 +1022,22 @@ impl GroupCoordinator {
         }
         consumer_groups
             .retain(|group_id, group| !group.is_empty() || self.offsets.has_offsets(group_id));
+        drop(consumer_groups);
+        self.expire_share_sessions(now);
     }
 
     /// The offsets log's housekeeping: drops tombstones from memory and compacts the log when
     /// superseded records dominate it (off the async workers: it reads and writes the log).
     async fn compact_offsets(self: Arc<Self>) {
-        let pruned = self.offsets.prune_tombstones();
+        let pruned = self.offsets.prune_tombstones() + self.share_state.prune_tombstones();
         if pruned > 0 {
             tracing::debug!(pruned, "dropped deleted offsets from memory");
         }
-        let result = tokio::task::spawn_blocking(move || self.offsets.compact_if_needed()).await;
+        let result = tokio::task::spawn_blocking(move || {
+            self.offsets.compact_if_needed()?;
+            self.share_state.compact_if_needed()
+        })
+        .await;
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "compacting the consumer offsets log failed"),

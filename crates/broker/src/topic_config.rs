@@ -13,6 +13,8 @@ use crate::BrokerError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
     TopicOverride,
+    /// Set for one group (IncrementalAlterConfigs on a GROUP resource).
+    GroupOverride,
     /// A broker setting fixed when the process started (flag, environment or config file).
     StaticBroker,
     Default,

@@ -147,7 +147,8 @@ impl From<GroupError> for ApiError {
             | GroupError::OffsetMetadataTooLarge
             | GroupError::UnsupportedAssignor(_)
             | GroupError::InvalidRegularExpression(_)
-            | GroupError::InvalidRequest(_) => ApiError::BadRequest(reason),
+            | GroupError::InvalidRequest(_)
+            | GroupError::InvalidConfig(_) => ApiError::BadRequest(reason),
             GroupError::UnknownTopicOrPartition => ApiError::NotFound(reason),
             // An admin write to a group with members (as the Kafka tool's is refused).
             GroupError::NonEmptyGroup
@@ -162,7 +163,8 @@ impl From<GroupError> for ApiError {
             | GroupError::GroupSubscribedToTopic
             | GroupError::FencedMemberEpoch
             | GroupError::StaleMemberEpoch
-            | GroupError::UnreleasedInstanceId => ApiError::Conflict(reason),
+            | GroupError::UnreleasedInstanceId
+            | GroupError::InvalidRecordState => ApiError::Conflict(reason),
             GroupError::CoordinatorNotAvailable
             | GroupError::CoordinatorLoadInProgress
             | GroupError::NotCoordinator

@@ -40,6 +40,14 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // Share groups (KIP-932), as Kafka 4.1 has them; single node only (see
+    // handlers::share_groups).
+    (ApiKey::ShareGroupHeartbeat, 1, 1),
+    (ApiKey::ShareGroupDescribe, 1, 1),
+    (ApiKey::ShareFetch, 1, 1),
+    (ApiKey::ShareAcknowledge, 1, 1),
+    (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::ListConfigResources, 0, 1),
     // Transactions v1 ("transaction.version" 1): EndTxn v5, TxnOffsetCommit v5 and
     // AddOffsetsToTxn v4 belong to KIP-890's version 2, whose epoch bump per transaction is
     // not implemented; AddPartitionsToTxn v4+ is the brokers' batched form.

@@ -451,6 +451,7 @@ fn start_request(
                 cluster: context.cluster.clone(),
                 response_memory: context.response_memory.clone(),
                 fetch_sessions: Arc::clone(&context.fetch_sessions),
+                share_sessions: Arc::clone(&context.share_sessions),
             });
         }
     }
@@ -693,6 +694,24 @@ async fn dispatch(
         RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::consumer_group_describe(context, version, r).await,
         ),
+        RequestKind::ListConfigResources(r) => ResponseKind::ListConfigResources(
+            configs::list_config_resources(context, version, r).await,
+        ),
+        RequestKind::ShareGroupHeartbeat(r) => ResponseKind::ShareGroupHeartbeat(
+            share_groups::share_group_heartbeat(context, version, r).await,
+        ),
+        RequestKind::ShareGroupDescribe(r) => ResponseKind::ShareGroupDescribe(
+            share_groups::share_group_describe(context, version, r).await,
+        ),
+        RequestKind::ShareFetch(r) => {
+            ResponseKind::ShareFetch(share_groups::share_fetch(context, version, r).await)
+        }
+        RequestKind::ShareAcknowledge(r) => ResponseKind::ShareAcknowledge(
+            share_groups::share_acknowledge(context, version, r).await,
+        ),
+        RequestKind::DescribeShareGroupOffsets(r) => ResponseKind::DescribeShareGroupOffsets(
+            share_groups::describe_share_group_offsets(context, version, r).await,
+        ),
         RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
             transactions::list_transactions(context, version, r).await,
         ),
@@ -829,6 +848,7 @@ mod tests {
             cluster: None,
             response_memory: None,
             fetch_sessions: Default::default(),
+            share_sessions: Default::default(),
         })
     }
 
@@ -993,6 +1013,14 @@ mod tests {
                 RequestKind::ConsumerGroupHeartbeat(Default::default())
             }
             ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(Default::default()),
+            ApiKey::ShareGroupHeartbeat => RequestKind::ShareGroupHeartbeat(Default::default()),
+            ApiKey::ListConfigResources => RequestKind::ListConfigResources(Default::default()),
+            ApiKey::ShareGroupDescribe => RequestKind::ShareGroupDescribe(Default::default()),
+            ApiKey::ShareFetch => RequestKind::ShareFetch(Default::default()),
+            ApiKey::ShareAcknowledge => RequestKind::ShareAcknowledge(Default::default()),
+            ApiKey::DescribeShareGroupOffsets => {
+                RequestKind::DescribeShareGroupOffsets(Default::default())
+            }
             ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
             ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
@@ -1224,6 +1252,7 @@ mod tests {
             cluster: None,
             response_memory: None,
             fetch_sessions: Default::default(),
+            share_sessions: Default::default(),
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

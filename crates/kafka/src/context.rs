@@ -68,4 +68,6 @@ pub struct RequestContext {
     pub(crate) response_memory: Option<ResponseMemory>,
     /// The listener's incremental fetch sessions (KIP-227).
     pub(crate) fetch_sessions: Arc<FetchSessions>,
+    /// The listener's share sessions (KIP-932).
+    pub(crate) share_sessions: Arc<crate::share_session::ShareSessions>,
 }

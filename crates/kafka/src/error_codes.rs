@@ -58,6 +58,8 @@ pub fn group_error_code(error: &GroupError) -> i16 {
         GroupError::UnsupportedAssignor(_) => ResponseError::UnsupportedAssignor,
         GroupError::InvalidRegularExpression(_) => ResponseError::InvalidRegularExpression,
         GroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        GroupError::InvalidRecordState => ResponseError::InvalidRecordState,
+        GroupError::InvalidConfig(_) => ResponseError::InvalidConfig,
         GroupError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

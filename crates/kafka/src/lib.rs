@@ -12,6 +12,7 @@ mod handlers;
 mod request_metrics;
 mod response_buffer;
 mod server;
+mod share_session;
 mod unsupported_version;
 
 pub use api_versions::supported_api_versions;

@@ -21,6 +21,7 @@ pub struct KafkaServer {
     config: Arc<KafkaConfig>,
     request_memory: Arc<RequestMemory>,
     fetch_sessions: Arc<FetchSessions>,
+    share_sessions: Arc<crate::share_session::ShareSessions>,
     cluster: Option<Arc<ClusterBroker>>,
     /// One permit per connection being served (`connections_max`).
     connections: Arc<Semaphore>,
@@ -43,6 +44,7 @@ impl KafkaServer {
             config: Arc::new(config),
             request_memory,
             fetch_sessions: Arc::default(),
+            share_sessions: Arc::default(),
             cluster: None,
             connections,
         })
@@ -97,6 +99,7 @@ impl KafkaServer {
                             cluster: self.cluster.clone(),
                             response_memory: None,
                             fetch_sessions: Arc::clone(&self.fetch_sessions),
+                            share_sessions: Arc::clone(&self.share_sessions),
                         };
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();

@@ -192,6 +192,7 @@ fn config_entries(state: &AppState, name: &str) -> ApiResult<Vec<TopicConfigEntr
             value: entry.value,
             source: match entry.source {
                 ConfigSource::TopicOverride => "topic_override",
+                ConfigSource::GroupOverride => "group_override",
                 ConfigSource::StaticBroker => "static_broker",
                 ConfigSource::Default => "default",
             }

@@ -33,6 +33,7 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         cluster: None,
         response_memory: None,
         fetch_sessions: Default::default(),
+        share_sessions: Default::default(),
     }
 }
 

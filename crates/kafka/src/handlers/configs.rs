@@ -24,9 +24,11 @@ use sluice_broker::replication::ReplicationError;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_GROUP: i8 = 32;
 const SOURCE_TOPIC_CONFIG: i8 = 1;
 const SOURCE_STATIC_BROKER_CONFIG: i8 = 4;
 const SOURCE_DEFAULT_CONFIG: i8 = 5;
+const SOURCE_GROUP_CONFIG: i8 = 8;
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
@@ -65,6 +67,9 @@ pub async fn describe_configs(
                                 resource.resource_name.as_str()
                             ))));
                     }
+                }
+                RESOURCE_GROUP if ctx.cluster.is_none() => {
+                    Ok(group_configs(ctx, resource.resource_name.as_str()))
                 }
                 other => {
                     return result
@@ -130,6 +135,7 @@ pub async fn describe_configs(
 fn source_code(source: ConfigSource) -> i8 {
     match source {
         ConfigSource::TopicOverride => SOURCE_TOPIC_CONFIG,
+        ConfigSource::GroupOverride => SOURCE_GROUP_CONFIG,
         ConfigSource::StaticBroker => SOURCE_STATIC_BROKER_CONFIG,
         ConfigSource::Default => SOURCE_DEFAULT_CONFIG,
     }
@@ -244,6 +250,148 @@ fn broker_configs(ctx: &RequestContext) -> Vec<ConfigEntry> {
             "Default durability: 'batch', 'interval:<ms>' or 'never'.",
         ),
     ]
+}
+
+/// ListConfigResources (KIP-1142): v0 lists client-metrics resources (Sluice has none); v1 the
+/// resources of the asked types (all when none is named) that configs can be described for.
+pub async fn list_config_resources(
+    ctx: &RequestContext,
+    version: i16,
+    request: kafka_protocol::messages::ListConfigResourcesRequest,
+) -> kafka_protocol::messages::ListConfigResourcesResponse {
+    use kafka_protocol::messages::list_config_resources_response::ConfigResource;
+    const RESOURCE_BROKER_LOGGER: i8 = 8;
+    const RESOURCE_CLIENT_METRICS: i8 = 16;
+    let response = kafka_protocol::messages::ListConfigResourcesResponse::default();
+    if version == 0 {
+        return response;
+    }
+    let known = [
+        RESOURCE_TOPIC,
+        RESOURCE_BROKER,
+        RESOURCE_BROKER_LOGGER,
+        RESOURCE_CLIENT_METRICS,
+        RESOURCE_GROUP,
+    ];
+    if request.resource_types.iter().any(|t| !known.contains(t)) {
+        return response.with_error_code(ResponseError::UnsupportedVersion.code());
+    }
+    let wanted =
+        |kind: i8| request.resource_types.is_empty() || request.resource_types.contains(&kind);
+    let resource = |kind: i8, name: String| {
+        ConfigResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(StrBytes::from_string(name))
+    };
+    let mut resources = Vec::new();
+    if wanted(RESOURCE_TOPIC) {
+        let mut names: Vec<String> = match &ctx.cluster {
+            Some(cluster) => cluster
+                .metadata()
+                .topics
+                .values()
+                .map(|t| t.name.clone())
+                .collect(),
+            None => ctx
+                .broker
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
+        };
+        names.sort();
+        resources.extend(names.into_iter().map(|n| resource(RESOURCE_TOPIC, n)));
+    }
+    for kind in [RESOURCE_BROKER, RESOURCE_BROKER_LOGGER] {
+        if wanted(kind) {
+            resources.push(resource(kind, ctx.broker.node_id().to_string()));
+        }
+    }
+    if wanted(RESOURCE_GROUP) {
+        let coordinator = ctx.broker.group_coordinator();
+        let mut groups: Vec<String> = coordinator
+            .list_groups()
+            .into_iter()
+            .map(|g| g.group_id)
+            .chain(coordinator.groups_with_configs())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        resources.extend(groups.into_iter().map(|g| resource(RESOURCE_GROUP, g)));
+    }
+    response.with_config_resources(resources)
+}
+
+/// A group's configs: its own values, else the broker's.
+fn group_configs(ctx: &RequestContext, group_id: &str) -> Vec<ConfigEntry> {
+    ctx.broker
+        .group_coordinator()
+        .describe_group_configs(group_id)
+        .into_iter()
+        .map(|entry| ConfigEntry {
+            name: entry.name.to_string(),
+            value: entry.value.clone(),
+            source: if entry.is_override {
+                ConfigSource::GroupOverride
+            } else {
+                ConfigSource::Default
+            },
+            read_only: false,
+            config_type: if entry.is_int {
+                ConfigType::Int
+            } else {
+                ConfigType::String
+            },
+            documentation: entry.documentation,
+            synonyms: vec![ConfigSynonym {
+                name: entry.name.to_string(),
+                value: entry.value,
+                source: if entry.is_override {
+                    ConfigSource::GroupOverride
+                } else {
+                    ConfigSource::Default
+                },
+            }],
+        })
+        .collect()
+}
+
+/// IncrementalAlterConfigs on a GROUP resource (single node).
+fn alter_group_configs(
+    ctx: &RequestContext,
+    resource: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+    validate_only: bool,
+) -> incremental_alter_configs_response::AlterConfigsResourceResponse {
+    let response = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+        .with_resource_type(resource.resource_type)
+        .with_resource_name(resource.resource_name.clone());
+    let mut changes = Vec::with_capacity(resource.configs.len());
+    for c in &resource.configs {
+        match (c.config_operation, &c.value) {
+            (OPERATION_SET, Some(value)) => {
+                changes.push((c.name.to_string(), Some(value.to_string())))
+            }
+            (OPERATION_DELETE, _) => changes.push((c.name.to_string(), None)),
+            (operation, _) => {
+                return response
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "operation {operation} on '{}' is not supported for groups",
+                        c.name.as_str()
+                    ))))
+            }
+        }
+    }
+    match ctx.broker.group_coordinator().alter_group_configs(
+        resource.resource_name.as_str(),
+        &changes,
+        validate_only,
+    ) {
+        Ok(()) => response,
+        Err(error) => response
+            .with_error_code(crate::error_codes::group_error_code(&error))
+            .with_error_message(Some(StrBytes::from_string(error.to_string()))),
+    }
 }
 
 fn alter_result(
@@ -407,6 +555,9 @@ pub async fn incremental_alter_configs(
         .resources
         .into_iter()
         .map(|resource| {
+            if resource.resource_type == RESOURCE_GROUP {
+                return alter_group_configs(ctx, &resource, request.validate_only);
+            }
             let outcome = only_topics(resource.resource_type).and_then(|()| {
                 let changes = resource
                     .configs

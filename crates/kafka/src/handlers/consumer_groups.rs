@@ -28,7 +28,7 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 const MEMBER_TYPE_CONSUMER: i8 = 1;
 
 /// Every topic clients may subscribe to, with its id and partition count.
-fn topic_catalog(ctx: &RequestContext) -> BTreeMap<String, (Uuid, i32)> {
+pub(super) fn topic_catalog(ctx: &RequestContext) -> BTreeMap<String, (Uuid, i32)> {
     match &ctx.cluster {
         Some(cluster) => cluster
             .metadata()
@@ -47,7 +47,7 @@ fn topic_catalog(ctx: &RequestContext) -> BTreeMap<String, (Uuid, i32)> {
 }
 
 /// Partitions grouped by topic, in order, as (topic, partition indexes).
-fn by_topic(partitions: &[TopicPartition]) -> Vec<(&str, Vec<i32>)> {
+pub(super) fn by_topic(partitions: &[TopicPartition]) -> Vec<(&str, Vec<i32>)> {
     let mut grouped: Vec<(&str, Vec<i32>)> = Vec::new();
     for partition in partitions {
         match grouped.last_mut() {

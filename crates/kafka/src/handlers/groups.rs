@@ -717,7 +717,9 @@ pub async fn describe_groups(
         .map(|group_id| {
             let mut description = coordinator.describe_group(&group_id);
             // Kafka describes only classic groups here; ConsumerGroupDescribe the others.
-            if coordinator.is_consumer_group(&group_id) {
+            let other_kind =
+                coordinator.is_consumer_group(&group_id) || coordinator.is_share_group(&group_id);
+            if other_kind {
                 description.state = GroupState::Dead;
                 description.protocol_type.clear();
                 description.protocol_name.clear();
@@ -753,7 +755,7 @@ pub async fn describe_groups(
                 if version >= 6 && description.state == GroupState::Dead {
                     (
                         ResponseError::GroupIdNotFound.code(),
-                        Some(str_bytes(if coordinator.is_consumer_group(&group_id) {
+                        Some(str_bytes(if other_kind {
                             format!("Group {} is not a classic group.", group_id.as_str())
                         } else {
                             format!("Group {} not found.", group_id.as_str())
@@ -910,6 +912,7 @@ pub(super) mod tests {
             cluster: None,
             response_memory: None,
             fetch_sessions: Default::default(),
+            share_sessions: Default::default(),
         }
     }
 

@@ -15,5 +15,6 @@ pub mod produce;
 pub mod producer_id;
 pub mod producers;
 pub mod reassignments;
+pub mod share_groups;
 pub mod topics;
 pub mod transactions;

@@ -95,6 +95,7 @@ pub async fn create_topics(
                                     .with_value(Some(StrBytes::from_string(entry.value)))
                                     .with_config_source(match entry.source {
                                         ConfigSource::TopicOverride => 1,
+                                        ConfigSource::GroupOverride => 8,
                                         ConfigSource::StaticBroker => 4,
                                         ConfigSource::Default => 5,
                                     })

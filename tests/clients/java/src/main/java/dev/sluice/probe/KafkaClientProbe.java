@@ -11,14 +11,19 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Properties;
+import java.util.Set;
 import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import org.apache.kafka.clients.CommonClientConfigs;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.AlterConfigOp;
+import org.apache.kafka.clients.admin.AlterConfigsOptions;
 import org.apache.kafka.clients.admin.ConsumerGroupDescription;
 import org.apache.kafka.clients.admin.Config;
 import org.apache.kafka.clients.admin.ConfigEntry;
@@ -29,16 +34,21 @@ import org.apache.kafka.clients.admin.DescribeConfigsOptions;
 import org.apache.kafka.clients.admin.GroupListing;
 import org.apache.kafka.clients.admin.ListOffsetsOptions;
 import org.apache.kafka.clients.admin.ListOffsetsResult;
+import org.apache.kafka.clients.admin.ListShareGroupOffsetsSpec;
 import org.apache.kafka.clients.admin.MemberDescription;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.OffsetSpec;
 import org.apache.kafka.clients.admin.RecordsToDelete;
+import org.apache.kafka.clients.admin.ShareGroupDescription;
+import org.apache.kafka.clients.admin.ShareMemberDescription;
 import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.clients.consumer.AcknowledgeType;
 import org.apache.kafka.clients.consumer.CloseOptions;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.KafkaShareConsumer;
 import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
@@ -48,6 +58,7 @@ import org.apache.kafka.common.IsolationLevel;
 import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.Node;
 import org.apache.kafka.common.TopicCollection;
+import org.apache.kafka.common.TopicIdPartition;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.Uuid;
@@ -67,17 +78,20 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * </pre>
  *
  * Steps (each method's comment gives its arguments): produce, consume, close (producer and
- * consumer); create-topic, describe-topic, delete-topic, describe-configs, list-offsets,
+ * consumer); share-consume, share-consume-parallel, share-wait, share-close (share consumers,
+ * KIP-932); create-topic, describe-topic, delete-topic, describe-configs, list-offsets,
  * delete-records, group-offsets, alter-group-offsets, describe-group, list-groups, delete-group,
- * describe-cluster (admin client).
+ * describe-cluster, group-config, describe-group-config, describe-share-group,
+ * share-group-offsets (admin client).
  *
- * <p>Steps run in order in one JVM (a JVM start costs a second). Each prints one JSON object per
- * result on stdout, with "step" naming it. An error that Kafka answers or the client raises is
- * printed as "error" (the exception's class name), "code" (Kafka's error name; null for an
- * exception of the client's own) and "message", and the next step runs; so is an exception the
- * client throws outside a future (a consumer's poll, say). Anything else (a bad argument, a step
- * that throws unexpectedly) prints a "fatal" line and exits with status 2. The client's own log
- * goes to stderr (warnings and errors).
+ * <p>Steps run in order in one JVM (a JVM start costs a second); only share-consume steps with
+ * background=true (and share-consume-parallel's consumers) poll in threads of their own while
+ * the next steps run. Each prints one JSON object per result on stdout, with "step" naming it.
+ * An error that Kafka answers or the client raises is printed as "error" (the exception's class
+ * name), "code" (Kafka's error name; null for an exception of the client's own) and "message",
+ * and the next step runs; so is an exception the client throws outside a future (a consumer's
+ * poll, say). Anything else (a bad argument, a step that throws unexpectedly) prints a "fatal"
+ * line and exits with status 2. The client's own log goes to stderr (warnings and errors).
  */
 public final class KafkaClientProbe {
 
@@ -86,6 +100,11 @@ public final class KafkaClientProbe {
     private final String bootstrap;
     private final Map<String, KafkaConsumer<byte[], byte[]>> openConsumers = new LinkedHashMap<>();
     private final List<KafkaProducer<byte[], byte[]>> openTransactions = new ArrayList<>();
+    // Share consumers by label: those polling in threads of their own and those kept open.
+    private final Map<String, ShareMember> shareMembers = new ConcurrentHashMap<>();
+    // The share-consume steps still polling in the background, by name, until share-wait.
+    private final Map<String, List<ShareMember>> shareJobs = new LinkedHashMap<>();
+    private static volatile boolean threadFailed;
     private Admin admin;
 
     private KafkaClientProbe(String bootstrap) {
@@ -112,6 +131,9 @@ public final class KafkaClientProbe {
             status = 2;
         } finally {
             probe.close();
+        }
+        if (threadFailed) {
+            status = 2;
         }
         System.out.flush();
         // Client threads (a consumer's heartbeat, the admin's network thread) must not keep the
@@ -146,6 +168,14 @@ public final class KafkaClientProbe {
             case "describe-cluster" -> describeCluster(step);
             case "describe-configs" -> describeConfigs(step);
             case "delete-topic" -> deleteTopic(step);
+            case "group-config" -> groupConfig(step);
+            case "describe-group-config" -> describeGroupConfig(step);
+            case "share-consume" -> shareConsume(step);
+            case "share-consume-parallel" -> shareConsumeParallel(step);
+            case "share-wait" -> shareWait(step);
+            case "share-close" -> shareClose(step);
+            case "describe-share-group" -> describeShareGroup(step);
+            case "share-group-offsets" -> shareGroupOffsets(step);
             default -> throw new IllegalArgumentException("unknown step " + step.name);
         }
         step.checkAllUsed();
@@ -157,7 +187,7 @@ public final class KafkaClientProbe {
      * produce topic=T count=N [partition=P] [timestamp=FIRST] [timestamp-step=MS] [key-prefix=S]
      * [keys=false] [value-prefix=S] [headers=true] [acks=all] [idempotence=true] [linger-ms=0]
      * [compression=none] [value-size=BYTES] [transactional-id=ID] [end=commit|abort|open]
-     * [producer.CONFIG=VALUE ...]
+     * [interval-ms=0] [until-share=LABEL] [producer.CONFIG=VALUE ...]
      *
      * Record i has key key-prefix+i, value value-prefix+i, timestamp FIRST + i*MS when timestamp
      * is given (else the producer's clock), and headers index=i, dup=first, dup=second, empty=""
@@ -165,6 +195,9 @@ public final class KafkaClientProbe {
      * "produce" line per record: its partition, offset and timestamp as the producer's callback
      * saw them. With a transactional id the records are sent in one transaction, which ends as
      * `end` says: end=open leaves it open until the program ends (then it is aborted).
+     * interval-ms=MS sends the records one at a time, each flushed and MS apart; with
+     * until-share=LABEL too, no record is sent once the share consumer LABEL (polling in the
+     * background) has been delivered one.
      */
     private void produce(Step step) throws Exception {
         String topic = step.required("topic");
@@ -179,6 +212,8 @@ public final class KafkaClientProbe {
         String transactionalId = step.get("transactional-id", null);
         String end = step.get("end", "commit");
         int valueSize = step.integer("value-size", 0);
+        long intervalMs = step.longValue("interval-ms", 0);
+        String untilShare = step.get("until-share", null);
 
         Properties props = common();
         props.put(ProducerConfig.ACKS_CONFIG, step.get("acks", "all"));
@@ -209,6 +244,9 @@ public final class KafkaClientProbe {
             }
             List<Future<RecordMetadata>> sent = new ArrayList<>();
             for (int i = 0; i < count; i++) {
+                if (untilShare != null && shareDeliveries(untilShare) > 0) {
+                    break;
+                }
                 RecordHeaders recordHeaders = new RecordHeaders();
                 if (headers) {
                     recordHeaders.add("index", utf8(Integer.toString(i)));
@@ -221,6 +259,10 @@ public final class KafkaClientProbe {
                 byte[] key = keys ? utf8(keyPrefix + i) : null;
                 sent.add(producer.send(new ProducerRecord<>(topic, partition, timestamp, key,
                                                             value(valuePrefix + i, valueSize), recordHeaders)));
+                if (intervalMs > 0) {
+                    producer.flush();
+                    Thread.sleep(intervalMs);
+                }
             }
             producer.flush();
             for (int i = 0; i < sent.size(); i++) {
@@ -371,6 +413,462 @@ public final class KafkaClientProbe {
                    "key", string(record.key()), "value", string(record.value()),
                    "headers", headers,
                    "leader_epoch", record.leaderEpoch().orElse(null));
+    }
+
+    // ---- share consumer (KIP-932) -----------------------------------------------------------
+
+    /**
+     * share-consume group=G topic=T[,T2] [name=LABEL] [count=1] [mode=implicit|explicit]
+     * [acks=SPEC] [default-ack=accept] [commit=MODE==explicit] [settle=false]
+     * [timeout-ms=30000] [extra-poll-ms=0] [keep=false] [background=false] [client-id=ID]
+     * [consumer.CONFIG=VALUE ...]
+     *
+     * A KafkaShareConsumer (share.acknowledgement.mode=MODE) of share group G, called LABEL
+     * (default G), subscribes to T and polls until N records were delivered (a redelivery counts
+     * again) or the timeout, then polls on for extra-poll-ms. Each record delivered is a
+     * "share-record" line, in delivery order, with its delivery count.
+     *
+     * In explicit mode each record is acknowledged as SPEC says: a comma list of
+     * [P/]OFFSET[@DELIVERY]:accept|release|reject|none, the record at OFFSET (of partition P, or
+     * of any) on its DELIVERY-th delivery (or on any); every other record as default-ack (none:
+     * left unacknowledged). The record's line names in "ack" what was done. With commit=true
+     * (the default in explicit mode) commitSync follows every poll that delivered records: one
+     * "share-commit" line per partition it acknowledged, with its error. In implicit mode a
+     * poll's records are acknowledged (ACCEPT) by the next poll, on its ShareFetch, or by
+     * commitSync (commit=true); not by the close (KafkaShareConsumer 4.1.1): what the last poll
+     * delivered goes back to the group then, so poll on (extra-poll-ms, settle) or commit.
+     * The broker's answers to acknowledgements (the AcknowledgementCommitCallback, called in
+     * poll, commitSync and close) are "share-acked" lines: partition, offsets and error. With
+     * settle=true the consumer polls on after its N records (within the timeout) until every
+     * acknowledgement it made was answered so.
+     *
+     * A "share-consume" line sums up. When a consumer called LABEL is open (an earlier step
+     * kept it), that one polls on (group, topic, mode and the configs are its own then). keep=true
+     * leaves it open for later steps (share-consume, share-close), else it is closed at the end
+     * of the step. background=true polls in a thread of its own while the next steps run, until
+     * a "share-wait name=LABEL" step.
+     */
+    private void shareConsume(Step step) throws Exception {
+        String name = step.get("name", null);
+        ShareMember member = name == null ? null : shareMembers.get(name);
+        if (member == null) {
+            String group = step.required("group");
+            member = newShareMember(step, name == null ? group : name, group,
+                                    step.get("client-id", "probe-" + (name == null ? group : name)));
+        } else {
+            if (member.thread != null) {
+                throw new IllegalArgumentException(step.name + ": " + name + " still polls (share-wait it)");
+            }
+            step.get("group", null);
+            step.get("topic", null);
+        }
+        runShareMembers(step, member.label, List.of(member));
+    }
+
+    /**
+     * share-consume-parallel group=G topic=T consumers=K [name=LABEL] [count=1] ... : K share
+     * consumers of group G, called LABEL-1 .. LABEL-K (client ids probe-LABEL-1 ...), each polling
+     * in a thread of its own until together they got N records (or the timeout). The other
+     * arguments are share-consume's; with background=true "share-wait name=LABEL" waits for all.
+     */
+    private void shareConsumeParallel(Step step) throws Exception {
+        String group = step.required("group");
+        String name = step.get("name", group);
+        int consumers = step.integer("consumers", 2);
+        List<ShareMember> members = new ArrayList<>();
+        try {
+            for (int i = 1; i <= consumers; i++) {
+                String label = name + "-" + i;
+                members.add(newShareMember(step, label, group, "probe-" + label));
+            }
+        } catch (RuntimeException e) {
+            for (ShareMember member : members) {
+                member.consumer.close(WAIT);
+            }
+            throw e;
+        }
+        runShareMembers(step, name, members);
+    }
+
+    private ShareMember newShareMember(Step step, String label, String group, String clientId) {
+        if (shareMembers.containsKey(label)) {
+            throw new IllegalArgumentException(step.name + ": a share consumer " + label + " is open");
+        }
+        List<String> topics = List.of(step.required("topic").split(","));
+        String mode = step.get("mode", "implicit");
+        Properties props = common();
+        props.put(ConsumerConfig.GROUP_ID_CONFIG, group);
+        props.put(ConsumerConfig.CLIENT_ID_CONFIG, clientId);
+        props.put(ConsumerConfig.SHARE_ACKNOWLEDGEMENT_MODE_CONFIG, mode);
+        props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        props.putAll(step.prefixed("consumer."));
+        KafkaShareConsumer<byte[], byte[]> consumer = new KafkaShareConsumer<>(props);
+        consumer.subscribe(topics);
+        return new ShareMember(label, group, consumer, mode.equals("explicit"));
+    }
+
+    /** Runs a share-consume step's members: inline (one, not in background) or in threads. */
+    private void runShareMembers(Step step, String jobName, List<ShareMember> members)
+            throws Exception {
+        int count = step.integer("count", 1);
+        long timeoutMs = step.longValue("timeout-ms", 30000);
+        long extraMs = step.longValue("extra-poll-ms", 0);
+        boolean keep = step.bool("keep", false);
+        boolean background = step.bool("background", false);
+        Map<String, AcknowledgeType> acks = parseAcks(step.get("acks", ""));
+        AcknowledgeType defaultAck = ackType(step.get("default-ack", "accept"));
+        Boolean commit = step.has("commit") ? step.bool("commit", false) : null;
+        boolean settle = step.bool("settle", false);
+        if (shareJobs.containsKey(jobName)) {
+            throw new IllegalArgumentException(step.name + ": " + jobName + " still runs (share-wait it)");
+        }
+        for (ShareMember member : members) {
+            member.acks = acks;
+            member.defaultAck = defaultAck;
+            member.commit = commit == null ? member.explicit : commit;
+            member.settle = settle;
+            shareMembers.put(member.label, member);
+        }
+        AtomicInteger total = new AtomicInteger();
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        if (members.size() == 1 && !background) {
+            runShareMember(members.get(0), count, total, deadline, extraMs, keep);
+            return;
+        }
+        List<Thread> threads = new ArrayList<>();
+        for (ShareMember member : members) {
+            Thread thread = new Thread(
+                () -> runShareMember(member, count, total, deadline, extraMs, keep),
+                "share-" + member.label);
+            member.thread = thread;
+            threads.add(thread);
+        }
+        threads.forEach(Thread::start);
+        shareJobs.put(jobName, members);
+        if (!background) {
+            joinShareJob(jobName);
+        }
+    }
+
+    private void runShareMember(ShareMember member, int count, AtomicInteger total,
+                                long deadline, long extraMs, boolean keep) {
+        try {
+            member.consume(count, total, deadline, extraMs);
+            if (!keep) {
+                shareMembers.remove(member.label);
+                member.consumer.close(WAIT);
+            }
+        } catch (KafkaException e) {
+            emitError(obj("step", "share-consume", "name", member.label, "phase", "close"), e);
+        } catch (RuntimeException | Error e) {
+            // A step's failure in a thread of its own: the program ends with status 2.
+            emit(obj("step", "share-consume", "name", member.label, "fatal", e.getClass().getName(),
+                     "message", String.valueOf(e.getMessage())));
+            e.printStackTrace(System.err);
+            threadFailed = true;
+        }
+    }
+
+    /** Waits for the threads of a share-consume(-parallel) step; false when one still runs. */
+    private boolean joinShareJob(String jobName) throws InterruptedException {
+        List<ShareMember> members = shareJobs.get(jobName);
+        if (members == null) {
+            return true;
+        }
+        boolean finished = true;
+        for (ShareMember member : members) {
+            finished &= joinShareMember(member);
+        }
+        if (finished) {
+            shareJobs.remove(jobName);
+        }
+        return finished;
+    }
+
+    private static boolean joinShareMember(ShareMember member) throws InterruptedException {
+        Thread thread = member.thread;
+        if (thread != null) {
+            // Its own timeout, extra polls and close are bounded: this only guards a hang.
+            thread.join(TimeUnit.MINUTES.toMillis(3));
+            if (thread.isAlive()) {
+                return false;
+            }
+            member.thread = null;
+        }
+        return true;
+    }
+
+    /**
+     * share-wait name=LABEL [stop-idle-ms=MS] [stop-after-value=V]: until the share-consume step
+     * LABEL (background=true) is done. With stop-idle-ms its consumers stop polling once none of
+     * them got a record for MS (counted from now, or from the delivery of a record whose value is
+     * V, with stop-after-value), else they poll until their count or timeout.
+     */
+    private void shareWait(Step step) throws Exception {
+        String name = step.required("name");
+        long stopIdleMs = step.longValue("stop-idle-ms", -1);
+        String stopAfterValue = step.get("stop-after-value", null);
+        boolean wasRunning = shareJobs.containsKey(name);
+        if (wasRunning && (stopIdleMs >= 0 || stopAfterValue != null)) {
+            ShareStop stop = new ShareStop(Math.max(stopIdleMs, 0), stopAfterValue);
+            List<ShareMember> members = shareJobs.get(name);
+            for (ShareMember member : members) {
+                member.stop = stop;
+            }
+            // A record delivered before the stop was in place: its value is in `values` (and one
+            // delivered after is seen by the stop itself).
+            for (ShareMember member : members) {
+                if (stopAfterValue != null && member.values.contains(stopAfterValue)) {
+                    stop.delivered(stopAfterValue);
+                }
+            }
+        }
+        boolean finished = joinShareJob(name);
+        emit(obj("step", "share-wait", "name", name, "was_running", wasRunning, "finished", finished));
+    }
+
+    /**
+     * share-close name=LABEL: closes the share consumer that share-consume (keep=true) left open;
+     * what it got and did not acknowledge (in implicit mode: what its last poll delivered) goes
+     * back to the group. Prints whether it was open and the close's error, if any.
+     */
+    private void shareClose(Step step) throws Exception {
+        String name = step.required("name");
+        ShareMember member = shareMembers.get(name);
+        Map<String, Object> line = obj("step", "share-close", "name", name, "was_open", member != null);
+        if (member != null) {
+            if (!joinShareMember(member)) {
+                throw new IllegalStateException(name + " still polls");
+            }
+            shareMembers.remove(name);
+            try {
+                member.consumer.close(WAIT);
+            } catch (KafkaException e) {
+                emitError(line, e);
+                return;
+            }
+        }
+        line.put("error", null);
+        emit(line);
+    }
+
+    /** Records delivered so far to the share consumer LABEL, or to all of the step LABEL's. */
+    private int shareDeliveries(String label) {
+        List<ShareMember> members = shareJobs.get(label);
+        if (members == null) {
+            ShareMember member = shareMembers.get(label);
+            if (member == null) {
+                throw new IllegalArgumentException("no share consumer " + label);
+            }
+            members = List.of(member);
+        }
+        int delivered = 0;
+        for (ShareMember member : members) {
+            delivered += member.delivered.get();
+        }
+        return delivered;
+    }
+
+    /** [P/]OFFSET[@DELIVERY]:TYPE,... as a map from that key to the acknowledgement. */
+    private static Map<String, AcknowledgeType> parseAcks(String spec) {
+        Map<String, AcknowledgeType> acks = new HashMap<>();
+        for (String item : spec.split(",")) {
+            if (item.isEmpty()) {
+                continue;
+            }
+            int colon = item.lastIndexOf(':');
+            if (colon <= 0) {
+                throw new IllegalArgumentException("acks: expected [P/]OFFSET[@DELIVERY]:TYPE, got " + item);
+            }
+            acks.put(item.substring(0, colon), ackType(item.substring(colon + 1)));
+        }
+        return acks;
+    }
+
+    /** accept, release or reject; null for none (not acknowledged). */
+    private static AcknowledgeType ackType(String name) {
+        if (name.equals("none")) {
+            return null;
+        }
+        return AcknowledgeType.valueOf(name.toUpperCase(java.util.Locale.ROOT));
+    }
+
+    /**
+     * When the consumers of a background share-consume step stop (share-wait): once none got a
+     * record for idle nanoseconds, after one got the record of the value awaited (if any).
+     */
+    private static final class ShareStop {
+        final long idleNanos;
+        final String value;
+        volatile boolean seen;
+        volatile long lastNews = System.nanoTime();
+
+        ShareStop(long idleMs, String value) {
+            this.idleNanos = TimeUnit.MILLISECONDS.toNanos(idleMs);
+            this.value = value;
+            this.seen = value == null;
+        }
+
+        void delivered(String delivered) {
+            if (!seen && value.equals(delivered)) {
+                seen = true;
+            }
+            lastNews = System.nanoTime();
+        }
+
+        boolean reached() {
+            return seen && System.nanoTime() - lastNews >= idleNanos;
+        }
+    }
+
+    /** A share consumer the steps drive: its label, client and how it acknowledges. */
+    private static final class ShareMember {
+        final String label;
+        final String group;
+        final KafkaShareConsumer<byte[], byte[]> consumer;
+        final boolean explicit;
+        Map<String, AcknowledgeType> acks = Map.of();
+        AcknowledgeType defaultAck = AcknowledgeType.ACCEPT;
+        boolean commit;
+        volatile Thread thread;
+        // Records delivered to it over its life, for produce until-share=LABEL.
+        final AtomicInteger delivered = new AtomicInteger();
+        boolean settle;
+        // Records it acknowledged (in implicit mode: every record delivered), and those of them
+        // whose acknowledgement the broker answered (AcknowledgementCommitCallback).
+        final AtomicInteger acksMade = new AtomicInteger();
+        final AtomicInteger acksAnswered = new AtomicInteger();
+        // The values of the records delivered to it, for share-wait stop-after-value.
+        final Set<String> values = ConcurrentHashMap.newKeySet();
+        // How a share-wait stops it (null: it polls until its count or timeout).
+        volatile ShareStop stop;
+
+        ShareMember(String label, String group, KafkaShareConsumer<byte[], byte[]> consumer,
+                    boolean explicit) {
+            this.label = label;
+            this.group = group;
+            this.consumer = consumer;
+            this.explicit = explicit;
+            consumer.setAcknowledgementCommitCallback(this::acknowledged);
+        }
+
+        /**
+         * The AcknowledgementCommitCallback (called in poll, commitSync or close): a
+         * "share-acked" line per partition, with the offsets whose acknowledgements the broker
+         * answered and the error, if any.
+         */
+        private void acknowledged(Map<TopicIdPartition, Set<Long>> offsets, Exception exception) {
+            List<TopicIdPartition> partitions = new ArrayList<>(offsets.keySet());
+            partitions.sort(Comparator.comparing(TopicIdPartition::topic)
+                .thenComparingInt(TopicIdPartition::partition));
+            for (TopicIdPartition tip : partitions) {
+                List<Long> answered = new ArrayList<>(offsets.get(tip));
+                answered.sort(Comparator.naturalOrder());
+                Map<String, Object> line = obj("step", "share-acked", "name", label,
+                                               "topic", tip.topic(), "partition", tip.partition(),
+                                               "offsets", answered);
+                if (exception != null) {
+                    emitError(line, exception);
+                } else {
+                    line.put("error", null);
+                    emit(line);
+                }
+                acksAnswered.addAndGet(answered.size());
+            }
+        }
+
+        /** Polls until `total` reaches `count` (or the deadline), then for extraMs more. */
+        void consume(int count, AtomicInteger total, long deadline, long extraMs) {
+            int got = 0;
+            try {
+                while (total.get() < count && System.nanoTime() < deadline && !stopped()) {
+                    got += pollOnce(total);
+                }
+                boolean timedOut = total.get() < count && !stopped();
+                while (settle && acksAnswered.get() < acksMade.get() && System.nanoTime() < deadline) {
+                    got += pollOnce(total);
+                }
+                long extraDeadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(extraMs);
+                while (System.nanoTime() < extraDeadline) {
+                    got += pollOnce(total);
+                }
+                // (Stopped by share-wait: not a timeout.)
+                emit(obj("step", "share-consume", "name", label, "group", group, "records", got,
+                         "timed_out", timedOut));
+            } catch (KafkaException | IllegalStateException e) {
+                // What poll, acknowledge or commitSync threw: the step's error.
+                emitError(obj("step", "share-consume", "name", label, "group", group,
+                              "records", got), e);
+            }
+        }
+
+        private boolean stopped() {
+            ShareStop current = stop;
+            return current != null && current.reached();
+        }
+
+        private int pollOnce(AtomicInteger total) {
+            ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(200));
+            int got = 0;
+            for (ConsumerRecord<byte[], byte[]> record : records) {
+                Map<String, Object> line = obj(
+                    "step", "share-record", "name", label, "topic", record.topic(),
+                    "partition", record.partition(), "offset", record.offset(),
+                    "key", string(record.key()), "value", string(record.value()),
+                    "delivery_count", record.deliveryCount().map(Object.class::cast).orElse(null));
+                if (explicit) {
+                    AcknowledgeType ack = ackFor(record);
+                    if (ack != null) {
+                        consumer.acknowledge(record, ack);
+                        acksMade.incrementAndGet();
+                    }
+                    line.put("ack", ack == null ? null : ack.name());
+                } else {
+                    acksMade.incrementAndGet();
+                }
+                emit(line);
+                total.incrementAndGet();
+                delivered.incrementAndGet();
+                String value = String.valueOf(string(record.value()));
+                values.add(value);
+                ShareStop current = stop;
+                if (current != null) {
+                    current.delivered(value);
+                }
+                got++;
+            }
+            if (got > 0 && commit) {
+                Map<TopicIdPartition, Optional<KafkaException>> result = consumer.commitSync(WAIT);
+                List<TopicIdPartition> partitions = new ArrayList<>(result.keySet());
+                partitions.sort(Comparator.comparing(TopicIdPartition::topic)
+                    .thenComparingInt(TopicIdPartition::partition));
+                for (TopicIdPartition tip : partitions) {
+                    Map<String, Object> line = obj("step", "share-commit", "name", label,
+                                                   "topic", tip.topic(), "partition", tip.partition());
+                    Optional<KafkaException> error = result.get(tip);
+                    if (error.isPresent()) {
+                        emitError(line, error.get());
+                    } else {
+                        line.put("error", null);
+                        emit(line);
+                    }
+                }
+            }
+            return got;
+        }
+
+        private AcknowledgeType ackFor(ConsumerRecord<byte[], byte[]> record) {
+            String offset = Long.toString(record.offset());
+            String partitioned = record.partition() + "/" + offset;
+            String delivery = "@" + record.deliveryCount().map(String::valueOf).orElse("?");
+            for (String key : List.of(partitioned + delivery, offset + delivery, partitioned, offset)) {
+                if (acks.containsKey(key)) {
+                    return acks.get(key);
+                }
+            }
+            return defaultAck;
+        }
     }
 
     // ---- admin -------------------------------------------------------------------------------
@@ -628,9 +1126,24 @@ public final class KafkaClientProbe {
     private void describeConfigs(Step step) throws Exception {
         String topic = step.required("topic");
         String keys = step.get("keys", null);
-        List<String> only = keys == null ? null : List.of(keys.split(","));
         ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
-        Map<String, Object> line = obj("step", "describe-configs", "topic", topic);
+        describeConfigEntries(obj("step", "describe-configs", "topic", topic), resource, keys);
+    }
+
+    /**
+     * describe-group-config group=G [keys=a,b]: describeConfigs of the group's configs
+     * (ConfigResource.Type.GROUP), each entry as describe-configs prints it.
+     */
+    private void describeGroupConfig(Step step) throws Exception {
+        String group = step.required("group");
+        String keys = step.get("keys", null);
+        ConfigResource resource = new ConfigResource(ConfigResource.Type.GROUP, group);
+        describeConfigEntries(obj("step", "describe-group-config", "group", group), resource, keys);
+    }
+
+    private void describeConfigEntries(Map<String, Object> line, ConfigResource resource,
+                                       String keys) throws Exception {
+        List<String> only = keys == null ? null : List.of(keys.split(","));
         try {
             Config config = admin().describeConfigs(List.of(resource),
                     new DescribeConfigsOptions().includeSynonyms(true).includeDocumentation(true))
@@ -653,6 +1166,99 @@ public final class KafkaClientProbe {
             }
             line.put("error", null);
             line.put("entries", entries);
+            emit(line);
+        } catch (ExecutionException e) {
+            emitError(line, e);
+        }
+    }
+
+    /**
+     * group-config group=G [delete=K1,K2] [validate-only=false] [KEY=VALUE ...]:
+     * incrementalAlterConfigs on the group's configs (ConfigResource.Type.GROUP), a SET for each
+     * KEY=VALUE (every argument but group, delete and validate-only) and a DELETE for each key
+     * named in delete. Prints the configs asked for and the result (or the error).
+     */
+    private void groupConfig(Step step) throws Exception {
+        String group = step.required("group");
+        String delete = step.get("delete", null);
+        boolean validateOnly = step.bool("validate-only", false);
+        Map<String, String> set = step.rest();
+        List<AlterConfigOp> ops = new ArrayList<>();
+        for (Map.Entry<String, String> entry : set.entrySet()) {
+            ops.add(new AlterConfigOp(new ConfigEntry(entry.getKey(), entry.getValue()),
+                                      AlterConfigOp.OpType.SET));
+        }
+        List<String> deleted = delete == null ? List.of() : List.of(delete.split(","));
+        for (String key : deleted) {
+            ops.add(new AlterConfigOp(new ConfigEntry(key, null), AlterConfigOp.OpType.DELETE));
+        }
+        ConfigResource resource = new ConfigResource(ConfigResource.Type.GROUP, group);
+        Map<String, Object> line = obj("step", "group-config", "group", group, "set", set,
+                                       "delete", deleted);
+        try {
+            admin().incrementalAlterConfigs(Map.of(resource, ops),
+                                            new AlterConfigsOptions().validateOnly(validateOnly))
+                .all().get(WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            line.put("error", null);
+            emit(line);
+        } catch (ExecutionException e) {
+            emitError(line, e);
+        }
+    }
+
+    /**
+     * describe-share-group group=G: describeShareGroups' state, group epoch, target assignment
+     * epoch, coordinator and members (id, client id, host, member epoch, assigned partitions),
+     * members in the order of their client ids.
+     */
+    private void describeShareGroup(Step step) throws Exception {
+        String group = step.required("group");
+        Map<String, Object> line = obj("step", "describe-share-group", "group", group);
+        try {
+            ShareGroupDescription description = admin().describeShareGroups(List.of(group))
+                .describedGroups().get(group).get(WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            List<ShareMemberDescription> sortedMembers = new ArrayList<>(description.members());
+            sortedMembers.sort(Comparator.comparing(ShareMemberDescription::clientId)
+                .thenComparing(ShareMemberDescription::consumerId));
+            List<Object> members = new ArrayList<>();
+            for (ShareMemberDescription member : sortedMembers) {
+                members.add(obj("member_id", member.consumerId(), "client_id", member.clientId(),
+                                "host", member.host(), "member_epoch", member.memberEpoch(),
+                                "assignment", partitions(member.assignment().topicPartitions())));
+            }
+            line.put("error", null);
+            line.put("state", description.groupState().toString());
+            line.put("group_epoch", description.groupEpoch());
+            line.put("assignment_epoch", description.targetAssignmentEpoch());
+            Node coordinator = description.coordinator();
+            line.put("coordinator", coordinator == null ? null : coordinator.id());
+            line.put("members", members);
+            emit(line);
+        } catch (ExecutionException e) {
+            emitError(line, e);
+        }
+    }
+
+    /**
+     * share-group-offsets group=G: listShareGroupOffsets, one entry per partition the group has
+     * state for: its start offset (the first offset not yet acknowledged) and leader epoch.
+     */
+    private void shareGroupOffsets(Step step) throws Exception {
+        String group = step.required("group");
+        Map<String, Object> line = obj("step", "share-group-offsets", "group", group);
+        try {
+            Map<TopicPartition, OffsetAndMetadata> offsets = admin()
+                .listShareGroupOffsets(Map.of(group, new ListShareGroupOffsetsSpec()))
+                .partitionsToOffsetAndMetadata(group).get(WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            List<Object> entries = new ArrayList<>();
+            for (TopicPartition tp : sorted(offsets.keySet())) {
+                OffsetAndMetadata offset = offsets.get(tp);
+                entries.add(obj("topic", tp.topic(), "partition", tp.partition(),
+                                "offset", offset == null ? null : offset.offset(),
+                                "leader_epoch", offset == null ? null : offset.leaderEpoch().orElse(null)));
+            }
+            line.put("error", null);
+            line.put("offsets", entries);
             emit(line);
         } catch (ExecutionException e) {
             emitError(line, e);
@@ -714,6 +1320,23 @@ public final class KafkaClientProbe {
     }
 
     private void close() {
+        for (String job : new ArrayList<>(shareJobs.keySet())) {
+            try {
+                joinShareJob(job);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        for (ShareMember member : shareMembers.values()) {
+            try {
+                if (member.thread == null) {  // (one still polling after its join: left to exit)
+                    member.consumer.close(WAIT);
+                }
+            } catch (RuntimeException e) {
+                e.printStackTrace(System.err);
+            }
+        }
+        shareMembers.clear();
         for (KafkaConsumer<byte[], byte[]> consumer : openConsumers.values()) {
             try {
                 consumer.close(CloseOptions.timeout(WAIT));
@@ -790,7 +1413,7 @@ public final class KafkaClientProbe {
         return map;
     }
 
-    private static void emit(Map<String, Object> line) {
+    private static synchronized void emit(Map<String, Object> line) {
         StringBuilder out = new StringBuilder();
         writeJson(out, line);
         System.out.println(out);
@@ -927,6 +1550,18 @@ public final class KafkaClientProbe {
                 if (entry.getKey().startsWith(prefix)) {
                     used.put(entry.getKey(), true);
                     out.put(entry.getKey().substring(prefix.length()), entry.getValue());
+                }
+            }
+            return out;
+        }
+
+        /** Every argument no get has asked for yet (now used). */
+        Map<String, String> rest() {
+            Map<String, String> out = new LinkedHashMap<>();
+            for (Map.Entry<String, String> entry : args.entrySet()) {
+                if (!used.containsKey(entry.getKey())) {
+                    used.put(entry.getKey(), true);
+                    out.put(entry.getKey(), entry.getValue());
                 }
             }
             return out;

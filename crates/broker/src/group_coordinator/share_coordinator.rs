@@ -1,0 +1,512 @@
+//! Share groups on the coordinator (KIP-932): membership (ShareGroupHeartbeat), the share
+//! partitions' record states (ShareFetch, ShareAcknowledge) and their stored start offsets.
+//! On one node the group coordinator and every partition leader are the same process, so the
+//! share partitions live here, beside the membership that releases a leaving member's locks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_log::BatchHeader;
+use tokio::time::Instant;
+
+use super::group_configs::{
+    parse_auto_offset_reset, GroupConfigEntry, ShareAutoOffsetReset, SHARE_AUTO_OFFSET_RESET,
+    SHARE_HEARTBEAT_INTERVAL_MS, SHARE_RECORD_LOCK_DURATION_MS, SHARE_SESSION_TIMEOUT_MS,
+};
+use super::share_group::{
+    ShareGroup, ShareGroupDescription, ShareGroupTiming, ShareHeartbeatParams, ShareHeartbeatResult,
+};
+use super::share_partition::{
+    AcknowledgeType, AcquiredRange, BatchSpan, ShareLimits, SharePartition,
+};
+use super::{GroupCoordinator, OffsetAndMetadata, TopicPartition};
+use crate::{now_ms, GroupError, IsolationLevel, Partition};
+
+/// One share partition and the order its start offset is stored in.
+pub(crate) struct SharePartitionSlot {
+    state: parking_lot::Mutex<SharePartition>,
+    /// The start offset stored last; held while storing, so stores land in order.
+    stored_start: tokio::sync::Mutex<i64>,
+}
+
+/// What one ShareFetch got from one partition.
+#[derive(Debug, Clone, Default)]
+pub struct ShareFetched {
+    /// Whole batches of the log holding the acquired records (and maybe others around
+    /// them, which the client skips).
+    pub records: Bytes,
+    pub acquired: Vec<AcquiredRange>,
+}
+
+/// One acknowledgement batch of a ShareFetch or ShareAcknowledge.
+#[derive(Debug, Clone)]
+pub struct AcknowledgementBatch {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub types: Vec<AcknowledgeType>,
+}
+
+type SharePartitionKey = (String, TopicPartition);
+
+impl GroupCoordinator {
+    fn share_timing(&self, group_id: &str) -> ShareGroupTiming {
+        let configs = &self.group_configs;
+        ShareGroupTiming {
+            heartbeat_interval_ms: configs
+                .int_value(group_id, SHARE_HEARTBEAT_INTERVAL_MS)
+                .unwrap_or(self.config.share_heartbeat_interval_ms as i64)
+                as i32,
+            session_timeout_ms: configs
+                .int_value(group_id, SHARE_SESSION_TIMEOUT_MS)
+                .unwrap_or(self.config.share_session_timeout_ms as i64)
+                as i32,
+        }
+    }
+
+    pub(crate) fn share_limits(&self, group_id: &str) -> ShareLimits {
+        let lock_ms = self
+            .group_configs
+            .int_value(group_id, SHARE_RECORD_LOCK_DURATION_MS)
+            .unwrap_or(self.config.share_record_lock_duration_ms as i64);
+        ShareLimits {
+            lock_duration: Duration::from_millis(lock_ms.max(0) as u64),
+            delivery_count_limit: self.config.share_delivery_count_limit,
+            in_flight_max: self.config.share_partition_max_record_locks,
+        }
+    }
+
+    /// How long acquired records stay locked for `group_id` (ShareFetch tells clients).
+    pub fn share_lock_duration_ms(&self, group_id: &str) -> i32 {
+        self.share_limits(group_id).lock_duration.as_millis() as i32
+    }
+
+    /// ShareGroupHeartbeat: joins, leaves or keeps a member alive; returns its epoch and, when
+    /// it changed, its assignment. `topics` holds every topic with its partition count.
+    pub fn share_group_heartbeat(
+        &self,
+        params: ShareHeartbeatParams,
+        topics: &BTreeMap<String, i32>,
+    ) -> Result<ShareHeartbeatResult, GroupError> {
+        let invalid = |text: &str| Err(GroupError::InvalidRequest(text.to_string()));
+        if params.group_id.is_empty() {
+            return invalid("GroupId can't be empty.");
+        }
+        if params.member_id.is_empty() {
+            return invalid("MemberId can't be empty.");
+        }
+        if params.rack_id.as_deref() == Some("") {
+            return invalid("RackId can't be empty.");
+        }
+        match params.member_epoch {
+            0 if params
+                .subscribed_topic_names
+                .as_ref()
+                .is_none_or(|names| names.is_empty()) =>
+            {
+                return invalid("SubscribedTopicNames must be set in first request.");
+            }
+            epoch if epoch < super::LEAVE_GROUP_MEMBER_EPOCH => {
+                return invalid(&format!("MemberEpoch is invalid: {epoch}."));
+            }
+            _ => {}
+        }
+        let joining = params.member_epoch == 0;
+        let leaving = params.member_epoch == super::LEAVE_GROUP_MEMBER_EPOCH;
+        let timing = self.share_timing(&params.group_id);
+        let group_id = params.group_id.clone();
+        let member_id = params.member_id.clone();
+        let result = {
+            let mut groups = self.groups.lock();
+            match groups.get(&group_id) {
+                Some(group) if !group.is_idle() => return Err(GroupError::GroupIdNotFound),
+                _ => {}
+            }
+            let mut consumer_groups = self.consumer_groups.lock();
+            if consumer_groups
+                .get(&group_id)
+                .is_some_and(|g| !g.is_empty())
+            {
+                return Err(GroupError::GroupIdNotFound);
+            }
+            // A group id with committed offsets belongs to a consumer group.
+            if self.offsets.has_offsets(&group_id) {
+                return Err(GroupError::GroupIdNotFound);
+            }
+            if joining {
+                groups.remove(&group_id);
+                consumer_groups.remove(&group_id);
+            }
+            let mut share_groups = self.share_groups.lock();
+            let group = match share_groups.get_mut(&group_id) {
+                Some(group) => group,
+                None if !joining => return Err(GroupError::UnknownMemberId),
+                None => share_groups
+                    .entry(group_id.clone())
+                    .or_insert_with(|| ShareGroup::new(group_id.clone())),
+            };
+            group.heartbeat(params, topics, Instant::now(), timing)?
+        };
+        if leaving {
+            self.release_share_member(&group_id, &member_id);
+        }
+        Ok(result)
+    }
+
+    pub fn describe_share_group(
+        &self,
+        group_id: &str,
+    ) -> Result<ShareGroupDescription, GroupError> {
+        if let Some(group) = self.share_groups.lock().get(group_id) {
+            return Ok(group.describe());
+        }
+        // Known only by its stored state (e.g. after a restart): empty.
+        if self.share_state.has_offsets(group_id) {
+            return Ok(ShareGroup::new(group_id.to_string()).describe());
+        }
+        Err(GroupError::GroupIdNotFound)
+    }
+
+    /// Whether `group_id` is a share group (live, or known by its stored start offsets).
+    pub fn is_share_group(&self, group_id: &str) -> bool {
+        self.share_groups.lock().contains_key(group_id) || self.share_state.has_offsets(group_id)
+    }
+
+    /// Whether `member_id` is a member of share group `group_id` now.
+    pub fn is_share_member(&self, group_id: &str, member_id: &str) -> bool {
+        self.share_groups
+            .lock()
+            .get(group_id)
+            .is_some_and(|g| g.is_member(member_id))
+    }
+
+    fn share_partition(
+        &self,
+        group_id: &str,
+        partition: &TopicPartition,
+    ) -> Option<Arc<SharePartitionSlot>> {
+        self.share_partitions
+            .lock()
+            .get(&(group_id.to_string(), partition.clone()))
+            .cloned()
+    }
+
+    /// The share partition of `group_id` on `partition`, created at the stored start offset
+    /// or else where `share.auto.offset.reset` says. A new start offset is stored at once, so
+    /// that a restart does not move it (e.g. to a later `latest`).
+    pub async fn initialize_share_partition(
+        &self,
+        group_id: &str,
+        partition: &Partition,
+    ) -> Result<(), GroupError> {
+        let key = TopicPartition {
+            topic: partition.topic().to_string(),
+            partition: partition.index(),
+        };
+        if self.share_partition(group_id, &key).is_some() {
+            return Ok(());
+        }
+        let stored = self.share_state.fetch(group_id, &key).map(|o| o.offset);
+        let start = match stored {
+            Some(offset) => offset.max(partition.log_start_offset()),
+            None => self.initial_share_offset(group_id, partition),
+        };
+        let slot = {
+            let mut partitions = self.share_partitions.lock();
+            let slot = partitions
+                .entry((group_id.to_string(), key.clone()))
+                .or_insert_with(|| {
+                    Arc::new(SharePartitionSlot {
+                        state: parking_lot::Mutex::new(SharePartition::new(start)),
+                        stored_start: tokio::sync::Mutex::new(stored.unwrap_or(-1)),
+                    })
+                });
+            Arc::clone(slot)
+        };
+        if stored.is_none() {
+            self.store_share_start(group_id, &key, &slot).await?;
+        }
+        Ok(())
+    }
+
+    fn initial_share_offset(&self, group_id: &str, partition: &Partition) -> i64 {
+        let reset = self
+            .group_configs
+            .value(group_id, SHARE_AUTO_OFFSET_RESET)
+            .and_then(|v| parse_auto_offset_reset(&v))
+            .unwrap_or(ShareAutoOffsetReset::Latest);
+        match reset {
+            ShareAutoOffsetReset::Earliest => partition.log_start_offset(),
+            ShareAutoOffsetReset::Latest => partition.high_watermark(),
+            ShareAutoOffsetReset::ByDuration(duration) => {
+                let since = now_ms().saturating_sub(duration.as_millis() as i64);
+                match partition.log().offset_for_timestamp(since) {
+                    Ok(Some((offset, _))) => offset.min(partition.high_watermark()),
+                    _ => partition.high_watermark(),
+                }
+            }
+        }
+    }
+
+    /// Stores the share partition's start offset if it moved past what was stored.
+    async fn store_share_start(
+        &self,
+        group_id: &str,
+        key: &TopicPartition,
+        slot: &SharePartitionSlot,
+    ) -> Result<(), GroupError> {
+        let mut stored = slot.stored_start.lock().await;
+        let start = slot.state.lock().start_offset();
+        if start <= *stored {
+            return Ok(());
+        }
+        let offset = OffsetAndMetadata {
+            offset: start,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: now_ms(),
+        };
+        self.share_state
+            .commit(group_id, &[(key.clone(), offset)])
+            .await?;
+        *stored = start;
+        Ok(())
+    }
+
+    /// ShareFetch on one partition: acquires for `member_id` up to `records_max` records
+    /// within `bytes_max` of the log. Empty when nothing is there to hand out.
+    pub fn share_fetch(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        partition: &Partition,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<ShareFetched, GroupError> {
+        let key = TopicPartition {
+            topic: partition.topic().to_string(),
+            partition: partition.index(),
+        };
+        let Some(slot) = self.share_partition(group_id, &key) else {
+            return Err(GroupError::UnknownTopicOrPartition);
+        };
+        let limits = self.share_limits(group_id);
+        let now = Instant::now();
+        let mut state = slot.state.lock();
+        state.expire_locks(now, &limits);
+        state.move_past(partition.log_start_offset());
+        let Some(from) = state.next_read_offset(&limits) else {
+            return Ok(ShareFetched::default());
+        };
+        if from >= partition.high_watermark() {
+            return Ok(ShareFetched::default());
+        }
+        let fetched = partition
+            .fetch_isolated(from, bytes_max.max(1), IsolationLevel::ReadUncommitted)
+            .map_err(|e| GroupError::Storage(e.to_string()))?;
+        let mut spans = Vec::new();
+        let mut at = 0usize;
+        let records = fetched.records;
+        while at < records.len() {
+            let Ok(header) = BatchHeader::parse(&records[at..]) else {
+                break;
+            };
+            let end = at + header.total_bytes();
+            if end > records.len() {
+                break;
+            }
+            spans.push((
+                at..end,
+                BatchSpan {
+                    base_offset: header.base_offset,
+                    last_offset: header.last_offset(),
+                    is_control: header.is_control(),
+                },
+            ));
+            at = end;
+        }
+        let batches: Vec<BatchSpan> = spans.iter().map(|(_, span)| *span).collect();
+        let acquired = state.acquire(member_id, &batches, records_max, now, &limits);
+        drop(state);
+        let (Some(first), Some(last)) = (acquired.first(), acquired.last()) else {
+            return Ok(ShareFetched::default());
+        };
+        // Only the batches holding acquired records go out.
+        let (first, last) = (first.first_offset, last.last_offset);
+        let held: Vec<&std::ops::Range<usize>> = spans
+            .iter()
+            .filter(|(_, s)| s.last_offset >= first && s.base_offset <= last)
+            .map(|(range, _)| range)
+            .collect();
+        let records = match (held.first(), held.last()) {
+            (Some(a), Some(b)) => records.slice(a.start..b.end),
+            _ => Bytes::new(),
+        };
+        partition.count_fetched(&records);
+        Ok(ShareFetched { records, acquired })
+    }
+
+    /// Whether a fetch of these partitions could hand something out without new data: a
+    /// record is available again, or a lock runs out by `deadline`.
+    pub fn share_wait_hint(
+        &self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+    ) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for key in partitions {
+            let Some(slot) = self.share_partition(group_id, key) else {
+                continue;
+            };
+            let state = slot.state.lock();
+            if state.has_available() {
+                return Some(Instant::now());
+            }
+            if let Some(deadline) = state.next_lock_deadline() {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        earliest
+    }
+
+    /// ShareAcknowledge (or a ShareFetch's acknowledgements) on one partition: each batch is
+    /// applied whole or not at all; the first refusal is the answer. Returns once the moved
+    /// start offset is stored.
+    pub async fn share_acknowledge(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        partition: &TopicPartition,
+        batches: &[AcknowledgementBatch],
+    ) -> Result<(), GroupError> {
+        let Some(slot) = self.share_partition(group_id, partition) else {
+            return Err(GroupError::InvalidRecordState);
+        };
+        let limits = self.share_limits(group_id);
+        let mut outcome = Ok(());
+        {
+            let mut state = slot.state.lock();
+            state.expire_locks(Instant::now(), &limits);
+            for batch in batches {
+                let applied = state.acknowledge(
+                    member_id,
+                    batch.first_offset,
+                    batch.last_offset,
+                    &batch.types,
+                    &limits,
+                );
+                if let Err(error) = applied {
+                    if outcome.is_ok() {
+                        outcome = Err(error);
+                    }
+                }
+            }
+        }
+        self.store_share_start(group_id, partition, &slot).await?;
+        outcome
+    }
+
+    /// Gives back every record `member_id` holds in `group_id` (its share session closed, it
+    /// left, or its session timed out).
+    pub fn release_share_member(&self, group_id: &str, member_id: &str) {
+        let slots: Vec<Arc<SharePartitionSlot>> = self
+            .share_partitions
+            .lock()
+            .iter()
+            .filter(|((group, _), _)| group == group_id)
+            .map(|(_, slot)| Arc::clone(slot))
+            .collect();
+        for slot in slots {
+            slot.state.lock().release_member(member_id);
+        }
+    }
+
+    /// The stored start offset of each share partition of `group_id`, sorted; the live one
+    /// where it is ahead.
+    pub fn share_group_offsets(&self, group_id: &str) -> Vec<(TopicPartition, i64)> {
+        let mut offsets: BTreeMap<TopicPartition, i64> = self
+            .share_state
+            .group_offsets(group_id)
+            .into_iter()
+            .map(|(partition, offset)| (partition, offset.offset))
+            .collect();
+        for ((group, partition), slot) in self.share_partitions.lock().iter() {
+            if group == group_id {
+                let start = slot.state.lock().start_offset();
+                offsets.insert(partition.clone(), start);
+            }
+        }
+        offsets.into_iter().collect()
+    }
+
+    /// Every share group, live or only stored.
+    pub(crate) fn share_group_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.share_state.groups();
+        ids.extend(self.share_groups.lock().keys().cloned());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// DeleteGroups of a share group: only an empty one; its share state and configs go.
+    pub(crate) async fn delete_share_group(&self, group_id: &str) -> Result<(), GroupError> {
+        {
+            let mut share_groups = self.share_groups.lock();
+            if let Some(group) = share_groups.get_mut(group_id) {
+                if !group.is_empty() {
+                    return Err(GroupError::NonEmptyGroup);
+                }
+                group.mark_deleted();
+                share_groups.remove(group_id);
+            }
+        }
+        self.share_partitions
+            .lock()
+            .retain(|(group, _), _| group != group_id);
+        self.share_state.delete_group(group_id).await?;
+        self.group_configs.forget(group_id)?;
+        Ok(())
+    }
+
+    pub(crate) fn expire_share_sessions(&self, now: Instant) {
+        let expired: Vec<(String, Vec<String>)> = self
+            .share_groups
+            .lock()
+            .iter_mut()
+            .map(|(id, group)| (id.clone(), group.expire_sessions(now)))
+            .filter(|(_, members)| !members.is_empty())
+            .collect();
+        for (group_id, members) in expired {
+            for member_id in members {
+                self.release_share_member(&group_id, &member_id);
+            }
+        }
+    }
+
+    /// Every group that has a config of its own.
+    pub fn groups_with_configs(&self) -> Vec<String> {
+        self.group_configs.groups()
+    }
+
+    /// Every config of a group (DescribeConfigs on a GROUP resource).
+    pub fn describe_group_configs(&self, group_id: &str) -> Vec<GroupConfigEntry> {
+        self.group_configs.describe(group_id, &self.config)
+    }
+
+    /// IncrementalAlterConfigs on a GROUP resource: `None` deletes an override.
+    pub fn alter_group_configs(
+        &self,
+        group_id: &str,
+        changes: &[(String, Option<String>)],
+        validate_only: bool,
+    ) -> Result<(), GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        self.group_configs
+            .alter(group_id, changes, &self.config, validate_only)
+    }
+}
+
+pub(crate) type SharePartitions = BTreeMap<SharePartitionKey, Arc<SharePartitionSlot>>;

@@ -462,11 +462,27 @@ def test_every_node_names_every_leader_with_more_nodes_than_replicas(broker_fact
     # Three replicas of each partition on four nodes: some node holds none of it.
     assert all(len(v[1]) == 3 for v in views[0].values()), views[0]
 
-    # The HTTP API: the same leaders, with epochs and replicas, from every node.
-    http_views = [{p["partition"]: p for p in http_get(n, f"/api/topics/{TOPIC}/partitions")}
-                  for n in nodes]
+    # The HTTP API: the same leaders, with epochs and replicas, from every node. A partition may
+    # elect again right after its creation (its leader then shows the new epoch a moment before a
+    # node without a replica learns it), so read until every node shows the same leader and epoch.
+    def http_partition_views():
+        return [{p["partition"]: p for p in http_get(n, f"/api/topics/{TOPIC}/partitions")}
+                for n in nodes]
+
+    def leadership(view):
+        return {p: (v["leader"], v["leader_epoch"]) for p, v in view.items()}
+
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while True:
+        http_views = http_partition_views()
+        if (all(leadership(view) == leadership(http_views[0]) for view in http_views)
+                and all(leader > 0 for leader, _ in leadership(http_views[0]).values())):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the nodes' HTTP views did not agree in {HEAL_TIMEOUT_S}s: {http_views}")
+        time.sleep(0.2)
+    leaders = {p: v["leader"] for p, v in http_views[0].items()}
     for view in http_views:
-        assert {p: v["leader"] for p, v in view.items()} == leaders, http_views
         assert all(v["leader_epoch"] > 0 and len(v["replicas"]) == 3 for v in view.values())
     outsiders = [(i, p) for i, view in enumerate(http_views) for p, v in view.items()
                  if i + 1 not in v["replicas"]]

@@ -63,7 +63,12 @@ def test_delete_unknown_topic_is_unknown_topic_or_partition(kafka):
 def test_a_deleted_topic_is_gone_from_metadata(kafka):
     name = kafka.create_topic()
     next(iter(kafka.admin().delete_topics([name], operation_timeout=30).values())).result(30)
-    assert name not in kafka.admin().list_topics(timeout=10).topics
+    # Kafka answers DeleteTopics once its controller has the deletion; the broker's metadata
+    # cache learns it a moment later (Sluice's at once), so read until the topic is gone.
+    deadline = time.monotonic() + 30
+    while name in kafka.admin().list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, f"{name} still in Metadata 30 s after its deletion"
+        time.sleep(0.1)
 
 
 def test_create_partitions_grows_and_never_shrinks(kafka):

@@ -1,4 +1,5 @@
-"""DescribeCluster (KIP-700) and OffsetDelete (KIP-496) as Apache Kafka answers them."""
+"""DescribeCluster (KIP-700), OffsetDelete (KIP-496) and what a topic's deletion does to the
+offsets committed for it, as Apache Kafka answers them."""
 
 import time
 
@@ -97,3 +98,27 @@ def test_describe_topics_lists_the_operations_allowed_on_the_topic(kafka):
         AclOperation.READ, AclOperation.WRITE, AclOperation.CREATE, AclOperation.DELETE,
         AclOperation.ALTER, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS,
         AclOperation.ALTER_CONFIGS}
+
+
+def test_deleting_a_topic_deletes_the_offsets_groups_committed_for_it(kafka):
+    """Kafka deletes the committed offsets of a deleted topic (in the background, after
+    DeleteTopics answered): a group that committed offsets for it and for another topic lists
+    only the other's afterwards, so a topic created again under the same name would start
+    with none."""
+    deleted, kept = kafka.create_topic(partitions=2), kafka.create_topic()
+    group = kafka.name("g")
+    commit(kafka, group, deleted, {0: 5, 1: 7})
+    commit(kafka, group, kept, {0: 3})
+    future = kafka.admin().delete_topics([deleted], operation_timeout=30)[deleted]
+    future.result(timeout=30)
+
+    def listed():
+        result = kafka.admin().list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)])[group].result(timeout=20)
+        return sorted((tp.topic, tp.partition, tp.offset) for tp in result.topic_partitions)
+
+    deadline = time.monotonic() + 30
+    while (offsets := listed()) != [(kept, 0, 3)]:
+        assert time.monotonic() < deadline, offsets
+        time.sleep(0.2)
+    assert committed(kafka, group, deleted, 2) == {0: -1001, 1: -1001}

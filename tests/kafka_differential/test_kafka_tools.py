@@ -668,7 +668,7 @@ def test_consumer_groups_with_a_member_on_the_consumer_protocol(kafka):
 
 
 # ---- share groups: kafka-configs --entity-type groups, kafka-console-share-consumer,
-# kafka-share-groups
+# kafka-share-groups (--list, --describe, --delete-offsets, --delete)
 
 
 def test_share_group_configured_consumed_described_and_deleted_with_the_tools(kafka):
@@ -713,6 +713,14 @@ def test_share_group_configured_consumed_described_and_deleted_with_the_tools(ka
           "#MEMBERS": "0"}], state.stdout
     members = run(kafka, SHARE_GROUPS, "--describe", "--group", group, "--members")
     assert f"Share group '{group}' has no active members." in members.stderr
+
+    # --delete-offsets (DeleteShareGroupOffsets): the topic's state goes, once.
+    forgot = run(kafka, SHARE_GROUPS, "--delete-offsets", "--group", group, "--topic", topic)
+    header, rows = table(forgot.stdout, "TOPIC")
+    assert [dict(zip(header, row)) for row in rows] == \
+        [{"TOPIC": topic, "STATUS": "Successful"}], forgot.stdout
+    again = tool(kafka, SHARE_GROUPS, "--delete-offsets", "--group", group, "--topic", topic)
+    assert "There is no offset information to delete." in again.stdout + again.stderr, again
 
     deleted = run(kafka, SHARE_GROUPS, "--delete", "--group", group)
     assert f"Deletion of requested share groups ('{group}') was successful." in \

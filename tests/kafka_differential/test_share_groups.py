@@ -425,3 +425,84 @@ def test_group_config_errors_are_invalid_config_and_change_nothing(kafka):
         "share.isolation.level": ("read_uncommitted", "DEFAULT_CONFIG"),
         "share.record.lock.duration.ms": ("30000", "DEFAULT_CONFIG"),
     }
+
+
+@pytest.mark.timeout(180)
+def test_an_empty_share_groups_offsets_are_altered_and_deleted_by_the_admin_client(kafka):
+    """alterShareGroupOffsets and deleteShareGroupOffsets (AlterShareGroupOffsets v0,
+    DeleteShareGroupOffsets v0) on a share group whose consumer closed: on Sluice the group
+    reads again from the start offset it was given (each record on its first delivery: the old
+    records' states are gone; Kafka 4.1.1 does not apply it, see below); deleting a topic's offsets forgets the group's state of it, so the next
+    consumer starts where share.auto.offset.reset says (earliest: offset 0), and a second delete
+    finds nothing to delete. While a consumer is open both are refused (NON_EMPTY_GROUP), and
+    an unknown topic or group is named in the error.
+
+    Kafka 4.1.1 answers AlterShareGroupOffsets of a non-empty or unknown group with success and
+    changes nothing: its broker drops the coordinator's top-level error (KAFKA-19440, fixed after 4.1)
+    and its admin client reads only the partitions' errors. Sluice refuses it, on each partition
+    too, so that client raises GroupNotEmptyException."""
+    topic = kafka.create_topic()
+    group = kafka.name("share")
+    lines = probe(kafka,
+                  step("group-config", group=group, **EARLIEST),
+                  step("produce", topic=topic, count=6, headers=False),
+                  step("share-consume", group=group, name="first", topic=topic, count=6,
+                       mode="explicit", timeout_ms=CONSUME_TIMEOUT_MS),
+                  step("alter-share-group-offsets", group=group, topic=topic, offset=2),
+                  step("alter-share-group-offsets", group=group, topic=kafka.name("none"),
+                       offset=0),
+                  step("alter-share-group-offsets", group=kafka.name("none"), topic=topic,
+                       offset=0),
+                  step("share-group-offsets", group=group),
+                  # Sluice delivers at once; Kafka 4.1.1 nothing (see below) until the timeout.
+                  step("share-consume", group=group, name="second", topic=topic, count=4,
+                       mode="explicit", keep=True, extra_poll_ms=QUIET_MS, timeout_ms=10000),
+                  step("alter-share-group-offsets", group=group, topic=topic, offset=0),
+                  step("delete-share-group-offsets", group=group, topics=topic),
+                  step("share-close", name="second"),
+                  step("delete-share-group-offsets", group=group, topics=topic),
+                  step("share-group-offsets", group=group),
+                  step("delete-share-group-offsets", group=group, topics=topic),
+                  step("delete-share-group-offsets", group=kafka.name("none"), topics=topic),
+                  step("share-consume", group=group, name="third", topic=topic, count=6,
+                       mode="explicit", extra_poll_ms=QUIET_MS, timeout_ms=CONSUME_TIMEOUT_MS))
+    assert deliveries(lines, "first") == [(0, i, f"value-{i}", 1) for i in range(6)]
+    altered, unknown_topic, unknown_group, busy_alter = only(lines, "alter-share-group-offsets")
+    assert altered["error"] is None, altered
+    assert (unknown_topic["error"], unknown_topic["code"]) == \
+        ("UnknownTopicOrPartitionException", "UNKNOWN_TOPIC_OR_PARTITION"), unknown_topic
+    if kafka.kind == "sluice":
+        assert (unknown_group["error"], unknown_group["code"]) == \
+            ("GroupIdNotFoundException", "GROUP_ID_NOT_FOUND"), unknown_group
+        assert (busy_alter["error"], busy_alter["code"]) == \
+            ("GroupNotEmptyException", "NON_EMPTY_GROUP"), busy_alter
+    else:  # KAFKA-19440, see above
+        assert unknown_group["error"] is None and busy_alter["error"] is None, \
+            (unknown_group, busy_alter)
+
+    listed_after_alter, listed_after_delete = only(lines, "share-group-offsets")
+    if kafka.kind == "sluice":
+        assert [(e["topic"], e["partition"], e["offset"])
+                for e in listed_after_alter["offsets"]] == [(topic, 0, 2)]
+        assert deliveries(lines, "second") == [(0, i, f"value-{i}", 1) for i in range(2, 6)]
+    else:
+        # Kafka 4.1.1 answers the alteration with success but applies none of it here: the
+        # listed start offset stays what it stored before (0, see the first test), and the
+        # share partition it still holds in memory (start offset 6) hands nothing out.
+        assert [(e["topic"], e["partition"], e["offset"])
+                for e in listed_after_alter["offsets"]] == [(topic, 0, 0)]
+        assert deliveries(lines, "second") == []
+
+    busy_delete, deleted, nothing_left, unknown = only(lines, "delete-share-group-offsets")
+    assert (busy_delete["error"], busy_delete["code"], busy_delete["message"]) == \
+        ("GroupNotEmptyException", "NON_EMPTY_GROUP", "The group is not empty."), busy_delete
+    assert deleted["error"] is None, deleted
+    assert listed_after_delete["error"] is None and listed_after_delete["offsets"] == []
+    assert (nothing_left["error"], nothing_left["message"]) == \
+        ("UnknownTopicOrPartitionException", "There is no offset information to delete."), \
+        nothing_left
+    assert (unknown["error"], unknown["code"]) == \
+        ("GroupIdNotFoundException", "GROUP_ID_NOT_FOUND"), unknown
+    # The group starts over where share.auto.offset.reset says.
+    assert deliveries(lines, "third") == [(0, i, f"value-{i}", 1) for i in range(6)]
+    commits_succeeded(lines)

@@ -317,6 +317,16 @@ impl Broker {
         }
         topic_store::remove(self.config.storage.as_ref(), &self.config.data_dir, name)?;
         tracing::info!(topic = name, "deleted topic");
+        // Its groups' offsets go in the background, as in Kafka: the deletion is done already.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let coordinator = Arc::clone(&self.groups);
+            let topic = name.to_string();
+            runtime.spawn(async move {
+                if let Err(error) = coordinator.forget_topic(&topic).await {
+                    tracing::warn!(topic, %error, "deleting the offsets of a deleted topic failed");
+                }
+            });
+        }
         Ok(())
     }
 

@@ -947,6 +947,26 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// A deleted topic's committed offsets and share-group states go, as Kafka deletes them:
+    /// a topic created again under the same name starts with none.
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), GroupError> {
+        self.share_partitions
+            .lock()
+            .retain(|(_, partition), _| partition.topic != topic);
+        for store in [&self.offsets, &self.share_state] {
+            for group_id in store.groups() {
+                let partitions: Vec<TopicPartition> = store
+                    .group_offsets(&group_id)
+                    .into_iter()
+                    .map(|(partition, _)| partition)
+                    .filter(|partition| partition.topic == topic)
+                    .collect();
+                store.delete(&group_id, &partitions).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a tokio task for the rebalance timer the last operation on `group` asked for.
     fn schedule_timer(&self, group: &mut Group) {
         let Some(mut timer) = group.take_rebalance_timer() else {

@@ -47,6 +47,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ShareFetch, 1, 1),
     (ApiKey::ShareAcknowledge, 1, 1),
     (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::AlterShareGroupOffsets, 0, 0),
+    (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::ListConfigResources, 0, 1),
     // Transactions v1 ("transaction.version" 1): EndTxn v5, TxnOffsetCommit v5 and
     // AddOffsetsToTxn v4 belong to KIP-890's version 2, whose epoch bump per transaction is

@@ -712,6 +712,12 @@ async fn dispatch(
         RequestKind::DescribeShareGroupOffsets(r) => ResponseKind::DescribeShareGroupOffsets(
             share_groups::describe_share_group_offsets(context, version, r).await,
         ),
+        RequestKind::AlterShareGroupOffsets(r) => ResponseKind::AlterShareGroupOffsets(
+            share_groups::alter_share_group_offsets(context, version, r).await,
+        ),
+        RequestKind::DeleteShareGroupOffsets(r) => ResponseKind::DeleteShareGroupOffsets(
+            share_groups::delete_share_group_offsets(context, version, r).await,
+        ),
         RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
             transactions::list_transactions(context, version, r).await,
         ),
@@ -1020,6 +1026,12 @@ mod tests {
             ApiKey::ShareAcknowledge => RequestKind::ShareAcknowledge(Default::default()),
             ApiKey::DescribeShareGroupOffsets => {
                 RequestKind::DescribeShareGroupOffsets(Default::default())
+            }
+            ApiKey::AlterShareGroupOffsets => {
+                RequestKind::AlterShareGroupOffsets(Default::default())
+            }
+            ApiKey::DeleteShareGroupOffsets => {
+                RequestKind::DeleteShareGroupOffsets(Default::default())
             }
             ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),

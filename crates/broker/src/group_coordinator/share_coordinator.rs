@@ -207,7 +207,12 @@ impl GroupCoordinator {
         if self.share_partition(group_id, &key).is_some() {
             return Ok(());
         }
-        let stored = self.share_state.fetch(group_id, &key).map(|o| o.offset);
+        // A negative stored offset was set by AlterShareGroupOffsets to mean "not set".
+        let stored = self
+            .share_state
+            .fetch(group_id, &key)
+            .map(|o| o.offset)
+            .filter(|offset| *offset >= 0);
         let start = match stored {
             Some(offset) => offset.max(partition.log_start_offset()),
             None => self.initial_share_offset(group_id, partition),
@@ -438,6 +443,122 @@ impl GroupCoordinator {
             }
         }
         offsets.into_iter().collect()
+    }
+
+    /// Refuses an admin change of `group_id`'s start offsets unless it is a share group
+    /// without members.
+    fn check_share_offsets_alterable(&self, group_id: &str) -> Result<(), GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        if !self.is_share_group(group_id) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        if self
+            .share_groups
+            .lock()
+            .get(group_id)
+            .is_some_and(|group| !group.is_empty())
+        {
+            return Err(GroupError::NonEmptyGroup);
+        }
+        Ok(())
+    }
+
+    /// AlterShareGroupOffsets: sets the start offset of each given share partition of an
+    /// empty share group. The records from the new start offset on are delivered again,
+    /// whatever their state was; a share partition already loaded starts over there at once.
+    /// As in Kafka the offsets are not checked against the log: one past its end waits for
+    /// records there, and a negative one means "not set", so `share.auto.offset.reset`
+    /// places the partition when the group next reads it.
+    pub async fn alter_share_group_offsets(
+        &self,
+        group_id: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<(), GroupError> {
+        self.check_share_offsets_alterable(group_id)?;
+        let slots: Vec<(Arc<SharePartitionSlot>, i64)> = offsets
+            .iter()
+            .filter_map(|(partition, offset)| {
+                self.share_partition(group_id, partition)
+                    .map(|slot| (slot, *offset))
+            })
+            .collect();
+        // Held across the store so that no acknowledgement stores an older start after it.
+        let mut stored = Vec::with_capacity(slots.len());
+        for (slot, _) in &slots {
+            stored.push(slot.stored_start.lock().await);
+        }
+        let now = now_ms();
+        let records: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+            .iter()
+            .map(|(partition, offset)| {
+                (
+                    partition.clone(),
+                    OffsetAndMetadata {
+                        offset: *offset,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                        commit_timestamp_ms: now,
+                    },
+                )
+            })
+            .collect();
+        self.share_state.commit(group_id, &records).await?;
+        for ((slot, offset), stored) in slots.iter().zip(stored.iter_mut()) {
+            *slot.state.lock() = SharePartition::new((*offset).max(0));
+            **stored = *offset;
+        }
+        drop(stored);
+        // An unset start offset is placed again when the partition is next read.
+        self.share_partitions
+            .lock()
+            .retain(|(group, partition), _| {
+                group != group_id
+                    || !offsets
+                        .iter()
+                        .any(|(altered, offset)| altered == partition && *offset < 0)
+            });
+        Ok(())
+    }
+
+    /// DeleteShareGroupOffsets: forgets the start offsets (and in-flight states) of an empty
+    /// share group on every partition of `topics`; the group reads them again from where
+    /// `share.auto.offset.reset` says, as if it never had. Returns the topics the group had
+    /// state for.
+    pub async fn delete_share_group_offsets(
+        &self,
+        group_id: &str,
+        topics: &[String],
+    ) -> Result<Vec<String>, GroupError> {
+        self.check_share_offsets_alterable(group_id)?;
+        let mut partitions: Vec<TopicPartition> = self
+            .share_state
+            .group_offsets(group_id)
+            .into_iter()
+            .map(|(partition, _)| partition)
+            .filter(|partition| topics.contains(&partition.topic))
+            .collect();
+        {
+            let mut loaded = self.share_partitions.lock();
+            loaded.retain(|(group, partition), _| {
+                let dropped = group == group_id && topics.contains(&partition.topic);
+                if dropped && !partitions.contains(partition) {
+                    partitions.push(partition.clone());
+                }
+                !dropped
+            });
+        }
+        self.share_state.delete(group_id, &partitions).await?;
+        // The group stays, empty, even when no stored state names it any more.
+        self.share_groups
+            .lock()
+            .entry(group_id.to_string())
+            .or_insert_with(|| ShareGroup::new(group_id.to_string()));
+        let mut deleted: Vec<String> = partitions.into_iter().map(|p| p.topic).collect();
+        deleted.sort();
+        deleted.dedup();
+        Ok(deleted)
     }
 
     /// Every share group, live or only stored.

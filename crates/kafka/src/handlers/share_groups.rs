@@ -1,5 +1,6 @@
 //! Share groups (KIP-932): ShareGroupHeartbeat, ShareGroupDescribe, ShareFetch,
-//! ShareAcknowledge and DescribeShareGroupOffsets, translated to the group coordinator's share
+//! ShareAcknowledge and the share-group offsets APIs (DescribeShareGroupOffsets,
+//! AlterShareGroupOffsets, DeleteShareGroupOffsets), translated to the group coordinator's share
 //! operations. Topics are named by id on the wire and by name in the coordinator.
 //!
 //! Single node only: in a cluster, membership lives on the coordinator node while records are
@@ -8,11 +9,15 @@
 //! share groups are not enabled.
 //!
 //! Versions handled: ShareGroupHeartbeat, ShareGroupDescribe, ShareFetch and ShareAcknowledge
-//! v1 (Kafka 4.1's), DescribeShareGroupOffsets v0.
+//! v1 (Kafka 4.1's), the three offsets APIs v0.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use kafka_protocol::messages::alter_share_group_offsets_response::{
+    AlterShareGroupOffsetsResponsePartition, AlterShareGroupOffsetsResponseTopic,
+};
+use kafka_protocol::messages::delete_share_group_offsets_response::DeleteShareGroupOffsetsResponseTopic;
 use kafka_protocol::messages::describe_share_group_offsets_response::{
     DescribeShareGroupOffsetsResponseGroup, DescribeShareGroupOffsetsResponsePartition,
     DescribeShareGroupOffsetsResponseTopic,
@@ -23,10 +28,11 @@ use kafka_protocol::messages::share_fetch_response::{
 use kafka_protocol::messages::share_group_describe_response::{self, DescribedGroup, Member};
 use kafka_protocol::messages::share_group_heartbeat_response::{self, Assignment};
 use kafka_protocol::messages::{
-    share_acknowledge_response, DescribeShareGroupOffsetsRequest,
-    DescribeShareGroupOffsetsResponse, ShareAcknowledgeRequest, ShareAcknowledgeResponse,
-    ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
-    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, TopicName,
+    share_acknowledge_response, AlterShareGroupOffsetsRequest, AlterShareGroupOffsetsResponse,
+    DeleteShareGroupOffsetsRequest, DeleteShareGroupOffsetsResponse,
+    DescribeShareGroupOffsetsRequest, DescribeShareGroupOffsetsResponse, ShareAcknowledgeRequest,
+    ShareAcknowledgeResponse, ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest,
+    ShareGroupDescribeResponse, ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{
@@ -691,6 +697,171 @@ pub async fn describe_share_group_offsets(
     DescribeShareGroupOffsetsResponse::default().with_groups(groups)
 }
 
+pub async fn alter_share_group_offsets(
+    ctx: &RequestContext,
+    _version: i16,
+    request: AlterShareGroupOffsetsRequest,
+) -> AlterShareGroupOffsetsResponse {
+    let group_id = request.group_id.to_string();
+    let refused = |code: i16, message: String| {
+        AlterShareGroupOffsetsResponse::default()
+            .with_error_code(code)
+            .with_error_message(Some(str_bytes(message)))
+    };
+    if unsupported_in_cluster(ctx) {
+        return refused(
+            ResponseError::UnsupportedVersion.code(),
+            "Share groups are not supported in a cluster yet.".to_string(),
+        );
+    }
+    if request.topics.is_empty() {
+        return AlterShareGroupOffsetsResponse::default();
+    }
+    let catalog = topic_catalog(ctx);
+    // Partitions of unknown topics (or past a topic's last partition) are refused one by
+    // one; the rest go to the coordinator together.
+    let mut offsets = Vec::new();
+    let mut responses = Vec::new();
+    for topic in &request.topics {
+        let name = topic.topic_name.to_string();
+        let known = catalog.get(&name).copied();
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let answer = AlterShareGroupOffsetsResponsePartition::default()
+                    .with_partition_index(p.partition_index);
+                match known {
+                    Some((_, count)) if (0..count).contains(&p.partition_index) => {
+                        offsets.push((
+                            TopicPartition {
+                                topic: name.clone(),
+                                partition: p.partition_index,
+                            },
+                            p.start_offset,
+                        ));
+                        answer
+                    }
+                    _ => answer
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                        .with_error_message(Some(str_bytes(
+                            "This server does not host this topic-partition.",
+                        ))),
+                }
+            })
+            .collect();
+        responses.push(
+            AlterShareGroupOffsetsResponseTopic::default()
+                .with_topic_name(topic.topic_name.clone())
+                .with_topic_id(known.map(|(id, _)| id).unwrap_or_default())
+                .with_partitions(partitions),
+        );
+    }
+    let coordinator = ctx.broker.group_coordinator();
+    match coordinator
+        .alter_share_group_offsets(&group_id, &offsets)
+        .await
+    {
+        Ok(()) => AlterShareGroupOffsetsResponse::default().with_responses(responses),
+        // On every partition too: Kafka 4.1's admin client reads only the partitions' errors
+        // (its broker drops the top-level one, KAFKA-19440), so a refusal there would pass for
+        // success.
+        Err(error) => {
+            let code = group_error_code(&error);
+            let message = share_offsets_error_message(ctx, &error, &group_id);
+            for partition in responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                if partition.error_code == 0 {
+                    partition.error_code = code;
+                    partition.error_message = Some(str_bytes(&message));
+                }
+            }
+            AlterShareGroupOffsetsResponse::default()
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(message)))
+                .with_responses(responses)
+        }
+    }
+}
+
+/// The messages of a refused AlterShareGroupOffsets or DeleteShareGroupOffsets, Kafka's.
+fn share_offsets_error_message(ctx: &RequestContext, error: &GroupError, group_id: &str) -> String {
+    match error {
+        GroupError::NonEmptyGroup => "The group is not empty.".to_string(),
+        GroupError::GroupIdNotFound
+            if !ctx
+                .broker
+                .group_coordinator()
+                .list_groups()
+                .iter()
+                .any(|g| g.group_id == group_id) =>
+        {
+            format!("Group {group_id} not found.")
+        }
+        other => error_message(other, group_id),
+    }
+}
+
+pub async fn delete_share_group_offsets(
+    ctx: &RequestContext,
+    _version: i16,
+    request: DeleteShareGroupOffsetsRequest,
+) -> DeleteShareGroupOffsetsResponse {
+    let group_id = request.group_id.to_string();
+    let refused = |code: i16, message: String| {
+        DeleteShareGroupOffsetsResponse::default()
+            .with_error_code(code)
+            .with_error_message(Some(str_bytes(message)))
+    };
+    if unsupported_in_cluster(ctx) {
+        return refused(
+            ResponseError::UnsupportedVersion.code(),
+            "Share groups are not supported in a cluster yet.".to_string(),
+        );
+    }
+    if request.topics.is_empty() {
+        return DeleteShareGroupOffsetsResponse::default();
+    }
+    let catalog = topic_catalog(ctx);
+    let topics: Vec<String> = request
+        .topics
+        .iter()
+        .map(|t| t.topic_name.to_string())
+        .filter(|name| catalog.contains_key(name))
+        .collect();
+    let coordinator = ctx.broker.group_coordinator();
+    let deleted = match coordinator
+        .delete_share_group_offsets(&group_id, &topics)
+        .await
+    {
+        Ok(deleted) => deleted,
+        Err(error) => {
+            let message = share_offsets_error_message(ctx, &error, &group_id);
+            return refused(group_error_code(&error), message);
+        }
+    };
+    let responses = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let name = topic.topic_name.to_string();
+            let answer = DeleteShareGroupOffsetsResponseTopic::default()
+                .with_topic_name(topic.topic_name.clone());
+            let unknown = |message: &str| {
+                answer
+                    .clone()
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_error_message(Some(str_bytes(message)))
+            };
+            match catalog.get(&name) {
+                Some((id, _)) if deleted.contains(&name) => answer.with_topic_id(*id),
+                Some(_) => unknown("There is no offset information to delete."),
+                None => unknown("This server does not host this topic-partition."),
+            }
+        })
+        .collect();
+    DeleteShareGroupOffsetsResponse::default().with_responses(responses)
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -873,5 +1044,186 @@ mod tests {
             ResponseError::GroupIdNotFound.code()
         );
         encodes(&described, 1);
+    }
+
+    async fn heartbeat(ctx: &RequestContext, member: &str, epoch: i32) {
+        let request = ShareGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(str_bytes("sg")))
+            .with_member_id(str_bytes(member))
+            .with_member_epoch(epoch)
+            .with_subscribed_topic_names(
+                (epoch == 0).then(|| vec![TopicName(str_bytes("events"))]),
+            );
+        let answer = share_group_heartbeat(ctx, 1, request).await;
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+    }
+
+    fn alter_request(
+        group: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> AlterShareGroupOffsetsRequest {
+        use kafka_protocol::messages::alter_share_group_offsets_request::{
+            AlterShareGroupOffsetsRequestPartition, AlterShareGroupOffsetsRequestTopic,
+        };
+        AlterShareGroupOffsetsRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_topics(vec![AlterShareGroupOffsetsRequestTopic::default()
+                .with_topic_name(TopicName(str_bytes(topic)))
+                .with_partitions(vec![
+                    AlterShareGroupOffsetsRequestPartition::default()
+                        .with_partition_index(partition)
+                        .with_start_offset(offset),
+                ])])
+    }
+
+    fn delete_request(topics: &[&str]) -> DeleteShareGroupOffsetsRequest {
+        use kafka_protocol::messages::delete_share_group_offsets_request::DeleteShareGroupOffsetsRequestTopic;
+        DeleteShareGroupOffsetsRequest::default()
+            .with_group_id(GroupId(str_bytes("sg")))
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|t| {
+                        DeleteShareGroupOffsetsRequestTopic::default()
+                            .with_topic_name(TopicName(str_bytes(*t)))
+                    })
+                    .collect(),
+            )
+    }
+
+    async fn stored_starts(ctx: &RequestContext) -> Vec<(String, i32, i64)> {
+        let described = describe_share_group_offsets(
+            ctx,
+            0,
+            DescribeShareGroupOffsetsRequest::default().with_groups(vec![
+                kafka_protocol::messages::describe_share_group_offsets_request::DescribeShareGroupOffsetsRequestGroup::default()
+                    .with_group_id(GroupId(str_bytes("sg")))
+                    .with_topics(None),
+            ]),
+        )
+        .await;
+        assert_eq!(described.groups[0].error_code, 0, "{described:?}");
+        described.groups[0]
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.topic_name.to_string(), p.partition_index, p.start_offset))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn share_group_offsets_are_altered_and_deleted_only_while_the_group_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let topic_id = ctx.broker.topic("events").unwrap().id();
+        ctx.broker
+            .group_coordinator()
+            .alter_group_configs(
+                "sg",
+                &[("share.auto.offset.reset".into(), Some("earliest".into()))],
+                false,
+            )
+            .unwrap();
+        produce(&ctx, 3).await;
+        heartbeat(&ctx, "m1", 0).await;
+        let fetched = share_fetch(&ctx, 1, fetch_request("m1", 0, topic_id, vec![])).await;
+        assert_eq!(acquired(&fetched), vec![(0, 2, 1)]);
+
+        // A member is in the group: refused, at the top and on each partition.
+        let busy = alter_share_group_offsets(&ctx, 0, alter_request("sg", "events", 0, 1)).await;
+        assert_eq!(busy.error_code, ResponseError::NonEmptyGroup.code());
+        assert_eq!(
+            busy.error_message.as_deref(),
+            Some("The group is not empty.")
+        );
+        assert_eq!(
+            busy.responses[0].partitions[0].error_code,
+            ResponseError::NonEmptyGroup.code()
+        );
+        encodes(&busy, 0);
+        let busy = delete_share_group_offsets(&ctx, 0, delete_request(&["events"])).await;
+        assert_eq!(busy.error_code, ResponseError::NonEmptyGroup.code());
+        let missing =
+            alter_share_group_offsets(&ctx, 0, alter_request("nobody", "events", 0, 1)).await;
+        assert_eq!(missing.error_code, ResponseError::GroupIdNotFound.code());
+        assert_eq!(
+            missing.error_message.as_deref(),
+            Some("Group nobody not found.")
+        );
+
+        // Once it is empty: offset 1 on partition 0 (the in-flight records start over there);
+        // unknown topics and partitions are refused one by one.
+        heartbeat(&ctx, "m1", -1).await;
+        let altered = alter_share_group_offsets(&ctx, 0, alter_request("sg", "events", 0, 1)).await;
+        assert_eq!(altered.error_code, 0, "{altered:?}");
+        assert_eq!(altered.responses[0].topic_id, topic_id);
+        assert_eq!(altered.responses[0].partitions[0].error_code, 0);
+        encodes(&altered, 0);
+        for (topic, partition) in [("nope", 0), ("events", 5)] {
+            let refused =
+                alter_share_group_offsets(&ctx, 0, alter_request("sg", topic, partition, 0)).await;
+            assert_eq!(
+                refused.responses[0].partitions[0].error_code,
+                ResponseError::UnknownTopicOrPartition.code(),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            stored_starts(&ctx).await,
+            vec![("events".to_string(), 0, 1), ("events".to_string(), 1, 0)]
+        );
+        heartbeat(&ctx, "m2", 0).await;
+        let again = share_fetch(&ctx, 1, fetch_request("m2", 0, topic_id, vec![])).await;
+        assert_eq!(acquired(&again), vec![(1, 2, 1)]);
+        heartbeat(&ctx, "m2", -1).await;
+
+        // Deleting forgets the topic's state; a second time there is nothing to delete.
+        let deleted =
+            delete_share_group_offsets(&ctx, 0, delete_request(&["events", "nope"])).await;
+        assert_eq!(deleted.error_code, 0, "{deleted:?}");
+        assert_eq!(deleted.responses[0].error_code, 0);
+        assert_eq!(deleted.responses[0].topic_id, topic_id);
+        assert_eq!(
+            deleted.responses[1].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
+        encodes(&deleted, 0);
+        assert_eq!(stored_starts(&ctx).await, vec![]);
+        let twice = delete_share_group_offsets(&ctx, 0, delete_request(&["events"])).await;
+        assert_eq!(
+            twice.responses[0].error_message.as_deref(),
+            Some("There is no offset information to delete.")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_topics_share_state_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let topic_id = ctx.broker.topic("events").unwrap().id();
+        heartbeat(&ctx, "m1", 0).await;
+        share_fetch(&ctx, 1, fetch_request("m1", 0, topic_id, vec![])).await;
+        heartbeat(&ctx, "m1", -1).await;
+        assert!(!stored_starts(&ctx).await.is_empty());
+
+        ctx.broker.delete_topic("events").unwrap();
+        // The coordinator forgets it in the background.
+        for _ in 0..100 {
+            if ctx
+                .broker
+                .group_coordinator()
+                .share_group_offsets("sg")
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the deleted topic's share state is still there");
     }
 }

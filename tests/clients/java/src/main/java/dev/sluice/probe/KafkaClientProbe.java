@@ -13,6 +13,7 @@ import java.util.Optional;
 import java.util.Properties;
 import java.util.Set;
 import java.util.TreeMap;
+import java.util.TreeSet;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Future;
@@ -82,7 +83,7 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * KIP-932); create-topic, describe-topic, delete-topic, describe-configs, list-offsets,
  * delete-records, group-offsets, alter-group-offsets, describe-group, list-groups, delete-group,
  * describe-cluster, group-config, describe-group-config, describe-share-group,
- * share-group-offsets (admin client).
+ * share-group-offsets, alter-share-group-offsets, delete-share-group-offsets (admin client).
  *
  * <p>Steps run in order in one JVM (a JVM start costs a second); only share-consume steps with
  * background=true (and share-consume-parallel's consumers) poll in threads of their own while
@@ -176,6 +177,8 @@ public final class KafkaClientProbe {
             case "share-close" -> shareClose(step);
             case "describe-share-group" -> describeShareGroup(step);
             case "share-group-offsets" -> shareGroupOffsets(step);
+            case "alter-share-group-offsets" -> alterShareGroupOffsets(step);
+            case "delete-share-group-offsets" -> deleteShareGroupOffsets(step);
             default -> throw new IllegalArgumentException("unknown step " + step.name);
         }
         step.checkAllUsed();
@@ -1259,6 +1262,45 @@ public final class KafkaClientProbe {
             }
             line.put("error", null);
             line.put("offsets", entries);
+            emit(line);
+        } catch (ExecutionException e) {
+            emitError(line, e);
+        }
+    }
+
+    /**
+     * alter-share-group-offsets group=G topic=T [partition=0] offset=O: alterShareGroupOffsets
+     * for one partition (the share group must have no members).
+     */
+    private void alterShareGroupOffsets(Step step) throws Exception {
+        String group = step.required("group");
+        TopicPartition tp = new TopicPartition(step.required("topic"), step.integer("partition", 0));
+        long offset = step.longValue("offset", 0);
+        Map<String, Object> line = obj("step", "alter-share-group-offsets", "group", group,
+                                       "partition", tp.partition(), "offset", offset);
+        try {
+            admin().alterShareGroupOffsets(group, Map.of(tp, offset)).all()
+                .get(WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            line.put("error", null);
+            emit(line);
+        } catch (ExecutionException e) {
+            emitError(line, e);
+        }
+    }
+
+    /**
+     * delete-share-group-offsets group=G topics=T1,T2: deleteShareGroupOffsets of whole topics
+     * (the share group must have no members).
+     */
+    private void deleteShareGroupOffsets(Step step) throws Exception {
+        String group = step.required("group");
+        Set<String> topics = new TreeSet<>(List.of(step.required("topics").split(",")));
+        Map<String, Object> line = obj("step", "delete-share-group-offsets", "group", group,
+                                       "topics", new ArrayList<>(topics));
+        try {
+            admin().deleteShareGroupOffsets(group, topics).all()
+                .get(WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            line.put("error", null);
             emit(line);
         } catch (ExecutionException e) {
             emitError(line, e);

@@ -7,6 +7,7 @@ Sluice-only: RabbitMQ has no Kafka side to compare with.
 """
 
 import time
+import types
 
 import pika
 import pytest
@@ -226,3 +227,55 @@ def test_stream_queue_and_its_binding_survive_a_restart(broker):
     bodies = [body for _, _, body in amqp_read_stream(channel, stream, 2)]
     assert bodies == [b"before", b"after"]
     connection.close()
+
+
+def test_one_topic_is_read_whole_by_a_consumer_group_a_share_group_and_an_amqp_stream_consumer(
+        broker):
+    """The three ways to read a topic do not disturb each other: a Kafka consumer group
+    (committing its offsets), a share group (the Java KafkaShareConsumer, accepting every
+    record: a share group's acknowledgements take nothing from the log) and an AMQP consumer
+    of the stream queue that is the topic each get all 20 records; afterwards the share group
+    has nothing left to hand out and the consumer group's offsets are at the end."""
+    from kafka_differential.test_java_client import only, probe, step
+
+    topic = unique_name("shared")
+    connection = amqp_connect(broker)
+    channel = connection.channel()
+    declare_stream(channel, topic)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    values = [f"m{i}" for i in range(20)]
+    for value in values:
+        producer.produce(topic, value=value.encode())
+    assert producer.flush(10) == 0
+
+    java = types.SimpleNamespace(bootstrap=broker.bootstrap)
+    group = unique_name("share")
+    shared = probe(java,
+                   step("group-config", group=group, **{"share.auto.offset.reset": "earliest"}),
+                   step("share-consume", group=group, topic=topic, count=20, mode="explicit",
+                        timeout_ms=30000))
+    assert sorted(r["value"] for r in only(shared, "share-record")) == sorted(values)
+    assert all(c["error"] is None for c in only(shared, "share-commit"))
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("g"),
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    grouped = []
+    deadline = time.monotonic() + 30
+    while len(grouped) < 20 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            grouped.append(message.value().decode())
+    consumer.commit(asynchronous=False)
+    committed = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    consumer.close()
+    assert sorted(grouped) == sorted(values)
+    assert committed[0].offset == 20
+
+    streamed = amqp_read_stream(channel, topic, 20, offset="first")
+    assert sorted(body.decode() for _, _, body in streamed) == sorted(values)
+    connection.close()
+
+    again = probe(java, step("share-consume", group=group, topic=topic, count=1,
+                             mode="explicit", timeout_ms=3000))
+    assert only(again, "share-record") == []

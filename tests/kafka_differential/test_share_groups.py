@@ -6,8 +6,9 @@ default latest), delivery counts and their limit, explicit acknowledgements (ACC
 REJECT; committed, or sent by the close) and implicit ones, what happens to records a consumer
 got but did not acknowledge when it closes, two consumers of one group sharing the records of a
 partition (and of three), DescribeShareGroups, ListGroups and DescribeShareGroupOffsets of a
-share group, and the group configs (IncrementalAlterConfigs and DescribeConfigs on resource type
-GROUP) with their errors.
+share group, the group configs (IncrementalAlterConfigs and DescribeConfigs on resource type
+GROUP) with their errors, AlterShareGroupOffsets and DeleteShareGroupOffsets, and the record
+states and delivery counts a restart keeps.
 
 The steps are KafkaClientProbe's (tests/clients/java; its class comment lists them): each test
 runs the probe once, a JVM costs about a second. On the wire the 4.1.1 client uses
@@ -506,3 +507,30 @@ def test_an_empty_share_groups_offsets_are_altered_and_deleted_by_the_admin_clie
     # The group starts over where share.auto.offset.reset says.
     assert deliveries(lines, "third") == [(0, i, f"value-{i}", 1) for i in range(6)]
     commits_succeeded(lines)
+
+
+@pytest.mark.timeout(240)
+def test_acknowledged_and_released_records_keep_their_state_across_a_restart(kafka):
+    """The share partition's state outlives the broker: offset 0, RELEASEd on both its
+    deliveries, comes back after a restart on its third delivery (delivery count 3), while
+    offsets 1 and 2, ACCEPTed, are not delivered again although the start offset stayed at 0.
+    Kafka keeps each in-flight record's state and delivery count in its share coordinator's
+    log; Sluice stores them beside the start offset."""
+    topic = kafka.create_topic()
+    group = kafka.name("share")
+    before = probe(kafka,
+                   step("group-config", group=group, **EARLIEST),
+                   step("produce", topic=topic, count=3, headers=False),
+                   step("share-consume", group=group, name="before", topic=topic, count=4,
+                        mode="explicit", acks="0:release", timeout_ms=CONSUME_TIMEOUT_MS))
+    assert sorted(deliveries(before, "before")) == \
+        [(0, 0, "value-0", 1), (0, 0, "value-0", 2), (0, 1, "value-1", 1),
+         (0, 2, "value-2", 1)]
+    commits_succeeded(before)
+
+    kafka.restart()
+    after = probe(kafka,
+                  step("share-consume", group=group, name="after", topic=topic, count=3,
+                       mode="explicit", extra_poll_ms=QUIET_MS, timeout_ms=10000))
+    assert deliveries(after, "after") == [(0, 0, "value-0", 3)]
+    commits_succeeded(after)

@@ -24,11 +24,18 @@ use super::share_partition::{
 use super::{GroupCoordinator, OffsetAndMetadata, TopicPartition};
 use crate::{now_ms, GroupError, IsolationLevel, Partition};
 
-/// One share partition and the order its start offset is stored in.
+/// One share partition and the order its state is stored in.
 pub(crate) struct SharePartitionSlot {
     state: parking_lot::Mutex<SharePartition>,
-    /// The start offset stored last; held while storing, so stores land in order.
-    stored_start: tokio::sync::Mutex<i64>,
+    /// What was stored last; held while storing, so stores land in order.
+    stored: tokio::sync::Mutex<StoredShare>,
+}
+
+/// The start offset and the state version a share partition was stored at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredShare {
+    start_offset: i64,
+    version: u64,
 }
 
 /// What one ShareFetch got from one partition.
@@ -211,11 +218,18 @@ impl GroupCoordinator {
         let stored = self
             .share_state
             .fetch(group_id, &key)
-            .map(|o| o.offset)
-            .filter(|offset| *offset >= 0);
-        let start = match stored {
-            Some(offset) => offset.max(partition.log_start_offset()),
-            None => self.initial_share_offset(group_id, partition),
+            .filter(|stored| stored.offset >= 0);
+        let state = match &stored {
+            Some(stored) => {
+                let mut state = SharePartition::restore(stored.offset, &stored.metadata);
+                state.move_past(partition.log_start_offset());
+                state
+            }
+            None => SharePartition::new(self.initial_share_offset(group_id, partition)),
+        };
+        let stored_at = StoredShare {
+            start_offset: stored.as_ref().map_or(-1, |s| s.offset),
+            version: state.version(),
         };
         let slot = {
             let mut partitions = self.share_partitions.lock();
@@ -223,14 +237,14 @@ impl GroupCoordinator {
                 .entry((group_id.to_string(), key.clone()))
                 .or_insert_with(|| {
                     Arc::new(SharePartitionSlot {
-                        state: parking_lot::Mutex::new(SharePartition::new(start)),
-                        stored_start: tokio::sync::Mutex::new(stored.unwrap_or(-1)),
+                        state: parking_lot::Mutex::new(state),
+                        stored: tokio::sync::Mutex::new(stored_at),
                     })
                 });
             Arc::clone(slot)
         };
         if stored.is_none() {
-            self.store_share_start(group_id, &key, &slot).await?;
+            self.store_share_state(group_id, &key, &slot).await?;
         }
         Ok(())
     }
@@ -254,28 +268,36 @@ impl GroupCoordinator {
         }
     }
 
-    /// Stores the share partition's start offset if it moved past what was stored.
-    async fn store_share_start(
+    /// Stores the share partition's start offset and in-flight states if they changed since
+    /// they were stored.
+    async fn store_share_state(
         &self,
         group_id: &str,
         key: &TopicPartition,
         slot: &SharePartitionSlot,
     ) -> Result<(), GroupError> {
-        let mut stored = slot.stored_start.lock().await;
-        let start = slot.state.lock().start_offset();
-        if start <= *stored {
-            return Ok(());
-        }
+        let mut stored = slot.stored.lock().await;
+        let (now, encoded) = {
+            let state = slot.state.lock();
+            let now = StoredShare {
+                start_offset: state.start_offset(),
+                version: state.version(),
+            };
+            if now == *stored {
+                return Ok(());
+            }
+            (now, state.encode())
+        };
         let offset = OffsetAndMetadata {
-            offset: start,
+            offset: now.start_offset,
             leader_epoch: -1,
-            metadata: String::new(),
+            metadata: encoded,
             commit_timestamp_ms: now_ms(),
         };
         self.share_state
             .commit(group_id, &[(key.clone(), offset)])
             .await?;
-        *stored = start;
+        *stored = now;
         Ok(())
     }
 
@@ -408,7 +430,7 @@ impl GroupCoordinator {
                 }
             }
         }
-        self.store_share_start(group_id, partition, &slot).await?;
+        self.store_share_state(group_id, partition, &slot).await?;
         outcome
     }
 
@@ -487,7 +509,7 @@ impl GroupCoordinator {
         // Held across the store so that no acknowledgement stores an older start after it.
         let mut stored = Vec::with_capacity(slots.len());
         for (slot, _) in &slots {
-            stored.push(slot.stored_start.lock().await);
+            stored.push(slot.stored.lock().await);
         }
         let now = now_ms();
         let records: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
@@ -506,8 +528,12 @@ impl GroupCoordinator {
             .collect();
         self.share_state.commit(group_id, &records).await?;
         for ((slot, offset), stored) in slots.iter().zip(stored.iter_mut()) {
-            *slot.state.lock() = SharePartition::new((*offset).max(0));
-            **stored = *offset;
+            let state = SharePartition::new((*offset).max(0));
+            **stored = StoredShare {
+                start_offset: *offset,
+                version: state.version(),
+            };
+            *slot.state.lock() = state;
         }
         drop(stored);
         // An unset start offset is placed again when the partition is next read.

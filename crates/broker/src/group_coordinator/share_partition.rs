@@ -3,10 +3,13 @@
 //! end offset (SPEO) each record handed out is in flight: acquired by one member under a time
 //! lock, available again (released, or its lock ran out), acknowledged, or archived
 //! (rejected, a gap, a control record, or delivered too often). Past the end offset nothing
-//! was handed out yet. The start offset moves over records that are done, and it is what is
-//! stored durably: after a restart everything from it on is delivered again.
+//! was handed out yet. The start offset moves over records that are done. It is stored durably
+//! with the in-flight records' states and delivery counts (as Kafka's share coordinator keeps
+//! them), so that after a restart acknowledged records stay done and released ones come back
+//! with the deliveries they had.
 //!
-//! Pure state: the coordinator reads the log and persists the start offset.
+//! Pure state: the coordinator reads the log and persists what [`SharePartition::encode`]
+//! gives.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,7 +100,15 @@ pub(crate) struct SharePartition {
     /// The in-flight records in `start_offset..end_offset`; an offset without an entry is a
     /// gap of the log and counts as done.
     records: BTreeMap<i64, InFlight>,
+    /// Moves with every change a restart must keep (an acknowledgement, a release, a lock
+    /// running out, the start offset moving); an acquisition alone does not count.
+    version: u64,
 }
+
+/// What the encoded state may take at most: it is stored as an offset's metadata, whose
+/// length is a u16. The in-flight records past what fits are read from the log again after
+/// a restart, as new.
+const ENCODED_MAX: usize = 60_000;
 
 impl SharePartition {
     pub(crate) fn new(start_offset: i64) -> SharePartition {
@@ -105,7 +116,79 @@ impl SharePartition {
             start_offset,
             end_offset: start_offset,
             records: BTreeMap::new(),
+            version: 0,
         }
+    }
+
+    /// The partition as [`Self::encode`] stored it at `start_offset`. A state it cannot read
+    /// (from a later version, or damaged) keeps only the start offset.
+    pub(crate) fn restore(start_offset: i64, encoded: &str) -> SharePartition {
+        let mut partition = SharePartition::new(start_offset);
+        let Some(runs) = parse_runs(encoded) else {
+            return partition;
+        };
+        // A damaged state could name more records than memory holds.
+        if runs.iter().map(|(length, _, _)| *length).sum::<i64>() > RESTORED_MAX {
+            return partition;
+        }
+        let mut offset = start_offset;
+        for (length, state, delivery_count) in runs {
+            if state == RUN_AVAILABLE {
+                for at in offset..offset + length {
+                    partition.records.insert(
+                        at,
+                        InFlight {
+                            state: RecordState::Available,
+                            delivery_count,
+                        },
+                    );
+                }
+            }
+            offset += length;
+        }
+        partition.end_offset = offset;
+        partition.advance_start();
+        partition.version = 0;
+        partition
+    }
+
+    /// The in-flight records as stored beside the start offset: runs `LENGTH.STATE.COUNT`
+    /// from the start offset on, comma-separated, STATE `a` (available), `k` (acknowledged)
+    /// or `x` (archived, or a gap). An acquired record is stored available with the delivery
+    /// it is in not counted, as if it had not been handed out: its lock does not outlive a
+    /// restart, and Kafka persists a delivery only once it is acknowledged or released.
+    pub(crate) fn encode(&self) -> String {
+        let mut runs: Vec<(i64, char, i16)> = Vec::new();
+        for offset in self.start_offset..self.end_offset {
+            let (state, count) = match self.records.get(&offset) {
+                None => (RUN_ARCHIVED, 0),
+                Some(record) => match record.state {
+                    RecordState::Available => (RUN_AVAILABLE, record.delivery_count),
+                    RecordState::Acquired { .. } => {
+                        (RUN_AVAILABLE, (record.delivery_count - 1).max(0))
+                    }
+                    RecordState::Acknowledged => (RUN_ACKNOWLEDGED, 0),
+                    RecordState::Archived => (RUN_ARCHIVED, 0),
+                },
+            };
+            match runs.last_mut() {
+                Some((length, s, c)) if *s == state && *c == count => *length += 1,
+                _ => runs.push((1, state, count)),
+            }
+        }
+        let mut encoded = String::from(ENCODING_V1);
+        for (length, state, count) in runs {
+            let run = format!("{length}.{state}.{count},");
+            if encoded.len() + run.len() > ENCODED_MAX {
+                break;
+            }
+            encoded.push_str(&run);
+        }
+        encoded
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     pub(crate) fn start_offset(&self) -> i64 {
@@ -123,6 +206,7 @@ impl SharePartition {
             }
         }
         if any {
+            self.version += 1;
             self.advance_start();
         }
     }
@@ -135,6 +219,7 @@ impl SharePartition {
         self.records = self.records.split_off(&log_start);
         self.start_offset = log_start;
         self.end_offset = self.end_offset.max(log_start);
+        self.version += 1;
     }
 
     /// Where a read of the log must start to find something to hand out: the first
@@ -285,6 +370,7 @@ impl SharePartition {
                 AcknowledgeType::Reject | AcknowledgeType::Gap => RecordState::Archived,
             };
         }
+        self.version += 1;
         self.advance_start();
         Ok(())
     }
@@ -293,12 +379,17 @@ impl SharePartition {
     /// in Kafka, such a delivery does not count: the member never acknowledged the record, so
     /// it comes again with the delivery count it had.
     pub(crate) fn release_member(&mut self, member_id: &str) {
+        let mut any = false;
         for record in self.records.values_mut() {
             if matches!(&record.state, RecordState::Acquired { member_id: by, .. } if by == member_id)
             {
                 record.delivery_count = (record.delivery_count - 1).max(0);
                 record.state = RecordState::Available;
+                any = true;
             }
+        }
+        if any {
+            self.version += 1;
         }
         self.advance_start();
     }
@@ -332,6 +423,34 @@ impl SharePartition {
         }
         self.start_offset = self.end_offset;
     }
+}
+
+const ENCODING_V1: &str = "v1:";
+/// More in-flight records than a partition ever holds (`in_flight_max` is some thousands).
+const RESTORED_MAX: i64 = 1 << 20;
+const RUN_AVAILABLE: char = 'a';
+const RUN_ACKNOWLEDGED: char = 'k';
+const RUN_ARCHIVED: char = 'x';
+
+/// The runs of an encoded state; `None` when it is not one this version wrote. An empty
+/// string (a start offset stored alone) has no runs.
+fn parse_runs(encoded: &str) -> Option<Vec<(i64, char, i16)>> {
+    if encoded.is_empty() {
+        return Some(Vec::new());
+    }
+    let runs = encoded.strip_prefix(ENCODING_V1)?;
+    runs.split(',')
+        .filter(|run| !run.is_empty())
+        .map(|run| {
+            let mut fields = run.split('.');
+            let length: i64 = fields.next()?.parse().ok().filter(|l| *l > 0)?;
+            let mut state = fields.next()?.chars();
+            let state = state.next().filter(|_| state.as_str().is_empty())?;
+            let count: i16 = fields.next()?.parse().ok().filter(|c| *c >= 0)?;
+            let known = [RUN_AVAILABLE, RUN_ACKNOWLEDGED, RUN_ARCHIVED].contains(&state);
+            (known && fields.next().is_none()).then_some((length, state, count))
+        })
+        .collect()
 }
 
 fn released_state(delivery_count: i16, limits: &ShareLimits) -> RecordState {

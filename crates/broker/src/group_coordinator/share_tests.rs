@@ -242,3 +242,56 @@ fn members_share_partitions_when_they_outnumber_them_and_spread_otherwise() {
     assert_eq!(expired, vec!["a".to_string(), "b".to_string()]);
     assert!(group.is_empty());
 }
+
+#[test]
+fn the_stored_state_keeps_acknowledgements_and_delivery_counts_but_not_locks() {
+    use AcknowledgeType::{Accept, Reject, Release};
+    let now = Instant::now();
+    let mut partition = SharePartition::new(0);
+    assert_eq!(
+        partition.acquire("a", &[batch(0, 5)], 10, now, &limits()),
+        vec![range(0, 5, 1)]
+    );
+    let before = partition.version();
+    partition
+        .acknowledge("a", 0, 3, &[Accept, Release, Reject, Accept], &limits())
+        .unwrap();
+    assert!(partition.version() > before);
+    assert_eq!(partition.start_offset(), 1);
+    // From offset 1: released once, rejected, accepted, two still locked (stored without
+    // the delivery they are in).
+    let encoded = partition.encode();
+    assert_eq!(encoded, "v1:1.a.1,1.x.0,1.k.0,2.a.0,");
+
+    let mut restored = SharePartition::restore(1, &encoded);
+    assert_eq!(restored.start_offset(), 1);
+    assert_eq!(restored.version(), 0);
+    assert_eq!(restored.next_read_offset(&limits()), Some(1));
+    assert_eq!(
+        restored.acquire("b", &[batch(0, 5), batch(6, 6)], 10, now, &limits()),
+        vec![range(1, 1, 2), range(4, 6, 1)]
+    );
+    // Offsets 2 and 3 are done: no one may acknowledge them again.
+    assert_eq!(
+        restored.acknowledge("b", 2, 3, &[Accept], &limits()),
+        Err(GroupError::InvalidRecordState)
+    );
+
+    // Only the start offset (as AlterShareGroupOffsets stores it), or a state this version
+    // cannot read: everything from the start offset on is new.
+    for stored in [
+        "",
+        "v2:1.a.1,",
+        "v1:1.q.1,",
+        "v1:-1.a.1,",
+        "v1:99999999999.a.0,",
+    ] {
+        let mut fresh = SharePartition::restore(7, stored);
+        assert_eq!(fresh.start_offset(), 7, "{stored}");
+        assert_eq!(
+            fresh.acquire("b", &[batch(7, 8)], 10, now, &limits()),
+            vec![range(7, 8, 1)],
+            "{stored}"
+        );
+    }
+}

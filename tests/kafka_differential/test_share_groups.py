@@ -534,3 +534,67 @@ def test_acknowledged_and_released_records_keep_their_state_across_a_restart(kaf
                        mode="explicit", extra_poll_ms=QUIET_MS, timeout_ms=10000))
     assert deliveries(after, "after") == [(0, 0, "value-0", 3)]
     commits_succeeded(after)
+
+
+@pytest.mark.timeout(180)
+def test_records_held_by_a_consumer_whose_connection_drops_go_back_to_the_group_at_once(kafka):
+    """A share consumer that got 3 records and dies (its JVM halts: its sockets close with no
+    final share session epoch and no leave) does not keep them locked for the 60 s lock
+    duration: the broker releases what the member held when its connection drops, taking back
+    the delivery it counted, so the next consumer gets all 3 at once, each on delivery 1. The
+    dead member stays in the group until its session times out, and shares the partition
+    with the new one meanwhile."""
+    topic = kafka.create_topic()
+    group = kafka.name("share")
+    first = probe(kafka,
+                  step("group-config", group=group, **EARLIEST,
+                       **{"share.record.lock.duration.ms": "60000"}),
+                  step("produce", topic=topic, count=3, headers=False),
+                  step("share-consume", group=group, name="first", topic=topic, count=3,
+                       mode="explicit", default_ack="none", keep=True,
+                       timeout_ms=CONSUME_TIMEOUT_MS),
+                  step("halt"))
+    assert deliveries(first, "first") == [(0, i, f"value-{i}", 1) for i in range(3)]
+    assert first[-1] == {"step": "halt"}
+    second = probe(kafka,
+                   step("share-consume", group=group, name="second", topic=topic, count=3,
+                        mode="explicit", timeout_ms=20000))
+    assert deliveries(second, "second") == [(0, i, f"value-{i}", 1) for i in range(3)]
+    commits_succeeded(second)
+
+
+@pytest.mark.timeout(180)
+def test_a_read_committed_share_group_gets_committed_records_only(kafka):
+    """With the group config share.isolation.level=read_committed a share group gets the
+    records of committed transactions (and plain ones), never those of an aborted transaction
+    nor control records, and nothing past the last stable offset while a transaction is open.
+    A read_uncommitted group (the default) gets every data record, the open transaction's too."""
+    topic = kafka.create_topic()
+    committed = kafka.name("committed")
+    uncommitted = kafka.name("uncommitted")
+    txn = kafka.name("txn")
+    lines = probe(kafka,
+                  step("group-config", group=committed, **EARLIEST,
+                       **{"share.isolation.level": "read_committed"}),
+                  step("group-config", group=uncommitted, **EARLIEST),
+                  step("produce", topic=topic, count=2, headers=False, value_prefix="a-",
+                       transactional_id=txn, end="commit"),
+                  step("produce", topic=topic, count=2, headers=False, value_prefix="b-",
+                       transactional_id=txn, end="abort"),
+                  step("produce", topic=topic, count=1, headers=False, value_prefix="c-"),
+                  step("produce", topic=topic, count=2, headers=False, value_prefix="d-",
+                       transactional_id=txn + "-open", end="open"),
+                  step("share-consume", group=committed, name="committed", topic=topic,
+                       count=3, mode="explicit", extra_poll_ms=QUIET_MS,
+                       timeout_ms=CONSUME_TIMEOUT_MS),
+                  step("share-consume", group=uncommitted, name="uncommitted", topic=topic,
+                       count=7, mode="explicit", extra_poll_ms=QUIET_MS,
+                       timeout_ms=CONSUME_TIMEOUT_MS))
+    # Offsets: a-0 a-1 (0, 1), commit marker 2, b-0 b-1 (3, 4), abort marker 5, c-0 (6),
+    # d-0 d-1 (7, 8) open.
+    assert [(o, v, n) for _, o, v, n in deliveries(lines, "committed")] == \
+        [(0, "a-0", 1), (1, "a-1", 1), (6, "c-0", 1)]
+    assert [(o, v, n) for _, o, v, n in deliveries(lines, "uncommitted")] == \
+        [(0, "a-0", 1), (1, "a-1", 1), (3, "b-0", 1), (4, "b-1", 1), (6, "c-0", 1),
+         (7, "d-0", 1), (8, "d-1", 1)]
+    commits_succeeded(lines)

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,6 +51,9 @@ const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// Without it, 1,024 one-MiB batches in flight put a gigabyte ahead of a cluster's replication,
 /// whose AppendEntries then time out: 1 KiB acks=all fell from 85k to 1.2k messages/s.
 const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 64 << 20;
+
+/// Numbers the connections of the process (from 1: 0 is "no connection").
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +266,10 @@ pub async fn serve_connection_until(
     let writer = tokio::spawn(write_responses(write_half, pending_receiver));
     tracing::debug!(%peer, "kafka connection opened");
     context.response_memory = Some(ResponseMemory::new(Arc::clone(&request_memory)));
+    context.connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let connection_id = context.connection_id;
+    let share_sessions = Arc::clone(&context.share_sessions);
+    let broker = Arc::clone(&context.broker);
     let mut context = Arc::new(context);
     let idle_ms_max = context.config.connection_idle_ms_max;
     let idle_max = Duration::from_millis(idle_ms_max);
@@ -342,6 +349,14 @@ pub async fn serve_connection_until(
             "writer task failed: {error}"
         ))),
     };
+    // A share consumer gone without closing its session leaves nothing locked (Kafka's share
+    // session cache does the same on a disconnect).
+    for (group_id, member_id) in share_sessions.disconnect(connection_id) {
+        tracing::debug!(%peer, %group_id, %member_id, "share session ends with its connection");
+        broker
+            .group_coordinator()
+            .release_share_member(&group_id, &member_id);
+    }
     match read_result.and(write_result) {
         Ok(()) => tracing::debug!(%peer, "kafka connection closed by client"),
         Err(ConnectionError::Idle(idle_ms)) => {
@@ -452,6 +467,7 @@ fn start_request(
                 response_memory: context.response_memory.clone(),
                 fetch_sessions: Arc::clone(&context.fetch_sessions),
                 share_sessions: Arc::clone(&context.share_sessions),
+                connection_id: context.connection_id,
             });
         }
     }
@@ -855,6 +871,7 @@ mod tests {
             response_memory: None,
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
+            connection_id: 0,
         })
     }
 
@@ -1265,6 +1282,7 @@ mod tests {
             response_memory: None,
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
+            connection_id: 0,
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

@@ -70,4 +70,6 @@ pub struct RequestContext {
     pub(crate) fetch_sessions: Arc<FetchSessions>,
     /// The listener's share sessions (KIP-932).
     pub(crate) share_sessions: Arc<crate::share_session::ShareSessions>,
+    /// Tells this connection from the listener's others (0: handlers called without one).
+    pub(crate) connection_id: u64,
 }

@@ -100,6 +100,7 @@ impl KafkaServer {
                             response_memory: None,
                             fetch_sessions: Arc::clone(&self.fetch_sessions),
                             share_sessions: Arc::clone(&self.share_sessions),
+                            connection_id: 0,
                         };
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();

@@ -1,7 +1,9 @@
 //! Share sessions (KIP-932): a share consumer names the partitions it fetches once, with
 //! session epoch 0; later ShareFetch requests (epoch 1, 2, ...) name only partitions to add
 //! or forget, and acknowledgements may travel alone in ShareAcknowledge with the same epochs.
-//! Epoch -1 closes the session, and the member's acquired records go back to the group.
+//! Epoch -1 closes the session, and the member's acquired records go back to the group; so
+//! does the connection that opened the session dropping (a client killed mid-way), as
+//! Kafka's share session cache does on a disconnect.
 //! Sessions are keyed by (group, member), in memory, per listener: after a broker restart a
 //! client gets SHARE_SESSION_NOT_FOUND and opens a new one.
 
@@ -23,6 +25,8 @@ pub(crate) type SessionPartition = (Uuid, i32);
 struct Session {
     next_epoch: i32,
     partitions: Vec<SessionPartition>,
+    /// The connection that opened the session.
+    connection_id: u64,
 }
 
 /// The share sessions of one Kafka listener.
@@ -45,6 +49,7 @@ impl ShareSessions {
     /// the client must see.
     pub(crate) fn fetch(
         &self,
+        connection_id: u64,
         group_id: &str,
         member_id: &str,
         epoch: i32,
@@ -69,6 +74,7 @@ impl ShareSessions {
                     Session {
                         next_epoch: 1,
                         partitions: partitions.clone(),
+                        connection_id,
                     },
                 );
                 Ok(SessionStep::Fetch(partitions))
@@ -126,6 +132,23 @@ impl ShareSessions {
     }
 }
 
+impl ShareSessions {
+    /// The connection `connection_id` closed: its sessions end. Returns their (group, member)
+    /// keys, whose acquired records go back to the group.
+    pub(crate) fn disconnect(&self, connection_id: u64) -> Vec<(String, String)> {
+        let mut sessions = self.sessions.lock();
+        let closed: Vec<(String, String)> = sessions
+            .iter()
+            .filter(|(_, session)| session.connection_id == connection_id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &closed {
+            sessions.remove(key);
+        }
+        closed
+    }
+}
+
 /// Epochs wrap from i32::MAX to 1, never to 0 or -1.
 fn next(epoch: i32) -> i32 {
     if epoch == i32::MAX {
@@ -145,19 +168,19 @@ mod tests {
         let a = (Uuid::from_u128(1), 0);
         let b = (Uuid::from_u128(1), 1);
         assert_eq!(
-            sessions.fetch("g", "m", 1, &[], &[]),
+            sessions.fetch(7, "g", "m", 1, &[], &[]),
             Err(ResponseError::ShareSessionNotFound)
         );
         assert_eq!(
-            sessions.fetch("g", "m", 0, &[a], &[]),
+            sessions.fetch(7, "g", "m", 0, &[a], &[]),
             Ok(SessionStep::Fetch(vec![a]))
         );
         assert_eq!(
-            sessions.fetch("g", "m", 2, &[], &[]),
+            sessions.fetch(7, "g", "m", 2, &[], &[]),
             Err(ResponseError::InvalidShareSessionEpoch)
         );
         assert_eq!(
-            sessions.fetch("g", "m", 1, &[b], &[a]),
+            sessions.fetch(7, "g", "m", 1, &[b], &[a]),
             Ok(SessionStep::Fetch(vec![b]))
         );
         assert_eq!(
@@ -173,8 +196,35 @@ mod tests {
             Ok(SessionStep::Close(vec![b]))
         );
         assert_eq!(
-            sessions.fetch("g", "m", 3, &[], &[]),
+            sessions.fetch(7, "g", "m", 3, &[], &[]),
             Err(ResponseError::ShareSessionNotFound)
         );
+    }
+
+    #[test]
+    fn a_dropped_connection_ends_the_sessions_it_opened() {
+        let sessions = ShareSessions::default();
+        let a = (Uuid::from_u128(1), 0);
+        assert!(sessions.fetch(1, "g", "m1", 0, &[a], &[]).is_ok());
+        assert!(sessions.fetch(1, "g", "m2", 0, &[a], &[]).is_ok());
+        assert!(sessions.fetch(2, "g", "m3", 0, &[a], &[]).is_ok());
+        let mut closed = sessions.disconnect(1);
+        closed.sort();
+        assert_eq!(
+            closed,
+            vec![
+                ("g".to_string(), "m1".to_string()),
+                ("g".to_string(), "m2".to_string())
+            ]
+        );
+        assert_eq!(
+            sessions.fetch(1, "g", "m1", 1, &[], &[]),
+            Err(ResponseError::ShareSessionNotFound)
+        );
+        assert_eq!(
+            sessions.fetch(2, "g", "m3", 1, &[], &[]),
+            Ok(SessionStep::Fetch(vec![a]))
+        );
+        assert!(sessions.disconnect(1).is_empty());
     }
 }

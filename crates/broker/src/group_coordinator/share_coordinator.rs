@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use super::group_configs::{
     parse_auto_offset_reset, GroupConfigEntry, ShareAutoOffsetReset, SHARE_AUTO_OFFSET_RESET,
-    SHARE_HEARTBEAT_INTERVAL_MS, SHARE_RECORD_LOCK_DURATION_MS, SHARE_SESSION_TIMEOUT_MS,
+    SHARE_HEARTBEAT_INTERVAL_MS, SHARE_ISOLATION_LEVEL, SHARE_RECORD_LOCK_DURATION_MS,
+    SHARE_SESSION_TIMEOUT_MS,
 };
 use super::share_group::{
     ShareGroup, ShareGroupDescription, ShareGroupTiming, ShareHeartbeatParams, ShareHeartbeatResult,
@@ -57,6 +58,10 @@ pub struct AcknowledgementBatch {
 
 type SharePartitionKey = (String, TopicPartition);
 
+/// How many reads of the log one share fetch makes at most when they find only records that
+/// are not delivered.
+const PASSES_OVER_UNDELIVERED_MAX: usize = 16;
+
 impl GroupCoordinator {
     fn share_timing(&self, group_id: &str) -> ShareGroupTiming {
         let configs = &self.group_configs;
@@ -81,6 +86,14 @@ impl GroupCoordinator {
             lock_duration: Duration::from_millis(lock_ms.max(0) as u64),
             delivery_count_limit: self.config.share_delivery_count_limit,
             in_flight_max: self.config.share_partition_max_record_locks,
+        }
+    }
+
+    /// Which records `group_id` gets (the group config `share.isolation.level`).
+    fn share_isolation(&self, group_id: &str) -> IsolationLevel {
+        match self.group_configs.value(group_id, SHARE_ISOLATION_LEVEL) {
+            Some(level) if level == "read_committed" => IsolationLevel::ReadCommitted,
+            _ => IsolationLevel::ReadUncommitted,
         }
     }
 
@@ -311,6 +324,28 @@ impl GroupCoordinator {
         records_max: usize,
         bytes_max: usize,
     ) -> Result<ShareFetched, GroupError> {
+        // A read holding only what is not delivered (control records, aborted data) moves the
+        // end offset past it: read on, a bounded number of times, rather than answer nothing.
+        for _ in 0..PASSES_OVER_UNDELIVERED_MAX {
+            if let Some(fetched) =
+                self.share_fetch_once(group_id, member_id, partition, records_max, bytes_max)?
+            {
+                return Ok(fetched);
+            }
+        }
+        Ok(ShareFetched::default())
+    }
+
+    /// One read of the log for [`Self::share_fetch`]; `None` when it acquired nothing but moved
+    /// past records that are not delivered, so that reading again may find some.
+    fn share_fetch_once(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        partition: &Partition,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Option<ShareFetched>, GroupError> {
         let key = TopicPartition {
             topic: partition.topic().to_string(),
             partition: partition.index(),
@@ -324,14 +359,20 @@ impl GroupCoordinator {
         state.expire_locks(now, &limits);
         state.move_past(partition.log_start_offset());
         let Some(from) = state.next_read_offset(&limits) else {
-            return Ok(ShareFetched::default());
+            return Ok(Some(ShareFetched::default()));
         };
-        if from >= partition.high_watermark() {
-            return Ok(ShareFetched::default());
+        let isolation = self.share_isolation(group_id);
+        let readable_end = match isolation {
+            IsolationLevel::ReadUncommitted => partition.high_watermark(),
+            IsolationLevel::ReadCommitted => partition.last_stable_offset(),
+        };
+        if from >= readable_end {
+            return Ok(Some(ShareFetched::default()));
         }
         let fetched = partition
-            .fetch_isolated(from, bytes_max.max(1), IsolationLevel::ReadUncommitted)
+            .fetch_isolated(from, bytes_max.max(1), isolation)
             .map_err(|e| GroupError::Storage(e.to_string()))?;
+        let aborted = &fetched.aborted_transactions;
         let mut spans = Vec::new();
         let mut at = 0usize;
         let records = fetched.records;
@@ -349,15 +390,29 @@ impl GroupCoordinator {
                     base_offset: header.base_offset,
                     last_offset: header.last_offset(),
                     is_control: header.is_control(),
+                    // Aborted transactions are only listed for read_committed.
+                    is_aborted: header.is_transactional()
+                        && !header.is_control()
+                        && aborted.iter().any(|t| {
+                            t.producer_id == header.producer_id
+                                && (t.first_offset..=t.last_offset).contains(&header.base_offset)
+                        }),
                 },
             ));
             at = end;
         }
         let batches: Vec<BatchSpan> = spans.iter().map(|(_, span)| *span).collect();
         let acquired = state.acquire(member_id, &batches, records_max, now, &limits);
+        let passed_over = acquired.is_empty()
+            && state
+                .next_read_offset(&limits)
+                .is_some_and(|next| next > from && next < readable_end);
         drop(state);
+        if passed_over {
+            return Ok(None);
+        }
         let (Some(first), Some(last)) = (acquired.first(), acquired.last()) else {
-            return Ok(ShareFetched::default());
+            return Ok(Some(ShareFetched::default()));
         };
         // Only the batches holding acquired records go out.
         let (first, last) = (first.first_offset, last.last_offset);
@@ -371,7 +426,7 @@ impl GroupCoordinator {
             _ => Bytes::new(),
         };
         partition.count_fetched(&records);
-        Ok(ShareFetched { records, acquired })
+        Ok(Some(ShareFetched { records, acquired }))
     }
 
     /// Whether a fetch of these partitions could hand something out without new data: a

@@ -2,7 +2,8 @@
 //! Records below the start offset (Kafka's SPSO) are done; from the start offset up to the
 //! end offset (SPEO) each record handed out is in flight: acquired by one member under a time
 //! lock, available again (released, or its lock ran out), acknowledged, or archived
-//! (rejected, a gap, a control record, or delivered too often). Past the end offset nothing
+//! (rejected, a gap, a control record, aborted data for a read_committed group, or delivered
+//! too often). Past the end offset nothing
 //! was handed out yet. The start offset moves over records that are done. It is stored durably
 //! with the in-flight records' states and delivery counts (as Kafka's share coordinator keeps
 //! them), so that after a restart acknowledged records stay done and released ones come back
@@ -55,6 +56,8 @@ pub(crate) struct BatchSpan {
     pub base_offset: i64,
     pub last_offset: i64,
     pub is_control: bool,
+    /// Data of an aborted transaction, for a group reading committed records only.
+    pub is_aborted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +292,7 @@ impl SharePartition {
                 }
                 // Offsets skipped by the log (compaction) are gaps: nothing to track.
                 self.end_offset = offset + 1;
-                if batch.is_control {
+                if batch.is_control || batch.is_aborted {
                     self.records.insert(
                         offset,
                         InFlight {

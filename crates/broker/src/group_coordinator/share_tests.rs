@@ -30,6 +30,7 @@ fn batch(base: i64, last: i64) -> BatchSpan {
         base_offset: base,
         last_offset: last,
         is_control: false,
+        is_aborted: false,
     }
 }
 
@@ -136,6 +137,7 @@ fn per_offset_types_gaps_and_control_records() {
         base_offset: 3,
         last_offset: 3,
         is_control: true,
+        is_aborted: false,
     };
     // Offset 2 is missing from the log (compacted away).
     let acquired = partition.acquire(
@@ -294,4 +296,32 @@ fn the_stored_state_keeps_acknowledgements_and_delivery_counts_but_not_locks() {
             "{stored}"
         );
     }
+}
+
+#[test]
+fn aborted_data_is_archived_without_a_delivery() {
+    let now = Instant::now();
+    let mut partition = SharePartition::new(0);
+    let aborted = BatchSpan {
+        base_offset: 0,
+        last_offset: 2,
+        is_control: false,
+        is_aborted: true,
+    };
+    let marker = BatchSpan {
+        base_offset: 3,
+        last_offset: 3,
+        is_control: true,
+        is_aborted: false,
+    };
+    // Only aborted data and its marker: nothing acquired, the start offset moves past them.
+    assert!(partition
+        .acquire("a", &[aborted, marker], 10, now, &limits())
+        .is_empty());
+    assert_eq!(partition.start_offset(), 4);
+    assert_eq!(partition.next_read_offset(&limits()), Some(4));
+    assert_eq!(
+        partition.acquire("a", &[batch(4, 4)], 10, now, &limits()),
+        vec![range(4, 4, 1)]
+    );
 }

@@ -34,6 +34,7 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         response_memory: None,
         fetch_sessions: Default::default(),
         share_sessions: Default::default(),
+        connection_id: 0,
     }
 }
 

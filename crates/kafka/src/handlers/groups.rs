@@ -913,6 +913,7 @@ pub(super) mod tests {
             response_memory: None,
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
+            connection_id: 0,
         }
     }
 

@@ -365,6 +365,7 @@ pub async fn share_fetch(
         .flat_map(|t| t.partitions.iter().map(move |p| (t.topic_id, *p)))
         .collect();
     let step = match ctx.share_sessions.fetch(
+        ctx.connection_id,
         &group_id,
         &member_id,
         request.share_session_epoch,

@@ -80,7 +80,7 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *
  * Steps (each method's comment gives its arguments): produce, consume, close (producer and
  * consumer); share-consume, share-consume-parallel, share-wait, share-close (share consumers,
- * KIP-932); create-topic, describe-topic, delete-topic, describe-configs, list-offsets,
+ * KIP-932); halt (the process dies as if killed); create-topic, describe-topic, delete-topic, describe-configs, list-offsets,
  * delete-records, group-offsets, alter-group-offsets, describe-group, list-groups, delete-group,
  * describe-cluster, group-config, describe-group-config, describe-share-group,
  * share-group-offsets, alter-share-group-offsets, delete-share-group-offsets (admin client).
@@ -175,6 +175,7 @@ public final class KafkaClientProbe {
             case "share-consume-parallel" -> shareConsumeParallel(step);
             case "share-wait" -> shareWait(step);
             case "share-close" -> shareClose(step);
+            case "halt" -> halt(step);
             case "describe-share-group" -> describeShareGroup(step);
             case "share-group-offsets" -> shareGroupOffsets(step);
             case "alter-share-group-offsets" -> alterShareGroupOffsets(step);
@@ -654,6 +655,19 @@ public final class KafkaClientProbe {
         }
         line.put("error", null);
         emit(line);
+    }
+
+    /**
+     * halt: the JVM stops at once, as a killed client would, closing nothing: the operating
+     * system closes its sockets, so brokers see the connections drop without a goodbye (no
+     * LeaveGroup, no final share session epoch). Prints a "halt" line first; later steps do not
+     * run.
+     */
+    private void halt(Step step) {
+        step.checkAllUsed();
+        emit(obj("step", "halt"));
+        System.out.flush();
+        Runtime.getRuntime().halt(0);
     }
 
     /** Records delivered so far to the share consumer LABEL, or to all of the step LABEL's. */

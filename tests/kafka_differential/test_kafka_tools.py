@@ -25,6 +25,8 @@ from confluent_kafka.admin import ConfigResource
 from kafka_wire import KafkaWire
 from librdkafka_client import read_to_end
 
+from .test_java_client import probe, step
+
 TOPICS = "org.apache.kafka.tools.TopicCommand"
 CONSOLE_PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
 CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
@@ -34,6 +36,7 @@ GET_OFFSETS = "org.apache.kafka.tools.GetOffsetShell"
 DELETE_RECORDS = "org.apache.kafka.tools.DeleteRecordsCommand"
 TRANSACTIONS = "org.apache.kafka.tools.TransactionsCommand"
 SHARE_GROUPS = "org.apache.kafka.tools.consumer.group.ShareGroupCommand"
+FEATURES = "org.apache.kafka.tools.FeatureCommand"
 CONSOLE_SHARE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleShareConsumer"
 
 # A console consumer waits for --max-messages forever unless told otherwise.
@@ -609,6 +612,48 @@ def test_transactions_abort_a_hanging_transaction(kafka):
     values = [m.value() for m in read_to_end(kafka.bootstrap, topic, 1, kafka.name("read"))]
     assert b"hanging" not in values and len(values) == 2
     assert transaction_starts() == ["None"]
+
+
+def test_transactions_run_at_version_2_and_every_end_moves_the_epoch_on(kafka):
+    """Both brokers finalize the feature transaction.version at 2 (KIP-890 part 2), so the
+    Java client 4.1 sends no AddPartitionsToTxn (Produce v12 adds the partition) and every
+    EndTxn (v5) ends the transaction under the next epoch: two producers of one transactional
+    id, one committing and one aborting, leave the id at epoch 3 (InitProducerId 0, commit 1,
+    InitProducerId 2, abort 3), and the abort marker carries that epoch."""
+    lines = run(kafka, FEATURES, "describe").stdout.splitlines()
+    [transaction_version] = [line for line in lines
+                             if line.startswith("Feature: transaction.version\t")]
+    fields = dict(field.split(": ", 1) for field in transaction_version.split("\t"))
+    assert (fields["SupportedMaxVersion"], fields["FinalizedVersionLevel"]) == ("2", "2"), \
+        transaction_version
+
+    topic = kafka.create_topic()
+    transactional_id = kafka.name("tx")
+    lines = probe(kafka,
+                  step("produce", topic=topic, count=2, headers=False,
+                       transactional_id=transactional_id, end="commit"),
+                  step("produce", topic=topic, count=1, headers=False,
+                       transactional_id=transactional_id, end="abort"))
+    assert [line.get("error") for line in lines if line.get("phase")] == [None, None]
+    result = run(kafka, TRANSACTIONS, "describe", "--transactional-id", transactional_id)
+    header, row = [line.split("\t") for line in result.stdout.splitlines()]
+    described = {key.strip(): value.strip() for key, value in zip(header, row)}
+    assert (described["ProducerEpoch"], described["TransactionState"]) == \
+        ("3", "CompleteAbort"), described
+    result = run(kafka, TRANSACTIONS, "describe-producers", "--topic", topic,
+                 "--partition", "0")
+    header, *rows = [[cell.strip() for cell in line.split("\t")]
+                     for line in result.stdout.splitlines()]
+    assert len(rows) == 1, result.stdout
+    producer = dict(zip(header, rows[0]))
+    assert (producer["ProducerId"], producer["ProducerEpoch"],
+            producer["CurrentTransactionStartOffset"]) == \
+        (described["ProducerId"], "3", "None"), producer
+    assert values_read_committed(kafka, topic) == [b"value-0", b"value-1"]
+
+
+def values_read_committed(kafka, topic: str) -> list[bytes]:
+    return [m.value() for m in read_to_end(kafka.bootstrap, topic, 1, kafka.name("read"))]
 
 
 def test_transactions_describe_producers_of_a_partition(kafka):

@@ -253,8 +253,8 @@ def test_a_transactional_batch_outside_a_transaction_is_refused(kafka):
     the partition's last stable offset would stay behind it forever."""
     topic = kafka.create_topic()
     transactional_id = kafka.name("tx")
-    # Produce v9, the newest Sluice speaks: from v12 on (transactions version 2) Kafka adds
-    # the partition to the transaction itself.
+    # Produce v9: from v12 on (transaction version 2) both brokers add the partition to the
+    # transaction themselves.
     with KafkaWire(kafka.bootstrap, version_caps={API_KEY_PRODUCE: 9}) as wire:
         producer_id, epoch = wire.init_producer_id(transactional_id=transactional_id)
         batch = record_batch([b"x"], producer_id, epoch, 0, transactional=True)

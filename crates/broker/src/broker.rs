@@ -479,13 +479,15 @@ impl Broker {
     /// Refuses a produce whose batches are transactional unless the request names the
     /// transactional id whose open transaction holds the partition (see
     /// `TransactionCoordinator::verify_transactional_append`). The caller holds what it
-    /// returns until the append is durable.
-    pub fn verify_transactional_produce(
+    /// returns until the append is durable. With `add_to_transaction` (transaction version 2)
+    /// the partition joins the producer's transaction first, as AddPartitionsToTxn would.
+    pub async fn verify_transactional_produce(
         &self,
         transactional_id: Option<&str>,
         topic: &str,
         partition: i32,
         records: &[u8],
+        add_to_transaction: bool,
     ) -> Result<Option<TransactionalAppend>, BrokerError> {
         // Produce validates every batch; only the first header is needed here (a producer's
         // request holds one batch per partition, of one producer).
@@ -501,6 +503,19 @@ impl Broker {
                     producer_id: header.producer_id,
                     producer_epoch: header.producer_epoch,
                 };
+                if add_to_transaction {
+                    self.transactions
+                        .add_partitions(producer, &[(topic.to_string(), partition)])
+                        .await
+                        .map_err(|error| match error {
+                            // A produce answers an older epoch so, as the check below
+                            // does; CONCURRENT_TRANSACTIONS (an ending transaction) is retried.
+                            BrokerError::ProducerFenced(message) => {
+                                BrokerError::InvalidProducerEpoch(message)
+                            }
+                            other => other,
+                        })?;
+                }
                 self.transactions
                     .verify_transactional_append(producer, topic, partition)
                     .map(Some)

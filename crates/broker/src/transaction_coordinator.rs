@@ -441,39 +441,112 @@ impl TransactionCoordinator {
         self.save(transactional_id, metadata).await
     }
 
-    /// EndTxn: commits or aborts the open transaction. A retry of a completed EndTxn with
-    /// the same result succeeds again.
+    /// EndTxn: commits or aborts the open transaction; returns the producer id and epoch the
+    /// producer goes on with. A retry of a completed EndTxn with the same result succeeds
+    /// again.
+    ///
+    /// With `bump_epoch` (EndTxn v5, transaction version 2) every transaction ends under the
+    /// next epoch: its markers carry it, so the old epoch's late writes are fenced on every
+    /// partition, and the producer continues with it (a fresh producer id once the epoch space
+    /// is spent). An abort then also succeeds without an open transaction (the producer's
+    /// first send may never have reached the broker), moving the epoch on all the same.
     pub async fn end_transaction(
         &self,
         broker: &Broker,
         producer: TransactionalProducer<'_>,
         result: TransactionResult,
-    ) -> Result<(), BrokerError> {
+        bump_epoch: bool,
+    ) -> Result<(i64, i16), BrokerError> {
         let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
-        let metadata = self.held_by(producer)?;
-        let wrong_state = || {
+        let (prepared, completed) = match result {
+            TransactionResult::Commit => (
+                TransactionState::PrepareCommit,
+                TransactionState::CompleteCommit,
+            ),
+            TransactionResult::Abort => (
+                TransactionState::PrepareAbort,
+                TransactionState::CompleteAbort,
+            ),
+        };
+        if bump_epoch {
+            // A retry of the EndTxn that bumped the epoch: it finishes (if its markers failed)
+            // or answers again.
+            if let Some(metadata) = self.state(transactional_id).filter(|m| {
+                m.previous == Some((producer.producer_id, producer.producer_epoch))
+                    && (m.state == prepared || m.state == completed)
+            }) {
+                let metadata = if metadata.state == prepared {
+                    self.complete(broker, transactional_id, metadata, result)
+                        .await?
+                } else {
+                    metadata
+                };
+                return Ok((metadata.producer_id, metadata.producer_epoch));
+            }
+        }
+        let mut metadata = self.held_by(producer)?;
+        let wrong_state = |state: TransactionState| {
             BrokerError::InvalidTxnState(format!(
                 "cannot {} a transaction in state {}",
                 match result {
                     TransactionResult::Commit => "commit",
                     TransactionResult::Abort => "abort",
                 },
-                metadata.state.name()
+                state.name()
             ))
         };
+        let current = (metadata.producer_id, metadata.producer_epoch);
         match (metadata.state, result) {
+            (TransactionState::Ongoing, _) if bump_epoch => {
+                let next = next_epoch(broker, current)?;
+                metadata.previous = Some(current);
+                if next.0 == current.0 {
+                    // Saved with the decision: the markers go out under the new epoch.
+                    metadata.producer_epoch = next.1;
+                    let metadata = self
+                        .complete(broker, transactional_id, metadata, result)
+                        .await?;
+                    return Ok((metadata.producer_id, metadata.producer_epoch));
+                }
+                // The epoch space is spent: the markers keep the old epoch, and the producer
+                // goes on under a fresh id.
+                let mut metadata = self
+                    .complete(broker, transactional_id, metadata, result)
+                    .await?;
+                (metadata.producer_id, metadata.producer_epoch) = next;
+                self.save(transactional_id, metadata).await?;
+                Ok(next)
+            }
             (TransactionState::Ongoing, _)
             | (TransactionState::PrepareCommit, TransactionResult::Commit)
             | (TransactionState::PrepareAbort, TransactionResult::Abort) => {
                 self.complete(broker, transactional_id, metadata, result)
                     .await?;
-                Ok(())
+                Ok(current)
+            }
+            (
+                TransactionState::Empty
+                | TransactionState::CompleteCommit
+                | TransactionState::CompleteAbort,
+                TransactionResult::Abort,
+            ) if bump_epoch => {
+                let next = next_epoch(broker, current)?;
+                metadata.previous = Some(current);
+                (metadata.producer_id, metadata.producer_epoch) = next;
+                metadata.state = TransactionState::CompleteAbort;
+                metadata.updated_ms = now_ms();
+                self.save(transactional_id, metadata).await?;
+                Ok(next)
             }
             (TransactionState::CompleteCommit, TransactionResult::Commit)
-            | (TransactionState::CompleteAbort, TransactionResult::Abort) => Ok(()),
-            _ => Err(wrong_state()),
+            | (TransactionState::CompleteAbort, TransactionResult::Abort)
+                if !bump_epoch =>
+            {
+                Ok(current)
+            }
+            (state, _) => Err(wrong_state(state)),
         }
     }
 

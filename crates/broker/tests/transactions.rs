@@ -150,6 +150,7 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
                 &broker,
                 producer("tx", producer_id, 0),
                 TransactionResult::Commit,
+                false,
             )
             .await
             .expect("commit");
@@ -160,6 +161,7 @@ async fn an_acknowledged_transaction_and_an_open_one_survive_a_power_cut() {
                 &broker,
                 producer("tx", producer_id, 0),
                 TransactionResult::Commit,
+                false,
             )
             .await
             .expect("commit retried");
@@ -264,6 +266,7 @@ async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
             &broker,
             producer("slow", producer_id, epoch),
             TransactionResult::Commit,
+            false,
         )
         .await;
     assert!(
@@ -316,12 +319,16 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
     );
     // A transactional batch outside an open transaction holding its partition is refused.
     let batch = transactional_batch(producer_id, bumped, 0, &["x"]);
-    let outside = broker.verify_transactional_produce(Some("tx"), "t", 0, &batch);
+    let outside = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch, false)
+        .await;
     assert!(
         matches!(outside, Err(BrokerError::InvalidTxnState(_))),
         "{outside:?}"
     );
-    let unnamed = broker.verify_transactional_produce(None, "t", 0, &batch);
+    let unnamed = broker
+        .verify_transactional_produce(None, "t", 0, &batch, false)
+        .await;
     assert!(
         matches!(
             unnamed,
@@ -329,7 +336,9 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
         ),
         "{unnamed:?}"
     );
-    let other = broker.verify_transactional_produce(Some("other"), "t", 0, &batch);
+    let other = broker
+        .verify_transactional_produce(Some("other"), "t", 0, &batch, false)
+        .await;
     assert!(
         matches!(other, Err(BrokerError::InvalidProducerIdMapping(_))),
         "{other:?}"
@@ -341,6 +350,7 @@ async fn requests_that_do_not_fit_the_transaction_get_kafkas_errors() {
             &broker,
             producer("tx", producer_id, bumped),
             TransactionResult::Commit,
+            false,
         )
         .await;
     assert!(
@@ -368,7 +378,8 @@ async fn markers_wait_for_the_transactions_appends_in_flight() {
         .expect("add partitions");
     let batch = transactional_batch(producer_id, epoch, 0, &["in flight"]);
     let in_flight = broker
-        .verify_transactional_produce(Some("tx"), "t", 0, &batch)
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch, false)
+        .await
         .expect("verified")
         .expect("transactional");
     let ending = {
@@ -380,6 +391,7 @@ async fn markers_wait_for_the_transactions_appends_in_flight() {
                     &broker,
                     producer("tx", producer_id, epoch),
                     TransactionResult::Commit,
+                    false,
                 )
                 .await
         })
@@ -390,7 +402,9 @@ async fn markers_wait_for_the_transactions_appends_in_flight() {
         "the marker waits for the append in flight"
     );
     // Meanwhile a new append of the ending transaction is refused.
-    let late = broker.verify_transactional_produce(Some("tx"), "t", 0, &batch);
+    let late = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch, false)
+        .await;
     assert!(
         matches!(late, Err(BrokerError::InvalidTxnState(_))),
         "{late:?}"
@@ -404,4 +418,87 @@ async fn markers_wait_for_the_transactions_appends_in_flight() {
     drop(in_flight);
     ending.await.expect("joined").expect("committed");
     assert_eq!(read(&broker, IsolationLevel::ReadCommitted), ["in flight"]);
+}
+
+/// Transaction version 2 (KIP-890 part 2): a produce adds its partition to the transaction,
+/// every EndTxn ends it under the next epoch (in the markers too, so the old epoch's late
+/// writes are fenced), a retried EndTxn answers the same, and an abort without an open
+/// transaction moves the epoch on all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_version_2_bumps_the_epoch_on_every_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SimDisk::new(25);
+    let (broker, producer_id, epoch) =
+        broker_with_producer(dir.path(), &disk, "tx", TIMEOUT_MS, |_| {}).await;
+    let partition = broker.partition("t", 0).expect("partition");
+    // No AddPartitionsToTxn: the produce itself adds the partition.
+    let batch = transactional_batch(producer_id, epoch, 0, &["first"]);
+    let held = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch, true)
+        .await
+        .expect("added and verified");
+    partition.produce(batch, Acks::All).await.expect("produce");
+    drop(held);
+    let end = |epoch: i16, result: TransactionResult| {
+        let broker = Arc::clone(&broker);
+        async move {
+            broker
+                .transaction_coordinator()
+                .end_transaction(&broker, producer("tx", producer_id, epoch), result, true)
+                .await
+        }
+    };
+    let committed = end(epoch, TransactionResult::Commit).await.expect("commit");
+    assert_eq!(committed, (producer_id, epoch + 1));
+    // The retry of that EndTxn gets the same answer; the old epoch can do nothing else.
+    assert_eq!(
+        end(epoch, TransactionResult::Commit).await.expect("retry"),
+        committed
+    );
+    assert!(matches!(
+        end(epoch, TransactionResult::Abort).await,
+        Err(BrokerError::ProducerFenced(_))
+    ));
+    let late = transactional_batch(producer_id, epoch, 1, &["late"]);
+    let refused = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &late, true)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::InvalidProducerEpoch(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        partition.produce(late, Acks::All).await,
+        Err(BrokerError::InvalidProducerEpoch(_))
+    ));
+    // The next transaction starts at sequence 0 under the new epoch, and is aborted.
+    let batch = transactional_batch(producer_id, epoch + 1, 0, &["second"]);
+    let held = broker
+        .verify_transactional_produce(Some("tx"), "t", 0, &batch, true)
+        .await
+        .expect("second transaction");
+    partition.produce(batch, Acks::All).await.expect("produce");
+    drop(held);
+    assert_eq!(
+        end(epoch + 1, TransactionResult::Abort)
+            .await
+            .expect("abort"),
+        (producer_id, epoch + 2)
+    );
+    // Nothing open: an abort still succeeds and moves the epoch on; a commit does not.
+    assert!(matches!(
+        end(epoch + 2, TransactionResult::Commit).await,
+        Err(BrokerError::InvalidTxnState(_))
+    ));
+    assert_eq!(
+        end(epoch + 2, TransactionResult::Abort)
+            .await
+            .expect("empty abort"),
+        (producer_id, epoch + 3)
+    );
+    assert_eq!(read(&broker, IsolationLevel::ReadCommitted), ["first"]);
+    assert_eq!(
+        read(&broker, IsolationLevel::ReadUncommitted),
+        ["first", "second"]
+    );
 }

@@ -5,7 +5,9 @@ use kafka_protocol::messages::ApiKey;
 
 /// (api, min version, max version) for every implemented Kafka API.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
+    // v10 adds leader hints to errors (left empty), v11 TRANSACTION_ABORTABLE, v12 adds a
+    // transactional batch's partition to its transaction (transaction version 2).
+    (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Metadata, 0, 12),
@@ -50,17 +52,27 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterShareGroupOffsets, 0, 0),
     (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::ListConfigResources, 0, 1),
-    // Transactions v1 ("transaction.version" 1): EndTxn v5, TxnOffsetCommit v5 and
-    // AddOffsetsToTxn v4 belong to KIP-890's version 2, whose epoch bump per transaction is
-    // not implemented; AddPartitionsToTxn v4+ is the brokers' batched form.
+    // Transactions, version 2 (KIP-890 part 2, the "transaction.version" feature 2 that
+    // ApiVersions finalizes on a single node): EndTxn v5 bumps the epoch on every
+    // transaction, TxnOffsetCommit v5 and Produce v12 add to the transaction themselves.
+    // AddOffsetsToTxn v4 and AddPartitionsToTxn v5 only add the TRANSACTION_ABORTABLE error.
     (ApiKey::AddPartitionsToTxn, 0, 5),
-    (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 4),
-    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 2),
     (ApiKey::WriteTxnMarkers, 1, 1),
 ];
+
+/// The feature transactions are versioned by (KIP-1022); Kafka's clients use version 2's
+/// requests only where the broker finalizes it.
+pub const TRANSACTION_VERSION_FEATURE: &str = "transaction.version";
+/// The transaction version a single node runs.
+pub const TRANSACTION_VERSION: i16 = 2;
+/// The epoch of the finalized features: they never change while a node runs. Clients adopt
+/// features whose epoch is newer than what they saw (starting below 0).
+pub const FINALIZED_FEATURES_EPOCH: i64 = 1;
 
 /// Every supported API as (api key, min version, max version).
 pub fn supported_api_versions() -> impl Iterator<Item = (i16, i16, i16)> {

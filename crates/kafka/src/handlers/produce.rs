@@ -63,12 +63,18 @@ pub async fn produce(
                     );
                 };
                 // Held until the append is durable: the transaction's markers come after it.
-                let _transactional = match ctx.broker.verify_transactional_produce(
-                    transactional_id.as_deref(),
-                    topic.name(),
-                    index,
-                    &records,
-                ) {
+                // v12 (transaction version 2) adds the partition to the transaction itself.
+                let _transactional = match ctx
+                    .broker
+                    .verify_transactional_produce(
+                        transactional_id.as_deref(),
+                        topic.name(),
+                        index,
+                        &records,
+                        version >= 12,
+                    )
+                    .await
+                {
                     Ok(held) => held,
                     Err(error) => {
                         log_produce_error(&error, topic.name(), index);

@@ -375,19 +375,25 @@ pub async fn end_txn(ctx: &RequestContext, version: i16, request: EndTxnRequest)
         producer_id: request.producer_id.0,
         producer_epoch: request.producer_epoch,
     };
-    let code = match ctx
+    // v5 is transaction version 2: the transaction ends under the next epoch, which the
+    // response gives the producer.
+    match ctx
         .broker
         .transaction_coordinator()
-        .end_transaction(&ctx.broker, producer, result)
+        .end_transaction(&ctx.broker, producer, result, version >= 5)
         .await
     {
-        Ok(()) => 0,
+        Ok((producer_id, producer_epoch)) => EndTxnResponse::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch),
         Err(error) => {
             tracing::debug!(transactional_id = %request.transactional_id.as_str(), %error, "EndTxn refused");
-            transaction_error_code(&error, version)
+            EndTxnResponse::default()
+                .with_error_code(transaction_error_code(&error, version))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
         }
-    };
-    EndTxnResponse::default().with_error_code(code)
+    }
 }
 
 fn topic_data(metadata: &TransactionMetadata) -> Vec<TopicData> {

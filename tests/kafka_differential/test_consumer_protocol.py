@@ -149,9 +149,8 @@ def test_groups_of_the_other_protocol_or_none_are_not_found(kafka):
     described = describe(kafka, classic_group)
     assert described.error_code == cp.ERROR_GROUP_ID_NOT_FOUND
     assert described.error_message == f"Group {classic_group} is not a consumer group."
-    # (A consumer-protocol member joining it is where the two differ: Apache Kafka 4 converts
-    # the live group (group.consumer.migration.policy=bidirectional), Sluice refuses with
-    # GROUP_ID_NOT_FOUND, as Kafka does with the policy disabled.)
+    # (A consumer-protocol member joining it converts the live group: see
+    # test_a_live_group_moves_to_the_consumer_protocol_and_back.)
     # And a consumer group is no classic group (DescribeGroups v6, KIP-1043).
     consumer_group = kafka.name("cg")
     assert join(kafka, consumer_group, [topic]).error_code == ERROR_NONE
@@ -215,3 +214,74 @@ def test_librdkafka_consumers_on_the_consumer_protocol_share_and_hand_over(kafka
     listed = kafka.admin().list_consumer_groups().result(timeout=20)
     [entry] = [g for g in listed.valid if g.group_id == group]
     assert str(entry.type) in ("ConsumerGroupType.CONSUMER", "GroupType.CONSUMER")
+
+
+def settle(consumers, until, timeout_s: float = 60) -> None:
+    """Polls every consumer (discarding what it reads) until `until()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert time.monotonic() < deadline, [c.assignment() for c in consumers]
+        for consumer in consumers:
+            consumer.poll(0.1)
+
+
+def owned(consumer) -> set:
+    return {tp.partition for tp in consumer.assignment()}
+
+
+@pytest.mark.timeout(300)
+def test_a_live_group_moves_to_the_consumer_protocol_and_back(kafka):
+    """Online migration (KIP-848, group.consumer.migration.policy=bidirectional, Kafka's
+    default): a librdkafka consumer on the classic protocol holds all four partitions; a
+    second one on the consumer protocol joins the same group, which becomes a consumer group
+    with the classic member still in it (it keeps JoinGroup/SyncGroup/Heartbeat, the
+    coordinator assigns for it). The two split the partitions, never both holding one, and
+    commit as members. When the consumer-protocol member leaves, the group is classic again
+    and the first consumer gets everything back. Every message is read."""
+    topic = kafka.create_topic(partitions=4)
+    group = kafka.name("migrating")
+    producer = kafka.producer()
+
+    def produce(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            producer.produce(topic, value=f"m{i}".encode(), partition=i % 4)
+        assert producer.flush(30) == 0
+
+    produce(0, 8)
+    classic = kafka.consumer(**{"group.id": group, "group.protocol": "classic",
+                                "session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
+    classic.subscribe([topic])
+    seen = consume_all([classic], 8)
+    assert len(owned(classic)) == 4
+    with KafkaWire(kafka.bootstrap) as wire:
+        wire.request(FindCoordinatorRequest(key_type=0, key=group, coordinator_keys=[group]))
+        [before] = cp.describe(wire, [group])
+    assert before.error_code == cp.ERROR_GROUP_ID_NOT_FOUND, before
+
+    modern = kafka.consumer(**{"group.id": group, "group.protocol": "consumer"})
+    modern.subscribe([topic])
+
+    def split() -> bool:
+        mine, theirs = owned(classic), owned(modern)
+        assert not mine & theirs, (mine, theirs)
+        return len(mine) == 2 and len(theirs) == 2
+
+    settle([classic, modern], split)
+    described = describe(kafka, group)
+    assert described.error_code == ERROR_NONE and described.state == "Stable", described
+    assert sorted(len(p) for m in described.members for p in m.assignment.values()) == [2, 2]
+    produce(8, 8)
+    # Each commits what it read, as a member (the classic one with its generation).
+    seen += consume_all([classic, modern], 8)
+
+    modern.close()
+    settle([classic], lambda: len(owned(classic)) == 4)
+    with KafkaWire(kafka.bootstrap) as wire:
+        wire.request(FindCoordinatorRequest(key_type=0, key=group, coordinator_keys=[group]))
+        [after] = cp.describe(wire, [group])
+    assert after.error_code == cp.ERROR_GROUP_ID_NOT_FOUND, after
+    produce(16, 8)
+    seen += consume_all([classic], 8)
+    assert sorted(value for _, _, value in seen) == sorted(f"m{i}".encode() for i in range(24))
+    committed = classic.committed([TopicPartition(topic, p) for p in range(4)], timeout=20)
+    assert sorted(tp.offset for tp in committed) == [6, 6, 6, 6]

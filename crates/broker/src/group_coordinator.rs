@@ -12,6 +12,9 @@ mod consumer_group;
 mod consumer_group_tests;
 mod group;
 pub mod group_configs;
+mod migration;
+#[cfg(test)]
+mod migration_tests;
 mod share_coordinator;
 mod share_group;
 mod share_partition;
@@ -41,6 +44,7 @@ pub use self::group::GroupState;
 use self::group::{Group, JoinStep, SyncStep};
 pub use self::group_configs::GroupConfigEntry;
 use self::group_configs::GroupConfigs;
+pub use self::migration::{ClassicSubscription, ConsumerProtocolCodec, TopicCatalog};
 use self::share_coordinator::SharePartitions;
 pub use self::share_coordinator::{AcknowledgementBatch, ShareFetched};
 use self::share_group::ShareGroup;
@@ -245,6 +249,9 @@ pub struct GroupCoordinator {
     share_state: OffsetStore,
     group_configs: GroupConfigs,
     offsets: OffsetStore,
+    /// Set by the Kafka front end: groups may move between the classic and the consumer
+    /// protocol.
+    migration: std::sync::OnceLock<migration::ProtocolMigration>,
     /// For the timer tasks it spawns; they stop once the coordinator is gone.
     this: Weak<GroupCoordinator>,
     closed: AtomicBool,
@@ -279,6 +286,7 @@ impl GroupCoordinator {
             share_state,
             group_configs,
             offsets,
+            migration: std::sync::OnceLock::new(),
             this: this.clone(),
             closed: AtomicBool::new(false),
         });
@@ -337,7 +345,11 @@ impl GroupCoordinator {
             }
             {
                 let mut consumer_groups = self.consumer_groups.lock();
-                match consumer_groups.get(&params.group_id) {
+                match consumer_groups.get_mut(&params.group_id) {
+                    // A classic member of a consumer group: the coordinator assigns.
+                    Some(group) if !group.is_empty() && self.migrates() => {
+                        return self.classic_join_consumer_group(group, params);
+                    }
                     // A group of the other protocol with members: Kafka's answer when it does
                     // not convert groups between protocols.
                     Some(group) if !group.is_empty() => {
@@ -386,7 +398,10 @@ impl GroupCoordinator {
         let step = {
             let mut groups = self.groups.lock();
             let Some(group) = groups.get_mut(&params.group_id) else {
-                return Err(GroupError::UnknownMemberId);
+                return match self.consumer_groups.lock().get(&params.group_id) {
+                    Some(group) => self.classic_sync_consumer_group(group, &params),
+                    None => Err(GroupError::UnknownMemberId),
+                };
             };
             let step = group.sync(params, Instant::now());
             self.schedule_timer(group);
@@ -411,9 +426,18 @@ impl GroupCoordinator {
             return Err(GroupError::InvalidGroupId);
         }
         let mut groups = self.groups.lock();
-        let group = groups
-            .get_mut(group_id)
-            .ok_or(GroupError::UnknownMemberId)?;
+        let Some(group) = groups.get_mut(group_id) else {
+            // A classic member of a consumer group.
+            return match self.consumer_groups.lock().get_mut(group_id) {
+                Some(group) => group.classic_heartbeat(
+                    member_id,
+                    group_instance_id,
+                    generation_id,
+                    Instant::now(),
+                ),
+                None => Err(GroupError::UnknownMemberId),
+            };
+        };
         group.heartbeat(member_id, group_instance_id, generation_id, Instant::now())
     }
 
@@ -481,7 +505,13 @@ impl GroupCoordinator {
         if self.is_share_group(&params.group_id) {
             return Err(GroupError::GroupIdNotFound);
         }
+        let mut consumer_groups = self.consumer_groups.lock();
         match groups.get(&params.group_id) {
+            // A classic group with members moves to the consumer protocol (KIP-848's online
+            // upgrade) when its first consumer-protocol member joins.
+            Some(group) if !group.is_idle() && joining && self.migrates() => {
+                self.upgrade_classic_group(&mut groups, &mut consumer_groups, &params.group_id)?;
+            }
             Some(group) if !group.is_idle() => {
                 return Err(GroupError::GroupIdNotFound);
             }
@@ -491,7 +521,8 @@ impl GroupCoordinator {
             }
             _ => {}
         }
-        let mut consumer_groups = self.consumer_groups.lock();
+        let leaving = params.member_epoch < 0;
+        let group_id = params.group_id.clone();
         let group = match consumer_groups.get_mut(&params.group_id) {
             Some(group) => group,
             // Membership is not kept across a restart (or a move of the coordinator): the
@@ -501,7 +532,11 @@ impl GroupCoordinator {
                 .entry(params.group_id.clone())
                 .or_insert_with(|| ConsumerGroup::new(params.group_id.clone())),
         };
-        group.heartbeat(params, topics, Instant::now(), &self.config)
+        let result = group.heartbeat(params, topics, Instant::now(), &self.config);
+        if leaving {
+            self.maybe_downgrade(&mut groups, &mut consumer_groups, &group_id);
+        }
+        result
     }
 
     /// ConsumerGroupDescribe: GROUP_ID_NOT_FOUND unless `group_id` is a consumer group.
@@ -547,10 +582,13 @@ impl GroupCoordinator {
         }
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return Ok(members
-                .iter()
-                .map(|_| Err(GroupError::UnknownMemberId))
-                .collect());
+            let mut consumer_groups = self.consumer_groups.lock();
+            return Ok(self.classic_leave_consumer_group(
+                &mut groups,
+                &mut consumer_groups,
+                group_id,
+                members,
+            ));
         };
         let results = group.leave(members, Instant::now(), &self.config);
         self.schedule_timer(group);
@@ -1035,11 +1073,18 @@ impl GroupCoordinator {
             self.schedule_timer(group);
         }
         groups.retain(|group_id, group| !group.is_idle() || self.offsets.has_offsets(group_id));
-        drop(groups);
         let mut consumer_groups = self.consumer_groups.lock();
-        for group in consumer_groups.values_mut() {
-            group.expire_sessions(now);
+        let mut shrunk = Vec::new();
+        for (group_id, group) in consumer_groups.iter_mut() {
+            if group.expire_sessions(now) {
+                shrunk.push(group_id.clone());
+            }
         }
+        // A group left with classic members only goes back to the classic protocol.
+        for group_id in shrunk {
+            self.maybe_downgrade(&mut groups, &mut consumer_groups, &group_id);
+        }
+        drop(groups);
         consumer_groups
             .retain(|group_id, group| !group.is_empty() || self.offsets.has_offsets(group_id));
         drop(consumer_groups);

@@ -254,10 +254,18 @@ async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     }
     assert_eq!(partition.last_stable_offset(), 2);
     assert!(read(&broker, IsolationLevel::ReadCommitted).is_empty());
-    let state = broker
-        .transaction_coordinator()
-        .describe(&["slow".to_string()]);
-    let state = state[0].1.as_ref().expect("known");
+    // The completion is logged just after the markers are written.
+    let state = loop {
+        let described = broker
+            .transaction_coordinator()
+            .describe(&["slow".to_string()]);
+        let state = described[0].1.clone().expect("known");
+        if state.state != TransactionState::PrepareAbort {
+            break state;
+        }
+        assert!(std::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
     assert_eq!(state.state, TransactionState::CompleteAbort);
     assert_eq!(state.producer_epoch, epoch + 1);
     let commit = broker

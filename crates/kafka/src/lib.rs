@@ -4,6 +4,7 @@
 
 mod api_versions;
 mod connection;
+mod consumer_protocol;
 mod context;
 mod error_codes;
 mod fetch_session;

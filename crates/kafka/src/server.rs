@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{serve_connection_until, shutdown_requested, RequestMemory};
+use crate::consumer_protocol::KafkaConsumerProtocol;
 use crate::fetch_session::FetchSessions;
 use crate::{KafkaConfig, RequestContext};
 
@@ -56,6 +58,33 @@ impl KafkaServer {
         self
     }
 
+    /// Lets the group coordinator move groups between the classic and the consumer protocol:
+    /// it reads the classic consumer protocol's formats through this crate.
+    fn enable_protocol_migration(&self) {
+        let broker = Arc::downgrade(&self.broker);
+        let cluster = self.cluster.clone();
+        let topics = move || -> BTreeMap<String, i32> {
+            match (&cluster, broker.upgrade()) {
+                (Some(cluster), _) => cluster
+                    .metadata()
+                    .topics
+                    .values()
+                    .map(|t| (t.name.clone(), t.assignments.len() as i32))
+                    .collect(),
+                (None, Some(broker)) => broker
+                    .topics()
+                    .iter()
+                    .filter(|t| !t.is_internal())
+                    .map(|t| (t.name().to_string(), t.partition_count()))
+                    .collect(),
+                (None, None) => BTreeMap::new(),
+            }
+        };
+        self.broker
+            .group_coordinator()
+            .enable_protocol_migration(Arc::new(KafkaConsumerProtocol), Box::new(topics));
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -67,6 +96,7 @@ impl KafkaServer {
     /// A connection over `connections_max` is accepted and closed at once, with a warning
     /// (Kafka instead stops accepting until one closes; closing lets the client see it now).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.enable_protocol_migration();
         // Every connection task holds a clone; `recv` gives None once the last one ended.
         let (alive, mut all_closed) = mpsc::channel::<()>(1);
         let mut refused_since_warning = 0u64;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use regex::Regex;
 use tokio::time::Instant;
 
-use super::{TopicPartition, GROUP_SIZE_MAX};
+use super::{GroupProtocol, TopicPartition, GROUP_SIZE_MAX};
 use crate::{GroupConfig, GroupError};
 
 /// The server-side assignors this coordinator runs (`group.consumer.assignors`); the first is
@@ -114,6 +114,44 @@ enum MemberState {
     UnreleasedPartitions,
 }
 
+/// What a member on the classic protocol (JoinGroup, SyncGroup, Heartbeat) keeps beside its
+/// consumer-group state: the group moved to the consumer protocol while it was a member, or
+/// it joined a group already there (KIP-848's online migration).
+#[derive(Debug, Clone)]
+pub(super) struct ClassicMembership {
+    pub session_timeout_ms: i32,
+    /// As its last JoinGroup sent them; the first is the one it is answered with.
+    pub protocols: Vec<GroupProtocol>,
+}
+
+/// A classic member as the coordinator hands it over, with its subscription decoded (see
+/// [`super::ConsumerProtocolCodec`]).
+#[derive(Debug, Clone)]
+pub(super) struct ClassicMemberState {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub classic: ClassicMembership,
+    pub subscribed_topics: Vec<String>,
+    /// Its current assignment (a group it moves from), or what it says it owns (a JoinGroup).
+    pub partitions: Vec<TopicPartition>,
+}
+
+/// A classic member of a consumer group, for the move back to the classic protocol.
+#[derive(Debug, Clone)]
+pub(super) struct ClassicMemberExport {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub classic: ClassicMembership,
+    /// Its target assignment.
+    pub target: Vec<TopicPartition>,
+}
+
 struct Member {
     instance_id: Option<String>,
     rack_id: Option<String>,
@@ -132,6 +170,8 @@ struct Member {
     session_deadline: Instant,
     /// While partitions wait for revocation: past it the member is removed (fenced).
     revocation_deadline: Option<Instant>,
+    /// Set for a member on the classic protocol.
+    classic: Option<ClassicMembership>,
 }
 
 impl Member {
@@ -381,6 +421,7 @@ impl ConsumerGroup {
                 pending_revocation: BTreeSet::new(),
                 session_deadline,
                 revocation_deadline: None,
+                classic: None,
             },
         );
         Ok(true)
@@ -419,8 +460,8 @@ impl ConsumerGroup {
         }
     }
 
-    /// Removes members whose session or revocation time ran out.
-    pub(super) fn expire_sessions(&mut self, now: Instant) {
+    /// Removes members whose session or revocation time ran out; returns whether any was.
+    pub(super) fn expire_sessions(&mut self, now: Instant) -> bool {
         let expired: Vec<String> = self
             .members
             .iter()
@@ -429,11 +470,13 @@ impl ConsumerGroup {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let any = !expired.is_empty();
         for member_id in expired {
             tracing::info!(group = %self.group_id, member = %member_id,
                 "consumer group member expired; its partitions are reassigned");
             self.remove_member(&member_id);
         }
+        any
     }
 
     /// OffsetCommit and TxnOffsetCommit: a member commits with its current epoch; with no
@@ -451,7 +494,12 @@ impl ConsumerGroup {
             .get(member_id)
             .ok_or(GroupError::UnknownMemberId)?;
         if member_epoch != member.member_epoch {
-            return Err(GroupError::StaleMemberEpoch);
+            // A classic member commits with its generation, as it would in a classic group.
+            return Err(if member.classic.is_some() {
+                GroupError::IllegalGeneration
+            } else {
+                GroupError::StaleMemberEpoch
+            });
         }
         Ok(())
     }
@@ -499,6 +547,304 @@ impl ConsumerGroup {
                 })
                 .collect(),
         }
+    }
+
+    /// A classic group's members moved to the consumer protocol (KIP-848's upgrade): the
+    /// group epoch is the classic generation, and every member is in step with it, holding
+    /// what it was assigned.
+    pub(super) fn from_classic(
+        group_id: String,
+        generation_id: i32,
+        members: Vec<ClassicMemberState>,
+        topics: &BTreeMap<String, i32>,
+        now: Instant,
+    ) -> ConsumerGroup {
+        let mut group = ConsumerGroup::new(group_id);
+        group.group_epoch = generation_id;
+        group.assignment_epoch = generation_id;
+        for state in members {
+            let mut subscribed = state.subscribed_topics;
+            subscribed.sort();
+            subscribed.dedup();
+            let assigned: BTreeSet<TopicPartition> = state.partitions.into_iter().collect();
+            group
+                .target
+                .insert(state.member_id.clone(), assigned.clone());
+            group.members.insert(
+                state.member_id,
+                Member {
+                    instance_id: state.instance_id,
+                    rack_id: None,
+                    client_id: state.client_id,
+                    client_host: state.client_host,
+                    member_epoch: generation_id,
+                    previous_member_epoch: generation_id,
+                    state: MemberState::Stable,
+                    rebalance_timeout_ms: state.rebalance_timeout_ms,
+                    subscribed_topic_names: subscribed,
+                    subscribed_topic_regex: None,
+                    server_assignor: None,
+                    assigned,
+                    pending_revocation: BTreeSet::new(),
+                    session_deadline: now
+                        + Duration::from_millis(state.classic.session_timeout_ms.max(0) as u64),
+                    revocation_deadline: None,
+                    classic: Some(state.classic),
+                },
+            );
+        }
+        group.subscribed_partitions = group.subscribed_partition_counts(topics);
+        group
+    }
+
+    /// Whether every member is on the classic protocol (then the group moves back to it).
+    pub(super) fn all_classic(&self) -> bool {
+        self.members.values().all(|m| m.classic.is_some())
+    }
+
+    /// The group's classic members, for the move back to the classic protocol.
+    pub(super) fn export_classic(&self) -> Vec<ClassicMemberExport> {
+        self.members
+            .iter()
+            .filter_map(|(member_id, m)| {
+                Some(ClassicMemberExport {
+                    member_id: member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    classic: m.classic.clone()?,
+                    target: self
+                        .target
+                        .get(member_id)
+                        .map(|t| t.iter().cloned().collect())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn group_epoch(&self) -> i32 {
+        self.group_epoch
+    }
+
+    /// Whether a classic member asking with `protocols` shares a protocol name with every
+    /// classic member already here (Kafka's check before a classic member joins).
+    pub(super) fn supports_classic_protocols(&self, protocols: &[GroupProtocol]) -> bool {
+        self.members
+            .values()
+            .filter_map(|m| m.classic.as_ref())
+            .all(|classic| {
+                protocols
+                    .iter()
+                    .any(|p| classic.protocols.iter().any(|q| q.name == p.name))
+            })
+    }
+
+    /// JoinGroup from a member on the classic protocol. The coordinator, not a leader,
+    /// assigns: the member's partitions move towards its target as a consumer-protocol
+    /// member's do, with what it says it owns (its subscription's owned partitions; none
+    /// from an eager client, which gave everything up before joining). Answered at once with
+    /// the member's epoch as the generation.
+    pub(super) fn classic_join(
+        &mut self,
+        state: ClassicMemberState,
+        topics: &BTreeMap<String, i32>,
+        now: Instant,
+    ) -> Result<i32, GroupError> {
+        let member_id = state.member_id.clone();
+        let session_deadline =
+            now + Duration::from_millis(state.classic.session_timeout_ms.max(0) as u64);
+        let mut subscribed = state.subscribed_topics;
+        subscribed.sort();
+        subscribed.dedup();
+        let mut epoch_moves = false;
+        match self.members.get_mut(&member_id) {
+            Some(member) => {
+                if member.subscribed_topic_names != subscribed {
+                    member.subscribed_topic_names = subscribed;
+                    epoch_moves = true;
+                }
+                member.rebalance_timeout_ms = state.rebalance_timeout_ms;
+                member.client_id = state.client_id;
+                member.client_host = state.client_host;
+                member.session_deadline = session_deadline;
+                member.classic = Some(state.classic);
+            }
+            None => {
+                if self.members.len() >= GROUP_SIZE_MAX {
+                    return Err(GroupError::GroupMaxSizeReached);
+                }
+                self.members.insert(
+                    member_id.clone(),
+                    Member {
+                        instance_id: state.instance_id,
+                        rack_id: None,
+                        client_id: state.client_id,
+                        client_host: state.client_host,
+                        member_epoch: 0,
+                        previous_member_epoch: -1,
+                        state: MemberState::Stable,
+                        rebalance_timeout_ms: state.rebalance_timeout_ms,
+                        subscribed_topic_names: subscribed,
+                        subscribed_topic_regex: None,
+                        server_assignor: None,
+                        assigned: BTreeSet::new(),
+                        pending_revocation: BTreeSet::new(),
+                        session_deadline,
+                        revocation_deadline: None,
+                        classic: Some(state.classic),
+                    },
+                );
+                epoch_moves = true;
+            }
+        }
+        let subscribed = self.subscribed_partition_counts(topics);
+        if subscribed != self.subscribed_partitions {
+            self.subscribed_partitions = subscribed;
+            epoch_moves = true;
+        }
+        if epoch_moves {
+            self.group_epoch += 1;
+            self.compute_target_assignment();
+        }
+        // It owns at most what it was given.
+        let owned: BTreeSet<TopicPartition> = match self.members.get(&member_id) {
+            Some(member) => state
+                .partitions
+                .into_iter()
+                .filter(|p| member.assigned.contains(p) || member.pending_revocation.contains(p))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let target = self.target.get(&member_id).cloned().unwrap_or_default();
+        if let Some(member) = self.members.get_mut(&member_id) {
+            // What it gave up before joining is no longer its; a member in step takes it
+            // back below (it is still its target).
+            member.assigned.retain(|p| owned.contains(p));
+            if member.state == MemberState::Stable && !target.is_subset(&member.assigned) {
+                member.state = MemberState::UnreleasedPartitions;
+            }
+        }
+        self.reconcile(&member_id, Some(&owned), now);
+        self.members
+            .get(&member_id)
+            .map(|m| m.member_epoch)
+            .ok_or(GroupError::UnknownMemberId)
+    }
+
+    /// The classic member `member_id`, checked as SyncGroup and Heartbeat check it.
+    fn classic_member(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+    ) -> Result<&Member, GroupError> {
+        let member = self
+            .members
+            .get(member_id)
+            .filter(|m| m.classic.is_some())
+            .ok_or(GroupError::UnknownMemberId)?;
+        if instance_id.is_some() && member.instance_id.as_deref() != instance_id {
+            return Err(GroupError::FencedInstanceId);
+        }
+        if generation_id != member.member_epoch {
+            return Err(GroupError::IllegalGeneration);
+        }
+        Ok(member)
+    }
+
+    /// SyncGroup from a classic member: its assignment (what it holds now, without
+    /// partitions still to be given up by others) and the protocol metadata it joined with,
+    /// whose version the assignment is encoded at. REBALANCE_IN_PROGRESS when the group
+    /// moved on since its JoinGroup.
+    pub(super) fn classic_sync(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(Vec<TopicPartition>, ClassicMembership), GroupError> {
+        let member = self.classic_member(member_id, instance_id, generation_id)?;
+        if self.group_epoch > member.member_epoch
+            && member.state != MemberState::UnrevokedPartitions
+        {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        let classic = member.classic.clone().ok_or(GroupError::UnknownMemberId)?;
+        Ok((member.assigned.iter().cloned().collect(), classic))
+    }
+
+    /// Heartbeat from a classic member: keeps its session; REBALANCE_IN_PROGRESS tells it to
+    /// join again when its assignment must change (the group epoch moved, it must give up
+    /// partitions, or partitions it waits for are free now).
+    pub(super) fn classic_heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+        now: Instant,
+    ) -> Result<(), GroupError> {
+        let member = self.classic_member(member_id, instance_id, generation_id)?;
+        let session_timeout_ms = member
+            .classic
+            .as_ref()
+            .map_or(0, |c| c.session_timeout_ms.max(0));
+        let rejoin = member.member_epoch < self.group_epoch
+            || member.state == MemberState::UnrevokedPartitions
+            || (member.state == MemberState::UnreleasedPartitions
+                && self.has_free_target_partitions(member_id));
+        if let Some(member) = self.members.get_mut(member_id) {
+            member.session_deadline = now + Duration::from_millis(session_timeout_ms as u64);
+        }
+        if rejoin {
+            Err(GroupError::RebalanceInProgress)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a partition of `member_id`'s target that it does not hold is held by no one.
+    fn has_free_target_partitions(&self, member_id: &str) -> bool {
+        let (Some(target), Some(member)) =
+            (self.target.get(member_id), self.members.get(member_id))
+        else {
+            return false;
+        };
+        target.difference(&member.assigned).any(|partition| {
+            !self.members.iter().any(|(id, m)| {
+                id != member_id
+                    && (m.assigned.contains(partition) || m.pending_revocation.contains(partition))
+            })
+        })
+    }
+
+    /// LeaveGroup (from a classic member, or an admin removing any member): the member is
+    /// removed and its partitions reassigned.
+    pub(super) fn classic_leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
+        let member_id = match (instance_id, member_id.is_empty()) {
+            (Some(instance_id), true) => self
+                .members
+                .iter()
+                .find(|(_, m)| m.instance_id.as_deref() == Some(instance_id))
+                .map(|(id, _)| id.clone())
+                .ok_or(GroupError::UnknownMemberId)?,
+            _ => {
+                let member = self
+                    .members
+                    .get(member_id)
+                    .ok_or(GroupError::UnknownMemberId)?;
+                if instance_id.is_some() && member.instance_id.as_deref() != instance_id {
+                    return Err(GroupError::FencedInstanceId);
+                }
+                member_id.to_string()
+            }
+        };
+        self.remove_member(&member_id);
+        Ok(())
     }
 
     fn subscribed_partition_counts(&self, topics: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {

@@ -392,6 +392,7 @@ async fn commits_and_fetches_need_the_members_current_epoch() {
     );
 }
 
+/// Without the Kafka front end's codec (see `migration_tests.rs` for the migration).
 #[tokio::test]
 async fn the_two_protocols_do_not_share_a_live_group() {
     let dir = tempfile::tempdir().unwrap();

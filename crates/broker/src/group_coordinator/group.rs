@@ -76,6 +76,22 @@ pub(super) struct RebalanceTimer {
     pub remaining_ms: u64,
 }
 
+/// A classic member as it moves between the classic and the consumer protocol, in the
+/// classic protocol's terms (its metadata and assignment as the client encoded them).
+#[derive(Debug, Clone)]
+pub(super) struct ClassicMemberHandover {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocols: Vec<GroupProtocol>,
+    /// The metadata of the group's selected protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
 pub(super) struct MemberMetadata {
     member_id: String,
     group_instance_id: Option<String>,
@@ -871,6 +887,89 @@ impl Group {
         if self.leader_id.as_deref() == Some(member_id) {
             self.leader_id = self.members.keys().next().cloned();
         }
+    }
+
+    /// The members as the move to the consumer protocol takes them: each with the metadata
+    /// of the selected protocol (its subscription) and its assignment, and the generation.
+    pub(super) fn hand_over(&self) -> (i32, Vec<ClassicMemberHandover>) {
+        let protocol_name = self.protocol_name.clone().unwrap_or_default();
+        let members = self
+            .members
+            .values()
+            .map(|member| ClassicMemberHandover {
+                member_id: member.member_id.clone(),
+                instance_id: member.group_instance_id.clone(),
+                client_id: member.client_id.clone(),
+                client_host: member.client_host.clone(),
+                session_timeout_ms: member.session_timeout_ms,
+                rebalance_timeout_ms: member.rebalance_timeout_ms,
+                protocols: member.protocols.clone(),
+                subscription: member.metadata_for(&protocol_name),
+                assignment: member.assignment.clone(),
+            })
+            .collect();
+        (self.generation_id, members)
+    }
+
+    /// The group moved to the consumer protocol: requests still waiting are answered
+    /// REBALANCE_IN_PROGRESS, so the members join again, into the consumer group.
+    pub(super) fn close_after_hand_over(&mut self) {
+        for member in self.members.values_mut() {
+            if let Some(sender) = member.awaiting_join.take() {
+                let _ = sender.send(Err(GroupError::RebalanceInProgress));
+            }
+            if let Some(sender) = member.awaiting_sync.take() {
+                let _ = sender.send(Err(GroupError::RebalanceInProgress));
+            }
+        }
+        self.state = GroupState::Dead;
+    }
+
+    pub(super) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A consumer group whose last consumer-protocol member left, back on the classic
+    /// protocol: its members keep their assignments at generation `generation_id`, and a
+    /// rebalance starts at once, so they join again (their heartbeats are answered
+    /// REBALANCE_IN_PROGRESS, or ILLEGAL_GENERATION for a member a generation behind).
+    pub(super) fn taken_over(
+        group_id: String,
+        generation_id: i32,
+        members: Vec<ClassicMemberHandover>,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> Group {
+        let mut group = Group::new(group_id);
+        group.generation_id = generation_id;
+        group.protocol_type = Some("consumer".to_string());
+        for handed in members {
+            if let Some(instance_id) = &handed.instance_id {
+                group
+                    .static_members
+                    .insert(instance_id.clone(), handed.member_id.clone());
+            }
+            let mut member = MemberMetadata {
+                member_id: handed.member_id.clone(),
+                group_instance_id: handed.instance_id,
+                client_id: handed.client_id,
+                client_host: handed.client_host,
+                session_timeout_ms: handed.session_timeout_ms,
+                rebalance_timeout_ms: handed.rebalance_timeout_ms,
+                protocols: handed.protocols,
+                assignment: handed.assignment,
+                awaiting_join: None,
+                awaiting_sync: None,
+                session_deadline: now,
+            };
+            member.touch_session(now);
+            group.members.insert(handed.member_id, member);
+        }
+        group.leader_id = group.members.keys().next().cloned();
+        group.protocol_name = group.select_protocol();
+        group.state = GroupState::Stable;
+        group.prepare_rebalance(now, config);
+        group
     }
 
     /// Marks the group deleted, failing anything still waiting.

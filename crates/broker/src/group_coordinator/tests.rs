@@ -10,7 +10,7 @@ use super::*;
 
 const GROUP: &str = "g";
 
-fn config() -> GroupConfig {
+pub(super) fn config() -> GroupConfig {
     GroupConfig {
         initial_rebalance_delay_ms: 0,
         session_timeout_ms_min: 10,

@@ -27,40 +27,42 @@ fn versioned(bytes: &[u8]) -> Option<(i16, Bytes)> {
     (version >= 0).then_some((version.min(VERSION_MAX), buf))
 }
 
+/// Each (topic, partition indexes) as its partitions, in order.
+fn flatten<'a>(topics: impl Iterator<Item = (&'a str, &'a [i32])>) -> Vec<TopicPartition> {
+    topics
+        .flat_map(|(topic, partitions)| {
+            partitions.iter().map(move |&partition| TopicPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+        })
+        .collect()
+}
+
 impl ConsumerProtocolCodec for KafkaConsumerProtocol {
     fn decode_subscription(&self, metadata: &[u8]) -> Option<ClassicSubscription> {
         let (version, mut buf) = versioned(metadata)?;
         let subscription = ConsumerProtocolSubscription::decode(&mut buf, version).ok()?;
         Some(ClassicSubscription {
             topics: subscription.topics.iter().map(|t| t.to_string()).collect(),
-            owned_partitions: subscription
-                .owned_partitions
-                .iter()
-                .flat_map(|t| {
-                    t.partitions.iter().map(move |&partition| TopicPartition {
-                        topic: t.topic.to_string(),
-                        partition,
-                    })
-                })
-                .collect(),
+            owned_partitions: flatten(
+                subscription
+                    .owned_partitions
+                    .iter()
+                    .map(|t| (t.topic.as_str(), &t.partitions[..])),
+            ),
         })
     }
 
     fn decode_assignment(&self, assignment: &[u8]) -> Option<Vec<TopicPartition>> {
         let (version, mut buf) = versioned(assignment)?;
         let assignment = ConsumerProtocolAssignment::decode(&mut buf, version).ok()?;
-        Some(
+        Some(flatten(
             assignment
                 .assigned_partitions
                 .iter()
-                .flat_map(|t| {
-                    t.partitions.iter().map(move |&partition| TopicPartition {
-                        topic: t.topic.to_string(),
-                        partition,
-                    })
-                })
-                .collect(),
-        )
+                .map(|t| (t.topic.as_str(), &t.partitions[..])),
+        ))
     }
 
     fn encode_assignment(&self, partitions: &[TopicPartition], subscription: &[u8]) -> Bytes {

@@ -135,21 +135,9 @@ pub(super) struct ClassicMemberState {
     pub rebalance_timeout_ms: i32,
     pub classic: ClassicMembership,
     pub subscribed_topics: Vec<String>,
-    /// Its current assignment (a group it moves from), or what it says it owns (a JoinGroup).
+    /// Its current assignment (a group it moves from), what it says it owns (a JoinGroup),
+    /// or its target assignment (a group it moves back to).
     pub partitions: Vec<TopicPartition>,
-}
-
-/// A classic member of a consumer group, for the move back to the classic protocol.
-#[derive(Debug, Clone)]
-pub(super) struct ClassicMemberExport {
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub rebalance_timeout_ms: i32,
-    pub classic: ClassicMembership,
-    /// Its target assignment.
-    pub target: Vec<TopicPartition>,
 }
 
 struct Member {
@@ -602,19 +590,21 @@ impl ConsumerGroup {
         self.members.values().all(|m| m.classic.is_some())
     }
 
-    /// The group's classic members, for the move back to the classic protocol.
-    pub(super) fn export_classic(&self) -> Vec<ClassicMemberExport> {
+    /// The group's classic members with their target assignments, for the move back to the
+    /// classic protocol.
+    pub(super) fn export_classic(&self) -> Vec<ClassicMemberState> {
         self.members
             .iter()
             .filter_map(|(member_id, m)| {
-                Some(ClassicMemberExport {
+                Some(ClassicMemberState {
                     member_id: member_id.clone(),
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     classic: m.classic.clone()?,
-                    target: self
+                    subscribed_topics: m.subscribed_topic_names.clone(),
+                    partitions: self
                         .target
                         .get(member_id)
                         .map(|t| t.iter().cloned().collect())

@@ -327,7 +327,7 @@ impl GroupCoordinator {
                     rebalance_timeout_ms: member.rebalance_timeout_ms,
                     assignment: migration
                         .codec
-                        .encode_assignment(&member.target, &subscription),
+                        .encode_assignment(&member.partitions, &subscription),
                     subscription,
                     protocols: member.classic.protocols,
                 }

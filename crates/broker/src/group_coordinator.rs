@@ -398,7 +398,7 @@ impl GroupCoordinator {
         let step = {
             let mut groups = self.groups.lock();
             let Some(group) = groups.get_mut(&params.group_id) else {
-                return match self.consumer_groups.lock().get(&params.group_id) {
+                return match self.consumer_groups.lock().get_mut(&params.group_id) {
                     Some(group) => self.classic_sync_consumer_group(group, &params),
                     None => Err(GroupError::UnknownMemberId),
                 };

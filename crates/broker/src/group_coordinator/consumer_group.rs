@@ -122,6 +122,9 @@ pub(super) struct ClassicMembership {
     pub session_timeout_ms: i32,
     /// As its last JoinGroup sent them; the first is the one it is answered with.
     pub protocols: Vec<GroupProtocol>,
+    /// Told to join again (or answered a JoinGroup), it must join (or sync) by then, or it
+    /// is removed: Kafka's join and sync timeouts of a classic member, its rebalance timeout.
+    pub step_deadline: Option<Instant>,
 }
 
 /// A classic member as the coordinator hands it over, with its subscription decoded (see
@@ -360,10 +363,12 @@ impl ConsumerGroup {
                     m.instance_id.as_deref() == Some(instance_id.as_str())
                         && **id != params.member_id
                 })
-                .map(|(id, m)| (id.clone(), m.left_for_restart()));
+                .map(|(id, m)| (id.clone(), m.left_for_restart(), m.classic.is_some()));
             match holder {
-                Some((_, false)) => return Err(GroupError::UnreleasedInstanceId),
-                Some((old_id, true)) => {
+                // The instance moved to the consumer protocol: its classic incarnation goes.
+                Some((old_id, false, true)) => self.remove_member(&old_id),
+                Some((_, false, false)) => return Err(GroupError::UnreleasedInstanceId),
+                Some((old_id, true, _)) => {
                     // The restarted instance takes its old place: same assignment, same
                     // epoch, no rebalance.
                     if let Some(mut member) = self.members.remove(&old_id) {
@@ -454,7 +459,12 @@ impl ConsumerGroup {
             .members
             .iter()
             .filter(|(_, m)| {
-                m.session_deadline <= now || m.revocation_deadline.is_some_and(|d| d <= now)
+                m.session_deadline <= now
+                    || m.revocation_deadline.is_some_and(|d| d <= now)
+                    || m.classic
+                        .as_ref()
+                        .and_then(|c| c.step_deadline)
+                        .is_some_and(|d| d <= now)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -717,10 +727,27 @@ impl ConsumerGroup {
             }
         }
         self.reconcile(&member_id, Some(&owned), now);
-        self.members
-            .get(&member_id)
-            .map(|m| m.member_epoch)
-            .ok_or(GroupError::UnknownMemberId)
+        let member = self
+            .members
+            .get_mut(&member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
+        // Its SyncGroup is due within its rebalance timeout.
+        let deadline = now + Duration::from_millis(member.rebalance_timeout_ms.max(0) as u64);
+        if let Some(classic) = member.classic.as_mut() {
+            classic.step_deadline = Some(deadline);
+        }
+        Ok(member.member_epoch)
+    }
+
+    /// A classic member answered REBALANCE_IN_PROGRESS must join again within its rebalance
+    /// timeout (counted from the first such answer).
+    fn expect_rejoin(&mut self, member_id: &str, now: Instant) {
+        if let Some(member) = self.members.get_mut(member_id) {
+            let deadline = now + Duration::from_millis(member.rebalance_timeout_ms.max(0) as u64);
+            if let Some(classic) = member.classic.as_mut() {
+                classic.step_deadline.get_or_insert(deadline);
+            }
+        }
     }
 
     /// The classic member `member_id`, checked as SyncGroup and Heartbeat check it.
@@ -749,19 +776,27 @@ impl ConsumerGroup {
     /// whose version the assignment is encoded at. REBALANCE_IN_PROGRESS when the group
     /// moved on since its JoinGroup.
     pub(super) fn classic_sync(
-        &self,
+        &mut self,
         member_id: &str,
         instance_id: Option<&str>,
         generation_id: i32,
+        now: Instant,
     ) -> Result<(Vec<TopicPartition>, ClassicMembership), GroupError> {
         let member = self.classic_member(member_id, instance_id, generation_id)?;
         if self.group_epoch > member.member_epoch
             && member.state != MemberState::UnrevokedPartitions
         {
+            self.expect_rejoin(member_id, now);
             return Err(GroupError::RebalanceInProgress);
         }
-        let classic = member.classic.clone().ok_or(GroupError::UnknownMemberId)?;
-        Ok((member.assigned.iter().cloned().collect(), classic))
+        let assigned = member.assigned.iter().cloned().collect();
+        let member = self
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
+        let classic = member.classic.as_mut().ok_or(GroupError::UnknownMemberId)?;
+        classic.step_deadline = None;
+        Ok((assigned, classic.clone()))
     }
 
     /// Heartbeat from a classic member: keeps its session; REBALANCE_IN_PROGRESS tells it to
@@ -787,6 +822,7 @@ impl ConsumerGroup {
             member.session_deadline = now + Duration::from_millis(session_timeout_ms as u64);
         }
         if rejoin {
+            self.expect_rejoin(member_id, now);
             Err(GroupError::RebalanceInProgress)
         } else {
             Ok(())

@@ -141,6 +141,7 @@ impl GroupCoordinator {
             classic: ClassicMembership {
                 session_timeout_ms: params.session_timeout_ms,
                 protocols: params.protocols.clone(),
+                step_deadline: None,
             },
             subscribed_topics: subscription.topics,
             partitions: subscription.owned_partitions,
@@ -164,7 +165,7 @@ impl GroupCoordinator {
     /// client sends are ignored.
     pub(super) fn classic_sync_consumer_group(
         &self,
-        group: &ConsumerGroup,
+        group: &mut ConsumerGroup,
         params: &SyncGroupParams,
     ) -> Result<SyncGroupResult, GroupError> {
         let migration = self.migration.get().ok_or(GroupError::UnknownMemberId)?;
@@ -172,6 +173,7 @@ impl GroupCoordinator {
             &params.member_id,
             params.group_instance_id.as_deref(),
             params.generation_id,
+            Instant::now(),
         )?;
         let first = classic
             .protocols
@@ -263,6 +265,7 @@ impl GroupCoordinator {
                 classic: ClassicMembership {
                     session_timeout_ms: member.session_timeout_ms,
                     protocols: member.protocols,
+                    step_deadline: None,
                 },
                 subscribed_topics: subscription.topics,
                 partitions: assigned,

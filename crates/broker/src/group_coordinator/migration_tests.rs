@@ -255,3 +255,84 @@ async fn a_classic_group_of_another_protocol_type_does_not_move() {
         Err(GroupError::InconsistentGroupProtocol)
     );
 }
+
+/// A classic group of one member holding all four partitions, with a consumer-protocol
+/// member "b" joined: a consumer group at epoch 2.
+async fn migrated(coordinator: &GroupCoordinator, first: JoinGroupParams) -> String {
+    let joined = coordinator.join_group(first).await.unwrap();
+    let a = joined.member_id.clone();
+    coordinator
+        .sync_group(sync(&a, 1, Some("t:0,t:1,t:2,t:3")))
+        .await
+        .unwrap();
+    coordinator
+        .consumer_group_heartbeat(modern("b", 0, Some(Vec::new())), &catalog())
+        .unwrap();
+    assert!(coordinator.is_consumer_group(GROUP));
+    a
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_classic_member_that_does_not_join_again_in_time_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = open(&dir, config());
+    coordinator.enable_protocol_migration(Arc::new(TextCodec), Box::new(catalog));
+    let a = migrated(&coordinator, classic_join("", "")).await;
+    // Told to join again, it keeps heartbeating but never does: after its rebalance timeout
+    // (1 s) it is removed, and its partitions go to the other member.
+    assert_eq!(
+        coordinator.heartbeat(GROUP, &a, None, 1),
+        Err(GroupError::RebalanceInProgress)
+    );
+    tokio::time::advance(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        coordinator.heartbeat(GROUP, &a, None, 1),
+        Err(GroupError::RebalanceInProgress)
+    );
+    tokio::time::advance(std::time::Duration::from_millis(600)).await;
+    coordinator.expire_sessions();
+    assert_eq!(
+        coordinator.heartbeat(GROUP, &a, None, 1),
+        Err(GroupError::UnknownMemberId)
+    );
+    let described = coordinator.describe_consumer_group(GROUP).unwrap();
+    assert_eq!(described.members.len(), 1);
+    assert_eq!(described.members[0].target_assignment.len(), 4);
+}
+
+#[tokio::test]
+async fn a_static_member_moving_to_the_consumer_protocol_replaces_its_classic_self() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = open(&dir, config());
+    coordinator.enable_protocol_migration(Arc::new(TextCodec), Box::new(catalog));
+    let a = migrated(
+        &coordinator,
+        JoinGroupParams {
+            group_instance_id: Some("instance-a".to_string()),
+            ..classic_join("", "")
+        },
+    )
+    .await;
+    let replaced = coordinator
+        .consumer_group_heartbeat(
+            ConsumerHeartbeatParams {
+                instance_id: Some("instance-a".to_string()),
+                ..modern("a2", 0, Some(Vec::new()))
+            },
+            &catalog(),
+        )
+        .unwrap();
+    assert_eq!(replaced.member_id, "a2");
+    assert_eq!(
+        coordinator.heartbeat(GROUP, &a, None, 1),
+        Err(GroupError::UnknownMemberId)
+    );
+    let described = coordinator.describe_consumer_group(GROUP).unwrap();
+    let mut members: Vec<&str> = described
+        .members
+        .iter()
+        .map(|m| m.member_id.as_str())
+        .collect();
+    members.sort();
+    assert_eq!(members, ["a2", "b"]);
+}

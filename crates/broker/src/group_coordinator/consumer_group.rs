@@ -102,6 +102,8 @@ pub struct ConsumerMemberDescription {
     pub subscribed_topic_regex: Option<String>,
     pub assignment: Vec<TopicPartition>,
     pub target_assignment: Vec<TopicPartition>,
+    /// On the classic protocol (the group moved to the consumer protocol with it).
+    pub is_classic: bool,
 }
 
 /// Where a member is on its way to its target assignment (Kafka's `MemberState`).
@@ -542,6 +544,7 @@ impl ConsumerGroup {
                         .map(|(pattern, _)| pattern.clone()),
                     assignment: sorted(Some(&m.assigned)),
                     target_assignment: sorted(self.target.get(member_id)),
+                    is_classic: m.classic.is_some(),
                 })
                 .collect(),
         }

@@ -170,6 +170,8 @@ async fn a_live_group_moves_to_the_consumer_protocol_and_back() {
     assert!(theirs.iter().all(|p| !mine.contains(p)));
     let described = coordinator.describe_consumer_group(GROUP).unwrap();
     assert_eq!(described.state, ConsumerGroupState::Stable);
+    let classic: Vec<bool> = described.members.iter().map(|m| m.is_classic).collect();
+    assert_eq!(classic.iter().filter(|c| **c).count(), 1);
     // A classic member commits with its generation: ILLEGAL_GENERATION otherwise.
     assert!(coordinator.validate_commit(GROUP, &a, None, 2, &[]).is_ok());
     assert_eq!(

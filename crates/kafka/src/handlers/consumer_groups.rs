@@ -24,7 +24,9 @@ use crate::RequestContext;
 
 /// DescribeGroups' "not requested" value for authorized_operations.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
-/// ConsumerGroupDescribe v1's member type of a member on the consumer protocol.
+/// ConsumerGroupDescribe v1's member types: on the classic protocol (in a group that moved to
+/// the consumer protocol with it) or on the consumer protocol.
+const MEMBER_TYPE_CLASSIC: i8 = 0;
 const MEMBER_TYPE_CONSUMER: i8 = 1;
 
 /// Every topic clients may subscribe to, with its id and partition count.
@@ -222,7 +224,11 @@ pub async fn consumer_group_describe(
                         .with_assignment(assignment(&m.assignment))
                         .with_target_assignment(assignment(&m.target_assignment));
                     if version >= 1 {
-                        member.with_member_type(MEMBER_TYPE_CONSUMER)
+                        member.with_member_type(if m.is_classic {
+                            MEMBER_TYPE_CLASSIC
+                        } else {
+                            MEMBER_TYPE_CONSUMER
+                        })
                     } else {
                         member
                     }

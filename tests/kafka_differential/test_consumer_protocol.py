@@ -230,9 +230,12 @@ def owned(consumer) -> set:
 
 
 @pytest.mark.timeout(300)
-def test_a_live_group_moves_to_the_consumer_protocol_and_back(kafka):
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_a_live_group_moves_to_the_consumer_protocol_and_back(kafka, strategy):
     """Online migration (KIP-848, group.consumer.migration.policy=bidirectional, Kafka's
-    default): a librdkafka consumer on the classic protocol holds all four partitions; a
+    default): a librdkafka consumer on the classic protocol (an eager assignor, which gives
+    up everything before it joins again, or a cooperative one, which says what it still
+    owns) holds all four partitions; a
     second one on the consumer protocol joins the same group, which becomes a consumer group
     with the classic member still in it (it keeps JoinGroup/SyncGroup/Heartbeat, the
     coordinator assigns for it). The two split the partitions, never both holding one, and
@@ -249,6 +252,7 @@ def test_a_live_group_moves_to_the_consumer_protocol_and_back(kafka):
 
     produce(0, 8)
     classic = kafka.consumer(**{"group.id": group, "group.protocol": "classic",
+                                "partition.assignment.strategy": strategy,
                                 "session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
     classic.subscribe([topic])
     seen = consume_all([classic], 8)

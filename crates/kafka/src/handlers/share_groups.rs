@@ -38,7 +38,7 @@ use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{
     AcknowledgeType, AcknowledgementBatch, ShareHeartbeatParams, TopicPartition,
 };
-use sluice_broker::{GroupError, Partition};
+use sluice_broker::{GroupCoordinator, GroupError, Partition};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -183,15 +183,7 @@ pub async fn share_group_describe(
             let description = match coordinator.describe_share_group(&group_id) {
                 Ok(description) => description,
                 Err(error) => {
-                    let exists = coordinator
-                        .list_groups()
-                        .iter()
-                        .any(|g| g.group_id == group_id.as_str());
-                    let message = if exists {
-                        not_a_share_group(&group_id)
-                    } else {
-                        format!("Group {} not found.", group_id.as_str())
-                    };
+                    let message = no_share_group_message(coordinator, &group_id);
                     return DescribedGroup::default()
                         .with_group_id(group_id)
                         .with_error_code(group_error_code(&error))
@@ -609,6 +601,9 @@ pub async fn share_acknowledge(
     )
 }
 
+/// Kafka's message for UNKNOWN_TOPIC_OR_PARTITION on a partition it does not know.
+const NOT_HOSTED: &str = "This server does not host this topic-partition.";
+
 pub async fn describe_share_group_offsets(
     ctx: &RequestContext,
     _version: i16,
@@ -627,15 +622,7 @@ pub async fn describe_share_group_offsets(
                 return answer.with_error_code(ResponseError::UnsupportedVersion.code());
             }
             if !coordinator.is_share_group(&group_id) {
-                let exists = coordinator
-                    .list_groups()
-                    .iter()
-                    .any(|g| g.group_id == group_id);
-                let message = if exists {
-                    not_a_share_group(&group_id)
-                } else {
-                    format!("Group {group_id} not found.")
-                };
+                let message = no_share_group_message(coordinator, &group_id);
                 return answer
                     .with_error_code(ResponseError::GroupIdNotFound.code())
                     .with_error_message(Some(str_bytes(message)));
@@ -745,9 +732,7 @@ pub async fn alter_share_group_offsets(
                     }
                     _ => answer
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                        .with_error_message(Some(str_bytes(
-                            "This server does not host this topic-partition.",
-                        ))),
+                        .with_error_message(Some(str_bytes(NOT_HOSTED))),
                 }
             })
             .collect();
@@ -788,17 +773,28 @@ pub async fn alter_share_group_offsets(
 fn share_offsets_error_message(ctx: &RequestContext, error: &GroupError, group_id: &str) -> String {
     match error {
         GroupError::NonEmptyGroup => "The group is not empty.".to_string(),
-        GroupError::GroupIdNotFound
-            if !ctx
-                .broker
-                .group_coordinator()
-                .list_groups()
-                .iter()
-                .any(|g| g.group_id == group_id) =>
-        {
+        GroupError::GroupIdNotFound if !group_exists(ctx.broker.group_coordinator(), group_id) => {
             format!("Group {group_id} not found.")
         }
         other => error_message(other, group_id),
+    }
+}
+
+/// Whether `group_id` is a group of any type.
+fn group_exists(coordinator: &GroupCoordinator, group_id: &str) -> bool {
+    coordinator
+        .list_groups()
+        .iter()
+        .any(|g| g.group_id == group_id)
+}
+
+/// Kafka's message for a share-group request on `group_id` that is no share group: another
+/// type of group, or none.
+fn no_share_group_message(coordinator: &GroupCoordinator, group_id: &str) -> String {
+    if group_exists(coordinator, group_id) {
+        not_a_share_group(group_id)
+    } else {
+        format!("Group {group_id} not found.")
     }
 }
 
@@ -856,7 +852,7 @@ pub async fn delete_share_group_offsets(
             match catalog.get(&name) {
                 Some((id, _)) if deleted.contains(&name) => answer.with_topic_id(*id),
                 Some(_) => unknown("There is no offset information to delete."),
-                None => unknown("This server does not host this topic-partition."),
+                None => unknown(NOT_HOSTED),
             }
         })
         .collect();

@@ -316,15 +316,7 @@ impl ConsumerGroup {
         member.client_host = params.client_host;
         member.session_deadline = session_deadline;
 
-        let subscribed = self.subscribed_partition_counts(topics);
-        if subscribed != self.subscribed_partitions {
-            self.subscribed_partitions = subscribed;
-            epoch_moves = true;
-        }
-        if epoch_moves {
-            self.group_epoch += 1;
-            self.compute_target_assignment();
-        }
+        self.move_epoch_if(epoch_moves, topics);
         let owned: Option<BTreeSet<TopicPartition>> = if joining {
             Some(BTreeSet::new())
         } else {
@@ -702,15 +694,7 @@ impl ConsumerGroup {
                 epoch_moves = true;
             }
         }
-        let subscribed = self.subscribed_partition_counts(topics);
-        if subscribed != self.subscribed_partitions {
-            self.subscribed_partitions = subscribed;
-            epoch_moves = true;
-        }
-        if epoch_moves {
-            self.group_epoch += 1;
-            self.compute_target_assignment();
-        }
+        self.move_epoch_if(epoch_moves, topics);
         // It owns at most what it was given.
         let owned: BTreeSet<TopicPartition> = match self.members.get(&member_id) {
             Some(member) => state
@@ -874,6 +858,20 @@ impl ConsumerGroup {
         };
         self.remove_member(&member_id);
         Ok(())
+    }
+
+    /// Moves the group epoch and assigns again when `members_changed`, or when the
+    /// subscribed topics' partitions changed since the last look.
+    fn move_epoch_if(&mut self, members_changed: bool, topics: &BTreeMap<String, i32>) {
+        let subscribed = self.subscribed_partition_counts(topics);
+        let topics_changed = subscribed != self.subscribed_partitions;
+        if topics_changed {
+            self.subscribed_partitions = subscribed;
+        }
+        if members_changed || topics_changed {
+            self.group_epoch += 1;
+            self.compute_target_assignment();
+        }
     }
 
     fn subscribed_partition_counts(&self, topics: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {

@@ -24,6 +24,11 @@ use crate::{auth, request_metrics, AppState};
 
 /// Request bytes beyond a message body: properties, headers, JSON syntax.
 const BODY_OVERHEAD_BYTES: usize = 1 << 20;
+/// An oversized body up to this size is read to its end before it is refused (see
+/// [`refuse_oversized_bodies`]); a larger one is refused at once.
+const REFUSED_BODY_DRAIN_BYTES_MAX: u64 = 64 << 20;
+/// How long reading a refused body to its end may take.
+const REFUSED_BODY_DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -101,6 +106,9 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         state.context.vhost.config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
     let router = router
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(move |request, next| {
+            refuse_oversized_bodies(request, next, body_bytes_max)
+        }))
         .layer(middleware::from_fn(request_metrics::record))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -108,4 +116,38 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         })
         .with_state(state);
     (router, document)
+}
+
+/// A request whose Content-Length is over the body limit is answered 400 at once, but only
+/// after its body was read to the end: closing a connection with unread bytes makes the TCP
+/// stack reset it, and a client still sending would then lose the answer. Bodies without a
+/// length are refused by the extractors, as they read them.
+async fn refuse_oversized_bodies(
+    request: axum::extract::Request,
+    next: middleware::Next,
+    body_bytes_max: usize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|length| *length > body_bytes_max as u64) else {
+        return next.run(request).await;
+    };
+    if declared <= REFUSED_BODY_DRAIN_BYTES_MAX {
+        let mut body = request.into_body();
+        let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME_MAX, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    }
+    ApiError::BadRequest(format!(
+        "the request body ({declared} bytes) is larger than the largest this broker accepts \
+         ({body_bytes_max} bytes)"
+    ))
+    .into_response()
 }

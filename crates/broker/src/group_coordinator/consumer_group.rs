@@ -168,6 +168,34 @@ struct Member {
 }
 
 impl Member {
+    /// A member that holds nothing yet, at `member_epoch`; the callers set what they know.
+    fn new(
+        instance_id: Option<String>,
+        member_epoch: i32,
+        previous_member_epoch: i32,
+        rebalance_timeout_ms: i32,
+        session_deadline: Instant,
+    ) -> Member {
+        Member {
+            instance_id,
+            rack_id: None,
+            client_id: String::new(),
+            client_host: String::new(),
+            member_epoch,
+            previous_member_epoch,
+            state: MemberState::Stable,
+            rebalance_timeout_ms,
+            subscribed_topic_names: Vec::new(),
+            subscribed_topic_regex: None,
+            server_assignor: None,
+            assigned: BTreeSet::new(),
+            pending_revocation: BTreeSet::new(),
+            session_deadline,
+            revocation_deadline: None,
+            classic: None,
+        }
+    }
+
     fn subscribes_to(&self, topic: &str) -> bool {
         self.subscribed_topic_names.iter().any(|t| t == topic)
             || self
@@ -392,24 +420,13 @@ impl ConsumerGroup {
         }
         self.members.insert(
             params.member_id.clone(),
-            Member {
-                instance_id: params.instance_id.clone(),
-                rack_id: None,
-                client_id: String::new(),
-                client_host: String::new(),
-                member_epoch: 0,
-                previous_member_epoch: -1,
-                state: MemberState::Stable,
-                rebalance_timeout_ms: params.rebalance_timeout_ms.max(0),
-                subscribed_topic_names: Vec::new(),
-                subscribed_topic_regex: None,
-                server_assignor: None,
-                assigned: BTreeSet::new(),
-                pending_revocation: BTreeSet::new(),
+            Member::new(
+                params.instance_id.clone(),
+                0,
+                -1,
+                params.rebalance_timeout_ms.max(0),
                 session_deadline,
-                revocation_deadline: None,
-                classic: None,
-            },
+            ),
         );
         Ok(true)
     }
@@ -560,29 +577,26 @@ impl ConsumerGroup {
             subscribed.sort();
             subscribed.dedup();
             let assigned: BTreeSet<TopicPartition> = state.partitions.into_iter().collect();
+            let session_deadline =
+                now + Duration::from_millis(state.classic.session_timeout_ms.max(0) as u64);
             group
                 .target
                 .insert(state.member_id.clone(), assigned.clone());
             group.members.insert(
                 state.member_id,
                 Member {
-                    instance_id: state.instance_id,
-                    rack_id: None,
                     client_id: state.client_id,
                     client_host: state.client_host,
-                    member_epoch: generation_id,
-                    previous_member_epoch: generation_id,
-                    state: MemberState::Stable,
-                    rebalance_timeout_ms: state.rebalance_timeout_ms,
                     subscribed_topic_names: subscribed,
-                    subscribed_topic_regex: None,
-                    server_assignor: None,
                     assigned,
-                    pending_revocation: BTreeSet::new(),
-                    session_deadline: now
-                        + Duration::from_millis(state.classic.session_timeout_ms.max(0) as u64),
-                    revocation_deadline: None,
                     classic: Some(state.classic),
+                    ..Member::new(
+                        state.instance_id,
+                        generation_id,
+                        generation_id,
+                        state.rebalance_timeout_ms,
+                        session_deadline,
+                    )
                 },
             );
         }
@@ -673,22 +687,17 @@ impl ConsumerGroup {
                 self.members.insert(
                     member_id.clone(),
                     Member {
-                        instance_id: state.instance_id,
-                        rack_id: None,
                         client_id: state.client_id,
                         client_host: state.client_host,
-                        member_epoch: 0,
-                        previous_member_epoch: -1,
-                        state: MemberState::Stable,
-                        rebalance_timeout_ms: state.rebalance_timeout_ms,
                         subscribed_topic_names: subscribed,
-                        subscribed_topic_regex: None,
-                        server_assignor: None,
-                        assigned: BTreeSet::new(),
-                        pending_revocation: BTreeSet::new(),
-                        session_deadline,
-                        revocation_deadline: None,
                         classic: Some(state.classic),
+                        ..Member::new(
+                            state.instance_id,
+                            0,
+                            -1,
+                            state.rebalance_timeout_ms,
+                            session_deadline,
+                        )
                     },
                 );
                 epoch_moves = true;

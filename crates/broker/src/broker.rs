@@ -525,7 +525,9 @@ impl Broker {
     }
 
     /// Completes transactions decided before a restart, then aborts open ones past their
-    /// timeout on every tick, and compacts the transaction log when it is mostly dead.
+    /// timeout on every tick, and compacts the transaction log when it is mostly dead. In a
+    /// cluster only the metadata leader does this, on every tick: it may have just taken over
+    /// transactions an earlier leader decided but did not complete.
     fn start_transaction_timeouts(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let period = std::time::Duration::from_millis(
@@ -533,11 +535,20 @@ impl Broker {
         );
         tokio::spawn(async move {
             if let Some(broker) = weak.upgrade() {
-                broker.transactions.complete_prepared(&broker).await;
+                if !broker.transactions.is_clustered() {
+                    broker.transactions.complete_prepared(&broker).await;
+                }
             }
             loop {
                 tokio::time::sleep(period).await;
                 let Some(broker) = weak.upgrade() else { return };
+                if broker.transactions.is_clustered() {
+                    if broker.transactions.check_serving().await.is_ok() {
+                        broker.transactions.complete_prepared(&broker).await;
+                        broker.transactions.abort_timed_out(&broker).await;
+                    }
+                    continue;
+                }
                 broker.transactions.abort_timed_out(&broker).await;
                 if let Err(error) = broker.transactions.compact_if_needed() {
                     tracing::warn!(%error, "compacting the transaction log failed");

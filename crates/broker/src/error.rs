@@ -101,6 +101,14 @@ pub enum BrokerError {
     /// Kafka's answer to transactional records sent without a transactional id.
     #[error("transactional id authorization failed: {0}")]
     TransactionalIdAuthorizationFailed(String),
+    /// In a cluster: this node does not coordinate transactions (it is not the metadata
+    /// leader); the client looks the coordinator up again.
+    #[error("not the coordinator: {0}")]
+    NotCoordinator(String),
+    /// In a cluster: the coordinator could not reach what it needs (the metadata group, a
+    /// partition's leader) in time; the client retries.
+    #[error("coordinator not available: {0}")]
+    CoordinatorNotAvailable(String),
     #[error("storage error: {0}")]
     Storage(StorageFailure),
 }

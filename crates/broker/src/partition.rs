@@ -77,7 +77,7 @@ fn record_count_of_batches(mut records: &[u8]) -> u64 {
 }
 
 /// What the transaction marker `header` (a stored transactional control batch) records.
-fn stored_marker_result(
+pub(crate) fn stored_marker_result(
     log: &PartitionLog,
     header: &BatchHeader,
 ) -> Result<Option<TransactionResult>, BrokerError> {

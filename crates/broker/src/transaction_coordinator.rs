@@ -8,11 +8,19 @@
 //! written durably to each of its partitions, a commit's offsets are stored in the offsets log,
 //! and then the completion is logged. Requests for one transactional id are served one at a
 //! time; different ids proceed in parallel.
+//!
+//! In a cluster the same coordinator runs on the metadata group's leader (see
+//! [`ClusterTransactionBackend`]): each state change is committed through the metadata group
+//! instead of the local log, producer ids come from the cluster's blocks, markers go to each
+//! partition's Raft leader, and a commit's offsets are committed through the metadata group.
+//! A new leader takes over every transaction where the old one left it: it completes those
+//! whose decision was committed and aborts open ones at their timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_log::{LogConfig, Storage, TransactionResult};
@@ -151,11 +159,56 @@ pub struct TransactionDescription {
     pub metadata: TransactionMetadata,
 }
 
+/// A marker the coordinator writes to each partition of a transaction it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub result: TransactionResult,
+    pub coordinator_epoch: i32,
+}
+
+/// What the coordinator needs from a cluster (implemented by
+/// [`crate::replication::ClusterBroker`]). Only the metadata group's leader coordinates.
+pub trait ClusterTransactionBackend: Send + Sync {
+    /// Ok once this node is confirmed as the metadata leader and has applied every committed
+    /// change (a linearizable read); NOT_COORDINATOR otherwise.
+    fn serving(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// One transactional id's state as committed through the metadata group.
+    fn state(&self, transactional_id: &str) -> Option<TransactionMetadata>;
+    /// Every transactional id's state.
+    fn states(&self) -> Vec<(String, TransactionMetadata)>;
+    /// Commits a state change through the metadata group (as its leader only).
+    fn save<'a>(
+        &'a self,
+        transactional_id: &'a str,
+        metadata: &'a TransactionMetadata,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// A fresh producer id from the cluster's blocks.
+    fn allocate_producer_id(&self) -> BoxFuture<'_, Result<i64, BrokerError>>;
+    /// Writes `marker` to the partition through its Raft leader, wherever that is; answers
+    /// once a majority of its replicas has it. A partition deleted meanwhile is done.
+    fn write_marker<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        marker: TransactionMarker,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Commits a transaction's offsets of one group through the metadata group.
+    fn store_offsets<'a>(
+        &'a self,
+        group_id: &'a str,
+        offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
 pub struct TransactionCoordinator {
     log: TransactionLog,
     states: Mutex<HashMap<String, TransactionMetadata>>,
     id_locks: Mutex<HashMap<String, IdLocks>>,
     max_timeout_ms: i32,
+    /// Set once in cluster mode: the states then live in the metadata group, not in `log`.
+    cluster: OnceLock<Weak<dyn ClusterTransactionBackend>>,
 }
 
 impl TransactionCoordinator {
@@ -177,7 +230,56 @@ impl TransactionCoordinator {
             states: Mutex::new(states),
             id_locks: Mutex::new(HashMap::new()),
             max_timeout_ms,
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: from now on the states live in the metadata group and this node serves
+    /// transactional requests only while it leads that group.
+    pub fn use_cluster(&self, backend: Weak<dyn ClusterTransactionBackend>) {
+        if self.cluster.set(backend).is_err() {
+            tracing::warn!("the transaction coordinator was given a cluster twice");
+        }
+    }
+
+    fn cluster(&self) -> Option<Arc<dyn ClusterTransactionBackend>> {
+        self.cluster.get().and_then(Weak::upgrade)
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    /// Whether this node coordinates transactions now: always on one node; in a cluster while
+    /// it leads the metadata group (NOT_COORDINATOR otherwise).
+    pub async fn check_serving(&self) -> Result<(), BrokerError> {
+        match (self.cluster.get(), self.cluster()) {
+            (None, _) => Ok(()),
+            (Some(_), Some(cluster)) => cluster.serving().await,
+            (Some(_), None) => Err(BrokerError::NotCoordinator(
+                "the node is shutting down".into(),
+            )),
+        }
+    }
+
+    async fn allocate_producer_id(&self, broker: &Broker) -> Result<(i64, i16), BrokerError> {
+        match self.cluster() {
+            Some(cluster) => Ok((cluster.allocate_producer_id().await?, 0)),
+            None => broker.allocate_producer_id(),
+        }
+    }
+
+    /// The epoch after `current`, or a fresh producer id once the epoch space is spent.
+    async fn next_epoch(
+        &self,
+        broker: &Broker,
+        current: (i64, i16),
+    ) -> Result<(i64, i16), BrokerError> {
+        if current.1 >= i16::MAX - 1 {
+            self.allocate_producer_id(broker).await
+        } else {
+            Ok((current.0, current.1 + 1))
+        }
     }
 
     fn locks(&self, transactional_id: &str) -> IdLocks {
@@ -197,15 +299,33 @@ impl TransactionCoordinator {
     }
 
     fn state(&self, transactional_id: &str) -> Option<TransactionMetadata> {
+        if let Some(cluster) = self.cluster() {
+            return cluster.state(transactional_id);
+        }
         self.states.lock().get(transactional_id).cloned()
     }
 
-    /// Logs `metadata` durably, then makes it the current state.
+    fn all_states(&self) -> Vec<(String, TransactionMetadata)> {
+        if let Some(cluster) = self.cluster() {
+            return cluster.states();
+        }
+        self.states
+            .lock()
+            .iter()
+            .map(|(id, metadata)| (id.clone(), metadata.clone()))
+            .collect()
+    }
+
+    /// Logs `metadata` durably (in a cluster: commits it through the metadata group), then
+    /// makes it the current state.
     async fn save(
         &self,
         transactional_id: &str,
         metadata: TransactionMetadata,
     ) -> Result<(), BrokerError> {
+        if let Some(cluster) = self.cluster() {
+            return cluster.save(transactional_id, &metadata).await;
+        }
         self.log.write(transactional_id, Some(&metadata)).await?;
         self.states
             .lock()
@@ -229,11 +349,12 @@ impl TransactionCoordinator {
                     .into(),
             ));
         }
+        self.check_serving().await?;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
         let now = now_ms();
         let Some(mut metadata) = self.state(transactional_id) else {
-            let (producer_id, _) = broker.allocate_producer_id()?;
+            let (producer_id, _) = self.allocate_producer_id(broker).await?;
             let metadata = TransactionMetadata {
                 producer_id,
                 producer_epoch: 0,
@@ -281,7 +402,7 @@ impl TransactionCoordinator {
                 .await?;
         }
         let previous = (metadata.producer_id, metadata.producer_epoch);
-        let (producer_id, producer_epoch) = next_epoch(broker, previous)?;
+        let (producer_id, producer_epoch) = self.next_epoch(broker, previous).await?;
         metadata.producer_id = producer_id;
         metadata.producer_epoch = producer_epoch;
         metadata.previous = Some(previous);
@@ -380,6 +501,7 @@ impl TransactionCoordinator {
         producer: TransactionalProducer<'_>,
         partitions: &[(String, i32)],
     ) -> Result<(), BrokerError> {
+        self.check_serving().await?;
         let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
@@ -400,6 +522,7 @@ impl TransactionCoordinator {
         producer: TransactionalProducer<'_>,
         group_id: &str,
     ) -> Result<(), BrokerError> {
+        self.check_serving().await?;
         let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
@@ -425,6 +548,7 @@ impl TransactionCoordinator {
         group_id: &str,
         offsets: Vec<PendingOffset>,
     ) -> Result<(), BrokerError> {
+        self.check_serving().await?;
         let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
@@ -457,6 +581,7 @@ impl TransactionCoordinator {
         result: TransactionResult,
         bump_epoch: bool,
     ) -> Result<(i64, i16), BrokerError> {
+        self.check_serving().await?;
         let transactional_id = producer.transactional_id;
         let lock = self.id_lock(transactional_id);
         let _held = lock.lock().await;
@@ -500,7 +625,7 @@ impl TransactionCoordinator {
         let current = (metadata.producer_id, metadata.producer_epoch);
         match (metadata.state, result) {
             (TransactionState::Ongoing, _) if bump_epoch => {
-                let next = next_epoch(broker, current)?;
+                let next = self.next_epoch(broker, current).await?;
                 metadata.previous = Some(current);
                 if next.0 == current.0 {
                     // Saved with the decision: the markers go out under the new epoch.
@@ -532,7 +657,7 @@ impl TransactionCoordinator {
                 | TransactionState::CompleteAbort,
                 TransactionResult::Abort,
             ) if bump_epoch => {
-                let next = next_epoch(broker, current)?;
+                let next = self.next_epoch(broker, current).await?;
                 metadata.previous = Some(current);
                 (metadata.producer_id, metadata.producer_epoch) = next;
                 metadata.state = TransactionState::CompleteAbort;
@@ -569,20 +694,30 @@ impl TransactionCoordinator {
         }
         // Appends of this transaction still in flight finish first; later ones are refused.
         let _no_appends = self.append_gate(transactional_id).write_owned().await;
+        let marker = TransactionMarker {
+            producer_id: metadata.producer_id,
+            producer_epoch: metadata.producer_epoch,
+            result,
+            coordinator_epoch: COORDINATOR_EPOCH,
+        };
+        let cluster = self.cluster();
         let markers = metadata.partitions.iter().map(|(topic, index)| {
+            let cluster = cluster.clone();
             let partition = broker.topic(topic).and_then(|t| t.partition(*index));
-            let (producer_id, producer_epoch) = (metadata.producer_id, metadata.producer_epoch);
             async move {
+                if let Some(cluster) = cluster {
+                    return cluster.write_marker(topic, *index, marker).await;
+                }
                 // A partition deleted meanwhile has nothing left to mark.
                 let Some(partition) = partition else {
                     return Ok(());
                 };
                 partition
                     .write_transaction_marker(
-                        producer_id,
-                        producer_epoch,
-                        result,
-                        COORDINATOR_EPOCH,
+                        marker.producer_id,
+                        marker.producer_epoch,
+                        marker.result,
+                        marker.coordinator_epoch,
                     )
                     .await
                     .map(|_| ())
@@ -613,11 +748,14 @@ impl TransactionCoordinator {
                         )
                     })
                     .collect();
-                broker
-                    .groups()
-                    .store_transactional_offsets(group_id, &offsets)
-                    .await
-                    .map_err(|e| BrokerError::storage_io(format!("storing offsets: {e}")))?;
+                match &cluster {
+                    Some(cluster) => cluster.store_offsets(group_id, offsets).await?,
+                    None => broker
+                        .groups()
+                        .store_transactional_offsets(group_id, &offsets)
+                        .await
+                        .map_err(|e| BrokerError::storage_io(format!("storing offsets: {e}")))?,
+                }
             }
         }
         metadata.state = match result {
@@ -646,7 +784,7 @@ impl TransactionCoordinator {
     ) -> Result<TransactionMetadata, BrokerError> {
         if metadata.state == TransactionState::Ongoing {
             let previous = (metadata.producer_id, metadata.producer_epoch);
-            let (producer_id, producer_epoch) = next_epoch(broker, previous)?;
+            let (producer_id, producer_epoch) = self.next_epoch(broker, previous).await?;
             if producer_id != metadata.producer_id {
                 // The epoch space is spent: the markers go out under the old epoch.
                 metadata.previous = Some(previous);
@@ -663,14 +801,13 @@ impl TransactionCoordinator {
     pub(crate) async fn abort_timed_out(&self, broker: &Broker) -> usize {
         let now = now_ms();
         let expired: Vec<String> = self
-            .states
-            .lock()
-            .iter()
+            .all_states()
+            .into_iter()
             .filter(|(_, m)| {
                 m.state == TransactionState::Ongoing
                     && now.saturating_sub(m.started_ms) > i64::from(m.timeout_ms)
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id)
             .collect();
         let mut aborted = 0;
         for transactional_id in expired {
@@ -697,23 +834,28 @@ impl TransactionCoordinator {
         aborted
     }
 
-    /// Completes the transactions whose decision was logged before a restart.
+    /// Completes the transactions whose decision was logged before a restart (in a cluster:
+    /// by an earlier leader, or by an EndTxn whose markers could not all be written yet).
     pub(crate) async fn complete_prepared(&self, broker: &Broker) {
-        let prepared: Vec<(String, TransactionMetadata)> = self
-            .states
-            .lock()
-            .iter()
-            .filter(|(_, m)| {
-                matches!(
-                    m.state,
-                    TransactionState::PrepareCommit | TransactionState::PrepareAbort
-                )
-            })
-            .map(|(id, m)| (id.clone(), m.clone()))
+        let is_prepared = |m: &TransactionMetadata| {
+            matches!(
+                m.state,
+                TransactionState::PrepareCommit | TransactionState::PrepareAbort
+            )
+        };
+        let prepared: Vec<String> = self
+            .all_states()
+            .into_iter()
+            .filter(|(_, m)| is_prepared(m))
+            .map(|(id, _)| id)
             .collect();
-        for (transactional_id, metadata) in prepared {
+        for transactional_id in prepared {
             let lock = self.id_lock(&transactional_id);
             let _held = lock.lock().await;
+            // Read again under the lock: a request may have completed it meanwhile.
+            let Some(metadata) = self.state(&transactional_id).filter(|m| is_prepared(m)) else {
+                continue;
+            };
             let result = match metadata.state {
                 TransactionState::PrepareCommit => TransactionResult::Commit,
                 _ => TransactionResult::Abort,
@@ -737,22 +879,20 @@ impl TransactionCoordinator {
         &self,
         transactional_ids: &[String],
     ) -> Vec<(String, Option<TransactionMetadata>)> {
-        let states = self.states.lock();
         transactional_ids
             .iter()
-            .map(|id| (id.clone(), states.get(id).cloned()))
+            .map(|id| (id.clone(), self.state(id)))
             .collect()
     }
 
     /// Every transactional id, sorted.
     pub fn list(&self) -> Vec<TransactionDescription> {
         let mut all: Vec<TransactionDescription> = self
-            .states
-            .lock()
-            .iter()
-            .map(|(id, metadata)| TransactionDescription {
-                transactional_id: id.clone(),
-                metadata: metadata.clone(),
+            .all_states()
+            .into_iter()
+            .map(|(transactional_id, metadata)| TransactionDescription {
+                transactional_id,
+                metadata,
             })
             .collect();
         all.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
@@ -761,14 +901,5 @@ impl TransactionCoordinator {
 
     pub(crate) fn flush(&self) -> Result<(), BrokerError> {
         self.log.flush()
-    }
-}
-
-/// The epoch after `current`, or a fresh producer id once the epoch space is spent.
-fn next_epoch(broker: &Broker, current: (i64, i16)) -> Result<(i64, i16), BrokerError> {
-    if current.1 >= i16::MAX - 1 {
-        broker.allocate_producer_id()
-    } else {
-        Ok((current.0, current.1 + 1))
     }
 }

@@ -5,6 +5,9 @@
 //! replica, and an idempotent retry sent to the new leader is not written twice. Committed
 //! consumer offsets survive the coordinator (the metadata leader). With four nodes and RF=3,
 //! the node without a replica names the partition's leader and follows a leader change.
+//! Transactions are coordinated by the metadata leader: their markers reach partitions led
+//! elsewhere, read_committed stops at the last stable offset, and a new coordinator continues
+//! a transaction the old one left open.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,10 +17,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use sluice_broker::replication::{ClusterBroker, ReassignmentError, Replica, ReplicationError};
-use sluice_broker::{Broker, BrokerConfig, BrokerError, GroupError};
+use sluice_broker::{
+    Broker, BrokerConfig, BrokerError, GroupError, IsolationLevel, TransactionState,
+    TransactionalProducer,
+};
 use sluice_cluster::node::{ClusterConfig, ClusterNode, MembershipError};
 use sluice_cluster::NodeId;
-use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder};
+use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder, TransactionResult};
 use tokio::net::TcpListener;
 
 const TOPIC: &str = "replicated";
@@ -1308,4 +1314,158 @@ async fn delete_records_moves_every_replicas_log_start_and_survives_a_restart() 
         data_batches(&replica),
         vec![(after.base_offset, b"after".to_vec())]
     );
+}
+
+fn transactional_batch(producer_id: i64, epoch: i16, sequence: i32, values: &[&str]) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    for value in values {
+        builder.push(Record {
+            timestamp: 1_000,
+            value: Some(value.as_bytes().to_vec()),
+            ..Record::default()
+        });
+    }
+    builder
+        .producer(producer_id, epoch, sequence)
+        .transactional();
+    Bytes::from(builder.build())
+}
+
+fn txn<'a>(id: &'a str, (producer_id, producer_epoch): (i64, i16)) -> TransactionalProducer<'a> {
+    TransactionalProducer {
+        transactional_id: id,
+        producer_id,
+        producer_epoch,
+    }
+}
+
+/// Waits until the partition's leader reports `expected` as its last stable offset.
+async fn wait_for_last_stable_offset(cluster: &Cluster, expected: i64) -> Arc<Replica> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let leader = cluster.leader().await;
+        let replica = cluster.replica(leader);
+        let stable = replica.last_stable_offset().unwrap();
+        if stable == expected {
+            return replica;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last stable offset {stable}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_are_coordinated_by_the_metadata_leader_and_survive_it() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1).await;
+    let coordinator = metadata_leader(&cluster).await;
+    let other = (1..=3).find(|&n| n != coordinator).unwrap();
+    // Other nodes do not coordinate: the client looks the coordinator up again.
+    let refused = cluster.nodes[&other]
+        .broker
+        .init_producer_id(Some("tx"), 60_000, None)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::NotCoordinator(_))),
+        "{refused:?}"
+    );
+    let broker = cluster.nodes[&coordinator].broker.clone();
+    let ids = broker
+        .init_producer_id(Some("tx"), 60_000, None)
+        .await
+        .unwrap();
+    let coordinator_of = broker.transaction_coordinator();
+    let partitions = vec![(TOPIC.to_string(), 0)];
+    coordinator_of
+        .add_partitions(txn("tx", ids), &partitions)
+        .await
+        .unwrap();
+
+    // A committed transaction: the marker is written through the partition's leader (on
+    // this node or another), and read_committed reads past it.
+    let leader = cluster.leader().await;
+    let replica = cluster.replica(leader);
+    let first = replica
+        .produce(
+            transactional_batch(ids.0, ids.1, 0, &["a", "b"]),
+            2,
+            TIMEOUT,
+        )
+        .await
+        .unwrap()
+        .base_offset;
+    assert_eq!(replica.last_stable_offset().unwrap(), first);
+    let read = replica
+        .fetch(first, 1 << 20, -1, IsolationLevel::ReadCommitted)
+        .unwrap();
+    assert!(read.records.is_empty(), "read past an open transaction");
+    coordinator_of
+        .end_transaction(&broker, txn("tx", ids), TransactionResult::Commit, false)
+        .await
+        .unwrap();
+    // Two records and the marker.
+    let replica = wait_for_last_stable_offset(&cluster, first + 3).await;
+    let read = replica
+        .fetch(first, 1 << 20, -1, IsolationLevel::ReadCommitted)
+        .unwrap();
+    assert!(!read.records.is_empty());
+    assert!(read.aborted_transactions.is_empty());
+
+    // A second transaction is left open when the coordinator dies.
+    coordinator_of
+        .add_partitions(txn("tx", ids), &partitions)
+        .await
+        .unwrap();
+    let open = replica
+        .produce(transactional_batch(ids.0, ids.1, 2, &["c"]), 2, TIMEOUT)
+        .await
+        .unwrap()
+        .base_offset;
+    drop((broker, replica));
+    cluster.stop(coordinator).await;
+    let successor = metadata_leader(&cluster).await;
+    assert_ne!(successor, coordinator);
+    let broker = cluster.nodes[&successor].broker.clone();
+    let described = broker
+        .transaction_coordinator()
+        .describe(&["tx".to_string()]);
+    let state = described[0]
+        .1
+        .clone()
+        .expect("the new coordinator knows the id");
+    assert_eq!(state.state, TransactionState::Ongoing);
+    assert_eq!(state.partitions.len(), 1);
+    // The open transaction holds the last stable offset on the (possibly new) leader.
+    wait_for_last_stable_offset(&cluster, open).await;
+    // The producer aborts it through the new coordinator: the aborted batch is named to
+    // read_committed consumers, and the last stable offset moves past the marker.
+    broker
+        .transaction_coordinator()
+        .end_transaction(&broker, txn("tx", ids), TransactionResult::Abort, false)
+        .await
+        .unwrap();
+    let replica = wait_for_last_stable_offset(&cluster, open + 2).await;
+    let read = replica
+        .fetch(open, 1 << 20, -1, IsolationLevel::ReadCommitted)
+        .unwrap();
+    assert_eq!(
+        read.aborted_transactions.len(),
+        1,
+        "{:?}",
+        read.aborted_transactions
+    );
+    assert_eq!(read.aborted_transactions[0].first_offset, open);
+    // A new instance fences the old one, whose late batch is refused on the partition.
+    let fenced = broker
+        .init_producer_id(Some("tx"), 60_000, None)
+        .await
+        .unwrap();
+    assert_eq!(fenced, (ids.0, ids.1 + 1));
+    drop((broker, replica));
+    for node_id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop(node_id).await;
+    }
 }

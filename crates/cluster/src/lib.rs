@@ -45,6 +45,9 @@ pub enum GroupId {
         topic_id: uuid::Uuid,
         partition: i32,
     },
+    /// No Raft group: requests one node's broker serves for another, such as the transaction
+    /// coordinator's markers for the partitions this node leads.
+    Broker,
 }
 
 pub mod early_election;

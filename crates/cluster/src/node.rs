@@ -41,6 +41,7 @@ use crate::early_election::{self, OnPeerLost};
 use crate::metadata::{
     ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
     MetadataStateMachine, MetadataStoreError, PartitionLeaders, ReplicatedOffsets,
+    ReplicatedTransactions,
 };
 use crate::peers::{Peer, PeerList, PeerListError};
 use crate::transport::frame::{decode_body, encode_body};
@@ -204,6 +205,7 @@ pub struct ClusterNode {
     metadata_raft: Raft<MetadataRaft>,
     metadata: watch::Receiver<ClusterMetadata>,
     consumer_offsets: ReplicatedOffsets,
+    transactions: ReplicatedTransactions,
     partition_leaders: PartitionLeaders,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
     /// Every group's early campaign when a peer's connection drops (see [`early_election`]).
@@ -350,6 +352,7 @@ impl ClusterNode {
         let metadata = state_machine.subscribe();
         let consumer_offsets = state_machine.consumer_offsets();
         let partition_leaders = state_machine.partition_leaders();
+        let transactions = state_machine.transactions();
         let metadata_raft = Raft::new(
             node_id,
             raft_config.clone(),
@@ -378,6 +381,7 @@ impl ClusterNode {
             metadata,
             consumer_offsets,
             partition_leaders,
+            transactions,
             groups: Mutex::new(HashMap::new()),
             on_peer_lost: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
@@ -555,6 +559,12 @@ impl ClusterNode {
     /// [`ClusterNode::read_as_leader`]).
     pub fn consumer_offsets(&self) -> &ReplicatedOffsets {
         &self.consumer_offsets
+    }
+
+    /// The transaction coordinator's states as applied on this node (may lag the leader; see
+    /// [`ClusterNode::read_as_leader`]).
+    pub fn transactions(&self) -> &ReplicatedTransactions {
+        &self.transactions
     }
 
     /// Partition leaders as their leaders reported them through the metadata group, applied

@@ -119,6 +119,9 @@ impl From<BrokerError> for ApiError {
             | BrokerError::Storage(_) => ApiError::Internal(reason),
             BrokerError::TransactionalIdNotFound(_) => ApiError::NotFound(reason),
             BrokerError::TransactionalIdAuthorizationFailed(_) => ApiError::Forbidden(reason),
+            BrokerError::NotCoordinator(_) | BrokerError::CoordinatorNotAvailable(_) => {
+                ApiError::NotReady(reason)
+            }
         }
     }
 }

@@ -799,9 +799,13 @@ fn cluster_served(request: &RequestKind) -> bool {
             | RequestKind::CreateTopics(_)
             | RequestKind::DeleteTopics(_)
             | RequestKind::CreatePartitions(_)
-            | RequestKind::InitProducerId(_)
             | RequestKind::AlterPartitionReassignments(_)
             | RequestKind::ListPartitionReassignments(_)
+    ) || matches!(
+        // A transactional id's producer id comes from the transaction coordinator, which
+        // serves a cluster as one node (see `sluice_broker::transaction_coordinator`).
+        request,
+        RequestKind::InitProducerId(r) if r.transactional_id.is_none()
     )
 }
 

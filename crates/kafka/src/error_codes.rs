@@ -28,6 +28,8 @@ pub fn broker_error_code(error: &BrokerError) -> i16 {
         BrokerError::TransactionalIdAuthorizationFailed(_) => {
             ResponseError::TransactionalIdAuthorizationFailed
         }
+        BrokerError::NotCoordinator(_) => ResponseError::NotCoordinator,
+        BrokerError::CoordinatorNotAvailable(_) => ResponseError::CoordinatorNotAvailable,
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
     }
     .code()

@@ -42,6 +42,7 @@
 
 mod proposer;
 mod replica;
+mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -193,6 +194,7 @@ impl ClusterBroker {
             reporting_leaders: AtomicBool::new(false),
             driving: Mutex::new(HashSet::new()),
         });
+        cluster.start_transactions();
         tokio::spawn(Arc::clone(&cluster).follow_metadata());
         cluster
     }

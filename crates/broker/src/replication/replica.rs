@@ -14,7 +14,10 @@ use sluice_cluster::partition::{
     self as raft_partition, ApplyProgress, PartitionEntry, PartitionRaft,
 };
 use sluice_cluster::NodeId;
-use sluice_log::{stamp_log_append_time, validate_batches, BatchHeader, PartitionLog};
+use sluice_log::{
+    stamp_log_append_time, transaction_marker, validate_batches, BatchHeader, PartitionLog,
+    TransactionResult,
+};
 
 use crate::producer_state::ActiveProducer;
 use crate::timestamps::{TimestampPolicy, TimestampRules};
@@ -22,7 +25,7 @@ use tokio::sync::watch;
 
 use super::proposer::{EntryProposer, ProposalFailure, ProposedBatch};
 use super::ReplicationError;
-use crate::partition::delete_records_target;
+use crate::partition::{delete_records_target, stored_marker_result, IsolationLevel};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::{now_ms, BrokerError, FetchedPartition, ProduceOutcome};
 
@@ -289,12 +292,28 @@ impl Replica {
             if end > high_watermark {
                 break;
             }
-            producers
-                .table
-                .record(&header, header.max_timestamp.min(now_ms()));
+            let append_ms = header.max_timestamp.min(now_ms());
+            if header.is_control() && header.is_transactional() {
+                if let Some(result) = stored_marker_result(&self.log, &header)? {
+                    producers.table.record_marker(&header, result, append_ms);
+                }
+            } else {
+                producers.table.record(&header, append_ms);
+            }
             producers.offset_tracked = end;
         }
         Ok(())
+    }
+
+    /// The offset below which no transaction is open in the committed log, capped by the high
+    /// watermark: where `read_committed` consumers stop.
+    pub fn last_stable_offset(&self) -> Result<i64, BrokerError> {
+        self.track_committed_producers()?;
+        let high_watermark = self.log.high_watermark();
+        Ok(match self.producers.lock().table.first_unstable_offset() {
+            Some(first) => first.min(high_watermark),
+            None => high_watermark,
+        })
     }
 
     /// Forgets idempotent producers whose last batch's timestamp is `expiration_ms`
@@ -333,27 +352,97 @@ impl Replica {
         self.check_epoch(current_leader_epoch, term)
     }
 
-    /// Fetch on the leader: whole batches from `offset`, never past the high watermark.
+    /// Fetch on the leader: whole batches from `offset`, never past the high watermark;
+    /// `ReadCommitted` stops at the last stable offset and names the aborted transactions
+    /// overlapping what was read, as on one node.
     pub fn fetch(
         &self,
         offset: i64,
         bytes_max: usize,
         current_leader_epoch: i32,
+        isolation: IsolationLevel,
     ) -> Result<FetchedPartition, ReplicationError> {
         self.check_leader(current_leader_epoch)?;
-        let read = self
-            .log
-            .read(offset, bytes_max)
-            .map_err(BrokerError::from)?;
+        let last_stable_offset = self.last_stable_offset()?;
+        let read = match isolation {
+            IsolationLevel::ReadUncommitted => self.log.read(offset, bytes_max),
+            IsolationLevel::ReadCommitted => {
+                self.log.read_to(offset, bytes_max, last_stable_offset)
+            }
+        }
+        .map_err(BrokerError::from)?;
+        let aborted_transactions =
+            if isolation == IsolationLevel::ReadCommitted && !read.records.is_empty() {
+                self.producers
+                    .lock()
+                    .table
+                    .aborted_between(offset, last_stable_offset)
+            } else {
+                Vec::new()
+            };
         Ok(FetchedPartition {
             records: read.records,
             high_watermark: read.high_watermark,
             log_start_offset: read.log_start_offset,
             log_end_offset: read.log_end_offset,
-            // Transactions are served on one node only: nothing is ever unstable here.
-            last_stable_offset: read.high_watermark,
-            aborted_transactions: Vec::new(),
+            last_stable_offset: last_stable_offset.min(read.high_watermark),
+            aborted_transactions,
         })
+    }
+
+    /// Writes the marker ending `producer_id`'s transaction on this partition (the leader
+    /// only) and answers once it is committed by a majority. The leader's speculative producer
+    /// state records it at once, so a fenced epoch's next batch is refused even before the
+    /// marker commits.
+    pub async fn write_transaction_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+        coordinator_epoch: i32,
+        timeout: Duration,
+    ) -> Result<i64, ReplicationError> {
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader);
+        }
+        let write = async {
+            let proposals = {
+                // In line with the sequenced batches: none of this producer is checked
+                // against a state that lacks the marker.
+                let _one_at_a_time = self.sequenced.lock().await;
+                let term = self.wait_for_term_applied().await?;
+                if !self.is_leader() {
+                    return Err(ReplicationError::NotLeader);
+                }
+                let now = now_ms();
+                let marker = Bytes::from(transaction_marker(
+                    result,
+                    producer_id,
+                    producer_epoch,
+                    coordinator_epoch,
+                    now,
+                ));
+                let headers = validate_batches(&marker).map_err(BrokerError::from)?;
+                {
+                    let mut proposed = self.proposed.lock();
+                    if proposed.term == term {
+                        for header in &headers {
+                            proposed.table.record_marker(header, result, now);
+                        }
+                    }
+                }
+                self.propose_all(&marker, &headers)?
+            };
+            let committed = self.committed(proposals).await;
+            if committed.is_err() {
+                self.forget_proposed();
+            }
+            self.track_committed_producers()?;
+            committed
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| ReplicationError::Timeout)?
     }
 
     /// OffsetForLeaderEpoch from the term history: `(epoch, end offset)`.
@@ -378,6 +467,13 @@ impl Replica {
         if headers.is_empty() {
             return Err(BrokerError::InvalidRecord(
                 "produce request without record batches".into(),
+            )
+            .into());
+        }
+        // Markers are the coordinator's to write: a client's would end others' transactions.
+        if headers.iter().any(BatchHeader::is_control) {
+            return Err(BrokerError::InvalidRecord(
+                "control batches are not accepted from producers".into(),
             )
             .into());
         }

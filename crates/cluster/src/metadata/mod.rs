@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::{MetadataLogStore, MetadataStoreError};
 pub use placement::{place_replicas, PlacementError};
-pub use state_machine::{MetadataStateMachine, PartitionLeaders, ReplicatedOffsets};
+pub use state_machine::{
+    MetadataStateMachine, PartitionLeaders, ReplicatedOffsets, ReplicatedTransactions,
+};
 
 use crate::{NodeAddress, NodeId};
 
@@ -186,6 +188,12 @@ pub enum MetadataCommand {
     UnregisterBroker {
         node_id: NodeId,
     },
+    /// The transaction coordinator (the metadata leader) records one transactional id's state
+    /// (`None` forgets the id). See [`TransactionStates`].
+    SaveTransactionState {
+        transactional_id: String,
+        state: Option<String>,
+    },
 }
 
 /// A partition's leader as its leader last reported it.
@@ -218,6 +226,12 @@ pub struct CommittedOffset {
 /// rather than in it: commits are frequent, and every change of `ClusterMetadata` is cloned,
 /// published and reconciled by every node.
 pub type ConsumerOffsets = BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>;
+
+/// The transaction coordinator's state of every transactional id, in the coordinator's own
+/// encoding (JSON): the metadata group keeps the values without reading them, as Kafka's
+/// `__transaction_state` log does. Replicated, so an acknowledged transaction step survives
+/// the coordinator's failure; kept apart from [`ClusterMetadata`] as the offsets are.
+pub type TransactionStates = BTreeMap<String, String>;
 
 /// What applying a command produced. Rejections are results, not errors: the command is in
 /// the log either way and every node rejects it the same way.

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::log_store::{read_file_if_exists, write_file_atomically, MetadataStoreError};
 use super::{
     ClusterMetadata, CommittedOffset, ConsumerOffsets, MetadataCommand, MetadataRaft,
-    MetadataRejection, MetadataResponse, PartitionLeader, TopicMetadata,
+    MetadataRejection, MetadataResponse, PartitionLeader, TopicMetadata, TransactionStates,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -40,6 +40,9 @@ struct StoredSnapshot {
     /// Absent in snapshots written before leaders were reported.
     #[serde(default)]
     partition_leaders: Vec<PartitionLeader>,
+    /// Absent in snapshots written before transactions were replicated.
+    #[serde(default)]
+    transactions: TransactionStates,
 }
 
 /// What a snapshot sent to a lagging follower carries.
@@ -49,6 +52,8 @@ struct SnapshotPayload {
     consumer_offsets: ConsumerOffsets,
     #[serde(default)]
     partition_leaders: Vec<PartitionLeader>,
+    #[serde(default)]
+    transactions: TransactionStates,
 }
 
 /// A read handle on the partition leaders as reported through the metadata group and applied
@@ -143,6 +148,41 @@ impl ReplicatedOffsets {
     }
 }
 
+/// A read handle on the transaction coordinator's states as applied on this node. On the
+/// metadata leader, after `Raft::ensure_linearizable`, it holds every acknowledged change.
+#[derive(Clone, Default)]
+pub struct ReplicatedTransactions {
+    states: Arc<RwLock<TransactionStates>>,
+}
+
+impl ReplicatedTransactions {
+    /// One transactional id's encoded state.
+    pub fn get(&self, transactional_id: &str) -> Option<String> {
+        self.states.read().get(transactional_id).cloned()
+    }
+
+    /// Every transactional id with its encoded state, sorted by id.
+    pub fn all(&self) -> Vec<(String, String)> {
+        self.states
+            .read()
+            .iter()
+            .map(|(id, state)| (id.clone(), state.clone()))
+            .collect()
+    }
+
+    fn apply(&self, transactional_id: &str, state: Option<&String>) {
+        let mut states = self.states.write();
+        match state {
+            Some(state) => {
+                states.insert(transactional_id.to_string(), state.clone());
+            }
+            None => {
+                states.remove(transactional_id);
+            }
+        }
+    }
+}
+
 struct MachineState {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, NodeAddress>,
@@ -160,6 +200,8 @@ pub struct MetadataStateMachine {
     offsets: ReplicatedOffsets,
     /// Written only while `state` is locked, as `offsets`.
     leaders: PartitionLeaders,
+    /// Written only while `state` is locked, as `offsets`.
+    transactions: ReplicatedTransactions,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -187,9 +229,11 @@ impl MetadataStateMachine {
             };
         let offsets = ReplicatedOffsets::default();
         let leaders = PartitionLeaders::default();
+        let transactions = ReplicatedTransactions::default();
         if let Some(stored) = &snapshot {
             *offsets.offsets.write() = stored.consumer_offsets.clone();
             leaders.replace(stored.partition_leaders.clone());
+            *transactions.states.write() = stored.transactions.clone();
         }
         let state = match &snapshot {
             Some(stored) => MachineState {
@@ -213,6 +257,7 @@ impl MetadataStateMachine {
             published: Arc::new(published),
             offsets,
             leaders,
+            transactions,
             storage,
             dir: dir.to_path_buf(),
         })
@@ -231,6 +276,11 @@ impl MetadataStateMachine {
     /// The partition leaders as reported and applied here.
     pub fn partition_leaders(&self) -> PartitionLeaders {
         self.leaders.clone()
+    }
+
+    /// The transaction coordinator's states as applied here.
+    pub fn transactions(&self) -> ReplicatedTransactions {
+        self.transactions.clone()
     }
 
     fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
@@ -343,7 +393,8 @@ pub(super) fn apply_command(
         // Applied by `apply_offsets_command` / `PartitionLeaders`; never reach here from `apply`.
         MetadataCommand::CommitOffsets { .. }
         | MetadataCommand::DeleteGroupOffsets { .. }
-        | MetadataCommand::ReportPartitionLeaders { .. } => MetadataResponse::Done,
+        | MetadataCommand::ReportPartitionLeaders { .. }
+        | MetadataCommand::SaveTransactionState { .. } => MetadataResponse::Done,
         MetadataCommand::ReassignPartition {
             name,
             partition,
@@ -540,12 +591,14 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
                 metadata: state.metadata.clone(),
                 consumer_offsets: self.offsets.offsets.read().clone(),
                 partition_leaders: self.leaders.to_vec(),
+                transactions: self.transactions.states.read().clone(),
             }
         };
         let data = serde_json::to_vec(&SnapshotPayload {
             metadata: stored.metadata.clone(),
             consumer_offsets: stored.consumer_offsets.clone(),
             partition_leaders: stored.partition_leaders.clone(),
+            transactions: stored.transactions.clone(),
         })
         .map_err(|e| {
             StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -591,6 +644,13 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                     EntryPayload::Blank => MetadataResponse::Done,
                     EntryPayload::Normal(MetadataCommand::ReportPartitionLeaders { reports }) => {
                         self.leaders.apply(&reports);
+                        MetadataResponse::Done
+                    }
+                    EntryPayload::Normal(MetadataCommand::SaveTransactionState {
+                        transactional_id,
+                        state,
+                    }) => {
+                        self.transactions.apply(&transactional_id, state.as_ref());
                         MetadataResponse::Done
                     }
                     EntryPayload::Normal(MetadataCommand::RegisterBroker { node_id, .. })
@@ -647,6 +707,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             metadata,
             consumer_offsets,
             partition_leaders,
+            transactions,
         } = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
@@ -655,6 +716,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             metadata: metadata.clone(),
             consumer_offsets: consumer_offsets.clone(),
             partition_leaders: partition_leaders.clone(),
+            transactions: transactions.clone(),
         };
         self.persist(&stored).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -666,6 +728,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             state.metadata = metadata.clone();
             *self.offsets.offsets.write() = consumer_offsets;
             self.leaders.replace(partition_leaders);
+            *self.transactions.states.write() = transactions;
             state.snapshot = Some(stored);
         }
         self.published.send_replace(metadata);
@@ -682,6 +745,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             metadata: stored.metadata,
             consumer_offsets: stored.consumer_offsets,
             partition_leaders: stored.partition_leaders,
+            transactions: stored.transactions,
         })
         .map_err(|e| {
             StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -1103,5 +1167,46 @@ mod tests {
             .unwrap();
         assert_eq!(all, vec![MetadataResponse::OffsetsDeleted { count: 2 }]);
         assert!(!follower.consumer_offsets().has_offsets("g"));
+    }
+
+    #[tokio::test]
+    async fn transaction_states_are_applied_without_republishing_and_kept_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(sluice_log::RealDisk);
+        let mut machine = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        let mut published = machine.subscribe();
+        published.borrow_and_update();
+        let save = |index, id: &str, state: Option<&str>| {
+            entry(
+                index,
+                MetadataCommand::SaveTransactionState {
+                    transactional_id: id.into(),
+                    state: state.map(str::to_string),
+                },
+            )
+        };
+        machine
+            .apply([
+                save(1, "a", Some("one")),
+                save(2, "b", Some("two")),
+                save(3, "a", Some("three")),
+                save(4, "b", None),
+            ])
+            .await
+            .unwrap();
+        assert!(!published.has_changed().unwrap());
+        let states = machine.transactions();
+        assert_eq!(states.all(), vec![("a".to_string(), "three".to_string())]);
+
+        let snapshot = machine.build_snapshot().await.unwrap();
+        let reopened = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        assert_eq!(reopened.transactions().get("a").as_deref(), Some("three"));
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut follower = MetadataStateMachine::open(storage, other_dir.path()).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(follower.transactions().all(), states.all());
     }
 }

@@ -36,6 +36,9 @@ pub enum RpcKind {
     /// leadership with a majority and answers its commit index, which the follower then waits
     /// to apply (a linearizable read served by a follower).
     ReadIndex,
+    /// The transaction coordinator asks a partition's leader to write a transaction marker
+    /// (Kafka's WriteTxnMarkers between brokers); sent to [`crate::GroupId::Broker`].
+    WriteTransactionMarker,
 }
 
 impl RpcKind {

@@ -262,7 +262,8 @@ where
                 RpcKind::ClientWrite
                 | RpcKind::Join
                 | RpcKind::MembershipChange
-                | RpcKind::ReadIndex => Err(RemoteFailure::Unsupported(kind)),
+                | RpcKind::ReadIndex
+                | RpcKind::WriteTransactionMarker => Err(RemoteFailure::Unsupported(kind)),
             }
         })
     }

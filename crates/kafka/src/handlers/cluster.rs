@@ -33,10 +33,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_broker::replication::{ClusterBroker, Replica, ReplicationError};
-use sluice_broker::BrokerError;
+use sluice_broker::{BrokerError, IsolationLevel};
 use sluice_cluster::metadata::TopicMetadata;
 
 use crate::error_codes::broker_error_code;
+use crate::handlers::fetch::aborted_transactions;
 use crate::handlers::list_offsets;
 use crate::RequestContext;
 
@@ -91,6 +92,7 @@ pub async fn produce(
     }
     let timeout = Duration::from_millis(request.timeout_ms.clamp(1, 300_000) as u64);
     let acks_all = request.acks == -1;
+    let has_transactional_id = request.transactional_id.is_some();
     let mut topic_futures = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.clone();
@@ -127,13 +129,15 @@ pub async fn produce(
                         Some("no records".into()),
                     );
                 };
-                // No transaction coordinator in a cluster yet: a transactional batch could never
-                // be ended by a marker (AddPartitionsToTxn is refused first anyway).
-                if sluice_log::BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) {
+                // As Kafka: transactional batches only from a producer naming its
+                // transactional id.
+                if !has_transactional_id
+                    && sluice_log::BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional())
+                {
                     return produce_error(
                         index,
-                        ResponseError::InvalidTxnState.code(),
-                        Some("transactions are not served by a cluster yet".into()),
+                        ResponseError::TransactionalIdAuthorizationFailed.code(),
+                        Some("transactional records need the producer's transactional id".into()),
                     );
                 }
                 match replica.produce(records, min_insync, timeout).await {
@@ -335,6 +339,11 @@ pub async fn fetch(
         (request.max_bytes as usize).min(ctx.config.fetch_bytes_max)
     };
     let min_bytes = request.min_bytes.max(0) as usize;
+    let isolation = if request.isolation_level == 1 {
+        IsolationLevel::ReadCommitted
+    } else {
+        IsolationLevel::ReadUncommitted
+    };
     loop {
         let data_ready = ctx.broker.data_ready().notified();
         tokio::pin!(data_ready);
@@ -374,7 +383,7 @@ pub async fn fetch(
                     partitions.push(empty_fetch(p.partition, &replica));
                     continue;
                 }
-                match replica.fetch(p.fetch_offset, bytes_max, p.current_leader_epoch) {
+                match replica.fetch(p.fetch_offset, bytes_max, p.current_leader_epoch, isolation) {
                     Ok(fetched) if bytes_total > 0 && fetched.records.len() > bytes_max => {
                         partitions.push(empty_fetch(p.partition, &replica));
                     }
@@ -384,9 +393,11 @@ pub async fn fetch(
                             PartitionData::default()
                                 .with_partition_index(p.partition)
                                 .with_high_watermark(fetched.high_watermark)
-                                .with_last_stable_offset(fetched.high_watermark)
+                                .with_last_stable_offset(fetched.last_stable_offset)
                                 .with_log_start_offset(fetched.log_start_offset)
-                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_aborted_transactions(Some(aborted_transactions(
+                                    &fetched.aborted_transactions,
+                                )))
                                 .with_records(Some(fetched.records)),
                         );
                     }
@@ -421,7 +432,11 @@ fn empty_fetch(index: i32, replica: &Replica) -> PartitionData {
     PartitionData::default()
         .with_partition_index(index)
         .with_high_watermark(log.high_watermark())
-        .with_last_stable_offset(log.high_watermark())
+        .with_last_stable_offset(
+            replica
+                .last_stable_offset()
+                .unwrap_or_else(|_| log.high_watermark()),
+        )
         .with_log_start_offset(log.log_start_offset())
         .with_aborted_transactions(Some(Vec::new()))
         .with_records(Some(bytes::Bytes::new()))
@@ -443,6 +458,8 @@ pub async fn list_offsets(
     version: i16,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
+    // read_committed (v2+): the latest offset is the last stable offset.
+    let read_committed = version >= 2 && request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -466,7 +483,11 @@ pub async fn list_offsets(
                             let (_, term) = replica.leader_and_term();
                             let log = replica.log();
                             let (offset, timestamp) =
-                                list_offsets::offset_in_log(log, p.timestamp)?;
+                                if read_committed && p.timestamp == list_offsets::LATEST {
+                                    (replica.last_stable_offset()?, -1)
+                                } else {
+                                    list_offsets::offset_in_log(log, p.timestamp)?
+                                };
                             Ok((offset, timestamp, i32::try_from(term).unwrap_or(i32::MAX)))
                         });
                     match answer {
@@ -677,10 +698,10 @@ pub async fn create_partitions(
     CreatePartitionsResponse::default().with_results(results)
 }
 
-/// InitProducerId in a cluster: ids come from this node's block of the metadata group's
-/// producer-id space. A re-initialising client (KIP-360) or a transactional id gets a fresh id
-/// at epoch 0 (transactions are not supported; fencing by transactional id is not kept
-/// across nodes).
+/// InitProducerId without a transactional id in a cluster: ids come from this node's block
+/// of the metadata group's producer-id space. A re-initialising client (KIP-360) gets a fresh
+/// id at epoch 0. A transactional id's producer id and epoch come from the transaction
+/// coordinator (`handlers::producer_id`).
 pub async fn init_producer_id(
     cluster: &Arc<ClusterBroker>,
 ) -> kafka_protocol::messages::InitProducerIdResponse {

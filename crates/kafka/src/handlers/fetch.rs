@@ -217,7 +217,7 @@ fn partition_data(index: i32, partition: &Partition) -> PartitionData {
         .with_records(Some(bytes::Bytes::new()))
 }
 
-fn aborted_transactions(
+pub(crate) fn aborted_transactions(
     aborted: &[AbortedTransaction],
 ) -> Vec<kafka_protocol::messages::fetch_response::AbortedTransaction> {
     aborted

@@ -11,7 +11,7 @@ use sluice_log::{LogError, PartitionLog};
 use crate::error_codes::broker_error_code;
 use crate::RequestContext;
 
-const LATEST: i64 = -1;
+pub(crate) const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 /// KIP-1005: the start of the local log; without tiered storage, the log start offset.

@@ -2,8 +2,8 @@
 //! transactional producers, DescribeTransactions and ListTransactions for the admin tools, and
 //! WriteTxnMarkers, by which `kafka-transactions abort` ends a hanging transaction (KIP-664).
 //! The coordinator (`sluice_broker::transaction_coordinator`) holds the state; this module
-//! translates. Transactions are served on a single node; a cluster refuses them (see the
-//! README) with COORDINATOR_NOT_AVAILABLE.
+//! translates. In a cluster the coordinator is the metadata group's leader; other nodes answer
+//! NOT_COORDINATOR, and clients look the coordinator up again.
 
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
@@ -31,7 +31,11 @@ use sluice_broker::{BrokerError, PendingOffset, TransactionMetadata, Transaction
 use sluice_log::TransactionResult;
 
 use crate::error_codes::{broker_error_code, group_error_code};
+use crate::handlers::cluster::replication_error_code;
 use crate::RequestContext;
+
+/// How long WriteTxnMarkers waits for a marker to commit in a cluster.
+const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// PRODUCER_FENCED exists from these versions on (KIP-588); older clients get
 /// INVALID_PRODUCER_EPOCH for it, as Kafka answers them.
@@ -47,11 +51,19 @@ fn transaction_error_code(error: &BrokerError, version: i16) -> i16 {
     }
 }
 
-/// Transactions need the single node's coordinator; a cluster answers this.
-fn refused_in_cluster(ctx: &RequestContext) -> Option<i16> {
-    ctx.cluster
-        .as_ref()
-        .map(|_| ResponseError::CoordinatorNotAvailable.code())
+/// Whether `topic` has partition `index`: this node's topics, or in a cluster the metadata
+/// group's.
+fn partition_exists(ctx: &RequestContext, topic: &str, index: i32) -> bool {
+    match &ctx.cluster {
+        Some(cluster) => cluster
+            .topic(topic)
+            .is_some_and(|t| index >= 0 && (index as usize) < t.assignments.len()),
+        None => ctx
+            .broker
+            .topic(topic)
+            .and_then(|t| t.partition(index))
+            .is_some(),
+    }
 }
 
 pub async fn add_partitions_to_txn(
@@ -129,16 +141,8 @@ async fn add_partitions(
     producer_epoch: i16,
     topics: &[AddPartitionsToTxnTopic],
 ) -> Vec<AddPartitionsToTxnTopicResult> {
-    if let Some(code) = refused_in_cluster(ctx) {
-        return partition_results(topics, |_, _| code);
-    }
     // As Kafka: unknown partitions fail the request; the others are not attempted.
-    let exists = |topic: &str, index: i32| {
-        ctx.broker
-            .topic(topic)
-            .and_then(|t| t.partition(index))
-            .is_some()
-    };
+    let exists = |topic: &str, index: i32| partition_exists(ctx, topic, index);
     if topics
         .iter()
         .any(|t| t.partitions.iter().any(|&p| !exists(t.name.as_str(), p)))
@@ -180,9 +184,6 @@ fn verify_partitions(
     ctx: &RequestContext,
     transaction: &kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTransaction,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
-    if let Some(code) = refused_in_cluster(ctx) {
-        return partition_results(&transaction.topics, |_, _| code);
-    }
     let described = ctx
         .broker
         .transaction_coordinator()
@@ -205,9 +206,6 @@ pub async fn add_offsets_to_txn(
     version: i16,
     request: AddOffsetsToTxnRequest,
 ) -> AddOffsetsToTxnResponse {
-    if let Some(code) = refused_in_cluster(ctx) {
-        return AddOffsetsToTxnResponse::default().with_error_code(code);
-    }
     let producer = TransactionalProducer {
         transactional_id: &request.transactional_id,
         producer_id: request.producer_id.0,
@@ -255,15 +253,7 @@ pub async fn txn_offset_commit(
             .collect();
         TxnOffsetCommitResponse::default().with_topics(topics)
     };
-    if let Some(code) = refused_in_cluster(ctx) {
-        return respond(&|_, _| code);
-    }
-    let exists = |topic: &str, index: i32| {
-        ctx.broker
-            .topic(topic)
-            .and_then(|t| t.partition(index))
-            .is_some()
-    };
+    let exists = |topic: &str, index: i32| partition_exists(ctx, topic, index);
     let mut offsets = Vec::new();
     for topic in &request.topics {
         for partition in &topic.partitions {
@@ -362,9 +352,6 @@ pub async fn txn_offset_commit(
 }
 
 pub async fn end_txn(ctx: &RequestContext, version: i16, request: EndTxnRequest) -> EndTxnResponse {
-    if let Some(code) = refused_in_cluster(ctx) {
-        return EndTxnResponse::default().with_error_code(code);
-    }
     let result = if request.committed {
         TransactionResult::Commit
     } else {
@@ -421,16 +408,23 @@ pub async fn describe_transactions(
         .iter()
         .map(|id| id.to_string())
         .collect();
-    let described = if ctx.cluster.is_some() {
-        ids.into_iter().map(|id| (id, None)).collect()
-    } else {
-        ctx.broker.transaction_coordinator().describe(&ids)
-    };
+    let coordinator = ctx.broker.transaction_coordinator();
+    // In a cluster only the coordinator (the metadata leader) answers, from a linearizable
+    // read; the admin client sends the request to the node FindCoordinator named.
+    let serving = coordinator.check_serving().await;
+    let described = coordinator.describe(&ids);
     let states = described
         .into_iter()
         .map(|(id, metadata)| {
             let state = describe_transactions_response::TransactionState::default()
                 .with_transactional_id(TransactionalId(StrBytes::from_string(id)));
+            if let Err(error) = &serving {
+                return state
+                    .with_error_code(broker_error_code(error))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+                    .with_transaction_start_time_ms(-1);
+            }
             match metadata {
                 None => state
                     .with_error_code(ResponseError::TransactionalIdNotFound.code())
@@ -490,10 +484,12 @@ pub async fn list_transactions(
         _ => None,
     };
     let now = sluice_broker::now_ms();
-    let all = if ctx.cluster.is_some() {
-        Vec::new()
-    } else {
-        ctx.broker.transaction_coordinator().list()
+    let coordinator = ctx.broker.transaction_coordinator();
+    // The admin client asks every broker and merges the answers: in a cluster the coordinator
+    // (the metadata leader) lists every transactional id and the other nodes none.
+    let all = match coordinator.check_serving().await {
+        Ok(()) => coordinator.list(),
+        Err(_) => Vec::new(),
     };
     let states = all
         .into_iter()
@@ -581,8 +577,31 @@ async fn write_marker(
     result: TransactionResult,
     coordinator_epoch: i32,
 ) -> Result<(), i16> {
-    if let Some(code) = refused_in_cluster(ctx) {
-        return Err(code);
+    if let Some(cluster) = &ctx.cluster {
+        // The partition's leader writes it through the partition's Raft group.
+        let replica = cluster
+            .replica_for(topic, index)
+            .map_err(|e| replication_error_code(&e))?;
+        let producers = replica
+            .active_producers()
+            .map_err(|e| broker_error_code(&e))?;
+        if producers
+            .iter()
+            .any(|p| p.producer_id == producer_id && p.epoch > producer_epoch)
+        {
+            return Err(ResponseError::InvalidProducerEpoch.code());
+        }
+        return replica
+            .write_transaction_marker(
+                producer_id,
+                producer_epoch,
+                result,
+                coordinator_epoch,
+                MARKER_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| replication_error_code(&e));
     }
     let partition = ctx
         .broker

@@ -18,6 +18,7 @@ mod migration_tests;
 mod share_coordinator;
 mod share_group;
 mod share_partition;
+mod share_store;
 #[cfg(test)]
 mod share_tests;
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub use self::share_group::{
     ShareMemberDescription, SHARE_ASSIGNOR_SIMPLE,
 };
 pub use self::share_partition::{AcknowledgeType, AcquiredRange};
+use self::share_store::ShareStore;
+pub use self::share_store::{ReplicatedShareStates, ShareLog};
 use crate::offset_store::OffsetStore;
 use crate::{now_ms, BrokerError, GroupConfig, GroupError};
 
@@ -247,6 +250,8 @@ pub struct GroupCoordinator {
     share_partitions: Mutex<SharePartitions>,
     /// The share partitions' start offsets, as Kafka's `__share_group_state`.
     share_state: OffsetStore,
+    /// In a cluster: the share partitions' states live in the metadata group instead.
+    replicated_share_states: std::sync::OnceLock<Weak<dyn ReplicatedShareStates>>,
     group_configs: GroupConfigs,
     offsets: OffsetStore,
     /// Set by the Kafka front end: groups may move between the classic and the consumer
@@ -284,6 +289,7 @@ impl GroupCoordinator {
             share_groups: Mutex::new(HashMap::new()),
             share_partitions: Mutex::new(BTreeMap::new()),
             share_state,
+            replicated_share_states: std::sync::OnceLock::new(),
             group_configs,
             offsets,
             migration: std::sync::OnceLock::new(),
@@ -292,6 +298,18 @@ impl GroupCoordinator {
         });
         coordinator.start_sweeper();
         Ok(coordinator)
+    }
+
+    /// Cluster mode: share-partition states are committed through the metadata group.
+    pub fn use_replicated_share_states(&self, states: Weak<dyn ReplicatedShareStates>) {
+        if self.replicated_share_states.set(states).is_err() {
+            tracing::warn!("the share-state store was replaced twice");
+        }
+    }
+
+    /// Where share-partition states are stored now.
+    fn share_store(&self) -> ShareStore<'_> {
+        ShareStore::choose(&self.share_state, self.replicated_share_states.get())
     }
 
     /// Stops background work and fsyncs the offsets log.

@@ -1469,3 +1469,62 @@ async fn transactions_are_coordinated_by_the_metadata_leader_and_survive_it() {
         cluster.stop(node_id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_coordinator_aborts_a_transaction_past_its_timeout_on_a_cluster() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1).await;
+    let coordinator = metadata_leader(&cluster).await;
+    let broker = cluster.nodes[&coordinator].broker.clone();
+    let ids = broker
+        .init_producer_id(Some("slow"), 300, None)
+        .await
+        .unwrap();
+    broker
+        .transaction_coordinator()
+        .add_partitions(txn("slow", ids), &[(TOPIC.to_string(), 0)])
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let open = cluster
+        .replica(leader)
+        .produce(transactional_batch(ids.0, ids.1, 0, &["late"]), 2, TIMEOUT)
+        .await
+        .unwrap()
+        .base_offset;
+    // The coordinator's tick (every second) aborts it under the next epoch: the abort marker
+    // follows the batch, and the producer's old epoch is fenced.
+    let replica = wait_for_last_stable_offset(&cluster, open + 2).await;
+    let read = replica
+        .fetch(open, 1 << 20, -1, IsolationLevel::ReadCommitted)
+        .unwrap();
+    assert_eq!(read.aborted_transactions.len(), 1);
+    let state = broker
+        .transaction_coordinator()
+        .describe(&["slow".to_string()])[0]
+        .1
+        .clone()
+        .unwrap();
+    assert_eq!(state.state, TransactionState::CompleteAbort);
+    assert_eq!(state.producer_epoch, ids.1 + 1);
+    let fenced = replica
+        .produce(
+            transactional_batch(ids.0, ids.1, 1, &["zombie"]),
+            2,
+            TIMEOUT,
+        )
+        .await;
+    assert!(
+        matches!(
+            fenced,
+            Err(ReplicationError::Broker(BrokerError::InvalidProducerEpoch(
+                _
+            )))
+        ),
+        "{fenced:?}"
+    );
+    drop((broker, replica));
+    for node_id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop(node_id).await;
+    }
+}

@@ -206,6 +206,7 @@ pub struct ClusterNode {
     metadata: watch::Receiver<ClusterMetadata>,
     consumer_offsets: ReplicatedOffsets,
     transactions: ReplicatedTransactions,
+    share_states: ReplicatedOffsets,
     partition_leaders: PartitionLeaders,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
     /// Every group's early campaign when a peer's connection drops (see [`early_election`]).
@@ -353,6 +354,7 @@ impl ClusterNode {
         let consumer_offsets = state_machine.consumer_offsets();
         let partition_leaders = state_machine.partition_leaders();
         let transactions = state_machine.transactions();
+        let share_states = state_machine.share_states();
         let metadata_raft = Raft::new(
             node_id,
             raft_config.clone(),
@@ -382,6 +384,7 @@ impl ClusterNode {
             consumer_offsets,
             partition_leaders,
             transactions,
+            share_states,
             groups: Mutex::new(HashMap::new()),
             on_peer_lost: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
@@ -565,6 +568,11 @@ impl ClusterNode {
     /// [`ClusterNode::read_as_leader`]).
     pub fn transactions(&self) -> &ReplicatedTransactions {
         &self.transactions
+    }
+
+    /// Share groups' share-partition states as applied on this node (may lag the leader).
+    pub fn share_states(&self) -> &ReplicatedOffsets {
+        &self.share_states
     }
 
     /// Partition leaders as their leaders reported them through the metadata group, applied

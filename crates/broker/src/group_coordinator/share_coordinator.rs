@@ -22,12 +22,15 @@ use super::share_group::{
 use super::share_partition::{
     AcknowledgeType, AcquiredRange, BatchSpan, ShareLimits, SharePartition,
 };
+use super::share_store::ShareLog;
 use super::{GroupCoordinator, OffsetAndMetadata, TopicPartition};
-use crate::{now_ms, GroupError, IsolationLevel, Partition};
+use crate::{now_ms, GroupError, IsolationLevel};
 
 /// One share partition and the order its state is stored in.
 pub(crate) struct SharePartitionSlot {
     state: parking_lot::Mutex<SharePartition>,
+    /// The leadership it was loaded under (see [`ShareLog::leadership`]).
+    leadership: u64,
     /// What was stored last; held while storing, so stores land in order.
     stored: tokio::sync::Mutex<StoredShare>,
 }
@@ -182,7 +185,7 @@ impl GroupCoordinator {
             return Ok(group.describe());
         }
         // Known only by its stored state (e.g. after a restart): empty.
-        if self.share_state.has_offsets(group_id) {
+        if self.share_store().has_offsets(group_id) {
             return Ok(ShareGroup::new(group_id.to_string()).describe());
         }
         Err(GroupError::GroupIdNotFound)
@@ -190,7 +193,7 @@ impl GroupCoordinator {
 
     /// Whether `group_id` is a share group (live, or known by its stored start offsets).
     pub fn is_share_group(&self, group_id: &str) -> bool {
-        self.share_groups.lock().contains_key(group_id) || self.share_state.has_offsets(group_id)
+        self.share_groups.lock().contains_key(group_id) || self.share_store().has_offsets(group_id)
     }
 
     /// Whether `member_id` is a member of share group `group_id` now.
@@ -218,18 +221,29 @@ impl GroupCoordinator {
     pub async fn initialize_share_partition(
         &self,
         group_id: &str,
-        partition: &Partition,
+        partition: &dyn ShareLog,
     ) -> Result<(), GroupError> {
         let key = TopicPartition {
             topic: partition.topic().to_string(),
             partition: partition.index(),
         };
-        if self.share_partition(group_id, &key).is_some() {
-            return Ok(());
+        let leadership = partition.leadership();
+        match self.share_partition(group_id, &key) {
+            Some(slot) if slot.leadership == leadership => return Ok(()),
+            // Loaded under an earlier leadership of this node: another leader may have moved
+            // it on since, so it is loaded again from what is stored.
+            Some(_) => {
+                self.share_partitions
+                    .lock()
+                    .retain(|(group, partition), slot| {
+                        group != group_id || *partition != key || slot.leadership == leadership
+                    });
+            }
+            None => {}
         }
         // A negative stored offset was set by AlterShareGroupOffsets to mean "not set".
         let stored = self
-            .share_state
+            .share_store()
             .fetch(group_id, &key)
             .filter(|stored| stored.offset >= 0);
         let state = match &stored {
@@ -251,6 +265,7 @@ impl GroupCoordinator {
                 .or_insert_with(|| {
                     Arc::new(SharePartitionSlot {
                         state: parking_lot::Mutex::new(state),
+                        leadership,
                         stored: tokio::sync::Mutex::new(stored_at),
                     })
                 });
@@ -262,7 +277,7 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn initial_share_offset(&self, group_id: &str, partition: &Partition) -> i64 {
+    fn initial_share_offset(&self, group_id: &str, partition: &dyn ShareLog) -> i64 {
         let reset = self
             .group_configs
             .value(group_id, SHARE_AUTO_OFFSET_RESET)
@@ -307,7 +322,7 @@ impl GroupCoordinator {
             metadata: encoded,
             commit_timestamp_ms: now_ms(),
         };
-        self.share_state
+        self.share_store()
             .commit(group_id, &[(key.clone(), offset)])
             .await?;
         *stored = now;
@@ -320,7 +335,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         member_id: &str,
-        partition: &Partition,
+        partition: &dyn ShareLog,
         records_max: usize,
         bytes_max: usize,
     ) -> Result<ShareFetched, GroupError> {
@@ -342,7 +357,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         member_id: &str,
-        partition: &Partition,
+        partition: &dyn ShareLog,
         records_max: usize,
         bytes_max: usize,
     ) -> Result<Option<ShareFetched>, GroupError> {
@@ -371,7 +386,7 @@ impl GroupCoordinator {
         }
         let fetched = partition
             .fetch_isolated(from, bytes_max.max(1), isolation)
-            .map_err(|e| GroupError::Storage(e.to_string()))?;
+            .map_err(GroupError::Storage)?;
         let aborted = &fetched.aborted_transactions;
         let mut spans = Vec::new();
         let mut at = 0usize;
@@ -508,7 +523,7 @@ impl GroupCoordinator {
     /// where it is ahead.
     pub fn share_group_offsets(&self, group_id: &str) -> Vec<(TopicPartition, i64)> {
         let mut offsets: BTreeMap<TopicPartition, i64> = self
-            .share_state
+            .share_store()
             .group_offsets(group_id)
             .into_iter()
             .map(|(partition, offset)| (partition, offset.offset))
@@ -581,7 +596,10 @@ impl GroupCoordinator {
                 )
             })
             .collect();
-        self.share_state.commit(group_id, &records).await?;
+        let store = self.share_store();
+        store.commit(group_id, &records).await?;
+        let altered: Vec<TopicPartition> = offsets.iter().map(|(p, _)| p.clone()).collect();
+        store.reload_elsewhere(group_id, Some(&altered)).await;
         for ((slot, offset), stored) in slots.iter().zip(stored.iter_mut()) {
             let state = SharePartition::new((*offset).max(0));
             **stored = StoredShare {
@@ -614,7 +632,7 @@ impl GroupCoordinator {
     ) -> Result<Vec<String>, GroupError> {
         self.check_share_offsets_alterable(group_id)?;
         let mut partitions: Vec<TopicPartition> = self
-            .share_state
+            .share_store()
             .group_offsets(group_id)
             .into_iter()
             .map(|(partition, _)| partition)
@@ -630,7 +648,9 @@ impl GroupCoordinator {
                 !dropped
             });
         }
-        self.share_state.delete(group_id, &partitions).await?;
+        let store = self.share_store();
+        store.delete(group_id, &partitions).await?;
+        store.reload_elsewhere(group_id, Some(&partitions)).await;
         // The group stays, empty, even when no stored state names it any more.
         self.share_groups
             .lock()
@@ -642,9 +662,23 @@ impl GroupCoordinator {
         Ok(deleted)
     }
 
+    /// Drops the loaded share partitions of `group_id` (those of `partitions`, or all), so the
+    /// next fetch loads them from the stored states (changed by an admin request elsewhere).
+    pub fn forget_loaded_share_partitions(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) {
+        self.share_partitions
+            .lock()
+            .retain(|(group, partition), _| {
+                group != group_id || partitions.is_some_and(|p| !p.contains(partition))
+            });
+    }
+
     /// Every share group, live or only stored.
     pub(crate) fn share_group_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.share_state.groups();
+        let mut ids: Vec<String> = self.share_store().groups();
         ids.extend(self.share_groups.lock().keys().cloned());
         ids.sort();
         ids.dedup();
@@ -666,7 +700,9 @@ impl GroupCoordinator {
         self.share_partitions
             .lock()
             .retain(|(group, _), _| group != group_id);
-        self.share_state.delete_group(group_id).await?;
+        let store = self.share_store();
+        store.delete_group(group_id).await?;
+        store.reload_elsewhere(group_id, None).await;
         self.group_configs.forget(group_id)?;
         Ok(())
     }

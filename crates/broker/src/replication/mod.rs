@@ -40,8 +40,10 @@
 //! The single-node broker ([`Broker`]) is not involved in any of this: without `--peers`
 //! nothing here runs.
 
+mod broker_requests;
 mod proposer;
 mod replica;
+mod share_states;
 mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -195,6 +197,8 @@ impl ClusterBroker {
             driving: Mutex::new(HashSet::new()),
         });
         cluster.start_transactions();
+        cluster.start_share_states();
+        cluster.serve_broker_requests();
         tokio::spawn(Arc::clone(&cluster).follow_metadata());
         cluster
     }

@@ -19,6 +19,7 @@ use sluice_log::{
     TransactionResult,
 };
 
+use crate::group_coordinator::ShareLog;
 use crate::producer_state::ActiveProducer;
 use crate::timestamps::{TimestampPolicy, TimestampRules};
 use tokio::sync::watch;
@@ -714,5 +715,44 @@ impl Replica {
             base_offset.get_or_insert(offset);
         }
         base_offset.ok_or_else(|| BrokerError::InvalidRecord("no batches".into()).into())
+    }
+}
+
+/// A share partition on the partition's leader reads the leader's replica.
+impl ShareLog for Replica {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn index(&self) -> i32 {
+        self.index
+    }
+    fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+    fn high_watermark(&self) -> i64 {
+        self.log.high_watermark()
+    }
+    fn log_start_offset(&self) -> i64 {
+        self.log.log_start_offset()
+    }
+    fn last_stable_offset(&self) -> i64 {
+        Replica::last_stable_offset(self).unwrap_or_else(|error| {
+            tracing::warn!(topic = %self.topic, partition = self.index, %error, "reading the producer state failed");
+            // Nothing past what is known stable is delivered.
+            self.log.log_start_offset()
+        })
+    }
+    fn fetch_isolated(
+        &self,
+        offset: i64,
+        bytes_max: usize,
+        isolation: IsolationLevel,
+    ) -> Result<FetchedPartition, String> {
+        self.fetch(offset, bytes_max, -1, isolation)
+            .map_err(|e| e.to_string())
+    }
+    fn count_fetched(&self, _records: &[u8]) {}
+    fn leadership(&self) -> u64 {
+        self.leader_and_term().1
     }
 }

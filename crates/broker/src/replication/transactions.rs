@@ -11,15 +11,13 @@
 //!   transaction's end as its high watermark passes the marker.
 //! - A commit's offsets are committed through the metadata group, as OffsetCommit's are.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sluice_cluster::metadata::{CommittedOffset, MetadataCommand};
-use sluice_cluster::transport::frame::{decode_body, encode_body};
-use sluice_cluster::transport::{GroupDispatcher, RemoteFailure, RpcKind};
+use sluice_cluster::transport::RpcKind;
 use sluice_cluster::GroupId;
 use sluice_log::TransactionResult;
 
@@ -33,42 +31,33 @@ use crate::BrokerError;
 /// How long the coordinator keeps trying to write one marker (leaders move during elections)
 /// before it answers COORDINATOR_NOT_AVAILABLE; the transaction stays decided and is
 /// completed by a retried EndTxn or the next tick.
-const MARKER_WAIT_MAX: Duration = Duration::from_secs(30);
+pub(super) const MARKER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How long one state change may wait for the metadata group.
 const SAVE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Pause between attempts at a marker while the partition has no reachable leader.
 const MARKER_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Largest marker request or answer (they are a few dozen bytes).
-const MARKER_FRAME_BYTES_MAX: usize = 64 << 10;
 
 /// A marker for a partition another node leads, sent over the cluster transport.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MarkerRequest {
-    topic_id: uuid::Uuid,
-    partition: i32,
-    producer_id: i64,
-    producer_epoch: i16,
-    commit: bool,
-    coordinator_epoch: i32,
+pub(super) struct MarkerRequest {
+    pub(super) topic_id: uuid::Uuid,
+    pub(super) partition: i32,
+    pub(super) producer_id: i64,
+    pub(super) producer_epoch: i16,
+    pub(super) commit: bool,
+    pub(super) coordinator_epoch: i32,
 }
 
 /// The partition leader's answer: the marker's offset, or why it was not written.
-type MarkerAnswer = Result<i64, String>;
+pub(super) type MarkerAnswer = Result<i64, String>;
 
 impl ClusterBroker {
-    /// Makes the broker's transaction coordinator a cluster's, and serves the markers other
-    /// nodes' coordinators send for the partitions this node leads.
+    /// Makes the broker's transaction coordinator a cluster's.
     pub(super) fn start_transactions(self: &Arc<Self>) {
         let as_backend: Arc<dyn ClusterTransactionBackend> = Arc::clone(self) as _;
         self.broker
             .transaction_coordinator()
             .use_cluster(Arc::downgrade(&as_backend));
-        self.node.transport().register_dispatcher(
-            GroupId::Broker,
-            Arc::new(MarkerRequests {
-                cluster: Arc::downgrade(self),
-            }),
-        );
     }
 
     async fn write_marker_once(
@@ -271,49 +260,5 @@ fn decode_state(transactional_id: &str, encoded: &str) -> Option<TransactionMeta
             tracing::error!(transactional_id, %error, "unreadable replicated transaction state");
             None
         }
-    }
-}
-
-/// Serves other nodes' coordinators: markers for the partitions this node leads.
-struct MarkerRequests {
-    cluster: Weak<ClusterBroker>,
-}
-
-impl GroupDispatcher for MarkerRequests {
-    fn dispatch(
-        &self,
-        kind: RpcKind,
-        body: Bytes,
-    ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
-        let cluster = self.cluster.clone();
-        Box::pin(async move {
-            if kind != RpcKind::WriteTransactionMarker {
-                return Err(RemoteFailure::Unsupported(kind));
-            }
-            let request: MarkerRequest = decode_body(&body, MARKER_FRAME_BYTES_MAX)
-                .map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
-            let answer: MarkerAnswer = match cluster
-                .upgrade()
-                .and_then(|cluster| cluster.replica(request.topic_id, request.partition))
-            {
-                None => Err("no replica of the partition on this node".into()),
-                Some(replica) => replica
-                    .write_transaction_marker(
-                        request.producer_id,
-                        request.producer_epoch,
-                        if request.commit {
-                            TransactionResult::Commit
-                        } else {
-                            TransactionResult::Abort
-                        },
-                        request.coordinator_epoch,
-                        MARKER_WAIT_MAX,
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            encode_body(&answer, MARKER_FRAME_BYTES_MAX)
-                .map_err(|e| RemoteFailure::BadResponse(e.to_string()))
-        })
     }
 }

@@ -188,6 +188,18 @@ pub enum MetadataCommand {
     UnregisterBroker {
         node_id: NodeId,
     },
+    /// A share group's share-partition states (KIP-932): each start offset, with the
+    /// partition's in-flight record states encoded in `metadata`, as Kafka's
+    /// `__share_group_state` holds them. Written by each partition's leader.
+    CommitShareState {
+        group: String,
+        offsets: Vec<CommittedOffset>,
+    },
+    /// Removes share-partition states of a group: the listed partitions, or all (`None`).
+    DeleteShareState {
+        group: String,
+        partitions: Option<Vec<(String, i32)>>,
+    },
     /// The transaction coordinator (the metadata leader) records one transactional id's state
     /// (`None` forgets the id). See [`TransactionStates`].
     SaveTransactionState {

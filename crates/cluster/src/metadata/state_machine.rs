@@ -43,6 +43,9 @@ struct StoredSnapshot {
     /// Absent in snapshots written before transactions were replicated.
     #[serde(default)]
     transactions: TransactionStates,
+    /// Absent in snapshots written before share groups were replicated.
+    #[serde(default)]
+    share_states: ConsumerOffsets,
 }
 
 /// What a snapshot sent to a lagging follower carries.
@@ -54,6 +57,8 @@ struct SnapshotPayload {
     partition_leaders: Vec<PartitionLeader>,
     #[serde(default)]
     transactions: TransactionStates,
+    #[serde(default)]
+    share_states: ConsumerOffsets,
 }
 
 /// A read handle on the partition leaders as reported through the metadata group and applied
@@ -202,6 +207,8 @@ pub struct MetadataStateMachine {
     leaders: PartitionLeaders,
     /// Written only while `state` is locked, as `offsets`.
     transactions: ReplicatedTransactions,
+    /// Share groups' share-partition states; written only while `state` is locked.
+    share_states: ReplicatedOffsets,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -230,7 +237,9 @@ impl MetadataStateMachine {
         let offsets = ReplicatedOffsets::default();
         let leaders = PartitionLeaders::default();
         let transactions = ReplicatedTransactions::default();
+        let share_states = ReplicatedOffsets::default();
         if let Some(stored) = &snapshot {
+            *share_states.offsets.write() = stored.share_states.clone();
             *offsets.offsets.write() = stored.consumer_offsets.clone();
             leaders.replace(stored.partition_leaders.clone());
             *transactions.states.write() = stored.transactions.clone();
@@ -258,6 +267,7 @@ impl MetadataStateMachine {
             offsets,
             leaders,
             transactions,
+            share_states,
             storage,
             dir: dir.to_path_buf(),
         })
@@ -281,6 +291,11 @@ impl MetadataStateMachine {
     /// The transaction coordinator's states as applied here.
     pub fn transactions(&self) -> ReplicatedTransactions {
         self.transactions.clone()
+    }
+
+    /// The share groups' share-partition states as applied here.
+    pub fn share_states(&self) -> ReplicatedOffsets {
+        self.share_states.clone()
     }
 
     fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
@@ -394,6 +409,8 @@ pub(super) fn apply_command(
         MetadataCommand::CommitOffsets { .. }
         | MetadataCommand::DeleteGroupOffsets { .. }
         | MetadataCommand::ReportPartitionLeaders { .. }
+        | MetadataCommand::CommitShareState { .. }
+        | MetadataCommand::DeleteShareState { .. }
         | MetadataCommand::SaveTransactionState { .. } => MetadataResponse::Done,
         MetadataCommand::ReassignPartition {
             name,
@@ -492,13 +509,18 @@ pub(super) fn apply_command(
     }
 }
 
-/// Applies a consumer-offsets command; `None` for any other command.
+/// Applies a consumer-offsets or share-state command to `offsets` (the map it names); `None`
+/// for any other command.
 pub(super) fn apply_offsets_command(
     offsets: &mut ConsumerOffsets,
     command: &MetadataCommand,
 ) -> Option<MetadataResponse> {
     match command {
         MetadataCommand::CommitOffsets {
+            group,
+            offsets: committed,
+        }
+        | MetadataCommand::CommitShareState {
             group,
             offsets: committed,
         } => {
@@ -511,7 +533,8 @@ pub(super) fn apply_offsets_command(
             }
             Some(MetadataResponse::Done)
         }
-        MetadataCommand::DeleteGroupOffsets { group, partitions } => {
+        MetadataCommand::DeleteGroupOffsets { group, partitions }
+        | MetadataCommand::DeleteShareState { group, partitions } => {
             let removed = match partitions {
                 None => offsets.remove(group).map_or(0, |topics| {
                     topics.values().map(BTreeMap::len).sum::<usize>()
@@ -592,6 +615,7 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
                 consumer_offsets: self.offsets.offsets.read().clone(),
                 partition_leaders: self.leaders.to_vec(),
                 transactions: self.transactions.states.read().clone(),
+                share_states: self.share_states.offsets.read().clone(),
             }
         };
         let data = serde_json::to_vec(&SnapshotPayload {
@@ -599,6 +623,7 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
             consumer_offsets: stored.consumer_offsets.clone(),
             partition_leaders: stored.partition_leaders.clone(),
             transactions: stored.transactions.clone(),
+            share_states: stored.share_states.clone(),
         })
         .map_err(|e| {
             StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -645,6 +670,14 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                     EntryPayload::Normal(MetadataCommand::ReportPartitionLeaders { reports }) => {
                         self.leaders.apply(&reports);
                         MetadataResponse::Done
+                    }
+                    EntryPayload::Normal(
+                        command @ (MetadataCommand::CommitShareState { .. }
+                        | MetadataCommand::DeleteShareState { .. }),
+                    ) => {
+                        let mut share_states = self.share_states.offsets.write();
+                        apply_offsets_command(&mut share_states, &command)
+                            .unwrap_or(MetadataResponse::Done)
                     }
                     EntryPayload::Normal(MetadataCommand::SaveTransactionState {
                         transactional_id,
@@ -708,6 +741,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             consumer_offsets,
             partition_leaders,
             transactions,
+            share_states,
         } = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
@@ -717,6 +751,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             consumer_offsets: consumer_offsets.clone(),
             partition_leaders: partition_leaders.clone(),
             transactions: transactions.clone(),
+            share_states: share_states.clone(),
         };
         self.persist(&stored).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -729,6 +764,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             *self.offsets.offsets.write() = consumer_offsets;
             self.leaders.replace(partition_leaders);
             *self.transactions.states.write() = transactions;
+            *self.share_states.offsets.write() = share_states;
             state.snapshot = Some(stored);
         }
         self.published.send_replace(metadata);
@@ -746,6 +782,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             consumer_offsets: stored.consumer_offsets,
             partition_leaders: stored.partition_leaders,
             transactions: stored.transactions,
+            share_states: stored.share_states,
         })
         .map_err(|e| {
             StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))

@@ -39,6 +39,10 @@ pub enum RpcKind {
     /// The transaction coordinator asks a partition's leader to write a transaction marker
     /// (Kafka's WriteTxnMarkers between brokers); sent to [`crate::GroupId::Broker`].
     WriteTransactionMarker,
+    /// A share group's coordinator asks a node to load the group's share partitions again
+    /// from their stored states (an admin tool changed them); sent to
+    /// [`crate::GroupId::Broker`].
+    ForgetSharePartitions,
 }
 
 impl RpcKind {

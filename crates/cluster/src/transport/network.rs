@@ -263,7 +263,8 @@ where
                 | RpcKind::Join
                 | RpcKind::MembershipChange
                 | RpcKind::ReadIndex
-                | RpcKind::WriteTransactionMarker => Err(RemoteFailure::Unsupported(kind)),
+                | RpcKind::WriteTransactionMarker
+                | RpcKind::ForgetSharePartitions => Err(RemoteFailure::Unsupported(kind)),
             }
         })
     }

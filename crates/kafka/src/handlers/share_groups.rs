@@ -36,15 +36,17 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 use sluice_broker::group_coordinator::{
-    AcknowledgeType, AcknowledgementBatch, ShareHeartbeatParams, TopicPartition,
+    AcknowledgeType, AcknowledgementBatch, ShareHeartbeatParams, ShareLog, TopicPartition,
 };
-use sluice_broker::{GroupCoordinator, GroupError, Partition};
+use sluice_broker::replication::ReplicationError;
+use sluice_broker::{GroupCoordinator, GroupError};
 use std::sync::Arc;
 use uuid::Uuid;
 
 use super::consumer_groups::{by_topic, topic_catalog};
-use super::groups::{str_bytes, GROUP_AUTHORIZED_OPERATIONS};
+use super::groups::{refused_here, str_bytes, GROUP_AUTHORIZED_OPERATIONS};
 use crate::error_codes::group_error_code;
+use crate::handlers::cluster::replication_error_code;
 use crate::share_session::{SessionPartition, SessionStep};
 use crate::RequestContext;
 
@@ -55,8 +57,19 @@ const WAIT_MS_MAX: i32 = 30_000;
 /// Records per ShareFetch when the request leaves it open (the client's `max.poll.records`).
 const RECORDS_MAX_DEFAULT: usize = 500;
 
-fn unsupported_in_cluster(ctx: &RequestContext) -> bool {
-    ctx.cluster.is_some()
+/// The share partition log of `topic`-`index` here: this node's partition or, in a cluster,
+/// its replica while this node leads it (share partitions live on their partition's leader).
+fn local_share_log(ctx: &RequestContext, topic: &str, index: i32) -> Option<Arc<dyn ShareLog>> {
+    match &ctx.cluster {
+        Some(cluster) => {
+            let topic_id = cluster.topic(topic)?.topic_id;
+            cluster.share_log(topic_id, index).ok().map(|(_, log)| log)
+        }
+        None => {
+            let partition = ctx.broker.topic(topic)?.partition(index)?;
+            Some(partition as Arc<dyn ShareLog>)
+        }
+    }
 }
 
 fn not_a_share_group(group_id: &str) -> String {
@@ -78,12 +91,9 @@ pub async fn share_group_heartbeat(
     _version: i16,
     request: ShareGroupHeartbeatRequest,
 ) -> ShareGroupHeartbeatResponse {
-    if unsupported_in_cluster(ctx) {
+    if refused_here(ctx) {
         return ShareGroupHeartbeatResponse::default()
-            .with_error_code(ResponseError::UnsupportedVersion.code())
-            .with_error_message(Some(str_bytes(
-                "Share groups are not supported in cluster mode yet.",
-            )));
+            .with_error_code(ResponseError::NotCoordinator.code());
     }
     let catalog = topic_catalog(ctx);
     let group_id = request.group_id.to_string();
@@ -112,17 +122,15 @@ pub async fn share_group_heartbeat(
         }
     };
     // The start offsets of newly assigned partitions are fixed now, as Kafka initializes
-    // share state on assignment: records written from here on are delivered.
+    // share state on assignment: records written from here on are delivered. In a cluster
+    // that happens here for the partitions this node leads, and on its leader's first
+    // ShareFetch for the others.
     for partition in result.assignment.iter().flatten() {
-        let Some(found) = ctx
-            .broker
-            .topic(&partition.topic)
-            .and_then(|t| t.partition(partition.partition))
-        else {
+        let Some(found) = local_share_log(ctx, &partition.topic, partition.partition) else {
             continue;
         };
         if let Err(error) = coordinator
-            .initialize_share_partition(&group_id, &found)
+            .initialize_share_partition(&group_id, found.as_ref())
             .await
         {
             return ShareGroupHeartbeatResponse::default()
@@ -175,10 +183,10 @@ pub async fn share_group_describe(
         .group_ids
         .into_iter()
         .map(|group_id| {
-            if unsupported_in_cluster(ctx) {
+            if refused_here(ctx) {
                 return DescribedGroup::default()
                     .with_group_id(group_id)
-                    .with_error_code(ResponseError::UnsupportedVersion.code());
+                    .with_error_code(ResponseError::NotCoordinator.code());
             }
             let description = match coordinator.describe_share_group(&group_id) {
                 Ok(description) => description,
@@ -247,19 +255,32 @@ fn acknowledgement_batch(
     })
 }
 
-/// A partition named by topic id: its name and the partition, or the error for it.
+/// A partition named by topic id: its name and its log here, or the error code for it (in a
+/// cluster NOT_LEADER_OR_FOLLOWER where this node does not lead it).
 fn resolve(
     ctx: &RequestContext,
     topic_id: Uuid,
     index: i32,
-) -> Result<(String, Arc<Partition>), ResponseError> {
+) -> Result<(String, Arc<dyn ShareLog>), i16> {
+    if let Some(cluster) = &ctx.cluster {
+        return cluster
+            .share_log(topic_id, index)
+            .map_err(|error| match error {
+                ReplicationError::Broker(sluice_broker::BrokerError::UnknownTopicOrPartition(
+                    _,
+                )) if cluster.metadata().topic_by_id(topic_id).is_none() => {
+                    ResponseError::UnknownTopicId.code()
+                }
+                other => replication_error_code(&other),
+            });
+    }
     let topic = ctx
         .broker
         .topic_by_id(topic_id)
-        .ok_or(ResponseError::UnknownTopicId)?;
+        .ok_or(ResponseError::UnknownTopicId.code())?;
     let partition = topic
         .partition(index)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
     Ok((topic.name().to_string(), partition))
 }
 
@@ -277,7 +298,7 @@ async fn acknowledge(
     let mut results = Vec::with_capacity(acknowledgements.len());
     for ((topic_id, index), batches) in acknowledgements {
         let outcome = async {
-            let (topic, _) = resolve(ctx, topic_id, index).map_err(|e| (e.code(), None))?;
+            let (topic, _) = resolve(ctx, topic_id, index).map_err(|code| (code, None))?;
             let batches = batches
                 .iter()
                 .map(|(first, last, types)| acknowledgement_batch(*first, *last, types))
@@ -318,9 +339,6 @@ pub async fn share_fetch(
             .with_error_code(error.code())
             .with_error_message(message.map(str_bytes))
     };
-    if unsupported_in_cluster(ctx) {
-        return fail(ResponseError::UnsupportedVersion, None);
-    }
     let (Some(group_id), Some(member_id)) = (&request.group_id, &request.member_id) else {
         return fail(
             ResponseError::InvalidRequest,
@@ -384,12 +402,12 @@ pub async fn share_fetch(
         }
         SessionStep::Fetch(partitions) => partitions,
     };
-    let mut targets: Vec<(SessionPartition, TopicPartition, Arc<Partition>)> = Vec::new();
+    let mut targets: Vec<(SessionPartition, TopicPartition, Arc<dyn ShareLog>)> = Vec::new();
     for key in partitions {
         match resolve(ctx, key.0, key.1) {
             Ok((topic, partition)) => {
                 if let Err(error) = coordinator
-                    .initialize_share_partition(&group_id, &partition)
+                    .initialize_share_partition(&group_id, partition.as_ref())
                     .await
                 {
                     let data = slot(&mut answers, &mut order, key, &leader);
@@ -406,8 +424,8 @@ pub async fn share_fetch(
                     partition,
                 ));
             }
-            Err(error) => {
-                slot(&mut answers, &mut order, key, &leader).error_code = error.code();
+            Err(code) => {
+                slot(&mut answers, &mut order, key, &leader).error_code = code;
             }
         }
     }
@@ -436,7 +454,7 @@ pub async fn share_fetch(
             match coordinator.share_fetch(
                 &group_id,
                 &member_id,
-                partition,
+                partition.as_ref(),
                 records_left,
                 bytes_left,
             ) {
@@ -535,9 +553,6 @@ pub async fn share_acknowledge(
             .with_error_code(error.code())
             .with_error_message(message.map(str_bytes))
     };
-    if unsupported_in_cluster(ctx) {
-        return fail(ResponseError::UnsupportedVersion, None);
-    }
     let (Some(group_id), Some(member_id)) = (&request.group_id, &request.member_id) else {
         return fail(
             ResponseError::InvalidRequest,
@@ -618,8 +633,8 @@ pub async fn describe_share_group_offsets(
             let group_id = group.group_id.to_string();
             let answer = DescribeShareGroupOffsetsResponseGroup::default()
                 .with_group_id(group.group_id.clone());
-            if unsupported_in_cluster(ctx) {
-                return answer.with_error_code(ResponseError::UnsupportedVersion.code());
+            if refused_here(ctx) {
+                return answer.with_error_code(ResponseError::NotCoordinator.code());
             }
             if !coordinator.is_share_group(&group_id) {
                 let message = no_share_group_message(coordinator, &group_id);
@@ -696,10 +711,10 @@ pub async fn alter_share_group_offsets(
             .with_error_code(code)
             .with_error_message(Some(str_bytes(message)))
     };
-    if unsupported_in_cluster(ctx) {
+    if refused_here(ctx) {
         return refused(
-            ResponseError::UnsupportedVersion.code(),
-            "Share groups are not supported in a cluster yet.".to_string(),
+            ResponseError::NotCoordinator.code(),
+            "This node is not the group coordinator.".to_string(),
         );
     }
     if request.topics.is_empty() {
@@ -809,10 +824,10 @@ pub async fn delete_share_group_offsets(
             .with_error_code(code)
             .with_error_message(Some(str_bytes(message)))
     };
-    if unsupported_in_cluster(ctx) {
+    if refused_here(ctx) {
         return refused(
-            ResponseError::UnsupportedVersion.code(),
-            "Share groups are not supported in a cluster yet.".to_string(),
+            ResponseError::NotCoordinator.code(),
+            "This node is not the group coordinator.".to_string(),
         );
     }
     if request.topics.is_empty() {

@@ -21,7 +21,7 @@ use sluice_broker::{
     Broker, BrokerConfig, BrokerError, GroupError, IsolationLevel, TransactionState,
     TransactionalProducer,
 };
-use sluice_cluster::node::{ClusterConfig, ClusterNode, MembershipError};
+use sluice_cluster::node::{ClusterConfig, ClusterNode, MembershipError, RaftTimings};
 use sluice_cluster::NodeId;
 use sluice_log::{validate_batches, RealDisk, Record, RecordBatchBuilder, TransactionResult};
 use tokio::net::TcpListener;
@@ -38,6 +38,7 @@ struct Cluster {
     addrs: Vec<(NodeId, SocketAddr)>,
     nodes: BTreeMap<NodeId, Node>,
     dir: tempfile::TempDir,
+    timings: RaftTimings,
 }
 
 impl Cluster {
@@ -46,6 +47,10 @@ impl Cluster {
     }
 
     async fn start_nodes(count: NodeId) -> Cluster {
+        Cluster::start_with(count, RaftTimings::default()).await
+    }
+
+    async fn start_with(count: NodeId, timings: RaftTimings) -> Cluster {
         let mut listeners = Vec::new();
         for node_id in 1..=count {
             listeners.push((node_id, TcpListener::bind("127.0.0.1:0").await.unwrap()));
@@ -58,6 +63,7 @@ impl Cluster {
             addrs,
             nodes: BTreeMap::new(),
             dir: tempfile::tempdir().unwrap(),
+            timings,
         };
         for (node_id, listener) in listeners {
             cluster.start_node(node_id, Some(listener)).await;
@@ -71,7 +77,7 @@ impl Cluster {
         broker_config.node_id = node_id as i32;
         let broker = Broker::open(broker_config).unwrap();
         let own = self.addrs.iter().find(|(id, _)| *id == node_id).unwrap().1;
-        let config = ClusterConfig::new(
+        let mut config = ClusterConfig::new(
             node_id,
             own,
             self.addrs.clone(),
@@ -79,6 +85,7 @@ impl Cluster {
             data,
             Arc::new(RealDisk),
         );
+        config.timings = self.timings;
         let node = match listener {
             Some(listener) => ClusterNode::start_with_listener(config, listener).await,
             None => ClusterNode::start(config).await,
@@ -1524,6 +1531,139 @@ async fn the_coordinator_aborts_a_transaction_past_its_timeout_on_a_cluster() {
         "{fenced:?}"
     );
     drop((broker, replica));
+    for node_id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop(node_id).await;
+    }
+}
+
+/// Every data record below the high watermark of a replica's log: (offset, key, value).
+fn keyed_records(replica: &Replica) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let log = replica.log();
+    let read = log.read(log.log_start_offset(), 256 << 20).unwrap();
+    let headers = validate_batches(&read.records).unwrap();
+    let mut out = Vec::new();
+    let mut position = 0usize;
+    let mut expected_base = None;
+    for header in headers {
+        let bytes = &read.records[position..position + header.total_bytes()];
+        position += header.total_bytes();
+        // Batches follow each other without gaps, compacted or not: a snapshot must be
+        // appendable batch after batch.
+        if let Some(expected) = expected_base {
+            assert_eq!(header.base_offset, expected, "a gap in the replicated log");
+        }
+        expected_base = Some(header.base_offset + i64::from(header.last_offset_delta) + 1);
+        if header.is_control() {
+            continue;
+        }
+        for record in sluice_log::decode_records(bytes).unwrap() {
+            out.push((
+                record.offset,
+                record.key.unwrap_or_default(),
+                record.value.unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compacted_topic_is_cleaned_below_the_raft_log_and_a_lagging_replica_gets_it_by_snapshot()
+{
+    // Snapshots every 20 entries, 5 kept: most of the log soon lies below what Raft holds.
+    let timings = RaftTimings {
+        snapshot_entries: 20,
+        entries_kept_after_snapshot: 5,
+        ..RaftTimings::default()
+    };
+    let mut cluster = Cluster::start_with(3, timings).await;
+    cluster.wait_for_brokers(3).await;
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("min.cleanable.dirty.ratio".to_string(), "0.01".to_string()),
+        ("segment.bytes".to_string(), (1 << 20).to_string()),
+    ]);
+    cluster.nodes[&1]
+        .cluster
+        .create_topic(TOPIC, 1, 3, configs, false)
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    // A keyless record is refused, as on one node.
+    let keyless = cluster
+        .replica(leader)
+        .produce(batch(-1, -1, &["no key"]), 1, TIMEOUT)
+        .await;
+    assert!(
+        matches!(
+            keyless,
+            Err(ReplicationError::Broker(BrokerError::InvalidRecord(_)))
+        ),
+        "{keyless:?}"
+    );
+    // One follower is down while the log is written and cleaned.
+    let lagging = (1..=3).find(|&n| n != leader).unwrap();
+    cluster.stop(lagging).await;
+    let replica = cluster.replica(leader);
+    let value = vec![b'x'; 10 << 10];
+    let mut last_value = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("k{}", i % 5);
+        let mut builder = RecordBatchBuilder::new();
+        let mut this_value = format!("v{i}-").into_bytes();
+        this_value.extend_from_slice(&value);
+        builder.push(Record {
+            timestamp: 1_000,
+            key: Some(key.clone().into_bytes()),
+            value: Some(this_value.clone()),
+            ..Record::default()
+        });
+        replica
+            .produce(Bytes::from(builder.build()), 2, TIMEOUT)
+            .await
+            .unwrap();
+        last_value.insert(key.into_bytes(), this_value);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let mut removed = 0;
+    while removed == 0 {
+        assert!(Instant::now() < deadline, "nothing was compacted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        removed = cluster
+            .nodes
+            .values()
+            .map(|n| n.cluster.compact_replicas())
+            .sum::<u64>();
+    }
+    let records = keyed_records(&replica);
+    assert!(records.len() < 300, "{} records left", records.len());
+    let mut latest = BTreeMap::new();
+    for (_, key, value) in &records {
+        latest.insert(key.clone(), value.clone());
+    }
+    assert_eq!(latest, last_value, "the last value of every key stays");
+
+    // The lagging follower comes back: the leader no longer holds the entries it lacks, so it
+    // is sent a snapshot of the compacted log and ends with the same records.
+    drop(replica);
+    cluster.start_node(lagging, None).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let leader_records = keyed_records(&cluster.replica(leader));
+        let follower = cluster.nodes[&lagging].cluster.replica_for(TOPIC, 0);
+        if let Ok(follower) = follower {
+            if follower.log().high_watermark() == cluster.replica(leader).log().high_watermark()
+                && keyed_records(&follower) == leader_records
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lagging replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for node_id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.stop(node_id).await;
     }

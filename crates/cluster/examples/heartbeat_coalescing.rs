@@ -28,6 +28,7 @@ async fn main() {
         heartbeat_interval: Duration::from_millis(heartbeat_ms),
         election_timeout_min: Duration::from_millis((heartbeat_ms * 10).max(1000)),
         election_timeout_max: Duration::from_millis((heartbeat_ms * 20).max(2000)),
+        ..RaftTimings::default()
     };
     println!("{groups} groups x 3 nodes, heartbeat {heartbeat_ms} ms, {seconds} s windows");
     for coalesce in [true, false] {

@@ -67,6 +67,12 @@ pub struct RaftTimings {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// A group takes a snapshot every this many entries (openraft's default, 5,000) and then
+    /// keeps `entries_kept_after_snapshot` of them (1,000) for followers a little behind. A
+    /// partition's batches below what its Raft log keeps are no longer Raft entries: only
+    /// those are compacted (see `sluice_log::PartitionLog::clean`).
+    pub snapshot_entries: u64,
+    pub entries_kept_after_snapshot: u64,
 }
 
 impl Default for RaftTimings {
@@ -75,6 +81,8 @@ impl Default for RaftTimings {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(200),
             election_timeout_max: Duration::from_millis(300),
+            snapshot_entries: 5_000,
+            entries_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -90,6 +98,8 @@ impl RaftTimings {
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
             election_timeout_min: self.election_timeout_min.as_millis() as u64,
             election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries),
+            max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
             ..Default::default()
         }
         .validate()

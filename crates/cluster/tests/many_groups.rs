@@ -16,6 +16,7 @@ fn timings() -> RaftTimings {
         heartbeat_interval: Duration::from_millis(1000),
         election_timeout_min: Duration::from_millis(5000),
         election_timeout_max: Duration::from_millis(8000),
+        ..RaftTimings::default()
     }
 }
 

@@ -152,18 +152,24 @@ pub(crate) struct CleanedSegment {
 }
 
 /// Writes the cleaned copy of `segment`; `None` when cleaning would not change it.
-/// `remove_tombstones`: the segment is past `delete.retention.ms`.
+/// `remove_tombstones`: the segment is past `delete.retention.ms`. `keep_every_batch`: a
+/// batch left without records stays, empty, instead of being dropped (a replicated log, whose
+/// batches must follow each other without gaps).
 pub(crate) fn clean_segment(
     storage: &Arc<dyn Storage>,
     segment: &Segment,
     map: &OffsetMap,
     producers: &ProducerScan,
     remove_tombstones: bool,
+    keep_every_batch: bool,
 ) -> Result<Option<CleanedSegment>, LogError> {
     // A first pass decides; only a segment that changes is copied.
     let mut changes = false;
     for_each_batch(segment, |header, read| {
-        if !changes && producers.aborted.contains(&header.base_offset) {
+        if !changes
+            && producers.aborted.contains(&header.base_offset)
+            && !(keep_every_batch && header.record_count == 0)
+        {
             changes = true;
         } else if !changes && producers.is_decided_data(header) {
             let batch = read()?;
@@ -187,6 +193,9 @@ pub(crate) fn clean_segment(
         let batch = read()?;
         if producers.aborted.contains(&header.base_offset) {
             records_removed += header.record_count.max(0) as u64;
+            if keep_every_batch {
+                out.extend_from_slice(&rebuild_batch(&batch, &[], 0)?);
+            }
         } else if !producers.is_decided_data(header) {
             out.extend_from_slice(&batch);
         } else {
@@ -203,7 +212,7 @@ pub(crate) fn clean_segment(
                 && producers.last_batch.get(&header.producer_id) == Some(&header.base_offset);
             if kept_count == header.record_count {
                 out.extend_from_slice(&batch);
-            } else if kept_count > 0 || producers_last {
+            } else if kept_count > 0 || producers_last || keep_every_batch {
                 out.extend_from_slice(&rebuild_batch(&batch, &kept, kept_count)?);
             }
         }

@@ -931,7 +931,15 @@ impl PartitionLog {
         let _cleaning = self.cleaner_lock.lock();
         self.check_online()?;
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
-        let end = end.min(self.high_watermark());
+        // A replicated log's batches from the retention floor on are Raft entries, which
+        // followers may still need as they were written: only those below it are cleaned.
+        let end = end
+            .min(self.high_watermark())
+            .min(self.retention_floor.load(Ordering::Acquire));
+        // A replicated log stays contiguous (a batch left without records stays, empty): a
+        // Raft snapshot carries the batches below the floor to a follower, which appends
+        // them at their own offsets one after the other.
+        let keep_every_batch = self.high_watermark_policy == HighWatermarkPolicy::External;
         let lag_floor = now_ms.saturating_sub(config.min_compaction_lag_ms);
         let cleanable: Vec<Arc<Segment>> = segments[..segments.len() - 1]
             .iter()
@@ -970,8 +978,14 @@ impl PartitionLog {
         };
         for segment in &cleanable {
             let remove_tombstones = segment.timestamp_max() < tombstone_horizon;
-            let Some(cleaned) =
-                clean_segment(&self.storage, segment, &map, &producers, remove_tombstones)?
+            let Some(cleaned) = clean_segment(
+                &self.storage,
+                segment,
+                &map,
+                &producers,
+                remove_tombstones,
+                keep_every_batch,
+            )?
             else {
                 continue;
             };

@@ -199,6 +199,7 @@ impl ClusterBroker {
         cluster.start_transactions();
         cluster.start_share_states();
         cluster.serve_broker_requests();
+        cluster.start_log_cleaner();
         tokio::spawn(Arc::clone(&cluster).follow_metadata());
         cluster
     }
@@ -431,10 +432,8 @@ impl ClusterBroker {
         validate_only: bool,
     ) -> Result<(), ReplicationError> {
         validate_topic_name(name)?;
-        refuse_compaction(&TopicConfig::new(
-            configs.clone(),
-            &self.broker.config().log_defaults,
-        )?)?;
+        // Validated as one node validates them.
+        TopicConfig::new(configs.clone(), &self.broker.config().log_defaults)?;
         let partition_count = if partition_count == -1 {
             self.broker.config().default_partitions
         } else {
@@ -627,10 +626,7 @@ impl ClusterBroker {
             configs.remove(key);
         }
         configs.extend(set.clone());
-        refuse_compaction(&TopicConfig::new(
-            configs,
-            &self.broker.config().log_defaults,
-        )?)?;
+        TopicConfig::new(configs, &self.broker.config().log_defaults)?;
         if validate_only {
             return Ok(());
         }
@@ -1304,6 +1300,59 @@ impl ClusterBroker {
         }
     }
 
+    /// One compaction pass over every replica of a compacted topic on this node, as one node
+    /// compacts its partitions: each replica cleans its own log, below its last stable offset
+    /// and below the first batch its Raft log still holds (see `PartitionLog::clean`), as each
+    /// Kafka broker cleans its own replica. Returns the records removed.
+    pub fn compact_replicas(&self) -> u64 {
+        let now = crate::now_ms();
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().values().cloned().collect();
+        let mut removed = 0;
+        for replica in replicas {
+            let log = replica.log();
+            if !log.config().compact {
+                continue;
+            }
+            let stable = match replica.last_stable_offset() {
+                Ok(stable) => stable,
+                Err(error) => {
+                    tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "reading producer state before compaction");
+                    continue;
+                }
+            };
+            match log.clean(now, stable) {
+                Ok(Some(stats)) => {
+                    removed += stats.records_removed;
+                    metrics::counter!("sluice_log_cleaner_records_removed_total")
+                        .increment(stats.records_removed);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(topic = replica.topic(), partition = replica.index(), %error, "log compaction failed")
+                }
+            }
+        }
+        removed
+    }
+
+    fn start_log_cleaner(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = Duration::from_millis(self.broker.config().log_cleaner_backoff_ms.max(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                if *cluster.stopped.borrow() {
+                    return;
+                }
+                // One pass at a time: the next sleep starts after this one ends.
+                let _ = tokio::task::spawn_blocking(move || cluster.compact_replicas()).await;
+            }
+        });
+    }
+
     async fn reconcile(&self, metadata: &ClusterMetadata) {
         let node_id = self.node_id();
         let mut wanted: HashMap<(uuid::Uuid, i32), (&TopicMetadata, &Vec<NodeId>)> = HashMap::new();
@@ -1505,17 +1554,4 @@ pub fn unreachable_replication_factor(replication_factor: i32, brokers: usize) -
          factor of {replication_factor} cannot be reached because only {brokers} broker(s) are \
          registered."
     )
-}
-
-/// Replicated partitions are not compacted yet: each replica would have to clean the same
-/// consensus log alike. Refused instead of accepted and ignored.
-fn refuse_compaction(config: &TopicConfig) -> Result<(), BrokerError> {
-    if config.compacts() {
-        return Err(BrokerError::InvalidConfig(
-            "cleanup.policy=compact: log compaction runs on a single node; a cluster does not \
-             compact replicated partitions yet"
-                .into(),
-        ));
-    }
-    Ok(())
 }

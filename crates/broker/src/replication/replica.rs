@@ -478,6 +478,19 @@ impl Replica {
             )
             .into());
         }
+        if self.log.config().compact {
+            if let Some(offset_delta) =
+                sluice_log::first_keyless_record(&records).map_err(BrokerError::from)?
+            {
+                // Kafka's answer (INVALID_RECORD) and wording, as on one node.
+                return Err(BrokerError::InvalidRecord(format!(
+                    "Compacted topic cannot accept message without key in topic partition \
+                     {}-{} (record {offset_delta} of the request).",
+                    self.topic, self.index
+                ))
+                .into());
+            }
+        }
         if !self.is_leader() {
             return Err(ReplicationError::NotLeader);
         }

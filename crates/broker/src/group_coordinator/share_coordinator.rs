@@ -241,9 +241,10 @@ impl GroupCoordinator {
             }
             None => {}
         }
+        let store = self.share_store();
+        store.catch_up().await?;
         // A negative stored offset was set by AlterShareGroupOffsets to mean "not set".
-        let stored = self
-            .share_store()
+        let stored = store
             .fetch(group_id, &key)
             .filter(|stored| stored.offset >= 0);
         let state = match &stored {

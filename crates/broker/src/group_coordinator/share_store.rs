@@ -98,6 +98,9 @@ pub trait ReplicatedShareStates: Send + Sync {
         group_id: &'a str,
         partitions: Option<&'a [TopicPartition]>,
     ) -> BoxFuture<'a, ()>;
+    /// Waits until this node applied every state committed before the call (a new partition
+    /// leader loads what its predecessor committed last).
+    fn catch_up(&self) -> BoxFuture<'_, Result<(), GroupError>>;
 }
 
 /// The share-state store in use: the node's own log, or the cluster's metadata group.
@@ -175,6 +178,15 @@ impl ShareStore<'_> {
         match self {
             ShareStore::Local(store) => store.delete_group(group_id).await.map(|_| ()),
             ShareStore::Replicated(store) => store.delete(group_id, None).await,
+        }
+    }
+
+    /// Before a share partition is loaded: every committed state is applied here (a node's
+    /// own log always is).
+    pub(crate) async fn catch_up(&self) -> Result<(), GroupError> {
+        match self {
+            ShareStore::Local(_) => Ok(()),
+            ShareStore::Replicated(store) => store.catch_up().await,
         }
     }
 

@@ -88,6 +88,11 @@ impl GroupDispatcher for BrokerRequests {
                     let request: ForgetSharePartitions =
                         decode_body(&body, FRAME_BYTES_MAX).map_err(bad_request)?;
                     if let Some(cluster) = cluster.upgrade() {
+                        // The coordinator committed the change before it asked: apply it here
+                        // first, or a fetch right after would load the old state again.
+                        if let Err(error) = cluster.node.catch_up().await {
+                            tracing::warn!(%error, "changed share states not applied here yet");
+                        }
                         let partitions: Option<Vec<TopicPartition>> =
                             request.partitions.map(|partitions| {
                                 partitions

@@ -147,6 +147,15 @@ impl ReplicatedShareStates for ClusterBroker {
         })
     }
 
+    fn catch_up(&self) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(async move {
+            self.node.catch_up().await.map_err(|error| {
+                tracing::debug!(%error, "share states not caught up");
+                GroupError::CoordinatorLoadInProgress
+            })
+        })
+    }
+
     fn reload_elsewhere<'a>(
         &'a self,
         group_id: &'a str,

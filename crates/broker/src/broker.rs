@@ -612,17 +612,15 @@ impl Broker {
                 if !log.config().compact {
                     continue;
                 }
-                match log.clean(now, partition.last_stable_offset()) {
-                    Ok(Some(stats)) => {
-                        *removed.entry(topic.name().to_string()).or_insert(0) +=
-                            stats.records_removed;
-                        metrics::counter!("sluice_log_cleaner_records_removed_total")
-                            .increment(stats.records_removed);
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::error!(topic = topic.name(), partition = partition.index(), %error, "log compaction failed")
-                    }
+                let records_removed = compact_log(
+                    log,
+                    now,
+                    partition.last_stable_offset(),
+                    topic.name(),
+                    partition.index(),
+                );
+                if records_removed > 0 {
+                    *removed.entry(topic.name().to_string()).or_insert(0) += records_removed;
                 }
             }
         }
@@ -665,5 +663,28 @@ pub(crate) fn no_increase(name: &str, current: i32, count: i32) -> String {
         format!("Topic already has {current} partition(s).")
     } else {
         format!("The topic {name} currently has {current} partition(s); {count} would not be an increase.")
+    }
+}
+
+/// One compaction pass over `log` below `end` if it is due; the records it removed (0 when
+/// it was not due or failed, which is logged).
+pub(crate) fn compact_log(
+    log: &sluice_log::PartitionLog,
+    now_ms: i64,
+    end: i64,
+    topic: &str,
+    partition: i32,
+) -> u64 {
+    match log.clean(now_ms, end) {
+        Ok(Some(stats)) => {
+            metrics::counter!("sluice_log_cleaner_records_removed_total")
+                .increment(stats.records_removed);
+            stats.records_removed
+        }
+        Ok(None) => 0,
+        Err(error) => {
+            tracing::error!(topic, partition, %error, "log compaction failed");
+            0
+        }
     }
 }

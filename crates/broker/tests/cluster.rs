@@ -247,6 +247,9 @@ async fn acknowledged_batches_survive_the_leader_and_retries_are_not_duplicated(
         .unwrap();
     let topic = first.topic(TOPIC).unwrap();
     assert_eq!(topic.assignments[0].len(), 3);
+    // The leader may be node 1 (the preferred replica goes first): its handles go before it
+    // is stopped, so that it can be restarted on the same data directory.
+    drop(first);
 
     let leader = cluster.leader().await;
     let follower = (1..=3).find(|&n| n != leader).unwrap();
@@ -1436,6 +1439,20 @@ async fn transactions_are_coordinated_by_the_metadata_leader_and_survive_it() {
     let successor = metadata_leader(&cluster).await;
     assert_ne!(successor, coordinator);
     let broker = cluster.nodes[&successor].broker.clone();
+    // As a request would: confirmed as the leader, with every committed state applied.
+    let deadline = Instant::now() + TIMEOUT;
+    while broker
+        .transaction_coordinator()
+        .check_serving()
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the successor does not coordinate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let described = broker
         .transaction_coordinator()
         .describe(&["tx".to_string()]);
@@ -1506,13 +1523,21 @@ async fn the_coordinator_aborts_a_transaction_past_its_timeout_on_a_cluster() {
         .fetch(open, 1 << 20, -1, IsolationLevel::ReadCommitted)
         .unwrap();
     assert_eq!(read.aborted_transactions.len(), 1);
-    let state = broker
-        .transaction_coordinator()
-        .describe(&["slow".to_string()])[0]
-        .1
-        .clone()
-        .unwrap();
-    assert_eq!(state.state, TransactionState::CompleteAbort);
+    // The completion is committed just after the markers.
+    let deadline = Instant::now() + TIMEOUT;
+    let state = loop {
+        let state = broker
+            .transaction_coordinator()
+            .describe(&["slow".to_string()])[0]
+            .1
+            .clone()
+            .unwrap();
+        if state.state == TransactionState::CompleteAbort {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", state.state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(state.producer_epoch, ids.1 + 1);
     let fenced = replica
         .produce(

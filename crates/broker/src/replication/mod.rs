@@ -74,6 +74,9 @@ use crate::{Broker, BrokerError, GroupError};
 const PRODUCER_ID_BLOCK: u32 = 1000;
 /// How long an admin call waits for its effect to reach this node.
 const ADMIN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long the other replicas of a new partition wait before they initialize its group, so
+/// that the preferred replica's election comes first.
+const PREFERRED_LEADER_HEAD_START: Duration = Duration::from_millis(500);
 /// How long an offset commit or fetch waits for the metadata group before the client is sent
 /// to find the coordinator again: far above a healthy commit, below clients' request timeouts.
 const OFFSETS_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -695,14 +698,7 @@ impl ClusterBroker {
             .into_iter()
             .zip(&results)
             .filter(|(_, result)| result.is_ok())
-            .map(|((partition, offset), _)| CommittedOffset {
-                topic: partition.topic,
-                partition: partition.partition,
-                offset: offset.offset,
-                leader_epoch: offset.leader_epoch,
-                metadata: offset.metadata,
-                commit_timestamp_ms: offset.commit_timestamp_ms,
-            })
+            .map(|((partition, offset), _)| committed_offset(partition, offset))
             .collect();
         if accepted.is_empty() {
             return Ok(results);
@@ -742,20 +738,7 @@ impl ClusterBroker {
             });
         }
         let offsets = self.node.consumer_offsets();
-        let convert = |o: CommittedOffset| {
-            (
-                TopicPartition {
-                    topic: o.topic,
-                    partition: o.partition,
-                },
-                OffsetAndMetadata {
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata: o.metadata,
-                    commit_timestamp_ms: o.commit_timestamp_ms,
-                },
-            )
-        };
+        let convert = stored_offset;
         Ok(match partitions {
             Some(partitions) => partitions
                 .iter()
@@ -1320,17 +1303,8 @@ impl ClusterBroker {
                     continue;
                 }
             };
-            match log.clean(now, stable) {
-                Ok(Some(stats)) => {
-                    removed += stats.records_removed;
-                    metrics::counter!("sluice_log_cleaner_records_removed_total")
-                        .increment(stats.records_removed);
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::error!(topic = replica.topic(), partition = replica.index(), %error, "log compaction failed")
-                }
-            }
+            removed +=
+                crate::broker::compact_log(log, now, stable, replica.topic(), replica.index());
         }
         removed
     }
@@ -1464,15 +1438,30 @@ impl ClusterBroker {
                     )
                 })
                 .collect();
-            match raft.initialize(members).await {
-                Ok(()) => {}
-                Err(openraft::error::RaftError::APIError(
-                    openraft::error::InitializeError::NotAllowed(_),
-                )) => {}
-                Err(e) => {
-                    tracing::warn!(topic = %topic.name, partition, error = %e, "initializing the partition group")
+            // Initializing starts an election at once. The preferred replica (the first;
+            // placement spreads them over the nodes) goes first and wins, so a new topic's
+            // leaders are spread as Kafka's are; the others follow a moment later, which only
+            // matters when the preferred one is down (they then elect among themselves). Were
+            // all to start together, the highest node id would win every tie.
+            let head_start = if replicas.first() == Some(&self.node_id()) {
+                Duration::ZERO
+            } else {
+                PREFERRED_LEADER_HEAD_START
+            };
+            let raft = raft.clone();
+            let name = topic.name.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(head_start).await;
+                match raft.initialize(members).await {
+                    Ok(()) => {}
+                    Err(openraft::error::RaftError::APIError(
+                        openraft::error::InitializeError::NotAllowed(_),
+                    )) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = %name, partition, error = %e, "initializing the partition group")
+                    }
                 }
-            }
+            });
         }
         let replica = Arc::new(Replica::new(
             topic.name.clone(),
@@ -1544,6 +1533,34 @@ fn membership_of(replica: &Replica) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool
         membership.voter_ids().collect(),
         membership.learner_ids().collect(),
         membership.get_joint_config().len() > 1,
+    )
+}
+
+/// An offset as the metadata group stores it (consumer offsets and share states alike).
+fn committed_offset(partition: TopicPartition, offset: OffsetAndMetadata) -> CommittedOffset {
+    CommittedOffset {
+        topic: partition.topic,
+        partition: partition.partition,
+        offset: offset.offset,
+        leader_epoch: offset.leader_epoch,
+        metadata: offset.metadata,
+        commit_timestamp_ms: offset.commit_timestamp_ms,
+    }
+}
+
+/// [`committed_offset`] the other way.
+fn stored_offset(offset: CommittedOffset) -> (TopicPartition, OffsetAndMetadata) {
+    (
+        TopicPartition {
+            topic: offset.topic,
+            partition: offset.partition,
+        },
+        OffsetAndMetadata {
+            offset: offset.offset,
+            leader_epoch: offset.leader_epoch,
+            metadata: offset.metadata,
+            commit_timestamp_ms: offset.commit_timestamp_ms,
+        },
     )
 }
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sluice_cluster::metadata::{CommittedOffset, MetadataCommand};
+use sluice_cluster::metadata::MetadataCommand;
 use sluice_cluster::transport::RpcKind;
 use sluice_cluster::{GroupId, NodeId};
 
 use super::broker_requests::ForgetSharePartitions;
 
-use super::ClusterBroker;
+use super::{committed_offset, stored_offset, ClusterBroker};
 use crate::group_coordinator::{
     OffsetAndMetadata, ReplicatedShareStates, ShareLog, TopicPartition,
 };
@@ -62,21 +62,12 @@ impl ClusterBroker {
     }
 }
 
-fn offset_and_metadata(offset: CommittedOffset) -> OffsetAndMetadata {
-    OffsetAndMetadata {
-        offset: offset.offset,
-        leader_epoch: offset.leader_epoch,
-        metadata: offset.metadata,
-        commit_timestamp_ms: offset.commit_timestamp_ms,
-    }
-}
-
 impl ReplicatedShareStates for ClusterBroker {
     fn fetch(&self, group_id: &str, partition: &TopicPartition) -> Option<OffsetAndMetadata> {
         self.node
             .share_states()
             .fetch(group_id, &partition.topic, partition.partition)
-            .map(offset_and_metadata)
+            .map(|offset| stored_offset(offset).1)
     }
 
     fn group_offsets(&self, group_id: &str) -> Vec<(TopicPartition, OffsetAndMetadata)> {
@@ -84,15 +75,7 @@ impl ReplicatedShareStates for ClusterBroker {
             .share_states()
             .group(group_id)
             .into_iter()
-            .map(|offset| {
-                (
-                    TopicPartition {
-                        topic: offset.topic.clone(),
-                        partition: offset.partition,
-                    },
-                    offset_and_metadata(offset),
-                )
-            })
+            .map(stored_offset)
             .collect()
     }
 
@@ -108,14 +91,7 @@ impl ReplicatedShareStates for ClusterBroker {
         Box::pin(async move {
             let offsets = offsets
                 .iter()
-                .map(|(partition, offset)| CommittedOffset {
-                    topic: partition.topic.clone(),
-                    partition: partition.partition,
-                    offset: offset.offset,
-                    leader_epoch: offset.leader_epoch,
-                    metadata: offset.metadata.clone(),
-                    commit_timestamp_ms: offset.commit_timestamp_ms,
-                })
+                .map(|(partition, offset)| committed_offset(partition.clone(), offset.clone()))
                 .collect();
             self.propose_share_command(MetadataCommand::CommitShareState {
                 group: group_id.to_string(),

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sluice_cluster::metadata::{CommittedOffset, MetadataCommand};
+use sluice_cluster::metadata::MetadataCommand;
 use sluice_cluster::transport::RpcKind;
 use sluice_cluster::GroupId;
 use sluice_log::TransactionResult;
 
-use super::{ClusterBroker, ReplicationError};
+use super::{committed_offset, ClusterBroker, ReplicationError};
 use crate::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use crate::transaction_coordinator::{
     ClusterTransactionBackend, TransactionMarker, TransactionMetadata,
@@ -227,14 +227,7 @@ impl ClusterTransactionBackend for ClusterBroker {
         Box::pin(async move {
             let offsets = offsets
                 .into_iter()
-                .map(|(partition, offset)| CommittedOffset {
-                    topic: partition.topic,
-                    partition: partition.partition,
-                    offset: offset.offset,
-                    leader_epoch: offset.leader_epoch,
-                    metadata: offset.metadata,
-                    commit_timestamp_ms: offset.commit_timestamp_ms,
-                })
+                .map(|(partition, offset)| committed_offset(partition, offset))
                 .collect();
             let command = MetadataCommand::CommitOffsets {
                 group: group_id.to_string(),

@@ -76,6 +76,38 @@ fn record_count_of_batches(mut records: &[u8]) -> u64 {
     count
 }
 
+/// A fetch of `log` from `offset`, at most about `bytes_max`, at `isolation`: `ReadCommitted`
+/// stops at `last_stable_offset` and names the aborted transactions overlapping the batches
+/// read (`aborted_between(from, to)`, asked only then, so the producer state is not locked
+/// across the read). A partition of one node and a cluster replica alike.
+pub(crate) fn read_isolated(
+    log: &PartitionLog,
+    last_stable_offset: i64,
+    offset: i64,
+    bytes_max: usize,
+    isolation: IsolationLevel,
+    aborted_between: impl FnOnce(i64, i64) -> Vec<AbortedTransaction>,
+) -> Result<FetchedPartition, BrokerError> {
+    let read = match isolation {
+        IsolationLevel::ReadUncommitted => log.read(offset, bytes_max)?,
+        IsolationLevel::ReadCommitted => log.read_to(offset, bytes_max, last_stable_offset)?,
+    };
+    let aborted_transactions =
+        if isolation == IsolationLevel::ReadCommitted && !read.records.is_empty() {
+            aborted_between(offset, last_stable_offset)
+        } else {
+            Vec::new()
+        };
+    Ok(FetchedPartition {
+        records: read.records,
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+        log_end_offset: read.log_end_offset,
+        last_stable_offset: last_stable_offset.min(read.high_watermark),
+        aborted_transactions,
+    })
+}
+
 /// What the transaction marker `header` (a stored transactional control batch) records.
 pub(crate) fn stored_marker_result(
     log: &PartitionLog,
@@ -231,11 +263,9 @@ impl Partition {
 
     /// The offset below which no transaction is open, capped by the high watermark.
     pub fn last_stable_offset(&self) -> i64 {
-        let high_watermark = self.log.high_watermark();
-        match self.producers.lock().first_unstable_offset() {
-            Some(first) => first.min(high_watermark),
-            None => high_watermark,
-        }
+        self.producers
+            .lock()
+            .last_stable_offset(self.log.high_watermark())
     }
 
     /// The idempotent producers this partition remembers (DescribeProducers).
@@ -397,29 +427,14 @@ impl Partition {
         bytes_max: usize,
         isolation: IsolationLevel,
     ) -> Result<FetchedPartition, BrokerError> {
-        let last_stable_offset = self.last_stable_offset();
-        let read = match isolation {
-            IsolationLevel::ReadUncommitted => self.log.read(offset, bytes_max)?,
-            IsolationLevel::ReadCommitted => {
-                self.log.read_to(offset, bytes_max, last_stable_offset)?
-            }
-        };
-        let aborted_transactions =
-            if isolation == IsolationLevel::ReadCommitted && !read.records.is_empty() {
-                self.producers
-                    .lock()
-                    .aborted_between(offset, last_stable_offset)
-            } else {
-                Vec::new()
-            };
-        Ok(FetchedPartition {
-            records: read.records,
-            high_watermark: read.high_watermark,
-            log_start_offset: read.log_start_offset,
-            log_end_offset: read.log_end_offset,
-            last_stable_offset: last_stable_offset.min(read.high_watermark),
-            aborted_transactions,
-        })
+        read_isolated(
+            &self.log,
+            self.last_stable_offset(),
+            offset,
+            bytes_max,
+            isolation,
+            |from, to| self.producers.lock().aborted_between(from, to),
+        )
     }
 
     /// Counts `records` (whole batches this partition returned from `fetch`) as delivered to a

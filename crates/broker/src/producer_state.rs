@@ -199,6 +199,13 @@ impl ProducerStateTable {
         self.open_transactions.first().map(|&(offset, _)| offset)
     }
 
+    /// The offset below which no transaction is open, capped by `high_watermark`: where
+    /// `read_committed` consumers stop (Kafka's last stable offset).
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
     /// The aborted transactions a fetch of offsets `[from, to)` must tell the consumer about:
     /// those whose range overlaps it.
     pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTransaction> {

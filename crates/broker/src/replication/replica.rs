@@ -26,7 +26,9 @@ use tokio::sync::watch;
 
 use super::proposer::{EntryProposer, ProposalFailure, ProposedBatch};
 use super::ReplicationError;
-use crate::partition::{delete_records_target, stored_marker_result, IsolationLevel};
+use crate::partition::{
+    delete_records_target, read_isolated, stored_marker_result, IsolationLevel,
+};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 use crate::{now_ms, BrokerError, FetchedPartition, ProduceOutcome};
 
@@ -310,11 +312,11 @@ impl Replica {
     /// watermark: where `read_committed` consumers stop.
     pub fn last_stable_offset(&self) -> Result<i64, BrokerError> {
         self.track_committed_producers()?;
-        let high_watermark = self.log.high_watermark();
-        Ok(match self.producers.lock().table.first_unstable_offset() {
-            Some(first) => first.min(high_watermark),
-            None => high_watermark,
-        })
+        Ok(self
+            .producers
+            .lock()
+            .table
+            .last_stable_offset(self.log.high_watermark()))
     }
 
     /// Forgets idempotent producers whose last batch's timestamp is `expiration_ms`
@@ -364,31 +366,14 @@ impl Replica {
         isolation: IsolationLevel,
     ) -> Result<FetchedPartition, ReplicationError> {
         self.check_leader(current_leader_epoch)?;
-        let last_stable_offset = self.last_stable_offset()?;
-        let read = match isolation {
-            IsolationLevel::ReadUncommitted => self.log.read(offset, bytes_max),
-            IsolationLevel::ReadCommitted => {
-                self.log.read_to(offset, bytes_max, last_stable_offset)
-            }
-        }
-        .map_err(BrokerError::from)?;
-        let aborted_transactions =
-            if isolation == IsolationLevel::ReadCommitted && !read.records.is_empty() {
-                self.producers
-                    .lock()
-                    .table
-                    .aborted_between(offset, last_stable_offset)
-            } else {
-                Vec::new()
-            };
-        Ok(FetchedPartition {
-            records: read.records,
-            high_watermark: read.high_watermark,
-            log_start_offset: read.log_start_offset,
-            log_end_offset: read.log_end_offset,
-            last_stable_offset: last_stable_offset.min(read.high_watermark),
-            aborted_transactions,
-        })
+        Ok(read_isolated(
+            &self.log,
+            self.last_stable_offset()?,
+            offset,
+            bytes_max,
+            isolation,
+            |from, to| self.producers.lock().table.aborted_between(from, to),
+        )?)
     }
 
     /// Writes the marker ending `producer_id`'s transaction on this partition (the leader

@@ -46,6 +46,14 @@ def free_port() -> int:
             return port
 
 
+def first_listener_port(listeners: str) -> int:
+    """The port of the first listener of a --kafka-listen value: `PROTO://HOST:PORT` or
+    `HOST:PORT` entries, comma-separated (HOST may be a bracketed IPv6 address)."""
+    first = listeners.split(",")[0].strip()
+    address = first.split("://", 1)[1] if "://" in first else first
+    return int(address.rsplit(":", 1)[1])
+
+
 def start_static_cluster(broker_factory, size=3):
     """`size` nodes on 127.0.0.1 started with --peers (RF 3 by default); (nodes, their
     cluster ports), the ports for a later node's --join."""
@@ -79,7 +87,10 @@ class Broker:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = [str(a) for a in extra_args]
-        self.port = free_port()
+        # A test that passes --kafka-listen names its own listeners (several, with security
+        # protocols): `port` is the first one's, which startup waits for.
+        listeners = self.arg_value("--kafka-listen")
+        self.port = first_listener_port(listeners) if listeners is not None else free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         # Every broker gets its own AMQP port too, so that test brokers never race for the
         # default 5672 (or for each other's ports) unless a test picks the listener itself.
@@ -90,6 +101,12 @@ class Broker:
         self.process = None
         self.starts = 0
 
+    def arg_value(self, flag):
+        """The value given to `flag` in extra_args (the last one), or None."""
+        values = [self.extra_args[i + 1] for i, arg in enumerate(self.extra_args[:-1])
+                  if arg == flag]
+        return values[-1] if values else None
+
     @property
     def pid(self):
         return self.process.pid if self.process else None
@@ -99,8 +116,9 @@ class Broker:
             str(sluice_bin()),
             "serve",
             "--data-dir", str(self.data_dir),
-            "--kafka-listen", self.bootstrap,
         ]
+        if "--kafka-listen" not in self.extra_args:
+            args += ["--kafka-listen", self.bootstrap]
         if "--group-initial-rebalance-delay-ms" not in self.extra_args:
             args += ["--group-initial-rebalance-delay-ms", "0"]
         if "--amqp-listen" not in self.extra_args:

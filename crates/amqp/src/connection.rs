@@ -12,9 +12,9 @@ use std::time::Duration;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
+use sluice_auth::{Access, VhostPermissions};
 use sluice_broker::vhost::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::channel::Channel;
@@ -109,9 +109,15 @@ const FLOW_WAIT_MAX: Duration = Duration::from_millis(500);
 /// Serves one connection until it closes, or until `shutdown` turns true: then it reads no
 /// further frame, answers the confirms of publishes already read, and closes the connection
 /// with 320 CONNECTION_FORCED as RabbitMQ does on shutdown.
+/// The socket's halves: TCP, or TLS over TCP.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
 pub(crate) async fn serve_connection(
-    stream: TcpStream,
+    read_half: ReadHalf,
+    mut write_half: WriteHalf,
     peer: SocketAddr,
+    certified: Option<String>,
     context: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -122,8 +128,7 @@ pub(crate) async fn serve_connection(
         peer,
         Some(id),
     );
-    let (read_half, mut write_half) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 << 10, read_half);
+    let reader = BufReader::with_capacity(64 << 10, read_half);
     // From the protocol header to connection.open: a socket that connects and never gets
     // there is closed, rather than holding a task and a socket forever (RabbitMQ's
     // handshake_timeout).
@@ -131,6 +136,7 @@ pub(crate) async fn serve_connection(
 
     // Protocol header: anything else gets ours back and the socket closed (AMQP 0-9-1 §4.2.2).
     let mut header = [0u8; 8];
+    let mut reader = reader;
     match tokio::time::timeout_at(handshake_deadline, reader.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}
         Ok(Err(_)) => return,
@@ -171,6 +177,9 @@ pub(crate) async fn serve_connection(
         heartbeat_s,
         channel_max: context.config.channel_max,
         user: String::new(),
+        certified,
+        vhost_name: String::new(),
+        permissions: None,
         client_name: None,
         channels: HashMap::new(),
         blocked_capable: false,
@@ -212,7 +221,7 @@ pub(crate) async fn serve_connection(
 }
 
 async fn write_loop(
-    mut socket: tokio::net::tcp::OwnedWriteHalf,
+    mut socket: WriteHalf,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     heartbeat_s: Arc<AtomicU32>,
     backlog: Arc<WriteBacklog>,
@@ -260,7 +269,7 @@ async fn write_loop(
 }
 
 async fn write_all_vectored(
-    socket: &mut tokio::net::tcp::OwnedWriteHalf,
+    socket: &mut WriteHalf,
     mut bufs: &mut [std::io::IoSlice<'_>],
 ) -> std::io::Result<()> {
     while !bufs.is_empty() {
@@ -278,11 +287,17 @@ pub(crate) struct Connection {
     peer: SocketAddr,
     pub context: Arc<ServerContext>,
     pub out: Outbound,
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: BufReader<ReadHalf>,
     frame_max: Arc<AtomicU32>,
     heartbeat_s: Arc<AtomicU32>,
     channel_max: u16,
     pub user: String,
+    /// The common name of the client's verified TLS certificate (the user of EXTERNAL).
+    certified: Option<String>,
+    /// The virtual host opened (connection.open).
+    pub vhost_name: String,
+    /// The user's permissions on that virtual host, read at connection.open.
+    pub permissions: Option<VhostPermissions>,
     /// The client's connection_name (or product) property, shown by the HTTP API.
     client_name: Option<String>,
     channels: HashMap<u16, Channel>,
@@ -382,7 +397,12 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties,
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                // EXTERNAL where a verified client certificate names the user.
+                mechanisms: if self.certified.is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL".into()
+                } else {
+                    "PLAIN AMQPLAIN".into()
+                },
                 locales: "en_US".into(),
             })),
         ));
@@ -412,19 +432,28 @@ impl Connection {
             self.cancel_notify = has("consumer_cancel_notify");
         }
         let mechanism = start_ok.mechanism.as_str().to_string();
-        let Some((user, password)) = credentials(&mechanism, start_ok.response.as_bytes()) else {
+        let store = Arc::clone(&self.context.config.user_store);
+        let loopback = self.peer.ip().is_loopback();
+        let authenticated = if mechanism == "EXTERNAL" {
+            self.certified
+                .as_deref()
+                .and_then(|name| store.certified(name, loopback))
+        } else {
+            let Some((user, password)) = credentials(&mechanism, start_ok.response.as_bytes())
+            else {
+                tracing::warn!(peer = %self.peer, %mechanism, "AMQP login refused: malformed response or unknown mechanism");
+                tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                return Err(Some(access_refused(&mechanism)));
+            };
+            store.verify_password(&user, &password, loopback)
+        };
+        let Some(authenticated) = authenticated else {
+            tracing::warn!(peer = %self.peer, %mechanism, "AMQP login refused");
+            // Slows password guessing, as RabbitMQ's delay before closing.
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
             return Err(Some(access_refused(&mechanism)));
         };
-        let allowed = self.context.config.users.iter().any(|u| {
-            u.name == user
-                && u.password == password
-                && (!u.loopback_only || self.peer.ip().is_loopback())
-        });
-        if !allowed {
-            tracing::warn!(peer = %self.peer, %user, "AMQP login refused");
-            return Err(Some(access_refused(&mechanism)));
-        }
-        self.user = user;
+        self.user = authenticated.name;
 
         let context = Arc::clone(&self.context);
         let config = &context.config;
@@ -485,6 +514,22 @@ impl Connection {
                 .on(10, 40),
             ));
         }
+        let Some(permissions) = store.permissions(&self.user, open.virtual_host.as_str()) else {
+            tracing::warn!(peer = %self.peer, user = %self.user, vhost = open.virtual_host.as_str(), "AMQP: no permissions on the vhost");
+            return Err(Some(
+                AmqpError::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "access to vhost '{}' refused for user '{}'",
+                        open.virtual_host.as_str(),
+                        self.user
+                    ),
+                )
+                .on(10, 40),
+            ));
+        };
+        self.vhost_name = open.virtual_host.as_str().to_string();
+        self.permissions = Some(permissions);
         self.send(method_frame(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -798,6 +843,38 @@ pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// How long a failed login waits before its connection.close.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(100);
+
+impl Connection {
+    /// RabbitMQ's permission check: `access` to the exchange or queue `name`, refused with 403
+    /// and RabbitMQ's text.
+    pub(crate) fn check_access(
+        &self,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        if self
+            .permissions
+            .as_ref()
+            .is_some_and(|permissions| permissions.allows(access, name))
+        {
+            return Ok(());
+        }
+        let shown = if name.is_empty() { "amq.default" } else { name };
+        Err(AmqpError::channel(
+            ACCESS_REFUSED,
+            format!(
+                "{} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
+                access.name(),
+                self.vhost_name,
+                self.user
+            ),
+        ))
+    }
 }
 
 fn access_refused(mechanism: &str) -> AmqpError {

@@ -10,4 +10,4 @@ mod properties;
 mod reply;
 mod server;
 
-pub use server::{AmqpConfig, AmqpServer, AmqpUser};
+pub use server::{AmqpConfig, AmqpServer};

@@ -3,24 +3,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_auth::{ReloadingTls, UserStore};
 use sluice_broker::vhost::VirtualHost;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{serve_connection, shutdown_requested};
 
-/// A user allowed to log in (PLAIN / AMQPLAIN).
-#[derive(Debug, Clone)]
-pub struct AmqpUser {
-    pub name: String,
-    pub password: String,
-    /// Only from 127.0.0.0/8 or ::1 (RabbitMQ's rule for guest).
-    pub loopback_only: bool,
-}
-
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    pub users: Vec<AmqpUser>,
+    /// The users, their passwords' keys and their permissions.
+    pub user_store: Arc<UserStore>,
     /// Largest frame we accept and propose in connection.tune.
     pub frame_max: u32,
     pub channel_max: u16,
@@ -39,11 +32,7 @@ pub struct AmqpConfig {
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
-            users: vec![AmqpUser {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            }],
+            user_store: UserStore::in_memory(),
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat_s: 60,
@@ -65,7 +54,8 @@ const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The AMQP listeners: accept connections and serve each on its own task.
 pub struct AmqpServer {
-    listeners: Vec<TcpListener>,
+    /// Each listener with its TLS settings (amqps) or None (plain AMQP).
+    listeners: Vec<(TcpListener, Option<Arc<ReloadingTls>>)>,
     context: Arc<ServerContext>,
 }
 
@@ -77,7 +67,7 @@ impl AmqpServer {
     ) -> std::io::Result<AmqpServer> {
         let mut listeners = Vec::new();
         for address in addresses {
-            listeners.push(TcpListener::bind(address).await?);
+            listeners.push((TcpListener::bind(address).await?, None));
         }
         Ok(AmqpServer {
             listeners,
@@ -89,10 +79,32 @@ impl AmqpServer {
         })
     }
 
+    /// Adds AMQP-over-TLS listeners (amqps).
+    pub async fn bind_tls(
+        &mut self,
+        addresses: &[SocketAddr],
+        tls: Arc<ReloadingTls>,
+    ) -> std::io::Result<()> {
+        for address in addresses {
+            self.listeners
+                .push((TcpListener::bind(address).await?, Some(Arc::clone(&tls))));
+        }
+        Ok(())
+    }
+
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, tls)| tls.is_none())
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|(_, tls)| tls.is_some())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -103,7 +115,7 @@ impl AmqpServer {
         // Every connection task holds a clone; `recv` gives None once the last one ended.
         let (alive, mut all_closed) = mpsc::channel::<()>(1);
         let mut tasks = Vec::new();
-        for listener in self.listeners {
+        for (listener, tls) in self.listeners {
             let context = Arc::clone(&self.context);
             let mut shutdown = shutdown.clone();
             let alive = alive.clone();
@@ -133,15 +145,22 @@ impl AmqpServer {
                                     continue;
                                 };
                                 let _ = stream.set_nodelay(true);
-                                let connection = serve_connection(
-                                    stream,
-                                    peer,
-                                    Arc::clone(&context),
-                                    shutdown.clone(),
-                                );
+                                let context = Arc::clone(&context);
+                                let shutdown = shutdown.clone();
+                                let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                                 let alive = alive.clone();
                                 tokio::spawn(async move {
-                                    connection.await;
+                                    match acceptor {
+                                        None => {
+                                            let (read, write) = stream.into_split();
+                                            serve_connection(Box::new(read), Box::new(write), peer, None, context, shutdown).await;
+                                        }
+                                        Some(acceptor) => {
+                                            if let Some((read, write, certified)) = tls_handshake(acceptor, stream, peer).await {
+                                                serve_connection(read, write, peer, certified, context, shutdown).await;
+                                            }
+                                        }
+                                    }
                                     drop(permit);
                                     drop(alive);
                                 });
@@ -163,4 +182,39 @@ impl AmqpServer {
         let _ = all_closed.recv().await;
         tracing::info!("AMQP listeners drained: every connection is closed");
     }
+}
+
+/// A TLS handshake must finish within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes an amqps handshake: the two halves, and the common name of a verified client
+/// certificate (the user of EXTERNAL). A failed handshake only closes this connection.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    crate::connection::ReadHalf,
+    crate::connection::WriteHalf,
+    Option<String>,
+)> {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, %error, "AMQP TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "AMQP TLS handshake timed out");
+            return None;
+        }
+    };
+    let certified = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| sluice_auth::tls::subject_common_name(leaf));
+    let (read, write) = tokio::io::split(stream);
+    Some((Box::new(read), Box::new(write), certified))
 }

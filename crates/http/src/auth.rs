@@ -11,21 +11,10 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use subtle::ConstantTimeEq;
+use sluice_auth::{Authenticated, UserStore};
 
 use crate::error::ApiError;
 use crate::AppState;
-
-/// A user of the HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUser {
-    pub name: String,
-    pub password: String,
-    /// May call mutating endpoints (RabbitMQ's `administrator` tag).
-    pub administrator: bool,
-    /// Only from 127.0.0.0/8 or ::1 (guest).
-    pub loopback_only: bool,
-}
 
 /// The user a request authenticated as; handlers may read it from the request extensions.
 #[derive(Debug, Clone)]
@@ -56,6 +45,10 @@ pub async fn require_user(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let user = authenticate(&state.context.users, header, peer)?;
+    let user = AuthenticatedUser {
+        administrator: user.is_administrator(),
+        name: user.name,
+    };
     let reading = matches!(*request.method(), Method::GET | Method::HEAD);
     if !reading && !user.administrator {
         return Err(ApiError::Forbidden(format!(
@@ -64,19 +57,17 @@ pub async fn require_user(
             request.method()
         )));
     }
-    request.extensions_mut().insert(AuthenticatedUser {
-        name: user.name.clone(),
-        administrator: user.administrator,
-    });
+    request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }
 
-/// The user these credentials name, if the password matches and the peer may use it.
-pub fn authenticate<'a>(
-    users: &'a [HttpUser],
+/// The user these credentials name, if the password matches and the peer may use it. Every
+/// failure reads the same, so the answer does not tell whether the user exists.
+pub fn authenticate(
+    users: &UserStore,
     authorization: Option<&str>,
     peer: Option<SocketAddr>,
-) -> Result<&'a HttpUser, ApiError> {
+) -> Result<Authenticated, ApiError> {
     let unauthorized = || ApiError::Unauthorized("valid credentials required".into());
     let encoded = authorization
         .and_then(|value| {
@@ -89,42 +80,26 @@ pub fn authenticate<'a>(
         .map_err(|_| unauthorized())?;
     let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
     let (name, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
-    let user = users
-        .iter()
-        .find(|user| user.name == name)
-        .ok_or_else(unauthorized)?;
-    let password_matches: bool = user.password.as_bytes().ct_eq(password.as_bytes()).into();
-    if !password_matches {
-        return Err(unauthorized());
-    }
     // A peer we cannot see is treated as remote.
-    if user.loopback_only && !peer.is_some_and(|address| address.ip().is_loopback()) {
-        return Err(ApiError::Unauthorized(format!(
-            "user '{name}' may only connect from loopback"
-        )));
-    }
-    Ok(user)
+    let loopback = peer.is_some_and(|address| address.ip().is_loopback());
+    users
+        .verify_password(name, password, loopback)
+        .ok_or_else(|| {
+            tracing::warn!(?peer, "HTTP API login refused");
+            unauthorized()
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn users() -> Vec<HttpUser> {
-        vec![
-            HttpUser {
-                name: "guest".into(),
-                password: "guest".into(),
-                administrator: true,
-                loopback_only: true,
-            },
-            HttpUser {
-                name: "reader".into(),
-                password: "pw:with:colons".into(),
-                administrator: false,
-                loopback_only: false,
-            },
-        ]
+    fn users() -> std::sync::Arc<UserStore> {
+        let users = UserStore::in_memory();
+        users
+            .declare("reader", "pw:with:colons", Vec::new(), false)
+            .expect("declared");
+        users
     }
 
     fn basic(credentials: &str) -> String {
@@ -169,6 +144,6 @@ mod tests {
         }
         assert!(authenticate(&users, None, Some(remote)).is_err());
         let ok = authenticate(&users, Some(&basic("reader:pw:with:colons")), Some(remote));
-        assert_eq!(ok.map(|u| u.name.as_str()), Ok("reader"));
+        assert_eq!(ok.map(|u| u.name).ok().as_deref(), Some("reader"));
     }
 }

@@ -30,15 +30,14 @@ use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
 use tokio::sync::watch;
 
-pub use auth::HttpUser;
 pub use error::ApiError;
 
 /// Everything the API serves from, given by the binary.
 pub struct HttpContext {
     pub broker: Arc<Broker>,
     pub vhost: Arc<VirtualHost>,
-    /// Who may log in (the AMQP users, with their administrator tag).
-    pub users: Vec<HttpUser>,
+    /// Who may log in: the one user store of every protocol.
+    pub users: std::sync::Arc<sluice_auth::UserStore>,
     /// Renders `/metrics`; without one `/metrics` answers an empty exposition.
     pub metrics: Option<PrometheusHandle>,
     /// This node, as Kafka clients see it.

@@ -723,3 +723,43 @@ pub struct MoveMessagesResponse {
     /// Left in the source queue: no `x-death` to find their origin, or they routed nowhere.
     pub skipped: u64,
 }
+
+// ---- users and permissions ----
+
+/// A user as the API shows it: never a password or a key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserInfo {
+    pub name: String,
+    /// Comma-separated, as RabbitMQ shows them (`administrator`, `monitoring`, ...).
+    pub tags: String,
+    /// Accepted only from loopback (guest).
+    pub loopback_only: bool,
+    /// The SCRAM credentials the user has (Kafka SASL).
+    pub scram_mechanisms: Vec<String>,
+}
+
+/// Creates a user (a password is needed) or changes one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PutUserRequest {
+    pub password: Option<String>,
+    /// Comma-separated tags; absent leaves them as they are.
+    pub tags: Option<String>,
+}
+
+/// A user's AMQP permissions on a virtual host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PermissionInfo {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Regular expressions matched against exchange and queue names, as RabbitMQ's.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PutPermissionsRequest {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}

@@ -10,27 +10,19 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use base64::Engine;
 use http_body_util::BodyExt;
+use sluice_auth::UserStore;
 use sluice_broker::vhost::{VhostConfig, VirtualHost};
 use sluice_broker::{Broker, BrokerConfig};
 use sluice_http::model::NodeInfo;
-use sluice_http::{HttpApi, HttpContext, HttpUser};
+use sluice_http::{HttpApi, HttpContext};
 use tower::ServiceExt;
 
-fn users() -> Vec<HttpUser> {
-    vec![
-        HttpUser {
-            name: "guest".into(),
-            password: "guest".into(),
-            administrator: true,
-            loopback_only: true,
-        },
-        HttpUser {
-            name: "reader".into(),
-            password: "pw".into(),
-            administrator: false,
-            loopback_only: false,
-        },
-    ]
+fn users() -> Arc<UserStore> {
+    let users = UserStore::in_memory();
+    users
+        .declare("reader", "pw", Vec::new(), false)
+        .expect("declared");
+    users
 }
 
 fn api(dir: &std::path::Path) -> HttpApi {

@@ -26,8 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -35,6 +34,7 @@ use crate::api_versions::is_supported;
 use crate::handlers;
 use crate::request_metrics::{self, RequestMetrics};
 use crate::response_buffer::ResponseBuffer;
+use crate::sasl_gate::SaslGate;
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -68,6 +68,8 @@ pub enum ConnectionError {
     Idle(u64),
     #[error("could not encode the response: {0}")]
     Encode(String),
+    #[error("{0} (API key {1}): closing the connection")]
+    Sasl(&'static str, i16),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -253,14 +255,59 @@ pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 pub async fn serve_connection_until(
     stream: TcpStream,
     peer: SocketAddr,
-    mut context: RequestContext,
+    context: RequestContext,
     request_memory: Arc<RequestMemory>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
+    serve_halves(
+        read_half,
+        write_half,
+        peer,
+        context,
+        request_memory,
+        shutdown,
+    )
+    .await
+}
+
+/// As `serve_connection_until`, over TLS (the handshake done).
+pub async fn serve_tls_connection_until(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    context: RequestContext,
+    request_memory: Arc<RequestMemory>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if let Err(error) = stream.get_ref().0.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+    }
+    let (read_half, write_half) = tokio::io::split(stream);
+    serve_halves(
+        read_half,
+        write_half,
+        peer,
+        context,
+        request_memory,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_halves<R, W>(
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    mut context: RequestContext,
+    request_memory: Arc<RequestMemory>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
     let (pending_sender, pending_receiver) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
     let writer = tokio::spawn(write_responses(write_half, pending_receiver));
@@ -276,6 +323,7 @@ pub async fn serve_connection_until(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let in_flight_memory = RequestMemory::new(REQUEST_BYTES_IN_FLIGHT_MAX);
     let mut request_metrics = RequestMetrics::default();
+    let mut sasl = SaslGate::new(&context.security, peer);
     let read_result = async {
         loop {
             // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
@@ -324,7 +372,8 @@ pub async fn serve_connection_until(
                 Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
             };
             let started = InFlight::start(&in_flight);
-            let response = start_request(&mut context, &mut request_metrics, frame.freeze())?;
+            let (response, close) =
+                start_request(&mut context, &mut request_metrics, &mut sasl, frame.freeze())?;
             let pending: PendingResponse = Box::pin(async move {
                 let response = response.await;
                 drop(reserved);
@@ -336,6 +385,10 @@ pub async fn serve_connection_until(
             });
             if pending_sender.send(pending).await.is_err() {
                 // The writer stopped (the client went away): nothing more to answer.
+                return Ok(());
+            }
+            if close {
+                // A failed authentication: answered (after its delay), then closed.
                 return Ok(());
             }
         }
@@ -370,8 +423,8 @@ pub async fn serve_connection_until(
 }
 
 /// Sends responses in request order as each started request completes.
-async fn write_responses(
-    mut writer: OwnedWriteHalf,
+async fn write_responses<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut pending: mpsc::Receiver<PendingResponse>,
 ) -> Result<(), ConnectionError> {
     while let Some(response) = pending.recv().await {
@@ -385,7 +438,10 @@ async fn write_responses(
 }
 
 /// Writes every chunk in order, several per system call (writev).
-async fn write_chunks(writer: &mut OwnedWriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    chunks: &[Bytes],
+) -> std::io::Result<()> {
     if let [single] = chunks {
         return writer.write_all(single).await;
     }
@@ -429,11 +485,14 @@ const WRITE_SLICES_MAX: usize = 64;
 fn start_request(
     context: &mut Arc<RequestContext>,
     request_metrics: &mut RequestMetrics,
+    sasl: &mut SaslGate,
     mut frame: Bytes,
-) -> Result<PendingResponse, ConnectionError> {
+) -> Result<(PendingResponse, bool), ConnectionError> {
     let api_key_code = (&frame[0..2]).get_i16();
     let api_version = (&frame[2..4]).get_i16();
     let correlation_id = (&frame[4..8]).get_i32();
+    sasl.admit(api_key_code)
+        .map_err(|reason| ConnectionError::Sasl(reason, api_key_code))?;
 
     if !is_supported(api_key_code, api_version) {
         request_metrics::unsupported_version(api_key_code);
@@ -447,7 +506,7 @@ fn start_request(
             unsupported_version(context, api_key_code, api_version, correlation_id, frame)?
         };
         let response = Response::new(response, ResponseHold::default());
-        return Ok(Box::pin(std::future::ready(Ok(Some(response)))));
+        return Ok((Box::pin(std::future::ready(Ok(Some(response)))), false));
     }
     // Supported implies the key is known to the codec.
     let api_key = ApiKey::try_from(api_key_code).map_err(|_| ConnectionError::Unsupported {
@@ -458,17 +517,9 @@ fn start_request(
         .map_err(|e| ConnectionError::Malformed(e.to_string()))?;
     if let Some(client_id) = &header.client_id {
         if context.client_id.as_str() != client_id.as_str() {
-            *context = Arc::new(RequestContext {
-                broker: Arc::clone(&context.broker),
-                config: Arc::clone(&context.config),
-                client_id: client_id.to_string(),
-                client_host: context.client_host.clone(),
-                cluster: context.cluster.clone(),
-                response_memory: context.response_memory.clone(),
-                fetch_sessions: Arc::clone(&context.fetch_sessions),
-                share_sessions: Arc::clone(&context.share_sessions),
-                connection_id: context.connection_id,
-            });
+            let mut changed = context.derive();
+            changed.client_id = client_id.to_string();
+            *context = Arc::new(changed);
         }
     }
     let request = RequestKind::decode(api_key, &mut frame, api_version)
@@ -480,6 +531,26 @@ fn start_request(
             trailing = frame.remaining(),
             "request has trailing bytes"
         );
+    }
+    if SaslGate::is_sasl_request(api_key) {
+        let outcome = sasl.handle(&context.security, api_version, request);
+        if let Some(principal) = outcome.principal {
+            let mut changed = context.derive();
+            changed.principal = Arc::new(principal);
+            *context = Arc::new(changed);
+        }
+        let bytes = encode_response(correlation_id, api_key, api_version, &outcome.response)?;
+        let response = Response::new(bytes, ResponseHold::default());
+        let delay = outcome
+            .failed
+            .then_some(context.security.failed_authentication_delay);
+        let pending: PendingResponse = Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(Some(response))
+        });
+        return Ok((pending, outcome.close));
     }
     let context = Arc::clone(context);
     let api_metrics = request_metrics.started(api_key);
@@ -498,8 +569,8 @@ fn start_request(
     // no-op waker is fine: the writer polls again with its own, which every future re-registers.
     let mut first_poll = Context::from_waker(futures::task::noop_waker_ref());
     match response.as_mut().poll(&mut first_poll) {
-        Poll::Ready(result) => Ok(Box::pin(std::future::ready(result))),
-        Poll::Pending => Ok(response),
+        Poll::Ready(result) => Ok((Box::pin(std::future::ready(result)), false)),
+        Poll::Pending => Ok((response, false)),
     }
 }
 
@@ -613,6 +684,23 @@ fn with_features(response: ApiVersionsResponse, transactions: bool) -> ApiVersio
 /// Routes a decoded request to its handler. `None` means "send no response" (acks=0 produce).
 /// `hold` receives what the response must keep until it is written.
 async fn dispatch(
+    context: &RequestContext,
+    version: i16,
+    request: RequestKind,
+    hold: &mut ResponseHold,
+) -> Option<ResponseKind> {
+    let (request, patch) = match crate::authorization::authorize(context, version, request) {
+        Ok(allowed) => allowed,
+        Err(refused) => return Some(refused),
+    };
+    let mut response = dispatch_authorized(context, version, request, hold).await?;
+    if let Some(patch) = patch {
+        patch(&mut response);
+    }
+    Some(response)
+}
+
+async fn dispatch_authorized(
     context: &RequestContext,
     version: i16,
     request: RequestKind,
@@ -781,6 +869,21 @@ async fn dispatch(
         RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
             cluster_admin::list_partition_reassignments(context, version, r).await,
         ),
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(acls::create_acls(context, version, r).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(context, version, r).await)
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(acls::delete_acls(context, version, r).await)
+        }
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            scram_credentials::describe_user_scram_credentials(context, version, r).await,
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            scram_credentials::alter_user_scram_credentials(context, version, r).await,
+        ),
         // is_supported() admitted only the APIs above.
         _ => return None,
     };
@@ -876,16 +979,25 @@ mod tests {
     use super::*;
     use crate::{KafkaConfig, RequestContext};
 
+    /// A gate for a PLAINTEXT listener: lets everything through.
+    pub(super) fn test_gate() -> SaslGate {
+        SaslGate::new(&Default::default(), "127.0.0.1:1".parse().expect("address"))
+    }
+
     /// Starts a request and waits for its response, as the connection's writer would.
     async fn handle_frame(
         context: &mut Arc<RequestContext>,
         frame: Bytes,
     ) -> Result<Option<Bytes>, ConnectionError> {
-        Ok(
-            start_request(context, &mut RequestMetrics::default(), frame)?
-                .await?
-                .map(|r| r.bytes()),
-        )
+        Ok(start_request(
+            context,
+            &mut RequestMetrics::default(),
+            &mut test_gate(),
+            frame,
+        )?
+        .0
+        .await?
+        .map(|r| r.bytes()))
     }
 
     fn context(dir: &std::path::Path) -> Arc<RequestContext> {
@@ -905,6 +1017,8 @@ mod tests {
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
             connection_id: 0,
+            security: Default::default(),
+            principal: Default::default(),
         })
     }
 
@@ -1316,6 +1430,8 @@ mod tests {
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
             connection_id: 0,
+            security: Default::default(),
+            principal: Default::default(),
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

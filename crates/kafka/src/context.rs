@@ -5,6 +5,7 @@ use sluice_broker::Broker;
 
 use crate::connection::ResponseMemory;
 use crate::fetch_session::FetchSessions;
+use crate::security::{KafkaSecurity, Principal};
 
 /// Listener-level settings of the Kafka front end.
 #[derive(Debug, Clone)]
@@ -72,4 +73,44 @@ pub struct RequestContext {
     pub(crate) share_sessions: Arc<crate::share_session::ShareSessions>,
     /// Tells this connection from the listener's others (0: handlers called without one).
     pub(crate) connection_id: u64,
+    /// The listener's security settings.
+    pub security: Arc<KafkaSecurity>,
+    /// Who the connection acts as (`User:ANONYMOUS` until it authenticates).
+    pub principal: Arc<Principal>,
+}
+
+impl RequestContext {
+    /// A copy for the same connection, to change the client id or the principal in.
+    pub(crate) fn derive(&self) -> RequestContext {
+        RequestContext {
+            broker: Arc::clone(&self.broker),
+            config: Arc::clone(&self.config),
+            client_id: self.client_id.clone(),
+            client_host: self.client_host.clone(),
+            cluster: self.cluster.clone(),
+            response_memory: self.response_memory.clone(),
+            fetch_sessions: Arc::clone(&self.fetch_sessions),
+            share_sessions: Arc::clone(&self.share_sessions),
+            connection_id: self.connection_id,
+            security: Arc::clone(&self.security),
+            principal: Arc::clone(&self.principal),
+        }
+    }
+
+    /// Whether this connection's principal may do `operation` on a resource.
+    pub(crate) fn allowed(
+        &self,
+        operation: sluice_auth::Operation,
+        resource_type: sluice_auth::ResourceType,
+        name: &str,
+    ) -> bool {
+        self.security.authorizer.authorize(
+            &self.principal.name,
+            self.principal.super_user,
+            &self.client_host,
+            operation,
+            resource_type,
+            name,
+        )
+    }
 }

@@ -3,6 +3,7 @@
 //! [`sluice_broker::Broker`]. It holds no storage logic.
 
 mod api_versions;
+mod authorization;
 mod connection;
 mod consumer_protocol;
 mod context;
@@ -12,10 +13,13 @@ pub mod fuzzing;
 mod handlers;
 mod request_metrics;
 mod response_buffer;
+mod sasl_gate;
+pub mod security;
 mod server;
 mod share_session;
 mod unsupported_version;
 
 pub use api_versions::supported_api_versions;
 pub use context::{KafkaConfig, RequestContext};
+pub use security::{KafkaSecurity, Principal, SecurityProtocol};
 pub use server::KafkaServer;

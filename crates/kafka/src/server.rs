@@ -8,9 +8,12 @@ use sluice_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::connection::{serve_connection_until, shutdown_requested, RequestMemory};
+use crate::connection::{
+    serve_connection_until, serve_tls_connection_until, shutdown_requested, RequestMemory,
+};
 use crate::consumer_protocol::KafkaConsumerProtocol;
 use crate::fetch_session::FetchSessions;
+use crate::security::{KafkaSecurity, Principal};
 use crate::{KafkaConfig, RequestContext};
 
 /// At most one warning per this period about connections refused over the limit.
@@ -27,6 +30,7 @@ pub struct KafkaServer {
     cluster: Option<Arc<ClusterBroker>>,
     /// One permit per connection being served (`connections_max`).
     connections: Arc<Semaphore>,
+    security: Arc<KafkaSecurity>,
 }
 
 impl KafkaServer {
@@ -49,7 +53,14 @@ impl KafkaServer {
             share_sessions: Arc::default(),
             cluster: None,
             connections,
+            security: Arc::default(),
         })
+    }
+
+    /// The listener's security protocol, TLS, users and authorizer.
+    pub fn with_security(mut self, security: KafkaSecurity) -> KafkaServer {
+        self.security = Arc::new(security);
+        self
     }
 
     /// Cluster mode: partitions are Raft groups, topics live in the metadata group.
@@ -131,6 +142,8 @@ impl KafkaServer {
                             fetch_sessions: Arc::clone(&self.fetch_sessions),
                             share_sessions: Arc::clone(&self.share_sessions),
                             connection_id: 0,
+                            security: Arc::clone(&self.security),
+                            principal: Default::default(),
                         };
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();
@@ -141,9 +154,20 @@ impl KafkaServer {
                             peer,
                             None,
                         );
+                        let tls = self.security.tls.as_ref().map(|tls| tls.acceptor());
                         tokio::spawn(async move {
-                            serve_connection_until(stream, peer, context, request_memory, shutdown)
-                                .await;
+                            match tls {
+                                None => {
+                                    serve_connection_until(
+                                        stream, peer, context, request_memory, shutdown,
+                                    )
+                                    .await
+                                }
+                                Some(acceptor) => {
+                                    serve_tls(acceptor, stream, peer, context, request_memory, shutdown)
+                                        .await
+                                }
+                            }
                             drop(registered);
                             drop(connection);
                             drop(alive);
@@ -163,4 +187,43 @@ impl KafkaServer {
         let _ = all_closed.recv().await;
         tracing::info!("kafka listener drained: every connection is closed");
     }
+}
+
+/// A TLS handshake must finish within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes the TLS handshake, names the connection by its client certificate if it sent
+/// one (Kafka's SSL principal), then serves it. A failed handshake only closes this connection.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut context: RequestContext,
+    request_memory: Arc<RequestMemory>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, %error, "Kafka TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "Kafka TLS handshake timed out");
+            return;
+        }
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| sluice_auth::tls::subject_distinguished_name(leaf));
+    if let Some(subject) = certificate {
+        // On SASL_SSL the SASL exchange names the principal instead.
+        if !context.security.protocol.uses_sasl() {
+            context.principal = Arc::new(Principal::certificate(&subject));
+        }
+    }
+    serve_tls_connection_until(stream, peer, context, request_memory, shutdown).await
 }

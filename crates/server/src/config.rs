@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use sluice_amqp::{AmqpConfig, AmqpUser};
+use sluice_amqp::AmqpConfig;
+use sluice_auth::TlsFiles;
 use sluice_broker::vhost::VhostConfig;
 use sluice_broker::{BrokerConfig, GroupConfig};
 use sluice_cluster::peers::PeerList;
-use sluice_http::HttpUser;
-use sluice_kafka::KafkaConfig;
+use sluice_kafka::{KafkaConfig, SecurityProtocol};
 use sluice_log::{Durability, LogConfig};
 
 #[derive(Debug, Parser)]
@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Users of every protocol: add, delete, passwd, list, permissions.
+    User(crate::cli::user::UserArgs),
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
 }
@@ -51,9 +53,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
 
-    /// Address of the Kafka listener [default: 127.0.0.1:9092]
-    #[arg(long, env = "SLUICE_KAFKA_LISTEN", value_name = "HOST:PORT")]
-    pub kafka_listen: Option<SocketAddr>,
+    /// Kafka listeners, comma-separated, in Kafka's syntax: `PLAINTEXT://127.0.0.1:9092,
+    /// SASL_SSL://0.0.0.0:9094` (also `SSL://`, `SASL_PLAINTEXT://`); a bare `HOST:PORT` is
+    /// PLAINTEXT. The first is the one Metadata advertises to other nodes
+    /// [default: 127.0.0.1:9092]
+    #[arg(
+        long,
+        env = "SLUICE_KAFKA_LISTEN",
+        value_name = "[PROTOCOL://]HOST:PORT,..."
+    )]
+    pub kafka_listen: Option<String>,
 
     /// Host name given to Kafka clients in Metadata [default: the listen address's IP]
     #[arg(long, env = "SLUICE_ADVERTISED_HOST", value_name = "HOST")]
@@ -250,6 +259,57 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
 
+    /// PEM certificate chain of every TLS listener (Kafka SSL/SASL_SSL, --amqps-listen)
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that client certificates are verified against; without it no
+    /// client certificate is asked for
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Client certificates: `none`, `requested` (verified if sent) or `required` (Kafka's
+    /// ssl.client.auth) [default: requested with --tls-client-ca, else none]
+    #[arg(long, env = "SLUICE_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<String>,
+
+    /// SASL mechanisms offered on SASL listeners, comma-separated
+    /// [default: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512]
+    #[arg(long, env = "SLUICE_SASL_MECHANISMS", value_name = "MECHANISM,...")]
+    pub sasl_mechanisms: Option<String>,
+
+    /// A Kafka SASL session lasts this long before the client must re-authenticate (Kafka's
+    /// connections.max.reauth.ms, KIP-368); 0: forever [default: 0]
+    #[arg(long, env = "SLUICE_KAFKA_REAUTH_MS", value_name = "MS")]
+    pub kafka_reauth_ms: Option<u64>,
+
+    /// Kafka's allow.everyone.if.no.acl.found: a resource no ACL names is open to every
+    /// principal. Turn it off on a secured broker [default: true]
+    #[arg(
+        long,
+        env = "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        value_name = "BOOL"
+    )]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+
+    /// Kafka's super.users: principals allowed everything, `;`-separated
+    /// (`User:admin;User:ops`). Users tagged administrator are super users too
+    #[arg(long, env = "SLUICE_SUPER_USERS", value_name = "PRINCIPAL;...")]
+    pub super_users: Option<String>,
+
+    /// AMQP 0-9-1 over TLS listeners (amqps, port 5671 by convention), comma-separated
+    #[arg(long, env = "SLUICE_AMQPS_LISTEN", value_name = "HOST:PORT,...")]
+    pub amqps_listen: Option<String>,
+
+    /// Let a Kafka listener on a wildcard (0.0.0.0, ::) or public address start without
+    /// authentication (PLAINTEXT, or SSL without required client certificates) [default: false]
+    #[arg(long, env = "SLUICE_ALLOW_UNAUTHENTICATED", value_name = "BOOL")]
+    pub allow_unauthenticated: Option<bool>,
+
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `sluice_kafka=debug` [default: info]
     #[arg(long, env = "SLUICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -279,15 +339,96 @@ pub struct ServeConfig {
     pub amqp_listen_is_default: bool,
     pub vhost: VhostConfig,
     pub kafka: KafkaConfig,
-    pub kafka_listen: SocketAddr,
+    /// Every Kafka listener, the first being `kafka_listen`.
+    pub kafka_listeners: Vec<KafkaListener>,
+    pub security: SecuritySettings,
     /// `None`: one node, unreplicated (no --peers).
     pub cluster: Option<ClusterSettings>,
     /// None: the HTTP API is off.
     pub http_listen: Option<SocketAddr>,
-    /// The AMQP users with their administrator tag, for the HTTP API.
-    pub http_users: Vec<HttpUser>,
+    /// Users named by --amqp-users, put into the user store at start.
+    pub declared_users: Vec<DeclaredUser>,
     pub log_filter: String,
     pub log_format: LogFormat,
+}
+
+/// A user of `--amqp-users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredUser {
+    pub name: String,
+    pub password: String,
+    pub administrator: bool,
+    pub loopback_only: bool,
+}
+
+/// One `--kafka-listen` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaListener {
+    pub address: SocketAddr,
+    pub protocol: SecurityProtocol,
+}
+
+/// TLS, SASL, ACL and listener-safety settings.
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    pub tls: Option<TlsFiles>,
+    pub sasl_mechanisms: Vec<String>,
+    pub kafka_reauth_ms: u64,
+    pub allow_everyone_if_no_acl_found: bool,
+    pub super_users: Vec<String>,
+    pub amqps_listen: Vec<SocketAddr>,
+}
+
+/// `--kafka-listen`: `[PROTOCOL://]HOST:PORT,...`.
+pub fn parse_kafka_listeners(list: &str) -> anyhow::Result<Vec<KafkaListener>> {
+    let listeners = list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (protocol, address) = match item.split_once("://") {
+                Some((name, address)) => (
+                    SecurityProtocol::from_name(name).with_context(|| {
+                        format!(
+                            "unknown security protocol '{name}' in --kafka-listen (PLAINTEXT, \
+                             SSL, SASL_PLAINTEXT or SASL_SSL)"
+                        )
+                    })?,
+                    address,
+                ),
+                None => (SecurityProtocol::Plaintext, item),
+            };
+            let address = address
+                .parse::<SocketAddr>()
+                .with_context(|| format!("invalid --kafka-listen address '{address}'"))?;
+            Ok(KafkaListener { address, protocol })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!listeners.is_empty(), "--kafka-listen names no listener");
+    let mut addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.address).collect();
+    addresses.sort();
+    addresses.dedup();
+    anyhow::ensure!(
+        addresses.len() == listeners.len(),
+        "--kafka-listen names one address twice"
+    );
+    Ok(listeners)
+}
+
+/// Whether an unauthenticated listener on this address is refused without
+/// --allow-unauthenticated: a wildcard or a publicly routable address. Loopback stays open as
+/// it always was; a specific private, link-local or unique-local address starts with a
+/// warning, because a cluster's nodes bind exactly such addresses with the fixed flags of
+/// `sluice serve --peers ... --kafka-listen 10.0.0.1:9092`.
+pub fn needs_authentication(address: &SocketAddr) -> bool {
+    match address.ip() {
+        std::net::IpAddr::V4(ip) => !(ip.is_loopback() || ip.is_private() || ip.is_link_local()),
+        std::net::IpAddr::V6(ip) => {
+            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            !(ip.is_loopback() || unique_local || link_local)
+        }
+    }
 }
 
 /// `--node-id --cluster-listen --peers --default-replication-factor`.
@@ -330,6 +471,103 @@ macro_rules! merge {
 }
 
 impl ServeArgs {
+    fn security_settings(&self, listeners: &[KafkaListener]) -> anyhow::Result<SecuritySettings> {
+        let client_auth = match self.tls_client_auth.as_deref() {
+            None => None,
+            Some("none") => Some(false),
+            Some("requested") => Some(false),
+            Some("required") => Some(true),
+            Some(other) => anyhow::bail!(
+                "--tls-client-auth must be none, requested or required, not '{other}'"
+            ),
+        };
+        let client_ca = match self.tls_client_auth.as_deref() {
+            Some("none") => None,
+            _ => self.tls_client_ca.clone(),
+        };
+        anyhow::ensure!(
+            client_auth != Some(true) || client_ca.is_some(),
+            "--tls-client-auth required needs --tls-client-ca"
+        );
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(certificate), Some(private_key)) => Some(TlsFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+                client_ca,
+                client_certificate_required: client_auth.unwrap_or(false),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        let amqps_listen = match self.amqps_listen.as_deref().map(str::trim) {
+            None | Some("") | Some("off") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|a| {
+                    a.trim()
+                        .parse::<SocketAddr>()
+                        .with_context(|| format!("invalid --amqps-listen address '{a}'"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        let needs_tls = listeners.iter().any(|l| l.protocol.uses_tls()) || !amqps_listen.is_empty();
+        anyhow::ensure!(
+            !needs_tls || tls.is_some(),
+            "a TLS listener (SSL://, SASL_SSL://, --amqps-listen) needs --tls-cert and --tls-key"
+        );
+        let sasl_mechanisms: Vec<String> = match &self.sasl_mechanisms {
+            None => sluice_auth::sasl::MECHANISMS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+            Some(list) => list
+                .split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .filter(|m| !m.is_empty())
+                .collect(),
+        };
+        for mechanism in &sasl_mechanisms {
+            anyhow::ensure!(
+                sluice_auth::sasl::MECHANISMS.contains(&mechanism.as_str()),
+                "unknown SASL mechanism '{mechanism}' (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+            );
+        }
+        anyhow::ensure!(!sasl_mechanisms.is_empty(), "--sasl-mechanisms names none");
+        let allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
+        for listener in listeners {
+            let authenticated = listener.protocol.uses_sasl()
+                || (listener.protocol.uses_tls()
+                    && tls.as_ref().is_some_and(|t| t.client_certificate_required));
+            if authenticated {
+                continue;
+            }
+            let address = listener.address;
+            anyhow::ensure!(
+                allow_unauthenticated || !needs_authentication(&address),
+                "the Kafka listener {}://{address} would let anyone in without authentication: \
+                 use SASL_PLAINTEXT:// or SASL_SSL:// (or SSL:// with --tls-client-auth required), \
+                 or pass --allow-unauthenticated true to accept that",
+                listener.protocol.name()
+            );
+        }
+        Ok(SecuritySettings {
+            tls,
+            sasl_mechanisms,
+            kafka_reauth_ms: self.kafka_reauth_ms.unwrap_or(0),
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found.unwrap_or(true),
+            super_users: self
+                .super_users
+                .as_deref()
+                .unwrap_or("")
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+            amqps_listen,
+        })
+    }
+
     /// Flags/env first, then the TOML file, then defaults.
     pub fn resolve(mut self) -> anyhow::Result<ServeConfig> {
         if let Some(path) = self.config.clone() {
@@ -378,6 +616,16 @@ impl ServeArgs {
                 join_timeout_secs,
                 default_replication_factor,
                 http_listen,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
+                tls_client_auth,
+                sasl_mechanisms,
+                kafka_reauth_ms,
+                allow_everyone_if_no_acl_found,
+                super_users,
+                amqps_listen,
+                allow_unauthenticated,
                 log,
                 log_format
             );
@@ -424,6 +672,15 @@ impl ServeArgs {
             default_partitions >= 1,
             "--default-partitions must be at least 1"
         );
+        let kafka_listeners = match self.kafka_listen.as_deref() {
+            Some(list) => parse_kafka_listeners(list)?,
+            None => vec![KafkaListener {
+                address: SocketAddr::from(([127, 0, 0, 1], 9092)),
+                protocol: SecurityProtocol::Plaintext,
+            }],
+        };
+        let kafka_listen = kafka_listeners[0].address;
+        let security = self.security_settings(&kafka_listeners)?;
         let mut broker =
             BrokerConfig::new(self.data_dir.unwrap_or_else(|| PathBuf::from("./data")));
         broker.auto_create_topics = self.auto_create_topics.unwrap_or(true);
@@ -443,9 +700,6 @@ impl ServeArgs {
             );
             broker.producer_id_expiration_ms = expiration_ms;
         }
-        let kafka_listen = self
-            .kafka_listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
         let advertised_host = self.advertised_host.unwrap_or_else(|| {
             if kafka_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
@@ -509,7 +763,7 @@ impl ServeArgs {
             ),
         };
         let mut amqp = AmqpConfig::default();
-        let mut administrators = vec!["guest".to_string()];
+        let mut declared_users: Vec<DeclaredUser> = Vec::new();
         if let Some(users) = &self.amqp_users {
             for entry in users.split(',').filter(|u| !u.trim().is_empty()) {
                 let entry = entry.trim();
@@ -521,28 +775,17 @@ impl ServeArgs {
                 let (name, password) = entry.split_once(':').with_context(|| {
                     format!("--amqp-users entry '{entry}' is not name:password[:administrator]")
                 })?;
-                // Naming guest changes its password; it stays limited to loopback.
-                amqp.users.retain(|u| u.name != name);
-                amqp.users.push(AmqpUser {
+                declared_users.retain(|u| u.name != name);
+                declared_users.push(DeclaredUser {
                     name: name.to_string(),
                     password: password.to_string(),
+                    // Naming guest changes its password; it stays an administrator limited
+                    // to loopback.
+                    administrator: administrator || name == "guest",
                     loopback_only: name == "guest",
                 });
-                if administrator {
-                    administrators.push(name.to_string());
-                }
             }
         }
-        let http_users = amqp
-            .users
-            .iter()
-            .map(|user| HttpUser {
-                name: user.name.clone(),
-                password: user.password.clone(),
-                administrator: administrators.contains(&user.name),
-                loopback_only: user.loopback_only,
-            })
-            .collect();
         let http_listen = match self.http_listen.as_deref().map(str::trim) {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             Some("off") | Some("") => None,
@@ -637,9 +880,10 @@ impl ServeArgs {
             vhost,
             broker,
             kafka,
-            kafka_listen,
+            kafka_listeners,
+            security,
             http_listen,
-            http_users,
+            declared_users,
             log_filter: self.log.unwrap_or_else(|| "info,openraft=warn".into()),
             log_format: self.log_format.unwrap_or_default(),
         })
@@ -676,7 +920,7 @@ mod tests {
         let cli = Cli::try_parse_from([&["sluice", "serve"], args].concat())?;
         match cli.command {
             Command::Serve(serve) => Ok(serve),
-            Command::Client(_) => unreachable!("parsed from `sluice serve`"),
+            Command::Client(_) | Command::User(_) => unreachable!("parsed from `sluice serve`"),
         }
     }
 
@@ -872,7 +1116,7 @@ mod tests {
     }
 
     #[test]
-    fn the_administrator_tag_is_the_last_field_and_guest_is_always_one() {
+    fn the_administrator_tag_is_the_last_field() {
         let config = ServeArgs {
             amqp_users: Some("ops:se:cret:administrator,reader:pw,odd:administrator".into()),
             ..ServeArgs::default()
@@ -881,7 +1125,7 @@ mod tests {
         .expect("users");
         let find = |name: &str| {
             config
-                .http_users
+                .declared_users
                 .iter()
                 .find(|u| u.name == name)
                 .cloned()
@@ -903,13 +1147,38 @@ mod tests {
             (odd.password.as_str(), odd.administrator),
             ("administrator", false)
         );
-        let guest = find("guest");
-        assert!(guest.administrator && guest.loopback_only);
-        // AMQP logins get the password without the tag.
-        assert!(config
-            .amqp
-            .users
-            .iter()
-            .any(|u| u.name == "ops" && u.password == "se:cret"));
+    }
+
+    #[test]
+    fn kafka_listeners_take_kafka_syntax_and_refuse_open_public_ones() {
+        let listeners = parse_kafka_listeners(
+            "PLAINTEXT://127.0.0.1:9092, SASL_SSL://0.0.0.0:9094,127.0.0.1:9095",
+        )
+        .expect("listeners");
+        assert_eq!(listeners[0].protocol, SecurityProtocol::Plaintext);
+        assert_eq!(listeners[1].protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(listeners[2].protocol, SecurityProtocol::Plaintext);
+        assert!(parse_kafka_listeners("GOPHER://127.0.0.1:1").is_err());
+        assert!(parse_kafka_listeners("127.0.0.1:1,PLAINTEXT://127.0.0.1:1").is_err());
+        let open = |listen: &str, allow: Option<bool>| {
+            ServeArgs {
+                kafka_listen: Some(listen.into()),
+                allow_unauthenticated: allow,
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert!(open("0.0.0.0:9092", None).is_err());
+        assert!(open("PLAINTEXT://[::]:9092", None).is_err());
+        assert!(open("0.0.0.0:9092", Some(true)).is_ok());
+        assert!(open("SASL_PLAINTEXT://0.0.0.0:9092", None).is_ok());
+        assert!(
+            open("10.0.0.1:9092", None).is_ok(),
+            "a cluster node's private address"
+        );
+        assert!(
+            open("SSL://0.0.0.0:9092", None).is_err(),
+            "TLS needs --tls-cert"
+        );
     }
 }

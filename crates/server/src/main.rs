@@ -26,13 +26,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
+use sluice_auth::{AclStore, Authorizer, ReloadingTls, UserStore};
 use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_http::model::{ListenerInfo, NodeInfo};
 use sluice_http::{HttpApi, HttpContext, HttpServer};
-use sluice_kafka::KafkaServer;
+use sluice_kafka::{KafkaSecurity, KafkaServer};
 use tokio::signal::unix::{signal, SignalKind};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::User(args) => cli::user::run(args),
         Command::Client(command) => {
             if let Ok(filter) = std::env::var("SLUICE_LOG") {
                 // Off unless asked for: the client's output is for people and scripts.
@@ -115,31 +117,93 @@ async fn serve(
         config.kafka.advertised_host.clone(),
         config.kafka.advertised_port,
     );
-    let kafka = KafkaServer::bind(config.kafka_listen, broker.clone(), config.kafka)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
+    let users = UserStore::open(&data_dir).context("opening the user store")?;
+    for user in &config.declared_users {
+        let tags = if user.administrator {
+            vec![sluice_auth::users::ADMINISTRATOR_TAG.to_string()]
+        } else {
+            Vec::new()
+        };
+        users
+            .declare(&user.name, &user.password, tags, user.loopback_only)
+            .with_context(|| format!("declaring user '{}'", user.name))?;
+    }
+    let acls = AclStore::open(&data_dir).context("opening the ACL store")?;
+    let authorizer = Authorizer::new(
+        acls,
+        config.security.super_users.clone(),
+        config.security.allow_everyone_if_no_acl_found,
+    );
+    let tls = match &config.security.tls {
+        Some(files) => Some(ReloadingTls::load(files.clone()).context("loading the TLS files")?),
+        None => None,
+    };
     let cluster = match &config.cluster {
         Some(settings) => Some(start_cluster(settings, &broker).await?),
         None => None,
     };
-    let kafka = match &cluster {
-        Some(cluster) => kafka.with_cluster(cluster.clone()),
-        None => kafka,
-    };
-    let kafka_address = kafka.local_addr()?;
+    let mut kafka_servers = Vec::new();
+    for listener in &config.kafka_listeners {
+        let mut kafka_config = config.kafka.clone();
+        // Each listener advertises itself to the clients that reach it.
+        kafka_config.advertised_port = listener.address.port() as i32;
+        let security = KafkaSecurity {
+            protocol: listener.protocol,
+            tls: listener.protocol.uses_tls().then(|| tls.clone()).flatten(),
+            users: users.clone(),
+            authorizer: authorizer.clone(),
+            sasl_mechanisms: config.security.sasl_mechanisms.clone(),
+            reauthentication_ms: config.security.kafka_reauth_ms,
+            ..KafkaSecurity::default()
+        };
+        let kafka = KafkaServer::bind(listener.address, broker.clone(), kafka_config)
+            .await
+            .with_context(|| format!("binding the Kafka listener on {}", listener.address))?
+            .with_security(security);
+        let kafka = match &cluster {
+            Some(cluster) => kafka.with_cluster(cluster.clone()),
+            None => kafka,
+        };
+        if !listener.protocol.uses_sasl() && config::needs_authentication(&listener.address) {
+            tracing::warn!(listener = %listener.address, protocol = listener.protocol.name(), "a Kafka listener without authentication on a non-loopback address (--allow-unauthenticated)");
+        } else if !listener.protocol.uses_sasl() && !listener.address.ip().is_loopback() {
+            tracing::warn!(listener = %listener.address, protocol = listener.protocol.name(), "a Kafka listener without authentication on a private address: anyone on that network gets in");
+        }
+        kafka_servers.push(kafka);
+    }
+    let kafka_address = kafka_servers[0].local_addr()?;
     let disk_free_limit_bytes = config.vhost.disk_free_limit_bytes;
     let memory_high_watermark_bytes = config.vhost.memory_high_watermark_bytes;
     let vhost =
         VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
     vhost.start_housekeeping();
     let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle.clone());
-    let amqp = bind_amqp(
+    let mut amqp_config = config.amqp;
+    amqp_config.user_store = users.clone();
+    let mut amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
         &vhost,
-        config.amqp,
+        amqp_config.clone(),
     )
     .await?;
+    if !config.security.amqps_listen.is_empty() {
+        let tls = tls
+            .clone()
+            .context("--amqps-listen needs --tls-cert and --tls-key")?;
+        let server = match amqp.as_mut() {
+            Some(server) => server,
+            None => amqp.insert(
+                AmqpServer::bind(&[], vhost.clone(), amqp_config)
+                    .await
+                    .context("starting the AMQP server")?,
+            ),
+        };
+        server
+            .bind_tls(&config.security.amqps_listen, tls)
+            .await
+            .context("binding the amqps listeners")?;
+    }
     let amqp_addresses: Vec<String> = amqp
         .as_ref()
         .map(|a| a.local_addrs().iter().map(|a| a.to_string()).collect())
@@ -157,7 +221,7 @@ async fn serve(
             let api = HttpApi::new(HttpContext {
                 broker: broker.clone(),
                 vhost: vhost.clone(),
-                users: config.http_users,
+                users: users.clone(),
                 metrics: Some(metrics_handle),
                 node: NodeInfo {
                     node_id: broker.node_id(),
@@ -202,7 +266,10 @@ async fn serve(
             }
         })
     });
-    let kafka_task = tokio::spawn(kafka.run(shutdown));
+    let kafka_tasks: Vec<_> = kafka_servers
+        .into_iter()
+        .map(|kafka| tokio::spawn(kafka.run(shutdown.clone())))
+        .collect();
     if let Some(api) = &http_api {
         api.set_serving(true);
     }
@@ -219,7 +286,9 @@ async fn serve(
     let _ = shutdown_sender.send(true);
     gauge_sampler.abort();
     let drained = async {
-        let _ = kafka_task.await;
+        for task in kafka_tasks {
+            let _ = task.await;
+        }
         if let Some(task) = amqp_task {
             let _ = task.await;
         }

@@ -3,6 +3,7 @@
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
+use sluice_auth::Access;
 use sluice_broker::vhost::{Got, Settle};
 
 use super::{unimplemented, Channel, PendingPublish};
@@ -27,6 +28,7 @@ impl Channel {
             }
             basic::AMQPMethod::Consume(c) => {
                 let name = self.queue_name(&c.queue)?;
+                connection.check_access(Access::Read, "queue", &name)?;
                 let tag = if c.consumer_tag.as_str().is_empty() {
                     format!("amq.ctag-{}", uuid::Uuid::new_v4().simple())
                 } else {
@@ -61,6 +63,7 @@ impl Channel {
                 }
             }
             basic::AMQPMethod::Publish(p) => {
+                connection.check_access(Access::Write, "exchange", p.exchange.as_str())?;
                 self.pending = Some(PendingPublish {
                     publish: p,
                     properties: None,
@@ -71,6 +74,7 @@ impl Channel {
             }
             basic::AMQPMethod::Get(g) => {
                 let name = self.queue_name(&g.queue)?;
+                connection.check_access(Access::Read, "queue", &name)?;
                 match self.session.get(&name, g.no_ack)? {
                     Some(Got {
                         delivery_tag: tag,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{exchange, AMQPClass};
+use sluice_auth::Access;
 use sluice_broker::vhost::Destination;
 
 use super::{unimplemented, Channel};
@@ -19,6 +20,9 @@ impl Channel {
         let conn_id = connection.id;
         match method {
             exchange::AMQPMethod::Declare(d) => {
+                if !d.passive {
+                    connection.check_access(Access::Configure, "exchange", d.exchange.as_str())?;
+                }
                 vhost.declare_exchange(
                     d.exchange.as_str(),
                     d.kind.as_str(),
@@ -39,6 +43,7 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
+                connection.check_access(Access::Configure, "exchange", d.exchange.as_str())?;
                 vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 vhost.definitions_saved().await?;
                 if !d.nowait {
@@ -49,6 +54,8 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
+                connection.check_access(Access::Write, "exchange", b.destination.as_str())?;
+                connection.check_access(Access::Read, "exchange", b.source.as_str())?;
                 let destination = Destination::Exchange(b.destination.as_str().to_string());
                 vhost.bind(
                     b.source.as_str(),
@@ -66,6 +73,8 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
+                connection.check_access(Access::Write, "exchange", b.destination.as_str())?;
+                connection.check_access(Access::Read, "exchange", b.source.as_str())?;
                 let destination = Destination::Exchange(b.destination.as_str().to_string());
                 vhost.unbind(
                     b.source.as_str(),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{queue, AMQPClass};
+use sluice_auth::Access;
 use sluice_broker::vhost::Destination;
 
 use super::{unimplemented, Channel};
@@ -19,6 +20,14 @@ impl Channel {
         let conn_id = connection.id;
         match method {
             queue::AMQPMethod::Declare(d) => {
+                if !d.passive {
+                    // A server-named queue is checked as RabbitMQ checks it: as amq.gen-*.
+                    let name = match d.queue.as_str() {
+                        "" => "amq.gen-",
+                        name => name,
+                    };
+                    connection.check_access(Access::Configure, "queue", name)?;
+                }
                 let (name, messages, consumers) = vhost.declare_queue(
                     d.queue.as_str(),
                     d.passive,
@@ -43,6 +52,8 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(&b.queue)?;
+                connection.check_access(Access::Write, "queue", &name)?;
+                connection.check_access(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.bind(
                     b.exchange.as_str(),
                     Destination::Queue(name),
@@ -60,6 +71,8 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(&b.queue)?;
+                connection.check_access(Access::Write, "queue", &name)?;
+                connection.check_access(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.unbind(
                     b.exchange.as_str(),
                     Destination::Queue(name),
@@ -75,6 +88,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(&p.queue)?;
+                connection.check_access(Access::Read, "queue", &name)?;
                 let count = vhost.purge_queue(&name, conn_id)?;
                 if !p.nowait {
                     self.reply(
@@ -87,6 +101,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&d.queue)?;
+                connection.check_access(Access::Configure, "queue", &name)?;
                 let count = vhost.delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;
                 vhost.definitions_saved().await?;
                 if !d.nowait {

@@ -8,6 +8,7 @@ mod produce;
 mod queue_messages;
 mod system;
 mod topics;
+mod users;
 
 use std::sync::Arc;
 
@@ -45,6 +46,7 @@ const REFUSED_BODY_DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::fr
         (name = "messages", description = "Reading a topic's messages"),
         (name = "groups", description = "Kafka consumer groups"),
         (name = "amqp", description = "AMQP exchanges, queues, bindings, connections, channels"),
+        (name = "users", description = "Users (every protocol's) and their AMQP permissions"),
     )
 )]
 struct ApiDoc;
@@ -86,6 +88,14 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(amqp::list_bindings))
         .routes(routes!(amqp::list_connections))
         .routes(routes!(amqp::list_channels))
+        .routes(routes!(users::list_users))
+        .routes(routes!(
+            users::get_user,
+            users::put_user,
+            users::delete_user
+        ))
+        .routes(routes!(users::list_permissions))
+        .routes(routes!(users::put_permissions, users::delete_permissions))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_user,

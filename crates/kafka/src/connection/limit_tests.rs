@@ -35,6 +35,8 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         fetch_sessions: Default::default(),
         share_sessions: Default::default(),
         connection_id: 0,
+        security: Default::default(),
+        principal: Default::default(),
     }
 }
 
@@ -140,9 +142,11 @@ async fn fetch_once(context: RequestContext, request: RequestKind) -> FetchRespo
     let response = start_request(
         &mut context,
         &mut RequestMetrics::default(),
+        &mut super::tests::test_gate(),
         frame.slice(4..),
     )
     .expect("starts")
+    .0
     .await
     .expect("answered")
     .expect("a response");
@@ -410,11 +414,17 @@ async fn init_producer_id(
             .with_producer_epoch(claimed.1),
     );
     let frame = framed(ApiKey::InitProducerId, version, 3, &request);
-    let response = start_request(context, &mut RequestMetrics::default(), frame.slice(4..))
-        .expect("starts")
-        .await
-        .expect("answered")
-        .expect("a response");
+    let response = start_request(
+        context,
+        &mut RequestMetrics::default(),
+        &mut super::tests::test_gate(),
+        frame.slice(4..),
+    )
+    .expect("starts")
+    .0
+    .await
+    .expect("answered")
+    .expect("a response");
     let mut body = response.bytes().slice(4..);
     ResponseHeader::decode(
         &mut body,

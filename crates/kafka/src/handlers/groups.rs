@@ -914,6 +914,8 @@ pub(super) mod tests {
             fetch_sessions: Default::default(),
             share_sessions: Default::default(),
             connection_id: 0,
+            security: Default::default(),
+            principal: Default::default(),
         }
     }
 

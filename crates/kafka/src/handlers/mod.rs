@@ -1,6 +1,7 @@
 //! One module per family of Kafka APIs. Each handler takes the decoded request and its version
 //! and returns the response; the connection encodes it at the same version.
 
+pub mod acls;
 pub mod cluster;
 pub mod cluster_admin;
 pub mod configs;
@@ -15,6 +16,7 @@ pub mod produce;
 pub mod producer_id;
 pub mod producers;
 pub mod reassignments;
+pub mod scram_credentials;
 pub mod share_groups;
 pub mod topics;
 pub mod transactions;

@@ -19,6 +19,7 @@ mod query;
 mod queue;
 mod time_spec;
 mod topic;
+pub mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,238 @@
+//! DescribeUserScramCredentials and AlterUserScramCredentials (KIP-554) over the user store,
+//! so Kafka's tools and admin clients manage SCRAM users. The client sends the salt and the
+//! salted password, never the password; the store keeps the derived keys only.
+
+use std::collections::BTreeSet;
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_auth::acl::CLUSTER_RESOURCE_NAME;
+use sluice_auth::scram::{ScramCredential, ScramMechanism, ITERATIONS_MAX, ITERATIONS_MIN};
+use sluice_auth::{Operation, ResourceType};
+
+use crate::RequestContext;
+
+pub async fn describe_user_scram_credentials(
+    context: &RequestContext,
+    _version: i16,
+    request: DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
+    if !context.allowed(
+        Operation::Describe,
+        ResourceType::Cluster,
+        CLUSTER_RESOURCE_NAME,
+    ) {
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
+    let users = &context.security.users;
+    let describe = |name: &str| {
+        let user = users.get(name).filter(|u| !u.credentials.is_empty());
+        let result =
+            describe_user_scram_credentials_response::DescribeUserScramCredentialsResult::default()
+                .with_user(StrBytes::from_string(name.to_string()));
+        match user {
+            None => result
+                .with_error_code(ResponseError::ResourceNotFound.code())
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "Attempt to describe a user credential that does not exist",
+                ))),
+            Some(user) => result.with_credential_infos(
+                user.credentials
+                    .iter()
+                    .map(|c| {
+                        describe_user_scram_credentials_response::CredentialInfo::default()
+                            .with_mechanism(c.mechanism.kafka_code())
+                            .with_iterations(c.iterations as i32)
+                    })
+                    .collect(),
+            ),
+        }
+    };
+    let results = match request.users {
+        None => users
+            .list()
+            .into_iter()
+            .filter(|u| !u.credentials.is_empty())
+            .map(|u| describe(&u.name))
+            .collect(),
+        Some(names) => {
+            let mut seen = BTreeSet::new();
+            let duplicated: BTreeSet<String> = names
+                .iter()
+                .filter(|n| !seen.insert(n.name.to_string()))
+                .map(|n| n.name.to_string())
+                .collect();
+            let mut answered = BTreeSet::new();
+            names
+                .iter()
+                .filter(|n| answered.insert(n.name.to_string()))
+                .map(|n| {
+                    if duplicated.contains(n.name.as_str()) {
+                        describe_user_scram_credentials_response::DescribeUserScramCredentialsResult::default()
+                            .with_user(n.name.clone())
+                            .with_error_code(ResponseError::DuplicateResource.code())
+                            .with_error_message(Some(StrBytes::from_static_str(
+                                "Cannot describe SCRAM credentials for the same user twice in a single request",
+                            )))
+                    } else {
+                        describe(n.name.as_str())
+                    }
+                })
+                .collect()
+        }
+    };
+    DescribeUserScramCredentialsResponse::default().with_results(results)
+}
+
+pub async fn alter_user_scram_credentials(
+    context: &RequestContext,
+    _version: i16,
+    request: AlterUserScramCredentialsRequest,
+) -> AlterUserScramCredentialsResponse {
+    let result = |user: &str, code: i16, message: Option<&str>| {
+        alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
+            .with_user(StrBytes::from_string(user.to_string()))
+            .with_error_code(code)
+            .with_error_message(message.map(|m| StrBytes::from_string(m.to_string())))
+    };
+    let names: Vec<String> = request
+        .deletions
+        .iter()
+        .map(|d| d.name.to_string())
+        .chain(request.upsertions.iter().map(|u| u.name.to_string()))
+        .collect();
+    let unique: BTreeSet<&String> = names.iter().collect();
+    if !context.allowed(
+        Operation::Alter,
+        ResourceType::Cluster,
+        CLUSTER_RESOURCE_NAME,
+    ) {
+        let code = ResponseError::ClusterAuthorizationFailed.code();
+        return AlterUserScramCredentialsResponse::default()
+            .with_results(unique.into_iter().map(|u| result(u, code, None)).collect());
+    }
+    // Kafka: one user's credentials may be altered once per request (per mechanism).
+    let mut seen = BTreeSet::new();
+    let duplicated: BTreeSet<String> = request
+        .deletions
+        .iter()
+        .map(|d| (d.name.to_string(), d.mechanism))
+        .chain(
+            request
+                .upsertions
+                .iter()
+                .map(|u| (u.name.to_string(), u.mechanism)),
+        )
+        .filter(|key| !seen.insert(key.clone()))
+        .map(|(name, _)| name)
+        .collect();
+    let users = &context.security.users;
+    let mut outcome: std::collections::BTreeMap<String, (i16, Option<String>)> =
+        std::collections::BTreeMap::new();
+    let mut fail = |name: &str, code: ResponseError, message: &str| {
+        outcome
+            .entry(name.to_string())
+            .or_insert((code.code(), Some(message.to_string())));
+    };
+    for name in &duplicated {
+        fail(
+            name,
+            ResponseError::DuplicateResource,
+            "A user credential cannot be altered twice in the same request",
+        );
+    }
+    for deletion in &request.deletions {
+        let name = deletion.name.as_str();
+        if name.is_empty() {
+            fail(
+                name,
+                ResponseError::UnacceptableCredential,
+                "Username must not be empty",
+            );
+            continue;
+        }
+        let Some(mechanism) = ScramMechanism::from_kafka_code(deletion.mechanism) else {
+            fail(
+                name,
+                ResponseError::UnsupportedSaslMechanism,
+                "Unknown SCRAM mechanism",
+            );
+            continue;
+        };
+        if duplicated.contains(name) {
+            continue;
+        }
+        if users.delete_scram(name, mechanism).is_err() {
+            fail(
+                name,
+                ResponseError::ResourceNotFound,
+                "Attempt to delete a user credential that does not exist",
+            );
+        }
+    }
+    for upsertion in &request.upsertions {
+        let name = upsertion.name.as_str();
+        if name.is_empty() {
+            fail(
+                name,
+                ResponseError::UnacceptableCredential,
+                "Username must not be empty",
+            );
+            continue;
+        }
+        let Some(mechanism) = ScramMechanism::from_kafka_code(upsertion.mechanism) else {
+            fail(
+                name,
+                ResponseError::UnsupportedSaslMechanism,
+                "Unknown SCRAM mechanism",
+            );
+            continue;
+        };
+        let iterations = upsertion.iterations;
+        if iterations < ITERATIONS_MIN as i32 {
+            fail(
+                name,
+                ResponseError::UnacceptableCredential,
+                "Too few iterations",
+            );
+            continue;
+        }
+        if iterations > ITERATIONS_MAX as i32 {
+            fail(
+                name,
+                ResponseError::UnacceptableCredential,
+                "Too many iterations",
+            );
+            continue;
+        }
+        if duplicated.contains(name) {
+            continue;
+        }
+        let credential = ScramCredential::from_salted_password(
+            mechanism,
+            upsertion.salt.to_vec(),
+            &upsertion.salted_password,
+            iterations as u32,
+        );
+        if let Err(error) = users.upsert_scram(name, credential) {
+            fail(
+                name,
+                ResponseError::UnacceptableCredential,
+                &error.to_string(),
+            );
+        } else {
+            tracing::info!(principal = %context.principal.name, user = name, mechanism = mechanism.name(), "SCRAM credential set");
+        }
+    }
+    AlterUserScramCredentialsResponse::default().with_results(
+        unique
+            .into_iter()
+            .map(|name| match outcome.get(name.as_str()) {
+                Some((code, message)) => result(name, *code, message.as_deref()),
+                None => result(name, 0, None),
+            })
+            .collect(),
+    )
+}

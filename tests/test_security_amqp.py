@@ -7,6 +7,7 @@ the `sluice user` CLI and the HTTP API. What is asserted is what RabbitMQ does.
 from __future__ import annotations
 
 import ssl
+import struct
 import subprocess
 from urllib.parse import quote
 
@@ -92,8 +93,11 @@ def test_amqps_plain_login_as_a_cli_user(user_broker_factory, certs):
 def test_amqps_refuses_a_client_that_does_not_trust_the_server(user_broker_factory, certs):
     _broker, port = amqps_broker(user_broker_factory, certs)
     context = ssl.create_default_context(cafile=str(certs.untrusted_ca))
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+    with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError)):
         connect(port, "guest", "guest", context)
+    # The same client trusting the right CA gets in: the refusal was the chain's.
+    with connect(port, "guest", "guest", certs.server_context()) as connection:
+        assert connection.is_open
 
 
 def test_amqps_wrong_password_and_unknown_user_are_refused(user_broker_factory, certs):
@@ -147,7 +151,7 @@ def test_external_login_of_a_certificate_whose_user_does_not_exist(user_broker_f
     assert "(403)" in str(excinfo.value), excinfo.value
 
 
-def test_untrusted_client_certificate_is_refused_when_required(user_broker_factory, certs):
+def test_untrusted_expired_or_missing_client_certificate_is_refused_when_required(user_broker_factory, certs):
     _broker, port = amqps_broker(user_broker_factory, certs, client_auth="required",
                                  prepare=lambda d: add_user(d, CLIENT_CN, "pw", permissions=ALL))
     external = pika.credentials.ExternalCredentials()
@@ -155,6 +159,7 @@ def test_untrusted_client_certificate_is_refused_when_required(user_broker_facto
         assert connection.is_open
     for context in (certs.client_context(certs.untrusted_client_cert,
                                          certs.untrusted_client_key),
+                    certs.client_context(certs.expired_client_cert, certs.expired_client_key),
                     certs.server_context()):
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             pika.BlockingConnection(params(port, pika.PlainCredentials(CLIENT_CN, "pw"),
@@ -326,3 +331,91 @@ def test_user_cli_against_a_running_node(user_broker_factory):
         assert connection.is_open
     cli("delete", "frank")
     assert "frank" not in cli("list")
+
+
+# -- mechanisms on the wire -------------------------------------------------------------------
+
+def offered_mechanisms(raw: raw_amqp.RawConnection) -> set[str]:
+    """Sends the protocol header; the mechanisms of the broker's connection.start."""
+    raw.send(raw_amqp.PROTOCOL_HEADER)
+    payload = raw.expect_method(raw_amqp.CONNECTION_START).payload
+    offset = 4 + 2  # class and method ids, version major and minor
+    (properties_length,) = struct.unpack_from(">I", payload, offset)
+    offset += 4 + properties_length
+    (length,) = struct.unpack_from(">I", payload, offset)
+    return set(payload[offset + 4:offset + 4 + length].decode().split())
+
+
+def start_ok(raw: raw_amqp.RawConnection, mechanism: str, response: bytes):
+    properties = raw_amqp.table({"product": "sluice security test",
+                                 "capabilities": {"authentication_failure_close": True}})
+    raw.send_method(0, raw_amqp.CONNECTION_START_OK, properties + raw_amqp.shortstr(mechanism)
+                    + raw_amqp.longstr(response) + raw_amqp.shortstr("en_US"))
+
+
+def amqplain(user: str, password: str) -> bytes:
+    """AMQPLAIN's response: a field table without its length prefix."""
+    return raw_amqp.table({"LOGIN": user, "PASSWORD": password})[4:]
+
+
+def tls_raw(port: int, context: ssl.SSLContext) -> raw_amqp.RawConnection:
+    raw = raw_amqp.RawConnection("127.0.0.1", port)
+    raw.sock = context.wrap_socket(raw.sock, server_hostname="localhost")
+    return raw
+
+
+def test_mechanisms_offered_and_amqplain_login(user_broker_factory, certs):
+    """PLAIN and AMQPLAIN everywhere; EXTERNAL only on a TLS connection whose client sent a
+    verified certificate (RabbitMQ's rabbit_auth_mechanism_ssl offers it only then)."""
+    broker, port = amqps_broker(user_broker_factory, certs, client_auth="requested",
+                                prepare=lambda d: add_user(d, CLIENT_CN, "client-secret",
+                                                           permissions=ALL))
+    with raw_amqp.RawConnection("127.0.0.1", broker.amqp_port) as raw:
+        mechanisms = offered_mechanisms(raw)
+        assert {"PLAIN", "AMQPLAIN"} <= mechanisms and "EXTERNAL" not in mechanisms, mechanisms
+        start_ok(raw, "AMQPLAIN", amqplain(CLIENT_CN, "client-secret"))
+        raw.tune()
+        raw.open("/")
+        raw.expect_method(raw_amqp.CONNECTION_OPEN_OK)
+    with raw_amqp.RawConnection("127.0.0.1", broker.amqp_port) as raw:
+        offered_mechanisms(raw)
+        start_ok(raw, "AMQPLAIN", amqplain(CLIENT_CN, "wrong"))
+        code, text, _class_id, _method_id = raw.expect_connection_close()
+    assert (code, text) == (ACCESS_REFUSED, "ACCESS_REFUSED - Login was refused using "
+                            "authentication mechanism AMQPLAIN. For details see the broker "
+                            "logfile.")
+    with tls_raw(port, certs.server_context()) as raw:
+        mechanisms = offered_mechanisms(raw)
+        assert {"PLAIN", "AMQPLAIN"} <= mechanisms and "EXTERNAL" not in mechanisms, mechanisms
+    with tls_raw(port, certs.client_context()) as raw:
+        assert "EXTERNAL" in offered_mechanisms(raw)
+        start_ok(raw, "EXTERNAL", b"")
+        raw.tune()
+        raw.open("/")
+        raw.expect_method(raw_amqp.CONNECTION_OPEN_OK)
+
+
+def test_http_api_over_tls(user_broker_factory, certs):
+    """--https-listen serves the same API over TLS: the CA's clients get in with the store's
+    users, guest still only from loopback, and a client that does not trust the CA is refused."""
+    port = free_port()
+    broker = user_broker_factory("--https-listen", f"127.0.0.1:{port}", *tls_flags(certs),
+                                 prepare=lambda d: add_user(d, "ops", "ops-pw", "administrator"))
+    wait_for_port(port, broker)
+    url = f"https://127.0.0.1:{port}"
+    answer = requests.get(f"{url}/api/overview", auth=("ops", "ops-pw"), verify=str(certs.ca),
+                          timeout=HTTP_TIMEOUT_S)
+    assert answer.status_code == 200, answer.text
+    answer = requests.get(f"{url}/api/users", auth=("guest", "guest"), verify=str(certs.ca),
+                          timeout=HTTP_TIMEOUT_S)
+    assert answer.status_code == 200 and {u["name"] for u in answer.json()} >= {"guest", "ops"}
+    answer = requests.get(f"{url}/api/overview", auth=("ops", "wrong"), verify=str(certs.ca),
+                          timeout=HTTP_TIMEOUT_S)
+    assert answer.status_code == 401
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{url}/api/overview", auth=("ops", "ops-pw"), timeout=HTTP_TIMEOUT_S)
+    # Plain HTTP on the TLS port gets no answer, and the broker goes on serving.
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/api/overview", timeout=HTTP_TIMEOUT_S)
+    answer = requests.get(f"{url}/api/health", verify=str(certs.ca), timeout=HTTP_TIMEOUT_S)
+    assert answer.status_code == 200

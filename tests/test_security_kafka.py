@@ -11,6 +11,9 @@ asserted is what Apache Kafka does (error codes, closes, principals); clients ar
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 import socket
@@ -30,7 +33,7 @@ from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
                                    UserScramCredentialDeletion, UserScramCredentialUpsertion)
 
 from conftest import free_port, sluice_bin
-from kafka_wire import ConnectionClosed, KafkaWire, frame
+from kafka_wire import ConnectionClosed, KafkaWire, compact_string, frame
 from librdkafka_client import unique_name
 from tls_certs import (CLIENT_PRINCIPAL, add_user, certs, clean_env, tls_flags,  # noqa: F401
                        tls_handshake_outcome, user_broker_factory)
@@ -44,6 +47,7 @@ ADMIN, ADMIN_PW = "admin", "admin-secret"
 API_SASL_HANDSHAKE = 17
 API_SASL_AUTHENTICATE = 36
 API_DESCRIBE_ACLS = 29
+API_DESCRIBE_USER_SCRAM_CREDENTIALS = 50
 ERROR_CLUSTER_AUTHORIZATION_FAILED = 31
 ERROR_UNSUPPORTED_SASL_MECHANISM = 33
 ERROR_SASL_AUTHENTICATION_FAILED = 58
@@ -286,6 +290,19 @@ def describe_all_acls_error(wire: KafkaWire) -> int:
     return error
 
 
+def describe_scram_credentials_error(wire: KafkaWire, user: str) -> int:
+    """DescribeUserScramCredentials v0 (flexible) for one user; the response's top-level error
+    code. (librdkafka 2.16 aborts the process on a top-level error of this response, so the
+    refusal is read off the wire.)"""
+    body = b"\x02" + compact_string(user.encode()) + b"\x00" + b"\x00"
+    cid = wire.next_correlation_id()
+    wire.send_raw(frame(API_DESCRIBE_USER_SCRAM_CREDENTIALS, 0, cid, body, flexible_header=True))
+    response = wire.recv_frame()
+    got_cid, header_tags, _throttle_ms, error = struct.unpack_from(">ibih", response, 0)
+    assert (got_cid, header_tags) == (cid, 0)
+    return error
+
+
 def plain_login(wire: KafkaWire, user: str, password: str) -> tuple[int, str | None, int]:
     """SaslHandshake PLAIN + SaslAuthenticate v1: (error, message, session lifetime ms)."""
     error, mechanisms = sasl_handshake(wire, "PLAIN")
@@ -293,6 +310,39 @@ def plain_login(wire: KafkaWire, user: str, password: str) -> tuple[int, str | N
     error, message, _auth, lifetime_ms = sasl_authenticate(
         wire, b"\0" + user.encode() + b"\0" + password.encode())
     return error, message, lifetime_ms
+
+
+def scram_login(wire: KafkaWire, mechanism: str, user: str, password: str,
+                tamper_nonce: bool = False) -> tuple[int, str | None]:
+    """A SCRAM exchange by the book (RFC 5802 / 7677) over SaslHandshake + SaslAuthenticate v1.
+    On success the server's signature is verified; (error code of the final step, message)."""
+    digest = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}[mechanism]
+    error, mechanisms = sasl_handshake(wire, mechanism)
+    assert error == 0, f"SaslHandshake {mechanism}: error {error}, mechanisms {mechanisms}"
+    client_nonce = base64.b64encode(os.urandom(18)).decode()
+    client_first_bare = f"n={user},r={client_nonce}"
+    error, message, server_first, _ = sasl_authenticate(
+        wire, b"n,," + client_first_bare.encode())
+    assert error == 0, (error, message)
+    fields = dict(item.split("=", 1) for item in server_first.decode().split(","))
+    nonce, salt, iterations = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
+    assert nonce.startswith(client_nonce) and len(nonce) > len(client_nonce), server_first
+    assert iterations >= 4096, f"fewer iterations than Kafka's minimum: {iterations}"
+    salted = hashlib.pbkdf2_hmac(digest().name, password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", digest)
+    stored_key = digest(client_key).digest()
+    final_nonce = nonce + "x" if tamper_nonce else nonce
+    without_proof = f"c=biws,r={final_nonce}"
+    auth_message = f"{client_first_bare},{server_first.decode()},{without_proof}".encode()
+    signature = hmac.digest(stored_key, auth_message, digest)
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    error, message, server_final, _ = sasl_authenticate(
+        wire, f"{without_proof},p={proof}".encode())
+    if error == 0:
+        server_key = hmac.digest(salted, b"Server Key", digest)
+        expected = base64.b64encode(hmac.digest(server_key, auth_message, digest)).decode()
+        assert server_final.decode() == f"v={expected}", server_final
+    return error, message
 
 
 # -- SASL -------------------------------------------------------------------------------------
@@ -448,6 +498,33 @@ def test_sasl_wire_rules(user_broker_factory):
         assert [b.node_id for b in response.brokers], response
 
 
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_scram_exchange_by_the_rfc(user_broker_factory, mechanism):
+    """A hand-made SCRAM client: the server's nonce extends the client's, its final message
+    carries the right ServerSignature; a client-final whose nonce was changed, a wrong password,
+    a malformed client-first and one asking for channel binding (which Kafka does not offer)
+    are refused with SASL_AUTHENTICATION_FAILED and the connection closed."""
+    listen, _ports = listeners("SASL_PLAINTEXT")
+    broker = user_broker_factory("--kafka-listen", listen, prepare=users((ALICE, ALICE_PW)))
+    with KafkaWire(broker.bootstrap) as wire:
+        error, message = scram_login(wire, mechanism, ALICE, ALICE_PW)
+        assert error == 0, message
+        assert wire.metadata([]).brokers
+    for kwargs in ({"password": "wrong"}, {"password": ALICE_PW, "tamper_nonce": True}):
+        with KafkaWire(broker.bootstrap) as wire:
+            error, message = scram_login(wire, mechanism, ALICE, **kwargs)
+            assert error == ERROR_SASL_AUTHENTICATION_FAILED, (kwargs, error, message)
+            assert wire.wait_closed(5), f"{kwargs}: still open after a failed authentication"
+    for client_first in (b"garbage", b"p=tls-unique,,n=alice,r=abc", b"n,,r=abc",
+                         b"\xff\xfe" * 40):
+        with KafkaWire(broker.bootstrap) as wire:
+            error, _mechanisms = sasl_handshake(wire, mechanism)
+            assert error == 0
+            error, message, _auth, _lifetime = sasl_authenticate(wire, client_first)
+            assert error == ERROR_SASL_AUTHENTICATION_FAILED, (client_first, error, message)
+            assert wire.wait_closed(5), f"{client_first!r}: still open"
+
+
 def test_reauthentication_kip_368(user_broker_factory):
     """--kafka-reauth-ms: SaslAuthenticate tells the session lifetime; re-authenticating on the
     same connection extends it; a request after it expired closes the connection."""
@@ -492,6 +569,33 @@ def test_reauthentication_kip_368(user_broker_factory):
     assert producer.flush(CLIENT_TIMEOUT_S) == 0
     assert not failed and not errors.errors, (failed[:3], errors.errors[:3])
     assert len(delivered) > 10
+
+
+def test_reauthentication_checks_again(user_broker_factory):
+    """KIP-368 re-authentication is a full login: a wrong password, another principal or
+    another mechanism fails it, and the connection is closed (Kafka's behaviour)."""
+    listen, _ports = listeners("SASL_PLAINTEXT")
+    broker = user_broker_factory("--kafka-listen", listen, "--kafka-reauth-ms", 60000,
+                                 prepare=users((ALICE, ALICE_PW), (BOB, BOB_PW)))
+    for user, password in ((ALICE, "wrong"), (BOB, BOB_PW)):
+        with KafkaWire(broker.bootstrap) as wire:
+            wire.negotiate()
+            error, message, _lifetime = plain_login(wire, ALICE, ALICE_PW)
+            assert error == 0, message
+            error, message, _lifetime = plain_login(wire, user, password)
+            assert error == ERROR_SASL_AUTHENTICATION_FAILED, (user, error, message)
+            assert wire.wait_closed(5), f"re-authentication as {user}: still open"
+    with KafkaWire(broker.bootstrap) as wire:
+        wire.negotiate()
+        error, message, _lifetime = plain_login(wire, ALICE, ALICE_PW)
+        assert error == 0, message
+        try:
+            error, message = scram_login(wire, "SCRAM-SHA-256", ALICE, ALICE_PW)
+        except (ConnectionClosed, AssertionError):
+            pass  # Kafka closes the connection at the SaslHandshake
+        else:
+            raise AssertionError("re-authentication with another mechanism succeeded")
+        assert wire.wait_closed(5), "re-authentication with another mechanism: still open"
 
 
 def test_plaintext_loopback_listener_alongside_sasl_listener(user_broker_factory):
@@ -601,6 +705,14 @@ def test_acls_guard_admin_operations(user_broker_factory):
         error, message, _lifetime = plain_login(wire, ALICE, ALICE_PW)
         assert error == 0, message
         assert describe_all_acls_error(wire) == ERROR_CLUSTER_AUTHORIZATION_FAILED
+        # So do the SCRAM credential APIs.
+        assert describe_scram_credentials_error(wire, ALICE) == ERROR_CLUSTER_AUTHORIZATION_FAILED
+    upsert = UserScramCredentialUpsertion(
+        ALICE, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 8192), b"stolen")
+    error = kafka_error_of(alice.alter_user_scram_credentials([upsert],
+                                                              request_timeout=15)[ALICE])
+    assert error.code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED, error
+    produce_ok(sasl_config(port, "SCRAM-SHA-256", ALICE, ALICE_PW), "orders", [b"unchanged"])
     binding = allow(f"User:{ALICE}", ResourceType.TOPIC, "*", AclOperation.ALL)
     error = kafka_error_of(alice.create_acls([binding], request_timeout=15)[binding])
     assert error.code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED, error
@@ -690,6 +802,76 @@ def test_ssl_client_certificate_principal_with_acls(user_broker_factory, certs):
     assert len(described) == 3
 
 
+def test_ssl_listener_without_client_certificate_is_anonymous(user_broker_factory, certs):
+    """--tls-client-auth requested: a client without a certificate is User:ANONYMOUS, one with a
+    certificate is its subject; each gets exactly what its ACLs allow."""
+    listen, ports = listeners("SSL", "SASL_PLAINTEXT")
+    user_broker_factory("--kafka-listen", listen, *tls_flags(certs, "requested"), *ACL_FLAGS,
+                        prepare=users((ADMIN, ADMIN_PW)))
+    admin = sasl_config(ports["SASL_PLAINTEXT"], "PLAIN", ADMIN, ADMIN_PW)
+    create_topic_as(admin, "for-anonymous")
+    create_topic_as(admin, "for-client")
+    create_acls_as(admin, [
+        allow("User:ANONYMOUS", ResourceType.TOPIC, "for-anonymous", AclOperation.WRITE),
+        allow(CLIENT_PRINCIPAL, ResourceType.TOPIC, "for-client", AclOperation.WRITE),
+    ])
+    anonymous = ssl_config(ports["SSL"], certs)
+    client = ssl_config(ports["SSL"], certs, certs.client_cert, certs.client_key)
+    produce_ok(anonymous, "for-anonymous", [b"anon"])
+    produce_ok(client, "for-client", [b"cert"])
+    for config, topic in ((anonymous, "for-client"), (client, "for-anonymous")):
+        outcome, _errors = produce_failure(config, topic)
+        assert outcome[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (topic, outcome)
+
+
+def test_acls_and_credentials_survive_a_restart(user_broker_factory):
+    listen, ports = listeners("SASL_PLAINTEXT")
+    broker = user_broker_factory("--kafka-listen", listen, *ACL_FLAGS,
+                                 prepare=users((ADMIN, ADMIN_PW)))
+    port = ports["SASL_PLAINTEXT"]
+    admin_config = sasl_config(port, "SCRAM-SHA-256", ADMIN, ADMIN_PW)
+    admin = AdminClient(admin_config)
+    create_topic_as(admin_config, "kept")
+    binding = allow("User:erin", ResourceType.TOPIC, "kept", AclOperation.WRITE)
+    create_acls_as(admin_config, [binding])
+    upsert = UserScramCredentialUpsertion(
+        "erin", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"erin-secret")
+    admin.alter_user_scram_credentials([upsert], request_timeout=15)["erin"].result(timeout=20)
+    erin = sasl_config(port, "SCRAM-SHA-512", "erin", "erin-secret")
+    produce_ok(erin, "kept", [b"before"])
+    del admin
+
+    broker.restart()
+    admin = AdminClient(admin_config)
+    any_acl = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                               AclOperation.ANY, AclPermissionType.ANY)
+    described = admin.describe_acls(any_acl, request_timeout=15).result(timeout=20)
+    assert [acl_key(b) for b in described] == [acl_key(binding)]
+    produce_ok(erin, "kept", [b"after"])
+    outcome, _errors = produce_failure(erin, unique_name("not-kept"))
+    assert outcome[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, outcome
+
+
+def test_http_api_user_logs_in_over_kafka_sasl(user_broker_factory):
+    """One user store: a user made through the HTTP API logs in with every mechanism; deleted,
+    with none."""
+    listen, ports = listeners("SASL_PLAINTEXT")
+    broker = user_broker_factory("--kafka-listen", listen)
+    response = requests.put(f"{broker.http_url}/api/users/grace", auth=("guest", "guest"),
+                            json={"password": "grace-secret", "tags": ""}, timeout=10)
+    assert response.status_code in (201, 204), response.text
+    topic = unique_name("grace")
+    for mechanism in MECHANISMS:
+        produce_ok(sasl_config(ports["SASL_PLAINTEXT"], mechanism, "grace", "grace-secret"),
+                   topic, [mechanism.encode()])
+    response = requests.delete(f"{broker.http_url}/api/users/grace", auth=("guest", "guest"),
+                               timeout=10)
+    assert response.status_code in (200, 204), response.text
+    auth_error_within(sasl_config(ports["SASL_PLAINTEXT"], "PLAIN", "grace", "grace-secret"))
+    auth_error_within(sasl_config(ports["SASL_PLAINTEXT"], "SCRAM-SHA-256", "grace",
+                                  "grace-secret"))
+
+
 # -- SCRAM credentials through the admin API --------------------------------------------------
 
 def test_scram_credentials_admin_api(user_broker_factory):
@@ -742,12 +924,6 @@ def test_scram_credentials_admin_api(user_broker_factory):
         ["dave"], request_timeout=15)["dave"])
     assert error.code() == KafkaError.RESOURCE_NOT_FOUND, error
     auth_error_within(sasl_config(port, "SCRAM-SHA-256", "dave", "dave-secret"))
-
-    # alice (no administrator tag, not a super user) may not describe credentials.
-    alice = AdminClient(sasl_config(port, "SCRAM-SHA-256", ALICE, ALICE_PW))
-    error = kafka_error_of(alice.describe_user_scram_credentials(
-        [ALICE], request_timeout=15)[ALICE])
-    assert error.code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED, error
 
 
 # -- safe default: no unauthenticated listener off loopback -----------------------------------

@@ -16,6 +16,7 @@ mod kafka_forward;
 pub mod model;
 mod request_metrics;
 mod routes;
+mod tls_listener;
 mod traffic;
 mod ui;
 
@@ -119,12 +120,32 @@ impl HttpApi {
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
     api: HttpApi,
+    /// HTTPS: the listener's TLS settings.
+    tls: Option<Arc<sluice_auth::ReloadingTls>>,
 }
 
 impl HttpServer {
     pub async fn bind(address: SocketAddr, api: HttpApi) -> std::io::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(address).await?;
-        Ok(HttpServer { listener, api })
+        Ok(HttpServer {
+            listener,
+            api,
+            tls: None,
+        })
+    }
+
+    /// The same API over TLS (HTTPS).
+    pub async fn bind_tls(
+        address: SocketAddr,
+        api: HttpApi,
+        tls: Arc<sluice_auth::ReloadingTls>,
+    ) -> std::io::Result<HttpServer> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        Ok(HttpServer {
+            listener,
+            api,
+            tls: Some(tls),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -133,6 +154,18 @@ impl HttpServer {
 
     /// Serves until `shutdown` turns true; requests in progress then finish.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        if let Some(tls) = self.tls {
+            let service = self
+                .api
+                .router()
+                .layer(axum::middleware::map_request(tls_listener::peer_address))
+                .into_make_service_with_connect_info::<tls_listener::TlsPeer>();
+            return axum::serve(tls_listener::TlsListener::new(self.listener, tls), service)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+        }
         let service = self
             .api
             .router()

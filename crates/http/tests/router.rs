@@ -195,7 +195,9 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 35, "{operations:#?}");
+    assert_eq!(operations.len(), 42, "{operations:#?}");
+    assert!(operations.contains(&"PUT /api/users/{name}".to_string()));
+    assert!(operations.contains(&"PUT /api/permissions/{vhost}/{user}".to_string()));
     assert!(operations.contains(&"GET /api/cluster".to_string()));
     assert!(operations.contains(&"DELETE /api/cluster/nodes/{id}".to_string()));
     assert!(json["components"]["securitySchemes"]["basic"].is_object());
@@ -249,4 +251,85 @@ async fn a_single_node_is_its_own_cluster_and_partition_leader() {
         assert_eq!(partition["replicas"], serde_json::json!([0]));
         assert_eq!(partition["isr"], serde_json::json!([0]));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_managed_by_administrators_and_log_in_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = api(dir.path());
+    let local = from(api.router(), "127.0.0.1:40000");
+    let remote = from(api.router(), "192.0.2.9:40000");
+    let (status, _) = call(
+        &local,
+        request(
+            "PUT",
+            "/api/users/dave",
+            Some("guest:guest"),
+            r#"{"password": "d-pw", "tags": "monitoring"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A new user logs in from anywhere, and may read but not manage users.
+    let (status, _) = call(
+        &remote,
+        request("GET", "/api/overview", Some("dave:d-pw"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&remote, request("GET", "/api/users", Some("dave:d-pw"), "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = call(
+        &local,
+        request("GET", "/api/users/dave", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tags"], "monitoring");
+    assert!(body.get("password").is_none());
+    let (status, _) = call(
+        &local,
+        request(
+            "PUT",
+            "/api/permissions/%2F/dave",
+            Some("guest:guest"),
+            r#"{"configure": "(", "write": "", "read": ""}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        &local,
+        request(
+            "PUT",
+            "/api/permissions/%2F/dave",
+            Some("guest:guest"),
+            r#"{"configure": "^app-", "write": ".*", "read": ".*"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(
+        &local,
+        request("GET", "/api/permissions", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|p| p["user"] == "dave" && p["vhost"] == "/" && p["configure"] == "^app-"));
+    let (status, _) = call(
+        &local,
+        request("DELETE", "/api/users/dave", Some("guest:guest"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &remote,
+        request("GET", "/api/overview", Some("dave:d-pw"), ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

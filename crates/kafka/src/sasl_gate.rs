@@ -33,6 +33,8 @@ pub(crate) struct SaslGate {
     peer: SocketAddr,
     /// The principal of the first authentication: a re-authentication must keep it.
     authenticated_as: Option<Principal>,
+    /// The mechanism of the first authentication: a re-authentication must keep it too.
+    mechanism: Option<&'static str>,
     /// When the session ends (re-authentication on).
     expires: Option<Instant>,
 }
@@ -60,6 +62,7 @@ impl SaslGate {
             },
             peer,
             authenticated_as: None,
+            mechanism: None,
             expires: None,
         }
     }
@@ -133,6 +136,16 @@ impl SaslGate {
             };
         }
         let mechanism = request.mechanism.as_str();
+        if self.mechanism.is_some_and(|first| first != mechanism) {
+            // KIP-368: re-authentication keeps the mechanism (Kafka closes the connection).
+            tracing::warn!(peer = %self.peer, mechanism, "SASL re-authentication with another mechanism");
+            return SaslOutcome {
+                response: reply(ResponseError::IllegalSaslState.code()),
+                principal: None,
+                failed: false,
+                close: true,
+            };
+        }
         let exchange = security
             .sasl_mechanisms
             .iter()
@@ -223,6 +236,7 @@ impl SaslGate {
                 }
                 self.state = GateState::Open;
                 self.authenticated_as = Some(principal.clone());
+                self.mechanism = Some(mechanism);
                 let lifetime_ms = security.reauthentication_ms;
                 // Sessions end only where the client can learn when (v1 carries the lifetime).
                 self.expires = (lifetime_ms > 0 && version >= 1)

@@ -305,6 +305,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_AMQPS_LISTEN", value_name = "HOST:PORT,...")]
     pub amqps_listen: Option<String>,
 
+    /// The HTTP API over TLS (with --tls-cert), beside --http-listen or instead of it
+    #[arg(long, env = "SLUICE_HTTPS_LISTEN", value_name = "HOST:PORT")]
+    pub https_listen: Option<SocketAddr>,
+
     /// Let a Kafka listener on a wildcard (0.0.0.0, ::) or public address start without
     /// authentication (PLAINTEXT, or SSL without required client certificates) [default: false]
     #[arg(long, env = "SLUICE_ALLOW_UNAUTHENTICATED", value_name = "BOOL")]
@@ -377,6 +381,7 @@ pub struct SecuritySettings {
     pub allow_everyone_if_no_acl_found: bool,
     pub super_users: Vec<String>,
     pub amqps_listen: Vec<SocketAddr>,
+    pub https_listen: Option<SocketAddr>,
 }
 
 /// `--kafka-listen`: `[PROTOCOL://]HOST:PORT,...`.
@@ -510,10 +515,12 @@ impl ServeArgs {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         };
-        let needs_tls = listeners.iter().any(|l| l.protocol.uses_tls()) || !amqps_listen.is_empty();
+        let needs_tls = listeners.iter().any(|l| l.protocol.uses_tls())
+            || !amqps_listen.is_empty()
+            || self.https_listen.is_some();
         anyhow::ensure!(
             !needs_tls || tls.is_some(),
-            "a TLS listener (SSL://, SASL_SSL://, --amqps-listen) needs --tls-cert and --tls-key"
+            "a TLS listener (SSL://, SASL_SSL://, --amqps-listen, --https-listen) needs --tls-cert and --tls-key"
         );
         let sasl_mechanisms: Vec<String> = match &self.sasl_mechanisms {
             None => sluice_auth::sasl::MECHANISMS
@@ -565,6 +572,7 @@ impl ServeArgs {
                 .map(str::to_string)
                 .collect(),
             amqps_listen,
+            https_listen: self.https_listen,
         })
     }
 
@@ -625,6 +633,7 @@ impl ServeArgs {
                 allow_everyone_if_no_acl_found,
                 super_users,
                 amqps_listen,
+                https_listen,
                 allow_unauthenticated,
                 log,
                 log_format

@@ -237,12 +237,20 @@ async fn serve(
             let server = HttpServer::bind(address, api.clone())
                 .await
                 .with_context(|| format!("binding the HTTP listener on {address}"))?;
-            Some((server, api))
+            let https = match (config.security.https_listen, &tls) {
+                (Some(address), Some(tls)) => Some(
+                    HttpServer::bind_tls(address, api.clone(), tls.clone())
+                        .await
+                        .with_context(|| format!("binding the HTTPS listener on {address}"))?,
+                ),
+                _ => None,
+            };
+            Some((server, api, https))
         }
         None => None,
     };
     let http_address = match &http {
-        Some((server, _)) => server.local_addr()?.to_string(),
+        Some((server, _, _)) => server.local_addr()?.to_string(),
         None => "off".to_string(),
     };
     let data_dir_shown = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -256,13 +264,24 @@ async fn serve(
 
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let amqp_task = amqp.map(|amqp| tokio::spawn(amqp.run(shutdown.clone())));
-    let http_api = http.as_ref().map(|(_, api)| api.clone());
-    let http_task = http.map(|(server, api)| {
+    let http_api = http.as_ref().map(|(_, api, _)| api.clone());
+    let http_task = http.map(|(server, api, https)| {
         api.start_sampling();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let https = https.map(|https| {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = https.run(shutdown).await {
+                        tracing::error!(%error, "the HTTPS listener failed");
+                    }
+                })
+            });
             if let Err(error) = server.run(shutdown).await {
                 tracing::error!(%error, "the HTTP listener failed");
+            }
+            if let Some(https) = https {
+                let _ = https.await;
             }
         })
     });

@@ -177,7 +177,7 @@ def test_configure_permission_limits_declares(user_broker_factory):
         with channel_closed(ACCESS_REFUSED) as excinfo:
             channel.queue_declare("other-1")
         assert excinfo.value.reply_text == (
-            "ACCESS_REFUSED - configure access to queue 'other-1' in vhost '/' refused for "
+            "ACCESS_REFUSED - access to queue 'other-1' in vhost '/' refused for "
             "user 'bob'")
         # The connection survives the channel error.
         channel = connection.channel()
@@ -199,7 +199,7 @@ def test_write_and_read_permissions(user_broker_factory):
         with channel_closed(ACCESS_REFUSED) as excinfo:
             channel.basic_get("jobs")
         assert excinfo.value.reply_text == (
-            "ACCESS_REFUSED - read access to queue 'jobs' in vhost '/' refused for user "
+            "ACCESS_REFUSED - access to queue 'jobs' in vhost '/' refused for user "
             "'writer'")
     with connect(broker.amqp_port, "reader", "r-secret") as connection:
         channel = connection.channel()
@@ -209,7 +209,7 @@ def test_write_and_read_permissions(user_broker_factory):
         with channel_closed(ACCESS_REFUSED) as excinfo:
             channel.basic_publish("", "jobs", b"nope")
         assert excinfo.value.reply_text == (
-            "ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/' refused for "
+            "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for "
             "user 'reader'")
 
 

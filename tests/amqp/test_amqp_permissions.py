@@ -26,7 +26,6 @@ AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.Auth
 LOGIN_REFUSED_PLAIN = ("ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
                        "For details see the broker logfile.")
 ALL = (".*", ".*", ".*")
-NOTHING = ("^$", "^$", "^$")
 HTTP_TIMEOUT_S = 10
 VHOST = "/"
 
@@ -118,13 +117,6 @@ def users(amqp):
 def guest(amqp):
     """A channel of guest, who may do everything: sets up what the users act on, and looks."""
     return amqp.connect().channel()
-
-
-def sluice_differs(request, amqp, reason: str):
-    """Marks this run an expected failure on [sluice] only (strict: the mark must go once Sluice
-    behaves as RabbitMQ)."""
-    if amqp.kind == "sluice":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 def assert_queue_missing(amqp, queue: str):
@@ -508,12 +500,9 @@ def test_changed_permissions_apply_to_the_next_connection(amqp, users):
         channel.queue_declare(app)
 
 
-def test_revoked_permission_applies_to_a_new_channel_of_an_open_connection(request, amqp,
-                                                                           users):
+def test_revoked_permission_applies_to_a_new_channel_of_an_open_connection(amqp, users):
     """RabbitMQ checks permissions on each method against its user database (a channel caches
     only the checks that passed), so a revocation reaches open connections."""
-    sluice_differs(request, amqp, "Sluice takes a connection's permissions at connection.open: "
-                   "a revocation does not reach connections already open")
     user = users.add(permissions=(".*", ".*", ".*"))
     connection = user.connect()
     connection.channel().queue_declare(amqp.name("app"))
@@ -524,9 +513,7 @@ def test_revoked_permission_applies_to_a_new_channel_of_an_open_connection(reque
         channel.queue_declare(other)
 
 
-def test_granted_permission_applies_to_an_open_connection(request, amqp, users):
-    sluice_differs(request, amqp, "Sluice takes a connection's permissions at connection.open: "
-                   "a grant does not reach connections already open")
+def test_granted_permission_applies_to_an_open_connection(amqp, users):
     user = users.add(permissions=("^app-", ".*", ".*"))
     connection = user.connect()
     channel = connection.channel()

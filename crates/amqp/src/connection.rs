@@ -180,6 +180,7 @@ pub(crate) async fn serve_connection(
         certified,
         vhost_name: String::new(),
         permissions: None,
+        permissions_generation: 0,
         client_name: None,
         channels: HashMap::new(),
         blocked_capable: false,
@@ -296,8 +297,10 @@ pub(crate) struct Connection {
     certified: Option<String>,
     /// The virtual host opened (connection.open).
     pub vhost_name: String,
-    /// The user's permissions on that virtual host, read at connection.open.
+    /// The user's permissions on that virtual host, as of `permissions_generation` of the
+    /// user store.
     pub permissions: Option<VhostPermissions>,
+    permissions_generation: u64,
     /// The client's connection_name (or product) property, shown by the HTTP API.
     client_name: Option<String>,
     channels: HashMap<u16, Channel>,
@@ -514,6 +517,7 @@ impl Connection {
                 .on(10, 40),
             ));
         }
+        let generation = store.generation();
         let Some(permissions) = store.permissions(&self.user, open.virtual_host.as_str()) else {
             tracing::warn!(peer = %self.peer, user = %self.user, vhost = open.virtual_host.as_str(), "AMQP: no permissions on the vhost");
             return Err(Some(
@@ -530,6 +534,7 @@ impl Connection {
         };
         self.vhost_name = open.virtual_host.as_str().to_string();
         self.permissions = Some(permissions);
+        self.permissions_generation = generation;
         self.send(method_frame(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -850,13 +855,21 @@ const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(100);
 
 impl Connection {
     /// RabbitMQ's permission check: `access` to the exchange or queue `name`, refused with 403
-    /// and RabbitMQ's text.
+    /// and the text of the reference (Debian's RabbitMQ 3.10, which does not name the kind of
+    /// access). Permissions are read again whenever the user store changed, so a grant or a
+    /// revocation applies to open connections too, as in RabbitMQ.
     pub(crate) fn check_access(
-        &self,
+        &mut self,
         access: Access,
         kind: &str,
         name: &str,
     ) -> Result<(), AmqpError> {
+        let store = &self.context.config.user_store;
+        let generation = store.generation();
+        if generation != self.permissions_generation {
+            self.permissions = store.permissions(&self.user, &self.vhost_name);
+            self.permissions_generation = generation;
+        }
         if self
             .permissions
             .as_ref()
@@ -865,13 +878,12 @@ impl Connection {
             return Ok(());
         }
         let shown = if name.is_empty() { "amq.default" } else { name };
+        tracing::debug!(user = %self.user, access = access.name(), kind, name = shown, "AMQP access refused");
         Err(AmqpError::channel(
             ACCESS_REFUSED,
             format!(
-                "{} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
-                access.name(),
-                self.vhost_name,
-                self.user
+                "access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
+                self.vhost_name, self.user
             ),
         ))
     }

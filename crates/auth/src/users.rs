@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
@@ -82,6 +83,8 @@ pub struct UserStore {
     users: RwLock<BTreeMap<String, User>>,
     /// Serializes writers so the file always matches the latest state.
     write_lock: Mutex<()>,
+    /// Counts changes, so holders of a user's permissions know when to read them again.
+    generation: AtomicU64,
     /// Per-process key for the decoy salts of unknown users and the verified-password cache.
     secret: [u8; 32],
     /// name → keyed digest of the password last verified for it: a client that reconnects
@@ -117,9 +120,15 @@ impl UserStore {
             path,
             users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
             write_lock: Mutex::new(()),
+            generation: AtomicU64::new(1),
             secret,
             verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes made so far (starts at 1): equal numbers mean nothing changed in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn list(&self) -> Vec<User> {
@@ -377,6 +386,7 @@ impl UserStore {
         change(&mut users)?;
         self.save(&users)?;
         *self.users.write() = users;
+        self.generation.fetch_add(1, Ordering::Release);
         self.verified.lock().clear();
         Ok(())
     }

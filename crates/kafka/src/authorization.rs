@@ -797,25 +797,25 @@ fn metadata(
     context: &RequestContext,
     request: &mut MetadataRequest,
 ) -> Result<Option<Patch>, ResponseKind> {
-    if request.allow_auto_topic_creation && !cluster(context, Operation::Create) {
-        let all_creatable = request.topics.as_ref().is_some_and(|topics| {
-            topics.iter().all(|t| {
-                t.name
-                    .as_ref()
-                    .is_some_and(|n| topic(context, Operation::Create, n.as_str()))
-            })
-        });
-        request.allow_auto_topic_creation = all_creatable;
-    }
+    let cluster_create = cluster(context, Operation::Create);
+    let auto_create = request.allow_auto_topic_creation;
     match &mut request.topics {
         Some(topics) => {
+            // Refused: topics the principal may not describe, and (as Kafka) topics that do
+            // not exist and would be auto-created for a principal without CREATE.
             let (allowed, refused) = split(std::mem::take(topics), |t| {
                 let name = t
                     .name
                     .as_ref()
                     .map(|n| n.to_string())
                     .or_else(|| topic_name_by_id(context, t.topic_id));
-                name.is_none_or(|name| topic(context, Operation::Describe, &name))
+                name.is_none_or(|name| {
+                    topic(context, Operation::Describe, &name)
+                        && (!auto_create
+                            || cluster_create
+                            || topic_exists(context, &name)
+                            || topic(context, Operation::Create, &name))
+                })
             });
             *topics = allowed;
             Ok(patch(!refused.is_empty(), move |response| {
@@ -850,6 +850,13 @@ fn metadata(
                 }
             })))
         }
+    }
+}
+
+fn topic_exists(context: &RequestContext, name: &str) -> bool {
+    match &context.cluster {
+        Some(cluster) => cluster.metadata().topics.values().any(|t| t.name == name),
+        None => context.broker.topic(name).is_some(),
     }
 }
 

@@ -1198,6 +1198,25 @@ mod tests {
                 RequestKind::DeleteShareGroupOffsets(Default::default())
             }
             ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
+            ApiKey::SaslHandshake => RequestKind::SaslHandshake(
+                SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            ),
+            ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(Default::default()),
+            ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+                DescribeAclsRequest::default()
+                    .with_resource_type_filter(1)
+                    .with_pattern_type_filter(1)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ),
+            ApiKey::CreateAcls => RequestKind::CreateAcls(Default::default()),
+            ApiKey::DeleteAcls => RequestKind::DeleteAcls(Default::default()),
+            ApiKey::DescribeUserScramCredentials => {
+                RequestKind::DescribeUserScramCredentials(Default::default())
+            }
+            ApiKey::AlterUserScramCredentials => {
+                RequestKind::AlterUserScramCredentials(Default::default())
+            }
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(Default::default()),
             ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
             ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),

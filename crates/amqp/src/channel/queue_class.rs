@@ -53,6 +53,7 @@ impl Channel {
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(&b.queue)?;
                 connection.check_access(Access::Write, "queue", &name)?;
+                refuse_default_exchange(b.exchange.as_str())?;
                 connection.check_access(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.bind(
                     b.exchange.as_str(),
@@ -72,6 +73,7 @@ impl Channel {
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(&b.queue)?;
                 connection.check_access(Access::Write, "queue", &name)?;
+                refuse_default_exchange(b.exchange.as_str())?;
                 connection.check_access(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.unbind(
                     b.exchange.as_str(),
@@ -117,4 +119,15 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// RabbitMQ refuses bindings to the default exchange before it checks read access to it.
+fn refuse_default_exchange(exchange: &str) -> Result<(), AmqpError> {
+    if exchange.is_empty() || exchange == "amq.default" {
+        return Err(AmqpError::channel(
+            ACCESS_REFUSED,
+            "operation not permitted on the default exchange",
+        ));
+    }
+    Ok(())
 }

@@ -113,20 +113,12 @@ pub async fn alter_user_scram_credentials(
         return AlterUserScramCredentialsResponse::default()
             .with_results(unique.into_iter().map(|u| result(u, code, None)).collect());
     }
-    // Kafka: one user's credentials may be altered once per request (per mechanism).
+    // Kafka: a user may appear once per request; a second change refuses both.
     let mut seen = BTreeSet::new();
-    let duplicated: BTreeSet<String> = request
-        .deletions
+    let duplicated: BTreeSet<String> = names
         .iter()
-        .map(|d| (d.name.to_string(), d.mechanism))
-        .chain(
-            request
-                .upsertions
-                .iter()
-                .map(|u| (u.name.to_string(), u.mechanism)),
-        )
-        .filter(|key| !seen.insert(key.clone()))
-        .map(|(name, _)| name)
+        .filter(|name| !seen.insert(name.as_str()))
+        .cloned()
         .collect();
     let users = &context.security.users;
     let mut outcome: std::collections::BTreeMap<String, (i16, Option<String>)> =

@@ -19,7 +19,8 @@ use crate::RequestContext;
 pub(crate) type Patch = Box<dyn FnOnce(&mut ResponseKind) + Send>;
 
 /// The request to serve (with refused resources taken out) and the patch for its response,
-/// or the whole answer when nothing may be served.
+/// or the whole answer when nothing may be served. Both sides are as large as a request or a
+/// response is; one verdict is made per request, moved once.
 pub(crate) type Verdict = Result<(RequestKind, Option<Patch>), ResponseKind>;
 
 const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
@@ -73,6 +74,7 @@ fn unrestricted(context: &RequestContext) -> bool {
         || authorizer.allows_everyone()
 }
 
+#[allow(clippy::result_large_err)]
 pub(crate) fn authorize(context: &RequestContext, version: i16, request: RequestKind) -> Verdict {
     if unrestricted(context) {
         return Ok((request, None));
@@ -168,7 +170,10 @@ pub(crate) fn authorize(context: &RequestContext, version: i16, request: Request
                 }),
             ))
         }
-        RequestKind::Metadata(mut r) => metadata(context, &mut r).map(|p| (RequestKind::Metadata(r), p)),
+        RequestKind::Metadata(mut r) => {
+            let patch = metadata(context, &mut r);
+            Ok((RequestKind::Metadata(r), patch))
+        }
         RequestKind::CreateTopics(mut r) => {
             let cluster_create = cluster(context, Operation::Create);
             let (allowed, refused) = split(std::mem::take(&mut r.topics), |t| {
@@ -793,10 +798,7 @@ fn produce_refused(topics: Vec<produce_request::TopicProduceData>, code: i16) ->
 /// Metadata: named topics the principal may not describe are answered
 /// TOPIC_AUTHORIZATION_FAILED; a request for all topics leaves them out. Auto-creation needs
 /// CREATE on the cluster or the topic.
-fn metadata(
-    context: &RequestContext,
-    request: &mut MetadataRequest,
-) -> Result<Option<Patch>, ResponseKind> {
+fn metadata(context: &RequestContext, request: &mut MetadataRequest) -> Option<Patch> {
     let cluster_create = cluster(context, Operation::Create);
     let auto_create = request.allow_auto_topic_creation;
     match &mut request.topics {
@@ -818,7 +820,7 @@ fn metadata(
                 })
             });
             *topics = allowed;
-            Ok(patch(!refused.is_empty(), move |response| {
+            patch(!refused.is_empty(), move |response| {
                 if let ResponseKind::Metadata(response) = response {
                     response.topics.extend(refused.into_iter().map(|t| {
                         metadata_response::MetadataResponseTopic::default()
@@ -827,13 +829,13 @@ fn metadata(
                             .with_error_code(TOPIC_DENIED)
                     }));
                 }
-            }))
+            })
         }
         None => {
             let principal = context.principal.name.clone();
             let host = context.client_host.clone();
             let authorizer = context.security.authorizer.clone();
-            Ok(Some(Box::new(move |response| {
+            Some(Box::new(move |response| {
                 if let ResponseKind::Metadata(response) = response {
                     response.topics.retain(|t| {
                         t.name.as_ref().is_some_and(|name| {
@@ -848,7 +850,7 @@ fn metadata(
                         })
                     });
                 }
-            })))
+            }))
         }
     }
 }
@@ -885,6 +887,7 @@ fn config_denied_code(resource_type: i8) -> i16 {
 
 /// AddPartitionsToTxn: WRITE on the transactional id, then on each topic; when any is refused
 /// nothing is added (the others get OPERATION_NOT_ATTEMPTED), as Kafka answers.
+#[allow(clippy::result_large_err)]
 fn add_partitions_to_txn(
     context: &RequestContext,
     version: i16,

@@ -6,6 +6,7 @@
 pub mod acl;
 pub mod permissions;
 mod persist;
+pub mod quotas;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
@@ -13,6 +14,7 @@ pub mod users;
 
 pub use acl::{AclBinding, AclFilter, AclStore, Authorizer, Operation, ResourceType};
 pub use permissions::{Access, VhostPermissions};
+pub use quotas::QuotaStore;
 pub use sasl::{SaslExchange, SaslStep};
 pub use tls::{ReloadingTls, TlsFiles};
 pub use users::{Authenticated, User, UserStore};

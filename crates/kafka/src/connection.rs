@@ -326,6 +326,15 @@ async fn serve_halves<R, W>(
     let mut sasl = SaslGate::new(&context.security, peer);
     let read_result = async {
         loop {
+            // A client over its quota is not read from until its throttle time has passed.
+            let muted = context.muted_until.lock().take();
+            if let Some(until) = muted {
+                tokio::select! {
+                    biased;
+                    () = shutdown_requested(&mut shutdown) => return Ok(()),
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
             // Idle: nothing arrives while no request is in progress. fill_buf is cancel-safe,
             // so waiting on again after a timeout loses no bytes. Shutdown is only looked at
             // here, between requests: a request whose frame has begun is read and answered.
@@ -491,6 +500,7 @@ fn start_request(
     let api_key_code = (&frame[0..2]).get_i16();
     let api_version = (&frame[2..4]).get_i16();
     let correlation_id = (&frame[4..8]).get_i32();
+    let frame_bytes = frame.len();
     sasl.admit(api_key_code)
         .map_err(|reason| ConnectionError::Sasl(reason, api_key_code))?;
 
@@ -555,9 +565,11 @@ fn start_request(
     let context = Arc::clone(context);
     let api_metrics = request_metrics.started(api_key);
     let started = Instant::now();
+    let request_bytes = frame_bytes;
     let mut response: PendingResponse = Box::pin(async move {
         let mut hold = ResponseHold::default();
-        let response = dispatch(&context, api_version, request, &mut hold).await;
+        let mut response = dispatch(&context, api_version, request, &mut hold).await;
+        apply_quotas(&context, api_key, request_bytes, response.as_mut());
         api_metrics.finished(started, response.as_ref());
         let Some(response) = response else {
             return Ok(None);
@@ -572,6 +584,56 @@ fn start_request(
         Poll::Ready(result) => Ok((Box::pin(std::future::ready(result)), false)),
         Poll::Pending => Ok((response, false)),
     }
+}
+
+/// Byte-rate quotas: a produce's request bytes and a fetch's record bytes count against the
+/// client's quota; a client over it gets throttle_time_ms in the response and its connection
+/// is not read from for that long (KIP-219, as Kafka mutes the channel).
+fn apply_quotas(
+    context: &RequestContext,
+    api_key: ApiKey,
+    request_bytes: usize,
+    response: Option<&mut ResponseKind>,
+) {
+    use sluice_auth::quotas::{CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE};
+    let quotas = &context.security.quotas;
+    if quotas.is_empty() {
+        return;
+    }
+    let (key, bytes) = match (api_key, &response) {
+        (ApiKey::Produce, _) => (PRODUCER_BYTE_RATE, request_bytes),
+        (ApiKey::Fetch, Some(ResponseKind::Fetch(fetch))) => (
+            CONSUMER_BYTE_RATE,
+            fetch
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+                .sum(),
+        ),
+        _ => return,
+    };
+    let user = context
+        .principal
+        .name
+        .strip_prefix("User:")
+        .unwrap_or(&context.principal.name);
+    let throttle = quotas.record(user, &context.client_id, key, bytes as f64);
+    if throttle.is_zero() {
+        return;
+    }
+    let throttle_ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+    match response {
+        Some(ResponseKind::Produce(produce)) => produce.throttle_time_ms = throttle_ms,
+        Some(ResponseKind::Fetch(fetch)) => fetch.throttle_time_ms = throttle_ms,
+        _ => {}
+    }
+    let until = Instant::now() + throttle;
+    let mut muted = context.muted_until.lock();
+    if muted.is_none_or(|at| at < until) {
+        *muted = Some(until);
+    }
+    metrics::counter!("sluice_kafka_throttled_responses_total", "quota" => key).increment(1);
 }
 
 /// A known API at a version we don't speak gets UNSUPPORTED_VERSION in its own response shape
@@ -872,6 +934,12 @@ async fn dispatch_authorized(
         RequestKind::CreateAcls(r) => {
             ResponseKind::CreateAcls(acls::create_acls(context, version, r).await)
         }
+        RequestKind::DescribeClientQuotas(r) => ResponseKind::DescribeClientQuotas(
+            client_quotas::describe_client_quotas(context, version, r).await,
+        ),
+        RequestKind::AlterClientQuotas(r) => ResponseKind::AlterClientQuotas(
+            client_quotas::alter_client_quotas(context, version, r).await,
+        ),
         RequestKind::DescribeAcls(r) => {
             ResponseKind::DescribeAcls(acls::describe_acls(context, version, r).await)
         }
@@ -1019,6 +1087,7 @@ mod tests {
             connection_id: 0,
             security: Default::default(),
             principal: Default::default(),
+            muted_until: Default::default(),
         })
     }
 
@@ -1210,6 +1279,8 @@ mod tests {
                     .with_permission_type(1),
             ),
             ApiKey::CreateAcls => RequestKind::CreateAcls(Default::default()),
+            ApiKey::DescribeClientQuotas => RequestKind::DescribeClientQuotas(Default::default()),
+            ApiKey::AlterClientQuotas => RequestKind::AlterClientQuotas(Default::default()),
             ApiKey::DeleteAcls => RequestKind::DeleteAcls(Default::default()),
             ApiKey::DescribeUserScramCredentials => {
                 RequestKind::DescribeUserScramCredentials(Default::default())
@@ -1451,6 +1522,7 @@ mod tests {
             connection_id: 0,
             security: Default::default(),
             principal: Default::default(),
+            muted_until: Default::default(),
         };
         let server_memory = Arc::clone(&memory);
         tokio::spawn(async move {

@@ -77,6 +77,9 @@ pub struct RequestContext {
     pub security: Arc<KafkaSecurity>,
     /// Who the connection acts as (`User:ANONYMOUS` until it authenticates).
     pub principal: Arc<Principal>,
+    /// Until when the connection reads no request: a client over its quota is muted for its
+    /// throttle time (KIP-219), as Kafka mutes the channel.
+    pub(crate) muted_until: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl RequestContext {
@@ -94,6 +97,7 @@ impl RequestContext {
             connection_id: self.connection_id,
             security: Arc::clone(&self.security),
             principal: Arc::clone(&self.principal),
+            muted_until: Arc::clone(&self.muted_until),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_auth::acl::ANONYMOUS;
-use sluice_auth::{Authenticated, Authorizer, ReloadingTls, UserStore};
+use sluice_auth::{Authenticated, Authorizer, QuotaStore, ReloadingTls, UserStore};
 
 /// Kafka's security protocols, as `--kafka-listen` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct KafkaSecurity {
     pub tls: Option<Arc<ReloadingTls>>,
     pub users: Arc<UserStore>,
     pub authorizer: Authorizer,
+    /// Client quotas (byte rates per user and client id).
+    pub quotas: Arc<QuotaStore>,
     /// Offered in SaslHandshake, in this order.
     pub sasl_mechanisms: Vec<String>,
     /// Kafka's `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long and must
@@ -76,6 +78,7 @@ impl Default for KafkaSecurity {
             tls: None,
             users: UserStore::in_memory(),
             authorizer: Authorizer::open_by_default(),
+            quotas: QuotaStore::in_memory(),
             sasl_mechanisms: sluice_auth::sasl::MECHANISMS
                 .iter()
                 .map(|m| m.to_string())

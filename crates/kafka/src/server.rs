@@ -144,6 +144,7 @@ impl KafkaServer {
                             connection_id: 0,
                             security: Arc::clone(&self.security),
                             principal: Default::default(),
+                            muted_until: Default::default(),
                         };
                         let request_memory = Arc::clone(&self.request_memory);
                         let shutdown = shutdown.clone();

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
-use sluice_auth::{AclStore, Authorizer, ReloadingTls, UserStore};
+use sluice_auth::{AclStore, Authorizer, QuotaStore, ReloadingTls, UserStore};
 use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
@@ -129,6 +129,7 @@ async fn serve(
             .with_context(|| format!("declaring user '{}'", user.name))?;
     }
     let acls = AclStore::open(&data_dir).context("opening the ACL store")?;
+    let quotas = QuotaStore::open(&data_dir).context("opening the quota store")?;
     let authorizer = Authorizer::new(
         acls,
         config.security.super_users.clone(),
@@ -152,6 +153,7 @@ async fn serve(
             tls: listener.protocol.uses_tls().then(|| tls.clone()).flatten(),
             users: users.clone(),
             authorizer: authorizer.clone(),
+            quotas: quotas.clone(),
             sasl_mechanisms: config.security.sasl_mechanisms.clone(),
             reauthentication_ms: config.security.kafka_reauth_ms,
             ..KafkaSecurity::default()

@@ -37,6 +37,7 @@ fn context(broker: &Arc<Broker>, config: KafkaConfig) -> RequestContext {
         connection_id: 0,
         security: Default::default(),
         principal: Default::default(),
+        muted_until: Default::default(),
     }
 }
 

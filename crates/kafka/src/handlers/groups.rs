@@ -916,6 +916,7 @@ pub(super) mod tests {
             connection_id: 0,
             security: Default::default(),
             principal: Default::default(),
+            muted_until: Default::default(),
         }
     }
 

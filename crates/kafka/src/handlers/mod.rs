@@ -2,6 +2,7 @@
 //! and returns the response; the connection encodes it at the same version.
 
 pub mod acls;
+pub mod client_quotas;
 pub mod cluster;
 pub mod cluster_admin;
 pub mod configs;

@@ -181,6 +181,7 @@ pub(crate) async fn serve_connection(
         vhost_name: String::new(),
         permissions: None,
         permissions_generation: 0,
+        counted: false,
         client_name: None,
         channels: HashMap::new(),
         blocked_capable: false,
@@ -301,6 +302,8 @@ pub(crate) struct Connection {
     /// user store.
     pub permissions: Option<VhostPermissions>,
     permissions_generation: u64,
+    /// Counted in the server's open connections (past connection.open).
+    counted: bool,
     /// The client's connection_name (or product) property, shown by the HTTP API.
     client_name: Option<String>,
     channels: HashMap<u16, Channel>,
@@ -532,6 +535,27 @@ impl Connection {
                 .on(10, 40),
             ));
         };
+        if let Some(max) = self.context.config.vhost_limits.limit(
+            open.virtual_host.as_str(),
+            sluice_auth::vhost_limits::MAX_CONNECTIONS,
+        ) {
+            if self.context.open_connections.load(Ordering::Acquire) >= max {
+                tracing::warn!(peer = %self.peer, user = %self.user, max, "AMQP: the vhost's connection limit is reached");
+                return Err(Some(
+                    AmqpError::connection(
+                        NOT_ALLOWED,
+                        format!(
+                            "access to vhost '{}' refused for user '{}': connection limit ({max}) is reached",
+                            open.virtual_host.as_str(),
+                            self.user
+                        ),
+                    )
+                    .on(10, 40),
+                ));
+            }
+        }
+        self.context.open_connections.fetch_add(1, Ordering::AcqRel);
+        self.counted = true;
         self.vhost_name = open.virtual_host.as_str().to_string();
         self.permissions = Some(permissions);
         self.permissions_generation = generation;
@@ -832,6 +856,9 @@ impl Connection {
 
     /// Channels close (unacked deliveries requeued), exclusive queues go.
     fn cleanup(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.context.open_connections.fetch_sub(1, Ordering::AcqRel);
+        }
         for (_, mut channel) in self.channels.drain() {
             channel.release();
         }

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_auth::{ReloadingTls, UserStore};
+use sluice_auth::{ReloadingTls, UserStore, VhostLimits};
 use sluice_broker::vhost::VirtualHost;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -14,6 +14,8 @@ use crate::connection::{serve_connection, shutdown_requested};
 pub struct AmqpConfig {
     /// The users, their passwords' keys and their permissions.
     pub user_store: Arc<UserStore>,
+    /// Each vhost's `max-connections` and `max-queues`.
+    pub vhost_limits: Arc<VhostLimits>,
     /// Largest frame we accept and propose in connection.tune.
     pub frame_max: u32,
     pub channel_max: u16,
@@ -33,6 +35,7 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             user_store: UserStore::in_memory(),
+            vhost_limits: VhostLimits::in_memory(),
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat_s: 60,
@@ -47,6 +50,8 @@ pub(crate) struct ServerContext {
     pub vhost: Arc<VirtualHost>,
     pub config: AmqpConfig,
     pub next_connection_id: AtomicU64,
+    /// Connections past connection.open, for the vhost's `max-connections`.
+    pub open_connections: std::sync::atomic::AtomicU64,
 }
 
 /// At most one warning per this period about connections refused over the limit.
@@ -75,6 +80,7 @@ impl AmqpServer {
                 vhost,
                 config,
                 next_connection_id: AtomicU64::new(1),
+                open_connections: AtomicU64::new(0),
             }),
         })
     }

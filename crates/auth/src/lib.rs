@@ -11,6 +11,7 @@ pub mod sasl;
 pub mod scram;
 pub mod tls;
 pub mod users;
+pub mod vhost_limits;
 
 pub use acl::{AclBinding, AclFilter, AclStore, Authorizer, Operation, ResourceType};
 pub use permissions::{Access, VhostPermissions};
@@ -18,6 +19,7 @@ pub use quotas::QuotaStore;
 pub use sasl::{SaslExchange, SaslStep};
 pub use tls::{ReloadingTls, TlsFiles};
 pub use users::{Authenticated, User, UserStore};
+pub use vhost_limits::VhostLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -39,6 +39,8 @@ pub struct HttpContext {
     pub vhost: Arc<VirtualHost>,
     /// Who may log in: the one user store of every protocol.
     pub users: std::sync::Arc<sluice_auth::UserStore>,
+    /// RabbitMQ's vhost limits (max-connections, max-queues).
+    pub vhost_limits: std::sync::Arc<sluice_auth::VhostLimits>,
     /// Renders `/metrics`; without one `/metrics` answers an empty exposition.
     pub metrics: Option<PrometheusHandle>,
     /// This node, as Kafka clients see it.

@@ -763,3 +763,16 @@ pub struct PutPermissionsRequest {
     pub write: String,
     pub read: String,
 }
+
+/// A vhost's limits (`max-connections`, `max-queues`), as RabbitMQ lists them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VhostLimitInfo {
+    pub vhost: String,
+    pub value: BTreeMap<String, i64>,
+}
+
+/// One limit's value; negative means no limit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PutVhostLimitRequest {
+    pub value: i64,
+}

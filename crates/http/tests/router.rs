@@ -41,6 +41,7 @@ fn api(dir: &std::path::Path) -> HttpApi {
         broker,
         vhost,
         users: users(),
+        vhost_limits: sluice_auth::VhostLimits::in_memory(),
         metrics: None,
         node: NodeInfo {
             node_id: 0,
@@ -195,7 +196,7 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 42, "{operations:#?}");
+    assert_eq!(operations.len(), 45, "{operations:#?}");
     assert!(operations.contains(&"PUT /api/users/{name}".to_string()));
     assert!(operations.contains(&"PUT /api/permissions/{vhost}/{user}".to_string()));
     assert!(operations.contains(&"GET /api/cluster".to_string()));

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
-use sluice_auth::{AclStore, Authorizer, QuotaStore, ReloadingTls, UserStore};
+use sluice_auth::{AclStore, Authorizer, QuotaStore, ReloadingTls, UserStore, VhostLimits};
 use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
@@ -130,6 +130,7 @@ async fn serve(
     }
     let acls = AclStore::open(&data_dir).context("opening the ACL store")?;
     let quotas = QuotaStore::open(&data_dir).context("opening the quota store")?;
+    let vhost_limits = VhostLimits::open(&data_dir).context("opening the vhost limits")?;
     let authorizer = Authorizer::new(
         acls,
         config.security.super_users.clone(),
@@ -182,6 +183,7 @@ async fn serve(
     let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle.clone());
     let mut amqp_config = config.amqp;
     amqp_config.user_store = users.clone();
+    amqp_config.vhost_limits = vhost_limits.clone();
     let mut amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
@@ -224,6 +226,7 @@ async fn serve(
                 broker: broker.clone(),
                 vhost: vhost.clone(),
                 users: users.clone(),
+                vhost_limits: vhost_limits.clone(),
                 metrics: Some(metrics_handle),
                 node: NodeInfo {
                     node_id: broker.node_id(),

@@ -27,6 +27,7 @@ impl Channel {
                         name => name,
                     };
                     connection.check_access(Access::Configure, "queue", name)?;
+                    check_queue_limit(connection, &vhost, d.queue.as_str())?;
                 }
                 let (name, messages, consumers) = vhost.declare_queue(
                     d.queue.as_str(),
@@ -130,4 +131,31 @@ fn refuse_default_exchange(exchange: &str) -> Result<(), AmqpError> {
         ));
     }
     Ok(())
+}
+
+/// The vhost's `max-queues`: a new queue beyond it is refused as RabbitMQ refuses it.
+fn check_queue_limit(
+    connection: &Connection,
+    vhost: &sluice_broker::vhost::VirtualHost,
+    name: &str,
+) -> Result<(), AmqpError> {
+    let Some(max) = connection.context.config.vhost_limits.limit(
+        &connection.vhost_name,
+        sluice_auth::vhost_limits::MAX_QUEUES,
+    ) else {
+        return Ok(());
+    };
+    if !name.is_empty() && vhost.queue(name).is_some() {
+        return Ok(());
+    }
+    if (vhost.queues().len() as u64) < max {
+        return Ok(());
+    }
+    Err(AmqpError::channel(
+        PRECONDITION_FAILED,
+        format!(
+            "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+            connection.vhost_name
+        ),
+    ))
 }

@@ -9,6 +9,7 @@ mod queue_messages;
 mod system;
 mod topics;
 mod users;
+mod vhost_limits;
 
 use std::sync::Arc;
 
@@ -96,6 +97,11 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         ))
         .routes(routes!(users::list_permissions))
         .routes(routes!(users::put_permissions, users::delete_permissions))
+        .routes(routes!(vhost_limits::list_vhost_limits))
+        .routes(routes!(
+            vhost_limits::put_vhost_limit,
+            vhost_limits::delete_vhost_limit
+        ))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_user,

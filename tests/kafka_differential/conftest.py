@@ -178,24 +178,30 @@ class KafkaNode:
         return differential.log_tail([self.stdout_path, self.log_path], lines, "(no Kafka log)")
 
 
-@pytest.fixture(scope="session")
-def kafka_node():
-    """The session's Apache Kafka node, started on first use. When its jars are missing or it
-    does not come up, every kafka test skips with the reason, or fails in CI (`required`)."""
+def node_lifetime(make_node, prefix: str, what: str):
+    """Formats and starts a Kafka node in a fresh directory, yields it, then stops it and
+    removes the directory (for session fixtures). Missing jars, or a node that does not come
+    up, skip with the reason, or fail in CI (`required`)."""
     if not kafka_lib_present():
         missing(f"Apache Kafka's jars are not in {KAFKA_LIB} (scripts/test resolves them with "
                 f"Maven from tests/kafka_differential/reference/pom.xml)")
-    base_dir = Path(tempfile.mkdtemp(prefix="sluice-kafka-"))
-    node = KafkaNode(base_dir)
+    base_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    node = make_node(base_dir)
     try:
         node.format_storage()
         node.start()
     except Exception as exc:
         node.kill()
-        missing(f"Apache Kafka did not start: {exc}")
+        missing(f"{what} did not start: {exc}")
     yield node
     node.stop()
     shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_node():
+    """The session's Apache Kafka node, started on first use."""
+    yield from node_lifetime(KafkaNode, "sluice-kafka-", "Apache Kafka")
 
 
 class KafkaTarget:

@@ -27,12 +27,9 @@ SCRAM (and so accepts her).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import struct
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,11 +44,12 @@ from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
 
 import differential
 from conftest import free_port
-from kafka_wire import ConnectionClosed, KafkaWire, compact_string, frame
-from required import missing
+from kafka_wire import ConnectionClosed, KafkaWire
+from sasl_wire import (describe_all_acls_error, describe_scram_credentials_error, plain_login,
+                       sasl_handshake)
 
-from .conftest import (HERE, KAFKA_LIB, KAFKA_START_TIMEOUT_S, KAFKA_STOP_TIMEOUT_S,
-                       class_path, java, kafka_lib_present, run_java, selected_targets)
+from .conftest import (HERE, KAFKA_START_TIMEOUT_S, KAFKA_STOP_TIMEOUT_S, class_path, java,
+                       node_lifetime, run_java, selected_targets)
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 USERS = {"admin": "admin-pw", "alice": "alice-pw", "bob": "bob-pw"}
@@ -60,10 +58,6 @@ CLIENT_TIMEOUT_S = 20
 PROPAGATION_S = 10
 CLUSTER_NAME = "kafka-cluster"
 
-API_SASL_HANDSHAKE = 17
-API_SASL_AUTHENTICATE = 36
-API_DESCRIBE_ACLS = 29
-API_DESCRIBE_USER_SCRAM_CREDENTIALS = 50
 ERROR_TOPIC_AUTHORIZATION_FAILED = 29
 ERROR_CLUSTER_AUTHORIZATION_FAILED = 31
 ERROR_UNSUPPORTED_SASL_MECHANISM = 33
@@ -210,20 +204,7 @@ class SecureKafkaNode:
 
 @pytest.fixture(scope="session")
 def secure_kafka_node():
-    if not kafka_lib_present():
-        missing(f"Apache Kafka's jars are not in {KAFKA_LIB} (scripts/test resolves them with "
-                f"Maven from tests/kafka_differential/reference/pom.xml)")
-    base_dir = Path(tempfile.mkdtemp(prefix="sluice-kafka-secure-"))
-    node = SecureKafkaNode(base_dir)
-    try:
-        node.format_storage()
-        node.start()
-    except Exception as exc:
-        node.kill()
-        missing(f"the secured Apache Kafka did not start: {exc}")
-    yield node
-    node.stop()
-    shutil.rmtree(base_dir, ignore_errors=True)
+    yield from node_lifetime(SecureKafkaNode, "sluice-kafka-secure-", "the secured Apache Kafka")
 
 
 # -- targets ----------------------------------------------------------------------------------
@@ -448,75 +429,7 @@ def error_code_of(future) -> int | None:
 
 # -- raw frames -------------------------------------------------------------------------------
 
-def kstring(value: str) -> bytes:
-    data = value.encode()
-    return struct.pack(">h", len(data)) + data
 
-
-def sasl_handshake(wire: KafkaWire, mechanism: str) -> tuple[int, list[str]]:
-    """SaslHandshake v1: (error code, the broker's enabled mechanisms)."""
-    cid = wire.next_correlation_id()
-    wire.send_raw(frame(API_SASL_HANDSHAKE, 1, cid, kstring(mechanism)))
-    body = wire.recv_frame()
-    got_cid, error, count = struct.unpack_from(">ihi", body, 0)
-    assert got_cid == cid
-    offset, mechanisms = 10, []
-    for _ in range(count):
-        (length,) = struct.unpack_from(">h", body, offset)
-        mechanisms.append(body[offset + 2:offset + 2 + length].decode())
-        offset += 2 + length
-    return error, mechanisms
-
-
-def sasl_authenticate(wire: KafkaWire, token: bytes) -> tuple[int, str | None, int]:
-    """SaslAuthenticate v1: (error code, error message, session lifetime ms)."""
-    cid = wire.next_correlation_id()
-    wire.send_raw(frame(API_SASL_AUTHENTICATE, 1, cid, struct.pack(">i", len(token)) + token))
-    body = wire.recv_frame()
-    got_cid, error, message_length = struct.unpack_from(">ihh", body, 0)
-    assert got_cid == cid
-    offset, message = 8, None
-    if message_length >= 0:
-        message = body[offset:offset + message_length].decode()
-        offset += message_length
-    (auth_length,) = struct.unpack_from(">i", body, offset)
-    offset += 4 + max(auth_length, 0)
-    (lifetime_ms,) = struct.unpack_from(">q", body, offset)
-    return error, message, lifetime_ms
-
-
-def plain_login(wire: KafkaWire, user: str, password: str) -> tuple[int, str | None]:
-    error, mechanisms = sasl_handshake(wire, "PLAIN")
-    assert error == 0, f"SaslHandshake PLAIN: error {error}, mechanisms {mechanisms}"
-    error, message, _lifetime = sasl_authenticate(
-        wire, b"\0" + user.encode() + b"\0" + password.encode())
-    return error, message
-
-
-def describe_all_acls_error(wire: KafkaWire) -> int:
-    """DescribeAcls v1 for every binding (filter ANY); the response's error code."""
-    body = struct.pack(">bhbhhbb", 1, -1, 1, -1, -1, 1, 1)
-    cid = wire.next_correlation_id()
-    wire.send_raw(frame(API_DESCRIBE_ACLS, 1, cid, body))
-    got_cid, _throttle_ms, error = struct.unpack_from(">iih", wire.recv_frame(), 0)
-    assert got_cid == cid
-    return error
-
-
-def describe_scram_credentials_error(wire: KafkaWire, user: str) -> int:
-    """DescribeUserScramCredentials v0 for one user; the response's top-level error code
-    (librdkafka 2.16 aborts on a top-level error of this response)."""
-    body = b"\x02" + compact_string(user.encode()) + b"\x00" + b"\x00"
-    cid = wire.next_correlation_id()
-    wire.send_raw(frame(API_DESCRIBE_USER_SCRAM_CREDENTIALS, 0, cid, body, flexible_header=True))
-    got_cid, header_tags, _throttle_ms, error = struct.unpack_from(">ibih", wire.recv_frame(), 0)
-    assert (got_cid, header_tags) == (cid, 0)
-    return error
-
-
-# -- 1. SASL logins ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_sasl_login_succeeds_and_wrong_password_fails(secure, mechanism):
     login_ok(secure.config(ALICE, mechanism))
     login_refused(secure.config(ALICE, mechanism, password="not-alices-password"))
@@ -543,13 +456,13 @@ def test_sasl_wire_rules(secure):
             wire.metadata([])  # in case the close raced the first answer's read
 
     with KafkaWire(secure.bootstrap) as wire:
-        error, message = plain_login(wire, ALICE, "wrong")
+        error, message, _lifetime = plain_login(wire, ALICE, "wrong")
         assert error == ERROR_SASL_AUTHENTICATION_FAILED, (error, message)
         assert wire.wait_closed(5), "the connection stayed open after a failed authentication"
 
     with KafkaWire(secure.bootstrap) as wire:
         wire.negotiate()
-        error, message = plain_login(wire, ALICE, USERS[ALICE])
+        error, message, _lifetime = plain_login(wire, ALICE, USERS[ALICE])
         assert error == 0, message
         assert [b.node_id for b in wire.metadata([]).brokers]
 
@@ -744,7 +657,7 @@ def test_acl_apis_refused_to_non_super_user(secure):
         outcome = ("error", exc.args[0].code())
     assert outcome == ("result", []), outcome
     with KafkaWire(secure.bootstrap) as wire:
-        error, message = plain_login(wire, ALICE, USERS[ALICE])
+        error, message, _lifetime = plain_login(wire, ALICE, USERS[ALICE])
         assert error == 0, message
         assert describe_all_acls_error(wire) == ERROR_CLUSTER_AUTHORIZATION_FAILED
     # CreateAcls and DeleteAcls too; nothing is created.
@@ -797,7 +710,7 @@ def test_metadata_lists_only_described_topics(secure):
         outcomes = {}
         with KafkaWire(secure.bootstrap) as wire:
             wire.negotiate()
-            error, message = plain_login(wire, ALICE, USERS[ALICE])
+            error, message, _lifetime = plain_login(wire, ALICE, USERS[ALICE])
             assert error == 0, message
             for auto in (True, False):
                 response = wire.metadata(list(roles), allow_auto_topic_creation=auto)
@@ -906,7 +819,7 @@ def test_scram_credentials_refused_to_non_super_user(secure):
     code = error_code_of(alice.alter_user_scram_credentials([upsert], request_timeout=15)[ALICE])
     assert code == KafkaError.CLUSTER_AUTHORIZATION_FAILED, code
     with KafkaWire(secure.bootstrap) as wire:
-        error, message = plain_login(wire, ALICE, USERS[ALICE])
+        error, message, _lifetime = plain_login(wire, ALICE, USERS[ALICE])
         assert error == 0, message
         assert describe_scram_credentials_error(wire, ALICE) == ERROR_CLUSTER_AUTHORIZATION_FAILED
     # Her password is unchanged.

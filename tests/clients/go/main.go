@@ -5,7 +5,12 @@
 // Errors a broker answers for one topic, partition or group are printed by their Kafka name
 // (TOPIC_ALREADY_EXISTS, ...), as kerr knows them; any other error is printed as its text.
 //
-// Usage: kgoprobe SUBCOMMAND -brokers HOST:PORT [-timeout D] [-max-version API=V]... [flags] [args]
+// Usage: kgoprobe SUBCOMMAND -brokers HOST:PORT [-timeout D] [-max-version API=V]... [security] [flags] [args]
+//
+// Security flags, taken by every subcommand (none: PLAINTEXT):
+//
+//	-sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 -sasl-user U -sasl-password P
+//	-tls-ca FILE    TLS to the brokers, trusting the PEM CA certificates in FILE
 //
 //	produce         -topic T [-manual-partition] [-compression C]   records as JSON lines on stdin
 //	consume         -topic T -count N     [-group G] [-describe]
@@ -19,6 +24,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -35,6 +42,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/kversion"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
 var out = json.NewEncoder(os.Stdout)
@@ -131,6 +141,10 @@ type common struct {
 	brokers     *string
 	timeout     *time.Duration
 	maxVersions *multiFlag
+	saslMech    *string
+	saslUser    *string
+	saslPass    *string
+	tlsCA       *string
 }
 
 func newCommon(name string) common {
@@ -140,6 +154,10 @@ func newCommon(name string) common {
 		brokers:     fs.String("brokers", "127.0.0.1:9092", "bootstrap servers, comma separated"),
 		timeout:     fs.Duration("timeout", 30*time.Second, "deadline of the whole command"),
 		maxVersions: &multiFlag{},
+		saslMech:    fs.String("sasl-mechanism", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; none when empty"),
+		saslUser:    fs.String("sasl-user", "", "SASL user name"),
+		saslPass:    fs.String("sasl-password", "", "SASL password"),
+		tlsCA:       fs.String("tls-ca", "", "PEM file of the CA certificates to trust; TLS when given"),
 	}
 	fs.Var(c.maxVersions, "max-version",
 		"API=VERSION, the highest version of that API (by its Kafka name) to use (repeatable)")
@@ -181,11 +199,44 @@ func (c common) client(opts ...kgo.Opt) *kgo.Client {
 		}
 		base = append(base, kgo.MaxVersions(versions))
 	}
+	base = append(base, c.security()...)
 	cl, err := kgo.NewClient(append(base, opts...)...)
 	if err != nil {
 		fatal("new client: %v", err)
 	}
 	return cl
+}
+
+// security is the client options of the -sasl-* and -tls-ca flags.
+func (c common) security() []kgo.Opt {
+	var opts []kgo.Opt
+	if *c.saslMech != "" {
+		var mech sasl.Mechanism
+		switch strings.ToUpper(*c.saslMech) {
+		case "PLAIN":
+			mech = plain.Auth{User: *c.saslUser, Pass: *c.saslPass}.AsMechanism()
+		case "SCRAM-SHA-256":
+			mech = scram.Auth{User: *c.saslUser, Pass: *c.saslPass}.AsSha256Mechanism()
+		case "SCRAM-SHA-512":
+			mech = scram.Auth{User: *c.saslUser, Pass: *c.saslPass}.AsSha512Mechanism()
+		default:
+			fatal("-sasl-mechanism %q: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", *c.saslMech)
+		}
+		opts = append(opts, kgo.SASL(mech))
+	}
+	if *c.tlsCA != "" {
+		pem, err := os.ReadFile(*c.tlsCA)
+		if err != nil {
+			fatal("-tls-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			fatal("-tls-ca %s: no PEM certificate in it", *c.tlsCA)
+		}
+		// franz-go sets ServerName to each broker's host when it is empty.
+		opts = append(opts, kgo.DialTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	return opts
 }
 
 func main() {

@@ -151,6 +151,17 @@ fn check_queue_limit(
     if (vhost.queues().len() as u64) < max {
         return Ok(());
     }
+    // A server-named queue is refused under a name it would have had, as RabbitMQ names it.
+    let generated;
+    let name = if name.is_empty() {
+        generated = format!(
+            "amq.gen-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..22]
+        );
+        &generated
+    } else {
+        name
+    };
     Err(AmqpError::channel(
         PRECONDITION_FAILED,
         format!(

@@ -135,87 +135,78 @@ pub async fn alter_user_scram_credentials(
             "A user credential cannot be altered twice in the same request",
         );
     }
-    for deletion in &request.deletions {
-        let name = deletion.name.as_str();
-        if name.is_empty() {
-            fail(
-                name,
-                ResponseError::UnacceptableCredential,
-                "Username must not be empty",
-            );
-            continue;
-        }
-        let Some(mechanism) = ScramMechanism::from_kafka_code(deletion.mechanism) else {
-            fail(
-                name,
-                ResponseError::UnsupportedSaslMechanism,
-                "Unknown SCRAM mechanism",
-            );
-            continue;
-        };
-        if duplicated.contains(name) {
-            continue;
-        }
-        if users.delete_scram(name, mechanism).is_err() {
-            fail(
-                name,
-                ResponseError::ResourceNotFound,
-                "Attempt to delete a user credential that does not exist",
-            );
-        }
-    }
-    for upsertion in &request.upsertions {
-        let name = upsertion.name.as_str();
-        if name.is_empty() {
-            fail(
-                name,
-                ResponseError::UnacceptableCredential,
-                "Username must not be empty",
-            );
-            continue;
-        }
-        let Some(mechanism) = ScramMechanism::from_kafka_code(upsertion.mechanism) else {
-            fail(
-                name,
-                ResponseError::UnsupportedSaslMechanism,
-                "Unknown SCRAM mechanism",
-            );
-            continue;
-        };
-        let iterations = upsertion.iterations;
-        if iterations < ITERATIONS_MIN as i32 {
-            fail(
-                name,
-                ResponseError::UnacceptableCredential,
-                "Too few iterations",
-            );
-            continue;
-        }
-        if iterations > ITERATIONS_MAX as i32 {
-            fail(
-                name,
-                ResponseError::UnacceptableCredential,
-                "Too many iterations",
-            );
-            continue;
-        }
-        if duplicated.contains(name) {
-            continue;
-        }
-        let credential = ScramCredential::from_salted_password(
-            mechanism,
-            upsertion.salt.to_vec(),
-            &upsertion.salted_password,
-            iterations as u32,
+    // Deletions (no upsertion) and upsertions, checked alike, then applied.
+    let changes = request
+        .deletions
+        .iter()
+        .map(|d| (d.name.as_str(), d.mechanism, None))
+        .chain(
+            request
+                .upsertions
+                .iter()
+                .map(|u| (u.name.as_str(), u.mechanism, Some(u))),
         );
-        if let Err(error) = users.upsert_scram(name, credential) {
+    for (name, mechanism, upsertion) in changes {
+        if name.is_empty() {
             fail(
                 name,
                 ResponseError::UnacceptableCredential,
-                &error.to_string(),
+                "Username must not be empty",
             );
-        } else {
-            tracing::info!(principal = %context.principal.name, user = name, mechanism = mechanism.name(), "SCRAM credential set");
+            continue;
+        }
+        let Some(mechanism) = ScramMechanism::from_kafka_code(mechanism) else {
+            fail(
+                name,
+                ResponseError::UnsupportedSaslMechanism,
+                "Unknown SCRAM mechanism",
+            );
+            continue;
+        };
+        let outcome = match upsertion {
+            None if duplicated.contains(name) => continue,
+            None => users.delete_scram(name, mechanism).map_err(|_| {
+                (
+                    ResponseError::ResourceNotFound,
+                    "Attempt to delete a user credential that does not exist".to_string(),
+                )
+            }),
+            Some(upsertion) => {
+                let iterations = upsertion.iterations;
+                if iterations < ITERATIONS_MIN as i32 {
+                    Err((
+                        ResponseError::UnacceptableCredential,
+                        "Too few iterations".to_string(),
+                    ))
+                } else if iterations > ITERATIONS_MAX as i32 {
+                    Err((
+                        ResponseError::UnacceptableCredential,
+                        "Too many iterations".to_string(),
+                    ))
+                } else if duplicated.contains(name) {
+                    continue;
+                } else {
+                    let credential = ScramCredential::from_salted_password(
+                        mechanism,
+                        upsertion.salt.to_vec(),
+                        &upsertion.salted_password,
+                        iterations as u32,
+                    );
+                    users
+                        .upsert_scram(name, credential)
+                        .map_err(|error| (ResponseError::UnacceptableCredential, error.to_string()))
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => tracing::info!(
+                principal = %context.principal.name,
+                user = name,
+                mechanism = mechanism.name(),
+                deleted = upsertion.is_none(),
+                "SCRAM credential changed"
+            ),
+            Err((code, message)) => fail(name, code, &message),
         }
     }
     AlterUserScramCredentialsResponse::default().with_results(

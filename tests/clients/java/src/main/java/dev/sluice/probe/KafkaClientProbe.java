@@ -75,8 +75,12 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * The Java Kafka client, driven step by step from the command line, for the differential tests.
  *
  * <pre>
- * KafkaClientProbe BOOTSTRAP STEP [key=value ...] [; STEP [key=value ...]] ...
+ * KafkaClientProbe [--prop CONFIG=VALUE ...] BOOTSTRAP STEP [key=value ...] [; STEP [key=value ...]] ...
  * </pre>
+ *
+ * Each --prop goes into every client the steps make (producers, consumers, share consumers and
+ * the admin client), before the step's own settings: security.protocol, sasl.mechanism,
+ * sasl.jaas.config, ssl.truststore.* and the like.
  *
  * Steps (each method's comment gives its arguments): produce, consume, close (producer and
  * consumer); share-consume, share-consume-parallel, share-wait, share-close (share consumers,
@@ -99,6 +103,8 @@ public final class KafkaClientProbe {
     private static final Duration WAIT = Duration.ofSeconds(30);
 
     private final String bootstrap;
+    // The --prop settings, for every client.
+    private final Properties extra;
     private final Map<String, KafkaConsumer<byte[], byte[]>> openConsumers = new LinkedHashMap<>();
     private final List<KafkaProducer<byte[], byte[]>> openTransactions = new ArrayList<>();
     // Share consumers by label: those polling in threads of their own and those kept open.
@@ -108,20 +114,34 @@ public final class KafkaClientProbe {
     private static volatile boolean threadFailed;
     private Admin admin;
 
-    private KafkaClientProbe(String bootstrap) {
+    private KafkaClientProbe(String bootstrap, Properties extra) {
         this.bootstrap = bootstrap;
+        this.extra = extra;
     }
 
     public static void main(String[] args) {
-        if (args.length < 2) {
-            System.err.println("usage: KafkaClientProbe BOOTSTRAP STEP [key=value ...] [; STEP ...]");
+        Properties extra = new Properties();
+        int first = 0;
+        while (first + 1 < args.length && args[first].equals("--prop")) {
+            String setting = args[first + 1];
+            int eq = setting.indexOf('=');
+            if (eq <= 0) {
+                System.err.println("--prop: expected CONFIG=VALUE, got " + setting);
+                System.exit(64);
+            }
+            extra.put(setting.substring(0, eq), setting.substring(eq + 1));
+            first += 2;
+        }
+        if (args.length - first < 2) {
+            System.err.println("usage: KafkaClientProbe [--prop CONFIG=VALUE ...] BOOTSTRAP STEP "
+                               + "[key=value ...] [; STEP ...]");
             System.exit(64);
         }
-        KafkaClientProbe probe = new KafkaClientProbe(args[0]);
+        KafkaClientProbe probe = new KafkaClientProbe(args[first], extra);
         int status = 0;
         String current = "?";
         try {
-            for (Step step : Step.parse(args, 1)) {
+            for (Step step : Step.parse(args, first + 1)) {
                 current = step.name;
                 probe.run(step);
             }
@@ -1362,6 +1382,7 @@ public final class KafkaClientProbe {
     private Properties common() {
         Properties props = new Properties();
         props.put(CommonClientConfigs.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        props.putAll(extra);
         return props;
     }
 

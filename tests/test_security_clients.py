@@ -2,7 +2,9 @@
 (tests/clients/java, dev.sluice.probe.KafkaClientProbe) and franz-go (tests/clients/go,
 kgoprobe) create a topic, produce and consume in a group on a SASL_SSL listener with
 SCRAM-SHA-256 and SCRAM-SHA-512, and are refused with a wrong password or a CA that did not sign
-the broker's certificate.
+the broker's certificate. The Java client fails each send and poll with the authentication error;
+franz-go fails an admin request with it at once, but its producer retries the connection until
+the records' deadline, so there the refusal shows as no record acknowledged (and none written).
 
 The probes are built by scripts/test (by hand: `mvn -B -q -f tests/clients/java/pom.xml package`
 and `cd tests/clients/go && go build -o target/kgoprobe .`). Security settings reach them as

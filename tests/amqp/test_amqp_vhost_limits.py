@@ -103,7 +103,10 @@ class VhostLimits:
         if self.rabbitmq:
             return int(self._eval(
                 'rabbit_connection_tracking:count_tracked_items_in({vhost, <<"/">>}).'))
-        return sum(1 for c in self._api("GET", "connections").json() if c["protocol"] == "amqp")
+        # Only connections past connection.open count (they have a user): a socket still in
+        # its handshake, or a refused one lingering until the client hangs up, does not.
+        return sum(1 for c in self._api("GET", "connections").json()
+                   if c["protocol"] == "amqp" and c.get("user"))
 
     def queue_count(self) -> int:
         if self.rabbitmq:

@@ -427,9 +427,9 @@ def error_code_of(future) -> int | None:
     return None
 
 
-# -- raw frames -------------------------------------------------------------------------------
+# -- 1. SASL logins ---------------------------------------------------------------------------
 
-
+@pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_sasl_login_succeeds_and_wrong_password_fails(secure, mechanism):
     login_ok(secure.config(ALICE, mechanism))
     login_refused(secure.config(ALICE, mechanism, password="not-alices-password"))

@@ -4,13 +4,12 @@
 //! operations), and a resource no ACL names at all is open only if
 //! `allow.everyone.if.no.acl.found`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::persist::{read_json, write_json_atomically};
+use crate::replication::{Document, DocumentKind, ReplicatedDocument};
 use crate::AuthError;
 
 pub const ACLS_FILE: &str = "acls.json";
@@ -306,61 +305,71 @@ impl AclFilter {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct AclsFile {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Acls {
     acls: Vec<AclBinding>,
 }
 
 /// The ACLs, in memory and in `acls.json`.
-#[derive(Debug)]
 pub struct AclStore {
-    path: Option<PathBuf>,
-    acls: RwLock<Arc<Vec<AclBinding>>>,
-    write_lock: Mutex<()>,
+    document: Document<Acls>,
+}
+
+impl std::fmt::Debug for AclStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclStore")
+            .field("acls", &self.document.get().acls.len())
+            .finish()
+    }
 }
 
 impl AclStore {
     pub fn open(data_dir: &Path) -> Result<Arc<AclStore>, AuthError> {
         let path = data_dir.join(ACLS_FILE);
-        let acls = read_json::<AclsFile>(&path)?.unwrap_or_default().acls;
-        Ok(Arc::new(AclStore {
-            path: Some(path),
-            acls: RwLock::new(Arc::new(acls)),
-            write_lock: Mutex::new(()),
-        }))
+        let document = Document::open(DocumentKind::Acls, Some(path), Acls::default, false)?;
+        Ok(Arc::new(AclStore { document }))
     }
 
     pub fn in_memory() -> Arc<AclStore> {
-        Arc::new(AclStore {
-            path: None,
-            acls: RwLock::new(Arc::new(Vec::new())),
-            write_lock: Mutex::new(()),
-        })
+        let document = Document::open(DocumentKind::Acls, None, Acls::default, false)
+            .unwrap_or_else(|_| unreachable!("a store in memory reads and writes no file"));
+        Arc::new(AclStore { document })
     }
 
-    pub fn all(&self) -> Arc<Vec<AclBinding>> {
-        Arc::clone(&self.acls.read())
+    /// The store as the cluster replicates it.
+    pub fn replicated(&self) -> &dyn ReplicatedDocument {
+        &self.document
+    }
+
+    fn acls(&self) -> Arc<Acls> {
+        self.document.get()
+    }
+
+    pub fn all(&self) -> Vec<AclBinding> {
+        self.acls().acls.clone()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.acls.read().is_empty()
+        self.acls().acls.is_empty()
     }
 
     /// Adds ACLs (an existing one is not duplicated).
-    pub fn create(&self, bindings: &[AclBinding]) -> Result<(), AuthError> {
-        self.change(|acls| {
-            for binding in bindings {
-                if !acls.contains(binding) {
-                    acls.push(binding.clone());
+    pub async fn create(&self, bindings: &[AclBinding]) -> Result<(), AuthError> {
+        self.document
+            .change(|document: &mut Acls| {
+                for binding in bindings {
+                    if !document.acls.contains(binding) {
+                        document.acls.push(binding.clone());
+                    }
                 }
-            }
-        })
-        .map(|_| ())
+                Ok::<_, AuthError>(())
+            })
+            .await
     }
 
     pub fn describe(&self, filter: &AclFilter) -> Vec<AclBinding> {
-        self.acls
-            .read()
+        self.acls()
+            .acls
             .iter()
             .filter(|acl| filter.matches(acl))
             .cloned()
@@ -368,31 +377,26 @@ impl AclStore {
     }
 
     /// Deletes what each filter matches; returns, per filter, the ACLs it deleted.
-    pub fn delete(&self, filters: &[AclFilter]) -> Result<Vec<Vec<AclBinding>>, AuthError> {
-        self.change(|acls| {
-            let matched: Vec<Vec<AclBinding>> = filters
-                .iter()
-                .map(|filter| {
-                    acls.iter()
-                        .filter(|acl| filter.matches(acl))
-                        .cloned()
-                        .collect()
-                })
-                .collect();
-            acls.retain(|acl| !filters.iter().any(|filter| filter.matches(acl)));
-            matched
-        })
-    }
-
-    fn change<T>(&self, change: impl FnOnce(&mut Vec<AclBinding>) -> T) -> Result<T, AuthError> {
-        let _writer = self.write_lock.lock();
-        let mut acls = self.acls.read().as_ref().clone();
-        let result = change(&mut acls);
-        if let Some(path) = &self.path {
-            write_json_atomically(path, &AclsFile { acls: acls.clone() })?;
-        }
-        *self.acls.write() = Arc::new(acls);
-        Ok(result)
+    pub async fn delete(&self, filters: &[AclFilter]) -> Result<Vec<Vec<AclBinding>>, AuthError> {
+        self.document
+            .change(|document: &mut Acls| {
+                let matched: Vec<Vec<AclBinding>> = filters
+                    .iter()
+                    .map(|filter| {
+                        document
+                            .acls
+                            .iter()
+                            .filter(|acl| filter.matches(acl))
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                document
+                    .acls
+                    .retain(|acl| !filters.iter().any(|filter| filter.matches(acl)));
+                Ok::<_, AuthError>(matched)
+            })
+            .await
     }
 }
 
@@ -450,8 +454,9 @@ impl Authorizer {
         if self.is_super_user(principal) {
             return true;
         }
-        let acls = self.acls.all();
+        let acls = self.acls.acls();
         let of_type: Vec<&AclBinding> = acls
+            .acls
             .iter()
             .filter(|acl| acl.resource_type == resource_type && acl.applies_to(principal, host))
             .collect();
@@ -469,7 +474,10 @@ impl Authorizer {
             .any(|acl| acl.permission == Permission::Allow && acl.operation.implies(operation));
         allowed
             || (self.allow_everyone_if_no_acl_found
-                && !acls.iter().any(|acl| acl.resource_type == resource_type))
+                && !acls
+                    .acls
+                    .iter()
+                    .any(|acl| acl.resource_type == resource_type))
     }
 
     /// `super_user` is for principals the caller knows to be super users beyond the
@@ -486,10 +494,14 @@ impl Authorizer {
         if super_user || self.is_super_user(principal) {
             return true;
         }
-        let acls = self.acls.all();
+        let acls = self.acls.acls();
         let mut any_for_resource = false;
         let mut allowed = false;
-        for acl in acls.iter().filter(|acl| acl.covers(resource_type, name)) {
+        for acl in acls
+            .acls
+            .iter()
+            .filter(|acl| acl.covers(resource_type, name))
+        {
             any_for_resource = true;
             if !acl.applies_to(principal, host) {
                 continue;
@@ -531,8 +543,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deny_wins_allow_implies_describe_and_no_acl_follows_the_setting() {
+    #[tokio::test]
+    async fn deny_wins_allow_implies_describe_and_no_acl_follows_the_setting() {
         let store = AclStore::in_memory();
         store
             .create(&[
@@ -561,6 +573,7 @@ mod tests {
                     Permission::Deny,
                 ),
             ])
+            .await
             .unwrap();
         let closed = Authorizer::new(Arc::clone(&store), vec!["User:admin".into()], false);
         let open = Authorizer::new(Arc::clone(&store), vec![], true);
@@ -583,8 +596,8 @@ mod tests {
         assert!(check(&closed, "User:admin", Operation::Delete, "orders"));
     }
 
-    #[test]
-    fn filters_match_as_kafka_matches_them() {
+    #[tokio::test]
+    async fn filters_match_as_kafka_matches_them() {
         let store = AclStore::in_memory();
         let literal = acl(
             ResourceType::Topic,
@@ -617,6 +630,7 @@ mod tests {
                 wildcard.clone(),
                 literal.clone(),
             ])
+            .await
             .unwrap();
         assert_eq!(store.all().len(), 3, "no duplicate");
         let filter = |name: Option<&str>, pattern: i8| AclFilter {
@@ -640,13 +654,14 @@ mod tests {
         );
         let deleted = store
             .delete(&[filter(Some("topic"), code::LITERAL)])
+            .await
             .unwrap();
         assert_eq!(deleted, vec![vec![literal]]);
         assert_eq!(store.all().len(), 2);
     }
 
-    #[test]
-    fn creation_refuses_what_kafka_refuses() {
+    #[tokio::test]
+    async fn creation_refuses_what_kafka_refuses() {
         assert!(AclBinding::from_codes(1, "t", 3, "User:a", "*", 3, 3).is_err());
         assert!(AclBinding::from_codes(2, "t", 2, "User:a", "*", 3, 3).is_err());
         assert!(AclBinding::from_codes(2, "t", 3, "nocolon", "*", 3, 3).is_err());
@@ -655,8 +670,8 @@ mod tests {
         assert!(AclBinding::from_codes(4, "kafka-cluster", 3, "User:a", "*", 7, 3).is_ok());
     }
 
-    #[test]
-    fn acls_survive_a_reopen() {
+    #[tokio::test]
+    async fn acls_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = AclStore::open(dir.path()).unwrap();
         let one = acl(
@@ -667,11 +682,8 @@ mod tests {
             Operation::Read,
             Permission::Allow,
         );
-        store.create(std::slice::from_ref(&one)).unwrap();
+        store.create(std::slice::from_ref(&one)).await.unwrap();
         drop(store);
-        assert_eq!(
-            AclStore::open(dir.path()).unwrap().all().as_ref(),
-            &vec![one]
-        );
+        assert_eq!(AclStore::open(dir.path()).unwrap().all(), vec![one]);
     }
 }

@@ -7,6 +7,7 @@ pub mod acl;
 pub mod permissions;
 mod persist;
 pub mod quotas;
+pub mod replication;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
@@ -16,6 +17,10 @@ pub mod vhost_limits;
 pub use acl::{AclBinding, AclFilter, AclStore, Authorizer, Operation, ResourceType};
 pub use permissions::{Access, VhostPermissions};
 pub use quotas::QuotaStore;
+pub use replication::{
+    CommitError, CommitFuture, DocumentKind, DocumentReplicator, ReplicatedDocument,
+    ReplicationMark,
+};
 pub use sasl::{SaslExchange, SaslStep};
 pub use tls::{ReloadingTls, TlsFiles};
 pub use users::{Authenticated, User, UserStore};
@@ -37,4 +42,7 @@ pub enum AuthError {
     NoPermissions(String, String),
     #[error("invalid user name '{0}'")]
     InvalidName(String),
+    /// A change the cluster's metadata group did not commit.
+    #[error("the change was not replicated: {0}")]
+    Replication(String),
 }

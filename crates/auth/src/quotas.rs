@@ -4,15 +4,15 @@
 //! samples).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::persist::{read_json, write_json_atomically};
+use crate::replication::{Document, DocumentKind, ReplicatedDocument};
 use crate::AuthError;
 
 pub const QUOTAS_FILE: &str = "quotas.json";
@@ -71,9 +71,12 @@ impl ComponentFilter {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct QuotasFile {
-    quotas: Vec<(QuotaEntity, BTreeMap<String, f64>)>,
+/// The document kept in `quotas.json`: entities with their quotas, as a list of pairs (JSON
+/// object keys cannot be entities).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Quotas {
+    #[serde(with = "crate::replication::map_as_list")]
+    quotas: BTreeMap<QuotaEntity, BTreeMap<String, f64>>,
 }
 
 /// A sliding window of per-second totals.
@@ -105,44 +108,65 @@ impl Rate {
     }
 }
 
+/// The rate measured for each entity and quota key.
+type Rates = HashMap<(QuotaEntity, &'static str), Rate>;
+
 /// The quotas and the rates measured against them.
-#[derive(Debug)]
 pub struct QuotaStore {
-    path: Option<PathBuf>,
-    entries: RwLock<BTreeMap<QuotaEntity, BTreeMap<String, f64>>>,
-    /// No quota at all: recording costs nothing.
+    document: Document<Quotas>,
+    /// No quota at all (as of document revision `empty_revision`): recording costs nothing.
     empty: AtomicBool,
-    write_lock: Mutex<()>,
-    rates: Mutex<HashMap<(QuotaEntity, &'static str), Rate>>,
+    empty_revision: AtomicU64,
+    /// The measured rates, and the document revision they were measured under: a change of
+    /// the quotas starts them again.
+    rates: Mutex<(u64, Rates)>,
+}
+
+impl std::fmt::Debug for QuotaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaStore")
+            .field("entities", &self.document.get().quotas.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl QuotaStore {
     pub fn open(data_dir: &Path) -> Result<Arc<QuotaStore>, AuthError> {
         let path = data_dir.join(QUOTAS_FILE);
-        let entries: BTreeMap<_, _> = read_json::<QuotasFile>(&path)?
-            .unwrap_or_default()
-            .quotas
-            .into_iter()
-            .collect();
-        Ok(Arc::new(QuotaStore::with(Some(path), entries)))
+        let document = Document::open(DocumentKind::Quotas, Some(path), Quotas::default, false)?;
+        Ok(Arc::new(QuotaStore::with(document)))
     }
 
     pub fn in_memory() -> Arc<QuotaStore> {
-        Arc::new(QuotaStore::with(None, BTreeMap::new()))
+        let document = Document::open(DocumentKind::Quotas, None, Quotas::default, false)
+            .unwrap_or_else(|_| unreachable!("a store in memory reads and writes no file"));
+        Arc::new(QuotaStore::with(document))
     }
 
-    fn with(path: Option<PathBuf>, entries: BTreeMap<QuotaEntity, BTreeMap<String, f64>>) -> Self {
+    fn with(document: Document<Quotas>) -> Self {
         QuotaStore {
-            path,
-            empty: AtomicBool::new(entries.is_empty()),
-            entries: RwLock::new(entries),
-            write_lock: Mutex::new(()),
-            rates: Mutex::new(HashMap::new()),
+            empty: AtomicBool::new(document.get().quotas.is_empty()),
+            empty_revision: AtomicU64::new(document.revision()),
+            rates: Mutex::new((document.revision(), HashMap::new())),
+            document,
         }
     }
 
+    /// The store as the cluster replicates it.
+    pub fn replicated(&self) -> &dyn ReplicatedDocument {
+        &self.document
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.empty.load(Ordering::Acquire)
+        let revision = self.document.revision();
+        if self.empty_revision.load(Ordering::Acquire) == revision {
+            return self.empty.load(Ordering::Acquire);
+        }
+        // Changed here or installed from the cluster since.
+        let empty = self.document.get().quotas.is_empty();
+        self.empty.store(empty, Ordering::Release);
+        self.empty_revision.store(revision, Ordering::Release);
+        empty
     }
 
     /// DescribeClientQuotas: entities matching every filter (and, when strict, having no
@@ -152,8 +176,9 @@ impl QuotaStore {
         filters: &[ComponentFilter],
         strict: bool,
     ) -> Vec<(QuotaEntity, BTreeMap<String, f64>)> {
-        self.entries
-            .read()
+        self.document
+            .get()
+            .quotas
             .iter()
             .filter(|(entity, _)| {
                 let component = |entity_type: &str| match entity_type {
@@ -184,7 +209,7 @@ impl QuotaStore {
 
     /// AlterClientQuotas for one entity: each (key, value, remove) set or removed. Checked
     /// first, applied only if every operation is valid, and not at all when `validate_only`.
-    pub fn alter(
+    pub async fn alter(
         &self,
         entity: &QuotaEntity,
         operations: &[(String, f64, bool)],
@@ -210,32 +235,22 @@ impl QuotaStore {
         if validate_only {
             return Ok(());
         }
-        let _writer = self.write_lock.lock();
-        let mut entries = self.entries.read().clone();
-        let quotas = entries.entry(entity.clone()).or_default();
-        for (key, value, remove) in operations {
-            if *remove {
-                quotas.remove(key);
-            } else {
-                quotas.insert(key.clone(), *value);
-            }
-        }
-        if quotas.is_empty() {
-            entries.remove(entity);
-        }
-        if let Some(path) = &self.path {
-            let file = QuotasFile {
-                quotas: entries
-                    .iter()
-                    .map(|(e, q)| (e.clone(), q.clone()))
-                    .collect(),
-            };
-            write_json_atomically(path, &file).map_err(QuotaError::Store)?;
-        }
-        self.empty.store(entries.is_empty(), Ordering::Release);
-        *self.entries.write() = entries;
-        self.rates.lock().clear();
-        Ok(())
+        self.document
+            .change(|document: &mut Quotas| {
+                let quotas = document.quotas.entry(entity.clone()).or_default();
+                for (key, value, remove) in operations {
+                    if *remove {
+                        quotas.remove(key);
+                    } else {
+                        quotas.insert(key.clone(), *value);
+                    }
+                }
+                if quotas.is_empty() {
+                    document.quotas.remove(entity);
+                }
+                Ok::<_, QuotaError>(())
+            })
+            .await
     }
 
     /// The quota `key` that applies to a client, and the entity it is set on, in Kafka's order
@@ -253,10 +268,10 @@ impl QuotaStore {
             (None, named(client_id)),
             (None, default()),
         ];
-        let entries = self.entries.read();
+        let document = self.document.get();
         order.into_iter().find_map(|(user, client_id)| {
             let entity = QuotaEntity { user, client_id };
-            let value = *entries.get(&entity)?.get(key)?;
+            let value = *document.quotas.get(&entity)?.get(key)?;
             Some((entity, value))
         })
     }
@@ -271,8 +286,12 @@ impl QuotaStore {
             return Duration::ZERO;
         };
         let now = Instant::now();
+        let revision = self.document.revision();
         let mut rates = self.rates.lock();
-        let rate = rates.entry((entity, key)).or_insert_with(|| Rate {
+        if rates.0 != revision {
+            *rates = (revision, HashMap::new());
+        }
+        let rate = rates.1.entry((entity, key)).or_insert_with(|| Rate {
             samples: VecDeque::new(),
         });
         rate.record(now, amount);
@@ -293,6 +312,12 @@ pub enum QuotaError {
     Store(AuthError),
 }
 
+impl From<AuthError> for QuotaError {
+    fn from(error: AuthError) -> Self {
+        QuotaError::Store(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,35 +330,36 @@ mod tests {
         Some(EntityName::Named(name.into()))
     }
 
-    #[test]
-    fn precedence_is_kafkas() {
+    #[tokio::test]
+    async fn precedence_is_kafkas() {
         let store = QuotaStore::in_memory();
-        let set = |e: QuotaEntity, v: f64| {
+        let set = async |e: QuotaEntity, v: f64| {
             store
                 .alter(&e, &[(PRODUCER_BYTE_RATE.into(), v, false)], false)
+                .await
                 .unwrap()
         };
-        set(entity(None, Some(EntityName::Default)), 8.0);
+        set(entity(None, Some(EntityName::Default)), 8.0).await;
         assert_eq!(
             store.applicable("u", "c", PRODUCER_BYTE_RATE).unwrap().1,
             8.0
         );
-        set(entity(None, named("c")), 7.0);
+        set(entity(None, named("c")), 7.0).await;
         assert_eq!(
             store.applicable("u", "c", PRODUCER_BYTE_RATE).unwrap().1,
             7.0
         );
-        set(entity(Some(EntityName::Default), None), 6.0);
+        set(entity(Some(EntityName::Default), None), 6.0).await;
         assert_eq!(
             store.applicable("u", "c", PRODUCER_BYTE_RATE).unwrap().1,
             6.0
         );
-        set(entity(named("u"), None), 3.0);
+        set(entity(named("u"), None), 3.0).await;
         assert_eq!(
             store.applicable("u", "c", PRODUCER_BYTE_RATE).unwrap().1,
             3.0
         );
-        set(entity(named("u"), named("c")), 1.0);
+        set(entity(named("u"), named("c")), 1.0).await;
         assert_eq!(
             store.applicable("u", "c", PRODUCER_BYTE_RATE).unwrap().1,
             1.0
@@ -345,8 +371,8 @@ mod tests {
         assert!(store.applicable("u", "c", CONSUMER_BYTE_RATE).is_none());
     }
 
-    #[test]
-    fn a_client_over_its_quota_is_throttled_in_proportion() {
+    #[tokio::test]
+    async fn a_client_over_its_quota_is_throttled_in_proportion() {
         let store = QuotaStore::in_memory();
         store
             .alter(
@@ -354,6 +380,7 @@ mod tests {
                 &[(PRODUCER_BYTE_RATE.into(), 1000.0, false)],
                 false,
             )
+            .await
             .unwrap();
         assert_eq!(
             store.record("u", "c", PRODUCER_BYTE_RATE, 5000.0),
@@ -371,8 +398,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn describe_filters_and_alter_validates() {
+    #[tokio::test]
+    async fn describe_filters_and_alter_validates() {
         let store = QuotaStore::in_memory();
         store
             .alter(
@@ -380,6 +407,7 @@ mod tests {
                 &[(CONSUMER_BYTE_RATE.into(), 5.0, false)],
                 false,
             )
+            .await
             .unwrap();
         store
             .alter(
@@ -387,6 +415,7 @@ mod tests {
                 &[(PRODUCER_BYTE_RATE.into(), 9.0, false)],
                 false,
             )
+            .await
             .unwrap();
         let exact_user = [ComponentFilter::Exact(USER.into(), "u".into())];
         assert_eq!(store.describe(&exact_user, false).len(), 2);
@@ -403,6 +432,7 @@ mod tests {
                 &[("bogus".into(), 1.0, false)],
                 false
             )
+            .await
             .is_err());
         assert!(store
             .alter(
@@ -410,6 +440,7 @@ mod tests {
                 &[(PRODUCER_BYTE_RATE.into(), -1.0, false)],
                 false
             )
+            .await
             .is_err());
         store
             .alter(
@@ -417,6 +448,7 @@ mod tests {
                 &[(PRODUCER_BYTE_RATE.into(), 0.0, true)],
                 false,
             )
+            .await
             .unwrap();
         assert_eq!(store.describe(&exact_user, true).len(), 0);
     }

@@ -116,10 +116,10 @@ pub fn parse_plain(token: &[u8]) -> Result<(&str, &str, &str), SaslError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plain_checks_the_store() {
+    #[tokio::test]
+    async fn plain_checks_the_store() {
         let users = UserStore::in_memory();
-        users.add("alice", "pw", vec![]).unwrap();
+        users.add("alice", "pw", vec![]).await.unwrap();
         let mut exchange = SaslExchange::start("PLAIN").unwrap();
         assert!(matches!(
             exchange.step(b"\0alice\0pw", &users, false),

@@ -4,18 +4,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::permissions::VhostPermissions;
-use crate::persist::{read_json, write_json_atomically};
+use crate::replication::{Document, DocumentKind, ReplicatedDocument};
 use crate::scram::{ScramCredential, ScramMechanism, ITERATIONS_DEFAULT};
 use crate::AuthError;
 
@@ -70,78 +69,113 @@ impl Authenticated {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct UsersFile {
-    users: Vec<User>,
+/// The document kept in `users.json`: the users as a list, held by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Users {
+    #[serde(with = "users_by_name")]
+    users: BTreeMap<String, User>,
 }
 
-/// Users, loaded once and kept in memory; every change is written through before it returns.
-#[derive(Debug)]
+mod users_by_name {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::User;
+
+    pub(super) fn serialize<S: Serializer>(
+        users: &BTreeMap<String, User>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(users.values())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, User>, D::Error> {
+        Ok(Vec::<User>::deserialize(deserializer)?
+            .into_iter()
+            .map(|user| (user.name.clone(), user))
+            .collect())
+    }
+}
+
+/// Users, kept in memory; every change is written through (or, in a cluster, committed by
+/// the metadata group) before it returns.
 pub struct UserStore {
-    /// None: in memory only (tests).
-    path: Option<PathBuf>,
-    users: RwLock<BTreeMap<String, User>>,
-    /// Serializes writers so the file always matches the latest state.
-    write_lock: Mutex<()>,
-    /// Counts changes, so holders of a user's permissions know when to read them again.
-    generation: AtomicU64,
+    document: Document<Users>,
     /// Per-process key for the decoy salts of unknown users and the verified-password cache.
     secret: [u8; 32],
     /// name → keyed digest of the password last verified for it: a client that reconnects
     /// with the right password costs one HMAC, not PBKDF2's thousands. Memory only; cleared
-    /// for a user on any change to it.
-    verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// on any change to the users (it holds the document revision it was filled under).
+    verified: Mutex<(u64, HashMap<String, [u8; 32]>)>,
+}
+
+impl std::fmt::Debug for UserStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserStore")
+            .field("users", &self.document.get().users.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserStore {
     /// Opens `users.json` in `data_dir`; a directory without one starts with guest/guest.
     pub fn open(data_dir: &Path) -> Result<Arc<UserStore>, AuthError> {
         let path = data_dir.join(USERS_FILE);
-        let users = match read_json::<UsersFile>(&path)? {
-            Some(file) => file.users,
-            None => vec![default_user()],
-        };
-        let store = UserStore::with_users(Some(path.clone()), users);
-        if !path.exists() {
-            store.save(&store.users.read())?;
-        }
-        Ok(Arc::new(store))
+        Ok(Arc::new(UserStore::with(Some(path))?))
     }
 
     /// A store that lives in memory only, starting with guest/guest.
     pub fn in_memory() -> Arc<UserStore> {
-        Arc::new(UserStore::with_users(None, vec![default_user()]))
+        Arc::new(
+            UserStore::with(None)
+                .unwrap_or_else(|_| unreachable!("a store in memory reads and writes no file")),
+        )
     }
 
-    fn with_users(path: Option<PathBuf>, users: Vec<User>) -> UserStore {
+    fn with(path: Option<PathBuf>) -> Result<UserStore, AuthError> {
+        let initial = || Users {
+            users: BTreeMap::from([(DEFAULT_USER.to_string(), default_user())]),
+        };
+        let document = Document::open(DocumentKind::Users, path, initial, true)?;
         let mut secret = [0; 32];
         rand::thread_rng().fill_bytes(&mut secret);
-        UserStore {
-            path,
-            users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
-            write_lock: Mutex::new(()),
-            generation: AtomicU64::new(1),
+        Ok(UserStore {
+            document,
             secret,
-            verified: Mutex::new(HashMap::new()),
-        }
+            verified: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// The store as the cluster replicates it.
+    pub fn replicated(&self) -> &dyn ReplicatedDocument {
+        &self.document
     }
 
     /// Changes made so far (starts at 1): equal numbers mean nothing changed in between.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.document.revision()
     }
 
     pub fn list(&self) -> Vec<User> {
-        self.users.read().values().cloned().collect()
+        self.document.get().users.values().cloned().collect()
     }
 
     pub fn get(&self, name: &str) -> Option<User> {
-        self.users.read().get(name).cloned()
+        self.document.get().users.get(name).cloned()
     }
 
     /// Adds a user with both SCRAM credentials for `password`.
-    pub fn add(&self, name: &str, password: &str, tags: Vec<String>) -> Result<(), AuthError> {
+    pub async fn add(
+        &self,
+        name: &str,
+        password: &str,
+        tags: Vec<String>,
+    ) -> Result<(), AuthError> {
         validate_name(name)?;
+        let credentials = credentials_for(password);
         self.change(|users| {
             if users.contains_key(name) {
                 return Err(AuthError::UserExists(name.to_string()));
@@ -150,19 +184,20 @@ impl UserStore {
                 name.to_string(),
                 User {
                     name: name.to_string(),
-                    tags,
+                    tags: tags.clone(),
                     loopback_only: false,
-                    credentials: credentials_for(password),
+                    credentials: credentials.clone(),
                     permissions: BTreeMap::new(),
                 },
             );
             Ok(())
         })
+        .await
     }
 
     /// Creates or replaces a user declared in the configuration (`--amqp-users`), with full
     /// permissions on the default virtual host, as such users always had.
-    pub fn declare(
+    pub async fn declare(
         &self,
         name: &str,
         password: &str,
@@ -181,6 +216,7 @@ impl UserStore {
                 return Ok(());
             }
         }
+        let credentials = credentials_for(password);
         self.change(|users| {
             let user = users.entry(name.to_string()).or_insert_with(|| User {
                 name: name.to_string(),
@@ -189,63 +225,75 @@ impl UserStore {
                 credentials: Vec::new(),
                 permissions: BTreeMap::new(),
             });
-            user.tags = tags;
+            user.tags = tags.clone();
             user.loopback_only = loopback_only;
-            user.credentials = credentials_for(password);
+            user.credentials = credentials.clone();
             user.permissions
                 .entry("/".to_string())
                 .or_insert_with(VhostPermissions::full);
             Ok(())
         })
+        .await
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), AuthError> {
+    pub async fn delete(&self, name: &str) -> Result<(), AuthError> {
         self.change(|users| {
             users
                 .remove(name)
                 .map(|_| ())
                 .ok_or_else(|| AuthError::NoSuchUser(name.to_string()))
         })
+        .await
     }
 
-    pub fn set_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+        let credentials = credentials_for(password);
         self.update(name, |user| {
-            user.credentials = credentials_for(password);
+            user.credentials = credentials.clone();
             Ok(())
         })
+        .await
     }
 
-    pub fn set_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AuthError> {
+    pub async fn set_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AuthError> {
         self.update(name, |user| {
-            user.tags = tags;
+            user.tags = tags.clone();
             Ok(())
         })
+        .await
     }
 
-    pub fn set_permissions(
+    pub async fn set_permissions(
         &self,
         name: &str,
         vhost: &str,
         permissions: VhostPermissions,
     ) -> Result<(), AuthError> {
         self.update(name, |user| {
-            user.permissions.insert(vhost.to_string(), permissions);
+            user.permissions
+                .insert(vhost.to_string(), permissions.clone());
             Ok(())
         })
+        .await
     }
 
-    pub fn clear_permissions(&self, name: &str, vhost: &str) -> Result<(), AuthError> {
+    pub async fn clear_permissions(&self, name: &str, vhost: &str) -> Result<(), AuthError> {
         self.update(name, |user| {
             user.permissions
                 .remove(vhost)
                 .map(|_| ())
                 .ok_or_else(|| AuthError::NoPermissions(name.to_string(), vhost.to_string()))
         })
+        .await
     }
 
     /// Sets one SCRAM credential (Kafka's AlterUserScramCredentials upsertion); a user that
     /// does not exist yet is created, as Kafka's SCRAM users need nothing else.
-    pub fn upsert_scram(&self, name: &str, credential: ScramCredential) -> Result<(), AuthError> {
+    pub async fn upsert_scram(
+        &self,
+        name: &str,
+        credential: ScramCredential,
+    ) -> Result<(), AuthError> {
         validate_name(name)?;
         self.change(|users| {
             let user = users.entry(name.to_string()).or_insert_with(|| User {
@@ -257,14 +305,19 @@ impl UserStore {
             });
             user.credentials
                 .retain(|c| c.mechanism != credential.mechanism);
-            user.credentials.push(credential);
+            user.credentials.push(credential.clone());
             user.credentials.sort_by_key(|c| c.mechanism);
             Ok(())
         })
+        .await
     }
 
     /// Removes one SCRAM credential (AlterUserScramCredentials deletion).
-    pub fn delete_scram(&self, name: &str, mechanism: ScramMechanism) -> Result<(), AuthError> {
+    pub async fn delete_scram(
+        &self,
+        name: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<(), AuthError> {
         self.update(name, |user| {
             let before = user.credentials.len();
             user.credentials.retain(|c| c.mechanism != mechanism);
@@ -273,6 +326,7 @@ impl UserStore {
             }
             Ok(())
         })
+        .await
     }
 
     pub fn scram_credential(
@@ -280,8 +334,9 @@ impl UserStore {
         name: &str,
         mechanism: ScramMechanism,
     ) -> Option<ScramCredential> {
-        self.users
-            .read()
+        self.document
+            .get()
+            .users
             .get(name)
             .and_then(|user| user.credential(mechanism).cloned())
     }
@@ -314,16 +369,25 @@ impl UserStore {
             &credential.salt,
             password.as_bytes(),
         ]);
-        let cached = self
-            .verified
-            .lock()
-            .get(name)
-            .is_some_and(|known| bool::from(known.ct_eq(&digest)));
+        let revision = self.document.revision();
+        let cached = {
+            let mut verified = self.verified.lock();
+            if verified.0 != revision {
+                *verified = (revision, HashMap::new());
+            }
+            verified
+                .1
+                .get(name)
+                .is_some_and(|known| bool::from(known.ct_eq(&digest)))
+        };
         if !cached {
             if !credential.verify_password(password) {
                 return None;
             }
-            self.verified.lock().insert(name.to_string(), digest);
+            let mut verified = self.verified.lock();
+            if verified.0 == revision {
+                verified.1.insert(name.to_string(), digest);
+            }
         }
         Some(Authenticated {
             name: user.name,
@@ -346,8 +410,9 @@ impl UserStore {
 
     /// The AMQP permissions of a user on a virtual host.
     pub fn permissions(&self, name: &str, vhost: &str) -> Option<VhostPermissions> {
-        self.users
-            .read()
+        self.document
+            .get()
+            .users
             .get(name)
             .and_then(|user| user.permissions.get(vhost).cloned())
     }
@@ -362,10 +427,10 @@ impl UserStore {
         mac.finalize().into_bytes().into()
     }
 
-    fn update(
+    async fn update(
         &self,
         name: &str,
-        change: impl FnOnce(&mut User) -> Result<(), AuthError>,
+        mut change: impl FnMut(&mut User) -> Result<(), AuthError>,
     ) -> Result<(), AuthError> {
         self.change(|users| {
             let user = users
@@ -373,32 +438,16 @@ impl UserStore {
                 .ok_or_else(|| AuthError::NoSuchUser(name.to_string()))?;
             change(user)
         })
+        .await
     }
 
-    /// Applies a change to a copy, writes the copy, and only then makes it current: a failed
-    /// write changes nothing.
-    fn change(
+    async fn change(
         &self,
-        change: impl FnOnce(&mut BTreeMap<String, User>) -> Result<(), AuthError>,
+        mut change: impl FnMut(&mut BTreeMap<String, User>) -> Result<(), AuthError>,
     ) -> Result<(), AuthError> {
-        let _writer = self.write_lock.lock();
-        let mut users = self.users.read().clone();
-        change(&mut users)?;
-        self.save(&users)?;
-        *self.users.write() = users;
-        self.generation.fetch_add(1, Ordering::Release);
-        self.verified.lock().clear();
-        Ok(())
-    }
-
-    fn save(&self, users: &BTreeMap<String, User>) -> Result<(), AuthError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let file = UsersFile {
-            users: users.values().cloned().collect(),
-        };
-        write_json_atomically(path, &file)
+        self.document
+            .change(|document: &mut Users| change(&mut document.users))
+            .await
     }
 }
 
@@ -432,8 +481,8 @@ fn validate_name(name: &str) -> Result<(), AuthError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_fresh_store_has_guest_on_loopback_only() {
+    #[tokio::test]
+    async fn a_fresh_store_has_guest_on_loopback_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = UserStore::open(dir.path()).unwrap();
         assert!(store.verify_password("guest", "guest", true).is_some());
@@ -442,18 +491,19 @@ mod tests {
         assert!(dir.path().join(USERS_FILE).exists());
     }
 
-    #[test]
-    fn changes_survive_a_reopen_and_no_password_is_stored() {
+    #[tokio::test]
+    async fn changes_survive_a_reopen_and_no_password_is_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = UserStore::open(dir.path()).unwrap();
         store
             .add("alice", "s3cret-pass", vec![ADMINISTRATOR_TAG.into()])
+            .await
             .unwrap();
         assert!(matches!(
-            store.add("alice", "x", vec![]),
+            store.add("alice", "x", vec![]).await,
             Err(AuthError::UserExists(_))
         ));
-        store.delete("guest").unwrap();
+        store.delete("guest").await.unwrap();
         drop(store);
         let text = std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap();
         assert!(!text.contains("s3cret-pass"));
@@ -466,7 +516,7 @@ mod tests {
             .verify_password("alice", "s3cret-pass", false)
             .unwrap();
         assert!(alice.is_administrator());
-        store.set_password("alice", "new").unwrap();
+        store.set_password("alice", "new").await.unwrap();
         assert!(store
             .verify_password("alice", "s3cret-pass", false)
             .is_none());
@@ -474,15 +524,21 @@ mod tests {
         assert!(store
             .scram_credential("alice", ScramMechanism::Sha512)
             .is_some());
-        store.delete_scram("alice", ScramMechanism::Sha512).unwrap();
+        store
+            .delete_scram("alice", ScramMechanism::Sha512)
+            .await
+            .unwrap();
         assert!(store
             .scram_credential("alice", ScramMechanism::Sha512)
             .is_none());
-        assert!(store.delete_scram("alice", ScramMechanism::Sha512).is_err());
+        assert!(store
+            .delete_scram("alice", ScramMechanism::Sha512)
+            .await
+            .is_err());
     }
 
-    #[test]
-    fn the_decoy_salt_is_stable_per_name() {
+    #[tokio::test]
+    async fn the_decoy_salt_is_stable_per_name() {
         let store = UserStore::in_memory();
         assert_eq!(store.decoy_salt("nobody"), store.decoy_salt("nobody"));
         assert_ne!(store.decoy_salt("nobody"), store.decoy_salt("other"));

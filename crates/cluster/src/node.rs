@@ -41,7 +41,7 @@ use crate::early_election::{self, OnPeerLost};
 use crate::metadata::{
     ClusterMetadata, MetadataCommand, MetadataLogStore, MetadataRaft, MetadataResponse,
     MetadataStateMachine, MetadataStoreError, PartitionLeaders, ReplicatedOffsets,
-    ReplicatedTransactions,
+    ReplicatedSecurity, ReplicatedTransactions,
 };
 use crate::peers::{Peer, PeerList, PeerListError};
 use crate::transport::frame::{decode_body, encode_body};
@@ -216,6 +216,7 @@ pub struct ClusterNode {
     metadata: watch::Receiver<ClusterMetadata>,
     consumer_offsets: ReplicatedOffsets,
     transactions: ReplicatedTransactions,
+    security: ReplicatedSecurity,
     share_states: ReplicatedOffsets,
     partition_leaders: PartitionLeaders,
     groups: Mutex<HashMap<GroupId, GroupStopper>>,
@@ -365,6 +366,7 @@ impl ClusterNode {
         let partition_leaders = state_machine.partition_leaders();
         let transactions = state_machine.transactions();
         let share_states = state_machine.share_states();
+        let security = state_machine.security();
         let metadata_raft = Raft::new(
             node_id,
             raft_config.clone(),
@@ -395,6 +397,7 @@ impl ClusterNode {
             partition_leaders,
             transactions,
             share_states,
+            security,
             groups: Mutex::new(HashMap::new()),
             on_peer_lost: Mutex::new(HashMap::new()),
             propose_timeout: config.propose_timeout,
@@ -583,6 +586,11 @@ impl ClusterNode {
     /// Share groups' share-partition states as applied on this node (may lag the leader).
     pub fn share_states(&self) -> &ReplicatedOffsets {
         &self.share_states
+    }
+
+    /// The security documents as applied on this node (may lag the leader).
+    pub fn security(&self) -> &ReplicatedSecurity {
+        &self.security
     }
 
     /// Partition leaders as their leaders reported them through the metadata group, applied

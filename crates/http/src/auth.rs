@@ -94,10 +94,11 @@ pub fn authenticate(
 mod tests {
     use super::*;
 
-    fn users() -> std::sync::Arc<UserStore> {
+    async fn users() -> std::sync::Arc<UserStore> {
         let users = UserStore::in_memory();
         users
             .declare("reader", "pw:with:colons", Vec::new(), false)
+            .await
             .expect("declared");
         users
     }
@@ -109,9 +110,9 @@ mod tests {
         )
     }
 
-    #[test]
-    fn guest_is_accepted_from_loopback_only() {
-        let users = users();
+    #[tokio::test]
+    async fn guest_is_accepted_from_loopback_only() {
+        let users = users().await;
         let loopback: SocketAddr = "127.0.0.1:5000".parse().expect("address");
         let remote: SocketAddr = "192.0.2.7:5000".parse().expect("address");
         let header = basic("guest:guest");
@@ -123,9 +124,9 @@ mod tests {
         assert!(authenticate(&users, Some(&header), None).is_err());
     }
 
-    #[test]
-    fn wrong_or_malformed_credentials_are_unauthorized() {
-        let users = users();
+    #[tokio::test]
+    async fn wrong_or_malformed_credentials_are_unauthorized() {
+        let users = users().await;
         let remote: SocketAddr = "192.0.2.7:5000".parse().expect("address");
         for header in [
             basic("reader:wrong"),

@@ -19,8 +19,8 @@ use tower::ServiceExt;
 
 fn users() -> Arc<UserStore> {
     let users = UserStore::in_memory();
-    users
-        .declare("reader", "pw", Vec::new(), false)
+    // In memory the change completes at once: no runtime needed.
+    futures::executor::block_on(users.declare("reader", "pw", Vec::new(), false))
         .expect("declared");
     users
 }

@@ -15,6 +15,7 @@
 mod cli;
 mod config;
 mod metrics_recorder;
+mod security_replication;
 
 // glibc's malloc showed up as a quarter of the broker's CPU under AMQP load (many small,
 // short-lived allocations across threads); mimalloc handles that pattern far better.
@@ -126,6 +127,7 @@ async fn serve(
         };
         users
             .declare(&user.name, &user.password, tags, user.loopback_only)
+            .await
             .with_context(|| format!("declaring user '{}'", user.name))?;
     }
     let acls = AclStore::open(&data_dir).context("opening the ACL store")?;
@@ -144,6 +146,17 @@ async fn serve(
         Some(settings) => Some(start_cluster(settings, &broker).await?),
         None => None,
     };
+    if let Some(cluster) = &cluster {
+        security_replication::start(
+            cluster.node().clone(),
+            security_replication::SecurityStores {
+                users: users.clone(),
+                acls: authorizer.store().clone(),
+                quotas: quotas.clone(),
+                vhost_limits: vhost_limits.clone(),
+            },
+        );
+    }
     let mut kafka_servers = Vec::new();
     for listener in &config.kafka_listeners {
         let mut kafka_config = config.kafka.clone();

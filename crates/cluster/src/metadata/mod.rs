@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use log_store::{MetadataLogStore, MetadataStoreError};
 pub use placement::{place_replicas, PlacementError};
 pub use state_machine::{
-    MetadataStateMachine, PartitionLeaders, ReplicatedOffsets, ReplicatedTransactions,
+    MetadataStateMachine, PartitionLeaders, ReplicatedOffsets, ReplicatedSecurity,
+    ReplicatedTransactions,
 };
 
 use crate::{NodeAddress, NodeId};
@@ -206,7 +207,29 @@ pub enum MetadataCommand {
         transactional_id: String,
         state: Option<String>,
     },
+    /// A new version of one security document (users, ACLs, quotas, vhost limits, as the
+    /// auth crate encodes them): applied only if the latest version is still `base_version`
+    /// (or this very change, re-proposed after a leader change, is); else rejected with
+    /// [`MetadataRejection::StaleSecurityDocument`]. See [`ReplicatedSecurity`].
+    ReplaceSecurityDocument {
+        kind: String,
+        base_version: u64,
+        /// Random, to recognise this change if it is proposed again.
+        change_id: u64,
+        document: String,
+    },
 }
+
+/// One security document as the metadata group holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityDocument {
+    pub version: u64,
+    pub change_id: u64,
+    pub document: String,
+}
+
+/// The security documents by kind; kept apart from [`ClusterMetadata`] as the offsets are.
+pub type SecurityDocuments = BTreeMap<String, SecurityDocument>;
 
 /// A partition's leader as its leader last reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +283,10 @@ pub enum MetadataResponse {
     OffsetsDeleted {
         count: u64,
     },
+    /// ReplaceSecurityDocument: the version it committed.
+    SecurityDocumentVersion {
+        version: u64,
+    },
     Rejected(MetadataRejection),
 }
 
@@ -298,6 +325,8 @@ pub enum MetadataRejection {
     /// register as a broker.
     #[error("node {0} is not a member of the metadata group")]
     NotAMember(NodeId),
+    #[error("the {kind} document is at version {version}, not the one the change was made on")]
+    StaleSecurityDocument { kind: String, version: u64 },
 }
 
 impl ClusterMetadata {

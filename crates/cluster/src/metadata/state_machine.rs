@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use super::log_store::{read_file_if_exists, write_file_atomically, MetadataStoreError};
 use super::{
     ClusterMetadata, CommittedOffset, ConsumerOffsets, MetadataCommand, MetadataRaft,
-    MetadataRejection, MetadataResponse, PartitionLeader, TopicMetadata, TransactionStates,
+    MetadataRejection, MetadataResponse, PartitionLeader, SecurityDocument, SecurityDocuments,
+    TopicMetadata, TransactionStates,
 };
 use crate::{NodeAddress, NodeId};
 
@@ -46,6 +47,9 @@ struct StoredSnapshot {
     /// Absent in snapshots written before share groups were replicated.
     #[serde(default)]
     share_states: ConsumerOffsets,
+    /// Absent in snapshots written before security documents were replicated.
+    #[serde(default)]
+    security: SecurityDocuments,
 }
 
 /// What a snapshot sent to a lagging follower carries.
@@ -59,6 +63,8 @@ struct SnapshotPayload {
     transactions: TransactionStates,
     #[serde(default)]
     share_states: ConsumerOffsets,
+    #[serde(default)]
+    security: SecurityDocuments,
 }
 
 /// A read handle on the partition leaders as reported through the metadata group and applied
@@ -188,6 +194,82 @@ impl ReplicatedTransactions {
     }
 }
 
+/// The security documents as applied on this node, published on a `watch`: every node
+/// installs each new version into its stores (see the auth crate's `ReplicatedDocument`).
+#[derive(Clone)]
+pub struct ReplicatedSecurity {
+    documents: Arc<watch::Sender<SecurityDocuments>>,
+}
+
+impl Default for ReplicatedSecurity {
+    fn default() -> Self {
+        ReplicatedSecurity {
+            documents: Arc::new(watch::channel(SecurityDocuments::new()).0),
+        }
+    }
+}
+
+impl ReplicatedSecurity {
+    /// The documents as of the last apply, and every change after it.
+    pub fn subscribe(&self) -> watch::Receiver<SecurityDocuments> {
+        self.documents.subscribe()
+    }
+
+    pub fn get(&self, kind: &str) -> Option<SecurityDocument> {
+        self.documents.borrow().get(kind).cloned()
+    }
+
+    fn all(&self) -> SecurityDocuments {
+        self.documents.borrow().clone()
+    }
+
+    fn replace(&self, documents: SecurityDocuments) {
+        self.documents.send_replace(documents);
+    }
+
+    /// Compare-and-set: the next version if `base_version` is the latest (0: none yet), the
+    /// same answer again for a change already applied (a proposal retried across a leader
+    /// change may be committed twice).
+    fn apply(
+        &self,
+        kind: String,
+        base_version: u64,
+        change_id: u64,
+        document: String,
+    ) -> MetadataResponse {
+        let mut response = MetadataResponse::Done;
+        self.documents.send_if_modified(|documents| {
+            let current = documents.get(&kind);
+            let version = current.map_or(0, |d| d.version);
+            if let Some(current) = current.filter(|d| d.change_id == change_id) {
+                response = MetadataResponse::SecurityDocumentVersion {
+                    version: current.version,
+                };
+                return false;
+            }
+            if version != base_version {
+                response = MetadataResponse::Rejected(MetadataRejection::StaleSecurityDocument {
+                    kind: kind.clone(),
+                    version,
+                });
+                return false;
+            }
+            let version = version + 1;
+            documents.insert(
+                kind.clone(),
+                SecurityDocument {
+                    version,
+                    change_id,
+                    document: document.clone(),
+                },
+            );
+            response = MetadataResponse::SecurityDocumentVersion { version };
+            true
+        });
+        response
+    }
+}
+
 struct MachineState {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, NodeAddress>,
@@ -209,6 +291,8 @@ pub struct MetadataStateMachine {
     transactions: ReplicatedTransactions,
     /// Share groups' share-partition states; written only while `state` is locked.
     share_states: ReplicatedOffsets,
+    /// Written only while `state` is locked, as `offsets`.
+    security: ReplicatedSecurity,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -238,7 +322,9 @@ impl MetadataStateMachine {
         let leaders = PartitionLeaders::default();
         let transactions = ReplicatedTransactions::default();
         let share_states = ReplicatedOffsets::default();
+        let security = ReplicatedSecurity::default();
         if let Some(stored) = &snapshot {
+            security.replace(stored.security.clone());
             *share_states.offsets.write() = stored.share_states.clone();
             *offsets.offsets.write() = stored.consumer_offsets.clone();
             leaders.replace(stored.partition_leaders.clone());
@@ -268,6 +354,7 @@ impl MetadataStateMachine {
             leaders,
             transactions,
             share_states,
+            security,
             storage,
             dir: dir.to_path_buf(),
         })
@@ -296,6 +383,11 @@ impl MetadataStateMachine {
     /// The share groups' share-partition states as applied here.
     pub fn share_states(&self) -> ReplicatedOffsets {
         self.share_states.clone()
+    }
+
+    /// The security documents as applied here.
+    pub fn security(&self) -> ReplicatedSecurity {
+        self.security.clone()
     }
 
     fn persist(&self, snapshot: &StoredSnapshot) -> std::io::Result<()> {
@@ -411,7 +503,8 @@ pub(super) fn apply_command(
         | MetadataCommand::ReportPartitionLeaders { .. }
         | MetadataCommand::CommitShareState { .. }
         | MetadataCommand::DeleteShareState { .. }
-        | MetadataCommand::SaveTransactionState { .. } => MetadataResponse::Done,
+        | MetadataCommand::SaveTransactionState { .. }
+        | MetadataCommand::ReplaceSecurityDocument { .. } => MetadataResponse::Done,
         MetadataCommand::ReassignPartition {
             name,
             partition,
@@ -616,6 +709,7 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
                 partition_leaders: self.leaders.to_vec(),
                 transactions: self.transactions.states.read().clone(),
                 share_states: self.share_states.offsets.read().clone(),
+                security: self.security.all(),
             }
         };
         let data = serde_json::to_vec(&SnapshotPayload {
@@ -624,6 +718,7 @@ impl RaftSnapshotBuilder<MetadataRaft> for MetadataStateMachine {
             partition_leaders: stored.partition_leaders.clone(),
             transactions: stored.transactions.clone(),
             share_states: stored.share_states.clone(),
+            security: stored.security.clone(),
         })
         .map_err(|e| {
             StorageIOError::write_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -679,6 +774,12 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
                         apply_offsets_command(&mut share_states, &command)
                             .unwrap_or(MetadataResponse::Done)
                     }
+                    EntryPayload::Normal(MetadataCommand::ReplaceSecurityDocument {
+                        kind,
+                        base_version,
+                        change_id,
+                        document,
+                    }) => self.security.apply(kind, base_version, change_id, document),
                     EntryPayload::Normal(MetadataCommand::SaveTransactionState {
                         transactional_id,
                         state,
@@ -742,6 +843,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             partition_leaders,
             transactions,
             share_states,
+            security,
         } = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
@@ -752,6 +854,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             partition_leaders: partition_leaders.clone(),
             transactions: transactions.clone(),
             share_states: share_states.clone(),
+            security: security.clone(),
         };
         self.persist(&stored).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -765,6 +868,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             self.leaders.replace(partition_leaders);
             *self.transactions.states.write() = transactions;
             *self.share_states.offsets.write() = share_states;
+            self.security.replace(security);
             state.snapshot = Some(stored);
         }
         self.published.send_replace(metadata);
@@ -783,6 +887,7 @@ impl RaftStateMachine<MetadataRaft> for MetadataStateMachine {
             partition_leaders: stored.partition_leaders,
             transactions: stored.transactions,
             share_states: stored.share_states,
+            security: stored.security,
         })
         .map_err(|e| {
             StorageIOError::read_snapshot(Some(stored.meta.signature()), AnyError::new(&e))
@@ -1204,6 +1309,68 @@ mod tests {
             .unwrap();
         assert_eq!(all, vec![MetadataResponse::OffsetsDeleted { count: 2 }]);
         assert!(!follower.consumer_offsets().has_offsets("g"));
+    }
+
+    #[tokio::test]
+    async fn security_documents_are_compared_and_set_and_kept_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(sluice_log::RealDisk);
+        let mut machine = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        let mut published = machine.subscribe();
+        published.borrow_and_update();
+        let replace = |index, base_version, change_id, document: &str| {
+            entry(
+                index,
+                MetadataCommand::ReplaceSecurityDocument {
+                    kind: "users".into(),
+                    base_version,
+                    change_id,
+                    document: document.into(),
+                },
+            )
+        };
+        let responses = machine
+            .apply([
+                replace(1, 0, 10, "first"),
+                // The same change again (a retried proposal): the same answer, no new version.
+                replace(2, 0, 10, "first"),
+                // Made on version 0 by another node: stale.
+                replace(3, 0, 11, "lost"),
+                replace(4, 1, 12, "second"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            responses,
+            vec![
+                MetadataResponse::SecurityDocumentVersion { version: 1 },
+                MetadataResponse::SecurityDocumentVersion { version: 1 },
+                MetadataResponse::Rejected(MetadataRejection::StaleSecurityDocument {
+                    kind: "users".into(),
+                    version: 1
+                }),
+                MetadataResponse::SecurityDocumentVersion { version: 2 },
+            ]
+        );
+        assert!(
+            !published.has_changed().unwrap(),
+            "the metadata is not republished"
+        );
+        let users = machine.security().get("users").unwrap();
+        assert_eq!((users.version, users.document.as_str()), (2, "second"));
+
+        let snapshot = machine.build_snapshot().await.unwrap();
+        let reopened = MetadataStateMachine::open(storage.clone(), dir.path()).unwrap();
+        assert_eq!(reopened.security().get("users"), Some(users.clone()));
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut follower = MetadataStateMachine::open(storage, other_dir.path()).unwrap();
+        let installed = follower.security().subscribe();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert!(installed.has_changed().unwrap());
+        assert_eq!(follower.security().get("users"), Some(users));
     }
 
     #[tokio::test]

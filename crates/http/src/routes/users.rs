@@ -34,6 +34,7 @@ fn store_error(error: AuthError) -> ApiError {
         AuthError::UserExists(_) => ApiError::Conflict(error.to_string()),
         AuthError::InvalidName(_) => ApiError::BadRequest(error.to_string()),
         AuthError::Io(..) | AuthError::Corrupt(..) => ApiError::Internal(error.to_string()),
+        AuthError::Replication(_) => ApiError::NotReady(error.to_string()),
     }
 }
 
@@ -116,15 +117,19 @@ pub async fn put_user(
             .ok_or_else(|| ApiError::BadRequest("a new user needs a password".into()))?;
         users
             .add(&name, &password, tags.unwrap_or_default())
+            .await
             .map_err(store_error)?;
         tracing::info!(user = %name, "user created through the HTTP API");
         return Ok(StatusCode::CREATED);
     }
     if let Some(password) = request.password {
-        users.set_password(&name, &password).map_err(store_error)?;
+        users
+            .set_password(&name, &password)
+            .await
+            .map_err(store_error)?;
     }
     if let Some(tags) = tags {
-        users.set_tags(&name, tags).map_err(store_error)?;
+        users.set_tags(&name, tags).await.map_err(store_error)?;
     }
     tracing::info!(user = %name, "user changed through the HTTP API");
     Ok(StatusCode::NO_CONTENT)
@@ -141,7 +146,12 @@ pub async fn delete_user(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    state.context.users.delete(&name).map_err(store_error)?;
+    state
+        .context
+        .users
+        .delete(&name)
+        .await
+        .map_err(store_error)?;
     tracing::info!(user = %name, "user deleted through the HTTP API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -192,6 +202,7 @@ pub async fn put_permissions(
         .context
         .users
         .set_permissions(&user, &vhost, permissions)
+        .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -212,6 +223,7 @@ pub async fn delete_permissions(
         .context
         .users
         .clear_permissions(&user, &vhost)
+        .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -46,6 +46,7 @@ pub async fn put_vhost_limit(
         .context
         .vhost_limits
         .set(&vhost, &name, Some(request.value))
+        .await
         .map_err(|error| ApiError::BadRequest(format!("{error}: not a vhost limit")))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -66,6 +67,7 @@ pub async fn delete_vhost_limit(
         .context
         .vhost_limits
         .set(&vhost, &name, None)
+        .await
         .map_err(|error| ApiError::BadRequest(format!("{error}: not a vhost limit")))?;
     Ok(StatusCode::NO_CONTENT)
 }

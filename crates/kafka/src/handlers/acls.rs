@@ -60,7 +60,7 @@ pub async fn create_acls(
         .filter_map(|p| p.as_ref().ok())
         .cloned()
         .collect();
-    let stored = context.security.authorizer.store().create(&valid);
+    let stored = context.security.authorizer.store().create(&valid).await;
     if let Err(error) = &stored {
         tracing::error!(%error, "could not store ACLs");
     }
@@ -177,7 +177,7 @@ pub async fn delete_acls(
         .filter(|(_, invalid)| invalid.is_none())
         .map(|(f, _)| f.clone())
         .collect();
-    let deleted = match context.security.authorizer.store().delete(&valid) {
+    let deleted = match context.security.authorizer.store().delete(&valid).await {
         Ok(deleted) => deleted,
         Err(error) => {
             tracing::error!(%error, "could not store ACLs");

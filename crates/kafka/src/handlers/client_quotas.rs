@@ -102,79 +102,89 @@ pub async fn alter_client_quotas(
         ResourceType::Cluster,
         CLUSTER_RESOURCE_NAME,
     );
-    let entries = request
-        .entries
-        .into_iter()
-        .map(|entry| {
-            let answer = |code: i16, message: Option<String>| {
-                alter_client_quotas_response::EntryData::default()
-                    .with_entity(
-                        entry
-                            .entity
-                            .iter()
-                            .map(|e| {
-                                alter_client_quotas_response::EntityData::default()
-                                    .with_entity_type(e.entity_type.clone())
-                                    .with_entity_name(e.entity_name.clone())
-                            })
-                            .collect(),
-                    )
-                    .with_error_code(code)
-                    .with_error_message(message.map(StrBytes::from_string))
-            };
-            if !allowed {
-                return answer(ResponseError::ClusterAuthorizationFailed.code(), None);
-            }
-            let mut entity = QuotaEntity {
-                user: None,
-                client_id: None,
-            };
-            for component in &entry.entity {
-                let value = match &component.entity_name {
-                    Some(name) => EntityName::Named(name.to_string()),
-                    None => EntityName::Default,
-                };
-                let slot = match component.entity_type.as_str() {
-                    USER => &mut entity.user,
-                    CLIENT_ID => &mut entity.client_id,
-                    other => {
-                        return answer(
-                            ResponseError::InvalidRequest.code(),
-                            Some(format!("Unhandled client quota entity type: {other}")),
-                        )
-                    }
-                };
-                if slot.replace(value).is_some() {
-                    return answer(
-                        ResponseError::InvalidRequest.code(),
-                        Some("Duplicate entity type in the entity".into()),
-                    );
-                }
-            }
-            let operations: Vec<(String, f64, bool)> = entry
-                .ops
-                .iter()
-                .map(|op| (op.key.to_string(), op.value, op.remove))
-                .collect();
-            match context
-                .security
-                .quotas
-                .alter(&entity, &operations, request.validate_only)
-            {
-                Ok(()) => {
-                    if !request.validate_only {
-                        tracing::info!(principal = %context.principal.name, ?entity, "client quotas altered");
-                    }
-                    answer(0, None)
-                }
-                Err(QuotaError::Invalid(message)) => {
-                    answer(ResponseError::InvalidRequest.code(), Some(message))
-                }
-                Err(QuotaError::Store(error)) => {
-                    answer(ResponseError::UnknownServerError.code(), Some(error.to_string()))
-                }
-            }
-        })
-        .collect();
+    let validate_only = request.validate_only;
+    let mut entries = Vec::new();
+    for entry in request.entries {
+        entries.push(alter_entry(context, allowed, validate_only, entry).await);
+    }
     AlterClientQuotasResponse::default().with_entries(entries)
+}
+
+/// One entity of AlterClientQuotas.
+async fn alter_entry(
+    context: &RequestContext,
+    allowed: bool,
+    validate_only: bool,
+    entry: alter_client_quotas_request::EntryData,
+) -> alter_client_quotas_response::EntryData {
+    let answer = |code: i16, message: Option<String>| {
+        alter_client_quotas_response::EntryData::default()
+            .with_entity(
+                entry
+                    .entity
+                    .iter()
+                    .map(|e| {
+                        alter_client_quotas_response::EntityData::default()
+                            .with_entity_type(e.entity_type.clone())
+                            .with_entity_name(e.entity_name.clone())
+                    })
+                    .collect(),
+            )
+            .with_error_code(code)
+            .with_error_message(message.map(StrBytes::from_string))
+    };
+    if !allowed {
+        return answer(ResponseError::ClusterAuthorizationFailed.code(), None);
+    }
+    let mut entity = QuotaEntity {
+        user: None,
+        client_id: None,
+    };
+    for component in &entry.entity {
+        let value = match &component.entity_name {
+            Some(name) => EntityName::Named(name.to_string()),
+            None => EntityName::Default,
+        };
+        let slot = match component.entity_type.as_str() {
+            USER => &mut entity.user,
+            CLIENT_ID => &mut entity.client_id,
+            other => {
+                return answer(
+                    ResponseError::InvalidRequest.code(),
+                    Some(format!("Unhandled client quota entity type: {other}")),
+                )
+            }
+        };
+        if slot.replace(value).is_some() {
+            return answer(
+                ResponseError::InvalidRequest.code(),
+                Some("Duplicate entity type in the entity".into()),
+            );
+        }
+    }
+    let operations: Vec<(String, f64, bool)> = entry
+        .ops
+        .iter()
+        .map(|op| (op.key.to_string(), op.value, op.remove))
+        .collect();
+    match context
+        .security
+        .quotas
+        .alter(&entity, &operations, validate_only)
+        .await
+    {
+        Ok(()) => {
+            if !validate_only {
+                tracing::info!(principal = %context.principal.name, ?entity, "client quotas altered");
+            }
+            answer(0, None)
+        }
+        Err(QuotaError::Invalid(message)) => {
+            answer(ResponseError::InvalidRequest.code(), Some(message))
+        }
+        Err(QuotaError::Store(error)) => answer(
+            ResponseError::UnknownServerError.code(),
+            Some(error.to_string()),
+        ),
+    }
 }

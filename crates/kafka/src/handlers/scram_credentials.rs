@@ -165,7 +165,7 @@ pub async fn alter_user_scram_credentials(
         };
         let outcome = match upsertion {
             None if duplicated.contains(name) => continue,
-            None => users.delete_scram(name, mechanism).map_err(|_| {
+            None => users.delete_scram(name, mechanism).await.map_err(|_| {
                 (
                     ResponseError::ResourceNotFound,
                     "Attempt to delete a user credential that does not exist".to_string(),
@@ -194,6 +194,7 @@ pub async fn alter_user_scram_credentials(
                     );
                     users
                         .upsert_scram(name, credential)
+                        .await
                         .map_err(|error| (ResponseError::UnacceptableCredential, error.to_string()))
                 }
             }

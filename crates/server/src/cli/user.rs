@@ -112,37 +112,46 @@ fn offline(dir: &std::path::Path, command: &UserCommand) -> CliResult<()> {
         )));
     }
     let store = UserStore::open(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    // The store's changes are async (in a cluster they wait for the metadata group); offline
+    // they only write the file.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| CliError::Usage(format!("starting a runtime: {e}")))?;
     let fail = |e: sluice_auth::AuthError| CliError::Usage(e.to_string());
-    match command {
-        UserCommand::Add {
-            name,
-            password,
-            tags: list,
-        } => store.add(name, password, tags(list)).map_err(fail)?,
-        UserCommand::Delete { name } => store.delete(name).map_err(fail)?,
-        UserCommand::Passwd { name, password } => {
-            store.set_password(name, password).map_err(fail)?
-        }
-        UserCommand::List => {
-            for user in store.list() {
-                println!("{}\t[{}]", user.name, user.tags.join(","));
+    runtime.block_on(async {
+        match command {
+            UserCommand::Add {
+                name,
+                password,
+                tags: list,
+            } => store.add(name, password, tags(list)).await.map_err(fail)?,
+            UserCommand::Delete { name } => store.delete(name).await.map_err(fail)?,
+            UserCommand::Passwd { name, password } => {
+                store.set_password(name, password).await.map_err(fail)?
+            }
+            UserCommand::List => {
+                for user in store.list() {
+                    println!("{}\t[{}]", user.name, user.tags.join(","));
+                }
+            }
+            UserCommand::Permissions {
+                name,
+                vhost,
+                configure,
+                write,
+                read,
+            } => {
+                let permissions = VhostPermissions::new(configure, write, read)
+                    .map_err(|e| CliError::Usage(format!("invalid pattern: {e}")))?;
+                store
+                    .set_permissions(name, vhost, permissions)
+                    .await
+                    .map_err(fail)?
             }
         }
-        UserCommand::Permissions {
-            name,
-            vhost,
-            configure,
-            write,
-            read,
-        } => {
-            let permissions = VhostPermissions::new(configure, write, read)
-                .map_err(|e| CliError::Usage(format!("invalid pattern: {e}")))?;
-            store
-                .set_permissions(name, vhost, permissions)
-                .map_err(fail)?
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn online(args: &UserArgs) -> CliResult<()> {

@@ -80,3 +80,31 @@ def test_a_producer_over_its_quota_is_throttled_and_others_are_not(broker):
     assert max(t.throttle_time for t in throttles) > 0.5, [t.throttle_time for t in throttles]
     assert time.monotonic() - started < 30
     assert produce(broker, "fast", 150_000) == []
+
+
+def test_a_client_over_its_request_percentage_is_throttled_and_others_are_not(broker):
+    """request_percentage (KIP-124): the time the broker spends handling a client's requests,
+    in percent of one thread; a client over it is answered with throttle_time_ms."""
+    admin = KafkaWire(broker.bootstrap)
+    # 0.001% of a thread is 10 µs a second: a handful of Metadata requests is more.
+    assert alter(admin, "chatty", "request_percentage", 0.001) == 0
+    assert describe(admin, "chatty") == {"request_percentage": 0.001}
+
+    def throttles(client_id, requests):
+        wire = KafkaWire(broker.bootstrap, client_id=client_id)
+        seen = []
+        for _ in range(requests):
+            response = wire.metadata([])
+            seen.append(response.throttle_time_ms)
+            if response.throttle_time_ms > 0:
+                # The broker now reads nothing more from this connection for that long.
+                break
+        wire.close()
+        return seen
+
+    chatty = throttles("chatty", 200)
+    assert chatty[-1] > 0, f"no throttle in {len(chatty)} Metadata responses"
+    assert set(throttles("quiet", 200)) == {0}
+
+    assert alter(admin, "chatty", "request_percentage", 0.0, remove=True) == 0
+    admin.close()

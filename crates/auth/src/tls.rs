@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How long a loaded configuration is used before the files' times are looked at again.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,6 +56,9 @@ impl std::fmt::Debug for ReloadingTls {
 
 struct Loaded {
     acceptor: TlsAcceptor,
+    /// With a CA: this side's certificate presented as a client, servers verified against
+    /// the CA (node-to-node mutual TLS).
+    connector: Option<TlsConnector>,
     stamps: Vec<Option<SystemTime>>,
     checked: Instant,
 }
@@ -66,6 +69,7 @@ impl ReloadingTls {
         let config = server_config(&files)?;
         let state = Loaded {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            connector: client_config(&files)?.map(|c| TlsConnector::from(Arc::new(c))),
             stamps: stamps(&files),
             checked: Instant::now(),
         };
@@ -81,16 +85,29 @@ impl ReloadingTls {
 
     /// The acceptor for a new connection, reloading the files first if they changed.
     pub fn acceptor(&self) -> TlsAcceptor {
+        self.reloaded().acceptor.clone()
+    }
+
+    /// The connector for a new outgoing connection (None without a CA to verify servers
+    /// against), reloading the files first if they changed.
+    pub fn connector(&self) -> Option<TlsConnector> {
+        self.reloaded().connector.clone()
+    }
+
+    fn reloaded(&self) -> parking_lot::MutexGuard<'_, Loaded> {
         let mut state = self.state.lock();
         if state.checked.elapsed() >= RECHECK_INTERVAL {
             state.checked = Instant::now();
             let now = stamps(&self.files);
             if now != state.stamps {
                 state.stamps = now;
-                match server_config(&self.files) {
-                    Ok(config) => {
+                match server_config(&self.files).and_then(|server| {
+                    Ok((server, client_config(&self.files)?))
+                }) {
+                    Ok((server, client)) => {
                         tracing::info!(certificate = %self.files.certificate.display(), "TLS certificate reloaded");
-                        state.acceptor = TlsAcceptor::from(Arc::new(config));
+                        state.acceptor = TlsAcceptor::from(Arc::new(server));
+                        state.connector = client.map(|c| TlsConnector::from(Arc::new(c)));
                     }
                     Err(error) => {
                         tracing::error!(%error, "TLS files changed but do not load; keeping the previous ones")
@@ -98,7 +115,7 @@ impl ReloadingTls {
                 }
             }
         }
-        state.acceptor.clone()
+        state
     }
 }
 
@@ -125,6 +142,34 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certificates)
 }
 
+fn read_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(ca)? {
+        roots
+            .add(certificate)
+            .map_err(|error| TlsError::Read(ca.to_path_buf(), error.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// With a CA: a client presenting this side's certificate and trusting only that CA.
+fn client_config(files: &TlsFiles) -> Result<Option<ClientConfig>, TlsError> {
+    let Some(ca) = &files.client_ca else {
+        return Ok(None);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = read_certificates(&files.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&files.private_key)
+        .map_err(|error| TlsError::Read(files.private_key.clone(), error.to_string()))?;
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Config(error.to_string()))?
+        .with_root_certificates(read_roots(ca)?)
+        .with_client_auth_cert(chain, key)
+        .map(Some)
+        .map_err(|error| TlsError::Config(error.to_string()))
+}
+
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = read_certificates(&files.certificate)?;
@@ -136,13 +181,8 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in read_certificates(ca)? {
-                roots
-                    .add(certificate)
-                    .map_err(|error| TlsError::Read(ca.clone(), error.to_string()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider);
             let verifier = if files.client_certificate_required {
                 verifier
             } else {

@@ -75,7 +75,18 @@ impl Cluster {
         let data = self.dir.path().join(format!("node-{node_id}"));
         let mut broker_config = BrokerConfig::new(data.clone());
         broker_config.node_id = node_id as i32;
-        let broker = Broker::open(broker_config).unwrap();
+        // A node stopped in this process holds its directory's lock until the last task of
+        // that instance drops its broker (seen in CI on a loaded machine): wait for it.
+        let deadline = Instant::now() + TIMEOUT;
+        let broker = loop {
+            match Broker::open(broker_config.clone()) {
+                Ok(broker) => break broker,
+                Err(error) if Instant::now() < deadline && error.to_string().contains("in use") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("opening node {node_id}'s broker: {error}"),
+            }
+        };
         let own = self.addrs.iter().find(|(id, _)| *id == node_id).unwrap().1;
         let mut config = ClusterConfig::new(
             node_id,

@@ -474,6 +474,7 @@ async fn strangers_may_only_ask_to_join_and_removed_peers_are_dropped() {
         &"let me in".to_string(),
         Duration::from_secs(2),
         limit,
+        None,
     )
     .await
     .unwrap();
@@ -486,6 +487,7 @@ async fn strangers_may_only_ask_to_join_and_removed_peers_are_dropped() {
         &"a vote".to_string(),
         Duration::from_secs(2),
         limit,
+        None,
     )
     .await;
     assert!(

@@ -568,8 +568,13 @@ fn start_request(
     let request_bytes = frame_bytes;
     let mut response: PendingResponse = Box::pin(async move {
         let mut hold = ResponseHold::default();
-        let mut response = dispatch(&context, api_version, request, &mut hold).await;
-        apply_quotas(&context, api_key, request_bytes, response.as_mut());
+        let (mut response, busy) = if context.security.quotas.is_empty() {
+            let response = dispatch(&context, api_version, request, &mut hold).await;
+            (response, Duration::ZERO)
+        } else {
+            PollTimed::new(Box::pin(dispatch(&context, api_version, request, &mut hold))).await
+        };
+        apply_quotas(&context, api_key, request_bytes, busy, response.as_mut());
         api_metrics.finished(started, response.as_ref());
         let Some(response) = response else {
             return Ok(None);
@@ -586,23 +591,55 @@ fn start_request(
     }
 }
 
-/// Byte-rate quotas: a produce's request bytes and a fetch's record bytes count against the
-/// client's quota; a client over it gets throttle_time_ms in the response and its connection
-/// is not read from for that long (KIP-219, as Kafka mutes the channel).
+/// A future and the time spent polling it: the work a request cost this broker's threads.
+/// Kafka's request quota counts thread time, not the time a request waits (a long-polling
+/// fetch costs little while it waits).
+struct PollTimed<F> {
+    future: F,
+    busy: Duration,
+}
+
+impl<F> PollTimed<F> {
+    fn new(future: F) -> Self {
+        PollTimed {
+            future,
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for PollTimed<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = Instant::now();
+        let polled = Pin::new(&mut self.future).poll(cx);
+        self.busy += started.elapsed();
+        let busy = self.busy;
+        polled.map(|output| (output, busy))
+    }
+}
+
+/// Client quotas (Kafka's ClientQuotaManager and ClientRequestQuotaManager): a produce's
+/// request bytes and a fetch's record bytes count against the byte rates, and every request's
+/// handling time against `request_percentage` (percent of one thread). A client over either
+/// gets throttle_time_ms in the response (the longer throttle) and its connection is not read
+/// from for that long (KIP-219, as Kafka mutes the channel).
 fn apply_quotas(
     context: &RequestContext,
     api_key: ApiKey,
     request_bytes: usize,
+    busy: Duration,
     response: Option<&mut ResponseKind>,
 ) {
-    use sluice_auth::quotas::{CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE};
+    use sluice_auth::quotas::{CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE};
     let quotas = &context.security.quotas;
     if quotas.is_empty() {
         return;
     }
-    let (key, bytes) = match (api_key, &response) {
-        (ApiKey::Produce, _) => (PRODUCER_BYTE_RATE, request_bytes),
-        (ApiKey::Fetch, Some(ResponseKind::Fetch(fetch))) => (
+    let byte_rate = match (api_key, &response) {
+        (ApiKey::Produce, _) => Some((PRODUCER_BYTE_RATE, request_bytes)),
+        (ApiKey::Fetch, Some(ResponseKind::Fetch(fetch))) => Some((
             CONSUMER_BYTE_RATE,
             fetch
                 .responses
@@ -610,30 +647,101 @@ fn apply_quotas(
                 .flat_map(|t| &t.partitions)
                 .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
                 .sum(),
-        ),
-        _ => return,
+        )),
+        _ => None,
     };
     let user = context
         .principal
         .name
         .strip_prefix("User:")
         .unwrap_or(&context.principal.name);
-    let throttle = quotas.record(user, &context.client_id, key, bytes as f64);
+    let mut throttle = Duration::ZERO;
+    let mut record = |key: &'static str, amount: f64| {
+        let earned = quotas.record(user, &context.client_id, key, amount);
+        if !earned.is_zero() {
+            metrics::counter!("sluice_kafka_throttled_responses_total", "quota" => key)
+                .increment(1);
+            throttle = throttle.max(earned);
+        }
+    };
+    if let Some((key, bytes)) = byte_rate {
+        record(key, bytes as f64);
+    }
+    record(REQUEST_PERCENTAGE, busy.as_secs_f64() * 100.0);
     if throttle.is_zero() {
         return;
     }
-    let throttle_ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
-    match response {
-        Some(ResponseKind::Produce(produce)) => produce.throttle_time_ms = throttle_ms,
-        Some(ResponseKind::Fetch(fetch)) => fetch.throttle_time_ms = throttle_ms,
-        _ => {}
+    if let Some(response) = response {
+        raise_throttle(response, i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX));
     }
     let until = Instant::now() + throttle;
     let mut muted = context.muted_until.lock();
     if muted.is_none_or(|at| at < until) {
         *muted = Some(until);
     }
-    metrics::counter!("sluice_kafka_throttled_responses_total", "quota" => key).increment(1);
+}
+
+/// Raises a response's throttle_time_ms to at least `throttle_ms`, for every response a client
+/// sends that carries one.
+fn raise_throttle(response: &mut ResponseKind, throttle_ms: i32) {
+    macro_rules! raise {
+        ($($variant:ident),+ $(,)?) => {
+            match response {
+                $(ResponseKind::$variant(r) => {
+                    r.throttle_time_ms = r.throttle_time_ms.max(throttle_ms)
+                })+
+                _ => {}
+            }
+        };
+    }
+    raise!(
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        OffsetCommit,
+        OffsetFetch,
+        FindCoordinator,
+        JoinGroup,
+        Heartbeat,
+        LeaveGroup,
+        SyncGroup,
+        DescribeGroups,
+        ListGroups,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DeleteRecords,
+        InitProducerId,
+        OffsetForLeaderEpoch,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        EndTxn,
+        TxnOffsetCommit,
+        DescribeAcls,
+        CreateAcls,
+        DeleteAcls,
+        DescribeConfigs,
+        AlterConfigs,
+        CreatePartitions,
+        DeleteGroups,
+        IncrementalAlterConfigs,
+        OffsetDelete,
+        DescribeClientQuotas,
+        AlterClientQuotas,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials,
+        DescribeCluster,
+        DescribeProducers,
+        DescribeTransactions,
+        ListTransactions,
+        ConsumerGroupHeartbeat,
+        ConsumerGroupDescribe,
+        DescribeTopicPartitions,
+        ShareGroupHeartbeat,
+        ShareFetch,
+        ShareAcknowledge,
+    );
 }
 
 /// A known API at a version we don't speak gets UNSUPPORTED_VERSION in its own response shape

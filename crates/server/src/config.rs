@@ -255,6 +255,20 @@ pub struct ServeArgs {
     /// topics) in a cluster (Kafka's default.replication.factor) [default: 1]
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
     pub default_replication_factor: Option<u16>,
+
+    /// PEM certificate chain this node presents to the others (server and client: extended
+    /// key usages serverAuth and clientAuth, naming the --cluster-listen IP). With
+    /// --cluster-tls-key and --cluster-tls-ca, every node-to-node connection is mutual TLS
+    #[arg(long, env = "SLUICE_CLUSTER_TLS_CERT", value_name = "FILE")]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-tls-cert
+    #[arg(long, env = "SLUICE_CLUSTER_TLS_KEY", value_name = "FILE")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates the other nodes' certificates are verified against
+    #[arg(long, env = "SLUICE_CLUSTER_TLS_CA", value_name = "FILE")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// HTTP API listener (JSON API, /metrics), or `off` [default: 127.0.0.1:8080]
     #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
@@ -450,6 +464,8 @@ pub struct ClusterSettings {
     /// The Kafka address other nodes give clients for this one (`host:port`).
     pub kafka_advertised: String,
     pub default_replication_factor: u16,
+    /// `--cluster-tls-cert/-key/-ca`: mutual TLS between nodes (client certificates required).
+    pub tls: Option<TlsFiles>,
 }
 /// `--join 10.0.0.1:9093,10.0.0.2:9093`: members' cluster addresses.
 fn parse_join_list(list: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -623,6 +639,9 @@ impl ServeArgs {
                 join,
                 join_timeout_secs,
                 default_replication_factor,
+                cluster_tls_cert,
+                cluster_tls_key,
+                cluster_tls_ca,
                 http_listen,
                 tls_cert,
                 tls_key,
@@ -878,6 +897,18 @@ impl ServeArgs {
                         kafka.advertised_host, kafka.advertised_port
                     ),
                     default_replication_factor,
+                    tls: match (&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca) {
+                        (Some(certificate), Some(private_key), Some(ca)) => Some(TlsFiles {
+                            certificate: certificate.clone(),
+                            private_key: private_key.clone(),
+                            client_ca: Some(ca.clone()),
+                            client_certificate_required: true,
+                        }),
+                        (None, None, None) => None,
+                        _ => anyhow::bail!(
+                            "--cluster-tls-cert, --cluster-tls-key and --cluster-tls-ca go together"
+                        ),
+                    },
                 })
             }
         };

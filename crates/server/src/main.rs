@@ -32,6 +32,7 @@ use sluice_broker::replication::ClusterBroker;
 use sluice_broker::vhost::VirtualHost;
 use sluice_broker::Broker;
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
+use sluice_cluster::transport::{TransportConfig, TransportTls};
 use sluice_http::model::{ListenerInfo, NodeInfo};
 use sluice_http::{HttpApi, HttpContext, HttpServer};
 use sluice_kafka::{KafkaSecurity, KafkaServer};
@@ -372,6 +373,19 @@ async fn start_cluster(
     );
     cluster_config.join = settings.join.clone();
     cluster_config.join_timeout = settings.join_timeout;
+    if let Some(files) = &settings.tls {
+        let tls = ReloadingTls::load(files.clone()).context("loading the cluster TLS files")?;
+        let mut transport = TransportConfig::new(settings.node_id);
+        let acceptor = tls.clone();
+        transport.tls = Some(TransportTls {
+            acceptor: std::sync::Arc::new(move || acceptor.acceptor()),
+            connector: std::sync::Arc::new(move || {
+                tls.connector()
+                    .unwrap_or_else(|| unreachable!("the cluster's TLS files name a CA"))
+            }),
+        });
+        cluster_config.transport = Some(transport);
+    }
     let node = ClusterNode::start(cluster_config)
         .await
         .with_context(|| format!("starting the cluster node on {}", settings.cluster_listen))?;

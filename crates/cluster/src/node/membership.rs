@@ -387,6 +387,7 @@ impl ClusterNode {
             cluster_addr: self.address.cluster_addr.clone(),
         };
         let frame_bytes_max = self.transport.config().frame_bytes_max;
+        let tls = self.transport.config().tls.clone();
         let mut attempt = 0usize;
         let mut last_answer = Instant::now();
         loop {
@@ -396,7 +397,7 @@ impl ClusterNode {
             let call_timeout = timeout.map_or(JOIN_CALL_TIMEOUT, |t| t.min(JOIN_CALL_TIMEOUT));
             let answer: Result<Result<JoinProgress, MembershipError>, CallError> = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(ClusterError::Raft("shut down while joining".into())),
-                answer = call_once(addr, GroupId::Metadata, RpcKind::Join, &request, call_timeout, frame_bytes_max) => answer,
+                answer = call_once(addr, GroupId::Metadata, RpcKind::Join, &request, call_timeout, frame_bytes_max, tls.as_ref()) => answer,
             };
             let last_error = match answer {
                 Ok(Ok(progress)) => {

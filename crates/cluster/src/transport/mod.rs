@@ -35,8 +35,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -55,6 +54,75 @@ pub trait GroupDispatcher: Send + Sync + 'static {
         kind: RpcKind,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>>;
+}
+
+/// Mutual TLS between nodes: every connection, dialed or accepted, is TLS, and each side
+/// presents a certificate the other verifies against the cluster's CA (a dialer also checks
+/// the listener's certificate names the address it dialed). Functions, so that renewed
+/// certificate files are picked up for the next connection.
+#[derive(Clone)]
+pub struct TransportTls {
+    pub acceptor: Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>,
+    pub connector: Arc<dyn Fn() -> tokio_rustls::TlsConnector + Send + Sync>,
+}
+
+impl std::fmt::Debug for TransportTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransportTls")
+    }
+}
+
+/// One direction of a connection, plain TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The halves of an accepted connection, after the TLS handshake when there is TLS.
+async fn secure_accepted(
+    tls: Option<&TransportTls>,
+    stream: TcpStream,
+    handshake_timeout: Duration,
+) -> std::io::Result<(ReadHalf, WriteHalf)> {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => {
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Some(tls) => {
+            let accepted = tokio::time::timeout(handshake_timeout, (tls.acceptor)().accept(stream))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            let (read, write) = tokio::io::split(accepted);
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
+}
+
+/// Connects to `addr`, with TLS when there is TLS (the certificate must name `addr`'s IP).
+async fn secure_dial(
+    tls: Option<&TransportTls>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> std::io::Result<(ReadHalf, WriteHalf)> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out())??;
+    stream.set_nodelay(true)?;
+    match tls {
+        None => {
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Some(tls) => {
+            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+            let connected = tokio::time::timeout(connect_timeout, (tls.connector)().connect(name, stream))
+                .await
+                .map_err(|_| timed_out())??;
+            let (read, write) = tokio::io::split(connected);
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +150,8 @@ pub struct TransportConfig {
     pub reconnect_backoff_max: Duration,
     /// How long an accepted connection may take to say who it is.
     pub hello_timeout: Duration,
+    /// None: plain TCP (a cluster on one trusted network, or loopback).
+    pub tls: Option<TransportTls>,
 }
 
 impl TransportConfig {
@@ -99,6 +169,7 @@ impl TransportConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_millis(500),
             hello_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -172,7 +243,7 @@ pub enum TransportError {
 }
 
 type PendingReply = oneshot::Sender<Result<Bytes, RemoteFailure>>;
-type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type FrameReader = FramedRead<ReadHalf, LengthDelimitedCodec>;
 
 /// An encoded frame in a peer's queue; a request's id lets the writer skip it once its caller
 /// has given up.
@@ -191,7 +262,7 @@ struct PeerLink {
     next_request_id: AtomicU64,
     connected: AtomicBool,
     /// Connections the peer dialed, handed over by the accept loop.
-    incoming_tx: mpsc::Sender<(FrameReader, OwnedWriteHalf)>,
+    incoming_tx: mpsc::Sender<(FrameReader, WriteHalf)>,
     /// Ends this link's task and connection: the peer was removed or replaced, or the
     /// transport shuts down (a child of its token).
     stop: CancellationToken,
@@ -483,8 +554,16 @@ async fn accept_loop(inner: Arc<TransportInner>, listener: TcpListener) {
 
 /// Reads the dialer's Hello and hands the connection to that peer's link.
 async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let (read, write) =
+        match secure_accepted(inner.config.tls.as_ref(), stream, inner.config.hello_timeout).await
+        {
+            Ok(halves) => halves,
+            Err(error) => {
+                tracing::warn!(%remote, %error, "cluster transport: TLS handshake failed");
+                inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
     let mut reader = FramedRead::new(read, frame::codec(inner.config.frame_bytes_max));
     let first = tokio::time::timeout(inner.config.hello_timeout, reader.next()).await;
     let peer_id = match first {
@@ -534,7 +613,7 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
 /// Answers the one request of a one-shot connection, then closes it.
 async fn serve_once(
     inner: &TransportInner,
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     request_id: u64,
     group: GroupId,
     kind: RpcKind,
@@ -571,6 +650,7 @@ pub async fn call_once<Req, Resp>(
     request: &Req,
     timeout: Duration,
     frame_bytes_max: usize,
+    tls: Option<&TransportTls>,
 ) -> Result<Resp, CallError>
 where
     Req: Serialize + ?Sized,
@@ -589,13 +669,15 @@ where
     )
     .map_err(encode_error)?;
     let exchange = async {
-        let stream = TcpStream::connect(addr)
+        let (read, mut write) = secure_dial(tls, addr, timeout)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
         write
             .write_all(&request)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        write
+            .flush()
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         let mut reader = FramedRead::new(read, frame::codec(frame_bytes_max));
@@ -622,7 +704,7 @@ async fn peer_loop(
     inner: Arc<TransportInner>,
     link: Arc<PeerLink>,
     mut queue_rx: mpsc::Receiver<QueuedFrame>,
-    mut incoming_rx: mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
+    mut incoming_rx: mpsc::Receiver<(FrameReader, WriteHalf)>,
 ) {
     let dials = inner.config.node_id < link.peer_id;
     let mut backoff = inner.config.reconnect_backoff_min;
@@ -684,12 +766,9 @@ async fn peer_loop(
 async fn dial(
     inner: &TransportInner,
     addr: SocketAddr,
-) -> std::io::Result<(FrameReader, OwnedWriteHalf)> {
-    let stream = tokio::time::timeout(inner.config.hello_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+) -> std::io::Result<(FrameReader, WriteHalf)> {
+    let (read, mut write) =
+        secure_dial(inner.config.tls.as_ref(), addr, inner.config.hello_timeout).await?;
     let hello = frame::encode_frame(
         &WireMessage::Hello {
             node_id: inner.config.node_id,
@@ -698,6 +777,7 @@ async fn dial(
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     write.write_all(&hello).await?;
+    write.flush().await?;
     Ok((
         FramedRead::new(read, frame::codec(inner.config.frame_bytes_max)),
         write,
@@ -706,16 +786,16 @@ async fn dial(
 
 enum SessionEnd {
     Failed,
-    Replaced((FrameReader, OwnedWriteHalf)),
+    Replaced((FrameReader, WriteHalf)),
     Shutdown,
 }
 
 async fn run_session(
     inner: &Arc<TransportInner>,
     link: &Arc<PeerLink>,
-    (reader, mut writer): (FrameReader, OwnedWriteHalf),
+    (reader, mut writer): (FrameReader, WriteHalf),
     queue_rx: &mut mpsc::Receiver<QueuedFrame>,
-    incoming_rx: &mut mpsc::Receiver<(FrameReader, OwnedWriteHalf)>,
+    incoming_rx: &mut mpsc::Receiver<(FrameReader, WriteHalf)>,
 ) -> SessionEnd {
     let session_end = CancellationToken::new();
     let reader_task = tokio::spawn(read_frames(
@@ -752,7 +832,7 @@ async fn run_session(
 async fn write_frames(
     inner: &TransportInner,
     link: &PeerLink,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut WriteHalf,
     buffer: &mut BytesMut,
     first: QueuedFrame,
     queue_rx: &mut mpsc::Receiver<QueuedFrame>,
@@ -771,7 +851,9 @@ async fn write_frames(
             return Ok(());
         }
         stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        return write_counted(stats, writer, &first.bytes).await;
+        write_counted(stats, writer, &first.bytes).await?;
+        // TLS holds records back until flushed; plain TCP's flush does nothing.
+        return writer.flush().await;
     }
     buffer.clear();
     let mut frames = 0;
@@ -796,13 +878,14 @@ async fn write_frames(
         return Ok(());
     }
     stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
-    write_counted(stats, writer, buffer).await
+    write_counted(stats, writer, buffer).await?;
+    writer.flush().await
 }
 
 /// `write_all`, counting each `write` call.
 async fn write_counted(
     stats: &StatCounters,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut WriteHalf,
     mut data: &[u8],
 ) -> std::io::Result<()> {
     while data.has_remaining() {

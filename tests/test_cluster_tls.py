@@ -24,19 +24,22 @@ TOPIC = "sealed"
 HEAL_TIMEOUT_S = 45
 
 
-def cluster_tls_flags(certs, trusted=True):
-    cert, key = ((certs.node_cert, certs.node_key) if trusted
-                 else (certs.untrusted_node_cert, certs.untrusted_node_key))
+def cluster_tls_flags(certs, kind="trusted"):
+    cert, key = {
+        "trusted": (certs.node_cert, certs.node_key),
+        "untrusted": (certs.untrusted_node_cert, certs.untrusted_node_key),
+        "misnamed": (certs.misnamed_node_cert, certs.misnamed_node_key),
+    }[kind]
     return ["--cluster-tls-cert", cert, "--cluster-tls-key", key, "--cluster-tls-ca", certs.ca]
 
 
-def start_tls_cluster(broker_factory, certs):
+def start_tls_cluster(broker_factory, certs, kinds=("trusted",) * 3):
     cluster_ports = [free_port() for _ in range(3)]
     peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
     nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
                             "--peers", peers, "--default-replication-factor", 3,
-                            *cluster_tls_flags(certs))
-             for i, port in enumerate(cluster_ports)]
+                            *cluster_tls_flags(certs, kind))
+             for i, (port, kind) in enumerate(zip(cluster_ports, kinds))]
     return nodes, cluster_ports
 
 
@@ -108,7 +111,7 @@ def test_nodes_replicate_over_mutual_tls_and_refuse_strangers(broker_factory, ce
     with pytest.raises(pytest.fail.Exception, match="exited with 1 during startup"):
         broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
                        "--join", f"127.0.0.1:{cluster_ports[0]}", "--join-timeout-secs", 3,
-                       *cluster_tls_flags(certs, trusted=False))
+                       *cluster_tls_flags(certs, "untrusted"))
     refused_log = (tmp_path / "broker3" / "sluice.log").read_text(errors="replace")
     assert "UnknownCA" in refused_log, refused_log[-2000:]
 
@@ -117,3 +120,25 @@ def test_nodes_replicate_over_mutual_tls_and_refuse_strangers(broker_factory, ce
     more = [f"w{i}".encode() for i in range(20)]
     assert set(more) <= set(produce_and_read(nodes, more))
     assert all_in_sync(admin, TOPIC)
+
+
+def test_a_node_whose_certificate_names_another_address_is_kept_out(broker_factory, certs,
+                                                                      tmp_path):
+    """Node 1's certificate is from the cluster's CA but names 127.0.0.2, not the address it
+    listens on and claims in --peers: the others refuse its hello (the certificate does not
+    name the node it claims to be) and its listener, so nodes 2 and 3 serve alone as a
+    majority and node 1 never registers."""
+    from confluent_kafka.admin import NewTopic
+    nodes, _ = start_tls_cluster(broker_factory, certs, ("misnamed", "trusted", "trusted"))
+    admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes[1:])})
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while sorted(b.id for b in admin.list_topics(timeout=5).brokers.values()) != [2, 3]:
+        assert time.monotonic() < deadline, "nodes 2 and 3 did not register"
+        time.sleep(0.2)
+    admin.create_topics([NewTopic(TOPIC, 1, 2)])[TOPIC].result(timeout=30)
+    values = [f"v{i}".encode() for i in range(10)]
+    assert sorted(produce_and_read(nodes[1:], values)) == sorted(values)
+    assert sorted(b.id for b in admin.list_topics(timeout=5).brokers.values()) == [2, 3]
+    logs = "".join((tmp_path / f"broker{i}" / "sluice.log").read_text(errors="replace")
+                   for i in (1, 2))
+    assert "does not name the address of the node it claims" in logs, logs[-3000:]

@@ -56,6 +56,13 @@ extendedKeyUsage = serverAuth, clientAuth
 subjectAltName = IP:127.0.0.1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+[misnamed_node]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.2
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 [client]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
@@ -94,6 +101,8 @@ class Certs:
     node_key: Path
     untrusted_node_cert: Path    # the same, signed by `untrusted_ca`
     untrusted_node_key: Path
+    misnamed_node_cert: Path     # signed by `ca`, but naming 127.0.0.2
+    misnamed_node_key: Path
 
     def server_context(self) -> ssl.SSLContext:
         """A client-side context that trusts `ca` and checks the server's name."""
@@ -171,12 +180,14 @@ def generate(directory: Path) -> Certs:
     expired = _expired_leaf("expired-client", CLIENT_SUBJECT, ca, config, d)
     node = _leaf("node", "/O=Sluice/CN=node", "node", ca, config, d)
     untrusted_node = _leaf("untrusted-node", "/O=Sluice/CN=node", "node", other_ca, config, d)
+    misnamed_node = _leaf("misnamed-node", "/O=Sluice/CN=node", "misnamed_node", ca, config, d)
     return Certs(directory=d, ca=ca[0], ca_key=ca[1], server_cert=server[0],
                  server_key=server[1], client_cert=client[0], client_key=client[1],
                  untrusted_ca=other_ca[0], untrusted_client_cert=untrusted[0],
                  untrusted_client_key=untrusted[1], expired_client_cert=expired[0],
                  expired_client_key=expired[1], node_cert=node[0], node_key=node[1],
-                 untrusted_node_cert=untrusted_node[0], untrusted_node_key=untrusted_node[1])
+                 untrusted_node_cert=untrusted_node[0], untrusted_node_key=untrusted_node[1],
+                 misnamed_node_cert=misnamed_node[0], misnamed_node_key=misnamed_node[1])
 
 
 def tls_flags(certs: Certs, client_auth: str | None = None) -> list[str]:

@@ -101,9 +101,9 @@ impl ReloadingTls {
             let now = stamps(&self.files);
             if now != state.stamps {
                 state.stamps = now;
-                match server_config(&self.files).and_then(|server| {
-                    Ok((server, client_config(&self.files)?))
-                }) {
+                match server_config(&self.files)
+                    .and_then(|server| Ok((server, client_config(&self.files)?)))
+                {
                     Ok((server, client)) => {
                         tracing::info!(certificate = %self.files.certificate.display(), "TLS certificate reloaded");
                         state.acceptor = TlsAcceptor::from(Arc::new(server));

@@ -572,7 +572,13 @@ fn start_request(
             let response = dispatch(&context, api_version, request, &mut hold).await;
             (response, Duration::ZERO)
         } else {
-            PollTimed::new(Box::pin(dispatch(&context, api_version, request, &mut hold))).await
+            PollTimed::new(Box::pin(dispatch(
+                &context,
+                api_version,
+                request,
+                &mut hold,
+            )))
+            .await
         };
         apply_quotas(&context, api_key, request_bytes, busy, response.as_mut());
         api_metrics.finished(started, response.as_ref());
@@ -672,7 +678,10 @@ fn apply_quotas(
         return;
     }
     if let Some(response) = response {
-        raise_throttle(response, i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX));
+        raise_throttle(
+            response,
+            i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX),
+        );
     }
     let until = Instant::now() + throttle;
     let mut muted = context.muted_until.lock();

@@ -897,7 +897,11 @@ impl ServeArgs {
                         kafka.advertised_host, kafka.advertised_port
                     ),
                     default_replication_factor,
-                    tls: match (&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca) {
+                    tls: match (
+                        &self.cluster_tls_cert,
+                        &self.cluster_tls_key,
+                        &self.cluster_tls_ca,
+                    ) {
                         (Some(certificate), Some(private_key), Some(ca)) => Some(TlsFiles {
                             certificate: certificate.clone(),
                             private_key: private_key.clone(),

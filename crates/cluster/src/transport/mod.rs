@@ -34,6 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
+use rustls_pki_types::CertificateDer;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,26 +77,43 @@ impl std::fmt::Debug for TransportTls {
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// The halves of an accepted connection, after the TLS handshake when there is TLS.
+/// The halves of an accepted connection, after the TLS handshake when there is TLS, with
+/// the certificate the peer presented.
 async fn secure_accepted(
     tls: Option<&TransportTls>,
     stream: TcpStream,
     handshake_timeout: Duration,
-) -> std::io::Result<(ReadHalf, WriteHalf)> {
+) -> std::io::Result<(ReadHalf, WriteHalf, Option<CertificateDer<'static>>)> {
     let _ = stream.set_nodelay(true);
     match tls {
         None => {
             let (read, write) = stream.into_split();
-            Ok((Box::new(read), Box::new(write)))
+            Ok((Box::new(read), Box::new(write), None))
         }
         Some(tls) => {
             let accepted = tokio::time::timeout(handshake_timeout, (tls.acceptor)().accept(stream))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            let certificate = accepted
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|certificate| certificate.clone().into_owned());
             let (read, write) = tokio::io::split(accepted);
-            Ok((Box::new(read), Box::new(write)))
+            Ok((Box::new(read), Box::new(write), certificate))
         }
     }
+}
+
+/// Whether a peer's certificate names `addr`'s IP: a node may only speak as the node whose
+/// address its certificate carries (as a dialer only accepts the listener it meant to reach).
+fn certificate_names(certificate: &CertificateDer<'_>, addr: SocketAddr) -> bool {
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    webpki::EndEntityCert::try_from(certificate)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
 }
 
 /// Connects to `addr`, with TLS when there is TLS (the certificate must name `addr`'s IP).
@@ -116,9 +134,10 @@ async fn secure_dial(
         }
         Some(tls) => {
             let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-            let connected = tokio::time::timeout(connect_timeout, (tls.connector)().connect(name, stream))
-                .await
-                .map_err(|_| timed_out())??;
+            let connected =
+                tokio::time::timeout(connect_timeout, (tls.connector)().connect(name, stream))
+                    .await
+                    .map_err(|_| timed_out())??;
             let (read, write) = tokio::io::split(connected);
             Ok((Box::new(read), Box::new(write)))
         }
@@ -554,16 +573,20 @@ async fn accept_loop(inner: Arc<TransportInner>, listener: TcpListener) {
 
 /// Reads the dialer's Hello and hands the connection to that peer's link.
 async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: SocketAddr) {
-    let (read, write) =
-        match secure_accepted(inner.config.tls.as_ref(), stream, inner.config.hello_timeout).await
-        {
-            Ok(halves) => halves,
-            Err(error) => {
-                tracing::warn!(%remote, %error, "cluster transport: TLS handshake failed");
-                inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
+    let (read, write, certificate) = match secure_accepted(
+        inner.config.tls.as_ref(),
+        stream,
+        inner.config.hello_timeout,
+    )
+    .await
+    {
+        Ok(halves) => halves,
+        Err(error) => {
+            tracing::warn!(%remote, %error, "cluster transport: TLS handshake failed");
+            inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let mut reader = FramedRead::new(read, frame::codec(inner.config.frame_bytes_max));
     let first = tokio::time::timeout(inner.config.hello_timeout, reader.next()).await;
     let peer_id = match first {
@@ -599,6 +622,13 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
         Ok(None) | Err(_) => return,
     };
     let link = inner.peers.read().get(&peer_id).cloned();
+    if let (Some(certificate), Some(link)) = (&certificate, &link) {
+        if !certificate_names(certificate, link.addr) {
+            tracing::warn!(%remote, peer_id, peer_addr = %link.addr, "cluster transport: the peer's certificate does not name the address of the node it claims to be");
+            inner.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
     match link {
         Some(link) if peer_id < inner.config.node_id => {
             let _ = link.incoming_tx.send((reader, write)).await;

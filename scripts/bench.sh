@@ -16,6 +16,8 @@
 # p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
 # N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
 # broker logs in DIR.
+# BENCH_CLUSTER_FLAGS adds `sluice serve` flags to every cluster node (scripts/bench_cluster_tls.sh
+# passes --cluster-tls-*).
 #
 # BENCH_KAFKA=1 (or `scripts/bench.sh --kafka`) runs the comparison with Apache Kafka instead
 # (scripts/bench_kafka.py): Sluice with fsync=batch, Kafka with its defaults (no fsync before the
@@ -98,8 +100,10 @@ if [ "$CLUSTER" = 1 ]; then
             peers="${peers:+$peers,}$i@127.0.0.1:${cluster_ports[i - 1]}"
         done
         BOOTSTRAP=""
+        local extra=()
+        read -r -a extra <<< "${BENCH_CLUSTER_FLAGS:-}"
         for i in $(seq 1 "$REPLICAS"); do
-            "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" \
+            "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" ${extra[@]+"${extra[@]}"} \
                 --cluster-listen "127.0.0.1:${cluster_ports[i - 1]}" --peers "$peers" \
                 --kafka-listen "127.0.0.1:${kafka_ports[i - 1]}" --default-replication-factor "$REPLICAS" \
                 --fsync batch --amqp-listen off --http-listen off >"$OUT/node$i.log" 2>&1 &

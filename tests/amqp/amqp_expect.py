@@ -11,6 +11,7 @@ import pika.exceptions
 import pytest
 
 # Reply codes of AMQP 0-9-1 (spec section 1.1, "constants").
+CONNECTION_FORCED = 320
 NO_ROUTE = 312
 ACCESS_REFUSED = 403
 NOT_FOUND = 404

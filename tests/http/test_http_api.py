@@ -506,7 +506,7 @@ def test_exchanges_queues_and_bindings_declared_and_listed(api_broker, api):
     try:
         channel.queue_bind(queue, exchange, routing_key="a.*")
         bindings = [b for b in api.ok("GET", "/api/bindings") if b["source"] == exchange]
-        assert bindings == [{"source": exchange, "destination": queue,
+        assert bindings == [{"vhost": "/", "source": exchange, "destination": queue,
                              "destination_type": "queue", "routing_key": "a.*", "arguments": {}}]
         assert_error(api.delete(f"/api/exchanges/{exchange}", params={"if_unused": "true"}),
                      409, "conflict")

@@ -123,7 +123,7 @@ pub(crate) async fn serve_connection(
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
     // Listed by the HTTP API while the connection lives; its channels carry `id`.
-    let registered = context.vhost.broker().connections().register(
+    let registered = context.vhosts.default_vhost().broker().connections().register(
         sluice_broker::Protocol::Amqp,
         peer,
         Some(id),
@@ -178,7 +178,7 @@ pub(crate) async fn serve_connection(
         channel_max: context.config.channel_max,
         user: String::new(),
         certified,
-        vhost_name: String::new(),
+        vhost: Arc::clone(context.vhosts.default_vhost()),
         permissions: None,
         permissions_generation: 0,
         counted: false,
@@ -297,7 +297,8 @@ pub(crate) struct Connection {
     /// The common name of the client's verified TLS certificate (the user of EXTERNAL).
     certified: Option<String>,
     /// The virtual host opened (connection.open).
-    pub vhost_name: String,
+    /// The vhost opened by connection.open (`/` until then).
+    pub vhost: Arc<sluice_broker::vhost::VirtualHost>,
     /// The user's permissions on that virtual host, as of `permissions_generation` of the
     /// user store.
     pub permissions: Option<VhostPermissions>,
@@ -511,52 +512,49 @@ impl Connection {
                 ))
             }
         };
-        if open.virtual_host.as_str() != "/" {
+        let vhost_name = open.virtual_host.as_str();
+        let Some(vhost) = self.context.vhosts.get(vhost_name) else {
+            tracing::warn!(peer = %self.peer, user = %self.user, vhost = vhost_name, "AMQP: connection.open of a vhost that does not exist");
             return Err(Some(
-                AmqpError::connection(
-                    NOT_ALLOWED,
-                    format!("vhost {} not found", open.virtual_host.as_str()),
-                )
-                .on(10, 40),
+                AmqpError::connection(NOT_ALLOWED, format!("vhost {vhost_name} not found"))
+                    .on(10, 40),
             ));
-        }
+        };
         let generation = store.generation();
-        let Some(permissions) = store.permissions(&self.user, open.virtual_host.as_str()) else {
-            tracing::warn!(peer = %self.peer, user = %self.user, vhost = open.virtual_host.as_str(), "AMQP: no permissions on the vhost");
+        let Some(permissions) = store.permissions(&self.user, vhost_name) else {
+            tracing::warn!(peer = %self.peer, user = %self.user, vhost = vhost_name, "AMQP: no permissions on the vhost");
             return Err(Some(
                 AmqpError::connection(
                     NOT_ALLOWED,
                     format!(
-                        "access to vhost '{}' refused for user '{}'",
-                        open.virtual_host.as_str(),
+                        "access to vhost '{vhost_name}' refused for user '{}'",
                         self.user
                     ),
                 )
                 .on(10, 40),
             ));
         };
-        if let Some(max) = self.context.config.vhost_limits.limit(
-            open.virtual_host.as_str(),
-            sluice_auth::vhost_limits::MAX_CONNECTIONS,
-        ) {
-            if self.context.open_connections.load(Ordering::Acquire) >= max {
-                tracing::warn!(peer = %self.peer, user = %self.user, max, "AMQP: the vhost's connection limit is reached");
-                return Err(Some(
-                    AmqpError::connection(
-                        NOT_ALLOWED,
-                        format!(
-                            "access to vhost '{}' refused for user '{}': connection limit ({max}) is reached",
-                            open.virtual_host.as_str(),
-                            self.user
-                        ),
-                    )
-                    .on(10, 40),
-                ));
-            }
+        let max = self
+            .context
+            .config
+            .vhost_limits
+            .limit(vhost_name, sluice_auth::vhost_limits::MAX_CONNECTIONS);
+        if !vhost.try_count_connection(max) {
+            let max = max.unwrap_or_default();
+            tracing::warn!(peer = %self.peer, user = %self.user, vhost = vhost_name, max, "AMQP: the vhost's connection limit is reached");
+            return Err(Some(
+                AmqpError::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "access to vhost '{vhost_name}' refused for user '{}': connection limit ({max}) is reached",
+                        self.user
+                    ),
+                )
+                .on(10, 40),
+            ));
         }
-        self.context.open_connections.fetch_add(1, Ordering::AcqRel);
         self.counted = true;
-        self.vhost_name = open.virtual_host.as_str().to_string();
+        self.vhost = vhost;
         self.permissions = Some(permissions);
         self.permissions_generation = generation;
         self.send(method_frame(
@@ -567,7 +565,8 @@ impl Connection {
     }
 
     async fn run(&mut self) {
-        let mut blocked = self.context.vhost.blocked();
+        let mut blocked = self.vhost.blocked();
+        let mut deleted = self.vhost.deleted();
         loop {
             let alarm = blocked.borrow().clone();
             self.notify_blocked(alarm.as_deref());
@@ -575,14 +574,21 @@ impl Connection {
             // back-pressure does the rest), as RabbitMQ does.
             if alarm.is_some() && self.has_published {
                 let mut shutdown = self.shutdown.clone();
-                tokio::select! {
+                let deletion = tokio::select! {
                     () = shutdown_requested(&mut shutdown) => {
                         self.close_for_shutdown().await;
                         return;
                     }
+                    () = vhost_deleted(&mut deleted) => true,
                     changed = blocked.changed() => if changed.is_err() {
                         return;
+                    } else {
+                        false
                     },
+                };
+                if deletion {
+                    self.close_for_vhost_deletion().await;
+                    return;
                 }
                 continue;
             }
@@ -591,12 +597,20 @@ impl Connection {
             let mut shutdown = self.shutdown.clone();
             let read = tokio::select! {
                 biased;
-                () = shutdown_requested(&mut shutdown) => None,
-                read = self.read_frame() => Some(read),
+                () = shutdown_requested(&mut shutdown) => Wake::Shutdown,
+                () = vhost_deleted(&mut deleted) => Wake::VhostDeleted,
+                read = self.read_frame() => Wake::Frame(read),
             };
-            let Some(read) = read else {
-                self.close_for_shutdown().await;
-                return;
+            let read = match read {
+                Wake::Frame(read) => read,
+                Wake::Shutdown => {
+                    self.close_for_shutdown().await;
+                    return;
+                }
+                Wake::VhostDeleted => {
+                    self.close_for_vhost_deletion().await;
+                    return;
+                }
             };
             let frame = match read {
                 Ok(frame) => frame,
@@ -786,6 +800,19 @@ impl Connection {
     /// basic.nack if its store failed; bounded), then connection.close 320 CONNECTION_FORCED
     /// and a bounded wait for close-ok.
     async fn close_for_shutdown(&mut self) {
+        self.close_forced("broker forced connection closure with reason 'shutdown'")
+            .await;
+    }
+
+    /// The vhost was deleted: as a shutdown, with RabbitMQ's reason (its vhost supervisor
+    /// is gone, so it says "down").
+    async fn close_for_vhost_deletion(&mut self) {
+        let text = format!("vhost '{}' is down", self.vhost.vhost_name());
+        tracing::info!(peer = %self.peer, vhost = self.vhost.vhost_name(), "closing a connection: its vhost was deleted");
+        self.close_forced(&text).await;
+    }
+
+    async fn close_forced(&mut self, text: &str) {
         let confirm_loops: Vec<_> = self
             .channels
             .values_mut()
@@ -802,10 +829,7 @@ impl Connection {
         {
             tracing::warn!(peer = %self.peer, "shutdown: confirms still pending after {SHUTDOWN_CONFIRMS_MAX:?}; closing anyway");
         }
-        let error = AmqpError::connection(
-            CONNECTION_FORCED,
-            "broker forced connection closure with reason 'shutdown'",
-        );
+        let error = AmqpError::connection(CONNECTION_FORCED, text.to_string());
         self.close_within(error, SHUTDOWN_CLOSE_OK_MAX).await;
     }
 
@@ -857,12 +881,26 @@ impl Connection {
     /// Channels close (unacked deliveries requeued), exclusive queues go.
     fn cleanup(&mut self) {
         if std::mem::take(&mut self.counted) {
-            self.context.open_connections.fetch_sub(1, Ordering::AcqRel);
+            self.vhost.uncount_connection();
         }
         for (_, mut channel) in self.channels.drain() {
             channel.release();
         }
-        self.context.vhost.connection_closed(self.id);
+        self.vhost.connection_closed(self.id);
+    }
+}
+
+/// What woke a connection waiting for its next frame.
+enum Wake<T> {
+    Shutdown,
+    VhostDeleted,
+    Frame(T),
+}
+
+/// Resolves once the vhost is deleted; never, if that cannot happen any more.
+async fn vhost_deleted(deleted: &mut watch::Receiver<bool>) {
+    if deleted.wait_for(|gone| *gone).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -894,7 +932,7 @@ impl Connection {
         let store = &self.context.config.user_store;
         let generation = store.generation();
         if generation != self.permissions_generation {
-            self.permissions = store.permissions(&self.user, &self.vhost_name);
+            self.permissions = store.permissions(&self.user, self.vhost.vhost_name());
             self.permissions_generation = generation;
         }
         if self
@@ -910,7 +948,7 @@ impl Connection {
             ACCESS_REFUSED,
             format!(
                 "access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
-                self.vhost_name, self.user
+                self.vhost.vhost_name(), self.user
             ),
         ))
     }

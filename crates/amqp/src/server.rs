@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_auth::{ReloadingTls, UserStore, VhostLimits};
-use sluice_broker::vhost::VirtualHost;
+use sluice_broker::vhost::VirtualHosts;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -47,11 +47,9 @@ impl Default for AmqpConfig {
 }
 
 pub(crate) struct ServerContext {
-    pub vhost: Arc<VirtualHost>,
+    pub vhosts: Arc<VirtualHosts>,
     pub config: AmqpConfig,
     pub next_connection_id: AtomicU64,
-    /// Connections past connection.open, for the vhost's `max-connections`.
-    pub open_connections: std::sync::atomic::AtomicU64,
 }
 
 /// At most one warning per this period about connections refused over the limit.
@@ -67,7 +65,7 @@ pub struct AmqpServer {
 impl AmqpServer {
     pub async fn bind(
         addresses: &[SocketAddr],
-        vhost: Arc<VirtualHost>,
+        vhosts: Arc<VirtualHosts>,
         config: AmqpConfig,
     ) -> std::io::Result<AmqpServer> {
         let mut listeners = Vec::new();
@@ -77,10 +75,9 @@ impl AmqpServer {
         Ok(AmqpServer {
             listeners,
             context: Arc::new(ServerContext {
-                vhost,
+                vhosts,
                 config,
                 next_connection_id: AtomicU64::new(1),
-                open_connections: AtomicU64::new(0),
             }),
         })
     }

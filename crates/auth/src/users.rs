@@ -287,6 +287,17 @@ impl UserStore {
         .await
     }
 
+    /// Removes every user's permissions on `vhost` (it was deleted, as RabbitMQ does).
+    pub async fn forget_vhost(&self, vhost: &str) -> Result<(), AuthError> {
+        self.change(|users| {
+            for user in users.values_mut() {
+                user.permissions.remove(vhost);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Sets one SCRAM credential (Kafka's AlterUserScramCredentials upsertion); a user that
     /// does not exist yet is created, as Kafka's SCRAM users need nothing else.
     pub async fn upsert_scram(

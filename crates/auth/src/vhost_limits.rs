@@ -66,6 +66,19 @@ impl VhostLimits {
         self.document.get().limits.clone()
     }
 
+    /// Removes every limit of `vhost` (it was deleted).
+    pub async fn forget_vhost(&self, vhost: &str) -> Result<(), AuthError> {
+        if !self.document.get().limits.contains_key(vhost) {
+            return Ok(());
+        }
+        self.document
+            .change(|document: &mut Limits| {
+                document.limits.remove(vhost);
+                Ok::<_, AuthError>(())
+            })
+            .await
+    }
+
     /// Sets (Some) or clears (None) one limit.
     pub async fn set(&self, vhost: &str, name: &str, value: Option<i64>) -> Result<(), AuthError> {
         if name != MAX_CONNECTIONS && name != MAX_QUEUES {

@@ -20,7 +20,6 @@ use crate::Broker;
 pub const GROUP_LAG_SERIES_MAX: usize = 10_000;
 
 /// The vhost label of the one virtual host Sluice serves.
-const VHOST: &str = "/";
 
 type LagKey = (String, String, i32);
 
@@ -29,7 +28,8 @@ type LagKey = (String, String, i32);
 pub struct GaugeSampler {
     lag_series: HashSet<LagKey>,
     group_series: HashSet<String>,
-    queue_series: HashSet<String>,
+    /// (vhost, queue) of the queue gauges set last time.
+    queue_series: HashSet<(String, String)>,
     lag_capped_warned: bool,
 }
 
@@ -40,10 +40,11 @@ impl GaugeSampler {
 
     /// Sets every sampled gauge. Does file-system calls (statvfs, a walk of the data
     /// directory, /proc): call it from a blocking thread.
-    pub fn sample(&mut self, broker: &Broker, vhost: Option<&Arc<VirtualHost>>) {
+    pub fn sample(&mut self, broker: &Broker, vhosts: &[Arc<VirtualHost>]) {
         self.sample_groups(broker);
-        if let Some(vhost) = vhost {
-            self.sample_queues(vhost);
+        self.sample_queues(vhosts);
+        // The alarms are the node's: any vhost shows them.
+        if let Some(vhost) = vhosts.first() {
             let alarms = vhost.alarms();
             metrics::gauge!("sluice_alarm", "kind" => "memory")
                 .set(f64::from(u8::from(alarms.memory)));
@@ -96,22 +97,25 @@ impl GaugeSampler {
         self.group_series = group_series;
     }
 
-    fn sample_queues(&mut self, vhost: &VirtualHost) {
+    fn sample_queues(&mut self, vhosts: &[Arc<VirtualHost>]) {
         let mut queue_series = HashSet::new();
-        for queue in vhost.classic_queues() {
-            if queue.is_deleted() {
-                continue;
+        for vhost in vhosts {
+            for queue in vhost.classic_queues() {
+                if queue.is_deleted() {
+                    continue;
+                }
+                set_queue_gauges(
+                    vhost.vhost_name(),
+                    &queue.name,
+                    f64::from(queue.message_count()),
+                    queue.unacked_count() as f64,
+                    f64::from(queue.consumer_count()),
+                );
+                queue_series.insert((vhost.vhost_name().to_string(), queue.name.clone()));
             }
-            set_queue_gauges(
-                &queue.name,
-                f64::from(queue.message_count()),
-                queue.unacked_count() as f64,
-                f64::from(queue.consumer_count()),
-            );
-            queue_series.insert(queue.name.clone());
         }
-        for name in self.queue_series.difference(&queue_series) {
-            set_queue_gauges(name, 0.0, 0.0, 0.0);
+        for (vhost, name) in self.queue_series.difference(&queue_series) {
+            set_queue_gauges(vhost, name, 0.0, 0.0, 0.0);
         }
         self.queue_series = queue_series;
     }
@@ -146,8 +150,8 @@ fn lag_gauge(group: &str, topic: &str, partition: i32) -> metrics::Gauge {
     )
 }
 
-fn set_queue_gauges(queue: &str, ready: f64, unacked: f64, consumers: f64) {
-    let labels = [("vhost", VHOST.to_string()), ("queue", queue.to_string())];
+fn set_queue_gauges(vhost: &str, queue: &str, ready: f64, unacked: f64, consumers: f64) {
+    let labels = [("vhost", vhost.to_string()), ("queue", queue.to_string())];
     metrics::gauge!("sluice_queue_messages_ready", &labels).set(ready);
     metrics::gauge!("sluice_queue_messages_unacked", &labels).set(unacked);
     metrics::gauge!("sluice_queue_consumers", &labels).set(consumers);

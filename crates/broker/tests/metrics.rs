@@ -272,7 +272,7 @@ async fn amqp_counters_follow_deliveries_acks_redeliveries_and_dead_letters() {
     );
 
     let mut sampler = GaugeSampler::new();
-    sampler.sample(&broker, Some(&vhost));
+    sampler.sample(&broker, std::slice::from_ref(&vhost));
     let work = [("vhost", "/"), ("queue", "work")];
     let dead = [("vhost", "/"), ("queue", "dead")];
     assert_eq!(
@@ -301,7 +301,7 @@ async fn amqp_counters_follow_deliveries_acks_redeliveries_and_dead_letters() {
         .settle(unacked.delivery_tag, false, Settle::Ack)
         .unwrap();
     vhost.delete_queue("dead", false, false, 1).unwrap();
-    sampler.sample(&broker, Some(&vhost));
+    sampler.sample(&broker, std::slice::from_ref(&vhost));
     assert_eq!(
         gauge(&exported, "sluice_queue_messages_ready", &dead),
         Some(0.0)
@@ -338,7 +338,7 @@ async fn group_lag_is_the_end_of_the_partition_minus_the_committed_offset() {
         .await
         .unwrap();
     let mut sampler = GaugeSampler::new();
-    sampler.sample(&broker, None);
+    sampler.sample(&broker, &[]);
     let labels = [("group", "readers"), ("topic", "t"), ("partition", "0")];
     assert_eq!(gauge(&exported, "sluice_group_lag", &labels), Some(3.0));
     assert_eq!(
@@ -366,10 +366,10 @@ async fn group_lag_is_the_end_of_the_partition_minus_the_committed_offset() {
         )
         .await
         .unwrap();
-    sampler.sample(&broker, None);
+    sampler.sample(&broker, &[]);
     assert_eq!(gauge(&exported, "sluice_group_lag", &labels), Some(4.0));
     // A deleted group's lag drops to zero.
     coordinator.delete_group("readers").await.unwrap();
-    sampler.sample(&broker, None);
+    sampler.sample(&broker, &[]);
     assert_eq!(gauge(&exported, "sluice_group_lag", &labels), Some(0.0));
 }

@@ -1,7 +1,7 @@
 //! Sluice's HTTP API: JSON over the broker for operators, the CLI and the web UI, plus
 //! `/metrics` (Prometheus text) and `/api/openapi.json`. A front end only: every handler
 //! translates to calls on [`Broker`], its [`GroupCoordinator`](sluice_broker::GroupCoordinator)
-//! and the AMQP [`VirtualHost`]; nothing here touches storage.
+//! and the AMQP [`VirtualHosts`]; nothing here touches storage.
 //!
 //! Routes are registered through `utoipa-axum`, which takes each route's path and method from
 //! the handler's `#[utoipa::path]`, so the served OpenAPI document cannot drift from the router.
@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sluice_broker::vhost::VirtualHost;
+use sluice_broker::vhost::VirtualHosts;
 use sluice_broker::Broker;
 use tokio::sync::watch;
 
@@ -36,7 +36,8 @@ pub use error::ApiError;
 /// Everything the API serves from, given by the binary.
 pub struct HttpContext {
     pub broker: Arc<Broker>,
-    pub vhost: Arc<VirtualHost>,
+    /// The AMQP virtual hosts.
+    pub vhosts: Arc<VirtualHosts>,
     /// Who may log in: the one user store of every protocol.
     pub users: std::sync::Arc<sluice_auth::UserStore>,
     /// RabbitMQ's vhost limits (max-connections, max-queues).

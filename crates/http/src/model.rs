@@ -474,6 +474,8 @@ pub struct ResetOffsetsResponse {
 pub struct ExchangeInfo {
     /// The default exchange is `""` (in paths: `amq.default`).
     pub name: String,
+    /// The virtual host it is in (`/` by default).
+    pub vhost: String,
     /// `direct`, `fanout`, `topic` or `headers`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -519,6 +521,8 @@ pub struct QueueMessageStats {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueInfo {
     pub name: String,
+    /// The virtual host it is in (`/` by default).
+    pub vhost: String,
     /// `classic`, or `stream` for a queue that is a Kafka topic.
     #[serde(rename = "type")]
     pub kind: String,
@@ -550,6 +554,8 @@ pub struct DeclareQueueRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteQueueQuery {
+    /// The virtual host (`/` if not given).
+    pub vhost: Option<String>,
     /// Refuse (409) if the queue has consumers.
     pub if_unused: Option<bool>,
     /// Refuse (409) if the queue has messages.
@@ -559,8 +565,29 @@ pub struct DeleteQueueQuery {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteExchangeQuery {
+    /// The virtual host (`/` if not given).
+    pub vhost: Option<String>,
     /// Refuse (409) if the exchange has bindings.
     pub if_unused: Option<bool>,
+}
+
+/// Which virtual host an AMQP route acts on; listings without it cover every vhost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VhostQuery {
+    /// The virtual host (`/` if not given).
+    pub vhost: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VhostInfo {
+    pub name: String,
+    pub queues: u64,
+    pub exchanges: u64,
+    /// AMQP connections open on it.
+    pub connections: u64,
+    /// Ready and unacked messages of its classic queues.
+    pub messages: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -570,6 +597,8 @@ pub struct PurgeResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BindingInfo {
+    /// The virtual host it is in (`/` by default).
+    pub vhost: String,
     pub source: String,
     pub destination: String,
     /// `queue` or `exchange`.
@@ -595,6 +624,8 @@ pub struct ConnectionInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChannelInfo {
+    /// The virtual host it is in (`/` by default).
+    pub vhost: String,
     /// The AMQP connection's id (as in `/api/connections`).
     pub connection: u64,
     pub channel: u16,

@@ -23,7 +23,8 @@ pub struct TrafficSampler {
 struct SamplerState {
     last: Option<(Instant, TrafficTotals)>,
     rates: TrafficRates,
-    queues: HashMap<String, QueueSample>,
+    /// By vhost and queue name.
+    queues: HashMap<(String, String), QueueSample>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -52,7 +53,14 @@ fn per_second(now: u64, before: u64, seconds: f64) -> f64 {
 }
 
 fn totals(state: &AppState) -> TrafficTotals {
-    state.context.broker.traffic() + state.context.vhost.traffic()
+    state
+        .context
+        .vhosts
+        .list()
+        .iter()
+        .fold(state.context.broker.traffic(), |sum, vhost| {
+            sum + vhost.traffic()
+        })
 }
 
 impl TrafficSampler {
@@ -71,11 +79,11 @@ impl TrafficSampler {
         }
     }
 
-    pub fn queue_stats(&self, name: &str, stats: QueueStats) -> QueueMessageStats {
+    pub fn queue_stats(&self, vhost: &str, name: &str, stats: QueueStats) -> QueueMessageStats {
         let state = self.state.lock();
         let (publish, deliver, ack) = state
             .queues
-            .get(name)
+            .get(&(vhost.to_string(), name.to_string()))
             .map_or((0.0, 0.0, 0.0), |s| (s.publish, s.deliver, s.ack));
         QueueMessageStats {
             publish_total: stats.published_total,
@@ -90,16 +98,21 @@ impl TrafficSampler {
     fn sample(&self, app: &AppState) {
         let at = Instant::now();
         let now = totals(app);
-        let queues: Vec<(String, QueueStats)> = app
-            .context
-            .vhost
-            .queues()
-            .into_iter()
-            .filter_map(|(name, queue)| match queue {
-                QueueSummary::Classic(queue) => Some((name, queue.stats())),
-                QueueSummary::Stream(_) => None,
-            })
-            .collect();
+        let mut queues: Vec<((String, String), QueueStats)> = Vec::new();
+        for vhost in app.context.vhosts.list() {
+            queues.extend(
+                vhost
+                    .queues()
+                    .into_iter()
+                    .filter_map(|(name, queue)| match queue {
+                        QueueSummary::Classic(queue) => Some((
+                            (vhost.vhost_name().to_string(), name),
+                            queue.stats(),
+                        )),
+                        QueueSummary::Stream(_) => None,
+                    }),
+            );
+        }
         let mut state = self.state.lock();
         if let Some((before_at, before)) = state.last {
             let seconds = at.duration_since(before_at).as_secs_f64();

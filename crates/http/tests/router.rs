@@ -11,7 +11,7 @@ use axum::Router;
 use base64::Engine;
 use http_body_util::BodyExt;
 use sluice_auth::UserStore;
-use sluice_broker::vhost::{VhostConfig, VirtualHost};
+use sluice_broker::vhost::{VhostConfig, VirtualHosts};
 use sluice_broker::{Broker, BrokerConfig};
 use sluice_http::model::NodeInfo;
 use sluice_http::{HttpApi, HttpContext};
@@ -27,7 +27,7 @@ fn users() -> Arc<UserStore> {
 
 fn api(dir: &std::path::Path) -> HttpApi {
     let broker = Broker::open(BrokerConfig::new(dir.to_path_buf())).expect("broker");
-    let vhost = VirtualHost::open(
+    let vhosts = VirtualHosts::open(
         VhostConfig {
             data_dir: dir.to_path_buf(),
             message_bytes_max: 1 << 20,
@@ -36,10 +36,10 @@ fn api(dir: &std::path::Path) -> HttpApi {
         },
         Arc::clone(&broker),
     )
-    .expect("vhost");
+    .expect("vhosts");
     HttpApi::new(HttpContext {
         broker,
-        vhost,
+        vhosts,
         users: users(),
         vhost_limits: sluice_auth::VhostLimits::in_memory(),
         metrics: None,
@@ -196,8 +196,9 @@ fn the_openapi_document_describes_every_route_with_its_security() {
         }
     }
     operations.sort();
-    assert_eq!(operations.len(), 45, "{operations:#?}");
+    assert_eq!(operations.len(), 49, "{operations:#?}");
     assert!(operations.contains(&"PUT /api/users/{name}".to_string()));
+    assert!(operations.contains(&"PUT /api/vhosts/{name}".to_string()));
     assert!(operations.contains(&"PUT /api/permissions/{vhost}/{user}".to_string()));
     assert!(operations.contains(&"GET /api/cluster".to_string()));
     assert!(operations.contains(&"DELETE /api/cluster/nodes/{id}".to_string()));

@@ -29,7 +29,7 @@ use clap::Parser;
 use sluice_amqp::{AmqpConfig, AmqpServer};
 use sluice_auth::{AclStore, Authorizer, QuotaStore, ReloadingTls, UserStore, VhostLimits};
 use sluice_broker::replication::ClusterBroker;
-use sluice_broker::vhost::VirtualHost;
+use sluice_broker::vhost::VirtualHosts;
 use sluice_broker::Broker;
 use sluice_cluster::node::{ClusterConfig, ClusterNode};
 use sluice_cluster::transport::{TransportConfig, TransportTls};
@@ -191,17 +191,17 @@ async fn serve(
     let kafka_address = kafka_servers[0].local_addr()?;
     let disk_free_limit_bytes = config.vhost.disk_free_limit_bytes;
     let memory_high_watermark_bytes = config.vhost.memory_high_watermark_bytes;
-    let vhost =
-        VirtualHost::open(config.vhost, broker.clone()).context("opening the AMQP virtual host")?;
-    vhost.start_housekeeping();
-    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhost.clone(), metrics_handle.clone());
+    let vhosts = VirtualHosts::open(config.vhost, broker.clone())
+        .context("opening the AMQP virtual hosts")?;
+    vhosts.start();
+    let gauge_sampler = spawn_gauge_sampler(broker.clone(), vhosts.clone(), metrics_handle.clone());
     let mut amqp_config = config.amqp;
     amqp_config.user_store = users.clone();
     amqp_config.vhost_limits = vhost_limits.clone();
     let mut amqp = bind_amqp(
         &config.amqp_listen,
         config.amqp_listen_is_default,
-        &vhost,
+        &vhosts,
         amqp_config.clone(),
     )
     .await?;
@@ -212,7 +212,7 @@ async fn serve(
         let server = match amqp.as_mut() {
             Some(server) => server,
             None => amqp.insert(
-                AmqpServer::bind(&[], vhost.clone(), amqp_config)
+                AmqpServer::bind(&[], vhosts.clone(), amqp_config)
                     .await
                     .context("starting the AMQP server")?,
             ),
@@ -238,7 +238,7 @@ async fn serve(
             }));
             let api = HttpApi::new(HttpContext {
                 broker: broker.clone(),
-                vhost: vhost.clone(),
+                vhosts: vhosts.clone(),
                 users: users.clone(),
                 vhost_limits: vhost_limits.clone(),
                 metrics: Some(metrics_handle),
@@ -348,7 +348,7 @@ async fn serve(
         }
     }
     tokio::task::spawn_blocking(move || {
-        vhost.shutdown();
+        vhosts.shutdown();
         broker.shutdown()
     })
     .await
@@ -407,7 +407,7 @@ async fn start_cluster(
 async fn bind_amqp(
     addresses: &[std::net::SocketAddr],
     is_default: bool,
-    vhost: &std::sync::Arc<VirtualHost>,
+    vhosts: &std::sync::Arc<VirtualHosts>,
     config: AmqpConfig,
 ) -> anyhow::Result<Option<AmqpServer>> {
     if addresses.is_empty() {
@@ -429,7 +429,7 @@ async fn bind_amqp(
             }
         }
     }
-    let server = AmqpServer::bind(&usable, vhost.clone(), config)
+    let server = AmqpServer::bind(&usable, vhosts.clone(), config)
         .await
         .with_context(|| format!("binding the AMQP listeners on {usable:?}"))?;
     Ok(Some(server))

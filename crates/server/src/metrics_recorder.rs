@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use sluice_broker::gauge_sampler::GaugeSampler;
-use sluice_broker::vhost::VirtualHost;
+use sluice_broker::vhost::VirtualHosts;
 use sluice_broker::Broker;
 
 /// Bucket bounds of every histogram, in seconds: all of them are latencies, from a fast
@@ -158,7 +158,7 @@ fn describe_metrics() {
 /// walks the data directory and reads /proc, so it runs on a blocking thread.
 pub fn spawn_gauge_sampler(
     broker: Arc<Broker>,
-    vhost: Arc<VirtualHost>,
+    vhosts: Arc<VirtualHosts>,
     handle: PrometheusHandle,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -167,14 +167,14 @@ pub fn spawn_gauge_sampler(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let (broker, vhost, handle, sampler) = (
+            let (broker, vhosts, handle, sampler) = (
                 Arc::clone(&broker),
-                Arc::clone(&vhost),
+                Arc::clone(&vhosts),
                 handle.clone(),
                 Arc::clone(&sampler),
             );
             let sampled = tokio::task::spawn_blocking(move || {
-                sampler.lock().sample(&broker, Some(&vhost));
+                sampler.lock().sample(&broker, &vhosts.list());
                 handle.run_upkeep();
             });
             if sampled.await.is_err() {

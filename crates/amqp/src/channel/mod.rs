@@ -125,7 +125,7 @@ impl Channel {
             session: std::sync::OnceLock::new(),
         });
         let session = Session::new(
-            Arc::clone(&connection.context.vhost),
+            Arc::clone(&connection.vhost),
             connection.id,
             id,
             connection.user.clone(),

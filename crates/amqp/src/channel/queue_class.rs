@@ -140,7 +140,7 @@ fn check_queue_limit(
     name: &str,
 ) -> Result<(), AmqpError> {
     let Some(max) = connection.context.config.vhost_limits.limit(
-        &connection.vhost_name,
+        vhost.vhost_name(),
         sluice_auth::vhost_limits::MAX_QUEUES,
     ) else {
         return Ok(());
@@ -166,7 +166,7 @@ fn check_queue_limit(
         PRECONDITION_FAILED,
         format!(
             "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
-            connection.vhost_name
+            vhost.vhost_name()
         ),
     ))
 }

@@ -164,6 +164,10 @@ impl VirtualHost {
     /// Snapshots the durable definitions (under the topology lock the caller holds) and
     /// queues them for the definitions saver, which writes them outside the lock.
     pub(super) fn save(&self, topology: &Topology) {
+        // A deleted vhost's files are being removed: nothing may write them back.
+        if self.is_deleted() {
+            return;
+        }
         self.definitions.submit(topology.durable_definitions());
     }
 

@@ -19,6 +19,9 @@ impl VirtualHost {
             loop {
                 interval.tick().await;
                 let Some(vhost) = weak.upgrade() else { return };
+                if vhost.is_deleted() {
+                    return;
+                }
                 ticks += 1;
                 // Settle writes, snapshots (with their fsyncs), reading stored heads to expire
                 // them and the free-space check are file I/O: never on an async worker.

@@ -28,6 +28,11 @@ pub enum QueueSummary {
 }
 
 impl VirtualHost {
+    /// The name clients give in connection.open (`/` is the default virtual host).
+    pub fn vhost_name(&self) -> &str {
+        &self.name
+    }
+
     pub fn broker(&self) -> &Arc<crate::Broker> {
         &self.broker
     }
@@ -99,7 +104,7 @@ impl VirtualHost {
 
     /// Why publishers are blocked now (`low on memory`, `low on disk`), if they are.
     pub fn alarm(&self) -> Option<String> {
-        self.blocked.borrow().clone()
+        self.resources.alarm()
     }
 
     /// Messages published into the vhost (in), and delivered from its queues (out, summed over

@@ -23,20 +23,21 @@ mod inspect;
 pub mod message;
 pub mod queue;
 mod queue_store;
+mod registry;
 pub mod session;
 pub(crate) mod stream;
 mod topology;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use amq_protocol_types::FieldTable;
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
-pub use alarms::ResourceAlarms;
+pub use alarms::{NodeResources, ResourceAlarms};
 pub use dead_letter::DeadLetterReason;
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use inspect::{ChannelSummary, QueueSummary};
@@ -44,6 +45,7 @@ pub use message::{Message, MessageProperties};
 pub use queue::QueueStats;
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
 pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
+pub use registry::{Created, VirtualHosts};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::Definitions;
@@ -54,6 +56,9 @@ use topology::{remove_auto_delete_exchanges, Targets, Topology, BUILTIN_EXCHANGE
 use crate::{DurableWait, StorageFailure};
 
 pub type ConnectionId = u64;
+
+/// The virtual host that always exists, and the one AMQP clients open by default.
+pub const DEFAULT_VHOST: &str = "/";
 
 /// What went wrong, in the terms AMQP's reply codes distinguish.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -124,12 +129,16 @@ pub struct PublishOutcome {
 }
 
 pub struct VirtualHost {
+    /// As clients name it in connection.open (`/` is the default).
+    name: String,
     config: VhostConfig,
     broker: Arc<crate::Broker>,
     topology: RwLock<Topology>,
-    memory_bytes: AtomicI64,
-    blocked: watch::Sender<Option<String>>,
-    memory_blocked: AtomicBool,
+    resources: Arc<NodeResources>,
+    /// Turns true when the virtual host is deleted: its connections close.
+    deleted: watch::Sender<bool>,
+    /// AMQP connections open on it, for its `max-connections`.
+    connections_open: AtomicU64,
     definitions: Arc<DefinitionsSaver>,
     counters: amqp_counters::AmqpCounters,
     weak_self: Weak<VirtualHost>,
@@ -140,10 +149,23 @@ pub struct VirtualHost {
 }
 
 impl VirtualHost {
-    /// Opens the virtual host: loads durable definitions and recovers durable queues.
+    /// Opens the default virtual host (`/`) with resources of its own: loads durable
+    /// definitions and recovers durable queues.
     pub fn open(
         config: VhostConfig,
         broker: Arc<crate::Broker>,
+    ) -> Result<Arc<VirtualHost>, VhostError> {
+        let resources = NodeResources::new(&config);
+        VirtualHost::open_named(DEFAULT_VHOST, config, broker, resources)
+    }
+
+    /// Opens the virtual host `name`, its data in `config.data_dir`, sharing the node's
+    /// resource alarms with the others.
+    pub fn open_named(
+        name: &str,
+        config: VhostConfig,
+        broker: Arc<crate::Broker>,
+        resources: Arc<NodeResources>,
     ) -> Result<Arc<VirtualHost>, VhostError> {
         let dir = amqp_dir(&config.data_dir);
         let storage = Arc::clone(&broker.config().storage);
@@ -151,20 +173,22 @@ impl VirtualHost {
             .create_dir_all_durable(&dir.join("queues"))
             .map_err(|e| VhostError::from(crate::durable_fs::error(&dir, e)))?;
         let definitions = Definitions::load(storage.as_ref(), &dir)?;
-        let (blocked, _) = watch::channel(None);
+        let (deleted, _) = watch::channel(false);
         let vhost = Arc::new_cyclic(|weak| VirtualHost {
+            name: name.to_string(),
             config,
             broker,
             topology: RwLock::new(Topology {
+                vhost_name: name.to_string(),
                 exchanges: HashMap::new(),
                 bindings: HashMap::new(),
                 queues: HashMap::new(),
                 streams: HashMap::new(),
                 queue_dirs: HashMap::new(),
             }),
-            memory_bytes: AtomicI64::new(0),
-            blocked,
-            memory_blocked: AtomicBool::new(false),
+            resources,
+            deleted,
+            connections_open: AtomicU64::new(0),
             definitions: DefinitionsSaver::new(Arc::clone(&storage), dir.clone()),
             counters: amqp_counters::AmqpCounters::register(),
             weak_self: weak.clone(),
@@ -199,7 +223,7 @@ impl VirtualHost {
             }
             for q in definitions.queues {
                 let options =
-                    QueueOptions::from_arguments(&q.name, &q.arguments).unwrap_or_default();
+                    QueueOptions::from_arguments(&vhost.name, &q.name, &q.arguments).unwrap_or_default();
                 let store = QueueStore::open(
                     Arc::clone(&storage),
                     &dir.join("queues").join(&q.dir),
@@ -233,6 +257,39 @@ impl VirtualHost {
         Ok(vhost)
     }
 
+    /// Counts an AMQP connection opened on the virtual host unless it already has `max` (its
+    /// `max-connections`); true if it was counted. `connection_closed_count` uncounts it.
+    pub fn try_count_connection(&self, max: Option<u64>) -> bool {
+        self.connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (max.is_none_or(|max| open < max)).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn uncount_connection(&self) {
+        self.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// AMQP connections open on the virtual host.
+    pub fn connection_count(&self) -> u64 {
+        self.connections_open.load(Ordering::Acquire)
+    }
+
+    /// Marks the virtual host deleted: every connection on it closes (`deleted()` turns true).
+    pub fn mark_deleted(&self) {
+        self.deleted.send_replace(true);
+    }
+
+    /// Turns true when the virtual host is deleted.
+    pub fn deleted(&self) -> watch::Receiver<bool> {
+        self.deleted.subscribe()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        *self.deleted.borrow()
+    }
+
     /// Every classic queue of the virtual host (not its streams, which are topics).
     pub fn classic_queues(&self) -> Vec<Arc<Queue>> {
         self.all_queues()
@@ -264,6 +321,7 @@ impl VirtualHost {
         internal: bool,
         arguments: FieldTable,
     ) -> Result<(), VhostError> {
+        let vhost_name = self.vhost_name();
         let mut topology = self.topology.write();
         if let Some(existing) = topology.exchanges.get(name) {
             if passive {
@@ -273,7 +331,7 @@ impl VirtualHost {
                             received: &dyn std::fmt::Display,
                             current: &dyn std::fmt::Display| {
                 VhostError::PreconditionFailed(format!(
-                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{vhost_name}': received '{received}' but current is '{current}'"
                 ))
             };
             if existing.kind.as_str() != kind {
@@ -292,7 +350,7 @@ impl VirtualHost {
         }
         if passive {
             return Err(VhostError::NotFound(format!(
-                "no exchange '{name}' in vhost '/'"
+                "no exchange '{name}' in vhost '{vhost_name}'"
             )));
         }
         if name.starts_with("amq.") {
@@ -321,6 +379,7 @@ impl VirtualHost {
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), VhostError> {
+        let vhost_name = self.vhost_name();
         let mut topology = self.topology.write();
         if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == name) {
             return Err(VhostError::AccessRefused(format!(
@@ -335,7 +394,7 @@ impl VirtualHost {
         let used = topology.bindings.get(name).is_some_and(|b| !b.is_empty());
         if if_unused && used {
             return Err(VhostError::PreconditionFailed(format!(
-                "exchange '{name}' in vhost '/' in use"
+                "exchange '{name}' in vhost '{vhost_name}' in use"
             )));
         }
         topology.exchanges.remove(name);
@@ -364,6 +423,7 @@ impl VirtualHost {
         arguments: FieldTable,
         connection: ConnectionId,
     ) -> Result<(String, u32, u32), VhostError> {
+        let vhost_name = self.vhost_name();
         let mut topology = self.topology.write();
         let wants_stream = arguments
             .inner()
@@ -373,7 +433,7 @@ impl VirtualHost {
         if topology.streams.contains_key(name) {
             if !passive && !wants_stream {
                 return Err(VhostError::PreconditionFailed(format!(
-                    "inequivalent arg 'x-queue-type' for queue '{name}' in vhost '/': received none but current is the value 'stream' of type 'longstr'"
+                    "inequivalent arg 'x-queue-type' for queue '{name}' in vhost '{vhost_name}': received none but current is the value 'stream' of type 'longstr'"
                 )));
             }
             return Ok((name.to_string(), 0, 0));
@@ -383,19 +443,19 @@ impl VirtualHost {
             if !passive {
                 if existing.durable != durable {
                     return Err(VhostError::PreconditionFailed(format!(
-                        "inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{durable}' but current is '{}'",
+                        "inequivalent arg 'durable' for queue '{name}' in vhost '{vhost_name}': received '{durable}' but current is '{}'",
                         existing.durable
                     )));
                 }
                 if existing.auto_delete != auto_delete {
                     return Err(VhostError::PreconditionFailed(format!(
-                        "inequivalent arg 'auto_delete' for queue '{name}' in vhost '/': received '{auto_delete}' but current is '{}'",
+                        "inequivalent arg 'auto_delete' for queue '{name}' in vhost '{vhost_name}': received '{auto_delete}' but current is '{}'",
                         existing.auto_delete
                     )));
                 }
                 if existing.exclusive_owner.is_some() != exclusive {
                     return Err(VhostError::PreconditionFailed(format!(
-                        "inequivalent arg 'exclusive' for queue '{name}' in vhost '/': received '{exclusive}' but current is '{}'",
+                        "inequivalent arg 'exclusive' for queue '{name}' in vhost '{vhost_name}': received '{exclusive}' but current is '{}'",
                         existing.exclusive_owner.is_some()
                     )));
                 }
@@ -409,7 +469,7 @@ impl VirtualHost {
                     };
                     if !same {
                         return Err(VhostError::PreconditionFailed(format!(
-                            "inequivalent arg '{arg}' for queue '{name}' in vhost '/': received {} but current is {}",
+                            "inequivalent arg '{arg}' for queue '{name}' in vhost '{vhost_name}': received {} but current is {}",
                             describe(theirs),
                             describe(ours)
                         )));
@@ -424,7 +484,7 @@ impl VirtualHost {
         }
         if passive {
             return Err(VhostError::NotFound(format!(
-                "no queue '{name}' in vhost '/'"
+                "no queue '{name}' in vhost '{vhost_name}'"
             )));
         }
         if name.starts_with("amq.") {
@@ -437,7 +497,7 @@ impl VirtualHost {
         } else {
             name.to_string()
         };
-        let options = QueueOptions::from_arguments(&name, &arguments)?;
+        let options = QueueOptions::from_arguments(&self.name, &name, &arguments)?;
         // Dead-lettered messages carry it as their routing key, an AMQP short string. Checked
         // here, not in `from_arguments`, so a queue declared before the check still recovers.
         if options
@@ -446,7 +506,7 @@ impl VirtualHost {
             .is_some_and(|key| key.len() > message::SHORT_STRING_BYTES_MAX)
         {
             return Err(VhostError::PreconditionFailed(format!(
-                "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '/': longer than {} bytes",
+                "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost_name}': longer than {} bytes",
                 message::SHORT_STRING_BYTES_MAX
             )));
         }
@@ -461,7 +521,14 @@ impl VirtualHost {
                     "auto-delete"
                 };
                 return Err(VhostError::PreconditionFailed(format!(
-                    "invalid property '{property}' for queue '{name}' in vhost '/'"
+                    "invalid property '{property}' for queue '{name}' in vhost '{vhost_name}'"
+                )));
+            }
+            // A stream queue is the Kafka topic of its name, and topics have one namespace:
+            // a stream in another vhost would be readable from every vhost through Kafka.
+            if self.name != DEFAULT_VHOST {
+                return Err(VhostError::PreconditionFailed(format!(
+                    "invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost_name}': stream queues are Kafka topics, which exist only in the default virtual host '/'"
                 )));
             }
             let stream = StreamQueue::open(Arc::clone(&self.broker), &name)?;
@@ -476,7 +543,7 @@ impl VirtualHost {
         {
             if kind != "classic" {
                 return Err(VhostError::PreconditionFailed(format!(
-                    "invalid arg 'x-queue-type' for queue '{name}' in vhost '/': queue type '{kind}' is not supported"
+                    "invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost_name}': queue type '{kind}' is not supported"
                 )));
             }
         }
@@ -524,16 +591,17 @@ impl VirtualHost {
         name: &str,
         connection: ConnectionId,
     ) -> Result<Arc<Queue>, VhostError> {
+        let vhost_name = self.vhost_name();
         let topology = self.topology.read();
         if topology.streams.contains_key(name) {
             return Err(VhostError::PreconditionFailed(format!(
-                "queue '{name}' in vhost '/' is a stream: consume it with basic.consume"
+                "queue '{name}' in vhost '{vhost_name}' is a stream: consume it with basic.consume"
             )));
         }
         let queue = topology
             .queues
             .get(name)
-            .ok_or_else(|| VhostError::NotFound(format!("no queue '{name}' in vhost '/'")))?;
+            .ok_or_else(|| VhostError::NotFound(format!("no queue '{name}' in vhost '{vhost_name}'")))?;
         check_exclusive(queue, connection)?;
         Ok(Arc::clone(queue))
     }
@@ -550,6 +618,7 @@ impl VirtualHost {
         if_empty: bool,
         connection: ConnectionId,
     ) -> Result<u32, VhostError> {
+        let vhost_name = self.vhost_name();
         {
             // A stream queue goes from the AMQP topology; its Kafka topic and data stay.
             let mut topology = self.topology.write();
@@ -571,12 +640,12 @@ impl VirtualHost {
             check_exclusive(queue, connection)?;
             if if_unused && queue.consumer_count() > 0 {
                 return Err(VhostError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '/' in use"
+                    "queue '{name}' in vhost '{vhost_name}' in use"
                 )));
             }
             if if_empty && (queue.message_count() > 0 || queue.unacked_count() > 0) {
                 return Err(VhostError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '/' not empty"
+                    "queue '{name}' in vhost '{vhost_name}' not empty"
                 )));
             }
             Arc::clone(queue)
@@ -706,11 +775,12 @@ impl VirtualHost {
         destination: &Destination,
         connection: ConnectionId,
     ) -> Result<bool, VhostError> {
+        let vhost_name = self.vhost_name();
         let destination_durable = match destination {
             Destination::Queue(name) if topology.streams.contains_key(name) => true,
             Destination::Queue(name) => {
                 let queue = topology.queues.get(name).ok_or_else(|| {
-                    VhostError::NotFound(format!("no queue '{name}' in vhost '/'"))
+                    VhostError::NotFound(format!("no queue '{name}' in vhost '{vhost_name}'"))
                 })?;
                 check_exclusive(queue, connection)?;
                 queue.durable && queue.exclusive_owner.is_none()
@@ -720,7 +790,7 @@ impl VirtualHost {
                     .exchanges
                     .get(name)
                     .ok_or_else(|| {
-                        VhostError::NotFound(format!("no exchange '{name}' in vhost '/'"))
+                        VhostError::NotFound(format!("no exchange '{name}' in vhost '{vhost_name}'"))
                     })?
                     .durable
             }
@@ -733,7 +803,7 @@ impl VirtualHost {
         let source_exchange = topology
             .exchanges
             .get(source)
-            .ok_or_else(|| VhostError::NotFound(format!("no exchange '{source}' in vhost '/'")))?;
+            .ok_or_else(|| VhostError::NotFound(format!("no exchange '{source}' in vhost '{vhost_name}'")))?;
         Ok(destination_durable && source_exchange.durable)
     }
 
@@ -807,9 +877,10 @@ fn amqp_dir(data_dir: &Path) -> PathBuf {
 }
 
 fn check_exclusive(queue: &Queue, connection: ConnectionId) -> Result<(), VhostError> {
+    let vhost_name = queue.vhost_name();
     match queue.exclusive_owner {
         Some(owner) if owner != connection => Err(VhostError::ResourceLocked(format!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{vhost_name}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
             queue.name
         ))),
         _ => Ok(()),

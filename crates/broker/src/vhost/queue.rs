@@ -25,7 +25,7 @@ use super::message::{value_as_i64, value_as_str, Message};
 use super::queue_store::{normalize_ranges, QueueStore};
 use super::session::Session;
 use super::stream::{StreamQueue, StreamStart};
-use super::{ConnectionId, VhostError, VirtualHost};
+use super::{ConnectionId, VhostError, VirtualHost, DEFAULT_VHOST};
 use crate::now_ms;
 
 /// Delivery marks are written this many offsets ahead of the delivery that needed one.
@@ -80,10 +80,14 @@ pub const EQUIVALENT_ARGUMENTS: &[&str] = &[
 ];
 
 impl QueueOptions {
-    pub fn from_arguments(queue: &str, args: &FieldTable) -> Result<QueueOptions, VhostError> {
+    pub fn from_arguments(
+        vhost_name: &str,
+        queue: &str,
+        args: &FieldTable,
+    ) -> Result<QueueOptions, VhostError> {
         let invalid = |arg: &str, why: &str| {
             VhostError::PreconditionFailed(format!(
-                "invalid arg '{arg}' for queue '{queue}' in vhost '/': {why}"
+                "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost_name}': {why}"
             ))
         };
         let non_negative = |arg: &str| -> Result<Option<i64>, VhostError> {
@@ -339,6 +343,13 @@ pub enum Enqueued {
 }
 
 impl Queue {
+    /// The name of the virtual host the queue is in (for error texts).
+    pub(super) fn vhost_name(&self) -> String {
+        self.vhost
+            .upgrade()
+            .map_or_else(|| DEFAULT_VHOST.to_string(), |vhost| vhost.vhost_name().to_string())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         name: String,
@@ -778,22 +789,23 @@ impl Queue {
     }
 
     pub(super) fn add_consumer(&self, consumer: Arc<Consumer>) -> Result<(), VhostError> {
+        let vhost_name = self.vhost_name();
         let mut state = self.state.lock();
         if state.deleted {
             return Err(VhostError::NotFound(format!(
-                "no queue '{}' in vhost '/'",
+                "no queue '{}' in vhost '{vhost_name}'",
                 self.name
             )));
         }
         if state.consumers.iter().any(|c| c.exclusive) {
             return Err(VhostError::AccessRefused(format!(
-                "queue '{}' in vhost '/' in exclusive use",
+                "queue '{}' in vhost '{vhost_name}' in exclusive use",
                 self.name
             )));
         }
         if consumer.exclusive && !state.consumers.is_empty() {
             return Err(VhostError::AccessRefused(format!(
-                "queue '{}' in vhost '/' in exclusive use",
+                "queue '{}' in vhost '{vhost_name}' in exclusive use",
                 self.name
             )));
         }

@@ -28,6 +28,8 @@ pub(super) struct Targets {
 }
 
 pub(super) struct Topology {
+    /// The virtual host's name, for error texts.
+    pub(super) vhost_name: String,
     pub(super) exchanges: HashMap<String, Exchange>,
     /// By source exchange.
     pub(super) bindings: HashMap<String, Vec<Binding>>,
@@ -39,14 +41,19 @@ pub(super) struct Topology {
 }
 
 impl Topology {
+    fn vhost_name(&self) -> &str {
+        &self.vhost_name
+    }
+
     /// Refuses a publish to an exchange that does not exist or is internal.
     pub(super) fn publishable(&self, exchange: &str) -> Result<(), VhostError> {
+        let vhost_name = self.vhost_name();
         match self.exchanges.get(exchange) {
             None => Err(VhostError::NotFound(format!(
-                "no exchange '{exchange}' in vhost '/'"
+                "no exchange '{exchange}' in vhost '{vhost_name}'"
             ))),
             Some(e) if e.internal => Err(VhostError::AccessRefused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+                "cannot publish to internal exchange '{exchange}' in vhost '{vhost_name}'"
             ))),
             Some(_) => Ok(()),
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use sluice_broker::vhost::{Destination, Exchange, QueueSummary, VhostError};
+use sluice_broker::vhost::{Destination, Exchange, QueueSummary, VhostError, VirtualHost};
 use sluice_broker::Protocol;
 
 use crate::error::{ApiError, ApiResult};
@@ -15,6 +15,7 @@ use crate::field_value::{json_to_table, table_to_json};
 use crate::model::{
     BindingInfo, ChannelInfo, ConnectionInfo, DeclareExchangeRequest, DeclareQueueRequest,
     DeleteExchangeQuery, DeleteQueueQuery, ErrorBody, ExchangeInfo, PurgeResponse, QueueInfo,
+    VhostQuery,
 };
 use crate::AppState;
 
@@ -29,8 +30,27 @@ pub fn exchange_name(path_name: &str) -> &str {
     }
 }
 
-fn exchange_info(exchange: &Exchange) -> ExchangeInfo {
+/// The vhost a route acts on: `vhost` if given (404 if there is none of that name), else `/`.
+pub fn vhost_or_404(state: &AppState, vhost: Option<&str>) -> ApiResult<Arc<VirtualHost>> {
+    let name = vhost.unwrap_or(sluice_broker::vhost::DEFAULT_VHOST);
+    state
+        .context
+        .vhosts
+        .get(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no vhost '{name}'")))
+}
+
+/// The vhosts a listing covers: the one asked for, or all of them.
+fn listed_vhosts(state: &AppState, vhost: Option<&str>) -> ApiResult<Vec<Arc<VirtualHost>>> {
+    match vhost {
+        Some(_) => Ok(vec![vhost_or_404(state, vhost)?]),
+        None => Ok(state.context.vhosts.list()),
+    }
+}
+
+fn exchange_info(vhost: &VirtualHost, exchange: &Exchange) -> ExchangeInfo {
     ExchangeInfo {
+        vhost: vhost.vhost_name().to_string(),
         name: exchange.name.clone(),
         kind: exchange.kind.as_str().to_string(),
         durable: exchange.durable,
@@ -42,23 +62,24 @@ fn exchange_info(exchange: &Exchange) -> ExchangeInfo {
 
 /// Every exchange (the default exchange is named `""`).
 #[utoipa::path(get, path = "/api/exchanges", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     responses(
         (status = 200, description = "Exchanges, by name", body = Vec<ExchangeInfo>),
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
-pub async fn list_exchanges(State(state): State<Arc<AppState>>) -> Json<Vec<ExchangeInfo>> {
-    Json(
-        state
-            .context
-            .vhost
-            .exchanges()
-            .iter()
-            .map(exchange_info)
-            .collect(),
-    )
+pub async fn list_exchanges(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
+) -> ApiResult<Json<Vec<ExchangeInfo>>> {
+    let mut exchanges = Vec::new();
+    for vhost in listed_vhosts(&state, query.vhost.as_deref())? {
+        exchanges.extend(vhost.exchanges().iter().map(|e| exchange_info(&vhost, e)));
+    }
+    Ok(Json(exchanges))
 }
 
 /// Declares an exchange (as exchange.declare; redeclaring with other properties is 400).
 #[utoipa::path(post, path = "/api/exchanges", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     request_body = DeclareExchangeRequest,
     responses(
         (status = 201, description = "Declared (or already there with these properties)", body = ExchangeInfo),
@@ -67,6 +88,7 @@ pub async fn list_exchanges(State(state): State<Arc<AppState>>) -> Json<Vec<Exch
         (status = 403, description = "Not an administrator, or a reserved name", body = ErrorBody)))]
 pub async fn declare_exchange(
     State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
     ApiJson(request): ApiJson<DeclareExchangeRequest>,
 ) -> ApiResult<(StatusCode, Json<ExchangeInfo>)> {
     check_name(&request.name, "exchange")?;
@@ -76,7 +98,7 @@ pub async fn declare_exchange(
         ));
     }
     let arguments = json_to_table(&request.arguments)?;
-    let vhost = &state.context.vhost;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
     vhost.declare_exchange(
         &request.name,
         &request.kind,
@@ -89,7 +111,7 @@ pub async fn declare_exchange(
     let exchange = vhost.exchange(&request.name).ok_or_else(|| {
         ApiError::Conflict(format!("exchange '{}' was deleted meanwhile", request.name))
     })?;
-    Ok((StatusCode::CREATED, Json(exchange_info(&exchange))))
+    Ok((StatusCode::CREATED, Json(exchange_info(&vhost, &exchange))))
 }
 
 /// AMQP names are short strings: at most 255 bytes.
@@ -104,7 +126,7 @@ pub fn check_name(name: &str, what: &str) -> ApiResult<()> {
 
 /// One exchange (`amq.default` names the default exchange).
 #[utoipa::path(get, path = "/api/exchanges/{name}", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Exchange name (`amq.default` for the default exchange)")),
+    params(("name" = String, Path, description = "Exchange name (`amq.default` for the default exchange)"), VhostQuery),
     responses(
         (status = 200, description = "The exchange", body = ExchangeInfo),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
@@ -112,13 +134,13 @@ pub fn check_name(name: &str, what: &str) -> ApiResult<()> {
 pub async fn get_exchange(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
 ) -> ApiResult<Json<ExchangeInfo>> {
-    let exchange = state
-        .context
-        .vhost
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
+    let exchange = vhost
         .exchange(exchange_name(&name))
         .ok_or_else(|| ApiError::NotFound(format!("no exchange '{name}'")))?;
-    Ok(Json(exchange_info(&exchange)))
+    Ok(Json(exchange_info(&vhost, &exchange)))
 }
 
 /// Deletes an exchange and its bindings (`if_unused`: 409 while it has bindings).
@@ -135,7 +157,7 @@ pub async fn delete_exchange(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeleteExchangeQuery>,
 ) -> ApiResult<StatusCode> {
-    let vhost = &state.context.vhost;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
     let name = exchange_name(&name);
     if vhost.exchange(name).is_none() {
         return Err(ApiError::NotFound(format!("no exchange '{name}'")));
@@ -147,12 +169,14 @@ pub async fn delete_exchange(
     }
 }
 
-fn queue_info(state: &AppState, name: &str, queue: &QueueSummary) -> QueueInfo {
+fn queue_info(state: &AppState, vhost: &VirtualHost, name: &str, queue: &QueueSummary) -> QueueInfo {
+    let vhost_name = vhost.vhost_name().to_string();
     match queue {
         QueueSummary::Classic(queue) => {
             let ready = u64::from(queue.message_count());
             let unacked = queue.unacked_count() as u64;
             QueueInfo {
+                vhost: vhost_name,
                 name: name.to_string(),
                 kind: "classic".into(),
                 durable: queue.durable,
@@ -163,7 +187,9 @@ fn queue_info(state: &AppState, name: &str, queue: &QueueSummary) -> QueueInfo {
                 messages_unacked: unacked,
                 messages: ready + unacked,
                 consumers: u64::from(queue.consumer_count()),
-                message_stats: state.traffic.queue_stats(name, queue.stats()),
+                message_stats: state
+                    .traffic
+                    .queue_stats(vhost.vhost_name(), name, queue.stats()),
             }
         }
         QueueSummary::Stream(_) => {
@@ -183,6 +209,7 @@ fn queue_info(state: &AppState, name: &str, queue: &QueueSummary) -> QueueInfo {
             let mut arguments = serde_json::Map::new();
             arguments.insert("x-queue-type".into(), "stream".into());
             QueueInfo {
+                vhost: vhost_name,
                 name: name.to_string(),
                 kind: "stream".into(),
                 durable: true,
@@ -201,24 +228,30 @@ fn queue_info(state: &AppState, name: &str, queue: &QueueSummary) -> QueueInfo {
 
 /// Every queue with its ready, unacked and consumer counts and message rates.
 #[utoipa::path(get, path = "/api/queues", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     responses(
         (status = 200, description = "Queues, by name", body = Vec<QueueInfo>),
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
-pub async fn list_queues(State(state): State<Arc<AppState>>) -> Json<Vec<QueueInfo>> {
-    Json(
-        state
-            .context
-            .vhost
-            .queues()
-            .iter()
-            .map(|(name, queue)| queue_info(&state, name, queue))
-            .collect(),
-    )
+pub async fn list_queues(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
+) -> ApiResult<Json<Vec<QueueInfo>>> {
+    let mut queues = Vec::new();
+    for vhost in listed_vhosts(&state, query.vhost.as_deref())? {
+        queues.extend(
+            vhost
+                .queues()
+                .iter()
+                .map(|(name, queue)| queue_info(&state, &vhost, name, queue)),
+        );
+    }
+    Ok(Json(queues))
 }
 
 /// Declares a queue (as queue.declare; `x-queue-type: stream` makes it the topic of that
 /// name). Redeclaring with other properties or arguments is 400.
 #[utoipa::path(post, path = "/api/queues", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     request_body = DeclareQueueRequest,
     responses(
         (status = 201, description = "Declared (or already there with these properties)", body = QueueInfo),
@@ -227,6 +260,7 @@ pub async fn list_queues(State(state): State<Arc<AppState>>) -> Json<Vec<QueueIn
         (status = 403, description = "Not an administrator, or a reserved name", body = ErrorBody)))]
 pub async fn declare_queue(
     State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
     ApiJson(request): ApiJson<DeclareQueueRequest>,
 ) -> ApiResult<(StatusCode, Json<QueueInfo>)> {
     check_name(&request.name, "queue")?;
@@ -234,7 +268,7 @@ pub async fn declare_queue(
         return Err(ApiError::BadRequest("a queue name is required".into()));
     }
     let arguments = json_to_table(&request.arguments)?;
-    let vhost = &state.context.vhost;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
     let (name, _, _) = vhost.declare_queue(
         &request.name,
         false,
@@ -247,20 +281,21 @@ pub async fn declare_queue(
     let queue = vhost
         .queue(&name)
         .ok_or_else(|| ApiError::Conflict(format!("queue '{name}' was deleted meanwhile")))?;
-    Ok((StatusCode::CREATED, Json(queue_info(&state, &name, &queue))))
+    Ok((
+        StatusCode::CREATED,
+        Json(queue_info(&state, &vhost, &name, &queue)),
+    ))
 }
 
-fn queue_or_404(state: &AppState, name: &str) -> ApiResult<QueueSummary> {
-    state
-        .context
-        .vhost
+fn queue_or_404(vhost: &VirtualHost, name: &str) -> ApiResult<QueueSummary> {
+    vhost
         .queue(name)
         .ok_or_else(|| ApiError::NotFound(format!("no queue '{name}'")))
 }
 
 /// One queue.
 #[utoipa::path(get, path = "/api/queues/{name}", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name"), VhostQuery),
     responses(
         (status = 200, description = "The queue", body = QueueInfo),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
@@ -268,9 +303,11 @@ fn queue_or_404(state: &AppState, name: &str) -> ApiResult<QueueSummary> {
 pub async fn get_queue(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
 ) -> ApiResult<Json<QueueInfo>> {
-    let queue = queue_or_404(&state, &name)?;
-    Ok(Json(queue_info(&state, &name, &queue)))
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
+    let queue = queue_or_404(&vhost, &name)?;
+    Ok(Json(queue_info(&state, &vhost, &name, &queue)))
 }
 
 /// Deletes a queue and its messages (a stream queue leaves its topic and data).
@@ -287,8 +324,9 @@ pub async fn delete_queue(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeleteQueueQuery>,
 ) -> ApiResult<StatusCode> {
-    queue_or_404(&state, &name)?;
-    match state.context.vhost.delete_queue(
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
+    queue_or_404(&vhost, &name)?;
+    match vhost.delete_queue(
         &name,
         query.if_unused.unwrap_or(false),
         query.if_empty.unwrap_or(false),
@@ -302,7 +340,7 @@ pub async fn delete_queue(
 
 /// Removes every ready message of a queue (unacked ones stay with their consumers).
 #[utoipa::path(post, path = "/api/queues/{name}/purge", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name"), VhostQuery),
     responses(
         (status = 200, description = "Purged", body = PurgeResponse),
         (status = 400, description = "A stream queue (purge the topic's records instead)", body = ErrorBody),
@@ -313,11 +351,10 @@ pub async fn delete_queue(
 pub async fn purge_queue(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
 ) -> ApiResult<Json<PurgeResponse>> {
-    let purged = state
-        .context
-        .vhost
-        .purge_queue(&name, state.session_connection_id())?;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
+    let purged = vhost.purge_queue(&name, state.session_connection_id())?;
     Ok(Json(PurgeResponse {
         messages_purged: u64::from(purged),
     }))
@@ -325,31 +362,32 @@ pub async fn purge_queue(
 
 /// Every binding (exchange to queue, exchange to exchange).
 #[utoipa::path(get, path = "/api/bindings", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     responses(
         (status = 200, description = "Bindings, by source", body = Vec<BindingInfo>),
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
-pub async fn list_bindings(State(state): State<Arc<AppState>>) -> Json<Vec<BindingInfo>> {
-    Json(
-        state
-            .context
-            .vhost
-            .bindings()
-            .into_iter()
-            .map(|binding| {
-                let (destination, destination_type) = match binding.destination {
-                    Destination::Queue(name) => (name, "queue"),
-                    Destination::Exchange(name) => (name, "exchange"),
-                };
-                BindingInfo {
-                    source: binding.source,
-                    destination,
-                    destination_type: destination_type.into(),
-                    routing_key: binding.routing_key,
-                    arguments: table_to_json(&binding.arguments),
-                }
-            })
-            .collect(),
-    )
+pub async fn list_bindings(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
+) -> ApiResult<Json<Vec<BindingInfo>>> {
+    let mut bindings = Vec::new();
+    for vhost in listed_vhosts(&state, query.vhost.as_deref())? {
+        bindings.extend(vhost.bindings().into_iter().map(|binding| {
+            let (destination, destination_type) = match binding.destination {
+                Destination::Queue(name) => (name, "queue"),
+                Destination::Exchange(name) => (name, "exchange"),
+            };
+            BindingInfo {
+                vhost: vhost.vhost_name().to_string(),
+                source: binding.source,
+                destination,
+                destination_type: destination_type.into(),
+                routing_key: binding.routing_key,
+                arguments: table_to_json(&binding.arguments),
+            }
+        }));
+    }
+    Ok(Json(bindings))
 }
 
 /// Every client connection, Kafka and AMQP.
@@ -359,8 +397,10 @@ pub async fn list_bindings(State(state): State<Arc<AppState>>) -> Json<Vec<Bindi
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
 pub async fn list_connections(State(state): State<Arc<AppState>>) -> Json<Vec<ConnectionInfo>> {
     let mut channels: HashMap<u64, u64> = HashMap::new();
-    for channel in state.context.vhost.channels() {
-        *channels.entry(channel.connection).or_default() += 1;
+    for vhost in state.context.vhosts.list() {
+        for channel in vhost.channels() {
+            *channels.entry(channel.connection).or_default() += 1;
+        }
     }
     Json(
         state
@@ -387,10 +427,14 @@ pub async fn list_connections(State(state): State<Arc<AppState>>) -> Json<Vec<Co
 
 /// Every open AMQP channel of a client connection.
 #[utoipa::path(get, path = "/api/channels", tag = "amqp", security(("basic" = [])),
+    params(VhostQuery),
     responses(
         (status = 200, description = "Channels, by connection and number", body = Vec<ChannelInfo>),
         (status = 401, description = "No or wrong credentials", body = ErrorBody)))]
-pub async fn list_channels(State(state): State<Arc<AppState>>) -> Json<Vec<ChannelInfo>> {
+pub async fn list_channels(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
+) -> ApiResult<Json<Vec<ChannelInfo>>> {
     // AMQP connection ids to the API's connection ids; channels of no registered connection
     // (the API's own short-lived sessions) are not listed.
     let ids: HashMap<u64, u64> = state
@@ -402,14 +446,11 @@ pub async fn list_channels(State(state): State<Arc<AppState>>) -> Json<Vec<Chann
         .filter(|c| c.protocol == Protocol::Amqp)
         .filter_map(|c| c.protocol_id.map(|amqp_id| (amqp_id, c.id)))
         .collect();
-    Json(
-        state
-            .context
-            .vhost
-            .channels()
-            .into_iter()
-            .filter_map(|channel| {
+    let mut channels = Vec::new();
+    for vhost in listed_vhosts(&state, query.vhost.as_deref())? {
+        channels.extend(vhost.channels().into_iter().filter_map(|channel| {
                 Some(ChannelInfo {
+                    vhost: vhost.vhost_name().to_string(),
                     connection: *ids.get(&channel.connection)?,
                     channel: channel.channel,
                     user: channel.user,
@@ -419,7 +460,7 @@ pub async fn list_channels(State(state): State<Arc<AppState>>) -> Json<Vec<Chann
                     global_prefetch_count: channel.global_prefetch_count,
                     in_transaction: channel.in_transaction,
                 })
-            })
-            .collect(),
-    )
+            }));
+    }
+    Ok(Json(channels))
 }

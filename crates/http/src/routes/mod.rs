@@ -10,6 +10,7 @@ mod system;
 mod topics;
 mod users;
 mod vhost_limits;
+mod vhosts;
 
 use std::sync::Arc;
 
@@ -97,6 +98,12 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         ))
         .routes(routes!(users::list_permissions))
         .routes(routes!(users::put_permissions, users::delete_permissions))
+        .routes(routes!(vhosts::list_vhosts))
+        .routes(routes!(
+            vhosts::get_vhost,
+            vhosts::put_vhost,
+            vhosts::delete_vhost
+        ))
         .routes(routes!(vhost_limits::list_vhost_limits))
         .routes(routes!(
             vhost_limits::put_vhost_limit,
@@ -119,7 +126,7 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
     }
     // Room for the largest message body, base64-encoded, in a publish request.
     let body_bytes_max =
-        state.context.vhost.config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
+        state.context.vhosts.default_vhost().config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
     let router = router
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .layer(middleware::from_fn(move |request, next| {

@@ -14,15 +14,16 @@ use sluice_broker::vhost::{
 };
 use sluice_broker::DurableWait;
 
-use super::amqp::{check_name, exchange_name};
+use super::amqp::{check_name, exchange_name, vhost_or_404};
 use crate::auth::AuthenticatedUser;
 use crate::encoded::encode;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::field_value::{json_to_table, table_to_json};
 use crate::model::{
     AmqpProperties, ErrorBody, GetAckMode, GetMessagesRequest, MoveMessagesRequest,
     MoveMessagesResponse, PayloadEncoding, PublishRequest, PublishResponse, QueueMessage,
+    VhostQuery,
 };
 use crate::AppState;
 
@@ -43,9 +44,9 @@ impl DeliverySink for NoDeliveries {
 struct ApiSession(Arc<Session>);
 
 impl ApiSession {
-    fn open(state: &AppState, user: &str) -> ApiSession {
+    fn open(vhost: &Arc<VirtualHost>, state: &AppState, user: &str) -> ApiSession {
         ApiSession(Session::new(
-            Arc::clone(&state.context.vhost),
+            Arc::clone(vhost),
             state.session_connection_id(),
             1,
             user.to_string(),
@@ -167,7 +168,7 @@ fn properties_to_json(properties: &MessageProperties) -> AmqpProperties {
 /// Publishes one message to an exchange (`amq.default`: the default exchange, where the
 /// routing key names the queue) and waits until it is stored.
 #[utoipa::path(post, path = "/api/exchanges/{name}/publish", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Exchange name (`amq.default` for the default exchange)")),
+    params(("name" = String, Path, description = "Exchange name (`amq.default` for the default exchange)"), VhostQuery),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published; `routed` says whether a queue took it", body = PublishResponse),
@@ -179,6 +180,7 @@ pub async fn publish(
     State(state): State<Arc<AppState>>,
     Extension(user): Extension<AuthenticatedUser>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
     ApiJson(request): ApiJson<PublishRequest>,
 ) -> ApiResult<Json<PublishResponse>> {
     let exchange = exchange_name(&name).to_string();
@@ -194,7 +196,7 @@ pub async fn publish(
             .decode(request.payload.as_bytes())
             .map_err(|error| ApiError::BadRequest(format!("payload is not base64: {error}")))?,
     };
-    let vhost = &state.context.vhost;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
     let body_max = vhost.config().message_bytes_max as usize;
     if body.len() > body_max {
         return Err(ApiError::BadRequest(format!(
@@ -219,7 +221,7 @@ pub async fn publish(
 /// Takes up to `count` messages from a queue. `ack_mode: requeue` (the default) puts them back
 /// afterwards, marked redelivered, as RabbitMQ's "Get messages"; `ack` removes them.
 #[utoipa::path(post, path = "/api/queues/{name}/get", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name"), VhostQuery),
     request_body = GetMessagesRequest,
     responses(
         (status = 200, description = "The messages, oldest first", body = Vec<QueueMessage>),
@@ -232,6 +234,7 @@ pub async fn get_messages(
     State(state): State<Arc<AppState>>,
     Extension(user): Extension<AuthenticatedUser>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
     ApiJson(request): ApiJson<GetMessagesRequest>,
 ) -> ApiResult<Json<Vec<QueueMessage>>> {
     let count = request.count.unwrap_or(1);
@@ -240,7 +243,8 @@ pub async fn get_messages(
             "count must be between 1 and {GET_COUNT_MAX}, got {count}"
         )));
     }
-    let session = ApiSession::open(&state, &user.name);
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
+    let session = ApiSession::open(&vhost, &state, &user.name);
     let no_ack = request.ack_mode == GetAckMode::Ack;
     let mut messages = Vec::new();
     for _ in 0..count {
@@ -289,7 +293,7 @@ fn original_destination(message: &Message) -> Option<(String, String)> {
 /// `exchange`, and removed from the queue once stored there. Messages with no origin, or
 /// that route nowhere, stay in the queue.
 #[utoipa::path(post, path = "/api/queues/{name}/move", tag = "amqp", security(("basic" = [])),
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name"), VhostQuery),
     request_body = MoveMessagesRequest,
     responses(
         (status = 200, description = "How many moved and how many stayed", body = MoveMessagesResponse),
@@ -302,6 +306,7 @@ pub async fn move_messages(
     State(state): State<Arc<AppState>>,
     Extension(user): Extension<AuthenticatedUser>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VhostQuery>,
     ApiJson(request): ApiJson<MoveMessagesRequest>,
 ) -> ApiResult<Json<MoveMessagesResponse>> {
     if request
@@ -320,7 +325,7 @@ pub async fn move_messages(
     if request.routing_key.is_some() && request.exchange.is_none() {
         return Err(ApiError::BadRequest("routing_key needs exchange".into()));
     }
-    let vhost: &Arc<VirtualHost> = &state.context.vhost;
+    let vhost = vhost_or_404(&state, query.vhost.as_deref())?;
     let target = request
         .exchange
         .as_deref()
@@ -329,7 +334,7 @@ pub async fn move_messages(
         check_name(exchange, "exchange")?;
         vhost.check_publishable(exchange)?;
     }
-    let session = ApiSession::open(&state, &user.name);
+    let session = ApiSession::open(&vhost, &state, &user.name);
     // Bounded by what is in the queue now, so messages routed back into it are not moved
     // again and again.
     let in_queue = match vhost.queue(&name) {

@@ -102,7 +102,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> ApiResult<Json<Over
     let space = sluice_broker::disk_space(&broker.config().data_dir);
     let topics = broker.topics();
     let mut alarms = Vec::new();
-    if let Some(reason) = context.vhost.alarm() {
+    if let Some(reason) = context.vhosts.default_vhost().alarm() {
         let kind = if reason.contains("disk") {
             "disk"
         } else {
@@ -114,6 +114,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> ApiResult<Json<Over
         });
     }
     let registry = broker.connections();
+    let vhosts = context.vhosts.list();
     Ok(Json(Overview {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_ms: state.started_at.elapsed().as_millis() as u64,
@@ -133,7 +134,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> ApiResult<Json<Over
         },
         memory: MemoryStats {
             rss_bytes: resident_set_bytes(),
-            queued_message_bytes: context.vhost.memory_bytes(),
+            queued_message_bytes: context.vhosts.default_vhost().memory_bytes(),
             high_watermark_bytes: context.memory_high_watermark_bytes,
         },
         connections: ConnectionCounts {
@@ -148,8 +149,8 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> ApiResult<Json<Over
                 .map(|t| t.partition_count().max(0) as u64)
                 .sum(),
             groups: broker.group_coordinator().list_groups().len() as u64,
-            exchanges: context.vhost.exchanges().len() as u64,
-            queues: context.vhost.queues().len() as u64,
+            exchanges: vhosts.iter().map(|v| v.exchanges().len() as u64).sum(),
+            queues: vhosts.iter().map(|v| v.queues().len() as u64).sum(),
         },
     }))
 }

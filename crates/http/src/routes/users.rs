@@ -26,7 +26,7 @@ fn administrator(user: &AuthenticatedUser) -> ApiResult<()> {
     }
 }
 
-fn store_error(error: AuthError) -> ApiError {
+pub(super) fn store_error(error: AuthError) -> ApiError {
     match error {
         AuthError::NoSuchUser(_)
         | AuthError::NoPermissions(..)

@@ -779,3 +779,18 @@ def test_a_server_that_stops_gives_the_connection_exit_code(broker_factory, home
     ok(["topic", "list"], broker, home)
     broker.terminate()
     fails(["topic", "list"], broker, home, code=EXIT_CONNECTION, reason="cannot reach")
+
+
+def test_vhost_add_list_and_delete(cli_broker, home):
+    assert ok(["vhost", "add", "tenant a"], cli_broker, home).strip() == "vhost 'tenant a' exists"
+    ok(["vhost", "add", "tenant a"], cli_broker, home)  # again: nothing happens
+    rows = {r["name"]: r for r in table(ok(["vhost", "list"], cli_broker, home))}
+    assert set(rows) == {"/", "tenant a"}
+    assert rows["tenant a"]["queues"] == "0" and rows["tenant a"]["exchanges"] == "6"
+    assert [v["name"] for v in ok_json(["vhost", "list"], cli_broker, home)] == ["/", "tenant a"]
+    assert ok(["vhost", "delete", "tenant a"], cli_broker, home).strip() == \
+        "deleted vhost 'tenant a'"
+    missing = run_cli(["vhost", "delete", "tenant a"], cli_broker, home)
+    assert missing.returncode == EXIT_ERROR and b"no vhost 'tenant a'" in missing.stderr
+    refused = run_cli(["vhost", "delete", "/"], cli_broker, home)
+    assert refused.returncode == EXIT_ERROR and b"cannot be deleted" in refused.stderr

@@ -19,7 +19,7 @@ import pika.exceptions
 import pytest
 import requests
 
-from .amqp_expect import (CONNECTION_FORCED, NOT_ALLOWED, NOT_FOUND, PRECONDITION_FAILED,
+from .amqp_expect import (CONNECTION_FORCED, NOT_FOUND, PRECONDITION_FAILED,
                           PERSISTENT, channel_closed, queue_depth,
                           wait_until)
 

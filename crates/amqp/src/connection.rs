@@ -123,11 +123,12 @@ pub(crate) async fn serve_connection(
 ) {
     let id = context.next_connection_id.fetch_add(1, Ordering::Relaxed);
     // Listed by the HTTP API while the connection lives; its channels carry `id`.
-    let registered = context.vhosts.default_vhost().broker().connections().register(
-        sluice_broker::Protocol::Amqp,
-        peer,
-        Some(id),
-    );
+    let registered = context
+        .vhosts
+        .default_vhost()
+        .broker()
+        .connections()
+        .register(sluice_broker::Protocol::Amqp, peer, Some(id));
     let reader = BufReader::with_capacity(64 << 10, read_half);
     // From the protocol header to connection.open: a socket that connects and never gets
     // there is closed, rather than holding a task and a socket forever (RabbitMQ's
@@ -948,7 +949,8 @@ impl Connection {
             ACCESS_REFUSED,
             format!(
                 "access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
-                self.vhost.vhost_name(), self.user
+                self.vhost.vhost_name(),
+                self.user
             ),
         ))
     }

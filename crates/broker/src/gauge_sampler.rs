@@ -19,8 +19,6 @@ use crate::Broker;
 /// Most (group, topic, partition) lag series published per sample.
 pub const GROUP_LAG_SERIES_MAX: usize = 10_000;
 
-/// The vhost label of the one virtual host Sluice serves.
-
 type LagKey = (String, String, i32);
 
 /// Remembers the label sets it published, so the ones that vanish are zeroed.

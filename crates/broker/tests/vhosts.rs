@@ -97,7 +97,10 @@ async fn a_deleted_vhost_takes_its_messages_and_comes_back_empty() {
     declare_and_publish(&a, "q", &["m1"]).await;
     let mut deleted = a.deleted();
     vhosts.delete("a").await.unwrap();
-    assert!(*deleted.borrow_and_update(), "connections on it are told to close");
+    assert!(
+        *deleted.borrow_and_update(),
+        "connections on it are told to close"
+    );
     assert!(vhosts.get("a").is_none());
     assert!(matches!(
         vhosts.delete("a").await,
@@ -106,7 +109,10 @@ async fn a_deleted_vhost_takes_its_messages_and_comes_back_empty() {
     drop(a);
     let (again, created) = vhosts.create("a").unwrap();
     assert_eq!(created, Created::New);
-    assert!(again.queue("q").is_none(), "a new vhost of the same name is empty");
+    assert!(
+        again.queue("q").is_none(),
+        "a new vhost of the same name is empty"
+    );
     vhosts.shutdown();
     drop((again, vhosts));
     // Only the new vhost's directory is left.
@@ -139,7 +145,10 @@ async fn stream_queues_exist_only_in_the_default_vhost() {
     let vhosts = open(dir.path());
     let (a, _) = vhosts.create("a").unwrap();
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
     let refused = a.declare_queue("s", false, true, false, false, arguments.clone(), 1);
     match refused {
         Err(VhostError::PreconditionFailed(text)) => {

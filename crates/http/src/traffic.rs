@@ -105,10 +105,9 @@ impl TrafficSampler {
                     .queues()
                     .into_iter()
                     .filter_map(|(name, queue)| match queue {
-                        QueueSummary::Classic(queue) => Some((
-                            (vhost.vhost_name().to_string(), name),
-                            queue.stats(),
-                        )),
+                        QueueSummary::Classic(queue) => {
+                            Some(((vhost.vhost_name().to_string(), name), queue.stats()))
+                        }
                         QueueSummary::Stream(_) => None,
                     }),
             );

@@ -139,10 +139,12 @@ fn check_queue_limit(
     vhost: &sluice_broker::vhost::VirtualHost,
     name: &str,
 ) -> Result<(), AmqpError> {
-    let Some(max) = connection.context.config.vhost_limits.limit(
-        vhost.vhost_name(),
-        sluice_auth::vhost_limits::MAX_QUEUES,
-    ) else {
+    let Some(max) = connection
+        .context
+        .config
+        .vhost_limits
+        .limit(vhost.vhost_name(), sluice_auth::vhost_limits::MAX_QUEUES)
+    else {
         return Ok(());
     };
     if !name.is_empty() && vhost.queue(name).is_some() {

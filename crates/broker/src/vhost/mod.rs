@@ -44,8 +44,8 @@ pub use inspect::{ChannelSummary, QueueSummary};
 pub use message::{Message, MessageProperties};
 pub use queue::QueueStats;
 pub use queue::{Consumer, Enqueued, Queue, QueueOptions};
-pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use registry::{Created, VirtualHosts};
+pub use session::{Committed, Delivery, DeliverySink, Got, MemoryCharge, Session, Settle};
 pub use stream::{StreamQueue, StreamStart};
 
 use definitions::Definitions;
@@ -222,8 +222,8 @@ impl VirtualHost {
                 }
             }
             for q in definitions.queues {
-                let options =
-                    QueueOptions::from_arguments(&vhost.name, &q.name, &q.arguments).unwrap_or_default();
+                let options = QueueOptions::from_arguments(&vhost.name, &q.name, &q.arguments)
+                    .unwrap_or_default();
                 let store = QueueStore::open(
                     Arc::clone(&storage),
                     &dir.join("queues").join(&q.dir),
@@ -598,10 +598,9 @@ impl VirtualHost {
                 "queue '{name}' in vhost '{vhost_name}' is a stream: consume it with basic.consume"
             )));
         }
-        let queue = topology
-            .queues
-            .get(name)
-            .ok_or_else(|| VhostError::NotFound(format!("no queue '{name}' in vhost '{vhost_name}'")))?;
+        let queue = topology.queues.get(name).ok_or_else(|| {
+            VhostError::NotFound(format!("no queue '{name}' in vhost '{vhost_name}'"))
+        })?;
         check_exclusive(queue, connection)?;
         Ok(Arc::clone(queue))
     }
@@ -790,7 +789,9 @@ impl VirtualHost {
                     .exchanges
                     .get(name)
                     .ok_or_else(|| {
-                        VhostError::NotFound(format!("no exchange '{name}' in vhost '{vhost_name}'"))
+                        VhostError::NotFound(format!(
+                            "no exchange '{name}' in vhost '{vhost_name}'"
+                        ))
                     })?
                     .durable
             }
@@ -800,10 +801,9 @@ impl VirtualHost {
                 "operation not permitted on the default exchange".into(),
             ));
         }
-        let source_exchange = topology
-            .exchanges
-            .get(source)
-            .ok_or_else(|| VhostError::NotFound(format!("no exchange '{source}' in vhost '{vhost_name}'")))?;
+        let source_exchange = topology.exchanges.get(source).ok_or_else(|| {
+            VhostError::NotFound(format!("no exchange '{source}' in vhost '{vhost_name}'"))
+        })?;
         Ok(destination_durable && source_exchange.durable)
     }
 

@@ -345,9 +345,10 @@ pub enum Enqueued {
 impl Queue {
     /// The name of the virtual host the queue is in (for error texts).
     pub(super) fn vhost_name(&self) -> String {
-        self.vhost
-            .upgrade()
-            .map_or_else(|| DEFAULT_VHOST.to_string(), |vhost| vhost.vhost_name().to_string())
+        self.vhost.upgrade().map_or_else(
+            || DEFAULT_VHOST.to_string(),
+            |vhost| vhost.vhost_name().to_string(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

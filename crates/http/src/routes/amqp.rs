@@ -169,7 +169,12 @@ pub async fn delete_exchange(
     }
 }
 
-fn queue_info(state: &AppState, vhost: &VirtualHost, name: &str, queue: &QueueSummary) -> QueueInfo {
+fn queue_info(
+    state: &AppState,
+    vhost: &VirtualHost,
+    name: &str,
+    queue: &QueueSummary,
+) -> QueueInfo {
     let vhost_name = vhost.vhost_name().to_string();
     match queue {
         QueueSummary::Classic(queue) => {
@@ -449,18 +454,18 @@ pub async fn list_channels(
     let mut channels = Vec::new();
     for vhost in listed_vhosts(&state, query.vhost.as_deref())? {
         channels.extend(vhost.channels().into_iter().filter_map(|channel| {
-                Some(ChannelInfo {
-                    vhost: vhost.vhost_name().to_string(),
-                    connection: *ids.get(&channel.connection)?,
-                    channel: channel.channel,
-                    user: channel.user,
-                    consumers: channel.consumers,
-                    messages_unacked: channel.unacked,
-                    prefetch_count: channel.prefetch_count,
-                    global_prefetch_count: channel.global_prefetch_count,
-                    in_transaction: channel.in_transaction,
-                })
-            }));
+            Some(ChannelInfo {
+                vhost: vhost.vhost_name().to_string(),
+                connection: *ids.get(&channel.connection)?,
+                channel: channel.channel,
+                user: channel.user,
+                consumers: channel.consumers,
+                messages_unacked: channel.unacked,
+                prefetch_count: channel.prefetch_count,
+                global_prefetch_count: channel.global_prefetch_count,
+                in_transaction: channel.in_transaction,
+            })
+        }));
     }
     Ok(Json(channels))
 }

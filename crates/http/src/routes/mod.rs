@@ -125,8 +125,15 @@ pub(crate) fn router(state: Arc<AppState>) -> (Router, utoipa::openapi::OpenApi)
         let _ = state.openapi.set(json);
     }
     // Room for the largest message body, base64-encoded, in a publish request.
-    let body_bytes_max =
-        state.context.vhosts.default_vhost().config().message_bytes_max as usize / 3 * 4 + BODY_OVERHEAD_BYTES;
+    let body_bytes_max = state
+        .context
+        .vhosts
+        .default_vhost()
+        .config()
+        .message_bytes_max as usize
+        / 3
+        * 4
+        + BODY_OVERHEAD_BYTES;
     let router = router
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .layer(middleware::from_fn(move |request, next| {

@@ -20,6 +20,7 @@ mod queue;
 mod time_spec;
 mod topic;
 pub mod user;
+mod vhost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +104,8 @@ pub enum ClientCommand {
     Binding(exchange::BindingArgs),
     /// Cluster nodes: list, remove.
     Cluster(cluster::ClusterArgs),
+    /// AMQP virtual hosts: list, add, delete.
+    Vhost(vhost::VhostArgs),
 }
 
 /// Why a client subcommand failed.
@@ -178,6 +181,7 @@ impl ClientCommand {
             ClientCommand::Exchange(args) => &args.options,
             ClientCommand::Binding(args) => &args.options,
             ClientCommand::Cluster(args) => &args.options,
+            ClientCommand::Vhost(args) => &args.options,
         }
     }
 }
@@ -197,6 +201,7 @@ fn dispatch(command: ClientCommand) -> CliResult<()> {
         ClientCommand::Exchange(args) => exchange::run_exchange(&client, &mut output, args),
         ClientCommand::Binding(args) => exchange::run_binding(&client, &mut output, args),
         ClientCommand::Cluster(args) => cluster::run(&client, &mut output, args),
+        ClientCommand::Vhost(args) => vhost::run(&client, &mut output, args),
     }?;
     output.flush()
 }

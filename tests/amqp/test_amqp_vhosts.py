@@ -214,7 +214,9 @@ def test_a_deleted_vhost_closes_its_connections_and_loses_its_queues(amqp, vhost
         while time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.1)
     assert closed.value.reply_code == CONNECTION_FORCED
-    assert closed.value.reply_text == f"CONNECTION_FORCED - vhost '{doomed}' is down"
+    # RabbitMQ closes them as deleted, or as down when its vhost's processes stop first.
+    assert closed.value.reply_text in (f"CONNECTION_FORCED - vhost '{doomed}' is deleted",
+                                       f"CONNECTION_FORCED - vhost '{doomed}' is down")
     assert bystander.is_open
     bystander.channel().queue_declare("", exclusive=True)
     assert_open_refused(lambda: vhosts.connect(doomed), f"NOT_ALLOWED - vhost {doomed} not found")

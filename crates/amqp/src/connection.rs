@@ -805,10 +805,9 @@ impl Connection {
             .await;
     }
 
-    /// The vhost was deleted: as a shutdown, with RabbitMQ's reason (its vhost supervisor
-    /// is gone, so it says "down").
+    /// The vhost was deleted: as a shutdown, with RabbitMQ's reason.
     async fn close_for_vhost_deletion(&mut self) {
-        let text = format!("vhost '{}' is down", self.vhost.vhost_name());
+        let text = format!("vhost '{}' is deleted", self.vhost.vhost_name());
         tracing::info!(peer = %self.peer, vhost = self.vhost.vhost_name(), "closing a connection: its vhost was deleted");
         self.close_forced(&text).await;
     }

@@ -9,6 +9,9 @@ import time
 
 from confluent_kafka import Producer
 from kafka.protocol.admin import (AlterClientQuotasRequest, AlterClientQuotasResponse,
+                                  CreatePartitionsRequest, CreatePartitionsResponse,
+                                  CreateTopicsRequest, CreateTopicsResponse,
+                                  DeleteTopicsRequest, DeleteTopicsResponse,
                                   DescribeClientQuotasRequest, DescribeClientQuotasResponse)
 
 from kafka_wire import KafkaWire
@@ -86,7 +89,8 @@ def test_a_client_over_its_request_percentage_is_throttled_and_others_are_not(br
     """request_percentage (KIP-124): the time the broker spends handling a client's requests,
     in percent of one thread; a client over it is answered with throttle_time_ms."""
     admin = KafkaWire(broker.bootstrap)
-    # 0.001% of a thread is 10 µs a second: a handful of Metadata requests is more.
+    # 0.001% of a thread is 10 µs a second (100 µs over the 10 s window): a few hundred
+    # Metadata requests of a microsecond or two each are more.
     assert alter(admin, "chatty", "request_percentage", 0.001) == 0
     assert describe(admin, "chatty") == {"request_percentage": 0.001}
 
@@ -102,9 +106,78 @@ def test_a_client_over_its_request_percentage_is_throttled_and_others_are_not(br
         wire.close()
         return seen
 
-    chatty = throttles("chatty", 200)
+    chatty = throttles("chatty", 5000)
     assert chatty[-1] > 0, f"no throttle in {len(chatty)} Metadata responses"
     assert set(throttles("quiet", 200)) == {0}
 
     assert alter(admin, "chatty", "request_percentage", 0.0, remove=True) == 0
     admin.close()
+
+
+THROTTLING_QUOTA_EXCEEDED = 89
+
+
+def create_topics(wire, version, partitions: dict[str, int]):
+    request = CreateTopicsRequest(
+        topics=[CreateTopicsRequest.CreatableTopic(name=name, num_partitions=count,
+                                                   replication_factor=-1, assignments=[],
+                                                   configs=[])
+                for name, count in partitions.items()],
+        timeout_ms=10000, validate_only=False)
+    response = wire.request(request, version=version, response_class=CreateTopicsResponse)
+    return {t.name: t.error_code for t in response.topics}, response.throttle_time_ms
+
+
+def test_controller_mutation_rate_refuses_partitions_beyond_the_bucket(broker):
+    """controller_mutation_rate (KIP-599): partitions created or deleted per second, in a
+    token bucket of 11 s; a request of a version that knows THROTTLING_QUOTA_EXCEEDED gets it
+    for the topics met once the bucket is empty, an older one is served whole; both are told
+    how long to wait."""
+    admin = KafkaWire(broker.bootstrap)
+    for client_id in ("creator", "old-creator", "deleter", "grower"):
+        assert alter(admin, client_id, "controller_mutation_rate", 1.0) == 0
+
+    # 11 tokens: 8 partitions fit, 8 more are admitted (the bucket had some), then none.
+    creator = KafkaWire(broker.bootstrap, client_id="creator")
+    errors, throttle_ms = create_topics(creator, 7, {"cm-a": 8, "cm-b": 8, "cm-c": 1})
+    assert errors == {"cm-a": 0, "cm-b": 0, "cm-c": THROTTLING_QUOTA_EXCEEDED}
+    assert 4000 <= throttle_ms <= 5100, throttle_ms
+    creator.close()
+    # Another client id has no quota.
+    free = KafkaWire(broker.bootstrap, client_id="free")
+    errors, throttle_ms = create_topics(free, 7, {"cm-d": 20, "cm-e": 20})
+    assert errors == {"cm-d": 0, "cm-e": 0} and throttle_ms == 0
+    free.close()
+    # CreateTopics v5 predates the error: everything is created, the client is throttled.
+    old = KafkaWire(broker.bootstrap, client_id="old-creator")
+    errors, throttle_ms = create_topics(old, 5, {"cm-f": 10, "cm-g": 10})
+    assert errors == {"cm-f": 0, "cm-g": 0} and throttle_ms > 0
+    old.close()
+
+    deleter = KafkaWire(broker.bootstrap, client_id="deleter")
+    response = deleter.request(DeleteTopicsRequest(
+        topics=[DeleteTopicsRequest.DeleteTopicState(name=name, topic_id=None)
+                for name in ("cm-d", "cm-e")], topic_names=[], timeout_ms=10000), version=6,
+        response_class=DeleteTopicsResponse)
+    assert {r.name: r.error_code for r in response.responses} == {
+        "cm-d": 0, "cm-e": THROTTLING_QUOTA_EXCEEDED}
+    assert response.throttle_time_ms > 0
+    deleter.close()
+
+    grower = KafkaWire(broker.bootstrap, client_id="grower")
+    response = grower.request(CreatePartitionsRequest(
+        topics=[CreatePartitionsRequest.CreatePartitionsTopic(name=name, count=30,
+                                                              assignments=None)
+                for name in ("cm-f", "cm-g")], timeout_ms=10000, validate_only=False),
+        version=3, response_class=CreatePartitionsResponse)
+    assert {r.name: r.error_code for r in response.results} == {
+        "cm-f": 0, "cm-g": THROTTLING_QUOTA_EXCEEDED}
+    grower.close()
+
+    metadata = KafkaWire(broker.bootstrap).metadata(["cm-c", "cm-d", "cm-e", "cm-f", "cm-g"],
+                                                     allow_auto_topic_creation=False)
+    counts = {t.name: len(t.partitions) for t in metadata.topics if t.error_code == 0}
+    assert counts.get("cm-f") == 30 and counts.get("cm-g") == 10
+    assert "cm-c" not in counts and "cm-d" not in counts and counts.get("cm-e") == 20
+    admin.close()
+

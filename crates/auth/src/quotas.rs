@@ -1,7 +1,7 @@
 //! Kafka's client quotas (KIP-55, KIP-257, KIP-546): byte rates per user and client id, stored
 //! in `quotas.json`, matched with Kafka's precedence, and the throttle a client has earned
 //! when its recent rate is above its quota (Kafka's formula over a window of 11 one-second
-//! samples).
+//! samples); the controller mutation rate (KIP-599) with Kafka's token bucket.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -120,6 +120,71 @@ pub struct QuotaStore {
     /// The measured rates, and the document revision they were measured under: a change of
     /// the quotas starts them again.
     rates: Mutex<(u64, Rates)>,
+    /// The controller-mutation token buckets, likewise.
+    buckets: Mutex<(u64, HashMap<QuotaEntity, TokenBucket>)>,
+}
+
+/// Kafka's token bucket for `controller_mutation_rate` (KIP-599): it holds up to a window's
+/// worth of mutations (rate x 11 s), refills at the rate, and may go below zero by the last
+/// request admitted while it still had tokens.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The `controller_mutation_rate` that applies to a client, with its bucket in the store:
+/// partitions created (CreateTopics, CreatePartitions) or deleted (DeleteTopics) per second.
+pub struct MutationQuota<'a> {
+    store: &'a QuotaStore,
+    entity: QuotaEntity,
+    rate: f64,
+}
+
+impl MutationQuota<'_> {
+    /// Runs `f` on the bucket, refilled up to now.
+    fn bucket<R>(&self, f: impl FnOnce(&mut TokenBucket) -> R) -> R {
+        let now = Instant::now();
+        let burst = self.rate * (SAMPLES as f64) * SAMPLE_LENGTH.as_secs_f64();
+        let revision = self.store.document.revision();
+        let mut buckets = self.store.buckets.lock();
+        if buckets.0 != revision {
+            *buckets = (revision, HashMap::new());
+        }
+        let bucket = buckets
+            .1
+            .entry(self.entity.clone())
+            .or_insert_with(|| TokenBucket {
+                tokens: burst,
+                updated: now,
+            });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(burst);
+        bucket.updated = now;
+        f(bucket)
+    }
+
+    /// The bucket is empty: a strict request (CreateTopics v6+, CreatePartitions v3+,
+    /// DeleteTopics v5+) gets THROTTLING_QUOTA_EXCEEDED for its further topics.
+    pub fn exceeded(&self) -> bool {
+        self.bucket(|bucket| bucket.tokens < 0.0)
+    }
+
+    /// Takes `mutations` (partitions) from the bucket; it may go below zero.
+    pub fn record(&self, mutations: f64) {
+        self.bucket(|bucket| bucket.tokens -= mutations);
+    }
+
+    /// How long until the bucket is back at zero (zero when it is not below).
+    pub fn throttle_time(&self) -> Duration {
+        self.bucket(|bucket| {
+            if bucket.tokens >= 0.0 || self.rate <= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-bucket.tokens / self.rate).min(THROTTLE_MAX)
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for QuotaStore {
@@ -148,6 +213,7 @@ impl QuotaStore {
             empty: AtomicBool::new(document.get().quotas.is_empty()),
             empty_revision: AtomicU64::new(document.revision()),
             rates: Mutex::new((document.revision(), HashMap::new())),
+            buckets: Mutex::new((document.revision(), HashMap::new())),
             document,
         }
     }
@@ -273,6 +339,19 @@ impl QuotaStore {
             let entity = QuotaEntity { user, client_id };
             let value = *document.quotas.get(&entity)?.get(key)?;
             Some((entity, value))
+        })
+    }
+
+    /// The `controller_mutation_rate` of a client, if one applies.
+    pub fn controller_mutation(&self, user: &str, client_id: &str) -> Option<MutationQuota<'_>> {
+        if self.is_empty() {
+            return None;
+        }
+        let (entity, rate) = self.applicable(user, client_id, CONTROLLER_MUTATION_RATE)?;
+        Some(MutationQuota {
+            store: self,
+            entity,
+            rate,
         })
     }
 
@@ -451,5 +530,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.describe(&exact_user, true).len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_mutation_bucket_admits_a_window_then_refuses_until_refilled() {
+        let store = QuotaStore::in_memory();
+        assert!(store.controller_mutation("u", "c").is_none());
+        store
+            .alter(
+                &entity(named("u"), None),
+                &[(CONTROLLER_MUTATION_RATE.into(), 1.0, false)],
+                false,
+            )
+            .await
+            .unwrap();
+        let quota = store.controller_mutation("u", "c").unwrap();
+        // A burst of 11 s at one partition per second fits; the request that empties the
+        // bucket is admitted whole (20 partitions), the next is refused.
+        assert!(!quota.exceeded());
+        quota.record(20.0);
+        assert!(quota.exceeded());
+        let throttle = quota.throttle_time();
+        assert!(
+            throttle > Duration::from_secs(8) && throttle <= Duration::from_secs(9),
+            "{throttle:?}"
+        );
+        assert!(store.controller_mutation("other", "c").is_none());
     }
 }

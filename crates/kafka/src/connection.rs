@@ -872,14 +872,18 @@ async fn dispatch(
         Ok(allowed) => allowed,
         Err(refused) => return Some(refused),
     };
-    let mut response = dispatch_authorized(context, version, request, hold).await?;
+    let served = crate::mutation_quota::serve_under_quota(context, version, request, hold).await;
+    let mut response = match served {
+        Ok(response) => response?,
+        Err(request) => dispatch_authorized(context, version, request, hold).await?,
+    };
     if let Some(patch) = patch {
         patch(&mut response);
     }
     Some(response)
 }
 
-async fn dispatch_authorized(
+pub(crate) async fn dispatch_authorized(
     context: &RequestContext,
     version: i16,
     request: RequestKind,

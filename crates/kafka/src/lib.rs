@@ -11,6 +11,7 @@ mod error_codes;
 mod fetch_session;
 pub mod fuzzing;
 mod handlers;
+mod mutation_quota;
 mod request_metrics;
 mod response_buffer;
 mod sasl_gate;

@@ -7,6 +7,8 @@ a certificate gets past the handshake, while the cluster goes on serving.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import ssl
 import struct
@@ -18,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from conftest import free_port
 from test_cluster_local import create_topic_with_leaders
+from tls_certs import _ca, _leaf
 from tls_certs import certs  # noqa: F401
 
 TOPIC = "sealed"
@@ -142,3 +145,92 @@ def test_a_node_whose_certificate_names_another_address_is_kept_out(broker_facto
     logs = "".join((tmp_path / f"broker{i}" / "sluice.log").read_text(errors="replace")
                    for i in (1, 2))
     assert "does not name the address of the node it claims" in logs, logs[-3000:]
+
+
+def replace_file(path, contents: bytes):
+    """Writes `contents` to `path` in one step (a reload never sees half a file)."""
+    temporary = path.with_suffix(".new")
+    temporary.write_bytes(contents)
+    os.replace(temporary, path)
+
+
+def wait_in_sync(admin, what):
+    deadline = time.monotonic() + HEAL_TIMEOUT_S
+    while not all_in_sync(admin, TOPIC):
+        assert time.monotonic() < deadline, f"replicas did not get back in sync {what}"
+        time.sleep(0.2)
+
+
+def test_the_cluster_ca_is_rotated_node_by_node_while_it_serves(broker_factory, certs,
+                                                                 tmp_path):
+    """A rolling change of the cluster's CA, as an operator does it: every node first trusts
+    both CAs, then each in turn gets a certificate from the new CA and is restarted, then the
+    old CA is dropped. The files are reloaded where they are (no flag changes); the cluster
+    stays in sync and writable after every step, and at the end a certificate from the old CA
+    is refused."""
+    config = certs.directory / "openssl.cnf"
+    new = tmp_path / "new-ca"
+    new.mkdir()
+    new_ca = _ca("new-ca", "/O=Sluice/CN=Sluice Test CA 2", config, new)
+    new_node = _leaf("new-node", "/O=Sluice/CN=node", "node", new_ca, config, new)
+    directories = []
+    for node in range(3):
+        directory = tmp_path / f"node{node + 1}-tls"
+        directory.mkdir()
+        shutil.copy(certs.node_cert, directory / "cert.pem")
+        shutil.copy(certs.node_key, directory / "key.pem")
+        shutil.copy(certs.ca, directory / "ca.pem")
+        directories.append(directory)
+    cluster_ports = [free_port() for _ in range(3)]
+    peers = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(cluster_ports))
+    nodes = [broker_factory("--node-id", i + 1, "--cluster-listen", f"127.0.0.1:{port}",
+                            "--peers", peers, "--default-replication-factor", 3,
+                            "--cluster-tls-cert", d / "cert.pem",
+                            "--cluster-tls-key", d / "key.pem",
+                            "--cluster-tls-ca", d / "ca.pem")
+             for i, (port, d) in enumerate(zip(cluster_ports, directories))]
+    admin = AdminClient({"bootstrap.servers": ",".join(n.bootstrap for n in nodes)})
+    create_topic_with_leaders(admin, TOPIC, 2)
+    wait_in_sync(admin, "at the start")
+    written = [f"start-{i}".encode() for i in range(10)]
+    assert set(written) <= set(produce_and_read(nodes, written))
+
+    old_ca, new_ca_pem = certs.ca.read_bytes(), new_ca[0].read_bytes()
+    for directory in directories:
+        replace_file(directory / "ca.pem", old_ca + new_ca_pem)
+    time.sleep(1.5)  # files are looked at again at most once a second
+    for index, (node, directory) in enumerate(zip(nodes, directories)):
+        replace_file(directory / "key.pem", new_node[1].read_bytes())
+        replace_file(directory / "cert.pem", new_node[0].read_bytes())
+        # A restart makes every connection to and from the node anew, with its new
+        # certificate on one side and the others' (old or new) on the other.
+        node.kill9()
+        node.start()
+        wait_in_sync(admin, f"after node {index + 1} got the new certificate")
+        batch = [f"node{index + 1}-{i}".encode() for i in range(10)]
+        assert set(batch) <= set(produce_and_read(nodes, batch))
+        written += batch
+
+    for directory in directories:
+        replace_file(directory / "ca.pem", new_ca_pem)
+    time.sleep(1.5)
+    nodes[0].kill9()
+    nodes[0].start()
+    wait_in_sync(admin, "with only the new CA trusted")
+    batch = [f"end-{i}".encode() for i in range(10)]
+    assert set(written + batch) <= set(produce_and_read(nodes, batch))
+    logs = "".join((tmp_path / f"broker{i}" / "sluice.log").read_text(errors="replace")
+                   for i in range(3))
+    assert "TLS certificate reloaded" in logs
+
+    # A certificate from the old CA is now refused: a node presenting one cannot join.
+    old_only = tmp_path / "old-node"
+    old_only.mkdir()
+    shutil.copy(new_ca[0], old_only / "ca.pem")
+    with pytest.raises(pytest.fail.Exception, match="exited with 1 during startup"):
+        broker_factory("--node-id", 4, "--cluster-listen", f"127.0.0.1:{free_port()}",
+                       "--join", f"127.0.0.1:{cluster_ports[1]}", "--join-timeout-secs", 3,
+                       "--cluster-tls-cert", certs.node_cert, "--cluster-tls-key",
+                       certs.node_key, "--cluster-tls-ca", old_only / "ca.pem")
+    assert all_in_sync(admin, TOPIC)
+

@@ -59,7 +59,11 @@ struct Loaded {
     /// With a CA: this side's certificate presented as a client, servers verified against
     /// the CA (node-to-node mutual TLS).
     connector: Option<TlsConnector>,
+    /// Modification times of the files loaded.
     stamps: Vec<Option<SystemTime>>,
+    /// Those of files that did not load (reported once; tried again every interval, since a
+    /// certificate and its key are rarely replaced at the same instant).
+    failed_stamps: Option<Vec<Option<SystemTime>>>,
     checked: Instant,
 }
 
@@ -71,6 +75,7 @@ impl ReloadingTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             connector: client_config(&files)?.map(|c| TlsConnector::from(Arc::new(c))),
             stamps: stamps(&files),
+            failed_stamps: None,
             checked: Instant::now(),
         };
         Ok(Arc::new(ReloadingTls {
@@ -100,7 +105,6 @@ impl ReloadingTls {
             state.checked = Instant::now();
             let now = stamps(&self.files);
             if now != state.stamps {
-                state.stamps = now;
                 match server_config(&self.files)
                     .and_then(|server| Ok((server, client_config(&self.files)?)))
                 {
@@ -108,9 +112,14 @@ impl ReloadingTls {
                         tracing::info!(certificate = %self.files.certificate.display(), "TLS certificate reloaded");
                         state.acceptor = TlsAcceptor::from(Arc::new(server));
                         state.connector = client.map(|c| TlsConnector::from(Arc::new(c)));
+                        state.stamps = now;
+                        state.failed_stamps = None;
                     }
                     Err(error) => {
-                        tracing::error!(%error, "TLS files changed but do not load; keeping the previous ones")
+                        if state.failed_stamps.as_ref() != Some(&now) {
+                            tracing::error!(%error, "TLS files changed but do not load; keeping the previous ones");
+                            state.failed_stamps = Some(now);
+                        }
                     }
                 }
             }

@@ -195,3 +195,13 @@ def test_a_node_catches_up_and_its_offline_changes_reach_the_cluster(user_broker
     nodes[2].start()
     logins_everywhere(nodes, "fresh", "fresh-secret")
     logins_everywhere(nodes, "stale", "stale-secret", ERROR_SASL_AUTHENTICATION_FAILED)
+
+    # A user declared on the command line of a node that comes back to a cluster whose users
+    # changed meanwhile is declared again through the cluster, not lost with the local copy.
+    assert nodes[0].terminate() == 0
+    assert http(nodes[1], "PUT", "/api/users/gail",
+                json={"password": "gail-secret"}).status_code == 201
+    nodes[0].extra_args += ["--amqp-users", "hank:hank-secret"]
+    nodes[0].start()
+    logins_everywhere(nodes, "gail", "gail-secret")
+    logins_everywhere(nodes, "hank", "hank-secret")

@@ -121,13 +121,13 @@ async fn serve(
     );
     let users = UserStore::open(&data_dir).context("opening the user store")?;
     for user in &config.declared_users {
-        let tags = if user.administrator {
-            vec![sluice_auth::users::ADMINISTRATOR_TAG.to_string()]
-        } else {
-            Vec::new()
-        };
         users
-            .declare(&user.name, &user.password, tags, user.loopback_only)
+            .declare(
+                &user.name,
+                &user.password,
+                declared_tags(user),
+                user.loopback_only,
+            )
             .await
             .with_context(|| format!("declaring user '{}'", user.name))?;
     }
@@ -156,6 +156,18 @@ async fn serve(
                 quotas: quotas.clone(),
                 vhost_limits: vhost_limits.clone(),
             },
+            config
+                .declared_users
+                .iter()
+                .map(|user| {
+                    (
+                        user.name.clone(),
+                        user.password.clone(),
+                        declared_tags(user),
+                        user.loopback_only,
+                    )
+                })
+                .collect(),
         );
     }
     let mut kafka_servers = Vec::new();
@@ -400,6 +412,15 @@ async fn start_cluster(
         broker.clone(),
         settings.default_replication_factor,
     ))
+}
+
+/// The tags of a user declared with `--amqp-users`.
+fn declared_tags(user: &config::DeclaredUser) -> Vec<String> {
+    if user.administrator {
+        vec![sluice_auth::users::ADMINISTRATOR_TAG.to_string()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Binds the AMQP listeners. Of the default pair, one that cannot bind (a machine without IPv6)

@@ -19,6 +19,10 @@ use sluice_cluster::node::ClusterNode;
 /// How long to wait between attempts to publish local changes while the cluster has no
 /// metadata leader.
 const PUBLISH_RETRY: Duration = Duration::from_secs(1);
+/// How long declared users wait for the cluster's users document to be installed, and how
+/// often they look.
+const DECLARE_SETTLE_MAX: Duration = Duration::from_secs(30);
+const DECLARE_SETTLE_POLL: Duration = Duration::from_millis(50);
 
 /// Every store the cluster keeps in step.
 #[derive(Clone)]
@@ -68,8 +72,14 @@ impl DocumentReplicator for MetadataReplicator {
     }
 }
 
+/// A user `--amqp-users` declares: (name, password, tags, loopback only).
+pub type DeclaredUser = (String, String, Vec<String>, bool);
+
 /// Routes the stores' changes through the metadata group and starts installing its versions.
-pub fn start(node: Arc<ClusterNode>, stores: SecurityStores) {
+/// The users declared on the command line are declared again through the cluster once this
+/// node has caught up, so that they survive a users document the cluster changed while the
+/// node was down (declaring one that is there unchanged changes nothing).
+pub fn start(node: Arc<ClusterNode>, stores: SecurityStores, declared_users: Vec<DeclaredUser>) {
     let replicator: Arc<dyn DocumentReplicator> = Arc::new(MetadataReplicator {
         node: Arc::clone(&node),
     });
@@ -99,6 +109,33 @@ pub fn start(node: Arc<ClusterNode>, stores: SecurityStores) {
                         tokio::time::sleep(PUBLISH_RETRY).await;
                     }
                 }
+            }
+        }
+        // The users document must be the cluster's before a declared user is looked for in
+        // it: a local copy the cluster refused still has the user, about to be replaced.
+        let users_kind = stores.users.replicated().kind();
+        let settled = tokio::time::Instant::now() + DECLARE_SETTLE_MAX;
+        loop {
+            let cluster_version = node
+                .security()
+                .get(users_kind.name())
+                .map_or(0, |d| d.version);
+            let mark = stores.users.replicated().mark();
+            if (!mark.local_changes && mark.version >= cluster_version)
+                || tokio::time::Instant::now() >= settled
+            {
+                break;
+            }
+            tokio::time::sleep(DECLARE_SETTLE_POLL).await;
+        }
+        for (name, password, tags, loopback_only) in declared_users {
+            while let Err(error) = stores
+                .users
+                .declare(&name, &password, tags.clone(), loopback_only)
+                .await
+            {
+                tracing::warn!(user = %name, %error, "a declared user is not in the cluster's users yet; retrying");
+                tokio::time::sleep(PUBLISH_RETRY).await;
             }
         }
     });

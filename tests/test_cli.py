@@ -788,6 +788,26 @@ def test_vhost_add_list_and_delete(cli_broker, home):
     assert set(rows) == {"/", "tenant a"}
     assert rows["tenant a"]["queues"] == "0" and rows["tenant a"]["exchanges"] == "6"
     assert [v["name"] for v in ok_json(["vhost", "list"], cli_broker, home)] == ["/", "tenant a"]
+    # Queue commands take --vhost; a list without it shows every vhost's queues.
+    ok(["user", "permissions", "guest", "--vhost", "tenant a", "--configure", ".*",
+        "--write", ".*", "--read", ".*"], cli_broker, home)
+    with pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", cli_broker.amqp_port, virtual_host="tenant a",
+            credentials=pika.PlainCredentials("guest", "guest"))) as connection:
+        channel = connection.channel()
+        channel.queue_declare("tenant-jobs")
+        channel.basic_publish("", "tenant-jobs", b"for tenant a")
+        channel.queue_declare("tenant-jobs", passive=True)
+    rows = [r for r in table(ok(["queue", "list"], cli_broker, home)) if r["vhost"] == "tenant a"]
+    assert [(r["name"], r["ready"]) for r in rows] == [("tenant-jobs", "1")]
+    assert [q["name"] for q in ok_json(["queue", "list", "--vhost", "tenant a"], cli_broker,
+                                       home)] == ["tenant-jobs"]
+    peeked = ok_json(["queue", "get", "tenant-jobs", "--vhost", "tenant a"], cli_broker, home)
+    assert peeked[0]["payload"]["text"] == "for tenant a"
+    assert ok(["queue", "purge", "tenant-jobs", "--vhost", "tenant a"], cli_broker,
+              home).strip() == "purged 1 messages from queue tenant-jobs"
+    missing_queue = run_cli(["queue", "purge", "tenant-jobs"], cli_broker, home)
+    assert missing_queue.returncode == EXIT_ERROR, "not in '/'"
     assert ok(["vhost", "delete", "tenant a"], cli_broker, home).strip() == \
         "deleted vhost 'tenant a'"
     missing = run_cli(["vhost", "delete", "tenant a"], cli_broker, home)

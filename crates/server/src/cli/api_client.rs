@@ -77,9 +77,25 @@ impl ApiClient {
         self.call("POST", segments, &[], Some(&body))
     }
 
-    /// POST without a body (actions such as purge).
-    pub fn post_empty(&self, segments: &[&str]) -> CliResult<Value> {
-        self.call("POST", segments, &[], None)
+    /// POST with query parameters (an AMQP route's `vhost`).
+    pub fn post_with_query<B: Serialize>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: &B,
+    ) -> CliResult<Value> {
+        let body = serde_json::to_vec(body)
+            .map_err(|error| CliError::Usage(format!("encoding the request: {error}")))?;
+        self.call("POST", segments, query, Some(&body))
+    }
+
+    /// POST without a body (actions such as purge), with query parameters.
+    pub fn post_empty_with_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> CliResult<Value> {
+        self.call("POST", segments, query, None)
     }
 
     /// POST of a body already encoded as JSON.

@@ -20,6 +20,9 @@ const PAYLOAD_CHARS: usize = 60;
 pub struct QueueArgs {
     #[command(flatten)]
     pub options: ClientOptions,
+    /// The AMQP virtual host [default: `/`; list: every vhost]
+    #[arg(long, global = true, value_name = "VHOST")]
+    pub vhost: Option<String>,
     #[command(subcommand)]
     pub command: QueueCommand,
 }
@@ -58,10 +61,15 @@ pub enum QueueCommand {
 }
 
 pub fn run(client: &ApiClient, output: &mut Output, args: &QueueArgs) -> CliResult<()> {
+    let vhost: Vec<(&str, String)> = args
+        .vhost
+        .iter()
+        .map(|vhost| ("vhost", vhost.clone()))
+        .collect();
     match &args.command {
-        QueueCommand::List => list(client, output),
+        QueueCommand::List => list(client, output, &vhost),
         QueueCommand::Purge { queue } => {
-            let value = client.post_empty(&["api", "queues", queue, "purge"])?;
+            let value = client.post_empty_with_query(&["api", "queues", queue, "purge"], &vhost)?;
             if output.json {
                 return output.document(&value);
             }
@@ -80,7 +88,8 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &QueueArgs) -> CliResu
                     GetAckMode::Requeue
                 },
             };
-            let value = client.post(&["api", "queues", queue, "get"], &request)?;
+            let value =
+                client.post_with_query(&["api", "queues", queue, "get"], &vhost, &request)?;
             if output.json {
                 return output.document(&value);
             }
@@ -106,7 +115,7 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &QueueArgs) -> CliResu
                 );
             spinner.set_message(queue.clone());
             spinner.enable_steady_tick(Duration::from_millis(120));
-            let moved = client.post(&["api", "queues", queue, "move"], &request);
+            let moved = client.post_with_query(&["api", "queues", queue, "move"], &vhost, &request);
             spinner.finish_and_clear();
             let value = moved?;
             if output.json {
@@ -121,8 +130,8 @@ pub fn run(client: &ApiClient, output: &mut Output, args: &QueueArgs) -> CliResu
     }
 }
 
-fn list(client: &ApiClient, output: &mut Output) -> CliResult<()> {
-    let value = client.get_value(&["api", "queues"], &[])?;
+fn list(client: &ApiClient, output: &mut Output, vhost: &[(&str, String)]) -> CliResult<()> {
+    let value = client.get_value(&["api", "queues"], vhost)?;
     if output.json {
         return output.document(&value);
     }
@@ -136,6 +145,7 @@ fn list(client: &ApiClient, output: &mut Output) -> CliResult<()> {
             "messages",
             "consumers",
             "durable",
+            "vhost",
         ],
         &[2, 3, 4, 5],
     );
@@ -148,6 +158,7 @@ fn list(client: &ApiClient, output: &mut Output) -> CliResult<()> {
             queue.messages.to_string(),
             queue.consumers.to_string(),
             queue.durable.to_string(),
+            queue.vhost,
         ]);
     }
     output.table(&rows)

@@ -276,13 +276,13 @@ pub async fn serve_connection_until(
 
 /// As `serve_connection_until`, over TLS (the handshake done).
 pub async fn serve_tls_connection_until(
-    stream: tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
     context: RequestContext,
     request_memory: Arc<RequestMemory>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Err(error) = stream.get_ref().0.get_ref().set_nodelay(true) {
+    if let Err(error) = stream.get_ref().0.set_nodelay(true) {
         tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
     }
     let (read_half, write_half) = tokio::io::split(stream);

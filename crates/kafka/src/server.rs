@@ -192,8 +192,6 @@ impl KafkaServer {
 
 /// A TLS handshake must finish within this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes read from a TLS connection's socket at once (see `serve_tls`).
-const TLS_READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Completes the TLS handshake, names the connection by its client certificate if it sent
 /// one (Kafka's SSL principal), then serves it. A failed handshake only closes this connection.
@@ -205,9 +203,6 @@ async fn serve_tls(
     request_memory: Arc<RequestMemory>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // rustls reads the socket 4 KiB at a time: a buffer beneath it turns a large produce
-    // request's dozens of reads into a few system calls. Writes pass straight through.
-    let stream = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, stream);
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {

@@ -126,6 +126,38 @@ async fn a_deleted_vhost_takes_its_messages_and_comes_back_empty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_vhost_gives_back_the_memory_its_messages_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhosts = open(dir.path());
+    let (a, _) = vhosts.create("a").unwrap();
+    a.declare_queue(
+        "transient",
+        false,
+        false,
+        false,
+        false,
+        FieldTable::default(),
+        1,
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let outcome = a
+            .publish(Message {
+                exchange: String::new(),
+                routing_key: "transient".into(),
+                properties: MessageProperties::default(),
+                body: Bytes::from(vec![7u8; 10_000]),
+            })
+            .unwrap();
+        assert!(outcome.routed);
+    }
+    // The memory alarm is the node's: the default vhost sees the other's messages.
+    assert!(vhosts.default_vhost().memory_bytes() >= 100_000);
+    vhosts.delete("a").await.unwrap();
+    assert_eq!(vhosts.default_vhost().memory_bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_vhost_stays_and_names_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let vhosts = open(dir.path());

@@ -276,9 +276,17 @@ impl VirtualHost {
         self.connections_open.load(Ordering::Acquire)
     }
 
-    /// Marks the virtual host deleted: every connection on it closes (`deleted()` turns true).
+    /// Marks the virtual host deleted: every connection on it closes (`deleted()` turns true)
+    /// and every queue is deleted, so the messages it held in memory no longer count against
+    /// the node's memory alarm. Its files are the registry's to remove.
     pub fn mark_deleted(&self) {
         self.deleted.send_replace(true);
+        for queue in self.all_queues() {
+            let (consumers, _) = queue.mark_deleted();
+            for consumer in consumers {
+                consumer.session.consumer_gone(&consumer);
+            }
+        }
     }
 
     /// Turns true when the virtual host is deleted.

@@ -54,6 +54,20 @@ pub(crate) fn read(storage: &dyn Storage, path: &Path) -> io::Result<Vec<u8>> {
     Ok(contents)
 }
 
+/// The JSON document at `path`, or None if there is no such file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<Option<T>, BrokerError> {
+    match read(storage, path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| error(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error(path, e)),
+    }
+}
+
 /// Whether `path` names an entry of its parent directory.
 pub(crate) fn exists(storage: &dyn Storage, path: &Path) -> bool {
     let Some(name) = path.file_name() else {

@@ -656,11 +656,7 @@ fn apply_quotas(
         )),
         _ => None,
     };
-    let user = context
-        .principal
-        .name
-        .strip_prefix("User:")
-        .unwrap_or(&context.principal.name);
+    let user = context.quota_user();
     let mut throttle = Duration::ZERO;
     let mut record = |key: &'static str, amount: f64| {
         let earned = quotas.record(user, &context.client_id, key, amount);
@@ -683,11 +679,7 @@ fn apply_quotas(
             i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX),
         );
     }
-    let until = Instant::now() + throttle;
-    let mut muted = context.muted_until.lock();
-    if muted.is_none_or(|at| at < until) {
-        *muted = Some(until);
-    }
+    context.mute_for(throttle);
 }
 
 /// Raises a response's throttle_time_ms to at least `throttle_ms`, for every response a client

@@ -117,4 +117,22 @@ impl RequestContext {
             name,
         )
     }
+
+    /// The user client quotas are matched against: the principal without its `User:` prefix.
+    pub(crate) fn quota_user(&self) -> &str {
+        self.principal
+            .name
+            .strip_prefix("User:")
+            .unwrap_or(&self.principal.name)
+    }
+
+    /// Stops reading this connection for `throttle` (a throttled client, KIP-219); a longer
+    /// mute already in place stays.
+    pub(crate) fn mute_for(&self, throttle: std::time::Duration) {
+        let until = std::time::Instant::now() + throttle;
+        let mut muted = self.muted_until.lock();
+        if muted.is_none_or(|at| at < until) {
+            *muted = Some(until);
+        }
+    }
 }

@@ -9,8 +9,6 @@
 //! permissive quota). Either way the response carries the time until the bucket is back at
 //! zero as throttle_time_ms, and the connection is not read for that long.
 
-use std::time::{Duration, Instant};
-
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -21,7 +19,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_auth::quotas::MutationQuota;
+use sluice_auth::quotas::{MutationQuota, CONTROLLER_MUTATION_RATE};
 
 use crate::connection::{dispatch_authorized, ResponseHold};
 use crate::RequestContext;
@@ -50,15 +48,10 @@ pub(crate) async fn serve_under_quota(
     ) {
         return Err(request);
     }
-    let user = context
-        .principal
-        .name
-        .strip_prefix("User:")
-        .unwrap_or(&context.principal.name);
     let Some(quota) = context
         .security
         .quotas
-        .controller_mutation(user, &context.client_id)
+        .controller_mutation(context.quota_user(), &context.client_id)
     else {
         return Err(request);
     };
@@ -192,18 +185,10 @@ fn throttle_ms(context: &RequestContext, quota: &MutationQuota<'_>) -> i32 {
     if throttle.is_zero() {
         return 0;
     }
-    metrics::counter!("sluice_kafka_throttled_responses_total", "quota" => "controller_mutation_rate")
+    metrics::counter!("sluice_kafka_throttled_responses_total", "quota" => CONTROLLER_MUTATION_RATE)
         .increment(1);
-    mute(context, throttle);
+    context.mute_for(throttle);
     i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX)
-}
-
-fn mute(context: &RequestContext, throttle: Duration) {
-    let until = Instant::now() + throttle;
-    let mut muted = context.muted_until.lock();
-    if muted.is_none_or(|at| at < until) {
-        *muted = Some(until);
-    }
 }
 
 /// Partitions of a topic now, by name or id (in a cluster, as its metadata has it).

@@ -231,13 +231,7 @@ pub(crate) struct GroupConfigs {
 
 impl GroupConfigs {
     pub(crate) fn open(storage: Arc<dyn Storage>, path: PathBuf) -> Result<Self, BrokerError> {
-        let overrides = if durable_fs::exists(storage.as_ref(), &path) {
-            let bytes = durable_fs::read(storage.as_ref(), &path)
-                .map_err(|e| durable_fs::error(&path, e))?;
-            serde_json::from_slice(&bytes).map_err(|e| durable_fs::error(&path, e))?
-        } else {
-            BTreeMap::new()
-        };
+        let overrides = durable_fs::read_json(storage.as_ref(), &path)?.unwrap_or_default();
         Ok(GroupConfigs {
             storage,
             path,

@@ -36,12 +36,7 @@ pub struct QueueDefinition {
 impl Definitions {
     pub fn load(storage: &dyn Storage, amqp_dir: &Path) -> Result<Definitions, VhostError> {
         let path = amqp_dir.join(DEFINITIONS_FILE);
-        match durable_fs::read(storage, &path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| VhostError::from(durable_fs::error(&path, e))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
-            Err(e) => Err(VhostError::from(durable_fs::error(&path, e))),
-        }
+        Ok(durable_fs::read_json(storage, &path)?.unwrap_or_default())
     }
 
     /// Replaces the file atomically and durably (the rename is fsynced in its directory).

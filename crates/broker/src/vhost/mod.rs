@@ -258,7 +258,7 @@ impl VirtualHost {
     }
 
     /// Counts an AMQP connection opened on the virtual host unless it already has `max` (its
-    /// `max-connections`); true if it was counted. `connection_closed_count` uncounts it.
+    /// `max-connections`); true if it was counted. `uncount_connection` uncounts it.
     pub fn try_count_connection(&self, max: Option<u64>) -> bool {
         self.connections_open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -282,10 +282,7 @@ impl VirtualHost {
     pub fn mark_deleted(&self) {
         self.deleted.send_replace(true);
         for queue in self.all_queues() {
-            let (consumers, _) = queue.mark_deleted();
-            for consumer in consumers {
-                consumer.session.consumer_gone(&consumer);
-            }
+            retire(&queue);
         }
     }
 
@@ -691,11 +688,7 @@ impl VirtualHost {
                     .submit_then(topology.durable_definitions(), Some(remove_files));
             }
         }
-        let (consumers, count) = queue.mark_deleted();
-        for consumer in consumers {
-            consumer.session.consumer_gone(&consumer);
-        }
-        count
+        retire(queue)
     }
 
     pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
@@ -920,6 +913,16 @@ fn server_name_suffix() -> String {
     use rand::Rng;
     let bytes: [u8; 16] = rand::thread_rng().gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks a queue deleted, empties it and tells its consumers' sessions; answers how many
+/// messages it held.
+fn retire(queue: &Queue) -> u32 {
+    let (consumers, count) = queue.mark_deleted();
+    for consumer in consumers {
+        consumer.session.consumer_gone(&consumer);
+    }
+    count
 }
 
 fn remove_orphan_queue_dirs(

@@ -70,13 +70,8 @@ impl VirtualHosts {
         )?;
         let storage = Arc::clone(&broker.config().storage);
         let path = amqp_dir(&config.data_dir).join(REGISTRY_FILE);
-        let file: RegistryFile = match durable_fs::read(storage.as_ref(), &path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                VhostError::from(durable_fs::error(&path, format!("not a vhost list: {e}")))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile::default(),
-            Err(e) => return Err(VhostError::from(durable_fs::error(&path, e))),
-        };
+        let file: RegistryFile =
+            durable_fs::read_json(storage.as_ref(), &path)?.unwrap_or_default();
         let mut others = BTreeMap::new();
         for registered in &file.vhosts {
             let vhost = VirtualHost::open_named(

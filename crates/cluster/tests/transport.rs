@@ -227,7 +227,7 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
     // A hello from a node that must not dial (higher id) is refused.
     let mut wrong_dialer = TcpStream::connect(addr).await.unwrap();
     let hello3 = frame::encode_frame(&WireMessage::Hello { node_id: 3 }, limit).unwrap();
-    wrong_dialer.write_all(&hello3).await.unwrap();
+    wrong_dialer.write_all(&hello3.to_bytes()).await.unwrap();
     assert_closed(&mut wrong_dialer).await;
 
     // A proper peer connection: an unknown group is answered, then garbage closes it.
@@ -243,7 +243,7 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
         limit,
     )
     .unwrap();
-    peer.write_all(&[hello1.as_ref(), request.as_ref()].concat())
+    peer.write_all(&[hello1.to_bytes(), request.to_bytes()].concat())
         .await
         .unwrap();
     let mut len = [0u8; 4];
@@ -251,7 +251,7 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
     peer.read_exact(&mut payload).await.unwrap();
     assert_eq!(
-        frame::decode_message(&payload, limit).unwrap(),
+        frame::decode_message(Bytes::from(payload), limit).unwrap(),
         WireMessage::Response {
             request_id: 42,
             result: Err(RemoteFailure::UnknownGroup(partition(99)))

@@ -40,18 +40,41 @@ pub fn encode_payload(
     payload: &EntryPayload<PartitionRaft>,
     leader: NodeId,
 ) -> Result<Vec<u8>, PartitionRaftError> {
+    let mut bytes = Vec::with_capacity(payload_len_hint(payload));
+    encode_payload_into(payload, leader, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`encode_payload`] appended to `out`: a normal entry's batches are copied once.
+pub fn encode_payload_into(
+    payload: &EntryPayload<PartitionRaft>,
+    leader: NodeId,
+    out: &mut Vec<u8>,
+) -> Result<(), PartitionRaftError> {
     match payload {
-        EntryPayload::Normal(entry) => Ok(entry.batch.to_vec()),
-        EntryPayload::Blank => Ok(control_batch(CONTROL_TYPE_RAFT_BLANK, None, leader)),
+        EntryPayload::Normal(entry) => out.extend_from_slice(&entry.batch),
+        EntryPayload::Blank => {
+            out.extend_from_slice(&control_batch(CONTROL_TYPE_RAFT_BLANK, None, leader))
+        }
         EntryPayload::Membership(membership) => {
             let value = serde_json::to_vec(membership)
                 .map_err(|e| PartitionRaftError::Encode(e.to_string()))?;
-            Ok(control_batch(
+            out.extend_from_slice(&control_batch(
                 CONTROL_TYPE_RAFT_MEMBERSHIP,
                 Some(value),
                 leader,
-            ))
+            ));
         }
+    }
+    Ok(())
+}
+
+/// The bytes [`encode_payload`] gives a normal entry exactly, and a control entry roughly
+/// (they are small): for sizing buffers.
+pub fn payload_len_hint(payload: &EntryPayload<PartitionRaft>) -> usize {
+    match payload {
+        EntryPayload::Normal(entry) => entry.batch.len(),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 256,
     }
 }
 

@@ -137,15 +137,25 @@ impl PartitionLogStore {
                 .iter()
                 .position(|e| e.log_id.leader_id.term != term)
                 .map_or(entries.len(), |n| position + n);
-            let mut batches = Vec::new();
+            // Sized up front: the producers' batches are copied once, straight into the
+            // buffer the log stamps and writes (at 100 B per record this copy is most of the
+            // append's own CPU).
+            let run_bytes: usize = entries[position..run_end]
+                .iter()
+                .map(|entry| control::payload_len_hint(&entry.payload))
+                .sum();
+            let mut batches = Vec::with_capacity(run_bytes);
             // Batches per entry (1, or an entry group's head and members), checked before
             // anything is written: the index must not drift from the log.
             let mut counts = Vec::with_capacity(run_end - position);
             for entry in &entries[position..run_end] {
-                let bytes =
-                    control::encode_payload(&entry.payload, entry.log_id.leader_id.node_id)?;
-                counts.push(control::entry_batch_count(&bytes)?);
-                batches.extend_from_slice(&bytes);
+                let start = batches.len();
+                control::encode_payload_into(
+                    &entry.payload,
+                    entry.log_id.leader_id.node_id,
+                    &mut batches,
+                )?;
+                counts.push(control::entry_batch_count(&batches[start..])?);
             }
             let appended = shared.log.append(&mut batches, epoch, now_ms)?;
             let batch_count: usize = counts.iter().sum();

@@ -42,7 +42,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-pub use frame::{RemoteFailure, RpcKind, WireMessage};
+pub use frame::{EncodedFrame, RemoteFailure, RpcKind, WireMessage};
 pub use network::{GroupNetwork, GroupNetworkFactory, RaftDispatcher};
 
 use crate::{GroupId, NodeId};
@@ -267,7 +267,7 @@ type FrameReader = FramedRead<ReadHalf, LengthDelimitedCodec>;
 /// An encoded frame in a peer's queue; a request's id lets the writer skip it once its caller
 /// has given up.
 struct QueuedFrame {
-    bytes: Bytes,
+    frame: EncodedFrame,
     request_id: Option<u64>,
 }
 
@@ -505,7 +505,7 @@ impl Transport {
             request_id,
         };
         let queued = QueuedFrame {
-            bytes: frame,
+            frame,
             request_id: Some(request_id),
         };
         if link.queue_tx.try_send(queued).is_err() {
@@ -591,7 +591,7 @@ async fn handshake(inner: Arc<TransportInner>, stream: TcpStream, remote: Socket
     let first = tokio::time::timeout(inner.config.hello_timeout, reader.next()).await;
     let peer_id = match first {
         Ok(Some(Ok(payload))) => {
-            match frame::decode_message(&payload, inner.config.frame_bytes_max) {
+            match frame::decode_message(payload.freeze(), inner.config.frame_bytes_max) {
                 Ok(WireMessage::Hello { node_id }) => node_id,
                 Ok(WireMessage::Request {
                     request_id,
@@ -662,7 +662,7 @@ async fn serve_once(
         });
     match frame {
         Ok(frame) => {
-            if let Err(e) = write.write_all(&frame).await {
+            if let Err(e) = write.write_all(&frame.to_bytes()).await {
                 tracing::debug!(error = %e, "cluster transport: one-shot response not sent");
             }
             let _ = write.shutdown().await;
@@ -703,7 +703,7 @@ where
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         write
-            .write_all(&request)
+            .write_all(&request.to_bytes())
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         write
@@ -712,7 +712,7 @@ where
             .map_err(|e| connect_error(e.to_string()))?;
         let mut reader = FramedRead::new(read, frame::codec(frame_bytes_max));
         match reader.next().await {
-            Some(Ok(payload)) => match frame::decode_message(&payload, frame_bytes_max) {
+            Some(Ok(payload)) => match frame::decode_message(payload.freeze(), frame_bytes_max) {
                 Ok(WireMessage::Response { result, .. }) => Ok(result),
                 Ok(other) => Err(CallError::Codec(format!("unexpected frame {other:?}"))),
                 Err(e) => Err(CallError::Codec(e.to_string())),
@@ -783,7 +783,7 @@ async fn peer_loop(
         link.pending.lock().clear();
         while let Ok(frame) = queue_rx.try_recv() {
             link.queued_bytes
-                .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+                .fetch_sub(frame.frame.len(), Ordering::AcqRel);
         }
         match ended {
             SessionEnd::Replaced(connection) => next_connection = Some(connection),
@@ -806,7 +806,7 @@ async fn dial(
         inner.config.frame_bytes_max,
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    write.write_all(&hello).await?;
+    write.write_all(&hello.to_bytes()).await?;
     write.flush().await?;
     Ok((
         FramedRead::new(read, frame::codec(inner.config.frame_bytes_max)),
@@ -858,7 +858,9 @@ async fn run_session(
     end
 }
 
-/// Writes `first` and, when coalescing, every frame already queued behind it, in one buffer.
+/// Writes `first` and, when coalescing, every frame already queued behind it: heads and small
+/// bodies gathered in one buffer, a large body written from its own (no copy of replicated
+/// data), in order.
 async fn write_frames(
     inner: &TransportInner,
     link: &PeerLink,
@@ -869,10 +871,10 @@ async fn write_frames(
 ) -> std::io::Result<()> {
     let stats = &inner.stats;
     // Taken off the queue: no longer counted against it; dropped if its caller gave up.
-    let wanted = |frame: &QueuedFrame| {
+    let wanted = |queued: &QueuedFrame| {
         link.queued_bytes
-            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
-        frame
+            .fetch_sub(queued.frame.len(), Ordering::AcqRel);
+        queued
             .request_id
             .is_none_or(|id| link.pending.lock().contains_key(&id))
     };
@@ -881,23 +883,27 @@ async fn write_frames(
             return Ok(());
         }
         stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        write_counted(stats, writer, &first.bytes).await?;
+        write_counted(stats, writer, &first.frame.head).await?;
+        write_counted(stats, writer, &first.frame.body).await?;
         // TLS holds records back until flushed; plain TCP's flush does nothing.
         return writer.flush().await;
     }
     buffer.clear();
     let mut frames = 0;
+    let mut batched = 0;
     if wanted(&first) {
-        buffer.extend_from_slice(&first.bytes);
+        batched += first.frame.len();
+        gather(stats, writer, buffer, &first.frame).await?;
         frames += 1;
     }
     // Let the tasks that are about to send (other groups' heartbeats, responses) queue first.
     tokio::task::yield_now().await;
-    while buffer.len() < inner.config.write_batch_bytes_max {
+    while batched < inner.config.write_batch_bytes_max {
         match queue_rx.try_recv() {
-            Ok(frame) => {
-                if wanted(&frame) {
-                    buffer.extend_from_slice(&frame.bytes);
+            Ok(queued) => {
+                if wanted(&queued) {
+                    batched += queued.frame.len();
+                    gather(stats, writer, buffer, &queued.frame).await?;
                     frames += 1;
                 }
             }
@@ -909,7 +915,30 @@ async fn write_frames(
     }
     stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
     write_counted(stats, writer, buffer).await?;
+    buffer.clear();
     writer.flush().await
+}
+
+/// Bodies from this size on are written from their own buffer rather than copied into the
+/// write buffer: one more `write` costs less than copying them.
+const DIRECT_BODY_BYTES: usize = 16 * 1024;
+
+/// Adds `frame` to the write buffer, or, for a large body, writes what is buffered, the head
+/// and the body.
+async fn gather(
+    stats: &StatCounters,
+    writer: &mut WriteHalf,
+    buffer: &mut BytesMut,
+    frame: &EncodedFrame,
+) -> std::io::Result<()> {
+    buffer.extend_from_slice(&frame.head);
+    if frame.body.len() < DIRECT_BODY_BYTES {
+        buffer.extend_from_slice(&frame.body);
+        return Ok(());
+    }
+    write_counted(stats, writer, buffer).await?;
+    buffer.clear();
+    write_counted(stats, writer, &frame.body).await
 }
 
 /// `write_all`, counting each `write` call.
@@ -957,7 +986,8 @@ async fn read_frames(
             }
         };
         inner.stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        match frame::decode_message(&payload, limit) {
+        let payload_len = payload.len();
+        match frame::decode_message(payload.freeze(), limit) {
             Ok(WireMessage::Request {
                 request_id,
                 group,
@@ -966,7 +996,7 @@ async fn read_frames(
             }) => {
                 let dispatcher = inner.groups.read().get(&group).cloned();
                 // Requests past the budget wait here, unread ones stay in the socket.
-                let cost = u32::try_from(payload.len().clamp(1, budget)).unwrap_or(u32::MAX);
+                let cost = u32::try_from(payload_len.clamp(1, budget)).unwrap_or(u32::MAX);
                 let permit = tokio::select! {
                     _ = session_end.cancelled() => break,
                     permit = serving.clone().acquire_many_owned(cost) => match permit {
@@ -1001,7 +1031,7 @@ async fn read_frames(
                     let size = frame.len();
                     link.queued_bytes.fetch_add(size, Ordering::AcqRel);
                     let queued = QueuedFrame {
-                        bytes: frame,
+                        frame,
                         request_id: None,
                     };
                     if link.queue_tx.send(queued).await.is_err() {

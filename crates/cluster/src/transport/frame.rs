@@ -213,8 +213,12 @@ pub fn encode_frame(
             ),
         },
     };
-    let header = encode_body(&header, frame_bytes_max)?;
-    let size = header.len() + body.len();
+    // The header goes straight behind a length placeholder, filled in once its size is known.
+    let mut head = vec![0u8; 4];
+    wire_options(frame_bytes_max)
+        .serialize_into(&mut head, &header)
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let size = head.len() - 4 + body.len();
     if size > frame_bytes_max {
         return Err(FrameError::TooLarge {
             size,
@@ -225,11 +229,9 @@ pub fn encode_frame(
         size,
         limit: u32::MAX as usize,
     })?;
-    let mut head = BytesMut::with_capacity(4 + header.len());
-    head.extend_from_slice(&length.to_be_bytes());
-    head.extend_from_slice(&header);
+    head[..4].copy_from_slice(&length.to_be_bytes());
     Ok(EncodedFrame {
-        head: head.freeze(),
+        head: Bytes::from(head),
         body,
     })
 }

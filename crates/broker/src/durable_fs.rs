@@ -54,15 +54,17 @@ pub(crate) fn read(storage: &dyn Storage, path: &Path) -> io::Result<Vec<u8>> {
     Ok(contents)
 }
 
-/// The JSON document at `path`, or None if there is no such file.
+/// The JSON document at `path`, or None if there is no such file. `what` names the document in
+/// the error when the file is not one (e.g. "vhost list").
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     storage: &dyn Storage,
     path: &Path,
+    what: &str,
 ) -> Result<Option<T>, BrokerError> {
     match read(storage, path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| error(path, e)),
+            .map_err(|e| error(path, format!("not a {what}: {e}"))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(error(path, e)),
     }
@@ -142,5 +144,29 @@ mod tests {
         disk.power_cut();
         assert!(!exists(&disk, Path::new("/x/a")));
         assert_eq!(read(&disk, Path::new("/y/b")).expect("moved"), b"x");
+    }
+
+    #[test]
+    fn a_json_document_reads_back_and_a_missing_one_is_none() {
+        let disk = SimDisk::new(5);
+        let path = Path::new("/j/list.json");
+        assert_eq!(
+            read_json::<Vec<u32>>(&disk, path, "list").expect("read"),
+            None
+        );
+        write_atomically(&disk, path, b"[1,2]").expect("write");
+        let list: Option<Vec<u32>> = read_json(&disk, path, "list").expect("read");
+        assert_eq!(list, Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_document_names_it_in_the_error() {
+        let disk = SimDisk::new(6);
+        let path = Path::new("/j/vhosts.json");
+        write_atomically(&disk, path, b"{ not json").expect("write");
+        let error = read_json::<Vec<u32>>(&disk, path, "vhost list").expect_err("garbage");
+        let message = error.to_string();
+        assert!(message.contains("/j/vhosts.json"), "{message}");
+        assert!(message.contains("not a vhost list:"), "{message}");
     }
 }

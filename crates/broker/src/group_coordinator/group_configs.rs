@@ -231,7 +231,8 @@ pub(crate) struct GroupConfigs {
 
 impl GroupConfigs {
     pub(crate) fn open(storage: Arc<dyn Storage>, path: PathBuf) -> Result<Self, BrokerError> {
-        let overrides = durable_fs::read_json(storage.as_ref(), &path)?.unwrap_or_default();
+        let overrides = durable_fs::read_json(storage.as_ref(), &path, "group config list")?
+            .unwrap_or_default();
         Ok(GroupConfigs {
             storage,
             path,

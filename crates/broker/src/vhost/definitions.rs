@@ -36,7 +36,7 @@ pub struct QueueDefinition {
 impl Definitions {
     pub fn load(storage: &dyn Storage, amqp_dir: &Path) -> Result<Definitions, VhostError> {
         let path = amqp_dir.join(DEFINITIONS_FILE);
-        Ok(durable_fs::read_json(storage, &path)?.unwrap_or_default())
+        Ok(durable_fs::read_json(storage, &path, "definitions document")?.unwrap_or_default())
     }
 
     /// Replaces the file atomically and durably (the rename is fsynced in its directory).

@@ -71,7 +71,7 @@ impl VirtualHosts {
         let storage = Arc::clone(&broker.config().storage);
         let path = amqp_dir(&config.data_dir).join(REGISTRY_FILE);
         let file: RegistryFile =
-            durable_fs::read_json(storage.as_ref(), &path)?.unwrap_or_default();
+            durable_fs::read_json(storage.as_ref(), &path, "vhost list")?.unwrap_or_default();
         let mut others = BTreeMap::new();
         for registered in &file.vhosts {
             let vhost = VirtualHost::open_named(

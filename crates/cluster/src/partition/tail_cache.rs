@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 /// Bytes of batches kept at most per partition (a follower far behind reads from the log).
-const TAIL_BYTES_MAX: usize = 4 << 20;
+/// Producers batch up to 1 MiB per partition, so this is a dozen or so of their batches.
+const TAIL_BYTES_MAX: usize = 16 << 20;
 /// Bytes of applied batches kept: the slower follower of a majority is often sent an entry
-/// after it applied (once the faster one acknowledged it). An idle partition keeps this much.
-const APPLIED_BYTES_KEPT: usize = 1 << 20;
+/// after it applied (once the faster one acknowledged it), and with 1 MiB producer batches
+/// it lags by several entries. An idle partition keeps this much.
+const APPLIED_BYTES_KEPT: usize = 8 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
 /// busy partitions would otherwise hold 4 GiB. Over it, a cache keeps its newest entry only,
 /// and applied entries are dropped; readers then read from the log (the page cache).

@@ -779,7 +779,8 @@ impl ClusterNode {
         state_machine: SM,
     ) -> Result<Raft<C>, ClusterError>
     where
-        C: RaftTypeConfig<NodeId = NodeId>,
+        C: RaftTypeConfig<NodeId = NodeId, Entry = openraft::Entry<C>>,
+        C::D: crate::transport::BulkPayload,
         C::SnapshotData:
             tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
         LS: RaftLogStorage<C>,

@@ -106,6 +106,17 @@ impl ClusterMetadata {
     }
 }
 
+/// Metadata commands are small: they travel inside the encoded AppendEntries.
+impl crate::transport::BulkPayload for MetadataCommand {
+    fn take_bulk(&mut self) -> Option<bytes::Bytes> {
+        None
+    }
+
+    fn restore_bulk(&mut self, _bulk: bytes::Bytes) -> bool {
+        false
+    }
+}
+
 /// A change to the cluster metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {

@@ -142,6 +142,21 @@ pub struct PartitionEntry {
     pub batch: Bytes,
 }
 
+/// The record batches travel raw behind an AppendEntries (not copied by bincode).
+impl crate::transport::BulkPayload for PartitionEntry {
+    fn take_bulk(&mut self) -> Option<Bytes> {
+        (!self.batch.is_empty()).then(|| std::mem::take(&mut self.batch))
+    }
+
+    fn restore_bulk(&mut self, bulk: Bytes) -> bool {
+        if !self.batch.is_empty() {
+            return false;
+        }
+        self.batch = bulk;
+        true
+    }
+}
+
 impl PartitionEntry {
     /// Checks a batch before it is proposed: exactly one whole batch with a good CRC, and not
     /// one of the control types reserved for Raft's own entries (it would read back as one).

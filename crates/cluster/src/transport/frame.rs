@@ -5,7 +5,9 @@
 //! payload is buffered. The body (a group's encoded request or response, an AppendEntries'
 //! batches among them) is not serialized again: the sender writes it from its own buffer and
 //! the receiver slices it out of the frame, so replicated data is not copied on its way
-//! through the transport (it was copied three times per send before). bincode because every openraft message already derives serde, both
+//! through the transport (it was copied three times per send before). A body may be sent in
+//! parts (an AppendEntries' record batches follow its encoded request, see `network`); the
+//! receiver sees one body. bincode because every openraft message already derives serde, both
 //! ends run the same code (no schema evolution to negotiate yet), and it is compact and fast;
 //! tonic would add protobuf codegen and one HTTP/2 stream per call, and defeat the write
 //! coalescing below. The bincode decoder is bounded by the frame size, so a forged length
@@ -126,6 +128,19 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8], limit_bytes: usize) -> Resu
         .map_err(|e| FrameError::Decode(e.to_string()))
 }
 
+/// Decodes a value from the start of `body`; returns it and the bytes it took (what follows
+/// is raw, e.g. the record batches behind an AppendEntries).
+pub fn decode_body_prefix<T: DeserializeOwned>(
+    body: &[u8],
+    limit_bytes: usize,
+) -> Result<(T, usize), FrameError> {
+    let mut rest = body;
+    let value = wire_options(limit_bytes)
+        .deserialize_from(&mut rest)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    Ok((value, body.len() - rest.len()))
+}
+
 /// The codec both ends frame with.
 pub fn codec(frame_bytes_max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -151,27 +166,35 @@ enum WireHeader {
     },
 }
 
-/// A frame ready to be written: `head` (length prefix and header), then `body` as it is.
+/// A frame ready to be written: `head` (length prefix and header), then the body's parts as
+/// they are, one after another (an AppendEntries' record batches are parts of their own, so
+/// they are never copied into the encoded request).
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {
     pub head: Bytes,
-    pub body: Bytes,
+    pub body: Vec<Bytes>,
 }
 
 impl EncodedFrame {
     pub fn len(&self) -> usize {
-        self.head.len() + self.body.len()
+        self.head.len() + self.body_len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+
     /// The whole frame in one buffer (a copy of the body: for one-off frames).
     pub fn to_bytes(&self) -> Bytes {
         let mut frame = BytesMut::with_capacity(self.len());
         frame.extend_from_slice(&self.head);
-        frame.extend_from_slice(&self.body);
+        for part in &self.body {
+            frame.extend_from_slice(part);
+        }
         frame.freeze()
     }
 }
@@ -182,7 +205,7 @@ pub fn encode_frame(
     frame_bytes_max: usize,
 ) -> Result<EncodedFrame, FrameError> {
     let (header, body) = match message {
-        WireMessage::Hello { node_id } => (WireHeader::Hello { node_id: *node_id }, Bytes::new()),
+        WireMessage::Hello { node_id } => (WireHeader::Hello { node_id: *node_id }, Vec::new()),
         WireMessage::Request {
             request_id,
             group,
@@ -194,7 +217,7 @@ pub fn encode_frame(
                 group: *group,
                 kind: *kind,
             },
-            body.clone(),
+            vec![body.clone()],
         ),
         WireMessage::Response { request_id, result } => match result {
             Ok(body) => (
@@ -202,23 +225,52 @@ pub fn encode_frame(
                     request_id: *request_id,
                     failure: None,
                 },
-                body.clone(),
+                vec![body.clone()],
             ),
             Err(failure) => (
                 WireHeader::Response {
                     request_id: *request_id,
                     failure: Some(failure.clone()),
                 },
-                Bytes::new(),
+                Vec::new(),
             ),
         },
     };
+    encode_parts(&header, body, frame_bytes_max)
+}
+
+/// Encodes a request whose body is `body`'s parts in order; the receiver sees them as one
+/// body. The parts are shared, not copied.
+pub fn encode_request(
+    request_id: u64,
+    group: GroupId,
+    kind: RpcKind,
+    body: Vec<Bytes>,
+    frame_bytes_max: usize,
+) -> Result<EncodedFrame, FrameError> {
+    let header = WireHeader::Request {
+        request_id,
+        group,
+        kind,
+    };
+    encode_parts(&header, body, frame_bytes_max)
+}
+
+fn encode_parts(
+    header: &WireHeader,
+    body: Vec<Bytes>,
+    frame_bytes_max: usize,
+) -> Result<EncodedFrame, FrameError> {
     // The header goes straight behind a length placeholder, filled in once its size is known.
     let mut head = vec![0u8; 4];
     wire_options(frame_bytes_max)
-        .serialize_into(&mut head, &header)
+        .serialize_into(&mut head, header)
         .map_err(|e| FrameError::Encode(e.to_string()))?;
-    let size = head.len() - 4 + body.len();
+    let mut frame = EncodedFrame {
+        head: Bytes::new(),
+        body,
+    };
+    let size = head.len() - 4 + frame.body_len();
     if size > frame_bytes_max {
         return Err(FrameError::TooLarge {
             size,
@@ -230,10 +282,8 @@ pub fn encode_frame(
         limit: u32::MAX as usize,
     })?;
     head[..4].copy_from_slice(&length.to_be_bytes());
-    Ok(EncodedFrame {
-        head: Bytes::from(head),
-        body,
-    })
+    frame.head = Bytes::from(head);
+    Ok(frame)
 }
 
 /// Decodes one frame's payload (the codec has already stripped and checked the length); the
@@ -333,7 +383,43 @@ mod tests {
             4096,
         )
         .unwrap();
-        assert_eq!(frame.body.as_ptr(), body.as_ptr());
+        assert_eq!(frame.body[0].as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn a_request_in_parts_arrives_as_one_body_and_the_parts_are_not_copied() {
+        let group = GroupId::Partition {
+            topic_id: uuid::Uuid::from_u128(1),
+            partition: 0,
+        };
+        let parts = vec![
+            Bytes::from_static(b"head"),
+            Bytes::from(vec![1u8; 100]),
+            Bytes::new(),
+            Bytes::from(vec![2u8; 50]),
+        ];
+        let frame = encode_request(4, group, RpcKind::AppendEntries, parts.clone(), 1024).unwrap();
+        assert_eq!(frame.body[1].as_ptr(), parts[1].as_ptr());
+        let mut buf = BytesMut::from(&frame.to_bytes()[..]);
+        let payload = codec(1024).decode(&mut buf).unwrap().unwrap();
+        let WireMessage::Request { body, .. } = decode_message(payload.freeze(), 1024).unwrap()
+        else {
+            panic!("not a request");
+        };
+        assert_eq!(body, parts.concat());
+        // The limit counts every part.
+        assert!(encode_request(4, group, RpcKind::AppendEntries, parts, 150).is_err());
+    }
+
+    #[test]
+    fn a_prefix_decodes_and_reports_its_length() {
+        let mut body = encode_body(&(7u32, "seven"), 64).unwrap().to_vec();
+        let encoded = body.len();
+        body.extend_from_slice(b"raw");
+        let ((number, word), taken): ((u32, String), usize) =
+            decode_body_prefix(&body, 64).unwrap();
+        assert_eq!((number, word.as_str(), taken), (7, "seven", encoded));
+        assert!(decode_body_prefix::<(u32, String)>(&body[..3], 64).is_err());
     }
 
     #[test]

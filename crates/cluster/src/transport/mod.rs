@@ -43,7 +43,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 pub use frame::{EncodedFrame, RemoteFailure, RpcKind, WireMessage};
-pub use network::{GroupNetwork, GroupNetworkFactory, RaftDispatcher};
+pub use network::{BulkPayload, GroupNetwork, GroupNetworkFactory, RaftDispatcher};
 
 use crate::{GroupId, NodeId};
 
@@ -468,6 +468,20 @@ impl Transport {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Bytes, CallError> {
+        self.call_with_parts(target, group, kind, vec![body], timeout)
+            .await
+    }
+
+    /// [`Transport::call`] with a body sent as `parts`, one after another (the receiver sees
+    /// one body); the parts are written as they are, not copied into one buffer.
+    pub async fn call_with_parts(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        kind: RpcKind,
+        body: Vec<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, CallError> {
         let link = self
             .inner
             .peers
@@ -479,13 +493,11 @@ impl Transport {
             return Err(CallError::Unreachable(target));
         }
         let request_id = link.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let frame = frame::encode_frame(
-            &WireMessage::Request {
-                request_id,
-                group,
-                kind,
-                body,
-            },
+        let frame = frame::encode_request(
+            request_id,
+            group,
+            kind,
+            body,
             self.inner.config.frame_bytes_max,
         )
         .map_err(encode_error)?;
@@ -884,7 +896,9 @@ async fn write_frames(
         }
         stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         write_counted(stats, writer, &first.frame.head).await?;
-        write_counted(stats, writer, &first.frame.body).await?;
+        for part in &first.frame.body {
+            write_counted(stats, writer, part).await?;
+        }
         // TLS holds records back until flushed; plain TCP's flush does nothing.
         return writer.flush().await;
     }
@@ -923,8 +937,8 @@ async fn write_frames(
 /// write buffer: one more `write` costs less than copying them.
 const DIRECT_BODY_BYTES: usize = 16 * 1024;
 
-/// Adds `frame` to the write buffer, or, for a large body, writes what is buffered, the head
-/// and the body.
+/// Adds `frame` to the write buffer; a large part of its body is written from its own buffer,
+/// after what is buffered.
 async fn gather(
     stats: &StatCounters,
     writer: &mut WriteHalf,
@@ -932,13 +946,16 @@ async fn gather(
     frame: &EncodedFrame,
 ) -> std::io::Result<()> {
     buffer.extend_from_slice(&frame.head);
-    if frame.body.len() < DIRECT_BODY_BYTES {
-        buffer.extend_from_slice(&frame.body);
-        return Ok(());
+    for part in &frame.body {
+        if part.len() < DIRECT_BODY_BYTES {
+            buffer.extend_from_slice(part);
+            continue;
+        }
+        write_counted(stats, writer, buffer).await?;
+        buffer.clear();
+        write_counted(stats, writer, part).await?;
     }
-    write_counted(stats, writer, buffer).await?;
-    buffer.clear();
-    write_counted(stats, writer, &frame.body).await
+    Ok(())
 }
 
 /// `write_all`, counting each `write` call.

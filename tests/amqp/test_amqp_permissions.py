@@ -2,9 +2,9 @@
 configure/write/read regular expressions checked on each method, with RabbitMQ's reply codes
 and texts.
 
-Each test makes its own users (unique names) with permissions on '/': on RabbitMQ with
-rabbitmqctl (and deletes them afterwards, the node being shared), on Sluice through its HTTP API
-as guest. Queues and exchanges the users act on are usually declared by guest first, so that a
+Each test makes its own users (unique names) with permissions on '/' through the broker's
+management HTTP API as guest (RabbitMQ's, and Sluice's which follows it); on RabbitMQ they are
+deleted afterwards, the node being shared. Queues and exchanges the users act on are usually declared by guest first, so that a
 refusal is the only thing that differs between two calls.
 """
 
@@ -16,7 +16,6 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 import pytest
-import requests
 
 from . import raw_amqp
 from .amqp_expect import (ACCESS_REFUSED, NOT_ALLOWED, NOT_FOUND, channel_closed, get_bodies,
@@ -26,7 +25,6 @@ AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.Auth
 LOGIN_REFUSED_PLAIN = ("ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
                        "For details see the broker logfile.")
 ALL = (".*", ".*", ".*")
-HTTP_TIMEOUT_S = 10
 VHOST = "/"
 
 
@@ -56,44 +54,29 @@ class User:
 
 
 class Users:
-    """Users of the broker under test, with permissions on '/': rabbitmqctl on RabbitMQ, the
-    HTTP API (as guest, an administrator on loopback) on Sluice."""
+    """Users of the broker under test, with permissions on '/', made through its management
+    HTTP API (as guest, an administrator on loopback)."""
 
     def __init__(self, amqp):
         self.amqp = amqp
         self.created: list[str] = []
 
-    def _api(self, method: str, path: str, body=None):
-        response = requests.request(method, f"{self.amqp.broker.http_url}/api/{path}",
-                                    auth=("guest", "guest"), json=body, timeout=HTTP_TIMEOUT_S)
-        assert response.status_code in (200, 201, 204), (method, path, response.status_code,
-                                                         response.text)
-
     def add(self, permissions: tuple[str, str, str] | None = ALL) -> User:
         """A new user; `permissions` (configure, write, read) on '/', or None for none."""
         name = f"perm-{uuid.uuid4().hex[:8]}"
         password = f"{name}-pw"
-        if self.amqp.kind == "rabbitmq":
-            self.amqp.node.ctl("add_user", name, password)
-            self.created.append(name)
-        else:
-            self._api("PUT", f"users/{name}", {"password": password, "tags": ""})
+        self.amqp.api("PUT", f"users/{name}", {"password": password, "tags": ""})
+        self.created.append(name)
         if permissions is not None:
             self.set_permissions(name, *permissions)
         return User(self.amqp, name, password)
 
     def set_permissions(self, name: str, configure: str, write: str, read: str):
-        if self.amqp.kind == "rabbitmq":
-            self.amqp.node.ctl("set_permissions", "-p", VHOST, name, configure, write, read)
-        else:
-            self._api("PUT", f"permissions/{quote(VHOST, safe='')}/{name}",
+        self.amqp.api("PUT", f"permissions/{quote(VHOST, safe='')}/{name}",
                       {"configure": configure, "write": write, "read": read})
 
     def clear_permissions(self, name: str):
-        if self.amqp.kind == "rabbitmq":
-            self.amqp.node.ctl("clear_permissions", "-p", VHOST, name)
-        else:
-            self._api("DELETE", f"permissions/{quote(VHOST, safe='')}/{name}")
+        self.amqp.api("DELETE", f"permissions/{quote(VHOST, safe='')}/{name}")
 
     def cleanup(self):
         # Sluice's broker is the test's own; RabbitMQ's node is shared by the session.
@@ -103,7 +86,7 @@ class Users:
         if node.process is None or node.process.poll() is not None:
             return
         for name in self.created:
-            node.ctl("delete_user", name, check=False)
+            self.amqp.api("DELETE", f"users/{name}", ok=(204, 404))
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 own permissions and limits, kept across a restart, and deleted with everything in it (its
 connections closed with 320 CONNECTION_FORCED), with RabbitMQ's reply codes and texts.
 
-Vhosts are made with `rabbitmqctl add_vhost` on RabbitMQ (and deleted after each test: the
-node is shared by the session) and with `PUT /api/vhosts/{name}` on Sluice, as RabbitMQ's
-management API does it; permissions likewise (`set_permissions -p`, `PUT /api/permissions`).
+Vhosts, users and permissions are made through the management HTTP API on both brokers
+(`PUT /api/vhosts/{name}`, `PUT /api/permissions/...`: RabbitMQ's, and Sluice's which follows
+it); on RabbitMQ they are deleted after each test, the node being shared by the session.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from urllib.parse import quote
@@ -23,13 +22,12 @@ from .amqp_expect import (CONNECTION_FORCED, NOT_FOUND, PRECONDITION_FAILED,
                           PERSISTENT, channel_closed, queue_depth,
                           wait_until)
 
-HTTP_TIMEOUT_S = 10
 ALL = (".*", ".*", ".*")
 
 
 class Vhosts:
-    """Vhosts, users and permissions of the broker under test, made the way its operators
-    make them."""
+    """Vhosts, users and permissions of the broker under test, made through its management
+    HTTP API."""
 
     def __init__(self, amqp):
         self.amqp = amqp
@@ -38,53 +36,34 @@ class Vhosts:
         self.users: list[str] = []
 
     def _api(self, method: str, path: str, body=None, ok=(200, 201, 204)) -> requests.Response:
-        response = requests.request(method, f"{self.amqp.broker.http_url}/api/{path}",
-                                    auth=("guest", "guest"), json=body, timeout=HTTP_TIMEOUT_S)
-        assert response.status_code in ok, (method, path, response.status_code, response.text)
-        return response
+        return self.amqp.api(method, path, body, ok)
 
     def add(self, prefix: str = "vh") -> str:
         """A new vhost where guest may do everything."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        if self.rabbitmq:
-            self.amqp.node.ctl("add_vhost", name)
-        else:
-            assert self._api("PUT", f"vhosts/{quote(name, safe='')}").status_code == 201
+        assert self._api("PUT", f"vhosts/{quote(name, safe='')}").status_code == 201
         self.vhosts.append(name)
         self.set_permissions(name, "guest", *ALL)
         return name
 
     def delete(self, name: str):
-        if self.rabbitmq:
-            self.amqp.node.ctl("delete_vhost", name)
-        else:
-            self._api("DELETE", f"vhosts/{quote(name, safe='')}")
+        self._api("DELETE", f"vhosts/{quote(name, safe='')}")
         self.vhosts.remove(name)
 
     def add_user(self) -> tuple[str, str]:
         name = f"vu-{uuid.uuid4().hex[:8]}"
         password = f"{name}-pw"
-        if self.rabbitmq:
-            self.amqp.node.ctl("add_user", name, password)
-            self.users.append(name)
-        else:
-            self._api("PUT", f"users/{name}", {"password": password, "tags": ""})
+        self._api("PUT", f"users/{name}", {"password": password, "tags": ""})
+        self.users.append(name)
         return name, password
 
     def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str):
-        if self.rabbitmq:
-            self.amqp.node.ctl("set_permissions", "-p", vhost, user, configure, write, read)
-        else:
-            self._api("PUT", f"permissions/{quote(vhost, safe='')}/{user}",
-                      {"configure": configure, "write": write, "read": read})
+        self._api("PUT", f"permissions/{quote(vhost, safe='')}/{user}",
+                  {"configure": configure, "write": write, "read": read})
 
     def set_max_connections(self, vhost: str, limit: int):
-        if self.rabbitmq:
-            self.amqp.node.ctl("set_vhost_limits", "-p", vhost,
-                               json.dumps({"max-connections": limit}))
-        else:
-            self._api("PUT", f"vhost-limits/{quote(vhost, safe='')}/max-connections",
-                      {"value": limit})
+        self._api("PUT", f"vhost-limits/{quote(vhost, safe='')}/max-connections",
+                  {"value": limit})
 
     def connect(self, vhost: str, user: str = "guest", password: str = "guest"):
         return self.amqp.connect(virtual_host=vhost,
@@ -97,9 +76,9 @@ class Vhosts:
         if node.process is None or node.process.poll() is not None:
             return
         for name in self.vhosts:
-            node.ctl("delete_vhost", name, check=False)
+            self._api("DELETE", f"vhosts/{quote(name, safe='')}", ok=(204, 404))
         for name in self.users:
-            node.ctl("delete_user", name, check=False)
+            self._api("DELETE", f"users/{name}", ok=(204, 404))
 
 
 def assert_open_refused(connect, text: str):
@@ -221,10 +200,7 @@ def test_a_deleted_vhost_closes_its_connections_and_loses_its_queues(amqp, vhost
     bystander.channel().queue_declare("", exclusive=True)
     assert_open_refused(lambda: vhosts.connect(doomed), f"NOT_ALLOWED - vhost {doomed} not found")
     # Made again, the vhost starts empty.
-    if amqp.kind == "rabbitmq":
-        amqp.node.ctl("add_vhost", doomed)
-    else:
-        vhosts._api("PUT", f"vhosts/{quote(doomed, safe='')}")
+    vhosts._api("PUT", f"vhosts/{quote(doomed, safe='')}")
     vhosts.vhosts.append(doomed)
     vhosts.set_permissions(doomed, "guest", *ALL)
     with channel_closed(NOT_FOUND, f"NOT_FOUND - no queue 'kept-nowhere' in vhost '{doomed}'"):

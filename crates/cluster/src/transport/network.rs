@@ -425,6 +425,19 @@ mod tests {
         })
     }
 
+    /// An AppendEntries of the metadata group, with one command.
+    fn metadata_request() -> AppendEntriesRequest<MetadataRaft> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![Entry {
+                log_id: id(1),
+                payload: EntryPayload::Normal(MetadataCommand::DeleteTopic { name: "t".into() }),
+            }],
+        }
+    }
+
     /// What the receiver gets: the parts one after another, in one buffer.
     fn received(parts: &[Bytes]) -> Bytes {
         Bytes::from(parts.concat())
@@ -480,15 +493,7 @@ mod tests {
             decode_append_entries(&received(&parts), LIMIT).unwrap();
         assert_eq!(format!("{decoded:?}"), format!("{heartbeat:?}"));
 
-        let metadata = AppendEntriesRequest::<MetadataRaft> {
-            vote: Vote::new_committed(2, 1),
-            prev_log_id: None,
-            leader_commit: None,
-            entries: vec![Entry {
-                log_id: id(1),
-                payload: EntryPayload::Normal(MetadataCommand::DeleteTopic { name: "t".into() }),
-            }],
-        };
+        let metadata = metadata_request();
         let parts = encode_append_entries(metadata.clone(), LIMIT).unwrap();
         assert_eq!(parts.len(), 1);
         let decoded: AppendEntriesRequest<MetadataRaft> =
@@ -539,15 +544,7 @@ mod tests {
         )
         .is_ok());
         // Metadata commands never take bulk bytes.
-        let metadata = AppendEntriesRequest::<MetadataRaft> {
-            vote: Vote::new_committed(2, 1),
-            prev_log_id: None,
-            leader_commit: None,
-            entries: vec![Entry {
-                log_id: id(1),
-                payload: EntryPayload::Normal(MetadataCommand::DeleteTopic { name: "t".into() }),
-            }],
-        };
+        let metadata = metadata_request();
         let mut body = encode_body(&(&metadata, vec![BulkSpan { entry: 0, len: 1 }]), LIMIT)
             .unwrap()
             .to_vec();

@@ -78,8 +78,8 @@
 //! (from `first_offset`); the term history below it is saved in `raft-log-start` (as Kafka's
 //! leader-epoch checkpoint), so opening does not scan the whole retention. openraft hands
 //! the state machine and each follower's replication entries read from the log store: the
-//! stored batches of the latest entries stay in memory from their append (up to 4 MiB per
-//! partition, 1 MiB of them once applied, 256 MiB for all partitions together; `tail_cache`),
+//! stored batches of the latest entries stay in memory from their append (up to 16 MiB per
+//! partition, 8 MiB of them once applied, 256 MiB for all partitions together; `tail_cache`),
 //! so those reads are usually not copies out of the page cache. Replication reads at most [`REPLICATION_BYTES_MAX`] of
 //! batches per AppendEntries.
 //!

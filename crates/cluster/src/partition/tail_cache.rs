@@ -15,7 +15,7 @@ const TAIL_BYTES_MAX: usize = 16 << 20;
 /// it lags by several entries. An idle partition keeps this much.
 const APPLIED_BYTES_KEPT: usize = 8 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
-/// busy partitions would otherwise hold 4 GiB. Over it, a cache keeps its newest entry only,
+/// busy partitions would otherwise hold 16 GiB. Over it, a cache keeps its newest entry only,
 /// and applied entries are dropped; readers then read from the log (the page cache).
 const ALL_TAILS_BYTES_MAX: usize = 256 << 20;
 

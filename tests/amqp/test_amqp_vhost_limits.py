@@ -30,7 +30,6 @@ from .amqp_expect import NOT_ALLOWED, NOT_FOUND, PRECONDITION_FAILED, channel_cl
 VHOST = "/"
 MAX_CONNECTIONS = "max-connections"
 MAX_QUEUES = "max-queues"
-HTTP_TIMEOUT_S = 10
 SETTLE_TIMEOUT_S = 10
 
 
@@ -54,11 +53,7 @@ class VhostLimits:
     # -- administration -----------------------------------------------------------------------
 
     def _api(self, method: str, path: str, body=None) -> requests.Response:
-        response = requests.request(method, f"{self.amqp.broker.http_url}/api/{path}",
-                                    auth=("guest", "guest"), json=body, timeout=HTTP_TIMEOUT_S)
-        assert response.status_code in (200, 201, 204), (method, path, response.status_code,
-                                                         response.text)
-        return response
+        return self.amqp.api(method, path, body)
 
     def _eval(self, expression: str) -> str:
         return self.amqp.node.ctl("eval", expression).stdout.strip()

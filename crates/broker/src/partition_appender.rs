@@ -65,6 +65,7 @@ impl PartitionAppender {
     }
 
     /// Queues the append behind every earlier one; the receiver gets the offsets it covers.
+    /// `headers` are `validate_batches`' for `records`: their CRCs are not checked again.
     /// Outside a tokio runtime the append runs here (tests and tools only).
     pub(crate) fn submit(
         self: &Arc<Self>,
@@ -161,7 +162,7 @@ impl PartitionAppender {
             }
             None => {}
         }
-        let info = self.log.append(records, 0, now_ms)?;
+        let info = self.log.append_verified(records, 0, now_ms)?;
         // The coordinator appends each transaction marker alone.
         let marker = match info.batches.as_slice() {
             [batch] if batch.is_control() => transaction_marker_result(batch, &records[..])?,

@@ -502,6 +502,62 @@ fn entry_refuses_more_than_one_batch_and_reserved_control_batches() {
     assert!(PartitionEntry::new(log_start).is_err());
 }
 
+#[test]
+fn only_entries_made_here_count_as_crc_checked() {
+    let batch = producer_batch("a", 2);
+    let made = PartitionEntry::new(batch.clone()).unwrap();
+    assert!(made.crc_checked());
+    let header = sluice_log::validate_batches(&batch).unwrap()[0];
+    assert!(PartitionEntry::validated(batch.clone(), &header)
+        .unwrap()
+        .crc_checked());
+    assert!(PartitionEntry::log_start(3, 1).crc_checked());
+    // What arrives or is read back is not, and the flag is not sent.
+    let arrived = PartitionEntry::unchecked(batch.clone());
+    assert!(!arrived.crc_checked());
+    let decoded: PartitionEntry =
+        serde_json::from_slice(&serde_json::to_vec(&made).unwrap()).unwrap();
+    assert!(!decoded.crc_checked());
+    assert_eq!(decoded, made, "equal bytes are equal entries");
+    // A group is checked only when all its members are.
+    let two = || PartitionEntry::new(producer_batch("b", 1)).unwrap();
+    assert!(PartitionEntry::group(vec![made.clone(), two()], 1).crc_checked());
+    assert!(!PartitionEntry::group(vec![arrived, two()], 1).crc_checked());
+    // `validated` still refuses a header that is not the batch's, and reserved controls.
+    let mut two_batches = batch.to_vec();
+    two_batches.extend_from_slice(&batch);
+    assert!(PartitionEntry::validated(Bytes::from(two_batches), &header).is_err());
+    let blank = partition::control::encode_payload(&EntryPayload::Blank, 1).unwrap();
+    let blank_header = sluice_log::validate_batches(&blank).unwrap()[0];
+    assert!(PartitionEntry::validated(Bytes::from(blank), &blank_header).is_err());
+}
+
+/// A follower's append checks what it received: a batch damaged on the way is refused and
+/// nothing is written.
+#[tokio::test]
+async fn a_received_entry_with_a_bad_crc_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _sm, log) = open(Arc::new(RealDisk), dir.path());
+    store.blocking_append(vec![blank(2, 0)]).await.unwrap();
+    let end = log.log_end_offset();
+    let mut damaged = producer_batch("a", 2).to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xFF;
+    let received = Entry {
+        log_id: log_id(2, 1),
+        payload: EntryPayload::Normal(PartitionEntry::unchecked(Bytes::from(damaged))),
+    };
+    assert!(store.write_entries(vec![received]).is_err());
+    assert_eq!(log.log_end_offset(), end);
+    // The same batch undamaged is stored.
+    let intact = Entry {
+        log_id: log_id(2, 1),
+        payload: EntryPayload::Normal(PartitionEntry::unchecked(producer_batch("a", 2))),
+    };
+    store.blocking_append(vec![intact]).await.unwrap();
+    assert_eq!(log.log_end_offset(), end + 2);
+}
+
 #[tokio::test]
 async fn a_log_start_entry_hides_the_records_below_it_and_raft_keeps_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice_log::{
-    decode_records, Durability, LogConfig, LogError, PartitionLog, Record, RecordBatchBuilder,
+    decode_records, validate_batches, Durability, LogConfig, LogError, PartitionLog, Record,
+    RecordBatchBuilder,
 };
 
 fn config(durability: Durability) -> LogConfig {
@@ -503,6 +504,47 @@ fn bad_appends_write_nothing() {
 
     assert_eq!(log.size_bytes(), size);
     assert_eq!(log.log_end_offset(), 1);
+}
+
+/// `append_verified` trusts the caller's CRC check, not the shapes or the size limit.
+#[test]
+fn verified_appends_still_refuse_bad_shapes_and_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(
+        dir.path(),
+        LogConfig {
+            batch_bytes_max: 400,
+            ..config(Durability::Never)
+        },
+    )
+    .unwrap();
+    let mut truncated = batch("t", 2, 1_000);
+    truncated.pop();
+    assert!(matches!(
+        log.append_verified(&mut truncated, 0, 1_000),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append_verified(&mut batch("large", 40, 1_000), 0, 1_000),
+        Err(LogError::BatchTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append_verified(&mut [], 0, 1_000),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(log.size_bytes(), 0);
+
+    let mut good = batch("ok", 2, 1_000);
+    good.extend_from_slice(&batch("ok2", 1, 2_000));
+    let info = log.append_verified(&mut good, 4, 3_000).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 2));
+    // What it wrote reads back whole, CRCs and all.
+    let read = log.read(0, 1 << 20).unwrap();
+    assert_eq!(validate_batches(&read.records).unwrap().len(), 2);
+    assert_eq!(
+        values(&read_all(&log, 0, 1 << 20)),
+        ["ok-0", "ok-1", "ok2-0"]
+    );
 }
 
 #[test]

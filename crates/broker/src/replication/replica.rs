@@ -674,7 +674,8 @@ impl Replica {
     }
 
     /// Hands the batches to the proposer in order, without waiting for any to commit; a batch
-    /// that is not a valid entry fails the request before any is proposed.
+    /// that is not a valid entry fails the request before any is proposed. `headers` are
+    /// `validate_batches`' for `records`, so no CRC is computed again.
     fn propose_all(
         &self,
         records: &Bytes,
@@ -686,7 +687,7 @@ impl Replica {
             let length = header.total_bytes();
             let batch = records.slice(position..position + length);
             position += length;
-            let entry = PartitionEntry::new(batch)
+            let entry = PartitionEntry::validated(batch, header)
                 .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
             entries.push((entry, i64::from(header.last_offset_delta) + 1));
         }

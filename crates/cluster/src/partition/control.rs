@@ -236,13 +236,13 @@ pub fn decode_payload(
     batch: Bytes,
 ) -> Result<EntryPayload<PartitionRaft>, PartitionRaftError> {
     if !header.is_control() {
-        return Ok(EntryPayload::Normal(PartitionEntry { batch }));
+        return Ok(EntryPayload::Normal(PartitionEntry::unchecked(batch)));
     }
     match raft_control_type(&batch) {
-        None => Ok(EntryPayload::Normal(PartitionEntry { batch })),
+        None => Ok(EntryPayload::Normal(PartitionEntry::unchecked(batch))),
         Some((CONTROL_TYPE_RAFT_BLANK, _)) => Ok(EntryPayload::Blank),
         Some((CONTROL_TYPE_LOG_START | CONTROL_TYPE_ENTRY_GROUP, _)) => {
-            Ok(EntryPayload::Normal(PartitionEntry { batch }))
+            Ok(EntryPayload::Normal(PartitionEntry::unchecked(batch)))
         }
         Some((_, record)) => {
             let value = record.value.ok_or_else(|| {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    AnyError, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
+    AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, StorageError, StorageIOError,
+    Vote,
 };
 use sluice_log::{BatchHeader, PartitionLog};
 use tokio::sync::mpsc;
@@ -157,7 +158,19 @@ impl PartitionLogStore {
                 )?;
                 counts.push(control::entry_batch_count(&batches[start..])?);
             }
-            let appended = shared.log.append(&mut batches, epoch, now_ms)?;
+            // The leader checked its own entries' CRCs when they were made; a follower checks
+            // what it received (and what the transport carried).
+            let checked = entries[position..run_end]
+                .iter()
+                .all(|entry| match &entry.payload {
+                    EntryPayload::Normal(entry) => entry.crc_checked(),
+                    EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                });
+            let appended = if checked {
+                shared.log.append_verified(&mut batches, epoch, now_ms)?
+            } else {
+                shared.log.append(&mut batches, epoch, now_ms)?
+            };
             let batch_count: usize = counts.iter().sum();
             if appended.batches.len() != batch_count {
                 return Err(PartitionRaftError::InvalidEntry(format!(

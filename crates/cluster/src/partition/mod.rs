@@ -137,10 +137,24 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 20;
 /// producer batches it counts, see [`PartitionEntry::group`]). Proposed as the producers sent
 /// them (base offsets unassigned); read back from the log, it holds the stored batches
 /// (offsets and epoch assigned).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionEntry {
     pub batch: Bytes,
+    /// Whether this node checked the batches' CRCs since they were made ([`PartitionEntry::new`]
+    /// and the constructors of the leader's own entries): the leader's append then skips the
+    /// check. Never sent: a follower checks what it receives.
+    #[serde(skip)]
+    crc_checked: bool,
 }
+
+/// Equal when the bytes are: whether this node checked them is not part of the entry.
+impl PartialEq for PartitionEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.batch == other.batch
+    }
+}
+
+impl Eq for PartitionEntry {}
 
 /// The record batches travel raw behind an AppendEntries (not copied by bincode).
 impl crate::transport::BulkPayload for PartitionEntry {
@@ -168,12 +182,45 @@ impl PartitionEntry {
                 headers.len()
             )));
         };
+        PartitionEntry::validated(batch, header)
+    }
+
+    /// [`PartitionEntry::new`] for a batch that `validate_batches` already checked (its
+    /// `header`; the batch may have been re-stamped since, with a recomputed CRC): the CRC is
+    /// not computed again, here or when the leader appends the entry.
+    pub fn validated(
+        batch: Bytes,
+        header: &sluice_log::BatchHeader,
+    ) -> Result<PartitionEntry, PartitionRaftError> {
+        if header.total_bytes() != batch.len() {
+            return Err(PartitionRaftError::InvalidEntry(format!(
+                "an entry holds exactly one record batch: {} bytes, the batch has {}",
+                batch.len(),
+                header.total_bytes()
+            )));
+        }
         if control::is_reserved_control(header, &batch) {
             return Err(PartitionRaftError::InvalidEntry(
                 "control batch of a type reserved for Raft entries".into(),
             ));
         }
-        Ok(PartitionEntry { batch })
+        Ok(PartitionEntry {
+            batch,
+            crc_checked: true,
+        })
+    }
+
+    /// An entry as it arrived or was read back, its CRCs not checked here.
+    pub fn unchecked(batch: Bytes) -> PartitionEntry {
+        PartitionEntry {
+            batch,
+            crc_checked: false,
+        }
+    }
+
+    /// Whether this node checked the entry's CRCs since it was made.
+    pub fn crc_checked(&self) -> bool {
+        self.crc_checked
     }
 
     /// Several producer batches (entries made by [`PartitionEntry::new`]) as one entry, so
@@ -196,6 +243,8 @@ impl PartitionEntry {
         }
         PartitionEntry {
             batch: Bytes::from(bytes),
+            // The head is built here.
+            crc_checked: entries.iter().all(PartitionEntry::crc_checked),
         }
     }
 
@@ -204,6 +253,7 @@ impl PartitionEntry {
     pub fn log_start(offset: i64, leader: NodeId) -> PartitionEntry {
         PartitionEntry {
             batch: control::log_start_batch(offset, leader),
+            crc_checked: true,
         }
     }
 }

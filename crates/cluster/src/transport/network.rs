@@ -420,9 +420,7 @@ mod tests {
     }
 
     fn normal(bytes: &[u8]) -> EntryPayload<PartitionRaft> {
-        EntryPayload::Normal(PartitionEntry {
-            batch: Bytes::copy_from_slice(bytes),
-        })
+        EntryPayload::Normal(PartitionEntry::unchecked(Bytes::copy_from_slice(bytes)))
     }
 
     /// An AppendEntries of the metadata group, with one command.
@@ -515,9 +513,7 @@ mod tests {
     #[test]
     fn malformed_bulk_spans_are_refused() {
         let bodiless = request(vec![
-            EntryPayload::Normal(PartitionEntry {
-                batch: Bytes::new(),
-            }),
+            EntryPayload::Normal(PartitionEntry::unchecked(Bytes::new())),
             EntryPayload::Blank,
         ]);
         let cases = [

@@ -2,10 +2,9 @@
 `max-queues` refused at the declaration of a new queue (406 PRECONDITION_FAILED), with
 RabbitMQ's reply texts; a limit of 0, lowering a limit below what is open, and clearing limits.
 
-Limits are set on '/' with `rabbitmqctl set_vhost_limits` on RabbitMQ (one JSON document that
-replaces every limit of the vhost) and through `/api/vhost-limits` on Sluice (one limit per
-path, as RabbitMQ's management API), and cleared again after each test: the RabbitMQ node, and
-its vhost, are shared by the whole session.
+Limits are set on '/' through the management API on both brokers (`/api/vhost-limits`, one
+limit per path), and cleared again after each test: the RabbitMQ node, and its vhost, are
+shared by the whole session.
 
 RabbitMQ counts a vhost's connections from its connection tracking, which its connection
 created/closed events update asynchronously; so before a refusal is expected the test waits
@@ -15,7 +14,6 @@ shared vhost: the queue limits are set relative to the queues already there.
 
 from __future__ import annotations
 
-import json
 import time
 from urllib.parse import quote
 
@@ -61,9 +59,6 @@ class VhostLimits:
     def set(self, **limits: int):
         """Sets exactly these limits (max_connections=, max_queues=), clearing the others."""
         wanted = {name.replace("_", "-"): value for name, value in limits.items()}
-        if self.rabbitmq:
-            self.amqp.node.ctl("set_vhost_limits", "-p", VHOST, json.dumps(wanted))
-            return
         for name in (MAX_CONNECTIONS, MAX_QUEUES):
             path = f"vhost-limits/{quote(VHOST, safe='')}/{name}"
             if name in wanted:
@@ -72,23 +67,16 @@ class VhostLimits:
                 self._api("DELETE", path)
 
     def clear(self):
-        if self.rabbitmq:
-            # Fails (exit code 69) when the vhost has no limits left to clear.
-            result = self.amqp.node.ctl("clear_vhost_limits", "-p", VHOST, check=False)
-            if result.returncode != 0:
-                assert self.listed() == {}, (result.stdout, result.stderr)
-            return
         for name in (MAX_CONNECTIONS, MAX_QUEUES):
             self._api("DELETE", f"vhost-limits/{quote(VHOST, safe='')}/{name}")
 
     def listed(self) -> dict[str, int]:
         """The limits the broker lists for '/'."""
-        if self.rabbitmq:
-            out = self.amqp.node.ctl("list_vhost_limits", "-p", VHOST, "--quiet").stdout.strip()
-            return json.loads(out) if out else {}
         for entry in self._api("GET", "vhost-limits").json():
             if entry["vhost"] == VHOST:
-                return entry["value"]
+                # RabbitMQ keeps the vhost listed once its limits are cleared, with an empty
+                # object encoded as `[]`.
+                return entry["value"] or {}
         return {}
 
     # -- what the limits count ----------------------------------------------------------------

@@ -39,6 +39,10 @@ public final class EosCounter {
         props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, "0");
         props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, "1");
         props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
+        // A killed run's member holds its partitions until its session times out: the next
+        // run waits for that (45 s by default), so the tests use the brokers' minimum.
+        props.put(StreamsConfig.consumerPrefix("session.timeout.ms"), "6000");
+        props.put(StreamsConfig.consumerPrefix("heartbeat.interval.ms"), "1500");
 
         StreamsBuilder builder = new StreamsBuilder();
         builder.stream(args[2], Consumed.with(Serdes.String(), Serdes.String()))

@@ -457,17 +457,22 @@ fn empty_directory_and_empty_trailing_segment_open_cleanly() {
     assert_eq!(values(&read_all(&log, 0, 1 << 20)).len(), 6);
 }
 
-#[test]
-fn bad_appends_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = PartitionLog::open(
-        dir.path(),
+/// A log that refuses batches over 400 bytes.
+fn small_batch_log(dir: &Path) -> PartitionLog {
+    PartitionLog::open(
+        dir,
         LogConfig {
             batch_bytes_max: 400,
             ..config(Durability::Never)
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn bad_appends_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = small_batch_log(dir.path());
     append(&log, "ok", 1, 1_000);
     let size = log.size_bytes();
 
@@ -510,14 +515,7 @@ fn bad_appends_write_nothing() {
 #[test]
 fn verified_appends_still_refuse_bad_shapes_and_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let log = PartitionLog::open(
-        dir.path(),
-        LogConfig {
-            batch_bytes_max: 400,
-            ..config(Durability::Never)
-        },
-    )
-    .unwrap();
+    let log = small_batch_log(dir.path());
     let mut truncated = batch("t", 2, 1_000);
     truncated.pop();
     assert!(matches!(

@@ -71,11 +71,24 @@ def test_a_deleted_topic_is_gone_from_metadata(kafka):
         time.sleep(0.1)
 
 
+def partition_count_once(admin, name: str, wanted: int, timeout_s=15) -> int:
+    """The topic's partition count in Metadata once it is `wanted`. Apache Kafka answers
+    CreatePartitions before every broker's metadata cache has the new partitions, so a
+    Metadata request right after may still list the old count (seen in CI); Sluice lists the
+    new one at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = len(admin.list_topics(name, timeout=10).topics[name].partitions)
+        if count == wanted or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
+
+
 def test_create_partitions_grows_and_never_shrinks(kafka):
     name = kafka.create_topic(partitions=2)
     admin = kafka.admin()
     admin.create_partitions([NewPartitions(name, 5)], operation_timeout=30)[name].result(30)
-    assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 5
+    assert partition_count_once(admin, name, 5) == 5
     for count, code in [(5, KafkaError.INVALID_PARTITIONS), (3, KafkaError.INVALID_PARTITIONS)]:
         error = admin.create_partitions([NewPartitions(name, count)],
                                         operation_timeout=30)[name].exception(30)

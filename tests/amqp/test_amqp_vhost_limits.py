@@ -75,8 +75,10 @@ class VhostLimits:
         for entry in self._api("GET", "vhost-limits").json():
             if entry["vhost"] == VHOST:
                 # RabbitMQ keeps the vhost listed once its limits are cleared, with an empty
-                # object encoded as `[]`.
-                return entry["value"] or {}
+                # object encoded as `[]`; Sluice answers `{}`.
+                if self.rabbitmq and entry["value"] == []:
+                    return {}
+                return entry["value"]
         return {}
 
     # -- what the limits count ----------------------------------------------------------------

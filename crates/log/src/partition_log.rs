@@ -281,9 +281,10 @@ impl PartitionLog {
         self.append_batches(batches, leader_epoch, now_ms, true)
     }
 
-    /// [`append`](Self::append) for batches whose CRCs the caller checked ([`validate_batches`](crate::validate_batches))
-    /// and has not changed since, or built itself: sizes and shapes are still checked, the CRC
-    /// is not computed a second time (at 1 KiB per record it is a few percent of a produce).
+    /// [`append`](Self::append) for batches whose CRCs the caller checked
+    /// ([`validate_batches`](crate::validate_batches)) and has not changed since, or built
+    /// itself: sizes and shapes are still checked, the CRC is not computed a second time (at
+    /// 1 KiB per record it is a few percent of a produce).
     pub fn append_verified(
         &self,
         batches: &mut [u8],

@@ -49,13 +49,45 @@ stop_cluster() {
     for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     NODE_PIDS=()
 }
-trap 'stop_broker; stop_cluster; rm -rf "$WORK"' EXIT
+remove_cgroups() { find /sys/fs/cgroup -maxdepth 6 -type d -name "sluice-bench-$$-*" -exec rmdir {} + 2>/dev/null || true; }
+trap 'stop_broker; stop_cluster; remove_cgroups; rm -rf "$WORK"' EXIT
+
+# BENCH_MEMORY_LIMIT=2G (any size `numfmt --from=iec` reads) runs each broker in a memory
+# cgroup of its own with that limit, so its page cache is recycled instead of growing into
+# free memory. On this VM a page the guest touches for the first time in a while is slow
+# (writing 3 GB into the page cache took 1.35 s, the next 3 GB 3.0 s, the next 8.0 s): without
+# a limit, a run's figures depend on how much page cache earlier runs left, and the cluster,
+# writing three copies, pays most. Needs root and a cgroup v1 or v2 memory controller.
+MEMORY_LIMIT_BYTES=""
+if [ -n "${BENCH_MEMORY_LIMIT:-}" ] && [ "${BENCH_MEMORY_LIMIT}" != 0 ]; then
+    MEMORY_LIMIT_BYTES="$(numfmt --from=iec "$BENCH_MEMORY_LIMIT")"
+fi
+memory_cgroup() { # $1: name; prints the cgroup directory to put a broker in
+    local v1 base
+    v1="$(awk -F: '$2 == "memory" {print $3}' /proc/self/cgroup)"
+    if [ -n "$v1" ]; then
+        base="/sys/fs/cgroup/memory$v1"
+        mkdir -p "$base/$1" && echo "$MEMORY_LIMIT_BYTES" >"$base/$1/memory.limit_in_bytes"
+    else
+        base="/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)"
+        mkdir -p "$base/$1" && echo "$MEMORY_LIMIT_BYTES" >"$base/$1/memory.max"
+    fi
+    echo "$base/$1"
+}
+limited() { # $1: cgroup name, then the command; runs it in that cgroup when a limit is set
+    local name="$1"; shift
+    if [ -z "$MEMORY_LIMIT_BYTES" ]; then exec "$@"; fi
+    local cgroup
+    cgroup="$(memory_cgroup "sluice-bench-$$-$name")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
+    echo "$BASHPID" >"$cgroup/cgroup.procs"
+    exec "$@"
+}
 
 start_broker() { # $1: fsync policy
     stop_broker
     rm -rf "$WORK/data"
-    "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off --http-listen off \
-        >"$WORK/broker-$1.log" 2>&1 &
+    (limited single "$SLUICE" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --fsync "$1" --amqp-listen off --http-listen off \
+        >"$WORK/broker-$1.log" 2>&1) &
     BROKER_PID=$!
     wait_for_port "$PORT" || { echo "broker did not start" >&2; cat "$WORK/broker-$1.log" >&2; exit 1; }
 }
@@ -103,10 +135,10 @@ if [ "$CLUSTER" = 1 ]; then
         local extra=()
         read -r -a extra <<< "${BENCH_CLUSTER_FLAGS:-}"
         for i in $(seq 1 "$REPLICAS"); do
-            "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" ${extra[@]+"${extra[@]}"} \
+            (limited "node$i" "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" ${extra[@]+"${extra[@]}"} \
                 --cluster-listen "127.0.0.1:${cluster_ports[i - 1]}" --peers "$peers" \
                 --kafka-listen "127.0.0.1:${kafka_ports[i - 1]}" --default-replication-factor "$REPLICAS" \
-                --fsync batch --amqp-listen off --http-listen off >"$OUT/node$i.log" 2>&1 &
+                --fsync batch --amqp-listen off --http-listen off >"$OUT/node$i.log" 2>&1) &
             NODE_PIDS+=($!)
             BOOTSTRAP="${BOOTSTRAP:+$BOOTSTRAP,}127.0.0.1:${kafka_ports[i - 1]}"
         done

@@ -46,6 +46,7 @@ pub struct KafkaLoadConfig {
     pub linger_ms: u64,
     pub batch_bytes: u64,
     pub queue_msgs_max: u64,
+    pub queue_kib_max: u64,
     pub compression: String,
     pub idempotence: bool,
     pub fetch_wait_max_ms: u64,
@@ -264,6 +265,10 @@ fn producer_client_config(config: &KafkaLoadConfig) -> ClientConfig {
         .set(
             "queue.buffering.max.messages",
             config.queue_msgs_max.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            config.queue_kib_max.to_string(),
         )
         .set("compression.codec", &config.compression)
         .set("enable.idempotence", config.idempotence.to_string())

@@ -162,6 +162,13 @@ struct KafkaArgs {
     /// Messages each producer may have queued or in flight (queue.buffering.max.messages).
     #[arg(long, default_value_t = 1_000_000)]
     queue_msgs_max: u64,
+    /// KiB of messages each producer may have queued or in flight
+    /// (queue.buffering.max.kbytes); whichever bound is reached first holds the producer back.
+    /// 64 MiB, like the Java client's buffer.memory (32 MiB) rather than librdkafka's 1 GiB: a
+    /// gigabyte of queued 1 KiB messages made the acknowledgement latency seconds of client
+    /// queueing, and a slower broker could not drain it within the flush timeout.
+    #[arg(long, default_value_t = 64 * 1024)]
+    queue_kib_max: u64,
     /// Idempotent producers (enable.idempotence, the Java client's default): acks=all and at
     /// most 5 requests in flight per connection, each batch sequence-checked by the broker.
     #[arg(long)]
@@ -294,6 +301,7 @@ fn main() -> Result<()> {
                 linger_ms: args.linger_ms,
                 batch_bytes: args.batch_bytes,
                 queue_msgs_max: args.queue_msgs_max,
+                queue_kib_max: args.queue_kib_max,
                 compression: args.compression,
                 idempotence: args.idempotence,
                 fetch_wait_max_ms: args.fetch_wait_max_ms,

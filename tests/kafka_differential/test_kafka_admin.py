@@ -63,24 +63,21 @@ def test_delete_unknown_topic_is_unknown_topic_or_partition(kafka):
 def test_a_deleted_topic_is_gone_from_metadata(kafka):
     name = kafka.create_topic()
     next(iter(kafka.admin().delete_topics([name], operation_timeout=30).values())).result(30)
-    # Kafka answers DeleteTopics once its controller has the deletion; the broker's metadata
-    # cache learns it a moment later (Sluice's at once), so read until the topic is gone.
-    deadline = time.monotonic() + 30
-    while name in kafka.admin().list_topics(timeout=10).topics:
-        assert time.monotonic() < deadline, f"{name} still in Metadata 30 s after its deletion"
-        time.sleep(0.1)
+    topics = once_settled(lambda: kafka.admin().list_topics(timeout=10).topics,
+                          lambda listed: name not in listed, timeout_s=30)
+    assert name not in topics, f"{name} still in Metadata 30 s after its deletion"
 
 
-def partition_count_once(admin, name: str, wanted: int, timeout_s=15) -> int:
-    """The topic's partition count in Metadata once it is `wanted`. Apache Kafka answers
-    CreatePartitions before every broker's metadata cache has the new partitions, so a
-    Metadata request right after may still list the old count (seen in CI); Sluice lists the
-    new one at once."""
+def once_settled(read, check, timeout_s=15):
+    """`read()` once `check` holds of it, or its last value after `timeout_s`. Apache Kafka
+    answers an admin request (DeleteTopics, CreatePartitions, IncrementalAlterConfigs) once its
+    controller has it, and its metadata cache and configs follow a moment later, so a read
+    right after may still show the old state (seen in CI); Sluice shows the new one at once."""
     deadline = time.monotonic() + timeout_s
     while True:
-        count = len(admin.list_topics(name, timeout=10).topics[name].partitions)
-        if count == wanted or time.monotonic() > deadline:
-            return count
+        value = read()
+        if check(value) or time.monotonic() > deadline:
+            return value
         time.sleep(0.1)
 
 
@@ -88,7 +85,9 @@ def test_create_partitions_grows_and_never_shrinks(kafka):
     name = kafka.create_topic(partitions=2)
     admin = kafka.admin()
     admin.create_partitions([NewPartitions(name, 5)], operation_timeout=30)[name].result(30)
-    assert partition_count_once(admin, name, 5) == 5
+    count = once_settled(lambda: len(admin.list_topics(name, timeout=10).topics[name].partitions),
+                         lambda n: n == 5)
+    assert count == 5
     for count, code in [(5, KafkaError.INVALID_PARTITIONS), (3, KafkaError.INVALID_PARTITIONS)]:
         error = admin.create_partitions([NewPartitions(name, count)],
                                         operation_timeout=30)[name].exception(30)
@@ -105,15 +104,8 @@ def describe(kafka, name) -> dict:
 
 
 def described_once(kafka, name, key, check, timeout_s=15):
-    """The entry `key` of `name` once `check(entry)` holds. Apache Kafka applies an altered
-    config through its metadata log, so a DescribeConfigs right after the answer may still
-    show the old value (seen in CI); Sluice shows the new one at once."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        entry = describe(kafka, name)[key]
-        if check(entry) or time.monotonic() > deadline:
-            return entry
-        time.sleep(0.1)
+    """The entry `key` of `name` once `check(entry)` holds (see `once_settled`)."""
+    return once_settled(lambda: describe(kafka, name)[key], check, timeout_s)
 
 
 # The defaults Kafka documents for a topic created without configs (broker defaults unchanged).

@@ -62,7 +62,8 @@ impl Cluster {
         let mut cluster = Cluster {
             addrs,
             nodes: BTreeMap::new(),
-            dir: tempfile::tempdir().unwrap(),
+            // Under the target directory: on a tmpfs (often /tmp) pages cannot be released.
+            dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
             timings,
         };
         for (node_id, listener) in listeners {
@@ -1248,6 +1249,61 @@ async fn log_append_time_is_stamped_by_the_leader_for_every_replica() {
             "node {node}"
         );
     }
+}
+
+/// A follower's copy leaves the page cache once it is durable and its producers are tracked
+/// (only a failover reads it back); the leader's stays cached for its consumers.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_release_the_pages_of_their_copy_and_the_leader_keeps_its_own() {
+    let cluster = Cluster::start().await;
+    cluster.wait_for_brokers(3).await;
+    cluster.nodes[&1]
+        .cluster
+        .create_topic(TOPIC, 1, 3, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let value = "x".repeat(16 << 10);
+    let mut end = 0;
+    for _ in 0..64 {
+        // About 1 MiB in all.
+        let outcome = cluster
+            .replica(leader)
+            .produce(batch(-1, -1, &[&value]), 1, TIMEOUT)
+            .await
+            .unwrap();
+        end = outcome.base_offset + 1;
+    }
+    let cached = |node: NodeId| {
+        let replica = cluster.replica(node);
+        let segment = replica.log().dir().join("00000000000000000000.log");
+        sluice_log::cached_pages(&segment).expect("mincore")
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    for node in (1..=3).filter(|&node| node != leader) {
+        // Released on the next producer-state tick once the follower has it all durable; the
+        // partly written last page stays.
+        while (cluster.replica(node).log().durable_offset() < end || cached(node).0 > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (resident, pages) = cached(node);
+        assert!(
+            pages >= 256,
+            "node {node}'s segment holds about 1 MiB: {pages} pages"
+        );
+        assert!(
+            resident <= 1,
+            "follower {node} kept {resident} of {pages} pages cached"
+        );
+    }
+    let (resident, pages) = cached(leader);
+    assert!(
+        resident * 10 >= pages * 9,
+        "the leader kept only {resident} of {pages} pages cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

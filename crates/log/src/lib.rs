@@ -78,5 +78,7 @@ pub use key_index::{RecordLookup, MESSAGE_ID_HEADER};
 pub use partition_log::{
     AppendInfo, FoundRecords, HighWatermarkPolicy, PartitionLog, ReadResult, FSYNC_SECONDS_METRIC,
 };
+#[cfg(target_os = "linux")]
+pub use storage::cached_pages;
 pub use storage::{RealDisk, SimDisk, Storage, StorageFile};
 pub use transaction_marker::{transaction_marker, transaction_marker_result, TransactionResult};

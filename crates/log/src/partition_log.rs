@@ -543,6 +543,34 @@ impl PartitionLog {
         }
     }
 
+    /// Advises the OS that the batches below `offset` (as far as they are durable) will not be
+    /// read soon, so their pages leave the page cache now instead of evicting pages that will
+    /// be read. For a replica's copy of what another node leads: only a failover reads it
+    /// back. Each call releases from where the last one stopped.
+    pub fn release_pages_below(&self, offset: i64) {
+        let offset = offset.min(self.durable_offset());
+        let segments: Vec<Arc<Segment>> = {
+            let segments = self.segments.read();
+            let containing = segments.partition_point(|s| s.base_offset < offset);
+            segments[..containing]
+                .iter()
+                .rev()
+                .take(2)
+                .cloned()
+                .collect()
+        };
+        // The segment holding `offset` and, after a roll, the end of the one before it (older
+        // ones were released whole when their successor was).
+        for segment in segments {
+            let position = if segment.offset_end() <= offset {
+                segment.size_bytes()
+            } else {
+                segment.position_for_offset(offset)
+            };
+            segment.release_pages_below(position);
+        }
+    }
+
     /// How many group-commit fdatasyncs `sync` has issued (for tests and metrics).
     pub fn sync_count(&self) -> u64 {
         self.sync_count.load(Ordering::Relaxed)

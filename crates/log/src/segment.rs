@@ -123,7 +123,12 @@ pub(crate) struct Segment {
     /// Start of the segment's age for `segment_ms_max` (-1 until the first append).
     roll_base_ms: AtomicI64,
     pub indexes: Mutex<SegmentIndexes>,
+    /// Page-aligned position below which `release_pages_below` released the cached pages.
+    pages_released_below: AtomicU64,
 }
+
+/// The page size fadvise works in (the smallest Linux has).
+const PAGE_BYTES: u64 = 4096;
 
 impl Segment {
     /// Creates a new empty segment file (replacing any stray file of that name).
@@ -171,6 +176,7 @@ impl Segment {
             timestamp_max: AtomicI64::new(indexes.timestamp_max),
             roll_base_ms: AtomicI64::new(roll_base_ms),
             indexes: Mutex::new(indexes),
+            pages_released_below: AtomicU64::new(0),
         }
     }
 
@@ -250,6 +256,9 @@ impl Segment {
         self.indexes.lock().key_index = KeyIndex::Incomplete;
         let scan = scan_segment(self, 0, position, interval_bytes, key_index)?;
         self.size_bytes.store(position, Ordering::Release);
+        // What is written past the cut next has not been released.
+        self.pages_released_below
+            .fetch_min(position / PAGE_BYTES * PAGE_BYTES, Ordering::AcqRel);
         self.offset_end
             .store(scan.offset_end.max(self.base_offset), Ordering::Release);
         self.timestamp_max
@@ -273,6 +282,22 @@ impl Segment {
             Some(entry) => indexes.offset_index.lookup(entry.relative_offset).position as u64,
             None => 0,
         }
+    }
+
+    /// Advises the storage that the bytes below `position`, which the caller made durable, will
+    /// not be read soon (from where the last call stopped). Whole pages only: the next append
+    /// writes into the partial last page, and would have to read it back from the disk first.
+    /// Only advice: a failure is logged.
+    pub fn release_pages_below(&self, position: u64) {
+        let start = self.pages_released_below.load(Ordering::Acquire);
+        let end = position / PAGE_BYTES * PAGE_BYTES;
+        if end <= start {
+            return;
+        }
+        if let Err(error) = self.file.release_pages(start, end - start) {
+            tracing::debug!(path = %self.log_path.display(), %error, "releasing cached pages");
+        }
+        self.pages_released_below.fetch_max(end, Ordering::AcqRel);
     }
 
     pub fn sync_data(&self) -> Result<(), LogError> {

@@ -1236,6 +1236,7 @@ impl ClusterBroker {
                         if let Err(error) = replica.track_committed_producers() {
                             tracing::warn!(topic = replica.topic(), partition = replica.index(), %error, "reading producer state");
                         }
+                        replica.release_followed_pages();
                     }
                     self.report_leaders(&replicas);
                     // Leadership moves without a metadata change: a new leader picks up a

@@ -308,6 +308,18 @@ impl Replica {
         Ok(())
     }
 
+    /// On a follower, advises the OS to drop the cached pages of the log below what the
+    /// producer state has read (`PartitionLog::release_pages_below`): only a failover reads a
+    /// follower's copy again, and kept cached it would evict the pages of the partitions this
+    /// node leads, which consumers read. The leader keeps its pages for its consumers.
+    pub(super) fn release_followed_pages(&self) {
+        if self.is_leader() {
+            return;
+        }
+        let tracked = self.producers.lock().offset_tracked;
+        self.log.release_pages_below(tracked);
+    }
+
     /// The offset below which no transaction is open in the committed log, capped by the high
     /// watermark: where `read_committed` consumers stop.
     pub fn last_stable_offset(&self) -> Result<i64, BrokerError> {

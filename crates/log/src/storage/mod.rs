@@ -14,6 +14,8 @@ use std::path::Path;
 mod real;
 mod sim;
 
+#[cfg(target_os = "linux")]
+pub use real::cached_pages;
 pub use real::RealDisk;
 pub use sim::SimDisk;
 
@@ -32,6 +34,12 @@ pub trait StorageFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Last modification time in ms since the epoch, when the storage knows it.
     fn modified_ms(&self) -> Option<i64>;
+    /// Advises that `len` bytes from `position` (already durable) will not be read soon, so
+    /// their cached pages can be freed now rather than evicting pages that will be. Only
+    /// advice: the content is unchanged, and a storage without a page cache ignores it.
+    fn release_pages(&self, _position: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Fills `buf` from `position`; `UnexpectedEof` when the file is shorter.
     fn read_exact_at(&self, mut buf: &mut [u8], mut position: u64) -> io::Result<()> {

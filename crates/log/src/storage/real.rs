@@ -35,6 +35,22 @@ impl StorageFile for File {
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
+    #[cfg(target_os = "linux")]
+    fn release_pages(&self, position: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(position), libc::off_t::try_from(len))
+        else {
+            return Ok(()); // past what the call can name: keep the pages
+        };
+        // SAFETY: the descriptor is this open file's; fadvise reads no memory of ours.
+        let error = unsafe {
+            libc::posix_fadvise(self.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED)
+        };
+        match error {
+            0 => Ok(()),
+            error => Err(io::Error::from_raw_os_error(error)),
+        }
+    }
     fn modified_ms(&self) -> Option<i64> {
         self.metadata()
             .ok()?
@@ -87,4 +103,42 @@ impl Storage for RealDisk {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::remove_dir_all(dir)
     }
+}
+
+/// How many of the file's pages are in the page cache, and how many it has (mincore over a
+/// read-only mapping of it): shows what `StorageFile::release_pages` left cached.
+#[cfg(target_os = "linux")]
+pub fn cached_pages(path: &Path) -> io::Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+    // SAFETY: sysconf reads no memory of ours.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let pages = len.div_ceil(page);
+    if pages == 0 {
+        return Ok((0, 0));
+    }
+    let mut residency = vec![0u8; pages];
+    // SAFETY: a private read-only mapping of `len` bytes of an open file, unmapped before
+    // returning; mincore writes one byte per page of it into `residency`, which has `pages`.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let status = libc::mincore(map, len, residency.as_mut_ptr());
+        let error = io::Error::last_os_error();
+        libc::munmap(map, len);
+        if status != 0 {
+            return Err(error);
+        }
+    }
+    Ok((residency.iter().filter(|&&r| r & 1 == 1).count(), pages))
 }

@@ -158,8 +158,10 @@ pub struct TransportConfig {
     pub queue_bytes_max: usize,
     /// Bytes of a connection's requests being served at once; beyond, reading pauses.
     pub incoming_bytes_max: usize,
-    /// An AppendEntries larger than this (with more than one entry) is sent again with fewer
-    /// entries, so that it is answered within openraft's one-heartbeat deadline.
+    /// The bytes an AppendEntries to one peer may carry (more than one entry over it: sent
+    /// again with fewer) move between these bounds with the round trips measured, so that it
+    /// is answered within openraft's one-heartbeat deadline (see `network::AppendEntriesBudget`).
+    pub append_entries_bytes_min: usize,
     pub append_entries_bytes_max: usize,
     /// Bytes gathered into one write at most.
     pub write_batch_bytes_max: usize,
@@ -182,7 +184,8 @@ impl TransportConfig {
             queue_frames_max: 64 * 1024,
             queue_bytes_max: 64 * 1024 * 1024,
             incoming_bytes_max: 64 * 1024 * 1024,
-            append_entries_bytes_max: 2 * 1024 * 1024,
+            append_entries_bytes_min: 256 * 1024,
+            append_entries_bytes_max: 4 * 1024 * 1024,
             write_batch_bytes_max: 1024 * 1024,
             coalesce_writes: true,
             reconnect_backoff_min: Duration::from_millis(20),

@@ -8,7 +8,7 @@
 //! keeps and the receiver slices them out of the frame.
 
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -173,12 +173,63 @@ where
     type Network = GroupNetwork<C>;
 
     async fn new_client(&mut self, target: NodeId, _node: &C::Node) -> Self::Network {
+        let config = self.transport.config();
         GroupNetwork {
             transport: self.transport.clone(),
             group: self.group,
             target,
             last_entries: 0,
+            budget: AppendEntriesBudget::new(
+                config.append_entries_bytes_min,
+                config.append_entries_bytes_max,
+            ),
+            awaiting_answer: false,
             _config: PhantomData,
+        }
+    }
+}
+
+/// How many bytes an AppendEntries to one peer may carry. openraft gives each call one
+/// heartbeat interval, then drops it and sends the same entries again: a call too large for the
+/// link, the peer's disk or a busy machine is sent over and over. A fixed size is either too
+/// small for a fast peer (one call at a time per peer, so a partition's replication is at most
+/// this many bytes per round trip, fsync included) or too large for a slow one; this one
+/// follows the round trips measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AppendEntriesBudget {
+    bytes: usize,
+    min: usize,
+    max: usize,
+}
+
+impl AppendEntriesBudget {
+    /// Starts at a quarter of `max` (1 MiB of the default 4), within `[min, max]`.
+    pub(crate) fn new(min: usize, max: usize) -> Self {
+        let max = max.max(min);
+        Self {
+            bytes: (max / 4).clamp(min, max),
+            min,
+            max,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A call that was not answered in time: half as much next time.
+    pub(crate) fn unanswered(&mut self) {
+        self.bytes = (self.bytes / 2).max(self.min);
+    }
+
+    /// A call of `sent` bytes answered after `elapsed` of its `deadline`: a quarter less after
+    /// a slow answer (over half the deadline); a quarter more after a quick one (under a
+    /// quarter) that used at least half the budget (a heartbeat says nothing about large ones).
+    pub(crate) fn answered(&mut self, sent: usize, elapsed: Duration, deadline: Duration) {
+        if elapsed > deadline / 2 {
+            self.bytes = (self.bytes - self.bytes / 4).max(self.min);
+        } else if elapsed < deadline / 4 && sent.saturating_mul(2) >= self.bytes {
+            self.bytes = (self.bytes + self.bytes / 4).min(self.max);
         }
     }
 }
@@ -190,6 +241,10 @@ pub struct GroupNetwork<C> {
     target: NodeId,
     /// Entries in the AppendEntries being sent, for a too-large hint.
     last_entries: u64,
+    budget: AppendEntriesBudget,
+    /// Set while an AppendEntries is out: still set at the next one means openraft dropped
+    /// the call at its deadline.
+    awaiting_answer: bool,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -197,7 +252,9 @@ impl<C> GroupNetwork<C>
 where
     C: RaftTypeConfig<NodeId = NodeId>,
 {
-    /// Sends `request`, encoded by `encode` into body parts, and decodes the response.
+    /// Sends `request`, encoded by `encode` into body parts, and decodes the response. An
+    /// AppendEntries of more than one entry and over `budget` bytes is not sent: the error
+    /// tells openraft to send fewer entries.
     async fn send<Req, Resp, E>(
         &self,
         kind: RpcKind,
@@ -205,6 +262,7 @@ where
         request: Req,
         encode: impl FnOnce(Req, usize) -> Result<Vec<Bytes>, FrameError>,
         option: &RPCOption,
+        budget: usize,
     ) -> Result<Resp, RPCError<NodeId, C::Node, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
@@ -216,9 +274,7 @@ where
         let body = encode(request, limit)
             .map_err(|e| self.rpc_error(super::encode_error(e), action, timeout))?;
         let body_bytes: usize = body.iter().map(Bytes::len).sum();
-        // openraft gives an AppendEntries one heartbeat interval: a big one would time out and
-        // be sent again and again. Fewer entries next time, in proportion.
-        let budget = config.append_entries_bytes_max;
+        // Fewer entries next time, in proportion.
         if action == RPCTypes::AppendEntries && self.last_entries > 1 && body_bytes > budget {
             let hint = (u128::from(self.last_entries) * budget as u128 / body_bytes as u128)
                 .clamp(1, u128::from(self.last_entries - 1));
@@ -275,15 +331,39 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
+        if self.awaiting_answer {
+            self.budget.unanswered();
+        }
         self.last_entries = rpc.entries.len() as u64;
-        self.send(
-            RpcKind::AppendEntries,
-            RPCTypes::AppendEntries,
-            rpc,
-            encode_append_entries,
-            &option,
-        )
-        .await
+        let budget = self.budget.bytes();
+        let mut sent = 0;
+        let encode = |rpc, limit| {
+            let parts = encode_append_entries(rpc, limit)?;
+            sent = parts.iter().map(Bytes::len).sum();
+            Ok(parts)
+        };
+        self.awaiting_answer = true;
+        let started = Instant::now();
+        let result = self
+            .send(
+                RpcKind::AppendEntries,
+                RPCTypes::AppendEntries,
+                rpc,
+                encode,
+                &option,
+                budget,
+            )
+            .await;
+        self.awaiting_answer = false;
+        match &result {
+            Ok(_) | Err(RPCError::RemoteError(_)) => {
+                self.budget
+                    .answered(sent, started.elapsed(), option.hard_ttl())
+            }
+            Err(RPCError::Timeout(_)) => self.budget.unanswered(),
+            Err(_) => {}
+        }
+        result
     }
 
     async fn install_snapshot(
@@ -300,6 +380,7 @@ where
             rpc,
             encode_whole,
             &option,
+            usize::MAX,
         )
         .await
     }
@@ -309,8 +390,15 @@ where
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
-        self.send(RpcKind::Vote, RPCTypes::Vote, rpc, encode_whole, &option)
-            .await
+        self.send(
+            RpcKind::Vote,
+            RPCTypes::Vote,
+            rpc,
+            encode_whole,
+            &option,
+            usize::MAX,
+        )
+        .await
     }
 }
 
@@ -398,6 +486,46 @@ mod tests {
     use crate::partition::{PartitionEntry, PartitionRaft};
 
     const LIMIT: usize = 1 << 20;
+
+    const MIB: usize = 1024 * 1024;
+    const DEADLINE: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn the_budget_grows_after_quick_full_answers_up_to_its_max() {
+        let mut budget = AppendEntriesBudget::new(MIB / 4, 8 * MIB);
+        assert_eq!(budget.bytes(), 2 * MIB);
+        budget.answered(2 * MIB, Duration::from_millis(10), DEADLINE);
+        assert_eq!(budget.bytes(), 2 * MIB + MIB / 2);
+        for _ in 0..20 {
+            budget.answered(budget.bytes(), Duration::from_millis(10), DEADLINE);
+        }
+        assert_eq!(budget.bytes(), 8 * MIB);
+    }
+
+    #[test]
+    fn heartbeats_and_middling_answers_leave_the_budget_alone() {
+        let mut budget = AppendEntriesBudget::new(MIB / 4, 8 * MIB);
+        // A heartbeat: quick, but it used nothing of the budget.
+        budget.answered(100, Duration::from_millis(1), DEADLINE);
+        // A full call answered between a quarter and half of the deadline.
+        budget.answered(2 * MIB, Duration::from_millis(40), DEADLINE);
+        assert_eq!(budget.bytes(), 2 * MIB);
+    }
+
+    #[test]
+    fn the_budget_shrinks_after_slow_or_missing_answers_down_to_its_min() {
+        let mut budget = AppendEntriesBudget::new(MIB / 4, 8 * MIB);
+        budget.answered(2 * MIB, Duration::from_millis(60), DEADLINE);
+        assert_eq!(budget.bytes(), 3 * MIB / 2);
+        budget.unanswered();
+        assert_eq!(budget.bytes(), 3 * MIB / 4);
+        for _ in 0..10 {
+            budget.unanswered();
+        }
+        assert_eq!(budget.bytes(), MIB / 4);
+        // Bounds given the wrong way round still leave a usable budget.
+        assert_eq!(AppendEntriesBudget::new(MIB, MIB / 2).bytes(), MIB);
+    }
 
     fn id(index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(3, 1), index)

@@ -38,19 +38,14 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SLUICE="${SLUICE_BIN:-$TARGET_DIR/release/sluice}"
 BENCH="${BENCH_BIN:-$TARGET_DIR/release/sluice-bench}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT="$(free_port)"
+# shellcheck source=scripts/bench_lib.sh
+source "$ROOT/scripts/bench_lib.sh"
+PORT="$(free_ports 1)"
 BROKER_PID=""
 NODE_PIDS=()
 stop_broker() { if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""; fi; }
-stop_cluster() {
-    local pid
-    for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    NODE_PIDS=()
-}
-remove_cgroups() { find /sys/fs/cgroup -maxdepth 6 -type d -name "sluice-bench-$$-*" -exec rmdir {} + 2>/dev/null || true; }
-trap 'stop_broker; stop_cluster; remove_cgroups; rm -rf "$WORK"' EXIT
+stop_cluster() { stop_processes ${NODE_PIDS[@]+"${NODE_PIDS[@]}"}; NODE_PIDS=(); }
+trap 'stop_broker; stop_cluster; remove_memory_cgroups "sluice-bench-$$-"; rm -rf "$WORK"' EXIT
 
 # BENCH_MEMORY_LIMIT=2G (any size `numfmt --from=iec` reads) runs each broker in a memory
 # cgroup of its own with that limit, so its page cache is recycled instead of growing into
@@ -62,23 +57,11 @@ MEMORY_LIMIT_BYTES=""
 if [ -n "${BENCH_MEMORY_LIMIT:-}" ] && [ "${BENCH_MEMORY_LIMIT}" != 0 ]; then
     MEMORY_LIMIT_BYTES="$(numfmt --from=iec "$BENCH_MEMORY_LIMIT")"
 fi
-memory_cgroup() { # $1: name; prints the cgroup directory to put a broker in
-    local v1 base
-    v1="$(awk -F: '$2 == "memory" {print $3}' /proc/self/cgroup)"
-    if [ -n "$v1" ]; then
-        base="/sys/fs/cgroup/memory$v1"
-        mkdir -p "$base/$1" && echo "$MEMORY_LIMIT_BYTES" >"$base/$1/memory.limit_in_bytes"
-    else
-        base="/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)"
-        mkdir -p "$base/$1" && echo "$MEMORY_LIMIT_BYTES" >"$base/$1/memory.max"
-    fi
-    echo "$base/$1"
-}
 limited() { # $1: cgroup name, then the command; runs it in that cgroup when a limit is set
     local name="$1"; shift
     if [ -z "$MEMORY_LIMIT_BYTES" ]; then exec "$@"; fi
     local cgroup
-    cgroup="$(memory_cgroup "sluice-bench-$$-$name")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
+    cgroup="$(memory_cgroup "sluice-bench-$$-$name" "$MEMORY_LIMIT_BYTES")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
     echo "$BASHPID" >"$cgroup/cgroup.procs"
     exec "$@"
 }
@@ -92,13 +75,6 @@ start_broker() { # $1: fsync policy
     wait_for_port "$PORT" || { echo "broker did not start" >&2; cat "$WORK/broker-$1.log" >&2; exit 1; }
 }
 
-wait_for_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 run() { # label, then sluice-bench kafka flags
     local label="$1"; shift
@@ -126,9 +102,10 @@ if [ "$CLUSTER" = 1 ]; then
     REPLICAS=3
 
     start_cluster() {
-        local cluster_ports=() kafka_ports=() peers="" i
+        local cluster_ports=() kafka_ports=() ports=() peers="" i
+        read -r -a ports <<< "$(free_ports $((2 * REPLICAS)))"
         for i in $(seq 1 "$REPLICAS"); do
-            cluster_ports+=("$(free_port)"); kafka_ports+=("$(free_port)")
+            cluster_ports+=("${ports[2 * i - 2]}"); kafka_ports+=("${ports[2 * i - 1]}")
             peers="${peers:+$peers,}$i@127.0.0.1:${cluster_ports[i - 1]}"
         done
         BOOTSTRAP=""
@@ -143,7 +120,9 @@ if [ "$CLUSTER" = 1 ]; then
             BOOTSTRAP="${BOOTSTRAP:+$BOOTSTRAP,}127.0.0.1:${kafka_ports[i - 1]}"
         done
         for i in $(seq 1 "$REPLICAS"); do
-            wait_for_port "${kafka_ports[i - 1]}" || { echo "node $i did not start" >&2; tail -n 40 "$OUT/node$i.log" >&2; exit 1; }
+            if ! wait_for_port "${kafka_ports[i - 1]}" || ! kill -0 "${NODE_PIDS[i - 1]}" 2>/dev/null; then
+                echo "node $i did not start" >&2; tail -n 40 "$OUT/node$i.log" >&2; exit 1
+            fi
         done
     }
 

@@ -19,6 +19,8 @@
 # message; the script still runs the others.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/bench_lib.sh
+source "$ROOT/scripts/bench_lib.sh"
 cd "$ROOT"
 SECS="${BENCH_SECS:-10}"
 REPEAT="${BENCH_REPEAT:-1}"
@@ -35,10 +37,6 @@ RABBITMQ_NODENAME="${BENCH_RABBITMQ_NODENAME:-sluicebench@localhost}"
 
 port_open() { # host port
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Runs a command with the private node's environment. Calling /usr/lib/rabbitmq/bin directly
@@ -228,9 +226,8 @@ start_sluice() {
         printf '\n### sluice: %s not found, skipped\n' "$SLUICE"
         return 1
     fi
-    SLUICE_AMQP_PORT="$(free_port)"
     local kafka_port
-    kafka_port="$(free_port)"
+    read -r SLUICE_AMQP_PORT kafka_port <<< "$(free_ports 2)"
     rm -rf "$WORK/sluice-data"
     "$SLUICE" serve --data-dir "$WORK/sluice-data" --kafka-listen "127.0.0.1:$kafka_port" \
         --amqp-listen "127.0.0.1:$SLUICE_AMQP_PORT" --http-listen off >"$WORK/sluice.log" 2>&1 &

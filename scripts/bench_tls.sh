@@ -16,9 +16,9 @@ LIB="${SLUICE_KAFKA_LIB:-$ROOT/tests/kafka_differential/reference/target/lib}"
 [ -d "$LIB" ] || { echo "no Kafka jars in $LIB: run scripts/test once (it resolves them)" >&2; exit 1; }
 RECORDS="${BENCH_RECORDS:-1000000}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-tls.XXXXXX")"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PLAIN="$(free_port)"
-TLS="$(free_port)"
+# shellcheck source=scripts/bench_lib.sh
+source "$ROOT/scripts/bench_lib.sh"
+read -r PLAIN TLS <<< "$(free_ports 2)"
 
 # A CA and a server certificate for 127.0.0.1.
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/ca.key" -out "$WORK/ca.pem" -days 2 \

@@ -648,17 +648,30 @@ fn bytes_used(storage: &Arc<dyn Storage>, dir: &Path) -> u64 {
 #[tokio::test]
 async fn replication_reads_stop_at_the_byte_budget_but_always_give_one_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut store, _sm, _log) = open(Arc::new(RealDisk), dir.path());
-    // Batches of about 600 KiB: the budget takes two of them, not all eight.
+    let config = LogConfig {
+        batch_bytes_max: 8 << 20,
+        ..LogConfig::default()
+    };
+    let (mut store, _sm, _log) =
+        partition::open(Arc::new(RealDisk), dir.path(), config).expect("open partition");
+    // Batches of a third of the bound: a read takes two or three of them, not all eight; the
+    // ninth is larger than the bound.
+    let batch_bytes = |index: u64| {
+        if index == 9 {
+            partition::REPLICATION_BYTES_MAX + (64 << 10)
+        } else {
+            partition::REPLICATION_BYTES_MAX / 3
+        }
+    };
     let big = |index: u64| Entry {
         log_id: log_id(2, index),
-        payload: EntryPayload::Normal(PartitionEntry::new(big_batch(600 << 10)).unwrap()),
+        payload: EntryPayload::Normal(PartitionEntry::new(big_batch(batch_bytes(index))).unwrap()),
     };
     let mut entries = vec![blank(2, 0)];
-    entries.extend((1..=8).map(big));
+    entries.extend((1..=9).map(big));
     store.blocking_append(entries).await.unwrap();
     let mut reader = store.get_log_reader().await;
-    let limited = reader.limited_get_log_entries(0, 9).await.unwrap();
+    let limited = reader.limited_get_log_entries(0, 10).await.unwrap();
     let bytes: usize = limited
         .iter()
         .map(|e| match &e.payload {
@@ -666,14 +679,14 @@ async fn replication_reads_stop_at_the_byte_budget_but_always_give_one_entry() {
             _ => 0,
         })
         .sum();
-    assert!((2..9).contains(&limited.len()), "{} entries", limited.len());
+    assert!((3..5).contains(&limited.len()), "{} entries", limited.len());
     assert!(bytes <= partition::REPLICATION_BYTES_MAX, "{bytes} bytes");
-    // An entry larger than the budget still goes, alone.
-    let alone = reader.limited_get_log_entries(1, 9).await.unwrap();
-    assert!(!alone.is_empty());
-    assert_eq!(alone[0].log_id, log_id(2, 1));
+    // An entry larger than the bound still goes, alone.
+    let alone = reader.limited_get_log_entries(9, 10).await.unwrap();
+    assert_eq!(alone.len(), 1);
+    assert_eq!(alone[0].log_id, log_id(2, 9));
     // Reads that are not replication get the whole range.
-    assert_eq!(reader.try_get_log_entries(0..9).await.unwrap().len(), 9);
+    assert_eq!(reader.try_get_log_entries(0..10).await.unwrap().len(), 10);
 }
 
 fn big_batch(bytes: usize) -> Bytes {

@@ -115,6 +115,10 @@ impl crate::transport::BulkPayload for MetadataCommand {
     fn restore_bulk(&mut self, _bulk: bytes::Bytes) -> bool {
         false
     }
+
+    fn bulk_len(&self) -> usize {
+        0
+    }
 }
 
 /// A change to the cluster metadata.

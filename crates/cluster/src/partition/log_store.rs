@@ -28,10 +28,11 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 /// transport's message limit, an entry group is cut near 1 MiB).
 const ENTRY_BYTES_MAX: usize = 1 << 30;
 
-/// Batch bytes one AppendEntries carries at most (one entry even if larger): under the
-/// transport's budget for an AppendEntries (2 MiB by default), so openraft is not first handed
-/// hundreds of entries that the network then refuses as too large.
-pub const REPLICATION_BYTES_MAX: usize = 3 << 19;
+/// Batch bytes replication reads for one AppendEntries at most (one entry even if larger):
+/// the transport's largest budget for a call, which sends those of them its current budget
+/// allows. Below it, a partition whose producers send 1 MB batches replicated one batch per
+/// round trip (the follower's fsync included) whatever the budget said.
+pub const REPLICATION_BYTES_MAX: usize = 4 << 20;
 
 /// The partition's Raft log (and vote). Clones of its reader serve replication concurrently.
 pub struct PartitionLogStore {

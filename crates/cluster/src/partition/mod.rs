@@ -169,6 +169,10 @@ impl crate::transport::BulkPayload for PartitionEntry {
         self.batch = bulk;
         true
     }
+
+    fn bulk_len(&self) -> usize {
+        self.batch.len()
+    }
 }
 
 impl PartitionEntry {

@@ -158,11 +158,18 @@ pub struct TransportConfig {
     pub queue_bytes_max: usize,
     /// Bytes of a connection's requests being served at once; beyond, reading pauses.
     pub incoming_bytes_max: usize,
-    /// The bytes an AppendEntries to one peer may carry (more than one entry over it: sent
-    /// again with fewer) move between these bounds with the round trips measured, so that it
-    /// is answered within openraft's one-heartbeat deadline (see `network::AppendEntriesBudget`).
+    /// The bytes an AppendEntries to one peer may carry (the entries beyond wait for the next
+    /// call; one entry goes whatever its size) move between these bounds with the round trips
+    /// measured, so that it is answered within openraft's one-heartbeat deadline (see
+    /// `network::AppendEntriesBudget`). A partition's replication reads at most
+    /// [`crate::partition::REPLICATION_BYTES_MAX`] per call: a larger max adds nothing.
     pub append_entries_bytes_min: usize,
     pub append_entries_bytes_max: usize,
+    /// AppendEntries bytes out to one peer at once, all groups together: each group's call
+    /// takes what is left (`append_entries_bytes_min` at least, one entry at least), so many
+    /// busy partitions do not queue more on one connection than it delivers within the
+    /// deadline.
+    pub append_entries_peer_bytes_max: usize,
     /// Bytes gathered into one write at most.
     pub write_batch_bytes_max: usize,
     /// Off only to measure what coalescing saves: one write per frame.
@@ -185,7 +192,8 @@ impl TransportConfig {
             queue_bytes_max: 64 * 1024 * 1024,
             incoming_bytes_max: 64 * 1024 * 1024,
             append_entries_bytes_min: 256 * 1024,
-            append_entries_bytes_max: 4 * 1024 * 1024,
+            append_entries_bytes_max: crate::partition::REPLICATION_BYTES_MAX,
+            append_entries_peer_bytes_max: 2 * crate::partition::REPLICATION_BYTES_MAX,
             write_batch_bytes_max: 1024 * 1024,
             coalesce_writes: true,
             reconnect_backoff_min: Duration::from_millis(20),
@@ -297,6 +305,8 @@ struct TransportInner {
     groups: RwLock<HashMap<GroupId, Arc<dyn GroupDispatcher>>>,
     stats: StatCounters,
     link_events: broadcast::Sender<LinkEvent>,
+    /// AppendEntries bytes out to each peer now, all groups together.
+    append_entries_in_flight: Mutex<HashMap<NodeId, Arc<AtomicUsize>>>,
     shutdown: CancellationToken,
     /// Ends (dropping the listener) after `shutdown` fires.
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -342,6 +352,7 @@ impl Transport {
             link_events: broadcast::Sender::new(256),
             shutdown: CancellationToken::new(),
             accept_task: Mutex::new(None),
+            append_entries_in_flight: Mutex::new(HashMap::new()),
         });
         let transport = Self { inner };
         for &(peer_id, addr) in peers {
@@ -354,6 +365,17 @@ impl Transport {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.config.node_id
+    }
+
+    /// The count of AppendEntries bytes out to `peer` now, shared by every group's client.
+    pub(crate) fn append_entries_in_flight(&self, peer: NodeId) -> Arc<AtomicUsize> {
+        Arc::clone(
+            self.inner
+                .append_entries_in_flight
+                .lock()
+                .entry(peer)
+                .or_default(),
+        )
     }
 
     pub fn local_addr(&self) -> SocketAddr {

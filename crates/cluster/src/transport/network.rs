@@ -8,6 +8,8 @@
 //! keeps and the receiver slices them out of the frame.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +39,55 @@ pub trait BulkPayload {
     /// Puts back bytes [`BulkPayload::take_bulk`] took; false if this payload takes none (or
     /// already has them): the request is then malformed.
     fn restore_bulk(&mut self, bulk: Bytes) -> bool;
+    /// How many bulk bytes [`BulkPayload::take_bulk`] would move out.
+    fn bulk_len(&self) -> usize;
+}
+
+/// Encoded size of an entry apart from its bulk bytes, about: what a budget counts for it.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// How many of `entries`, from the first, fit in `budget` bytes, and their bytes; one at
+/// least, whatever its size, so a large entry still goes.
+fn entries_within_budget<C>(entries: &[openraft::Entry<C>], budget: usize) -> (usize, usize)
+where
+    C: RaftTypeConfig<Entry = openraft::Entry<C>>,
+    C::D: BulkPayload,
+{
+    let mut bytes = 0usize;
+    for (count, entry) in entries.iter().enumerate() {
+        let bulk = match &entry.payload {
+            EntryPayload::Normal(data) => data.bulk_len(),
+            _ => 0,
+        };
+        let with_entry = bytes.saturating_add(bulk + ENTRY_OVERHEAD_BYTES);
+        if count > 0 && with_entry > budget {
+            return (count, bytes);
+        }
+        bytes = with_entry;
+    }
+    (entries.len(), bytes)
+}
+
+/// Bytes counted as out to a peer until the call ends, answered or dropped.
+struct PeerBytesOut {
+    in_flight: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl PeerBytesOut {
+    fn new(in_flight: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        in_flight.fetch_add(bytes, Ordering::AcqRel);
+        Self {
+            in_flight: Arc::clone(in_flight),
+            bytes,
+        }
+    }
+}
+
+impl Drop for PeerBytesOut {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Where a run of raw bytes behind an encoded AppendEntries belongs: entry `entry` of the
@@ -184,6 +235,7 @@ where
                 config.append_entries_bytes_max,
             ),
             awaiting_answer: false,
+            peer_in_flight: self.transport.append_entries_in_flight(target),
             _config: PhantomData,
         }
     }
@@ -245,6 +297,8 @@ pub struct GroupNetwork<C> {
     /// Set while an AppendEntries is out: still set at the next one means openraft dropped
     /// the call at its deadline.
     awaiting_answer: bool,
+    /// AppendEntries bytes out to the peer now, every group's together.
+    peer_in_flight: Arc<AtomicUsize>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -252,9 +306,7 @@ impl<C> GroupNetwork<C>
 where
     C: RaftTypeConfig<NodeId = NodeId>,
 {
-    /// Sends `request`, encoded by `encode` into body parts, and decodes the response. An
-    /// AppendEntries of more than one entry and over `budget` bytes is not sent: the error
-    /// tells openraft to send fewer entries.
+    /// Sends `request`, encoded by `encode` into body parts, and decodes the response.
     async fn send<Req, Resp, E>(
         &self,
         kind: RpcKind,
@@ -262,7 +314,6 @@ where
         request: Req,
         encode: impl FnOnce(Req, usize) -> Result<Vec<Bytes>, FrameError>,
         option: &RPCOption,
-        budget: usize,
     ) -> Result<Resp, RPCError<NodeId, C::Node, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
@@ -273,15 +324,6 @@ where
         let limit = config.frame_bytes_max;
         let body = encode(request, limit)
             .map_err(|e| self.rpc_error(super::encode_error(e), action, timeout))?;
-        let body_bytes: usize = body.iter().map(Bytes::len).sum();
-        // Fewer entries next time, in proportion.
-        if action == RPCTypes::AppendEntries && self.last_entries > 1 && body_bytes > budget {
-            let hint = (u128::from(self.last_entries) * budget as u128 / body_bytes as u128)
-                .clamp(1, u128::from(self.last_entries - 1));
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(u64::try_from(hint).unwrap_or(1)),
-            ));
-        }
         let response = self
             .transport
             .call_with_parts(self.target, self.group, kind, body, Some(timeout))
@@ -326,16 +368,34 @@ where
     C: RaftTypeConfig<NodeId = NodeId, Entry = openraft::Entry<C>>,
     C::D: BulkPayload,
 {
+    /// Sends the entries that fit the budget, and what the other groups' calls to the same
+    /// peer leave of its share (the first entry whatever its size). When some are left out,
+    /// a success answers `PartialSuccess` with the last one sent, and openraft sends the rest
+    /// next: without a round trip lost to a refusal, and with every call as full as the
+    /// budget allows.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
         if self.awaiting_answer {
             self.budget.unanswered();
         }
+        let config = self.transport.config();
+        let peer_room = config
+            .append_entries_peer_bytes_max
+            .saturating_sub(self.peer_in_flight.load(Ordering::Acquire));
+        let allowed = self
+            .budget
+            .bytes()
+            .min(peer_room.max(config.append_entries_bytes_min));
+        let (keep, bytes) = entries_within_budget(&rpc.entries, allowed);
+        let _out = PeerBytesOut::new(&self.peer_in_flight, bytes);
+        let partial = (keep < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(keep);
+            rpc.entries.last().map(|entry| entry.log_id)
+        });
         self.last_entries = rpc.entries.len() as u64;
-        let budget = self.budget.bytes();
         let mut sent = 0;
         let encode = |rpc, limit| {
             let parts = encode_append_entries(rpc, limit)?;
@@ -351,7 +411,6 @@ where
                 rpc,
                 encode,
                 &option,
-                budget,
             )
             .await;
         self.awaiting_answer = false;
@@ -363,7 +422,22 @@ where
             Err(RPCError::Timeout(_)) => self.budget.unanswered(),
             Err(_) => {}
         }
-        result
+        tracing::debug!(
+            group = ?self.group,
+            target = self.target,
+            entries = self.last_entries,
+            left_out = partial.is_some(),
+            sent,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            budget = self.budget.bytes(),
+            "AppendEntries answered"
+        );
+        match (result, partial) {
+            (Ok(AppendEntriesResponse::Success), Some(last_sent)) => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            (result, _) => result,
+        }
     }
 
     async fn install_snapshot(
@@ -380,7 +454,6 @@ where
             rpc,
             encode_whole,
             &option,
-            usize::MAX,
         )
         .await
     }
@@ -390,15 +463,8 @@ where
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, C::Node, RaftError<NodeId>>> {
-        self.send(
-            RpcKind::Vote,
-            RPCTypes::Vote,
-            rpc,
-            encode_whole,
-            &option,
-            usize::MAX,
-        )
-        .await
+        self.send(RpcKind::Vote, RPCTypes::Vote, rpc, encode_whole, &option)
+            .await
     }
 }
 
@@ -567,6 +633,197 @@ mod tests {
     /// What the receiver gets: the parts one after another, in one buffer.
     fn received(parts: &[Bytes]) -> Bytes {
         Bytes::from(parts.concat())
+    }
+
+    #[test]
+    fn a_call_takes_the_entries_that_fit_its_budget_and_one_at_least() {
+        let entries = request(vec![
+            normal(&[1; 1000]),
+            EntryPayload::Blank,
+            normal(&[2; 1000]),
+            normal(&[3; 1000]),
+        ])
+        .entries;
+        let per_entry = 1000 + ENTRY_OVERHEAD_BYTES;
+        let all = 3 * per_entry + ENTRY_OVERHEAD_BYTES;
+        assert_eq!(entries_within_budget(&entries, 10 * per_entry), (4, all));
+        // The blank entry counts its overhead only.
+        assert_eq!(
+            entries_within_budget(&entries, 2 * per_entry),
+            (2, per_entry + ENTRY_OVERHEAD_BYTES)
+        );
+        assert_eq!(
+            entries_within_budget(&entries, 2 * per_entry + ENTRY_OVERHEAD_BYTES),
+            (3, 2 * per_entry + ENTRY_OVERHEAD_BYTES)
+        );
+        // The first goes whatever its size.
+        assert_eq!(entries_within_budget(&entries, 10), (1, per_entry));
+        assert_eq!(entries_within_budget::<PartitionRaft>(&[], 10), (0, 0));
+    }
+
+    /// A peer that answers every AppendEntries with success and keeps how many entries each
+    /// one carried.
+    struct CountingFollower {
+        received: Arc<parking_lot::Mutex<Vec<usize>>>,
+        /// When set, each call waits for a permit before it is answered.
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    impl GroupDispatcher for CountingFollower {
+        fn dispatch(
+            &self,
+            _kind: RpcKind,
+            body: Bytes,
+        ) -> BoxFuture<'static, Result<Bytes, RemoteFailure>> {
+            let received = Arc::clone(&self.received);
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    gate.acquire()
+                        .await
+                        .map_err(|e| RemoteFailure::BadResponse(e.to_string()))?
+                        .forget();
+                }
+                let request: AppendEntriesRequest<PartitionRaft> =
+                    decode_append_entries(&body, LIMIT)
+                        .map_err(|e| RemoteFailure::BadRequest(e.to_string()))?;
+                received.lock().push(request.entries.len());
+                let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                    Ok(AppendEntriesResponse::Success);
+                encode_response(&answer, LIMIT)
+            })
+        }
+    }
+
+    async fn transport(node_id: NodeId, budget: usize) -> Transport {
+        transport_with(node_id, budget, budget, usize::MAX).await
+    }
+
+    async fn transport_with(node_id: NodeId, min: usize, max: usize, peer: usize) -> Transport {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = crate::transport::TransportConfig::new(node_id);
+        config.append_entries_bytes_min = min;
+        config.append_entries_bytes_max = max;
+        config.append_entries_peer_bytes_max = peer;
+        Transport::start(config, listener, &[]).unwrap()
+    }
+
+    async fn connect(leader: &Transport, follower: &Transport) {
+        leader.add_peer(2, follower.local_addr());
+        follower.add_peer(1, leader.local_addr());
+        for _ in 0..500 {
+            if leader.is_connected(2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never connected");
+    }
+
+    fn group(n: u128) -> GroupId {
+        GroupId::Partition {
+            topic_id: uuid::Uuid::from_u128(n),
+            partition: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_takes_only_what_the_other_groups_calls_to_the_peer_leave() {
+        let per_entry = 1000 + ENTRY_OVERHEAD_BYTES;
+        // Each group's budget starts at 2.5 entries; 3 entries to the peer at once in all.
+        let leader = transport_with(1, per_entry, 10 * per_entry, 3 * per_entry).await;
+        let follower = transport(2, MIB).await;
+        connect(&leader, &follower).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        for (n, gate) in [(1, Some(Arc::clone(&gate))), (2, None)] {
+            follower.register_dispatcher(
+                group(n),
+                Arc::new(CountingFollower {
+                    received: Arc::clone(&received),
+                    gate,
+                }),
+            );
+        }
+        let node = crate::NodeAddress::default();
+        let mut held = leader
+            .network::<PartitionRaft>(group(1))
+            .new_client(2, &node)
+            .await;
+        let mut other = leader
+            .network::<PartitionRaft>(group(2))
+            .new_client(2, &node)
+            .await;
+        let option = RPCOption::new(Duration::from_secs(5));
+        let four = || {
+            request(vec![
+                normal(&[1; 1000]),
+                normal(&[2; 1000]),
+                normal(&[3; 1000]),
+                normal(&[4; 1000]),
+            ])
+        };
+        // Group 1's call (two entries, its budget) waits at the peer.
+        let held_call = {
+            let option = option.clone();
+            let request = four();
+            tokio::spawn(async move { held.append_entries(request, option).await })
+        };
+        while leader.append_entries_in_flight(2).load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Group 2 gets what is left of the peer's share: one entry.
+        let answer = other.append_entries(four(), option.clone()).await.unwrap();
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(id(10))));
+        gate.add_permits(1);
+        let answer = held_call.await.unwrap().unwrap();
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(id(11))));
+        assert_eq!(
+            leader.append_entries_in_flight(2).load(Ordering::Acquire),
+            0
+        );
+        // With nothing else out, group 2 gets its whole budget again.
+        let answer = other.append_entries(four(), option).await.unwrap();
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(id(11))));
+        assert_eq!(*received.lock(), vec![1, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn entries_over_the_budget_wait_for_the_next_call_and_the_answer_says_how_far_it_got() {
+        let per_entry = 1000 + ENTRY_OVERHEAD_BYTES;
+        let leader = transport(1, 2 * per_entry + per_entry / 2).await;
+        let follower = transport(2, MIB).await;
+        connect(&leader, &follower).await;
+        let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        follower.register_dispatcher(
+            group(7),
+            Arc::new(CountingFollower {
+                received: Arc::clone(&received),
+                gate: None,
+            }),
+        );
+        let mut network = leader
+            .network::<PartitionRaft>(group(7))
+            .new_client(2, &crate::NodeAddress::default())
+            .await;
+        let option = RPCOption::new(Duration::from_secs(5));
+        let four = request(vec![
+            normal(&[1; 1000]),
+            normal(&[2; 1000]),
+            normal(&[3; 1000]),
+            normal(&[4; 1000]),
+        ]);
+        let answer = network.append_entries(four, option.clone()).await.unwrap();
+        // Two fit: the answer names the last one sent (indexes start at 10).
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(id(11))));
+        let two = request(vec![normal(&[3; 1000]), normal(&[4; 1000])]);
+        let answer = network.append_entries(two, option.clone()).await.unwrap();
+        assert_eq!(answer, AppendEntriesResponse::Success);
+        // One entry larger than the budget still goes, alone and whole.
+        let large = request(vec![normal(&[5; 4000]), normal(&[6; 10])]);
+        let answer = network.append_entries(large, option).await.unwrap();
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(id(10))));
+        assert_eq!(*received.lock(), vec![2, 2, 1]);
     }
 
     #[test]

@@ -1,0 +1,43 @@
+# Shell helpers the benchmark scripts share; `source` it.
+
+# N distinct free ports on 127.0.0.1, space-separated: each socket stays bound until all are
+# chosen (asked for one at a time, the kernel may hand out the same port twice).
+free_ports() {
+    python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+
+wait_for_port() { # $1: port on 127.0.0.1; up to 10 s
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Makes memory cgroup $1 with a limit of $2 bytes (cgroup v1 or v2, below this shell's own) and
+# prints its directory. Needs root and a memory controller.
+memory_cgroup() {
+    local v1 base
+    v1="$(awk -F: '$2 == "memory" {print $3}' /proc/self/cgroup)"
+    if [ -n "$v1" ]; then
+        base="/sys/fs/cgroup/memory$v1"
+        mkdir -p "$base/$1" && echo "$2" >"$base/$1/memory.limit_in_bytes"
+    else
+        base="/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)"
+        mkdir -p "$base/$1" && echo "$2" >"$base/$1/memory.max"
+    fi
+    echo "$base/$1"
+}
+
+stop_processes() { # pids: SIGTERM to each, then wait for each
+    local pid
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+remove_memory_cgroups() { # $1: name prefix of the cgroups memory_cgroup made
+    find /sys/fs/cgroup -maxdepth 6 -type d -name "$1*" -exec rmdir {} + 2>/dev/null || true
+}

@@ -59,11 +59,7 @@ if [ -n "${BENCH_MEMORY_LIMIT:-}" ] && [ "${BENCH_MEMORY_LIMIT}" != 0 ]; then
 fi
 limited() { # $1: cgroup name, then the command; runs it in that cgroup when a limit is set
     local name="$1"; shift
-    if [ -z "$MEMORY_LIMIT_BYTES" ]; then exec "$@"; fi
-    local cgroup
-    cgroup="$(memory_cgroup "sluice-bench-$$-$name" "$MEMORY_LIMIT_BYTES")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
-    echo "$BASHPID" >"$cgroup/cgroup.procs"
-    exec "$@"
+    exec_limited "sluice-bench-$$-$name" "$MEMORY_LIMIT_BYTES" "$@"
 }
 
 start_broker() { # $1: fsync policy
@@ -74,7 +70,6 @@ start_broker() { # $1: fsync policy
     BROKER_PID=$!
     wait_for_port "$PORT" || { echo "broker did not start" >&2; cat "$WORK/broker-$1.log" >&2; exit 1; }
 }
-
 
 run() { # label, then sluice-bench kafka flags
     local label="$1"; shift

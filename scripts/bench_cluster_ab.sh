@@ -34,12 +34,8 @@ stop_nodes() { stop_processes ${PIDS[@]+"${PIDS[@]}"}; PIDS=(); }
 trap 'stop_nodes; remove_memory_cgroups "sluice-ab-$$-"; rm -rf "$WORK"' EXIT
 
 limited() { # $1: cgroup name, then the command
-    local name="$1" cgroup; shift
-    if [ -n "$LIMIT_BYTES" ]; then
-        cgroup="$(memory_cgroup "sluice-ab-$$-$name" "$LIMIT_BYTES")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
-        echo "$BASHPID" >"$cgroup/cgroup.procs"
-    fi
-    exec "$@"
+    local name="$1"; shift
+    exec_limited "sluice-ab-$$-$name" "$LIMIT_BYTES" "$@"
 }
 # utime+stime (clock ticks) and minor faults of each node, space-separated.
 proc_stat() { local pid; for pid in "${PIDS[@]}"; do awk '{printf "%d:%d ", $14 + $15, $10}' "/proc/$pid/stat"; done; }

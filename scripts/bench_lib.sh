@@ -32,6 +32,18 @@ memory_cgroup() {
     echo "$base/$1"
 }
 
+# Runs a command (exec) in memory cgroup $1 limited to $2 bytes; with $2 empty, outside any.
+# Called in a subshell: `(exec_limited name "$bytes" cmd...) &`.
+exec_limited() {
+    local name="$1" bytes="$2" cgroup
+    shift 2
+    if [ -n "$bytes" ]; then
+        cgroup="$(memory_cgroup "$name" "$bytes")" || { echo "cannot create memory cgroup $name" >&2; exit 1; }
+        echo "$BASHPID" >"$cgroup/cgroup.procs"
+    fi
+    exec "$@"
+}
+
 stop_processes() { # pids: SIGTERM to each, then wait for each
     local pid
     for pid in "$@"; do kill "$pid" 2>/dev/null || true; done

@@ -414,10 +414,10 @@ where
             )
             .await;
         self.awaiting_answer = false;
+        let elapsed = started.elapsed();
         match &result {
             Ok(_) | Err(RPCError::RemoteError(_)) => {
-                self.budget
-                    .answered(sent, started.elapsed(), option.hard_ttl())
+                self.budget.answered(sent, elapsed, option.hard_ttl())
             }
             Err(RPCError::Timeout(_)) => self.budget.unanswered(),
             Err(_) => {}
@@ -428,7 +428,7 @@ where
             entries = self.last_entries,
             left_out = partial.is_some(),
             sent,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = elapsed.as_micros() as u64,
             budget = self.budget.bytes(),
             "AppendEntries answered"
         );

@@ -10,8 +10,9 @@
 #
 # BENCH_CLUSTER=1 (or `scripts/bench.sh --cluster`) runs the cluster comparison instead of the
 # matrix: acks=all at 100 B and 1 KiB on 1 and 8 partitions, and 100 B acks=all at a fixed 20,000
-# msgs/s, first against one node, then against 3 `sluice serve` nodes on loopback (topics with
-# replication factor 3, created through $ROOT/.venv's confluent-kafka), all fsync=batch, and
+# msgs/s, each row against one node, then against 3 `sluice serve` nodes on loopback (topics with
+# replication factor 3, created through $ROOT/.venv's confluent-kafka), each started afresh for
+# the row, all fsync=batch, and
 # prints a table: throughput of both, the cluster/single ratio, produce->ack and end-to-end
 # p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
 # N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
@@ -110,7 +111,7 @@ if [ "$CLUSTER" = 1 ]; then
             (limited "node$i" "$SLUICE" serve --data-dir "$WORK/node$i" --node-id "$i" ${extra[@]+"${extra[@]}"} \
                 --cluster-listen "127.0.0.1:${cluster_ports[i - 1]}" --peers "$peers" \
                 --kafka-listen "127.0.0.1:${kafka_ports[i - 1]}" --default-replication-factor "$REPLICAS" \
-                --fsync batch --amqp-listen off --http-listen off >"$OUT/node$i.log" 2>&1) &
+                --fsync batch --amqp-listen off --http-listen off >>"$OUT/node$i.log" 2>&1) &
             NODE_PIDS+=($!)
             BOOTSTRAP="${BOOTSTRAP:+$BOOTSTRAP,}127.0.0.1:${kafka_ports[i - 1]}"
         done
@@ -164,30 +165,35 @@ if [ "$CLUSTER" = 1 ]; then
         done
     }
 
-    workloads() { # $1 mode
-        local rate=() label=""
-        if [ "${BENCH_RATE:-0}" != 0 ]; then rate=(--rate "$BENCH_RATE"); label="_rate=$BENCH_RATE"; fi
-        compare_run "$1" "1_100_B_acks=all_p=1$label" 1 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
-        compare_run "$1" "2_100_B_acks=all_p=8$label" 8 --message-bytes 100 --acks all --producers 1 --consumers 1 "${rate[@]}"
-        compare_run "$1" "3_1_KiB_acks=all_p=1$label" 1 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
-        compare_run "$1" "4_1_KiB_acks=all_p=8$label" 8 --message-bytes 1024 --acks all --producers 1 --consumers 1 "${rate[@]}"
-        compare_run "$1" 5_100_B_acks=all_rate=20000 1 --message-bytes 100 --acks all --rate 20000 \
-            --linger-ms 0 --fetch-wait-max-ms 100
-        # The Java client's default: idempotent, so at most 5 requests in flight per connection.
-        compare_run "$1" "6_1_KiB_idempotent_p=1$label" 1 --message-bytes 1024 --acks all --idempotence \
-            --producers 1 --consumers 1 "${rate[@]}"
+    # One row of the table: the single node, then the cluster, each started on empty data
+    # directories. The two halves of a ratio run back to back, on a machine in the same state:
+    # with all single-node rows first, the page cache and this VM's free memory drifted
+    # between the halves and moved a ratio by a third from one run to the next.
+    row() { # $1 file name <NN>_<label>, $2 partitions, then sluice-bench flags
+        start_broker batch
+        compare_run single "$@"
+        stop_broker
+        cat "$WORK/broker-batch.log" >>"$OUT/single.log"
+        start_cluster
+        compare_run cluster "$@"
+        stop_cluster
+        local i
+        for i in $(seq 1 "$REPLICAS"); do rm -rf "$WORK/node$i"; done
     }
 
     printf '### load before: %s\n' "$(uptime)"
-    start_broker batch
-    workloads single
-    stop_broker
-    cp "$WORK/broker-batch.log" "$OUT/single.log"
-    rm -rf "$WORK/data"
-    start_cluster
-    workloads cluster
-    printf '### load at the end of the cluster runs: %s\n' "$(uptime)"
-    stop_cluster
+    rate=() label=""
+    if [ "${BENCH_RATE:-0}" != 0 ]; then rate=(--rate "$BENCH_RATE"); label="_rate=$BENCH_RATE"; fi
+    row "1_100_B_acks=all_p=1$label" 1 --message-bytes 100 --acks all --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}
+    row "2_100_B_acks=all_p=8$label" 8 --message-bytes 100 --acks all --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}
+    row "3_1_KiB_acks=all_p=1$label" 1 --message-bytes 1024 --acks all --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}
+    row "4_1_KiB_acks=all_p=8$label" 8 --message-bytes 1024 --acks all --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}
+    row 5_100_B_acks=all_rate=20000 1 --message-bytes 100 --acks all --rate 20000 \
+        --linger-ms 0 --fetch-wait-max-ms 100
+    # The Java client's default: idempotent, so at most 5 requests in flight per connection.
+    row "6_1_KiB_idempotent_p=1$label" 1 --message-bytes 1024 --acks all --idempotence \
+        --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}
+    printf '### load at the end: %s\n' "$(uptime)"
     print_table
     exit 0
 fi

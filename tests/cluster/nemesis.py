@@ -119,12 +119,18 @@ class EpochBumpLog(logging.LoggerAdapter):
     def __init__(self, run: "NemesisRun", name: str):
         super().__init__(run.client_log, {})
         self.history = run.history
+        self.client_errors = run.client_errors
         self.producer = name
 
     def log(self, level, msg, *args, **kwargs):
         text = msg % args if args else str(msg)
         if "epoch bump" in text.lower() or "bumped epoch" in text.lower():
             self.history.record("epoch_bump", producer=self.producer, log=text[-300:])
+        if "Fatal error:" in text:
+            # The error callback does not always run before the producer is torn down (a
+            # fatal error during the final flush), librdkafka's log line always does.
+            self.history.record("client_error", client=self.producer, error=text[-500:])
+            self.client_errors.append(f"{self.producer}: fatal idempotent producer error {text}")
         # librdkafka's debug lines carry syslog level 7, below the clients' log level: the eos
         # ones (idempotence state, drains, the errors that caused them) are kept as WARNING.
         super().log(max(level, logging.WARNING), msg, *args, **kwargs)

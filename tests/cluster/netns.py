@@ -407,6 +407,9 @@ class Node:
         # The broker reads SLUICE_<FLAG> variables: the caller's must not change what runs.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         env.setdefault("NO_COLOR", "1")
+        if os.environ.get("NEMESIS_NODE_LOG"):
+            # The nodes' log filter (SLUICE_LOG), e.g. to debug one module during a run.
+            env["SLUICE_LOG"] = os.environ["NEMESIS_NODE_LOG"]
         self.starts += 1
         argv = ["ip", "netns", "exec", self.network.namespace(self.node_id)] + self.command()
         with open(self.log_path, "ab") as log:

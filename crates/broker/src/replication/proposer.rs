@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
-use openraft::Raft;
+use openraft::{Raft, ServerState};
 use sluice_cluster::partition::{PartitionEntry, PartitionRaft};
 use sluice_cluster::NodeId;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -45,6 +45,8 @@ struct Submission {
     entry: PartitionEntry,
     /// Offsets the batch takes (`lastOffsetDelta + 1`).
     offsets: i64,
+    /// The leader's term the batch was checked in, if its validity depends on the term.
+    term: Option<u64>,
     reply: oneshot::Sender<Result<i64, ProposalFailure>>,
 }
 
@@ -62,12 +64,15 @@ impl EntryProposer {
     }
 
     /// Queues one batch (checked by [`PartitionEntry::new`]) taking `offsets` offsets.
-    /// Batches are proposed in the order submitted.
-    pub fn submit(&self, entry: PartitionEntry, offsets: i64) -> ProposedBatch {
+    /// Batches are proposed in the order submitted. A batch checked against this leader's
+    /// state of `term` (an idempotent producer's sequence) fails with `NotLeader` instead
+    /// of being proposed in a later term, whose state was built without it.
+    pub fn submit(&self, entry: PartitionEntry, offsets: i64, term: Option<u64>) -> ProposedBatch {
         let (reply, receiver) = oneshot::channel();
         let submission = Submission {
             entry,
             offsets,
+            term,
             reply,
         };
         if let Err(mpsc::error::SendError(submission)) = self.submissions.send(submission) {
@@ -109,11 +114,31 @@ async fn run(
             bytes += next.entry.batch.len();
             group.push(next);
         }
+        // A batch checked in an earlier term may wait here while this node loses the
+        // leadership and wins it again: proposed now, it would follow a producer state the
+        // new term rebuilt without it, and the producer's next batch would look out of order.
+        // (The metrics trail Raft's core by one of its loop turns; an election takes longer.)
+        let current_term = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader {
+                Some(metrics.current_term)
+            } else {
+                None
+            }
+        };
         let mut replies = Vec::with_capacity(group.len());
         let mut entries = Vec::with_capacity(group.len());
         for submission in group {
+            if submission.term.is_some() && submission.term != current_term {
+                let _ = submission.reply.send(Err(ProposalFailure::NotLeader));
+                continue;
+            }
             replies.push((submission.offsets, submission.reply));
             entries.push(submission.entry);
+        }
+        if entries.is_empty() {
+            continue;
         }
         let grouped = entries.len() > 1;
         let batches = entries.len() as u64;
@@ -167,5 +192,148 @@ fn answer_all(
 ) {
     for (_, reply) in replies {
         let _ = reply.send(answer.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    };
+    use openraft::{CommittedLeaderId, Config, LogId, Vote};
+    use sluice_cluster::partition;
+    use sluice_cluster::NodeAddress;
+    use sluice_log::{LogConfig, RealDisk, Record, RecordBatchBuilder};
+
+    use super::*;
+
+    /// A one-node group never calls its network.
+    struct NoPeers;
+
+    type Refused<E> = RPCError<NodeId, NodeAddress, E>;
+
+    fn refused<E: std::error::Error>() -> Refused<E> {
+        RPCError::Network(NetworkError::new(&io::Error::other("no peers")))
+    }
+
+    impl RaftNetworkFactory<PartitionRaft> for NoPeers {
+        type Network = NoPeers;
+
+        async fn new_client(&mut self, _target: NodeId, _node: &NodeAddress) -> NoPeers {
+            NoPeers
+        }
+    }
+
+    impl RaftNetwork<PartitionRaft> for NoPeers {
+        async fn append_entries(
+            &mut self,
+            _rpc: AppendEntriesRequest<PartitionRaft>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<NodeId>, Refused<RaftError<NodeId>>> {
+            Err(refused())
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            _rpc: InstallSnapshotRequest<PartitionRaft>,
+            _option: RPCOption,
+        ) -> Result<InstallSnapshotResponse<NodeId>, Refused<RaftError<NodeId, InstallSnapshotError>>>
+        {
+            Err(refused())
+        }
+
+        async fn vote(
+            &mut self,
+            _rpc: VoteRequest<NodeId>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<NodeId>, Refused<RaftError<NodeId>>> {
+            Err(refused())
+        }
+    }
+
+    fn entry(value: &str) -> PartitionEntry {
+        let mut builder = RecordBatchBuilder::new();
+        builder.push(Record {
+            timestamp: 1_700_000_000_000,
+            value: Some(value.as_bytes().to_vec()),
+            ..Default::default()
+        });
+        PartitionEntry::new(Bytes::from(builder.build())).expect("valid batch")
+    }
+
+    async fn leader_in_term_above(raft: &Raft<PartitionRaft>, above: u64) -> u64 {
+        let mut metrics = raft.metrics();
+        let leading = tokio::time::timeout(
+            Duration::from_secs(10),
+            metrics.wait_for(|m| m.state == ServerState::Leader && m.current_term > above),
+        )
+        .await
+        .expect("leader in time")
+        .expect("raft alive");
+        leading.current_term
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_checked_in_an_earlier_term_is_not_proposed_in_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, state_machine, _log) = partition::open(
+            Arc::new(RealDisk),
+            &dir.path().join("t-0"),
+            LogConfig::default(),
+        )
+        .unwrap();
+        let config = Arc::new(Config::default().validate().unwrap());
+        let raft = Raft::new(1, config, NoPeers, log_store, state_machine)
+            .await
+            .unwrap();
+        let node = NodeAddress {
+            cluster_addr: "127.0.0.1:9093".into(),
+            kafka_addr: "127.0.0.1:9092".into(),
+        };
+        raft.initialize(BTreeMap::from([(1, node)])).await.unwrap();
+        let first_term = leader_in_term_above(&raft, 0).await;
+        let proposer = EntryProposer::start(raft.clone(), 1);
+
+        let checked_now = proposer.submit(entry("a"), 1, Some(first_term));
+        assert!(checked_now.await.unwrap().is_ok());
+
+        // The node loses its term to a candidate with a longer log (it votes for it and
+        // steps down), hears nothing from it and wins the next term.
+        let candidate = Vote::new(first_term + 1, 2);
+        let longer = LogId::new(CommittedLeaderId::new(first_term + 1, 2), 1_000);
+        // Refused while the leader's lease lasts (an election timeout).
+        let mut granted = false;
+        for _ in 0..100 {
+            let answer = raft
+                .vote(VoteRequest::new(candidate, Some(longer)))
+                .await
+                .unwrap();
+            if answer.vote_granted {
+                granted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(granted);
+        let second_term = leader_in_term_above(&raft, first_term + 1).await;
+
+        let checked_before = proposer.submit(entry("b"), 1, Some(first_term));
+        assert!(matches!(
+            checked_before.await.unwrap(),
+            Err(ProposalFailure::NotLeader)
+        ));
+        let checked_again = proposer.submit(entry("b"), 1, Some(second_term));
+        let unchecked = proposer.submit(entry("c"), 1, None);
+        let first = checked_again.await.unwrap().ok().unwrap();
+        assert_eq!(unchecked.await.unwrap().ok(), Some(first + 1));
+        raft.shutdown().await.unwrap();
     }
 }

@@ -51,11 +51,13 @@ struct CommittedProducers {
 
 /// What an idempotent request's sequence check decided.
 enum Proposal {
-    Proposed(Vec<ProposedBatch>),
-    /// A retry of a committed batch: acknowledge with its offset.
-    Duplicate {
-        offset_first: i64,
+    /// Proposed by the leader of `term`.
+    Proposed {
+        proposals: Vec<ProposedBatch>,
+        term: u64,
     },
+    /// A retry of a committed batch: acknowledge with its offset.
+    Duplicate { offset_first: i64 },
     /// A retry of a batch proposed but not committed yet.
     InFlightDuplicate,
 }
@@ -404,7 +406,7 @@ impl Replica {
             return Err(ReplicationError::NotLeader);
         }
         let write = async {
-            let proposals = {
+            let (proposals, term) = {
                 // In line with the sequenced batches: none of this producer is checked
                 // against a state that lacks the marker.
                 let _one_at_a_time = self.sequenced.lock().await;
@@ -421,6 +423,7 @@ impl Replica {
                     now,
                 ));
                 let headers = validate_batches(&marker).map_err(BrokerError::from)?;
+                let entries = entries_of(&marker, &headers)?;
                 {
                     let mut proposed = self.proposed.lock();
                     if proposed.term == term {
@@ -429,11 +432,11 @@ impl Replica {
                         }
                     }
                 }
-                self.propose_all(&marker, &headers)?
+                (self.submit_all(entries, Some(term)), term)
             };
             let committed = self.committed(proposals).await;
             if committed.is_err() {
-                self.forget_proposed();
+                self.forget_proposed(term);
             }
             self.track_committed_producers()?;
             committed
@@ -517,17 +520,17 @@ impl Replica {
             .any(|h| h.producer_id >= 0 && h.base_sequence >= 0);
         let write = async {
             if !sequenced {
-                let proposals = self.propose_all(&records, &headers)?;
-                return self.committed(proposals).await;
+                let entries = entries_of(&records, &headers)?;
+                return self.committed(self.submit_all(entries, None)).await;
             }
-            let proposals = match self.check_and_propose(&records, &headers).await? {
-                Proposal::Proposed(proposals) => proposals,
+            let (proposals, term) = match self.check_and_propose(&records, &headers).await? {
+                Proposal::Proposed { proposals, term } => (proposals, term),
                 Proposal::Duplicate { offset_first } => return Ok(offset_first),
                 Proposal::InFlightDuplicate => return self.committed_duplicate(&headers[0]).await,
             };
             let committed = self.committed(proposals).await;
             if committed.is_err() {
-                self.forget_proposed();
+                self.forget_proposed(term);
             }
             self.track_committed_producers()?;
             committed
@@ -597,18 +600,40 @@ impl Replica {
             return Err(ReplicationError::NotLeader);
         }
         self.track_committed_producers()?;
+        // Before anything is recorded: a batch that is no valid entry fails the request alone.
+        let entries = entries_of(records, headers)?;
         {
             let mut proposed = self.proposed.lock();
             if proposed.term != term {
                 // Everything of earlier terms is committed (or gone) once the term's first
                 // entry applied: the committed state is the whole truth.
-                proposed.table = self.producers.lock().table.clone();
+                let committed = self.producers.lock();
+                proposed.table = committed.table.clone();
                 proposed.term = term;
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.index,
+                    term,
+                    offset_tracked = committed.offset_tracked,
+                    "producer state of the term taken from the committed log"
+                );
             }
             let mut duplicate = None;
             for header in headers {
-                if let SequenceCheck::Duplicate { offset_first } = proposed.table.check(header)? {
-                    duplicate = Some(offset_first);
+                match proposed.table.check(header) {
+                    Ok(SequenceCheck::Duplicate { offset_first }) => duplicate = Some(offset_first),
+                    Ok(SequenceCheck::Append) => {}
+                    Err(error) => {
+                        // The client's view and ours differ: the one line that says why.
+                        tracing::debug!(
+                            topic = %self.topic,
+                            partition = self.index,
+                            term,
+                            %error,
+                            "refused an idempotent batch"
+                        );
+                        return Err(error.into());
+                    }
                 }
             }
             match duplicate {
@@ -636,19 +661,23 @@ impl Replica {
                     .record(&unassigned, header.max_timestamp.min(now));
             }
         }
-        match self.propose_all(records, headers) {
-            Ok(proposals) => Ok(Proposal::Proposed(proposals)),
-            Err(error) => {
-                self.forget_proposed();
-                Err(error)
-            }
-        }
+        Ok(Proposal::Proposed {
+            proposals: self.submit_all(entries, Some(term)),
+            term,
+        })
     }
 
     /// Only a lost leadership fails a proposal: the next term rebuilds the proposed state from
-    /// the committed one.
-    fn forget_proposed(&self) {
-        self.proposed.lock().term = 0;
+    /// the committed one. A proposal of an earlier term that fails late (it waited in the
+    /// proposer while this node lost the leadership and won it again) leaves the current
+    /// term's state alone: rebuilt from the committed log, that state would lack the batches
+    /// this term has proposed and not committed yet, and refuse their producers' next
+    /// batches as out of order.
+    fn forget_proposed(&self, term: u64) {
+        let mut proposed = self.proposed.lock();
+        if proposed.term == term {
+            proposed.term = 0;
+        }
     }
 
     /// A retry of a batch that is proposed but not yet committed: answers with its offset once
@@ -685,28 +714,17 @@ impl Replica {
         Ok(term)
     }
 
-    /// Hands the batches to the proposer in order, without waiting for any to commit; a batch
-    /// that is not a valid entry fails the request before any is proposed. `headers` are
-    /// `validate_batches`' for `records`, so no CRC is computed again.
-    fn propose_all(
+    /// Hands the entries to the proposer in order, without waiting for any to commit; with
+    /// `term`, they are proposed in that term or fail.
+    fn submit_all(
         &self,
-        records: &Bytes,
-        headers: &[BatchHeader],
-    ) -> Result<Vec<ProposedBatch>, ReplicationError> {
-        let mut entries = Vec::with_capacity(headers.len());
-        let mut position = 0usize;
-        for header in headers {
-            let length = header.total_bytes();
-            let batch = records.slice(position..position + length);
-            position += length;
-            let entry = PartitionEntry::validated(batch, header)
-                .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
-            entries.push((entry, i64::from(header.last_offset_delta) + 1));
-        }
-        Ok(entries
+        entries: Vec<(PartitionEntry, i64)>,
+        term: Option<u64>,
+    ) -> Vec<ProposedBatch> {
+        entries
             .into_iter()
-            .map(|(entry, offsets)| self.proposer.submit(entry, offsets))
-            .collect())
+            .map(|(entry, offsets)| self.proposer.submit(entry, offsets, term))
+            .collect()
     }
 
     /// Waits for proposed batches to be committed and applied: the first one's base offset.
@@ -766,4 +784,24 @@ impl ShareLog for Replica {
     fn leadership(&self) -> u64 {
         self.leader_and_term().1
     }
+}
+
+/// The Raft entries of a request's batches with the offsets each takes; a batch that is not a
+/// valid entry fails the request before any is proposed. `headers` are `validate_batches`' for
+/// `records`, so no CRC is computed again.
+fn entries_of(
+    records: &Bytes,
+    headers: &[BatchHeader],
+) -> Result<Vec<(PartitionEntry, i64)>, ReplicationError> {
+    let mut entries = Vec::with_capacity(headers.len());
+    let mut position = 0usize;
+    for header in headers {
+        let length = header.total_bytes();
+        let batch = records.slice(position..position + length);
+        position += length;
+        let entry = PartitionEntry::validated(batch, header)
+            .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
+        entries.push((entry, i64::from(header.last_offset_delta) + 1));
+    }
+    Ok(entries)
 }

@@ -58,8 +58,8 @@ enum Proposal {
     },
     /// A retry of a committed batch: acknowledge with its offset.
     Duplicate { offset_first: i64 },
-    /// A retry of a batch proposed but not committed yet.
-    InFlightDuplicate,
+    /// A retry of a batch the leader of `term` proposed, not committed yet.
+    InFlightDuplicate { term: u64 },
 }
 
 /// The leader's producer state including the batches it proposed in `term` that may not be
@@ -526,7 +526,9 @@ impl Replica {
             let (proposals, term) = match self.check_and_propose(&records, &headers).await? {
                 Proposal::Proposed { proposals, term } => (proposals, term),
                 Proposal::Duplicate { offset_first } => return Ok(offset_first),
-                Proposal::InFlightDuplicate => return self.committed_duplicate(&headers[0]).await,
+                Proposal::InFlightDuplicate { term } => {
+                    return self.committed_duplicate(&headers[0], term).await
+                }
             };
             let committed = self.committed(proposals).await;
             if committed.is_err() {
@@ -646,7 +648,7 @@ impl Replica {
                 Some(offset_first) if offset_first >= 0 => {
                     return Ok(Proposal::Duplicate { offset_first })
                 }
-                Some(_) => return Ok(Proposal::InFlightDuplicate),
+                Some(_) => return Ok(Proposal::InFlightDuplicate { term }),
                 None => {}
             }
             let now = now_ms();
@@ -680,12 +682,17 @@ impl Replica {
         }
     }
 
-    /// A retry of a batch that is proposed but not yet committed: answers with its offset once
-    /// it commits (or the error that keeps it from committing).
-    async fn committed_duplicate(&self, header: &BatchHeader) -> Result<i64, ReplicationError> {
+    /// A retry of a batch that the leader of `term` proposed and has not committed yet: answers
+    /// with its offset once it commits, or `NotLeader` once the term is over (the proposal may
+    /// have failed with it; the client asks the next term, which knows).
+    async fn committed_duplicate(
+        &self,
+        header: &BatchHeader,
+        term: u64,
+    ) -> Result<i64, ReplicationError> {
         let mut progress = self.progress.clone();
         loop {
-            if !self.is_leader() {
+            if !self.is_leader() || self.leader_and_term().1 != term {
                 return Err(ReplicationError::NotLeader);
             }
             self.track_committed_producers()?;

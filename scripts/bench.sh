@@ -97,8 +97,9 @@ if [ "$CLUSTER" = 1 ]; then
     mkdir -p "$OUT"
     REPLICAS=3
 
-    start_cluster() {
+    start_cluster() { # on empty data directories, as start_broker
         local cluster_ports=() kafka_ports=() ports=() peers="" i
+        for i in $(seq 1 "$REPLICAS"); do rm -rf "$WORK/node$i"; done
         read -r -a ports <<< "$(free_ports $((2 * REPLICAS)))"
         for i in $(seq 1 "$REPLICAS"); do
             cluster_ports+=("${ports[2 * i - 2]}"); kafka_ports+=("${ports[2 * i - 1]}")
@@ -177,8 +178,6 @@ if [ "$CLUSTER" = 1 ]; then
         start_cluster
         compare_run cluster "$@"
         stop_cluster
-        local i
-        for i in $(seq 1 "$REPLICAS"); do rm -rf "$WORK/node$i"; done
     }
 
     printf '### load before: %s\n' "$(uptime)"

@@ -14,7 +14,10 @@
 # replication factor 3, created through $ROOT/.venv's confluent-kafka), each started afresh for
 # the row, all fsync=batch, and
 # prints a table: throughput of both, the cluster/single ratio, produce->ack and end-to-end
-# p50/p99, plus each broker's RSS after every run. BENCH_RATE=N caps the four throughput runs at
+# p50/p99, what the machine did during each run (bytes written to the data directory's disk,
+# CPU busy and iowait: a row bound by the shared disk shows the cluster writing its three
+# copies at the rate the disk probe at the start gives), plus each broker's RSS after every
+# run. BENCH_RATE=N caps the four throughput runs at
 # N msgs/s (the same offered load for both). BENCH_OUT=DIR keeps the runs' JSON summaries and the
 # broker logs in DIR.
 # BENCH_CLUSTER_FLAGS adds `sluice serve` flags to every cluster node (scripts/bench_cluster_tls.sh
@@ -137,12 +140,15 @@ if [ "$CLUSTER" = 1 ]; then
         if [ "$mode" = cluster ]; then
             report_memory cluster quiet
             "$PY" "$ROOT/scripts/bench_cluster.py" create-topic "$BOOTSTRAP" "$topic" "$partitions" "$REPLICAS"
+            resources_start
             "$BENCH" kafka --bootstrap "$BOOTSTRAP" --topic "$topic" --partitions "$partitions" \
                 --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
         else
+            resources_start
             "$BENCH" kafka --bootstrap "127.0.0.1:$PORT" --topic "$topic" --partitions "$partitions" \
                 --create-topic --no-progress --json --duration-secs "$SECS" "$@" >"$OUT/$mode-$name.json"
         fi
+        resources_end "$OUT/$mode-$name.resources"
         report_memory "$mode"
     }
 
@@ -181,6 +187,8 @@ if [ "$CLUSTER" = 1 ]; then
     }
 
     printf '### load before: %s\n' "$(uptime)"
+    printf "### disk probe (the disk the nodes' data is on)\n"
+    "$BENCH" disk-probe --dir "$WORK"
     rate=() label=""
     if [ "${BENCH_RATE:-0}" != 0 ]; then rate=(--rate "$BENCH_RATE"); label="_rate=$BENCH_RATE"; fi
     row "1_100_B_acks=all_p=1$label" 1 --message-bytes 100 --acks all --producers 1 --consumers 1 ${rate[@]+"${rate[@]}"}

@@ -6,7 +6,8 @@
         replicas in sync, so the run does not time the first elections.
     bench_cluster.py table DIR
         prints the comparison table from DIR/<mode>-<NN>_<workload>.json (sluice-bench --json;
-        mode is `single` or `cluster`, NN orders the rows).
+        mode is `single` or `cluster`, NN orders the rows), with the disk and CPU figures of
+        DIR/<mode>-<NN>_<workload>.resources where bench.sh wrote them.
 """
 
 import concurrent.futures
@@ -83,16 +84,30 @@ def ready(views, partitions: int, replication_factor: int) -> bool:
 
 
 def print_table(directory: Path):
-    runs = {}
+    runs, machine = {}, {}
     for path in sorted(directory.glob("*.json")):
         mode, _, workload = path.stem.partition("-")
         runs.setdefault(workload, {})[mode] = json.loads(path.read_text())
+        # What bench.sh saw the machine do during the run (absent in older output directories).
+        resources = path.with_suffix(".resources")
+        if resources.exists():
+            machine.setdefault(workload, {})[mode] = json.loads(resources.read_text())
     header = ("workload", "single msgs/s", "MB/s", "cluster msgs/s", "MB/s", "ratio",
               "ack p50/p99 ms single", "cluster", "e2e p50/p99 ms single", "cluster",
+              "disk MB/s single", "cluster", "CPU busy/iowait % single", "cluster",
               "errors+missing single/cluster")
     rows = [header]
     for workload, by_mode in runs.items():
         single, cluster = by_mode.get("single"), by_mode.get("cluster")
+        seen = machine.get(workload, {})
+
+        def disk(mode):
+            rate = seen.get(mode, {}).get("disk_write_mb_per_sec")
+            return "-" if rate is None else f"{rate:.0f}"
+
+        def cpu(mode):
+            run = seen.get(mode)
+            return f"{run['cpu_busy_pct']:.0f}/{run['cpu_iowait_pct']:.0f}" if run else "-"
 
         def rate(run):
             return (f"{run['produce_msgs_per_sec']:,.0f}", f"{run['produce_mb_per_sec']:.1f}") \
@@ -116,6 +131,7 @@ def print_table(directory: Path):
         rows.append((label, *rate(single), *rate(cluster), ratio,
                      latency(single, "produce_ack"), latency(cluster, "produce_ack"),
                      latency(single, "end_to_end"), latency(cluster, "end_to_end"),
+                     disk("single"), disk("cluster"), cpu("single"), cpu("cluster"),
                      f"{faults(single)}/{faults(cluster)}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for n, row in enumerate(rows):

@@ -53,3 +53,46 @@ stop_processes() { # pids: SIGTERM to each, then wait for each
 remove_memory_cgroups() { # $1: name prefix of the cgroups memory_cgroup made
     find /sys/fs/cgroup -maxdepth 6 -type d -name "$1*" -exec rmdir {} + 2>/dev/null || true
 }
+
+# What the machine did during a run, to tell a disk-bound row from a CPU-bound one:
+# `resources_start` before it, `resources_end FILE` after it writes FILE as JSON with the
+# machine's CPU split (percent of all cores: busy, iowait, idle, from /proc/stat) and the bytes
+# written to the block device holding $WORK (/proc/diskstats; null when $WORK is on no listed
+# device, e.g. tmpfs or overlay).
+resources_start() {
+    RESOURCES_CPU="$(awk '$1 == "cpu" {print; exit}' /proc/stat)"
+    RESOURCES_DISK="$(work_device_sectors_written)"
+    RESOURCES_T0="$(date +%s.%N)"
+}
+
+resources_end() { # $1: output file
+    local cpu disk t1
+    cpu="$(awk '$1 == "cpu" {print; exit}' /proc/stat)"
+    disk="$(work_device_sectors_written)"
+    t1="$(date +%s.%N)"
+    python3 - "$1" "$RESOURCES_T0" "$t1" "$RESOURCES_DISK" "$disk" "$RESOURCES_CPU" "$cpu" <<'PY'
+import json, sys
+out, t0, t1, disk0, disk1, cpu0, cpu1 = sys.argv[1:]
+# /proc/stat cpu: user nice system idle iowait irq softirq steal (guest time is inside user).
+a = [int(x) for x in cpu0.split()[1:9]]
+b = [int(x) for x in cpu1.split()[1:9]]
+d = [y - x for x, y in zip(a, b)]
+total = sum(d) or 1
+seconds = float(t1) - float(t0)
+written = (int(disk1) - int(disk0)) * 512 if disk0 and disk1 else None
+json.dump({
+    "seconds": round(seconds, 2),
+    "cpu_busy_pct": round(100 * (total - d[3] - d[4]) / total, 1),
+    "cpu_iowait_pct": round(100 * d[4] / total, 1),
+    "cpu_idle_pct": round(100 * d[3] / total, 1),
+    "disk_written_bytes": written,
+    "disk_write_mb_per_sec": round(written / seconds / 1e6, 1) if written is not None else None,
+}, open(out, "w"))
+PY
+}
+
+work_device_sectors_written() { # sectors written so far to the device holding $WORK, or nothing
+    local source
+    source="$(df --output=source "$WORK" 2>/dev/null | tail -n 1)"
+    awk -v dev="${source##*/}" '$3 == dev {print $10; exit}' /proc/diskstats
+}

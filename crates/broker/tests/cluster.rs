@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use openraft::raft::VoteRequest;
+use openraft::{CommittedLeaderId, LogId, Vote};
 use sluice_broker::group_coordinator::{OffsetAndMetadata, TopicPartition};
 use sluice_broker::replication::{ClusterBroker, ReassignmentError, Replica, ReplicationError};
 use sluice_broker::{
@@ -1196,6 +1198,98 @@ async fn an_idempotent_producers_requests_in_flight_are_proposed_back_to_back() 
         }
     }
     produce(&batch(11, 40, &["after-expiry"])).await.unwrap();
+}
+
+/// A retry of a batch in flight waits for the term that proposed it, and no longer: when the
+/// leader loses that term and leads the next one, the retry answers NOT_LEADER (the proposal
+/// may have failed with its term; only the next term's own state can tell), and the client's
+/// next retry, checked in the new term, gets the batch's offset. The batch is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_in_flight_gives_up_when_the_term_that_proposed_its_batch_ends() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    let replica = cluster.replica(leader);
+    // Without its followers the leader keeps its term but commits nothing.
+    for &follower in &followers {
+        cluster.stop(follower).await;
+    }
+    let proposed_in = replica.leader_and_term().1;
+    let pending = batch(31, 0, &["pending"]);
+    let log_end = replica.log().log_end_offset();
+    let original = tokio::spawn({
+        let (replica, pending) = (Arc::clone(&replica), pending.clone());
+        async move { replica.produce(pending, 1, TIMEOUT).await }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    while replica.log().log_end_offset() == log_end {
+        assert!(Instant::now() < deadline, "the batch was never proposed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let retry = tokio::spawn({
+        let (replica, pending) = (Arc::clone(&replica), pending.clone());
+        async move { replica.produce(pending, 1, TIMEOUT).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!retry.is_finished(), "the retry did not wait for its batch");
+
+    // The leader votes for a candidate with a longer log (once its lease is over) and steps
+    // down; with one follower back, only the leader's log is long enough to win, so it leads
+    // the next term and commits the batch there.
+    let candidate = Vote::new(proposed_in + 1, followers[0]);
+    let longer = LogId::new(
+        CommittedLeaderId::new(proposed_in + 1, followers[0]),
+        1_000_000,
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !replica
+        .raft()
+        .vote(VoteRequest::new(candidate, Some(longer)))
+        .await
+        .unwrap()
+        .vote_granted
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never gave up its term"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.start_node(followers[0], None).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while !(replica.is_leader() && replica.leader_and_term().1 > proposed_in + 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not lead again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let retried = tokio::time::timeout(TIMEOUT, retry).await.unwrap().unwrap();
+    assert!(
+        matches!(retried, Err(ReplicationError::NotLeader)),
+        "{retried:?}"
+    );
+    // The original waited on its own proposal, which Raft answers: the entry committed in the
+    // new term, so it has the offset (a NOT_LEADER would be as right, had the entry been lost).
+    let original = tokio::time::timeout(TIMEOUT, original)
+        .await
+        .unwrap()
+        .unwrap();
+    match original {
+        Ok(outcome) => assert_eq!(outcome.base_offset, log_end),
+        Err(ReplicationError::NotLeader) => {}
+        Err(other) => panic!("original: {other:?}"),
+    }
+    // The client's next retry is checked against the new term's state: the batch committed.
+    let again = replica.produce(pending, 1, TIMEOUT).await.unwrap();
+    assert_eq!(again.base_offset, log_end);
+    let stored: Vec<(i64, Vec<u8>)> = data_batches(&replica);
+    assert_eq!(stored, vec![(log_end, b"pending".to_vec())]);
+    for node_id in [leader, followers[0]] {
+        cluster.stop(node_id).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -57,6 +57,23 @@ pub struct AppendInfo {
     pub batches: Vec<BatchHeader>,
 }
 
+/// The bytes of one append: batches the log stamps, or batches that carry their offsets.
+enum AppendBytes<'a> {
+    /// One buffer whose batches get their base offsets and leader epoch written in place.
+    Stamp(&'a mut [u8]),
+    /// Batches already stamped as the log would stamp them, in pieces written in order.
+    Stamped(&'a [&'a [u8]]),
+}
+
+impl AppendBytes<'_> {
+    fn chunks(&self) -> Vec<&[u8]> {
+        match self {
+            AppendBytes::Stamp(batches) => vec![&**batches],
+            AppendBytes::Stamped(chunks) => chunks.to_vec(),
+        }
+    }
+}
+
 /// What a read returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadResult {
@@ -294,6 +311,27 @@ impl PartitionLog {
         self.append_batches(batches, leader_epoch, now_ms, false)
     }
 
+    /// Appends batches that already carry the offsets and leader epoch the log would give
+    /// them (a follower's copy of what its leader stored), written as they are, `chunks` in
+    /// order, without copying them into one buffer first. `None`, with nothing written, when
+    /// they do not start at the log end or do not carry `leader_epoch`: the caller appends
+    /// them with [`append`](Self::append), which stamps them. `check_crc` as `append` (true)
+    /// or `append_verified` (false).
+    pub fn append_stamped(
+        &self,
+        chunks: &[&[u8]],
+        leader_epoch: i32,
+        now_ms: i64,
+        check_crc: bool,
+    ) -> Result<Option<AppendInfo>, LogError> {
+        self.append_chunks(
+            AppendBytes::Stamped(chunks),
+            leader_epoch,
+            now_ms,
+            check_crc,
+        )
+    }
+
     fn append_batches(
         &self,
         batches: &mut [u8],
@@ -301,6 +339,17 @@ impl PartitionLog {
         now_ms: i64,
         check_crc: bool,
     ) -> Result<AppendInfo, LogError> {
+        self.append_chunks(AppendBytes::Stamp(batches), leader_epoch, now_ms, check_crc)?
+            .ok_or_else(|| LogError::InvalidBatch("batches to stamp were refused".into()))
+    }
+
+    fn append_chunks(
+        &self,
+        mut bytes: AppendBytes<'_>,
+        leader_epoch: i32,
+        now_ms: i64,
+        check_crc: bool,
+    ) -> Result<Option<AppendInfo>, LogError> {
         let (
             batch_bytes_max,
             segment_bytes_max,
@@ -319,53 +368,66 @@ impl PartitionLog {
                 config.key_index,
             )
         };
-        if batches.is_empty() {
+        let chunks = bytes.chunks();
+        let total_bytes: usize = chunks.iter().map(|chunk| chunk.len()).sum();
+        if total_bytes == 0 {
             return Err(LogError::InvalidBatch("append of no batches".into()));
         }
-        if batches.len() > u32::MAX as usize {
+        if total_bytes > u32::MAX as usize {
             return Err(LogError::BatchTooLarge {
-                size: batches.len(),
+                size: total_bytes,
                 limit: u32::MAX as usize,
             });
         }
         // CRC work happens before taking the lock so concurrent producers checksum in parallel.
-        let mut headers = validate_batches_with_limit(batches, batch_bytes_max, check_crc)?;
         // So is decoding the keys to index: only offsets are assigned under the lock.
-        let keys: Vec<BatchKeys> = if key_index {
-            let mut position = 0;
-            headers
-                .iter()
-                .map(|header| {
-                    let batch = &batches[position..position + header.total_bytes()];
+        let mut headers = Vec::new();
+        let mut keys: Vec<BatchKeys> = Vec::new();
+        for chunk in chunks {
+            let chunk_headers = validate_batches_with_limit(chunk, batch_bytes_max, check_crc)?;
+            if key_index {
+                let mut position = 0;
+                for header in &chunk_headers {
+                    let batch = &chunk[position..position + header.total_bytes()];
                     position += header.total_bytes();
-                    batch_keys(header, batch)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+                    keys.push(batch_keys(header, batch));
+                }
+            }
+            headers.extend(chunk_headers);
+        }
 
         let mut state = self.append_lock.lock();
         self.check_online()?;
-        self.clear_clean_shutdown_marker(&mut state)
-            .map_err(|e| self.go_offline(e))?;
         let base_offset = self.log_end_offset.load(Ordering::Acquire);
         let mut next_offset = base_offset;
         let mut position = 0;
         for header in &mut headers {
-            assign_base_offset(&mut batches[position..], next_offset, leader_epoch);
-            header.base_offset = next_offset;
-            header.partition_leader_epoch = leader_epoch;
+            match &mut bytes {
+                AppendBytes::Stamp(batches) => {
+                    assign_base_offset(&mut batches[position..], next_offset, leader_epoch);
+                    header.base_offset = next_offset;
+                    header.partition_leader_epoch = leader_epoch;
+                }
+                AppendBytes::Stamped(_) => {
+                    if header.base_offset != next_offset
+                        || header.partition_leader_epoch != leader_epoch
+                    {
+                        return Ok(None);
+                    }
+                }
+            }
             next_offset = next_offset
                 .checked_add(header.offset_count())
                 .ok_or_else(|| LogError::InvalidBatch("offsets overflow i64".into()))?;
             position += header.total_bytes();
         }
         let last_offset = next_offset - 1;
+        self.clear_clean_shutdown_marker(&mut state)
+            .map_err(|e| self.go_offline(e))?;
 
         let active = self
             .roll_if_needed(
-                batches.len() as u64,
+                total_bytes as u64,
                 last_offset,
                 segment_bytes_max,
                 segment_ms_max,
@@ -373,7 +435,9 @@ impl PartitionLog {
                 key_index,
             )
             .map_err(|e| self.go_offline(e))?;
-        let write_position = active.write(batches).map_err(|e| self.go_offline(e))?;
+        let write_position = active
+            .write_chunks(&bytes.chunks())
+            .map_err(|e| self.go_offline(e))?;
         active.on_written(write_position, &headers, &keys, interval_bytes, now_ms);
         debug_assert_eq!(active.offset_end(), next_offset);
         self.log_end_offset.store(next_offset, Ordering::Release);
@@ -394,14 +458,14 @@ impl PartitionLog {
             })
             .max()
             .unwrap_or(-1);
-        Ok(AppendInfo {
+        Ok(Some(AppendInfo {
             base_offset,
             last_offset,
             record_count,
             max_timestamp,
             log_append_time_ms: now_ms,
             batches: headers,
-        })
+        }))
     }
 
     /// Returns the segment to append to, rolling a new one when the active segment would grow

@@ -196,21 +196,26 @@ impl Segment {
         self.size_bytes() == 0
     }
 
-    /// Writes `batches` (whole, validated, offsets assigned) at the end of the file in one
-    /// positional write. On failure the file is cut back so it never ends in a partial batch.
+    /// Writes `chunks` (whole, validated batches with their offsets assigned) at the end of
+    /// the file, one positional write each, in order: all of them or none (on failure the
+    /// file is cut back, so it never ends in a partial batch). Returns where they start.
     /// Caller holds the partition's append lock.
-    pub fn write(&self, batches: &[u8]) -> Result<u64, LogError> {
+    pub fn write_chunks(&self, chunks: &[&[u8]]) -> Result<u64, LogError> {
         let position = self.size_bytes();
-        if let Err(source) = self.file.write_all_at(batches, position) {
-            if let Err(truncate_error) = self.file.set_len(position) {
-                tracing::error!(path = %self.log_path.display(), %truncate_error, "cannot cut back a failed write");
+        let mut at = position;
+        for chunk in chunks {
+            if let Err(source) = self.file.write_all_at(chunk, at) {
+                if let Err(truncate_error) = self.file.set_len(position) {
+                    tracing::error!(path = %self.log_path.display(), %truncate_error, "cannot cut back a failed write");
+                }
+                return Err(io_error(&self.log_path, source));
             }
-            return Err(io_error(&self.log_path, source));
+            at += chunk.len() as u64;
         }
         Ok(position)
     }
 
-    /// Publishes batches written at `position` by [`Segment::write`]: indexes, then size and
+    /// Publishes batches written at `position` by [`Segment::write_chunks`]: indexes, then size and
     /// offsets, so a reader that sees the new size finds whole batches.
     /// `keys` holds each batch's key index entries (empty when the log keeps no key index).
     pub fn on_written(

@@ -110,6 +110,70 @@ fn append_assigns_consecutive_offsets_and_reads_back_across_segments() {
     assert_eq!(headers[1].partition_leader_epoch, 3);
 }
 
+/// A follower's copy: the batches its leader stored (offsets and epoch stamped) are written as
+/// they are, in pieces, when they start at this log's end in the expected epoch, and the logs
+/// then hold the same bytes; anything else is refused with nothing written.
+#[test]
+fn stamped_batches_are_written_as_they_are_only_at_the_log_end_in_their_epoch() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = PartitionLog::open(leader_dir.path(), small_segments(Durability::Never)).unwrap();
+    let follower =
+        PartitionLog::open(follower_dir.path(), small_segments(Durability::Never)).unwrap();
+    for b in 0..12 {
+        append(&leader, &format!("b{b}"), 4, 1_000 + b);
+    }
+    let stored = leader.read(0, 1 << 20).unwrap().records;
+    let headers = validate_batches(&stored).unwrap();
+    // The batches in three pieces, as a follower receives them in entries.
+    let cut = |n: usize| -> usize { headers[..n].iter().map(|h| h.total_bytes()).sum() };
+    let pieces = [
+        &stored[..cut(1)],
+        &stored[cut(1)..cut(5)],
+        &stored[cut(5)..],
+    ];
+
+    // Not this log's end, or not the epoch the batches carry: refused, nothing written.
+    assert!(follower
+        .append_stamped(&pieces[1..], 3, 2_000, true)
+        .unwrap()
+        .is_none());
+    assert!(follower
+        .append_stamped(&pieces, 4, 2_000, true)
+        .unwrap()
+        .is_none());
+    assert_eq!(follower.log_end_offset(), 0);
+    // A piece whose CRC does not match is an error, whatever its offsets.
+    let mut corrupt = stored[..cut(1)].to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert!(matches!(
+        follower.append_stamped(&[&corrupt], 3, 2_000, true),
+        Err(LogError::CorruptBatch { .. })
+    ));
+    assert_eq!(follower.log_end_offset(), 0);
+
+    let first = follower
+        .append_stamped(&pieces[..1], 3, 2_000, true)
+        .unwrap()
+        .expect("stamped at the log end");
+    assert_eq!((first.base_offset, first.last_offset), (0, 3));
+    let rest = follower
+        .append_stamped(&pieces[1..], 3, 2_000, true)
+        .unwrap()
+        .expect("stamped at the log end");
+    assert_eq!((rest.base_offset, rest.last_offset), (4, 47));
+    assert_eq!(rest.batches.len(), 11);
+    assert_eq!(follower.log_end_offset(), 48);
+    assert_eq!(follower.read(0, 1 << 20).unwrap().records, stored);
+    assert_eq!(
+        values(&read_all(&follower, 0, 700)),
+        values(&read_all(&leader, 0, 700))
+    );
+    // The follower's own appends carry on after them.
+    assert_eq!(append(&follower, "own", 2, 3_000).base_offset, 48);
+}
+
 #[test]
 fn read_from_mid_batch_returns_the_containing_batch() {
     let dir = tempfile::tempdir().unwrap();

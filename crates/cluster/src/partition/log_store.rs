@@ -139,6 +139,27 @@ impl PartitionLogStore {
                 .iter()
                 .position(|e| e.log_id.leader_id.term != term)
                 .map_or(entries.len(), |n| position + n);
+            // The leader checked its own entries' CRCs when they were made; a follower checks
+            // what it received (and what the transport carried).
+            let checked = entries[position..run_end]
+                .iter()
+                .all(|entry| match &entry.payload {
+                    EntryPayload::Normal(entry) => entry.crc_checked(),
+                    EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                });
+            // A follower receives the batches as its leader stored them, offsets and term
+            // included: they are written as they are, without a copy (the slices keep the
+            // request they came in alive while the tail cache holds them).
+            if let Some(stored) =
+                append_stamped(shared, &entries[position..run_end], epoch, now_ms, checked)?
+            {
+                for entry in stored {
+                    index.push(entry.base_offset, epoch);
+                    index.tail.push(entry.index, entry.bytes);
+                }
+                position = run_end;
+                continue;
+            }
             // Sized up front: the producers' batches are copied once, straight into the
             // buffer the log stamps and writes (at 100 B per record this copy is most of the
             // append's own CPU).
@@ -159,14 +180,6 @@ impl PartitionLogStore {
                 )?;
                 counts.push(control::entry_batch_count(&batches[start..])?);
             }
-            // The leader checked its own entries' CRCs when they were made; a follower checks
-            // what it received (and what the transport carried).
-            let checked = entries[position..run_end]
-                .iter()
-                .all(|entry| match &entry.payload {
-                    EntryPayload::Normal(entry) => entry.crc_checked(),
-                    EntryPayload::Blank | EntryPayload::Membership(_) => true,
-                });
             let appended = if checked {
                 shared.log.append_verified(&mut batches, epoch, now_ms)?
             } else {
@@ -213,6 +226,78 @@ impl PartitionLogStore {
             sender
         })
     }
+}
+
+/// An entry as written: its Raft index, its first offset and its bytes as stored.
+struct StoredEntry {
+    index: u64,
+    base_offset: i64,
+    bytes: Bytes,
+}
+
+/// Appends a run of entries of one term whose batches already carry the offsets and term the
+/// log would stamp (see [`PartitionLog::append_stamped`]), and returns them as stored; `None`,
+/// with nothing written, when any is a control entry this node encodes itself or the batches
+/// are not stamped for this place in the log.
+fn append_stamped(
+    shared: &Shared,
+    entries: &[Entry<PartitionRaft>],
+    epoch: i32,
+    now_ms: i64,
+    crc_checked: bool,
+) -> Result<Option<Vec<StoredEntry>>, PartitionRaftError> {
+    // A leader's own entries (not stamped yet) go to the copy at once, before any work on
+    // their batches: only a follower's start at the log end with the term's epoch.
+    let stamped_here = match entries.first().map(|entry| &entry.payload) {
+        Some(EntryPayload::Normal(data)) => BatchHeader::parse(&data.batch).is_ok_and(|header| {
+            header.base_offset == shared.log.log_end_offset()
+                && header.partition_leader_epoch == epoch
+        }),
+        _ => false,
+    };
+    if !stamped_here {
+        return Ok(None);
+    }
+    let mut batches = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let EntryPayload::Normal(data) = &entry.payload else {
+            return Ok(None);
+        };
+        let count = control::entry_batch_count(&data.batch)?;
+        batches.push((entry.log_id.index, &data.batch, count));
+    }
+    let chunks: Vec<&[u8]> = batches.iter().map(|(_, bytes, _)| &bytes[..]).collect();
+    let Some(appended) = shared
+        .log
+        .append_stamped(&chunks, epoch, now_ms, !crc_checked)?
+    else {
+        return Ok(None);
+    };
+    let batch_count: usize = batches.iter().map(|(_, _, count)| count).sum();
+    if appended.batches.len() != batch_count {
+        return Err(PartitionRaftError::InvalidEntry(format!(
+            "{} entries of {batch_count} batches wrote {} batches",
+            entries.len(),
+            appended.batches.len()
+        )));
+    }
+    let mut headers = appended.batches.iter();
+    let mut stored = Vec::with_capacity(entries.len());
+    for (index, bytes, count) in batches {
+        // Each entry holds one batch at least (`entry_batch_count`).
+        let first = headers
+            .by_ref()
+            .take(count)
+            .fold(None, |first, header| first.or(Some(header.base_offset)));
+        if let Some(base_offset) = first {
+            stored.push(StoredEntry {
+                index,
+                base_offset,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+    Ok(Some(stored))
 }
 
 /// Completes append callbacks in order once their offsets are fsynced. Requests that queue up

@@ -12,10 +12,11 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, StorageError, StorageIOError,
     Vote,
 };
-use sluice_log::{BatchHeader, PartitionLog};
+use sluice_log::{AppendInfo, BatchHeader, PartitionLog};
 use tokio::sync::mpsc;
 
 use super::committed::CommittedFile;
+use super::raft_index::RaftIndex;
 use super::{
     control, log_id, now_ms, term_to_epoch, write_json, PartitionRaft, PartitionRaftError,
     PartitionView, Shared, VOTE_FILE,
@@ -150,13 +151,10 @@ impl PartitionLogStore {
             // A follower receives the batches as its leader stored them, offsets and term
             // included: they are written as they are, without a copy (the slices keep the
             // request they came in alive while the tail cache holds them).
-            if let Some(stored) =
+            if let Some((appended, written)) =
                 append_stamped(shared, &entries[position..run_end], epoch, now_ms, checked)?
             {
-                for entry in stored {
-                    index.push(entry.base_offset, epoch);
-                    index.tail.push(entry.index, entry.bytes);
-                }
+                record_run(&mut index, epoch, &appended, written)?;
                 position = run_end;
                 continue;
             }
@@ -170,7 +168,7 @@ impl PartitionLogStore {
             let mut batches = Vec::with_capacity(run_bytes);
             // Batches per entry (1, or an entry group's head and members), checked before
             // anything is written: the index must not drift from the log.
-            let mut counts = Vec::with_capacity(run_end - position);
+            let mut spans = Vec::with_capacity(run_end - position);
             for entry in &entries[position..run_end] {
                 let start = batches.len();
                 control::encode_payload_into(
@@ -178,41 +176,26 @@ impl PartitionLogStore {
                     entry.log_id.leader_id.node_id,
                     &mut batches,
                 )?;
-                counts.push(control::entry_batch_count(&batches[start..])?);
+                let count = control::entry_batch_count(&batches[start..])?;
+                spans.push((entry.log_id.index, count, start..batches.len()));
             }
             let appended = if checked {
                 shared.log.append_verified(&mut batches, epoch, now_ms)?
             } else {
                 shared.log.append(&mut batches, epoch, now_ms)?
             };
-            let batch_count: usize = counts.iter().sum();
-            if appended.batches.len() != batch_count {
-                return Err(PartitionRaftError::InvalidEntry(format!(
-                    "{} entries of {batch_count} batches wrote {} batches",
-                    run_end - position,
-                    appended.batches.len()
-                )));
-            }
-            // The buffer now holds the batches as stored: keep each entry's for replication
-            // and apply.
+            // The buffer now holds the batches as stored (stamping keeps their lengths): keep
+            // each entry's for replication and apply.
             let stored = Bytes::from(batches);
-            let mut at = 0;
-            let mut headers = appended.batches.iter();
-            for (entry, count) in entries[position..run_end].iter().zip(counts) {
-                let mut base_offset = None;
-                let mut end = at;
-                for header in headers.by_ref().take(count) {
-                    base_offset.get_or_insert(header.base_offset);
-                    end += header.total_bytes();
-                }
-                if let Some(base_offset) = base_offset {
-                    index.push(base_offset, epoch);
-                }
-                if end <= stored.len() {
-                    index.tail.push(entry.log_id.index, stored.slice(at..end));
-                }
-                at = end;
-            }
+            let written = spans
+                .into_iter()
+                .map(|(index, batch_count, span)| WrittenEntry {
+                    index,
+                    batch_count,
+                    bytes: stored.slice(span),
+                })
+                .collect();
+            record_run(&mut index, epoch, &appended, written)?;
             position = run_end;
         }
         Ok(shared.log.log_end_offset())
@@ -228,24 +211,53 @@ impl PartitionLogStore {
     }
 }
 
-/// An entry as written: its Raft index, its first offset and its bytes as stored.
-struct StoredEntry {
+/// An entry of a run just written: its Raft index, how many batches it holds and its bytes as
+/// stored.
+struct WrittenEntry {
     index: u64,
-    base_offset: i64,
+    batch_count: usize,
     bytes: Bytes,
 }
 
+/// Checks that a run's append wrote exactly the batches its entries hold, then records each
+/// entry: its first offset in the index, its bytes in the tail cache.
+fn record_run(
+    index: &mut RaftIndex,
+    epoch: i32,
+    appended: &AppendInfo,
+    written: Vec<WrittenEntry>,
+) -> Result<(), PartitionRaftError> {
+    let batch_count: usize = written.iter().map(|entry| entry.batch_count).sum();
+    if appended.batches.len() != batch_count {
+        return Err(PartitionRaftError::InvalidEntry(format!(
+            "{} entries of {batch_count} batches wrote {} batches",
+            written.len(),
+            appended.batches.len()
+        )));
+    }
+    // Each entry holds one batch at least (`entry_batch_count`): its first is its offset.
+    let mut first_batch = 0;
+    for entry in written {
+        if let Some(header) = appended.batches.get(first_batch) {
+            index.push(header.base_offset, epoch);
+        }
+        index.tail.push(entry.index, entry.bytes);
+        first_batch += entry.batch_count;
+    }
+    Ok(())
+}
+
 /// Appends a run of entries of one term whose batches already carry the offsets and term the
-/// log would stamp (see [`PartitionLog::append_stamped`]), and returns them as stored; `None`,
-/// with nothing written, when any is a control entry this node encodes itself or the batches
-/// are not stamped for this place in the log.
+/// log would stamp (see [`PartitionLog::append_stamped`]), as they are; `None`, with nothing
+/// written, when any is a control entry this node encodes itself or the batches are not
+/// stamped for this place in the log.
 fn append_stamped(
     shared: &Shared,
     entries: &[Entry<PartitionRaft>],
     epoch: i32,
     now_ms: i64,
     crc_checked: bool,
-) -> Result<Option<Vec<StoredEntry>>, PartitionRaftError> {
+) -> Result<Option<(AppendInfo, Vec<WrittenEntry>)>, PartitionRaftError> {
     // A leader's own entries (not stamped yet) go to the copy at once, before any work on
     // their batches: only a follower's start at the log end with the term's epoch.
     let stamped_here = match entries.first().map(|entry| &entry.payload) {
@@ -258,46 +270,22 @@ fn append_stamped(
     if !stamped_here {
         return Ok(None);
     }
-    let mut batches = Vec::with_capacity(entries.len());
+    let mut written = Vec::with_capacity(entries.len());
     for entry in entries {
         let EntryPayload::Normal(data) = &entry.payload else {
             return Ok(None);
         };
-        let count = control::entry_batch_count(&data.batch)?;
-        batches.push((entry.log_id.index, &data.batch, count));
+        written.push(WrittenEntry {
+            index: entry.log_id.index,
+            batch_count: control::entry_batch_count(&data.batch)?,
+            bytes: data.batch.clone(),
+        });
     }
-    let chunks: Vec<&[u8]> = batches.iter().map(|(_, bytes, _)| &bytes[..]).collect();
-    let Some(appended) = shared
+    let chunks: Vec<&[u8]> = written.iter().map(|entry| &entry.bytes[..]).collect();
+    let appended = shared
         .log
-        .append_stamped(&chunks, epoch, now_ms, !crc_checked)?
-    else {
-        return Ok(None);
-    };
-    let batch_count: usize = batches.iter().map(|(_, _, count)| count).sum();
-    if appended.batches.len() != batch_count {
-        return Err(PartitionRaftError::InvalidEntry(format!(
-            "{} entries of {batch_count} batches wrote {} batches",
-            entries.len(),
-            appended.batches.len()
-        )));
-    }
-    let mut headers = appended.batches.iter();
-    let mut stored = Vec::with_capacity(entries.len());
-    for (index, bytes, count) in batches {
-        // Each entry holds one batch at least (`entry_batch_count`).
-        let first = headers
-            .by_ref()
-            .take(count)
-            .fold(None, |first, header| first.or(Some(header.base_offset)));
-        if let Some(base_offset) = first {
-            stored.push(StoredEntry {
-                index,
-                base_offset,
-                bytes: bytes.clone(),
-            });
-        }
-    }
-    Ok(Some(stored))
+        .append_stamped(&chunks, epoch, now_ms, !crc_checked)?;
+    Ok(appended.map(|appended| (appended, written)))
 }
 
 /// Completes append callbacks in order once their offsets are fsynced. Requests that queue up

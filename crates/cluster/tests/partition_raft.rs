@@ -781,6 +781,56 @@ async fn an_entry_group_is_one_entry_before_and_after_a_restart() {
     assert_eq!(base_offset(&next[0]), Some(17));
 }
 
+/// The address of a normal entry's bytes.
+fn batch_address(entry: &Entry<PartitionRaft>) -> *const u8 {
+    match &entry.payload {
+        EntryPayload::Normal(normal) => normal.batch.as_ptr(),
+        _ => std::ptr::null(),
+    }
+}
+
+#[tokio::test]
+async fn a_lone_entry_nothing_else_holds_is_stamped_in_place_and_a_shared_one_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _sm, log) = open(Arc::new(RealDisk), dir.path());
+    store.blocking_append(five_entries()).await.unwrap();
+    // An entry group's bytes are built for its append and held by nothing else.
+    let mut entries = grouped_entries();
+    let single = entries.pop().unwrap();
+    let group_address = batch_address(&entries[0]);
+    store.write_entries(entries).unwrap();
+    // A producer's batch still held elsewhere (its request, here a clone) must not change.
+    let EntryPayload::Normal(held) = &single.payload else {
+        unreachable!("a normal entry")
+    };
+    let held = held.batch.clone();
+    let held_before = held.to_vec();
+    let single_address = held.as_ptr();
+    store.write_entries(vec![single]).unwrap();
+    assert_eq!(log.log_end_offset(), 17);
+
+    let stored = store.try_get_log_entries(5..7).await.unwrap();
+    assert_eq!(batch_address(&stored[0]), group_address, "stamped in place");
+    assert_eq!(base_offset(&stored[0]), Some(8));
+    assert_eq!(
+        produced_values(&stored[0]),
+        vec!["g1-0", "g1-1", "g2-0", "g3-0", "g3-1", "g3-2", "g3-3"]
+    );
+    assert_ne!(batch_address(&stored[1]), single_address, "copied");
+    assert_eq!(base_offset(&stored[1]), Some(16));
+    assert_eq!(
+        held.to_vec(),
+        held_before,
+        "the shared bytes are left as they were"
+    );
+    // The log holds what the cache does.
+    let (mut reopened, _sm, _log) = {
+        drop(store);
+        open(Arc::new(RealDisk), dir.path())
+    };
+    assert_eq!(reopened.try_get_log_entries(5..7).await.unwrap(), stored);
+}
+
 #[tokio::test]
 async fn a_torn_entry_group_is_cut_off_at_recovery() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Entries proposed and not yet applied, at most: enough to keep the leader's appends and
 /// the followers' replication busy at once.
 pub const ENTRIES_IN_FLIGHT: usize = 4;
-/// Batch bytes one grouped entry holds at most (a larger batch travels alone), under the bytes
-/// one AppendEntries carries.
-pub const GROUP_BYTES_MAX: usize = 1 << 20;
+/// Batch bytes one grouped entry holds at most (a larger batch travels alone): about what one
+/// AppendEntries carries. The leader's appends are one per fsync, so this is what one fsync
+/// can take: at 1 MiB, producers sending 1 MB batches (librdkafka's and the Java client's
+/// usual largest) got one batch per fsync and no grouping at all.
+pub const GROUP_BYTES_MAX: usize = 4 << 20;
 /// Batches one grouped entry holds at most.
 pub const GROUP_BATCHES_MAX: usize = 1024;
 

@@ -6,7 +6,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, StorageError, StorageIOError,
@@ -26,7 +26,7 @@ use crate::NodeId;
 /// Bytes read from the segments per step when reconstructing entries.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// A stored entry larger than this is taken for a broken log (a producer batch is at most the
-/// transport's message limit, an entry group is cut near 1 MiB).
+/// transport's message limit, an entry group is cut near 4 MiB).
 const ENTRY_BYTES_MAX: usize = 1 << 30;
 
 /// Batch bytes replication reads for one AppendEntries at most (one entry even if larger):
@@ -158,27 +158,18 @@ impl PartitionLogStore {
                 position = run_end;
                 continue;
             }
-            // Sized up front: the producers' batches are copied once, straight into the
-            // buffer the log stamps and writes (at 100 B per record this copy is most of the
-            // append's own CPU).
-            let run_bytes: usize = entries[position..run_end]
-                .iter()
-                .map(|entry| control::payload_len_hint(&entry.payload))
-                .sum();
-            let mut batches = Vec::with_capacity(run_bytes);
-            // Batches per entry (1, or an entry group's head and members), checked before
-            // anything is written: the index must not drift from the log.
-            let mut spans = Vec::with_capacity(run_end - position);
-            for entry in &entries[position..run_end] {
-                let start = batches.len();
-                control::encode_payload_into(
-                    &entry.payload,
-                    entry.log_id.leader_id.node_id,
-                    &mut batches,
-                )?;
-                let count = control::entry_batch_count(&batches[start..])?;
-                spans.push((entry.log_id.index, count, start..batches.len()));
-            }
+            // A lone entry whose bytes nothing else holds (an entry group, built by the
+            // proposer for this append) is stamped where it is; anything else is copied once,
+            // straight into the buffer the log stamps and writes (at 100 B per record this
+            // copy is most of the append's own CPU).
+            let (mut batches, spans) = match take_unique_batch(&mut entries[position..run_end]) {
+                Some(batches) => {
+                    let count = control::entry_batch_count(&batches)?;
+                    let span = (entries[position].log_id.index, count, 0..batches.len());
+                    (batches, vec![span])
+                }
+                None => copy_run(&entries[position..run_end])?,
+            };
             let appended = if checked {
                 shared.log.append_verified(&mut batches, epoch, now_ms)?
             } else {
@@ -186,7 +177,7 @@ impl PartitionLogStore {
             };
             // The buffer now holds the batches as stored (stamping keeps their lengths): keep
             // each entry's for replication and apply.
-            let stored = Bytes::from(batches);
+            let stored = batches.freeze();
             let written = spans
                 .into_iter()
                 .map(|(index, batch_count, span)| WrittenEntry {
@@ -213,6 +204,49 @@ impl PartitionLogStore {
 
 /// An entry of a run just written: its Raft index, how many batches it holds and its bytes as
 /// stored.
+/// An entry's Raft index, its batch count and its bytes' span in a run's buffer.
+type EntrySpan = (u64, usize, std::ops::Range<usize>);
+
+/// The batch bytes of a run of one normal entry, taken out of it, when no other handle shares
+/// them (so they can be stamped in place).
+fn take_unique_batch(run: &mut [Entry<PartitionRaft>]) -> Option<BytesMut> {
+    let [entry] = run else {
+        return None;
+    };
+    let EntryPayload::Normal(payload) = &mut entry.payload else {
+        return None;
+    };
+    match std::mem::take(&mut payload.batch).try_into_mut() {
+        Ok(batches) => Some(batches),
+        Err(shared) => {
+            payload.batch = shared;
+            None
+        }
+    }
+}
+
+/// A run's batches copied into one buffer (sized up front), with each entry's span; the
+/// batches of each entry (1, or an entry group's head and members) are counted before anything
+/// is written: the index must not drift from the log.
+fn copy_run(
+    run: &[Entry<PartitionRaft>],
+) -> Result<(BytesMut, Vec<EntrySpan>), PartitionRaftError> {
+    let run_bytes: usize = run
+        .iter()
+        .map(|entry| control::payload_len_hint(&entry.payload))
+        .sum();
+    let mut batches = Vec::with_capacity(run_bytes);
+    let mut spans = Vec::with_capacity(run.len());
+    for entry in run {
+        let start = batches.len();
+        control::encode_payload_into(&entry.payload, entry.log_id.leader_id.node_id, &mut batches)?;
+        let count = control::entry_batch_count(&batches[start..])?;
+        spans.push((entry.log_id.index, count, start..batches.len()));
+    }
+    // One handle to a fresh Vec: the conversion keeps the allocation.
+    Ok((BytesMut::from(Bytes::from(batches)), spans))
+}
+
 struct WrittenEntry {
     index: u64,
     batch_count: usize,

@@ -375,8 +375,9 @@ async fn serve_halves<R, W>(
             let Some(reserved) = request_memory.reserve(size as usize).await else {
                 return Ok(());
             };
-            let mut frame = BytesMut::zeroed(size as usize);
-            match tokio::time::timeout(idle_max, reader.read_exact(&mut frame)).await {
+            let frame = match tokio::time::timeout(idle_max, read_frame(&mut reader, size as usize))
+                .await
+            {
                 Ok(read) => read?,
                 Err(_) => return Err(ConnectionError::Idle(idle_ms_max)),
             };
@@ -1144,6 +1145,24 @@ async fn dispatch_cluster(
     })
 }
 
+/// Reads a frame of `size` bytes into fresh memory, without zeroing it first (at 1 KiB
+/// records, zeroing each produce request's frame cost the leader about as much CPU as copying
+/// it in from the socket).
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> std::io::Result<BytesMut> {
+    let mut frame = BytesMut::with_capacity(size);
+    // The limit keeps the read within this frame whatever capacity the allocation got.
+    let mut rest = reader.take(size as u64);
+    while frame.len() < size {
+        if rest.read_buf(&mut frame).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(frame)
+}
+
 #[cfg(test)]
 mod limit_tests;
 
@@ -1159,6 +1178,22 @@ mod tests {
 
     use super::*;
     use crate::{KafkaConfig, RequestContext};
+
+    #[tokio::test]
+    async fn a_frame_is_read_whole_in_pieces_and_not_a_byte_further() {
+        let bytes: Vec<u8> = (0..15).collect();
+        // A small buffer makes the frame arrive in several reads.
+        let mut reader = BufReader::with_capacity(4, &bytes[..]);
+        let frame = read_frame(&mut reader, 10).await.expect("a whole frame");
+        assert_eq!(&frame[..], &bytes[..10]);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.expect("the rest");
+        assert_eq!(rest, &bytes[10..]);
+        let cut = read_frame(&mut &bytes[..3], 10)
+            .await
+            .expect_err("a cut frame");
+        assert_eq!(cut.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     /// A gate for a PLAINTEXT listener: lets everything through.
     pub(super) fn test_gate() -> SaslGate {

@@ -7,17 +7,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-/// Bytes of batches kept at most per partition (a follower far behind reads from the log).
-/// Producers batch up to 1 MiB per partition, so this is a dozen or so of their batches.
-const TAIL_BYTES_MAX: usize = 16 << 20;
+/// Bytes of batches kept at most per partition (a follower far behind reads from the log):
+/// the entries in flight (a leader proposes up to 4 entries of up to 4 MiB) and the applied
+/// ones kept below.
+const TAIL_BYTES_MAX: usize = 40 << 20;
 /// Bytes of applied batches kept: the slower follower of a majority is often sent an entry
-/// after it applied (once the faster one acknowledged it), and with 1 MiB producer batches
-/// it lags by several entries. An idle partition keeps this much.
-const APPLIED_BYTES_KEPT: usize = 8 << 20;
+/// after it applied (once the faster one acknowledged it), and it lags by several entries.
+/// With 4 MiB entries, keeping 8 MiB sent that follower's stream to the log: reading each
+/// entry back (a zeroed buffer, the read, the CRC check) took a fifth of the leader's CPU.
+/// An idle partition keeps this much.
+const APPLIED_BYTES_KEPT: usize = 24 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
-/// busy partitions would otherwise hold 16 GiB. Over it, a cache keeps its newest entry only,
+/// busy partitions would otherwise hold 40 GiB. Over it, a cache keeps its newest entry only,
 /// and applied entries are dropped; readers then read from the log (the page cache).
-const ALL_TAILS_BYTES_MAX: usize = 256 << 20;
+const ALL_TAILS_BYTES_MAX: usize = 512 << 20;
 
 /// What a set of tail caches holds together, and their bound.
 pub(crate) struct TailBudget {

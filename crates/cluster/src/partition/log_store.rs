@@ -202,8 +202,6 @@ impl PartitionLogStore {
     }
 }
 
-/// An entry of a run just written: its Raft index, how many batches it holds and its bytes as
-/// stored.
 /// An entry's Raft index, its batch count and its bytes' span in a run's buffer.
 type EntrySpan = (u64, usize, std::ops::Range<usize>);
 
@@ -247,6 +245,8 @@ fn copy_run(
     Ok((BytesMut::from(Bytes::from(batches)), spans))
 }
 
+/// An entry of a run just written: its Raft index, how many batches it holds and its bytes as
+/// stored.
 struct WrittenEntry {
     index: u64,
     batch_count: usize,

@@ -15,7 +15,9 @@ const TAIL_BYTES_MAX: usize = 40 << 20;
 /// after it applied (once the faster one acknowledged it), and it lags by several entries.
 /// With 4 MiB entries, keeping 8 MiB sent that follower's stream to the log: reading each
 /// entry back (a zeroed buffer, the read, the CRC check) took a fifth of the leader's CPU.
-/// An idle partition keeps this much.
+/// This covers a lag of 6 such entries; at full load on one shared disk that follower was
+/// also seen further behind (its round trip is disk time, so it does not catch up), and it
+/// still reads from the log then. An idle partition keeps this much.
 const APPLIED_BYTES_KEPT: usize = 24 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
 /// busy partitions would otherwise hold 40 GiB. Over it, a cache keeps its newest entry only,

@@ -8,31 +8,22 @@
 //! queue here and go out together as one [`PartitionEntry::group`] (one append, one fsync and
 //! one replication round for all of them). A lone batch is proposed at once, as before.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
 use openraft::{Raft, ServerState};
 use sluice_cluster::partition::{PartitionEntry, PartitionRaft};
 use sluice_cluster::NodeId;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Entries proposed and not yet applied, at most: enough to keep the leader's appends and
 /// the followers' replication busy at once.
 pub const ENTRIES_IN_FLIGHT: usize = 4;
 /// Batch bytes one grouped entry holds at most (a larger batch travels alone): about what one
-/// AppendEntries carries. The leader's appends are one per fsync, so this is what one fsync
-/// can take: at 1 MiB, producers sending 1 MB batches (librdkafka's and the Java client's
-/// usual largest) got one batch per fsync and no grouping at all.
-pub const GROUP_BYTES_MAX: usize = 4 << 20;
-/// Batch bytes a grouped entry may hold however many partitions this node leads are busy.
-pub const GROUP_BYTES_MIN: usize = 1 << 20;
-/// Group bytes the busy partition leaders of a node share. Their entries share each peer
-/// connection and the follower's disk: eight partitions with 4 MiB entries made calls wait
-/// past openraft's deadline and be sent again (100 B on 8 partitions: -16% msgs/s, 8 times
-/// the timeouts), so a group is this divided by the busy leaders, within
-/// `[GROUP_BYTES_MIN, GROUP_BYTES_MAX]`.
-pub const NODE_GROUP_BYTES: usize = 4 << 20;
+/// AppendEntries carries. Larger groups mean fewer of openraft's one-entry-per-fsync appends
+/// but less pipelining: 4 MiB groups (and 2 MiB ones) were slower than 1 MiB on one partition
+/// of 1 KiB messages (1 MB producer batches) in alternated runs, with more CPU per message.
+pub const GROUP_BYTES_MAX: usize = 1 << 20;
 /// Batches one grouped entry holds at most.
 pub const GROUP_BATCHES_MAX: usize = 1024;
 
@@ -61,67 +52,6 @@ struct Submission {
     reply: oneshot::Sender<Result<i64, ProposalFailure>>,
 }
 
-/// How many of a node's partition leaders have entries in flight, which sets how large
-/// each one's groups may be.
-#[derive(Debug, Default)]
-pub struct ProposerLoad {
-    busy: AtomicUsize,
-}
-
-/// The load of every proposer in the process (a node's partitions share its peers and disk).
-static NODE_LOAD: ProposerLoad = ProposerLoad::new();
-
-impl ProposerLoad {
-    pub const fn new() -> ProposerLoad {
-        ProposerLoad {
-            busy: AtomicUsize::new(0),
-        }
-    }
-
-    /// Leaders with entries in flight now.
-    pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
-    }
-
-    /// The largest group for a leader when `busy` leaders (itself included) share the node.
-    pub fn group_bytes_max(busy: usize) -> usize {
-        (NODE_GROUP_BYTES / busy.max(1)).clamp(GROUP_BYTES_MIN, GROUP_BYTES_MAX)
-    }
-}
-
-/// One proposed entry until it is applied (or fails): counts its leader as busy while it is
-/// the first of that leader's entries in flight.
-struct EntryInFlight {
-    load: &'static ProposerLoad,
-    leader_in_flight: Arc<AtomicUsize>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl EntryInFlight {
-    fn new(
-        load: &'static ProposerLoad,
-        leader_in_flight: &Arc<AtomicUsize>,
-        slot: OwnedSemaphorePermit,
-    ) -> EntryInFlight {
-        if leader_in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            load.busy.fetch_add(1, Ordering::AcqRel);
-        }
-        EntryInFlight {
-            load,
-            leader_in_flight: Arc::clone(leader_in_flight),
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for EntryInFlight {
-    fn drop(&mut self) {
-        if self.leader_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.load.busy.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
 /// One partition leader's proposer; stops when dropped.
 pub struct EntryProposer {
     submissions: mpsc::UnboundedSender<Submission>,
@@ -130,17 +60,8 @@ pub struct EntryProposer {
 impl EntryProposer {
     /// Starts the proposing task (needs a Tokio runtime). `leader` is this node.
     pub fn start(raft: Raft<PartitionRaft>, leader: NodeId) -> EntryProposer {
-        EntryProposer::start_within(raft, leader, &NODE_LOAD)
-    }
-
-    /// [`EntryProposer::start`], sharing `load` instead of the process's.
-    pub fn start_within(
-        raft: Raft<PartitionRaft>,
-        leader: NodeId,
-        load: &'static ProposerLoad,
-    ) -> EntryProposer {
         let (submissions, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, leader, load, queue));
+        tokio::spawn(run(raft, leader, queue));
         EntryProposer { submissions }
     }
 
@@ -166,11 +87,9 @@ impl EntryProposer {
 async fn run(
     raft: Raft<PartitionRaft>,
     leader: NodeId,
-    load: &'static ProposerLoad,
     mut queue: mpsc::UnboundedReceiver<Submission>,
 ) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
-    let leader_in_flight = Arc::new(AtomicUsize::new(0));
     let mut carried: Option<Submission> = None;
     loop {
         // Waiting for a free slot first lets submissions pile up into the next group.
@@ -184,8 +103,7 @@ async fn run(
                 None => return,
             },
         };
-        let busy = load.busy() + usize::from(leader_in_flight.load(Ordering::Acquire) == 0);
-        let (group, next) = take_group(first, &mut queue, ProposerLoad::group_bytes_max(busy));
+        let (group, next) = take_group(first, &mut queue, GROUP_BYTES_MAX);
         carried = next;
         // A batch checked in an earlier term may wait here while this node loses the
         // leadership and wins it again: proposed now, it would follow a producer state the
@@ -215,7 +133,6 @@ async fn run(
         }
         let grouped = entries.len() > 1;
         let batches = entries.len() as u64;
-        let entry_in_flight = EntryInFlight::new(load, &leader_in_flight, slot);
         let proposal = match raft
             .client_write_ff(PartitionEntry::group(entries, leader))
             .await
@@ -239,7 +156,7 @@ async fn run(
                 }
                 Ok(Err(error)) => Err(ProposalFailure::Raft(error.to_string())),
             };
-            drop(entry_in_flight);
+            drop(slot);
             match applied {
                 Ok(base_offset) => {
                     // A group's head batch takes the entry's first offset; the batches follow
@@ -383,70 +300,43 @@ mod tests {
     }
 
     #[test]
-    fn groups_shrink_as_more_leaders_of_the_node_are_busy() {
-        assert_eq!(ProposerLoad::group_bytes_max(0), GROUP_BYTES_MAX);
-        assert_eq!(ProposerLoad::group_bytes_max(1), GROUP_BYTES_MAX);
-        assert_eq!(ProposerLoad::group_bytes_max(2), 2 << 20);
-        assert_eq!(ProposerLoad::group_bytes_max(3), (4 << 20) / 3);
-        assert_eq!(ProposerLoad::group_bytes_max(4), GROUP_BYTES_MIN);
-        assert_eq!(ProposerLoad::group_bytes_max(1_000), GROUP_BYTES_MIN);
-
-        // Ten batches of about 512 KiB wait behind a first one.
+    fn a_group_takes_the_waiting_batches_up_to_its_bounds() {
+        // Ten batches of about 300 KiB wait behind a first one.
         let fill = || {
             let (sender, queue) = mpsc::unbounded_channel();
             for _ in 0..10 {
-                let _ = sender.send(submission(512 << 10));
+                let _ = sender.send(submission(300 << 10));
             }
             queue
         };
         let mut queue = fill();
-        let (group, carried) = take_group(submission(512 << 10), &mut queue, GROUP_BYTES_MAX);
-        assert_eq!(group.len(), 7, "7 × 512 KiB and their headers fit 4 MiB");
+        let (group, carried) = take_group(submission(300 << 10), &mut queue, GROUP_BYTES_MAX);
+        assert_eq!(group.len(), 3, "3 × 300 KiB and their headers fit 1 MiB");
         assert!(carried.is_some());
-
-        let mut queue = fill();
-        let busy_node = ProposerLoad::group_bytes_max(3);
-        let (group, carried) = take_group(submission(512 << 10), &mut queue, busy_node);
-        assert_eq!(group.len(), 2);
+        let (group, carried) = take_group(carried.unwrap(), &mut queue, GROUP_BYTES_MAX);
+        assert_eq!(group.len(), 3, "the carried one heads the next group");
         assert!(carried.is_some());
 
         // A batch larger than the bound still goes, alone.
         let mut queue = fill();
-        let (group, carried) = take_group(submission(2 << 20), &mut queue, GROUP_BYTES_MIN);
+        let (group, carried) = take_group(submission(2 << 20), &mut queue, GROUP_BYTES_MAX);
         assert_eq!(group.len(), 1);
         assert!(carried.is_some());
+
+        // Small batches: at most GROUP_BATCHES_MAX of them.
+        let (sender, mut queue) = mpsc::unbounded_channel();
+        for _ in 0..GROUP_BATCHES_MAX + 5 {
+            let _ = sender.send(submission(10));
+        }
+        let (group, carried) = take_group(submission(10), &mut queue, GROUP_BYTES_MAX);
+        assert_eq!(group.len(), GROUP_BATCHES_MAX);
+        assert!(carried.is_none(), "the rest stay queued");
 
         // Nothing waiting: the first goes alone and nothing is carried.
         let (_sender, mut empty) = mpsc::unbounded_channel();
         let (group, carried) = take_group(submission(10), &mut empty, GROUP_BYTES_MAX);
         assert_eq!(group.len(), 1);
         assert!(carried.is_none());
-    }
-
-    #[test]
-    fn a_leader_counts_as_busy_while_any_of_its_entries_is_in_flight() {
-        let load: &'static ProposerLoad = Box::leak(Box::new(ProposerLoad::new()));
-        let slots = Arc::new(Semaphore::new(8));
-        let slot = || Arc::clone(&slots).try_acquire_owned().unwrap();
-        let first_leader = Arc::new(AtomicUsize::new(0));
-        let second_leader = Arc::new(AtomicUsize::new(0));
-
-        let a = EntryInFlight::new(load, &first_leader, slot());
-        let b = EntryInFlight::new(load, &first_leader, slot());
-        assert_eq!(load.busy(), 1, "two entries of one leader");
-        let c = EntryInFlight::new(load, &second_leader, slot());
-        assert_eq!(load.busy(), 2);
-        drop(a);
-        assert_eq!(load.busy(), 2, "the first leader still has an entry out");
-        drop(c);
-        assert_eq!(load.busy(), 1);
-        drop(b);
-        assert_eq!(load.busy(), 0);
-        assert_eq!(
-            slots.available_permits(),
-            8,
-            "each entry gave its slot back"
-        );
     }
 
     async fn leader_in_term_above(raft: &Raft<PartitionRaft>, above: u64) -> u64 {

@@ -539,7 +539,28 @@ class Cluster:
             node.start(wait=False)
         for node in self.nodes.values():
             node.wait_until_listening()
+        if self.clustered:
+            self.wait_until_registered()
         return self
+
+    def wait_until_registered(self, timeout_s: float = STARTUP_TIMEOUT_S):
+        """Until Metadata lists every node: a node listens before the metadata group has
+        registered the others, and a CreateTopics then fails with INVALID_REPLICATION_FACTOR,
+        as Kafka's does before its brokers register."""
+        from confluent_kafka.admin import AdminClient
+
+        client = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            try:
+                seen = len(client.list_topics(timeout=2).brokers)
+            except Exception:  # not answering yet: try again until the deadline
+                seen = 0
+            if seen == len(self.nodes):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{seen} of {len(self.nodes)} nodes registered after {timeout_s} s")
 
     @property
     def bootstrap(self) -> str:

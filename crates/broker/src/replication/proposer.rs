@@ -103,7 +103,7 @@ async fn run(
                 None => return,
             },
         };
-        let (group, next) = take_group(first, &mut queue, GROUP_BYTES_MAX);
+        let (group, next) = take_group(first, &mut queue);
         carried = next;
         // A batch checked in an earlier term may wait here while this node loses the
         // leadership and wins it again: proposed now, it would follow a producer state the
@@ -177,13 +177,12 @@ async fn run(
     }
 }
 
-/// `first` and the submissions waiting behind it, up to `bytes_max` of batches (`first`
-/// whatever its size) and [`GROUP_BATCHES_MAX`] batches; also the first one left out, if
-/// it was taken from the queue.
+/// `first` and the submissions waiting behind it, up to [`GROUP_BYTES_MAX`] of batches
+/// (`first` whatever its size) and [`GROUP_BATCHES_MAX`] batches; also the first one left
+/// out, if it was taken from the queue.
 fn take_group(
     first: Submission,
     queue: &mut mpsc::UnboundedReceiver<Submission>,
-    bytes_max: usize,
 ) -> (Vec<Submission>, Option<Submission>) {
     let mut bytes = first.entry.batch.len();
     let mut group = vec![first];
@@ -191,7 +190,7 @@ fn take_group(
         let Ok(next) = queue.try_recv() else {
             break;
         };
-        if bytes + next.entry.batch.len() > bytes_max {
+        if bytes + next.entry.batch.len() > GROUP_BYTES_MAX {
             return (group, Some(next));
         }
         bytes += next.entry.batch.len();
@@ -284,15 +283,8 @@ mod tests {
     }
 
     fn submission(value_bytes: usize) -> Submission {
-        let mut builder = RecordBatchBuilder::new();
-        builder.push(Record {
-            timestamp: 1_700_000_000_000,
-            value: Some(vec![7; value_bytes]),
-            ..Default::default()
-        });
-        let entry = PartitionEntry::new(Bytes::from(builder.build())).expect("valid batch");
         Submission {
-            entry,
+            entry: entry(&"x".repeat(value_bytes)),
             offsets: 1,
             term: None,
             reply: oneshot::channel().0,
@@ -310,16 +302,16 @@ mod tests {
             queue
         };
         let mut queue = fill();
-        let (group, carried) = take_group(submission(300 << 10), &mut queue, GROUP_BYTES_MAX);
+        let (group, carried) = take_group(submission(300 << 10), &mut queue);
         assert_eq!(group.len(), 3, "3 × 300 KiB and their headers fit 1 MiB");
         assert!(carried.is_some());
-        let (group, carried) = take_group(carried.unwrap(), &mut queue, GROUP_BYTES_MAX);
+        let (group, carried) = take_group(carried.unwrap(), &mut queue);
         assert_eq!(group.len(), 3, "the carried one heads the next group");
         assert!(carried.is_some());
 
         // A batch larger than the bound still goes, alone.
         let mut queue = fill();
-        let (group, carried) = take_group(submission(2 << 20), &mut queue, GROUP_BYTES_MAX);
+        let (group, carried) = take_group(submission(2 << 20), &mut queue);
         assert_eq!(group.len(), 1);
         assert!(carried.is_some());
 
@@ -328,13 +320,13 @@ mod tests {
         for _ in 0..GROUP_BATCHES_MAX + 5 {
             let _ = sender.send(submission(10));
         }
-        let (group, carried) = take_group(submission(10), &mut queue, GROUP_BYTES_MAX);
+        let (group, carried) = take_group(submission(10), &mut queue);
         assert_eq!(group.len(), GROUP_BATCHES_MAX);
         assert!(carried.is_none(), "the rest stay queued");
 
         // Nothing waiting: the first goes alone and nothing is carried.
         let (_sender, mut empty) = mpsc::unbounded_channel();
-        let (group, carried) = take_group(submission(10), &mut empty, GROUP_BYTES_MAX);
+        let (group, carried) = take_group(submission(10), &mut empty);
         assert_eq!(group.len(), 1);
         assert!(carried.is_none());
     }

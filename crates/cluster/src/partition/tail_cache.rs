@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 /// Bytes of batches kept at most per partition (a follower far behind reads from the log):
-/// the entries in flight (a leader proposes up to 4 entries of up to 4 MiB).
+/// the entries in flight (a leader proposes up to 4 entries, each a group of up to 1 MiB or
+/// one larger batch).
 const TAIL_BYTES_MAX: usize = 16 << 20;
 /// Bytes of applied batches kept: the slower follower of a majority is often sent an entry
 /// after it applied (once the faster one acknowledged it). An idle partition keeps this much.
-/// With 4 MiB entries that follower can be further behind and read from the log; keeping
-/// 24 MiB (and 40 MiB per partition, 512 MiB per process) did not show a gain on one
-/// partition through the noise, and cost 8 partitions of 100 B messages twice the CPU per
-/// message (250-377k msgs/s against 430-690k, in 5 alternated runs).
+/// Keeping 24 MiB (and 40 MiB per partition, 512 MiB per process), tried with 4 MiB entries,
+/// showed no gain on one partition through the noise and cost 8 partitions of 100 B
+/// messages up to twice the CPU per message (171-432k msgs/s against 429-713k, alternated).
 const APPLIED_BYTES_KEPT: usize = 8 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
 /// busy partitions would otherwise hold 16 GiB. Over it, a cache keeps its newest entry only,

@@ -94,8 +94,13 @@ def test_a_client_over_its_request_percentage_is_throttled_and_others_are_not(br
     assert alter(admin, "chatty", "request_percentage", 0.001) == 0
     assert describe(admin, "chatty") == {"request_percentage": 0.001}
 
+    # The versions come from another connection: ApiVersions v0 cannot carry throttle_time_ms,
+    # and one that crossed the quota would hold the next answer back unseen (see below).
+    versions = admin.negotiate()
+
     def throttles(client_id, requests):
         wire = KafkaWire(broker.bootstrap, client_id=client_id)
+        wire.api_versions = versions
         seen = []
         for _ in range(requests):
             response = wire.metadata([])
@@ -111,6 +116,34 @@ def test_a_client_over_its_request_percentage_is_throttled_and_others_are_not(br
     assert set(throttles("quiet", 200)) == {0}
 
     assert alter(admin, "chatty", "request_percentage", 0.0, remove=True) == 0
+    admin.close()
+
+
+def test_a_client_too_old_to_back_off_itself_gets_its_answers_late(broker):
+    """KIP-219: a response of a version the client does not back off by itself (ApiVersions v0
+    has no throttle_time_ms at all) is held by the broker for the throttle time instead."""
+    admin = KafkaWire(broker.bootstrap)
+    assert alter(admin, "old-chatty", "request_percentage", 0.001) == 0
+    wire = KafkaWire(broker.bootstrap, client_id="old-chatty", timeout_s=30)
+    slowest = 0.0
+    for requests in range(1, 5001):
+        started = time.monotonic()
+        wire.negotiate()
+        slowest = max(slowest, time.monotonic() - started)
+        # An ApiVersions round trip here takes well under a millisecond; once the client is
+        # over its quota, each answer waits its throttle (a second or so at this quota).
+        if slowest >= 0.05:
+            break
+    wire.close()
+    assert slowest >= 0.05, f"no answer held back in {requests} ApiVersions v0 requests"
+
+    quiet = KafkaWire(broker.bootstrap, client_id="quiet")
+    started = time.monotonic()
+    for _ in range(200):
+        quiet.negotiate()
+    assert time.monotonic() - started < 5
+    quiet.close()
+    assert alter(admin, "old-chatty", "request_percentage", 0.0, remove=True) == 0
     admin.close()
 
 

@@ -35,6 +35,7 @@ use crate::handlers;
 use crate::request_metrics::{self, RequestMetrics};
 use crate::response_buffer::ResponseBuffer;
 use crate::sasl_gate::SaslGate;
+use crate::throttle;
 use crate::RequestContext;
 
 /// api key + api version + correlation id: the smallest possible request.
@@ -581,8 +582,13 @@ fn start_request(
             )))
             .await
         };
-        apply_quotas(&context, api_key, request_bytes, busy, response.as_mut());
+        let throttle_time = apply_quotas(&context, api_key, request_bytes, busy, response.as_mut());
         api_metrics.finished(started, response.as_ref());
+        if !throttle_time.is_zero() && !throttle::client_backs_off(api_key, api_version) {
+            // KIP-219: a client of a version that does not back off by itself is throttled by
+            // its response arriving late, as Kafka holds it (the connection is muted as well).
+            tokio::time::sleep(throttle_time).await;
+        }
         let Some(response) = response else {
             return Ok(None);
         };
@@ -631,18 +637,18 @@ impl<F: Future + Unpin> Future for PollTimed<F> {
 /// request bytes and a fetch's record bytes count against the byte rates, and every request's
 /// handling time against `request_percentage` (percent of one thread). A client over either
 /// gets throttle_time_ms in the response (the longer throttle) and its connection is not read
-/// from for that long (KIP-219, as Kafka mutes the channel).
+/// from for that long (KIP-219, as Kafka mutes the channel). Returns that throttle time.
 fn apply_quotas(
     context: &RequestContext,
     api_key: ApiKey,
     request_bytes: usize,
     busy: Duration,
     response: Option<&mut ResponseKind>,
-) {
+) -> Duration {
     use sluice_auth::quotas::{CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE};
     let quotas = &context.security.quotas;
     if quotas.is_empty() {
-        return;
+        return Duration::ZERO;
     }
     let byte_rate = match (api_key, &response) {
         (ApiKey::Produce, _) => Some((PRODUCER_BYTE_RATE, request_bytes)),
@@ -672,7 +678,7 @@ fn apply_quotas(
     }
     record(REQUEST_PERCENTAGE, busy.as_secs_f64() * 100.0);
     if throttle.is_zero() {
-        return;
+        return throttle;
     }
     if let Some(response) = response {
         raise_throttle(
@@ -681,6 +687,7 @@ fn apply_quotas(
         );
     }
     context.mute_for(throttle);
+    throttle
 }
 
 /// Raises a response's throttle_time_ms to at least `throttle_ms`, for every response a client

@@ -18,6 +18,7 @@ mod sasl_gate;
 pub mod security;
 mod server;
 mod share_session;
+mod throttle;
 mod unsupported_version;
 
 pub use api_versions::supported_api_versions;

@@ -8,6 +8,7 @@
 # page faults over the run, and the AppendEntries timeouts in the nodes' logs. Alternating the
 # binaries on fresh nodes is what makes a difference visible on this VM, whose runs move by a
 # fifth. Extra env is passed to the brokers (e.g. SLUICE_LOG, MIMALLOC_* options).
+# BENCH_ARGS adds sluice-bench flags (e.g. "--idempotence", the Java client's default).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/bench_lib.sh
@@ -61,9 +62,10 @@ run() { # $1: binary, $2: run number
     "$PY" "$ROOT/scripts/bench_cluster.py" create-topic "$bootstrap" ab "$PARTITIONS" 3 >/dev/null
     local before after
     before="$(proc_stat)"
+    # shellcheck disable=SC2086 # BENCH_ARGS is split into flags on purpose
     "$BENCH" kafka --bootstrap "${bootstrap%%,*}" --topic ab --partitions "$PARTITIONS" --no-progress \
         --json --duration-secs "$SECS" --message-bytes "$BYTES" --acks all --producers 1 \
-        --consumers 1 >"$dir/summary.json"
+        --consumers 1 ${BENCH_ARGS:-} >"$dir/summary.json"
     after="$(proc_stat)"
     local timeouts
     timeouts="$(cat "$dir"/node*.log | grep -c 'timeout after' || true)"

@@ -1640,9 +1640,10 @@ fn read_segment(
     // One read for everything that can fit; the tail past the last whole batch is dropped.
     let read_bytes = (budget as u64).min(size_bytes - position) as usize;
     let start = records.len();
-    records.resize(start + read_bytes, 0);
-    if let Err(error) = segment.file.read_exact_at(&mut records[start..], position) {
-        records.truncate(start);
+    if let Err(error) = segment
+        .file
+        .read_exact_appending(records, read_bytes, position)
+    {
         return Err(io_error(&segment.log_path, error));
     }
     // Every batch served is CRC-checked (hardware CRC-32C: far cheaper than the copy). A bad

@@ -41,6 +41,18 @@ pub trait StorageFile: Send + Sync {
         Ok(())
     }
 
+    /// Appends `len` bytes read from `position` to `buf`; `UnexpectedEof` when the file is
+    /// shorter. On an error `buf` is as it was.
+    fn read_exact_appending(&self, buf: &mut Vec<u8>, len: usize, position: u64) -> io::Result<()> {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let read = self.read_exact_at(&mut buf[start..], position);
+        if read.is_err() {
+            buf.truncate(start);
+        }
+        read
+    }
+
     /// Fills `buf` from `position`; `UnexpectedEof` when the file is shorter.
     fn read_exact_at(&self, mut buf: &mut [u8], mut position: u64) -> io::Result<()> {
         while !buf.is_empty() {

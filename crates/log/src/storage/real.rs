@@ -20,6 +20,57 @@ impl StorageFile for File {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, position)
     }
+    /// Reads into the vector's spare capacity: zeroing it first (what `resize` does) cost a
+    /// tenth of a cluster leader's CPU, every read of the log being a fetch or a replication.
+    fn read_exact_appending(
+        &self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        mut position: u64,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let start = buf.len();
+        let end = start + len;
+        buf.reserve(len);
+        let read = loop {
+            if buf.len() == end {
+                break Ok(());
+            }
+            let Ok(offset) = libc::off_t::try_from(position) else {
+                break Err(io::ErrorKind::InvalidInput.into());
+            };
+            let wanted = end - buf.len();
+            let spare = &mut buf.spare_capacity_mut()[..wanted];
+            // SAFETY: pread writes at most `spare.len()` bytes into the vector's own spare
+            // capacity, and reads no memory of ours.
+            let read = unsafe {
+                libc::pread(
+                    self.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    offset,
+                )
+            };
+            match usize::try_from(read) {
+                Ok(0) => break Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(read) => {
+                    // SAFETY: pread initialised these `read` bytes, the next after `buf.len()`.
+                    unsafe { buf.set_len(buf.len() + read) };
+                    position += read as u64;
+                }
+                Err(_) => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        if read.is_err() {
+            buf.truncate(start);
+        }
+        read
+    }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         FileExt::write_all_at(self, buf, position)
     }
@@ -141,4 +192,26 @@ pub fn cached_pages(path: &Path) -> io::Result<(usize, usize)> {
         }
     }
     Ok((residency.iter().filter(|&&r| r & 1 == 1).count(), pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_appended_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = b"ab".to_vec();
+        file.read_exact_appending(&mut buf, 4, 3).unwrap();
+        assert_eq!(buf, b"ab3456");
+        // Past the end: an error, and nothing of the short read is kept.
+        let error = file.read_exact_appending(&mut buf, 5, 8).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf, b"ab3456");
+        file.read_exact_appending(&mut buf, 0, 10).unwrap();
+        assert_eq!(buf, b"ab3456");
+    }
 }

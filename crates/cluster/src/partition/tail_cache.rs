@@ -13,9 +13,9 @@ use bytes::Bytes;
 const TAIL_BYTES_MAX: usize = 16 << 20;
 /// Bytes of applied batches kept: the slower follower of a majority is often sent an entry
 /// after it applied (once the faster one acknowledged it). An idle partition keeps this much.
-/// Keeping 24 MiB (and 40 MiB per partition, 512 MiB per process), tried with 4 MiB entries,
-/// showed no gain on one partition through the noise and cost 8 partitions of 100 B
-/// messages up to twice the CPU per message (171-432k msgs/s against 429-713k, alternated).
+/// Keeping 24 MiB (and 40 MiB per partition, 512 MiB per process) showed no gain on one
+/// partition or, with transparent huge pages off, on eight; with them on it doubled the CPU
+/// per message (more live buffers, more freshly touched huge pages to zero).
 const APPLIED_BYTES_KEPT: usize = 8 << 20;
 /// Bytes the tail caches of all partitions of the process keep together at most: a thousand
 /// busy partitions would otherwise hold 16 GiB. Over it, a cache keeps its newest entry only,

@@ -16,7 +16,7 @@ pub struct RealDisk;
 /// Bytes one `pwrite` carries at most: a longer write is made in pieces of this size. Linux
 /// sizes the page-cache folios a buffered write allocates by the length of the call (up to
 /// 2 MiB), and on a VM whose balloon reports free 2 MiB blocks to the host (this one: 4 KiB
-/// pages, `page_reporting_order` 9) those large folios are memory the host took back, faulted
+/// pages, `page_reporting_order` 9) large folios were often memory the host took back, faulted
 /// in again on first touch: copying 1 MiB producer batches into them was 23% of all the CPU of
 /// a single-node run (`copy_folio_from_iter_atomic`), 4% in 64 KiB calls; one partition of
 /// 1 KiB messages went from 344-430k to 475-513k msgs/s with 128 KiB calls (32 KiB and 256 KiB
